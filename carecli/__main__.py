@@ -1,0 +1,3 @@
+from carecli.cli.main import main
+
+main()

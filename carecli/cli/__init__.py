@@ -1,0 +1,1 @@
+"""The ``carecli`` command line: subcommands for people and for scripts."""

@@ -1,0 +1,132 @@
+"""``carecli db``: migrate, inspect and open the two databases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import click
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine
+
+from carecli.data import migrate
+from carecli.data.databases import Databases, check_connection, display_url, open_databases
+from carecli.errors import EXIT_FAILURE, ConfigError
+
+DB_CHOICE = click.Choice(["identity", "platform"])
+
+
+def _selected(databases: Databases, only: str | None) -> Iterator[tuple[str, Engine]]:
+    for name, engine in databases.items():
+        if only is None or only == name:
+            check_connection(engine, name)
+            yield name, engine
+
+
+def _current(engine: Engine, name: str) -> str | None:
+    with engine.connect() as connection:
+        return migrate.current_revision(connection, name)
+
+
+def _run_alembic(action: str, engine: Engine, name: str, revision: str) -> None:
+    try:
+        if action == "upgrade":
+            migrate.upgrade(engine, name, revision)
+        else:
+            migrate.downgrade(engine, name, revision)
+    except CommandError as exc:
+        raise ConfigError(
+            f"cannot {action} the {name} database to '{revision}': {exc}",
+            hint="revisions are per database: use --db, `head`, `base` or a relative step like -1",
+        ) from None
+
+
+@click.group("db")
+def db_group() -> None:
+    """Migrate and inspect the identity and platform databases."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@click.option("--db", "only", type=DB_CHOICE, help="Only this database (default: both).")
+def db_upgrade(revision: str, only: str | None) -> None:
+    """Migrate the databases up to REVISION (default: head)."""
+    databases = open_databases(migrate_embedded=False, check=False)
+    for name, engine in _selected(databases, only):
+        before = _current(engine, name)
+        _run_alembic("upgrade", engine, name, revision)
+        after = _current(engine, name)
+        click.echo(f"{name}: {before or 'empty'} -> {after or 'empty'}")
+
+
+@db_group.command("downgrade")
+@click.argument("revision")
+@click.option("--db", "only", type=DB_CHOICE, help="Only this database (default: both).")
+def db_downgrade(revision: str, only: str | None) -> None:
+    """Migrate the databases down to REVISION (`base` removes carecli's schema)."""
+    databases = open_databases(migrate_embedded=False, check=False)
+    # Platform first: nothing in identity depends on it, and it goes up last.
+    for name, engine in sorted(_selected(databases, only), key=lambda item: item[0] != "platform"):
+        before = _current(engine, name)
+        _run_alembic("downgrade", engine, name, revision)
+        after = _current(engine, name)
+        click.echo(f"{name}: {before or 'empty'} -> {after or 'empty'}")
+
+
+def _state(engine: Engine, name: str) -> tuple[str | None, str, bool]:
+    current = _current(engine, name)
+    head = migrate.head_revision(name)
+    return current, head, current == head
+
+
+@db_group.command("current")
+@click.option("--db", "only", type=DB_CHOICE, help="Only this database (default: both).")
+def db_current(only: str | None) -> None:
+    """Show each database's revision and whether it is at head."""
+    databases = open_databases(migrate_embedded=False, check=False)
+    for name, engine in _selected(databases, only):
+        current, head, at_head = _state(engine, name)
+        mark = "(head)" if at_head else f"(head is {head})"
+        click.echo(f"{name:<9} {current or 'empty'} {mark}  {display_url(engine.url)}")
+
+
+@db_group.command("check")
+@click.option("--db", "only", type=DB_CHOICE, help="Only this database (default: both).")
+@click.pass_context
+def db_check(ctx: click.Context, only: str | None) -> None:
+    """Exit 1 when a database is not at head (for deploy scripts and health checks)."""
+    databases = open_databases(migrate_embedded=False, check=False)
+    behind = False
+    for name, engine in _selected(databases, only):
+        current, head, at_head = _state(engine, name)
+        if at_head:
+            click.echo(f"{name}: up to date ({head})")
+        else:
+            behind = True
+            click.echo(f"{name}: at {current or 'empty'}, head is {head}; run `carecli db upgrade`")
+    if behind:
+        ctx.exit(EXIT_FAILURE)
+
+
+@db_group.command("psql")
+@click.option("--db", "only", type=DB_CHOICE, default="platform", show_default=True,
+              help="Which database to open.")
+def db_psql(only: str) -> None:
+    """Open psql on a database (the embedded server's own psql when it is in use)."""
+    databases = open_databases(check=False)
+    engine = databases.engine(only)
+    check_connection(engine, only)
+    psql = None
+    if databases.embedded is not None:
+        psql = databases.embedded.psql_path
+    psql = psql or shutil.which("psql")
+    if psql is None:
+        raise ConfigError("psql is not installed", hint="install the PostgreSQL client (e.g. apt install postgresql-client)")
+    url = engine.url
+    env = dict(os.environ)
+    if url.password:
+        # Keep the password out of the process list.
+        env["PGPASSWORD"] = str(url.password)
+    libpq_url = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    os.execve(psql, [psql, libpq_url], env)

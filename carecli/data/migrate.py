@@ -1,0 +1,125 @@
+"""Run the Alembic histories: one per database, each in its own folder.
+
+``migrations/identity`` and ``migrations/platform`` are independent
+histories with their own version tables, so the two databases can live on
+different servers (or, for a small install, in one database). Every run takes
+a transaction-scoped advisory lock first, so several carecli processes that
+start at once (the embedded server's first run, a fleet of SSH sessions)
+migrate one after the other instead of racing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, MetaData, inspect, text
+
+import carecli
+from carecli.data.models import IDENTITY_METADATA, PLATFORM_METADATA
+
+DATABASES = ("identity", "platform")
+VERSION_TABLES = {"identity": "alembic_version_identity", "platform": "alembic_version_platform"}
+TARGET_METADATA: dict[str, MetaData] = {"identity": IDENTITY_METADATA, "platform": PLATFORM_METADATA}
+# Arbitrary but fixed keys for pg_advisory_xact_lock, one per history.
+_LOCK_KEYS = {"identity": 7_263_110_001, "platform": 7_263_110_002}
+
+
+def migrations_root() -> Path:
+    """Where the migration folders are: inside an installed wheel, or the repo."""
+    package_dir = Path(carecli.__file__).resolve().parent
+    for candidate in (package_dir / "_migrations", package_dir.parent / "migrations"):
+        if (candidate / "identity" / "env.py").exists():
+            return candidate
+    raise FileNotFoundError("carecli's migrations folder is missing from this installation")
+
+
+def alembic_config(database: str, connection: Connection | None = None) -> Config:
+    """An Alembic config for one database's history, optionally bound to a connection."""
+    if database not in DATABASES:
+        raise ValueError(f"unknown database {database!r}")
+    config = Config()
+    config.set_main_option("script_location", str(migrations_root() / database))
+    config.attributes["carecli_database"] = database
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision(database: str) -> str:
+    heads = ScriptDirectory.from_config(alembic_config(database)).get_heads()
+    return heads[0]
+
+
+def current_revision(connection: Connection, database: str) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLES[database]})
+    heads = context.get_current_heads()
+    return heads[0] if heads else None
+
+
+def upgrade(engine: Engine, database: str, revision: str = "head") -> None:
+    """Migrate ``database`` up to ``revision`` (idempotent)."""
+    with engine.connect() as connection:
+        command.upgrade(alembic_config(database, connection), revision)
+        connection.commit()
+
+
+def downgrade(engine: Engine, database: str, revision: str) -> None:
+    """Migrate ``database`` down to ``revision``; at ``base`` the version table goes too."""
+    with engine.connect() as connection:
+        command.downgrade(alembic_config(database, connection), revision)
+        if revision == "base":
+            connection.execute(text(f'DROP TABLE IF EXISTS "{VERSION_TABLES[database]}"'))
+        connection.commit()
+
+
+def run_env(database: str) -> None:
+    """Body of ``migrations/<database>/env.py``.
+
+    Carecli passes an open connection; run standalone (``alembic -c ...``) it
+    connects with carecli's own settings.
+    """
+    from alembic import context
+
+    config = context.config
+    options = {
+        "target_metadata": TARGET_METADATA[database],
+        "version_table": VERSION_TABLES[database],
+        "compare_type": True,
+        "compare_server_default": True,
+    }
+    if context.is_offline_mode():
+        from carecli.data.databases import configured_url
+
+        context.configure(url=configured_url(database), literal_binds=True, **options)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+    connection = config.attributes.get("connection")
+    if connection is None:
+        from carecli.data.databases import open_engine
+
+        engine = open_engine(database, migrate=False)
+        with engine.connect() as own_connection:
+            _run_online(context, own_connection, database, options)
+            own_connection.commit()
+        engine.dispose()
+        return
+    _run_online(context, connection, database, options)
+
+
+def _run_online(context: object, connection: Connection, database: str, options: dict) -> None:
+    context.configure(connection=connection, transaction_per_migration=False, **options)  # type: ignore[attr-defined]
+    with context.begin_transaction():  # type: ignore[attr-defined]
+        # Big tables make index builds slow; the app's statement timeout must not cut a migration short.
+        connection.execute(text("SET LOCAL statement_timeout = 0"))
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEYS[database]})
+        context.run_migrations()  # type: ignore[attr-defined]
+
+
+def has_tables(connection: Connection) -> bool:
+    return bool(inspect(connection).get_table_names())

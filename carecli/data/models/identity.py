@@ -1,0 +1,92 @@
+"""Identity database: ``roles``, ``users``, ``tokens``, ``sessions`` (seed schema)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, text
+from sqlalchemy.dialects.postgresql import INET, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from carecli.data.models.base import (
+    ACTIVE_DELETED_FILTER,
+    IdentityBase,
+    deleted_column,
+    in_list,
+    now_column,
+    pk_column,
+)
+from carecli.data.models.enums import TOKEN_TYPES
+
+
+class Role(IdentityBase):
+    __tablename__ = "roles"
+
+    id: Mapped[uuid.UUID] = pk_column()
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    permissions: Mapped[Any | None] = mapped_column(JSONB)
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+class User(IdentityBase):
+    __tablename__ = "users"
+    __table_args__ = (
+        Index("ix_users_role_id", "role_id"),
+        Index("ix_users_name", "last_name", "first_name", "id", postgresql_where=ACTIVE_DELETED_FILTER),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    # The identity provider's subject (Auth0 user id).
+    external_user_id: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str] = mapped_column(String(255), unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    last_name: Mapped[str | None] = mapped_column(String(100))
+    role_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("roles.id"))
+    is_active: Mapped[bool | None] = mapped_column(server_default=text("true"))
+    last_login_at: Mapped[datetime | None] = mapped_column()
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+class Token(IdentityBase):
+    __tablename__ = "tokens"
+    __table_args__ = (
+        CheckConstraint(in_list("token_type", TOKEN_TYPES), name="token_type"),
+        Index("ix_tokens_user_id", "user_id"),
+        # Presented tokens are looked up by hash.
+        Index("ix_tokens_token_hash", "token_hash"),
+        Index("ix_tokens_expires_at", "expires_at", postgresql_where=ACTIVE_DELETED_FILTER),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    token_type: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column()
+    scopes: Mapped[Any | None] = mapped_column(JSONB)
+    is_revoked: Mapped[bool | None] = mapped_column(server_default=text("false"))
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+
+
+class Session(IdentityBase):
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_user_id", "user_id"),
+        Index("ix_sessions_expires_at", "expires_at", postgresql_where=ACTIVE_DELETED_FILTER),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    session_token: Mapped[str] = mapped_column(String(255), unique=True)
+    ip_address: Mapped[str | None] = mapped_column(INET)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column()
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()

@@ -1,0 +1,267 @@
+"""Platform database: members, specialists, calls, plans, enrollments, flags, metadata, audit."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import INET, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from carecli.data.models.base import (
+    ACTIVE_DELETED_FILTER,
+    PlatformBase,
+    deleted_column,
+    in_list,
+    now_column,
+    pk_column,
+)
+from carecli.data.models.enums import (
+    CALL_STATUSES,
+    CALL_TYPES,
+    ENROLLMENT_STATUSES,
+    MEMBER_STATUSES,
+    RISK_TYPES,
+    SEVERITIES,
+)
+
+MONEY = Numeric(10, 2)
+
+
+class Member(PlatformBase):
+    __tablename__ = "members"
+    __table_args__ = (
+        CheckConstraint(in_list("status", MEMBER_STATUSES), name="status"),
+        # The member browser sorts by name and pages by keyset (last, first, id).
+        Index("ix_members_name", "last_name", "first_name", "id", postgresql_where=ACTIVE_DELETED_FILTER),
+        Index("ix_members_status_name", "status", "last_name", "first_name", "id",
+              postgresql_where=ACTIVE_DELETED_FILTER),
+        Index("ix_members_phone", "phone", postgresql_where=ACTIVE_DELETED_FILTER),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    # AES-256-GCM ciphertexts written by the application; never plaintext.
+    encrypted_ssn: Mapped[bytes | None] = mapped_column(LargeBinary)
+    encrypted_dob: Mapped[bytes | None] = mapped_column(LargeBinary)
+    first_name: Mapped[str] = mapped_column(String(100))
+    last_name: Mapped[str] = mapped_column(String(100))
+    email: Mapped[str | None] = mapped_column(String(255))
+    phone: Mapped[str | None] = mapped_column(String(20))
+    address_line1: Mapped[str | None] = mapped_column(String(255))
+    address_line2: Mapped[str | None] = mapped_column(String(255))
+    city: Mapped[str | None] = mapped_column(String(100))
+    state: Mapped[str | None] = mapped_column(String(2))
+    zip_code: Mapped[str | None] = mapped_column(String(10))
+    status: Mapped[str | None] = mapped_column(String(20), server_default=text("'active'"))
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+# Case-insensitive prefix search by email ("ann.sm%") without contrib extensions.
+Index(
+    "ix_members_email_lower",
+    func.lower(Member.email).label("email_lower"),
+    postgresql_ops={"email_lower": "text_pattern_ops"},
+    postgresql_where=ACTIVE_DELETED_FILTER,
+)
+
+
+class Specialist(PlatformBase):
+    __tablename__ = "specialists"
+    __table_args__ = (
+        # user_id points at identity.users(id) in the other database: no FK
+        # can exist, the application checks it (see README, "Two databases").
+        Index("ix_specialists_user_id", "user_id"),
+        Index("ix_specialists_license_number", "license_number"),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    user_id: Mapped[uuid.UUID | None] = mapped_column()
+    phone: Mapped[str | None] = mapped_column(String(20))
+    license_number: Mapped[str | None] = mapped_column(String(50))
+    is_active: Mapped[bool | None] = mapped_column(server_default=text("true"))
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+class CallRecord(PlatformBase):
+    __tablename__ = "call_records"
+    __table_args__ = (
+        CheckConstraint(in_list("call_type", CALL_TYPES), name="call_type"),
+        CheckConstraint(in_list("call_status", CALL_STATUSES), name="call_status"),
+        CheckConstraint("duration_seconds >= 0", name="duration_seconds"),
+        CheckConstraint("ended_at >= started_at", name="ended_after_started"),
+        # Full (not partial) so they also serve the foreign-key checks.
+        Index("ix_call_records_member_id_scheduled_at", "member_id", "scheduled_at"),
+        Index("ix_call_records_specialist_id_scheduled_at", "specialist_id", "scheduled_at"),
+        # Worklist: my open follow-ups by date.
+        Index("ix_call_records_follow_ups", "specialist_id", "follow_up_date",
+              postgresql_where=text("follow_up_required AND deleted_at IS NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    member_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("members.id"))
+    specialist_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("specialists.id"))
+    call_type: Mapped[str] = mapped_column(String(20))
+    call_status: Mapped[str] = mapped_column(String(20))
+    scheduled_at: Mapped[datetime | None] = mapped_column()
+    started_at: Mapped[datetime | None] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
+    duration_seconds: Mapped[int | None] = mapped_column()
+    call_notes: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str | None] = mapped_column(String(50))
+    follow_up_required: Mapped[bool | None] = mapped_column(server_default=text("false"))
+    follow_up_date: Mapped[date | None] = mapped_column()
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+class InsurancePlan(PlatformBase):
+    __tablename__ = "insurance_plans"
+    __table_args__ = (
+        CheckConstraint("premium_amount >= 0", name="premium_amount"),
+        CheckConstraint("deductible_amount >= 0", name="deductible_amount"),
+        CheckConstraint("copay_amount >= 0", name="copay_amount"),
+        CheckConstraint("expiration_date >= effective_date", name="expires_after_effective"),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    plan_code: Mapped[str] = mapped_column(String(50), unique=True)
+    plan_name: Mapped[str] = mapped_column(String(255))
+    plan_type: Mapped[str | None] = mapped_column(String(50))
+    coverage_details: Mapped[Any | None] = mapped_column(JSONB)
+    premium_amount: Mapped[Decimal | None] = mapped_column(MONEY)
+    deductible_amount: Mapped[Decimal | None] = mapped_column(MONEY)
+    copay_amount: Mapped[Decimal | None] = mapped_column(MONEY)
+    is_active: Mapped[bool | None] = mapped_column(server_default=text("true"))
+    effective_date: Mapped[date | None] = mapped_column()
+    expiration_date: Mapped[date | None] = mapped_column()
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+class MemberInsurancePlan(PlatformBase):
+    __tablename__ = "member_insurance_plans"
+    __table_args__ = (
+        # PostgreSQL would truncate the default name past 63 characters.
+        UniqueConstraint("member_id", "insurance_plan_id", "enrollment_date",
+                         name="member_insurance_plans_member_plan_enrollment_key"),
+        CheckConstraint(in_list("status", ENROLLMENT_STATUSES), name="status"),
+        CheckConstraint("coverage_percentage >= 0 AND coverage_percentage <= 100", name="coverage_percentage"),
+        CheckConstraint("termination_date >= enrollment_date", name="terminated_after_enrolled"),
+        Index("ix_member_insurance_plans_insurance_plan_id", "insurance_plan_id", "member_id"),
+        # A member has at most one live primary plan.
+        Index("uq_member_insurance_plans_one_primary", "member_id", unique=True,
+              postgresql_where=text("is_primary AND status = 'active' AND deleted_at IS NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
+    insurance_plan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("insurance_plans.id"))
+    enrollment_date: Mapped[date] = mapped_column()
+    termination_date: Mapped[date | None] = mapped_column()
+    status: Mapped[str | None] = mapped_column(String(20), server_default=text("'active'"))
+    is_primary: Mapped[bool | None] = mapped_column(server_default=text("false"))
+    coverage_percentage: Mapped[Decimal | None] = mapped_column(Numeric(5, 2), server_default=text("100.00"))
+    notes: Mapped[str | None] = mapped_column(Text)
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+class SpecialistInsurancePlan(PlatformBase):
+    __tablename__ = "specialist_insurance_plans"
+    __table_args__ = (
+        UniqueConstraint("specialist_id", "insurance_plan_id"),
+        Index("ix_specialist_insurance_plans_insurance_plan_id", "insurance_plan_id", "specialist_id"),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    specialist_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("specialists.id"))
+    insurance_plan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("insurance_plans.id"))
+    notes: Mapped[str | None] = mapped_column(Text)
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+class Metadata(PlatformBase):
+    """Per-entity facts (the seed's extension point), keyed by (type, id, key)."""
+
+    __tablename__ = "metadata"
+    __table_args__ = (UniqueConstraint("entity_type", "entity_id", "metadata_key"),)
+
+    id: Mapped[uuid.UUID] = pk_column()
+    entity_type: Mapped[str] = mapped_column(String(50))
+    entity_id: Mapped[uuid.UUID] = mapped_column()
+    metadata_key: Mapped[str] = mapped_column(String(100))
+    metadata_value: Mapped[Any | None] = mapped_column(JSONB)
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+class RiskFlag(PlatformBase):
+    __tablename__ = "risk_flags"
+    __table_args__ = (
+        CheckConstraint(in_list("risk_type", RISK_TYPES), name="risk_type"),
+        CheckConstraint(in_list("severity", SEVERITIES), name="severity"),
+        Index("ix_risk_flags_call_record_id", "call_record_id"),
+        Index("ix_risk_flags_member_id_created_at", "member_id", "created_at"),
+        Index("ix_risk_flags_specialist_id_created_at", "specialist_id", "created_at"),
+        # Worklist: open high and critical flags.
+        Index("ix_risk_flags_urgent", "member_id", "created_at",
+              postgresql_where=text("severity IN ('high', 'critical') AND deleted_at IS NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    call_record_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("call_records.id"))
+    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
+    specialist_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("specialists.id"))
+    risk_type: Mapped[str] = mapped_column(String(50))
+    severity: Mapped[str] = mapped_column(String(20))
+    description: Mapped[str] = mapped_column(Text)
+    deleted_at: Mapped[datetime | None] = deleted_column()
+    created_at: Mapped[datetime | None] = now_column()
+    updated_at: Mapped[datetime | None] = now_column()
+
+
+class AuditLog(PlatformBase):
+    """Who did what to which record; never holds PHI values."""
+
+    __tablename__ = "audit_logs"
+    __table_args__ = (
+        Index("ix_audit_logs_entity", "entity_type", "entity_id", "created_at"),
+        Index("ix_audit_logs_user_id_created_at", "user_id", "created_at"),
+        Index("ix_audit_logs_created_at", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    # identity.users(id) by value: the seed has no FK here either.
+    user_id: Mapped[uuid.UUID | None] = mapped_column()
+    entity_type: Mapped[str] = mapped_column(String(50))
+    entity_id: Mapped[uuid.UUID] = mapped_column()
+    action: Mapped[str] = mapped_column(String(50))
+    old_values: Mapped[Any | None] = mapped_column(JSONB)
+    new_values: Mapped[Any | None] = mapped_column(JSONB)
+    ip_address: Mapped[str | None] = mapped_column(INET)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime | None] = now_column()

@@ -1,0 +1,49 @@
+"""Errors that carry a user-facing message and the process exit code to use.
+
+Every error a person or a script may see is one of these: it says what was
+wrong and what to do, and it never embeds data values (PHI stays out of error
+text by construction: messages are written from field names and settings,
+never from row contents).
+"""
+
+from __future__ import annotations
+
+# Exit codes shared by every subcommand (batch scripts rely on them).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # usage or configuration error, unreachable database
+EXIT_ABORTED = 3
+
+
+class CarecliError(Exception):
+    """Base class for errors that end a command with a clear message."""
+
+    exit_code: int = EXIT_FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class ConfigError(CarecliError):
+    """The configuration (environment, config file, command line) is invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class DatabaseUnavailable(CarecliError):
+    """A database server could not be reached or refused the connection."""
+
+    exit_code = EXIT_USAGE
+
+
+class SchemaOutOfDate(CarecliError):
+    """A database is not migrated to the revision this carecli expects."""
+
+    exit_code = EXIT_USAGE

