@@ -7,7 +7,6 @@ import sys
 import click
 
 from carecli.data.databases import open_databases, require_head
-from carecli.data.seeding import SeedTargetNotEmpty, seed_demo_data
 from carecli.errors import ConfigError
 
 
@@ -37,6 +36,9 @@ def seed_command(members: int, rng_seed: int | None, if_empty: bool) -> None:
     """Fill empty databases with synthetic roles, users, specialists, plans,
     members, enrollments, calls and risk flags (bulk COPY: a million members
     is practical). Member SSN and date of birth are left empty for now."""
+    # Imported here: the name lists and generators are only needed by this command.
+    from carecli.data.seeding import SeedTargetNotEmpty, seed_demo_data
+
     databases = open_databases()
     require_head(databases)
     progress = _Progress()

@@ -1,0 +1,36 @@
+# carecli: the two set-up commands are `make demo` and `make test`.
+# Needs only python3 (with venv), make and git; everything else goes into .venv.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.install-stamp
+DEMO_MEMBERS ?= 5000
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## make demo: embedded PostgreSQL with demo data (created once, kept in your data dir)
+demo: install
+	$(BIN)/carecli seed --members $(DEMO_MEMBERS) --seed 42 --if-empty
+	$(BIN)/carecli db current
+
+## make test: the whole suite (embedded server by default; CARECLI_TEST_PG=... for another)
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make bench: seed throughput table (BENCH_MEMBERS, CARECLI_TEST_PG or the local server)
+BENCH_MEMBERS ?= 100000
+bench: install
+	$(BIN)/python benchmarks/seed_bench.py --members $(BENCH_MEMBERS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

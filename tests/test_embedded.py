@@ -1,0 +1,90 @@
+"""With no URL configured, carecli runs (and shares) its own PostgreSQL in the data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli import run_carecli
+
+pytestmark = pytest.mark.slow
+
+
+def _server_running(pgdata: Path) -> bool:
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().splitlines()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_stopped(pgdata: Path, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _server_running(pgdata):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "carecli-data"
+
+
+def test_embedded_server_is_created_migrated_shared_and_stopped(data_dir):
+    env = {"CARECLI_DATA_DIR": str(data_dir)}
+    pgdata = data_dir / "postgres"
+
+    first = run_carecli("db", "upgrade", env=env)
+    assert first.code == 0, first.err
+    assert "identity: empty -> identity_0001" in first.out
+    assert (pgdata / "PG_VERSION").read_text().strip() == "18"
+    # The last process to leave stops the server.
+    assert _wait_stopped(pgdata)
+
+    # Several processes at once join one server and all see the migrated schema.
+    full_env = dict(os.environ, **env)
+    procs = [subprocess.Popen([sys.executable, "-m", "carecli", "db", "check"], env=full_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(proc.communicate(timeout=120), proc.returncode) for proc in procs]
+    for (out, err), code in results:
+        assert code == 0, err
+        assert "identity: up to date" in out and "platform: up to date" in out
+    assert _wait_stopped(pgdata)
+
+
+def test_a_killed_holder_does_not_keep_the_server_alive(data_dir):
+    env = {"CARECLI_DATA_DIR": str(data_dir)}
+    assert run_carecli("db", "upgrade", env=env).code == 0
+    pgdata = data_dir / "postgres"
+    # A carecli that died with kill -9 leaves its pid in pgserver's holder list.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (pgdata / ".handle_pids.json").write_text(json.dumps([dead.pid]))
+    result = run_carecli("db", "check", env=env)
+    assert result.code == 0, result.err
+    assert _wait_stopped(pgdata)
+
+
+def test_first_use_migrates_the_embedded_databases(data_dir):
+    """Any command that works with data brings a new embedded server to head by itself."""
+    env = {"CARECLI_DATA_DIR": str(data_dir)}
+    result = run_carecli("seed", "--members", "50", "--seed", "1", env=env)
+    assert result.code == 0, result.err
+    assert "members" in result.out
+    check = run_carecli("db", "check", env=env)
+    assert check.code == 0, check.err
+    again = run_carecli("seed", "--members", "50", "--if-empty", env=env)
+    assert again.code == 0, again.err
+    assert "nothing seeded" in again.out

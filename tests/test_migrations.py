@@ -1,0 +1,112 @@
+"""Every revision upgrades and downgrades cleanly, through the real CLI too."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from alembic.script import ScriptDirectory
+
+from carecli.config import load_settings
+from carecli.data import migrate
+from carecli.data.databases import create_database_engine
+from tests.cli import run_carecli
+from tests.seed_schema import snapshot
+
+
+def _tables(pair, database):
+    url = pair.url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as conn:
+        return {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+
+def _snapshots(pair):
+    snaps = {}
+    for database in ("identity", "platform"):
+        url = pair.url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url) as conn:
+            snaps[database] = snapshot(conn)
+    return snaps
+
+
+def test_cli_upgrade_downgrade_base_upgrade_round_trip(empty_pair):
+    result = run_carecli("db", "upgrade", env=empty_pair.env)
+    assert result.code == 0, result.err
+    assert "identity: empty -> identity_0001" in result.out
+    assert "platform: empty -> platform_0001" in result.out
+    first = _snapshots(empty_pair)
+
+    result = run_carecli("db", "downgrade", "base", env=empty_pair.env)
+    assert result.code == 0, result.err
+    # Nothing of carecli's is left, not even Alembic's version table.
+    assert _tables(empty_pair, "identity") == set()
+    assert _tables(empty_pair, "platform") == set()
+
+    result = run_carecli("db", "upgrade", env=empty_pair.env)
+    assert result.code == 0, result.err
+    assert _snapshots(empty_pair) == first
+
+
+def test_upgrade_is_idempotent_and_check_reports_head(migrated_pair):
+    result = run_carecli("db", "upgrade", env=migrated_pair.env)
+    assert result.code == 0, result.err
+    assert "identity: identity_0001 -> identity_0001" in result.out
+    result = run_carecli("db", "check", env=migrated_pair.env)
+    assert result.code == 0, result.err
+    assert "identity: up to date" in result.out and "platform: up to date" in result.out
+
+
+def test_check_fails_when_a_database_is_behind(empty_pair):
+    result = run_carecli("db", "upgrade", "--db", "identity", env=empty_pair.env)
+    assert result.code == 0, result.err
+    assert "platform" not in result.out
+    result = run_carecli("db", "check", env=empty_pair.env)
+    assert result.code == 1
+    assert "identity: up to date" in result.out
+    assert "platform: at empty, head is platform_0001; run `carecli db upgrade`" in result.out
+    current = run_carecli("db", "current", env=empty_pair.env)
+    assert current.code == 0, current.err
+    assert "identity  identity_0001 (head)" in current.out
+    assert "platform  empty (head is platform_0001)" in current.out
+
+
+def test_unknown_revision_is_a_usage_error(migrated_pair):
+    result = run_carecli("db", "downgrade", "nope", "--db", "platform", env=migrated_pair.env)
+    assert result.code == 2
+    assert "cannot downgrade the platform database to 'nope'" in result.err
+    assert "Traceback" not in result.err
+    assert _tables(migrated_pair, "platform") != set()
+
+
+@pytest.mark.parametrize("database", ["identity", "platform"])
+def test_each_revision_steps_up_and_down(empty_pair, database):
+    """Walk the history one revision at a time, up to head and back down to base."""
+    engine = create_database_engine(empty_pair.url(database), load_settings({}))
+    script = ScriptDirectory.from_config(migrate.alembic_config(database))
+    revisions = [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    try:
+        for revision in revisions:
+            migrate.upgrade(engine, database, revision)
+            with engine.connect() as conn:
+                assert migrate.current_revision(conn, database) == revision
+        for expected in reversed([None, *revisions[:-1]]):
+            migrate.downgrade(engine, database, "-1")
+            with engine.connect() as conn:
+                assert migrate.current_revision(conn, database) == expected
+    finally:
+        engine.dispose()
+    assert _tables(empty_pair, database) <= {migrate.VERSION_TABLES[database]}
+
+
+def test_concurrent_upgrades_serialise(empty_pair):
+    """Several processes migrating the same fresh databases at once all succeed, once."""
+    import subprocess
+    import sys
+    import os
+
+    env = dict(os.environ, **empty_pair.env)
+    procs = [subprocess.Popen([sys.executable, "-m", "carecli", "db", "upgrade"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+    created = sum("identity: empty -> identity_0001" in out for out, _ in outputs)
+    assert created == 1, outputs
