@@ -13,23 +13,28 @@ import sys
 import traceback
 
 import click
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from carecli import __version__
 from carecli.cli.config_cmd import config_group
 from carecli.cli.db_cmd import db_group
 from carecli.cli.seed_cmd import seed_command
+from carecli.data.databases import describe_dbapi_error
 from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, EXIT_USAGE, CarecliError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, prog_name="carecli")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """carecli: case management for health-plan outreach specialists.
 
     With no database configured, carecli runs an embedded PostgreSQL in your
     data directory; set CARECLI_IDENTITY_URL and CARECLI_PLATFORM_URL to use
     your own servers.
     """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 cli.add_command(db_group)
@@ -53,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     except CarecliError as exc:
         click.echo(f"carecli: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except DBAPIError as exc:
+        # Never str(exc): SQLAlchemy embeds the statement and its parameters.
+        click.echo(f"carecli: database error: {describe_dbapi_error(exc)}", err=True)
+        sys.exit(EXIT_USAGE if isinstance(exc, (OperationalError, InterfaceError)) else EXIT_FAILURE)
     except Exception as exc:  # the last line of defence: say what, never dump values
         if os.environ.get("CARECLI_DEBUG") == "1":
             traceback.print_exc()

@@ -10,7 +10,6 @@ no zone, so every session must agree on what ``now()`` means) and
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, create_engine, text
@@ -120,25 +119,6 @@ def check_connection(engine: Engine, database: str) -> None:
         )
 
 
-@contextmanager
-def translated_errors(database: str, url: URL) -> Iterator[None]:
-    """Turn a lost or refused connection inside a block into a clear error."""
-    try:
-        yield
-    except DBAPIError as exc:
-        if exc.connection_invalidated or _is_connection_error(exc):
-            raise DatabaseUnavailable(
-                f"lost the connection to the {database} database at {display_url(url)}: {describe_dbapi_error(exc)}"
-            ) from None
-        raise
-
-
-def _is_connection_error(exc: DBAPIError) -> bool:
-    import psycopg
-
-    return isinstance(exc.orig, psycopg.OperationalError) and getattr(exc.orig, "sqlstate", None) is None
-
-
 def open_databases(
     settings: Settings | None = None, *, migrate_embedded: bool = True, check: bool = True
 ) -> Databases:
@@ -212,5 +192,4 @@ __all__ = [
     "display_url",
     "open_databases",
     "require_head",
-    "translated_errors",
 ]
