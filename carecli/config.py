@@ -92,7 +92,15 @@ SPECS: tuple[SettingSpec, ...] = (
                 _non_negative_int, 30_000, "server-side statement timeout in ms (0 = none)"),
     SettingSpec("data_dir", "embedded", "data_dir", "CARECLI_DATA_DIR", _path, None,
                 "where the embedded PostgreSQL keeps its data (default: the platform's user data dir)"),
+    SettingSpec("master_key_file", "keys", "master_key_file", "CARECLI_MASTER_KEY_FILE", _path, None,
+                "a 0600 file holding the base64 master key (servers)"),
+    SettingSpec("keyring_name", "keys", "keyring_name", "CARECLI_KEYRING_NAME", _text, None,
+                "the OS keyring entry's name (default: derived from the platform database)"),
 )
+
+# The master key itself is read from the environment only, never from the
+# config file, which tends to be copied around.
+MASTER_KEY_ENV = "CARECLI_MASTER_KEY"
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -119,6 +127,9 @@ class Settings:
     connect_timeout: int
     statement_timeout_ms: int
     data_dir: Path
+    master_key_file: Path | None
+    keyring_name: str | None
+    master_key: str | None
     config_file: Path
     config_file_found: bool
     sources: dict[str, str] = field(default_factory=dict)
@@ -255,6 +266,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         connect_timeout=values["connect_timeout"],
         statement_timeout_ms=values["statement_timeout_ms"],
         data_dir=values["data_dir"] or default_data_dir(),
+        master_key_file=values["master_key_file"],
+        keyring_name=values["keyring_name"],
+        master_key=env.get(MASTER_KEY_ENV) or None,
         config_file=config_path,
         config_file_found=config_path.exists(),
         sources=sources,

@@ -47,3 +47,36 @@ class SchemaOutOfDate(CarecliError):
     """A database is not migrated to the revision this carecli expects."""
 
     exit_code = EXIT_USAGE
+
+
+class KeyUnavailable(CarecliError):
+    """A key is missing, wrong or cannot unwrap."""
+
+    exit_code = EXIT_USAGE
+
+
+class DecryptionError(CarecliError):
+    """A ciphertext failed authentication: altered, moved to another row, or the wrong key."""
+
+
+class PermissionDenied(CarecliError):
+    """The actor's role lacks the permission an operation needs."""
+
+
+class ConflictError(CarecliError):
+    """The row changed since it was read (optimistic concurrency)."""
+
+
+class ValidationError(CarecliError):
+    """A value breaks a rule; ``field`` and ``rule`` say which."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, field: str, rule: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.rule = rule
+
+
+class NotFound(CarecliError):
+    """The record does not exist (or is soft-deleted and not asked for)."""

@@ -20,6 +20,8 @@ PLATFORM_TABLES = (
     "members", "specialists", "call_records", "insurance_plans", "member_insurance_plans",
     "specialist_insurance_plans", "metadata", "risk_flags", "audit_logs",
 )
+# Tables of ours that the seed leaves room for (documented in the README).
+OWN_TABLES = {"identity": set(), "platform": {"data_keys"}}
 CROSS_DATABASE_FK = ("specialists", "f", "FOREIGN KEY (user_id) REFERENCES users(id)")
 
 
@@ -37,8 +39,11 @@ def seed_create_statements() -> dict[str, str]:
     return {name: statements[name] for name in order}
 
 
-def snapshot(conn: psycopg.Connection) -> dict[str, set[tuple]]:
-    """Columns and constraints of the public schema, as comparable tuples."""
+def snapshot(conn: psycopg.Connection, *, seed_only: bool = False) -> dict[str, set[tuple]]:
+    """Columns and constraints of the public schema, as comparable tuples.
+
+    ``seed_only`` keeps the seed's thirteen tables and leaves out ours.
+    """
     columns = conn.execute(
         """
         SELECT c.relname, a.attname,
@@ -65,6 +70,11 @@ def snapshot(conn: psycopg.Connection) -> dict[str, set[tuple]]:
     tables = conn.execute(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
     ).fetchall()
+    if seed_only:
+        seed = set(IDENTITY_TABLES + PLATFORM_TABLES)
+        columns = [row for row in columns if row[0] in seed]
+        constraints = [row for row in constraints if row[0] in seed]
+        tables = [row for row in tables if row[0] in seed]
     return {
         "tables": {row for row in tables},
         "columns": set(columns),

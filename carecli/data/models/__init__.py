@@ -5,6 +5,7 @@ from carecli.data.models.identity import Role, Session, Token, User
 from carecli.data.models.platform import (
     AuditLog,
     CallRecord,
+    DataKey,
     InsurancePlan,
     Member,
     MemberInsurancePlan,
@@ -22,6 +23,7 @@ __all__ = [
     "PLATFORM_METADATA",
     "AuditLog",
     "CallRecord",
+    "DataKey",
     "IdentityBase",
     "InsurancePlan",
     "Member",

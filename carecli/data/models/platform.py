@@ -24,6 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from carecli.data.models.base import (
     ACTIVE_DELETED_FILTER,
+    NOW,
     PlatformBase,
     deleted_column,
     in_list,
@@ -33,6 +34,7 @@ from carecli.data.models.base import (
 from carecli.data.models.enums import (
     CALL_STATUSES,
     CALL_TYPES,
+    DATA_KEY_STATUSES,
     ENROLLMENT_STATUSES,
     MEMBER_STATUSES,
     RISK_TYPES,
@@ -265,3 +267,21 @@ class AuditLog(PlatformBase):
     ip_address: Mapped[str | None] = mapped_column(INET)
     user_agent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime | None] = now_column()
+
+
+class DataKey(PlatformBase):
+    """Our table (not in the seed): envelope data keys, stored only wrapped by a master key."""
+
+    __tablename__ = "data_keys"
+    __table_args__ = (
+        CheckConstraint(in_list("status", DATA_KEY_STATUSES), name="status"),
+        # Exactly one key encrypts new values.
+        Index("uq_data_keys_one_primary", "status", unique=True, postgresql_where=text("status = 'primary'")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), server_default=text("'active'"))
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    retired_at: Mapped[datetime | None] = mapped_column()

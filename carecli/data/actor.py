@@ -1,0 +1,68 @@
+"""Who is acting: the user, what their role allows, and where they are.
+
+Every unit of work carries an ``Actor``; there is no ambient current user.
+The audit log records the actor's id, client IP and user agent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from carecli import __version__
+from carecli.data.permissions import Permission
+
+Channel = Literal["tui", "cli", "ssh"]
+
+
+def user_agent(channel: Channel) -> str:
+    """``carecli/<version> (<tui|cli|ssh>)``."""
+    return f"carecli/{__version__} ({channel})"
+
+
+def client_ip(environ: Mapping[str, str] | None = None) -> str | None:
+    """The SSH client's address from ``SSH_CONNECTION`` ("client port server port"), if any."""
+    env = os.environ if environ is None else environ
+    parts = env.get("SSH_CONNECTION", "").split()
+    if not parts:
+        return None
+    try:
+        return str(ipaddress.ip_address(parts[0]))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The user behind a unit of work and what they may do."""
+
+    user_id: uuid.UUID
+    permissions: frozenset[str]
+    user_agent: str
+    ip_address: str | None = None
+    role: str | None = None
+    # API-token scopes narrow the role's permissions; None means a signed-in session.
+    scopes: frozenset[str] | None = field(default=None)
+
+    @classmethod
+    def create(cls, user_id: uuid.UUID, permissions: Iterable[str], *, channel: Channel,
+               role: str | None = None, scopes: Iterable[str] | None = None,
+               environ: Mapping[str, str] | None = None) -> Actor:
+        return cls(
+            user_id=user_id,
+            permissions=frozenset(permissions),
+            user_agent=user_agent(channel),
+            ip_address=client_ip(environ),
+            role=role,
+            scopes=frozenset(scopes) if scopes is not None else None,
+        )
+
+    def can(self, permission: Permission | str) -> bool:
+        name = str(permission)
+        if name not in self.permissions:
+            return False
+        return self.scopes is None or name in self.scopes

@@ -1,0 +1,112 @@
+"""AES-256-GCM field encryption with envelope data keys.
+
+Ciphertext layout (all in one BYTEA value)::
+
+    version (1 byte, 0x01) | data key id (16 bytes, UUID) | nonce (12 bytes) | ciphertext + tag (16 bytes)
+
+The associated data binds a value to ``table``, ``column`` and the row's id,
+so a ciphertext copied to another member, or from the SSN column to the DOB
+column, fails authentication instead of decrypting to someone else's value.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import date
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from carecli.data.crypto.master import MasterKey
+from carecli.data.crypto.phi import DateOfBirth, Ssn
+from carecli.errors import DecryptionError, KeyUnavailable
+
+VERSION = 1
+_HEADER = 1 + 16 + 12
+
+
+def key_id_of(blob: bytes) -> uuid.UUID:
+    """The data key a ciphertext was made with (readable without any key)."""
+    if len(blob) < _HEADER + 16 or blob[0] != VERSION:
+        raise DecryptionError("not a carecli ciphertext (unknown version or truncated)")
+    return uuid.UUID(bytes=bytes(blob[1:17]))
+
+
+def _aad(table: str, column: str, row_id: uuid.UUID) -> bytes:
+    return f"carecli/v{VERSION}/{table}/{column}/".encode() + row_id.bytes
+
+
+@dataclass(frozen=True)
+class WrappedDataKey:
+    id: uuid.UUID
+    wrapped_key: bytes
+    status: str
+
+
+class FieldCipher:
+    """Encrypts new values with the primary data key; decrypts with whichever key made them.
+
+    Data keys are unwrapped lazily, once, and their ``AESGCM`` objects cached
+    (a new object per value costs about a third of the throughput).
+    """
+
+    def __init__(self, master: MasterKey, keys: list[WrappedDataKey]) -> None:
+        self.master = master
+        self._wrapped = {key.id: key for key in keys}
+        primaries = [key.id for key in keys if key.status == "primary"]
+        self.primary_id: uuid.UUID | None = primaries[0] if primaries else None
+        self._ciphers: dict[uuid.UUID, AESGCM] = {}
+
+    def _cipher(self, key_id: uuid.UUID) -> AESGCM:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            wrapped = self._wrapped.get(key_id)
+            if wrapped is None:
+                raise KeyUnavailable(
+                    f"data key {key_id} is not in this database's data_keys table",
+                    hint="the value was encrypted elsewhere, or its key was deleted; restore the key from backup",
+                )
+            cipher = AESGCM(self.master.unwrap(wrapped.wrapped_key, data_key_id=key_id))
+            self._ciphers[key_id] = cipher
+        return cipher
+
+    def encrypt(self, plaintext: bytes, *, table: str, column: str, row_id: uuid.UUID) -> bytes:
+        if self.primary_id is None:
+            raise KeyUnavailable("there is no primary data key", hint="run `carecli keys status` to set one up")
+        return self.encrypt_with(self.primary_id, plaintext, table=table, column=column, row_id=row_id)
+
+    def encrypt_with(self, key_id: uuid.UUID, plaintext: bytes, *, table: str, column: str,
+                     row_id: uuid.UUID) -> bytes:
+        nonce = os.urandom(12)
+        sealed = self._cipher(key_id).encrypt(nonce, plaintext, _aad(table, column, row_id))
+        return bytes([VERSION]) + key_id.bytes + nonce + sealed
+
+    def decrypt(self, blob: bytes, *, table: str, column: str, row_id: uuid.UUID) -> bytes:
+        key_id = key_id_of(blob)
+        blob = bytes(blob)
+        try:
+            return self._cipher(key_id).decrypt(blob[17:_HEADER], blob[_HEADER:], _aad(table, column, row_id))
+        except InvalidTag:
+            raise DecryptionError(
+                f"{table}.{column} of row {row_id} failed authentication: the value was altered, "
+                "copied from another row or column, or encrypted under a different key",
+                hint="restore the value from a backup; report it to security",
+            ) from None
+
+    # The two PHI columns of members, typed.
+
+    def encrypt_ssn(self, ssn: Ssn, member_id: uuid.UUID) -> bytes:
+        return self.encrypt(ssn.reveal().encode("ascii"), table="members", column="encrypted_ssn", row_id=member_id)
+
+    def decrypt_ssn(self, blob: bytes, member_id: uuid.UUID) -> Ssn:
+        return Ssn(self.decrypt(blob, table="members", column="encrypted_ssn", row_id=member_id).decode("ascii"))
+
+    def encrypt_dob(self, dob: DateOfBirth, member_id: uuid.UUID) -> bytes:
+        return self.encrypt(dob.isoformat().encode("ascii"), table="members", column="encrypted_dob",
+                            row_id=member_id)
+
+    def decrypt_dob(self, blob: bytes, member_id: uuid.UUID) -> DateOfBirth:
+        text = self.decrypt(blob, table="members", column="encrypted_dob", row_id=member_id).decode("ascii")
+        return DateOfBirth(date.fromisoformat(text))

@@ -1,0 +1,176 @@
+"""The one way to open a platform transaction: a unit of work that carries the actor.
+
+    with PlatformUnitOfWork(engine, actor, keys=key_provider) as uow:
+        member = uow.members.create(...)
+        uow.commit()
+
+Leaving the block without ``commit()`` rolls everything back, audit rows
+included. Repositories are created on first use and share the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from functools import cached_property
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, Engine, select
+
+from carecli.data import audit
+from carecli.data.actor import Actor
+from carecli.data.crypto.fields import FieldCipher
+from carecli.data.crypto.keystore import DATA_KEYS
+from carecli.errors import CarecliError
+
+if TYPE_CHECKING:
+    from carecli.data.repositories.audit_log import AuditLogRepository
+    from carecli.data.repositories.calls import CallRepository
+    from carecli.data.repositories.enrollments import EnrollmentRepository
+    from carecli.data.repositories.members import MemberRepository
+    from carecli.data.repositories.metadata import MetadataRepository
+    from carecli.data.repositories.plans import PlanRepository
+    from carecli.data.repositories.risk_flags import RiskFlagRepository
+    from carecli.data.repositories.specialists import SpecialistPlanRepository, SpecialistRepository
+
+CipherProvider = Callable[[], FieldCipher]
+UserLookup = Callable[[uuid.UUID], bool]
+NIL = uuid.UUID(int=0)
+
+
+class PlatformUnitOfWork:
+    """A transaction on the platform database on behalf of ``actor``."""
+
+    def __init__(self, engine: Engine, actor: Actor, *, cipher: CipherProvider | None = None,
+                 user_exists: UserLookup | None = None) -> None:
+        if actor is None:
+            raise CarecliError("no actor: every read and write needs a signed-in user or an API token")
+        self.engine = engine
+        self.actor = actor
+        self._cipher_provider = cipher
+        self._cipher: FieldCipher | None = None
+        #: checks identity.users for the cross-database reference specialists.user_id
+        self.user_exists = user_exists
+        self._connection: Connection | None = None
+        self._committed = False
+
+    def __enter__(self) -> PlatformUnitOfWork:
+        self._connection = self.engine.connect()
+        self._connection.begin()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._connection is not None
+        try:
+            if not self._committed:
+                self._connection.rollback()
+        finally:
+            self._connection.close()
+            self._connection = None
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            raise CarecliError("the unit of work is not open: use it in a `with` block")
+        return self._connection
+
+    def commit(self) -> None:
+        self.connection.commit()
+        self._committed = True
+
+    # -- keys -----------------------------------------------------------------
+
+    def cipher(self) -> FieldCipher:
+        """The field cipher, with a primary key that is still primary.
+
+        The primary key's row is share-locked for the rest of the transaction,
+        so a concurrent ``keys rotate`` cannot demote it under us; if a
+        rotation already did, the cipher is reloaded and the new key used.
+        """
+        if self._cipher_provider is None:
+            raise CarecliError("this unit of work was opened without access to the encryption keys")
+        if self._cipher is None:
+            self._cipher = self._cipher_provider()
+        status = self.connection.execute(
+            select(DATA_KEYS.c.status).where(DATA_KEYS.c.id == self._cipher.primary_id).with_for_update(read=True)
+        ).scalar_one_or_none()
+        if status != "primary":
+            self._cipher = self._cipher_provider()
+        return self._cipher
+
+    def reader_cipher(self) -> FieldCipher:
+        """The cipher for decrypting only (no primary-key lock needed)."""
+        if self._cipher_provider is None:
+            raise CarecliError("this unit of work was opened without access to the encryption keys")
+        if self._cipher is None:
+            self._cipher = self._cipher_provider()
+        return self._cipher
+
+    # -- audit ----------------------------------------------------------------
+
+    def audit_denial(self, entity_type: str, entity_id: uuid.UUID | None, operation: str, permission: str) -> None:
+        """A refused operation is audited in its own committed transaction."""
+        audit.write_committed(self.engine, self.actor, entity_type, entity_id or NIL, "deny",
+                              {"operation": operation, "permission": str(permission)})
+
+    def audit_read(self, entity_type: str, entity_id: uuid.UUID, details: dict) -> None:
+        """A PHI read, committed before the value is returned (fail closed)."""
+        audit.write_committed(self.engine, self.actor, entity_type, entity_id, "read", details)
+
+    # -- repositories -----------------------------------------------------------
+
+    @cached_property
+    def members(self) -> MemberRepository:
+        from carecli.data.repositories.members import MemberRepository
+
+        return MemberRepository(self)
+
+    @cached_property
+    def specialists(self) -> SpecialistRepository:
+        from carecli.data.repositories.specialists import SpecialistRepository
+
+        return SpecialistRepository(self)
+
+    @cached_property
+    def specialist_plans(self) -> SpecialistPlanRepository:
+        from carecli.data.repositories.specialists import SpecialistPlanRepository
+
+        return SpecialistPlanRepository(self)
+
+    @cached_property
+    def calls(self) -> CallRepository:
+        from carecli.data.repositories.calls import CallRepository
+
+        return CallRepository(self)
+
+    @cached_property
+    def plans(self) -> PlanRepository:
+        from carecli.data.repositories.plans import PlanRepository
+
+        return PlanRepository(self)
+
+    @cached_property
+    def enrollments(self) -> EnrollmentRepository:
+        from carecli.data.repositories.enrollments import EnrollmentRepository
+
+        return EnrollmentRepository(self)
+
+    @cached_property
+    def risk_flags(self) -> RiskFlagRepository:
+        from carecli.data.repositories.risk_flags import RiskFlagRepository
+
+        return RiskFlagRepository(self)
+
+    @cached_property
+    def metadata(self) -> MetadataRepository:
+        from carecli.data.repositories.metadata import MetadataRepository
+
+        return MetadataRepository(self)
+
+    @cached_property
+    def audit_log(self) -> AuditLogRepository:
+        from carecli.data.repositories.audit_log import AuditLogRepository
+
+        return AuditLogRepository(self)

@@ -1,0 +1,127 @@
+"""Validation before the database: every error names the field and the rule.
+
+Column rules (required, VARCHAR length, enumerations) are read from the
+mapped tables, so they cannot drift from the schema; entity rules (date
+order, ranges, state codes, ZIP formats) are small functions the
+repositories call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import Boolean, Date, DateTime, Integer, Numeric, String, Table, Text, Uuid
+
+from carecli.data.models import enums
+from carecli.errors import ValidationError
+
+ENUMERATIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("members", "status"): enums.MEMBER_STATUSES,
+    ("call_records", "call_type"): enums.CALL_TYPES,
+    ("call_records", "call_status"): enums.CALL_STATUSES,
+    ("risk_flags", "risk_type"): enums.RISK_TYPES,
+    ("risk_flags", "severity"): enums.SEVERITIES,
+    ("member_insurance_plans", "status"): enums.ENROLLMENT_STATUSES,
+    ("tokens", "token_type"): enums.TOKEN_TYPES,
+}
+
+US_STATE_CODES = frozenset(
+    "AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
+    "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY DC PR GU VI AS MP".split()
+)
+ZIP_PATTERN = re.compile(r"^\d{5}(-\d{4})?$")
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _type_ok(column_type: Any, value: Any) -> str | None:
+    """None when ``value`` fits the column's Python type, else the expected kind."""
+    if isinstance(column_type, Boolean):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(column_type, Integer):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if isinstance(column_type, DateTime):
+        return None if isinstance(value, datetime) else "a date and time"
+    if isinstance(column_type, Date):
+        return None if isinstance(value, date) and not isinstance(value, datetime) else "a date"
+    if isinstance(column_type, (String, Text)):
+        return None if isinstance(value, str) else "text"
+    if isinstance(column_type, Numeric):
+        if isinstance(value, bool):
+            return "a number"
+        try:
+            Decimal(str(value))
+        except InvalidOperation:
+            return "a number"
+        return None
+    if isinstance(column_type, Uuid):
+        import uuid
+
+        return None if isinstance(value, uuid.UUID) else "an id"
+    return None
+
+
+def check_columns(table: Table, values: Mapping[str, Any], *, creating: bool,
+                  generated: frozenset[str] = frozenset()) -> None:
+    """Required fields, types, VARCHAR lengths and enumerations for ``values``.
+
+    ``generated`` names columns the repository fills itself.
+    """
+    for name, value in values.items():
+        if name not in table.c:
+            raise ValidationError(name, "unknown_field", f"{table.name} has no field '{name}'")
+        column = table.c[name]
+        if value is None:
+            if not column.nullable:
+                raise ValidationError(name, "required", "is required")
+            continue
+        if isinstance(value, str) and not value.strip() and not column.nullable:
+            raise ValidationError(name, "required", "must not be blank")
+        expected = _type_ok(column.type, value)
+        if expected:
+            raise ValidationError(name, "type", f"must be {expected}")
+        length = getattr(column.type, "length", None)
+        if length and isinstance(value, str) and len(value) > length:
+            raise ValidationError(name, "max_length", f"must be at most {length} characters (got {len(value)})")
+        allowed = ENUMERATIONS.get((table.name, name))
+        if allowed and value not in allowed:
+            raise ValidationError(name, "enum", f"must be one of {', '.join(allowed)}")
+    if creating:
+        for column in table.columns:
+            if column.name in generated or column.nullable or column.server_default is not None:
+                continue
+            if values.get(column.name) is None:
+                raise ValidationError(column.name, "required", "is required")
+
+
+def check_not_before(later_field: str, later: date | None, earlier_field: str, earlier: date | None) -> None:
+    if later is not None and earlier is not None and later < earlier:
+        raise ValidationError(later_field, "date_order", f"must not be before {earlier_field}")
+
+
+def check_range(field: str, value: Any, low: Decimal | int | None, high: Decimal | int | None) -> None:
+    if value is None:
+        return
+    number = Decimal(str(value))
+    if low is not None and number < low:
+        raise ValidationError(field, "range", f"must be at least {low}")
+    if high is not None and number > high:
+        raise ValidationError(field, "range", f"must be at most {high}")
+
+
+def check_state(value: str | None) -> None:
+    if value is not None and value not in US_STATE_CODES:
+        raise ValidationError("state", "us_state", "must be a two-letter US state or territory code")
+
+
+def check_zip(value: str | None) -> None:
+    if value is not None and not ZIP_PATTERN.match(value):
+        raise ValidationError("zip_code", "zip_format", "must be 5 digits or ZIP+4 (12345-6789)")
+
+
+def check_email(value: str | None) -> None:
+    if value is not None and not EMAIL_PATTERN.match(value):
+        raise ValidationError("email", "email_format", "must look like name@example.org")
