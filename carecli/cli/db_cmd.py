@@ -29,12 +29,11 @@ def _current(engine: Engine, name: str) -> str | None:
         return migrate.current_revision(connection, name)
 
 
-def _run_alembic(action: str, engine: Engine, name: str, revision: str) -> None:
+def _run_alembic(action: str, engine: Engine, name: str, revision: str) -> tuple[str | None, str | None]:
     try:
         if action == "upgrade":
-            migrate.upgrade(engine, name, revision)
-        else:
-            migrate.downgrade(engine, name, revision)
+            return migrate.upgrade(engine, name, revision)
+        return migrate.downgrade(engine, name, revision)
     except CommandError as exc:
         raise ConfigError(
             f"cannot {action} the {name} database to '{revision}': {exc}",
@@ -54,9 +53,7 @@ def db_upgrade(revision: str, only: str | None) -> None:
     """Migrate the databases up to REVISION (default: head)."""
     databases = open_databases(migrate_embedded=False, check=False)
     for name, engine in _selected(databases, only):
-        before = _current(engine, name)
-        _run_alembic("upgrade", engine, name, revision)
-        after = _current(engine, name)
+        before, after = _run_alembic("upgrade", engine, name, revision)
         click.echo(f"{name}: {before or 'empty'} -> {after or 'empty'}")
 
 
@@ -68,9 +65,7 @@ def db_downgrade(revision: str, only: str | None) -> None:
     databases = open_databases(migrate_embedded=False, check=False)
     # Platform first: nothing in identity depends on it, and it goes up last.
     for name, engine in sorted(_selected(databases, only), key=lambda item: item[0] != "platform"):
-        before = _current(engine, name)
-        _run_alembic("downgrade", engine, name, revision)
-        after = _current(engine, name)
+        before, after = _run_alembic("downgrade", engine, name, revision)
         click.echo(f"{name}: {before or 'empty'} -> {after or 'empty'}")
 
 

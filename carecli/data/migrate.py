@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, text
 
 import carecli
 from carecli.data.models import IDENTITY_METADATA, PLATFORM_METADATA
@@ -60,20 +60,28 @@ def current_revision(connection: Connection, database: str) -> str | None:
     return heads[0] if heads else None
 
 
-def upgrade(engine: Engine, database: str, revision: str = "head") -> None:
-    """Migrate ``database`` up to ``revision`` (idempotent)."""
+def upgrade(engine: Engine, database: str, revision: str = "head") -> tuple[str | None, str | None]:
+    """Migrate ``database`` up to ``revision`` (idempotent); returns (before, after).
+
+    Both revisions are read under the migration lock, so when several
+    processes race, exactly one reports the change.
+    """
     with engine.connect() as connection:
-        command.upgrade(alembic_config(database, connection), revision)
+        config = alembic_config(database, connection)
+        command.upgrade(config, revision)
         connection.commit()
+    return config.attributes.get("revision_before"), config.attributes.get("revision_after")
 
 
-def downgrade(engine: Engine, database: str, revision: str) -> None:
+def downgrade(engine: Engine, database: str, revision: str) -> tuple[str | None, str | None]:
     """Migrate ``database`` down to ``revision``; at ``base`` the version table goes too."""
     with engine.connect() as connection:
-        command.downgrade(alembic_config(database, connection), revision)
+        config = alembic_config(database, connection)
+        command.downgrade(config, revision)
         if revision == "base":
             connection.execute(text(f'DROP TABLE IF EXISTS "{VERSION_TABLES[database]}"'))
         connection.commit()
+    return config.attributes.get("revision_before"), config.attributes.get("revision_after")
 
 
 def run_env(database: str) -> None:
@@ -118,8 +126,8 @@ def _run_online(context: object, connection: Connection, database: str, options:
         # Big tables make index builds slow; the app's statement timeout must not cut a migration short.
         connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEYS[database]})
+        attributes = context.config.attributes  # type: ignore[attr-defined]
+        attributes["revision_before"] = current_revision(connection, database)
         context.run_migrations()  # type: ignore[attr-defined]
+        attributes["revision_after"] = current_revision(connection, database)
 
-
-def has_tables(connection: Connection) -> bool:
-    return bool(inspect(connection).get_table_names())
