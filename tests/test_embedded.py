@@ -28,7 +28,7 @@ def _server_running(pgdata: Path) -> bool:
     return True
 
 
-def _wait_stopped(pgdata: Path, seconds: float = 15) -> bool:
+def _wait_stopped(pgdata: Path, seconds: float = 30) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not _server_running(pgdata):

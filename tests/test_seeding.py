@@ -280,3 +280,25 @@ def test_zero_members_still_creates_staff_and_plans(migrated_engines):
     assert summary.counts["members"] == summary.counts["call_records"] == summary.counts["risk_flags"] == 0
     assert summary.counts["specialists"] == 8 and summary.counts["insurance_plans"] == 24
     assert summary.counts == _counts(migrated_engines)
+
+
+def test_with_a_cipher_every_member_gets_encrypted_valid_phi(migrated_engines):
+    from sqlalchemy import text
+
+    from carecli.data.crypto.keystore import open_cipher
+    from carecli.data.crypto.master import LocalMasterKey, generate_master_key
+    from carecli.data.repositories.members import check_dob
+
+    cipher = open_cipher(migrated_engines.platform, LocalMasterKey(generate_master_key(), "test"))
+    seed_demo_data(migrated_engines.identity, migrated_engines.platform, members=200, seed=5, cipher=cipher)
+    with migrated_engines.platform.connect() as conn:
+        rows = conn.execute(text("SELECT id, encrypted_ssn, encrypted_dob FROM members")).all()
+    assert len(rows) == 200
+    for row in rows:
+        ssn = cipher.decrypt_ssn(bytes(row.encrypted_ssn), row.id).reveal()
+        dob = cipher.decrypt_dob(bytes(row.encrypted_dob), row.id)
+        check_dob(dob)
+        assert ssn[:3] not in ("000", "666") and not ssn.startswith("9")
+        assert ssn[3:5] != "00" and ssn[5:] != "0000"
+        # Ciphertext is never the plaintext digits.
+        assert ssn.encode() not in bytes(row.encrypted_ssn)

@@ -104,6 +104,32 @@ def db_check(ctx: click.Context, only: str | None) -> None:
         ctx.exit(EXIT_FAILURE)
 
 
+@db_group.command("grants")
+@click.option("--db", "only", type=DB_CHOICE, help="Only this database (default: both).")
+@click.option("--prefix", default="carecli", show_default=True, help="Role name prefix.")
+@click.option("--apply", "apply_", is_flag=True, help="Run the SQL instead of printing it (needs CREATEROLE).")
+def db_grants(only: str | None, prefix: str, apply_: bool) -> None:
+    """Print (or apply) SQL for least-privilege roles: owner, app (no DELETE, audit_logs
+    insert-only) and read-only auditor, per database."""
+    from carecli.data.grants import grants_sql
+
+    if not prefix.replace("_", "").isalnum():
+        raise ConfigError("--prefix may contain only letters, digits and underscores")
+    databases = open_databases(check=False)
+    for name, engine in _selected(databases, only):
+        with engine.connect() as connection:
+            statements = grants_sql(connection, name, prefix)
+            if apply_:
+                for statement in statements:
+                    connection.exec_driver_sql(statement)
+                connection.commit()
+                click.echo(f"{name}: applied {len(statements)} statements")
+            else:
+                click.echo(f"-- {name} database ({display_url(engine.url)})")
+                click.echo("\n".join(statements))
+                click.echo()
+
+
 @db_group.command("psql")
 @click.option("--db", "only", type=DB_CHOICE, default="platform", show_default=True,
               help="Which database to open.")

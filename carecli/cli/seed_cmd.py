@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from carecli.config import load_settings
+from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.databases import open_databases, require_head
 from carecli.errors import ConfigError
 
@@ -32,19 +34,24 @@ class _Progress:
               help="Random seed: the same seed gives the same data.")
 @click.option("--if-empty", is_flag=True,
               help="Do nothing (and succeed) when the databases already hold data.")
-def seed_command(members: int, rng_seed: int | None, if_empty: bool) -> None:
+@click.option("--without-phi", is_flag=True,
+              help="Leave SSN and date of birth empty (no master key needed).")
+def seed_command(members: int, rng_seed: int | None, if_empty: bool, without_phi: bool) -> None:
     """Fill empty databases with synthetic roles, users, specialists, plans,
     members, enrollments, calls and risk flags (bulk COPY: a million members
-    is practical). Member SSN and date of birth are left empty for now."""
+    is practical). Synthetic SSNs and dates of birth are encrypted under the
+    primary data key, as the app would."""
     # Imported here: the name lists and generators are only needed by this command.
     from carecli.data.seeding import SeedTargetNotEmpty, seed_demo_data
 
-    databases = open_databases()
+    settings = load_settings()
+    databases = open_databases(settings)
     require_head(databases)
+    cipher = None if without_phi else cipher_provider(settings, databases)()
     progress = _Progress()
     try:
         summary = seed_demo_data(databases.identity, databases.platform, members=members, seed=rng_seed,
-                                 progress=progress)
+                                 progress=progress, cipher=cipher)
     except SeedTargetNotEmpty as exc:
         progress.finish()
         if if_empty:

@@ -37,6 +37,9 @@ SENSITIVE_FIELDS: dict[str, frozenset[str]] = {
     "specialist_insurance_plan": frozenset({"notes"}),
     "metadata": frozenset({"metadata_value"}),
     "specialist": frozenset({"phone"}),
+    # Secrets of the identity database: only that they changed.
+    "token": frozenset({"token_hash"}),
+    "session": frozenset({"session_token"}),
 }
 _ALWAYS_SKIPPED = frozenset({"created_at", "updated_at"})
 

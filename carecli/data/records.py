@@ -152,3 +152,54 @@ class AuditEntry:
     ip_address: str | None
     user_agent: str | None
     created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Role:
+    id: uuid.UUID
+    name: str
+    description: str | None
+    permissions: Any
+    deleted_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class User:
+    id: uuid.UUID
+    external_user_id: str
+    email: str
+    first_name: str | None
+    last_name: str | None
+    role_id: uuid.UUID | None
+    is_active: bool | None
+    last_login_at: datetime | None
+    deleted_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Token:
+    """An API/refresh/access token's metadata; the token itself is never stored, only its hash."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    token_type: str
+    expires_at: datetime
+    scopes: Any
+    is_revoked: bool | None
+    deleted_at: datetime | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Session:
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    ip_address: str | None
+    user_agent: str | None
+    expires_at: datetime
+    deleted_at: datetime | None
+    created_at: datetime | None

@@ -33,10 +33,11 @@ relative to the current UTC day so that worklists (overdue, today, next two
 weeks) always have content; timestamps are naive UTC like every timestamp in
 the schema.
 
-``members.encrypted_ssn`` and ``members.encrypted_dob`` stay NULL: the
-encryption layer that writes them lands with its own issue, and seeding fake
-plaintext-derived ciphertexts before the key handling exists would only have
-to be redone. All contact data is fictional by construction: phone numbers
+Given a field cipher, every member gets a synthetic SSN and date of birth,
+encrypted exactly as the repositories would (AES-256-GCM under the primary
+data key, bound to the member's id); the plaintext exists only in memory for
+the moment of encryption. Without one, ``encrypted_ssn`` and
+``encrypted_dob`` stay NULL. All contact data is fictional by construction: phone numbers
 are ``+1555xxxxxxx``, e-mail addresses use the reserved ``example.com`` /
 ``example.org`` domains. Nothing here prints row contents.
 """
@@ -46,12 +47,13 @@ from __future__ import annotations
 import random
 import struct
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -63,6 +65,9 @@ from sqlalchemy import Engine
 from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES, RISK_TYPES, SEVERITIES
 from carecli.data.permissions import DEFAULT_ROLES as _ROLE_CATALOG
 from carecli.errors import CarecliError
+
+if TYPE_CHECKING:
+    from carecli.data.crypto.fields import FieldCipher
 
 __all__ = ["DEFAULT_ROLES", "SeedSummary", "SeedTargetNotEmpty", "seed_demo_data"]
 
@@ -348,6 +353,7 @@ _ENROLLMENT_NOTES = (
 # --------------------------------------------------------------------------
 
 _DAY = 86_400
+_UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _UNIX_DAY_2000 = 10_957  # days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch
 _UNIX_SECONDS_2000 = _UNIX_DAY_2000 * _DAY
 _DAY_2019 = date(2019, 1, 1).toordinal() - date(1970, 1, 1).toordinal()
@@ -623,6 +629,7 @@ _MEMBER_COLUMNS = (
     ("zip_code", "text"), ("status", "text"), ("deleted_at", "timestamp"), ("created_at", "timestamp"),
     ("updated_at", "timestamp"),
 )
+_PHI_COLUMNS = (("encrypted_ssn", "bytea"), ("encrypted_dob", "bytea"))
 _MEMBER_HISTORY_SECONDS = 6 * 365 * _DAY  # members joined over the past six years
 
 
@@ -635,8 +642,22 @@ class _MemberIndex:
     inactive_or_deleted: bytearray  # 1 = status inactive, 2 = soft-deleted (bit flags)
 
 
-def _member_chunks(rng: random.Random, count: int, clock: _Clock, index: _MemberIndex) -> Iterator[list[tuple]]:
+PhiEncryptor = Callable[[int, str, str], tuple[bytes, bytes]]
+
+
+def synthetic_phi(rng: random.Random, today: date) -> tuple[str, str]:
+    """A nine-digit SSN that passes the validity rules (no 000/666/9xx area, 00 group, 0000 serial)
+    and an ISO date of birth between 0 and 95 years ago."""
+    area = rng.choice((rng.randint(1, 665), rng.randint(667, 899)))
+    ssn = f"{area:03d}{rng.randint(1, 99):02d}{rng.randint(1, 9999):04d}"
+    dob = date.fromordinal(today.toordinal() - rng.randint(0, 95 * 365))
+    return ssn, dob.isoformat()
+
+
+def _member_chunks(rng: random.Random, count: int, clock: _Clock, index: _MemberIndex,
+                   phi: PhiEncryptor | None = None, phi_rng: random.Random | None = None) -> Iterator[list[tuple]]:
     now = clock.now
+    today = date.fromordinal(_UNIX_EPOCH_ORDINAL + clock.today)
     random_, getrandbits, choices = rng.random, rng.getrandbits, rng.choices
     statuses = ("active", "inactive", "suspended")
     all_ids = _sorted_ids(rng, count)
@@ -677,8 +698,11 @@ def _member_chunks(rng: random.Random, count: int, clock: _Clock, index: _Member
             else:
                 deleted = None
                 updated = created if random_() < 0.4 else created + int(random_() * (now - created))
-            append((ids[i], first, last, email, phone, f"{int(random_() * 9899) + 100} {streets[i]}", line2,
-                    city, state, zip_code, status, deleted, created, updated))
+            row = (ids[i], first, last, email, phone, f"{int(random_() * 9899) + 100} {streets[i]}", line2,
+                   city, state, zip_code, status, deleted, created, updated)
+            if phi is not None and phi_rng is not None:
+                row += phi(ids[i], *synthetic_phi(phi_rng, today))
+            append(row)
             index.created.append(created)
             index.inactive_or_deleted.append((status == "inactive") | ((deleted is not None) << 1))
         index.ids.extend(ids)
@@ -1112,8 +1136,20 @@ def _identity_present(conn: psycopg.Connection, data: _IdentityData) -> bool:
     return bool(found) and found[0] == len(ids)
 
 
+def _phi_encryptor(cipher: FieldCipher | None) -> PhiEncryptor | None:
+    if cipher is None:
+        return None
+
+    def encrypt(member_id: int, ssn: str, dob: str) -> tuple[bytes, bytes]:
+        row_id = uuid.UUID(int=member_id)
+        return (cipher.encrypt(ssn.encode("ascii"), table="members", column="encrypted_ssn", row_id=row_id),
+                cipher.encrypt(dob.encode("ascii"), table="members", column="encrypted_dob", row_id=row_id))
+
+    return encrypt
+
+
 def _load_platform(conn: psycopg.Connection, rng_seeds: dict[str, int], members: int, identity: _IdentityData,
-                   clock: _Clock, progress: ProgressCallback) -> dict[str, int]:
+                   clock: _Clock, progress: ProgressCallback, phi: PhiEncryptor | None = None) -> dict[str, int]:
     """Everything in platform, in one transaction left open for the caller to commit."""
     counts: dict[str, int] = {}
     with conn.cursor() as cur:
@@ -1146,8 +1182,10 @@ def _load_platform(conn: psycopg.Connection, rng_seeds: dict[str, int], members:
                                                      [specialist_plans], len(specialist_plans), progress)
 
         index = _MemberIndex(ids=[], created=[], inactive_or_deleted=bytearray())
-        counts["members"] = _copy(cur, "members", _MEMBER_COLUMNS,
-                                  _member_chunks(random.Random(rng_seeds["members"]), members, clock, index),
+        member_columns = _MEMBER_COLUMNS + (_PHI_COLUMNS if phi else ())
+        counts["members"] = _copy(cur, "members", member_columns,
+                                  _member_chunks(random.Random(rng_seeds["members"]), members, clock, index,
+                                                 phi, random.Random(rng_seeds["phi"])),
                                   members, progress)
 
         enrollment_rng = random.Random(rng_seeds["enrollments"])
@@ -1197,6 +1235,7 @@ def seed_demo_data(
     members: int,
     seed: int | None = None,
     progress: ProgressCallback | None = None,
+    cipher: FieldCipher | None = None,
 ) -> SeedSummary:
     """Fill empty identity and platform databases with synthetic demo data.
 
@@ -1213,6 +1252,10 @@ def seed_demo_data(
     foreign keys are rebuilt after a large load it is called with the pseudo
     table ``"indexes"``.
 
+    With a ``cipher``, every member gets a synthetic SSN and date of birth,
+    encrypted like any other (bound to the member's id); without one those
+    columns stay NULL.
+
     Raises :class:`SeedTargetNotEmpty` (and writes nothing) if ``users`` or
     any platform table it fills already has rows. Any failure leaves both
     databases as they were (see the comment on commit order below).
@@ -1226,7 +1269,7 @@ def seed_demo_data(
     # One independent stream per concern, drawn in a fixed order: member ids
     # and names do not shift when, say, the call logic changes.
     rng_seeds = {name: master.getrandbits(64) for name in
-                 ("identity", "plans", "specialist_plans", "members", "enrollments", "calls")}
+                 ("identity", "plans", "specialist_plans", "members", "enrollments", "calls", "phi")}
     identity_data = _build_identity(random.Random(rng_seeds["identity"]), members, clock)
 
     # Commit order. Nothing can commit both databases atomically (two-phase
@@ -1246,7 +1289,8 @@ def seed_demo_data(
     with _psycopg_connection(identity) as id_conn:
         with _psycopg_connection(platform) as pf_conn:
             counts.update(_load_identity(id_conn, identity_data, report))
-            counts.update(_load_platform(pf_conn, rng_seeds, members, identity_data, clock, report))
+            counts.update(_load_platform(pf_conn, rng_seeds, members, identity_data, clock, report,
+                                         _phi_encryptor(cipher)))
             pf_conn.commit()
         try:
             id_conn.commit()

@@ -1,0 +1,296 @@
+"""Identity repositories: roles, users, tokens and sessions.
+
+Their audit rows go to the platform database's ``audit_logs``: the identity
+database has none. Two databases cannot share a transaction, so the
+:class:`IdentityUnitOfWork` commits the audit rows first and the identity
+change second. If the second commit fails, an audit row describes a change
+that did not happen; the reverse (a change without its audit row) cannot.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select, update
+
+from carecli.data import audit
+from carecli.data.actor import Actor
+from carecli.data.models.identity import Role as RoleTable
+from carecli.data.models.identity import Session as SessionTable
+from carecli.data.models.identity import Token as TokenTable
+from carecli.data.models.identity import User as UserTable
+from carecli.data.permissions import ALL_PERMISSIONS, Permission
+from carecli.data.records import Role, Session, Token, User
+from carecli.data.repositories.base import CLOCK_NOW, Repository
+from carecli.data.validation import check_email
+from carecli.errors import CarecliError, NotFound, ValidationError
+
+NIL = uuid.UUID(int=0)
+
+
+class IdentityUnitOfWork:
+    """Transactions on the identity database (changes) and the platform database (their audit rows)."""
+
+    def __init__(self, identity: Engine, platform: Engine, actor: Actor) -> None:
+        if actor is None:
+            raise CarecliError("no actor: every read and write needs a signed-in user or an API token")
+        self.identity_engine = identity
+        self.platform_engine = platform
+        self.actor = actor
+        self._connection: Connection | None = None
+        self._audit: Connection | None = None
+        self._committed = False
+        self.user_exists = None
+
+    def __enter__(self) -> IdentityUnitOfWork:
+        self._connection = self.identity_engine.connect()
+        self._connection.begin()
+        self._audit = self.platform_engine.connect()
+        self._audit.begin()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if not self._committed:
+                for connection in (self._audit, self._connection):
+                    if connection is not None:
+                        connection.rollback()
+        finally:
+            for connection in (self._audit, self._connection):
+                if connection is not None:
+                    connection.close()
+            self._connection = self._audit = None
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            raise CarecliError("the unit of work is not open: use it in a `with` block")
+        return self._connection
+
+    @property
+    def audit_connection(self) -> Connection:
+        if self._audit is None:
+            raise CarecliError("the unit of work is not open: use it in a `with` block")
+        return self._audit
+
+    def commit(self) -> None:
+        """Audit rows first, then the identity change (see the module docstring)."""
+        self.audit_connection.commit()
+        self.connection.commit()
+        self._committed = True
+
+    def audit_denial(self, entity_type: str, entity_id: uuid.UUID | None, operation: str, permission: str) -> None:
+        audit.write_committed(self.platform_engine, self.actor, entity_type, entity_id or NIL, "deny",
+                              {"operation": operation, "permission": str(permission)})
+
+    @property
+    def roles(self) -> RoleRepository:
+        return RoleRepository(self)  # type: ignore[arg-type]
+
+    @property
+    def users(self) -> UserRepository:
+        return UserRepository(self)  # type: ignore[arg-type]
+
+    @property
+    def tokens(self) -> TokenRepository:
+        return TokenRepository(self)  # type: ignore[arg-type]
+
+    @property
+    def sessions(self) -> SessionRepository:
+        return SessionRepository(self)  # type: ignore[arg-type]
+
+
+class RoleRepository(Repository[Role]):
+    table = RoleTable.__table__
+    record_type = Role
+    entity_type = "role"
+    read_permission = None
+    write_permission = Permission.USERS_ADMIN
+
+    def validate(self, values: Mapping[str, Any], current: Mapping[str, Any] | None) -> None:
+        permissions = values.get("permissions")
+        if permissions is None:
+            return
+        if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+            raise ValidationError("permissions", "type", "must be a list of permission names")
+        unknown = sorted(set(permissions) - ALL_PERMISSIONS)
+        if unknown:
+            raise ValidationError("permissions", "enum", f"unknown permissions: {', '.join(unknown)}")
+
+    def list(self, *, include_deleted: bool = False) -> list[Role]:
+        return self._list(self._select(include_deleted).order_by(self.table.c.name))
+
+    def by_name(self, name: str) -> Role:
+        row = self.connection.execute(self._select().where(self.table.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"there is no role named {name!r}")
+        return self.to_record(row)
+
+    def create(self, name: str, permissions: list[str], description: str | None = None) -> Role:
+        return self._insert({"name": name, "permissions": sorted(set(permissions)), "description": description},
+                            operation="create roles")
+
+    def update(self, role_id: uuid.UUID, expected_updated_at: datetime | None, changes: Mapping[str, Any]) -> Role:
+        return self._update(role_id, expected_updated_at, changes, operation="edit roles")
+
+
+class UserRepository(Repository[User]):
+    table = UserTable.__table__
+    record_type = User
+    entity_type = "user"
+    read_permission = None
+    write_permission = Permission.USERS_ADMIN
+    protected = Repository.protected | {"last_login_at"}
+
+    def validate(self, values: Mapping[str, Any], current: Mapping[str, Any] | None) -> None:
+        check_email(values.get("email"))
+        for field in ("email", "external_user_id"):
+            value = values.get(field)
+            if value is None or (current is not None and current.get(field) == value):
+                continue
+            clash = self.connection.execute(select(self.table.c.id).where(self.table.c[field] == value)).first()
+            if clash is not None:
+                raise ValidationError(field, "unique", "another user already has this value")
+
+    def get(self, user_id: uuid.UUID, *, include_deleted: bool = False) -> User:
+        if user_id != self.uow.actor.user_id:
+            self.require(Permission.USERS_ADMIN, "look up other users", user_id)
+        return self.to_record(self._fetch(user_id, include_deleted=include_deleted))
+
+    def by_external_id(self, external_user_id: str) -> User | None:
+        """For sign-in: the user behind an identity provider's subject (deleted users included)."""
+        row = self.connection.execute(
+            select(self.table).where(self.table.c.external_user_id == external_user_id)).first()
+        return self.to_record(row) if row else None
+
+    def list(self, *, include_deleted: bool = False) -> list[User]:
+        self.require(Permission.USERS_ADMIN, "list users")
+        return self._list(self._select(include_deleted).order_by(self.table.c.email))
+
+    def permissions_of(self, user: User) -> frozenset[str]:
+        """The user's role permissions (none for no role or a deleted role)."""
+        if user.role_id is None:
+            return frozenset()
+        row = self.connection.execute(select(RoleTable.__table__.c.permissions).where(
+            RoleTable.__table__.c.id == user.role_id, RoleTable.__table__.c.deleted_at.is_(None))).first()
+        return frozenset(row.permissions or []) if row else frozenset()
+
+    def create(self, values: Mapping[str, Any]) -> User:
+        self._check_role(values.get("role_id"))
+        return self._insert(values, operation="add users")
+
+    def update(self, user_id: uuid.UUID, expected_updated_at: datetime | None, changes: Mapping[str, Any]) -> User:
+        self._check_role(changes.get("role_id"))
+        return self._update(user_id, expected_updated_at, changes, operation="edit users")
+
+    def record_login(self, user_id: uuid.UUID) -> None:
+        """Stamp ``last_login_at`` (part of signing in, so no users:admin needed)."""
+        self.connection.execute(update(self.table).where(self.table.c.id == user_id)
+                                .values(last_login_at=CLOCK_NOW))
+        audit.write(self.uow.audit_connection, self.uow.actor, "user", user_id, "login")
+
+    def deactivate(self, user_id: uuid.UUID, expected_updated_at: datetime | None) -> User:
+        """Deactivate a user and revoke their sessions and tokens (the specialist side is the caller's)."""
+        user = self._update(user_id, expected_updated_at, {"is_active": False}, operation="deactivate users",
+                            action="deactivate")
+        SessionRepository(self.uow).revoke_all_for(user_id)
+        TokenRepository(self.uow).revoke_all_for(user_id)
+        return user
+
+    def _check_role(self, role_id: uuid.UUID | None) -> None:
+        if role_id is None:
+            return
+        found = self.connection.execute(select(RoleTable.__table__.c.id).where(
+            RoleTable.__table__.c.id == role_id, RoleTable.__table__.c.deleted_at.is_(None))).first()
+        if found is None:
+            raise ValidationError("role_id", "reference", "no live role has this id")
+
+
+class _OwnedByUser(Repository[Any]):
+    """Tokens and sessions: users manage their own; users:admin manages anyone's."""
+
+    def _require_owner_or_admin(self, owner_id: uuid.UUID | None, operation: str, entity_id: uuid.UUID) -> None:
+        if owner_id != self.uow.actor.user_id:
+            self.require(Permission.USERS_ADMIN, operation, entity_id)
+
+    def for_user(self, user_id: uuid.UUID, *, include_deleted: bool = False) -> list[Any]:
+        if user_id != self.uow.actor.user_id:
+            self.require(Permission.USERS_ADMIN, f"list other users' {self.entity_type}s")
+        return self._list(self._select(include_deleted).where(self.table.c.user_id == user_id)
+                          .order_by(self.table.c.created_at.desc()))
+
+
+class TokenRepository(_OwnedByUser):
+    table = TokenTable.__table__
+    record_type = Token
+    entity_type = "token"
+    read_permission = None
+    write_permission = None  # type: ignore[assignment]
+
+    def create(self, user_id: uuid.UUID, token_type: str, token_hash: str, expires_at: datetime,
+               scopes: list[str] | None = None) -> Token:
+        """Store a token's hash (never the token) for ``user_id``."""
+        if user_id != self.uow.actor.user_id:
+            self.require(Permission.USERS_ADMIN, "create tokens for other users")
+        if scopes is not None:
+            unknown = sorted(set(scopes) - ALL_PERMISSIONS)
+            if unknown:
+                raise ValidationError("scopes", "enum", f"unknown scopes: {', '.join(unknown)}")
+        return self._insert({"user_id": user_id, "token_type": token_type, "token_hash": token_hash,
+                             "expires_at": expires_at, "scopes": scopes}, operation="create tokens")
+
+    def by_hash(self, token_hash: str) -> Token | None:
+        row = self.connection.execute(self._select().where(self.table.c.token_hash == token_hash)).first()
+        return self.to_record(row) if row else None
+
+    def revoke(self, token_id: uuid.UUID) -> Token:
+        row = self._fetch(token_id)
+        self._require_owner_or_admin(row.user_id, "revoke other users' tokens", token_id)
+        return self._update(token_id, None, {}, operation="revoke tokens", action="revoke",
+                            internal={"is_revoked": True})
+
+    def revoke_all_for(self, user_id: uuid.UUID) -> int:
+        rows = self.connection.execute(self._select().where(
+            self.table.c.user_id == user_id, self.table.c.is_revoked.is_not(True))).all()
+        for row in rows:
+            self.revoke(row.id)
+        return len(rows)
+
+
+class SessionRepository(_OwnedByUser):
+    table = SessionTable.__table__
+    record_type = Session
+    entity_type = "session"
+    read_permission = None
+    write_permission = None  # type: ignore[assignment]
+
+    def create(self, user_id: uuid.UUID, session_token_hash: str, expires_at: datetime,
+               ip_address: str | None, user_agent: str | None) -> Session:
+        """Store a session by the hash of its token (the raw token stays with the user)."""
+        if user_id != self.uow.actor.user_id:
+            self.require(Permission.USERS_ADMIN, "create sessions for other users")
+        return self._insert({"user_id": user_id, "session_token": session_token_hash, "expires_at": expires_at,
+                             "ip_address": ip_address, "user_agent": user_agent}, operation="create sessions")
+
+    def by_token_hash(self, session_token_hash: str) -> Session | None:
+        row = self.connection.execute(
+            self._select().where(self.table.c.session_token == session_token_hash)).first()
+        return self.to_record(row) if row else None
+
+    def revoke(self, session_id: uuid.UUID) -> Session:
+        """End a session (soft delete: the row stays for the record)."""
+        row = self._fetch(session_id)
+        self._require_owner_or_admin(row.user_id, "revoke other users' sessions", session_id)
+        return self._update(session_id, None, {}, operation="revoke sessions", action="revoke",
+                            internal={"deleted_at": CLOCK_NOW})
+
+    def revoke_all_for(self, user_id: uuid.UUID) -> int:
+        rows = self.connection.execute(self._select().where(self.table.c.user_id == user_id)).all()
+        for row in rows:
+            self.revoke(row.id)
+        return len(rows)

@@ -1,0 +1,64 @@
+"""`carecli db grants`: least-privilege roles that make audit_logs append-only for the app."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from tests.cli import run_carecli
+
+
+def _conn(pair, database):
+    url = pair.url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(url)
+
+
+@pytest.fixture
+def prefix(pg_server):
+    name = f"cct{uuid.uuid4().hex[:8]}"
+    yield name
+    with pg_server.connect() as admin:
+        for database in ("identity", "platform"):
+            for kind in ("owner", "app", "auditor"):
+                role = f"{name}_{database}_{kind}"
+                exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                if exists:
+                    for db in pg_server.created:
+                        with psycopg.connect(pg_server.url(db).set(drivername="postgresql")
+                                             .render_as_string(hide_password=False), autocommit=True) as c:
+                            c.execute(f'DROP OWNED BY "{role}"')
+                    admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_grants_print_sql(migrated_pair):
+    result = run_carecli("db", "grants", env=migrated_pair.env)
+    assert result.code == 0, result.err
+    assert 'GRANT SELECT, INSERT ON "audit_logs" TO "carecli_platform_app";' in result.out
+    assert "DELETE" not in result.out.replace("REVOKE ALL", "")
+
+
+def test_applied_grants_make_the_app_role_least_privileged(migrated_pair, prefix):
+    result = run_carecli("db", "grants", "--apply", "--prefix", prefix, env=migrated_pair.env)
+    assert result.code == 0, result.err
+    with _conn(migrated_pair, "platform") as conn:
+        conn.execute(f'SET ROLE "{prefix}_platform_app"')
+        conn.execute("INSERT INTO audit_logs (entity_type, entity_id, action) VALUES ('t', gen_random_uuid(), 'x')")
+        member = conn.execute("INSERT INTO members (first_name, last_name) VALUES ('A', 'B') RETURNING id").fetchone()
+        conn.execute("UPDATE members SET status = 'inactive' WHERE id = %s", member)
+        for statement in ("UPDATE audit_logs SET action = 'y'", "DELETE FROM members",
+                          "DELETE FROM audit_logs", "DROP TABLE members"):
+            conn.execute("SAVEPOINT s")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            conn.execute("ROLLBACK TO SAVEPOINT s")
+        conn.rollback()
+    with _conn(migrated_pair, "platform") as conn:
+        conn.execute(f'SET ROLE "{prefix}_platform_auditor"')
+        conn.execute("SELECT count(*) FROM audit_logs")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM data_keys")
+    # Re-applying is harmless.
+    again = run_carecli("db", "grants", "--apply", "--prefix", prefix, env=migrated_pair.env)
+    assert again.code == 0, again.err
