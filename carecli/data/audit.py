@@ -9,6 +9,7 @@ caller does next.
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
@@ -45,7 +46,7 @@ _ALWAYS_SKIPPED = frozenset({"created_at", "updated_at"})
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, (uuid.UUID, Decimal)):
+    if isinstance(value, (uuid.UUID, Decimal, ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return str(value)
     if isinstance(value, (datetime, date)):
         return value.isoformat()
