@@ -70,3 +70,19 @@ def test_config_show_masks_passwords():
     assert "s3cret-pw" not in result.out
     assert "postgresql+psycopg://carecli:***@127.0.0.1:1/identity" in result.out
     assert "(CARECLI_IDENTITY_URL)" in result.out
+
+
+def test_seed_member_count_must_be_positive():
+    result = run_carecli("seed", "--members", "0")
+    assert result.code == 2
+    assert "--members" in result.err
+
+
+def test_db_psql_opens_the_database(migrated_pair):
+    """psql on a database, with nothing on stdin, connects and leaves cleanly."""
+    import shutil
+
+    if shutil.which("psql") is None:
+        pytest.skip("no psql client on this machine")
+    result = run_carecli("db", "psql", "--db", "identity", env=migrated_pair.env)
+    assert result.code == 0, result.err

@@ -62,3 +62,9 @@ def test_applied_grants_make_the_app_role_least_privileged(migrated_pair, prefix
     # Re-applying is harmless.
     again = run_carecli("db", "grants", "--apply", "--prefix", prefix, env=migrated_pair.env)
     assert again.code == 0, again.err
+
+
+def test_bad_prefix_is_a_usage_error(migrated_pair):
+    result = run_carecli("db", "grants", "--prefix", "x; DROP ROLE postgres", env=migrated_pair.env)
+    assert result.code == 2
+    assert "--prefix may contain only letters, digits and underscores" in result.err
