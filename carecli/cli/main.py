@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from carecli import __version__
 from carecli.cli.config_cmd import config_group
 from carecli.cli.db_cmd import db_group
+from carecli.cli.keys_cmd import keys_group
 from carecli.cli.seed_cmd import seed_command
 from carecli.data.databases import describe_dbapi_error
 from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, EXIT_USAGE, CarecliError
@@ -40,6 +41,7 @@ def cli(ctx: click.Context) -> None:
 cli.add_command(db_group)
 cli.add_command(seed_command)
 cli.add_command(config_group)
+cli.add_command(keys_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ The audit log records the actor's id, client IP and user agent.
 
 from __future__ import annotations
 
+import getpass
 import ipaddress
 import os
 import uuid
@@ -38,9 +39,14 @@ def client_ip(environ: Mapping[str, str] | None = None) -> str | None:
 
 @dataclass(frozen=True)
 class Actor:
-    """The user behind a unit of work and what they may do."""
+    """The user behind a unit of work and what they may do.
 
-    user_id: uuid.UUID
+    ``user_id`` is None only for :meth:`system`: key-custody operations
+    (``carecli keys ...``) authorised by possession of the master key, not by
+    a signed-in user.
+    """
+
+    user_id: uuid.UUID | None
     permissions: frozenset[str]
     user_agent: str
     ip_address: str | None = None
@@ -59,6 +65,25 @@ class Actor:
             ip_address=client_ip(environ),
             role=role,
             scopes=frozenset(scopes) if scopes is not None else None,
+        )
+
+    @classmethod
+    def system(cls, channel: Channel = "cli", *, environ: Mapping[str, str] | None = None) -> Actor:
+        """carecli itself acting for whoever holds the master key: no user, no permissions.
+
+        The audit row's user agent names the OS account that ran the command,
+        the only identity there is until sign-in exists.
+        """
+        try:
+            os_user = getpass.getuser()
+        except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (containers)
+            os_user = f"uid-{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+        return cls(
+            user_id=None,
+            permissions=frozenset(),
+            user_agent=f"{user_agent(channel)[:-1]}; os-user={os_user})",
+            ip_address=client_ip(environ),
+            role="system",
         )
 
     def can(self, permission: Permission | str) -> bool:

@@ -134,6 +134,11 @@ def rotate(engine: Engine, master: MasterKey, *, batch_size: int = 2000, new_key
         # One rotation at a time.
         connection.execute(text("SELECT pg_advisory_xact_lock(7263110101)"))
         keys = load_keys(connection)
+        for key in keys:
+            # A wrong master key must fail here, before a new primary wrapped by
+            # it is committed and every process with the right key loses writes.
+            if key.status != "retired":
+                master.unwrap(key.wrapped_key, data_key_id=key.id)
         unfinished = _remaining(connection, _primary(keys)) if _primary(keys) else 0
         if new_key and not unfinished:
             connection.execute(update(DATA_KEYS).where(DATA_KEYS.c.status == "primary").values(status="active"))

@@ -185,7 +185,7 @@ def resolve_master_key(
     raise ConfigError(
         "no master key is configured, so member SSN and date of birth cannot be encrypted or read",
         hint="set CARECLI_MASTER_KEY_FILE to a 0600 file holding a base64 256-bit key "
-        "(`carecli keys generate-master > FILE`), or CARECLI_MASTER_KEY, "
+        "(`(umask 077; carecli keys generate-master > FILE)`), or CARECLI_MASTER_KEY, "
         f"or store it in the OS keyring as service '{KEYRING_SERVICE}', user '{account}'",
     )
 
