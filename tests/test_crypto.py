@@ -584,12 +584,15 @@ def test_cli_status_rotate_and_rewrap(migrated_engines, tmp_path):
     assert fresh.code == 0 and "different master key" not in fresh.out
     assert f"master key: CARECLI_MASTER_KEY ({new.key_id})" in fresh.out
 
-    # Audit: one row per operation, by the system actor, with counts and ids but no key material.
+    # Audit: each key change in its own transaction (the first key, the new key, the retired one,
+    # the re-wrap) plus a summary per rotate run, by the system actor, with ids but no key material.
     rows = _sql(migrated_engines, "SELECT action, entity_id, user_id, user_agent, new_values::text FROM audit_logs "
                 "WHERE entity_type = 'data_key' ORDER BY created_at")
-    assert [row[0] for row in rows] == ["rotate", "rotate", "rewrap"]
-    assert rows[0][1] == new_key_id and '"reencrypted_rows": 40' in rows[0][4]
-    assert rows[2][1] == new_key_id and '"rewrapped_keys": 2' in rows[2][4]
+    assert [row[0] for row in rows] == ["create", "create", "retire", "rotate", "rotate", "rewrap"]
+    assert rows[0][1] == first_key and rows[1][1] == new_key_id and rows[2][1] == first_key
+    assert f'"replaces": "{first_key}"' in rows[1][4]
+    assert rows[3][1] == new_key_id and '"reencrypted_rows": 40' in rows[3][4]
+    assert rows[5][1] == new_key_id and '"rewrapped_keys": 2' in rows[5][4]
     assert all(row[2] is None and "(cli; os-user=" in row[3] for row in rows)
     audit = "\n".join(row[4] for row in rows)
     assert new.key_id in audit and old.key_id in audit

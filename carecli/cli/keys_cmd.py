@@ -173,7 +173,7 @@ def keys_rotate(batch_size: int, resume_only: bool) -> None:
     progress = _Progress()
     try:
         result = keystore.rotate(databases.platform, master, batch_size=batch_size, new_key=not resume_only,
-                                 progress=progress)
+                                 progress=progress, actor=Actor.system("cli"))
     except (KeyboardInterrupt, click.Abort):
         progress.finish()
         _audit_interrupted(databases, before)
@@ -183,8 +183,8 @@ def keys_rotate(batch_size: int, resume_only: bool) -> None:
     finally:
         progress.finish()
     remaining = _values_not_under(databases, result.primary_id)
-    action = "create" if not before else "rotate"
-    _audit(databases, result.primary_id, action, {
+    # Summary of the whole run; the key's creation and retirements were audited in their own transactions.
+    _audit(databases, result.primary_id, "rotate", {
         "created_new_key": result.created_new_key,
         "reencrypted_rows": result.reencrypted_rows,
         "retired_keys": [str(key_id) for key_id in result.retired],
@@ -251,16 +251,9 @@ def keys_rewrap(new_key_file: Path | None, new_key_env: str | None, store: bool)
             f"the current one comes from {old_master.source}",
             hint="leave out --store and update that setting yourself after the re-wrap",
         )
-    count = keystore.rewrap(databases.platform, old_master, new_master)
+    # The rewrap writes its audit row in its own transaction.
+    count = keystore.rewrap(databases.platform, old_master, new_master, actor=Actor.system("cli"))
     _verify(databases, new_master)
-    keys = keystore.key_status(databases.platform)
-    primary = next((key.id for key in keys if key.status == "primary"), NIL)
-    _audit(databases, primary, "rewrap", {
-        "rewrapped_keys": count,
-        "data_key_ids": [str(key.id) for key in keys],
-        "old_master_key_id": old_master.key_id,
-        "new_master_key_id": new_master.key_id,
-    })
     click.echo(f"re-wrapped {count} data key{'' if count == 1 else 's'} under master key {new_master.key_id} "
                f"(was {old_master.key_id})")
     if store:

@@ -22,7 +22,7 @@ from carecli.data import audit
 from carecli.data.actor import Actor
 from carecli.data.crypto.fields import FieldCipher
 from carecli.data.crypto.keystore import DATA_KEYS
-from carecli.errors import CarecliError
+from carecli.errors import CarecliError, KeyUnavailable
 
 if TYPE_CHECKING:
     from carecli.data.repositories.audit_log import AuditLogRepository
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 CipherProvider = Callable[[], FieldCipher]
 UserLookup = Callable[[uuid.UUID], bool]
 NIL = uuid.UUID(int=0)
+_PRIMARY_RELOADS = 3
 
 
 class PlatformUnitOfWork:
@@ -50,6 +51,7 @@ class PlatformUnitOfWork:
         self.actor = actor
         self._cipher_provider = cipher
         self._cipher: FieldCipher | None = None
+        self._locked_primary: uuid.UUID | None = None
         #: checks identity.users for the cross-database reference specialists.user_id
         self.user_exists = user_exists
         self._connection: Connection | None = None
@@ -76,6 +78,11 @@ class PlatformUnitOfWork:
             raise CarecliError("the unit of work is not open: use it in a `with` block")
         return self._connection
 
+    @property
+    def audit_connection(self) -> Connection:
+        """Where this unit of work's change audit rows go: its own transaction."""
+        return self.connection
+
     def commit(self) -> None:
         self.connection.commit()
         self._committed = True
@@ -93,12 +100,21 @@ class PlatformUnitOfWork:
             raise CarecliError("this unit of work was opened without access to the encryption keys")
         if self._cipher is None:
             self._cipher = self._cipher_provider()
-        status = self.connection.execute(
-            select(DATA_KEYS.c.status).where(DATA_KEYS.c.id == self._cipher.primary_id).with_for_update(read=True)
-        ).scalar_one_or_none()
-        if status != "primary":
-            self._cipher = self._cipher_provider()
-        return self._cipher
+        if self._locked_primary is not None and self._cipher.primary_id == self._locked_primary:
+            return self._cipher  # already share-locked in this transaction
+        # Check (and lock) again after a reload too: the reloaded primary must be
+        # locked as well, or a second rotation could demote it before we commit.
+        for _ in range(_PRIMARY_RELOADS):
+            status = self.connection.execute(
+                select(DATA_KEYS.c.status).where(DATA_KEYS.c.id == self._cipher.primary_id)
+                .with_for_update(read=True)
+            ).scalar_one_or_none()
+            if status == "primary":
+                self._locked_primary = self._cipher.primary_id
+                return self._cipher
+            self._cipher.reload()
+        raise KeyUnavailable("the primary data key kept changing while this change was being saved",
+                             hint="key rotations are running back to back; try again")
 
     def reader_cipher(self) -> FieldCipher:
         """The cipher for decrypting only (no primary-key lock needed)."""

@@ -12,7 +12,9 @@ column, fails authentication instead of decrypting to someone else's value.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -52,16 +54,32 @@ class FieldCipher:
     (a new object per value costs about a third of the throughput).
     """
 
-    def __init__(self, master: MasterKey, keys: list[WrappedDataKey]) -> None:
+    def __init__(self, master: MasterKey, keys: list[WrappedDataKey],
+                 loader: Callable[[], list[WrappedDataKey]] | None = None) -> None:
         self.master = master
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._ciphers: dict[uuid.UUID, AESGCM] = {}
+        self._set_keys(keys)
+
+    def _set_keys(self, keys: list[WrappedDataKey]) -> None:
         self._wrapped = {key.id: key for key in keys}
         primaries = [key.id for key in keys if key.status == "primary"]
         self.primary_id: uuid.UUID | None = primaries[0] if primaries else None
-        self._ciphers: dict[uuid.UUID, AESGCM] = {}
+
+    def reload(self) -> None:
+        """Re-read the data keys (after a rotation elsewhere); unwrapped keys stay cached."""
+        if self._loader is None:
+            return
+        keys = self._loader()
+        with self._lock:
+            self._set_keys(keys)
 
     def _cipher(self, key_id: uuid.UUID) -> AESGCM:
         cipher = self._ciphers.get(key_id)
         if cipher is None:
+            if key_id not in self._wrapped:
+                self.reload()  # a key made by a rotation in another process since we loaded
             wrapped = self._wrapped.get(key_id)
             if wrapped is None:
                 raise KeyUnavailable(

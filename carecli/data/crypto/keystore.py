@@ -11,6 +11,8 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from carecli.data import audit
+from carecli.data.actor import Actor
 from carecli.data.crypto.fields import FieldCipher, WrappedDataKey
 from carecli.data.crypto.master import KEY_BYTES, MasterKey
 from carecli.data.models.platform import DataKey
@@ -48,14 +50,21 @@ def new_data_key(connection: Connection, master: MasterKey, *, status: str) -> u
     return key_id
 
 
-def ensure_primary_key(engine: Engine, master: MasterKey) -> None:
+def _audit_key(connection: Connection, actor: Actor | None, key_id: uuid.UUID, action: str,
+               values: dict[str, object]) -> None:
+    """A key operation's audit row, in the operation's own transaction (ids only, never key material)."""
+    audit.write(connection, actor or Actor.system("cli"), "data_key", key_id, action, None, values)
+
+
+def ensure_primary_key(engine: Engine, master: MasterKey, actor: Actor | None = None) -> None:
     """Create the first data key if there is none (safe when several processes race)."""
     with engine.connect() as connection:
         if connection.execute(select(DATA_KEYS.c.id).where(DATA_KEYS.c.status == "primary")).first():
             return
     try:
         with engine.begin() as connection:
-            new_data_key(connection, master, status="primary")
+            key_id = new_data_key(connection, master, status="primary")
+            _audit_key(connection, actor, key_id, "create", {"status": "primary", "master_key_id": master.key_id})
     except IntegrityError:
         pass  # another process made it; the one-primary index kept us from making two
 
@@ -63,8 +72,12 @@ def ensure_primary_key(engine: Engine, master: MasterKey) -> None:
 def open_cipher(engine: Engine, master: MasterKey) -> FieldCipher:
     """A cipher over the database's data keys, creating the first key on first use."""
     ensure_primary_key(engine, master)
-    with engine.connect() as connection:
-        return FieldCipher(master, load_keys(connection))
+
+    def loader() -> list[WrappedDataKey]:
+        with engine.connect() as connection:
+            return load_keys(connection)
+
+    return FieldCipher(master, loader(), loader)
 
 
 _COUNT_BY_KEY = text(
@@ -116,7 +129,8 @@ _REMAINING = text(
 
 
 def rotate(engine: Engine, master: MasterKey, *, batch_size: int = 2000, new_key: bool = True,
-           progress: ProgressCallback | None = None, max_passes: int = 50) -> RotationResult:
+           progress: ProgressCallback | None = None, max_passes: int = 50,
+           actor: Actor | None = None) -> RotationResult:
     """Make a new primary data key and re-encrypt every value under it, online.
 
     Each batch is its own short transaction that locks its rows with
@@ -141,8 +155,12 @@ def rotate(engine: Engine, master: MasterKey, *, batch_size: int = 2000, new_key
                 master.unwrap(key.wrapped_key, data_key_id=key.id)
         unfinished = _remaining(connection, _primary(keys)) if _primary(keys) else 0
         if new_key and not unfinished:
+            previous = _primary(keys)
             connection.execute(update(DATA_KEYS).where(DATA_KEYS.c.status == "primary").values(status="active"))
-            new_data_key(connection, master, status="primary")
+            key_id = new_data_key(connection, master, status="primary")
+            _audit_key(connection, actor, key_id, "create", {
+                "status": "primary", "replaces": str(previous) if previous else None,
+                "master_key_id": master.key_id})
             created = True
     with engine.connect() as connection:
         cipher = FieldCipher(master, load_keys(connection))
@@ -168,7 +186,7 @@ def rotate(engine: Engine, master: MasterKey, *, batch_size: int = 2000, new_key
                 progress(done, total)
         if _count_remaining(engine, primary) == 0:
             break
-    retired = _retire_unused(engine)
+    retired = _retire_unused(engine, actor)
     return RotationResult(primary, created, done, retired)
 
 
@@ -197,23 +215,33 @@ def _reencrypt(cipher: FieldCipher, row) -> dict:  # noqa: ANN001 - a result row
     return values
 
 
-def _retire_unused(engine: Engine) -> list[uuid.UUID]:
+def _retire_unused(engine: Engine, actor: Actor | None) -> list[uuid.UUID]:
     retired = []
     for key in key_status(engine):
         if key.status == "active" and key.protects == 0:
             with engine.begin() as connection:
-                connection.execute(update(DATA_KEYS).where(DATA_KEYS.c.id == key.id, DATA_KEYS.c.status == "active")
-                                   .values(status="retired", retired_at=text("now()")))
-            retired.append(key.id)
+                changed = connection.execute(
+                    update(DATA_KEYS).where(DATA_KEYS.c.id == key.id, DATA_KEYS.c.status == "active")
+                    .values(status="retired", retired_at=text("now()"))).rowcount
+                if changed:
+                    _audit_key(connection, actor, key.id, "retire", {"status": "retired"})
+            if changed:
+                retired.append(key.id)
     return retired
 
 
-def rewrap(engine: Engine, old_master: MasterKey, new_master: MasterKey) -> int:
-    """Re-wrap every data key under ``new_master`` in one transaction; returns how many."""
+def rewrap(engine: Engine, old_master: MasterKey, new_master: MasterKey, actor: Actor | None = None) -> int:
+    """Re-wrap every data key under ``new_master`` in one transaction (audited in it); returns how many."""
     with engine.begin() as connection:
-        rows = connection.execute(select(DATA_KEYS.c.id, DATA_KEYS.c.wrapped_key).with_for_update()).all()
+        rows = connection.execute(select(DATA_KEYS.c.id, DATA_KEYS.c.wrapped_key, DATA_KEYS.c.status)
+                                  .order_by(DATA_KEYS.c.created_at).with_for_update()).all()
         for row in rows:
             raw = old_master.unwrap(bytes(row.wrapped_key), data_key_id=row.id)
             connection.execute(update(DATA_KEYS).where(DATA_KEYS.c.id == row.id).values(
                 wrapped_key=new_master.wrap(raw, data_key_id=row.id), master_key_id=new_master.key_id))
+        primary = next((row.id for row in rows if row.status == "primary"), None)
+        if primary is not None:
+            _audit_key(connection, actor, primary, "rewrap", {
+                "rewrapped_keys": len(rows), "data_key_ids": [str(row.id) for row in rows],
+                "old_master_key_id": old_master.key_id, "new_master_key_id": new_master.key_id})
         return len(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from carecli.config import Settings
@@ -32,12 +33,20 @@ def master_key(settings: Settings, databases: Databases) -> LocalMasterKey:
 
 
 def cipher_provider(settings: Settings, databases: Databases) -> Callable[[], FieldCipher]:
-    """A loader for units of work: resolves the master key once, reloads data keys on demand."""
-    key: list[LocalMasterKey] = []
+    """A loader for units of work: one cipher per process, made on first use.
+
+    Unwrapped data keys stay cached across units of work (a reveal then costs
+    one decryption, not an unwrap); the cipher re-reads the key table itself
+    when a unit of work finds its primary key demoted or meets a key id it
+    has not seen.
+    """
+    cache: list[FieldCipher] = []
+    lock = threading.Lock()
 
     def load() -> FieldCipher:
-        if not key:
-            key.append(master_key(settings, databases))
-        return open_cipher(databases.platform, key[0])
+        with lock:
+            if not cache:
+                cache.append(open_cipher(databases.platform, master_key(settings, databases)))
+            return cache[0]
 
     return load
