@@ -16,7 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, func, insert
 
 from carecli.data.actor import Actor
 from carecli.data.models.platform import AuditLog
@@ -43,6 +43,11 @@ SENSITIVE_FIELDS: dict[str, frozenset[str]] = {
     "session": frozenset({"session_token"}),
 }
 _ALWAYS_SKIPPED = frozenset({"created_at", "updated_at"})
+
+
+# clock_timestamp(), not the column default now(): rows written in one
+# transaction (a delete and its restore) must still sort in the order they happened.
+_INSERT = insert(AUDIT).values(created_at=func.clock_timestamp().op("AT TIME ZONE")("UTC"))
 
 
 def _json_value(value: Any) -> Any:
@@ -96,13 +101,13 @@ def audit_row(actor: Actor, entity_type: str, entity_id: uuid.UUID, action: str,
 def write(connection: Connection, actor: Actor, entity_type: str, entity_id: uuid.UUID, action: str,
           old_values: Mapping[str, Any] | None = None, new_values: Mapping[str, Any] | None = None) -> None:
     """Insert one audit row in the caller's transaction."""
-    connection.execute(insert(AUDIT), [audit_row(actor, entity_type, entity_id, action, old_values, new_values)])
+    connection.execute(_INSERT, [audit_row(actor, entity_type, entity_id, action, old_values, new_values)])
 
 
 def write_many(connection: Connection, rows: Iterable[dict[str, Any]]) -> None:
     batch = list(rows)
     if batch:
-        connection.execute(insert(AUDIT), batch)
+        connection.execute(_INSERT, batch)
 
 
 def write_committed(engine: Engine, actor: Actor, entity_type: str, entity_id: uuid.UUID, action: str,

@@ -65,8 +65,11 @@ def ensure_primary_key(engine: Engine, master: MasterKey, actor: Actor | None = 
         with engine.begin() as connection:
             key_id = new_data_key(connection, master, status="primary")
             _audit_key(connection, actor, key_id, "create", {"status": "primary", "master_key_id": master.key_id})
-    except IntegrityError:
-        pass  # another process made it; the one-primary index kept us from making two
+    except IntegrityError as exc:
+        # Another process made it; the one-primary index kept us from making two.
+        # Anything else (the audit insert failing, say) is a real error.
+        if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != "uq_data_keys_one_primary":
+            raise
 
 
 def open_cipher(engine: Engine, master: MasterKey) -> FieldCipher:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any, NoReturn
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Select, select, tuple_
 
 from carecli.data.models.platform import AuditLog
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry
 from carecli.data.repositories.base import Repository
+from carecli.errors import CarecliError
 
 MAX_PAGE = 1000
 
@@ -22,6 +24,15 @@ class AuditLogRepository(Repository[AuditEntry]):
     record_type = AuditEntry
     entity_type = "audit_log"
     read_permission = Permission.AUDIT_READ
+
+    def _select(self, include_deleted: bool = False) -> Select[Any]:
+        return select(self.table)  # audit rows are never soft-deleted: there is no deleted_at
+
+    def delete(self, entity_id: uuid.UUID, expected_updated_at: datetime | None) -> NoReturn:
+        raise CarecliError("the audit log is append-only: its rows cannot be deleted")
+
+    def restore(self, entity_id: uuid.UUID) -> NoReturn:
+        raise CarecliError("the audit log is append-only: its rows are never deleted, so never restored")
 
     def search(self, *, entity_type: str | None = None, entity_id: uuid.UUID | None = None,
                user_id: uuid.UUID | None = None, since: datetime | None = None, until: datetime | None = None,

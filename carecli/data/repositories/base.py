@@ -4,12 +4,14 @@ soft delete and restore, and optimistic concurrency on ``updated_at``."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import Row, Select, Table, func, insert, select, update
+from sqlalchemy.sql import ClauseElement
 
 from carecli.data import audit
 from carecli.data.permissions import Permission
@@ -59,7 +61,7 @@ class Repository(Generic[R]):
     def to_record(self, row: Row[Any]) -> R:
         mapping = row._mapping
         names = [f.name for f in dataclasses.fields(self.record_type)]
-        return self.record_type(**{name: mapping[name] for name in names})
+        return self.record_type(**{name: _plain(mapping[name]) for name in names})
 
     def _select(self, include_deleted: bool = False) -> Select[Any]:
         statement = select(self.table)
@@ -113,7 +115,7 @@ class Repository(Generic[R]):
         self.validate(row_values, None)
         row_values["id"] = entity_id or uuid.uuid4()
         row = self.connection.execute(insert(self.table).values(row_values).returning(self.table)).one()
-        audit.write(self.connection, self.uow.actor, self.entity_type, row.id, "create", None,
+        audit.write(self.uow.audit_connection, self.uow.actor, self.entity_type, row.id, "create", None,
                     _without(dict(row._mapping), ("id",)))
         return self.to_record(row)
 
@@ -135,15 +137,20 @@ class Repository(Generic[R]):
                 hint="reload it and apply your change again",
             )
         row_changes = {**changes, **(internal or {})}
-        check_columns(self.table, row_changes, creating=False)
+        # SQL expressions (CLOCK_NOW for deleted_at) are computed by the server, not checked as values.
+        check_columns(self.table, {name: value for name, value in row_changes.items()
+                                   if not isinstance(value, ClauseElement)}, creating=False)
         self.validate({**current_values, **row_changes}, current_values)
+        if action == "update" and all(not isinstance(value, ClauseElement) and current_values.get(name) == value
+                                      for name, value in row_changes.items()):
+            return self.to_record(current)  # nothing changes: no write, no audit row, updated_at kept
         if "updated_at" in self.table.c:
             row_changes["updated_at"] = CLOCK_NOW
         row = self.connection.execute(
             update(self.table).where(self.table.c.id == entity_id).values(row_changes).returning(self.table)
         ).one()
         old, new = audit.changed_fields(current_values, dict(row._mapping))
-        audit.write(self.connection, self.uow.actor, self.entity_type, entity_id, action, old, new)
+        audit.write(self.uow.audit_connection, self.uow.actor, self.entity_type, entity_id, action, old, new)
         return self.to_record(row)
 
     def delete(self, entity_id: uuid.UUID, expected_updated_at: datetime | None) -> R:
@@ -160,6 +167,13 @@ class Repository(Generic[R]):
         return self._update(entity_id, None, {}, operation=f"restore {self.entity_type}s", action="restore",
                             include_deleted=True, internal={"deleted_at": None},
                             permission=Permission.RECORDS_RESTORE)
+
+
+def _plain(value: Any) -> Any:
+    """Driver types records do not promise: INET comes back as an ipaddress object."""
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return str(value)
+    return value
 
 
 def _without(values: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from carecli.data.models.platform import InsurancePlan, Member, MemberInsuranceP
 from carecli.data.permissions import Permission
 from carecli.data.records import Enrollment
 from carecli.data.repositories.base import Repository
-from carecli.data.validation import check_not_before, check_range
+from carecli.data.validation import check_columns, check_not_before, check_range
 from carecli.errors import ValidationError
 
 
@@ -60,10 +60,15 @@ class EnrollmentRepository(Repository[Enrollment]):
         if duplicate:
             raise ValidationError("enrollment_date", "unique",
                                   "the member is already enrolled in this plan from this date")
+        generated = {"member_id": member_id, "insurance_plan_id": plan_id, "is_primary": is_primary}
         if is_primary:
+            # Validate the new row before demoting the old primary: a refused enrollment
+            # must leave nothing behind, even if the caller goes on and commits.
+            row_values = {**values, **generated}
+            check_columns(self.table, row_values, creating=True, generated=frozenset({"id"}))
+            self.validate(row_values, None)
             self._demote_primary(member_id)
-        return self._insert(values, operation="enroll members", generated={
-            "member_id": member_id, "insurance_plan_id": plan_id, "is_primary": is_primary})
+        return self._insert(values, operation="enroll members", generated=generated)
 
     def _demote_primary(self, member_id: uuid.UUID, keep: uuid.UUID | None = None) -> None:
         current = self._live_primary(member_id, lock=True)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from carecli.data.models.platform import Specialist as SpecialistTable
-from carecli.data.models.platform import SpecialistInsurancePlan
+from carecli.data.models.platform import InsurancePlan, SpecialistInsurancePlan
 from carecli.data.permissions import Permission
 from carecli.data.records import Specialist, SpecialistPlan
 from carecli.data.repositories.base import Repository
@@ -39,6 +39,7 @@ class SpecialistRepository(Repository[Specialist]):
             raise ValidationError("user_id", "reference", "no active user has this id in the identity database")
 
     def for_user(self, user_id: uuid.UUID) -> Specialist | None:
+        self.require(self.read_permission, "look up specialists", user_id)
         row = self.connection.execute(self._select().where(self.table.c.user_id == user_id)).first()
         return self.to_record(row) if row else None
 
@@ -74,6 +75,8 @@ class SpecialistPlanRepository(Repository[SpecialistPlan]):
 
     def link(self, specialist_id: uuid.UUID, plan_id: uuid.UUID, notes: str | None = None) -> SpecialistPlan:
         """Record that a specialist covers a plan (restores a soft-deleted link rather than duplicating it)."""
+        # Checked first: an existing link must not be handed back to someone who may not write links.
+        self.require(self.write_permission, "link specialists to plans")
         existing = self.connection.execute(
             select(self.table).where(self.table.c.specialist_id == specialist_id,
                                      self.table.c.insurance_plan_id == plan_id)).first()
@@ -83,5 +86,6 @@ class SpecialistPlanRepository(Repository[SpecialistPlan]):
             return self._update(existing.id, None, {"notes": notes}, operation="link specialists to plans",
                                 action="restore", include_deleted=True, internal={"deleted_at": None})
         self.require_live(SpecialistTable.__table__, specialist_id, "specialist_id")
+        self.require_live(InsurancePlan.__table__, plan_id, "insurance_plan_id")
         return self._insert({"specialist_id": specialist_id, "insurance_plan_id": plan_id, "notes": notes},
                             operation="link specialists to plans")
