@@ -96,11 +96,22 @@ SPECS: tuple[SettingSpec, ...] = (
                 "a 0600 file holding the base64 master key (servers)"),
     SettingSpec("keyring_name", "keys", "keyring_name", "CARECLI_KEYRING_NAME", _text, None,
                 "the OS keyring entry's name (default: derived from the platform database)"),
+    SettingSpec("oidc_issuer", "oidc", "issuer", "CARECLI_OIDC_ISSUER", _text, None,
+                "the OpenID Connect issuer URL (e.g. https://TENANT.auth0.com/)"),
+    SettingSpec("oidc_client_id", "oidc", "client_id", "CARECLI_OIDC_CLIENT_ID", _text, None,
+                "the OAuth client id of carecli (a native app with the device code grant)"),
+    SettingSpec("oidc_audience", "oidc", "audience", "CARECLI_OIDC_AUDIENCE", _text, None,
+                "the API audience carecli asks tokens for"),
+    SettingSpec("session_idle_minutes", "session", "idle_minutes", "CARECLI_SESSION_IDLE_MINUTES",
+                _positive_int, 15, "a session with no activity for this long ends"),
+    SettingSpec("session_max_hours", "session", "max_hours", "CARECLI_SESSION_MAX_HOURS", _positive_int, 12,
+                "a session ends this long after sign-in, active or not"),
 )
 
 # The master key itself is read from the environment only, never from the
 # config file, which tends to be copied around.
 MASTER_KEY_ENV = "CARECLI_MASTER_KEY"
+TOKEN_ENV = "CARECLI_TOKEN"
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -130,6 +141,13 @@ class Settings:
     master_key_file: Path | None
     keyring_name: str | None
     master_key: str | None
+    oidc_issuer: str | None
+    oidc_client_id: str | None
+    oidc_audience: str | None
+    session_idle_minutes: int
+    session_max_hours: int
+    #: an API token from CARECLI_TOKEN (environment only: it is a secret)
+    api_token: str | None
     config_file: Path
     config_file_found: bool
     sources: dict[str, str] = field(default_factory=dict)
@@ -269,6 +287,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         master_key_file=values["master_key_file"],
         keyring_name=values["keyring_name"],
         master_key=env.get(MASTER_KEY_ENV) or None,
+        oidc_issuer=values["oidc_issuer"],
+        oidc_client_id=values["oidc_client_id"],
+        oidc_audience=values["oidc_audience"],
+        session_idle_minutes=values["session_idle_minutes"],
+        session_max_hours=values["session_max_hours"],
+        api_token=env.get(TOKEN_ENV) or None,
         config_file=config_path,
         config_file_found=config_path.exists(),
         sources=sources,
