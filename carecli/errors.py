@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # usage or configuration error, unreachable database
 EXIT_ABORTED = 3
+EXIT_AUTH = 4  # not signed in, session or token expired/revoked, sign-in refused
 
 
 class CarecliError(Exception):
@@ -35,6 +36,12 @@ class ConfigError(CarecliError):
     """The configuration (environment, config file, command line) is invalid."""
 
     exit_code = EXIT_USAGE
+
+
+class AuthError(CarecliError):
+    """Authentication failed: not signed in, an expired or revoked session or token, a refused sign-in."""
+
+    exit_code = EXIT_AUTH
 
 
 class DatabaseUnavailable(CarecliError):

@@ -31,7 +31,7 @@ def _snapshots(pair):
 def test_cli_upgrade_downgrade_base_upgrade_round_trip(empty_pair):
     result = run_carecli("db", "upgrade", env=empty_pair.env)
     assert result.code == 0, result.err
-    assert "identity: empty -> identity_0001" in result.out
+    assert f"identity: empty -> {migrate.head_revision('identity')}" in result.out
     assert f"platform: empty -> {migrate.head_revision('platform')}" in result.out
     first = _snapshots(empty_pair)
 
@@ -49,7 +49,8 @@ def test_cli_upgrade_downgrade_base_upgrade_round_trip(empty_pair):
 def test_upgrade_is_idempotent_and_check_reports_head(migrated_pair):
     result = run_carecli("db", "upgrade", env=migrated_pair.env)
     assert result.code == 0, result.err
-    assert "identity: identity_0001 -> identity_0001" in result.out
+    head = migrate.head_revision("identity")
+    assert f"identity: {head} -> {head}" in result.out
     result = run_carecli("db", "check", env=migrated_pair.env)
     assert result.code == 0, result.err
     assert "identity: up to date" in result.out and "platform: up to date" in result.out
@@ -66,7 +67,7 @@ def test_check_fails_when_a_database_is_behind(empty_pair):
     assert f"platform: at empty, head is {head}; run `carecli db upgrade`" in result.out
     current = run_carecli("db", "current", env=empty_pair.env)
     assert current.code == 0, current.err
-    assert "identity  identity_0001 (head)" in current.out
+    assert f"identity  {migrate.head_revision('identity')} (head)" in current.out
     assert f"platform  empty (head is {head})" in current.out
 
 
@@ -109,5 +110,5 @@ def test_concurrent_upgrades_serialise(empty_pair):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outputs = [proc.communicate(timeout=120) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
-    created = sum("identity: empty -> identity_0001" in out for out, _ in outputs)
+    created = sum(f"identity: empty -> {migrate.head_revision('identity')}" in out for out, _ in outputs)
     assert created == 1, outputs

@@ -16,10 +16,18 @@ import click
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from carecli import __version__
+from carecli.cli.auth_cmd import (
+    login_command,
+    logout_command,
+    sessions_group,
+    tokens_group,
+    whoami_command,
+)
 from carecli.cli.config_cmd import config_group
 from carecli.cli.db_cmd import db_group
 from carecli.cli.keys_cmd import keys_group
 from carecli.cli.seed_cmd import seed_command
+from carecli.cli.users_cmd import roles_group, sync_command, users_group
 from carecli.data.databases import describe_dbapi_error
 from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, EXIT_USAGE, CarecliError
 
@@ -42,6 +50,14 @@ cli.add_command(db_group)
 cli.add_command(seed_command)
 cli.add_command(config_group)
 cli.add_command(keys_group)
+cli.add_command(users_group)
+cli.add_command(roles_group)
+cli.add_command(sync_command)
+cli.add_command(login_command)
+cli.add_command(logout_command)
+cli.add_command(whoami_command)
+cli.add_command(sessions_group)
+cli.add_command(tokens_group)
 
 
 def main(argv: list[str] | None = None) -> None:

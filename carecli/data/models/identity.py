@@ -90,3 +90,32 @@ class Session(IdentityBase):
     expires_at: Mapped[datetime] = mapped_column()
     deleted_at: Mapped[datetime | None] = deleted_column()
     created_at: Mapped[datetime | None] = now_column()
+
+
+#: What ``pending_platform_changes.kind`` may say.
+PENDING_CHANGE_KINDS = ("deactivate_specialist", "reactivate_specialist", "audit")
+
+
+class PendingPlatformChange(IdentityBase):
+    """Our table (not in the seed): platform-side changes an identity change still owes.
+
+    Written in the same identity transaction as the change; applied at once
+    when the platform database is reachable, else by ``carecli sync``.
+    """
+
+    __tablename__ = "pending_platform_changes"
+    __table_args__ = (
+        CheckConstraint(in_list("kind", PENDING_CHANGE_KINDS), name="kind"),
+        Index("ix_pending_platform_changes_user_id", "user_id"),
+        # `carecli sync` walks the open ones in order.
+        Index("ix_pending_platform_changes_open", "created_at", "id", postgresql_where=text("done_at IS NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = pk_column()
+    kind: Mapped[str] = mapped_column(String(50))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    payload: Mapped[Any] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    done_at: Mapped[datetime | None] = mapped_column()

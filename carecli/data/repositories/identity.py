@@ -5,20 +5,32 @@ database has none. Two databases cannot share a transaction, so the
 :class:`IdentityUnitOfWork` commits the audit rows first and the identity
 change second. If the second commit fails, an audit row describes a change
 that did not happen; the reverse (a change without its audit row) cannot.
+
+Deferral mode (``defer_platform=True``, used by user deactivation and
+reactivation): when the platform database cannot be reached, the identity
+change still goes ahead and its audit rows are recorded, in the same
+identity transaction, in ``pending_platform_changes``; ``carecli sync``
+writes them to ``audit_logs`` later (with their original ids and times), so
+the audit trail is completed, never lost.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, Insert, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from carecli.data import audit
 from carecli.data.actor import Actor
+from carecli.data.models.identity import PENDING_CHANGE_KINDS
+from carecli.data.models.identity import PendingPlatformChange as PendingTable
 from carecli.data.models.identity import Role as RoleTable
 from carecli.data.models.identity import Session as SessionTable
 from carecli.data.models.identity import Token as TokenTable
@@ -27,7 +39,7 @@ from carecli.data.permissions import ALL_PERMISSIONS, Permission
 from carecli.data.records import Role, Session, Token, User
 from carecli.data.repositories.base import CLOCK_NOW, Repository
 from carecli.data.validation import check_email
-from carecli.errors import CarecliError, NotFound, ValidationError
+from carecli.errors import CarecliError, DatabaseUnavailable, NotFound, PermissionDenied, ValidationError
 
 NIL = uuid.UUID(int=0)
 
@@ -35,7 +47,7 @@ NIL = uuid.UUID(int=0)
 class IdentityUnitOfWork:
     """Transactions on the identity database (changes) and the platform database (their audit rows)."""
 
-    def __init__(self, identity: Engine, platform: Engine, actor: Actor) -> None:
+    def __init__(self, identity: Engine, platform: Engine, actor: Actor, *, defer_platform: bool = False) -> None:
         if actor is None:
             raise CarecliError("no actor: every read and write needs a signed-in user or an API token")
         self.identity_engine = identity
@@ -45,12 +57,31 @@ class IdentityUnitOfWork:
         self._audit: Connection | None = None
         self._committed = False
         self.user_exists = None
+        #: deferral mode: go ahead without the platform database when it is unreachable
+        self.defer_platform = defer_platform
+        #: true once the platform database was found unreachable (audit rows are being deferred)
+        self.platform_deferred = False
+        #: the driver's one-line reason the platform database was unreachable
+        self.deferral_reason: str | None = None
+        #: the user deferred rows are filed under (``pending_platform_changes.user_id``)
+        self.pending_subject: uuid.UUID | None = None
 
     def __enter__(self) -> IdentityUnitOfWork:
         self._connection = self.identity_engine.connect()
         self._connection.begin()
-        self._audit = self.platform_engine.connect()
-        self._audit.begin()
+        if not self.defer_platform:
+            self._audit = self.platform_engine.connect()
+            self._audit.begin()
+            return self
+        try:
+            self._audit = self.platform_engine.connect()
+            self._audit.begin()
+        except (OperationalError, InterfaceError) as exc:
+            from carecli.data.databases import describe_dbapi_error  # not at import time: databases imports migrate
+
+            self._audit = None
+            self.platform_deferred = True
+            self.deferral_reason = describe_dbapi_error(exc)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -74,19 +105,29 @@ class IdentityUnitOfWork:
 
     @property
     def audit_connection(self) -> Connection:
+        if self.platform_deferred:
+            # Quacks like a Connection for audit.write(): the rows land in pending_platform_changes.
+            return _DeferredAudit(self)  # type: ignore[return-value]
         if self._audit is None:
             raise CarecliError("the unit of work is not open: use it in a `with` block")
         return self._audit
 
     def commit(self) -> None:
         """Audit rows first, then the identity change (see the module docstring)."""
-        self.audit_connection.commit()
+        if not self.platform_deferred:
+            self.audit_connection.commit()
         self.connection.commit()
         self._committed = True
 
     def audit_denial(self, entity_type: str, entity_id: uuid.UUID | None, operation: str, permission: str) -> None:
-        audit.write_committed(self.platform_engine, self.actor, entity_type, entity_id or NIL, "deny",
-                              {"operation": operation, "permission": str(permission)})
+        values = {"operation": operation, "permission": str(permission)}
+        if self.platform_deferred:
+            # Committed on its own, like a denial written to audit_logs: the caller's transaction rolls back.
+            row = audit.audit_row(self.actor, entity_type, entity_id or NIL, "deny", None, values)
+            with self.identity_engine.begin() as connection:
+                record_pending(connection, "audit", self.pending_subject, deferred_audit_payload(row))
+            return
+        audit.write_committed(self.platform_engine, self.actor, entity_type, entity_id or NIL, "deny", values)
 
     @property
     def roles(self) -> RoleRepository:
@@ -103,6 +144,10 @@ class IdentityUnitOfWork:
     @property
     def sessions(self) -> SessionRepository:
         return SessionRepository(self)  # type: ignore[arg-type]
+
+    @property
+    def pending(self) -> PendingChangeRepository:
+        return PendingChangeRepository(self)
 
 
 class RoleRepository(Repository[Role]):
@@ -294,3 +339,125 @@ class SessionRepository(_OwnedByUser):
         for row in rows:
             self.revoke(row.id)
         return len(rows)
+
+
+# -- deferral mode ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """One platform-side change an identity change still owes (or owed: ``done_at`` set)."""
+
+    id: uuid.UUID
+    kind: str
+    user_id: uuid.UUID | None
+    payload: Any
+    created_at: datetime
+    attempts: int
+    last_error: str | None
+    done_at: datetime | None
+
+
+PENDING = PendingTable.__table__
+
+
+def deferred_audit_payload(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An audit row (from :func:`audit.audit_row`, values already redacted) as JSON for later."""
+    return {name: (str(value) if isinstance(value, uuid.UUID) else value) for name, value in row.items()}
+
+
+def record_pending(connection: Connection, kind: str, user_id: uuid.UUID | None,
+                   payload: Mapping[str, Any]) -> uuid.UUID:
+    """Insert one pending change in the caller's identity transaction; returns its id."""
+    if kind not in PENDING_CHANGE_KINDS:
+        raise ValueError(f"unknown pending change kind {kind!r}")
+    change_id = uuid.uuid4()
+    # clock_timestamp(): rows of one transaction must replay in the order they were written.
+    connection.execute(insert(PENDING).values(id=change_id, kind=kind, user_id=user_id, payload=dict(payload),
+                                              created_at=CLOCK_NOW))
+    return change_id
+
+
+class _DeferredAudit:
+    """Stands in for the platform connection while it is unreachable: audit rows become pending changes."""
+
+    def __init__(self, uow: IdentityUnitOfWork) -> None:
+        self.uow = uow
+
+    def execute(self, statement: Any, parameters: list[Mapping[str, Any]] | Mapping[str, Any] | None = None) -> None:
+        if getattr(statement, "table", None) is not audit.AUDIT or not isinstance(statement, Insert):
+            # Anything else needs the real platform database (check uow.platform_deferred before trying).
+            raise DatabaseUnavailable("the platform database is unreachable: only audit rows can wait for it",
+                                      hint="run the command again once the platform database is back")
+        if parameters is None:
+            raise CarecliError("a deferred audit row needs its values as parameters")
+        rows = [parameters] if isinstance(parameters, Mapping) else parameters
+        for row in rows:
+            record_pending(self.uow.connection, "audit", self.uow.pending_subject, deferred_audit_payload(row))
+
+
+def replay_deferred_audit(platform: Connection, change: PendingChange) -> bool:
+    """Write a deferred audit row to ``audit_logs`` with its original id and time.
+
+    Idempotent: a row already written (a replay whose ``done_at`` stamp was
+    lost) is left alone. Returns whether a row was inserted.
+    """
+    values = dict(change.payload)
+    values["created_at"] = change.created_at
+    for name in ("id", "user_id", "entity_id"):
+        if values.get(name) is not None:
+            values[name] = uuid.UUID(str(values[name]))
+    statement = pg_insert(audit.AUDIT).values(values).on_conflict_do_nothing(index_elements=["id"])
+    return platform.execute(statement).rowcount == 1
+
+
+class PendingChangeRepository:
+    """``pending_platform_changes``: bookkeeping of the deferral mode.
+
+    Reading and settling them is part of managing users (``users:admin``);
+    writing them happens inside the identity change that owes them.
+    """
+
+    entity_type = "pending_platform_change"
+
+    def __init__(self, uow: IdentityUnitOfWork) -> None:
+        self.uow = uow
+
+    def _require_admin(self, operation: str) -> None:
+        if not self.uow.actor.can(Permission.USERS_ADMIN):
+            self.uow.audit_denial(self.entity_type, None, operation, Permission.USERS_ADMIN)
+            role = self.uow.actor.role or "this user"
+            raise PermissionDenied(f"{role} may not {operation}: it needs the '{Permission.USERS_ADMIN}' permission")
+
+    def record(self, kind: str, user_id: uuid.UUID | None, payload: Mapping[str, Any]) -> uuid.UUID:
+        """Record a platform change this unit of work's identity change owes."""
+        self._require_admin("record platform changes")
+        return record_pending(self.uow.connection, kind, user_id, payload)
+
+    def open(self, *, user_id: uuid.UUID | None = None, lock: bool = False) -> list[PendingChange]:
+        """Changes not yet applied, oldest first; ``lock`` skips rows another sync holds."""
+        self._require_admin("read pending platform changes")
+        statement = select(PENDING).where(PENDING.c.done_at.is_(None)).order_by(PENDING.c.created_at, PENDING.c.id)
+        if user_id is not None:
+            statement = statement.where(PENDING.c.user_id == user_id)
+        if lock:
+            statement = statement.with_for_update(skip_locked=True)
+        return [PendingChange(**row._mapping) for row in self.uow.connection.execute(statement)]
+
+    def lock_open(self, change_id: uuid.UUID) -> PendingChange | None:
+        """Lock one change for applying it; None when it is done or another sync holds it."""
+        self._require_admin("apply pending platform changes")
+        row = self.uow.connection.execute(
+            select(PENDING).where(PENDING.c.id == change_id, PENDING.c.done_at.is_(None))
+            .with_for_update(skip_locked=True)).first()
+        return PendingChange(**row._mapping) if row else None
+
+    def mark_done(self, change_id: uuid.UUID) -> None:
+        self._require_admin("apply pending platform changes")
+        self.uow.connection.execute(update(PENDING).where(PENDING.c.id == change_id).values(
+            done_at=CLOCK_NOW, attempts=PENDING.c.attempts + 1, last_error=None))
+
+    def mark_failed(self, change_id: uuid.UUID, reason: str) -> None:
+        self._require_admin("apply pending platform changes")
+        self.uow.connection.execute(update(PENDING).where(PENDING.c.id == change_id).values(
+            attempts=PENDING.c.attempts + 1, last_error=reason[:1000]))

@@ -1,0 +1,486 @@
+"""Sessions: OIDC sign-in on real database URLs, idle and absolute limits, logout, deactivation, storage.
+
+Everything talks to real PostgreSQL (fresh migrated databases per test) and
+signs in through the real device flow against the test OpenID provider
+(tests/oidc_provider.py); time is simulated by moving ``sessions.created_at``
+and ``expires_at`` in the database.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import keyring
+import pytest
+from keyring.backend import KeyringBackend
+from keyring.backends.fail import Keyring as FailKeyring
+from sqlalchemy import Engine, text
+
+from carecli.config import Settings, load_settings
+from carecli.data.actor import Actor
+from carecli.data.databases import Databases
+from carecli.data.permissions import ALL_PERMISSIONS, DEFAULT_ROLES
+from carecli.data.records import User
+from carecli.data.repositories.identity import IdentityUnitOfWork
+from carecli.errors import EXIT_AUTH, EXIT_USAGE, AuthError, ConfigError
+from carecli.services.auth.credentials import CredentialStore
+from carecli.services.auth.current import SignedIn, resolve_actor
+from carecli.services.auth.login import LoginResult, login
+from carecli.services.auth.tokens import hash_secret
+from tests.cli import Result, run_carecli
+from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401 (fixture)
+
+SSH_ENV = {"SSH_CONNECTION": "198.51.100.23 40022 10.0.0.5 22"}
+
+
+# -- a small installation under test (shared with test_api_tokens and test_login_cli) --------------
+
+
+class MemoryKeyring(KeyringBackend):
+    """A real keyring backend (keyring's plugin API) that keeps entries in this process."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.entries.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.entries[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.entries.pop((service, username), None)
+
+
+@dataclass
+class Site:
+    """Migrated databases on real URLs, an OIDC provider, and a private state dir for the session file."""
+
+    engines: Any
+    provider: OidcProvider
+    state_dir: Path
+    env: dict[str, str]
+    roles: dict[str, uuid.UUID] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.env)
+
+    @property
+    def databases(self) -> Databases:
+        return Databases(identity=self.engines.identity, platform=self.engines.platform)
+
+    def admin(self) -> Actor:
+        return Actor.create(uuid.uuid4(), ALL_PERMISSIONS, channel="cli", role="admin")
+
+    def user(self, role: str = "specialist", **values: Any) -> User:
+        """A new user with a default role (created on first use)."""
+        with IdentityUnitOfWork(self.engines.identity, self.engines.platform, self.admin()) as uow:
+            if role not in self.roles:
+                description, permissions = DEFAULT_ROLES[role]
+                self.roles[role] = uow.roles.create(role, permissions, description).id
+            tag = uuid.uuid4().hex[:10]
+            user = uow.users.create({"external_user_id": f"auth0|{tag}", "email": f"{role}.{tag}@example.org",
+                                     "first_name": "Sam", "last_name": "Rivera", "role_id": self.roles[role],
+                                     **values})
+            uow.commit()
+        return user
+
+    def login(self, user: User | None, *, subject: str | None = None,
+              environ: Mapping[str, str] | None = None) -> LoginResult:
+        """The real device flow, approved by 'the person' as soon as the code is shown."""
+
+        def approve(authorization: Any) -> None:
+            self.provider.approve(authorization.user_code, subject or (user.external_user_id if user else "x"),
+                                  email=user.email if user else None)
+
+        return login(self.settings, self.databases, channel="cli", show=approve, environ=environ)
+
+    def resolve(self, **env: str) -> SignedIn:
+        settings = load_settings({**self.env, **env})
+        return resolve_actor(settings, self.databases, channel="cli")
+
+    def store(self) -> CredentialStore:
+        return CredentialStore.for_settings(self.settings)
+
+    def cli(self, *args: str, **env: str) -> Result:
+        return run_carecli(*args, env={**self.env, **env})
+
+    def sql(self, database: str, statement: str, **params: Any) -> list[Any]:
+        engine: Engine = self.engines.identity if database == "identity" else self.engines.platform
+        with engine.begin() as connection:
+            result = connection.execute(text(statement), params)
+            return result.all() if result.returns_rows else []
+
+    def audit(self, action: str) -> list[Any]:
+        return self.sql("platform", "SELECT entity_type, entity_id, user_id, new_values, host(ip_address) AS ip, "
+                        "user_agent FROM audit_logs WHERE action = :a ORDER BY created_at, id", a=action)
+
+    def all_text(self) -> str:
+        """Every row of every table of both databases, as text (for plaintext-secret scans)."""
+        chunks = []
+        for engine in (self.engines.identity, self.engines.platform):
+            with engine.connect() as connection:
+                tables = connection.execute(text(
+                    "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) FROM information_schema.tables "
+                    "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'"
+                )).scalars().all()
+                for table in tables:
+                    chunks.extend(row[0] for row in connection.execute(text(f"SELECT t::text FROM {table} t")))
+        return "\n".join(chunks)
+
+
+@pytest.fixture
+def site(migrated_engines: Any, oidc_provider: OidcProvider, tmp_path: Path,  # noqa: F811
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    """One installation on real database URLs with an identity provider; the session file in tmp_path."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    # Never touch a developer's real keyring: the fail backend, in this process and in subprocesses.
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(FailKeyring())
+    env = {
+        **migrated_engines.pair.env,
+        "CARECLI_OIDC_ISSUER": oidc_provider.issuer,
+        "CARECLI_OIDC_CLIENT_ID": oidc_provider.client_id,
+        "CARECLI_OIDC_AUDIENCE": oidc_provider.audience or "",
+    }
+    yield Site(migrated_engines, oidc_provider, state, env)
+    keyring.set_keyring(previous)
+
+
+def session_row(site: Site, session_id: uuid.UUID) -> Any:
+    return site.sql("identity", "SELECT * FROM sessions WHERE id = :id", id=session_id)[0]
+
+
+# -- sign-in ----------------------------------------------------------------------------
+
+
+def test_oidc_login_creates_hashed_session_with_ip_and_agent_and_audits(site: Site) -> None:
+    user = site.user("supervisor")
+    result = site.login(user, environ=SSH_ENV)
+    assert result.method == "oidc" and result.user.id == user.id and result.role == "supervisor"
+
+    raw = site.store().load()
+    assert raw is not None and len(raw) >= 43  # token_urlsafe(32)
+    row = session_row(site, result.session.id)
+    assert row.session_token == hash_secret(raw)
+    assert str(row.ip_address) == "198.51.100.23"
+    assert row.user_agent.startswith("carecli/") and row.user_agent.endswith("(cli)")
+    assert row.deleted_at is None
+    # Idle deadline 15 minutes on; the absolute end 12 hours after creation.
+    assert abs((row.expires_at - row.created_at).total_seconds() - 15 * 60) < 5
+    assert result.session.ends_at == row.created_at + timedelta(hours=12)
+
+    last_login = site.sql("identity", "SELECT last_login_at FROM users WHERE id = :id", id=user.id)[0][0]
+    assert last_login is not None
+    logins = site.audit("login")
+    assert [(r.entity_type, r.entity_id, r.user_id, r.ip) for r in logins] == [
+        ("user", user.id, user.id, "198.51.100.23")]
+
+    me = site.resolve()
+    assert me.via == "session" and me.user.id == user.id
+    assert me.actor.permissions == frozenset(DEFAULT_ROLES["supervisor"][1]) and me.actor.scopes is None
+
+
+def test_login_again_ends_the_previous_session(site: Site) -> None:
+    user = site.user()
+    first = site.login(user)
+    second = site.login(user)
+    assert session_row(site, first.session.id).deleted_at is not None
+    assert session_row(site, second.session.id).deleted_at is None
+    assert site.resolve().session.id == second.session.id
+
+
+@pytest.mark.parametrize("state", ["unknown", "inactive", "deleted"])
+def test_login_refused_for_unknown_inactive_or_removed_user(site: Site, state: str) -> None:
+    if state == "unknown":
+        user, subject = None, "auth0|nobody-here"
+    else:
+        user = site.user()
+        subject = user.external_user_id
+        column = "is_active = false" if state == "inactive" else "deleted_at = now()"
+        site.sql("identity", f"UPDATE users SET {column} WHERE id = :id", id=user.id)
+    with pytest.raises(AuthError) as caught:
+        site.login(user, subject=subject)
+    message = str(caught.value)
+    expected = {"unknown": "no carecli user has that identity", "inactive": "deactivated", "deleted": "removed"}
+    assert expected[state] in message
+    assert caught.value.exit_code == EXIT_AUTH
+    refusals = site.audit("login_refused")
+    reason = {"unknown": "unknown_user", "inactive": "user_inactive", "deleted": "user_deleted"}[state]
+    assert [r.new_values["reason"] for r in refusals] == [reason]
+    assert refusals[0].new_values["subject"] == subject and refusals[0].new_values["method"] == "oidc"
+    assert refusals[0].entity_id == (user.id if user else uuid.UUID(int=0))
+    assert site.sql("identity", "SELECT count(*) FROM sessions")[0][0] == 0
+    assert site.store().load() is None
+
+
+def test_denied_at_the_provider_is_refused_and_audited(site: Site) -> None:
+    user = site.user()
+
+    def deny(authorization: Any) -> None:
+        site.provider.deny(authorization.user_code)
+
+    with pytest.raises(AuthError) as caught:
+        login(site.settings, site.databases, channel="cli", show=deny)
+    assert "declined" in str(caught.value)
+    assert [r.new_values["reason"] for r in site.audit("login_refused")] == ["LoginDenied"]
+    assert site.sql("identity", "SELECT count(*) FROM sessions WHERE user_id = :id", id=user.id)[0][0] == 0
+
+
+def test_local_sign_in_impossible_on_real_database_urls_without_issuer(site: Site) -> None:
+    env = {name: value for name, value in site.env.items() if not name.startswith("CARECLI_OIDC_")}
+    with pytest.raises(ConfigError) as caught:
+        login(load_settings(env), site.databases, channel="cli", demo_email="x@example.org")
+    assert "CARECLI_OIDC_ISSUER" in str(caught.value)
+    for args in (("login",), ("login", "--user", "someone@example.org")):
+        # CARECLI_OIDC_* set to "" count as unset.
+        result = run_carecli(*args, env={**site.env, "CARECLI_OIDC_ISSUER": "", "CARECLI_OIDC_CLIENT_ID": "",
+                                         "CARECLI_OIDC_AUDIENCE": ""})
+        assert result.code == EXIT_USAGE, result.err
+        assert "local sign-in is only for the embedded demo database" in result.err
+        assert "CARECLI_OIDC_ISSUER" in result.err and "Traceback" not in result.err
+
+
+# -- idle timeout and absolute lifetime ---------------------------------------------------
+
+
+def test_activity_slides_the_idle_deadline(site: Site) -> None:
+    result = site.login(site.user())
+    site.sql("identity", "UPDATE sessions SET expires_at = (now() AT TIME ZONE 'UTC') + interval '1 minute' "
+             "WHERE id = :id", id=result.session.id)
+    site.resolve()
+    row = session_row(site, result.session.id)
+    now = site.sql("identity", "SELECT clock_timestamp() AT TIME ZONE 'UTC'")[0][0]
+    assert abs((row.expires_at - now).total_seconds() - 15 * 60) < 5
+
+
+def test_sliding_never_passes_the_absolute_end(site: Site) -> None:
+    result = site.login(site.user())
+    # Signed in 11h55m ago: activity now may only extend the session to 12h after sign-in.
+    site.sql("identity", "UPDATE sessions SET created_at = (now() AT TIME ZONE 'UTC') - interval '11 hours 55 minutes' "
+             "WHERE id = :id", id=result.session.id)
+    me = site.resolve()
+    row = session_row(site, result.session.id)
+    assert row.expires_at == row.created_at + timedelta(hours=12)
+    assert me.session.idle_deadline == row.expires_at
+
+
+def test_idle_session_is_refused_forgotten_and_audited(site: Site) -> None:
+    user = site.user()
+    result = site.login(user)
+    site.sql("identity", "UPDATE sessions SET expires_at = (now() AT TIME ZONE 'UTC') - interval '1 second' "
+             "WHERE id = :id", id=result.session.id)
+    with pytest.raises(AuthError) as caught:
+        site.resolve()
+    assert "expired after 15 minutes without activity" in str(caught.value)
+    refusal = site.audit("auth_refused")
+    assert [(r.entity_type, r.entity_id, r.new_values["reason"], r.new_values["user_id"]) for r in refusal] == [
+        ("session", result.session.id, "idle", str(user.id))]
+    assert site.store().load() is None  # forgotten on this machine
+    cli = site.cli("whoami")
+    assert cli.code == EXIT_AUTH and "not signed in" in cli.err
+
+
+def test_idle_timeout_follows_the_setting(site: Site) -> None:
+    site.env["CARECLI_SESSION_IDLE_MINUTES"] = "5"
+    result = site.login(site.user())
+    row = session_row(site, result.session.id)
+    assert abs((row.expires_at - row.created_at).total_seconds() - 5 * 60) < 5
+    site.sql("identity", "UPDATE sessions SET expires_at = (now() AT TIME ZONE 'UTC') - interval '1 second' "
+             "WHERE id = :id", id=result.session.id)
+    with pytest.raises(AuthError, match="after 5 minutes without activity"):
+        site.resolve()
+
+
+def test_absolute_lifetime_ends_an_active_session(site: Site) -> None:
+    result = site.login(site.user())
+    # Active a moment ago (idle deadline in the future) but signed in 12h01m ago.
+    site.sql("identity", "UPDATE sessions SET created_at = (now() AT TIME ZONE 'UTC') - interval '12 hours 1 minute', "
+             "expires_at = (now() AT TIME ZONE 'UTC') + interval '10 minutes' WHERE id = :id", id=result.session.id)
+    cli = site.cli("whoami")
+    assert cli.code == EXIT_AUTH
+    assert "maximum length of 12 hours" in cli.err and "carecli login" in cli.err
+    assert [r.new_values["reason"] for r in site.audit("auth_refused")] == ["lifetime"]
+
+
+# -- deactivation, removal, logout ----------------------------------------------------------
+
+
+def test_deactivated_user_is_signed_out_at_the_next_command(site: Site) -> None:
+    user = site.user()
+    site.login(user)
+    first = site.cli("whoami")
+    assert first.code == 0, first.err
+    assert user.email in first.out
+
+    with IdentityUnitOfWork(site.engines.identity, site.engines.platform, site.admin()) as uow:
+        uow.users.deactivate(user.id, None)
+        uow.commit()
+
+    second = site.cli("whoami")
+    assert second.code == EXIT_AUTH, second.err
+    assert "session was ended" in second.err and "Traceback" not in second.err
+    assert site.store().load() is None
+    assert site.audit("auth_refused")[0].new_values["reason"] == "ended"
+
+
+def test_soft_deleted_or_inactive_user_with_a_live_session_is_refused(site: Site) -> None:
+    user = site.user()
+    site.login(user)
+    # Changed behind carecli's back (another service sharing the database): no revocation happened.
+    site.sql("identity", "UPDATE users SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = :id", id=user.id)
+    with pytest.raises(AuthError, match="was removed; you have been signed out"):
+        site.resolve()
+    assert site.audit("auth_refused")[0].new_values["reason"] == "user_deleted"
+
+    other = site.user()
+    site.login(other)
+    site.sql("identity", "UPDATE users SET is_active = false WHERE id = :id", id=other.id)
+    with pytest.raises(AuthError, match="is deactivated"):
+        site.resolve()
+
+
+def test_logout_ends_the_session_on_the_server(site: Site) -> None:
+    user = site.user()
+    result = site.login(user)
+    raw = site.store().load()
+    assert raw is not None
+
+    out = site.cli("logout")
+    assert out.code == 0, out.err
+    assert "signed out: the session was ended" in out.out
+    assert session_row(site, result.session.id).deleted_at is not None
+    assert not site.store().path.exists()
+    revokes = site.sql("platform", "SELECT user_id FROM audit_logs WHERE entity_type = 'session' "
+                       "AND action = 'revoke' AND entity_id = :id", id=result.session.id)
+    assert [r.user_id for r in revokes] == [user.id]
+
+    # A copy of the token kept somewhere is worthless now.
+    site.store().save(raw)
+    again = site.cli("whoami")
+    assert again.code == EXIT_AUTH and "session was ended" in again.err
+    assert site.cli("logout").out.startswith("not signed in")
+
+
+def test_logout_works_for_an_expired_session(site: Site) -> None:
+    result = site.login(site.user())
+    site.sql("identity", "UPDATE sessions SET expires_at = (now() AT TIME ZONE 'UTC') - interval '1 hour' "
+             "WHERE id = :id", id=result.session.id)
+    out = site.cli("logout")
+    assert out.code == 0, out.err
+    assert session_row(site, result.session.id).deleted_at is not None
+
+
+# -- storage ------------------------------------------------------------------------------
+
+
+def test_whoami_names_the_0600_session_file(site: Site) -> None:
+    user = site.user("auditor")
+    site.login(user)
+    out = site.cli("whoami")
+    assert out.code == 0, out.err
+    path = site.store().path
+    assert path.is_relative_to(site.state_dir / "carecli")
+    assert f"session kept in the file {path} (mode 0600)" in out.out
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert "role:         auditor" in out.out
+    assert "permissions:  audit:read, members:read" in out.out
+
+
+def test_session_file_readable_by_others_is_refused(site: Site) -> None:
+    site.login(site.user())
+    os.chmod(site.store().path, 0o644)
+    out = site.cli("whoami")
+    assert out.code == EXIT_AUTH and "readable by other users" in out.err
+    assert site.cli("logout").code == 0  # the way out still works
+
+
+def test_session_tokens_never_stored_in_plaintext(site: Site) -> None:
+    result = site.login(site.user(), environ=SSH_ENV)
+    raw = site.store().load()
+    assert raw is not None
+    dump = site.all_text()
+    assert raw not in dump
+    assert hash_secret(raw) in dump  # the scan does see the sessions table
+    assert str(result.session.id) in dump
+
+
+def test_keyring_is_used_when_one_works(site: Site) -> None:
+    memory = MemoryKeyring()
+    keyring.set_keyring(memory)
+    site.login(site.user())
+    store = site.store()
+    assert store.use_keyring and not store.path.exists()
+    assert list(memory.entries) == [("carecli", store.account)]
+    me = site.resolve()
+    assert me.store == f"the OS keyring (service 'carecli', account '{store.account}')"
+    store.forget()
+    assert memory.entries == {}
+
+
+def test_sessions_of_two_installations_do_not_collide(site: Site, tmp_path: Path) -> None:
+    embedded = load_settings({"CARECLI_DATA_DIR": str(tmp_path / "elsewhere")})
+    assert CredentialStore.for_settings(embedded).path != site.store().path
+    scope = CredentialStore.for_settings(site.settings).scope
+    assert "@" not in scope and scope.endswith(f"/{site.engines.pair.identity}")  # no user name, no password
+
+
+# -- sessions list / revoke ------------------------------------------------------------------
+
+
+def test_sessions_list_and_revoke_own_and_others(site: Site) -> None:
+    admin = site.user("admin")
+    specialist = site.user("specialist")
+    theirs = site.login(specialist)
+    their_token = site.store().load()
+    site.store().forget()  # as if on another machine: the admin's sign-in must not end it
+    mine = site.login(admin)
+
+    own = site.cli("sessions", "list")
+    assert own.code == 0, own.err
+    assert own.out.startswith(f"* {mine.session.id}  active")
+    assert str(theirs.session.id) not in own.out
+
+    others = site.cli("sessions", "list", "--user", specialist.email)
+    assert others.code == 0 and str(theirs.session.id) in others.out
+
+    revoked = site.cli("sessions", "revoke", str(theirs.session.id))
+    assert revoked.code == 0, revoked.err
+    assert session_row(site, theirs.session.id).deleted_at is not None
+
+    # The specialist may not look at or end the admin's sessions.
+    assert their_token is not None
+    site.store().save(their_token)
+    assert site.cli("whoami").code == EXIT_AUTH
+    site.login(specialist)
+    denied = site.cli("sessions", "revoke", str(mine.session.id))
+    assert denied.code == 1 and "users:admin" in denied.err
+    listed = site.cli("sessions", "list", "--user", admin.email)
+    assert listed.code == 1 and "users:admin" in listed.err
+
+    # Ending your own current session signs you out here too.
+    me = site.resolve()
+    own_end = site.cli("sessions", "revoke", str(me.session.id))
+    assert own_end.code == 0 and "you are signed out" in own_end.out
+    assert site.store().load() is None
+
+
+def test_not_signed_in(site: Site) -> None:
+    out = site.cli("whoami")
+    assert out.code == EXIT_AUTH
+    assert out.err.strip() == "carecli: error: not signed in\n  hint: run `carecli login`"
+    assert site.cli("sessions", "revoke", "not-a-uuid").code == EXIT_USAGE
