@@ -255,23 +255,25 @@ def show_user(databases: Databases, actor: Actor, ref: str) -> UserDetails:
                        pending_changes=pending)
 
 
+def _create_user(uow: IdentityUnitOfWork, email: str, external_id: str, first_name: str | None,
+                 last_name: str | None, role_id: uuid.UUID) -> User:
+    """Insert a user; the repository checks e-mail uniqueness case-insensitively."""
+    return uow.users.create({
+        "email": _normal_email(email),
+        "external_user_id": external_id.strip(),
+        "first_name": (first_name or "").strip() or None,
+        "last_name": (last_name or "").strip() or None,
+        "role_id": role_id,
+    })
+
+
 def add_user(databases: Databases, actor: Actor, *, email: str, external_id: str, role: str,
              first_name: str | None = None, last_name: str | None = None) -> UserSummary:
     """Create a user with a role; the e-mail address is stored lower-case and must be unique."""
     with IdentityUnitOfWork(databases.identity, databases.platform, actor) as uow:
         _require_admin(uow, "add users")
         the_role = _role_by_name(uow, role)
-        address = _normal_email(email)
-        # users.email is UNIQUE as typed; addresses differing only in case are the same mailbox.
-        if any(user.email.lower() == address for user in uow.users.list(include_deleted=True)):
-            raise ValidationError("email", "unique", "another user already has this e-mail address")
-        user = uow.users.create({
-            "email": address,
-            "external_user_id": external_id.strip(),
-            "first_name": (first_name or "").strip() or None,
-            "last_name": (last_name or "").strip() or None,
-            "role_id": the_role.id,
-        })
+        user = _create_user(uow, email, external_id, first_name, last_name, the_role.id)
         uow.commit()
     return UserSummary(user, the_role.name)
 
@@ -357,16 +359,7 @@ def bootstrap_admin(databases: Databases, *, email: str, external_id: str, first
         if admin_role.deleted_at is not None or str(ADMIN) not in (admin_role.permissions or []):
             raise CarecliError(f"the role '{ADMIN_ROLE}' was deleted or no longer holds '{ADMIN}'",
                                hint=f"restore it, or give it '{ADMIN}' back, with a database administrator's help")
-        address = _normal_email(email)
-        if any(user.email.lower() == address for user in uow.users.list(include_deleted=True)):
-            raise ValidationError("email", "unique", "another user already has this e-mail address")
-        user = uow.users.create({
-            "email": address,
-            "external_user_id": external_id.strip(),
-            "first_name": (first_name or "").strip() or None,
-            "last_name": (last_name or "").strip() or None,
-            "role_id": admin_role.id,
-        })
+        user = _create_user(uow, email, external_id, first_name, last_name, admin_role.id)
         uow.commit()
     return user
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, insert, select, update
+from sqlalchemy import Connection, Engine, Insert, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -198,9 +198,13 @@ class UserRepository(Repository[User]):
             value = values.get(field)
             if value is None or (current is not None and current.get(field) == value):
                 continue
-            clash = self.connection.execute(select(self.table.c.id).where(self.table.c[field] == value)).first()
+            column = self.table.c[field]
+            # E-mail addresses differing only in case are the same mailbox.
+            matches = func.lower(column) == value.lower() if field == "email" else column == value
+            clash = self.connection.execute(select(self.table.c.id).where(matches)).first()
             if clash is not None:
-                raise ValidationError(field, "unique", "another user already has this value")
+                what = "e-mail address" if field == "email" else "identity provider id"
+                raise ValidationError(field, "unique", f"another user already has this {what}")
 
     def get(self, user_id: uuid.UUID, *, include_deleted: bool = False) -> User:
         if user_id != self.uow.actor.user_id:
