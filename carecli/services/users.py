@@ -146,7 +146,7 @@ def _normal_email(email: str) -> str:
 
 
 def find_user(uow: IdentityUnitOfWork, ref: str) -> User:
-    """A live user by id or e-mail address (case-insensitive); needs users:admin."""
+    """A live user by id or e-mail address (case-insensitive); callers have checked users:admin."""
     ref = ref.strip()
     try:
         user_id = uuid.UUID(ref)
@@ -154,10 +154,9 @@ def find_user(uow: IdentityUnitOfWork, ref: str) -> User:
         user_id = None
     if user_id is not None:
         return uow.users.get(user_id)
-    wanted = _normal_email(ref)
-    for user in uow.users.list():
-        if user.email.lower() == wanted:
-            return user
+    found = uow.users.id_by_email(ref)
+    if found is not None:
+        return uow.users.get(found)
     raise NotFound(f"there is no user with the e-mail address {ref}", hint="`carecli users list` shows them")
 
 

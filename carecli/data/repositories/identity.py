@@ -217,6 +217,12 @@ class UserRepository(Repository[User]):
             select(self.table).where(self.table.c.external_user_id == external_user_id)).first()
         return self.to_record(row) if row else None
 
+    def id_by_email(self, email: str, *, include_deleted: bool = False) -> uuid.UUID | None:
+        """The id of the user with ``email``, case-insensitively (callers check who may look)."""
+        statement = self._select(include_deleted).with_only_columns(self.table.c.id).where(
+            func.lower(self.table.c.email) == email.strip().lower())
+        return self.connection.execute(statement).scalar_one_or_none()
+
     def list(self, *, include_deleted: bool = False) -> list[User]:
         self.require(Permission.USERS_ADMIN, "list users")
         return self._list(self._select(include_deleted).order_by(self.table.c.email))

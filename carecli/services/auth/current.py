@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from carecli.config import Settings
 from carecli.data import audit
@@ -83,16 +83,14 @@ def load_user(uow: IdentityUnitOfWork, user_id: uuid.UUID | None) -> User | None
 
 def user_by_email(databases: Databases, actor: Actor, email: str) -> User:
     """The live or removed user with ``email`` (case-insensitive); others than oneself need users:admin."""
-    table = UserTable.__table__
     with IdentityUnitOfWork(databases.identity, databases.platform, actor) as uow:
-        row = uow.connection.execute(select(table.c.id).where(
-            func.lower(table.c.email) == email.strip().lower())).first()
-        if row is None:
+        found = uow.users.id_by_email(email, include_deleted=True)
+        if found is None:
             if not actor.can(Permission.USERS_ADMIN):
                 # Do not let non-admins probe which addresses have accounts.
                 uow.users.require(Permission.USERS_ADMIN, "look up other users")
             raise NotFound(f"there is no user with the e-mail address {email.strip()}")
-        return uow.users.get(row.id, include_deleted=True)
+        return uow.users.get(found, include_deleted=True)
 
 
 def role_of(uow: IdentityUnitOfWork, user: User) -> tuple[str | None, frozenset[str]]:
