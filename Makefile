@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 ## make demo: embedded PostgreSQL with demo data (created once, kept in your data dir)
 demo: install
 	$(BIN)/carecli seed --members $(DEMO_MEMBERS) --seed 42 --if-empty
-	$(BIN)/carecli db current
+	$(BIN)/carecli app
 
 ## make test: the whole suite (embedded server by default; CARECLI_TEST_PG=... for another)
 test: install

@@ -106,7 +106,14 @@ SPECS: tuple[SettingSpec, ...] = (
                 _positive_int, 15, "a session with no activity for this long ends"),
     SettingSpec("session_max_hours", "session", "max_hours", "CARECLI_SESSION_MAX_HOURS", _positive_int, 12,
                 "a session ends this long after sign-in, active or not"),
+    SettingSpec("theme", "tui", "theme", "CARECLI_THEME", _text, "textual-dark",
+                "the app's Textual theme (ctrl+p, 'Change theme' lists them)"),
+    SettingSpec("reveal_seconds", "tui", "reveal_seconds", "CARECLI_REVEAL_SECONDS", _positive_int, 30,
+                "a revealed SSN or date of birth is masked again after this many seconds"),
 )
+
+#: ``[keymap]`` in the config file: binding id = "keys" (e.g. ``"member.reveal" = "ctrl+r"``).
+KEYMAP_SECTION = "keymap"
 
 # The master key itself is read from the environment only, never from the
 # config file, which tends to be copied around.
@@ -146,11 +153,15 @@ class Settings:
     oidc_audience: str | None
     session_idle_minutes: int
     session_max_hours: int
+    theme: str
+    reveal_seconds: int
     #: an API token from CARECLI_TOKEN (environment only: it is a secret)
     api_token: str | None
     config_file: Path
     config_file_found: bool
     sources: dict[str, str] = field(default_factory=dict)
+    #: key remapping for the app: binding id -> keys (``[keymap]`` in the config file)
+    keymap: dict[str, str] = field(default_factory=dict)
 
     @property
     def embedded(self) -> bool:
@@ -183,6 +194,9 @@ def _check_known_keys(data: dict[str, Any], path: Path) -> None:
     for spec in SPECS:
         known.setdefault(spec.section, set()).add(spec.key)
     for section, values in data.items():
+        if section == KEYMAP_SECTION:
+            _check_keymap(values, path)
+            continue
         if section not in known:
             raise ConfigError(
                 f"config file {path}: unknown section [{section}]",
@@ -196,6 +210,15 @@ def _check_known_keys(data: dict[str, Any], path: Path) -> None:
                     f"config file {path}: unknown setting '{key}' in [{section}]",
                     hint=f"known settings in [{section}]: {', '.join(sorted(known[section]))}",
                 )
+
+
+def _check_keymap(values: Any, path: Path) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: [{KEYMAP_SECTION}] must be a table of binding id = \"keys\"")
+    for binding_id, keys in values.items():
+        if not isinstance(keys, str) or not keys.strip():
+            raise ConfigError(f"config file {path}: [{KEYMAP_SECTION}] {binding_id} must be a string of keys, "
+                              "e.g. \"ctrl+r\" or \"f5,ctrl+r\"")
 
 
 def parse_database_url(raw: str, *, origin: str) -> URL:
@@ -292,9 +315,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         oidc_audience=values["oidc_audience"],
         session_idle_minutes=values["session_idle_minutes"],
         session_max_hours=values["session_max_hours"],
+        theme=values["theme"],
+        reveal_seconds=values["reveal_seconds"],
         api_token=env.get(TOKEN_ENV) or None,
         config_file=config_path,
         config_file_found=config_path.exists(),
         sources=sources,
+        keymap={str(k): str(v) for k, v in file_data.get(KEYMAP_SECTION, {}).items()},
     )
 

@@ -16,6 +16,7 @@ import click
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from carecli import __version__
+from carecli.cli.app_cmd import app_command, run_app
 from carecli.cli.auth_cmd import (
     login_command,
     logout_command,
@@ -43,9 +44,13 @@ def cli(ctx: click.Context) -> None:
     your own servers.
     """
     if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            run_app()
+        else:  # a script or a pipe: the app needs a terminal, so say what there is
+            click.echo(ctx.get_help())
 
 
+cli.add_command(app_command)
 cli.add_command(db_group)
 cli.add_command(seed_command)
 cli.add_command(config_group)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from carecli.data.repositories.plans import PlanRepository
     from carecli.data.repositories.risk_flags import RiskFlagRepository
     from carecli.data.repositories.specialists import SpecialistPlanRepository, SpecialistRepository
+    from carecli.data.repositories.worklist import WorklistRepository
 
 CipherProvider = Callable[[], FieldCipher]
 UserLookup = Callable[[uuid.UUID], bool]
@@ -190,3 +191,9 @@ class PlatformUnitOfWork:
         from carecli.data.repositories.audit_log import AuditLogRepository
 
         return AuditLogRepository(self)
+
+    @cached_property
+    def worklist(self) -> WorklistRepository:
+        from carecli.data.repositories.worklist import WorklistRepository
+
+        return WorklistRepository(self)

@@ -17,7 +17,7 @@ the audit trail is completed, never lost.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -222,6 +222,16 @@ class UserRepository(Repository[User]):
         statement = self._select(include_deleted).with_only_columns(self.table.c.id).where(
             func.lower(self.table.c.email) == email.strip().lower())
         return self.connection.execute(statement).scalar_one_or_none()
+
+    def display_names(self, user_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Staff names for ids seen in the audit log or on records ("First Last <email>")."""
+        ids = {user_id for user_id in user_ids if user_id is not None}
+        if not ids:
+            return {}
+        c = self.table.c
+        rows = self.connection.execute(select(c.id, c.first_name, c.last_name, c.email).where(c.id.in_(ids)))
+        return {row.id: " ".join(part for part in (row.first_name, row.last_name) if part) or row.email
+                for row in rows}
 
     def list(self, *, include_deleted: bool = False) -> list[User]:
         self.require(Permission.USERS_ADMIN, "list users")

@@ -138,10 +138,7 @@ def _demo_user(databases: Databases, *, channel: Channel, pick: DemoPicker | Non
                                 hint="run `carecli login` without --user to pick from the list")
             user = uow.users.to_record(row)
             return user, user.external_user_id
-        rows = uow.connection.execute(select(table).where(
-            table.c.deleted_at.is_(None), table.c.is_active.is_not(False))
-            .order_by(table.c.last_name, table.c.first_name, table.c.email)).all()
-        users = [uow.users.to_record(row) for row in rows]
+    users = demo_candidates(databases, channel=channel, environ=environ)
     if not users:
         raise ConfigError("there are no active users to sign in as",
                           hint="load demo data with `carecli seed --members 100`")
@@ -149,6 +146,17 @@ def _demo_user(databases: Databases, *, channel: Channel, pick: DemoPicker | Non
         raise ConfigError("choose the user to sign in as", hint="`carecli login --user EMAIL`")
     chosen = pick(users)
     return chosen, chosen.external_user_id
+
+
+def demo_candidates(databases: Databases, *, channel: Channel = "tui",
+                    environ: Mapping[str, str] | None = None) -> list[User]:
+    """The users one may pick in the local demo sign-in: active and not removed, by name."""
+    table = UserTable.__table__
+    with IdentityUnitOfWork(databases.identity, databases.platform, Actor.system(channel, environ=environ)) as uow:
+        rows = uow.connection.execute(select(table).where(
+            table.c.deleted_at.is_(None), table.c.is_active.is_not(False))
+            .order_by(table.c.last_name, table.c.first_name, table.c.email)).all()
+        return [uow.users.to_record(row) for row in rows]
 
 
 def _admit(settings: Settings, databases: Databases, candidate: User | None, *, subject: str,

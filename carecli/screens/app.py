@@ -1,0 +1,329 @@
+"""The specialist's app: connection, sign-in, navigation, the inactivity lock, and key remapping.
+
+The app owns the state that outlives a screen (the signed-in :class:`Desk`,
+the idle clock); screens own what they show. One screen stack: the worklist
+is at the bottom, other screens are pushed on it, forms and dialogs are
+modal on top. A lock pushes the lock screen over everything after every
+screen has cleared its member values, so a draft under it survives.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from textual import events, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Center, Middle
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Header, LoadingIndicator, Static
+
+from carecli import __version__
+from carecli.config import Settings
+from carecli.data.databases import Databases
+from carecli.errors import AuthError
+from carecli.screens.base import CareModal, PhiHolder, Problem, describe
+from carecli.screens.palette import MemberCommands
+from carecli.services.auth.credentials import CredentialStore
+from carecli.services.desk import Desk
+
+MIN_WIDTH, MIN_HEIGHT = 80, 24
+IDLE_CHECK_SECONDS = 5.0
+#: how often user activity is reported to the database (slides the session's idle deadline)
+SESSION_TOUCH_SECONDS = 60.0
+
+#: navigation target -> "module:Class" (imported when first used)
+DESTINATIONS: dict[str, str] = {
+    "worklist": "carecli.screens.worklist:WorklistScreen",
+    "members": "carecli.screens.members:MemberBrowserScreen",
+    "plans": "carecli.screens.plans:PlansScreen",
+    "users": "carecli.screens.admin:UsersScreen",
+    "audit": "carecli.screens.admin:AuditScreen",
+}
+
+
+def load_screen_class(target: str) -> type[Screen[Any]]:
+    module, _, name = DESTINATIONS.get(target, target).partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class Connected(Message):
+    def __init__(self, databases: Databases, desk: Desk | None, problem: Problem | None) -> None:
+        super().__init__()
+        self.databases = databases
+        self.desk = desk
+        self.problem = problem
+
+
+class ConnectFailed(Message):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__()
+        self.problem = problem
+
+
+class StartScreen(Screen[None]):
+    """Shown while the databases open (the embedded server can take a few seconds to start)."""
+
+    def __init__(self, text: str = "Connecting to the databases…") -> None:
+        super().__init__()
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Middle(), Center():
+            yield Static(self.text, id="start-text")
+        yield LoadingIndicator()
+        yield Footer()
+
+    def show_failure(self, problem: Problem) -> None:
+        self.query_one(LoadingIndicator).display = False
+        self.query_one("#start-text", Static).update(
+            f"[b]carecli cannot start[/b]\n\n{problem.message}\n\n{problem.hint or ''}\n\nPress ctrl+q to quit.")
+
+
+class TooSmallScreen(ModalScreen[None]):
+    """Covers everything while the terminal is smaller than 80x24 (nothing is lost; resize to go on)."""
+
+    DEFAULT_CSS = """
+    TooSmallScreen { align: center middle; background: $background; }
+    TooSmallScreen Static { width: auto; max-width: 100%; padding: 0 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="too-small")
+
+    def on_mount(self) -> None:
+        self.show_size(self.app.size.width, self.app.size.height)
+
+    def show_size(self, width: int, height: int) -> None:
+        self.query_one("#too-small", Static).update(
+            f"carecli needs a terminal of at least {MIN_WIDTH}×{MIN_HEIGHT}; this one is {width}×{height}.\n"
+            "Please make the window larger: nothing is lost meanwhile.")
+
+
+class CareApp(App[None]):
+    """carecli's terminal app."""
+
+    TITLE = "carecli"
+    SUB_TITLE = f"v{__version__}"
+    CSS_PATH = "care.tcss"
+    ENABLE_COMMAND_PALETTE = True
+    COMMANDS = App.COMMANDS | {MemberCommands}
+
+    BINDINGS = [
+        Binding("f1", "help", "Help", id="app.help", tooltip="Keys and help for this screen"),
+        Binding("f2", "go('worklist')", "Worklist", id="app.worklist", tooltip="Your calls, follow-ups and flags"),
+        Binding("f3", "go('members')", "Members", id="app.members", tooltip="Search all members"),
+        Binding("f4", "go('plans')", "Plans", id="app.plans", tooltip="The insurance plan catalog"),
+        Binding("f6", "go('audit')", "Audit", show=False, id="app.audit", tooltip="The audit log (audit:read)"),
+        Binding("f7", "go('users')", "Users", show=False, id="app.users", tooltip="Users and roles (users:admin)"),
+        Binding("ctrl+l", "lock", "Lock", id="app.lock", tooltip="Lock the screen now"),
+        Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+    ]
+
+    def __init__(self, settings: Settings, *, databases: Databases | None = None, desk: Desk | None = None,
+                 store: CredentialStore | None = None, environ: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.settings = settings
+        self.databases = databases
+        self.desk: Desk | None = desk
+        self.store = store
+        self.environ = environ
+        self.clock = clock
+        self.last_input = clock()
+        self._last_touch = clock()
+        self.locked = False
+        self._too_small: TooSmallScreen | None = None
+
+    # -- start --------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self._apply_preferences()
+        self.push_screen(StartScreen())
+        self.set_interval(IDLE_CHECK_SECONDS, self.check_idle)
+        if self.desk is not None:
+            self.post_message(Connected(self.desk.databases, self.desk, None))
+        else:
+            self.connect()
+
+    def _apply_preferences(self) -> None:
+        if self.settings.theme in self.available_themes:
+            self.theme = self.settings.theme
+        else:
+            self.notify(f"unknown theme {self.settings.theme!r} in the configuration; using the default",
+                        severity="warning")
+        if self.settings.keymap:
+            self.set_keymap(self.settings.keymap)
+
+    @work(thread=True, exclusive=True, group="connect")
+    def connect(self) -> None:
+        """Open both databases and pick up a stored session (worker thread)."""
+        from carecli.data.databases import open_databases, require_head
+
+        try:
+            databases = self.databases or open_databases(self.settings)
+            require_head(databases)
+        except Exception as exc:  # shown on the start screen, never raised
+            self.post_message(ConnectFailed(describe(exc)))
+            return
+        try:
+            desk: Desk | None = Desk.resume(self.settings, databases, store=self.store)
+            problem = None
+        except AuthError as exc:
+            desk, problem = None, describe(exc)
+        except Exception as exc:
+            desk, problem = None, describe(exc)
+        self.post_message(Connected(databases, desk, problem))
+
+    def on_connect_failed(self, message: ConnectFailed) -> None:
+        if isinstance(self.screen, StartScreen):
+            self.screen.show_failure(message.problem)
+
+    def on_connected(self, message: Connected) -> None:
+        self.databases = message.databases
+        if message.desk is not None:
+            self.signed_in(message.desk)
+            return
+        from carecli.screens.signin import SignInScreen
+
+        note = None
+        if message.problem is not None and message.problem.message != "not signed in":
+            note = message.problem.message
+        self.switch_screen(SignInScreen(note=note))
+
+    # -- signing in and out ---------------------------------------------------------
+
+    def signed_in(self, desk: Desk) -> None:
+        """A sign-in (first, or after a lock) succeeded."""
+        previous = self.desk
+        self.desk = desk
+        self.sub_title = f"{desk.display_name} · {desk.role or 'no role'}"
+        self.last_input = self._last_touch = self.clock()
+        if self.locked and previous is not None and previous.user_id == desk.user_id:
+            self.locked = False
+            self.pop_screen()  # the lock screen: everything under it, drafts included, is back
+            for screen in self.screen_stack:
+                if isinstance(screen, PhiHolder):
+                    screen.restore_after_unlock()
+            self.notify("Welcome back.")
+            return
+        self.locked = False
+        # First sign-in, or a different person at the keyboard: start from a clean worklist.
+        from carecli.screens.worklist import WorklistScreen
+
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+        self.switch_screen(WorklistScreen())
+
+    def action_lock(self, reason: str = "Locked.") -> None:
+        self.lock(reason)
+
+    def lock(self, reason: str) -> None:
+        """Clear every member value from every screen, then cover them with the sign-in screen."""
+        if self.locked or self.desk is None:
+            return
+        self.locked = True
+        for screen in self.screen_stack:
+            if isinstance(screen, PhiHolder):
+                screen.clear_phi()
+        self.clear_notifications()
+        from carecli.screens.signin import SignInScreen
+
+        self.push_screen(SignInScreen(note=reason, locked_user=self.desk.display_name))
+
+    def check_idle(self) -> None:
+        idle = self.clock() - self.last_input
+        if not self.locked and self.desk is not None and idle >= self.settings.session_idle_minutes * 60:
+            self.lock(f"Locked after {self.settings.session_idle_minutes} minutes without activity.")
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)):
+            self.last_input = self.clock()
+            if self.desk is not None and not self.locked and self.last_input - self._last_touch > SESSION_TOUCH_SECONDS:
+                self._last_touch = self.last_input
+                self.touch_session()
+        await super().on_event(event)
+
+    @work(thread=True, exclusive=True, group="session")
+    def touch_session(self) -> None:
+        """Activity slides the session's idle deadline; a revoked session locks the app."""
+        desk = self.desk
+        if desk is None:
+            return
+        try:
+            desk.check_session()
+        except Exception as exc:
+            problem = describe(exc)
+            if problem.auth:
+                self.call_from_thread(self.lock, f"Your session ended: {problem.message}.")
+
+    # -- navigation and help -----------------------------------------------------------
+
+    def action_go(self, target: str) -> None:
+        if self.desk is None or self.locked:
+            return
+        if isinstance(self.screen, ModalScreen) and not isinstance(self.screen, TooSmallScreen):
+            self.notify("Finish or close this form first (Esc closes it; what you typed is kept until then).",
+                        severity="warning")
+            return
+        screen_class = load_screen_class(target)
+        for index, screen in enumerate(self.screen_stack):
+            if isinstance(screen, screen_class):
+                while len(self.screen_stack) > index + 1:
+                    self.pop_screen()
+                return
+        self.push_screen(screen_class())
+
+    def open_member(self, member_id: Any) -> None:
+        """Open a member's detail screen (from the worklist, the browser or the command palette)."""
+        if self.desk is None or self.locked:
+            return
+        from carecli.screens.member import MemberDetailScreen
+
+        if isinstance(self.screen, CareModal):
+            self.pop_screen()
+        self.push_screen(MemberDetailScreen(member_id))
+
+    def action_help(self) -> None:
+        from carecli.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    def show_problem(self, action: str, problem: Problem) -> None:
+        """Tell the user what failed and what to do; a dead session locks the app."""
+        if problem.auth and self.desk is not None:
+            self.lock(f"Your session ended: {problem.message}.")
+            return
+        self.notify(str(problem), title=f"Could not {action}", severity="error", timeout=10)
+
+    # -- the terminal size ---------------------------------------------------------------
+
+    def on_resize(self, event: events.Resize) -> None:
+        small = event.size.width < MIN_WIDTH or event.size.height < MIN_HEIGHT
+        if small and self._too_small is None:
+            self._too_small = TooSmallScreen()
+            self.push_screen(self._too_small)
+        elif small and self._too_small is not None:
+            self._too_small.show_size(event.size.width, event.size.height)
+        elif not small and self._too_small is not None:
+            if self.screen is self._too_small:
+                self.pop_screen()
+            self._too_small = None
+
+    def get_system_commands(self, screen: Screen[Any]):  # noqa: ANN201 - the palette's system commands
+        yield from super().get_system_commands(screen)
+        if self.desk is not None and not self.locked:
+            from textual.app import SystemCommand
+
+            yield SystemCommand("Worklist", "Your calls, follow-ups and urgent flags", lambda: self.action_go("worklist"))
+            yield SystemCommand("Members", "Search all members", lambda: self.action_go("members"))
+            yield SystemCommand("Plans", "The insurance plan catalog", lambda: self.action_go("plans"))
+            yield SystemCommand("Audit log", "Who did what (audit:read)", lambda: self.action_go("audit"))
+            yield SystemCommand("Users and roles", "Staff accounts (users:admin)", lambda: self.action_go("users"))
+            yield SystemCommand("Lock", "Lock the screen now", self.action_lock)

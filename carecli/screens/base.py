@@ -1,0 +1,132 @@
+"""What every carecli screen shares: the desk, PHI clearing on lock, and how failures are shown.
+
+Screens ask the :class:`~carecli.services.desk.Desk` for data inside thread
+workers (``@work(thread=True)``); a worker posts a past-tense message back
+and only message handlers touch widgets. Any failure becomes a
+:class:`Problem`: one line saying what went wrong and one saying what to do,
+built from carecli's own error messages (which never carry PHI), never from
+a driver's ``str(exc)`` (which can carry SQL parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+
+from carecli.errors import AuthError, CarecliError, ValidationError
+
+if TYPE_CHECKING:
+    from carecli.screens.app import CareApp
+    from carecli.services.desk import Desk
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A failure as shown to the user: what happened, what to do, and the form field at fault (if any)."""
+
+    message: str
+    hint: str | None = None
+    field: str | None = None
+    #: the session is no longer valid: the app locks and asks to sign in again
+    auth: bool = False
+    #: the database could not be reached: the input is kept and can be retried
+    unavailable: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def describe(exc: BaseException) -> Problem:
+    """The user-facing description of an exception from a desk call (no data values, no SQL)."""
+    from carecli.data.databases import describe_dbapi_error
+
+    if isinstance(exc, ValidationError):
+        return Problem(exc.message.removeprefix(f"{exc.field}: "), exc.hint, field=exc.field)
+    if isinstance(exc, AuthError):
+        return Problem(exc.message, exc.hint or "sign in again", auth=True)
+    if isinstance(exc, CarecliError):
+        return Problem(exc.message, exc.hint)
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return Problem(f"the database is not reachable: {describe_dbapi_error(exc)}",
+                       "nothing was lost: check the connection and try again", unavailable=True)
+    if isinstance(exc, DBAPIError):
+        return Problem(f"the database refused this: {describe_dbapi_error(exc)}", "try again, or tell support")
+    return Problem(f"something went wrong inside carecli ({type(exc).__name__})",
+                   "try again; if it keeps happening, tell support")
+
+
+class ActionFailed(Message):
+    """A desk call from a worker failed; ``action`` names what was being done."""
+
+    def __init__(self, action: str, problem: Problem) -> None:
+        super().__init__()
+        self.action = action
+        self.problem = problem
+
+
+class PhiHolder:
+    """Mixin for screens showing member data: the app calls these around a lock."""
+
+    def clear_phi(self) -> None:
+        """Remove every member value from the widgets (the lock calls this before anything else)."""
+
+    def restore_after_unlock(self) -> None:
+        """Load the screen's data again after the same user signed back in."""
+
+
+class CareScreen(PhiHolder, Screen[Any]):
+    """A full screen of the app."""
+
+    @property
+    def care(self) -> CareApp:
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def desk(self) -> Desk:
+        desk = self.care.desk
+        assert desk is not None, "screens that need data are only shown when signed in"
+        return desk
+
+    def on_action_failed(self, message: ActionFailed) -> None:
+        self.care.show_problem(message.action, message.problem)
+
+    def fail(self, action: str, exc: BaseException) -> None:
+        """From a worker thread: report a failed desk call to this screen."""
+        self.post_message(ActionFailed(action, describe(exc)))
+
+
+class CareModal(PhiHolder, ModalScreen[Any]):
+    """A dialog or form on top of a screen."""
+
+    @property
+    def care(self) -> CareApp:
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def desk(self) -> Desk:
+        desk = self.care.desk
+        assert desk is not None
+        return desk
+
+    def on_action_failed(self, message: ActionFailed) -> None:
+        self.care.show_problem(message.action, message.problem)
+
+    def fail(self, action: str, exc: BaseException) -> None:
+        self.post_message(ActionFailed(action, describe(exc)))
+
+
+def member_name(first: str | None, last: str | None) -> str:
+    return f"{last or ''}, {first or ''}".strip(", ")
+
+
+def show_when(value: Any) -> str:
+    """Dates and times as the screens show them (UTC times shown as stored: naive UTC)."""
+    if value is None:
+        return "—"
+    if hasattr(value, "hour"):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return value.isoformat()

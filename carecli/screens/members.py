@@ -1,0 +1,298 @@
+"""The member browser: search as you type, filter, sort, and page through millions a page at a time.
+
+Only the page on screen is held in memory. Paging is keyset paging (the
+repository's cursors), so page 1,000 costs what page 1 costs; going back
+re-reads an earlier page from the cursor it started at. Results of a search
+that was overtaken by newer typing are dropped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Input, Select, Static
+
+from carecli.data.models.enums import MEMBER_STATUSES
+from carecli.data.records import Plan
+from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery
+from carecli.screens.base import CareScreen, member_name
+
+PAGE_SIZE = 50
+#: typing pauses this long before a search is sent (keeps a fast typist from queueing queries)
+DEBOUNCE_SECONDS = 0.15
+SORTS = (("Name A→Z", "name"), ("Name Z→A", "name_desc"), ("Newest", "newest"), ("Oldest", "oldest"))
+
+
+class PageLoaded(Message):
+    def __init__(self, request: int, page: MemberPage, page_number: int) -> None:
+        super().__init__()
+        self.request = request
+        self.page = page
+        self.page_number = page_number
+
+
+class CountLoaded(Message):
+    def __init__(self, request: int, count: CountEstimate) -> None:
+        super().__init__()
+        self.request = request
+        self.count = count
+
+
+class PlansLoaded(Message):
+    def __init__(self, plans: list[Plan]) -> None:
+        super().__init__()
+        self.plans = plans
+
+
+class ResultsTable(DataTable[str]):
+    """A page of results; moving past its last or first row asks for the next or previous page."""
+
+    class EdgeReached(Message):
+        def __init__(self, forward: bool) -> None:
+            super().__init__()
+            self.forward = forward
+
+    def action_page_down(self) -> None:
+        if self.row_count == 0 or self.cursor_row >= self.row_count - 1:
+            self.post_message(self.EdgeReached(True))
+        else:
+            super().action_page_down()
+
+    def action_page_up(self) -> None:
+        if self.cursor_row <= 0:
+            self.post_message(self.EdgeReached(False))
+        else:
+            super().action_page_up()
+
+    def action_cursor_down(self) -> None:
+        if self.row_count and self.cursor_row >= self.row_count - 1:
+            self.post_message(self.EdgeReached(True))
+        else:
+            super().action_cursor_down()
+
+
+class MemberBrowserScreen(CareScreen):
+    """Find members by name, e-mail or phone; Enter opens one."""
+
+    HELP = """
+## Members
+
+Type in the search box: a name or the start of one (`oka`, `ada oka`), an e-mail
+(`ada@`), or phone digits (`503 555`). Results follow your typing. Filter by
+status and plan, and choose the sort order.
+
+**PageDown** at the bottom of the list loads the next page, **PageUp** at the top
+the previous one; only one page is held at a time, so this stays fast on millions
+of members. The count is exact for small results and an estimate ("about 1.2M")
+for large ones. **Enter** opens the member (an audited read of their record).
+"""
+
+    BINDINGS = [
+        Binding("ctrl+f", "focus_search", "Search", id="members.search", tooltip="Put the cursor in the search box"),
+        Binding("ctrl+n", "next_page", "Next page", id="members.next_page", tooltip="The next page of results"),
+        Binding("ctrl+b", "previous_page", "Prev page", id="members.previous_page",
+                tooltip="The previous page of results"),
+        Binding("ctrl+r", "reload", "Refresh", id="members.refresh", tooltip="Search again"),
+        Binding("escape", "back", "Back", id="members.back", tooltip="Back to the previous screen"),
+    ]
+
+    DEFAULT_CSS = """
+    MemberBrowserScreen #member-filters { height: 3; }
+    MemberBrowserScreen #member-search { width: 1fr; }
+    MemberBrowserScreen #member-status { width: 16; }
+    MemberBrowserScreen #member-plan { width: 20; }
+    MemberBrowserScreen #member-sort { width: 16; }
+    """
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__()
+        self.initial_text = text
+        self.query_state = MemberQuery(text=text)
+        #: every page fetch gets a number; only the newest one's result is shown
+        self.request = 0
+        #: every new search (typing, filters) gets a number; the count belongs to one search
+        self.search_id = 0
+        #: the cursor each visited page started from (page 1 starts from None)
+        self.page_starts: list[Any] = [None]
+        self.page_number = 0
+        self.next_cursor: Any = None
+        self.rows: list[uuid.UUID] = []
+        self.count: CountEstimate | None = None
+        self._debounce: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="member-filters"):
+            yield Input(self.initial_text, placeholder="Name, e-mail or phone…", id="member-search")
+            yield Select([(s.title(), s) for s in MEMBER_STATUSES], prompt="Any status", id="member-status")
+            yield Select([], prompt="Any plan", id="member-plan")
+            yield Select(SORTS, value="name", allow_blank=False, id="member-sort")
+        yield ResultsTable(id="member-results", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="member-status-line", classes="status-line")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(ResultsTable).add_columns("Name", "Status", "Phone", "E-mail", "City")
+        self.query_one("#member-search", Input).focus()
+        self.load_plans()
+        self.search(reset=True)
+
+    # -- inputs ------------------------------------------------------------------------
+
+    @on(Input.Changed, "#member-search")
+    def text_changed(self, event: Input.Changed) -> None:
+        if self._debounce is not None:
+            self._debounce.stop()
+        self._debounce = self.set_timer(DEBOUNCE_SECONDS, lambda: self.search(reset=True))
+
+    @on(Input.Submitted, "#member-search")
+    def text_submitted(self) -> None:
+        if self._debounce is not None:
+            self._debounce.stop()
+        self.search(reset=True)
+        self.query_one(ResultsTable).focus()
+
+    @on(Select.Changed)
+    def filter_changed(self, event: Select.Changed) -> None:
+        self.search(reset=True)
+
+    def current_query(self) -> MemberQuery:
+        status = self.query_one("#member-status", Select).value
+        plan = self.query_one("#member-plan", Select).value
+        sort = self.query_one("#member-sort", Select).value
+        return MemberQuery(
+            text=self.query_one("#member-search", Input).value.strip(),
+            status=None if status is Select.BLANK else str(status),
+            plan_id=None if plan is Select.BLANK else plan,  # type: ignore[arg-type]
+            sort=sort if isinstance(sort, str) else "name",  # type: ignore[arg-type]
+        )
+
+    # -- searching -----------------------------------------------------------------------
+
+    def search(self, *, reset: bool, page_number: int = 0) -> None:
+        """Ask for a page (the first of a new search when ``reset``)."""
+        if not self.is_mounted:
+            return
+        if reset:
+            self.query_state = self.current_query()
+            self.page_starts = [None]
+            page_number = 0
+            self.search_id += 1
+            self.count = None
+            self.fetch_count(self.search_id, self.query_state)
+        self.request += 1
+        self.query_one("#member-status-line", Static).update("Searching…")
+        self.fetch_page(self.request, self.query_state, self.page_starts[page_number], page_number)
+
+    @work(thread=True, exclusive=True, group="member-page")
+    def fetch_page(self, request: int, query: MemberQuery, after: Any, page_number: int) -> None:
+        try:
+            page = self.desk.search_members(query, after=after, limit=PAGE_SIZE)
+        except Exception as exc:
+            self.fail("search members", exc)
+            return
+        self.post_message(PageLoaded(request, page, page_number))
+
+    @work(thread=True, exclusive=True, group="member-count")
+    def fetch_count(self, request: int, query: MemberQuery) -> None:
+        try:
+            count = self.desk.count_members(query)
+        except Exception as exc:
+            self.fail("count members", exc)
+            return
+        self.post_message(CountLoaded(request, count))
+
+    @work(thread=True, exclusive=True, group="member-plans")
+    def load_plans(self) -> None:
+        try:
+            plans = self.desk.plans()
+        except Exception as exc:
+            self.fail("load the plans", exc)
+            return
+        self.post_message(PlansLoaded(plans))
+
+    def on_plans_loaded(self, message: PlansLoaded) -> None:
+        select = self.query_one("#member-plan", Select)
+        select.set_options([(plan.plan_code, plan.id) for plan in message.plans if plan.is_active is not False])
+
+    def on_page_loaded(self, message: PageLoaded) -> None:
+        if message.request != self.request:
+            return  # overtaken by newer typing or paging
+        page = message.page
+        self.page_number = message.page_number
+        self.next_cursor = page.next_cursor
+        if page.next_cursor is not None and len(self.page_starts) == self.page_number + 1:
+            self.page_starts.append(page.next_cursor)
+        table = self.query_one(ResultsTable)
+        table.clear()
+        self.rows = []
+        for row in page.rows:
+            self.rows.append(row.id)
+            city = ", ".join(part for part in (row.city, row.state) if part)
+            table.add_row(member_name(row.first_name, row.last_name), row.status or "", row.phone or "",
+                          row.email or "", city, key=str(row.id))
+        self.show_status()
+
+    def on_count_loaded(self, message: CountLoaded) -> None:
+        if message.request == self.search_id:
+            self.count = message.count
+            self.show_status()
+
+    def show_status(self) -> None:
+        shown = len(self.rows)
+        first = self.page_number * PAGE_SIZE + (1 if shown else 0)
+        last = self.page_number * PAGE_SIZE + shown
+        total = self.count.describe() if self.count is not None else "…"
+        more = " · PgDn for more" if self.next_cursor is not None else ""
+        if shown == 0:
+            text = "No members match."
+        else:
+            text = f"{first:,}–{last:,} of {total}{more}"
+        self.query_one("#member-status-line", Static).update(text)
+
+    # -- paging and opening -------------------------------------------------------------------
+
+    def on_results_table_edge_reached(self, message: ResultsTable.EdgeReached) -> None:
+        if message.forward:
+            self.action_next_page()
+        else:
+            self.action_previous_page()
+
+    def action_next_page(self) -> None:
+        if self.next_cursor is not None:
+            self.search(reset=False, page_number=self.page_number + 1)
+
+    def action_previous_page(self) -> None:
+        if self.page_number > 0:
+            self.search(reset=False, page_number=self.page_number - 1)
+
+    def action_focus_search(self) -> None:
+        self.query_one("#member-search", Input).focus()
+
+    def action_reload(self) -> None:
+        self.search(reset=True)
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value:
+            self.care.open_member(uuid.UUID(event.row_key.value))
+
+    # -- the lock --------------------------------------------------------------------------
+
+    def clear_phi(self) -> None:
+        self.query_one(ResultsTable).clear()
+        self.rows = []
+        self.query_one("#member-status-line", Static).update("")
+
+    def restore_after_unlock(self) -> None:
+        self.search(reset=False, page_number=self.page_number)

@@ -1,0 +1,302 @@
+"""The specialist's desk: every question the app asks of the databases, as plain blocking calls.
+
+Screens never build SQL and never touch a unit of work: they call a
+:class:`Desk` method inside a thread worker and post the result back as a
+message. Each method opens its own short unit of work for the signed-in
+actor, so every read and write is permission-checked and audited by the
+repositories underneath, exactly as for the CLI.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from carecli.config import Settings
+from carecli.data.actor import Channel
+from carecli.data.crypto.runtime import cipher_provider
+from carecli.data.databases import Databases
+from carecli.data.permissions import Permission
+from carecli.data.records import AuditEntry, Call, Enrollment, MetadataEntry, Plan, RiskFlag, Role, Specialist
+from carecli.data.repositories.identity import IdentityUnitOfWork
+from carecli.data.unit_of_work import PlatformUnitOfWork
+from carecli.data.repositories.worklist import Worklist
+from carecli.services.auth.current import SignedIn, resolve_actor
+from carecli.services.auth.credentials import CredentialStore
+from carecli.services.auth.sessions import end_session
+
+if TYPE_CHECKING:
+    from carecli.data.records import Member
+    from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery, MemberSummary
+    from carecli.data.repositories.members import RevealedPhi
+    from carecli.services.users import UserSummary
+
+#: metadata keys shown as a member's notes (everything else in metadata is a system fact)
+NOTE_PREFIX = "note"
+
+
+@dataclass(frozen=True)
+class EnrollmentView:
+    """An enrollment with its plan's code and name, for display."""
+
+    enrollment: Enrollment
+    plan_code: str
+    plan_name: str
+
+
+@dataclass(frozen=True)
+class AccessEntry:
+    """One line of "who accessed this record": an audit row with the user's name."""
+
+    entry: AuditEntry
+    who: str
+
+
+@dataclass(frozen=True)
+class MemberFile:
+    """Everything the member detail screen shows, read in one audited open."""
+
+    member: Member
+    enrollments: list[EnrollmentView]
+    calls: list[Call]
+    flags: list[RiskFlag]
+    notes: list[MetadataEntry]
+    #: None when the user may not read the audit log (only supervisors and auditors see it)
+    access: list[AccessEntry] | None
+
+    def __repr__(self) -> str:
+        return f"MemberFile(member_id={self.member.id})"
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    entity_type: str | None = None
+    entity_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def local_day_bounds(now: datetime | None = None) -> tuple[date, datetime, datetime]:
+    """Today in the local time zone, and its start and end as naive UTC (how the database keeps time)."""
+    local = (now or datetime.now().astimezone()).astimezone()
+    start = datetime.combine(local.date(), time.min, tzinfo=local.tzinfo)
+    end = start + timedelta(days=1)
+    to_utc = lambda moment: moment.astimezone(timezone.utc).replace(tzinfo=None)  # noqa: E731
+    return local.date(), to_utc(start), to_utc(end)
+
+
+class Desk:
+    """The signed-in user's access to carecli's data, for the app."""
+
+    def __init__(self, settings: Settings, databases: Databases, signed_in: SignedIn, *,
+                 channel: Channel = "tui", cipher: Callable[[], Any] | None = None,
+                 store: CredentialStore | None = None) -> None:
+        self.settings = settings
+        self.databases = databases
+        self.signed_in = signed_in
+        self.channel = channel
+        self._cipher = cipher or cipher_provider(settings, databases)
+        self._store = store
+        self._specialist: Specialist | None = None
+        self._specialist_loaded = False
+
+    @classmethod
+    def resume(cls, settings: Settings, databases: Databases, *, channel: Channel = "tui",
+               store: CredentialStore | None = None, cipher: Callable[[], Any] | None = None) -> Desk:
+        """The desk of the session stored on this machine (or ``CARECLI_TOKEN``); :class:`AuthError` if none."""
+        signed_in = resolve_actor(settings, databases, channel=channel, store=store)
+        return cls(settings, databases, signed_in, channel=channel, cipher=cipher, store=store)
+
+    # -- who ----------------------------------------------------------------------
+
+    @property
+    def actor(self):  # noqa: ANN201 - Actor
+        return self.signed_in.actor
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        return self.signed_in.user.id
+
+    @property
+    def display_name(self) -> str:
+        user = self.signed_in.user
+        return " ".join(p for p in (user.first_name, user.last_name) if p) or user.email
+
+    @property
+    def role(self) -> str | None:
+        return self.signed_in.role
+
+    def can(self, permission: Permission | str) -> bool:
+        return self.actor.can(permission)
+
+    def check_session(self) -> None:
+        """Check the session is still good (not revoked, user active) and slide its idle deadline."""
+        if self.signed_in.via == "session":
+            self.signed_in = resolve_actor(self.settings, self.databases, channel=self.channel, store=self._store)
+
+    def sign_out(self) -> None:
+        """End this session in the database and forget it on this machine."""
+        if self.signed_in.via != "session":
+            return
+        store = self._store or CredentialStore.for_settings(self.settings)
+        raw = store.load(strict=False)
+        if raw is not None:
+            end_session(self.databases, raw, channel=self.channel)
+            store.forget()
+
+    # -- units of work ---------------------------------------------------------------
+
+    def _uow(self) -> PlatformUnitOfWork:
+        return PlatformUnitOfWork(self.databases.platform, self.actor, cipher=self._cipher)
+
+    def _identity(self) -> IdentityUnitOfWork:
+        return IdentityUnitOfWork(self.databases.identity, self.databases.platform, self.actor)
+
+    def specialist(self) -> Specialist | None:
+        """The signed-in user's specialist record (cached; None for non-specialists)."""
+        if not self._specialist_loaded:
+            with self._uow() as uow:
+                self._specialist = uow.worklist.specialist_for_user(self.user_id)
+            self._specialist_loaded = True
+        return self._specialist
+
+    # -- reads --------------------------------------------------------------------------
+
+    def worklist(self, now: datetime | None = None) -> Worklist:
+        today, start, end = local_day_bounds(now)
+        with self._uow() as uow:
+            worklist = uow.worklist.build(today, start, end)
+        self._specialist, self._specialist_loaded = worklist.specialist, True
+        return worklist
+
+    def search_members(self, query: MemberQuery, *, after: Any = None, limit: int = 50) -> MemberPage:
+        with self._uow() as uow:
+            return uow.member_search.search(query, after=after, limit=limit)
+
+    def count_members(self, query: MemberQuery) -> CountEstimate:
+        with self._uow() as uow:
+            return uow.member_search.count(query)
+
+    def member_names(self, text: str, *, limit: int = 8) -> list[MemberSummary]:
+        with self._uow() as uow:
+            return uow.member_search.names(text, limit=limit)
+
+    def open_member(self, member_id: uuid.UUID) -> MemberFile:
+        """Open a member's file: an audited PHI read, then their enrollments, calls, flags and notes."""
+        with self._uow() as uow:
+            member = uow.members.open(member_id)
+            plans = {plan.id: plan for plan in uow.plans.list(include_deleted=True)}
+            enrollments = [
+                EnrollmentView(e, plans[e.insurance_plan_id].plan_code if e.insurance_plan_id in plans else "?",
+                               plans[e.insurance_plan_id].plan_name if e.insurance_plan_id in plans else "?")
+                for e in uow.enrollments.for_member(member_id)]
+            calls = uow.calls.for_member(member_id)
+            flags = uow.risk_flags.for_member(member_id)
+            notes = uow.metadata.for_entity("member", member_id)
+            audit = uow.audit_log.for_entity("member", member_id, limit=50) if self.can(Permission.AUDIT_READ) \
+                else None
+        access = None
+        if audit is not None:
+            names = self.staff_names(entry.user_id for entry in audit)
+            access = [AccessEntry(entry, names.get(entry.user_id, "carecli" if entry.user_id is None
+                                                   else str(entry.user_id)[:8])) for entry in audit]
+        return MemberFile(member, enrollments, calls, flags, notes, access)
+
+    def reveal(self, member_id: uuid.UUID, fields: Iterable[str], reason: str) -> RevealedPhi:
+        """Decrypt SSN and/or DOB after auditing who, which and why (needs phi:reveal)."""
+        with self._uow() as uow:
+            return uow.members.reveal(member_id, fields, reason)
+
+    def call(self, call_id: uuid.UUID) -> Call:
+        with self._uow() as uow:
+            return uow.calls.get(call_id)
+
+    def plans(self) -> list[Plan]:
+        with self._uow() as uow:
+            return uow.plans.list()
+
+    def staff_names(self, user_ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
+        with self._identity() as uow:
+            return uow.users.display_names(user_id for user_id in user_ids if user_id is not None)
+
+    def users(self) -> list[UserSummary]:
+        from carecli.services.users import list_users
+
+        return list_users(self.databases, self.actor)
+
+    def roles(self) -> list[Role]:
+        from carecli.services.users import list_roles
+
+        return list_roles(self.databases, self.actor)
+
+    def audit(self, filters: AuditFilter, *, before: tuple[datetime, uuid.UUID] | None = None,
+              limit: int = 100) -> list[AccessEntry]:
+        """Audit rows newest first (needs audit:read), each with the acting user's name."""
+        with self._uow() as uow:
+            rows = uow.audit_log.search(entity_type=filters.entity_type, entity_id=filters.entity_id,
+                                        user_id=filters.user_id, action=filters.action, since=filters.since,
+                                        until=filters.until, before_id=before, limit=limit)
+        names = self.staff_names(row.user_id for row in rows)
+        return [AccessEntry(row, names.get(row.user_id, "carecli" if row.user_id is None
+                                           else str(row.user_id)[:8])) for row in rows]
+
+    # -- writes -------------------------------------------------------------------------
+
+    def log_call(self, values: Mapping[str, Any]) -> Call:
+        """Log a call; the specialist defaults to the signed-in user's specialist record."""
+        values = dict(values)
+        if values.get("specialist_id") is None:
+            specialist = self.specialist()
+            values["specialist_id"] = specialist.id if specialist is not None else None
+        with self._uow() as uow:
+            call = uow.calls.create(values)
+            uow.commit()
+        return call
+
+    def update_call(self, call_id: uuid.UUID, expected_updated_at: datetime | None,
+                    changes: Mapping[str, Any]) -> Call:
+        with self._uow() as uow:
+            call = uow.calls.update(call_id, expected_updated_at, changes)
+            uow.commit()
+        return call
+
+    def raise_flag(self, call_id: uuid.UUID, *, risk_type: str, severity: str, description: str) -> RiskFlag:
+        with self._uow() as uow:
+            flag = uow.risk_flags.raise_from_call(call_id, risk_type=risk_type, severity=severity,
+                                                  description=description)
+            uow.commit()
+        return flag
+
+    def enroll(self, member_id: uuid.UUID, plan_id: uuid.UUID, enrollment_date: date, *,
+               is_primary: bool = False, coverage_percentage: Any = None, notes: str | None = None) -> Enrollment:
+        with self._uow() as uow:
+            enrollment = uow.enrollments.enroll(member_id, plan_id, enrollment_date, is_primary=is_primary,
+                                                coverage_percentage=coverage_percentage, notes=notes)
+            uow.commit()
+        return enrollment
+
+    def terminate_enrollment(self, enrollment_id: uuid.UUID, expected_updated_at: datetime | None,
+                             termination_date: date) -> Enrollment:
+        with self._uow() as uow:
+            enrollment = uow.enrollments.terminate(enrollment_id, expected_updated_at, termination_date)
+            uow.commit()
+        return enrollment
+
+    def set_primary(self, enrollment_id: uuid.UUID, expected_updated_at: datetime | None) -> Enrollment:
+        with self._uow() as uow:
+            enrollment = uow.enrollments.set_primary(enrollment_id, expected_updated_at)
+            uow.commit()
+        return enrollment
+
+    def add_note(self, member_id: uuid.UUID, text: str) -> MetadataEntry:
+        """Add a free-text note to a member (kept in metadata under a timestamped key)."""
+        key = f"{NOTE_PREFIX}:{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%f}"
+        with self._uow() as uow:
+            entry = uow.metadata.put("member", member_id, key, {"text": text, "by": str(self.user_id)})
+            uow.commit()
+        return entry

@@ -1,0 +1,129 @@
+"""Fixtures for the app's Pilot tests: seeded databases, real sessions, and the app itself.
+
+One pair of databases is migrated and seeded once per test session (300
+synthetic members, seed 42, SSN/DOB encrypted); every test gets its own copy
+(``CREATE DATABASE ... TEMPLATE``), so a test may write freely. Sessions are
+real ``sessions`` rows, kept in a private credential file under the test's
+own state directory.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from carecli.config import Settings, load_settings
+from carecli.data.actor import Actor
+from carecli.data.crypto.keystore import ensure_primary_key, open_cipher
+from carecli.data.crypto.master import LocalMasterKey, encode_key, generate_master_key
+from carecli.data.databases import Databases, create_database_engine, open_databases
+from carecli.data.models.identity import Role as RoleTable
+from carecli.data.models.identity import User as UserTable
+from carecli.data.repositories.identity import IdentityUnitOfWork
+from carecli.data.seeding import seed_demo_data
+from carecli.screens.app import CareApp
+from carecli.services.auth.credentials import CredentialStore
+from carecli.services.auth.current import role_of
+from carecli.services.auth.sessions import start_session
+from carecli.services.desk import Desk
+
+SEED_MEMBERS = 300
+#: a fixed size and theme for Pilot and snapshot tests
+SIZE = (100, 30)
+THEME = "textual-dark"
+MASTER_KEY_BYTES = generate_master_key()
+MASTER_KEY = encode_key(MASTER_KEY_BYTES)
+
+
+@dataclass
+class SeededPair:
+    identity: str
+    platform: str
+
+
+@pytest.fixture(scope="session")
+def seeded_template(pg_server, template_pair) -> SeededPair:
+    """Migrated and seeded databases, used as the template of every TUI test's databases."""
+    pair = SeededPair(pg_server.create_database("tui_identity", template=template_pair.identity),
+                      pg_server.create_database("tui_platform", template=template_pair.platform))
+    settings = load_settings({})
+    identity = create_database_engine(pg_server.url(pair.identity), settings)
+    platform = create_database_engine(pg_server.url(pair.platform), settings)
+    try:
+        master = LocalMasterKey(MASTER_KEY_BYTES, "test")
+        ensure_primary_key(platform, master)
+        seed_demo_data(identity, platform, members=SEED_MEMBERS, seed=42, cipher=open_cipher(platform, master))
+    finally:
+        identity.dispose()
+        platform.dispose()
+    return pair
+
+
+@dataclass
+class TuiWorld:
+    """One test's databases, settings and helpers to sign people in."""
+
+    settings: Settings
+    databases: Databases
+    store: CredentialStore
+    env: dict[str, str]
+
+    def user(self, role: str, index: int = 0) -> Any:
+        """The ``index``-th active user (by e-mail) holding ``role``."""
+        users, roles = UserTable.__table__, RoleTable.__table__
+        with self.databases.identity.connect() as connection:
+            rows = connection.execute(
+                select(users).join(roles, roles.c.id == users.c.role_id)
+                .where(roles.c.name == role, users.c.is_active.is_not(False), users.c.deleted_at.is_(None))
+                .order_by(users.c.email)).all()
+        return rows[index]
+
+    def sign_in(self, role: str = "specialist", index: int = 0) -> Desk:
+        """A real session for a user of ``role``, stored in this test's credential store."""
+        row = self.user(role, index)
+        with IdentityUnitOfWork(self.databases.identity, self.databases.platform, Actor.system("tui")) as uow:
+            user = uow.users.to_record(row)
+            role_name, permissions = role_of(uow, user)
+        actor = Actor.create(user.id, permissions, channel="tui", role=role_name)
+        with IdentityUnitOfWork(self.databases.identity, self.databases.platform, actor) as uow:
+            token, _session = start_session(uow, user, self.settings)
+            uow.commit()
+        self.store.save(token)
+        return Desk.resume(self.settings, self.databases, store=self.store)
+
+    def app(self, desk: Desk | None = None, **kwargs: Any) -> CareApp:
+        return CareApp(self.settings, databases=self.databases, desk=desk, store=self.store, **kwargs)
+
+    def scalar(self, database: str, statement: str, **params: Any) -> Any:
+        with self.databases.engine(database).connect() as connection:
+            return connection.execute(text(statement), params).scalar()
+
+    def rows(self, database: str, statement: str, **params: Any) -> list[Any]:
+        with self.databases.engine(database).connect() as connection:
+            return list(connection.execute(text(statement), params))
+
+
+@pytest.fixture
+def tui(pg_server, seeded_template, tmp_path: Path, monkeypatch) -> Iterator[TuiWorld]:
+    """A fresh copy of the seeded databases, with settings, a credential store and the app factory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    identity = pg_server.create_database("identity", template=seeded_template.identity)
+    platform = pg_server.create_database("platform", template=seeded_template.platform)
+    env = {**pg_server.env_for(identity, platform), "CARECLI_MASTER_KEY": MASTER_KEY,
+           "CARECLI_CONFIG": str(tmp_path / "config.toml"), "CARECLI_THEME": THEME}
+    (tmp_path / "config.toml").write_text("")
+    settings = load_settings(env)
+    databases = open_databases(settings)
+    store = CredentialStore(scope=f"test:{uuid.uuid4()}", use_keyring=False)
+    try:
+        yield TuiWorld(settings, databases, store, env)
+    finally:
+        databases.dispose()
+        pg_server.drop_database(identity)
+        pg_server.drop_database(platform)
