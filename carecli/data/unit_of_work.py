@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from carecli.data.repositories.audit_log import AuditLogRepository
     from carecli.data.repositories.calls import CallRepository
     from carecli.data.repositories.enrollments import EnrollmentRepository
+    from carecli.data.repositories.member_search import MemberSearchRepository
     from carecli.data.repositories.members import MemberRepository
     from carecli.data.repositories.metadata import MetadataRepository
     from carecli.data.repositories.plans import PlanRepository
@@ -143,6 +144,12 @@ class PlatformUnitOfWork:
         from carecli.data.repositories.members import MemberRepository
 
         return MemberRepository(self)
+
+    @cached_property
+    def member_search(self) -> MemberSearchRepository:
+        from carecli.data.repositories.member_search import MemberSearchRepository
+
+        return MemberSearchRepository(self)
 
     @cached_property
     def specialists(self) -> SpecialistRepository:

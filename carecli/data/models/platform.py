@@ -82,6 +82,40 @@ Index(
     postgresql_where=ACTIVE_DELETED_FILTER,
 )
 
+# Member search (migration platform_0004, carecli.data.repositories.member_search):
+# name order and last-name prefixes, case-insensitive and byte-wise; not
+# partial, so the planner has statistics on both expressions. The collation
+# goes where an operator class would (rendered right after the expression):
+# reflection drops an index element's COLLATE, so an expression carrying it
+# would never compare equal in autogenerate.
+_BYTEWISE = 'COLLATE "C"'
+Index(
+    "ix_members_name_lower",
+    func.lower(Member.last_name).label("last_lower"),
+    func.lower(Member.first_name).label("first_lower"),
+    Member.id,
+    postgresql_ops={"last_lower": _BYTEWISE, "first_lower": _BYTEWISE},
+)
+Index(
+    "ix_members_first_name_lower",
+    func.lower(Member.first_name).label("first_lower"),
+    postgresql_ops={"first_lower": _BYTEWISE},
+    postgresql_where=ACTIVE_DELETED_FILTER,
+)
+# Phone numbers as digits only; not partial, for statistics.
+Index(
+    "ix_members_phone_digits",
+    func.regexp_replace(Member.phone, text(r"'\D'"), text("''"), text("'g'")).label("phone_digits"),
+    postgresql_ops={"phone_digits": "text_pattern_ops"},
+)
+# Newest / oldest first (created_at is nullable: NULL sorts as the oldest).
+Index(
+    "ix_members_created",
+    func.coalesce(Member.created_at, text("'-infinity'::timestamp")),
+    Member.id,
+    postgresql_where=ACTIVE_DELETED_FILTER,
+)
+
 
 class Specialist(PlatformBase):
     __tablename__ = "specialists"
