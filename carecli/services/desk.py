@@ -224,6 +224,21 @@ class Desk:
         with self._identity() as uow:
             return uow.users.display_names(user_id for user_id in user_ids if user_id is not None)
 
+    def user_id_by_email(self, email: str) -> uuid.UUID | None:
+        """The id of the user with this e-mail address (case-insensitive), to filter the audit log by.
+
+        A deleted user is found too: their past actions stay in the audit log.
+        Only for those who read the audit log or manage users.
+        """
+        if not (self.can(Permission.AUDIT_READ) or self.can(Permission.USERS_ADMIN)):
+            from carecli.errors import PermissionDenied
+
+            raise PermissionDenied(f"{self.role or 'this user'} may not look up users by e-mail address: "
+                                   f"it needs the '{Permission.AUDIT_READ}' permission")
+        with self._identity() as uow:
+            found = uow.users.id_by_email(email)
+            return found if found is not None else uow.users.id_by_email(email, include_deleted=True)
+
     def users(self) -> list[UserSummary]:
         from carecli.services.users import list_users
 
