@@ -145,7 +145,7 @@ class CareApp(App[None]):
     def on_mount(self) -> None:
         self._apply_preferences()
         self.push_screen(StartScreen())
-        self.set_interval(IDLE_CHECK_SECONDS, self.check_idle)
+        self.set_interval(IDLE_CHECK_SECONDS, self.check_inactivity)
         if self.desk is not None:
             self.post_message(Connected(self.desk.databases, self.desk, None))
         else:
@@ -216,9 +216,14 @@ class CareApp(App[None]):
         # First sign-in, or a different person at the keyboard: start from a clean worklist.
         from carecli.screens.worklist import WorklistScreen
 
-        while len(self.screen_stack) > 1:
+        # Keep Textual's default screen and the one above it (start/sign-in), which switch_screen replaces:
+        # switching the default screen itself fails (it has no result callback to pop).
+        while len(self.screen_stack) > 2:
             self.pop_screen()
         self.switch_screen(WorklistScreen())
+        if self._too_small is not None:  # popped above, but the terminal is still too small
+            self._too_small = TooSmallScreen()
+            self.push_screen(self._too_small)
 
     def action_lock(self, reason: str = "Locked.") -> None:
         self.lock(reason)
@@ -236,7 +241,7 @@ class CareApp(App[None]):
 
         self.push_screen(SignInScreen(note=reason, locked_user=self.desk.display_name))
 
-    def check_idle(self) -> None:
+    def check_inactivity(self) -> None:
         idle = self.clock() - self.last_input
         if not self.locked and self.desk is not None and idle >= self.settings.session_idle_minutes * 60:
             self.lock(f"Locked after {self.settings.session_idle_minutes} minutes without activity.")

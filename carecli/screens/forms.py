@@ -1,0 +1,736 @@
+"""Forms and dialogs over a member: log or edit a call, raise a flag, enroll, terminate, add a note, reveal.
+
+Every form here is a :class:`FormModal`: fields with an inline error line
+under each (``.field-error``), a status line, Save (``ctrl+s``) and Cancel
+(``escape``). Saving runs the desk call in a thread worker; while it runs,
+Save is disabled and the status says so. A failed save (a rule broken, a
+conflict, the database down) never clears what was typed: the error is shown
+next to its field (or in the status line with what to do) and Save can be
+pressed again. Text that does not parse (a date typed wrong) is reported
+inline without a round trip; the repository's own rules come back as
+:class:`~carecli.errors.ValidationError` and land next to the field they name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
+
+from textual import events, on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Button, Checkbox, Input, Select, Static, TextArea
+
+from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES, RISK_TYPES, SEVERITIES
+from carecli.screens.base import CareModal, Problem, describe, show_when
+
+if TYPE_CHECKING:
+    from carecli.data.records import Call, Plan
+    from carecli.services.desk import EnrollmentView
+
+#: how the forms read times (the database keeps naive UTC; the forms say so)
+DATETIME_FORMATS = ("%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S")
+DATETIME_HINT = "use YYYY-MM-DD HH:MM (UTC), e.g. 2025-03-01 14:30"
+DATE_HINT = "use YYYY-MM-DD, e.g. 2025-03-01"
+MIN_REVEAL_REASON = 4  # the repository's rule too; checked here to answer without a round trip
+#: column names that the repositories' messages mention, as the forms call them
+FIELD_WORDS = {
+    "scheduled_at": "the scheduled time", "started_at": "the start time", "ended_at": "the end time",
+    "follow_up_date": "the follow-up date", "enrollment_date": "the enrollment date",
+    "termination_date": "the termination date",
+}
+
+
+def _label(value: str) -> str:
+    """An enum value as people read it: ``no_answer`` -> ``no answer``."""
+    return value.replace("_", " ")
+
+
+def parse_datetime(text: str) -> datetime | None:
+    """A typed UTC time as the naive UTC ``datetime`` the database keeps; ``None`` when blank."""
+    text = text.strip()
+    if not text:
+        return None
+    for pattern in DATETIME_FORMATS:
+        try:
+            return datetime.strptime(text, pattern)
+        except ValueError:
+            continue
+    raise ValueError(DATETIME_HINT)
+
+
+def parse_date(text: str) -> date | None:
+    """A typed ``YYYY-MM-DD`` date; ``None`` when blank."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(DATE_HINT) from None
+
+
+def describe_duration(seconds: int) -> str:
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s"
+
+
+def today_utc() -> date:
+    return datetime.now(timezone.utc).date()
+
+
+class FormSaved(Message):
+    """The form's desk call succeeded (posted from the save worker)."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+
+class FormSaveFailed(Message):
+    """The form's desk call failed; the form stays as typed."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__()
+        self.problem = problem
+
+
+class FormModal(CareModal):
+    """Base of carecli's forms: fields with inline errors, a status line, Save and Cancel.
+
+    Subclasses yield their fields from :meth:`compose_fields` (built with
+    :meth:`field`), turn the widgets into values in :meth:`collect` and make
+    the blocking desk call in :meth:`perform` (run in a thread worker).
+    """
+
+    DEFAULT_CSS = """
+    FormModal { align: center middle; }
+    FormModal #form-body { height: auto; }
+    FormModal .form-title { text-style: bold; padding: 0 0 1 0; }
+    FormModal .field { height: auto; width: 1fr; padding: 0 1 0 0; }
+    FormModal .row { height: auto; }
+    FormModal .field-label { color: $text-muted; }
+    FormModal .read-only { padding: 0 0 1 0; }
+    FormModal .computed { color: $text-muted; height: 1; }
+    FormModal .form-status { height: auto; padding: 1 0 0 0; }
+    FormModal .form-status.-error { color: $error; }
+    FormModal TextArea { height: 3; }
+    FormModal Checkbox { margin: 0; }
+    FormModal .buttons { height: auto; align-horizontal: right; padding: 1 0 0 0; }
+    FormModal .buttons Button { margin: 0 0 0 2; }
+    """
+
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save", id="form.save", tooltip="Save (nothing typed is lost if it fails)"),
+        Binding("escape", "cancel", "Cancel", id="form.cancel", tooltip="Close without saving"),
+    ]
+
+    #: the form's title
+    HEADING: ClassVar[str] = ""
+    #: what saving does, for messages: "Could not <ACTION>"
+    ACTION: ClassVar[str] = "save"
+    SAVE_LABEL: ClassVar[str] = "Save"
+    #: press enter in a one-line input to save (for short dialogs)
+    SUBMIT_ON_ENTER: ClassVar[bool] = False
+    #: a save that finishes while the form is covered (locked) is handed over after the unlock;
+    #: False drops it instead (a reveal must never land behind the lock screen)
+    KEEP_RESULT_WHILE_COVERED: ClassVar[bool] = True
+    #: a repository field name -> the form's field that shows its errors
+    FIELD_ALIASES: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self) -> None:
+        super().__init__(classes="dialog-screen")
+        self.saving = False
+        self._pending_result: Any = None
+        self._has_pending = False
+
+    # -- building ---------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="form", id="form"):
+            yield Static(self.heading(), classes="form-title", id="form-title", markup=False)
+            with VerticalScroll(id="form-body"):
+                yield from self.compose_fields()
+            yield Static("", id="form-status", classes="form-status", markup=False)
+            with Horizontal(classes="buttons", id="form-buttons"):
+                yield Button(self.SAVE_LABEL, variant="primary", id="form-save", compact=True)
+                yield Button("Cancel", id="form-cancel", compact=True)
+
+    def heading(self) -> str:
+        return self.HEADING
+
+    def compose_fields(self) -> Iterable[Widget]:
+        """The form's fields (override)."""
+        return ()
+
+    @staticmethod
+    def field(name: str, label: str, widget: Widget) -> Vertical:
+        """A labelled field with its error line; the widget gets id ``field-<name>``."""
+        widget.id = f"field-{name}"
+        error = Static("", id=f"error-{name}", classes="field-error", markup=False)
+        error.display = False
+        return Vertical(Static(label, classes="field-label"), widget, error, classes="field", id=f"cell-{name}")
+
+    # -- values and errors --------------------------------------------------------
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The values to save and the fields that do not parse (field -> message). Override."""
+        return {}, {}
+
+    def perform(self, values: dict[str, Any]) -> Any:
+        """The blocking desk call (runs in a thread worker). Override."""
+        raise NotImplementedError
+
+    def input_value(self, name: str) -> str:
+        return self.query_one(f"#field-{name}", Input).value
+
+    def error_widget(self, name: str) -> Static | None:
+        matches = self.query(f"#error-{name}")
+        return matches.first(Static) if matches else None
+
+    def show_field_error(self, name: str, message: str) -> bool:
+        """Show ``message`` under field ``name``; False when the form has no such field."""
+        error = self.error_widget(self.FIELD_ALIASES.get(name, name))
+        if error is None:
+            return False
+        error.update(message)
+        error.display = True
+        return True
+
+    def clear_errors(self) -> None:
+        for error in self.query(".field-error").results(Static):
+            error.update("")
+            error.display = False
+        self.set_status("")
+
+    def set_status(self, text: str, *, error: bool = False) -> None:
+        status = self.query_one("#form-status", Static)
+        status.update(text)
+        status.set_class(error, "-error")
+        self.call_after_refresh(self._fit)  # a longer status leaves less room for the fields
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        """Let the fields scroll so the status line and the buttons always stay on screen (80x24 too).
+
+        CSS cannot say "the rest of an auto-height box", so the room left for
+        the body is worked out from the other parts' heights.
+        """
+        if not self.is_mounted:
+            return
+        form = self.query_one("#form")
+        chrome = form.styles.gutter.height + sum(
+            widget.outer_size.height for widget in (self.query_one("#form-title"), self.query_one("#form-status"),
+                                                    self.query_one("#form-buttons")))
+        limit = int(self.size.height * 0.95)
+        self.query_one("#form-body").styles.max_height = max(3, limit - chrome)
+
+    def field_errors(self) -> dict[str, str]:
+        """The field errors shown now (field -> message), for tests and help."""
+        shown: dict[str, str] = {}
+        for error in self.query(".field-error").results(Static):
+            if error.display and error.id:
+                shown[error.id.removeprefix("error-")] = str(error.content)
+        return shown
+
+    # -- saving ----------------------------------------------------------------------
+
+    def action_save(self) -> None:
+        if self.saving:
+            return
+        self.clear_errors()
+        values, errors = self.collect()
+        if errors:
+            for name, message in errors.items():
+                self.show_field_error(name, message)
+            self.set_status("Please correct the marked fields.", error=True)
+            self._focus_field(next(iter(errors)))
+            return
+        self._set_saving(True)
+        self._save_in_background(values)
+
+    def action_cancel(self) -> None:
+        # A save in flight still finishes in the database; closing only stops waiting for it.
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#form-save")
+    def _save_pressed(self) -> None:
+        self.action_save()
+
+    @on(Button.Pressed, "#form-cancel")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel()
+
+    @on(Input.Submitted)
+    def _input_submitted(self, event: Input.Submitted) -> None:
+        if self.SUBMIT_ON_ENTER:
+            event.stop()
+            self.action_save()
+
+    def _set_saving(self, saving: bool) -> None:
+        self.saving = saving
+        button = self.query_one("#form-save", Button)
+        button.disabled = saving
+        button.label = "Saving…" if saving else self.SAVE_LABEL
+        if saving:
+            self.set_status("Saving…")
+
+    # A fixed description: by default a worker is described with its arguments' reprs (the typed values).
+    @work(thread=True, exclusive=True, group="form-save", description="save a form")
+    def _save_in_background(self, values: dict[str, Any]) -> None:
+        try:
+            result = self.perform(values)
+        except Exception as exc:  # every failure is shown on the form, never raised
+            self.post_message(FormSaveFailed(describe(exc)))
+        else:
+            self.post_message(FormSaved(result))
+
+    def on_form_saved(self, message: FormSaved) -> None:
+        message.stop()
+        self._set_saving(False)
+        if not self.is_active or self.care.locked:
+            # Locked or covered meanwhile: dismissing now would pop whatever is on top (see on_screen_resume).
+            if self.KEEP_RESULT_WHILE_COVERED:
+                self._pending_result, self._has_pending = message.result, True
+                self.set_status("Saved.")
+            else:
+                self.set_status(f"Not shown: the screen was covered meanwhile. Press {self.SAVE_LABEL} again.")
+            return
+        self.dismiss(message.result)
+
+    def on_form_save_failed(self, message: FormSaveFailed) -> None:
+        message.stop()
+        self._set_saving(False)
+        problem = self.explain(message.problem)
+        if problem.auth:
+            self.care.show_problem(self.ACTION, problem)
+            return
+        shown = problem.field is not None and self.show_field_error(problem.field, problem.message)
+        if shown:
+            self.set_status("Please correct the marked field, then try again.", error=True)
+            self._focus_field(self.FIELD_ALIASES.get(problem.field or "", problem.field or ""))
+            return
+        text = problem.message
+        if problem.field:
+            text = f"{_label(problem.field)}: {text}"
+        hint = problem.hint or "correct it and save again"
+        self.set_status(f"Not saved: {text}.\n{hint[:1].upper()}{hint[1:]}; what you typed is kept.", error=True)
+
+    def explain(self, problem: Problem) -> Problem:
+        """Reword a failure for this form (override); the default names columns as the form does."""
+        message = problem.message
+        for column, words in FIELD_WORDS.items():
+            message = re.sub(rf"\b{column}\b", words, message)
+        return dataclasses.replace(problem, message=message)
+
+    def _focus_field(self, name: str) -> None:
+        matches = self.query(f"#field-{name}")
+        if matches:
+            matches.first().focus()
+
+    # -- lock --------------------------------------------------------------------------
+
+    def clear_phi(self) -> None:
+        # Drafts survive a lock (the lock screen covers them); the member's name does not.
+        self.query_one("#form-title", Static).update(self.HEADING)
+        for read_only in self.query(".read-only").results(Static):
+            read_only.update("")
+
+    def restore_after_unlock(self) -> None:
+        self.query_one("#form-title", Static).update(self.heading())
+        self.refill_read_only()
+
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        # A save that finished while covered (lock, help, palette) is handed over once the form is back on top.
+        if self._has_pending and not self.care.locked:
+            self._has_pending = False
+            self.dismiss(self._pending_result)
+
+    def refill_read_only(self) -> None:
+        """Put the read-only lines back after an unlock (override when the form has any)."""
+
+
+# -- calls -----------------------------------------------------------------------------------
+
+
+class CallFormScreen(FormModal):
+    """Log a call with a member (or edit one, given ``call``); times are typed in UTC."""
+
+    HEADING = "Log a call"
+    ACTION = "save the call"
+
+    def __init__(self, member_id: UUID, member_label: str, call: Call | None = None) -> None:
+        super().__init__()
+        self.member_id = member_id
+        self.member_label = member_label
+        self.call = call
+
+    def heading(self) -> str:
+        verb = "Edit a call with" if self.call is not None else "Log a call with"
+        return f"{verb} {self.member_label}" if self.member_label else verb
+
+    def compose_fields(self) -> Iterable[Widget]:
+        call = self.call
+        type_value = call.call_type if call is not None else "outreach"
+        status_value = call.call_status if call is not None else "completed"
+
+        def when(value: datetime | None) -> str:
+            return value.strftime("%Y-%m-%d %H:%M") if value is not None else ""
+
+        yield Horizontal(
+            self.field("call_type", "Type", Select([(_label(v), v) for v in CALL_TYPES], value=type_value,
+                                                   compact=True, allow_blank=False)),
+            self.field("call_status", "Status", Select([(_label(v), v) for v in CALL_STATUSES], value=status_value,
+                                                       compact=True, allow_blank=False)),
+            classes="row")
+        placeholder = "YYYY-MM-DD HH:MM"
+        yield Horizontal(
+            self.field("scheduled_at", "Scheduled (UTC)",
+                       Input(when(call.scheduled_at) if call else "", placeholder=placeholder, compact=True)),
+            self.field("started_at", "Started (UTC)",
+                       Input(when(call.started_at) if call else "", placeholder=placeholder, compact=True)),
+            self.field("ended_at", "Ended (UTC)",
+                       Input(when(call.ended_at) if call else "", placeholder=placeholder, compact=True)),
+            classes="row")
+        yield Static("", id="call-duration", classes="computed")
+        yield self.field("call_notes", "Notes", TextArea((call.call_notes or "") if call else "", compact=True))
+        yield Horizontal(
+            self.field("outcome", "Outcome", Input((call.outcome or "") if call else "", max_length=50,
+                                                   placeholder="e.g. reached, voicemail", compact=True)),
+            self.field("follow_up_required", "Follow-up",
+                       Checkbox("required", bool(call.follow_up_required) if call else False, compact=True)),
+            self.field("follow_up_date", "Follow-up date",
+                       Input(call.follow_up_date.isoformat() if call and call.follow_up_date else "",
+                             placeholder="YYYY-MM-DD", compact=True)),
+            classes="row")
+
+    def on_mount(self) -> None:
+        self.show_duration()
+        self.query_one("#field-call_type").focus()
+
+    @on(Input.Changed, "#field-started_at, #field-ended_at")
+    def show_duration(self) -> None:
+        """The duration, worked out live from start and end (the database computes the stored one)."""
+        text = ""
+        try:
+            started = parse_datetime(self.input_value("started_at"))
+            ended = parse_datetime(self.input_value("ended_at"))
+        except ValueError:
+            started = ended = None
+        if started is not None and ended is not None:
+            seconds = int((ended - started).total_seconds())
+            text = f"Duration: {describe_duration(seconds)}" if seconds >= 0 else "Duration: ends before it starts"
+        self.query_one("#call-duration", Static).update(text)
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        values: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for name in ("call_type", "call_status"):
+            value = self.query_one(f"#field-{name}", Select).value
+            if value is Select.NULL:
+                errors[name] = "choose one"
+            values[name] = value
+        for name in ("scheduled_at", "started_at", "ended_at"):
+            try:
+                values[name] = parse_datetime(self.input_value(name))
+            except ValueError as exc:
+                errors[name] = str(exc)
+        try:
+            values["follow_up_date"] = parse_date(self.input_value("follow_up_date"))
+        except ValueError as exc:
+            errors["follow_up_date"] = str(exc)
+        notes = self.query_one("#field-call_notes", TextArea).text.strip()
+        values["call_notes"] = notes or None
+        values["outcome"] = self.input_value("outcome").strip() or None
+        values["follow_up_required"] = self.query_one("#field-follow_up_required", Checkbox).value
+        return values, errors
+
+    def perform(self, values: dict[str, Any]) -> Any:
+        if self.call is not None:
+            return self.desk.update_call(self.call.id, self.call.updated_at, values)
+        return self.desk.log_call({**values, "member_id": self.member_id})
+
+    def explain(self, problem: Problem) -> Problem:
+        if problem.field == "specialist_id":
+            # The desk logs calls under the signed-in user's specialist record; say that plainly.
+            return Problem("you have no active specialist record to log this call under",
+                           "ask an administrator to set you up as a specialist")
+        return super().explain(problem)
+
+
+# -- risk flags ---------------------------------------------------------------------------------
+
+
+class FlagFormScreen(FormModal):
+    """Raise a risk flag found on a call; the member and specialist are the call's (read-only here)."""
+
+    HEADING = "Raise a risk flag"
+    ACTION = "raise the flag"
+
+    def __init__(self, call: Call, *, member_label: str = "", specialist_label: str = "") -> None:
+        super().__init__()
+        self.call = call
+        self.member_label = member_label
+        self.specialist_label = specialist_label
+
+    def _about(self) -> str:
+        when = show_when(self.call.started_at or self.call.scheduled_at)
+        member = self.member_label or "the call's member"
+        specialist = self.specialist_label or "the call's specialist"
+        return (f"Member: {member}\nSpecialist: {specialist}\n"
+                f"Call: {_label(self.call.call_type)}, {_label(self.call.call_status)}, {when}")
+
+    def compose_fields(self) -> Iterable[Widget]:
+        yield Static(self._about(), id="flag-about", classes="read-only", markup=False)
+        yield Horizontal(
+            self.field("risk_type", "Risk type", Select([(_label(v), v) for v in RISK_TYPES], compact=True,
+                                                        prompt="choose…")),
+            self.field("severity", "Severity", Select([(_label(v), v) for v in SEVERITIES], compact=True,
+                                                      prompt="choose…")),
+            classes="row")
+        yield self.field("description", "What was found (required)", TextArea(compact=True))
+
+    def on_mount(self) -> None:
+        self.query_one("#field-risk_type").focus()
+
+    def refill_read_only(self) -> None:
+        self.query_one("#flag-about", Static).update(self._about())
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        values: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for name in ("risk_type", "severity"):
+            value = self.query_one(f"#field-{name}", Select).value
+            if value is Select.NULL:
+                errors[name] = "choose one"
+            values[name] = value
+        values["description"] = self.query_one("#field-description", TextArea).text.strip()
+        if not values["description"]:
+            errors["description"] = "say what was found"
+        return values, errors
+
+    def perform(self, values: dict[str, Any]) -> Any:
+        return self.desk.raise_flag(self.call.id, risk_type=values["risk_type"], severity=values["severity"],
+                                    description=values["description"])
+
+
+# -- enrollments ----------------------------------------------------------------------------------
+
+
+def active_plans(plans: Iterable[Plan], on: date | None = None) -> list[Plan]:
+    """Plans a member can be enrolled in today: live, active, not expired."""
+    on = on or today_utc()
+    return sorted((plan for plan in plans if plan.deleted_at is None and plan.is_active is not False
+                   and (plan.expiration_date is None or plan.expiration_date >= on)),
+                  key=lambda plan: plan.plan_code)
+
+
+class EnrollFormScreen(FormModal):
+    """Enroll a member in an active plan."""
+
+    HEADING = "Enroll in a plan"
+    ACTION = "enroll the member"
+    FIELD_ALIASES = {"insurance_plan_id": "plan"}
+
+    def __init__(self, member_id: UUID, plans: Iterable[Plan], member_label: str = "") -> None:
+        super().__init__()
+        self.member_id = member_id
+        self.plans = active_plans(plans)
+        self.member_label = member_label
+
+    def heading(self) -> str:
+        return f"Enroll {self.member_label} in a plan" if self.member_label else self.HEADING
+
+    def compose_fields(self) -> Iterable[Widget]:
+        options = [(f"{plan.plan_code} — {plan.plan_name}", plan.id) for plan in self.plans]
+        yield self.field("plan", "Plan", Select(options, compact=True, prompt="choose a plan…"))
+        yield Horizontal(
+            self.field("enrollment_date", "Enrolled from",
+                       Input(today_utc().isoformat(), placeholder="YYYY-MM-DD", compact=True)),
+            self.field("coverage_percentage", "Coverage %", Input("100", placeholder="0-100", compact=True)),
+            self.field("is_primary", "Primary plan", Checkbox("primary", False, compact=True)),
+            classes="row")
+        yield self.field("notes", "Notes", Input(compact=True))
+
+    def on_mount(self) -> None:
+        self.query_one("#field-plan").focus()
+        if not self.plans:
+            self.set_status("There are no active plans to enroll in.", error=True)
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        values: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        plan = self.query_one("#field-plan", Select).value
+        if plan is Select.NULL:
+            errors["plan"] = "choose a plan"
+        values["plan_id"] = plan
+        try:
+            values["enrollment_date"] = parse_date(self.input_value("enrollment_date"))
+            if values["enrollment_date"] is None:
+                errors["enrollment_date"] = "is required"
+        except ValueError as exc:
+            errors["enrollment_date"] = str(exc)
+        coverage = self.input_value("coverage_percentage").strip()
+        values["coverage_percentage"] = None
+        if coverage:
+            try:
+                percent = Decimal(coverage.rstrip("%"))
+            except InvalidOperation:
+                errors["coverage_percentage"] = "a number from 0 to 100"
+            else:
+                if not 0 <= percent <= 100:
+                    errors["coverage_percentage"] = "a number from 0 to 100"
+                values["coverage_percentage"] = percent
+        values["is_primary"] = self.query_one("#field-is_primary", Checkbox).value
+        values["notes"] = self.input_value("notes").strip() or None
+        return values, errors
+
+    def perform(self, values: dict[str, Any]) -> Any:
+        return self.desk.enroll(self.member_id, values["plan_id"], values["enrollment_date"],
+                                is_primary=values["is_primary"], coverage_percentage=values["coverage_percentage"],
+                                notes=values["notes"])
+
+
+class TerminateDialog(FormModal):
+    """End an enrollment on a date (today by default)."""
+
+    HEADING = "Terminate an enrollment"
+    ACTION = "terminate the enrollment"
+    SAVE_LABEL = "Terminate"
+    SUBMIT_ON_ENTER = True
+
+    def __init__(self, enrollment_view: EnrollmentView) -> None:
+        super().__init__()
+        self.view = enrollment_view
+
+    def compose_fields(self) -> Iterable[Widget]:
+        enrollment = self.view.enrollment
+        yield Static(f"Plan: {self.view.plan_code} — {self.view.plan_name}\n"
+                     f"Enrolled from {show_when(enrollment.enrollment_date)}"
+                     f"{' (primary)' if enrollment.is_primary else ''}", classes="muted", markup=False)
+        yield self.field("termination_date", "Last day of coverage",
+                         Input(today_utc().isoformat(), placeholder="YYYY-MM-DD", compact=True))
+
+    def on_mount(self) -> None:
+        self.query_one("#field-termination_date").focus()
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        try:
+            day = parse_date(self.input_value("termination_date"))
+        except ValueError as exc:
+            return {}, {"termination_date": str(exc)}
+        if day is None:
+            return {}, {"termination_date": "is required"}
+        return {"termination_date": day}, {}
+
+    def perform(self, values: dict[str, Any]) -> Any:
+        enrollment = self.view.enrollment
+        return self.desk.terminate_enrollment(enrollment.id, enrollment.updated_at, values["termination_date"])
+
+
+# -- notes ------------------------------------------------------------------------------------------
+
+
+class NoteDialog(FormModal):
+    """Add a free-text note to a member's file."""
+
+    HEADING = "Add a note"
+    ACTION = "save the note"
+    FIELD_ALIASES = {"metadata_value": "text"}
+
+    def __init__(self, member_id: UUID, member_label: str = "") -> None:
+        super().__init__()
+        self.member_id = member_id
+        self.member_label = member_label
+
+    def heading(self) -> str:
+        return f"Add a note to {self.member_label}'s file" if self.member_label else self.HEADING
+
+    def compose_fields(self) -> Iterable[Widget]:
+        yield self.field("text", "Note", TextArea(compact=True))
+
+    def on_mount(self) -> None:
+        self.query_one("#field-text").focus()
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        text = self.query_one("#field-text", TextArea).text.strip()
+        return {"text": text}, ({} if text else {"text": "write the note first"})
+
+    def perform(self, values: dict[str, Any]) -> Any:
+        return self.desk.add_note(self.member_id, values["text"])
+
+
+# -- reveal ---------------------------------------------------------------------------------------------
+
+REVEAL_CHOICES = {"both": ("ssn", "dob"), "ssn": ("ssn",), "dob": ("dob",)}
+
+
+class RevealDialog(FormModal):
+    """Ask which PHI to reveal and why; the reveal itself is audited with the reason.
+
+    Dismisses with the :class:`~carecli.data.repositories.members.RevealedPhi`
+    (values masked until ``.reveal()``), or ``None`` when cancelled.
+    """
+
+    HEADING = "Reveal SSN / date of birth"
+    ACTION = "reveal"
+    SAVE_LABEL = "Reveal"
+    SUBMIT_ON_ENTER = True
+    KEEP_RESULT_WHILE_COVERED = False
+    BINDINGS = [Binding("ctrl+s", "save", "Reveal", id="form.save", tooltip="Reveal (audited with your reason)")]
+
+    def __init__(self, member_id: UUID, member_label: str = "", *, has_ssn: bool = True,
+                 has_dob: bool = True) -> None:
+        super().__init__()
+        self.member_id = member_id
+        self.member_label = member_label
+        self.has_ssn = has_ssn
+        self.has_dob = has_dob
+
+    def heading(self) -> str:
+        return f"Reveal {self.member_label}'s SSN / date of birth" if self.member_label else self.HEADING
+
+    def compose_fields(self) -> Iterable[Widget]:
+        options: list[tuple[str, str]] = []
+        if self.has_ssn and self.has_dob:
+            options.append(("SSN and date of birth", "both"))
+        if self.has_ssn:
+            options.append(("SSN", "ssn"))
+        if self.has_dob:
+            options.append(("Date of birth", "dob"))
+        yield Static("Your name, the time and your reason are recorded in the audit log.", classes="muted")
+        yield self.field("fields", "Show", Select(options, value=options[0][1] if options else Select.NULL,
+                                                   allow_blank=not options, compact=True))
+        yield self.field("reason", f"Reason (at least {MIN_REVEAL_REASON} characters)",
+                         Input(placeholder="e.g. verifying identity on a call", max_length=500, compact=True))
+
+    def on_mount(self) -> None:
+        self.query_one("#field-reason").focus()
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        errors: dict[str, str] = {}
+        choice = self.query_one("#field-fields", Select).value
+        if choice is Select.NULL:
+            errors["fields"] = "choose what to show"
+        reason = self.input_value("reason").strip()
+        if len(reason) < MIN_REVEAL_REASON:
+            errors["reason"] = f"say why (at least {MIN_REVEAL_REASON} characters)"
+        fields = REVEAL_CHOICES.get(choice, ()) if isinstance(choice, str) else ()
+        return {"fields": fields, "reason": reason}, errors
+
+    def perform(self, values: dict[str, Any]) -> Any:
+        return self.desk.reveal(self.member_id, values["fields"], values["reason"])
+

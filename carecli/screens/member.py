@@ -1,0 +1,546 @@
+"""A member's file: contact details, masked SSN/DOB, and tabs of calls, flags, enrollments, notes and access.
+
+Opening the screen is an audited PHI read (``Desk.open_member``). SSN and
+date of birth stay masked until the user asks, gives a reason and holds
+``phi:reveal``; a revealed value hides itself again after
+``settings.reveal_seconds``, as soon as anything covers or replaces this
+screen, and when the app locks. Every write goes through a form
+(:mod:`carecli.screens.forms`) and reloads the file once it is saved.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from textual import events, on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.coordinate import Coordinate
+from textual.message import Message
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+
+from carecli.data.permissions import Permission
+from carecli.screens.base import CareScreen, Problem, describe, member_name, show_when
+from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, NoteDialog, RevealDialog,
+                                   TerminateDialog)
+from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile
+
+if TYPE_CHECKING:
+    from carecli.data.records import Call, Member, Plan
+    from carecli.data.repositories.members import RevealedPhi
+
+#: shown instead of a value nobody has revealed (the layout of the real value, no digit of it)
+MASKED_SSN = "•••-••-••••"
+MASKED_DOB = "••••-••-••"
+
+#: action -> the permission it needs; the screen hides what the role cannot do (the repository refuses it anyway)
+ACTION_PERMISSIONS: dict[str, Permission] = {
+    "log_call": Permission.CALLS_WRITE,
+    "raise_flag": Permission.FLAGS_WRITE,
+    "enroll": Permission.ENROLLMENTS_WRITE,
+    "terminate": Permission.ENROLLMENTS_WRITE,
+    "set_primary": Permission.ENROLLMENTS_WRITE,
+    "add_note": Permission.MEMBERS_WRITE,
+}
+
+#: tab pane id -> title (the access tab only exists for users who may read the audit log)
+TABS = {"calls": "Calls", "flags": "Risk flags", "enrollments": "Enrollments", "notes": "Notes", "access": "Access"}
+
+
+def _short(text: str | None, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _label(value: str | None) -> str:
+    return (value or "—").replace("_", " ")
+
+
+class MemberOpened(Message):
+    """The member's file was read (posted by the open worker)."""
+
+    def __init__(self, file: MemberFile, my_specialist_id: uuid.UUID | None, generation: int) -> None:
+        super().__init__()
+        self.file = file
+        self.my_specialist_id = my_specialist_id
+        self.generation = generation
+
+
+class MemberOpenFailed(Message):
+    def __init__(self, problem: Problem, generation: int) -> None:
+        super().__init__()
+        self.problem = problem
+        self.generation = generation
+
+
+class PlansLoaded(Message):
+    """The plan catalog, read to offer in the enrollment form."""
+
+    def __init__(self, plans: list[Plan]) -> None:
+        super().__init__()
+        self.plans = plans
+
+
+class MemberChanged(Message):
+    """A change made straight from the screen (no form) was saved."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__()
+        self.note = note
+
+
+class MemberDetailScreen(CareScreen):
+    """One member's file; opened from the worklist, the member browser or the command palette."""
+
+    DEFAULT_CSS = """
+    MemberDetailScreen #member-header { height: auto; padding: 0 1; background: $boost; }
+    MemberDetailScreen #member-name { text-style: bold; }
+    MemberDetailScreen #member-phi { color: $text-muted; }
+    MemberDetailScreen #member-phi.-revealed { color: $warning; text-style: bold; }
+    MemberDetailScreen #member-tabs { height: 1fr; }
+    MemberDetailScreen #member-tabs > ContentSwitcher { height: 1fr; }
+    MemberDetailScreen #member-tabs TabPane { height: 1fr; padding: 0; }
+    """
+
+    BINDINGS = [
+        Binding("r", "reveal", "Reveal", id="member.reveal",
+                tooltip="Show SSN / date of birth for a short time (needs phi:reveal and a reason; audited)"),
+        Binding("c", "log_call", "Call", id="member.log_call", tooltip="Log a call with this member"),
+        Binding("f", "raise_flag", "Flag", id="member.raise_flag", tooltip="Raise a risk flag from the selected call"),
+        Binding("e", "enroll", "Enroll", id="member.enroll", tooltip="Enroll this member in a plan"),
+        Binding("t", "terminate", "Terminate", id="member.terminate", tooltip="End the selected enrollment"),
+        Binding("p", "set_primary", "Primary", id="member.set_primary",
+                tooltip="Make the selected enrollment the primary plan"),
+        Binding("n", "add_note", "Note", id="member.add_note", tooltip="Add a note to this member's file"),
+        Binding("ctrl+r", "refresh", "Refresh", id="member.refresh", tooltip="Read the member's file again"),
+        Binding("escape", "back", "Back", id="member.back", tooltip="Back to the previous screen"),
+        Binding("1", "show_tab('calls')", "Calls", show=False, id="member.tab.calls", tooltip="Show the calls"),
+        Binding("2", "show_tab('flags')", "Flags", show=False, id="member.tab.flags", tooltip="Show the risk flags"),
+        Binding("3", "show_tab('enrollments')", "Enrollments", show=False, id="member.tab.enrollments",
+                tooltip="Show the enrollments"),
+        Binding("4", "show_tab('notes')", "Notes", show=False, id="member.tab.notes", tooltip="Show the notes"),
+        Binding("5", "show_tab('access')", "Access", show=False, id="member.tab.access",
+                tooltip="Show who accessed this record (audit:read)"),
+    ]
+
+    def __init__(self, member_id: uuid.UUID | str) -> None:
+        super().__init__()
+        self.member_id = member_id if isinstance(member_id, uuid.UUID) else uuid.UUID(str(member_id))
+        self.file: MemberFile | None = None
+        self.revealed: RevealedPhi | None = None
+        self.reveal_left = 0
+        self._reveal_timer: Timer | None = None
+        self._my_specialist_id: uuid.UUID | None = None
+        # Bumped by clear_phi: a read that finishes after a lock is dropped, not shown under the lock.
+        self._generation = 0
+        self._calls: dict[str, Call] = {}
+        self._enrollments: dict[str, EnrollmentView] = {}
+
+    # -- layout -------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="member-header"):
+            yield Static("Opening the member's file…", id="member-name", markup=False)
+            yield Static("", id="member-contact", markup=False)
+            yield Static("", id="member-address", markup=False)
+            yield Static("", id="member-phi", markup=False)
+        with TabbedContent(id="member-tabs"):
+            for pane_id, title in TABS.items():
+                if pane_id == "access" and not self.desk.can(Permission.AUDIT_READ):
+                    continue
+                with TabPane(title, id=pane_id):
+                    yield DataTable(id=f"{pane_id}-table", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "Member"
+        columns = {
+            "calls": ("When (UTC)", "Type", "Status", "Length", "Outcome", "Follow-up"),
+            "flags": ("Raised", "Severity", "Type", "Description"),
+            # The plan's name goes last: at 80 columns it is what gets cut, not the dates.
+            "enrollments": ("Plan", "Status", "From", "Until", "Cover", "Name"),
+            "notes": ("Written", "Note"),
+            "access": ("When (UTC)", "Who", "Action", "Details"),
+        }
+        for pane_id, names in columns.items():
+            for table in self.query(f"#{pane_id}-table").results(DataTable):
+                table.add_columns(*names)
+        self.load()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """(Re)open the member's file in a worker; each open is an audited read."""
+        self._open_in_background(self._generation)
+
+    @work(thread=True, exclusive=True, group="member-open")
+    def _open_in_background(self, generation: int) -> None:
+        try:
+            file = self.desk.open_member(self.member_id)
+            specialist = self.desk.specialist()
+        except Exception as exc:  # shown on the screen, never raised
+            self.post_message(MemberOpenFailed(describe(exc), generation))
+            return
+        self.post_message(MemberOpened(file, specialist.id if specialist is not None else None, generation))
+
+    def on_member_opened(self, message: MemberOpened) -> None:
+        if message.generation != self._generation or self.care.locked:
+            return
+        self._my_specialist_id = message.my_specialist_id
+        self.show_file(message.file)
+
+    def on_member_open_failed(self, message: MemberOpenFailed) -> None:
+        if message.generation != self._generation:
+            return
+        if self.file is None:
+            self.query_one("#member-name", Static).update(f"Could not open this member: {message.problem.message}")
+            self.query_one("#member-contact", Static).update(message.problem.hint or "")
+        self.care.show_problem("open the member", message.problem)
+
+    def show_file(self, file: MemberFile) -> None:
+        """Fill the header and the tables from a freshly read file."""
+        self.file = file
+        member = file.member
+        status = _label(member.status) + (" (deleted)" if member.deleted_at else "")
+        self.query_one("#member-name", Static).update(
+            f"{member_name(member.first_name, member.last_name)}  ·  {status}")
+        self.query_one("#member-contact", Static).update(
+            f"Phone {member.phone or '—'}   Email {member.email or '—'}")
+        self.query_one("#member-address", Static).update(self._address(member))
+        self.render_phi()
+
+        self._calls = {str(call.id): call for call in file.calls}
+        self._fill("calls", ((key, (
+            show_when(call.started_at or call.scheduled_at), _label(call.call_type), _label(call.call_status),
+            f"{call.duration_seconds // 60} min" if call.duration_seconds is not None else "",
+            _short(call.outcome, 18),
+            show_when(call.follow_up_date) if call.follow_up_required else "")) for key, call in self._calls.items()))
+        self._fill("flags", ((str(flag.id), (
+            show_when(flag.created_at), flag.severity, _label(flag.risk_type), _short(flag.description, 60)))
+            for flag in file.flags))
+        self._enrollments = {str(view.enrollment.id): view for view in file.enrollments}
+        self._fill("enrollments", ((key, (
+            view.plan_code,
+            _label(view.enrollment.status) + (" · primary" if view.enrollment.is_primary else ""),
+            show_when(view.enrollment.enrollment_date),
+            show_when(view.enrollment.termination_date) if view.enrollment.termination_date else "",
+            f"{view.enrollment.coverage_percentage:.0f}%" if view.enrollment.coverage_percentage is not None
+            else "", _short(view.plan_name, 40))) for key, view in self._enrollments.items()))
+        self._fill("notes", ((str(entry.id), (show_when(entry.created_at), self._note_text(entry.metadata_key,
+                                                                                            entry.metadata_value)))
+                             for entry in reversed(file.notes)))
+        if file.access is not None:
+            self._fill("access", ((str(access.entry.id), (
+                show_when(access.entry.created_at), _short(access.who, 20), access.entry.action,
+                self._access_details(access.entry.action, access.entry.new_values))) for access in file.access))
+        self.refresh_bindings()
+
+    def _fill(self, pane_id: str, rows: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        """Replace a table's rows, keeping the cursor on the same record when it is still there."""
+        tables = self.query(f"#{pane_id}-table")
+        if not tables:
+            return
+        table = tables.first(DataTable)
+        selected = self._selected_key(table)
+        table.clear()
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+        if selected is not None and selected in table.rows:
+            table.move_cursor(row=table.get_row_index(selected))
+        tabbed = self.query_one("#member-tabs", TabbedContent)
+        tabbed.get_tab(pane_id).label = f"{TABS[pane_id]} ({table.row_count})"
+
+    @staticmethod
+    def _selected_key(table: DataTable[Any]) -> str | None:
+        if table.row_count == 0:
+            return None
+        row = min(max(table.cursor_row, 0), table.row_count - 1)
+        return table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+
+    @staticmethod
+    def _address(member: Member) -> str:
+        street = ", ".join(part for part in (member.address_line1, member.address_line2) if part)
+        place = " ".join(part for part in (member.city and f"{member.city},", member.state, member.zip_code) if part)
+        return ", ".join(part for part in (street, place) if part) or "No address on file"
+
+    @staticmethod
+    def _note_text(key: str, value: Any) -> str:
+        if isinstance(value, dict) and "text" in value:
+            text = str(value["text"])
+        else:
+            text = str(value)
+        if not key.startswith(f"{NOTE_PREFIX}:"):
+            text = f"{key}: {text}"  # a system fact kept in metadata, not a person's note
+        return _short(text, 200)
+
+    @staticmethod
+    def _access_details(action: str, values: Any) -> str:
+        """What an audit row says, by field name only (audit rows never hold PHI, but keep it terse)."""
+        if not isinstance(values, dict):
+            return ""
+        if action == "read":
+            fields = values.get("fields") or []
+            text = f"{values.get('purpose', 'read')} {', '.join(map(str, fields))}".strip()
+            if values.get("reason"):
+                text += f" — {values['reason']}"
+            return _short(text, 60)
+        if action == "deny":
+            return _short(str(values.get("operation", "")), 60)
+        return _short("fields: " + ", ".join(sorted(map(str, values))), 60)
+
+    # -- PHI ---------------------------------------------------------------------------------
+
+    def render_phi(self) -> None:
+        """The SSN/DOB line: masked, or the revealed values with the time left before they hide again."""
+        phi = self.query_one("#member-phi", Static)
+        file = self.file
+        if file is None:
+            phi.update("")
+            phi.remove_class("-revealed")
+            return
+        member, revealed = file.member, self.revealed
+        ssn = MASKED_SSN if member.has_ssn else "not on file"
+        dob = MASKED_DOB if member.has_dob else "not on file"
+        if revealed is not None:
+            if revealed.ssn is not None:
+                ssn = revealed.ssn.formatted()
+            if revealed.dob is not None:
+                dob = revealed.dob.isoformat()
+            phi.update(f"SSN {ssn}   DOB {dob}   · hidden again in {self.reveal_left} s")
+        else:
+            phi.update(f"SSN {ssn}   DOB {dob}")
+        phi.set_class(revealed is not None, "-revealed")
+
+    def action_reveal(self) -> None:
+        if self.file is None:
+            return
+        if not self.desk.can(Permission.PHI_REVEAL):
+            role = self.desk.role or "your role"
+            self.notify(f"Sorry: the {role} role cannot reveal SSN or date of birth. If you need them for this "
+                        "member, please ask a specialist or a supervisor.", title="Reveal not available",
+                        severity="warning")
+            return
+        member = self.file.member
+        if not (member.has_ssn or member.has_dob):
+            self.notify("No SSN or date of birth is on file for this member.", title="Nothing to reveal")
+            return
+        self.app.push_screen(RevealDialog(self.member_id, self._member_label(), has_ssn=member.has_ssn,
+                                          has_dob=member.has_dob), self._show_revealed)
+
+    def _show_revealed(self, revealed: RevealedPhi | None) -> None:
+        if revealed is None or self.care.locked or self.file is None or revealed.member_id != self.member_id:
+            return
+        self.remask()
+        self.revealed = revealed
+        self.reveal_left = max(1, int(self.care.settings.reveal_seconds))
+        self._reveal_timer = self.set_interval(1.0, self.tick_reveal)
+        self.render_phi()
+
+    def tick_reveal(self) -> None:
+        """One second of the reveal countdown (the interval timer's callback)."""
+        if self.revealed is None:
+            return
+        self.reveal_left -= 1
+        if self.reveal_left <= 0:
+            self.remask()
+        else:
+            self.render_phi()
+
+    def remask(self) -> None:
+        """Hide revealed SSN/DOB again and forget them."""
+        if self._reveal_timer is not None:
+            self._reveal_timer.stop()
+            self._reveal_timer = None
+        was_revealed = self.revealed is not None
+        self.revealed = None
+        self.reveal_left = 0
+        if was_revealed and self.is_mounted:
+            self.render_phi()
+
+    def on_screen_suspend(self, event: events.ScreenSuspend) -> None:
+        # Anything covering this screen (a form, help, the lock) hides the values first.
+        self.remask()
+
+    def on_unmount(self) -> None:
+        self.remask()
+
+    # -- lock -------------------------------------------------------------------------------------
+
+    def clear_phi(self) -> None:
+        self._generation += 1
+        self.remask()
+        self.file = None
+        self._calls, self._enrollments = {}, {}
+        for static in self.query("#member-header Static").results(Static):
+            static.update("")
+        self.query_one("#member-phi", Static).remove_class("-revealed")
+        tabbed = self.query_one("#member-tabs", TabbedContent)
+        for table in self.query(DataTable).results(DataTable):
+            table.clear()
+            pane_id = (table.id or "").removesuffix("-table")
+            if pane_id in TABS:
+                tabbed.get_tab(pane_id).label = TABS[pane_id]
+        self.refresh_bindings()
+
+    def restore_after_unlock(self) -> None:
+        self.query_one("#member-name", Static).update("Opening the member's file…")
+        self.load()
+
+    # -- actions --------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "show_tab" and parameters == ("access",):
+            return bool(self.query("#access"))
+        permission = ACTION_PERMISSIONS.get(action)
+        if permission is None:
+            return True
+        desk = self.care.desk
+        if desk is None or not desk.can(permission):
+            return False  # hidden: this role cannot do it at all
+        return None if self.file is None else True  # shown but dimmed until the file is open
+
+    def _allowed(self, action: str) -> bool:
+        """Refuse politely when called without the permission (e.g. from the palette or a test)."""
+        permission = ACTION_PERMISSIONS[action]
+        if self.file is None:
+            return False
+        if not self.desk.can(permission):
+            role = self.desk.role or "your role"
+            self.notify(f"The {role} role cannot do this (it needs '{permission}').", title="Not available",
+                        severity="warning")
+            return False
+        return True
+
+    def _member_label(self) -> str:
+        if self.file is None:
+            return ""
+        return member_name(self.file.member.first_name, self.file.member.last_name)
+
+    def _after_form(self, done: str) -> Callable[[Any], None]:
+        def after(result: Any) -> None:
+            if result is None:
+                return
+            self.notify(done)
+            self.load()
+        return after
+
+    def _selected(self, pane_id: str, records: dict[str, Any], what: str) -> Any:
+        """The record under the cursor on ``pane_id``, switching to that tab first if it is not shown."""
+        tabbed = self.query_one("#member-tabs", TabbedContent)
+        if not records:
+            self.notify(f"This member has no {what}s.", severity="warning")
+            return None
+        if tabbed.active != pane_id:
+            tabbed.active = pane_id
+            self.query_one(f"#{pane_id}-table", DataTable).focus()
+            self.notify(f"Choose the {what} here, then try again.")
+            return None
+        key = self._selected_key(self.query_one(f"#{pane_id}-table", DataTable))
+        return records.get(key) if key is not None else None
+
+    def action_log_call(self) -> None:
+        if self._allowed("log_call"):
+            self.app.push_screen(CallFormScreen(self.member_id, self._member_label()), self._after_form("Call logged."))
+
+    @on(DataTable.RowSelected, "#calls-table")
+    def edit_call(self, event: DataTable.RowSelected) -> None:
+        """Enter on a call opens it for editing (for users who may edit calls)."""
+        call = self._calls.get(event.row_key.value or "")
+        if call is None or not self.desk.can(Permission.CALLS_WRITE):
+            return
+        self.app.push_screen(CallFormScreen(self.member_id, self._member_label(), call),
+                             self._after_form("Call saved."))
+
+    def action_raise_flag(self) -> None:
+        if not self._allowed("raise_flag"):
+            return
+        call = self._selected("calls", self._calls, "call")
+        if call is None:
+            return
+        if call.specialist_id is None:
+            specialist = "none recorded"
+        elif call.specialist_id == self._my_specialist_id:
+            specialist = "you"
+        else:
+            specialist = f"another specialist ({str(call.specialist_id)[:8]})"
+        self.app.push_screen(FlagFormScreen(call, member_label=self._member_label(), specialist_label=specialist),
+                             self._after_form("Risk flag raised."))
+
+    def action_enroll(self) -> None:
+        if self._allowed("enroll"):
+            self._load_plans()
+
+    @work(thread=True, exclusive=True, group="member-plans")
+    def _load_plans(self) -> None:
+        try:
+            plans = self.desk.plans()
+        except Exception as exc:
+            self.fail("list the plans", exc)
+            return
+        self.post_message(PlansLoaded(plans))
+
+    def on_plans_loaded(self, message: PlansLoaded) -> None:
+        if self.file is None or not self.is_active:
+            return  # locked or covered meanwhile: the user can ask again
+        self.app.push_screen(EnrollFormScreen(self.member_id, message.plans, self._member_label()),
+                             self._after_form("Enrolled."))
+
+    def action_terminate(self) -> None:
+        if not self._allowed("terminate"):
+            return
+        view = self._selected("enrollments", self._enrollments, "enrollment")
+        if view is None:
+            return
+        if view.enrollment.status == "terminated":
+            self.notify("This enrollment has already ended.", severity="warning")
+            return
+        self.app.push_screen(TerminateDialog(view), self._after_form("Enrollment terminated."))
+
+    def action_set_primary(self) -> None:
+        if not self._allowed("set_primary"):
+            return
+        view = self._selected("enrollments", self._enrollments, "enrollment")
+        if view is None:
+            return
+        if view.enrollment.is_primary:
+            self.notify(f"{view.plan_code} is already the primary plan.")
+            return
+        if view.enrollment.status != "active":
+            self.notify("Only an active enrollment can be the primary plan.", severity="warning")
+            return
+        self._set_primary(view)
+
+    @work(thread=True, exclusive=True, group="member-write", description="set the primary plan")
+    def _set_primary(self, view: EnrollmentView) -> None:
+        try:
+            self.desk.set_primary(view.enrollment.id, view.enrollment.updated_at)
+        except Exception as exc:
+            self.fail("make the plan primary", exc)
+            return
+        self.post_message(MemberChanged(f"{view.plan_code} is now the primary plan."))
+
+    def on_member_changed(self, message: MemberChanged) -> None:
+        self.notify(message.note)
+        self.load()
+
+    def action_add_note(self) -> None:
+        if self._allowed("add_note"):
+            self.app.push_screen(NoteDialog(self.member_id, self._member_label()), self._after_form("Note saved."))
+
+    def action_refresh(self) -> None:
+        self.load()
+
+    def action_show_tab(self, pane_id: str) -> None:
+        if self.query(f"#{pane_id}"):
+            self.query_one("#member-tabs", TabbedContent).active = pane_id
+            self.query_one(f"#{pane_id}-table", DataTable).focus()
+
+    def action_back(self) -> None:
+        self.remask()
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()

@@ -1,0 +1,597 @@
+"""The member detail screen and its forms, driven with Pilot against real databases.
+
+Each test gets its own copy of the seeded databases (see ``conftest.py``);
+a member with known contact details, SSN and date of birth is created
+through the repositories, so the tests can look for those exact values in
+the widgets (and make sure they are not there when they must not be).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import date, datetime, timezone
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from textual.screen import Screen
+from textual.widgets import Button, Checkbox, DataTable, Input, Select, Static, TextArea
+
+from carecli.data.crypto.phi import DateOfBirth, Ssn
+from carecli.data.crypto.runtime import cipher_provider
+from carecli.data.unit_of_work import PlatformUnitOfWork
+from carecli.screens.app import CareApp
+from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, FormSaved, NoteDialog,
+                                   RevealDialog, TerminateDialog)
+from carecli.screens.member import MASKED_DOB, MASKED_SSN, MemberDetailScreen
+from carecli.screens.worklist import WorklistScreen
+from carecli.services.desk import Desk
+from tests.tui.conftest import SIZE
+from tests.tui.helpers import screen_text, wait_for
+
+SSN = "287654321"
+SSN_SHOWN = "287-65-4321"
+DOB = date(1961, 7, 23)
+LAST_NAME = "Zybrowski"
+EMAIL = "q.zybrowski@example.org"
+PHONE = "+15550142771"
+
+
+@dataclasses.dataclass
+class KnownMember:
+    id: uuid.UUID
+    label: str
+
+
+def make_member(tui: Any) -> KnownMember:
+    """A member whose every value the test knows (created through the repository, SSN/DOB encrypted)."""
+    admin = tui.sign_in("admin")
+    with PlatformUnitOfWork(tui.databases.platform, admin.actor,
+                            cipher=cipher_provider(tui.settings, tui.databases)) as uow:
+        member = uow.members.create(
+            {"first_name": "Quentin", "last_name": LAST_NAME, "email": EMAIL, "phone": PHONE,
+             "address_line1": "12 Alder St", "city": "Portland", "state": "OR", "zip_code": "97201",
+             "status": "active"},
+            ssn=Ssn(SSN), dob=DateOfBirth(DOB))
+        uow.commit()
+    return KnownMember(member.id, f"{LAST_NAME}, Quentin")
+
+
+def app_for(tui: Any, desk: Desk, **settings: Any) -> CareApp:
+    app = tui.app(desk)
+    if settings:
+        app.settings = dataclasses.replace(app.settings, **settings)
+    return app
+
+
+async def open_member(pilot: Any, member_id: uuid.UUID) -> MemberDetailScreen:
+    """From the worklist, open the member and wait until the file is on screen."""
+    app = pilot.app
+    await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+    app.open_member(member_id)
+    return await wait_for(pilot, lambda: isinstance(app.screen, MemberDetailScreen) and app.screen.file is not None
+                          and app.screen, what="the member's file")
+
+
+def header(screen: MemberDetailScreen) -> str:
+    return "\n".join(str(widget.render()) for widget in screen.query("#member-header Static").results(Static))
+
+
+def table_rows(screen: Any, table_id: str) -> list[list[str]]:
+    table = screen.query_one(f"#{table_id}", DataTable)
+    return [[str(cell) for cell in table.get_row(key)] for key in table.rows]
+
+
+def reads(tui: Any, member_id: uuid.UUID, purpose: str) -> list[Any]:
+    return tui.rows("platform", "SELECT user_id, new_values FROM audit_logs WHERE entity_type = 'member' "
+                    "AND entity_id = :m AND action = 'read' AND new_values->>'purpose' = :p ORDER BY created_at",
+                    m=member_id, p=purpose)
+
+
+def set_input(form: Any, name: str, value: str) -> None:
+    form.query_one(f"#field-{name}", Input).value = value
+
+
+def input_values(form: Any) -> dict[str, str]:
+    return {(widget.id or "").removeprefix("field-"): widget.value for widget in form.query(Input).results(Input)}
+
+
+# -- opening and PHI -------------------------------------------------------------------------------------
+
+
+async def test_opening_a_member_is_an_audited_read_and_ssn_and_dob_stay_masked(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    call = desk.log_call({"member_id": known.id, "call_type": "support", "call_status": "completed",
+                          "started_at": datetime(2025, 3, 1, 14, 0), "ended_at": datetime(2025, 3, 1, 14, 12),
+                          "outcome": "reached"})
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        opened = reads(tui, known.id, "open")
+        assert [row.user_id for row in opened] == [desk.user_id]
+        text = header(screen)
+        assert known.label in text and EMAIL in text and PHONE in text and "Portland, OR 97201" in text
+        assert f"SSN {MASKED_SSN}" in text and f"DOB {MASKED_DOB}" in text
+        everything = screen_text(screen)
+        assert SSN not in everything and SSN_SHOWN not in everything and DOB.isoformat() not in everything
+        assert SSN[-4:] not in everything  # not even the last four: they need a decryption
+        assert table_rows(screen, "calls-table") == [["2025-03-01 14:00", "support", "completed", "12 min",
+                                                      "reached", ""]]
+        assert str(screen.query_one("#member-tabs").get_tab("calls").label) == "Calls (1)"
+        # A specialist does not read the audit log: no access tab.
+        assert not screen.query("#access") and not screen.query("#access-table")
+    assert call.member_id == known.id
+
+
+async def test_reveal_needs_a_reason_shows_the_values_audits_why_and_hides_them_after_the_countdown(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk, reveal_seconds=3)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("r")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, RevealDialog) and app.screen)
+        await pilot.press("o", "k")
+        await pilot.press("enter")
+        await pilot.pause()
+        # Refused on the form without a round trip: no reveal was audited.
+        assert dialog.field_errors() == {"reason": "say why (at least 4 characters)"}
+        assert app.screen is dialog and reads(tui, known.id, "reveal") == []
+        set_input(dialog, "reason", "verifying identity on a call")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen and screen.revealed is not None, what="the reveal")
+        text = header(screen)
+        assert f"SSN {SSN_SHOWN}" in text and f"DOB {DOB.isoformat()}" in text and "hidden again in 3 s" in text
+        [audit] = reads(tui, known.id, "reveal")
+        assert audit.user_id == desk.user_id
+        assert audit.new_values["fields"] == ["dob", "ssn"]
+        assert audit.new_values["reason"] == "verifying identity on a call"
+        assert SSN not in str(audit.new_values) and DOB.isoformat() not in str(audit.new_values)
+        # The countdown is a real interval timer; drive its callback instead of waiting for the clock.
+        assert screen._reveal_timer is not None
+        screen.tick_reveal()
+        assert "hidden again in 2 s" in header(screen)
+        screen.tick_reveal()
+        screen.tick_reveal()
+        assert screen.revealed is None and screen._reveal_timer is None
+        text = header(screen)
+        assert f"SSN {MASKED_SSN}" in text and SSN_SHOWN not in text and DOB.isoformat() not in text
+
+
+async def test_revealed_values_hide_when_a_form_covers_the_screen_or_the_user_leaves(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk)
+
+    async def reveal(screen: MemberDetailScreen, pilot: Any) -> None:
+        await pilot.press("r")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, RevealDialog) and app.screen)
+        set_input(dialog, "reason", "checking the file")
+        dialog.query_one("#field-fields", Select).value = "ssn"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.revealed is not None and app.screen is screen, what="the reveal")
+        assert SSN_SHOWN in header(screen) and f"DOB {MASKED_DOB}" in header(screen)
+
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await reveal(screen, pilot)
+        await pilot.press("c")  # the call form covers the screen
+        await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen))
+        assert screen.revealed is None and SSN_SHOWN not in header(screen)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen)
+        assert SSN_SHOWN not in screen_text(screen)
+
+        await reveal(screen, pilot)
+        await pilot.press("escape")  # back to the worklist
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        assert screen.revealed is None and screen._reveal_timer is None
+        assert SSN_SHOWN not in header(screen)
+    assert [row.new_values["fields"] for row in reads(tui, known.id, "reveal")] == [["ssn"], ["ssn"]]
+
+
+async def test_an_auditor_cannot_reveal_or_change_anything_but_sees_who_accessed_the_record(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("auditor")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("r")
+        await pilot.pause()
+        assert app.screen is screen  # no reveal dialog
+        assert any("cannot reveal" in str(n.message) for n in app._notifications)
+        for key in ("c", "f", "e", "t", "p", "n"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.screen is screen, key
+        assert screen.check_action("log_call", ()) is False and screen.check_action("add_note", ()) is False
+        access = table_rows(screen, "access-table")
+        assert access and access[0][1:3] == [desk.display_name[:20], "read"]
+        assert "open contact" in access[0][3]
+    assert reads(tui, known.id, "reveal") == []
+    assert tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE entity_id = :m AND action = 'deny'",
+                      m=known.id) == 0  # hidden actions never even reached the repository
+
+
+# -- calls ---------------------------------------------------------------------------------------------------
+
+
+async def test_a_call_with_broken_rules_shows_each_error_by_its_field_keeps_the_input_and_saves_when_fixed(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("c")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
+        form.query_one("#field-call_type", Select).value = "follow_up"
+        set_input(form, "started_at", "2025-13-01 14:30")  # no 13th month: caught on the form
+        set_input(form, "ended_at", "2025-03-01 14:00")
+        form.query_one("#field-call_notes", TextArea).text = "Discussed the new inhaler."
+        set_input(form, "outcome", "reached")
+        form.query_one("#field-follow_up_required", Checkbox).value = True
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert form.field_errors() == {"started_at": "use YYYY-MM-DD HH:MM (UTC), e.g. 2025-03-01 14:30"}
+        assert not form.saving
+
+        set_input(form, "started_at", "2025-03-01 14:30")
+        await pilot.pause()
+        assert "ends before it starts" in str(form.query_one("#call-duration", Static).render())
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: form.field_errors(), what="the repository's error")
+        # The repository's rule, next to the field it names; the form is still there, as typed.
+        assert form.field_errors() == {"ended_at": "must not be before the start time"}
+        assert app.screen is form
+        assert input_values(form) == {"scheduled_at": "", "started_at": "2025-03-01 14:30",
+                                      "ended_at": "2025-03-01 14:00", "outcome": "reached", "follow_up_date": ""}
+        assert form.query_one("#field-call_notes", TextArea).text == "Discussed the new inhaler."
+        assert form.query_one("#field-call_type", Select).value == "follow_up"
+        assert form.query_one("#field-follow_up_required", Checkbox).value is True
+
+        set_input(form, "ended_at", "2025-03-01 14:45")
+        await pilot.pause()
+        assert "Duration: 15 min 00 s" in str(form.query_one("#call-duration", Static).render())
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: "follow_up_date" in form.field_errors(), what="the follow-up rule")
+        assert form.field_errors() == {"follow_up_date": "is required when a follow-up is required"}
+
+        set_input(form, "follow_up_date", "2025-03-08")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen and len(screen._calls) == 1, what="the saved call")
+        assert table_rows(screen, "calls-table")[0][:5] == ["2025-03-01 14:30", "follow up", "completed", "15 min",
+                                                            "reached"]
+    [row] = tui.rows("platform", "SELECT * FROM call_records WHERE member_id = :m", m=known.id)
+    assert (row.call_type, row.duration_seconds, row.follow_up_date, row.call_notes) == (
+        "follow_up", 900, date(2025, 3, 8), "Discussed the new inhaler.")
+    assert row.specialist_id == desk.specialist().id
+    assert tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE entity_type = 'call_record' "
+                      "AND entity_id = :c AND action = 'create' AND user_id = :u", c=row.id, u=desk.user_id) == 1
+
+
+async def test_a_call_form_survives_the_database_being_down_and_saves_on_retry(tui, monkeypatch) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    real_log_call = desk.log_call
+
+    def database_down(values: Any) -> Any:
+        raise OperationalError("INSERT INTO call_records ...", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(desk, "log_call", database_down)
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("c")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
+        set_input(form, "started_at", "2025-04-02 09:00")
+        set_input(form, "ended_at", "2025-04-02 09:07")
+        form.query_one("#field-call_notes", TextArea).text = "Left a message about refills."
+        await pilot.press("ctrl+s")
+        status = form.query_one("#form-status", Static)
+        await wait_for(pilot, lambda: "Not saved" in str(status.render()), what="the failure")
+        text = str(status.render())
+        assert "database is not reachable" in text and "nothing was lost" in text.lower()
+        assert app.screen is form and not form.saving
+        assert not form.query_one("#form-save", Button).disabled
+        assert input_values(form)["started_at"] == "2025-04-02 09:00"
+        assert form.query_one("#field-call_notes", TextArea).text == "Left a message about refills."
+        assert tui.scalar("platform", "SELECT count(*) FROM call_records WHERE member_id = :m", m=known.id) == 0
+
+        monkeypatch.setattr(desk, "log_call", real_log_call)  # the database is back
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen and len(screen._calls) == 1, what="the saved call")
+    assert tui.scalar("platform", "SELECT call_notes FROM call_records WHERE member_id = :m",
+                      m=known.id) == "Left a message about refills."
+
+
+async def test_a_flag_raised_from_a_call_takes_member_and_specialist_from_the_call(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    call = desk.log_call({"member_id": known.id, "call_type": "outreach", "call_status": "completed",
+                          "started_at": datetime(2025, 5, 5, 10, 0), "ended_at": datetime(2025, 5, 5, 10, 20)})
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("f")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, FlagFormScreen) and app.screen)
+        assert form.call.id == call.id
+        about = str(form.query_one("#flag-about", Static).render())
+        assert f"Member: {known.label}" in about and "Specialist: you" in about
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert form.field_errors() == {"risk_type": "choose one", "severity": "choose one",
+                                       "description": "say what was found"}
+        form.query_one("#field-risk_type", Select).value = "safety"
+        form.query_one("#field-severity", Select).value = "high"
+        form.query_one("#field-description", TextArea).text = "Lives alone, fell twice this month."
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen and table_rows(screen, "flags-table"), what="the flag")
+        assert table_rows(screen, "flags-table")[0][1:] == ["high", "safety", "Lives alone, fell twice this month."]
+    [flag] = tui.rows("platform", "SELECT * FROM risk_flags WHERE call_record_id = :c", c=call.id)
+    assert (flag.member_id, flag.specialist_id) == (known.id, desk.specialist().id)
+    assert tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE entity_type = 'risk_flag' "
+                      "AND entity_id = :f AND action = 'create'", f=flag.id) == 1
+
+
+# -- enrollments ---------------------------------------------------------------------------------------------
+
+
+async def test_a_supervisor_enrolls_makes_a_plan_primary_and_terminates_one(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("supervisor")
+    first, second = [row.id for row in tui.rows(
+        "platform", "SELECT id FROM insurance_plans WHERE deleted_at IS NULL AND is_active "
+        "AND (expiration_date IS NULL OR expiration_date >= current_date) ORDER BY plan_code LIMIT 2")]
+    app = app_for(tui, desk)
+
+    async def enroll(pilot: Any, screen: MemberDetailScreen, plan_id: uuid.UUID, primary: bool) -> None:
+        count = len(screen._enrollments)
+        await pilot.press("e")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, EnrollFormScreen) and app.screen)
+        form.query_one("#field-plan", Select).value = plan_id
+        form.query_one("#field-is_primary", Checkbox).value = primary
+        set_input(form, "coverage_percentage", "80")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen and len(screen._enrollments) == count + 1)
+
+    def primary_of() -> list[uuid.UUID]:
+        return [row.insurance_plan_id for row in tui.rows(
+            "platform", "SELECT insurance_plan_id FROM member_insurance_plans WHERE member_id = :m AND is_primary",
+            m=known.id)]
+
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await enroll(pilot, screen, first, True)
+        await enroll(pilot, screen, second, False)
+        assert primary_of() == [first]
+
+        # Set the second plan primary: the key first brings up the enrollments tab to choose from.
+        await pilot.press("p")
+        await pilot.pause()
+        table = screen.query_one("#enrollments-table", DataTable)
+        assert screen.query_one("#member-tabs").active == "enrollments" and app.focused is table
+        keys = {view.enrollment.insurance_plan_id: key for key, view in screen._enrollments.items()}
+        second_key, first_key = keys[second], keys[first]
+        table.move_cursor(row=table.get_row_index(second_key))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: primary_of() == [second], what="the new primary plan")
+        await wait_for(pilot, lambda: screen._enrollments[second_key].enrollment.is_primary, what="the reload")
+
+        table.move_cursor(row=table.get_row_index(first_key))
+        await pilot.press("t")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, TerminateDialog) and app.screen)
+        assert dialog.view.enrollment.insurance_plan_id == first
+        set_input(dialog, "termination_date", "2001-01-01")  # before the enrollment: the repository says no
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: dialog.field_errors(), what="the date rule")
+        assert "termination_date" in dialog.field_errors() and app.screen is dialog
+        set_input(dialog, "termination_date", datetime.now(timezone.utc).date().isoformat())
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is screen
+                       and screen._enrollments[first_key].enrollment.status == "terminated")
+        today = datetime.now(timezone.utc).date().isoformat()
+        assert sorted(row[1:5] for row in table_rows(screen, "enrollments-table")) == [
+            ["active · primary", today, "", "80%"], ["terminated", today, today, "80%"]]
+    rows = {row.insurance_plan_id: row for row in tui.rows(
+        "platform", "SELECT * FROM member_insurance_plans WHERE member_id = :m", m=known.id)}
+    assert rows[first].status == "terminated" and rows[first].termination_date is not None
+    assert rows[second].is_primary and rows[second].coverage_percentage == 80
+
+
+async def test_a_specialist_cannot_change_enrollments(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        for action in ("enroll", "terminate", "set_primary"):
+            assert screen.check_action(action, ()) is False  # hidden from the footer and the keys
+        assert "member.enroll" not in {binding.binding.id for binding in screen.active_bindings.values()}
+        await pilot.press("e")
+        await pilot.pause()
+        assert app.screen is screen
+        screen.action_enroll()  # even when asked directly (e.g. from a script), it is refused politely
+        await pilot.pause()
+        assert app.screen is screen
+        assert any("enrollments:write" in str(n.message) for n in app._notifications)
+
+
+# -- notes, access, lock, layout ---------------------------------------------------------------------------------
+
+
+async def test_a_note_is_saved_and_listed(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("n")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, NoteDialog) and app.screen)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert dialog.field_errors() == {"text": "write the note first"}
+        await pilot.press(*"Prefers calls after 5pm")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen and table_rows(screen, "notes-table"), what="the note")
+        assert table_rows(screen, "notes-table")[0][1] == "Prefers calls after 5pm"
+        assert str(screen.query_one("#member-tabs").get_tab("notes").label) == "Notes (1)"
+    [value] = [row.metadata_value for row in tui.rows(
+        "platform", "SELECT metadata_value FROM metadata WHERE entity_type = 'member' AND entity_id = :m", m=known.id)]
+    assert value == {"text": "Prefers calls after 5pm", "by": str(desk.user_id)}
+
+
+async def test_a_supervisor_sees_who_accessed_the_record(tui) -> None:
+    known = make_member(tui)
+    specialist = tui.sign_in("specialist")
+    specialist.open_member(known.id)
+    specialist.reveal(known.id, ["dob"], "confirming the birthday")
+    desk = tui.sign_in("supervisor")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        assert screen.query("#access")
+        access = table_rows(screen, "access-table")
+        # Newest first: the supervisor's own open, the specialist's reveal with its reason, their open.
+        assert [row[1:3] for row in access[:3]] == [[desk.display_name[:20], "read"],
+                                                    [specialist.display_name[:20], "read"],
+                                                    [specialist.display_name[:20], "read"]]
+        assert access[1][3] == "reveal dob — confirming the birthday"
+        await pilot.press("5")
+        assert screen.query_one("#member-tabs").active == "access"
+
+
+async def test_the_lock_leaves_no_member_value_on_screen_and_unlock_reads_the_file_again(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("supervisor")
+    desk.add_note(known.id, "Daughter Zelda helps with forms")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        screen._show_revealed(desk.reveal(known.id, ["ssn", "dob"], "testing the lock"))
+        before = screen_text(screen)
+        for value in (LAST_NAME, EMAIL, PHONE, SSN_SHOWN, "Alder", "Zelda"):
+            assert value in before, value
+        screen.clear_phi()  # what the lock calls first, on every screen
+        after = screen_text(screen)
+        for value in (LAST_NAME, "Quentin", EMAIL, PHONE, SSN_SHOWN, DOB.isoformat(), "Alder", "97201", "Zelda",
+                      MASKED_SSN):
+            assert value not in after, value
+        assert all(table.row_count == 0 for table in screen.query(DataTable).results(DataTable))
+        assert screen.revealed is None and screen.file is None
+        screen.restore_after_unlock()
+        await wait_for(pilot, lambda: screen.file is not None, what="the file again")
+
+        # Now the real lock, with a draft note open over the member.
+        await pilot.press("n")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, NoteDialog) and app.screen)
+        dialog.query_one("#field-text", TextArea).text = "Draft: call back on Monday"
+        app.lock("Locked.")
+        await pilot.pause()
+        for holder in (screen, dialog):
+            text = screen_text(holder)
+            for value in (LAST_NAME, "Quentin", EMAIL, PHONE, "Alder", "Zelda"):
+                assert value not in text, (holder, value)
+        opened = len(reads(tui, known.id, "open"))
+        app.signed_in(desk)  # the same user signs back in: the draft is still there, the file is read again
+        await wait_for(pilot, lambda: app.screen is dialog and screen.file is not None, what="the file again")
+        assert dialog.query_one("#field-text", TextArea).text == "Draft: call back on Monday"
+        assert known.label in screen_text(dialog)
+        assert LAST_NAME in header(screen) and MASKED_SSN in header(screen) and SSN_SHOWN not in header(screen)
+        assert len(reads(tui, known.id, "open")) == opened + 1
+
+
+async def test_a_reveal_that_finishes_behind_the_lock_is_dropped(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("r")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, RevealDialog) and app.screen)
+        app.lock("Locked.")
+        await pilot.pause()
+        # The worker's answer arrives while the lock screen is on top: nothing is handed to the member screen.
+        dialog.post_message(FormSaved(desk.reveal(known.id, ["ssn"], "arrives late")))
+        await pilot.pause()
+        assert dialog in app.screen_stack and app.locked
+        assert screen.revealed is None and SSN_SHOWN not in screen_text(screen) + screen_text(dialog)
+        assert "Press Reveal again" in str(dialog.query_one("#form-status", Static).render())
+
+
+async def test_a_save_that_finishes_while_the_form_is_covered_is_handed_over_when_it_is_back(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("n")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, NoteDialog) and app.screen)
+        cover = Screen()
+        app.push_screen(cover)  # e.g. help or the command palette, opened while saving
+        await pilot.pause()
+        dialog.post_message(FormSaved(desk.add_note(known.id, "Saved while covered")))
+        await pilot.pause()
+        assert app.screen is cover and dialog in app.screen_stack  # dismissing now would have popped the cover
+        app.pop_screen()
+        await wait_for(pilot, lambda: app.screen is screen and table_rows(screen, "notes-table"), what="the hand-over")
+        assert table_rows(screen, "notes-table")[0][1] == "Saved while covered"
+
+
+async def test_enter_on_a_call_edits_it_and_a_stale_edit_is_a_conflict_that_keeps_the_form(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    call = desk.log_call({"member_id": known.id, "call_type": "outreach", "call_status": "no_answer",
+                          "scheduled_at": datetime(2025, 6, 1, 9, 0)})
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        screen.query_one("#calls-table", DataTable).focus()
+        await pilot.press("enter")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
+        assert form.call is not None and form.call.id == call.id
+        assert input_values(form)["scheduled_at"] == "2025-06-01 09:00"
+        assert form.query_one("#field-call_status", Select).value == "no_answer"
+        # Someone else edits the call meanwhile.
+        desk.update_call(call.id, call.updated_at, {"outcome": "left voicemail"})
+        set_input(form, "outcome", "no voicemail box")
+        await pilot.press("ctrl+s")
+        status = form.query_one("#form-status", Static)
+        await wait_for(pilot, lambda: "Not saved" in str(status.render()), what="the conflict")
+        assert "changed by someone else" in str(status.render()) and "reload it" in str(status.render()).lower()
+        assert app.screen is form and input_values(form)["outcome"] == "no voicemail box"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: screen._calls[str(call.id)].outcome == "left voicemail", what="the reload")
+        screen.query_one("#calls-table", DataTable).focus()
+        await pilot.press("enter")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
+        set_input(form, "outcome", "no voicemail box")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen
+                       and screen._calls[str(call.id)].outcome == "no voicemail box", what="the edit")
+    assert tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE entity_type = 'call_record' "
+                      "AND entity_id = :c AND action = 'update' AND user_id = :u", c=call.id, u=desk.user_id) == 2
+
+
+async def test_the_screen_and_its_forms_fit_80x24(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("supervisor")
+    app = app_for(tui, desk)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_member(pilot, known.id)
+        for widget_id in ("#member-name", "#member-contact", "#member-address", "#member-phi"):
+            region = screen.query_one(widget_id).region
+            assert region.height == 1 and region.right <= 80, widget_id
+        table = screen.query_one("#calls-table", DataTable)
+        assert table.region.height >= 10 and table.region.bottom <= 23  # the footer keeps the last line
+        for form in (CallFormScreen(known.id, known.label), RevealDialog(known.id, known.label),
+                     EnrollFormScreen(known.id, desk.plans(), known.label), NoteDialog(known.id, known.label)):
+            app.push_screen(form)
+            await wait_for(pilot, lambda: app.screen is form)
+            for button in form.query(Button).results(Button):
+                assert button.region.bottom <= 24 and button.region.right <= 80 and button.region.height
+            assert form.query_one("#form-title").region.y >= 0
+            app.pop_screen()
+            await wait_for(pilot, lambda: app.screen is screen)
