@@ -47,6 +47,8 @@ class HelpScreen(ModalScreen[None]):
     def __init__(self, screen: Screen[Any]) -> None:
         super().__init__()
         self.for_screen = screen
+        # The bindings as they are under the help (once it is shown, only the help's own are active).
+        self.bindings_below = list(screen.app.active_bindings.values())
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
@@ -55,9 +57,9 @@ class HelpScreen(ModalScreen[None]):
     def text(self) -> str:
         parts = [getattr(self.for_screen, "HELP", "") or ""]
         rows = []
-        for _key, active in self.app.active_bindings.items():
+        for active in self.bindings_below:
             binding = active.binding
-            if not binding.description or active.node is self or binding.system:
+            if not binding.description or binding.system:
                 continue
             keys = self.app.get_key_display(binding)
             rows.append(f"| {keys} | {binding.description} | `{binding.id or ''}` | {binding.tooltip or ''} |")

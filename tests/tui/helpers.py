@@ -1,0 +1,38 @@
+"""Waiting in Pilot tests: for a condition the app reaches through its workers (never a fixed sleep)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from textual.widgets import DataTable, Static
+
+
+async def wait_for(pilot: Any, condition: Callable[[], Any], *, timeout: float = 15.0, what: str = "") -> Any:
+    """Let the app run until ``condition()`` is truthy (workers finish, messages are handled).
+
+    It does not wait for *all* workers: a sign-in worker polling the identity
+    provider only finishes after the test has approved the code.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        await pilot.pause()
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await pilot.pause(0.02)
+
+
+def screen_text(screen: Any) -> str:
+    """Everything the screen's Statics and DataTables hold, as text (to look for values that must not be there)."""
+    parts: list[str] = []
+    for widget in screen.query("*"):
+        if isinstance(widget, Static):
+            parts.append(str(widget.render()))
+        if isinstance(widget, DataTable):
+            for row_key in widget.rows:
+                parts.extend(str(cell) for cell in widget.get_row(row_key))
+    return "\n".join(parts)

@@ -1,0 +1,212 @@
+"""The app shell: sign-in (OIDC device flow against a real provider), worklist, lock, keys, size, help."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+from textual.widgets import DataTable, Static
+
+from carecli.config import load_settings
+from carecli.screens.app import CareApp, TooSmallScreen
+from carecli.screens.signin import SignInScreen
+from carecli.screens.worklist import WorklistScreen
+from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
+from tests.tui.conftest import SIZE
+from tests.tui.helpers import screen_text, wait_for
+
+
+class FakeClock:
+    """The app's idle clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _oidc_settings(tui, provider):
+    return load_settings({**tui.env, "CARECLI_OIDC_ISSUER": provider.issuer,
+                          "CARECLI_OIDC_CLIENT_ID": provider.client_id,
+                          "CARECLI_OIDC_AUDIENCE": provider.audience or ""})
+
+
+def _user_code(screen) -> str | None:
+    text = str(screen.query_one("#signin-text", Static).render())
+    marker = "enter the code"
+    if marker not in text:
+        return None
+    return text.split(marker, 1)[1].split()[0]
+
+
+def _today_utc_noon() -> datetime:
+    local_noon = datetime.combine(date.today(), datetime.min.time()).replace(hour=12).astimezone()
+    return local_noon.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+async def test_oidc_sign_in_from_the_app_opens_the_worklist(tui, oidc_provider) -> None:
+    settings = _oidc_settings(tui, oidc_provider)
+    user = tui.user("specialist")
+    app = CareApp(settings, databases=tui.databases, store=tui.store)
+    async with app.run_test(size=SIZE) as pilot:
+        signin = await wait_for(pilot, lambda: isinstance(app.screen, SignInScreen) and app.screen, what="sign-in")
+        code = await wait_for(pilot, lambda: _user_code(signin), what="the device code")
+        assert oidc_provider.issuer in str(signin.query_one("#signin-text", Static).render())
+        # A QR code of the verification link fits at this size.
+        assert signin.query_one("#signin-qr-box").display
+        oidc_provider.approve(code, user.external_user_id, email=user.email)
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        assert app.desk is not None and app.desk.user_id == user.id
+    sessions = tui.rows("identity", "SELECT user_agent FROM sessions WHERE user_id = :u AND deleted_at IS NULL",
+                        u=user.id)
+    assert [row.user_agent.endswith("(tui)") for row in sessions] == [True]
+    assert tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE action = 'login' AND user_id = :u",
+                      u=user.id) == 1
+
+
+async def test_stored_session_goes_straight_to_the_worklist_with_todays_items(tui) -> None:
+    desk = tui.sign_in("specialist")
+    specialist = desk.specialist()
+    assert specialist is not None
+    member_id = tui.scalar("platform", "SELECT id FROM members WHERE deleted_at IS NULL ORDER BY id LIMIT 1")
+    name = tui.rows("platform", "SELECT first_name, last_name FROM members WHERE id = :m", m=member_id)[0]
+    desk.log_call({"member_id": member_id, "call_type": "outreach", "call_status": "scheduled",
+                   "scheduled_at": _today_utc_noon()})
+    overdue = date.today() - timedelta(days=3)
+    started = datetime.combine(overdue - timedelta(days=2), datetime.min.time()).replace(hour=15)
+    handled = desk.log_call({"member_id": member_id, "call_type": "support", "call_status": "completed",
+                             "started_at": started, "ended_at": started + timedelta(minutes=5),
+                             "follow_up_required": True, "follow_up_date": overdue, "outcome": "send forms"})
+    app = CareApp(tui.settings, databases=tui.databases, store=tui.store)  # resumes the stored session
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        today = await wait_for(pilot, lambda: screen.query_one("#table-today", DataTable).row_count and
+                               screen.query_one("#table-today", DataTable))
+        rows = [today.get_row(key) for key in today.rows]
+        assert [row[1:] for row in rows] == [[f"{name.last_name}, {name.first_name}", "outreach · scheduled"]]
+        assert str(screen.query_one("#worklist-tabs").get_tab("tab-today").label) == "Today (1)"
+        # The completed call's follow-up is not overdue: today's scheduled call, later, takes care of it.
+        assert handled.id not in {item.call_id for item in screen.items["overdue"]}
+        assert screen.query_one("#table-overdue", DataTable).row_count == len(screen.items["overdue"])
+
+
+async def test_the_follow_up_without_a_later_call_is_overdue(tui) -> None:
+    desk = tui.sign_in("specialist")
+    member_id = tui.scalar("platform", "SELECT id FROM members WHERE deleted_at IS NULL ORDER BY id DESC LIMIT 1")
+    overdue = date.today() - timedelta(days=2)
+    started = datetime.combine(overdue - timedelta(days=1), datetime.min.time()).replace(hour=15)
+    call = desk.log_call({"member_id": member_id, "call_type": "support", "call_status": "completed",
+                          "started_at": started, "ended_at": started + timedelta(minutes=5),
+                          "follow_up_required": True, "follow_up_date": overdue})
+    worklist = desk.worklist()
+    assert call.id in {item.call_id for item in worklist.overdue}
+    # A later completed call with the member takes care of it.
+    desk.log_call({"member_id": member_id, "call_type": "follow_up", "call_status": "completed",
+                   "started_at": started + timedelta(days=1), "ended_at": started + timedelta(days=1, minutes=3)})
+    assert call.id not in {item.call_id for item in desk.worklist().overdue}
+
+
+async def test_idle_lock_clears_member_values_and_the_same_user_gets_the_screen_back(tui, oidc_provider) -> None:
+    settings = _oidc_settings(tui, oidc_provider)
+    user = tui.user("specialist")
+    desk = tui.sign_in("specialist")
+    desk.log_call({"member_id": tui.scalar("platform", "SELECT id FROM members ORDER BY id LIMIT 1"),
+                   "call_type": "outreach", "call_status": "scheduled", "scheduled_at": _today_utc_noon()})
+    clock = FakeClock()
+    app = CareApp(settings, databases=tui.databases, store=tui.store, clock=clock)
+    async with app.run_test(size=SIZE) as pilot:
+        worklist = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        await wait_for(pilot, lambda: worklist.query_one("#table-today", DataTable).row_count)
+        clock.now += settings.session_idle_minutes * 60 - 1
+        app.check_inactivity()
+        assert not app.locked
+        clock.now += 2
+        app.check_inactivity()
+        assert app.locked and isinstance(app.screen, SignInScreen)
+        await wait_for(pilot, lambda: "without activity" in screen_text(app.screen))
+        assert all(worklist.query_one(f"#table-{t}", DataTable).row_count == 0
+                   for t in ("today", "overdue", "upcoming", "flags", "plans"))
+        # Navigation is refused while locked.
+        await pilot.press("f3")
+        assert isinstance(app.screen, SignInScreen)
+        code = await wait_for(pilot, lambda: _user_code(app.screen))
+        oidc_provider.approve(code, user.external_user_id, email=user.email)
+        await wait_for(pilot, lambda: not app.locked and app.screen is worklist, what="unlock")
+        await wait_for(pilot, lambda: worklist.query_one("#table-today", DataTable).row_count)
+
+
+async def test_a_revoked_session_locks_the_app(tui) -> None:
+    desk = tui.sign_in("specialist")
+    app = tui.app(desk)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        tui.rows("identity", "SELECT 1")  # warm
+        with tui.databases.identity.begin() as connection:
+            from sqlalchemy import text
+            connection.execute(text("UPDATE sessions SET deleted_at = now() AT TIME ZONE 'UTC'"))
+        app.touch_session()
+        await wait_for(pilot, lambda: app.locked, what="the lock")
+        assert isinstance(app.screen, SignInScreen)
+        assert "session ended" in screen_text(app.screen)
+
+
+async def test_below_80x24_the_app_says_so_and_recovers(tui) -> None:
+    app = tui.app(tui.sign_in("specialist"))
+    async with app.run_test(size=(70, 20)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, TooSmallScreen))
+        assert "at least 80×24" in screen_text(app.screen) and "70×20" in screen_text(app.screen)
+        await pilot.resize_terminal(80, 24)
+        await wait_for(pilot, lambda: not isinstance(app.screen, TooSmallScreen))
+
+
+async def test_keys_can_be_remapped_in_the_config_file(tui, tmp_path) -> None:
+    config = tmp_path / "keys.toml"
+    config.write_text('[keymap]\n"app.members" = "f9"\n')
+    settings = load_settings({**tui.env, "CARECLI_CONFIG": str(config)})
+    assert settings.keymap == {"app.members": "f9"}
+    app = CareApp(settings, databases=tui.databases, desk=tui.sign_in("specialist"), store=tui.store)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        await pilot.press("f3")  # no longer bound
+        await pilot.pause()
+        assert isinstance(app.screen, WorklistScreen)
+        await pilot.press("f9")
+        from carecli.screens.members import MemberBrowserScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen))
+
+
+async def test_f1_help_lists_the_screens_keys_with_their_binding_ids(tui) -> None:
+    app = tui.app(tui.sign_in("specialist"))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        await pilot.press("f1")
+        from carecli.screens.help import HelpScreen
+
+        help_screen = await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen)
+        text = help_screen.text()
+        assert "worklist.refresh" in text and "## Worklist" in text and "[keymap]" in text
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+
+
+async def test_a_user_without_a_specialist_record_is_told_so(tui) -> None:
+    app = tui.app(tui.sign_in("auditor"))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        await wait_for(pilot, lambda: "no specialist record" in screen_text(screen))
+
+
+def test_bad_keymap_and_reveal_time_are_configuration_errors(tmp_path) -> None:
+    import pytest
+
+    from carecli.errors import ConfigError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[keymap]\n"app.members" = 3\n')
+    with pytest.raises(ConfigError, match=r"\[keymap\] app.members must be a string"):
+        load_settings({"CARECLI_CONFIG": str(bad)})
+    settings = load_settings({"CARECLI_THEME": "nord", "CARECLI_REVEAL_SECONDS": "5"})
+    assert (settings.theme, settings.reveal_seconds) == ("nord", 5)
+    with pytest.raises(ConfigError, match="CARECLI_REVEAL_SECONDS must be a positive whole number"):
+        load_settings({"CARECLI_REVEAL_SECONDS": "0"})
