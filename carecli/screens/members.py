@@ -164,13 +164,13 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.search(reset=True)
 
     def current_query(self) -> MemberQuery:
-        status = self.query_one("#member-status", Select).value
-        plan = self.query_one("#member-plan", Select).value
+        status = self.query_one("#member-status", Select)
+        plan = self.query_one("#member-plan", Select)
         sort = self.query_one("#member-sort", Select).value
         return MemberQuery(
             text=self.query_one("#member-search", Input).value.strip(),
-            status=None if status is Select.BLANK else str(status),
-            plan_id=None if plan is Select.BLANK else plan,  # type: ignore[arg-type]
+            status=None if status.is_blank() else str(status.value),
+            plan_id=None if plan.is_blank() else plan.value,  # type: ignore[arg-type]
             sort=sort if isinstance(sort, str) else "name",  # type: ignore[arg-type]
         )
 
