@@ -74,19 +74,21 @@ class TuiWorld:
     store: CredentialStore
     env: dict[str, str]
 
-    def user(self, role: str, index: int = 0) -> Any:
-        """The ``index``-th active user (by e-mail) holding ``role``."""
+    def user(self, role: str, index: int = 0, *, email: str | None = None) -> Any:
+        """The ``index``-th active user (by e-mail) holding ``role`` (or the user with ``email``)."""
         users, roles = UserTable.__table__, RoleTable.__table__
         with self.databases.identity.connect() as connection:
-            rows = connection.execute(
-                select(users).join(roles, roles.c.id == users.c.role_id)
-                .where(roles.c.name == role, users.c.is_active.is_not(False), users.c.deleted_at.is_(None))
-                .order_by(users.c.email)).all()
+            statement = (select(users).join(roles, roles.c.id == users.c.role_id)
+                         .where(roles.c.name == role, users.c.is_active.is_not(False), users.c.deleted_at.is_(None))
+                         .order_by(users.c.email))
+            if email is not None:
+                statement = statement.where(users.c.email == email)
+            rows = connection.execute(statement).all()
         return rows[index]
 
-    def sign_in(self, role: str = "specialist", index: int = 0) -> Desk:
+    def sign_in(self, role: str = "specialist", index: int = 0, *, email: str | None = None) -> Desk:
         """A real session for a user of ``role``, stored in this test's credential store."""
-        row = self.user(role, index)
+        row = self.user(role, index, email=email)
         with IdentityUnitOfWork(self.databases.identity, self.databases.platform, Actor.system("tui")) as uow:
             user = uow.users.to_record(row)
             role_name, permissions = role_of(uow, user)
