@@ -202,10 +202,12 @@ class CareApp(App[None]):
         """A sign-in (first, or after a lock) succeeded."""
         previous = self.desk
         self.desk = desk
+        self.refresh_bindings()
         self.sub_title = f"{desk.display_name} · {desk.role or 'no role'}"
         self.last_input = self._last_touch = self.clock()
         if self.locked and previous is not None and previous.user_id == desk.user_id:
             self.locked = False
+            self.refresh_bindings()
             self.pop_screen()  # the lock screen: everything under it, drafts included, is back
             for screen in self.screen_stack:
                 if isinstance(screen, PhiHolder):
@@ -213,6 +215,7 @@ class CareApp(App[None]):
             self.notify("Welcome back.")
             return
         self.locked = False
+        self.refresh_bindings()
         # First sign-in, or a different person at the keyboard: start from a clean worklist.
         from carecli.screens.worklist import WorklistScreen
 
@@ -233,6 +236,7 @@ class CareApp(App[None]):
         if self.locked or self.desk is None:
             return
         self.locked = True
+        self.refresh_bindings()
         for screen in self.screen_stack:
             if isinstance(screen, PhiHolder):
                 screen.clear_phi()
@@ -268,6 +272,12 @@ class CareApp(App[None]):
                 self.call_from_thread(self.lock, f"Your session ended: {problem.message}.")
 
     # -- navigation and help -----------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Navigation and lock keys are shown only to a signed-in, unlocked user."""
+        if action in ("go", "lock") and (self.desk is None or self.locked):
+            return False
+        return True
 
     def action_go(self, target: str) -> None:
         if self.desk is None or self.locked:

@@ -106,7 +106,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
     DEFAULT_CSS = """
     MemberBrowserScreen #member-filters { height: 3; }
     MemberBrowserScreen #member-search { width: 1fr; }
-    MemberBrowserScreen #member-status { width: 16; }
+    MemberBrowserScreen #member-status { width: 20; }
     MemberBrowserScreen #member-plan { width: 20; }
     MemberBrowserScreen #member-sort { width: 16; }
     """

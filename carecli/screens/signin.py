@@ -46,9 +46,10 @@ def qr_code(data: str) -> Text | None:
 
 
 class UsersListed(Message):
-    def __init__(self, users: list[User]) -> None:
+    def __init__(self, users: list[User], roles: dict[Any, str]) -> None:
         super().__init__()
         self.users = users
+        self.roles = roles
 
 
 class DeviceCodeShown(Message):
@@ -118,9 +119,8 @@ class SignInScreen(Screen[None]):
     def action_retry(self) -> None:
         if self.busy:
             return
-        users = self.query_one("#signin-users", OptionList)
-        if users.display and users.highlighted is not None:
-            return  # Enter on the list is handled by the list itself
+        if self.query_one("#signin-users", OptionList).display:
+            return  # Enter on the list picks a user (the list handles it)
         self.start()
 
     def start(self) -> None:
@@ -132,14 +132,14 @@ class SignInScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="signin")
     def begin(self) -> None:
         """Which way to sign in, and for the demo, who may be picked."""
-        from carecli.services.auth.login import demo_candidates, login_method
+        from carecli.services.auth.login import demo_candidates, login_method, role_names
 
         app = self.care
         try:
             assert app.databases is not None
             self.method = login_method(app.settings, app.databases)
             if self.method == "demo":
-                self.post_message(UsersListed(demo_candidates(app.databases)))
+                self.post_message(UsersListed(demo_candidates(app.databases), role_names(app.databases)))
                 return
         except Exception as exc:
             self.post_message(SignInFailed(describe(exc)))
@@ -160,8 +160,10 @@ class SignInScreen(Screen[None]):
             return
         for user in message.users:
             name = " ".join(part for part in (user.first_name, user.last_name) if part) or user.email
-            options.add_option(Option(f"{name}  <{user.email}>", id=user.email))
+            role = message.roles.get(user.role_id, "no role")
+            options.add_option(Option(f"{name:<28} {role:<12} {user.email}", id=user.email))
         options.display = True
+        options.highlighted = 0  # Enter picks straight away
         options.focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

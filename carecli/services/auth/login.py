@@ -159,6 +159,12 @@ def demo_candidates(databases: Databases, *, channel: Channel = "tui",
         return [uow.users.to_record(row) for row in rows]
 
 
+def role_names(databases: Databases) -> dict[Any, str]:
+    """Role id -> name of the live roles (shown next to each user in the demo picker)."""
+    with IdentityUnitOfWork(databases.identity, databases.platform, Actor.system("tui")) as uow:
+        return {role.id: role.name for role in uow.roles.list()}
+
+
 def _admit(settings: Settings, databases: Databases, candidate: User | None, *, subject: str,
            method: LoginMethod, channel: Channel, environ: Mapping[str, str] | None,
            store: CredentialStore) -> LoginResult:
