@@ -65,5 +65,5 @@ def seed_command(members: int, rng_seed: int | None, if_empty: bool, without_phi
     for table, count in summary.counts.items():
         click.echo(f"  {table:<{width}}  {count:>10,}")
     if databases.embedded is not None:
-        click.echo("\nThe data is in the embedded PostgreSQL; look around with `carecli db psql` "
-                   "(or `carecli db psql --db identity`).")
+        click.echo("\nThe data is in the embedded PostgreSQL: open the app with `carecli` (sign in by picking "
+                   "a demo user), or look at the tables with `carecli db psql` (`--db identity` for users).")
