@@ -66,7 +66,7 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
     def on_mount(self) -> None:
         for tab_id, _title, _attribute in SECTIONS:
             table = self.query_one(f"#table-{tab_id}", DataTable)
-            table.add_columns("When", "Member", "What")
+            table.add_columns("When (UTC)", "Member", "What")
         self.load()
 
     def action_reload(self) -> None:
