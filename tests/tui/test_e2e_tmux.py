@@ -1,0 +1,440 @@
+"""End to end: the real ``carecli`` in a real terminal (tmux), driven by keystrokes like a person.
+
+The app runs as its own process in a private tmux server (its own socket, so
+no other tmux is touched), on a copy of the seeded databases, signing in with
+the OpenID Connect device flow against the loopback test provider. The test
+only types keys (``send-keys``) and reads the screen (``capture-pane``); before
+every batch of keys it waits for specific text, or for the screen to show
+where the focus is, never for a fixed time. Afterwards the rows the app
+wrote, and their audit entries, are checked in the databases.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
+
+WIDTH, HEIGHT = 100, 30
+POLL_SECONDS = 0.1
+#: generous: the machine is shared, and the first start imports Textual and opens both pools
+START_TIMEOUT = 60.0
+STEP_TIMEOUT = 30.0
+SSN_PATTERN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
+
+#: the console script of the environment running the tests
+CARECLI = Path(sys.executable).with_name("carecli")
+
+
+_ESCAPE = re.compile(r"\x1b\[([0-9;:?]*)([A-Za-z])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+
+
+def _background(params: str, background: str | None) -> str | None:
+    """The background colour after one SGR sequence (``48;5;235`` -> ``5;235``; None is the default)."""
+    codes = [code or "0" for code in re.split("[;:]", params)] if params else ["0"]
+    index = 0
+    while index < len(codes):
+        code = codes[index]
+        if code in ("38", "48", "58"):  # extended colour: 5;N or 2;R;G;B
+            size = 2 if codes[index + 1:index + 2] == ["5"] else 4
+            if code == "48":
+                background = ";".join(codes[index + 1:index + 1 + size])
+            index += 1 + size
+            continue
+        if code in ("0", "49"):
+            background = None
+        elif code.isdigit() and (40 <= int(code) <= 47 or 100 <= int(code) <= 107):
+            background = code
+        index += 1
+    return background
+
+
+class Screen:
+    """One capture of the pane: its text, and the background colour of every cell."""
+
+    def __init__(self, escaped: str) -> None:
+        rows: list[str] = []
+        backgrounds: list[list[str | None]] = []
+        text: list[str] = []
+        colours: list[str | None] = []
+        background: str | None = None
+        position = 0
+        for match in [*_ESCAPE.finditer(escaped), None]:
+            chunk = escaped[position:match.start() if match else len(escaped)]
+            for character in chunk:
+                if character == "\n":
+                    rows.append("".join(text))
+                    backgrounds.append(colours)
+                    text, colours = [], []
+                else:
+                    text.append(character)
+                    colours.append(background)
+            if match is None:
+                break
+            if match.group(2) == "m":
+                background = _background(match.group(1), background)
+            position = match.end()
+        if text:
+            rows.append("".join(text))
+            backgrounds.append(colours)
+        self.rows = rows
+        self.backgrounds = backgrounds
+        self.text = "\n".join(row.rstrip() for row in rows)
+
+    def find(self, text: str) -> tuple[int, int] | None:
+        """(row, column) of the first place ``text`` is shown."""
+        for row, line in enumerate(self.rows):
+            column = line.find(text)
+            if column >= 0:
+                return row, column
+        return None
+
+    def background(self, row: int, column: int) -> str | None:
+        try:
+            return self.backgrounds[row][column]
+        except IndexError:
+            return None
+
+    def highlighted_below(self, label: str) -> bool:
+        """Whether the widget under ``label`` stands out from the form around it (a focused Select does)."""
+        where = self.find(label)
+        if where is None:
+            return False
+        row, column = where
+        return self.background(row + 1, column) != self.background(row + 1, column - 1)
+
+
+class TmuxTerminal:
+    """One detached tmux session on a private server, running one command.
+
+    Keys reach carecli in order, but Textual hands a key to the focused
+    widget's own queue: a key that moves focus (Tab, Enter on a search box)
+    has not taken effect when the next key is routed. So after such a key the
+    driver waits for the screen to show where focus went (the terminal
+    cursor in a text field, the highlight on a select) before typing on.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.socket = directory / "tmux.sock"
+        self.session = f"carecli-e2e-{uuid.uuid4().hex[:8]}"
+        #: every distinct screen seen, in order (to check nothing secret was ever shown)
+        self.screens: list[str] = []
+        self.last = ""
+
+    def tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # -u: the screen holds box drawing and bullets; -S: our own server, never the user's.
+        return subprocess.run(["tmux", "-u", "-S", str(self.socket), *args], capture_output=True, text=True,
+                              check=check, timeout=30, env={**os.environ, "LANG": "C.UTF-8"})
+
+    def start(self, command: str) -> None:
+        self.tmux("new-session", "-d", "-s", self.session, "-x", str(WIDTH), "-y", str(HEIGHT), command)
+
+    def alive(self) -> bool:
+        return self.tmux("has-session", "-t", self.session, check=False).returncode == 0
+
+    def capture(self) -> Screen:
+        result = self.tmux("capture-pane", "-p", "-e", "-t", self.session, check=False)
+        screen = Screen(result.stdout if result.returncode == 0 else "")
+        if result.returncode == 0:
+            self.last = screen.text
+            if not self.screens or self.screens[-1] != self.last:
+                self.screens.append(self.last)
+        return screen
+
+    def cursor(self) -> tuple[int, int]:
+        """Where the terminal cursor is (Textual puts it in the focused text field), as (row, column)."""
+        x, y = self.tmux("display-message", "-p", "-t", self.session, "#{cursor_x} #{cursor_y}").stdout.split()
+        return int(y), int(x)
+
+    def keys(self, *keys: str) -> None:
+        """Press keys by tmux name (``Enter``, ``Tab``, ``F3``, ``C-s``...)."""
+        self.tmux("send-keys", "-t", self.session, *keys)
+
+    def type(self, text: str) -> None:
+        """Type text literally."""
+        self.tmux("send-keys", "-t", self.session, "-l", "--", text)
+
+    def wait_until(self, condition: Callable[[Screen], Any], what: str, timeout: float = STEP_TIMEOUT) -> Any:
+        """Poll the screen every POLL_SECONDS until ``condition(screen)`` is truthy; return what it returned."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = condition(self.capture())
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the last screen "
+                                     f"was:\n{self.last}")
+            if not self.alive():
+                raise AssertionError(f"carecli exited while waiting for {what}; the last screen was:\n{self.last}")
+            time.sleep(POLL_SECONDS)
+
+    def wait_for_text(self, pattern: str | re.Pattern[str], timeout: float = STEP_TIMEOUT) -> re.Match[str]:
+        """Wait until ``pattern`` (a literal string or a regex) is on the screen."""
+        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
+        return self.wait_until(lambda screen: regex.search(screen.text), repr(regex.pattern), timeout)
+
+    def wait_for_no_text(self, text: str, timeout: float = STEP_TIMEOUT) -> None:
+        """Wait until ``text`` is gone from the screen (a list closed, a dialog dismissed)."""
+        self.wait_until(lambda screen: text not in screen.text, f"{text!r} to go away", timeout)
+
+    def wait_for_cursor_at(self, text: str, *, rows: tuple[int, int] = (1, 1), width: int = 25) -> None:
+        """Wait until the cursor is in the text field ``rows`` lines under ``text`` (0: on its line),
+        within ``width`` columns of where ``text`` starts: that field has the focus."""
+        def there(screen: Screen) -> bool:
+            where = screen.find(text)
+            if where is None:
+                return False
+            row, column = self.cursor()
+            return where[0] + rows[0] <= row <= where[0] + rows[1] and where[1] <= column < where[1] + width
+        try:
+            self.wait_until(there, f"the cursor in the field at {text!r}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n(the cursor is at row, column {self.cursor()}; {text!r} at "
+                                 f"{self.capture().find(text)})") from None
+
+    def wait_for_highlight_below(self, label: str) -> None:
+        """Wait until the select under ``label`` is highlighted: it has the focus."""
+        self.wait_until(lambda screen: screen.highlighted_below(label), f"the focus on {label!r}")
+
+    def wait_for_restyle(self, text: str, before: str | None) -> None:
+        """Wait until the cell where ``text`` starts changes background from ``before`` (a table gained focus)."""
+        def changed(screen: Screen) -> bool:
+            where = screen.find(text)
+            return where is not None and screen.background(*where) != before
+        self.wait_until(changed, f"{text!r} to change style")
+
+    def wait_for_exit(self, timeout: float = STEP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                self.capture()
+                raise AssertionError(f"carecli did not exit within {timeout:.0f} s; the last screen was:\n"
+                                     f"{self.last}")
+            self.capture()
+            time.sleep(POLL_SECONDS)
+
+    def close(self) -> None:
+        self.tmux("kill-session", "-t", self.session, check=False)
+        self.tmux("kill-server", check=False)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[TmuxTerminal]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    # A short path: a Unix socket path must fit in ~100 bytes, and pytest's tmp paths can be long.
+    directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"carecli-e2e-{uuid.uuid4().hex[:8]}"
+    directory.mkdir(mode=0o700)
+    terminal = TmuxTerminal(directory)
+    try:
+        yield terminal
+    finally:
+        terminal.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _launcher(tmp_path: Path, env: dict[str, str], rc_file: Path) -> str:
+    """A 0600 script that runs carecli as a person would, then records its exit status.
+
+    The environment goes in the file rather than on the command line, so the
+    master key is not in any process's arguments.
+    """
+    lines = ["#!/bin/sh"] + [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    lines.append(f"{shlex.quote(str(CARECLI))}")
+    lines.append(f"echo $? > {shlex.quote(str(rc_file))}")
+    script = tmp_path / "run-carecli.sh"
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o600)
+    return f"sh {shlex.quote(str(script))}"
+
+
+def _child_env(tui: Any, provider: Any, home: Path) -> dict[str, str]:
+    """carecli's environment: the test's databases and provider, and a private home for the session file."""
+    for name in ("config", "data", "state", "cache"):
+        (home / name).mkdir(parents=True, exist_ok=True)
+    return {
+        **tui.env,
+        "CARECLI_OIDC_ISSUER": provider.issuer,
+        "CARECLI_OIDC_CLIENT_ID": provider.client_id,
+        "CARECLI_OIDC_AUDIENCE": provider.audience or "",
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_STATE_HOME": str(home / "state"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        # No OS keyring: the session token goes to a 0600 file under XDG_STATE_HOME, private to this test.
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+        "LANG": "C.UTF-8",
+        "TERM": "tmux-256color",
+    }
+
+
+def _member_to_find(tui: Any) -> tuple[Any, str]:
+    """A member with no calls or flags yet, and a prefix of their last name that finds only them."""
+    candidates = tui.rows(
+        "platform",
+        "SELECT m.id, m.first_name, m.last_name FROM members m WHERE m.deleted_at IS NULL "
+        "AND m.encrypted_ssn IS NOT NULL AND m.last_name ~ '^[A-Za-z]{4,}$' "
+        "AND NOT EXISTS (SELECT 1 FROM call_records c WHERE c.member_id = m.id) "
+        "AND NOT EXISTS (SELECT 1 FROM risk_flags f WHERE f.member_id = m.id) ORDER BY m.last_name, m.id")
+    for member in candidates:
+        for length in range(4, len(member.last_name) + 1):
+            prefix = member.last_name[:length].lower()
+            matches = tui.scalar(
+                "platform", "SELECT count(*) FROM members WHERE deleted_at IS NULL "
+                "AND (lower(first_name) LIKE :p OR lower(last_name) LIKE :p)", p=prefix + "%")
+            if matches == 1:
+                return member, prefix
+    pytest.fail("the seed has no member whose last name prefix is unique")
+
+
+def test_a_specialist_signs_in_finds_a_member_logs_a_call_and_raises_a_flag_in_a_real_terminal(
+        terminal, tui, oidc_provider, tmp_path) -> None:
+    user = tui.user("specialist")
+    specialist_id = tui.scalar("platform", "SELECT id FROM specialists WHERE user_id = :u AND deleted_at IS NULL",
+                               u=user.id)
+    assert specialist_id is not None, "the seeded specialist user has no specialist record"
+    member, prefix = _member_to_find(tui)
+    listed = f"{member.last_name}, {member.first_name}"
+    # Yesterday afternoon (UTC), 12 minutes: completed calls lie in the past.
+    started = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=14, minute=30, second=0,
+                                                                         microsecond=0, tzinfo=None)
+    ended = started + timedelta(minutes=12)
+    notes = "Reviewed the care plan; member asked about transport."
+    description = "Lives alone and missed two pharmacy pick-ups."
+
+    assert CARECLI.exists(), f"no carecli console script next to {sys.executable}"
+    rc_file = tmp_path / "carecli.rc"
+    home = tmp_path / "home"
+    terminal.start(_launcher(tmp_path, _child_env(tui, oidc_provider, home), rc_file))
+
+    # Sign in: the device code on screen, approved at the provider as the specialist.
+    code = terminal.wait_for_text(re.compile(r"enter the code\s+([B-Z]{4}-[B-Z]{4})"), START_TIMEOUT).group(1)
+    assert oidc_provider.issuer in terminal.last
+    oidc_provider.approve(code, user.external_user_id, email=user.email)
+    terminal.wait_for_text(re.compile(r"Today \(\d+\+?\)"))
+    terminal.wait_for_text("plans:")
+
+    # Find the member: F3 puts the cursor in the search box.
+    terminal.keys("F3")
+    terminal.wait_for_text(re.compile(r"1–\d+ of (about )?\d"))  # the first page: the browser is mounted
+    terminal.type(prefix)
+    terminal.wait_for_text(re.compile(r"1–1 of 1\b"))
+    [unfocused] = terminal.wait_until(lambda screen: (where := screen.find(listed)) and [screen.background(*where)],
+                                      f"{listed!r} in the results")
+    terminal.keys("Enter")  # from the search box to the results
+    terminal.wait_for_restyle(listed, unfocused)
+    terminal.keys("Enter")  # open the member
+    terminal.wait_for_text(re.compile(rf"{re.escape(listed)}\s+·"))
+    terminal.wait_for_text("Calls (0)")
+    assert "SSN •••-••-••••" in terminal.last
+
+    # Log a call: type and status default to outreach / completed; the focus starts on the type,
+    # and Tab goes on to status, scheduled, started, ended, notes, outcome.
+    terminal.keys("c")
+    terminal.wait_for_text(f"Log a call with {listed}")
+    terminal.wait_for_highlight_below("Type")
+    terminal.keys("Tab", "Tab", "Tab")
+    terminal.wait_for_cursor_at("Started (UTC)")
+    terminal.type(started.strftime("%Y-%m-%d %H:%M"))
+    terminal.keys("Tab")
+    terminal.wait_for_cursor_at("Ended (UTC)")
+    terminal.type(ended.strftime("%Y-%m-%d %H:%M"))
+    terminal.wait_for_text("Duration: 12 min 00 s")
+    terminal.keys("Tab")
+    terminal.wait_for_cursor_at("Notes", rows=(1, 3), width=WIDTH)
+    terminal.type(notes)
+    terminal.keys("Tab")
+    terminal.wait_for_cursor_at("Outcome")
+    terminal.type("reached")
+    terminal.wait_for_text(re.compile(r"reached(?!, voicemail)"))  # the value, not the placeholder
+    terminal.keys("C-s")
+    terminal.wait_for_text("Calls (1)")
+    terminal.wait_for_no_text("Log a call with")
+    # The new row. Its columns are sometimes left at the headers' widths ("2026-11-24  outr  comple")
+    # until the next key press: Textual computes DataTable column widths when the table goes idle
+    # (Textualize/textual#4470), so the row is matched either way.
+    terminal.wait_for_text(re.compile(
+        rf"{started:%Y-%m-%d}( {started:%H:%M})?\s+outr\w*\s+comple\w*\s+12 min\s+reached"))
+
+    # Raise a flag from the selected (only) call. Enter opens a select's list; typing jumps to a match.
+    terminal.keys("f")
+    terminal.wait_for_text("Raise a risk flag")
+    terminal.wait_for_text("Specialist: you")
+    terminal.wait_for_highlight_below("Risk type")
+    terminal.keys("Enter")
+    terminal.wait_for_text("compliance")
+    terminal.type("saf")
+    terminal.keys("Enter")
+    terminal.wait_for_no_text("compliance")
+    terminal.wait_for_text("safety")
+    terminal.keys("Tab")
+    terminal.wait_for_highlight_below("Severity")
+    terminal.keys("Enter")
+    terminal.wait_for_text("critical")
+    terminal.type("high")
+    terminal.keys("Enter")
+    terminal.wait_for_no_text("critical")
+    terminal.keys("Tab")
+    terminal.wait_for_cursor_at("What was found", rows=(1, 3), width=WIDTH)
+    terminal.type(description)
+    terminal.wait_for_text(description[:30])
+    terminal.keys("C-s")
+    terminal.wait_for_text("Risk flags (1)")
+    terminal.wait_for_no_text("Raise a risk flag")
+
+    terminal.keys("C-q")
+    terminal.wait_for_exit()
+    assert rc_file.read_text().strip() == "0", f"carecli exited with {rc_file.read_text().strip()}"
+
+    # Quitting is not signing out: the session stays, in a 0600 file in the test's own state directory.
+    [session_file] = (home / "state" / "carecli").glob("session-*")
+    assert session_file.stat().st_mode & 0o777 == 0o600
+    sessions = tui.rows("identity", "SELECT user_agent FROM sessions WHERE user_id = :u AND deleted_at IS NULL",
+                        u=user.id)
+    assert [row.user_agent.endswith("(tui)") for row in sessions] == [True]
+
+    # The rows the app wrote.
+    [call] = tui.rows("platform", "SELECT * FROM call_records WHERE member_id = :m", m=member.id)
+    assert (call.specialist_id, call.call_type, call.call_status) == (specialist_id, "outreach", "completed")
+    assert (call.started_at, call.ended_at, call.duration_seconds) == (started, ended, 12 * 60)
+    assert (call.call_notes, call.outcome, call.scheduled_at) == (notes, "reached", None)
+    [flag] = tui.rows("platform", "SELECT * FROM risk_flags WHERE call_record_id = :c", c=call.id)
+    assert (flag.member_id, flag.specialist_id) == (member.id, specialist_id)
+    assert (flag.risk_type, flag.severity, flag.description) == ("safety", "high", description)
+
+    # Their audit entries, written by the signed-in user from the terminal app.
+    audit = tui.rows("platform", "SELECT entity_type, entity_id, action, new_values->>'purpose' AS purpose, "
+                     "user_agent FROM audit_logs WHERE user_id = :u ORDER BY created_at", u=user.id)
+    done = [(row.entity_type, row.entity_id, row.action) for row in audit]
+    assert done.count(("user", user.id, "login")) == 1
+    assert done.count(("call_record", call.id, "create")) == 1
+    assert done.count(("risk_flag", flag.id, "create")) == 1
+    # Opening the member is an audited read (the file is read again after each save).
+    assert {row.purpose for row in audit if (row.entity_type, row.entity_id, row.action) ==
+            ("member", member.id, "read")} == {"open"}
+    mine = [row for row in audit if (row.entity_id in (call.id, flag.id, member.id)) or row.action == "login"]
+    assert all((row.user_agent or "").endswith("(tui)") for row in mine), [row.user_agent for row in mine]
+
+    # SSN and date of birth were never revealed: neither the member's SSN nor anything like one reached the screen.
+    assert tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE entity_type = 'member' AND "
+                      "entity_id = :m AND action = 'read' AND new_values->>'purpose' = 'reveal'", m=member.id) == 0
+    assert not [screen for screen in terminal.screens if SSN_PATTERN.search(screen)]
+    ssn = tui.sign_in("specialist").reveal(member.id, ("ssn",), "checking the e2e test's screens").ssn
+    assert ssn is not None
+    digits = ssn.reveal().replace("-", "")
+    assert not [screen for screen in terminal.screens
+                if digits in screen or ssn.formatted() in screen]
