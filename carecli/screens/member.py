@@ -159,17 +159,22 @@ class MemberDetailScreen(CareScreen):
 
     def on_mount(self) -> None:
         self.title = "Member"
-        columns = {
-            "calls": ("When (UTC)", "Type", "Status", "Length", "Outcome", "Follow-up"),
-            "flags": ("Raised", "Severity", "Type", "Description"),
+        # Fixed widths where the content has a fixed shape: a table refilled while covered by a form
+        # otherwise keeps header-wide columns until its next idle (Textualize/textual#4470).
+        columns: dict[str, tuple[tuple[str, int | None], ...]] = {
+            "calls": (("When (UTC)", 16), ("Type", 9), ("Status", 9), ("Length", 7), ("Outcome", 16),
+                      ("Follow-up", 10)),
+            "flags": (("Raised", 16), ("Severity", 8), ("Type", 10), ("Description", None)),
             # The plan's name goes last: at 80 columns it is what gets cut, not the dates.
-            "enrollments": ("Plan", "Status", "From", "Until", "Cover", "Name"),
-            "notes": ("Written", "Note"),
-            "access": ("When (UTC)", "Who", "Action", "Details"),
+            "enrollments": (("Plan", 16), ("Status", 10), ("From", 10), ("Until", 10), ("Cover", 6),
+                            ("Name", None)),
+            "notes": (("Written", 16), ("Note", None)),
+            "access": (("When (UTC)", 16), ("Who", 20), ("Action", 8), ("Details", None)),
         }
-        for pane_id, names in columns.items():
+        for pane_id, specs in columns.items():
             for table in self.query(f"#{pane_id}-table").results(DataTable):
-                table.add_columns(*names)
+                for name, width in specs:
+                    table.add_column(name, width=width)
         self.load()
 
     # -- reading -------------------------------------------------------------------------

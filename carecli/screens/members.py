@@ -154,9 +154,11 @@ for large ones. **Enter** opens the member (an audited read of their record).
 
     @on(Input.Submitted, "#member-search")
     def text_submitted(self) -> None:
+        """Enter: search now (unless these results are already for this text), then go to the results."""
         if self._debounce is not None:
             self._debounce.stop()
-        self.search(reset=True)
+        if self.current_query() != self.query_state:
+            self.search(reset=True)
         self.query_one(ResultsTable).focus()
 
     @on(Select.Changed)

@@ -79,7 +79,9 @@ class SignInScreen(Screen[None]):
     SignInScreen #signin-text { height: auto; padding: 1 0; }
     SignInScreen #signin-error { color: $error; height: auto; }
     SignInScreen OptionList { height: 1fr; }
+    SignInScreen #signin-qr-box { height: auto; max-height: 1fr; }
     SignInScreen #signin-qr { height: auto; width: auto; }
+    SignInScreen #signin-loading { height: 1; }
     """
 
     BINDINGS = [
@@ -125,6 +127,7 @@ class SignInScreen(Screen[None]):
 
     def start(self) -> None:
         self.busy = True
+        self.refresh_bindings()
         self.query_one("#signin-error", Static).update("")
         self.query_one("#signin-loading").display = True
         self.begin()
@@ -148,6 +151,7 @@ class SignInScreen(Screen[None]):
 
     def on_users_listed(self, message: UsersListed) -> None:
         self.busy = False
+        self.refresh_bindings()
         self.query_one("#signin-loading").display = False
         who = f" (locked for {self.locked_user})" if self.locked_user else ""
         self.query_one("#signin-text", Static).update(
@@ -219,11 +223,13 @@ class SignInScreen(Screen[None]):
         if qr is not None and qr.plain.count("\n") + 12 <= self.app.size.height:
             self.query_one("#signin-qr", Static).update(qr)
             box.display = True
+            self.query_one("#signin-loading").display = False
         else:
             box.display = False
 
     def on_sign_in_failed(self, message: SignInFailed) -> None:
         self.busy = False
+        self.refresh_bindings()
         self.query_one("#signin-loading").display = False
         self.query_one("#signin-qr-box").display = False
         problem = message.problem
@@ -235,4 +241,5 @@ class SignInScreen(Screen[None]):
         self.care.signed_in(message.desk)
 
     def check_action(self, action: str, parameters: tuple[Any, ...]) -> bool | None:
-        return True
+        # "Retry" only when there is something to retry.
+        return not self.busy if action == "retry" else True

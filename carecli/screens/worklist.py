@@ -52,6 +52,7 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
     def __init__(self) -> None:
         super().__init__()
         self.items: dict[str, list[WorkItem]] = {}
+        self._shown_once = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -99,8 +100,14 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
                            "Press F3 to search members.")
         else:
             plans = ", ".join(worklist.plan_names) or "none yet"
-            summary.update(f"{self.desk.display_name} · plans: {plans}")
-        self.query_one(f"#table-{SECTIONS[0][0]}", DataTable).focus()
+            summary.update(f"Your plans: {plans}")
+        # Open on the first section with something in it (today's calls when there are any).
+        first = next((tab_id for tab_id, _title, _attribute in SECTIONS if self.items.get(tab_id)), SECTIONS[0][0])
+        if tabs.active != f"tab-{first}" and not self._shown_once:
+            tabs.active = f"tab-{first}"
+        self._shown_once = True
+        active = (tabs.active or f"tab-{first}").removeprefix("tab-")
+        self.query_one(f"#table-{active}", DataTable).focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         tab_id = (event.data_table.id or "").removeprefix("table-")

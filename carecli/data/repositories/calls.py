@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func
+
 from carecli.data.models.platform import CallRecord, Member, Specialist
 from carecli.data.permissions import Permission
 from carecli.data.records import Call
@@ -51,8 +53,11 @@ class CallRepository(Repository[Call]):
 
     def for_member(self, member_id: uuid.UUID, *, limit: int = 200) -> list[Call]:
         self.require(self.read_permission, "read call history", member_id)
+        # Newest first by when the call happened, or is to happen (a call logged after the fact
+        # has no scheduled time).
+        when = func.coalesce(self.table.c.started_at, self.table.c.scheduled_at)
         statement = (self._select().where(self.table.c.member_id == member_id)
-                     .order_by(self.table.c.scheduled_at.desc().nulls_last(), self.table.c.id).limit(limit))
+                     .order_by(when.desc().nulls_last(), self.table.c.id).limit(limit))
         return self._list(statement)
 
     def create(self, values: Mapping[str, Any]) -> Call:
