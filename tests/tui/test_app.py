@@ -53,7 +53,8 @@ async def test_oidc_sign_in_from_the_app_opens_the_worklist(tui, oidc_provider) 
         code = await wait_for(pilot, lambda: _user_code(signin), what="the device code")
         assert oidc_provider.issuer in str(signin.query_one("#signin-text", Static).render())
         # A QR code of the verification link fits at this size.
-        assert signin.query_one("#signin-qr-box").display
+        box = signin.query_one("#signin-qr-box")
+        await wait_for(pilot, lambda: box.display and box.region.height >= 15, what="the whole QR code on screen")
         oidc_provider.approve(code, user.external_user_id, email=user.email)
         await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
         assert app.desk is not None and app.desk.user_id == user.id
