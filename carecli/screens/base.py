@@ -69,21 +69,13 @@ class ActionFailed(Message):
 
 
 class PhiHolder:
-    """Mixin for screens showing member data: the app calls these around a lock."""
+    """Mixin for screens and dialogs: the desk, failure reporting, and the hooks the lock calls."""
 
-    def clear_phi(self) -> None:
-        """Remove every member value from the widgets (the lock calls this before anything else)."""
-
-    def restore_after_unlock(self) -> None:
-        """Load the screen's data again after the same user signed back in."""
-
-
-class CareScreen(PhiHolder, Screen[Any]):
-    """A full screen of the app."""
+    app: Any
 
     @property
     def care(self) -> CareApp:
-        return self.app  # type: ignore[return-value]
+        return self.app  # type: ignore[no-any-return]
 
     @property
     def desk(self) -> Desk:
@@ -96,27 +88,21 @@ class CareScreen(PhiHolder, Screen[Any]):
 
     def fail(self, action: str, exc: BaseException) -> None:
         """From a worker thread: report a failed desk call to this screen."""
-        self.post_message(ActionFailed(action, describe(exc)))
+        self.post_message(ActionFailed(action, describe(exc)))  # type: ignore[attr-defined]
+
+    def clear_phi(self) -> None:
+        """Remove every member value from the widgets (the lock calls this before anything else)."""
+
+    def restore_after_unlock(self) -> None:
+        """Load the screen's data again after the same user signed back in."""
+
+
+class CareScreen(PhiHolder, Screen[Any]):
+    """A full screen of the app."""
 
 
 class CareModal(PhiHolder, ModalScreen[Any]):
     """A dialog or form on top of a screen."""
-
-    @property
-    def care(self) -> CareApp:
-        return self.app  # type: ignore[return-value]
-
-    @property
-    def desk(self) -> Desk:
-        desk = self.care.desk
-        assert desk is not None
-        return desk
-
-    def on_action_failed(self, message: ActionFailed) -> None:
-        self.care.show_problem(message.action, message.problem)
-
-    def fail(self, action: str, exc: BaseException) -> None:
-        self.post_message(ActionFailed(action, describe(exc)))
 
 
 def member_name(first: str | None, last: str | None) -> str:

@@ -185,6 +185,17 @@ class FormModal(CareModal):
 
     # -- values and errors --------------------------------------------------------
 
+    def collect_choices(self, names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The values of the named Select fields, with "choose one" for those left empty."""
+        values: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for name in names:
+            value = self.query_one(f"#field-{name}", Select).value
+            if value is Select.NULL:
+                errors[name] = "choose one"
+            values[name] = value
+        return values, errors
+
     def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The values to save and the fields that do not parse (field -> message). Override."""
         return {}, {}
@@ -437,13 +448,7 @@ class CallFormScreen(FormModal):
         self.query_one("#call-duration", Static).update(text)
 
     def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
-        values: dict[str, Any] = {}
-        errors: dict[str, str] = {}
-        for name in ("call_type", "call_status"):
-            value = self.query_one(f"#field-{name}", Select).value
-            if value is Select.NULL:
-                errors[name] = "choose one"
-            values[name] = value
+        values, errors = self.collect_choices(("call_type", "call_status"))
         for name in ("scheduled_at", "started_at", "ended_at"):
             try:
                 values[name] = parse_datetime(self.input_value(name))
@@ -511,13 +516,7 @@ class FlagFormScreen(FormModal):
         self.query_one("#flag-about", Static).update(self._about())
 
     def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
-        values: dict[str, Any] = {}
-        errors: dict[str, str] = {}
-        for name in ("risk_type", "severity"):
-            value = self.query_one(f"#field-{name}", Select).value
-            if value is Select.NULL:
-                errors[name] = "choose one"
-            values[name] = value
+        values, errors = self.collect_choices(("risk_type", "severity"))
         values["description"] = self.query_one("#field-description", TextArea).text.strip()
         if not values["description"]:
             errors["description"] = "say what was found"
