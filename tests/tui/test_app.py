@@ -211,3 +211,17 @@ def test_bad_keymap_and_reveal_time_are_configuration_errors(tmp_path) -> None:
     assert (settings.theme, settings.reveal_seconds) == ("nord", 5)
     with pytest.raises(ConfigError, match="CARECLI_REVEAL_SECONDS must be a positive whole number"):
         load_settings({"CARECLI_REVEAL_SECONDS": "0"})
+
+
+def test_members_in_my_plans_are_the_newest_live_enrollments_of_my_plans(tui) -> None:
+    desk = tui.sign_in("specialist")
+    specialist = desk.specialist()
+    expected = tui.rows(
+        "platform",
+        "SELECT e.member_id FROM member_insurance_plans e JOIN members m ON m.id = e.member_id "
+        "WHERE e.insurance_plan_id IN (SELECT insurance_plan_id FROM specialist_insurance_plans "
+        "  WHERE specialist_id = :s AND deleted_at IS NULL) "
+        "AND e.status = 'active' AND e.deleted_at IS NULL AND m.deleted_at IS NULL "
+        "ORDER BY e.enrollment_date DESC, e.id LIMIT 100", s=specialist.id)
+    assert expected, "the seed gives every specialist members in their plans"
+    assert [item.member_id for item in desk.worklist().plan_members] == [row.member_id for row in expected]

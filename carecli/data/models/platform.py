@@ -204,6 +204,9 @@ class MemberInsurancePlan(PlatformBase):
         CheckConstraint("coverage_percentage >= 0 AND coverage_percentage <= 100", name="coverage_percentage"),
         CheckConstraint("termination_date >= enrollment_date", name="terminated_after_enrolled"),
         Index("ix_member_insurance_plans_insurance_plan_id", "insurance_plan_id", "member_id"),
+        # The worklist's newest live enrollments per plan (migration platform_0005).
+        Index("ix_member_insurance_plans_plan_recent", "insurance_plan_id", text("enrollment_date DESC"), "id",
+              postgresql_where=text("status = 'active' AND deleted_at IS NULL")),
         # A member has at most one live primary plan.
         Index("uq_member_insurance_plans_one_primary", "member_id", unique=True,
               postgresql_where=text("is_primary AND status = 'active' AND deleted_at IS NULL")),
