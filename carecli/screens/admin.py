@@ -24,11 +24,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Input, Select, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, Input, Select, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
 from carecli.data.records import Role
 from carecli.errors import PermissionDenied
+from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_when
 from carecli.services.desk import AccessEntry, AuditFilter
 
@@ -144,7 +145,7 @@ Changes to users and roles are made with `carecli users` and `carecli roles`.
                 with VerticalScroll(id="role-detail"):
                     yield Static(id="role-text")
         yield Static("Loading users and roles…", id="users-status", classes="status-line")
-        yield Footer()
+        yield CareFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Users and roles"
@@ -530,7 +531,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
         yield Static(id="audit-refused")
         yield DataTable(id="audit-table", cursor_type="row", zebra_stripes=True)
         yield Static("Loading the audit log…", id="audit-status", classes="status-line")
-        yield Footer()
+        yield CareFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Audit log"

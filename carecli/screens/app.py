@@ -21,12 +21,13 @@ from textual.binding import Binding
 from textual.containers import Center, Middle
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Header, LoadingIndicator, Static
+from textual.widgets import Header, LoadingIndicator, Static
 
 from carecli import __version__
 from carecli.config import Settings
 from carecli.data.databases import Databases
 from carecli.errors import AuthError
+from carecli.screens.widgets import CareFooter, prune_dead_watchers
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
 from carecli.screens.palette import MemberCommands
 from carecli.services.auth.credentials import CredentialStore
@@ -78,7 +79,7 @@ class StartScreen(Screen[None]):
         with Middle(), Center():
             yield Static(self.text, id="start-text")
         yield LoadingIndicator()
-        yield Footer()
+        yield CareFooter()
 
     def show_failure(self, problem: Problem) -> None:
         self.query_one(LoadingIndicator).display = False
@@ -204,6 +205,7 @@ class CareApp(App[None]):
         # What exists by now (Textual, SQLAlchemy, the connection pools) lives as long as the app: keep it
         # out of the garbage collector's full passes, which otherwise show up as ~100 ms pauses.
         gc.freeze()
+        self.call_later(prune_dead_watchers, self)  # the sign-in screens' headers
         previous = self.desk
         self.desk = desk
         self.refresh_bindings()

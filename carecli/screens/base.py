@@ -90,6 +90,12 @@ class PhiHolder:
         """From a worker thread: report a failed desk call to this screen."""
         self.post_message(ActionFailed(action, describe(exc)))  # type: ignore[attr-defined]
 
+    def on_unmount(self) -> None:
+        # This screen's Header watched the app's title; let the app forget it once it is gone.
+        from carecli.screens.widgets import prune_dead_watchers
+
+        self.app.call_later(prune_dead_watchers, self.app)
+
     def clear_phi(self) -> None:
         """Remove every member value from the widgets (the lock calls this before anything else)."""
 

@@ -27,9 +27,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import Button, Checkbox, Footer, Input, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, Input, Select, Static, TextArea
 
 from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES, RISK_TYPES, SEVERITIES
+from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareModal, Problem, describe, show_when
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class FormModal(CareModal):
             with Horizontal(classes="buttons", id="form-buttons"):
                 yield Button(self.SAVE_LABEL, variant="primary", id="form-save", compact=True)
                 yield Button("Cancel", id="form-cancel", compact=True)
-        yield Footer()  # the form's own keys (ctrl+s, esc), not those of the screen under it
+        yield CareFooter()  # the form's own keys (ctrl+s, esc), not those of the screen under it
 
     def heading(self) -> str:
         return self.HEADING

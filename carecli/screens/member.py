@@ -21,9 +21,10 @@ from textual.containers import Vertical
 from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
+from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen, Problem, describe, member_name, show_when
 from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, NoteDialog, RevealDialog,
                                    TerminateDialog)
@@ -155,7 +156,7 @@ class MemberDetailScreen(CareScreen):
                     continue
                 with TabPane(title, id=pane_id):
                     yield DataTable(id=f"{pane_id}-table", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield CareFooter()
 
     def on_mount(self) -> None:
         self.title = "Member"

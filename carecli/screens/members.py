@@ -17,11 +17,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header, Input, Select, Static
+from textual.widgets import DataTable, Header, Input, Select, Static
 
 from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.records import Plan
 from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery
+from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen, member_name
 
 PAGE_SIZE = 50
@@ -136,7 +137,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
             yield Select(SORTS, value="name", allow_blank=False, id="member-sort")
         yield ResultsTable(id="member-results", cursor_type="row", zebra_stripes=True)
         yield Static("", id="member-status-line", classes="status-line")
-        yield Footer()
+        yield CareFooter()
 
     def on_mount(self) -> None:
         self.query_one(ResultsTable).add_columns("Name", "Status", "Phone", "E-mail", "City")

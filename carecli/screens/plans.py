@@ -19,9 +19,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Static
+from textual.widgets import Checkbox, DataTable, Header, Input, Static
 
 from carecli.data.records import Plan
+from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen
 
 #: words shown upper-case in coverage labels ("hsa_eligible" -> "HSA eligible")
@@ -190,7 +191,7 @@ details of the highlighted plan are shown below the list.
         with VerticalScroll(id="plan-detail"):
             yield Static(id="plan-coverage")
         yield Static("Loading the plan catalog…", id="plans-status", classes="status-line")
-        yield Footer()
+        yield CareFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Plans"

@@ -15,10 +15,11 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, LoadingIndicator, OptionList, Static
+from textual.widgets import Header, LoadingIndicator, OptionList, Static
 from textual.widgets.option_list import Option
 
 from carecli.data.records import User
+from carecli.screens.widgets import CareFooter
 from carecli.screens.base import Problem, describe
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class SignInScreen(Screen[None]):
                 yield Static("", id="signin-qr")
             yield OptionList(id="signin-users")
             yield LoadingIndicator(id="signin-loading")
-        yield Footer()
+        yield CareFooter()
 
     def on_mount(self) -> None:
         self.query_one("#signin-users", OptionList).display = False

@@ -6,9 +6,10 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 
 from carecli.data.repositories.worklist import WorkItem, Worklist
+from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen, show_when
 
 #: tab id, title, the Worklist attribute it shows
@@ -62,7 +63,7 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
                 with TabPane(title, id=f"tab-{tab_id}"):
                     table: DataTable[str] = DataTable(id=f"table-{tab_id}", cursor_type="row", zebra_stripes=True)
                     yield table
-        yield Footer()
+        yield CareFooter()
 
     def on_mount(self) -> None:
         for tab_id, _title, _attribute in SECTIONS:

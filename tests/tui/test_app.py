@@ -225,3 +225,26 @@ def test_members_in_my_plans_are_the_newest_live_enrollments_of_my_plans(tui) ->
         "ORDER BY e.enrollment_date DESC, e.id LIMIT 100", s=specialist.id)
     assert expected, "the seed gives every specialist members in their plans"
     assert [item.member_id for item in desk.worklist().plan_members] == [row.member_id for row in expected]
+
+
+async def test_screens_and_footers_left_behind_are_not_kept_alive(tui) -> None:
+    """Textual keeps watchers of removed widgets (textual#6666); carecli prunes them."""
+    import gc
+
+    from textual.widgets import Header
+    from textual.widgets._footer import FooterKey
+
+    app = tui.app(tui.sign_in("specialist"))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        member_id = tui.scalar("platform", "SELECT id FROM members ORDER BY id LIMIT 1")
+        for _ in range(5):
+            app.open_member(member_id)
+            await wait_for(pilot, lambda: getattr(app.screen, "file", None) is not None)
+            await pilot.press("tab", "tab", "escape")
+            await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        await pilot.pause()
+        gc.collect()
+        stray_headers = [o for o in gc.get_objects() if isinstance(o, Header) and not o.is_attached]
+        stray_keys = [o for o in gc.get_objects() if isinstance(o, FooterKey) and not o.is_attached]
+        assert len(stray_headers) <= 1 and len(stray_keys) <= 20, (len(stray_headers), len(stray_keys))

@@ -1,0 +1,33 @@
+"""Small widget adjustments shared by the screens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.widgets import Footer
+
+
+def prune_dead_watchers(obj: Any) -> None:
+    """Forget reactive watchers registered by widgets that are no longer on screen.
+
+    Textual keeps a watcher made with ``watch``/``data_bind`` until the watched
+    value next changes (Textualize/textual#6666). The footer re-binds a fresh
+    key widget on every focus change and each screen's header watches the
+    app's title, so an all-day session would otherwise keep every one of them
+    alive: thousands of widgets, and ever longer garbage collections. The
+    watcher table is a private attribute; drop this once the upstream fix lands.
+    """
+    watchers: dict[str, list[tuple[Any, Any]]] | None = getattr(obj, "__watchers", None)
+    if not watchers:
+        return
+    for entries in watchers.values():
+        entries[:] = [(node, callback) for node, callback in entries
+                      if getattr(node, "is_attached", True) and not getattr(node, "_closing", False)]
+
+
+class CareFooter(Footer):
+    """The footer, without keeping the key widgets of every earlier focus alive."""
+
+    async def recompose(self) -> None:
+        await super().recompose()
+        prune_dead_watchers(self)
