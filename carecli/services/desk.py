@@ -200,11 +200,7 @@ class Desk:
             notes = uow.metadata.for_entity("member", member_id)
             audit = uow.audit_log.for_entity("member", member_id, limit=50) if self.can(Permission.AUDIT_READ) \
                 else None
-        access = None
-        if audit is not None:
-            names = self.staff_names(entry.user_id for entry in audit)
-            access = [AccessEntry(entry, names.get(entry.user_id, "carecli" if entry.user_id is None
-                                                   else str(entry.user_id)[:8])) for entry in audit]
+        access = self._named(audit) if audit is not None else None
         return MemberFile(member, enrollments, calls, flags, notes, access)
 
     def reveal(self, member_id: uuid.UUID, fields: Iterable[str], reason: str) -> RevealedPhi:
@@ -256,9 +252,13 @@ class Desk:
             rows = uow.audit_log.search(entity_type=filters.entity_type, entity_id=filters.entity_id,
                                         user_id=filters.user_id, action=filters.action, since=filters.since,
                                         until=filters.until, before_id=before, limit=limit)
-        names = self.staff_names(row.user_id for row in rows)
-        return [AccessEntry(row, names.get(row.user_id, "carecli" if row.user_id is None
-                                           else str(row.user_id)[:8])) for row in rows]
+        return self._named(rows)
+
+    def _named(self, entries: list[AuditEntry]) -> list[AccessEntry]:
+        """Audit rows with the acting user's name ("carecli" for its own rows, a short id for unknown users)."""
+        names = self.staff_names(entry.user_id for entry in entries)
+        return [AccessEntry(entry, names.get(entry.user_id, "carecli" if entry.user_id is None
+                                             else str(entry.user_id)[:8])) for entry in entries]
 
     # -- writes -------------------------------------------------------------------------
 
