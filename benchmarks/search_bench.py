@@ -37,31 +37,20 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from sqlalchemy import Engine, event, text
-from sqlalchemy.engine import make_url
 
 # Runnable as a plain script from a checkout: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carecli.config import load_settings  # noqa: E402
-from carecli.data import migrate, seeding  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
-from carecli.data.databases import create_database_engine  # noqa: E402
 from carecli.data.permissions import ALL_PERMISSIONS  # noqa: E402
 from carecli.data.repositories import member_search  # noqa: E402
 from carecli.data.repositories.member_search import MemberQuery, MemberSearchRepository  # noqa: E402
 from carecli.data.unit_of_work import PlatformUnitOfWork  # noqa: E402
+from benchmarks.bench_pairs import bench_engine as _engine  # noqa: E402
+from benchmarks.bench_pairs import libpq_url, prepare_pair  # noqa: E402
 
 RARE_LAST_NAME = "Quenneville"  # not in the seed's name lists
 RARE_MEMBERS = 20
-
-
-def _url(admin_url: str, name: str) -> str:
-    return make_url(admin_url).set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False)
-
-
-def _engine(url: str) -> Engine:
-    return create_database_engine(make_url(url), load_settings({}))
 
 
 # --------------------------------------------------------------------------
@@ -71,35 +60,14 @@ def _engine(url: str) -> Engine:
 
 def prepare(admin_url: str, database: str, members: int) -> dict[str, str]:
     """Create (or reuse), migrate and seed the pair; return their URLs."""
-    names = {"identity": f"{database}_identity", "platform": f"{database}_platform"}
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        existing = {row[0] for row in admin.execute("SELECT datname FROM pg_database")}
-        for name in names.values():
-            if name not in existing:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                print(f"created database {name}", file=sys.stderr)
-    urls = {db: _url(admin_url, name) for db, name in names.items()}
-    for db, url in urls.items():
-        engine = _engine(url)
-        try:
-            migrate.upgrade(engine, db)
-        finally:
-            engine.dispose()
-    identity, platform = _engine(urls["identity"]), _engine(urls["platform"])
+    urls, _seeded = prepare_pair(admin_url, {"identity": f"{database}_identity",
+                                             "platform": f"{database}_platform"}, members)
+    platform = _engine(urls["platform"])
     try:
-        with platform.connect() as conn:
-            present = conn.execute(text("SELECT count(*) FROM members")).scalar_one()
-        if present == 0:
-            print(f"seeding {members:,} members...", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            seeding.seed_demo_data(identity, platform, members=members, seed=1)
-            print(f"seeded in {time.perf_counter() - started:.1f}s", file=sys.stderr)
         _add_rare_members(platform)
     finally:
-        identity.dispose()
         platform.dispose()
-    psycopg_url = make_url(urls["platform"]).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(psycopg_url, autocommit=True) as conn:
+    with psycopg.connect(libpq_url(urls["platform"]), autocommit=True) as conn:
         # The steady state autovacuum keeps a live table in (visibility map, statistics).
         conn.execute("VACUUM (ANALYZE) members, member_insurance_plans")
     return urls

@@ -66,9 +66,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from psycopg import sql
-from sqlalchemy import Engine, event, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, select, text
 
 # Runnable as a plain script from a checkout: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -80,9 +78,8 @@ from textual.screen import Screen  # noqa: E402
 from textual.widgets import Input  # noqa: E402
 
 from carecli.config import Settings, load_settings  # noqa: E402
-from carecli.data import migrate, seeding  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
-from carecli.data.databases import Databases, create_database_engine, open_databases  # noqa: E402
+from carecli.data.databases import Databases, open_databases  # noqa: E402
 from carecli.data.models.identity import Role as RoleTable  # noqa: E402
 from carecli.data.models.identity import User as UserTable  # noqa: E402
 from carecli.data.repositories.identity import IdentityUnitOfWork  # noqa: E402
@@ -94,6 +91,7 @@ from carecli.services.auth.credentials import CredentialStore, session_scope  # 
 from carecli.services.auth.current import role_of  # noqa: E402
 from carecli.services.auth.sessions import start_session  # noqa: E402
 from carecli.services.desk import Desk  # noqa: E402
+from benchmarks.bench_pairs import libpq_url, prepare_pair  # noqa: E402
 
 SIZE = (120, 40)
 THEME = "textual-dark"
@@ -106,15 +104,6 @@ WORKLIST_STATEMENTS = ("specialist of the user", "calls today", "overdue follow-
 PANE_POLL_SECONDS = 0.02
 
 
-def _url(admin_url: str, name: str) -> str:
-    return make_url(admin_url).set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False)
-
-
-def _engine(url: str) -> Engine:
-    return create_database_engine(make_url(url), load_settings({}))
-
-
 # --------------------------------------------------------------------------
 # The databases and the signed-in specialist
 # --------------------------------------------------------------------------
@@ -122,37 +111,10 @@ def _engine(url: str) -> Engine:
 
 def prepare(admin_url: str, identity_db: str, platform_db: str, members: int) -> dict[str, str]:
     """Create (or reuse), migrate and seed the pair; return their SQLAlchemy URLs."""
-    names = {"identity": identity_db, "platform": platform_db}
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        existing = {row[0] for row in admin.execute("SELECT datname FROM pg_database")}
-        for name in names.values():
-            if name not in existing:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                print(f"created database {name}", file=sys.stderr)
-    urls = {db: _url(admin_url, name) for db, name in names.items()}
-    for db, url in urls.items():
-        engine = _engine(url)
-        try:
-            before, after = migrate.upgrade(engine, db)
-            if before != after:
-                print(f"migrated {names[db]} from {before} to {after}", file=sys.stderr)
-        finally:
-            engine.dispose()
-    identity, platform = _engine(urls["identity"]), _engine(urls["platform"])
-    try:
-        with platform.connect() as conn:
-            present = conn.execute(text("SELECT count(*) FROM members")).scalar_one()
-        if present == 0:
-            print(f"seeding {members:,} members...", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            seeding.seed_demo_data(identity, platform, members=members, seed=1)
-            print(f"seeded in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-            libpq = make_url(urls["platform"]).set(drivername="postgresql").render_as_string(hide_password=False)
-            with psycopg.connect(libpq, autocommit=True) as conn:
-                conn.execute("VACUUM (ANALYZE)")
-    finally:
-        identity.dispose()
-        platform.dispose()
+    urls, seeded = prepare_pair(admin_url, {"identity": identity_db, "platform": platform_db}, members)
+    if seeded:
+        with psycopg.connect(libpq_url(urls["platform"]), autocommit=True) as conn:
+            conn.execute("VACUUM (ANALYZE)")
     return urls
 
 
