@@ -26,6 +26,7 @@ from carecli.cli.auth_cmd import (
 )
 from carecli.cli.config_cmd import config_group
 from carecli.cli.db_cmd import db_group
+from carecli.cli.import_cmd import import_command
 from carecli.cli.keys_cmd import keys_group
 from carecli.cli.seed_cmd import seed_command
 from carecli.cli.users_cmd import roles_group, sync_command, users_group
@@ -63,6 +64,7 @@ cli.add_command(logout_command)
 cli.add_command(whoami_command)
 cli.add_command(sessions_group)
 cli.add_command(tokens_group)
+cli.add_command(import_command)
 
 
 def main(argv: list[str] | None = None) -> None:

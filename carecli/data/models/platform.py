@@ -246,7 +246,20 @@ class Metadata(PlatformBase):
     """Per-entity facts (the seed's extension point), keyed by (type, id, key)."""
 
     __tablename__ = "metadata"
-    __table_args__ = (UniqueConstraint("entity_type", "entity_id", "metadata_key"),)
+    __table_args__ = (
+        UniqueConstraint("entity_type", "entity_id", "metadata_key"),
+        # Natural keys of batch imports (migration platform_0006, carecli.data.bulk).
+        Index("uq_metadata_member_number", "metadata_value", unique=True,
+              postgresql_where=text("entity_type = 'member' AND metadata_key = 'external_member_number' "
+                                    "AND deleted_at IS NULL")),
+        Index("uq_metadata_ssn_blind_index", "metadata_value", unique=True,
+              postgresql_where=text("entity_type = 'member' AND metadata_key = 'ssn_blind_index' "
+                                    "AND deleted_at IS NULL")),
+        Index("uq_metadata_external_id", "entity_type", "metadata_value", unique=True,
+              postgresql_where=text("metadata_key = 'external_id' AND deleted_at IS NULL")),
+        Index("uq_metadata_blind_index_key", "metadata_key", unique=True,
+              postgresql_where=text("entity_type = 'blind_index_key' AND deleted_at IS NULL")),
+    )
 
     id: Mapped[uuid.UUID] = pk_column()
     entity_type: Mapped[str] = mapped_column(String(50))

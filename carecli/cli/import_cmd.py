@@ -1,0 +1,229 @@
+"""``carecli import KIND FILE``: load a CSV or JSON Lines file, in committed batches.
+
+Exit codes: 0 every row loaded, 1 some rows refused (see --errors), 2 usage
+or configuration error (nothing read), 3 aborted (a broken file or a
+database failure part-way: committed batches stay, a re-run completes the
+load), 4 not signed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import threading
+import uuid
+from typing import IO, Any
+
+import click
+
+from carecli.config import load_settings
+from carecli.data import audit
+from carecli.data.bulk.blind_index import BlindIndex, load_blind_index
+from carecli.data.bulk.loader import ImportAborted, ImportSummary, check_permission, run_import
+from carecli.data.bulk.readers import (
+    FORMATS,
+    Columns,
+    FileProblem,
+    RecordProblem,
+    detect_format,
+    load_mapping,
+    open_source,
+    read_records,
+)
+from carecli.data.bulk.registry import kind_for
+from carecli.data.crypto.runtime import cipher_provider, master_key
+from carecli.data.databases import open_databases, require_head
+from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, ConfigError
+from carecli.services.auth.current import resolve_actor
+
+NIL = uuid.UUID(int=0)
+#: problems shown on stderr when there is no --errors file
+SHOWN_PROBLEMS = 20
+
+
+class _ErrorReport:
+    """Refused rows: into the --errors CSV (row, field, rule, message), else the first few on stderr."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.count = 0
+        self._handle: IO[str] | None = None
+        self._writer: Any = None
+        if path:
+            try:
+                self._handle = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise ConfigError(f"cannot write the error report {path}: {exc.strerror}") from None
+            self._writer = csv.writer(self._handle)
+            self._writer.writerow(("row", "field", "rule", "message"))
+
+    def __call__(self, problem: RecordProblem) -> None:
+        self.count += 1
+        if self._writer is not None:
+            self._writer.writerow((problem.row, problem.field, problem.rule, problem.message))
+        elif self.count <= SHOWN_PROBLEMS:
+            click.echo(f"row {problem.row}: {problem.field}: {problem.message} [{problem.rule}]", err=True)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        elif self.count > SHOWN_PROBLEMS:
+            click.echo(f"... and {self.count - SHOWN_PROBLEMS:,} more problems (write them all with --errors FILE)",
+                       err=True)
+
+
+class _Progress:
+    """A progress bar with rows/s and ETA on a terminal (by bytes read); nothing otherwise."""
+
+    def __init__(self, source: IO[bytes], total_bytes: int | None, enabled: bool) -> None:
+        self.source = source
+        self.bar: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.fields[rows]:>12,} rows  {task.fields[rate]:>8,} rows/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True)
+        self.task = self.bar.add_task("importing", total=total_bytes, rows=0, rate=0)
+        self.bar.start()
+
+    def __call__(self, rows: int) -> None:
+        if self.bar is None:
+            return
+        try:
+            position = self.source.tell()
+        except (OSError, ValueError):
+            position = None
+        elapsed = self.bar.tasks[0].elapsed or 0
+        rate = int(rows / elapsed) if elapsed else 0
+        self.bar.update(self.task, completed=position, rows=rows, rate=rate)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _describe(summary: ImportSummary, source: str) -> str:
+    rate = f", {summary.rows / summary.seconds:,.0f} rows/s" if summary.seconds else ""
+    line = (f"{summary.kind} from {source}: {summary.rows:,} rows, {summary.created:,} created, "
+            f"{summary.updated:,} updated, {summary.unchanged:,} unchanged, {summary.rejected:,} rejected "
+            f"in {summary.seconds:.1f}s{rate}")
+    if summary.dry_run:
+        line += " (dry run: nothing written)"
+    elif summary.all_or_nothing and summary.rejected:
+        line += " (all-or-nothing: nothing written)"
+    return line
+
+
+@click.command("import")
+@click.argument("kind")
+@click.argument("file")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="csv or jsonl (default: from the file's extension).")
+@click.option("--encoding", default="utf-8", show_default=True, help="The file's text encoding.")
+@click.option("--map", "pairs", multiple=True, metavar="SOURCE=COLUMN",
+              help="Rename a column of the file (repeatable); SOURCE= drops it.")
+@click.option("--mapping", "mapping_file", type=click.Path(dir_okay=False), default=None,
+              help="A TOML file with a [columns] table of \"Source\" = \"column\" pairs.")
+@click.option("--errors", "errors_path", type=click.Path(dir_okay=False), default=None,
+              help="Write refused rows to this CSV (row, field, rule, message; never values).")
+@click.option("--all-or-nothing", is_flag=True, help="Load nothing if any row is refused.")
+@click.option("--dry-run", is_flag=True, help="Validate and count what would change; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--batch-rows", type=click.IntRange(100, 100_000), default=5_000, show_default=True,
+              help="Rows per committed batch.")
+def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: tuple[str, ...],
+                   mapping_file: str | None, errors_path: str | None, all_or_nothing: bool, dry_run: bool,
+                   as_json: bool, batch_rows: int) -> int:
+    """Import KIND (members, plans, enrollments, specialists, calls, flags)
+    from FILE (CSV with a header, or JSON Lines; - reads standard input).
+
+    Rows are matched to existing records by natural key, so re-running a file
+    changes nothing. Refused rows are reported by row number, field and rule;
+    the rest load (unless --all-or-nothing). Runs as the user of CARECLI_TOKEN
+    (a token with the import:run scope) or the signed-in user."""
+    importer = kind_for(kind)
+    fmt = detect_format(file, fmt)
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise ConfigError(f"unknown encoding {encoding!r}") from None
+    columns = Columns(importer.columns, load_mapping(pairs, mapping_file))
+    settings = load_settings()
+    databases = open_databases(settings)
+    require_head(databases)
+    actor = resolve_actor(settings, databases, channel="cli").actor
+
+    def deny(permission: str) -> None:
+        audit.write_committed(databases.platform, actor, "import", NIL, "deny",
+                              {"operation": f"import {importer.name}", "permission": permission})
+
+    check_permission(importer, actor, deny)
+    source = open_source(file, sys.stdin.buffer)
+    blind: list[BlindIndex | None] = []
+    lock = threading.Lock()
+
+    def blind_index() -> BlindIndex | None:
+        with lock:
+            if not blind:
+                blind.append(load_blind_index(databases.platform, master_key(settings, databases),
+                                              create=not dry_run, actor=actor))
+            return blind[0]
+
+    total = None
+    if file != "-":
+        try:
+            total = os.fstat(source.fileno()).st_size
+        except OSError:
+            total = None
+    report = _ErrorReport(errors_path)
+    progress = _Progress(source, total, enabled=sys.stderr.isatty() and not as_json)
+    records = read_records(source, fmt, columns, encoding=encoding, required=importer.required_columns)
+    try:
+        summary = run_import(importer, records, engine=databases.platform, identity=databases.identity,
+                             actor=actor, cipher=cipher_provider(settings, databases), blind_index=blind_index,
+                             on_problem=report, progress=progress, dry_run=dry_run,
+                             all_or_nothing=all_or_nothing, batch_rows=batch_rows)
+    except FileProblem:
+        progress.stop()
+        raise
+    except ImportAborted as exc:
+        progress.stop()
+        click.echo(f"carecli: import aborted: {_cause(exc)}; batches committed before it stay, and running the "
+                   "same import again completes it", err=True)
+        return EXIT_ABORTED
+    finally:
+        progress.stop()
+        report.close()
+        if source is not sys.stdin.buffer:
+            source.close()
+    shown = "standard input" if file == "-" else file
+    if as_json:
+        click.echo(json.dumps({**summary.as_json(), "file": shown, "errors_file": errors_path}))
+    else:
+        click.echo(_describe(summary, shown), err=True)
+    return EXIT_FAILURE if summary.rejected else 0
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, without values (a database error's text can quote row contents)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from carecli.data.databases import describe_dbapi_error
+
+    cause = exc.__cause__ or exc
+    if isinstance(cause, DBAPIError):
+        return describe_dbapi_error(cause)
+    diag = getattr(cause, "diag", None)
+    if diag is not None:
+        return f"{type(cause).__name__}: {diag.message_primary or 'database error'}" + (
+            f" (constraint {diag.constraint_name})" if diag.constraint_name else "")
+    return type(cause).__name__
+
+

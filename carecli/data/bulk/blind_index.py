@@ -1,0 +1,109 @@
+"""The SSN blind index: a keyed hash that lets imports find a member by SSN.
+
+SSNs are stored encrypted under a random nonce, so two encryptions of the
+same SSN differ and cannot be compared. To match an incoming row to the
+member it describes without decrypting every member, each member with an SSN
+also has a ``metadata`` row (key ``ssn_blind_index``) holding
+HMAC-SHA-256(blind-index key, SSN) as hex. Equal SSNs give equal hashes; the
+hash reveals nothing without the key, and the key is not the data key: it is
+a separate random 256-bit key, wrapped by the master key like the data keys
+and kept in one ``metadata`` row of its own (entity type
+``blind_index_key``), so stealing the hashes and the database still needs
+the master key. A unique index over the live hashes means two live members
+can never share an SSN.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import uuid
+
+from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from carecli.data import audit
+from carecli.data.actor import Actor
+from carecli.data.bulk.catalog import SSN_BLIND_INDEX
+from carecli.data.crypto.master import KEY_BYTES, MasterKey
+from carecli.data.crypto.phi import Ssn
+from carecli.data.models.platform import Metadata
+
+METADATA = Metadata.__table__
+KEY_ENTITY_TYPE = "blind_index_key"
+KEY_NAME = "ssn_hmac_sha256"
+__all__ = ["SSN_BLIND_INDEX", "BlindIndex", "load_blind_index", "rewrap_blind_index_key"]
+
+
+class BlindIndex:
+    """HMAC-SHA-256 of SSNs under the installation's blind-index key."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "BlindIndex([key])"
+
+    def ssn(self, ssn: Ssn) -> str:
+        return hmac.digest(self._key, b"ssn:" + ssn.reveal().encode("ascii"), hashlib.sha256).hex()
+
+
+def _stored_key(connection: Connection) -> tuple[uuid.UUID, dict] | None:
+    row = connection.execute(select(METADATA.c.entity_id, METADATA.c.metadata_value).where(
+        METADATA.c.entity_type == KEY_ENTITY_TYPE, METADATA.c.metadata_key == KEY_NAME,
+        METADATA.c.deleted_at.is_(None))).first()
+    return (row.entity_id, row.metadata_value) if row else None
+
+
+def _unwrap(master: MasterKey, key_id: uuid.UUID, value: dict) -> BlindIndex:
+    return BlindIndex(master.unwrap(base64.b64decode(value["wrapped_key"]), data_key_id=key_id))
+
+
+def load_blind_index(engine: Engine, master: MasterKey, *, create: bool = True,
+                     actor: Actor | None = None) -> BlindIndex | None:
+    """The installation's blind index, making its key on first use (safe when processes race).
+
+    With ``create=False`` (a dry run) a missing key gives None: no member can have a hash yet.
+    """
+    with engine.connect() as connection:
+        stored = _stored_key(connection)
+    if stored is None:
+        if not create:
+            return None
+        key_id = uuid.uuid4()
+        value = {"wrapped_key": base64.b64encode(master.wrap(secrets.token_bytes(KEY_BYTES), data_key_id=key_id))
+                 .decode("ascii"), "master_key_id": master.key_id}
+        try:
+            with engine.begin() as connection:
+                row_id = connection.execute(insert(METADATA).values(
+                    entity_type=KEY_ENTITY_TYPE, entity_id=key_id, metadata_key=KEY_NAME,
+                    metadata_value=value).returning(METADATA.c.id)).scalar_one()
+                audit.write(connection, actor or Actor.system("cli"), "metadata", row_id, "create", None,
+                            {"entity_type": KEY_ENTITY_TYPE, "entity_id": key_id, "metadata_key": KEY_NAME,
+                             "metadata_value": value})
+        except IntegrityError as exc:
+            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != "uq_metadata_blind_index_key":
+                raise
+        with engine.connect() as connection:
+            stored = _stored_key(connection)
+        assert stored is not None
+    return _unwrap(master, *stored)
+
+
+def rewrap_blind_index_key(connection: Connection, old_master: MasterKey, new_master: MasterKey) -> bool:
+    """Re-wrap the blind-index key under a new master key (with the data keys, in their transaction)."""
+    stored = connection.execute(select(METADATA.c.id, METADATA.c.entity_id, METADATA.c.metadata_value).where(
+        METADATA.c.entity_type == KEY_ENTITY_TYPE, METADATA.c.metadata_key == KEY_NAME,
+        METADATA.c.deleted_at.is_(None)).with_for_update()).first()
+    if stored is None:
+        return False
+    raw = old_master.unwrap(base64.b64decode(stored.metadata_value["wrapped_key"]), data_key_id=stored.entity_id)
+    value = {"wrapped_key": base64.b64encode(new_master.wrap(raw, data_key_id=stored.entity_id)).decode("ascii"),
+             "master_key_id": new_master.key_id}
+    connection.execute(update(METADATA).where(METADATA.c.id == stored.id).values(
+        metadata_value=value, updated_at=text("now()")))
+    return True

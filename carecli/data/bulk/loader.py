@@ -1,0 +1,334 @@
+"""Running an import: read, parse, plan and write a file in committed batches.
+
+Pipeline (one batch of rows at a time):
+
+1. the reader yields numbered records; each is parsed and validated;
+2. the kind *plans* the batch on a read-only connection: matches rows to
+   existing records by natural key, refuses in-file duplicates, encrypts
+   PHI, and builds the rows to insert, the updates and the audit rows;
+3. a writer thread *applies* the plan on its own connection: binary-safe
+   ``COPY`` straight into the tables for new rows (their ids are new, so
+   nothing can conflict), ``COPY`` into a staging table and one set-based
+   ``UPDATE ... FROM`` per batch for changed rows (guarded by ``updated_at``
+   so an edit made meanwhile in the app is never overwritten), and the
+   batch's audit rows, all in the batch's one transaction.
+
+Planning batch *n+1* overlaps writing batch *n*: Python work runs on one
+core while the server works on the other.
+
+Safety: each batch commits whole or not at all (records and their audit
+rows together). After a crash or ``kill -9``, re-running the file matches
+the rows already loaded (unchanged) and loads the rest: natural keys make it
+idempotent. With ``all_or_nothing`` every batch goes into one transaction
+that commits only if no row was refused; with ``dry_run`` nothing is
+written at all. One import of a kind runs at a time (an advisory lock).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import Engine, text
+
+from carecli.data.actor import Actor
+from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, SeenKeys, Update
+from carecli.data.bulk.readers import Record, RecordProblem
+from carecli.data.crypto.fields import FieldCipher
+from carecli.data.bulk.blind_index import BlindIndex
+from carecli.data.permissions import Permission
+from carecli.errors import PermissionDenied
+
+#: rows per batch (one transaction each, unless all-or-nothing)
+BATCH_ROWS = 5_000
+_JSON_COLUMNS = {"old_values", "new_values", "metadata_value", "coverage_details"}
+
+
+@dataclass
+class ImportSummary:
+    kind: str
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    dry_run: bool = False
+    all_or_nothing: bool = False
+    committed: bool = True
+    seconds: float = 0.0
+    batches: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def loaded(self) -> int:
+        return self.created + self.updated + self.unchanged
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("errors")
+        data["rows_per_second"] = round(self.rows / self.seconds) if self.seconds else None
+        return data
+
+
+class ImportAborted(Exception):
+    """The writer failed; batches before the failing one are committed (unless all-or-nothing)."""
+
+
+def check_permission(kind: Kind, actor: Actor, audit_denial: Callable[[str], None]) -> None:
+    """``import:run`` (an API token needs the scope) and the role's write permission for the kind.
+
+    The token's ``import:run`` scope covers what the import writes, so the
+    kind's write permission is checked against the role only.
+    """
+    if not actor.can(Permission.IMPORT_RUN):
+        audit_denial(str(Permission.IMPORT_RUN))
+        via = "this token lacks the 'import:run' scope" if actor.scopes is not None and \
+            str(Permission.IMPORT_RUN) in actor.permissions else "it needs the 'import:run' permission"
+        raise PermissionDenied(f"{actor.role or 'this user'} may not run imports: {via}")
+    if str(kind.permission) not in actor.permissions:
+        audit_denial(str(kind.permission))
+        raise PermissionDenied(f"{actor.role or 'this user'} may not import {kind.name}: it needs the "
+                               f"'{kind.permission}' permission")
+
+
+def _batches(kind: Kind, records: Iterable[Record | RecordProblem], size: int,
+             on_problem: Callable[[RecordProblem], None], counter: list[int]) -> Iterator[list[Parsed]]:
+    batch: list[Parsed] = []
+    for item in records:
+        counter[0] += 1
+        if isinstance(item, RecordProblem):
+            on_problem(item)
+            continue
+        parsed = kind.parse(item)
+        if isinstance(parsed, list):
+            for problem in parsed:
+                on_problem(problem)
+            continue
+        batch.append(parsed)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Writer:
+    """Applies batch plans on its own connection, in a thread (or inline)."""
+
+    def __init__(self, engine: Engine, *, single_transaction: bool, threaded: bool = True) -> None:
+        # The raw psycopg connection: COPY needs it, and its transactions are then ours to end.
+        self._pooled = engine.raw_connection()
+        self.connection: Any = self._pooled.driver_connection
+        self.connection.execute("SET statement_timeout = 0")
+        self.connection.commit()
+        self.single = single_transaction
+        self.conflicts: list[RecordProblem] = []
+        self.error: BaseException | None = None
+        self.batches = 0
+        self._staged: set[str] = set()
+        self._queue: queue.Queue[BatchPlan | None] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._run, name="carecli-import-writer", daemon=True) \
+            if threaded else None
+        if self._thread:
+            self._thread.start()
+
+    def submit(self, plan: BatchPlan) -> None:
+        if self.error is not None:
+            raise ImportAborted(type(self.error).__name__) from self.error
+        if self._thread is None:
+            self._apply(plan)
+        else:
+            self._queue.put(plan)
+
+    def finish(self, *, commit: bool) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        try:
+            if self.error is not None:
+                self.connection.rollback()
+                raise ImportAborted(type(self.error).__name__) from self.error
+            if commit:
+                self.connection.commit()
+            else:
+                self.connection.rollback()
+        finally:
+            self._pooled.close()
+
+    def _run(self) -> None:
+        while True:
+            plan = self._queue.get()
+            if plan is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self._apply(plan)
+            except BaseException as exc:  # handed to the planning thread
+                self.error = exc
+                try:
+                    self.connection.rollback()
+                except Exception:  # noqa: BLE001 - the connection may be gone; the error above is what counts
+                    pass
+
+    def _apply(self, plan: BatchPlan) -> None:
+        connection = self.connection
+        conflicted = self._updates(plan.updates)
+        audit_rows = plan.audit
+        if conflicted:
+            audit_rows = [row for row in audit_rows
+                          if not (row["action"] == "update" and row["entity_id"] in conflicted)]
+        with connection.cursor() as cursor:
+            for table, rows in plan.inserts.items():
+                _copy(cursor, table, rows)
+            if plan.metadata_upserts:
+                cursor.executemany(
+                    "INSERT INTO metadata (id, entity_type, entity_id, metadata_key, metadata_value) "
+                    "VALUES (%(id)s, %(entity_type)s, %(entity_id)s, %(metadata_key)s, %(metadata_value)s) "
+                    "ON CONFLICT (entity_type, entity_id, metadata_key) DO UPDATE SET "
+                    "metadata_value = EXCLUDED.metadata_value, deleted_at = NULL, updated_at = now()",
+                    [{**row, "metadata_value": Jsonb(row["metadata_value"])} for row in plan.metadata_upserts])
+            _copy(cursor, "audit_logs", audit_rows)
+        if not self.single:
+            connection.commit()
+        self.batches += 1
+
+    def _updates(self, updates: list[Update]) -> set[uuid.UUID]:
+        """Apply updates grouped by the columns they change; returns ids that changed meanwhile."""
+        if not updates:
+            return set()
+        groups: dict[tuple[str, tuple[str, ...]], list[Update]] = {}
+        for item in updates:
+            groups.setdefault((item.table, tuple(sorted(item.changes))), []).append(item)
+        conflicted: set[uuid.UUID] = set()
+        with self.connection.cursor() as cursor:
+            for (table, columns), items in groups.items():
+                stage = f"carecli_stage_{table}"
+                if stage not in self._staged:
+                    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT * FROM {table} WITH NO DATA")
+                    cursor.execute(f"ALTER TABLE {stage} ADD COLUMN IF NOT EXISTS carecli_expected timestamp")
+                    self._staged.add(stage)
+                cursor.execute(f"TRUNCATE {stage}")
+                names = ("id", "carecli_expected", *columns)
+                with cursor.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
+                    for item in items:
+                        copy.write_row((item.id, item.expected_updated_at,
+                                        *(_adapt(name, item.changes[name]) for name in columns)))
+                assignments = ", ".join(f"{name} = s.{name}" for name in columns)
+                cursor.execute(
+                    f"UPDATE {table} t SET {assignments}, updated_at = clock_timestamp() AT TIME ZONE 'UTC' "
+                    f"FROM {stage} s WHERE t.id = s.id "
+                    "AND t.updated_at IS NOT DISTINCT FROM s.carecli_expected RETURNING t.id")
+                done = {row[0] for row in cursor.fetchall()}
+                for item in items:
+                    if item.id not in done:
+                        conflicted.add(item.id)
+                        self.conflicts.append(RecordProblem(
+                            item.row, "(row)", "conflict",
+                            "the record changed while the import ran; re-run the import to apply this row"))
+        return conflicted
+
+
+def _adapt(name: str, value: Any) -> Any:
+    return Jsonb(value) if name in _JSON_COLUMNS and value is not None else value
+
+
+def _copy(cursor: Any, table: str, rows: list[dict[str, Any]]) -> None:
+    """COPY rows (dicts, possibly with different keys) into ``table``."""
+    if not rows:
+        return
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    for names, items in groups.items():
+        json_at = [i for i, name in enumerate(names) if name in _JSON_COLUMNS]
+        with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
+            for item in items:
+                values = list(item.values())
+                for i in json_at:
+                    if values[i] is not None:
+                        values[i] = Jsonb(values[i])
+                copy.write_row(values)
+
+
+def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine: Engine, actor: Actor,
+               cipher: Callable[[], FieldCipher], blind_index: Callable[[], BlindIndex | None],
+               on_problem: Callable[[RecordProblem], None], progress: Callable[[int], None] | None = None,
+               dry_run: bool = False, all_or_nothing: bool = False, batch_rows: int = BATCH_ROWS,
+               threaded: bool = True, identity: Engine | None = None) -> ImportSummary:
+    """Import ``records`` as ``kind``; bad rows go to ``on_problem``; returns the counts.
+
+    The caller checks permissions first (:func:`check_permission`).
+    """
+    started = time.perf_counter()
+    summary = ImportSummary(kind.name, dry_run=dry_run, all_or_nothing=all_or_nothing)
+    # Rows refused so far: problems of one row arrive together, so counting row changes counts rows.
+    rejected = {"rows": 0, "last": -1}
+
+    def problem(item: RecordProblem) -> None:
+        if item.row != rejected["last"]:
+            rejected["rows"] += 1
+            rejected["last"] = item.row
+        on_problem(item)
+
+    counter = [0]
+    planner = engine.connect()
+    identity_connection = identity.connect() if identity is not None else None
+    writer: _Writer | None = None
+    try:
+        planner.exec_driver_sql("SET statement_timeout = 0")
+        # One import of a kind at a time: two would each miss the other's uncommitted rows.
+        planner.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"carecli-import-{kind.name}"})
+        planner.commit()
+        context = BatchContext(planner, actor, SeenKeys(planner), cipher, blind_index, identity_connection)
+        if not dry_run:
+            writer = _Writer(engine, single_transaction=all_or_nothing, threaded=threaded)
+        for batch in _batches(kind, records, batch_rows, problem, counter):
+            plan = kind.plan(context, batch)
+            planner.commit()
+            for item in plan.problems:
+                problem(item)
+            summary.created += plan.created
+            summary.updated += plan.updated
+            summary.unchanged += plan.unchanged
+            if writer is not None and not (all_or_nothing and rejected["rows"]):
+                writer.submit(plan)
+            if progress is not None:
+                progress(counter[0])
+        summary.rows = counter[0]
+        if writer is not None:
+            commit = not (all_or_nothing and rejected["rows"])
+            active, writer = writer, None
+            active.finish(commit=commit)
+            for item in active.conflicts:
+                problem(item)
+                summary.updated -= 1
+            summary.batches = active.batches
+            summary.committed = commit
+        else:
+            summary.committed = False
+        summary.rejected = rejected["rows"]
+        if all_or_nothing and rejected["rows"]:
+            summary.created = summary.updated = summary.unchanged = 0
+    finally:
+        if writer is not None:  # an exception on the way: nothing more is committed
+            try:
+                writer.finish(commit=False)
+            except ImportAborted:
+                pass
+        try:
+            planner.rollback()
+            planner.execute(text("SELECT pg_advisory_unlock_all()"))
+            planner.commit()
+        finally:
+            planner.close()
+            if identity_connection is not None:
+                identity_connection.close()
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,186 @@
+"""Importing members: matched by id, external member number or SSN; PHI encrypted on the way in.
+
+A row is matched to an existing member by, in this order, its ``id``, its
+``external_member_number`` (metadata) and the blind index of its SSN
+(metadata). When these point at different members the row is refused
+(``identity_conflict``); a row with none of them could never be matched
+again, so it is refused too (``identity_required``): a re-run would create
+the person twice.
+
+SSN and date of birth are parsed into the masked :class:`Ssn` /
+:class:`DateOfBirth` wrappers and encrypted bound to the member's id before
+anything is written; the plaintext never leaves this process's memory.
+Whether an existing member's SSN changed is told by the blind index; their
+date of birth is decrypted to compare.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from carecli.data.bulk import fields as f
+from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
+from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, fetch_by, metadata_of, metadata_owners
+from carecli.data.crypto.phi import DateOfBirth, Ssn
+from carecli.data.models.enums import MEMBER_STATUSES
+from carecli.data.models.platform import Member
+from carecli.data.permissions import Permission
+
+REDACTED = "[redacted]"
+
+
+class MembersKind(Kind):
+    name = "members"
+    table = Member.__table__
+    permission = Permission.MEMBERS_WRITE
+    required_on_create = ("first_name", "last_name")
+    defaults = {"status": "active"}
+    special_parsers = {
+        "ssn": f.parse_ssn, "dob": f.dob_parser(), "email": f.parse_email, "phone": f.parse_phone,
+        "state": f.parse_state, "zip_code": f.parse_zip, "status": f.enum(MEMBER_STATUSES),
+        "external_member_number": f.text(64),
+    }
+
+    def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
+        if all(values.get(name) is None for name in ("id", "external_member_number", "ssn")):
+            yield ("external_member_number", "identity_required",
+                   "a member needs an external_member_number, an ssn or an id, or a re-run could not find them")
+        for name in ("first_name", "last_name"):
+            if name in values and values[name] is None:
+                yield name, "required", "is required"
+
+    def plan(self, ctx: BatchContext, rows: list[Parsed]) -> BatchPlan:
+        plan = BatchPlan()
+        blind = ctx.blind_index()
+        hashes: dict[int, str | None] = {}
+        for parsed in rows:
+            ssn = parsed.values.get("ssn")
+            hashes[parsed.row] = blind.ssn(ssn) if (ssn is not None and blind is not None) else None
+        connection = ctx.connection
+        by_number = metadata_owners(connection, "member", EXTERNAL_MEMBER_NUMBER,
+                                    (p.values.get("external_member_number") for p in rows))
+        by_hash = metadata_owners(connection, "member", SSN_BLIND_INDEX, hashes.values())
+        given_ids = {p.values["id"] for p in rows if p.values.get("id") is not None}
+        wanted = given_ids | set(by_number.values()) | set(by_hash.values())
+        existing = {key[0]: row for key, row in fetch_by(connection, self.table, ("id",), ((i,) for i in wanted)).items()}
+        numbers = metadata_of(connection, "member", EXTERNAL_MEMBER_NUMBER, existing)
+        blinds = metadata_of(connection, "member", SSN_BLIND_INDEX, existing)
+
+        # Which member each row is about, and the keys that make it unique in the file.
+        targets: dict[int, uuid.UUID | None] = {}
+        candidates: list[tuple[int, list[str]]] = []
+        live: list[Parsed] = []
+        for parsed in rows:
+            number = parsed.values.get("external_member_number")
+            matches = []
+            if parsed.values.get("id") is not None and parsed.values["id"] in existing:
+                matches.append(("id", parsed.values["id"]))
+            if number is not None and number in by_number:
+                matches.append(("external_member_number", by_number[number]))
+            if hashes[parsed.row] is not None and hashes[parsed.row] in by_hash:
+                matches.append(("ssn", by_hash[hashes[parsed.row]]))
+            found = {member_id for _, member_id in matches}
+            if len(found) > 1:
+                names = " and ".join(name for name, _ in matches)
+                self.reject(plan, parsed, matches[1][0], "identity_conflict",
+                            f"{names} belong to different existing members")
+                continue
+            target = found.pop() if found else None
+            if target is None and parsed.values.get("id") is not None:
+                target = None  # a new member keeping the file's id (an export of another installation)
+            if target is not None and existing[target]["deleted_at"] is not None:
+                self.reject(plan, parsed, matches[0][0], "deleted",
+                            "matches a deleted member; restore the member before importing them again")
+                continue
+            targets[parsed.row] = target
+            keys = [f"member:{target or parsed.values.get('id') or ''}"] if (target or parsed.values.get("id")) else []
+            if number is not None:
+                keys.append(f"number:{number}")
+            if hashes[parsed.row] is not None:
+                keys.append(f"ssn:{hashes[parsed.row]}")
+            candidates.append((parsed.row, keys))
+            live.append(parsed)
+        duplicates = ctx.seen.claim(candidates)
+
+        for parsed in live:
+            if parsed.row in duplicates:
+                key, earlier = duplicates[parsed.row]
+                what = {"member": "member", "number": "external_member_number", "ssn": "ssn"}[key.split(":", 1)[0]]
+                field = "id" if what == "member" else what
+                self.reject(plan, parsed, field, "duplicate_in_file",
+                            f"the same {what} as row {earlier}; a member may appear once per file")
+                continue
+            target = targets[parsed.row]
+            if target is None:
+                self._create(plan, ctx, parsed, hashes[parsed.row])
+            else:
+                self._update(plan, ctx, parsed, existing[target], numbers.get(target), blinds.get(target),
+                             hashes[parsed.row])
+        return plan
+
+    def _create(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, blind_hash: str | None) -> None:
+        values = self.new_values(parsed)
+        problems = self.required_problems(parsed, values)
+        if problems:
+            plan.problems.extend(problems)
+            return
+        member_id = parsed.values.get("id") or uuid.uuid4()
+        ssn: Ssn | None = parsed.values.get("ssn")
+        dob: DateOfBirth | None = parsed.values.get("dob")
+        if ssn is not None or dob is not None:
+            cipher = ctx.cipher()
+            if ssn is not None:
+                values["encrypted_ssn"] = cipher.encrypt_ssn(ssn, member_id)
+            if dob is not None:
+                values["encrypted_dob"] = cipher.encrypt_dob(dob, member_id)
+        number = parsed.values.get("external_member_number")
+        self.create(plan, ctx, member_id, values,
+                    {EXTERNAL_MEMBER_NUMBER: REDACTED} if number is not None else {})
+        if number is not None:
+            self.metadata(plan, ctx, member_id, EXTERNAL_MEMBER_NUMBER, number, new=True)
+        if blind_hash is not None:
+            self.metadata(plan, ctx, member_id, SSN_BLIND_INDEX, blind_hash, new=True)
+
+    def _update(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, current: Mapping[str, Any],
+                number: str | None, blind_hash_now: str | None, blind_hash: str | None) -> None:
+        member_id = current["id"]
+        changes = self.changes(parsed, current)
+        extra_old: dict[str, Any] = {}
+        extra_new: dict[str, Any] = {}
+        if "ssn" in parsed.values:
+            ssn: Ssn | None = parsed.values["ssn"]
+            if self._ssn_changed(ctx, current, ssn, blind_hash_now, blind_hash):
+                changes["encrypted_ssn"] = ctx.cipher().encrypt_ssn(ssn, member_id) if ssn is not None else None
+            if blind_hash is not None and blind_hash != blind_hash_now:
+                self.metadata(plan, ctx, member_id, SSN_BLIND_INDEX, blind_hash, new=False)
+        if "dob" in parsed.values:
+            dob: DateOfBirth | None = parsed.values["dob"]
+            stored = current.get("encrypted_dob")
+            old = ctx.cipher().decrypt_dob(bytes(stored), member_id) if stored is not None else None
+            if old != dob:
+                changes["encrypted_dob"] = ctx.cipher().encrypt_dob(dob, member_id) if dob is not None else None
+        wanted_number = parsed.values.get("external_member_number")
+        if wanted_number is not None and wanted_number != number:
+            self.metadata(plan, ctx, member_id, EXTERNAL_MEMBER_NUMBER, wanted_number, new=False)
+            extra_old[EXTERNAL_MEMBER_NUMBER] = REDACTED if number is not None else None
+            extra_new[EXTERNAL_MEMBER_NUMBER] = REDACTED
+        if not changes and not extra_new and not (blind_hash is not None and blind_hash != blind_hash_now):
+            plan.unchanged += 1
+            return
+        if not changes and not extra_new:
+            # Only the blind index was missing (a member made before it existed): no change to the member.
+            plan.unchanged += 1
+            return
+        self.update(plan, ctx, parsed, current, changes, (extra_old, extra_new))
+
+    @staticmethod
+    def _ssn_changed(ctx: BatchContext, current: Mapping[str, Any], ssn: Ssn | None, blind_hash_now: str | None,
+                     blind_hash: str | None) -> bool:
+        stored = current.get("encrypted_ssn")
+        if ssn is None or stored is None:
+            return (ssn is None) != (stored is None)
+        if blind_hash_now is not None and blind_hash is not None:
+            return blind_hash_now != blind_hash
+        return ctx.cipher().decrypt_ssn(bytes(stored), current["id"]) != ssn
