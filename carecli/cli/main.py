@@ -26,6 +26,7 @@ from carecli.cli.auth_cmd import (
 )
 from carecli.cli.config_cmd import config_group
 from carecli.cli.db_cmd import db_group
+from carecli.cli.export_cmd import export_command
 from carecli.cli.import_cmd import import_command
 from carecli.cli.keys_cmd import keys_group
 from carecli.cli.seed_cmd import seed_command
@@ -64,6 +65,7 @@ cli.add_command(logout_command)
 cli.add_command(whoami_command)
 cli.add_command(sessions_group)
 cli.add_command(tokens_group)
+cli.add_command(export_command)
 cli.add_command(import_command)
 
 

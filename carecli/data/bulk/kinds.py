@@ -9,6 +9,7 @@ parsed, validated and encrypted while the database writes the previous one.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Connection, Table, any_, bindparam, select, tuple_
+from sqlalchemy import Connection, Table, any_, bindparam, literal_column, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import Date, DateTime, Numeric, String
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from carecli.data.crypto.fields import FieldCipher
 
 METADATA = Metadata.__table__
+_IDENTIFIER = re.compile(r"^[a-z_]{1,50}$")
 
 
 @dataclass
@@ -294,8 +296,14 @@ def metadata_owners(connection: Connection, entity_type: str, key: str, values: 
     wanted = list({value for value in values if value is not None})
     if not wanted:
         return {}
+    # entity_type and key are written into the SQL, not bound: the natural-key indexes are partial on
+    # them, and a generic plan (which PostgreSQL switches to after a few executions) cannot prove a
+    # partial index's predicate from parameters; it would scan all of metadata for every batch.
+    if not (_IDENTIFIER.match(entity_type) and _IDENTIFIER.match(key)):
+        raise ValueError("entity type and metadata key must be plain identifiers")
     rows = connection.execute(select(METADATA.c.metadata_value, METADATA.c.entity_id).where(
-        METADATA.c.entity_type == entity_type, METADATA.c.metadata_key == key, METADATA.c.deleted_at.is_(None),
+        METADATA.c.entity_type == literal_column(f"'{entity_type}'"),
+        METADATA.c.metadata_key == literal_column(f"'{key}'"), METADATA.c.deleted_at.is_(None),
         METADATA.c.metadata_value == any_(bindparam("values", wanted, type_=ARRAY(JSONB)))))
     return {value: entity_id for value, entity_id in rows}
 
@@ -313,3 +321,164 @@ def metadata_of(connection: Connection, entity_type: str, key: str, ids: Iterabl
 
 __all__ = ["EXTERNAL_ID", "BatchContext", "BatchPlan", "Kind", "Parsed", "SeenKeys", "Update", "fetch_by",
            "metadata_of", "metadata_owners", "same"]
+
+
+# -- References to other records (enrollments, specialists, calls, flags) ---------------------------
+#
+# A row names another record by its id column (``member_id``) and/or a natural-key column
+# (``external_member_number``); both are resolved for the whole batch in a few queries.
+
+
+@dataclass
+class Ref:
+    """What a row's reference columns resolved to.
+
+    ``given`` is False when the row names no record (the columns are absent or blank);
+    ``blanked`` is True when one of the columns is in the row but every one given is blank
+    (the file clears the reference). ``problem`` is (field, rule, message) when the
+    reference cannot be used.
+    """
+
+    given: bool = False
+    id: uuid.UUID | None = None
+    field: str | None = None
+    deleted: bool = False
+    blanked: bool = False
+    row: Mapping[str, Any] | None = None
+    problem: tuple[str, str, str] | None = None
+
+
+def rows_by_id(connection: Connection, table: Table, ids: Iterable[uuid.UUID | None],
+               columns: Sequence[str] = ("id", "deleted_at")) -> dict[uuid.UUID, dict[str, Any]]:
+    """``columns`` of the rows (soft-deleted included) with one of ``ids``, in one query."""
+    wanted = list({value for value in ids if value is not None})
+    if not wanted:
+        return {}
+    rows = connection.execute(select(*(table.c[name] for name in columns)).where(table.c.id.in_(wanted)))
+    return {row._mapping["id"]: dict(row._mapping) for row in rows}
+
+
+def resolve_refs(rows: Sequence[Parsed], id_field: str, key_field: str | None,
+                 found: Mapping[uuid.UUID, Mapping[str, Any]],
+                 owners: Mapping[Any, uuid.UUID | tuple[str, str]], what: str) -> dict[int, Ref]:
+    """Each row's reference by ``id_field`` and/or ``key_field``.
+
+    ``found`` holds the referenced rows by id (``rows_by_id``, soft-deleted included);
+    ``owners`` maps a natural-key value to the id it names, or to (rule, message) when it
+    names none usably. Both columns given must name the same record (``identity_conflict``).
+    """
+    refs: dict[int, Ref] = {}
+    for parsed in rows:
+        values = parsed.values
+        given_id = values.get(id_field)
+        key = values.get(key_field) if key_field else None
+        if given_id is None and key is None:
+            refs[parsed.row] = Ref(blanked=id_field in values or (key_field is not None and key_field in values))
+            continue
+        problem: tuple[str, str, str] | None = None
+        target = given_id
+        if given_id is not None and given_id not in found:
+            problem = (id_field, "reference", f"no {what} has this {id_field}")
+        if key is not None and problem is None:
+            owner = owners.get(key)
+            if owner is None or (not isinstance(owner, tuple) and owner not in found):
+                problem = (key_field, "reference", f"no {what} has this {key_field}")
+            elif isinstance(owner, tuple):
+                problem = (key_field, owner[0], owner[1])
+            elif given_id is not None and owner != given_id:
+                problem = (key_field, "identity_conflict", f"{id_field} and {key_field} name different {what}s")
+            else:
+                target = owner
+        row = found.get(target) if target is not None else None
+        refs[parsed.row] = Ref(given=True, id=target if problem is None else None,
+                               field=id_field if given_id is not None else key_field,
+                               deleted=row is not None and row.get("deleted_at") is not None,
+                               row=row, problem=problem)
+    return refs
+
+
+def member_refs(connection: Connection, rows: Sequence[Parsed]) -> dict[int, Ref]:
+    """Rows' members by ``member_id`` and/or ``external_member_number`` (two queries per batch)."""
+    from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER
+    from carecli.data.models.platform import Member
+
+    owners = metadata_owners(connection, "member", EXTERNAL_MEMBER_NUMBER,
+                             (p.values.get("external_member_number") for p in rows))
+    found = rows_by_id(connection, Member.__table__,
+                       [p.values.get("member_id") for p in rows] + list(owners.values()))
+    return resolve_refs(rows, "member_id", "external_member_number", found, owners, "member")
+
+
+def users_by_email(identity: Connection, emails: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """Live identity users (id, is_active) for each lower-cased e-mail address, in one query.
+
+    The identity transaction is ended at once: an import must not hold one open for its whole run.
+    """
+    from sqlalchemy import func
+
+    from carecli.data.models.identity import User
+
+    users = User.__table__
+    wanted = list({email.strip().lower() for email in emails if email})
+    if not wanted:
+        return {}
+    try:
+        rows = identity.execute(select(users.c.id, func.lower(users.c.email).label("email"), users.c.is_active)
+                                .where(func.lower(users.c.email).in_(wanted), users.c.deleted_at.is_(None)))
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            found.setdefault(row.email, []).append({"id": row.id, "is_active": row.is_active is not False})
+        return found
+    finally:
+        identity.rollback()
+
+
+#: the rule for a row that names a user by e-mail address when the import has no identity database
+IDENTITY_UNAVAILABLE = ("identity_unavailable",
+                        "needs the identity database to look up e-mail addresses (give the specialist's id instead)")
+
+
+def specialist_refs(ctx: BatchContext, rows: Sequence[Parsed], id_field: str = "specialist_id",
+                    email_field: str = "specialist_email") -> dict[int, Ref]:
+    """Rows' specialists by ``id_field`` and/or ``email_field`` (their user's e-mail address):
+    one identity query and two platform queries per batch."""
+    from carecli.data.models.platform import Specialist
+
+    table = Specialist.__table__
+    emails = {p.values[email_field] for p in rows if p.values.get(email_field) is not None}
+    owners: dict[Any, uuid.UUID | tuple[str, str]] = {}
+    if emails and ctx.identity is None:
+        owners = {email: IDENTITY_UNAVAILABLE for email in emails}
+    elif emails:
+        users = users_by_email(ctx.identity, emails)
+        user_ids = [user["id"] for found in users.values() for user in found]
+        by_user: dict[uuid.UUID, list[uuid.UUID]] = {}
+        if user_ids:
+            for row in ctx.connection.execute(select(table.c.id, table.c.user_id).where(
+                    table.c.user_id.in_(user_ids), table.c.deleted_at.is_(None))):
+                by_user.setdefault(row.user_id, []).append(row.id)
+        for email in emails:
+            found = users.get(email.strip().lower(), [])
+            if not found:
+                owners[email] = ("reference", "no user has this e-mail address")
+                continue
+            if len(found) > 1:
+                owners[email] = ("ambiguous", "more than one user has this e-mail address; give the specialist's id")
+                continue
+            specialists = by_user.get(found[0]["id"], [])
+            if not specialists:
+                owners[email] = ("reference", "the user with this e-mail address is not a live specialist")
+            elif len(specialists) > 1:
+                owners[email] = ("ambiguous", "more than one specialist belongs to this user; give the specialist's id")
+            else:
+                owners[email] = specialists[0]
+    found_rows = rows_by_id(ctx.connection, table,
+                            [p.values.get(id_field) for p in rows]
+                            + [owner for owner in owners.values() if not isinstance(owner, tuple)],
+                            ("id", "user_id", "deleted_at"))
+    return resolve_refs(rows, id_field, email_field, found_rows, owners, "specialist")
+
+
+def database_now(connection: Connection) -> datetime:
+    """The database's clock (naive UTC), for timestamps the import sets itself (``deleted_at``)."""
+    return connection.exec_driver_sql("SELECT clock_timestamp() AT TIME ZONE 'UTC'").scalar_one()

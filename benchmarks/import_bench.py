@@ -1,0 +1,233 @@
+"""Import speed: `carecli import members` end to end from a CSV file, against a plain COPY.
+
+Run: .venv/bin/python benchmarks/import_bench.py --admin-url postgresql://postgres@127.0.0.1:5432/postgres
+
+1. writes a CSV of N synthetic members (external member number, name, SSN,
+   date of birth, contact details; fictional by construction);
+2. on a fresh, migrated database pair, runs the real `carecli import members
+   FILE --json` as the API token of an administrator with the import:run
+   scope: parse, validate, encrypt SSN and DOB, blind index, match, COPY
+   members, their metadata rows and audit rows;
+3. baseline, in the same run: the rows that import wrote (members, their
+   metadata rows, their audit rows; already encrypted) are dumped with
+   binary COPY TO and timed going back in with binary COPY FROM into bare
+   copies of those tables (`CREATE TABLE ... (LIKE ...)`: no indexes, no
+   constraints beyond NOT NULL): the least work the database can do for
+   that data;
+4. re-runs the same file (every row unchanged);
+5. peak resident memory of the import process at two file sizes (N/10 and
+   N), each into fresh databases: it must not grow with the file.
+
+Prints a table; keeps nothing (the databases are dropped at the end unless --keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_pairs import bench_engine, database_url, libpq_url  # noqa: E402
+from carecli.config import load_settings  # noqa: E402
+from carecli.data import migrate  # noqa: E402
+from carecli.data.actor import Actor  # noqa: E402
+from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402
+from carecli.data.databases import open_databases  # noqa: E402
+from carecli.data.permissions import ALL_PERMISSIONS  # noqa: E402
+from carecli.data.seeding import FIRST_NAMES, LAST_NAMES  # noqa: E402
+from carecli.services.auth.tokens import create_api_token  # noqa: E402
+from carecli.services.users import bootstrap_admin  # noqa: E402
+
+HEADER = ("external_member_number", "first_name", "last_name", "ssn", "dob", "email", "phone", "address_line1",
+          "city", "state", "zip_code", "status")
+STATES = ("OR", "WA", "CA", "NY", "TX", "FL", "IL", "OH", "GA", "NC")
+CITIES = ("Portland", "Seattle", "Oakland", "Albany", "Austin", "Tampa", "Chicago", "Dayton", "Macon", "Durham")
+
+
+def _local(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def write_csv(path: Path, members: int, seed: int = 7) -> None:
+    """N members with unique numbers and unique valid SSNs (area 001-665, group 01-99, serial 0001-9999)."""
+    rng = random.Random(seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        for i in range(members):
+            area, rest = divmod(i, 99 * 9999)
+            group, serial = divmod(rest, 9999)
+            ssn = f"{area + 1:03d}-{group + 1:02d}-{serial + 1:04d}"
+            first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+            state = rng.randrange(len(STATES))
+            writer.writerow((
+                f"EMN{i:09d}", first, last, ssn,
+                f"{rng.randint(1, 12):02d}/{rng.randint(1, 28):02d}/{rng.randint(1930, 2015)}",
+                f"{_local(first)}.{_local(last)}{i}@example.org", f"(555) {rng.randint(200, 999)}-{i % 10000:04d}",
+                f"{rng.randint(1, 9999)} Main St", CITIES[state], STATES[state], f"{rng.randint(10000, 99999)}",
+                "active",
+            ))
+
+
+def fresh_pair(admin_url: str, prefix: str) -> dict[str, str]:
+    names = {"identity": f"{prefix}_identity", "platform": f"{prefix}_platform"}
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    urls = {db: database_url(admin_url, name) for db, name in names.items()}
+    for db, url in urls.items():
+        engine = bench_engine(url)
+        try:
+            migrate.upgrade(engine, db)
+        finally:
+            engine.dispose()
+    return urls
+
+
+def drop_pair(admin_url: str, prefix: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        for db in ("identity", "platform"):
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(f"{prefix}_{db}")))
+
+
+def environment(urls: dict[str, str], master: str) -> dict[str, str]:
+    env = {**os.environ, "CARECLI_IDENTITY_URL": urls["identity"], "CARECLI_PLATFORM_URL": urls["platform"],
+           "CARECLI_MASTER_KEY": master}
+    settings = load_settings(env)
+    databases = open_databases(settings)
+    try:
+        admin = bootstrap_admin(databases, email="bench.admin@example.org", external_id="bench|admin")
+        actor = Actor.create(admin.id, ALL_PERMISSIONS, channel="cli", role="admin")
+        token = create_api_token(databases, actor, name="import bench", scopes=["import:run"])
+    finally:
+        databases.identity.dispose()
+        databases.platform.dispose()
+    env["CARECLI_TOKEN"] = token.secret
+    return env
+
+
+def run_import(env: dict[str, str], path: Path) -> tuple[dict, float, int]:
+    """The real CLI: (its --json summary, wall seconds, peak RSS in KiB)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "carecli", "import", "members", str(path), "--json"],
+                                env=env, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"import failed ({proc.returncode}): {err.read().strip()[-2000:]}")
+        return json.loads(out.read()), seconds, usage.ru_maxrss
+
+
+def baseline(platform_url: str) -> tuple[float, dict[str, int]]:
+    """Seconds to COPY the import's final rows (binary) into bare copies of their tables."""
+    selects = {
+        "members": "SELECT * FROM members",
+        "metadata": "SELECT * FROM metadata WHERE entity_type = 'member'",
+        "audit_logs": "SELECT * FROM audit_logs WHERE entity_type IN ('member', 'metadata')",
+    }
+    dumps: dict[str, Path] = {}
+    counts: dict[str, int] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="carecli-bench-copy-"))
+    with psycopg.connect(libpq_url(platform_url)) as conn:
+        for table, query in selects.items():
+            path = workdir / f"{table}.bin"
+            with path.open("wb") as handle, conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as copy:
+                for chunk in copy:
+                    handle.write(chunk)
+            dumps[table] = path
+            counts[table] = conn.execute(f"SELECT count(*) FROM ({query}) q").fetchone()[0]
+            conn.execute(f"DROP TABLE IF EXISTS bare_{table}")
+            conn.execute(f"CREATE TABLE bare_{table} (LIKE {table})")
+        conn.commit()
+        conn.execute("CHECKPOINT")
+        started = time.perf_counter()
+        with conn.transaction():
+            for table, path in dumps.items():
+                with path.open("rb") as handle, conn.cursor().copy(f"COPY bare_{table} FROM STDIN (FORMAT binary)") as copy:
+                    while chunk := handle.read(1 << 20):
+                        copy.write(chunk)
+        seconds = time.perf_counter() - started
+        for table in dumps:
+            conn.execute(f"DROP TABLE bare_{table}")
+        conn.commit()
+    for path in dumps.values():
+        path.unlink()
+    workdir.rmdir()
+    return seconds, counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--members", type=int, default=1_000_000)
+    parser.add_argument("--keep", action="store_true", help="keep the databases of the full-size run")
+    args = parser.parse_args()
+    master = encode_key(generate_master_key())
+    prefix = "carecli_bench_import"
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="carecli-import-bench-") as tmp:
+        small_n = max(args.members // 10, 1)
+        small, full = Path(tmp) / "small.csv", Path(tmp) / "full.csv"
+        started = time.perf_counter()
+        write_csv(small, small_n)
+        write_csv(full, args.members)
+        print(f"wrote the files in {time.perf_counter() - started:.1f}s ({full.stat().st_size / 1e6:.0f} MB)",
+              file=sys.stderr)
+
+        urls = fresh_pair(args.admin_url, prefix)
+        env = environment(urls, master)
+        summary_small, seconds_small, rss_small = run_import(env, small)
+        drop_pair(args.admin_url, prefix)
+
+        urls = fresh_pair(args.admin_url, prefix)
+        env = environment(urls, master)
+        summary, seconds, rss_full = run_import(env, full)
+        assert summary["created"] == args.members, summary
+        copy_seconds, counts = baseline(urls["platform"])
+        rerun, rerun_seconds, _ = run_import(env, full)
+        assert rerun["unchanged"] == args.members, rerun
+        if not args.keep:
+            drop_pair(args.admin_url, prefix)
+
+    n = args.members
+    import_rate = n / seconds
+    copy_rate = n / copy_seconds
+    rows = [
+        ("members in the file", f"{n:,}"),
+        ("rows written per member", f"{sum(counts.values()) / n:.1f} ({', '.join(f'{t} {c:,}' for t, c in counts.items())})"),
+        ("carecli import, end to end (process start to exit)", f"{seconds:.1f} s = {import_rate:,.0f} members/s"),
+        ("  of which the loader (its own clock)", f"{summary['seconds']:.1f} s"),
+        ("plain binary COPY of the same final rows into bare tables", f"{copy_seconds:.1f} s = {copy_rate:,.0f} members/s"),
+        ("import rate / COPY rate (target >= 0.50)", f"{import_rate / copy_rate:.2f}"),
+        ("re-run of the same file (all unchanged)", f"{rerun_seconds:.1f} s = {n / rerun_seconds:,.0f} members/s"),
+        (f"peak RSS importing {small_n:,} members", f"{rss_small / 1024:.0f} MiB"),
+        (f"peak RSS importing {n:,} members", f"{rss_full / 1024:.0f} MiB"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    print(f"{'measure':<{width}}  value")
+    print(f"{'-' * width}  {'-' * 40}")
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
