@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import sys
 import threading
 import uuid
@@ -21,7 +22,7 @@ import click
 from carecli.config import load_settings
 from carecli.data import audit
 from carecli.data.bulk.blind_index import BlindIndex, load_blind_index
-from carecli.data.bulk.loader import ImportAborted, ImportSummary, check_permission, run_import
+from carecli.data.bulk.loader import BatchConflict, ImportAborted, ImportSummary, check_permission, run_import
 from carecli.data.bulk.readers import (
     FORMATS,
     Columns,
@@ -172,8 +173,13 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
     def blind_index() -> BlindIndex | None:
         with lock:
             if not blind:
-                blind.append(load_blind_index(databases.platform, master_key(settings, databases),
-                                              create=not dry_run, actor=actor))
+                index = load_blind_index(databases.platform, master_key(settings, databases),
+                                         create=not dry_run, actor=actor)
+                if index is None:
+                    # A dry run on an installation without the key yet: no member has a hash to match, but
+                    # an ephemeral key still finds the file's own SSN duplicates, as the real run will.
+                    index = BlindIndex(secrets.token_bytes(32))
+                blind.append(index)
             return blind[0]
 
     total = None
@@ -190,9 +196,11 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
                              actor=actor, cipher=cipher_provider(settings, databases), blind_index=blind_index,
                              on_problem=report, progress=progress, dry_run=dry_run,
                              all_or_nothing=all_or_nothing, batch_rows=batch_rows)
-    except FileProblem:
+    except FileProblem as exc:
         progress.stop()
-        raise
+        click.echo(f"carecli: import aborted: {exc.message}; batches committed before it stay: fix the file and run "
+                   "the same import again (rows already loaded are matched, not added twice)", err=True)
+        return EXIT_ABORTED
     except ImportAborted as exc:
         progress.stop()
         click.echo(f"carecli: import aborted: {_cause(exc)}; batches committed before it stay, and running the "
@@ -218,6 +226,8 @@ def _cause(exc: BaseException) -> str:
     from carecli.data.databases import describe_dbapi_error
 
     cause = exc.__cause__ or exc
+    if isinstance(cause, BatchConflict):
+        return str(cause)
     if isinstance(cause, DBAPIError):
         return describe_dbapi_error(cause)
     diag = getattr(cause, "diag", None)

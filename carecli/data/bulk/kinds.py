@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 METADATA = Metadata.__table__
 _IDENTIFIER = re.compile(r"^[a-z_]{1,50}$")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
 @dataclass
@@ -82,6 +83,7 @@ class SeenKeys:
         self.connection = connection
         connection.exec_driver_sql(
             "CREATE TEMP TABLE IF NOT EXISTS carecli_import_seen (key text PRIMARY KEY, row integer NOT NULL)")
+        connection.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS carecli_import_batch (key text, row integer)")
         connection.exec_driver_sql("TRUNCATE carecli_import_seen")
         connection.commit()
 
@@ -90,15 +92,16 @@ class SeenKeys:
 
         ``candidates`` are in file order; a row that repeats a key claims none of its keys.
         """
-        all_keys = [key for _, keys in candidates for key in keys]
-        earlier: dict[str, int] = {}
-        if all_keys:
-            result = self.connection.exec_driver_sql(
-                "SELECT key, row FROM carecli_import_seen WHERE key = ANY(%(keys)s)", {"keys": all_keys})
-            earlier = {key: row for key, row in result}
+        lines = "".join(f"{key.translate(_COPY_ESCAPES)}\t{row}\n" for row, keys in candidates for key in keys)
+        if not lines:
+            return {}
+        self.connection.exec_driver_sql("TRUNCATE carecli_import_batch")
+        with self.connection.connection.driver_connection.cursor() as cursor:
+            with cursor.copy("COPY carecli_import_batch (key, row) FROM STDIN") as copy:
+                copy.write(lines.encode("utf-8"))
+        earlier = dict(self.connection.exec_driver_sql(
+            "SELECT b.key, s.row FROM carecli_import_batch b JOIN carecli_import_seen s USING (key)").all())
         duplicates: dict[int, tuple[str, int]] = {}
-        new_keys: list[str] = []
-        new_rows: list[int] = []
         for row, keys in candidates:
             hit = next((key for key in keys if key in earlier), None)
             if hit is not None:
@@ -106,12 +109,9 @@ class SeenKeys:
                 continue
             for key in keys:
                 earlier[key] = row
-                new_keys.append(key)
-                new_rows.append(row)
-        if new_keys:
-            self.connection.exec_driver_sql(
-                "INSERT INTO carecli_import_seen (key, row) SELECT * FROM unnest(%(keys)s::text[], %(rows)s::int[])",
-                {"keys": new_keys, "rows": new_rows})
+        self.connection.exec_driver_sql(
+            "INSERT INTO carecli_import_seen (key, row) SELECT key, row FROM carecli_import_batch "
+            "WHERE row <> ALL(%(rows)s::int[])", {"rows": list(duplicates)})
         self.connection.commit()
         return duplicates
 
@@ -229,21 +229,24 @@ class Kind:
         values = {name: parsed.values[name] for name in self.table_columns if name in parsed.values}
         values.update(extra)
         for name, default in self.defaults.items():
-            if values.get(name) is None and name not in parsed.values:
+            if values.get(name) is None:  # left out, or blank: a new row takes the schema's default
                 values[name] = default
         return values
 
     def changes(self, parsed: Parsed, existing: Mapping[str, Any], extra: Mapping[str, Any] = ()) -> dict[str, Any]:
         """Table columns whose value the file changes (columns it leaves out stay as they are)."""
         wanted = {name: parsed.values[name] for name in self.table_columns if name in parsed.values}
+        for name, default in self.defaults.items():
+            if name in wanted and wanted[name] is None:  # blank means the default here too, so re-runs agree
+                wanted[name] = default
         wanted.update(extra)
         return {name: value for name, value in wanted.items() if not same(existing.get(name), value)}
 
     def create(self, plan: BatchPlan, ctx: BatchContext, row_id: uuid.UUID, values: dict[str, Any],
-               audit_extra: Mapping[str, Any] = ()) -> None:
+               audit_extra: Mapping[str, Any] | None = None) -> None:
         plan.insert(self.table.name, {"id": row_id, **values})
         plan.audit.append(audit.audit_row(ctx.actor, self.entity_type, row_id, "create", None,
-                                          {**values, **audit_extra}))
+                                          {**values, **(audit_extra or {})}))
         plan.created += 1
 
     def update(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, existing: Mapping[str, Any],

@@ -26,12 +26,15 @@ written at all. One import of a kind runs at a time (an advisory lock).
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -47,7 +50,6 @@ from carecli.errors import PermissionDenied
 
 #: rows per batch (one transaction each, unless all-or-nothing)
 BATCH_ROWS = 5_000
-_JSON_COLUMNS = {"old_values", "new_values", "metadata_value", "coverage_details"}
 
 
 @dataclass
@@ -74,6 +76,16 @@ class ImportSummary:
         data.pop("errors")
         data["rows_per_second"] = round(self.rows / self.seconds) if self.seconds else None
         return data
+
+
+class BatchConflict(Exception):
+    """Records of a batch changed between planning and writing; the batch was not written."""
+
+    def __init__(self, rows: list[int]) -> None:
+        shown = ", ".join(str(row) for row in rows[:5]) + (" ..." if len(rows) > 5 else "")
+        super().__init__(f"the records of row(s) {shown} changed while the import ran (an edit in the app); "
+                         "their batch was not written")
+        self.rows = rows
 
 
 class ImportAborted(Exception):
@@ -128,7 +140,6 @@ class _Writer:
         self.connection.execute("SET statement_timeout = 0")
         self.connection.commit()
         self.single = single_transaction
-        self.conflicts: list[RecordProblem] = []
         self.error: BaseException | None = None
         self.batches = 0
         self._staged: set[str] = set()
@@ -179,11 +190,7 @@ class _Writer:
 
     def _apply(self, plan: BatchPlan) -> None:
         connection = self.connection
-        conflicted = self._updates(plan.updates)
-        audit_rows = plan.audit
-        if conflicted:
-            audit_rows = [row for row in audit_rows
-                          if not (row["action"] == "update" and row["entity_id"] in conflicted)]
+        self._updates(plan.updates)
         with connection.cursor() as cursor:
             for table, rows in plan.inserts.items():
                 _copy(cursor, table, rows)
@@ -194,19 +201,23 @@ class _Writer:
                     "ON CONFLICT (entity_type, entity_id, metadata_key) DO UPDATE SET "
                     "metadata_value = EXCLUDED.metadata_value, deleted_at = NULL, updated_at = now()",
                     [{**row, "metadata_value": Jsonb(row["metadata_value"])} for row in plan.metadata_upserts])
-            _copy(cursor, "audit_logs", audit_rows)
+            _copy(cursor, "audit_logs", plan.audit)
         if not self.single:
             connection.commit()
         self.batches += 1
 
-    def _updates(self, updates: list[Update]) -> set[uuid.UUID]:
-        """Apply updates grouped by the columns they change; returns ids that changed meanwhile."""
+    def _updates(self, updates: list[Update]) -> None:
+        """Apply updates grouped by the columns they change, each guarded by the updated_at it was planned on.
+
+        A record changed by someone else since the batch was planned (an edit in the app) is never
+        overwritten: the whole batch is rolled back and the import stops (:class:`BatchConflict`);
+        running it again re-plans those rows against what is there now.
+        """
         if not updates:
-            return set()
+            return
         groups: dict[tuple[str, tuple[str, ...]], list[Update]] = {}
         for item in updates:
             groups.setdefault((item.table, tuple(sorted(item.changes))), []).append(item)
-        conflicted: set[uuid.UUID] = set()
         with self.connection.cursor() as cursor:
             for (table, columns), items in groups.items():
                 stage = f"carecli_stage_{table}"
@@ -216,45 +227,87 @@ class _Writer:
                     self._staged.add(stage)
                 cursor.execute(f"TRUNCATE {stage}")
                 names = ("id", "carecli_expected", *columns)
-                with cursor.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
-                    for item in items:
-                        copy.write_row((item.id, item.expected_updated_at,
-                                        *(_adapt(name, item.changes[name]) for name in columns)))
+                _copy_lines(cursor, stage, names, ((item.id, item.expected_updated_at,
+                                                    *(item.changes[name] for name in columns)) for item in items))
                 assignments = ", ".join(f"{name} = s.{name}" for name in columns)
                 cursor.execute(
                     f"UPDATE {table} t SET {assignments}, updated_at = clock_timestamp() AT TIME ZONE 'UTC' "
                     f"FROM {stage} s WHERE t.id = s.id "
                     "AND t.updated_at IS NOT DISTINCT FROM s.carecli_expected RETURNING t.id")
                 done = {row[0] for row in cursor.fetchall()}
-                for item in items:
-                    if item.id not in done:
-                        conflicted.add(item.id)
-                        self.conflicts.append(RecordProblem(
-                            item.row, "(row)", "conflict",
-                            "the record changed while the import ran; re-run the import to apply this row"))
-        return conflicted
+                changed = sorted(item.row for item in items if item.id not in done)
+                if changed:
+                    raise BatchConflict(changed)
 
 
-def _adapt(name: str, value: Any) -> Any:
-    return Jsonb(value) if name in _JSON_COLUMNS and value is not None else value
+_JSON_COLUMNS = frozenset({"old_values", "new_values", "metadata_value", "coverage_details"})
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_JSON_MEMO: dict[tuple, str] = {}
+_JSON_MEMO_LIMIT = 4096
+
+
+def _json_text(value: Any) -> str:
+    """JSON for a COPY field; audit values of one shape repeat, so their text is memoised."""
+    if type(value) is dict:
+        try:
+            key = tuple(value.items())
+            cached = _JSON_MEMO.get(key)
+        except TypeError:  # unhashable values: nothing to memoise
+            key, cached = None, None
+        if cached is not None:
+            return cached
+        text_value = json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_ESCAPES)
+        if key is not None:
+            if len(_JSON_MEMO) >= _JSON_MEMO_LIMIT:
+                _JSON_MEMO.clear()
+            _JSON_MEMO[key] = text_value
+        return text_value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_ESCAPES)
+
+
+def _field(value: Any) -> str:
+    """One value in COPY's text format (psycopg's per-row adaptation costs several times more)."""
+    kind = type(value)
+    if value is None:
+        return "\\N"
+    if kind is str:
+        return value.translate(_ESCAPES)
+    if kind is uuid.UUID or kind is int or kind is Decimal:
+        return str(value)
+    if kind is bool:
+        return "t" if value else "f"
+    if kind is datetime or kind is date:
+        return value.isoformat()
+    if kind is bytes:
+        return "\\\\x" + value.hex()
+    if kind is dict or kind is list:
+        return _json_text(value)
+    if isinstance(value, Jsonb):
+        return _json_text(value.obj)
+    return str(value).translate(_ESCAPES)
+
+
+def _json_field(value: Any) -> str:
+    return "\\N" if value is None else _json_text(value)
 
 
 def _copy(cursor: Any, table: str, rows: list[dict[str, Any]]) -> None:
-    """COPY rows (dicts, possibly with different keys) into ``table``."""
+    """COPY rows (dicts, possibly with different keys) into ``table``, as preformatted text."""
     if not rows:
         return
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row), []).append(row)
     for names, items in groups.items():
-        json_at = [i for i, name in enumerate(names) if name in _JSON_COLUMNS]
-        with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
-            for item in items:
-                values = list(item.values())
-                for i in json_at:
-                    if values[i] is not None:
-                        values[i] = Jsonb(values[i])
-                copy.write_row(values)
+        _copy_lines(cursor, table, names, (item.values() for item in items))
+
+
+def _copy_lines(cursor: Any, table: str, names: tuple[str, ...], rows: Iterable[Iterable[Any]]) -> None:
+    # A JSON column's strings are JSON strings ("A1" -> "\"A1\""), not the column's text.
+    fields = [_json_field if name in _JSON_COLUMNS else _field for name in names]
+    data = "".join("\t".join([format_(value) for format_, value in zip(fields, row)]) + "\n" for row in rows)
+    with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
+        copy.write(data.encode("utf-8"))
 
 
 def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine: Engine, actor: Actor,
@@ -283,6 +336,9 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     writer: _Writer | None = None
     try:
         planner.exec_driver_sql("SET statement_timeout = 0")
+        # psycopg prepares a statement after five runs and PostgreSQL then may switch to a generic
+        # plan, which cannot use the partial natural-key indexes for `= ANY($1)`: a scan per batch.
+        planner.exec_driver_sql("SET plan_cache_mode = force_custom_plan")
         # One import of a kind at a time: two would each miss the other's uncommitted rows.
         planner.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"carecli-import-{kind.name}"})
         planner.commit()
@@ -306,9 +362,6 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
             commit = not (all_or_nothing and rejected["rows"])
             active, writer = writer, None
             active.finish(commit=commit)
-            for item in active.conflicts:
-                problem(item)
-                summary.updated -= 1
             summary.batches = active.batches
             summary.committed = commit
         else:

@@ -95,11 +95,12 @@ class MembersKind(Kind):
                             "matches a deleted member; restore the member before importing them again")
                 continue
             targets[parsed.row] = target
-            keys = [f"member:{target or parsed.values.get('id') or ''}"] if (target or parsed.values.get("id")) else []
+            # A new member's own new id cannot repeat; a given or matched one can.
+            keys = [f"member:{target or parsed.values['id']}"] if (target or parsed.values.get("id")) else []
             if number is not None:
                 keys.append(f"number:{number}")
             if hashes[parsed.row] is not None:
-                keys.append(f"ssn:{hashes[parsed.row]}")
+                keys.append(f"ssn:{hashes[parsed.row][:32]}")
             candidates.append((parsed.row, keys))
             live.append(parsed)
         duplicates = ctx.seen.claim(candidates)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from carecli.data.bulk.calls import CallsKind
 from carecli.data.bulk.catalog import kind_named
+from carecli.data.bulk.enrollments import EnrollmentsKind
+from carecli.data.bulk.flags import FlagsKind
 from carecli.data.bulk.kinds import Kind
 from carecli.data.bulk.members import MembersKind
 from carecli.data.bulk.plans import PlansKind
+from carecli.data.bulk.specialists import SpecialistsKind
 
 _KINDS: dict[str, type[Kind]] = {
     "members": MembersKind,
     "plans": PlansKind,
+    "enrollments": EnrollmentsKind,
+    "specialists": SpecialistsKind,
+    "calls": CallsKind,
+    "flags": FlagsKind,
 }
 
 

@@ -1,0 +1,110 @@
+"""Importing risk flags, matched by ``id`` or ``external_id`` (the source system's flag id).
+
+A flag is raised from a call, named by ``call_record_id`` and/or
+``call_external_id`` (the call's ``external_id``); the call must be live to
+raise a flag on it. As in the app, the flag's member and specialist are the
+call's: the file may name them (``member_id`` / ``external_member_number``,
+``specialist_id`` / ``specialist_email``) but they must then be the call's
+(``call_mismatch``), and a flag never moves to another call (``read_only``).
+``external_id`` is kept in ``metadata`` (entity type ``risk_flag``); a row
+with neither it nor an ``id`` is refused (``identity_required``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from carecli.data.bulk import fields as f
+from carecli.data.bulk.catalog import EXTERNAL_ID
+from carecli.data.bulk.calls import ExternalIdKind
+from carecli.data.bulk.kinds import (
+    BatchContext,
+    BatchPlan,
+    Parsed,
+    Ref,
+    member_refs,
+    metadata_owners,
+    resolve_refs,
+    rows_by_id,
+    specialist_refs,
+)
+from carecli.data.models.enums import RISK_TYPES, SEVERITIES
+from carecli.data.models.platform import CallRecord
+from carecli.data.models.platform import RiskFlag as RiskFlagTable
+from carecli.data.permissions import Permission
+
+CALLS = CallRecord.__table__
+
+
+class FlagsKind(ExternalIdKind):
+    name = "flags"
+    noun = "flag"
+    table = RiskFlagTable.__table__
+    permission = Permission.FLAGS_WRITE
+    required_on_create = ("risk_type", "severity", "description")
+    special_parsers = {
+        "risk_type": f.enum(RISK_TYPES), "severity": f.enum(SEVERITIES), "external_id": f.text(100),
+        "call_external_id": f.text(100), "external_member_number": f.text(64), "specialist_email": f.parse_email,
+    }
+
+    def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
+        if values.get("id") is None and values.get("external_id") is None:
+            yield ("external_id", "identity_required",
+                   "a flag needs an external_id or an id, or a re-run could not find it")
+        for name in ("risk_type", "severity", "description"):
+            if name in values and values[name] is None:
+                yield name, "required", "is required"
+        call_columns = [name for name in ("call_record_id", "call_external_id") if name in values]
+        if call_columns and all(values[name] is None for name in call_columns):
+            yield call_columns[0], "required", "a call_record_id or call_external_id is required"
+
+    def references(self, ctx: BatchContext, rows: list[Parsed]) -> list[dict[int, Ref]]:
+        connection = ctx.connection
+        call_owners = metadata_owners(connection, "call_record", EXTERNAL_ID,
+                                      (p.values.get("call_external_id") for p in rows))
+        calls_found = rows_by_id(connection, CALLS, [p.values.get("call_record_id") for p in rows]
+                                 + list(call_owners.values()), ("id", "member_id", "specialist_id", "deleted_at"))
+        return [resolve_refs(rows, "call_record_id", "call_external_id", calls_found, call_owners, "call"),
+                member_refs(connection, rows), specialist_refs(ctx, rows, "specialist_id", "specialist_email")]
+
+    def prepare(self, plan: BatchPlan, parsed: Parsed, current: dict[str, Any] | None,
+                refs: list[Ref]) -> dict[str, Any] | None:
+        call, member, specialist = refs
+        problems = [ref.problem for ref in refs if ref.problem is not None]
+        for problem in problems:
+            self.reject(plan, parsed, *problem)
+        if problems:
+            return None
+        # The call the flag is (or will be) on, and so its member and specialist.
+        if current is not None:
+            if call.given and call.id != current["call_record_id"]:
+                self.reject(plan, parsed, call.field, "read_only", "a flag stays on the call it was raised from")
+                return None
+            expected = {name: current[name] for name in ("call_record_id", "member_id", "specialist_id")}
+        elif not call.given:
+            self.reject(plan, parsed, "call_record_id", "required",
+                        "a call_record_id or call_external_id is required")
+            return None
+        elif call.deleted:
+            self.reject(plan, parsed, call.field, "reference", "names a deleted call")
+            return None
+        else:
+            expected = {"call_record_id": call.id, "member_id": call.row["member_id"],
+                        "specialist_id": call.row["specialist_id"]}
+        for ref, name, what in ((member, "member_id", "member"), (specialist, "specialist_id", "specialist")):
+            if ref.given and ref.id != expected[name]:
+                self.reject(plan, parsed, ref.field, "call_mismatch",
+                            f"must be the call's {what} (a flag's {what} is the call's)")
+                return None
+            if expected[name] is None:
+                self.reject(plan, parsed, name, "required", f"the call has no {what}, so no flag can be raised on it")
+                return None
+        if current is not None:
+            return self.changes(parsed, current, expected)
+        new = self.new_values(parsed, expected)
+        required = self.required_problems(parsed, new)
+        if required:
+            plan.problems.extend(required)
+            return None
+        return new
