@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import secrets
 import sys
 import threading
 import uuid
@@ -167,19 +166,14 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
 
     check_permission(importer, actor, deny)
     source = open_source(file, sys.stdin.buffer)
-    blind: list[BlindIndex | None] = []
+    blind: list[BlindIndex] = []
     lock = threading.Lock()
 
-    def blind_index() -> BlindIndex | None:
+    def blind_index() -> BlindIndex:
         with lock:
             if not blind:
-                index = load_blind_index(databases.platform, master_key(settings, databases),
-                                         create=not dry_run, actor=actor)
-                if index is None:
-                    # A dry run on an installation without the key yet: no member has a hash to match, but
-                    # an ephemeral key still finds the file's own SSN duplicates, as the real run will.
-                    index = BlindIndex(secrets.token_bytes(32))
-                blind.append(index)
+                blind.append(load_blind_index(databases.platform, master_key(settings, databases),
+                                              create=not dry_run, actor=actor))
             return blind[0]
 
     total = None

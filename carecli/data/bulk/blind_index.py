@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from carecli.data import audit
 from carecli.data.actor import Actor
 from carecli.data.bulk.catalog import SSN_BLIND_INDEX
+from carecli.data.crypto.fields import FieldCipher
 from carecli.data.crypto.master import KEY_BYTES, MasterKey
 from carecli.data.crypto.phi import Ssn
 from carecli.data.models.platform import Metadata
@@ -34,7 +35,7 @@ from carecli.data.models.platform import Metadata
 METADATA = Metadata.__table__
 KEY_ENTITY_TYPE = "blind_index_key"
 KEY_NAME = "ssn_hmac_sha256"
-__all__ = ["SSN_BLIND_INDEX", "BlindIndex", "load_blind_index", "rewrap_blind_index_key"]
+__all__ = ["SSN_BLIND_INDEX", "BlindIndex", "backfill", "load_blind_index", "rewrap_blind_index_key"]
 
 
 class BlindIndex:
@@ -64,16 +65,17 @@ def _unwrap(master: MasterKey, key_id: uuid.UUID, value: dict) -> BlindIndex:
 
 
 def load_blind_index(engine: Engine, master: MasterKey, *, create: bool = True,
-                     actor: Actor | None = None) -> BlindIndex | None:
+                     actor: Actor | None = None) -> BlindIndex:
     """The installation's blind index, making its key on first use (safe when processes race).
 
-    With ``create=False`` (a dry run) a missing key gives None: no member can have a hash yet.
+    With ``create=False`` (a dry run) a missing key gives a throwaway key: no member can have a
+    hash yet, and the run can still find the same SSN twice in its file.
     """
     with engine.connect() as connection:
         stored = _stored_key(connection)
     if stored is None:
         if not create:
-            return None
+            return BlindIndex(secrets.token_bytes(KEY_BYTES))
         key_id = uuid.uuid4()
         value = {"wrapped_key": base64.b64encode(master.wrap(secrets.token_bytes(KEY_BYTES), data_key_id=key_id))
                  .decode("ascii"), "master_key_id": master.key_id}
@@ -92,6 +94,55 @@ def load_blind_index(engine: Engine, master: MasterKey, *, create: bool = True,
             stored = _stored_key(connection)
         assert stored is not None
     return _unwrap(master, *stored)
+
+
+_MISSING = text(
+    """
+    SELECT m.id, m.encrypted_ssn FROM members m
+    WHERE m.id > :after AND m.encrypted_ssn IS NOT NULL AND m.deleted_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM metadata x WHERE x.entity_type = 'member' AND x.entity_id = m.id
+                      AND x.metadata_key = 'ssn_blind_index' AND x.deleted_at IS NULL)
+    ORDER BY m.id LIMIT :batch
+    """
+)
+_ADD = text(
+    """
+    WITH added AS (
+        INSERT INTO metadata (entity_type, entity_id, metadata_key, metadata_value)
+        SELECT 'member', k.id, 'ssn_blind_index', to_jsonb(k.hash)
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS k(id, hash)
+        ON CONFLICT (metadata_value)
+            WHERE entity_type = 'member' AND metadata_key = 'ssn_blind_index' AND deleted_at IS NULL
+        DO NOTHING
+        RETURNING id, entity_id)
+    INSERT INTO audit_logs (user_id, entity_type, entity_id, action, new_values, ip_address, user_agent)
+    SELECT :user_id, 'metadata', id, 'create', jsonb_build_object('entity_type', 'member', 'entity_id', entity_id,
+           'metadata_key', 'ssn_blind_index', 'metadata_value', '[redacted]'), CAST(:ip AS inet), :agent
+    FROM added
+    """
+)
+
+
+def backfill(connection: Connection, cipher: FieldCipher, index: BlindIndex, actor: Actor,
+             *, batch: int = 5_000) -> int:
+    """Give every live member with an SSN but no blind index one (members made in the app or by
+    ``carecli seed``), so an import finds them by SSN too. Committed per batch; returns how many.
+
+    When two live members already share an SSN only the first gets the hash (the index is unique):
+    imports then match that one.
+    """
+    done = 0
+    after = uuid.UUID(int=0)
+    while True:
+        rows = connection.execute(_MISSING, {"after": after, "batch": batch}).all()
+        if not rows:
+            return done
+        hashes = [index.ssn(cipher.decrypt_ssn(bytes(row.encrypted_ssn), row.id)) for row in rows]
+        connection.execute(_ADD, {"ids": [row.id for row in rows], "hashes": hashes, "user_id": actor.user_id,
+                                  "ip": actor.ip_address, "agent": actor.user_agent})
+        connection.commit()
+        done += len(rows)
+        after = rows[-1].id
 
 
 def rewrap_blind_index_key(connection: Connection, old_master: MasterKey, new_master: MasterKey) -> bool:

@@ -253,7 +253,10 @@ def parse_zip(raw: Any) -> str:
 
 
 def parse_phone(raw: Any) -> str:
-    """A North American number in any common spelling, normalised to E.164 (+1NXXNXXXXXX)."""
+    """A North American number in any common spelling, normalised to E.164: +1 and its ten digits.
+
+    Area and exchange codes are not checked against the numbering plan: the fictional 555 numbers of
+    test and demo data (+1555 0XX XXXX) must survive an export and re-import."""
     value = _text_of(raw)
     if not re.fullmatch(r"[\d\s().+\-]+", value):
         raise FieldProblem("phone_format", "must be a 10-digit US phone number, e.g. (555) 123-4567")

@@ -133,7 +133,9 @@ def _batches(kind: Kind, records: Iterable[Record | RecordProblem], size: int,
 class _Writer:
     """Applies batch plans on its own connection, in a thread (or inline)."""
 
-    def __init__(self, engine: Engine, *, single_transaction: bool, threaded: bool = True) -> None:
+    def __init__(self, engine: Engine, actor: Actor, *, single_transaction: bool, threaded: bool = True) -> None:
+        self.actor_params = {"user_id": actor.user_id, "ip_address": actor.ip_address,
+                             "user_agent": actor.user_agent}
         # The raw psycopg connection: COPY needs it, and its transactions are then ours to end.
         self._pooled = engine.raw_connection()
         self.connection: Any = self._pooled.driver_connection
@@ -153,7 +155,12 @@ class _Writer:
         if self.error is not None:
             raise ImportAborted(type(self.error).__name__) from self.error
         if self._thread is None:
-            self._apply(plan)
+            try:
+                self._apply(plan)
+            except Exception as exc:  # as the thread would hand it over
+                self.error = exc
+                self.connection.rollback()
+                raise ImportAborted(type(exc).__name__) from exc
         else:
             self._queue.put(plan)
 
@@ -192,6 +199,14 @@ class _Writer:
         connection = self.connection
         self._updates(plan.updates)
         with connection.cursor() as cursor:
+            for staged, rows in plan.staged.items():
+                if staged.table not in self._staged:
+                    cursor.execute(staged.create)
+                    self._staged.add(staged.table)
+                cursor.execute(f"TRUNCATE {staged.table}")
+                _copy_lines(cursor, staged.table, staged.columns, rows)
+                for statement in staged.statements:
+                    cursor.execute(statement, self.actor_params)
             for table, rows in plan.inserts.items():
                 _copy(cursor, table, rows)
             if plan.metadata_upserts:
@@ -344,8 +359,13 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         planner.commit()
         context = BatchContext(planner, actor, SeenKeys(planner), cipher, blind_index, identity_connection)
         if not dry_run:
-            writer = _Writer(engine, single_transaction=all_or_nothing, threaded=threaded)
+            writer = _Writer(engine, actor, single_transaction=all_or_nothing, threaded=threaded)
+        prepared = dry_run
         for batch in _batches(kind, records, batch_rows, problem, counter):
+            if not prepared:  # only once the file has proved readable: a bad header writes nothing
+                kind.before_first_batch(context)
+                planner.commit()
+                prepared = True
             plan = kind.plan(context, batch)
             planner.commit()
             for item in plan.problems:

@@ -22,13 +22,65 @@ from typing import Any
 
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
-from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, fetch_by, metadata_of, metadata_owners
+from carecli.data import audit
+from carecli.data.bulk.blind_index import backfill
+from carecli.data.bulk.kinds import (
+    BatchContext,
+    BatchPlan,
+    Kind,
+    Parsed,
+    Staged,
+    fetch_by,
+    metadata_of,
+    metadata_owners,
+    ordered_id,
+)
 from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.models.platform import Member
 from carecli.data.permissions import Permission
 
-REDACTED = "[redacted]"
+REDACTED = audit.REDACTED
+_MEMBER_COLUMNS = ("id", "encrypted_ssn", "encrypted_dob", "first_name", "last_name", "email", "phone",
+                   "address_line1", "address_line2", "city", "state", "zip_code", "status")
+
+
+def _audit_values_sql(columns: tuple[str, ...], sensitive: frozenset[str]) -> str:
+    """``jsonb_build_object`` of the values a member's create audit row holds: PHI reduced to a marker,
+    as :func:`carecli.data.audit.audit_values` does for rows written one at a time."""
+    parts = []
+    for name in columns:
+        value = f"CASE WHEN {name} IS NULL THEN NULL ELSE '{REDACTED}' END" if name in sensitive else name
+        parts.append(f"'{name}', {value}")
+    return f"jsonb_build_object({', '.join(parts)})"
+
+
+_STAGE = "carecli_stage_new_members"
+_ACTOR = "%(user_id)s, {kind}, {id}, 'create', NULL, {values}, %(ip_address)s::inet, %(user_agent)s"
+#: New members go in as one COPY per batch; their metadata rows and every audit row are made by SQL.
+NEW_MEMBERS = Staged(
+    table=_STAGE,
+    columns=(*_MEMBER_COLUMNS, EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX),
+    create=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} AS SELECT {', '.join(_MEMBER_COLUMNS)}, "
+           f"NULL::text AS {EXTERNAL_MEMBER_NUMBER}, NULL::text AS {SSN_BLIND_INDEX} FROM members WITH NO DATA",
+    statements=(
+        f"INSERT INTO members ({', '.join(_MEMBER_COLUMNS)}) SELECT {', '.join(_MEMBER_COLUMNS)} FROM {_STAGE}",
+        f"WITH meta AS (INSERT INTO metadata (entity_type, entity_id, metadata_key, metadata_value) "
+        f"SELECT 'member', id, '{EXTERNAL_MEMBER_NUMBER}', to_jsonb({EXTERNAL_MEMBER_NUMBER}) FROM {_STAGE} "
+        f"WHERE {EXTERNAL_MEMBER_NUMBER} IS NOT NULL "
+        f"UNION ALL SELECT 'member', id, '{SSN_BLIND_INDEX}', to_jsonb({SSN_BLIND_INDEX}) FROM {_STAGE} "
+        f"WHERE {SSN_BLIND_INDEX} IS NOT NULL RETURNING id, entity_id, metadata_key) "
+        "INSERT INTO audit_logs (user_id, entity_type, entity_id, action, old_values, new_values, ip_address, "
+        "user_agent) SELECT " + _ACTOR.format(
+            kind="'metadata'", id="id", values=f"jsonb_build_object('entity_type', 'member', 'entity_id', entity_id, "
+            f"'metadata_key', metadata_key, 'metadata_value', '{REDACTED}')") + " FROM meta",
+        "INSERT INTO audit_logs (user_id, entity_type, entity_id, action, old_values, new_values, ip_address, "
+        "user_agent) SELECT " + _ACTOR.format(
+            kind="'member'", id="id",
+            values=_audit_values_sql((*_MEMBER_COLUMNS[1:], EXTERNAL_MEMBER_NUMBER),
+                                     audit.SENSITIVE_FIELDS["member"] | {EXTERNAL_MEMBER_NUMBER})) + f" FROM {_STAGE}",
+    ),
+)
 
 
 class MembersKind(Kind):
@@ -50,6 +102,11 @@ class MembersKind(Kind):
         for name in ("first_name", "last_name"):
             if name in values and values[name] is None:
                 yield name, "required", "is required"
+
+    def before_first_batch(self, ctx: BatchContext) -> None:
+        """Members made outside imports (the app, the seed) get their blind index first, so the
+        file's rows find them by SSN instead of creating the person again."""
+        backfill(ctx.connection, ctx.cipher(), ctx.blind_index(), ctx.actor)
 
     def plan(self, ctx: BatchContext, rows: list[Parsed]) -> BatchPlan:
         plan = BatchPlan()
@@ -109,7 +166,10 @@ class MembersKind(Kind):
             if parsed.row in duplicates:
                 key, earlier = duplicates[parsed.row]
                 what = {"member": "member", "number": "external_member_number", "ssn": "ssn"}[key.split(":", 1)[0]]
-                field = "id" if what == "member" else what
+                if what == "member":  # name a column the row has: the id, else the key it was matched on
+                    what = next(name for name in ("id", "external_member_number", "ssn")
+                                if parsed.values.get(name) is not None)
+                field = what
                 self.reject(plan, parsed, field, "duplicate_in_file",
                             f"the same {what} as row {earlier}; a member may appear once per file")
                 continue
@@ -127,7 +187,7 @@ class MembersKind(Kind):
         if problems:
             plan.problems.extend(problems)
             return
-        member_id = parsed.values.get("id") or uuid.uuid4()
+        member_id = parsed.values.get("id") or ordered_id()
         ssn: Ssn | None = parsed.values.get("ssn")
         dob: DateOfBirth | None = parsed.values.get("dob")
         if ssn is not None or dob is not None:
@@ -136,13 +196,10 @@ class MembersKind(Kind):
                 values["encrypted_ssn"] = cipher.encrypt_ssn(ssn, member_id)
             if dob is not None:
                 values["encrypted_dob"] = cipher.encrypt_dob(dob, member_id)
-        number = parsed.values.get("external_member_number")
-        self.create(plan, ctx, member_id, values,
-                    {EXTERNAL_MEMBER_NUMBER: REDACTED} if number is not None else {})
-        if number is not None:
-            self.metadata(plan, ctx, member_id, EXTERNAL_MEMBER_NUMBER, number, new=True)
-        if blind_hash is not None:
-            self.metadata(plan, ctx, member_id, SSN_BLIND_INDEX, blind_hash, new=True)
+        values["id"] = member_id
+        plan.stage(NEW_MEMBERS, (*(values.get(name) for name in _MEMBER_COLUMNS),
+                                 parsed.values.get("external_member_number"), blind_hash))
+        plan.created += 1
 
     def _update(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, current: Mapping[str, Any],
                 number: str | None, blind_hash_now: str | None, blind_hash: str | None) -> None:

@@ -6,9 +6,12 @@ holding them is rejected with the ``encoding`` rule, naming the field. A
 leading byte-order mark is dropped. Column names are matched ignoring case
 and surrounding spaces, after renaming with the mapping.
 
-Problems with the file as a whole (no header, unknown or missing columns, a
-row the CSV parser cannot resync after) raise :class:`FileProblem`; problems
-with one record are yielded as :class:`RecordProblem` so the rest can load.
+Problems with the header (none, unreadable, unknown or missing columns) raise
+:class:`ConfigError` before any row is read (exit code 2); a record the CSV
+parser cannot resync after raises :class:`FileProblem` (exit code 3: batches
+before it stay committed); problems with one record are yielded as
+:class:`RecordProblem` so the rest can load. Blank lines, and CSV rows whose
+cells are all empty (a spreadsheet's blank rows), are not records.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ FORMATS = ("csv", "jsonl")
 
 
 class FileProblem(CarecliError):
-    """The file cannot be read as a whole (exit code 2 before any row loaded, 3 after)."""
+    """The file cannot be read past a record (exit code 3: the batches before it stay committed)."""
 
     exit_code = EXIT_ABORTED
 
@@ -53,18 +56,20 @@ class Record:
 
 
 def normalise_name(name: str) -> str:
-    return " ".join(str(name).split()).lower()
+    """Case, spaces, hyphens and underscores do not matter: "First Name" is first_name."""
+    return "_".join(str(name).replace("-", " ").replace("_", " ").split()).lower()
 
 
 def detect_format(path: str, given: str | None) -> str:
     if given:
         return given
     lowered = path.lower()
+    # (no compressed suffixes: files are read as they are, so a .csv.gz would read as binary garbage)
     for suffix, name in ((".csv", "csv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"),
-                         (".csv.gz", "csv"), (".txt", "csv")):
+                         (".txt", "csv")):
         if lowered.endswith(suffix):
             return name
-    raise ConfigError(f"cannot tell the format of {'standard input' if path == '-' else path!r} from its name",
+    raise ConfigError(f"cannot tell the format of {'standard input' if path == '-' else repr(path)} from its name",
                       hint="say --format csv or --format jsonl")
 
 
@@ -102,7 +107,7 @@ class Columns:
     def __init__(self, known: Sequence[str], mapping: Mapping[str, str | None]) -> None:
         self.known = tuple(known)
         self._known = {normalise_name(name): name for name in known}
-        self.mapping = dict(mapping)
+        self.mapping = {normalise_name(source): target for source, target in mapping.items()}
         unknown_targets = sorted({t for t in mapping.values() if t is not None and t not in self.known})
         if unknown_targets:
             raise ConfigError(f"the mapping names unknown column(s): {', '.join(unknown_targets)}",
@@ -139,7 +144,9 @@ def read_csv(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
     try:
         header = next(reader, None)
     except (csv.Error, UnicodeError) as exc:
-        raise FileProblem(f"the header line cannot be read as CSV: {exc}") from None
+        # Nothing was read yet: a usage error (exit code 2), like a bad header.
+        raise ConfigError(f"the header line cannot be read as CSV: {exc}",
+                          hint="check the file's quoting, or give its --format") from None
     if header is None or not any(cell.strip() for cell in header):
         raise ConfigError("the file is empty: a CSV import needs a header line naming its columns",
                           hint=f"columns of this kind: {', '.join(columns.known)}")
@@ -177,8 +184,8 @@ def read_csv(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
             raise FileProblem(f"record {row + 1} (line {reader.line_num}) cannot be read as CSV: {exc}; "
                               "nothing after it was read") from None
         row += 1
-        if not cells or (len(cells) == 1 and not cells[0].strip() and width > 1):
-            row -= 1  # a blank line is not a record
+        if not any(cell.strip() for cell in cells):
+            row -= 1  # a blank line, or a row of empty cells (",,,"), is not a record
             continue
         if len(cells) != width:
             rule = "extra_values" if len(cells) > width else "missing_values"

@@ -1,0 +1,1063 @@
+"""Import, in-process: the readers, every field rule, and the members and plans kinds on real PostgreSQL.
+
+Reading and field rules need no database: they run the real reader and the
+kind's parser over a small file. Everything that matches, writes or audits
+runs through :class:`tests.import_fixtures.Importer` (the reader, parser and
+loader of ``carecli import``) on one migrated platform database per module,
+emptied after each test. The real command in a subprocess is tested in
+tests/test_import_cli.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from carecli.config import load_settings
+from carecli.data.actor import Actor
+from carecli.data.bulk import fields as f
+from carecli.data.bulk.catalog import COLUMNS
+from carecli.data.bulk.loader import BatchConflict, ImportAborted, check_permission
+from carecli.data.bulk.members import MembersKind
+from carecli.data.bulk.readers import (
+    Columns,
+    FileProblem,
+    Record,
+    RecordProblem,
+    detect_format,
+    load_mapping,
+    read_records,
+)
+from carecli.data.bulk.registry import kind_for
+from carecli.data.crypto.master import LocalMasterKey, generate_master_key
+from carecli.data.crypto.phi import DateOfBirth, Ssn
+from carecli.data.databases import create_database_engine
+from carecli.data.permissions import DEFAULT_ROLES
+from carecli.errors import EXIT_ABORTED, ConfigError, PermissionDenied
+from tests.import_fixtures import Importer, Outcome
+from tests.platform_fixtures import Platform, make_actor
+
+MEMBER_HEADER = COLUMNS["members"][1:]  # every file column but id
+PLAN_HEADER = tuple(name for name in COLUMNS["plans"][1:] if name != "coverage_details")
+BLIND_MASTER = LocalMasterKey(generate_master_key(), "test-blind")
+
+
+# -- building files ----------------------------------------------------------------------------
+
+
+def ssn_for(n: int) -> str:
+    """A valid, distinct SSN for each n (area 101.., group 10..98, serial 1000..1099)."""
+    rest = n % 8900
+    return f"{101 + n // 8900:03d}-{10 + rest // 100:02d}-{1000 + rest % 100:04d}"
+
+
+def dob_for(n: int) -> date:
+    return date(1931, 3, 7) + timedelta(days=(n * 379) % 30000)
+
+
+def person(n: int, **overrides: Any) -> dict[str, Any]:
+    """A member row with values distinctive enough to grep for."""
+    values: dict[str, Any] = {
+        "external_member_number": f"EXT-{n:06d}", "first_name": f"Quenby{n}", "last_name": f"Marrowfield{n}",
+        "ssn": ssn_for(n), "dob": dob_for(n).isoformat(), "email": f"quenby.{n}@mail.example.org",
+        "phone": f"(415) 555-{n % 10000:04d}", "address_line1": f"{n} Quillfeather Lane", "address_line2": None,
+        "city": "Zephyrton", "state": "OR", "zip_code": f"97{n % 1000:03d}", "status": "active",
+    }
+    values.update(overrides)
+    return values
+
+
+def plan_row(code: str, **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "plan_code": code, "plan_name": f"Plan {code}", "plan_type": "PPO",
+        "premium_amount": "250.00", "deductible_amount": "1000", "copay_amount": "$25", "is_active": "yes",
+        "effective_date": "2026-01-01", "expiration_date": "2026-12-31",
+    }
+    values.update(overrides)
+    return values
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]], header: Sequence[str] | None = None) -> str:
+    header = list(header or rows[0].keys())
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if row.get(name) is None else row[name] for name in header])
+    return out.getvalue()
+
+
+def members_csv(*rows: Mapping[str, Any], header: Sequence[str] = MEMBER_HEADER) -> str:
+    return to_csv(rows, header)
+
+
+def read(kind: str, data: str | bytes, *, fmt: str = "csv", mapping: Mapping[str, str | None] | None = None,
+         encoding: str = "utf-8") -> list[Record | RecordProblem]:
+    importer = kind_for(kind)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return list(read_records(io.BytesIO(raw), fmt, Columns(importer.columns, mapping or {}), encoding=encoding,
+                             required=importer.required_columns))
+
+
+def parse(kind: str, data: str | bytes, **options: Any) -> tuple[list[Any], list[tuple[int, str, str]]]:
+    """(parsed rows, (row, field, rule) of every problem) of reading and parsing a file, no database."""
+    importer = kind_for(kind)
+    parsed: list[Any] = []
+    problems: list[RecordProblem] = []
+    for item in read(kind, data, **options):
+        if isinstance(item, RecordProblem):
+            problems.append(item)
+            continue
+        result = importer.parse(item)
+        if isinstance(result, list):
+            problems.extend(result)
+        else:
+            parsed.append(result)
+    return parsed, [(p.row, p.field, p.rule) for p in problems]
+
+
+def one_member_value(name: str, raw: Any) -> tuple[list[Any], list[RecordProblem]]:
+    importer = kind_for("members")
+    records = read("members", members_csv(person(1, **{name: raw})))
+    assert len(records) == 1 and isinstance(records[0], Record)
+    result = importer.parse(records[0])
+    return ([], result) if isinstance(result, list) else ([result], [])
+
+
+# -- the database --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_platform(pg_server: Any, template_pair: Any) -> Iterator[Platform]:
+    """One migrated platform database for the module; its cipher is opened once, as the CLI does."""
+    name = pg_server.create_database("platform", template=template_pair.platform)
+    engine = create_database_engine(pg_server.url(name), load_settings({}))
+    platform = Platform(engine)
+    cipher = platform.cipher()
+    platform.cipher = lambda: cipher
+    try:
+        yield platform
+    finally:
+        engine.dispose()
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def imp(shared_platform: Platform) -> Iterator[Importer]:
+    """An importer on the module's database, emptied again after the test."""
+    yield Importer(shared_platform, BLIND_MASTER)
+    with shared_platform.engine.begin() as connection:
+        # audit_logs is append-only by trigger; the test server's superuser may switch triggers off.
+        for statement in ("SET LOCAL session_replication_role = replica", "DELETE FROM members",
+                          "DELETE FROM insurance_plans", "DELETE FROM metadata",
+                          "DELETE FROM audit_logs WHERE entity_type <> 'data_key'"):
+            connection.execute(text(statement))
+
+
+def counts(platform: Platform) -> dict[str, int]:
+    return {table: int(platform.scalar(f"SELECT count(*) FROM {table}"))
+            for table in ("members", "insurance_plans", "metadata", "audit_logs")}
+
+
+def member_ids_by_number(platform: Platform) -> dict[str, uuid.UUID]:
+    rows = platform.sql("SELECT metadata_value, entity_id FROM metadata WHERE entity_type = 'member' "
+                        "AND metadata_key = 'external_member_number'")
+    return {value: entity_id for value, entity_id in rows}
+
+
+def member(platform: Platform, member_id: uuid.UUID) -> Any:
+    return platform.sql("SELECT * FROM members WHERE id = :id", id=member_id)[0]
+
+
+def table_text(platform: Platform, *tables: str) -> str:
+    chunks: list[str] = []
+    for table in tables:
+        chunks.extend(row[0] for row in platform.sql(f"SELECT t::text FROM {table} t"))
+    return "\n".join(chunks)
+
+
+def assert_loaded(outcome: Outcome, created: int = 0, updated: int = 0, unchanged: int = 0,
+                  rejected: int = 0) -> None:
+    summary = outcome.summary
+    assert (summary.created, summary.updated, summary.unchanged, summary.rejected) == (
+        created, updated, unchanged, rejected), outcome.rules()
+
+
+# == reading files =================================================================================
+
+
+def test_utf8_bom_before_the_header_is_dropped(imp: Importer) -> None:
+    data = "\ufeff" + members_csv(person(1), person(2))
+    records = read("members", data.encode("utf-8"))
+    assert [type(r) for r in records] == [Record, Record]
+    assert records[0].values["external_member_number"] == "EXT-000001"
+    assert_loaded(imp.run("members", data.encode("utf-8")), created=2)
+    # A BOM on a JSON Lines file too.
+    (record,) = read("members", b'\xef\xbb\xbf{"external_member_number": "X1", "first_name": "A", "last_name": "B"}\n',
+                     fmt="jsonl")
+    assert isinstance(record, Record) and record.values["external_member_number"] == "X1"
+
+
+def test_latin1_bytes_reject_their_row_naming_the_field_and_load_with_the_encoding(imp: Importer) -> None:
+    rows = [person(1), person(2, first_name="Zo\u00eb", city="Bogot\u00e1"), person(3)]
+    data = members_csv(*rows).encode("latin-1")
+    outcome = imp.run("members", data)
+    assert outcome.rules() == [(2, "first_name", "encoding")]
+    assert "latin" not in outcome.problems[0].message and "--encoding" in outcome.problems[0].message
+    assert_loaded(outcome, created=2, rejected=1)
+    assert set(member_ids_by_number(imp.platform)) == {"EXT-000001", "EXT-000003"}
+
+    again = imp.run("members", data, encoding="latin-1")
+    assert_loaded(again, created=1, unchanged=2)
+    zoe = member(imp.platform, member_ids_by_number(imp.platform)["EXT-000002"])
+    assert (zoe.first_name, zoe.city) == ("Zo\u00eb", "Bogot\u00e1")
+
+
+def test_bad_bytes_in_a_dropped_column_do_not_matter() -> None:
+    data = "Notes,external_member_number,first_name,last_name\nna\xefve,X1,Ann,Lee\n".encode("latin-1")
+    parsed, problems = parse("members", data, mapping={"Notes": None})
+    assert problems == [] and parsed[0].values["first_name"] == "Ann"
+
+
+def test_a_header_that_is_not_valid_in_the_encoding_is_a_usage_error() -> None:
+    data = "external_member_number,first_n\xe4me,last_name\nX1,Ann,Lee\n".encode("latin-1")
+    with pytest.raises(ConfigError, match="header line is not valid utf-8") as caught:
+        read("members", data)
+    assert caught.value.exit_code == 2 and "--encoding" in str(caught.value)
+    # UTF-16 read as UTF-8 is the same mistake.
+    with pytest.raises(ConfigError, match="header line is not valid"):
+        read("members", members_csv(person(1)).encode("utf-16"))
+    assert len(read("members", members_csv(person(1)).encode("utf-16"), encoding="utf-16")) == 1
+
+
+def test_unknown_doubled_and_missing_columns_stop_the_file_before_anything_is_written(imp: Importer) -> None:
+    before = counts(imp.platform)
+    with pytest.raises(ConfigError) as unknown:
+        imp.run("members", "external_member_number,first_name,last_name,Shoe Size\nX1,Ann,Lee,9\n")
+    assert "unknown column(s) in the header: 'Shoe Size'" in str(unknown.value)
+    assert "--map 'Their name='" in str(unknown.value) and unknown.value.exit_code == 2
+
+    with pytest.raises(ConfigError, match="given more than once in the header: first_name"):
+        imp.run("members", "external_member_number,first_name, FIRST_NAME ,last_name\nX1,Ann,Ann,Lee\n")
+    with pytest.raises(ConfigError, match="lacks required column.*plan_code"):
+        imp.run("plans", "plan_name,plan_type\nGold,PPO\n")
+    assert counts(imp.platform) == before
+
+
+def test_header_names_match_ignoring_case_and_spaces() -> None:
+    parsed, problems = parse("members", " External_Member_Number ,FIRST_NAME,last_name\nX1,Ann,Lee\n")
+    assert problems == [] and parsed[0].values == {"external_member_number": "X1", "first_name": "Ann",
+                                                   "last_name": "Lee"}
+
+
+def test_map_renames_and_drops_columns(imp: Importer) -> None:
+    data = "Member ID,Given Name,Family Name,Junk\nM-1,Ann,Lee,whatever\n"
+    mapping = load_mapping(["Member ID=external_member_number", "given name=first_name",
+                            "Family  Name=last_name", "Junk="], None)
+    assert mapping == {"member_id": "external_member_number", "given_name": "first_name",
+                       "family_name": "last_name", "junk": None}
+    assert_loaded(imp.run("members", data, mapping=mapping), created=1)
+    row = member(imp.platform, member_ids_by_number(imp.platform)["M-1"])
+    assert (row.first_name, row.last_name) == ("Ann", "Lee")
+
+
+def test_mapping_file_in_toml_and_map_options_over_it(tmp_path: Any) -> None:
+    path = tmp_path / "mapping.toml"
+    path.write_text('[columns]\n"Member ID" = "external_member_number"\n"Given" = "first_name"\n'
+                    '"Surname" = "last_name"\n"Internal Notes" = ""\n', encoding="utf-8")
+    mapping = load_mapping(["Given=last_name", "Surname=first_name"], str(path))
+    assert mapping == {"member_id": "external_member_number", "given": "last_name", "surname": "first_name",
+                       "internal_notes": None}
+    parsed, problems = parse("members", "Member ID,Given,Surname,Internal Notes\nM-1,Ann,Lee,x\n", mapping=mapping)
+    assert problems == [] and parsed[0].values == {"external_member_number": "M-1", "last_name": "Ann",
+                                                   "first_name": "Lee"}
+    # A table without [columns] works too.
+    flat = tmp_path / "flat.toml"
+    flat.write_text('"Member ID" = "external_member_number"\n', encoding="utf-8")
+    assert load_mapping([], str(flat)) == {"member_id": "external_member_number"}
+
+
+@pytest.mark.parametrize("pairs, content, message", [
+    (["no equals sign"], None, "must look like 'Source column=carecli_column'"),
+    (["=first_name"], None, "must look like"),
+    (["Given=shoe_size"], None, "the mapping names unknown column(s): shoe_size"),
+    ([], "not = [valid", "is not valid TOML"),
+    ([], "[columns]\nGiven = 3\n", "must have a [columns] table"),
+])
+def test_bad_mappings_are_usage_errors(tmp_path: Any, pairs: list[str], content: str | None, message: str) -> None:
+    path = None
+    if content is not None:
+        path = tmp_path / "mapping.toml"
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        Columns(COLUMNS["members"], load_mapping(pairs, str(path) if path else None))
+    assert message in str(caught.value) and caught.value.exit_code == 2
+    with pytest.raises(ConfigError, match="cannot read the mapping file"):
+        load_mapping([], str(tmp_path / "missing.toml"))
+
+
+def test_quoted_newlines_commas_and_quotes_inside_fields(imp: Importer) -> None:
+    rows = [person(1, address_line1="12 Harbour Road\nFlat 4, \"Rear\"", last_name='O"Brien, Jr.'),
+            person(2)]
+    data = members_csv(*rows).replace("\n", "\r\n")
+    parsed, problems = parse("members", data)
+    assert problems == [] and [p.row for p in parsed] == [1, 2]
+    assert parsed[0].values["address_line1"] == "12 Harbour Road\r\nFlat 4, \"Rear\""
+    assert_loaded(imp.run("members", members_csv(*rows)), created=2)
+    stored = member(imp.platform, member_ids_by_number(imp.platform)["EXT-000001"])
+    assert stored.address_line1 == "12 Harbour Road\nFlat 4, \"Rear\"" and stored.last_name == 'O"Brien, Jr.'
+
+
+def test_a_huge_field_is_refused_by_its_length_and_the_rest_load(imp: Importer) -> None:
+    outcome = imp.run("members", members_csv(person(1), person(2, first_name="x" * 200_000), person(3)))
+    assert outcome.rules() == [(2, "first_name", "max_length")]
+    assert outcome.problems[0].message == "must be at most 100 characters (has 200,000)"
+    assert_loaded(outcome, created=2, rejected=1)
+
+
+def test_an_unterminated_quote_aborts_with_the_batches_before_it_committed(imp: Importer) -> None:
+    good = members_csv(*(person(n) for n in range(1, 251)))
+    data = good + 'EXT-999999,"' + "y" * (20 * 1024 * 1024) + "\n" + members_csv(person(300)).split("\n", 1)[1]
+    with pytest.raises(FileProblem) as caught:
+        imp.run("members", data, batch_rows=100)
+    assert caught.value.exit_code == EXIT_ABORTED
+    assert "record 251" in str(caught.value) and "field larger than field limit" in str(caught.value)
+    # Two whole batches were written before the reader gave up; the half batch after them was not.
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 200
+    assert imp.platform.scalar("SELECT count(*) FROM audit_logs WHERE entity_type = 'member'") == 200
+    # An unterminated quote at the very end of a small file.
+    with pytest.raises(FileProblem, match="record 2 .*unexpected end of data"):
+        read("members", members_csv(person(1)) + 'EXT-2,"Ann,Lee\n')
+
+
+def test_a_broken_header_is_a_usage_error() -> None:
+    with pytest.raises(ConfigError, match="the header line cannot be read as CSV") as caught:
+        read("members", '"external_member_number,first_name\nX1,Ann\n')
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n", b"\xef\xbb\xbf", b" , \n"])
+def test_an_empty_file_is_a_usage_error(imp: Importer, data: bytes) -> None:
+    with pytest.raises(ConfigError, match="the file is empty") as caught:
+        imp.run("members", data)
+    assert caught.value.exit_code == 2
+
+
+def test_a_header_only_file_loads_nothing(imp: Importer) -> None:
+    outcome = imp.run("members", ",".join(MEMBER_HEADER) + "\n")
+    assert outcome.problems == [] and outcome.summary.rows == 0
+    assert_loaded(outcome)
+    assert outcome.summary.committed and counts(imp.platform)["members"] == 0
+
+
+def test_rows_with_too_many_or_too_few_values(imp: Importer) -> None:
+    data = ("external_member_number,first_name,last_name\n"
+            "X1,Ann,Lee\nX2,Bob,Lee,extra\nX3,Cy\nX4,Di,Lee\n")
+    outcome = imp.run("members", data)
+    assert outcome.rules() == [(2, "(row)", "extra_values"), (3, "(row)", "missing_values")]
+    assert outcome.problems[0].message == "has 4 values where the header has 3 columns"
+    assert_loaded(outcome, created=2, rejected=2)
+
+
+def test_blank_lines_and_rows_of_empty_cells_are_skipped() -> None:
+    data = "external_member_number,first_name,last_name\n\nX1,Ann,Lee\n   \n,,\n , ,\nX2,Bob,\n\n"
+    parsed, problems = parse("members", data)
+    assert [p.values["external_member_number"] for p in parsed] == ["X1"]
+    assert problems == [(2, "last_name", "required")]  # blank lines are not records
+
+
+def test_jsonl_typed_values_and_broken_lines() -> None:
+    lines = [
+        '{"external_member_number": 4711, "first_name": "Ann", "last_name": "Lee", "zip_code": 2134, '
+        '"phone": 4155550123, "ssn": "123-45-6789", "status": null, "address_line2": ""}',
+        "",
+        '{"external_member_number": "X2", "first_name": "Bob", "last_name": "Lee",}',
+        "[1, 2, 3]",
+        '{"external_member_number": "X4", "first_name": "Cy", "last_name": "Lee", "shoe_size": 9}',
+        '{"external_member_number": "X5", "first_name": true, "last_name": "Lee"}',
+        '{"external_member_number": "X6", "first_name": {"a": 1}, "last_name": "Lee"}',
+        '{"external_member_number": "X7", "first_name": "Di", "FIRST_NAME": "Di", "last_name": "Lee"}',
+        '"just a string"',
+    ]
+    parsed, problems = parse("members", "\n".join(lines) + "\n", fmt="jsonl")
+    assert len(parsed) == 1
+    assert parsed[0].row == 1 and parsed[0].values == {
+        "external_member_number": "4711", "first_name": "Ann", "last_name": "Lee", "zip_code": "02134",
+        "phone": "+14155550123", "ssn": Ssn("123456789"), "status": None, "address_line2": None}
+    # JSON Lines rows are line numbers (blank lines count).
+    assert problems == [(3, "(row)", "json"), (4, "(row)", "json"), (5, "shoe_size", "unknown_field"),
+                        (6, "first_name", "type"), (7, "first_name", "type"), (8, "first_name", "duplicate_field"),
+                        (9, "(row)", "json")]
+
+
+def test_jsonl_plans_with_numbers_and_booleans(imp: Importer) -> None:
+    lines = ['{"plan_code": "GOLD", "plan_name": "Gold", "premium_amount": 125.5, "copay_amount": 20, '
+             '"is_active": false, "effective_date": "20260101"}',
+             '{"plan_name": "No code"}']
+    outcome = imp.run("plans", "\n".join(lines), fmt="jsonl")
+    assert outcome.rules() == [(2, "plan_code", "required")]
+    assert_loaded(outcome, created=1, rejected=1)
+    (row,) = imp.platform.sql("SELECT * FROM insurance_plans")
+    assert (row.premium_amount, row.copay_amount, row.is_active, row.effective_date) == (
+        Decimal("125.50"), Decimal("20.00"), False, date(2026, 1, 1))
+
+
+def test_format_from_the_extension_or_given() -> None:
+    assert detect_format("members.csv", None) == "csv"
+    assert detect_format("/data/Members.CSV", None) == "csv"
+    assert detect_format("members.txt", None) == "csv"
+    assert detect_format("members.jsonl", None) == "jsonl"
+    assert detect_format("members.ndjson", None) == "jsonl"
+    assert detect_format("members.json", None) == "jsonl"
+    assert detect_format("members.dat", "csv") == "csv"
+    assert detect_format("members.csv", "jsonl") == "jsonl"
+    assert detect_format("-", "csv") == "csv"
+    for name in ("members.dat", "members.csv.gz", "members"):
+        with pytest.raises(ConfigError, match="cannot tell the format"):
+            detect_format(name, None)
+    with pytest.raises(ConfigError, match="standard input") as caught:
+        detect_format("-", None)
+    assert "--format" in str(caught.value)
+    with pytest.raises(ConfigError, match="unknown format"):
+        read_records(io.BytesIO(b""), "xml", Columns(COLUMNS["members"], {}))
+
+
+# == field rules ====================================================================================
+
+# (field, value, rule): each breaks exactly one rule, in an otherwise good member row.
+MEMBER_RULES = [
+    ("ssn", "000-12-3456", "ssn_area"),
+    ("ssn", "666-12-3456", "ssn_area"),
+    ("ssn", "900-12-3456", "ssn_area"),
+    ("ssn", "999121234", "ssn_area"),
+    ("ssn", "123-00-4567", "ssn_group"),
+    ("ssn", "123-45-0000", "ssn_serial"),
+    ("ssn", "12-345-6789", "ssn_format"),
+    ("ssn", "1234567890", "ssn_format"),
+    ("ssn", "87654321", "ssn_format"),
+    ("ssn", "123-45-678O", "ssn_format"),
+    ("ssn", "123.45.6789", "ssn_format"),
+    ("dob", (date.today() + timedelta(days=1)).isoformat(), "dob_future"),
+    ("dob", "1890-06-01", "dob_too_old"),
+    ("dob", "02/30/1990", "date"),
+    ("dob", "1990-13-01", "date"),
+    ("dob", "1990/01/02", "date_format"),
+    ("dob", "2 January 1990", "date_format"),
+    ("state", "XX", "us_state"),
+    ("state", "Oregon", "us_state"),
+    ("zip_code", "9720", "zip_format"),
+    ("zip_code", "97201-12", "zip_format"),
+    ("zip_code", "9720112345", "zip_format"),
+    ("zip_code", "ABCDE", "zip_format"),
+    ("phone", "555-0100", "phone_format"),
+    ("phone", "(415) 555-01234", "phone_format"),
+    ("phone", "2-415-555-0123", "phone_format"),
+    ("phone", "+44 20 7946 0958", "phone_format"),
+    ("phone", "415-555-CALL", "phone_format"),
+    ("email", "quenby.example.org", "email_format"),
+    ("email", "quenby@example", "email_format"),
+    ("email", "que nby@example.org", "email_format"),
+    ("email", "q@" + "e" * 250 + ".org", "email_format"),
+    ("first_name", "F" * 101, "max_length"),
+    ("last_name", "L" * 101, "max_length"),
+    ("address_line1", "A" * 256, "max_length"),
+    ("address_line2", "B" * 256, "max_length"),
+    ("city", "C" * 101, "max_length"),
+    ("external_member_number", "N" * 65, "max_length"),
+    ("first_name", "Ann\x00", "control_character"),
+    ("status", "deceased", "enum"),
+    ("first_name", "   ", "required"),
+    ("last_name", "", "required"),
+]
+
+
+@pytest.mark.parametrize("name, value, rule", MEMBER_RULES, ids=[f"{n}-{r}-{i}" for i, (n, _, r) in
+                                                                 enumerate(MEMBER_RULES)])
+def test_member_field_rule(name: str, value: str, rule: str) -> None:
+    _, problems = one_member_value(name, value)
+    assert [(p.row, p.field, p.rule) for p in problems] == [(1, name, rule)]
+    # The message says what is expected, never what was found.
+    if value.strip() and len(value) > 2:
+        assert value not in problems[0].message and value.strip("\x00") not in problems[0].message
+
+
+def test_a_row_may_break_several_rules_and_all_are_reported() -> None:
+    _, problems = parse("members", members_csv(person(1, ssn="000-00-0000", email="nope", state="ZZ"),
+                                               person(2), person(3, zip_code="1")))
+    assert problems == [(1, "ssn", "ssn_area"), (1, "email", "email_format"), (1, "state", "us_state"),
+                        (3, "zip_code", "zip_format")]
+
+
+def test_a_member_needs_some_identity() -> None:
+    row = person(1, external_member_number=None, ssn=None)
+    _, problems = parse("members", members_csv(row))
+    assert problems == [(1, "external_member_number", "identity_required")]
+    _, problems = parse("members", members_csv(row, header=[n for n in MEMBER_HEADER
+                                                            if n not in ("external_member_number", "ssn")]))
+    assert problems == [(1, "external_member_number", "identity_required")]
+    # Any one of id, number or SSN is enough.
+    for keep in ("external_member_number", "ssn"):
+        assert parse("members", members_csv(person(1, **{
+            other: None for other in ("external_member_number", "ssn") if other != keep})))[1] == []
+    assert parse("members", to_csv([{"id": str(uuid.uuid4()), "first_name": "A", "last_name": "B"}]))[1] == []
+    assert parse("members", to_csv([{"id": "not-a-uuid", "first_name": "A", "last_name": "B"}]))[1] == [
+        (1, "id", "uuid")]
+
+
+@pytest.mark.parametrize("raw", ["123-45-6789", "123456789", "123 45 6789", " 123-45-6789 ", "123-456789"])
+def test_ssn_spellings_are_accepted_and_equal(raw: str) -> None:
+    parsed, problems = one_member_value("ssn", raw)
+    assert problems == [] and parsed[0].values["ssn"] == Ssn("123456789")
+    assert "123" not in repr(parsed[0].values["ssn"])  # held masked
+
+
+@pytest.mark.parametrize("raw", ["1990-01-02", "01/02/1990", "1/2/1990", "19900102", " 1990-01-02 "])
+def test_date_of_birth_formats(raw: str) -> None:
+    parsed, problems = one_member_value("dob", raw)
+    assert problems == [] and parsed[0].values["dob"] == DateOfBirth(date(1990, 1, 2))
+
+
+def test_date_of_birth_limits_are_exact() -> None:
+    parse_dob = f.dob_parser(today=lambda: date(2026, 6, 15))
+    assert parse_dob("2026-06-15") == DateOfBirth(date(2026, 6, 15))
+    assert parse_dob("1896-01-01") == DateOfBirth(date(1896, 1, 1))
+    for raw, rule in (("2026-06-16", "dob_future"), ("1895-12-31", "dob_too_old")):
+        with pytest.raises(f.FieldProblem) as caught:
+            parse_dob(raw)
+        assert caught.value.rule == rule
+
+
+@pytest.mark.parametrize("name, raw, stored", [
+    ("state", "or", "OR"), ("state", " pr ", "PR"), ("state", "Dc", "DC"),
+    ("zip_code", "97201", "97201"), ("zip_code", "972011234", "97201-1234"), ("zip_code", "97201-1234", "97201-1234"),
+    ("zip_code", "97201 1234", "97201-1234"), ("zip_code", "02134", "02134"),
+    ("phone", "(415) 555-0123", "+14155550123"), ("phone", "415.555.0123", "+14155550123"),
+    ("phone", "415-555-0123", "+14155550123"), ("phone", "4155550123", "+14155550123"),
+    ("phone", "+1 415 555 0123", "+14155550123"), ("phone", "1-415-555-0123", "+14155550123"),
+    ("phone", "+1 (415) 555-0123", "+14155550123"),
+    ("status", "Active", "active"), ("status", "SUSPENDED", "suspended"),
+    ("email", "Ann.Lee+x@Example.org", "Ann.Lee+x@Example.org"),
+    ("first_name", "  Ann  ", "Ann"), ("first_name", "F" * 100, "F" * 100),
+    ("external_member_number", "N" * 64, "N" * 64),
+])
+def test_accepted_spellings_are_normalised(name: str, raw: str, stored: str) -> None:
+    parsed, problems = one_member_value(name, raw)
+    assert problems == [] and parsed[0].values[name] == stored
+
+
+PLAN_RULES = [
+    ("expiration_date", "2025-12-31", "date_order"),
+    ("premium_amount", "-1", "range"),
+    ("deductible_amount", "-0.01", "range"),
+    ("copay_amount", "$-5", "range"),
+    ("premium_amount", "12.345", "scale"),
+    ("premium_amount", "100000000", "range"),
+    ("premium_amount", "twelve", "number"),
+    ("premium_amount", "NaN", "number"),
+    ("is_active", "maybe", "boolean"),
+    ("effective_date", "2026-02-30", "date"),
+    ("effective_date", "next week", "date_format"),
+    ("plan_code", "P" * 51, "max_length"),
+    ("plan_name", "N" * 256, "max_length"),
+    ("plan_type", "T" * 51, "max_length"),
+    ("plan_code", "", "required"),
+    ("plan_name", " ", "required"),
+    ("id", "12345", "uuid"),
+]
+
+
+@pytest.mark.parametrize("name, value, rule", PLAN_RULES, ids=[f"{n}-{r}" for n, _, r in PLAN_RULES])
+def test_plan_field_rule(name: str, value: str, rule: str) -> None:
+    row = {"id": None, **plan_row("GOLD", **{name: value})}
+    _, problems = parse("plans", to_csv([row]))
+    assert problems == [(1, name, rule)]
+
+
+@pytest.mark.parametrize("raw, value", [("yes", True), ("Y", True), ("TRUE", True), ("t", True), ("1", True),
+                                        ("no", False), ("N", False), ("false", False), ("F", False), ("0", False)])
+def test_boolean_spellings(raw: str, value: bool) -> None:
+    parsed, problems = parse("plans", to_csv([plan_row("GOLD", is_active=raw)]))
+    assert problems == [] and parsed[0].values["is_active"] is value
+
+
+def test_plan_amounts_and_dates_are_normalised() -> None:
+    parsed, problems = parse("plans", to_csv([plan_row("GOLD", premium_amount="$1,234.5", deductible_amount="0",
+                                                       effective_date="01/15/2026", expiration_date="20260115")]))
+    assert problems == []
+    values = parsed[0].values
+    assert values["premium_amount"] == Decimal("1234.50") and str(values["premium_amount"]) == "1234.50"
+    assert values["deductible_amount"] == Decimal("0.00") and values["copay_amount"] == Decimal("25.00")
+    assert values["effective_date"] == values["expiration_date"] == date(2026, 1, 15)  # the same day is in order
+
+
+def test_coverage_details_must_be_a_json_object() -> None:
+    parsed, problems = parse("plans", to_csv([plan_row("GOLD", coverage_details='{"dental": true}'),
+                                              plan_row("SILVER", coverage_details="not json"),
+                                              plan_row("BRONZE", coverage_details="[1, 2]")]))
+    assert problems == [(2, "coverage_details", "json"), (3, "coverage_details", "json")]
+    assert parsed[0].values["coverage_details"] == {"dental": True}
+    parsed, problems = parse("plans", '{"plan_code": "GOLD", "plan_name": "Gold", '
+                             '"coverage_details": {"dental": true, "tiers": [1, 2]}}\n', fmt="jsonl")
+    assert problems == [] and parsed[0].values["coverage_details"] == {"dental": True, "tiers": [1, 2]}
+
+
+# == members: creating, matching, updating ==========================================================
+
+
+def test_created_members_are_encrypted_indexed_and_audited_without_plaintext(
+        imp: Importer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    rows = [person(n) for n in (1, 2, 3)]
+    rows[1]["ssn"] = rows[1]["ssn"].replace("-", "")  # spelled without dashes
+    rows[2]["dob"] = dob_for(3).strftime("%m/%d/%Y")
+    outcome = imp.run("members", members_csv(*rows))
+    assert_loaded(outcome, created=3)
+    assert outcome.summary.committed and outcome.summary.batches == 1
+
+    platform = imp.platform
+    ids = member_ids_by_number(platform)
+    assert sorted(ids) == ["EXT-000001", "EXT-000002", "EXT-000003"]
+    cipher = platform.cipher()
+    blind = imp.blind_index()
+    hashes = {entity_id: value for entity_id, value in platform.sql(
+        "SELECT entity_id, metadata_value FROM metadata WHERE entity_type = 'member' "
+        "AND metadata_key = 'ssn_blind_index'")}
+    for n in (1, 2, 3):
+        member_id = ids[f"EXT-{n:06d}"]
+        row = member(platform, member_id)
+        assert cipher.decrypt_ssn(bytes(row.encrypted_ssn), member_id) == Ssn(ssn_for(n))
+        assert cipher.decrypt_dob(bytes(row.encrypted_dob), member_id) == DateOfBirth(dob_for(n))
+        assert hashes[member_id] == blind.ssn(Ssn(ssn_for(n)))
+        assert (row.first_name, row.phone, row.zip_code, row.status) == (
+            f"Quenby{n}", f"+1415555{n:04d}", f"97{n:03d}", "active")
+
+    # Every member and every metadata row has its 'create' audit row, by the importing user, values redacted.
+    audit = platform.audit()
+    creates = [(a.entity_type, a.entity_id) for a in audit if a.action == "create"]
+    metadata_ids = [r.id for r in platform.sql("SELECT id FROM metadata WHERE entity_type = 'member'")]
+    key_row = platform.sql("SELECT id FROM metadata WHERE entity_type = 'blind_index_key'")[0].id
+    assert sorted(map(str, creates)) == sorted(map(str, [("member", i) for i in ids.values()]
+                                                   + [("metadata", i) for i in metadata_ids + [key_row]]))
+    assert {a.action for a in audit} == {"create"}
+    for row in audit:
+        if row.entity_type == "member":
+            assert row.user_id == platform.admin.user_id and str(row.ip_address) == "203.0.113.7"
+            for name in ("first_name", "last_name", "email", "phone", "address_line1", "city", "state", "zip_code",
+                         "encrypted_ssn", "encrypted_dob", "external_member_number"):
+                assert row.new_values[name] == "[redacted]", name
+            assert row.new_values["status"] == "active"
+        if row.entity_type == "metadata":
+            assert row.new_values["metadata_value"] == "[redacted]"
+
+    # No plaintext SSN or date of birth anywhere: not as text, not as bytes (bytea shows as hex).
+    everything = table_text(platform, "members", "metadata", "audit_logs")
+    audit_text = table_text(platform, "audit_logs")
+    for n in (1, 2, 3):
+        dob = dob_for(n)
+        needles = [ssn_for(n), ssn_for(n).replace("-", ""), dob.isoformat(), dob.strftime("%m/%d/%Y"),
+                   dob.strftime("%Y%m%d")]
+        for needle in needles:
+            assert needle not in everything and needle.encode().hex() not in everything, needle
+            assert needle not in caplog.text
+        for needle in (f"Quenby{n}", f"Marrowfield{n}", f"quenby.{n}@", f"{n} Quillfeather", "Zephyrton",
+                       f"555{n:04d}", f"EXT-{n:06d}"):
+            assert needle not in audit_text, needle
+
+
+def test_rerun_changes_nothing_and_writes_no_audit_rows(imp: Importer) -> None:
+    data = members_csv(*(person(n) for n in range(1, 8)))
+    assert_loaded(imp.run("members", data, batch_rows=3), created=7)
+    before = counts(imp.platform)
+    stamps = imp.platform.sql("SELECT id, updated_at FROM members ORDER BY id")
+    again = imp.run("members", data, batch_rows=3)
+    assert_loaded(again, unchanged=7)
+    assert counts(imp.platform) == before
+    assert imp.platform.sql("SELECT id, updated_at FROM members ORDER BY id") == stamps
+
+
+def test_a_changed_address_updates_one_member_and_audits_only_changed_fields(imp: Importer) -> None:
+    rows = [person(n) for n in (1, 2, 3)]
+    assert_loaded(imp.run("members", members_csv(*rows)), created=3)
+    before = counts(imp.platform)
+    member_id = member_ids_by_number(imp.platform)["EXT-000002"]
+    old = member(imp.platform, member_id)
+
+    rows[1] = {**rows[1], "address_line1": "99 Other Street", "zip_code": "97299"}
+    outcome = imp.run("members", members_csv(*rows))
+    assert_loaded(outcome, updated=1, unchanged=2)
+    new = member(imp.platform, member_id)
+    assert (new.address_line1, new.zip_code) == ("99 Other Street", "97299")
+    assert new.updated_at > old.updated_at and new.encrypted_ssn == old.encrypted_ssn
+    (update,) = imp.platform.audit(member_id, action="update")
+    assert update.old_values == {"address_line1": "[redacted]", "zip_code": "[redacted]"}
+    assert update.new_values == {"address_line1": "[redacted]", "zip_code": "[redacted]"}
+    assert update.user_id == imp.platform.admin.user_id
+    after = counts(imp.platform)
+    assert after == {**before, "audit_logs": before["audit_logs"] + 1}
+
+
+def test_changed_ssn_and_dob_are_re_encrypted_and_the_blind_index_follows(imp: Importer) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1))), created=1)
+    member_id = member_ids_by_number(imp.platform)["EXT-000001"]
+    changed = person(1, ssn="234-56-7890", dob="1970-07-07")
+    assert_loaded(imp.run("members", members_csv(changed)), updated=1)
+    row = member(imp.platform, member_id)
+    cipher = imp.platform.cipher()
+    assert cipher.decrypt_ssn(bytes(row.encrypted_ssn), member_id) == Ssn("234567890")
+    assert cipher.decrypt_dob(bytes(row.encrypted_dob), member_id) == DateOfBirth(date(1970, 7, 7))
+    (blind,) = imp.platform.sql("SELECT metadata_value FROM metadata WHERE entity_id = :id "
+                                "AND metadata_key = 'ssn_blind_index'", id=member_id)
+    assert blind[0] == imp.blind_index().ssn(Ssn("234567890"))
+    (update,) = imp.platform.audit(member_id, action="update")
+    assert set(update.new_values) == {"encrypted_ssn", "encrypted_dob"}
+    assert set(update.new_values.values()) == {"[redacted]"}
+    # The new SSN in another spelling is the same SSN: nothing changes.
+    assert_loaded(imp.run("members", members_csv({**changed, "ssn": "234567890", "dob": "07/07/1970"})),
+                  unchanged=1)
+
+
+def test_columns_left_out_of_the_file_stay_as_they_are(imp: Importer) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1))), created=1)
+    outcome = imp.run("members", to_csv([{"external_member_number": "EXT-000001", "city": "Salem"}]))
+    assert_loaded(outcome, updated=1)
+    row = member(imp.platform, member_ids_by_number(imp.platform)["EXT-000001"])
+    assert (row.city, row.first_name, row.email) == ("Salem", "Quenby1", "quenby.1@mail.example.org")
+    assert row.encrypted_ssn is not None and row.encrypted_dob is not None
+
+
+def test_blank_cells_take_the_schema_defaults(imp: Importer) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1, status=None), person(2, status="suspended"))), created=2)
+    ids = member_ids_by_number(imp.platform)
+    assert member(imp.platform, ids["EXT-000001"]).status == "active"
+    assert_loaded(imp.run("members", members_csv(person(1, status=None), person(2, status="suspended"))),
+                  unchanged=2)
+    assert_loaded(imp.run("members", members_csv(person(2, status=None))), updated=1)
+    assert member(imp.platform, ids["EXT-000002"]).status == "active"
+    assert_loaded(imp.run("plans", to_csv([plan_row("GOLD", is_active=None)])), created=1)
+    assert imp.platform.scalar("SELECT is_active FROM insurance_plans") is True
+
+
+def test_a_member_without_a_number_is_matched_by_ssn_and_gets_one_later(imp: Importer) -> None:
+    first = person(1, external_member_number=None, ssn="123-45-6789")
+    assert_loaded(imp.run("members", members_csv(first)), created=1)
+    (member_id,) = [r.id for r in imp.platform.sql("SELECT id FROM members")]
+    assert member_ids_by_number(imp.platform) == {}
+
+    # The same person, SSN spelled otherwise: matched, not created twice.
+    assert_loaded(imp.run("members", members_csv({**first, "ssn": "123456789"})), unchanged=1)
+    # Now with a number: attached to the same member.
+    outcome = imp.run("members", members_csv({**first, "ssn": "123 45 6789", "external_member_number": "EXT-77"}))
+    assert_loaded(outcome, updated=1)
+    assert member_ids_by_number(imp.platform) == {"EXT-77": member_id}
+    (update,) = imp.platform.audit(member_id, action="update")
+    assert update.new_values == {"external_member_number": "[redacted]"}
+    assert update.old_values == {"external_member_number": None}
+    number_rows = imp.platform.sql("SELECT id FROM metadata WHERE metadata_key = 'external_member_number'")
+    assert [a.action for a in imp.platform.audit(number_rows[0].id)] == ["update"]  # an upsert, audited
+    # And by the number alone from now on.
+    assert_loaded(imp.run("members", to_csv([{"external_member_number": "EXT-77", "city": "Salem"}])), updated=1)
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 1
+
+
+def test_number_of_one_member_with_the_ssn_of_another_is_an_identity_conflict(imp: Importer) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1), person(2))), created=2)
+    before = counts(imp.platform)
+    outcome = imp.run("members", members_csv(person(1, ssn=ssn_for(2)), person(3)))
+    assert outcome.rules() == [(1, "ssn", "identity_conflict")]
+    assert "different existing members" in outcome.problems[0].message
+    assert_loaded(outcome, created=1, rejected=1)
+    assert counts(imp.platform)["members"] == before["members"] + 1
+
+
+def test_a_row_with_a_known_id_and_another_members_number_is_an_identity_conflict(imp: Importer) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1), person(2))), created=2)
+    ids = member_ids_by_number(imp.platform)
+    row = {"id": str(ids["EXT-000001"]), "external_member_number": "EXT-000002", "first_name": "A", "last_name": "B"}
+    outcome = imp.run("members", to_csv([row]))
+    assert outcome.rules() == [(1, "external_member_number", "identity_conflict")]
+
+
+def test_a_new_member_keeps_the_id_given_in_the_file(imp: Importer) -> None:
+    given = uuid.uuid4()
+    row = {"id": str(given), "first_name": "Ann", "last_name": "Lee", "city": "Salem"}
+    assert_loaded(imp.run("members", to_csv([row])), created=1)
+    assert member(imp.platform, given).city == "Salem"
+    assert_loaded(imp.run("members", to_csv([row])), unchanged=1)
+    assert_loaded(imp.run("members", to_csv([{**row, "city": "Bend"}])), updated=1)
+
+
+def test_duplicates_in_one_file_by_number_and_by_ssn_in_one_batch(imp: Importer) -> None:
+    rows = [person(1), person(2), person(1, first_name="Again"),
+            person(4, ssn=ssn_for(2).replace("-", "")), person(5)]
+    outcome = imp.run("members", members_csv(*rows), batch_rows=100)
+    assert outcome.rules() == [(3, "external_member_number", "duplicate_in_file"), (4, "ssn", "duplicate_in_file")]
+    assert "row 1" in outcome.problems[0].message and "row 2" in outcome.problems[1].message
+    assert_loaded(outcome, created=3, rejected=2)
+    assert member(imp.platform, member_ids_by_number(imp.platform)["EXT-000001"]).first_name == "Quenby1"
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_duplicates_across_batches(imp: Importer, threaded: bool) -> None:
+    rows = [person(n) for n in range(1, 7)] + [person(3, city="Later"), person(9, ssn=ssn_for(5))]
+    outcome = imp.run("members", members_csv(*rows), batch_rows=2, threaded=threaded)
+    assert outcome.rules() == [(7, "external_member_number", "duplicate_in_file"), (8, "ssn", "duplicate_in_file")]
+    assert_loaded(outcome, created=6, rejected=2)
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 6
+    # The same file again: the duplicates are still refused, the rest unchanged.
+    again = imp.run("members", members_csv(*rows), batch_rows=2, threaded=threaded)
+    assert [(row, rule) for row, _, rule in again.rules()] == [(7, "duplicate_in_file"), (8, "duplicate_in_file")]
+    assert_loaded(again, unchanged=6, rejected=2)
+
+
+def test_a_repeated_existing_member_is_reported_on_the_column_the_file_gave(imp: Importer) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1))), created=1)
+    outcome = imp.run("members", members_csv(person(1), person(1, city="Again")))
+    assert outcome.rules() == [(2, "external_member_number", "duplicate_in_file")]
+
+
+def test_a_deleted_member_is_not_imported_again(imp: Importer) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1), person(2))), created=2)
+    member_id = member_ids_by_number(imp.platform)["EXT-000001"]
+    with imp.platform.uow() as uow:
+        uow.members.delete(member_id, member(imp.platform, member_id).updated_at)
+        uow.commit()
+    outcome = imp.run("members", members_csv(person(1), person(2)))
+    assert outcome.rules() == [(1, "external_member_number", "deleted")]
+    assert "restore" in outcome.problems[0].message
+    assert_loaded(outcome, unchanged=1, rejected=1)
+    # Matched by SSN alone, the same.
+    alone = imp.run("members", members_csv(person(1, external_member_number=None)))
+    assert alone.rules() == [(1, "ssn", "deleted")]
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 2
+
+
+def test_required_names_for_a_new_member_but_not_for_an_update(imp: Importer) -> None:
+    outcome = imp.run("members", to_csv([{"external_member_number": "EXT-1", "city": "Salem"}]))
+    assert outcome.rules() == [(1, "first_name", "required"), (1, "last_name", "required")]
+    assert_loaded(outcome, rejected=1)
+    assert_loaded(imp.run("members", members_csv(person(1))), created=1)
+    assert_loaded(imp.run("members", to_csv([{"external_member_number": "EXT-000001", "city": "Salem"}])),
+                  updated=1)
+
+
+def test_a_member_created_in_the_app_is_matched_by_ssn(imp: Importer) -> None:
+    imp.platform.member(ssn=Ssn("123-45-6789"))
+    outcome = imp.run("members", members_csv(person(1, external_member_number=None, ssn="123-45-6789")))
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 1
+    assert outcome.summary.created == 0
+
+
+# == dry run, all-or-nothing, concurrent edits =====================================================
+
+
+def test_dry_run_counts_and_writes_nothing(imp: Importer) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1), person(2))), created=2)
+    before = counts(imp.platform)
+    stamps = imp.platform.sql("SELECT id, updated_at, city FROM members ORDER BY id")
+    rows = [person(1), person(2, city="Salem"), person(3), person(4), person(5, ssn="000-11-2222")]
+    outcome = imp.run("members", members_csv(*rows), dry_run=True)
+    assert outcome.rules() == [(5, "ssn", "ssn_area")]
+    assert_loaded(outcome, created=2, updated=1, unchanged=1, rejected=1)
+    assert outcome.summary.dry_run and not outcome.summary.committed and outcome.summary.batches == 0
+    assert counts(imp.platform) == before
+    assert imp.platform.sql("SELECT id, updated_at, city FROM members ORDER BY id") == stamps
+
+
+def test_dry_run_on_a_fresh_database_does_not_make_the_blind_index_key(imp: Importer) -> None:
+    outcome = imp.run("members", members_csv(person(1), person(2)), dry_run=True)
+    assert_loaded(outcome, created=2)
+    after = counts(imp.platform)
+    assert (after["members"], after["metadata"], imp.platform.audit_count()) == (0, 0, 0)
+
+
+def test_dry_run_on_a_fresh_database_finds_in_file_ssn_duplicates(imp: Importer) -> None:
+    rows = [person(1), person(2, ssn=ssn_for(1).replace("-", ""))]
+    dry = imp.run("members", members_csv(*rows), dry_run=True)
+    real = imp.run("members", members_csv(*rows))
+    assert dry.rules() == real.rules() == [(2, "ssn", "duplicate_in_file")]
+
+
+def test_all_or_nothing_writes_nothing_when_a_later_row_is_refused(imp: Importer) -> None:
+    rows = [person(n) for n in range(1, 8)] + [person(8, dob="1800-01-01")]
+    outcome = imp.run("members", members_csv(*rows), all_or_nothing=True, batch_rows=2)
+    assert outcome.rules() == [(8, "dob", "dob_too_old")]
+    assert_loaded(outcome, rejected=1)
+    assert not outcome.summary.committed
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 0
+    assert imp.platform.scalar("SELECT count(*) FROM metadata WHERE entity_type = 'member'") == 0
+    assert imp.platform.scalar("SELECT count(*) FROM audit_logs WHERE entity_type = 'member' OR "
+                               "(entity_type = 'metadata' AND new_values->>'entity_type' = 'member')") == 0
+    # A refusal found while planning (an in-file duplicate in the last batch) is the same.
+    duplicate = imp.run("members", members_csv(*rows[:7], person(2)), all_or_nothing=True, batch_rows=2)
+    assert duplicate.rules() == [(8, "external_member_number", "duplicate_in_file")]
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 0
+    # Without the bad row everything loads, in one transaction.
+    good = imp.run("members", members_csv(*rows[:7]), all_or_nothing=True, batch_rows=2)
+    assert_loaded(good, created=7)
+    assert good.summary.committed and imp.platform.scalar("SELECT count(*) FROM members") == 7
+
+
+def _edit_in_the_app_after_planning(imp: Importer, monkeypatch: pytest.MonkeyPatch, member_id: uuid.UUID,
+                                    row: int) -> None:
+    """Edit the member in the app (once) right after the batch holding ``row`` is planned."""
+    original = MembersKind.plan
+    done: list[bool] = []
+
+    def plan_then_edit(self: MembersKind, ctx: Any, rows: list[Any]) -> Any:
+        plan = original(self, ctx, rows)
+        if not done and any(parsed.row == row for parsed in rows):
+            done.append(True)
+            with imp.platform.uow() as uow:
+                current = uow.members.get(member_id)
+                uow.members.update(member_id, current.updated_at, {"city": "Edited In The App"})
+                uow.commit()
+        return plan
+
+    monkeypatch.setattr(MembersKind, "plan", plan_then_edit)
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_member_edited_in_the_app_while_importing_is_not_overwritten(
+        imp: Importer, monkeypatch: pytest.MonkeyPatch, threaded: bool) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1), person(2), person(3))), created=3)
+    ids = member_ids_by_number(imp.platform)
+    audit_rows = imp.platform.audit_count()
+    _edit_in_the_app_after_planning(imp, monkeypatch, ids["EXT-000002"], row=2)
+    data = members_csv(*(person(n, city="From The File") for n in (1, 2, 3)))
+    with pytest.raises(ImportAborted) as caught:
+        imp.run("members", data, batch_rows=1, threaded=threaded)
+    conflict = caught.value.__cause__
+    assert isinstance(conflict, BatchConflict) and conflict.rows == [2]
+    assert "row(s) 2 changed while the import ran" in str(conflict)
+    # The batch before it is written; the edited member's batch is rolled back whole, and the import stops.
+    cities = {n: member(imp.platform, ids[f"EXT-{n:06d}"]).city for n in (1, 2, 3)}
+    assert cities == {1: "From The File", 2: "Edited In The App", 3: "Zephyrton"}
+    updates = imp.platform.audit(ids["EXT-000002"], action="update")
+    assert len(updates) == 1 and updates[0].new_values == {"city": "[redacted]"}  # the app's, not the import's
+    # Since the first import: member 1's update by the import, and the app opening and updating member 2.
+    added = sorted((str(a.entity_id), a.action) for a in imp.platform.audit()[audit_rows:])
+    assert added == sorted([(str(ids["EXT-000001"]), "update"), (str(ids["EXT-000002"]), "read"),
+                            (str(ids["EXT-000002"]), "update")])
+    # Running it again plans against what is there now.
+    assert_loaded(imp.run("members", data, batch_rows=1, threaded=threaded), updated=2, unchanged=1)
+
+
+def test_all_or_nothing_writes_nothing_when_a_row_conflicts(imp: Importer, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_loaded(imp.run("members", members_csv(person(1), person(2))), created=2)
+    ids = member_ids_by_number(imp.platform)
+    _edit_in_the_app_after_planning(imp, monkeypatch, ids["EXT-000002"], row=2)
+    with pytest.raises(ImportAborted):
+        imp.run("members", members_csv(person(1, city="From The File"), person(2, city="From The File"),
+                                       person(3)), all_or_nothing=True, batch_rows=1)
+    assert member(imp.platform, ids["EXT-000001"]).city == "Zephyrton"
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 2
+
+
+def test_planning_a_batch_does_not_slow_down_as_the_table_grows(imp: Importer, monkeypatch: pytest.MonkeyPatch) -> None:
+    times: list[float] = []
+    original = MembersKind.plan
+
+    def timed(self: MembersKind, ctx: Any, rows: list[Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(self, ctx, rows)
+        finally:
+            times.append(time.perf_counter() - started)
+
+    monkeypatch.setattr(MembersKind, "plan", timed)
+    outcome = imp.run("members", members_csv(*(person(n) for n in range(8000))), batch_rows=500)
+    assert_loaded(outcome, created=8000)
+    assert len(times) == 16
+    assert max(times[-4:]) < 4 * max(times[:5]) + 0.25, [round(t, 3) for t in times]
+
+
+# == plans ==========================================================================================
+
+
+def test_plans_are_created_matched_by_code_and_updated(imp: Importer) -> None:
+    plans = [plan_row("GOLD"), plan_row("SILVER", premium_amount="99.5", is_active="no", expiration_date=None)]
+    outcome = imp.run("plans", to_csv(plans, PLAN_HEADER))
+    assert_loaded(outcome, created=2)
+    rows = {r.plan_code: r for r in imp.platform.sql("SELECT * FROM insurance_plans")}
+    assert rows["SILVER"].premium_amount == Decimal("99.50") and rows["SILVER"].is_active is False
+    assert rows["GOLD"].copay_amount == Decimal("25.00") and rows["GOLD"].plan_type == "PPO"
+    (create,) = imp.platform.audit(rows["GOLD"].id)
+    assert create.action == "create" and create.new_values["plan_name"] == "Plan GOLD"
+    assert create.new_values["premium_amount"] == "250.00" and create.user_id == imp.platform.admin.user_id
+
+    assert_loaded(imp.run("plans", to_csv(plans, PLAN_HEADER)), unchanged=2)
+    plans[0] = {**plans[0], "premium_amount": "260", "is_active": "false"}
+    assert_loaded(imp.run("plans", to_csv(plans, PLAN_HEADER)), updated=1, unchanged=1)
+    (update,) = imp.platform.audit(rows["GOLD"].id, action="update")
+    assert update.old_values == {"premium_amount": "250.00", "is_active": True}
+    assert update.new_values == {"premium_amount": "260.00", "is_active": False}
+    # Without a plan_name column an existing plan still updates; a new one cannot be made.
+    partial = imp.run("plans", to_csv([{"plan_code": "GOLD", "plan_type": "HMO"},
+                                       {"plan_code": "BRONZE", "plan_type": "HMO"}]))
+    assert partial.rules() == [(2, "plan_name", "required")]
+    assert_loaded(partial, updated=1, rejected=1)
+
+
+def test_plan_duplicates_deleted_plans_and_identity_conflicts(imp: Importer) -> None:
+    assert_loaded(imp.run("plans", to_csv([plan_row("GOLD"), plan_row("OLD")])), created=2)
+    ids = {r.plan_code: r.id for r in imp.platform.sql("SELECT plan_code, id FROM insurance_plans")}
+    with imp.platform.uow() as uow:
+        uow.plans.delete(ids["OLD"], imp.platform.scalar("SELECT updated_at FROM insurance_plans WHERE id = :id",
+                                                         id=ids["OLD"]))
+        uow.commit()
+    rows = [{"id": None, **plan_row("NEW")}, {"id": None, **plan_row("NEW", plan_name="Again")},
+            {"id": None, **plan_row("OLD")}, {"id": str(ids["OLD"]), **plan_row("GOLD")},
+            {"id": str(ids["GOLD"]), **plan_row("GOLD")}]
+    outcome = imp.run("plans", to_csv(rows))
+    assert outcome.rules() == [(3, "plan_code", "deleted"), (4, "plan_code", "identity_conflict"),
+                               (2, "plan_code", "duplicate_in_file")]
+    assert_loaded(outcome, created=1, unchanged=1, rejected=3)
+
+
+def test_plan_dates_out_of_order_with_what_is_stored(imp: Importer) -> None:
+    assert_loaded(imp.run("plans", to_csv([plan_row("GOLD")])), created=1)
+    outcome = imp.run("plans", to_csv([{"plan_code": "GOLD", "expiration_date": "2025-06-30"}]))
+    assert outcome.rules() == [(1, "expiration_date", "date_order")]
+    assert imp.platform.scalar("SELECT expiration_date FROM insurance_plans") == date(2026, 12, 31)
+
+
+# == who may import =================================================================================
+
+
+def test_permission_checks_role_and_token_scope() -> None:
+    members, plans = kind_for("members"), kind_for("plans")
+    importer_role = DEFAULT_ROLES["importer"][1]
+    denied: list[str] = []
+
+    def allowed(kind: Any, actor: Actor) -> bool:
+        try:
+            check_permission(kind, actor, denied.append)
+        except PermissionDenied:
+            return False
+        return True
+
+    assert allowed(members, make_actor(importer_role, role="importer"))
+    assert allowed(plans, make_actor(importer_role, role="importer", scopes=["import:run"]))
+    assert denied == []
+
+    with pytest.raises(PermissionDenied, match="it needs the 'import:run' permission"):
+        check_permission(members, make_actor(DEFAULT_ROLES["specialist"][1], role="specialist"), denied.append)
+    with pytest.raises(PermissionDenied, match="this token lacks the 'import:run' scope"):
+        check_permission(members, make_actor(importer_role, role="importer", scopes=["members:write"]),
+                         denied.append)
+    with pytest.raises(PermissionDenied, match="may not import members: it needs the 'members:write' permission"):
+        check_permission(members, make_actor(["import:run", "plans:write"], role="planner"), denied.append)
+    assert allowed(plans, make_actor(["import:run", "plans:write"], role="planner"))
+    with pytest.raises(PermissionDenied, match="plans:write"):
+        check_permission(plans, make_actor([p for p in importer_role if p != "plans:write"]), denied.append)
+    assert denied == ["import:run", "import:run", "members:write", "plans:write"]
