@@ -61,6 +61,16 @@ def _path(value: Any) -> Path:
     return Path(_text(value)).expanduser()
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(value: Any) -> str:
+    level = _text(value).strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 @dataclass(frozen=True)
 class SettingSpec:
     """One setting: where it is read from and how it is checked."""
@@ -110,6 +120,10 @@ SPECS: tuple[SettingSpec, ...] = (
                 "the app's Textual theme (ctrl+p, 'Change theme' lists them)"),
     SettingSpec("reveal_seconds", "tui", "reveal_seconds", "CARECLI_REVEAL_SECONDS", _positive_int, 30,
                 "a revealed SSN or date of birth is masked again after this many seconds"),
+    SettingSpec("log_level", "logging", "level", "CARECLI_LOG_LEVEL", _log_level, "INFO",
+                "the level of carecli's JSON-lines log (DEBUG, INFO, WARNING, ERROR)"),
+    SettingSpec("log_file", "logging", "file", "CARECLI_LOG_FILE", _path, None,
+                "carecli's JSON-lines log file (default: carecli.log in the user state dir)"),
 )
 
 #: ``[keymap]`` in the config file: binding id = "keys" (e.g. ``"member.reveal" = "ctrl+r"``).
@@ -162,6 +176,9 @@ class Settings:
     sources: dict[str, str] = field(default_factory=dict)
     #: key remapping for the app: binding id -> keys (``[keymap]`` in the config file)
     keymap: dict[str, str] = field(default_factory=dict)
+    #: ``[logging]``: the level and file of the JSON-lines operations log (carecli/logs.py)
+    log_level: str = "INFO"
+    log_file: Path | None = None
 
     @property
     def embedded(self) -> bool:
@@ -322,5 +339,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         config_file_found=config_path.exists(),
         sources=sources,
         keymap={str(k): str(v) for k, v in file_data.get(KEYMAP_SECTION, {}).items()},
+        log_level=values["log_level"],
+        log_file=values["log_file"],
     )
 

@@ -1,0 +1,464 @@
+"""``carecli doctor``: is this installation safe and healthy? One small function per check.
+
+A check takes the :class:`Doctor` (settings, engines, a clock, a master-key
+loader) and returns :class:`CheckResult` rows: a name, pass/warn/fail, what
+it found and what to do. Checks about a database run once per
+:class:`Target`; adding a database (a read replica) is one line in
+:func:`targets`, adding a check is one function and one line in ``CHECKS``.
+
+Nothing here reads member data: the master key is proven on a synthetic
+value, not on anyone's SSN, so there is no PHI access to audit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from carecli.config import Settings
+from carecli.data import health, migrate
+from carecli.data.crypto.fields import FieldCipher
+from carecli.data.crypto.keystore import load_keys
+from carecli.data.crypto.master import KEY_BYTES, MasterKey
+from carecli.data.databases import Databases, check_connection, describe_dbapi_error, display_url
+from carecli.errors import CarecliError, KeyUnavailable
+
+Status = Literal["pass", "warn", "fail"]
+
+# NIST SP 800-63B, AAL2: reauthenticate at least every 12 hours, and after at most 30 minutes idle.
+AAL2_MAX_HOURS = 12
+AAL2_IDLE_MINUTES = 30
+SKEW_WARN_SECONDS = 5
+SKEW_FAIL_SECONDS = 60
+CONNECTIONS_WARN = 0.80
+CONNECTIONS_FAIL = 0.95
+APPEND_ONLY_EVENTS = frozenset({"UPDATE", "DELETE", "TRUNCATE"})
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the doctor's report."""
+
+    name: str
+    status: Status
+    detail: str
+    action: str = ""
+    target: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A database connection to check: ``label`` for people, ``schema`` says which history it holds."""
+
+    label: str
+    schema: str
+    engine: Engine
+
+
+def targets(databases: Databases) -> list[Target]:
+    """The connections the doctor checks. A read replica is one more line here."""
+    return [Target(name, name, engine) for name, engine in databases.items()]
+
+
+def _default_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Doctor:
+    """What the checks look at; ``clock`` and ``load_master`` are swappable for tests."""
+
+    settings: Settings
+    databases: Databases
+    clock: Callable[[], datetime] = _default_clock
+    load_master: Callable[[], MasterKey] | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    reachable: list[Target] = field(default_factory=list)
+    #: labels of reachable databases that have carecli's schema (any revision), set by check_migrations
+    migrated: set[str] = field(default_factory=set)
+
+    @property
+    def embedded(self) -> bool:
+        return self.databases.embedded is not None
+
+    def target(self, schema: str) -> Target | None:
+        """The reachable primary connection holding ``schema`` (None when it is down)."""
+        return next((t for t in self.reachable if t.label == schema), None)
+
+
+Check = Callable[[Doctor], Iterable[CheckResult]]
+
+
+# -- databases reachable ---------------------------------------------------------------------------
+
+
+def check_reachable(doctor: Doctor) -> Iterable[CheckResult]:
+    """Connect to each database; later database checks run only on those that answered."""
+    for target in targets(doctor.databases):
+        try:
+            check_connection(target.engine, target.label)
+            with target.engine.connect() as connection:
+                version = health.server_version(connection)
+        except CarecliError as exc:
+            yield CheckResult("reachable", "fail", exc.message, exc.hint or "", target.label)
+            continue
+        doctor.reachable.append(target)
+        yield CheckResult("reachable", "pass", f"PostgreSQL {version} at {display_url(target.engine.url)}",
+                          target=target.label)
+
+
+# -- TLS ---------------------------------------------------------------------------------------------
+
+
+def _query(url: URL, key: str) -> str | None:
+    value = url.query.get(key)
+    if isinstance(value, tuple):
+        value = value[-1] if value else None
+    return value
+
+
+def connection_host(url: URL, environ: Mapping[str, str]) -> str | None:
+    """Where libpq connects: the URL's host, its ``host=`` query (a socket dir), or ``PGHOST``."""
+    return url.host or _query(url, "host") or environ.get("PGHOST") or None
+
+
+def is_local(host: str | None) -> bool:
+    """A Unix socket (no host, a path) or a loopback address: the traffic never leaves this machine."""
+    if not host or host.startswith(("/", "@")) or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _has_root_cert(url: URL, environ: Mapping[str, str]) -> bool:
+    if _query(url, "sslrootcert") or environ.get("PGSSLROOTCERT"):
+        return True
+    return (Path.home() / ".postgresql" / "root.crt").exists()
+
+
+def classify_tls(url: URL, tls: health.TlsState, environ: Mapping[str, str] | None = None
+                 ) -> tuple[Status, str, str]:
+    """Judge one connection's TLS from its URL (what was asked) and ``pg_stat_ssl`` (what it got)."""
+    env = os.environ if environ is None else environ
+    mode = _query(url, "sslmode") or env.get("PGSSLMODE") or "prefer"
+    host = connection_host(url, env)
+    got = f"TLS ({tls.version})" if tls.in_use else "no TLS"
+    verify = "add ?sslmode=verify-full&sslrootcert=/path/to/server-ca.pem to the database URL"
+    if is_local(host):
+        where = "a Unix socket" if not host or host.startswith(("/", "@")) else host
+        return "pass", f"local connection over {where}, {got}: the traffic stays on this machine", ""
+    if not tls.in_use:
+        return ("fail", f"no TLS to {host} (sslmode={mode}): passwords and member data cross the network "
+                "unencrypted", verify)
+    if mode == "verify-full":
+        return "pass", f"{got} to {host}, server certificate and host name verified", ""
+    if mode == "verify-ca" or (mode == "require" and _has_root_cert(url, env)):
+        return ("warn", f"{got} to {host}: the certificate is checked but not the host name (sslmode={mode})",
+                "use sslmode=verify-full")
+    return ("warn", f"{got} to {host}, but the server certificate is not verified (sslmode={mode}): "
+            "a machine in the middle could pose as the server", verify)
+
+
+def check_tls(doctor: Doctor) -> Iterable[CheckResult]:
+    for target in doctor.reachable:
+        with target.engine.connect() as connection:
+            tls = health.tls_state(connection)
+        status, detail, action = classify_tls(target.engine.url, tls, doctor.environ)
+        yield CheckResult("tls", status, detail, action, target.label)
+
+
+# -- migrations --------------------------------------------------------------------------------------
+
+
+def check_migrations(doctor: Doctor) -> Iterable[CheckResult]:
+    for target in doctor.reachable:
+        with target.engine.connect() as connection:
+            current = migrate.current_revision(connection, target.schema)
+        head = migrate.head_revision(target.schema)
+        if current is not None:
+            doctor.migrated.add(target.label)
+        if current == head:
+            yield CheckResult("migrations", "pass", f"at head ({head})", target=target.label)
+        else:
+            state = "not migrated" if current is None else f"at {current}"
+            yield CheckResult("migrations", "fail", f"{state}; this carecli needs {head}",
+                              "run `carecli db upgrade` (as the owner role)", target.label)
+
+
+# -- master key ----------------------------------------------------------------------------------------
+
+
+def _master_loader(doctor: Doctor) -> Callable[[], MasterKey]:
+    if doctor.load_master is not None:
+        return doctor.load_master
+    from carecli.data.crypto.runtime import master_key
+
+    return lambda: master_key(doctor.settings, doctor.databases)
+
+
+def check_master_key(doctor: Doctor) -> Iterable[CheckResult]:
+    """The master key loads, unwraps every live data key, and a synthetic value survives a round trip."""
+    platform = doctor.target("platform")
+    if platform is None:
+        return
+    try:
+        master = _master_loader(doctor)()
+    except CarecliError as exc:
+        yield CheckResult("master key", "fail", exc.message, exc.hint or "", "platform")
+        return
+    if platform.label not in doctor.migrated:
+        yield CheckResult("master key", "warn", f"the master key loads from {master.source}, but the data keys "
+                          "cannot be checked: the platform database is not migrated", "run `carecli db upgrade`",
+                          "platform")
+        return
+    with platform.engine.connect() as connection:
+        keys = load_keys(connection)
+    live = [key for key in keys if key.status != "retired"]
+    broken = _unopenable(master, live)
+    if broken:
+        yield CheckResult("master key", "fail",
+                          f"the master key from {master.source} ({master.key_id}) cannot unwrap {len(broken)} of "
+                          f"{len(live)} live data keys ({', '.join(str(key_id) for key_id in broken)})",
+                          "give carecli the master key these data keys were wrapped with "
+                          "(CARECLI_MASTER_KEY_FILE, CARECLI_MASTER_KEY or the keyring entry)", "platform")
+        return
+    cipher = FieldCipher(master, keys)
+    if cipher.primary_id is None:
+        probe_id = uuid.uuid4()
+        data_key = secrets.token_bytes(KEY_BYTES)
+        ok = master.unwrap(master.wrap(data_key, data_key_id=probe_id), data_key_id=probe_id) == data_key
+        detail = f"from {master.source}; no data keys yet (the first is made with the first SSN or DOB stored)"
+    else:
+        # A synthetic value under the primary key: proves decryption without touching anyone's PHI.
+        sample, row_id = secrets.token_bytes(16), uuid.uuid4()
+        blob = cipher.encrypt(sample, table="doctor", column="probe", row_id=row_id)
+        ok = cipher.decrypt(blob, table="doctor", column="probe", row_id=row_id) == sample
+        detail = (f"from {master.source}; unwraps all {len(live)} live data keys, encrypt/decrypt round trip "
+                  f"under primary {cipher.primary_id} ok")
+    if not ok:
+        yield CheckResult("master key", "fail", "encrypt/decrypt round trip returned a different value",
+                          "report this to the carecli maintainers", "platform")
+        return
+    retired_broken = _unopenable(master, [key for key in keys if key.status == "retired"])
+    if retired_broken:
+        yield CheckResult("master key", "warn", detail + f"; {len(retired_broken)} retired keys do not unwrap",
+                          "retired keys only matter for restoring old backups: keep their master key with them",
+                          "platform")
+        return
+    yield CheckResult("master key", "pass", detail, target="platform")
+
+
+def _unopenable(master: MasterKey, keys: list) -> list[uuid.UUID]:
+    broken = []
+    for key in keys:
+        try:
+            master.unwrap(key.wrapped_key, data_key_id=key.id)
+        except KeyUnavailable:
+            broken.append(key.id)
+    return broken
+
+
+# -- audit triggers ------------------------------------------------------------------------------------
+
+
+def check_audit_triggers(doctor: Doctor) -> Iterable[CheckResult]:
+    for target in doctor.reachable:
+        if target.schema != "platform":
+            continue
+        with target.engine.connect() as connection:
+            events = health.audit_trigger_events(connection)
+        missing = sorted(APPEND_ONLY_EVENTS - events)
+        if missing:
+            yield CheckResult("audit triggers", "fail",
+                              f"audit_logs accepts {', '.join(missing)}: its append-only triggers are missing or "
+                              "disabled", "run `carecli db upgrade` (platform_0003 adds them), or "
+                              "ALTER TABLE audit_logs ENABLE TRIGGER ALL; then find out who removed them",
+                              target.label)
+        else:
+            yield CheckResult("audit triggers", "pass", "audit_logs rejects UPDATE, DELETE and TRUNCATE",
+                              target=target.label)
+
+
+# -- roles ---------------------------------------------------------------------------------------------
+
+
+def judge_roles(facts: health.RoleFacts, schema: str) -> tuple[Status, str, str]:
+    """Least privilege: not a superuser, not the owner, no DELETE anywhere, audit_logs insert-only."""
+    app_role = f"carecli_{schema}_app"
+    use_app = f"connect as the app role from `carecli db grants --db {schema}` ({app_role}), not as {facts.user}"
+    if facts.superuser:
+        return ("fail", f"connects as {facts.user}, a superuser: it bypasses every permission, can drop "
+                "triggers and read every table", use_app)
+    owned = [t.table for t in facts.tables if t.owned]
+    if owned:
+        shown = "audit_logs" if "audit_logs" in owned else ", ".join(owned[:3])
+        return ("warn", f"connects as {facts.user}, the owner of {shown}: an owner can disable triggers and "
+                "grant itself DELETE", "run migrations as the owner role; " + use_app)
+    deletable = [t.table for t in facts.tables if t.delete]
+    audit_writes = [name for name, allowed in _audit_writes(facts) if allowed]
+    problems = []
+    if deletable:
+        problems.append(f"may DELETE from {', '.join(deletable[:5])}{' ...' if len(deletable) > 5 else ''} "
+                        "(carecli only soft-deletes)")
+    if audit_writes:
+        problems.append(f"may {', '.join(audit_writes)} audit_logs")
+    if problems:
+        return "fail", f"{facts.user} " + "; ".join(problems), f"apply `carecli db grants --db {schema} --apply`"
+    return "pass", f"connects as {facts.user}: no superuser, no owner, no DELETE, audit_logs insert-only", ""
+
+
+def _audit_writes(facts: health.RoleFacts) -> list[tuple[str, bool]]:
+    audit = next((t for t in facts.tables if t.table == "audit_logs"), None)
+    if audit is None:
+        return []
+    return [("UPDATE", audit.update), ("TRUNCATE", audit.truncate)]  # DELETE is in the general list
+
+
+def check_roles(doctor: Doctor) -> Iterable[CheckResult]:
+    for target in doctor.reachable:
+        with target.engine.connect() as connection:
+            facts = health.role_facts(connection)
+        status, detail, action = judge_roles(facts, target.schema)
+        if status != "pass" and doctor.embedded:
+            # The embedded server is a single-user demo: carecli is its superuser by design.
+            status, detail = "warn", f"embedded demo server: {detail}; fine for a local demo, never for real data"
+            action = "use your own servers with least-privilege roles for real member data"
+        yield CheckResult("roles", status, detail, action, target.label)
+
+
+# -- session timeouts ------------------------------------------------------------------------------------
+
+
+def judge_sessions(max_hours: int, idle_minutes: int) -> tuple[Status, str, str]:
+    """NIST SP 800-63B AAL2: at most 12 hours per session and 30 minutes of inactivity."""
+    problems = []
+    if max_hours > AAL2_MAX_HOURS:
+        problems.append(f"sessions last {max_hours} h (AAL2: at most {AAL2_MAX_HOURS} h)")
+    if idle_minutes > AAL2_IDLE_MINUTES:
+        problems.append(f"idle timeout is {idle_minutes} min (AAL2: at most {AAL2_IDLE_MINUTES} min)")
+    if problems:
+        return ("fail", "; ".join(problems),
+                f"set [session] max_hours <= {AAL2_MAX_HOURS} and idle_minutes <= {AAL2_IDLE_MINUTES} "
+                "(CARECLI_SESSION_MAX_HOURS, CARECLI_SESSION_IDLE_MINUTES)")
+    return "pass", f"sessions end after {max_hours} h, or {idle_minutes} min idle (within NIST 800-63B AAL2)", ""
+
+
+def check_sessions(doctor: Doctor) -> Iterable[CheckResult]:
+    status, detail, action = judge_sessions(doctor.settings.session_max_hours, doctor.settings.session_idle_minutes)
+    yield CheckResult("session timeouts", status, detail, action)
+
+
+# -- clock skew ------------------------------------------------------------------------------------------
+
+
+def judge_skew(seconds: float) -> tuple[Status, str, str]:
+    """Session expiry runs on the server's clock, certificates and tokens on ours: they must agree."""
+    size = abs(seconds)
+    side = "ahead of" if seconds > 0 else "behind"
+    detail = f"the server's clock is {size:.1f} s {side} this machine's"
+    action = "synchronise both clocks with NTP (timedatectl, chrony)"
+    if size > SKEW_FAIL_SECONDS:
+        return "fail", detail + f" (more than {SKEW_FAIL_SECONDS} s: token expiry checks go wrong)", action
+    if size > SKEW_WARN_SECONDS:
+        return "warn", detail + f" (more than {SKEW_WARN_SECONDS} s)", action
+    return "pass", detail, ""
+
+
+def check_clock(doctor: Doctor) -> Iterable[CheckResult]:
+    for target in doctor.reachable:
+        with target.engine.connect() as connection:
+            before = doctor.clock()
+            server = health.server_clock(connection)
+            after = doctor.clock()
+        local = before + (after - before) / 2
+        status, detail, action = judge_skew((server - local).total_seconds())
+        yield CheckResult("clock skew", status, detail, action, target.label)
+
+
+# -- pools and connection limits -------------------------------------------------------------------------
+
+
+def judge_connections(usage: health.ConnectionUsage, per_process: int) -> tuple[Status, str, str]:
+    """Server-wide connections against ``max_connections`` (less the reserved ones)."""
+    share = usage.current / usage.usable
+    detail = (f"server: {usage.current} of {usage.usable} usable connections ({share:.0%}); this process may "
+              f"open up to {per_process}")
+    action = ("lower [database] pool_size/max_overflow, run fewer processes, put PgBouncer in front, "
+              "or raise max_connections")
+    if share >= CONNECTIONS_FAIL:
+        return "fail", detail + ": new connections are about to be refused", action
+    if share > CONNECTIONS_WARN:
+        return "warn", detail, action
+    return "pass", detail, ""
+
+
+def pool_description(engine: Engine) -> str:
+    """SQLAlchemy's pool numbers for one engine (QueuePool: size, checked out, overflow)."""
+    pool = engine.pool
+    try:
+        return (f"pool {pool.size()} + overflow {getattr(pool, '_max_overflow', '?')}: "  # type: ignore[attr-defined]
+                f"{pool.checkedout()} checked out, {pool.checkedin()} idle, "  # type: ignore[attr-defined]
+                f"overflow {max(pool.overflow(), 0)}")  # type: ignore[attr-defined]
+    except AttributeError:  # NullPool, StaticPool: nothing to count
+        return pool.status()
+
+
+def check_pools(doctor: Doctor) -> Iterable[CheckResult]:
+    per_process = doctor.settings.pool_size + doctor.settings.max_overflow
+    for target in doctor.reachable:
+        with target.engine.connect() as connection:
+            usage = health.connection_usage(connection)
+        status, detail, action = judge_connections(usage, per_process)
+        yield CheckResult("pool", status, f"{pool_description(target.engine)}; {detail}", action, target.label)
+
+
+#: The checks, in the order they are shown. ``check_reachable`` must stay first.
+CHECKS: list[Check] = [
+    check_reachable,
+    check_tls,
+    check_migrations,
+    check_master_key,
+    check_audit_triggers,
+    check_roles,
+    check_sessions,
+    check_clock,
+    check_pools,
+]
+
+
+def run_checks(doctor: Doctor, checks: Iterable[Check] | None = None) -> list[CheckResult]:
+    """Every check's results; a check that breaks is itself a failure, never a crash."""
+    results: list[CheckResult] = []
+    for check in CHECKS if checks is None else checks:
+        name = check.__name__.removeprefix("check_").replace("_", " ")
+        try:
+            results.extend(check(doctor))
+        except DBAPIError as exc:
+            results.append(CheckResult(name, "fail", f"the check could not run: {describe_dbapi_error(exc)}",
+                                       "check the database connection and the role's rights"))
+        except CarecliError as exc:
+            results.append(CheckResult(name, "fail", exc.message, exc.hint or ""))
+        except Exception as exc:  # noqa: BLE001 - a doctor must finish its report
+            results.append(CheckResult(name, "fail", f"the check could not run ({type(exc).__name__})",
+                                       "run with CARECLI_DEBUG=1 and report it"))
+    return results
+
+
+def failed(results: Iterable[CheckResult]) -> bool:
+    return any(result.status == "fail" for result in results)
