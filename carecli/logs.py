@@ -49,12 +49,14 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
                                                                                   "taskName"}
 
 REDACTED = "[redacted]"
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# The domain ends in letters and the local part does not follow "//": "postgres@127.0.0.1" and the user
+# in "postgresql://carecli@db.internal/x" are not e-mail addresses (masked URLs stay readable).
+_EMAIL = re.compile(r"(?<![\w.+/-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
 _SSN = re.compile(r"(?<![\w-])\d{3}-?\d{2}-?\d{4}(?![\w-])")
 # North American numbers with or without area code: (503) 555-0100, 503.555.0100, +1 503 555 0100, 555-0100.
 _PHONE = re.compile(r"(?<![\w-])(?:\+?1[ .-]?)?(?:\(?\d{3}\)?[ .-]?)?\d{3}[ .-]\d{4}(?![\w-])")
 # A date within a few characters after a word naming a birth date: "dob=1961-04-02", "birth date: 04/02/1961".
-_DOB = re.compile(r"(?i)((?:dob|birth)\w*\W{0,20}?)(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4})")
+_DOB = re.compile(r"(?i)((?:dob|birth)[^\d\n]{0,20}?)(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4})")
 
 
 def redact(text: str) -> str:
@@ -183,3 +185,12 @@ def configure_from_settings(environ: Mapping[str, str] | None = None) -> Path | 
         file = env.get(LOG_FILE_ENV) or None
         return configure_logging(level if level in logging.getLevelNamesMapping() else "INFO",
                                  Path(file) if file else None)
+
+
+def shutdown_logging() -> None:
+    """Remove carecli's file handler (tests, and an embedding program that configures its own logging)."""
+    global _handler
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+        _handler.close()
+        _handler = None

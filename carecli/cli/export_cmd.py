@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -30,6 +31,7 @@ from carecli.errors import ConfigError
 from carecli.services.auth.current import resolve_actor
 
 STDOUT = "-"
+log = logging.getLogger("carecli.export")
 
 
 @contextmanager
@@ -108,6 +110,8 @@ def export_command(kind: str, fmt: str | None, out_path: str, where: tuple[str, 
         os.dup2(os.open(os.devnull, os.O_WRONLY), click.get_binary_stream("stdout").fileno())
         raise click.Abort() from None
     seconds = time.perf_counter() - started
+    log.info("export finished", extra={"user_id": str(actor.user_id), "kind": kind, "rows": result.rows,
+                                       "format": fmt, "include_phi": include_phi, "seconds": round(seconds, 3)})
     where_to = "standard output" if out_path == STDOUT else out_path
     if as_json:
         click.echo(json.dumps({"kind": kind, "rows": result.rows, "format": fmt, "include_phi": include_phi,

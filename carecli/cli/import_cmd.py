@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import sys
 import threading
@@ -39,6 +40,7 @@ from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, ConfigError
 from carecli.services.auth.current import resolve_actor
 
 NIL = uuid.UUID(int=0)
+log = logging.getLogger("carecli.import")
 #: problems shown on stderr when there is no --errors file
 SHOWN_PROBLEMS = 20
 
@@ -192,11 +194,13 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
                              all_or_nothing=all_or_nothing, batch_rows=batch_rows)
     except FileProblem as exc:
         progress.stop()
+        log.warning("import aborted", extra={"kind": importer.name, "reason": "file problem"})
         click.echo(f"carecli: import aborted: {exc.message}; batches committed before it stay: fix the file and run "
                    "the same import again (rows already loaded are matched, not added twice)", err=True)
         return EXIT_ABORTED
     except ImportAborted as exc:
         progress.stop()
+        log.warning("import aborted", extra={"kind": importer.name, "reason": type(exc).__name__})
         click.echo(f"carecli: import aborted: {_cause(exc)}; batches committed before it stay, and running the "
                    "same import again completes it", err=True)
         return EXIT_ABORTED
@@ -206,6 +210,8 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
         if source is not sys.stdin.buffer:
             source.close()
     shown = "standard input" if file == "-" else file
+    # Counts only: the file's rows (and its name, which may name a person) stay out of the log.
+    log.info("import finished", extra={"user_id": str(actor.user_id), **summary.as_json()})
     if as_json:
         click.echo(json.dumps({**summary.as_json(), "file": shown, "errors_file": errors_path}))
     else:

@@ -9,6 +9,7 @@ account. Nothing here ever prints a key, a wrapped key or a decrypted value;
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import uuid
@@ -37,6 +38,7 @@ from carecli.data.databases import Databases, open_databases, require_head
 from carecli.errors import EXIT_FAILURE, ConfigError, KeyUnavailable
 
 NIL = uuid.UUID(int=0)
+log = logging.getLogger("carecli.keys")
 ENTITY_TYPE = "data_key"
 
 SourceKind = Literal["env", "file", "keyring", "embedded-file"]
@@ -177,6 +179,7 @@ def keys_rotate(batch_size: int, resume_only: bool) -> None:
     except (KeyboardInterrupt, click.Abort):
         progress.finish()
         _audit_interrupted(databases, before)
+        log.warning("key rotation interrupted")
         click.echo("rotation interrupted; run `carecli keys rotate` again to resume it (no new key is made)",
                    err=True)
         raise
@@ -191,6 +194,10 @@ def keys_rotate(batch_size: int, resume_only: bool) -> None:
         "rows_left_on_old_keys": remaining,
         "master_key_id": master.key_id,
     })
+    log.info("key rotation finished", extra={
+        "primary_key_id": str(result.primary_id), "created_new_key": result.created_new_key,
+        "reencrypted_rows": result.reencrypted_rows, "retired_keys": len(result.retired),
+        "rows_left_on_old_keys": remaining})
     if result.created_new_key:
         click.echo(f"new primary data key: {result.primary_id}")
     elif not result.reencrypted_rows and not remaining:
@@ -254,6 +261,8 @@ def keys_rewrap(new_key_file: Path | None, new_key_env: str | None, store: bool)
     # The rewrap writes its audit row in its own transaction.
     count = keystore.rewrap(databases.platform, old_master, new_master, actor=Actor.system("cli"))
     _verify(databases, new_master)
+    log.info("master key rewrap finished", extra={"data_keys": count, "old_master_key_id": old_master.key_id,
+                                                  "new_master_key_id": new_master.key_id})
     click.echo(f"re-wrapped {count} data key{'' if count == 1 else 's'} under master key {new_master.key_id} "
                f"(was {old_master.key_id})")
     if store:

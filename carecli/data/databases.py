@@ -9,6 +9,7 @@ no zone, so every session must agree on what ``now()`` means) and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from carecli.data.embedded import EmbeddedServer
 from carecli.errors import DatabaseUnavailable, SchemaOutOfDate
 
 APPLICATION_NAME = "carecli"
+log = logging.getLogger("carecli.data.databases")
 
 
 @dataclass
@@ -107,6 +109,8 @@ def check_connection(engine: Engine, database: str) -> None:
         with engine.connect() as connection:
             version = int(connection.execute(text("SHOW server_version_num")).scalar_one())
     except DBAPIError as exc:
+        log.warning("database unreachable", extra={"database": database, "url": display_url(engine.url),
+                                                   "reason": describe_dbapi_error(exc)})
         raise DatabaseUnavailable(
             f"cannot connect to the {database} database at {display_url(engine.url)}: {describe_dbapi_error(exc)}",
             hint=f"check that the server is running and CARECLI_{database.upper()}_URL (or the config file) is right",

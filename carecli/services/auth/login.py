@@ -15,6 +15,7 @@ audits the login and keeps the session token on this machine.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +38,7 @@ from carecli.services.auth.tokens import database_now
 if TYPE_CHECKING:
     from carecli.services.auth.oidc import DeviceAuthorization, OidcClient
 
+log = logging.getLogger("carecli.auth")
 LoginMethod = Literal["oidc", "demo"]
 DemoPicker = Callable[[Sequence[User]], User]
 
@@ -94,6 +96,9 @@ def login(settings: Settings, databases: Databases, *, channel: Channel,
 
 def _refuse(databases: Databases, channel: Channel, user: User | None, values: Mapping[str, Any],
             environ: Mapping[str, str] | None) -> None:
+    # The reason only: the values may hold the e-mail or subject someone typed.
+    log.warning("sign-in refused", extra={"reason": values.get("reason"), "method": values.get("method"),
+                                          "channel": channel, "user_id": str(user.id) if user else None})
     audit.write_committed(databases.platform, Actor.system(channel, environ=environ), "user",
                           user.id if user else NIL, "login_refused", dict(values))
 
@@ -192,6 +197,8 @@ def _admit(settings: Settings, databases: Databases, candidate: User | None, *, 
         raise
     if previous is not None and previous != token:
         end_session(databases, previous, channel=channel)
+    log.info("signed in", extra={"user_id": str(user.id), "method": method, "channel": channel,
+                                 "session_id": str(session.id)})
     return LoginResult(user=user, role=role, method=method, session=session_info(session, now, settings,
                                                                                    current_id=session.id),
                        store=store.describe())

@@ -16,6 +16,7 @@ longer active. Times are naive UTC from the database server's clock.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from carecli.data.models.identity import Session as SessionTable
 from carecli.data.records import Session, User
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.services.auth.tokens import database_now, hash_secret
+
+log = logging.getLogger("carecli.auth")
 
 SESSION_TOKEN_BYTES = 32
 SESSIONS = cast(Table, SessionTable.__table__)
@@ -126,6 +129,7 @@ def end_session(databases: Databases, raw_token: str, *, channel: Channel) -> Se
     with IdentityUnitOfWork(databases.identity, databases.platform, owner) as uow:
         ended = uow.sessions.revoke(session.id)
         uow.commit()
+    log.info("signed out", extra={"user_id": str(session.user_id), "session_id": str(session.id), "channel": channel})
     return ended
 
 
