@@ -11,6 +11,7 @@ once; tests that need empty migrated databases get fresh copies of them
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -34,10 +35,22 @@ for _name in list(os.environ):
 os.environ["XDG_CONFIG_HOME"] = str(_HOME / "config")
 os.environ["XDG_DATA_HOME"] = str(_HOME / "data")
 os.environ["XDG_STATE_HOME"] = str(_HOME / "state")
+# Every carecli process of the run logs to one file at DEBUG (subprocesses inherit this), so that the
+# session's end can scan all of it for PHI (tests/log_scan.py).
+_SUITE_LOG = _HOME / "logs" / "suite.log"
+os.environ["CARECLI_LOG_FILE"] = str(_SUITE_LOG)
+os.environ["CARECLI_LOG_LEVEL"] = "DEBUG"
 
 from carecli.config import load_settings  # noqa: E402
 from carecli.data import migrate  # noqa: E402
 from carecli.data.databases import create_database_engine  # noqa: E402
+from tests import log_scan  # noqa: E402
+
+# Records logged in this process, before carecli's redacting filter: a message carrying PHI is a finding
+# even where the file would have hidden it.
+_RAW_LOG = log_scan.RawCapture()
+logging.getLogger("carecli").addHandler(_RAW_LOG)
+logging.getLogger("carecli").setLevel(logging.DEBUG)
 
 _counter = itertools.count()
 _PREFIX = f"carecli_test_{os.getpid()}_"
@@ -203,3 +216,31 @@ def migrated_engines(migrated_pair: DatabasePair) -> Iterator[Engines]:
     yield engines
     engines.identity.dispose()
     engines.platform.dispose()
+
+
+# -- the PHI scan of everything logged during the run ---------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Scan every log line of the run; a finding fails the run even when every test passed."""
+    files = log_scan.log_files(_SUITE_LOG, _HOME / "state")
+    lines, findings = log_scan.scan(files, _RAW_LOG)
+    session.config.stash[_SCAN_KEY] = (lines, findings)
+    if findings and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+    lines, findings = config.stash.get(_SCAN_KEY, (0, []))
+    if not findings:
+        terminalreporter.write_line(f"log PHI scan: {lines:,} log lines, no SSN, DOB or contact details found")
+        return
+    terminalreporter.section("log PHI scan FAILED", red=True)
+    for finding in findings[:50]:
+        terminalreporter.write_line(f"{finding.where}: {finding.kind}: {finding.excerpt}")
+    if len(findings) > 50:
+        terminalreporter.write_line(f"... and {len(findings) - 50} more")
+    terminalreporter.write_line(f"(logs kept in {_SUITE_LOG.parent})")
+
+
+_SCAN_KEY = pytest.StashKey[tuple[int, list]]()
