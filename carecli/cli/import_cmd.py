@@ -211,7 +211,9 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
             source.close()
     shown = "standard input" if file == "-" else file
     # Counts only: the file's rows (and its name, which may name a person) stay out of the log.
-    log.info("import finished", extra={"user_id": str(actor.user_id), **summary.as_json()})
+    # Nested: "created" and friends would clash with LogRecord's own attributes.
+    log.info("import finished", extra={"user_id": str(actor.user_id), "kind": importer.name,
+                                       "summary": summary.as_json()})
     if as_json:
         click.echo(json.dumps({**summary.as_json(), "file": shown, "errors_file": errors_path}))
     else:
