@@ -35,8 +35,9 @@ def doctor_command(ctx: click.Context, as_json: bool) -> None:
     """Check both databases, TLS, migrations, the master key, audit triggers, roles,
     session timeouts, clock skew and pools; exit 1 when any check fails (warnings exit 0)."""
     settings = load_settings()
-    # No implicit migration and no connection yet: being unreachable is a finding, not an error.
-    databases = open_databases(settings, migrate_embedded=False, check=False)
+    # Configured servers: no connection yet, being unreachable is a finding, not an error. The embedded
+    # server is started and migrated as for every other command (it is ours; nobody else will).
+    databases = open_databases(settings, check=False)
     try:
         results = run_checks(Doctor(settings, databases))
     finally:

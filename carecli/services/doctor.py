@@ -70,8 +70,11 @@ class Target:
 
 
 def targets(databases: Databases) -> list[Target]:
-    """The connections the doctor checks. A read replica is one more line here."""
-    return [Target(name, name, engine) for name, engine in databases.items()]
+    """The connections the doctor checks. A read replica is one more line here, e.g.
+    ``found.append(Target("platform replica", "platform", databases.platform_read))`` when one is configured.
+    """
+    found = [Target(name, name, engine) for name, engine in databases.items()]
+    return found
 
 
 def _default_clock() -> datetime:
@@ -371,7 +374,8 @@ def judge_skew(seconds: float) -> tuple[Status, str, str]:
     """Session expiry runs on the server's clock, certificates and tokens on ours: they must agree."""
     size = abs(seconds)
     side = "ahead of" if seconds > 0 else "behind"
-    detail = f"the server's clock is {size:.1f} s {side} this machine's"
+    detail = (f"the server's clock is {size:.1f} s {side} this machine's" if size >= 0.1
+              else "the server's and this machine's clocks agree (within 0.1 s)")
     action = "synchronise both clocks with NTP (timedatectl, chrony)"
     if size > SKEW_FAIL_SECONDS:
         return "fail", detail + f" (more than {SKEW_FAIL_SECONDS} s: token expiry checks go wrong)", action
