@@ -136,6 +136,7 @@ def default_log_file() -> Path:
 
 
 _handler: PrivateRotatingFileHandler | None = None
+_NULL = logging.NullHandler()
 
 
 def configure_logging(level: str = "INFO", file: Path | None = None) -> Path | None:
@@ -147,6 +148,7 @@ def configure_logging(level: str = "INFO", file: Path | None = None) -> Path | N
     global _handler
     path = Path(file).expanduser() if file is not None else default_log_file()
     root = logging.getLogger()
+    logging.getLogger(APP_LOGGER).removeHandler(_NULL)
     if _handler is not None:
         root.removeHandler(_handler)
         _handler.close()
@@ -154,6 +156,8 @@ def configure_logging(level: str = "INFO", file: Path | None = None) -> Path | N
     try:
         handler = PrivateRotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT, encoding="utf-8")
     except OSError:
+        # Without any handler Python's last-resort handler would print warnings on the terminal (over the app).
+        logging.getLogger(APP_LOGGER).addHandler(_NULL)
         return None
     handler.setFormatter(JsonLinesFormatter())
     handler.addFilter(RedactingFilter())
@@ -194,3 +198,4 @@ def shutdown_logging() -> None:
         logging.getLogger().removeHandler(_handler)
         _handler.close()
         _handler = None
+    logging.getLogger(APP_LOGGER).removeHandler(_NULL)

@@ -107,6 +107,19 @@ def test_library_loggers_stay_quiet_at_debug_so_statement_parameters_never_reach
     assert "SELECT" not in written and "Okafor" not in written
 
 
+def test_a_log_file_that_cannot_be_opened_turns_logging_off_quietly(log_file: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert logs.configure_logging("INFO", blocker / "carecli.log") is None
+    # A command that logs a warning (an unreachable database) prints only its own one-line error.
+    env = {"CARECLI_LOG_FILE": str(blocker / "carecli.log"),
+           "CARECLI_IDENTITY_URL": "postgresql+psycopg://carecli@127.0.0.1:1/identity",
+           "CARECLI_PLATFORM_URL": "postgresql+psycopg://carecli@127.0.0.1:1/platform"}
+    outcome = run_carecli("db", "current", env=env)
+    assert outcome.code == EXIT_USAGE
+    assert outcome.err.startswith("carecli: error: cannot connect") and "database unreachable" not in outcome.err
+
+
 def test_a_bad_level_is_a_config_error_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="CARECLI_LOG_LEVEL must be one of DEBUG"):
         load_settings({"CARECLI_LOG_LEVEL": "chatty"})
