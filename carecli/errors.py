@@ -14,6 +14,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2  # usage or configuration error, unreachable database
 EXIT_ABORTED = 3
 EXIT_AUTH = 4  # not signed in, session or token expired/revoked, sign-in refused
+EXIT_IDLE = 5  # the app ended itself after the idle timeout (an SSH-hosted app cannot lock, so it ends)
 
 
 class CarecliError(Exception):

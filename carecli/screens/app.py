@@ -26,7 +26,8 @@ from textual.widgets import Header, LoadingIndicator, Static
 from carecli import __version__
 from carecli.config import Settings
 from carecli.data.databases import Databases
-from carecli.errors import AuthError
+from carecli.data.actor import Channel
+from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.widgets import CareFooter, prune_dead_watchers
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
 from carecli.screens.palette import MemberCommands
@@ -129,7 +130,8 @@ class CareApp(App[None]):
 
     def __init__(self, settings: Settings, *, databases: Databases | None = None, desk: Desk | None = None,
                  store: CredentialStore | None = None, environ: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, channel: Channel = "tui",
+                 single_session: bool = False) -> None:
         super().__init__()
         self.settings = settings
         self.databases = databases
@@ -137,6 +139,10 @@ class CareApp(App[None]):
         self.store = store
         self.environ = environ
         self.clock = clock
+        self.channel: Channel = channel
+        #: the SSH host's app: signed in by the host for one person, so it never offers a sign-in
+        #: (that would let someone else take over the SSH session); a lock or a dead session ends it
+        self.single_session = single_session
         self.last_input = clock()
         self._last_touch = clock()
         self.locked = False
@@ -174,7 +180,7 @@ class CareApp(App[None]):
             self.post_message(ConnectFailed(describe(exc)))
             return
         try:
-            desk: Desk | None = Desk.resume(self.settings, databases, store=self.store)
+            desk: Desk | None = Desk.resume(self.settings, databases, channel=self.channel, store=self.store)
             problem = None
         except AuthError as exc:
             desk, problem = None, describe(exc)
@@ -190,6 +196,10 @@ class CareApp(App[None]):
         self.databases = message.databases
         if message.desk is not None:
             self.signed_in(message.desk)
+            return
+        if self.single_session:
+            why = message.problem.message if message.problem is not None else "not signed in"
+            self.exit(return_code=EXIT_AUTH, message=f"carecli: your session could not start: {why}.")
             return
         from carecli.screens.signin import SignInScreen
 
@@ -237,8 +247,12 @@ class CareApp(App[None]):
     def action_lock(self, reason: str = "Locked.") -> None:
         self.lock(reason)
 
-    def lock(self, reason: str) -> None:
-        """Clear every member value from every screen, then cover them with the sign-in screen."""
+    def lock(self, reason: str, *, exit_code: int = EXIT_OK) -> None:
+        """Clear every member value from every screen, then cover them with the sign-in screen.
+
+        A single-session app (the SSH host's) ends instead, with ``exit_code``: its user signs in
+        again by connecting again with their key.
+        """
         if self.locked or self.desk is None:
             return
         self.locked = True
@@ -247,6 +261,9 @@ class CareApp(App[None]):
             if isinstance(screen, PhiHolder):
                 screen.clear_phi()
         self.clear_notifications()
+        if self.single_session:
+            self.exit(return_code=exit_code, message=f"carecli: {reason}")
+            return
         from carecli.screens.signin import SignInScreen
 
         self.push_screen(SignInScreen(note=reason, locked_user=self.desk.display_name))
@@ -254,7 +271,8 @@ class CareApp(App[None]):
     def check_inactivity(self) -> None:
         idle = self.clock() - self.last_input
         if not self.locked and self.desk is not None and idle >= self.settings.session_idle_minutes * 60:
-            self.lock(f"Locked after {self.settings.session_idle_minutes} minutes without activity.")
+            self.lock(f"Locked after {self.settings.session_idle_minutes} minutes without activity.",
+                      exit_code=EXIT_IDLE)
 
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)):
@@ -275,7 +293,7 @@ class CareApp(App[None]):
         except Exception as exc:
             problem = describe(exc)
             if problem.auth:
-                self.call_from_thread(self.lock, f"Your session ended: {problem.message}.")
+                self.call_from_thread(self.lock, f"Your session ended: {problem.message}.", exit_code=EXIT_AUTH)
 
     # -- navigation and help -----------------------------------------------------------
 
@@ -319,7 +337,7 @@ class CareApp(App[None]):
     def show_problem(self, action: str, problem: Problem) -> None:
         """Tell the user what failed and what to do; a dead session locks the app."""
         if problem.auth and self.desk is not None:
-            self.lock(f"Your session ended: {problem.message}.")
+            self.lock(f"Your session ended: {problem.message}.", exit_code=EXIT_AUTH)
             return
         self.notify(str(problem), title=f"Could not {action}", severity="error", timeout=10)
 
