@@ -110,6 +110,10 @@ SPECS: tuple[SettingSpec, ...] = (
                 "the app's Textual theme (ctrl+p, 'Change theme' lists them)"),
     SettingSpec("reveal_seconds", "tui", "reveal_seconds", "CARECLI_REVEAL_SECONDS", _positive_int, 30,
                 "a revealed SSN or date of birth is masked again after this many seconds"),
+    SettingSpec("backup_key_file", "backup", "key_file", "CARECLI_BACKUP_KEY_FILE", _path, None,
+                "a 0600 file holding the base64 backup key (default: derived from the master key)"),
+    SettingSpec("pg_bin", "backup", "pg_bin", "CARECLI_PG_BIN", _path, None,
+                "the folder holding the pg_dump and pg_restore to use (default: the best fit found)"),
 )
 
 #: ``[keymap]`` in the config file: binding id = "keys" (e.g. ``"member.reveal" = "ctrl+r"``).
@@ -118,6 +122,7 @@ KEYMAP_SECTION = "keymap"
 # The master key itself is read from the environment only, never from the
 # config file, which tends to be copied around.
 MASTER_KEY_ENV = "CARECLI_MASTER_KEY"
+BACKUP_KEY_ENV = "CARECLI_BACKUP_KEY"
 TOKEN_ENV = "CARECLI_TOKEN"
 
 
@@ -162,6 +167,10 @@ class Settings:
     sources: dict[str, str] = field(default_factory=dict)
     #: key remapping for the app: binding id -> keys (``[keymap]`` in the config file)
     keymap: dict[str, str] = field(default_factory=dict)
+    #: backups: the key file, the key itself (environment only) and where pg_dump/pg_restore are
+    backup_key_file: Path | None = None
+    backup_key: str | None = None
+    pg_bin: Path | None = None
 
     @property
     def embedded(self) -> bool:
@@ -322,5 +331,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         config_file_found=config_path.exists(),
         sources=sources,
         keymap={str(k): str(v) for k, v in file_data.get(KEYMAP_SECTION, {}).items()},
+        backup_key_file=values["backup_key_file"],
+        backup_key=env.get(BACKUP_KEY_ENV) or None,
+        pg_bin=values["pg_bin"],
     )
 

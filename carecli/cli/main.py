@@ -24,6 +24,7 @@ from carecli.cli.auth_cmd import (
     tokens_group,
     whoami_command,
 )
+from carecli.cli.backup_cmd import backup_group
 from carecli.cli.config_cmd import config_group
 from carecli.cli.db_cmd import db_group
 from carecli.cli.export_cmd import export_command
@@ -71,6 +72,7 @@ cli.add_command(import_command)
 cli.add_command(ssh_keys_group)
 cli.add_command(serve_ssh_command)
 cli.add_command(ssh_session_command)
+cli.add_command(backup_group)
 
 
 def main(argv: list[str] | None = None) -> None:
