@@ -29,6 +29,7 @@ from carecli.cli.db_cmd import db_group
 from carecli.cli.export_cmd import export_command
 from carecli.cli.import_cmd import import_command
 from carecli.cli.keys_cmd import keys_group
+from carecli.cli.retention_cmd import retention_group
 from carecli.cli.seed_cmd import seed_command
 from carecli.cli.users_cmd import roles_group, sync_command, users_group
 from carecli.data.databases import describe_dbapi_error
@@ -67,6 +68,7 @@ cli.add_command(sessions_group)
 cli.add_command(tokens_group)
 cli.add_command(export_command)
 cli.add_command(import_command)
+cli.add_command(retention_group)
 
 
 def main(argv: list[str] | None = None) -> None:
