@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from carecli.config import load_settings
 from carecli.data import retention as sql
-from carecli.data.databases import Databases
+from carecli.data.databases import Databases, create_database_engine
 from carecli.data.permissions import ALL_PERMISSIONS, Permission
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.errors import ConfigError, NotFound, PermissionDenied, ValidationError
@@ -278,6 +278,25 @@ def test_small_batches_purge_everything_and_a_rerun_finds_nothing(world):
     assert world.purge().purged == 0
 
 
+def test_a_purge_stopped_part_way_keeps_its_batches_and_a_rerun_finishes(world):
+    plan, specialist = world.platform.plan("PPO-9"), world.platform.specialist()
+    families = [family(world, plan=plan, specialist=specialist) for _ in range(2)]
+    for f in families:
+        delete_family(world, f)
+
+    def stop_after_calls(table: retention.TableReport) -> None:
+        if table.table == "call_records":
+            raise KeyboardInterrupt  # what Ctrl-C does between two batches
+
+    with pytest.raises(KeyboardInterrupt):
+        world.purge(batch_size=1, on_table=stop_after_calls)
+    assert not any(world.exists("call_records", f.call.id) for f in families)
+    assert all(world.exists("members", f.member.id) for f in families)
+    rerun = by_table(world.purge())
+    assert rerun["call_records"].purged == 0 and rerun["members"].purged == 2
+    assert len([row for row in world.purge_rows() if row.entity_type == "call_record"]) == 2
+
+
 def test_identity_rows_are_purged_children_first_and_users_with_specialists_kept(world):
     admin = world.platform.admin
     with IdentityUnitOfWork(world.databases.identity, world.databases.platform, admin) as uow:
@@ -322,15 +341,28 @@ def test_purge_needs_retention_admin_and_the_refusal_is_audited(world):
 
 
 def test_a_role_without_delete_is_told_to_use_the_owner(world):
+    """Connected as a role that may read and write but not DELETE (like the app role), nothing is purged."""
+    f = family(world)
+    delete_family(world, f)
+    role = f"retention_test_{uuid.uuid4().hex[:8]}"
     with world.databases.platform.begin() as connection:
-        connection.execute(text("CREATE ROLE retention_test_app NOLOGIN"))
-        connection.execute(text("GRANT SELECT ON members TO retention_test_app"))
-        connection.execute(text("SET LOCAL ROLE retention_test_app"))
-        assert sql.missing_delete_privilege(connection, ["members"]) == ["members"]
-        assert not sql.owns_audit_logs(connection)
-        connection.execute(text("RESET ROLE"))
-        connection.execute(text("REVOKE ALL ON members FROM retention_test_app"))
-        connection.execute(text("DROP ROLE retention_test_app"))
+        connection.execute(text(f"CREATE ROLE {role} NOLOGIN"))
+        connection.execute(text(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}"))
+    url = world.databases.platform.url.update_query_dict({"options": f"-c role={role}"})
+    engine = create_database_engine(url, load_settings({}))
+    try:
+        limited = Databases(identity=world.databases.identity, platform=engine)
+        with pytest.raises(ConfigError, match="may not DELETE from risk_flags, call_records") as caught:
+            retention.purge(limited, world.platform.admin, load_settings({}))
+        assert "owner" in str(caught.value)
+        with engine.connect() as connection:
+            assert not sql.owns_audit_logs(connection)
+    finally:
+        engine.dispose()
+        with world.databases.platform.begin() as connection:
+            connection.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}"))
+            connection.execute(text(f"DROP ROLE {role}"))
+    assert world.exists("members", f.member.id)
 
 
 # -- audit rows -----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ never a column value.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -306,7 +307,7 @@ def put_hold(connection: Connection, member_id: uuid.UUID, value: dict[str, Any]
         f"VALUES (:new_id, 'member', :id, '{HOLD_KEY}', CAST(:value AS jsonb), {_NOW}, {_NOW}) "
         "ON CONFLICT (entity_type, entity_id, metadata_key) DO UPDATE SET metadata_value = EXCLUDED.metadata_value, "
         f"deleted_at = NULL, updated_at = {_NOW} RETURNING id, (xmax = 0) AS created"),
-        {"new_id": uuid.uuid4(), "id": member_id, "value": _json(value)}).one()
+        {"new_id": uuid.uuid4(), "id": member_id, "value": json.dumps(value, sort_keys=True)}).one()
     return row.id, bool(row.created)
 
 
@@ -324,9 +325,3 @@ def list_holds(connection: Connection) -> list[Hold]:
         f"WHERE h.entity_type = 'member' AND h.metadata_key = '{HOLD_KEY}' AND h.deleted_at IS NULL "
         "ORDER BY h.created_at, h.id"))
     return [_hold(row) for row in rows]
-
-
-def _json(value: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)

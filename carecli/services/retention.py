@@ -237,7 +237,7 @@ def _purge_platform_table(work: _Work, spec: sql.PurgeTable, table: TableReport,
             done = _with_fk_retry(connection, lambda: sql.purge_platform_batch(
                 connection, spec, work.actor, table.cutoff, batch_size))
         table.purged += done.rows
-        _count_facts(report, table, done.facts)
+        _count_facts(report, done.facts)
         if done.rows < batch_size:
             break
     with work.platform() as connection:
@@ -245,7 +245,7 @@ def _purge_platform_table(work: _Work, spec: sql.PurgeTable, table: TableReport,
         table.blocked, table.blocked_ids = sql.remaining(connection, spec, table.cutoff, BLOCKED_SAMPLE)
 
 
-def _count_facts(report: PurgeReport, table: TableReport, facts: int) -> None:
+def _count_facts(report: PurgeReport, facts: int) -> None:
     """Facts purged with their entity count as purged metadata rows."""
     if facts:
         _metadata_report(report).purged += facts
@@ -265,7 +265,7 @@ def _purge_identity_table(work: _Work, spec: sql.PurgeTable, table: TableReport,
                 rows_to_go = rows
             if rows_to_go:
                 facts = sql.audit_identity_purge(platform, spec, work.actor, rows_to_go)
-                _count_facts(report, table, facts)
+                _count_facts(report, facts)
                 table.purged += sql.delete_identity_rows(identity, spec, [row_id for row_id, _ in rows_to_go])
         if len(rows) < batch_size:
             break
