@@ -8,7 +8,7 @@ from datetime import date
 
 import click
 
-from carecli.config import load_settings
+from carecli.config import Settings, load_settings
 from carecli.data.actor import Actor
 from carecli.data.databases import Databases, open_databases, require_head
 from carecli.errors import ConfigError
@@ -16,11 +16,11 @@ from carecli.services import retention
 from carecli.services.auth.current import resolve_actor
 
 
-def _signed_in() -> tuple[Databases, Actor]:
+def _signed_in() -> tuple[Settings, Databases, Actor]:
     settings = load_settings()
     databases = open_databases(settings)
     require_head(databases)
-    return databases, resolve_actor(settings, databases, channel="cli").actor
+    return settings, databases, resolve_actor(settings, databases, channel="cli").actor
 
 
 def _date(value: str | None) -> date | None:
@@ -63,8 +63,7 @@ def purge_command(dry_run: bool, before: str | None, audit_rows: bool, batch_siz
     retention:admin, and a database role that may DELETE (the tables' owner).
     """
     when = _date(before)
-    settings = load_settings()
-    databases, actor = _signed_in()
+    settings, databases, actor = _signed_in()
     if audit_rows:
         result = retention.purge_audit(databases, actor, settings, before=when, dry_run=dry_run,
                                        batch_size=batch_size)
@@ -104,7 +103,7 @@ def purge_command(dry_run: bool, before: str | None, audit_rows: bool, batch_siz
 def hold_command(member_id: str, reason: str) -> None:
     """Put MEMBER_ID under legal hold: nothing of theirs is purged until it is released."""
     member = _member_id(member_id)
-    databases, actor = _signed_in()
+    _, databases, actor = _signed_in()
     hold = retention.place_hold(databases, actor, member, reason)
     click.echo(f"member {hold.member_id} is under legal hold since {hold.set_at}")
 
@@ -114,7 +113,7 @@ def hold_command(member_id: str, reason: str) -> None:
 def release_command(member_id: str) -> None:
     """End MEMBER_ID's legal hold; their old deleted records become purgeable again."""
     member = _member_id(member_id)
-    databases, actor = _signed_in()
+    _, databases, actor = _signed_in()
     retention.release_hold(databases, actor, member)
     click.echo(f"member {member} is no longer under legal hold")
 
@@ -123,7 +122,7 @@ def release_command(member_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def holds_command(as_json: bool) -> None:
     """List the legal holds in force."""
-    databases, actor = _signed_in()
+    _, databases, actor = _signed_in()
     found = retention.holds(databases, actor)
     if as_json:
         click.echo(json.dumps([{"member_id": str(h.member_id), "reason": h.reason, "set_by": h.set_by,
