@@ -26,6 +26,18 @@ APP_NAME = "carecli"
 CONFIG_ENV = "CARECLI_CONFIG"
 DATABASES = ("identity", "platform")
 
+#: Tables the retention purge removes soft-deleted rows from (``[retention.tables]`` names them).
+RETENTION_TABLES: dict[str, str] = {
+    "risk_flags": "platform", "call_records": "platform", "member_insurance_plans": "platform",
+    "specialist_insurance_plans": "platform", "metadata": "platform", "members": "platform",
+    "specialists": "platform", "insurance_plans": "platform",
+    "sessions": "identity", "tokens": "identity", "users": "identity", "roles": "identity",
+}
+#: Audit rows are never purged younger than this (migration platform_0007 enforces it too).
+AUDIT_FLOOR_YEARS = 6
+RETENTION_SECTION = "retention"
+RETENTION_TABLES_KEY = "tables"
+
 
 def _positive_int(value: Any) -> int:
     number = _int(value)
@@ -49,6 +61,14 @@ def _int(value: Any) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     raise ValueError("must be a whole number")
+
+
+def _audit_years(value: Any) -> int:
+    number = _positive_int(value)
+    if number < AUDIT_FLOOR_YEARS:
+        raise ValueError(f"must be at least {AUDIT_FLOOR_YEARS} (audit rows are kept at least that long; "
+                         "the database refuses to purge younger ones)")
+    return number
 
 
 def _text(value: Any) -> str:
@@ -114,6 +134,10 @@ SPECS: tuple[SettingSpec, ...] = (
                 "a 0600 file holding the base64 backup key (default: derived from the master key)"),
     SettingSpec("pg_bin", "backup", "pg_bin", "CARECLI_PG_BIN", _path, None,
                 "the folder holding the pg_dump and pg_restore to use (default: the best fit found)"),
+    SettingSpec("retention_years", RETENTION_SECTION, "years", "CARECLI_RETENTION_YEARS", _positive_int, 6,
+                "soft-deleted rows are purged this many years after deletion ([retention.tables] overrides)"),
+    SettingSpec("retention_audit_years", RETENTION_SECTION, "audit_years", "CARECLI_RETENTION_AUDIT_YEARS",
+                _audit_years, 7, "audit rows older than this may be purged (`retention purge --audit`; at least 6)"),
 )
 
 #: ``[keymap]`` in the config file: binding id = "keys" (e.g. ``"member.reveal" = "ctrl+r"``).
@@ -171,6 +195,16 @@ class Settings:
     backup_key_file: Path | None = None
     backup_key: str | None = None
     pg_bin: Path | None = None
+    #: years after deletion before the retention purge removes a row, unless the table has its own
+    retention_years: int = 6
+    #: audit rows older than this many years may be purged (``retention purge --audit``)
+    retention_audit_years: int = 7
+    #: per-table retention periods in years (``[retention.tables]`` in the config file)
+    retention_tables: dict[str, int] = field(default_factory=dict)
+
+    def retention_years_for(self, table: str) -> int:
+        """The retention period of ``table``: its own from ``[retention.tables]``, else the default."""
+        return self.retention_tables.get(table, self.retention_years)
 
     @property
     def embedded(self) -> bool:
@@ -206,6 +240,9 @@ def _check_known_keys(data: dict[str, Any], path: Path) -> None:
         if section == KEYMAP_SECTION:
             _check_keymap(values, path)
             continue
+        if section == RETENTION_SECTION and isinstance(values, dict) and RETENTION_TABLES_KEY in values:
+            _check_retention_tables(values[RETENTION_TABLES_KEY], path)
+            values = {key: value for key, value in values.items() if key != RETENTION_TABLES_KEY}
         if section not in known:
             raise ConfigError(
                 f"config file {path}: unknown section [{section}]",
@@ -228,6 +265,20 @@ def _check_keymap(values: Any, path: Path) -> None:
         if not isinstance(keys, str) or not keys.strip():
             raise ConfigError(f"config file {path}: [{KEYMAP_SECTION}] {binding_id} must be a string of keys, "
                               "e.g. \"ctrl+r\" or \"f5,ctrl+r\"")
+
+
+def _check_retention_tables(values: Any, path: Path) -> None:
+    where = f"config file {path}: [{RETENTION_SECTION}.{RETENTION_TABLES_KEY}]"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a table of table name = years, e.g. call_records = 10")
+    for table, years in values.items():
+        if table not in RETENTION_TABLES:
+            raise ConfigError(f"{where}: unknown table '{table}'",
+                              hint=f"tables with a retention period: {', '.join(sorted(RETENTION_TABLES))}")
+        try:
+            _positive_int(years)
+        except ValueError as exc:
+            raise ConfigError(f"{where} {table} {exc}") from None
 
 
 def parse_database_url(raw: str, *, origin: str) -> URL:
@@ -334,5 +385,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         backup_key_file=values["backup_key_file"],
         backup_key=env.get(BACKUP_KEY_ENV) or None,
         pg_bin=values["pg_bin"],
+        retention_years=values["retention_years"],
+        retention_audit_years=values["retention_audit_years"],
+        retention_tables={str(table): _positive_int(years) for table, years
+                          in file_data.get(RETENTION_SECTION, {}).get(RETENTION_TABLES_KEY, {}).items()},
     )
 

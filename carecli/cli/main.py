@@ -30,6 +30,7 @@ from carecli.cli.db_cmd import db_group
 from carecli.cli.export_cmd import export_command
 from carecli.cli.import_cmd import import_command
 from carecli.cli.keys_cmd import keys_group
+from carecli.cli.retention_cmd import retention_group
 from carecli.cli.seed_cmd import seed_command
 from carecli.cli.ssh_cmd import serve_ssh_command, ssh_keys_group, ssh_session_command
 from carecli.cli.users_cmd import roles_group, sync_command, users_group
@@ -73,6 +74,7 @@ cli.add_command(ssh_keys_group)
 cli.add_command(serve_ssh_command)
 cli.add_command(ssh_session_command)
 cli.add_command(backup_group)
+cli.add_command(retention_group)
 
 
 def main(argv: list[str] | None = None) -> None:
