@@ -156,8 +156,6 @@ class FormModal(CareModal):
         self.saving = False
         self._pending_result: Any = None
         self._has_pending = False
-        #: another session changed the edited record after this form was opened
-        self.stale_record = False
 
     # -- building ---------------------------------------------------------------
 
@@ -393,7 +391,6 @@ class FormModal(CareModal):
         if record is None or self.saving or self.care.locked:
             return
         if message.changes.record_changed(*record, ignore=self.desk.source):
-            self.stale_record = True
             self.set_status(f"Another session has just changed this {self.RECORD_WORD}: saving now will be refused "
                             "as a conflict. Note what you typed, close this form (Esc) and open the "
                             f"{self.RECORD_WORD} again to see the change.", error=True)

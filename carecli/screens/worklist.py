@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -69,7 +71,8 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
         self._shown_once = False
         #: changed while covered: reload when shown again
         self._stale = False
-        self._specialist_id = None
+        #: the signed-in user's specialist id, from the last load (a change of one of "my" calls concerns me)
+        self._specialist_id: uuid.UUID | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
