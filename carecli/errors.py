@@ -72,7 +72,18 @@ class PermissionDenied(CarecliError):
 
 
 class ConflictError(CarecliError):
-    """The row changed since it was read (optimistic concurrency)."""
+    """The row changed since it was read (optimistic concurrency).
+
+    ``changed_by`` (a staff user's id, from the row's last audit entry) and
+    ``changed_at`` (the row's ``updated_at``, naive UTC) say who won the race
+    and when, so the app can name them; neither is member data.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, changed_by: object = None,
+                 changed_at: object = None) -> None:
+        super().__init__(message, hint=hint)
+        self.changed_by = changed_by
+        self.changed_at = changed_at
 
 
 class ValidationError(CarecliError):

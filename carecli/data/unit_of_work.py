@@ -11,14 +11,14 @@ included. Repositories are created on first use and share the transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, select
 
-from carecli.data import audit
+from carecli.data import audit, notify
 from carecli.data.actor import Actor
 from carecli.data.crypto.fields import FieldCipher
 from carecli.data.crypto.keystore import DATA_KEYS
@@ -46,7 +46,7 @@ class PlatformUnitOfWork:
     """A transaction on the platform database on behalf of ``actor``."""
 
     def __init__(self, engine: Engine, actor: Actor, *, cipher: CipherProvider | None = None,
-                 user_exists: UserLookup | None = None) -> None:
+                 user_exists: UserLookup | None = None, source: str | None = None) -> None:
         if actor is None:
             raise CarecliError("no actor: every read and write needs a signed-in user or an API token")
         self.engine = engine
@@ -58,6 +58,10 @@ class PlatformUnitOfWork:
         self.user_exists = user_exists
         self._connection: Connection | None = None
         self._committed = False
+        #: who this unit of work speaks for in change notices (a session of the app, else this process)
+        self.source = source or notify.PROCESS_SOURCE
+        #: rows written so far, announced to other sessions when (and only if) the transaction commits
+        self.changes: list[notify.Change] = []
 
     def __enter__(self) -> PlatformUnitOfWork:
         self._connection = self.engine.connect()
@@ -86,8 +90,16 @@ class PlatformUnitOfWork:
         return self.connection
 
     def commit(self) -> None:
+        # NOTIFY inside the transaction: delivered with the commit, never for a rollback.
+        if self.changes:
+            notify.send(self.connection, self.changes, self.source)
+            self.changes = []
         self.connection.commit()
         self._committed = True
+
+    def record_change(self, entity_type: str, row: Mapping[str, Any]) -> None:
+        """Note a written row (ids only) for the change notice sent at commit."""
+        self.changes.append(notify.change_for(entity_type, row))
 
     # -- keys -----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import gc
 import importlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import events, work
 from textual.app import App, ComposeResult
@@ -30,9 +30,14 @@ from carecli.data.actor import Channel
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.widgets import CareFooter, prune_dead_watchers
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
+from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.desk import Desk
+
+if TYPE_CHECKING:
+    from carecli.data.notify import Notice, Subscription
+    from textual.timer import Timer
 
 MIN_WIDTH, MIN_HEIGHT = 80, 24
 IDLE_CHECK_SECONDS = 5.0
@@ -147,6 +152,12 @@ class CareApp(App[None]):
         self._last_touch = clock()
         self.locked = False
         self._too_small: TooSmallScreen | None = None
+        #: live updates: the subscription to the process's listener, and notices not yet handed out
+        self._live: Subscription | None = None
+        self._live_pending: list[Notice] = []
+        self._live_timer: Timer | None = None
+        #: notices received so far (diagnostics and tests)
+        self.live_received = 0
 
     # -- start --------------------------------------------------------------------
 
@@ -218,6 +229,7 @@ class CareApp(App[None]):
         self.call_later(prune_dead_watchers, self)  # the sign-in screens' headers
         previous = self.desk
         self.desk = desk
+        self.start_live_updates()
         self.refresh_bindings()
         self.sub_title = f"{desk.display_name} · {desk.role or 'no role'}"
         self.last_input = self._last_touch = self.clock()
@@ -243,6 +255,52 @@ class CareApp(App[None]):
         if self._too_small is not None:  # popped above, but the terminal is still too small
             self._too_small = TooSmallScreen()
             self.push_screen(self._too_small)
+
+    # -- live updates --------------------------------------------------------------------
+
+    def start_live_updates(self) -> None:
+        """Subscribe to other sessions' changes (once; the listener thread connects on its own)."""
+        if self._live is None and self.desk is not None:
+            self._live = self.desk.watch_changes(self._notice_from_listener)
+
+    @property
+    def live_listening(self) -> bool:
+        """Whether this app's live updates are connected (a lost connection is retried meanwhile)."""
+        return self._live is not None and self._live.listener.listening
+
+    @property
+    def live_idle(self) -> bool:
+        """No notice is waiting to be handed to the screens."""
+        return self._live_timer is None and not self._live_pending
+
+    def stop_live_updates(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.close()
+
+    def _notice_from_listener(self, notice: Notice) -> None:
+        # The listener's thread: post_message is thread-safe, widgets are not.
+        self.post_message(NoticeArrived(notice))
+
+    def on_notice_arrived(self, message: NoticeArrived) -> None:
+        self.live_received += 1
+        self._live_pending.append(message.notice)
+        if self._live_timer is None:
+            self._live_timer = self.set_timer(COALESCE_SECONDS, self.flush_live_updates)
+
+    def flush_live_updates(self) -> None:
+        """Hand the gathered notices to every screen as one :class:`DataChanged` (not while locked)."""
+        self._live_timer = None
+        notices, self._live_pending = self._live_pending, []
+        if not notices or self.locked or self.desk is None:
+            return  # locked: the unlock reloads every screen anyway
+        changes = LiveChanges.gather(notices)
+        for screen in self.screen_stack:
+            if isinstance(screen, PhiHolder):
+                screen.post_message(DataChanged(changes))
+
+    def on_unmount(self) -> None:
+        self.stop_live_updates()
 
     def action_lock(self, reason: str = "Locked.") -> None:
         self.lock(reason)
