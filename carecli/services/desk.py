@@ -21,6 +21,7 @@ from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.databases import Databases
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry, Call, Enrollment, MetadataEntry, Plan, RiskFlag, Role, Specialist
+from carecli.data.replica import ReadUnitOfWork, WriteUnitOfWork
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.data.repositories.worklist import Worklist
@@ -152,7 +153,12 @@ class Desk:
     # -- units of work ---------------------------------------------------------------
 
     def _uow(self) -> PlatformUnitOfWork:
-        return PlatformUnitOfWork(self.databases.platform, self.actor, cipher=self._cipher)
+        """The primary: writes, and reads that must see them (open a member, reveal, edit a call)."""
+        return WriteUnitOfWork(self.databases.routing, self.actor, cipher=self._cipher)
+
+    def _read_uow(self) -> PlatformUnitOfWork:
+        """Lists, searches and reports: the read replica when it may serve (see carecli.data.replica)."""
+        return ReadUnitOfWork(self.databases.routing, self.actor, cipher=self._cipher)
 
     def _identity(self) -> IdentityUnitOfWork:
         return IdentityUnitOfWork(self.databases.identity, self.databases.platform, self.actor)
@@ -160,7 +166,7 @@ class Desk:
     def specialist(self) -> Specialist | None:
         """The signed-in user's specialist record (cached; None for non-specialists)."""
         if not self._specialist_loaded:
-            with self._uow() as uow:
+            with self._read_uow() as uow:
                 self._specialist = uow.worklist.specialist_for_user(self.user_id)
             self._specialist_loaded = True
         return self._specialist
@@ -169,21 +175,21 @@ class Desk:
 
     def worklist(self, now: datetime | None = None) -> Worklist:
         today, start, end = local_day_bounds(now)
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             worklist = uow.worklist.build(today, start, end)
         self._specialist, self._specialist_loaded = worklist.specialist, True
         return worklist
 
     def search_members(self, query: MemberQuery, *, after: Any = None, limit: int = 50) -> MemberPage:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.member_search.search(query, after=after, limit=limit)
 
     def count_members(self, query: MemberQuery) -> CountEstimate:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.member_search.count(query)
 
     def member_names(self, text: str, *, limit: int = 8) -> list[MemberSummary]:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.member_search.names(text, limit=limit)
 
     def open_member(self, member_id: uuid.UUID) -> MemberFile:
@@ -213,7 +219,7 @@ class Desk:
             return uow.calls.get(call_id)
 
     def plans(self) -> list[Plan]:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.plans.list()
 
     def staff_names(self, user_ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
@@ -248,7 +254,7 @@ class Desk:
     def audit(self, filters: AuditFilter, *, before: tuple[datetime, uuid.UUID] | None = None,
               limit: int = 100) -> list[AccessEntry]:
         """Audit rows newest first (needs audit:read), each with the acting user's name."""
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             rows = uow.audit_log.search(entity_type=filters.entity_type, entity_id=filters.entity_id,
                                         user_id=filters.user_id, action=filters.action, since=filters.since,
                                         until=filters.until, before_id=before, limit=limit)
