@@ -100,6 +100,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 "SQLAlchemy URL of the identity database (postgresql+psycopg://...)", secret=True),
     SettingSpec("platform_url", "database", "platform_url", "CARECLI_PLATFORM_URL", _text, None,
                 "SQLAlchemy URL of the platform database (postgresql+psycopg://...)", secret=True),
+    SettingSpec("platform_read_url", "database", "platform_read_url", "CARECLI_PLATFORM_READ_URL", _text, None,
+                "optional read replica of the platform database: lists, searches and reports read there",
+                secret=True),
     SettingSpec("pool_size", "database", "pool_size", "CARECLI_DB_POOL_SIZE", _positive_int, 5,
                 "connections kept open per database"),
     SettingSpec("max_overflow", "database", "max_overflow", "CARECLI_DB_MAX_OVERFLOW", _non_negative_int, 5,
@@ -110,6 +113,11 @@ SPECS: tuple[SettingSpec, ...] = (
                 "seconds to wait for a server to answer a new connection"),
     SettingSpec("statement_timeout_ms", "database", "statement_timeout_ms", "CARECLI_DB_STATEMENT_TIMEOUT_MS",
                 _non_negative_int, 30_000, "server-side statement timeout in ms (0 = none)"),
+    SettingSpec("read_pool_size", "database", "read_pool_size", "CARECLI_DB_READ_POOL_SIZE", _positive_int, None,
+                "connections kept open to the read replica (default: pool_size)"),
+    SettingSpec("read_your_writes_seconds", "database", "read_your_writes_seconds",
+                "CARECLI_DB_READ_YOUR_WRITES_SECONDS", _non_negative_int, 5,
+                "after this process saves, reads go to the primary for this long (a replica not in recovery)"),
     SettingSpec("data_dir", "embedded", "data_dir", "CARECLI_DATA_DIR", _path, None,
                 "where the embedded PostgreSQL keeps its data (default: the platform's user data dir)"),
     SettingSpec("master_key_file", "keys", "master_key_file", "CARECLI_MASTER_KEY_FILE", _path, None,
@@ -168,11 +176,16 @@ class Settings:
 
     identity_url: URL | None
     platform_url: URL | None
+    #: an optional read replica of the platform database (None: every read goes to the primary)
+    platform_read_url: URL | None
     pool_size: int
     max_overflow: int
     pool_timeout: int
     connect_timeout: int
     statement_timeout_ms: int
+    #: pooled connections to the read replica (None: the same as pool_size)
+    read_pool_size: int | None
+    read_your_writes_seconds: int
     data_dir: Path
     master_key_file: Path | None
     keyring_name: str | None
@@ -314,6 +327,24 @@ def parse_database_url(raw: str, *, origin: str) -> URL:
     return url.set(drivername="postgresql+psycopg")
 
 
+def _read_replica_url(raw: str | None, origin: str, platform: URL | None) -> URL | None:
+    """The read replica's URL, checked like the others; only beside a configured platform URL.
+
+    The embedded server has no replica, and a replica of an unnamed primary
+    would be a guess: both are configuration errors, not a silent fallback.
+    """
+    if raw is None:
+        return None
+    url = parse_database_url(raw, origin=origin)
+    if platform is None:
+        raise ConfigError(
+            f"{origin} is set, but no platform database URL is configured (the embedded server has no replica)",
+            hint="set CARECLI_IDENTITY_URL and CARECLI_PLATFORM_URL to the primary servers too, "
+                 "or unset CARECLI_PLATFORM_READ_URL",
+        )
+    return url
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings from the environment and the config file.
 
@@ -357,15 +388,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"only one database URL is configured; the {missing} URL is missing",
             hint="set both CARECLI_IDENTITY_URL and CARECLI_PLATFORM_URL, or neither to use the embedded server",
         )
+    read_url = _read_replica_url(values["platform_read_url"], origins.get("platform_read_url", ""),
+                                 urls["platform"])
 
     return Settings(
         identity_url=urls["identity"],
         platform_url=urls["platform"],
+        platform_read_url=read_url,
         pool_size=values["pool_size"],
         max_overflow=values["max_overflow"],
         pool_timeout=values["pool_timeout"],
         connect_timeout=values["connect_timeout"],
         statement_timeout_ms=values["statement_timeout_ms"],
+        read_pool_size=values["read_pool_size"],
+        read_your_writes_seconds=values["read_your_writes_seconds"],
         data_dir=values["data_dir"] or default_data_dir(),
         master_key_file=values["master_key_file"],
         keyring_name=values["keyring_name"],

@@ -46,10 +46,13 @@ class PlatformUnitOfWork:
     """A transaction on the platform database on behalf of ``actor``."""
 
     def __init__(self, engine: Engine, actor: Actor, *, cipher: CipherProvider | None = None,
-                 user_exists: UserLookup | None = None, source: str | None = None) -> None:
+                 user_exists: UserLookup | None = None, audit_engine: Engine | None = None,
+                 source: str | None = None) -> None:
         if actor is None:
             raise CarecliError("no actor: every read and write needs a signed-in user or an API token")
         self.engine = engine
+        #: where committed audit rows (PHI reads, denials) go: the primary, also when ``engine`` is a replica
+        self.audit_engine = audit_engine or engine
         self.actor = actor
         self._cipher_provider = cipher
         self._cipher: FieldCipher | None = None
@@ -142,12 +145,12 @@ class PlatformUnitOfWork:
 
     def audit_denial(self, entity_type: str, entity_id: uuid.UUID | None, operation: str, permission: str) -> None:
         """A refused operation is audited in its own committed transaction."""
-        audit.write_committed(self.engine, self.actor, entity_type, entity_id or NIL, "deny",
+        audit.write_committed(self.audit_engine, self.actor, entity_type, entity_id or NIL, "deny",
                               {"operation": operation, "permission": str(permission)})
 
     def audit_read(self, entity_type: str, entity_id: uuid.UUID, details: dict) -> None:
         """A PHI read, committed before the value is returned (fail closed)."""
-        audit.write_committed(self.engine, self.actor, entity_type, entity_id, "read", details)
+        audit.write_committed(self.audit_engine, self.actor, entity_type, entity_id, "read", details)
 
     # -- repositories -----------------------------------------------------------
 

@@ -23,6 +23,7 @@ from carecli.data import notify
 from carecli.data.databases import Databases
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry, Call, Enrollment, MetadataEntry, Plan, RiskFlag, Role, Specialist
+from carecli.data.replica import ReadUnitOfWork, WriteUnitOfWork
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.data.repositories.worklist import Worklist
@@ -157,7 +158,12 @@ class Desk:
     # -- units of work ---------------------------------------------------------------
 
     def _uow(self) -> PlatformUnitOfWork:
-        return PlatformUnitOfWork(self.databases.platform, self.actor, cipher=self._cipher, source=self.source)
+        """The primary: writes, and reads that must see them (open a member, reveal, edit a call)."""
+        return WriteUnitOfWork(self.databases.routing, self.actor, cipher=self._cipher, source=self.source)
+
+    def _read_uow(self) -> PlatformUnitOfWork:
+        """Lists, searches and reports: the read replica when it may serve (see carecli.data.replica)."""
+        return ReadUnitOfWork(self.databases.routing, self.actor, cipher=self._cipher)
 
     # -- live updates ---------------------------------------------------------------------
 
@@ -167,7 +173,15 @@ class Desk:
         The process shares one listener connection; ``close()`` the returned
         subscription to stop.
         """
-        return notify.subscribe(self.databases.platform, callback)
+        routing = self.databases.routing
+
+        def on_notice(notice: notify.Notice) -> None:
+            # Someone committed on the primary: the replica may not have replayed it yet, so the reloads
+            # this notice causes read from the primary for the read-your-writes window.
+            routing.note_write()
+            callback(notice)
+
+        return notify.subscribe(self.databases.platform, on_notice)
 
     @contextmanager
     def _named_conflicts(self, what: str) -> Iterator[None]:
@@ -195,7 +209,7 @@ class Desk:
     def specialist(self) -> Specialist | None:
         """The signed-in user's specialist record (cached; None for non-specialists)."""
         if not self._specialist_loaded:
-            with self._uow() as uow:
+            with self._read_uow() as uow:
                 self._specialist = uow.worklist.specialist_for_user(self.user_id)
             self._specialist_loaded = True
         return self._specialist
@@ -204,21 +218,21 @@ class Desk:
 
     def worklist(self, now: datetime | None = None) -> Worklist:
         today, start, end = local_day_bounds(now)
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             worklist = uow.worklist.build(today, start, end)
         self._specialist, self._specialist_loaded = worklist.specialist, True
         return worklist
 
     def search_members(self, query: MemberQuery, *, after: Any = None, limit: int = 50) -> MemberPage:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.member_search.search(query, after=after, limit=limit)
 
     def count_members(self, query: MemberQuery) -> CountEstimate:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.member_search.count(query)
 
     def member_names(self, text: str, *, limit: int = 8) -> list[MemberSummary]:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.member_search.names(text, limit=limit)
 
     def open_member(self, member_id: uuid.UUID) -> MemberFile:
@@ -248,7 +262,7 @@ class Desk:
             return uow.calls.get(call_id)
 
     def plans(self) -> list[Plan]:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.plans.list()
 
     def staff_names(self, user_ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
@@ -283,7 +297,7 @@ class Desk:
     def audit(self, filters: AuditFilter, *, before: tuple[datetime, uuid.UUID] | None = None,
               limit: int = 100) -> list[AccessEntry]:
         """Audit rows newest first (needs audit:read), each with the acting user's name."""
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             rows = uow.audit_log.search(entity_type=filters.entity_type, entity_id=filters.entity_id,
                                         user_id=filters.user_id, action=filters.action, since=filters.since,
                                         until=filters.until, before_id=before, limit=limit)
