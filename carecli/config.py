@@ -26,6 +26,18 @@ APP_NAME = "carecli"
 CONFIG_ENV = "CARECLI_CONFIG"
 DATABASES = ("identity", "platform")
 
+#: Tables the retention purge removes soft-deleted rows from (``[retention.tables]`` names them).
+RETENTION_TABLES: dict[str, str] = {
+    "risk_flags": "platform", "call_records": "platform", "member_insurance_plans": "platform",
+    "specialist_insurance_plans": "platform", "metadata": "platform", "members": "platform",
+    "specialists": "platform", "insurance_plans": "platform",
+    "sessions": "identity", "tokens": "identity", "users": "identity", "roles": "identity",
+}
+#: Audit rows are never purged younger than this (migration platform_0007 enforces it too).
+AUDIT_FLOOR_YEARS = 6
+RETENTION_SECTION = "retention"
+RETENTION_TABLES_KEY = "tables"
+
 
 def _positive_int(value: Any) -> int:
     number = _int(value)
@@ -49,6 +61,14 @@ def _int(value: Any) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     raise ValueError("must be a whole number")
+
+
+def _audit_years(value: Any) -> int:
+    number = _positive_int(value)
+    if number < AUDIT_FLOOR_YEARS:
+        raise ValueError(f"must be at least {AUDIT_FLOOR_YEARS} (audit rows are kept at least that long; "
+                         "the database refuses to purge younger ones)")
+    return number
 
 
 def _text(value: Any) -> str:
@@ -90,6 +110,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 "SQLAlchemy URL of the identity database (postgresql+psycopg://...)", secret=True),
     SettingSpec("platform_url", "database", "platform_url", "CARECLI_PLATFORM_URL", _text, None,
                 "SQLAlchemy URL of the platform database (postgresql+psycopg://...)", secret=True),
+    SettingSpec("platform_read_url", "database", "platform_read_url", "CARECLI_PLATFORM_READ_URL", _text, None,
+                "optional read replica of the platform database: lists, searches and reports read there",
+                secret=True),
     SettingSpec("pool_size", "database", "pool_size", "CARECLI_DB_POOL_SIZE", _positive_int, 5,
                 "connections kept open per database"),
     SettingSpec("max_overflow", "database", "max_overflow", "CARECLI_DB_MAX_OVERFLOW", _non_negative_int, 5,
@@ -100,6 +123,11 @@ SPECS: tuple[SettingSpec, ...] = (
                 "seconds to wait for a server to answer a new connection"),
     SettingSpec("statement_timeout_ms", "database", "statement_timeout_ms", "CARECLI_DB_STATEMENT_TIMEOUT_MS",
                 _non_negative_int, 30_000, "server-side statement timeout in ms (0 = none)"),
+    SettingSpec("read_pool_size", "database", "read_pool_size", "CARECLI_DB_READ_POOL_SIZE", _positive_int, None,
+                "connections kept open to the read replica (default: pool_size)"),
+    SettingSpec("read_your_writes_seconds", "database", "read_your_writes_seconds",
+                "CARECLI_DB_READ_YOUR_WRITES_SECONDS", _non_negative_int, 5,
+                "after this process saves, reads go to the primary for this long (a replica not in recovery)"),
     SettingSpec("data_dir", "embedded", "data_dir", "CARECLI_DATA_DIR", _path, None,
                 "where the embedded PostgreSQL keeps its data (default: the platform's user data dir)"),
     SettingSpec("master_key_file", "keys", "master_key_file", "CARECLI_MASTER_KEY_FILE", _path, None,
@@ -120,6 +148,14 @@ SPECS: tuple[SettingSpec, ...] = (
                 "the app's Textual theme (ctrl+p, 'Change theme' lists them)"),
     SettingSpec("reveal_seconds", "tui", "reveal_seconds", "CARECLI_REVEAL_SECONDS", _positive_int, 30,
                 "a revealed SSN or date of birth is masked again after this many seconds"),
+    SettingSpec("backup_key_file", "backup", "key_file", "CARECLI_BACKUP_KEY_FILE", _path, None,
+                "a 0600 file holding the base64 backup key (default: derived from the master key)"),
+    SettingSpec("pg_bin", "backup", "pg_bin", "CARECLI_PG_BIN", _path, None,
+                "the folder holding the pg_dump and pg_restore to use (default: the best fit found)"),
+    SettingSpec("retention_years", RETENTION_SECTION, "years", "CARECLI_RETENTION_YEARS", _positive_int, 6,
+                "soft-deleted rows are purged this many years after deletion ([retention.tables] overrides)"),
+    SettingSpec("retention_audit_years", RETENTION_SECTION, "audit_years", "CARECLI_RETENTION_AUDIT_YEARS",
+                _audit_years, 7, "audit rows older than this may be purged (`retention purge --audit`; at least 6)"),
     SettingSpec("log_level", "logging", "level", "CARECLI_LOG_LEVEL", _log_level, "INFO",
                 "the level of carecli's JSON-lines log (DEBUG, INFO, WARNING, ERROR)"),
     SettingSpec("log_file", "logging", "file", "CARECLI_LOG_FILE", _path, None,
@@ -132,6 +168,7 @@ KEYMAP_SECTION = "keymap"
 # The master key itself is read from the environment only, never from the
 # config file, which tends to be copied around.
 MASTER_KEY_ENV = "CARECLI_MASTER_KEY"
+BACKUP_KEY_ENV = "CARECLI_BACKUP_KEY"
 TOKEN_ENV = "CARECLI_TOKEN"
 
 
@@ -153,11 +190,16 @@ class Settings:
 
     identity_url: URL | None
     platform_url: URL | None
+    #: an optional read replica of the platform database (None: every read goes to the primary)
+    platform_read_url: URL | None
     pool_size: int
     max_overflow: int
     pool_timeout: int
     connect_timeout: int
     statement_timeout_ms: int
+    #: pooled connections to the read replica (None: the same as pool_size)
+    read_pool_size: int | None
+    read_your_writes_seconds: int
     data_dir: Path
     master_key_file: Path | None
     keyring_name: str | None
@@ -179,6 +221,20 @@ class Settings:
     #: ``[logging]``: the level and file of the JSON-lines operations log (carecli/logs.py)
     log_level: str = "INFO"
     log_file: Path | None = None
+    #: backups: the key file, the key itself (environment only) and where pg_dump/pg_restore are
+    backup_key_file: Path | None = None
+    backup_key: str | None = None
+    pg_bin: Path | None = None
+    #: years after deletion before the retention purge removes a row, unless the table has its own
+    retention_years: int = 6
+    #: audit rows older than this many years may be purged (``retention purge --audit``)
+    retention_audit_years: int = 7
+    #: per-table retention periods in years (``[retention.tables]`` in the config file)
+    retention_tables: dict[str, int] = field(default_factory=dict)
+
+    def retention_years_for(self, table: str) -> int:
+        """The retention period of ``table``: its own from ``[retention.tables]``, else the default."""
+        return self.retention_tables.get(table, self.retention_years)
 
     @property
     def embedded(self) -> bool:
@@ -214,6 +270,9 @@ def _check_known_keys(data: dict[str, Any], path: Path) -> None:
         if section == KEYMAP_SECTION:
             _check_keymap(values, path)
             continue
+        if section == RETENTION_SECTION and isinstance(values, dict) and RETENTION_TABLES_KEY in values:
+            _check_retention_tables(values[RETENTION_TABLES_KEY], path)
+            values = {key: value for key, value in values.items() if key != RETENTION_TABLES_KEY}
         if section not in known:
             raise ConfigError(
                 f"config file {path}: unknown section [{section}]",
@@ -236,6 +295,20 @@ def _check_keymap(values: Any, path: Path) -> None:
         if not isinstance(keys, str) or not keys.strip():
             raise ConfigError(f"config file {path}: [{KEYMAP_SECTION}] {binding_id} must be a string of keys, "
                               "e.g. \"ctrl+r\" or \"f5,ctrl+r\"")
+
+
+def _check_retention_tables(values: Any, path: Path) -> None:
+    where = f"config file {path}: [{RETENTION_SECTION}.{RETENTION_TABLES_KEY}]"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a table of table name = years, e.g. call_records = 10")
+    for table, years in values.items():
+        if table not in RETENTION_TABLES:
+            raise ConfigError(f"{where}: unknown table '{table}'",
+                              hint=f"tables with a retention period: {', '.join(sorted(RETENTION_TABLES))}")
+        try:
+            _positive_int(years)
+        except ValueError as exc:
+            raise ConfigError(f"{where} {table} {exc}") from None
 
 
 def parse_database_url(raw: str, *, origin: str) -> URL:
@@ -269,6 +342,24 @@ def parse_database_url(raw: str, *, origin: str) -> URL:
     if not url.database:
         raise ConfigError(f"{origin} names no database", hint="add the database name after the host: .../dbname")
     return url.set(drivername="postgresql+psycopg")
+
+
+def _read_replica_url(raw: str | None, origin: str, platform: URL | None) -> URL | None:
+    """The read replica's URL, checked like the others; only beside a configured platform URL.
+
+    The embedded server has no replica, and a replica of an unnamed primary
+    would be a guess: both are configuration errors, not a silent fallback.
+    """
+    if raw is None:
+        return None
+    url = parse_database_url(raw, origin=origin)
+    if platform is None:
+        raise ConfigError(
+            f"{origin} is set, but no platform database URL is configured (the embedded server has no replica)",
+            hint="set CARECLI_IDENTITY_URL and CARECLI_PLATFORM_URL to the primary servers too, "
+                 "or unset CARECLI_PLATFORM_READ_URL",
+        )
+    return url
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -314,15 +405,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"only one database URL is configured; the {missing} URL is missing",
             hint="set both CARECLI_IDENTITY_URL and CARECLI_PLATFORM_URL, or neither to use the embedded server",
         )
+    read_url = _read_replica_url(values["platform_read_url"], origins.get("platform_read_url", ""),
+                                 urls["platform"])
 
     return Settings(
         identity_url=urls["identity"],
         platform_url=urls["platform"],
+        platform_read_url=read_url,
         pool_size=values["pool_size"],
         max_overflow=values["max_overflow"],
         pool_timeout=values["pool_timeout"],
         connect_timeout=values["connect_timeout"],
         statement_timeout_ms=values["statement_timeout_ms"],
+        read_pool_size=values["read_pool_size"],
+        read_your_writes_seconds=values["read_your_writes_seconds"],
         data_dir=values["data_dir"] or default_data_dir(),
         master_key_file=values["master_key_file"],
         keyring_name=values["keyring_name"],
@@ -339,6 +435,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         config_file_found=config_path.exists(),
         sources=sources,
         keymap={str(k): str(v) for k, v in file_data.get(KEYMAP_SECTION, {}).items()},
+        backup_key_file=values["backup_key_file"],
+        backup_key=env.get(BACKUP_KEY_ENV) or None,
+        pg_bin=values["pg_bin"],
+        retention_years=values["retention_years"],
+        retention_audit_years=values["retention_audit_years"],
+        retention_tables={str(table): _positive_int(years) for table, years
+                          in file_data.get(RETENTION_SECTION, {}).get(RETENTION_TABLES_KEY, {}).items()},
         log_level=values["log_level"],
         log_file=values["log_file"],
     )

@@ -14,6 +14,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2  # usage or configuration error, unreachable database
 EXIT_ABORTED = 3
 EXIT_AUTH = 4  # not signed in, session or token expired/revoked, sign-in refused
+EXIT_IDLE = 5  # the app ended itself after the idle timeout (an SSH-hosted app cannot lock, so it ends)
 
 
 class CarecliError(Exception):
@@ -71,7 +72,18 @@ class PermissionDenied(CarecliError):
 
 
 class ConflictError(CarecliError):
-    """The row changed since it was read (optimistic concurrency)."""
+    """The row changed since it was read (optimistic concurrency).
+
+    ``changed_by`` (a staff user's id, from the row's last audit entry) and
+    ``changed_at`` (the row's ``updated_at``, naive UTC) say who won the race
+    and when, so the app can name them; neither is member data.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, changed_by: object = None,
+                 changed_at: object = None) -> None:
+        super().__init__(message, hint=hint)
+        self.changed_by = changed_by
+        self.changed_at = changed_at
 
 
 class ValidationError(CarecliError):

@@ -358,3 +358,23 @@ def test_a_check_that_breaks_is_reported_as_a_failure_not_a_crash(install: Insta
     assert results[0] == CheckResult("broken", "fail", "the check could not run (RuntimeError)",
                                      "run with CARECLI_DEBUG=1 and report it")
     assert results[1].status == "pass"
+
+
+def test_a_read_replica_is_checked_too_and_its_outage_only_warns(install: Install, pg_server, template_pair) -> None:
+    replica = pg_server.create_database("replica", template=template_pair.platform)
+    try:
+        env = {**install.env, "CARECLI_PLATFORM_READ_URL": pg_server.url(replica).render_as_string(
+            hide_password=False)}
+        outcome = run_carecli("doctor", "--json", env=env)
+        rows = [json.loads(line) for line in outcome.out.splitlines()]
+        replica_rows = {row["name"]: row["status"] for row in rows if row["target"] == "platform_read"}
+        assert replica_rows["reachable"] == "pass" and replica_rows["migrations"] == "pass"
+        assert replica_rows["pool"] == "pass" and replica_rows["audit triggers"] == "pass"
+
+        down = f"postgresql+psycopg://carecli@127.0.0.1:{_closed_port()}/replica"
+        outcome = run_carecli("doctor", env={**install.env, "CARECLI_PLATFORM_READ_URL": down})
+        line = next(line for line in outcome.out.splitlines() if "reachable (platform_read)" in line)
+        assert line.startswith("WARN") and "reads fall back to the primary" in line
+        assert "Traceback" not in outcome.err
+    finally:
+        pg_server.drop_database(replica)

@@ -42,6 +42,7 @@ from tests.cli import Result
 from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
 from tests.test_import import MEMBER_HEADER, members_csv, person, ssn_for
 from tests.test_sessions import Site, site  # noqa: F401 (fixture)
+from tests.db_scan import all_rows_text
 
 MASTER_KEY = encode_key(generate_master_key())
 BASE_ENV = {"CARECLI_MASTER_KEY": MASTER_KEY, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
@@ -90,17 +91,8 @@ class Install:
         }
 
     def all_text(self) -> str:
-        """Every row of every table of both databases, as text."""
-        chunks: list[str] = []
-        for engine in (self.identity, self.platform):
-            with engine.connect() as connection:
-                tables = connection.execute(text(
-                    "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) FROM information_schema.tables "
-                    "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'"
-                )).scalars().all()
-                for table in tables:
-                    chunks.extend(row[0] for row in connection.execute(text(f"SELECT t::text FROM {table} t")))
-        return "\n".join(chunks)
+        """Every row of every table of both databases, as text (for plaintext scans)."""
+        return all_rows_text(self.identity, self.platform)
 
 
 def _admin() -> Actor:

@@ -85,7 +85,8 @@ def test_keys_match_the_seed_but_for_the_cross_database_fk(seed_snapshot, migrat
 @pytest.mark.parametrize(
     ("table", "column", "values"),
     [
-        ("tokens", "token_type", ("access", "refresh", "api")),
+        # the seed's three, and carecli's SSH keys (identity_0003)
+        ("tokens", "token_type", ("access", "refresh", "api", "ssh_key")),
         ("members", "status", ("active", "inactive", "suspended")),
         ("call_records", "call_type", ("outreach", "follow_up", "support")),
         ("call_records", "call_status", ("scheduled", "completed", "cancelled", "no_answer")),

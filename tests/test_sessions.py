@@ -36,6 +36,7 @@ from carecli.services.auth.login import LoginResult, login
 from carecli.services.auth.tokens import hash_secret
 from tests.cli import Result, run_carecli
 from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401 (fixture)
+from tests.db_scan import all_rows_text
 
 SSH_ENV = {"SSH_CONNECTION": "198.51.100.23 40022 10.0.0.5 22"}
 
@@ -127,17 +128,8 @@ class Site:
                         "user_agent FROM audit_logs WHERE action = :a ORDER BY created_at, id", a=action)
 
     def all_text(self) -> str:
-        """Every row of every table of both databases, as text (for plaintext-secret scans)."""
-        chunks = []
-        for engine in (self.engines.identity, self.engines.platform):
-            with engine.connect() as connection:
-                tables = connection.execute(text(
-                    "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) FROM information_schema.tables "
-                    "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'"
-                )).scalars().all()
-                for table in tables:
-                    chunks.extend(row[0] for row in connection.execute(text(f"SELECT t::text FROM {table} t")))
-        return "\n".join(chunks)
+        """Every row of every table of both databases, as text (for plaintext scans)."""
+        return all_rows_text(self.engines.identity, self.engines.platform)
 
 
 @pytest.fixture

@@ -2,26 +2,69 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from carecli.config import load_settings
+from carecli.errors import ConfigError
+
+#: the most a session token read from the SSH host's pipe may be (it is 43 characters)
+_MAX_TOKEN_BYTES = 512
 
 
-def run_app() -> None:
-    """Start the app; the databases are opened by the app itself, with a progress screen."""
+def read_session_fd(fd: int) -> str:
+    """The session token the SSH host wrote into the pipe ``fd`` (then closed, so it is read exactly once)."""
+    chunks: list[bytes] = []
+    try:
+        while sum(map(len, chunks)) <= _MAX_TOKEN_BYTES:
+            chunk = os.read(fd, 256)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the session from file descriptor {fd}: {exc.strerror}") from None
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    token = b"".join(chunks).decode("ascii", "replace").strip()
+    if not token or len(token) > _MAX_TOKEN_BYTES:
+        raise ConfigError(f"file descriptor {fd} did not carry a session token")
+    return token
+
+
+def run_app(*, session_fd: int | None = None) -> int:
+    """Start the app; the databases are opened by the app itself, with a progress screen.
+
+    With ``session_fd`` (the SSH host's way in) the app runs signed in with the session token read
+    from that pipe, on the ``ssh`` channel, and never offers a sign-in. Returns the app's exit code.
+    """
     settings = load_settings()
     # Imported here: the subcommands must not pay for loading Textual.
     from carecli.screens.app import CareApp
 
-    app = CareApp(settings)
+    if session_fd is None:
+        app = CareApp(settings)
+    else:
+        from carecli.services.auth.credentials import HeldCredential
+
+        store = HeldCredential.holding(read_session_fd(session_fd))
+        app = CareApp(settings, store=store, channel="ssh", single_session=True)
     try:
         app.run()
     finally:
         if app.databases is not None:
             app.databases.dispose()
+    return app.return_code or 0
 
 
 @click.command("app")
-def app_command() -> None:
+@click.option("--session-fd", type=int, default=None, hidden=True,
+              help="(the SSH host) read the session token from this file descriptor")
+def app_command(session_fd: int | None) -> None:
     """Open the specialist's app (the default when carecli runs on a terminal)."""
-    run_app()
+    code = run_app(session_fd=session_fd)
+    if code:
+        raise SystemExit(code)

@@ -26,7 +26,7 @@ from carecli.data.bulk.catalog import kind_named
 from carecli.data.bulk.export import FORMATS, format_for, parse_where, run_export
 from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.databases import open_databases, require_head
-from carecli.data.unit_of_work import PlatformUnitOfWork
+from carecli.data.replica import ReadUnitOfWork
 from carecli.errors import ConfigError
 from carecli.services.auth.current import resolve_actor
 
@@ -101,7 +101,8 @@ def export_command(kind: str, fmt: str | None, out_path: str, where: tuple[str, 
     cipher = cipher_provider(settings, databases) if include_phi else None
     started = time.perf_counter()
     try:
-        with _output(out_path) as out, PlatformUnitOfWork(databases.platform, actor, cipher=cipher) as uow:
+        # A long streamed read: the replica when one is configured; its audit rows go to the primary.
+        with _output(out_path) as out, ReadUnitOfWork(databases.routing, actor, cipher=cipher) as uow:
             result = run_export(uow, kind, out, fmt, conditions=conditions, include_phi=include_phi,
                                 identity=databases.identity)
     except BrokenPipeError:

@@ -26,13 +26,16 @@ from carecli.cli.auth_cmd import (
     tokens_group,
     whoami_command,
 )
+from carecli.cli.backup_cmd import backup_group
 from carecli.cli.config_cmd import config_group
 from carecli.cli.db_cmd import db_group
 from carecli.cli.doctor_cmd import doctor_command
 from carecli.cli.export_cmd import export_command
 from carecli.cli.import_cmd import import_command
 from carecli.cli.keys_cmd import keys_group
+from carecli.cli.retention_cmd import retention_group
 from carecli.cli.seed_cmd import seed_command
+from carecli.cli.ssh_cmd import serve_ssh_command, ssh_keys_group, ssh_session_command
 from carecli.cli.users_cmd import roles_group, sync_command, users_group
 from carecli.data.databases import describe_dbapi_error
 from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, EXIT_USAGE, CarecliError
@@ -73,6 +76,11 @@ cli.add_command(sessions_group)
 cli.add_command(tokens_group)
 cli.add_command(export_command)
 cli.add_command(import_command)
+cli.add_command(ssh_keys_group)
+cli.add_command(serve_ssh_command)
+cli.add_command(ssh_session_command)
+cli.add_command(backup_group)
+cli.add_command(retention_group)
 cli.add_command(doctor_command)
 
 

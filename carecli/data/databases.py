@@ -11,39 +11,96 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
 
 from carecli.config import DATABASES, Settings, load_settings
 from carecli.data import migrate
 from carecli.data.embedded import EmbeddedServer
+from carecli.data.replica import ReadRouting, ReplicaHealth
 from carecli.errors import DatabaseUnavailable, SchemaOutOfDate
 
 APPLICATION_NAME = "carecli"
 log = logging.getLogger("carecli.data.databases")
 
 
+@dataclass(frozen=True)
+class PoolStatus:
+    """One engine's connection pool, for ``carecli doctor`` (the URL's password masked)."""
+
+    name: str
+    url: str
+    #: connections kept open, and how many more may be opened under load
+    pool_size: int
+    max_overflow: int
+    checked_out: int
+    checked_in: int
+    #: connections opened beyond pool_size right now (negative: the pool has not filled up yet)
+    overflow: int
+    read_only: bool
+
+
 @dataclass
 class Databases:
-    """The two engines carecli works with, and the embedded server if it runs one."""
+    """The engines carecli works with, and the embedded server if it runs one.
+
+    ``platform_read`` serves list, search and report reads: a read replica's
+    engine, or the platform engine itself when no replica is configured.
+    ``routing`` decides per read (read-your-writes, replica outages).
+    """
 
     identity: Engine
     platform: Engine
     embedded: EmbeddedServer | None = None
+    platform_read: Engine = None  # type: ignore[assignment]  # None: the platform engine
+    routing: ReadRouting = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.platform_read is None:
+            self.platform_read = self.platform
+        if self.routing is None:
+            self.routing = ReadRouting(self.platform, self.platform_read)
 
     def engine(self, database: str) -> Engine:
         return self.identity if database == "identity" else self.platform
 
     def items(self) -> Iterator[tuple[str, Engine]]:
+        """The two primaries (what is checked and migrated; a replica follows its primary)."""
         yield "identity", self.identity
         yield "platform", self.platform
+
+    def pools(self) -> list[PoolStatus]:
+        """Each engine's pool right now: identity, platform and, when configured, platform_read."""
+        engines = list(self.items())
+        if self.platform_read is not self.platform:
+            engines.append(("platform_read", self.platform_read))
+        return [_pool_status(name, engine) for name, engine in engines]
+
+    def replica_health(self) -> ReplicaHealth:
+        """The read replica's state as the routing sees it (configured, standby, down, fallbacks)."""
+        return self.routing.health()
 
     def dispose(self) -> None:
         self.identity.dispose()
         self.platform.dispose()
+        if self.platform_read is not self.platform:
+            self.platform_read.dispose()
+
+
+def _pool_status(name: str, engine: Engine) -> PoolStatus:
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):  # NullPool/StaticPool: nothing is kept open
+        return PoolStatus(name, display_url(engine.url), 0, 0, 0, 0, 0, read_only=name == "platform_read")
+    return PoolStatus(
+        name=name, url=display_url(engine.url), pool_size=pool.size(),
+        max_overflow=pool._max_overflow,  # no public accessor; the value create_engine was given
+        checked_out=pool.checkedout(), checked_in=pool.checkedin(), overflow=pool.overflow(),
+        read_only=name == "platform_read",
+    )
 
 
 def display_url(url: URL) -> str:
@@ -51,11 +108,14 @@ def display_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def create_database_engine(url: URL, settings: Settings) -> Engine:
+def create_database_engine(url: URL, settings: Settings, *, read_only: bool = False,
+                           pool_size: int | None = None) -> Engine:
     """A pooled engine for one database with carecli's session settings.
 
     Settings given in the URL's query (``application_name``, ``connect_timeout``,
     ``options``) are kept; ours are added to ``options``, not swapped in.
+    ``read_only`` (the read replica) makes every transaction read-only, so a
+    write sent there by mistake fails instead of landing on the wrong server.
     """
     query = dict(url.query)
     connect_args: dict[str, object] = {}
@@ -64,13 +124,15 @@ def create_database_engine(url: URL, settings: Settings) -> Engine:
     if "connect_timeout" not in query:
         connect_args["connect_timeout"] = settings.connect_timeout
     session_options = f"-c statement_timeout={settings.statement_timeout_ms} -c TimeZone=UTC"
+    if read_only:
+        session_options += " -c default_transaction_read_only=on"
     user_options = query.get("options")
     if isinstance(user_options, str) and user_options:
         session_options = f"{session_options} {user_options}"
     connect_args["options"] = session_options
     return create_engine(
         url,
-        pool_size=settings.pool_size,
+        pool_size=pool_size or settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
         pool_pre_ping=True,
@@ -141,10 +203,16 @@ def open_databases(
     else:
         assert settings.identity_url is not None and settings.platform_url is not None
         urls = {"identity": settings.identity_url, "platform": settings.platform_url}
+    platform = create_database_engine(urls["platform"], settings)
+    # Not checked here: a replica that is down only sends reads to the primary (see ReadRouting).
+    read = platform if settings.platform_read_url is None else create_database_engine(
+        settings.platform_read_url, settings, read_only=True, pool_size=settings.read_pool_size)
     databases = Databases(
         identity=create_database_engine(urls["identity"], settings),
-        platform=create_database_engine(urls["platform"], settings),
+        platform=platform,
         embedded=embedded,
+        platform_read=read,
+        routing=ReadRouting(platform, read, read_your_writes_seconds=settings.read_your_writes_seconds),
     )
     if check or (embedded and migrate_embedded):
         for name, engine in databases.items():
@@ -190,6 +258,7 @@ def configured_url(database: str) -> str:
 __all__ = [
     "DATABASES",
     "Databases",
+    "PoolStatus",
     "check_connection",
     "create_database_engine",
     "describe_dbapi_error",

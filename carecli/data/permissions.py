@@ -25,6 +25,7 @@ class Permission(StrEnum):
     KEYS_ADMIN = "keys:admin"              # rotate data keys and re-wrap them under a new master key
     IMPORT_RUN = "import:run"              # run batch imports
     EXPORT_RUN = "export:run"              # run batch exports (with phi:reveal for PHI columns)
+    RETENTION_ADMIN = "retention:admin"    # legal holds and the retention purge (deletes rows for good)
 
 
 ALL_PERMISSIONS: frozenset[str] = frozenset(p.value for p in Permission)

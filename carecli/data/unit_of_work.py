@@ -11,14 +11,14 @@ included. Repositories are created on first use and share the transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, select
 
-from carecli.data import audit
+from carecli.data import audit, notify
 from carecli.data.actor import Actor
 from carecli.data.crypto.fields import FieldCipher
 from carecli.data.crypto.keystore import DATA_KEYS
@@ -46,10 +46,13 @@ class PlatformUnitOfWork:
     """A transaction on the platform database on behalf of ``actor``."""
 
     def __init__(self, engine: Engine, actor: Actor, *, cipher: CipherProvider | None = None,
-                 user_exists: UserLookup | None = None) -> None:
+                 user_exists: UserLookup | None = None, audit_engine: Engine | None = None,
+                 source: str | None = None) -> None:
         if actor is None:
             raise CarecliError("no actor: every read and write needs a signed-in user or an API token")
         self.engine = engine
+        #: where committed audit rows (PHI reads, denials) go: the primary, also when ``engine`` is a replica
+        self.audit_engine = audit_engine or engine
         self.actor = actor
         self._cipher_provider = cipher
         self._cipher: FieldCipher | None = None
@@ -58,6 +61,10 @@ class PlatformUnitOfWork:
         self.user_exists = user_exists
         self._connection: Connection | None = None
         self._committed = False
+        #: who this unit of work speaks for in change notices (a session of the app, else this process)
+        self.source = source or notify.PROCESS_SOURCE
+        #: rows written so far, announced to other sessions when (and only if) the transaction commits
+        self.changes: list[notify.Change] = []
 
     def __enter__(self) -> PlatformUnitOfWork:
         self._connection = self.engine.connect()
@@ -86,8 +93,16 @@ class PlatformUnitOfWork:
         return self.connection
 
     def commit(self) -> None:
+        # NOTIFY inside the transaction: delivered with the commit, never for a rollback.
+        if self.changes:
+            notify.send(self.connection, self.changes, self.source)
+            self.changes = []
         self.connection.commit()
         self._committed = True
+
+    def record_change(self, entity_type: str, row: Mapping[str, Any]) -> None:
+        """Note a written row (ids only) for the change notice sent at commit."""
+        self.changes.append(notify.change_for(entity_type, row))
 
     # -- keys -----------------------------------------------------------------
 
@@ -130,12 +145,12 @@ class PlatformUnitOfWork:
 
     def audit_denial(self, entity_type: str, entity_id: uuid.UUID | None, operation: str, permission: str) -> None:
         """A refused operation is audited in its own committed transaction."""
-        audit.write_committed(self.engine, self.actor, entity_type, entity_id or NIL, "deny",
+        audit.write_committed(self.audit_engine, self.actor, entity_type, entity_id or NIL, "deny",
                               {"operation": operation, "permission": str(permission)})
 
     def audit_read(self, entity_type: str, entity_id: uuid.UUID, details: dict) -> None:
         """A PHI read, committed before the value is returned (fail closed)."""
-        audit.write_committed(self.engine, self.actor, entity_type, entity_id, "read", details)
+        audit.write_committed(self.audit_engine, self.actor, entity_type, entity_id, "read", details)
 
     # -- repositories -----------------------------------------------------------
 

@@ -13,7 +13,7 @@ import gc
 import importlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import events, work
 from textual.app import App, ComposeResult
@@ -26,12 +26,18 @@ from textual.widgets import Header, LoadingIndicator, Static
 from carecli import __version__
 from carecli.config import Settings
 from carecli.data.databases import Databases
-from carecli.errors import AuthError
+from carecli.data.actor import Channel
+from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.widgets import CareFooter, prune_dead_watchers
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
+from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.desk import Desk
+
+if TYPE_CHECKING:
+    from carecli.data.notify import Notice, Subscription
+    from textual.timer import Timer
 
 MIN_WIDTH, MIN_HEIGHT = 80, 24
 IDLE_CHECK_SECONDS = 5.0
@@ -129,7 +135,8 @@ class CareApp(App[None]):
 
     def __init__(self, settings: Settings, *, databases: Databases | None = None, desk: Desk | None = None,
                  store: CredentialStore | None = None, environ: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, channel: Channel = "tui",
+                 single_session: bool = False) -> None:
         super().__init__()
         self.settings = settings
         self.databases = databases
@@ -137,10 +144,20 @@ class CareApp(App[None]):
         self.store = store
         self.environ = environ
         self.clock = clock
+        self.channel: Channel = channel
+        #: the SSH host's app: signed in by the host for one person, so it never offers a sign-in
+        #: (that would let someone else take over the SSH session); a lock or a dead session ends it
+        self.single_session = single_session
         self.last_input = clock()
         self._last_touch = clock()
         self.locked = False
         self._too_small: TooSmallScreen | None = None
+        #: live updates: the subscription to the process's listener, and notices not yet handed out
+        self._live: Subscription | None = None
+        self._live_pending: list[Notice] = []
+        self._live_timer: Timer | None = None
+        #: notices received so far (diagnostics and tests)
+        self.live_received = 0
 
     # -- start --------------------------------------------------------------------
 
@@ -174,7 +191,7 @@ class CareApp(App[None]):
             self.post_message(ConnectFailed(describe(exc)))
             return
         try:
-            desk: Desk | None = Desk.resume(self.settings, databases, store=self.store)
+            desk: Desk | None = Desk.resume(self.settings, databases, channel=self.channel, store=self.store)
             problem = None
         except AuthError as exc:
             desk, problem = None, describe(exc)
@@ -190,6 +207,10 @@ class CareApp(App[None]):
         self.databases = message.databases
         if message.desk is not None:
             self.signed_in(message.desk)
+            return
+        if self.single_session:
+            why = message.problem.message if message.problem is not None else "not signed in"
+            self.exit(return_code=EXIT_AUTH, message=f"carecli: your session could not start: {why}.")
             return
         from carecli.screens.signin import SignInScreen
 
@@ -208,6 +229,7 @@ class CareApp(App[None]):
         self.call_later(prune_dead_watchers, self)  # the sign-in screens' headers
         previous = self.desk
         self.desk = desk
+        self.start_live_updates()
         self.refresh_bindings()
         self.sub_title = f"{desk.display_name} · {desk.role or 'no role'}"
         self.last_input = self._last_touch = self.clock()
@@ -234,11 +256,61 @@ class CareApp(App[None]):
             self._too_small = TooSmallScreen()
             self.push_screen(self._too_small)
 
+    # -- live updates --------------------------------------------------------------------
+
+    def start_live_updates(self) -> None:
+        """Subscribe to other sessions' changes (once; the listener thread connects on its own)."""
+        if self._live is None and self.desk is not None:
+            self._live = self.desk.watch_changes(self._notice_from_listener)
+
+    @property
+    def live_listening(self) -> bool:
+        """Whether this app's live updates are connected (a lost connection is retried meanwhile)."""
+        return self._live is not None and self._live.listener.listening
+
+    @property
+    def live_idle(self) -> bool:
+        """No notice is waiting to be handed to the screens."""
+        return self._live_timer is None and not self._live_pending
+
+    def stop_live_updates(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.close()
+
+    def _notice_from_listener(self, notice: Notice) -> None:
+        # The listener's thread: post_message is thread-safe, widgets are not.
+        self.post_message(NoticeArrived(notice))
+
+    def on_notice_arrived(self, message: NoticeArrived) -> None:
+        self.live_received += 1
+        self._live_pending.append(message.notice)
+        if self._live_timer is None:
+            self._live_timer = self.set_timer(COALESCE_SECONDS, self.flush_live_updates)
+
+    def flush_live_updates(self) -> None:
+        """Hand the gathered notices to every screen as one :class:`DataChanged` (not while locked)."""
+        self._live_timer = None
+        notices, self._live_pending = self._live_pending, []
+        if not notices or self.locked or self.desk is None:
+            return  # locked: the unlock reloads every screen anyway
+        changes = LiveChanges.gather(notices)
+        for screen in self.screen_stack:
+            if isinstance(screen, PhiHolder):
+                screen.post_message(DataChanged(changes))
+
+    def on_unmount(self) -> None:
+        self.stop_live_updates()
+
     def action_lock(self, reason: str = "Locked.") -> None:
         self.lock(reason)
 
-    def lock(self, reason: str) -> None:
-        """Clear every member value from every screen, then cover them with the sign-in screen."""
+    def lock(self, reason: str, *, exit_code: int = EXIT_OK) -> None:
+        """Clear every member value from every screen, then cover them with the sign-in screen.
+
+        A single-session app (the SSH host's) ends instead, with ``exit_code``: its user signs in
+        again by connecting again with their key.
+        """
         if self.locked or self.desk is None:
             return
         self.locked = True
@@ -247,6 +319,9 @@ class CareApp(App[None]):
             if isinstance(screen, PhiHolder):
                 screen.clear_phi()
         self.clear_notifications()
+        if self.single_session:
+            self.exit(return_code=exit_code, message=f"carecli: {reason}")
+            return
         from carecli.screens.signin import SignInScreen
 
         self.push_screen(SignInScreen(note=reason, locked_user=self.desk.display_name))
@@ -254,7 +329,8 @@ class CareApp(App[None]):
     def check_inactivity(self) -> None:
         idle = self.clock() - self.last_input
         if not self.locked and self.desk is not None and idle >= self.settings.session_idle_minutes * 60:
-            self.lock(f"Locked after {self.settings.session_idle_minutes} minutes without activity.")
+            self.lock(f"Locked after {self.settings.session_idle_minutes} minutes without activity.",
+                      exit_code=EXIT_IDLE)
 
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)):
@@ -275,7 +351,7 @@ class CareApp(App[None]):
         except Exception as exc:
             problem = describe(exc)
             if problem.auth:
-                self.call_from_thread(self.lock, f"Your session ended: {problem.message}.")
+                self.call_from_thread(self.lock, f"Your session ended: {problem.message}.", exit_code=EXIT_AUTH)
 
     # -- navigation and help -----------------------------------------------------------
 
@@ -319,7 +395,7 @@ class CareApp(App[None]):
     def show_problem(self, action: str, problem: Problem) -> None:
         """Tell the user what failed and what to do; a dead session locks the app."""
         if problem.auth and self.desk is not None:
-            self.lock(f"Your session ended: {problem.message}.")
+            self.lock(f"Your session ended: {problem.message}.", exit_code=EXIT_AUTH)
             return
         self.notify(str(problem), title=f"Could not {action}", severity="error", timeout=10)
 

@@ -32,6 +32,7 @@ from textual.widgets import Button, Checkbox, Input, Select, Static, TextArea
 from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES, RISK_TYPES, SEVERITIES
 from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareModal, Problem, describe, show_when
+from carecli.screens.live import DataChanged
 
 if TYPE_CHECKING:
     from carecli.data.records import Call, Plan
@@ -375,6 +376,25 @@ class FormModal(CareModal):
     def refill_read_only(self) -> None:
         """Put the read-only lines back after an unlock (override when the form has any)."""
 
+    # -- live updates ------------------------------------------------------------------------
+
+    #: what the edited record is called in the warning below
+    RECORD_WORD: ClassVar[str] = "record"
+
+    def edited_record(self) -> tuple[str, UUID] | None:
+        """The (entity type, id) of the record this form edits, if it edits one (override)."""
+        return None
+
+    def on_data_changed(self, message: DataChanged) -> None:
+        """Say so when another session changes the record being edited (what was typed stays)."""
+        record = self.edited_record()
+        if record is None or self.saving or self.care.locked:
+            return
+        if message.changes.record_changed(*record, ignore=self.desk.source):
+            self.set_status(f"Another session has just changed this {self.RECORD_WORD}: saving now will be refused "
+                            "as a conflict. Note what you typed, close this form (Esc) and open the "
+                            f"{self.RECORD_WORD} again to see the change.", error=True)
+
 
 # -- calls -----------------------------------------------------------------------------------
 
@@ -384,12 +404,16 @@ class CallFormScreen(FormModal):
 
     HEADING = "Log a call"
     ACTION = "save the call"
+    RECORD_WORD = "call"
 
     def __init__(self, member_id: UUID, member_label: str, call: Call | None = None) -> None:
         super().__init__()
         self.member_id = member_id
         self.member_label = member_label
         self.call = call
+
+    def edited_record(self) -> tuple[str, UUID] | None:
+        return ("call_record", self.call.id) if self.call is not None else None
 
     def heading(self) -> str:
         verb = "Edit a call with" if self.call is not None else "Log a call with"
@@ -610,12 +634,16 @@ class TerminateDialog(FormModal):
 
     HEADING = "Terminate an enrollment"
     ACTION = "terminate the enrollment"
+    RECORD_WORD = "enrollment"
     SAVE_LABEL = "Terminate"
     SUBMIT_ON_ENTER = True
 
     def __init__(self, enrollment_view: EnrollmentView) -> None:
         super().__init__()
         self.view = enrollment_view
+
+    def edited_record(self) -> tuple[str, UUID] | None:
+        return ("member_insurance_plan", self.view.enrollment.id)
 
     def compose_fields(self) -> Iterable[Widget]:
         enrollment = self.view.enrollment

@@ -26,6 +26,7 @@ from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 from carecli.data.permissions import Permission
 from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen, Problem, describe, member_name, show_when
+from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, NoteDialog, RevealDialog,
                                    TerminateDialog)
 from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile
@@ -140,6 +141,8 @@ class MemberDetailScreen(CareScreen):
         self._generation = 0
         self._calls: dict[str, Call] = {}
         self._enrollments: dict[str, EnrollmentView] = {}
+        #: another session changed this member while the screen was covered: reload when shown again
+        self._stale = False
 
     # -- layout -------------------------------------------------------------------------
 
@@ -182,7 +185,28 @@ class MemberDetailScreen(CareScreen):
 
     def load(self) -> None:
         """(Re)open the member's file in a worker; each open is an audited read."""
+        self._stale = False
         self._open_in_background(self._generation)
+
+    # -- live updates ----------------------------------------------------------------------
+
+    def on_data_changed(self, message: DataChanged) -> None:
+        """Another session changed this member's file: reload it if it is on screen, else on return.
+
+        Changes made through this app's own desk are left out: its forms and
+        actions reload the file themselves once they are saved.
+        """
+        if self.care.locked or not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES,
+                                                                    ignore=self.desk.source):
+            return
+        if self.is_current:
+            self.load()  # a form on top keeps what was typed: it is another screen
+        else:
+            self._stale = True
+
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        if self._stale and not self.care.locked:
+            self.load()
 
     @work(thread=True, exclusive=True, group="member-open")
     def _open_in_background(self, generation: int) -> None:
@@ -395,7 +419,7 @@ class MemberDetailScreen(CareScreen):
 
     def restore_after_unlock(self) -> None:
         self.query_one("#member-name", Static).update("Opening the member's file…")
-        self.load()
+        self.load()  # also catches up on whatever other sessions changed while locked
 
     # -- actions --------------------------------------------------------------------------------------
 

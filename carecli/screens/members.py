@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -24,6 +24,7 @@ from carecli.data.records import Plan
 from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery
 from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen, member_name
+from carecli.screens.live import DataChanged
 
 PAGE_SIZE = 50
 #: typing pauses this long before a search is sent (keeps a fast typist from queueing queries)
@@ -127,6 +128,10 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.rows: list[uuid.UUID] = []
         self.count: CountEstimate | None = None
         self._debounce: Timer | None = None
+        #: a live reload puts the cursor back on this member (by id) when the page comes back
+        self._keep_cursor: str | None = None
+        #: changed while covered: reload when shown again
+        self._stale = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -233,6 +238,8 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.next_cursor = page.next_cursor
         if page.next_cursor is not None and len(self.page_starts) == self.page_number + 1:
             self.page_starts.append(page.next_cursor)
+        if self.care.locked:
+            return  # asked for before the lock: the unlock asks again
         table = self.query_one(ResultsTable)
         table.clear()
         self.rows = []
@@ -241,6 +248,9 @@ for large ones. **Enter** opens the member (an audited read of their record).
             city = ", ".join(part for part in (row.city, row.state) if part)
             table.add_row(member_name(row.first_name, row.last_name), row.status or "", row.phone or "",
                           row.email or "", city, key=str(row.id))
+        keep, self._keep_cursor = self._keep_cursor, None
+        if keep is not None and keep in table.rows:
+            table.move_cursor(row=table.get_row_index(keep))
         self.show_status()
 
     def on_count_loaded(self, message: CountLoaded) -> None:
@@ -289,6 +299,38 @@ for large ones. **Enter** opens the member (an audited read of their record).
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value:
             self.care.open_member(uuid.UUID(event.row_key.value))
+
+    # -- live updates ------------------------------------------------------------------------
+
+    def on_data_changed(self, message: DataChanged) -> None:
+        """Members changed (or joined or left a plan, when filtering by plan): read this page again."""
+        if self.care.locked or not self._concerned(message):
+            return
+        if self.is_current:
+            self.refresh_page()
+        else:
+            self._stale = True
+
+    def _concerned(self, message: DataChanged) -> bool:
+        if message.changes.full_refresh:
+            return True
+        # Any member change may move a member into (or out of) this page: names sort, statuses filter.
+        entities = {"member"} | ({"member_insurance_plan"} if self.query_state.plan_id is not None else set())
+        return any(change.entity in entities for change in message.changes.all())
+
+    def refresh_page(self) -> None:
+        """Read the page on screen again, keeping the page, the cursor and whatever is typed."""
+        self._stale = False
+        table = self.query_one(ResultsTable)
+        if table.row_count:
+            row = min(max(table.cursor_row, 0), table.row_count - 1)
+            self._keep_cursor = str(self.rows[row]) if row < len(self.rows) else None
+        self.fetch_count(self.search_id, self.query_state)
+        self.search(reset=False, page_number=self.page_number)
+
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        if self._stale and not self.care.locked:
+            self.refresh_page()
 
     # -- the lock --------------------------------------------------------------------------
 

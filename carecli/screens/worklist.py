@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from textual import work
+import uuid
+
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
@@ -11,6 +13,7 @@ from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 from carecli.data.repositories.worklist import WorkItem, Worklist
 from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen, show_when
+from carecli.screens.live import DataChanged
 
 #: tab id, title, the Worklist attribute it shows
 SECTIONS = (
@@ -20,6 +23,18 @@ SECTIONS = (
     ("flags", "Urgent flags", "urgent_flags"),
     ("plans", "My plans", "plan_members"),
 )
+
+
+#: the kinds of record a worklist is made of
+WORKLIST_ENTITIES = frozenset({"member", "call_record", "risk_flag", "member_insurance_plan",
+                               "specialist_insurance_plan", "specialist", "insurance_plan"})
+#: plan membership changes: any of them may add or remove a row of "My plans"
+PLAN_ENTITIES = frozenset({"member_insurance_plan", "specialist_insurance_plan", "insurance_plan"})
+
+
+def _item_key(item: WorkItem) -> tuple[object, ...]:
+    """What a row is, independent of its position (to keep the cursor on it across a reload)."""
+    return (item.kind, item.member_id, item.call_id, item.flag_id)
 
 
 class WorklistLoaded(Message):
@@ -54,6 +69,10 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
         super().__init__()
         self.items: dict[str, list[WorkItem]] = {}
         self._shown_once = False
+        #: changed while covered: reload when shown again
+        self._stale = False
+        #: the signed-in user's specialist id, from the last load (a change of one of "my" calls concerns me)
+        self._specialist_id: uuid.UUID | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -74,8 +93,13 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
     def action_reload(self) -> None:
         self.load()
 
-    @work(thread=True, exclusive=True, group="worklist")
     def load(self) -> None:
+        """Read the worklist again (in a worker)."""
+        self._stale = False
+        self._load_in_background()
+
+    @work(thread=True, exclusive=True, group="worklist")
+    def _load_in_background(self) -> None:
         try:
             worklist = self.desk.worklist()
         except Exception as exc:
@@ -85,15 +109,24 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
 
     def on_worklist_loaded(self, message: WorklistLoaded) -> None:
         worklist = message.worklist
+        if self.care.locked:
+            return  # read before the lock, arrived after it: not shown under the lock screen
+        self._specialist_id = worklist.specialist.id if worklist.specialist is not None else None
         summary = self.query_one("#worklist-summary", Static)
         tabs = self.query_one(TabbedContent)
         for tab_id, title, attribute in SECTIONS:
             items: list[WorkItem] = getattr(worklist, attribute)
-            self.items[tab_id] = items
+            previous = self.items.get(tab_id, [])
             table = self.query_one(f"#table-{tab_id}", DataTable)
+            selected = previous[table.cursor_row] if 0 <= table.cursor_row < len(previous) else None
+            self.items[tab_id] = items
             table.clear()
             for index, item in enumerate(items):
                 table.add_row(show_when(item.when), item.member_name, item.detail, key=str(index))
+            if selected is not None:  # a reload keeps the cursor on the same row where it still is
+                keys = [_item_key(item) for item in items]
+                if _item_key(selected) in keys:
+                    table.move_cursor(row=keys.index(_item_key(selected)))
             count = f"{len(items)}+" if len(items) >= 100 else str(len(items))
             tabs.get_tab(f"tab-{tab_id}").label = f"{title} ({count})"
         if worklist.specialist is None:
@@ -116,6 +149,37 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
         index = int(event.row_key.value or 0)
         if index < len(items):
             self.care.open_member(items[index].member_id)
+
+    # -- live updates ----------------------------------------------------------------------------
+
+    def on_data_changed(self, message: DataChanged) -> None:
+        """Reload when a change may touch a row shown here, or may add one (own writes count too)."""
+        if self.care.locked or not self._concerned(message):
+            return
+        if self.is_current:
+            self.load()
+        else:
+            self._stale = True
+
+    def _concerned(self, message: DataChanged) -> bool:
+        changes = message.changes
+        if changes.full_refresh:
+            return True
+        shown = {item.member_id for items in self.items.values() for item in items}
+        for change in changes.all():
+            if change.entity not in WORKLIST_ENTITIES:
+                continue
+            if change.many or change.entity in PLAN_ENTITIES or change.member_id in shown:
+                return True
+            if self._specialist_id is not None and change.specialist_id == self._specialist_id:
+                return True  # e.g. a call of mine, for a member not on the list yet
+            if change.entity == "risk_flag":
+                return True  # an urgent flag may be raised by anyone on a member I called
+        return False
+
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        if self._stale and not self.care.locked:
+            self.load()
 
     def clear_phi(self) -> None:
         self.items = {}

@@ -10,7 +10,8 @@ repositories underneath, exactly as for the CLI.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -18,15 +19,18 @@ from typing import TYPE_CHECKING, Any
 from carecli.config import Settings
 from carecli.data.actor import Channel
 from carecli.data.crypto.runtime import cipher_provider
+from carecli.data import notify
 from carecli.data.databases import Databases
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry, Call, Enrollment, MetadataEntry, Plan, RiskFlag, Role, Specialist
+from carecli.data.replica import ReadUnitOfWork, WriteUnitOfWork
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.data.repositories.worklist import Worklist
 from carecli.services.auth.current import SignedIn, resolve_actor
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.auth.sessions import end_session
+from carecli.errors import ConflictError
 
 if TYPE_CHECKING:
     from carecli.data.records import Member
@@ -104,6 +108,8 @@ class Desk:
         self._store = store
         self._specialist: Specialist | None = None
         self._specialist_loaded = False
+        #: this desk's id in change notices, so its screens can tell their own writes from others'
+        self.source = f"d-{uuid.uuid4().hex[:12]}"
 
     @classmethod
     def resume(cls, settings: Settings, databases: Databases, *, channel: Channel = "tui",
@@ -152,7 +158,50 @@ class Desk:
     # -- units of work ---------------------------------------------------------------
 
     def _uow(self) -> PlatformUnitOfWork:
-        return PlatformUnitOfWork(self.databases.platform, self.actor, cipher=self._cipher)
+        """The primary: writes, and reads that must see them (open a member, reveal, edit a call)."""
+        return WriteUnitOfWork(self.databases.routing, self.actor, cipher=self._cipher, source=self.source)
+
+    def _read_uow(self) -> PlatformUnitOfWork:
+        """Lists, searches and reports: the read replica when it may serve (see carecli.data.replica)."""
+        return ReadUnitOfWork(self.databases.routing, self.actor, cipher=self._cipher)
+
+    # -- live updates ---------------------------------------------------------------------
+
+    def watch_changes(self, callback: Callable[[notify.Notice], None]) -> notify.Subscription:
+        """Call ``callback`` (on the listener's thread) for every change committed by anyone.
+
+        The process shares one listener connection; ``close()`` the returned
+        subscription to stop.
+        """
+        routing = self.databases.routing
+
+        def on_notice(notice: notify.Notice) -> None:
+            # Someone committed on the primary: the replica may not have replayed it yet, so the reloads
+            # this notice causes read from the primary for the read-your-writes window.
+            routing.note_write()
+            callback(notice)
+
+        return notify.subscribe(self.databases.platform, on_notice)
+
+    @contextmanager
+    def _named_conflicts(self, what: str) -> Iterator[None]:
+        """A conflict names who changed the record and when (staff names, never member data)."""
+        try:
+            yield
+        except ConflictError as exc:
+            who: str | None = None
+            if exc.changed_by == self.user_id:
+                who = "you (in another session)"
+            elif isinstance(exc.changed_by, uuid.UUID):
+                try:
+                    who = self.staff_names([exc.changed_by]).get(exc.changed_by)
+                except Exception:  # noqa: BLE001 - the identity database is optional for this message
+                    who = None
+            when = f" at {exc.changed_at:%Y-%m-%d %H:%M:%S} UTC" if exc.changed_at is not None else ""
+            detail = f": {who} changed it{when}" if who else (f" (changed{when})" if when else "")
+            raise ConflictError(f"this {what} was changed by someone else since you read it{detail}",
+                                hint="reload it and apply your change again",
+                                changed_by=exc.changed_by, changed_at=exc.changed_at) from None
 
     def _identity(self) -> IdentityUnitOfWork:
         return IdentityUnitOfWork(self.databases.identity, self.databases.platform, self.actor)
@@ -160,7 +209,7 @@ class Desk:
     def specialist(self) -> Specialist | None:
         """The signed-in user's specialist record (cached; None for non-specialists)."""
         if not self._specialist_loaded:
-            with self._uow() as uow:
+            with self._read_uow() as uow:
                 self._specialist = uow.worklist.specialist_for_user(self.user_id)
             self._specialist_loaded = True
         return self._specialist
@@ -169,21 +218,21 @@ class Desk:
 
     def worklist(self, now: datetime | None = None) -> Worklist:
         today, start, end = local_day_bounds(now)
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             worklist = uow.worklist.build(today, start, end)
         self._specialist, self._specialist_loaded = worklist.specialist, True
         return worklist
 
     def search_members(self, query: MemberQuery, *, after: Any = None, limit: int = 50) -> MemberPage:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.member_search.search(query, after=after, limit=limit)
 
     def count_members(self, query: MemberQuery) -> CountEstimate:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.member_search.count(query)
 
     def member_names(self, text: str, *, limit: int = 8) -> list[MemberSummary]:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.member_search.names(text, limit=limit)
 
     def open_member(self, member_id: uuid.UUID) -> MemberFile:
@@ -213,7 +262,7 @@ class Desk:
             return uow.calls.get(call_id)
 
     def plans(self) -> list[Plan]:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             return uow.plans.list()
 
     def staff_names(self, user_ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
@@ -248,7 +297,7 @@ class Desk:
     def audit(self, filters: AuditFilter, *, before: tuple[datetime, uuid.UUID] | None = None,
               limit: int = 100) -> list[AccessEntry]:
         """Audit rows newest first (needs audit:read), each with the acting user's name."""
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             rows = uow.audit_log.search(entity_type=filters.entity_type, entity_id=filters.entity_id,
                                         user_id=filters.user_id, action=filters.action, since=filters.since,
                                         until=filters.until, before_id=before, limit=limit)
@@ -275,7 +324,7 @@ class Desk:
 
     def update_call(self, call_id: uuid.UUID, expected_updated_at: datetime | None,
                     changes: Mapping[str, Any]) -> Call:
-        with self._uow() as uow:
+        with self._named_conflicts("call"), self._uow() as uow:
             call = uow.calls.update(call_id, expected_updated_at, changes)
             uow.commit()
         return call
@@ -297,13 +346,13 @@ class Desk:
 
     def terminate_enrollment(self, enrollment_id: uuid.UUID, expected_updated_at: datetime | None,
                              termination_date: date) -> Enrollment:
-        with self._uow() as uow:
+        with self._named_conflicts("enrollment"), self._uow() as uow:
             enrollment = uow.enrollments.terminate(enrollment_id, expected_updated_at, termination_date)
             uow.commit()
         return enrollment
 
     def set_primary(self, enrollment_id: uuid.UUID, expected_updated_at: datetime | None) -> Enrollment:
-        with self._uow() as uow:
+        with self._named_conflicts("enrollment"), self._uow() as uow:
             enrollment = uow.enrollments.set_primary(enrollment_id, expected_updated_at)
             uow.commit()
         return enrollment

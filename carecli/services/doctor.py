@@ -67,13 +67,16 @@ class Target:
     label: str
     schema: str
     engine: Engine
+    #: its loss degrades carecli instead of stopping it (a read replica): unreachable is a warning
+    optional: bool = False
 
 
 def targets(databases: Databases) -> list[Target]:
-    """The connections the doctor checks. A read replica is one more line here, e.g.
-    ``found.append(Target("platform replica", "platform", databases.platform_read))`` when one is configured.
-    """
+    """The connections the doctor checks: the two primaries and, when configured, the read replica."""
     found = [Target(name, name, engine) for name, engine in databases.items()]
+    if databases.platform_read is not databases.platform:
+        # A replica that is down only slows reads (they fall back to the primary): a warning.
+        found.append(Target("platform_read", "platform", databases.platform_read, optional=True))
     return found
 
 
@@ -117,7 +120,11 @@ def check_reachable(doctor: Doctor) -> Iterable[CheckResult]:
             with target.engine.connect() as connection:
                 version = health.server_version(connection)
         except CarecliError as exc:
-            yield CheckResult("reachable", "fail", exc.message, exc.hint or "", target.label)
+            if target.optional:
+                yield CheckResult("reachable", "warn", exc.message + "; reads fall back to the primary",
+                                  exc.hint or "", target.label)
+            else:
+                yield CheckResult("reachable", "fail", exc.message, exc.hint or "", target.label)
             continue
         doctor.reachable.append(target)
         yield CheckResult("reachable", "pass", f"PostgreSQL {version} at {display_url(target.engine.url)}",

@@ -350,7 +350,7 @@ def stream(uow: PlatformUnitOfWork, kind: str, *, conditions: Sequence[Condition
     for partition in result.partitions():
         rows = [list(row) for row in partition]
         if kind == "members":
-            with uow.engine.begin() as audit_connection:
+            with uow.audit_engine.begin() as audit_connection:
                 audit_connection.execute(_AUDIT_READS, {
                     **audit.audit_row(uow.actor, "member", NIL, "read", None,
                                       {"purpose": "export", "fields": fields_read}),
@@ -454,7 +454,7 @@ def run_export(uow: PlatformUnitOfWork, kind: str, out: TextIO, fmt: str, *, con
     rows = 0
 
     def summary(completed: bool) -> None:
-        audit.write_committed(uow.engine, uow.actor, EXPORT_ENTITY, uuid.uuid4(), "export", {
+        audit.write_committed(uow.audit_engine, uow.actor, EXPORT_ENTITY, uuid.uuid4(), "export", {
             "kind": kind, "format": fmt, "rows": rows, "include_phi": include_phi,
             "where": [condition.column for condition in conditions], "completed": completed,
         })

@@ -40,6 +40,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, text
 
+from carecli.data import notify
 from carecli.data.actor import Actor
 from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, SeenKeys, Update
 from carecli.data.bulk.readers import Record, RecordProblem
@@ -133,7 +134,8 @@ def _batches(kind: Kind, records: Iterable[Record | RecordProblem], size: int,
 class _Writer:
     """Applies batch plans on its own connection, in a thread (or inline)."""
 
-    def __init__(self, engine: Engine, actor: Actor, *, single_transaction: bool, threaded: bool = True) -> None:
+    def __init__(self, engine: Engine, actor: Actor, *, single_transaction: bool, threaded: bool = True,
+                 entity_type: str | None = None) -> None:
         self.actor_params = {"user_id": actor.user_id, "ip_address": actor.ip_address,
                              "user_agent": actor.user_agent}
         # The raw psycopg connection: COPY needs it, and its transactions are then ours to end.
@@ -142,6 +144,9 @@ class _Writer:
         self.connection.execute("SET statement_timeout = 0")
         self.connection.commit()
         self.single = single_transaction
+        #: announced once per committed batch as "many rows of this kind" (never one notice per row)
+        self.entity_type = entity_type
+        self._unannounced = False
         self.error: BaseException | None = None
         self.batches = 0
         self._staged: set[str] = set()
@@ -173,6 +178,7 @@ class _Writer:
                 self.connection.rollback()
                 raise ImportAborted(type(self.error).__name__) from self.error
             if commit:
+                self._announce()
                 self.connection.commit()
             else:
                 self.connection.rollback()
@@ -217,9 +223,19 @@ class _Writer:
                     "metadata_value = EXCLUDED.metadata_value, deleted_at = NULL, updated_at = now()",
                     [{**row, "metadata_value": Jsonb(row["metadata_value"])} for row in plan.metadata_upserts])
             _copy(cursor, "audit_logs", plan.audit)
+        if plan.inserts or plan.updates or plan.staged or plan.metadata_upserts:
+            self._unannounced = True
         if not self.single:
+            self._announce()
             connection.commit()
         self.batches += 1
+
+    def _announce(self) -> None:
+        """NOTIFY the batch's kind, coarse, in the transaction about to commit."""
+        if self._unannounced and self.entity_type is not None:
+            with self.connection.cursor() as cursor:
+                notify.send_raw(cursor, [notify.Change(self.entity_type)], notify.PROCESS_SOURCE)
+        self._unannounced = False
 
     def _updates(self, updates: list[Update]) -> None:
         """Apply updates grouped by the columns they change, each guarded by the updated_at it was planned on.
@@ -359,7 +375,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         planner.commit()
         context = BatchContext(planner, actor, SeenKeys(planner), cipher, blind_index, identity_connection)
         if not dry_run:
-            writer = _Writer(engine, actor, single_transaction=all_or_nothing, threaded=threaded)
+            writer = _Writer(engine, actor, single_transaction=all_or_nothing, threaded=threaded,
+                             entity_type=kind.entity_type)
         prepared = dry_run
         for batch in _batches(kind, records, batch_rows, problem, counter):
             if not prepared:  # only once the file has proved readable: a bad header writes nothing

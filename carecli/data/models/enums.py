@@ -5,7 +5,7 @@ against the same tuples so a bad value is reported before it reaches the
 server.
 """
 
-TOKEN_TYPES = ("access", "refresh", "api")
+TOKEN_TYPES = ("access", "refresh", "api", "ssh_key")
 MEMBER_STATUSES = ("active", "inactive", "suspended")
 CALL_TYPES = ("outreach", "follow_up", "support")
 CALL_STATUSES = ("scheduled", "completed", "cancelled", "no_answer")

@@ -62,6 +62,9 @@ class Token(IdentityBase):
         # Presented tokens are looked up by hash.
         Index("ix_tokens_token_hash", "token_hash"),
         Index("ix_tokens_expires_at", "expires_at", postgresql_where=ACTIVE_DELETED_FILTER),
+        # An SSH key (token_hash = its fingerprint) belongs to one user at a time (identity_0003).
+        Index("ux_tokens_live_ssh_key", "token_hash", unique=True, postgresql_where=text(
+            "token_type = 'ssh_key' AND deleted_at IS NULL AND is_revoked IS NOT TRUE")),
     )
 
     id: Mapped[uuid.UUID] = pk_column()

@@ -335,3 +335,11 @@ class DataKey(PlatformBase):
     status: Mapped[str] = mapped_column(String(20), server_default=text("'active'"))
     created_at: Mapped[datetime] = mapped_column(server_default=NOW)
     retired_at: Mapped[datetime | None] = mapped_column()
+
+
+# Retention purge (migration platform_0007, carecli.data.retention): only the
+# soft-deleted rows, so the purge finds old ones without reading live ones.
+for _purged in (Member, Specialist, CallRecord, InsurancePlan, MemberInsurancePlan, SpecialistInsurancePlan,
+                Metadata, RiskFlag):
+    Index(f"ix_{_purged.__tablename__}_purgeable", _purged.__table__.c.deleted_at,
+          postgresql_where=text("deleted_at IS NOT NULL"))

@@ -117,6 +117,7 @@ class Repository(Generic[R]):
         row = self.connection.execute(insert(self.table).values(row_values).returning(self.table)).one()
         audit.write(self.uow.audit_connection, self.uow.actor, self.entity_type, row.id, "create", None,
                     _without(dict(row._mapping), ("id",)))
+        self._announce(row)
         return self.to_record(row)
 
     def _update(self, entity_id: uuid.UUID, expected_updated_at: datetime | None, changes: Mapping[str, Any], *,
@@ -132,10 +133,12 @@ class Repository(Generic[R]):
         current = self._fetch(entity_id, include_deleted=include_deleted, lock=True)
         current_values = dict(current._mapping)
         if expected_updated_at is not None and current_values["updated_at"] != expected_updated_at:
+            changed_at = current_values["updated_at"]
+            when = f" (at {changed_at:%Y-%m-%d %H:%M:%S} UTC)" if changed_at is not None else ""
             raise ConflictError(
-                f"{self.entity_type.replace('_', ' ')} {entity_id} was changed by someone else since you read it",
-                hint="reload it and apply your change again",
-            )
+                f"{self.entity_type.replace('_', ' ')} {entity_id} was changed by someone else since you "
+                f"read it{when}", hint="reload it and apply your change again",
+                changed_by=self._last_writer(entity_id), changed_at=changed_at)
         row_changes = {**changes, **(internal or {})}
         # SQL expressions (CLOCK_NOW for deleted_at) are computed by the server, not checked as values.
         check_columns(self.table, {name: value for name, value in row_changes.items()
@@ -151,7 +154,28 @@ class Repository(Generic[R]):
         ).one()
         old, new = audit.changed_fields(current_values, dict(row._mapping))
         audit.write(self.uow.audit_connection, self.uow.actor, self.entity_type, entity_id, action, old, new)
+        self._announce(row)
         return self.to_record(row)
+
+    def _last_writer(self, entity_id: uuid.UUID) -> uuid.UUID | None:
+        """Who last changed a row, from its newest change audit entry (for conflict messages)."""
+        if getattr(self.uow, "record_change", None) is None:
+            return None  # identity rows: their audit log lives in the other database
+        log = audit.AUDIT
+        return self.connection.execute(
+            select(log.c.user_id).where(log.c.entity_type == self.entity_type, log.c.entity_id == entity_id,
+                                        log.c.action.not_in(("read", "deny")))
+            .order_by(log.c.created_at.desc()).limit(1)).scalar_one_or_none()
+
+    def _announce(self, row: Row[Any]) -> None:
+        """Tell the unit of work a row was written, for the change notice sent at commit.
+
+        Identity units of work reuse these repositories and announce nothing
+        (live updates are about the platform's records), hence the lookup.
+        """
+        record_change = getattr(self.uow, "record_change", None)
+        if record_change is not None:
+            record_change(self.entity_type, row._mapping)
 
     def delete(self, entity_id: uuid.UUID, expected_updated_at: datetime | None) -> R:
         """Soft delete: set ``deleted_at``; the row stays for history and restore."""

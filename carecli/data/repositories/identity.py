@@ -313,6 +313,37 @@ class TokenRepository(_OwnedByUser):
         row = self.connection.execute(self._select().where(self.table.c.token_hash == token_hash)).first()
         return self.to_record(row) if row else None
 
+    def live_of_type(self, token_type: str, now: datetime, token_hash: str | None = None) -> list[Token]:
+        """Unrevoked, unexpired ``token_type`` tokens (with this hash, if given), oldest first."""
+        table = self.table
+        statement = self._select().where(table.c.token_type == token_type, table.c.is_revoked.is_not(True),
+                                         table.c.expires_at > now)
+        if token_hash is not None:
+            statement = statement.where(table.c.token_hash == token_hash)
+        return self._list(statement.order_by(table.c.created_at))
+
+    def ssh_fingerprints(self, token_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """The fingerprints of these SSH-key tokens (their ``token_hash``: a public key's fingerprint is no secret).
+
+        Records never carry ``token_hash``; for API tokens it is the hash of a secret.
+        """
+        ids = list(token_ids)
+        if not ids:
+            return {}
+        table = self.table
+        rows = self.connection.execute(select(table.c.id, table.c.token_hash).where(
+            table.c.id.in_(ids), table.c.token_type == "ssh_key")).all()
+        return {row.id: row.token_hash for row in rows}
+
+    def of_type(self, token_type: str, token_hash: str) -> Token | None:
+        """The ``token_type`` token with this hash: the live one if there is one, else the newest ended one."""
+        table = self.table
+        row = self.connection.execute(self._select(include_deleted=True).where(
+            table.c.token_type == token_type, table.c.token_hash == token_hash)
+            .order_by((table.c.is_revoked.is_(True) | table.c.deleted_at.is_not(None)), table.c.created_at.desc())
+        ).first()
+        return self.to_record(row) if row else None
+
     def revoke(self, token_id: uuid.UUID) -> Token:
         row = self._fetch(token_id)
         self._require_owner_or_admin(row.user_id, "revoke other users' tokens", token_id)

@@ -178,3 +178,34 @@ class CredentialStore:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot remove the session file {self.path}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class HeldCredential(CredentialStore):
+    """A session token held in memory only: the SSH host hands it to the app process it starts.
+
+    Nothing is read from or written to the keyring or a file, so an SSH-hosted app
+    can never pick up (or overwrite) the host account's own stored session.
+    """
+
+    token: str = ""
+
+    @classmethod
+    def holding(cls, token: str) -> HeldCredential:
+        return cls(scope="ssh-host", use_keyring=False, token=token)
+
+    def __repr__(self) -> str:  # the token must never reach a log through repr
+        return "HeldCredential(token='***')"
+
+    def describe(self) -> str:
+        return "memory only (given to this app by the SSH host)"
+
+    def load(self, *, strict: bool = True) -> str | None:
+        return self.token or None
+
+    def save(self, token: str) -> None:
+        raise AuthError("this session was opened by the SSH host and cannot be replaced here",
+                        hint="disconnect and connect again")
+
+    def forget(self) -> None:
+        """Nothing is stored, so there is nothing to forget."""

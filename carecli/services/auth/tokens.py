@@ -159,7 +159,7 @@ def _effective_permissions(actor: Actor) -> frozenset[str]:
     return actor.permissions if actor.scopes is None else actor.permissions & actor.scopes
 
 
-def _check_name(name: str) -> str:
+def check_token_name(name: str) -> str:
     cleaned = name.strip()
     if not cleaned:
         raise ValidationError("name", "required", "a token needs a name (what or who will use it)")
@@ -213,25 +213,35 @@ def _info(token: Token, name: str | None, now: datetime) -> ApiTokenInfo:
 
 def token_names(connection: Connection, token_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
     """The names of these tokens, from platform ``metadata`` (``connection`` is on the platform database)."""
+    return token_facts(connection, token_ids, NAME_KEY)
+
+
+def store_token_name(uow: IdentityUnitOfWork, token_id: uuid.UUID, name: str) -> None:
+    """The token's name in platform ``metadata``, in the same platform transaction as its audit rows."""
+    store_token_fact(uow, token_id, NAME_KEY, name)
+
+
+def store_token_fact(uow: IdentityUnitOfWork, token_id: uuid.UUID, key: str, value: str) -> None:
+    """A fact about a token (its name, an SSH key's public key) in platform ``metadata``, audited.
+
+    Not through MetadataRepository: that one guards member notes (members:write),
+    and describing your own token needs no permission beyond owning it.
+    """
+    table = cast(Table, Metadata.__table__)
+    uow.audit_connection.execute(insert(table).values(
+        id=uuid.uuid4(), entity_type="token", entity_id=token_id, metadata_key=key, metadata_value=value))
+    audit.write(uow.audit_connection, uow.actor, "token", token_id, key, None, {key: value})
+
+
+def token_facts(connection: Connection, token_ids: list[uuid.UUID], key: str) -> dict[uuid.UUID, str]:
+    """One fact (``key``) of these tokens, from platform ``metadata`` (``connection`` is on the platform database)."""
     if not token_ids:
         return {}
     table = Metadata.__table__
     rows = connection.execute(select(table.c.entity_id, table.c.metadata_value).where(
-        table.c.entity_type == "token", table.c.metadata_key == NAME_KEY, table.c.entity_id.in_(token_ids),
+        table.c.entity_type == "token", table.c.metadata_key == key, table.c.entity_id.in_(token_ids),
         table.c.deleted_at.is_(None))).all()
     return {row.entity_id: row.metadata_value for row in rows if isinstance(row.metadata_value, str)}
-
-
-def _store_name(uow: IdentityUnitOfWork, token_id: uuid.UUID, name: str) -> None:
-    """The token's name in platform ``metadata``, in the same platform transaction as its audit rows.
-
-    Not through MetadataRepository: that one guards member notes (members:write),
-    and naming your own token needs no permission beyond owning it.
-    """
-    table = cast(Table, Metadata.__table__)
-    uow.audit_connection.execute(insert(table).values(
-        id=uuid.uuid4(), entity_type="token", entity_id=token_id, metadata_key=NAME_KEY, metadata_value=name))
-    audit.write(uow.audit_connection, uow.actor, "token", token_id, "name", None, {"name": name})
 
 
 def create_api_token(databases: Databases, actor: Actor, *, name: str, scopes: Iterable[str],
@@ -242,7 +252,7 @@ def create_api_token(databases: Databases, actor: Actor, *, name: str, scopes: I
     """
     if actor.user_id is None:
         raise AuthError("API tokens belong to a user: sign in with `carecli login` first")
-    clean_name = _check_name(name)
+    clean_name = check_token_name(name)
     clean_scopes = parse_scopes(list(scopes))
     beyond = sorted(set(clean_scopes) - _effective_permissions(actor))
     if beyond:
@@ -255,7 +265,7 @@ def create_api_token(databases: Databases, actor: Actor, *, name: str, scopes: I
         now = database_now(uow.connection)
         token = uow.tokens.create(actor.user_id, API_TOKEN_TYPE, hash_secret(secret), now + lifetime,
                                   clean_scopes)
-        _store_name(uow, token.id, clean_name)
+        store_token_name(uow, token.id, clean_name)
         uow.commit()
     return CreatedToken(secret=secret, info=_info(token, clean_name, now))
 

@@ -1,0 +1,377 @@
+"""The SSH host under load: N concurrent SSH sessions of the real app on this machine.
+
+    .venv/bin/python benchmarks/ssh_bench.py --sessions 50 \\
+        --admin-url postgresql://postgres@127.0.0.1:5432/postgres
+
+1. a fresh database pair, migrated and seeded with ``carecli seed`` (``--members``), and one SSH key
+   registered for a specialist with ``carecli ssh-keys add`` (run as an admin's API token);
+2. ``carecli serve-ssh`` on a free port (the real host, one app process per session);
+3. N asyncssh clients, each with a pyte terminal of 100x30, connect (``--connect-concurrency`` at a
+   time) and wait until the worklist is on their screen; then every session opens the member browser;
+4. memory: resident (RSS) and proportional (PSS, shared pages split between processes) set of the
+   host and of each app process;
+5. keystroke-to-screen: while every session types a letter into its search box every 1-3 s (each
+   keystroke also runs a search), ``--samples`` keystrokes, round robin over the sessions, timed from
+   the send until the letter is on that client's screen;
+6. change propagation: with every session showing the first page of the member browser, a member on
+   that page is renamed through the same unit of work the app saves with (in this process: "another
+   session"); timed until the new name is on each client's screen, ``--changes`` times.
+
+Prints a table; drops the databases unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncssh
+import psutil
+import psycopg
+import pyte
+from psycopg import sql
+from sqlalchemy import text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_pairs import bench_engine, database_url  # noqa: E402
+from carecli.data.actor import Actor  # noqa: E402
+from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402
+from carecli.data.permissions import ALL_PERMISSIONS  # noqa: E402
+from carecli.data.unit_of_work import PlatformUnitOfWork  # noqa: E402
+
+COLUMNS, ROWS = 100, 30
+PREFIX = "carecli_bench_ssh"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def carecli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run([sys.executable, "-m", "carecli", *args], env=env, input=stdin, capture_output=True,
+                          text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"carecli {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+# --------------------------------------------------------------------------
+# The databases, the key, the host
+# --------------------------------------------------------------------------
+
+
+def prepare(admin_url: str, members: int, workdir: Path) -> tuple[dict[str, str], dict[str, str], Path]:
+    """Fresh pair, seeded; an SSH key for a specialist; returns URLs, the environment and the private key."""
+    names = {"identity": f"{PREFIX}_identity", "platform": f"{PREFIX}_platform"}
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    urls = {db: database_url(admin_url, name) for db, name in names.items()}
+    env = dict(os.environ, CARECLI_IDENTITY_URL=urls["identity"], CARECLI_PLATFORM_URL=urls["platform"],
+               CARECLI_MASTER_KEY=encode_key(generate_master_key()),
+               PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
+    env.pop("CARECLI_TOKEN", None)
+    carecli(env, "db", "upgrade")
+    print(f"seeding {members:,} members...", file=sys.stderr, flush=True)
+    carecli(env, "seed", "--members", str(members), "--seed", "1")
+    identity = bench_engine(urls["identity"])
+    with identity.connect() as conn:
+        specialist = conn.execute(text(
+            "SELECT u.email FROM users u JOIN roles r ON r.id = u.role_id WHERE r.name = 'specialist' "
+            "AND u.is_active AND u.deleted_at IS NULL ORDER BY u.email LIMIT 1")).scalar_one()
+        admin_email = conn.execute(text(
+            "SELECT u.email FROM users u JOIN roles r ON r.id = u.role_id WHERE r.name = 'admin' "
+            "ORDER BY u.email LIMIT 1")).scalar_one()
+    identity.dispose()
+    admin_env = dict(env, CARECLI_TOKEN=_admin_token(env, admin_email))
+    key_path = workdir / "id_ed25519"
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="bench")
+    key_path.write_bytes(key.export_private_key("openssh"))
+    key_path.chmod(0o600)
+    carecli(admin_env, "ssh-keys", "add", specialist, "-", stdin=key.export_public_key("openssh").decode())
+    return urls, env, key_path
+
+
+def _admin_token(env: dict[str, str], admin_email: str) -> str:
+    """An API token of the seeded administrator (made directly: there is no identity provider here)."""
+    from carecli.config import load_settings
+    from carecli.data.databases import open_databases
+    from carecli.services.auth.current import role_of, user_by_email
+    from carecli.services.auth.tokens import create_api_token
+    from carecli.data.repositories.identity import IdentityUnitOfWork
+
+    settings = load_settings(env)
+    databases = open_databases(settings)
+    try:
+        system = Actor(user_id=None, permissions=frozenset(ALL_PERMISSIONS), user_agent="bench")
+        user = user_by_email(databases, system, admin_email)
+        with IdentityUnitOfWork(databases.identity, databases.platform, Actor.system()) as uow:
+            role, permissions = role_of(uow, user)
+        actor = Actor.create(user.id, permissions, channel="cli", role=role)
+        return create_api_token(databases, actor, name="ssh bench", scopes=["users:admin"]).secret
+    finally:
+        databases.dispose()
+
+
+def start_host(env: dict[str, str], port: int, workdir: Path, sessions: int) -> subprocess.Popen[bytes]:
+    host = subprocess.Popen(
+        [sys.executable, "-m", "carecli", "serve-ssh", "--port", str(port), "--host-key", str(workdir / "host_key"),
+         "--max-sessions", str(sessions + 5), "--max-per-user", str(sessions + 5)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return host
+        if host.poll() is not None:
+            raise SystemExit(f"serve-ssh ended: {host.stderr.read().decode() if host.stderr else ''}")
+        time.sleep(0.2)
+    raise SystemExit("serve-ssh did not start listening")
+
+
+# --------------------------------------------------------------------------
+# A client with a screen
+# --------------------------------------------------------------------------
+
+
+class Client(asyncssh.SSHClientSession[str]):
+    """One SSH session whose output feeds a pyte screen; ``changed`` fires on every update."""
+
+    def __init__(self) -> None:
+        self.screen = pyte.Screen(COLUMNS, ROWS)
+        self.stream = pyte.Stream(self.screen)
+        self.changed = asyncio.Event()
+        self.chan: asyncssh.SSHClientChannel[str] | None = None
+        self.typed = ""
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[str]) -> None:
+        self.chan = chan
+
+    def data_received(self, data: str, datatype: object) -> None:
+        self.stream.feed(data)
+        self.changed.set()
+
+    def text(self) -> str:
+        return "\n".join(self.screen.display)
+
+    async def wait_for(self, predicate, timeout: float = 60.0) -> float:  # noqa: ANN001
+        """Wait until ``predicate(self)`` holds; the monotonic time it first did."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the screen never showed what was expected:\n" + self.text())
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        return time.monotonic()
+
+    def send(self, keys: str) -> None:
+        assert self.chan is not None
+        self.chan.write(keys)
+
+
+async def connect(port: int, key_path: Path) -> tuple[asyncssh.SSHClientConnection, Client, float]:
+    started = time.monotonic()
+    conn = await asyncssh.connect("127.0.0.1", port, username="bench", client_keys=[str(key_path)],
+                                  known_hosts=None)
+    _chan, client = await conn.create_session(Client, term_type="xterm-256color", term_size=(COLUMNS, ROWS))
+    shown = await client.wait_for(lambda c: "Today (" in c.text(), timeout=300)
+    return conn, client, shown - started
+
+
+def input_row(client: Client, typed: str) -> int:
+    for index, line in enumerate(client.screen.display):
+        if typed in line:
+            return index
+    raise RuntimeError("the search box was not found")
+
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
+
+
+def memory(host: subprocess.Popen[bytes]) -> tuple[psutil.Process, list[psutil.Process]]:
+    server = psutil.Process(host.pid)
+    return server, [child for child in server.children(recursive=True) if "app" in child.cmdline()]
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str], key_path: Path,
+              host: subprocess.Popen[bytes], port: int) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    gate = asyncio.Semaphore(args.connect_concurrency)
+
+    async def one() -> tuple[asyncssh.SSHClientConnection, Client, float]:
+        async with gate:
+            return await connect(port, key_path)
+
+    started = time.monotonic()
+    sessions = await asyncio.gather(*(one() for _ in range(args.sessions)))
+    ramp = time.monotonic() - started
+    connect_times = [seconds for _, _, seconds in sessions]
+    clients = [client for _, client, _ in sessions]
+    rows.append((f"{args.sessions} sessions connected and showing the worklist", f"{ramp:.1f} s"))
+    rows.append(("connect -> worklist on screen, p50 / p95",
+                 f"{statistics.median(connect_times):.2f} s / {percentile(connect_times, 0.95):.2f} s"))
+
+    # Everyone opens the member browser; find each search box by typing a marker into it.
+    for client in clients:
+        client.send("\x1bOR")  # F3
+    for client in clients:
+        await client.wait_for(lambda c: "Search" in c.text() or "members" in c.text().lower())
+    await asyncio.sleep(1.0)
+    rows_of: dict[int, int] = {}
+    for index, client in enumerate(clients):
+        client.send("zqx")
+        await client.wait_for(lambda c: "zqx" in c.text())
+        rows_of[index] = input_row(client, "zqx")
+        client.send("\x7f\x7f\x7f")
+        await client.wait_for(lambda c, r=rows_of[index]: "zqx" not in c.screen.display[r])
+
+    server, apps = memory(host)
+    rss = [p.memory_info().rss for p in apps]
+    pss = [p.memory_full_info().pss for p in apps]
+    rows.append(("app process per session: RSS p50 (max)", f"{mib(statistics.median(rss))} ({mib(max(rss))})"))
+    rows.append(("app process per session: PSS p50 (shared pages split)", mib(statistics.median(pss))))
+    rows.append(("host process (serve-ssh): RSS", mib(server.memory_info().rss)))
+    rows.append(("all sessions together: PSS sum (host + apps)",
+                 mib(sum(pss) + server.memory_full_info().pss)))
+
+    # Background activity: every session types a letter every 1-3 s (and deletes it again).
+    stop = asyncio.Event()
+    busy = asyncio.Lock()
+    rng = random.Random(7)
+
+    async def activity(index: int, client: Client) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
+            if busy.locked() and measured[0] == index:
+                continue
+            client.send(rng.choice(string.ascii_lowercase))
+            await asyncio.sleep(0.3)
+            client.send("\x7f")
+
+    measured = [-1]
+    background = [asyncio.create_task(activity(i, c)) for i, c in enumerate(clients)]
+    latencies: list[float] = []
+    await asyncio.sleep(3.0)
+    for sample in range(args.samples):
+        index = sample % len(clients)
+        client = clients[index]
+        async with busy:
+            measured[0] = index
+            await asyncio.sleep(0.4)  # let this session's background keystroke settle
+            row = rows_of[index]
+            letter = "wxyz"[sample % 4]
+            sent = time.monotonic()
+            client.send(letter)
+            shown = await client.wait_for(lambda c, r=row, ch=letter: ch in c.screen.display[r])
+            latencies.append((shown - sent) * 1000)
+            client.send("\x7f")
+            await client.wait_for(lambda c, r=row, ch=letter: ch not in c.screen.display[r])
+    stop.set()
+    for task in background:
+        task.cancel()
+    rows.append((f"keystroke -> on screen, all {args.sessions} sessions active, p50 / p95 (n={len(latencies)})",
+                 f"{statistics.median(latencies):.0f} ms / {percentile(latencies, 0.95):.0f} ms"))
+    rows.append(("load average (1 min) during the keystrokes", f"{os.getloadavg()[0]:.1f}"))
+
+    # Change propagation: everyone on the unfiltered first page; rename its first member.
+    await asyncio.sleep(1.0)
+    for index, client in enumerate(clients):
+        client.send("\x15")  # ctrl+u clears the search box
+    for index, client in enumerate(clients):
+        await client.wait_for(lambda c, r=rows_of[index]: not any(ch in c.screen.display[r] for ch in "wxyz"))
+    platform = bench_engine(urls["platform"])
+    propagation: list[float] = []
+    actor = Actor(user_id=uuid.uuid4(), permissions=frozenset(ALL_PERMISSIONS), user_agent="bench (tui)")
+    for change in range(args.changes):
+        with platform.connect() as conn:
+            first = conn.execute(text(
+                "SELECT id, updated_at FROM members WHERE deleted_at IS NULL ORDER BY lower(last_name) COLLATE \"C\", "
+                "lower(first_name) COLLATE \"C\", id LIMIT 1")).one()
+        name = f"Aabench{change:03d}"
+        await asyncio.sleep(1.0)
+        with PlatformUnitOfWork(platform, actor) as uow:
+            committed = time.monotonic()
+            uow.members.update(first.id, first.updated_at, {"last_name": name})
+            uow.commit()
+        shown = await asyncio.gather(*(c.wait_for(lambda c, n=name: n in c.text(), timeout=30) for c in clients))
+        propagation.extend((moment - committed) * 1000 for moment in shown)
+    platform.dispose()
+    rows.append((f"a change -> on every other session's screen, p50 / p95 (n={len(propagation)})",
+                 f"{statistics.median(propagation):.0f} ms / {percentile(propagation, 0.95):.0f} ms"))
+
+    for conn, client, _ in sessions:
+        client.send("\x11")  # ctrl+q
+    await asyncio.sleep(2.0)
+    for conn, _, _ in sessions:
+        conn.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--members", type=int, default=20000)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--changes", type=int, default=10)
+    parser.add_argument("--connect-concurrency", type=int, default=4)
+    parser.add_argument("--keep", action="store_true", help="keep the databases")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="carecli-ssh-bench-") as tmp:
+        workdir = Path(tmp)
+        urls, env, key_path = prepare(args.admin_url, args.members, workdir)
+        port = free_port()
+        host = start_host(env, port, workdir, args.sessions)
+        try:
+            rows = asyncio.run(run(args, urls, env, key_path, host, port))
+        finally:
+            host.terminate()
+            try:
+                host.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                host.kill()
+            if not args.keep:
+                with psycopg.connect(args.admin_url, autocommit=True) as admin:
+                    for db in ("identity", "platform"):
+                        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(f"{PREFIX}_{db}")))
+    width = max(len(label) for label, _ in rows)
+    print(f"\nSSH host, {args.sessions} sessions, {os.cpu_count()} cores, {args.members:,} members")
+    print(f"{'measure':<{width}}  value")
+    print(f"{'-' * width}  {'-' * 24}")
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""One app process on a pseudo-terminal the SSH host controls.
+
+The host starts ``carecli app`` with the pty's slave side as its terminal
+(its controlling terminal, so window-size changes reach it as SIGWINCH) and
+pumps bytes between the pty's master side and the SSH channel. The session
+token reaches the app through a pipe (``--session-fd``), never through the
+command line or the environment, where other local users could read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import pty
+import re
+import signal
+import struct
+import sys
+import termios
+from collections.abc import Callable, Mapping
+
+#: restores the client's terminal whatever the app left behind (alternate screen, mouse reporting,
+#: bracketed paste, focus events, the kitty keyboard protocol, a hidden cursor, colours)
+TERMINAL_RESET = (
+    "\x1b[?1049l"  # leave the alternate screen
+    "\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1015l"  # mouse reporting off
+    "\x1b[?2004l"  # bracketed paste off
+    "\x1b[?1004l"  # focus events off
+    "\x1b[<u"  # pop the kitty keyboard protocol flags
+    "\x1b[?25h"  # show the cursor
+    "\x1b[0m"  # default colours
+    "\r\n"
+).encode("ascii")
+
+_GOODBYE = {
+    "quit": "Signed out of carecli. Goodbye.",
+    "idle": "carecli closed this session after {idle} without input. Connect again to go on.",
+    "disconnect": "",
+    "revoked": "Your access ended (the SSH key was revoked or expired, or the account was deactivated).",
+    "lifetime": "This session reached its maximum length of {hours} hours. Connect again to go on.",
+    "shutdown": "The carecli host is shutting down. Please connect again in a few minutes.",
+    "error": "carecli stopped unexpectedly; nothing you saved is lost. Please connect again.",
+}
+
+
+def goodbye(reason: str, *, idle_minutes: float = 15, max_hours: int = 12) -> str:
+    """What the client's terminal shows after the app ended, for each end reason."""
+    idle = f"{round(idle_minutes)} minutes" if idle_minutes >= 1 else f"{round(idle_minutes * 60)} seconds"
+    return _GOODBYE.get(reason, _GOODBYE["error"]).format(idle=idle, hours=max_hours)
+
+
+_TERM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,40}$")
+_TRUECOLOR_TERMS = ("256color", "kitty", "alacritty", "wezterm", "foot", "ghostty", "iterm", "direct")
+DEFAULT_TERM = "xterm-256color"
+#: variables of the host's own environment an app process must not inherit
+_DROPPED = ("CARECLI_TOKEN", "SSH_AUTH_SOCK", "SSH_CLIENT", "SSH_TTY", "SSH_ORIGINAL_COMMAND", "TERM", "COLORTERM",
+            "LANG", "LANGUAGE", "DISPLAY", "TMUX", "TMUX_PANE", "STY")
+
+
+def clean_term(term_type: str | None) -> str:
+    """The client's TERM when it is a plausible terminal name, else xterm-256color."""
+    return term_type if term_type and _TERM_RE.match(term_type) else DEFAULT_TERM
+
+
+def app_environment(base: Mapping[str, str], *, term: str, client_colorterm: str | None,
+                    ssh_connection: str) -> dict[str, str]:
+    """The app process's environment: the host's settings, the client's terminal, a UTF-8 locale.
+
+    COLORTERM=truecolor is passed when the client said so or its TERM is one of the
+    24-bit-colour families; LANG is always a UTF-8 locale (the app draws box characters).
+    """
+    env = {key: value for key, value in base.items() if key not in _DROPPED and not key.startswith("LC_")}
+    env["TERM"] = term
+    if client_colorterm in ("truecolor", "24bit") or any(part in term for part in _TRUECOLOR_TERMS):
+        env["COLORTERM"] = "truecolor"
+    env["LANG"] = "C.UTF-8"
+    env["SSH_CONNECTION"] = ssh_connection
+    return env
+
+
+def set_window_size(fd: int, columns: int, rows: int) -> None:
+    """Tell the pty its size (the kernel signals the app with SIGWINCH)."""
+    columns = max(1, min(columns, 1000))
+    rows = max(1, min(rows, 1000))
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+
+def _take_controlling_terminal() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # start_new_session made the child a session leader; now its stdin (the pty) becomes its terminal.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def app_command() -> list[str]:
+    """How the host starts an app process: this Python, this carecli."""
+    return [sys.executable, "-m", "carecli", "app"]
+
+
+class AppProcess:
+    """A running app on its pty: write input, resize, read output through ``on_output``, stop it."""
+
+    def __init__(self, process: asyncio.subprocess.Process, master: int) -> None:
+        self.process = process
+        self.master = master
+        self._pending = bytearray()
+        self._reading = False
+        self._on_output: Callable[[bytes], None] | None = None
+        self._on_eof: Callable[[], None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def start(cls, token: str, *, env: Mapping[str, str], columns: int, rows: int,
+                    command: list[str] | None = None) -> AppProcess:
+        """Start the app signed in with ``token`` on a new pty of ``columns`` x ``rows``."""
+        master, slave = pty.openpty()
+        read_end, write_end = os.pipe()
+        try:
+            set_window_size(slave, columns, rows)
+            os.write(write_end, token.encode("ascii"))  # 43 bytes: far below a pipe's buffer
+            os.close(write_end)
+            write_end = -1
+            process = await asyncio.create_subprocess_exec(
+                *(command or app_command()), "--session-fd", str(read_end),
+                stdin=slave, stdout=slave, stderr=slave, env=dict(env), pass_fds=(read_end,),
+                start_new_session=True, preexec_fn=_take_controlling_terminal)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+            os.close(read_end)
+            if write_end >= 0:
+                os.close(write_end)
+        os.set_blocking(master, False)
+        return cls(process, master)
+
+    # -- output: pty -> client ---------------------------------------------------------
+
+    def attach(self, on_output: Callable[[bytes], None], on_eof: Callable[[], None]) -> None:
+        self._on_output, self._on_eof = on_output, on_eof
+        self.resume_output()
+
+    def pause_output(self) -> None:
+        """The client is slow: stop reading, so the app blocks on its writes (back-pressure)."""
+        if self._reading:
+            self._loop.remove_reader(self.master)
+            self._reading = False
+
+    def resume_output(self) -> None:
+        if not self._reading and self.master >= 0:
+            self._loop.add_reader(self.master, self._readable)
+            self._reading = True
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # EIO: every slave side is closed, the app is gone
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
+        if data:
+            assert self._on_output is not None
+            self._on_output(data)
+            return
+        self.pause_output()
+        if self._on_eof is not None:
+            self._on_eof()
+
+    # -- input: client -> pty ----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue the client's keystrokes for the app (never blocks the host's event loop)."""
+        if self.master < 0:
+            return
+        if self._pending:
+            self._pending += data
+            return
+        try:
+            written = os.write(self.master, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the app is gone; its exit is handled elsewhere
+        if written < len(data):
+            self._pending += data[written:]
+            self._loop.add_writer(self.master, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            written = os.write(self.master, self._pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            written = len(self._pending)
+        del self._pending[:written]
+        if not self._pending:
+            self._loop.remove_writer(self.master)
+
+    def resize(self, columns: int, rows: int) -> None:
+        if self.master >= 0:
+            set_window_size(self.master, columns, rows)
+
+    # -- ending -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.process.returncode is None
+
+    async def stop(self, grace: float = 3.0) -> int | None:
+        """Hang up the app's terminal (SIGHUP, as a closed terminal would), then SIGTERM, then SIGKILL."""
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGKILL):
+            if not self.running:
+                break
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                await asyncio.wait_for(self.process.wait(), grace)
+            except asyncio.TimeoutError:
+                continue
+        return self.process.returncode
+
+    def close(self) -> None:
+        """Release the pty (after the app has ended)."""
+        if self.master < 0:
+            return
+        self.pause_output()
+        if self._pending:
+            self._loop.remove_writer(self.master)
+            self._pending.clear()
+        os.close(self.master)
+        self.master = -1
