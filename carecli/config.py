@@ -25,6 +25,8 @@ from carecli.errors import ConfigError
 APP_NAME = "carecli"
 CONFIG_ENV = "CARECLI_CONFIG"
 DATABASES = ("identity", "platform")
+#: break-the-glass grants last at most a day, however the setting is spelled
+MAX_EMERGENCY_MINUTES = 1440
 
 
 def _positive_int(value: Any) -> int:
@@ -49,6 +51,13 @@ def _int(value: Any) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     raise ValueError("must be a whole number")
+
+
+def _emergency_minutes(value: Any) -> int:
+    number = _positive_int(value)
+    if number > MAX_EMERGENCY_MINUTES:
+        raise ValueError(f"must be at most {MAX_EMERGENCY_MINUTES} (a day): emergency access is time-boxed")
+    return number
 
 
 def _text(value: Any) -> str:
@@ -110,6 +119,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 "the app's Textual theme (ctrl+p, 'Change theme' lists them)"),
     SettingSpec("reveal_seconds", "tui", "reveal_seconds", "CARECLI_REVEAL_SECONDS", _positive_int, 30,
                 "a revealed SSN or date of birth is masked again after this many seconds"),
+    SettingSpec("emergency_minutes", "security", "emergency_minutes", "CARECLI_EMERGENCY_MINUTES",
+                _emergency_minutes, 60, "how long a break-the-glass emergency access grant lasts"),
 )
 
 #: ``[keymap]`` in the config file: binding id = "keys" (e.g. ``"member.reveal" = "ctrl+r"``).
@@ -162,6 +173,8 @@ class Settings:
     sources: dict[str, str] = field(default_factory=dict)
     #: key remapping for the app: binding id -> keys (``[keymap]`` in the config file)
     keymap: dict[str, str] = field(default_factory=dict)
+    #: minutes a break-the-glass grant lasts (``[security] emergency_minutes``)
+    emergency_minutes: int = 60
 
     @property
     def embedded(self) -> bool:
@@ -322,5 +335,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         config_file_found=config_path.exists(),
         sources=sources,
         keymap={str(k): str(v) for k, v in file_data.get(KEYMAP_SECTION, {}).items()},
+        emergency_minutes=values["emergency_minutes"],
     )
 

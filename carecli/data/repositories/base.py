@@ -115,8 +115,8 @@ class Repository(Generic[R]):
         self.validate(row_values, None)
         row_values["id"] = entity_id or uuid.uuid4()
         row = self.connection.execute(insert(self.table).values(row_values).returning(self.table)).one()
-        audit.write(self.uow.audit_connection, self.uow.actor, self.entity_type, row.id, "create", None,
-                    _without(dict(row._mapping), ("id",)))
+        audit.write(self.uow.audit_connection, self.uow.audit_actor(self.entity_type, row.id, row._mapping),
+                    self.entity_type, row.id, "create", None, _without(dict(row._mapping), ("id",)))
         return self.to_record(row)
 
     def _update(self, entity_id: uuid.UUID, expected_updated_at: datetime | None, changes: Mapping[str, Any], *,
@@ -150,7 +150,8 @@ class Repository(Generic[R]):
             update(self.table).where(self.table.c.id == entity_id).values(row_changes).returning(self.table)
         ).one()
         old, new = audit.changed_fields(current_values, dict(row._mapping))
-        audit.write(self.uow.audit_connection, self.uow.actor, self.entity_type, entity_id, action, old, new)
+        audit.write(self.uow.audit_connection, self.uow.audit_actor(self.entity_type, entity_id, row._mapping),
+                    self.entity_type, entity_id, action, old, new)
         return self.to_record(row)
 
     def delete(self, entity_id: uuid.UUID, expected_updated_at: datetime | None) -> R:
