@@ -140,13 +140,13 @@ class EmergencyAccessRepository:
         emergency is a person at a terminal) and while a grant is still live.
         """
         actor = self.uow.actor
+        if actor.can(Permission.PHI_REVEAL):  # nothing to grant: refused without writing anything
+            raise CarecliError("you may reveal SSN and date of birth already (phi:reveal): no emergency access "
+                               "is needed", hint="reveal with a reason instead")
         if not actor.can(Permission.PHI_EMERGENCY):
             self.uow.audit_denial("member", member_id, "break the glass", Permission.PHI_EMERGENCY)
             raise PermissionDenied(f"{actor.role or 'this user'} may not break the glass: it needs the "
                                    f"'{Permission.PHI_EMERGENCY}' permission")
-        if actor.can(Permission.PHI_REVEAL):
-            raise CarecliError("you may reveal SSN and date of birth already (phi:reveal): no emergency access "
-                               "is needed", hint="reveal with a reason instead")
         if actor.user_id is None or actor.scopes is not None:
             raise CarecliError("emergency access is for a signed-in person, not an API token",
                                hint="sign in with `carecli login` (or in the app) and break the glass there")
@@ -162,11 +162,10 @@ class EmergencyAccessRepository:
         current = self.live_grant(member_id)
         if current is not None:
             raise ConflictError(f"you already have emergency access to this member until "
-                                f"{current.expires_at:%Y-%m-%d %H:%M} UTC", hint="reveal with r (or wait for it to end)")
+                                f"{current.expires_at:%Y-%m-%d %H:%M} UTC", hint="reveal SSN/DOB while it lasts")
         grant_id = uuid.uuid4()
-        now = self.connection.execute(text(f"SELECT {_DB_NOW}")).scalar_one()
-        expires = self.connection.execute(text(f"SELECT {_DB_NOW} + make_interval(mins => :m)"),
-                                          {"m": minutes}).scalar_one()
+        now, expires = self.connection.execute(text(
+            f"SELECT t, t + make_interval(mins => :m) FROM (SELECT {_DB_NOW} AS t) AS clock"), {"m": minutes}).one()
         value = {"grant_id": str(grant_id), "user_id": str(actor.user_id), "reason": reason, "minutes": minutes,
                  "granted_at": now.isoformat(), "expires_at": expires.isoformat(), "reviewed_by": None,
                  "reviewed_at": None, "review_note": None}
