@@ -331,7 +331,10 @@ class MemberDetailScreen(CareScreen):
 
     def render_phi(self) -> None:
         """The SSN/DOB line: masked, or the revealed values with the time left before they hide again."""
-        phi = self.query_one("#member-phi", Static)
+        found = self.query("#member-phi")
+        if not found:
+            return  # the screen is being torn down (the app quit while values were shown): nothing to draw on
+        phi = found.first(Static)
         file = self.file
         if file is None:
             phi.update("")
