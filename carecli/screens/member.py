@@ -473,13 +473,12 @@ class MemberDetailScreen(CareScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "show_tab" and parameters == ("access",):
             return bool(self.query("#access"))
-        if action in ("reveal", "break_glass") and self._may_break_glass():
-            # Break the glass first; reveal once a grant is live.
-            if (action == "reveal") != self._under_emergency():
+        if action == "break_glass":
+            # Only for those who cannot reveal, and only until a grant is live (then r reveals; r before
+            # that says to break the glass first).
+            if not self._may_break_glass() or self._under_emergency():
                 return False
             return None if self.file is None else True
-        if action == "break_glass":
-            return False
         permission = ACTION_PERMISSIONS.get(action)
         if permission is None:
             return True
