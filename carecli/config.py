@@ -25,6 +25,8 @@ from carecli.errors import ConfigError
 APP_NAME = "carecli"
 CONFIG_ENV = "CARECLI_CONFIG"
 DATABASES = ("identity", "platform")
+#: break-the-glass grants last at most a day, however the setting is spelled
+MAX_EMERGENCY_MINUTES = 1440
 
 #: Tables the retention purge removes soft-deleted rows from (``[retention.tables]`` names them).
 RETENTION_TABLES: dict[str, str] = {
@@ -68,6 +70,13 @@ def _audit_years(value: Any) -> int:
     if number < AUDIT_FLOOR_YEARS:
         raise ValueError(f"must be at least {AUDIT_FLOOR_YEARS} (audit rows are kept at least that long; "
                          "the database refuses to purge younger ones)")
+    return number
+
+
+def _emergency_minutes(value: Any) -> int:
+    number = _positive_int(value)
+    if number > MAX_EMERGENCY_MINUTES:
+        raise ValueError(f"must be at most {MAX_EMERGENCY_MINUTES} (a day): emergency access is time-boxed")
     return number
 
 
@@ -156,6 +165,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 "soft-deleted rows are purged this many years after deletion ([retention.tables] overrides)"),
     SettingSpec("retention_audit_years", RETENTION_SECTION, "audit_years", "CARECLI_RETENTION_AUDIT_YEARS",
                 _audit_years, 7, "audit rows older than this may be purged (`retention purge --audit`; at least 6)"),
+    SettingSpec("emergency_minutes", "security", "emergency_minutes", "CARECLI_EMERGENCY_MINUTES",
+                _emergency_minutes, 60, "how long a break-the-glass emergency access grant lasts"),
     SettingSpec("log_level", "logging", "level", "CARECLI_LOG_LEVEL", _log_level, "INFO",
                 "the level of carecli's JSON-lines log (DEBUG, INFO, WARNING, ERROR)"),
     SettingSpec("log_file", "logging", "file", "CARECLI_LOG_FILE", _path, None,
@@ -235,6 +246,8 @@ class Settings:
     def retention_years_for(self, table: str) -> int:
         """The retention period of ``table``: its own from ``[retention.tables]``, else the default."""
         return self.retention_tables.get(table, self.retention_years)
+    #: minutes a break-the-glass grant lasts (``[security] emergency_minutes``)
+    emergency_minutes: int = 60
 
     @property
     def embedded(self) -> bool:
@@ -442,6 +455,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retention_audit_years=values["retention_audit_years"],
         retention_tables={str(table): _positive_int(years) for table, years
                           in file_data.get(RETENTION_SECTION, {}).get(RETENTION_TABLES_KEY, {}).items()},
+        emergency_minutes=values["emergency_minutes"],
         log_level=values["log_level"],
         log_file=values["log_file"],
     )

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from carecli import __version__
 from carecli.cli.app_cmd import app_command, run_app
+from carecli.cli.audit_cmd import audit_group
 from carecli.cli.auth_cmd import (
     login_command,
     logout_command,
@@ -81,6 +82,7 @@ cli.add_command(serve_ssh_command)
 cli.add_command(ssh_session_command)
 cli.add_command(backup_group)
 cli.add_command(retention_group)
+cli.add_command(audit_group)
 cli.add_command(doctor_command)
 
 

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from carecli import __version__
@@ -53,6 +53,9 @@ class Actor:
     role: str | None = None
     # API-token scopes narrow the role's permissions; None means a signed-in session.
     scopes: frozenset[str] | None = field(default=None)
+    #: the break-the-glass grant this actor works under for the row being audited (see
+    #: ``PlatformUnitOfWork.audit_actor``): every audit row it writes carries the grant's id
+    emergency_grant: uuid.UUID | None = field(default=None)
 
     @classmethod
     def create(cls, user_id: uuid.UUID, permissions: Iterable[str], *, channel: Channel,
@@ -85,6 +88,10 @@ class Actor:
             ip_address=client_ip(environ),
             role="system",
         )
+
+    def under_emergency(self, grant_id: uuid.UUID | None) -> Actor:
+        """This actor, with its audit rows marked as done under emergency grant ``grant_id`` (None: unmarked)."""
+        return self if grant_id == self.emergency_grant else replace(self, emergency_grant=grant_id)
 
     def can(self, permission: Permission | str) -> bool:
         name = str(permission)

@@ -41,7 +41,11 @@ SENSITIVE_FIELDS: dict[str, frozenset[str]] = {
     # Secrets of the identity database: only that they changed.
     "token": frozenset({"token_hash"}),
     "session": frozenset({"session_token"}),
+    # Break-the-glass grants: the reason and the reviewer's note are free text.
+    "emergency_access": frozenset({"reason", "review_note"}),
 }
+#: the key of the emergency marker in ``new_values``: the id of the grant an action was done under
+EMERGENCY_MARKER = "emergency_access"
 _ALWAYS_SKIPPED = frozenset({"created_at", "updated_at"})
 
 
@@ -85,6 +89,10 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict
 def audit_row(actor: Actor, entity_type: str, entity_id: uuid.UUID, action: str,
               old_values: Mapping[str, Any] | None = None,
               new_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One ``audit_logs`` row (values made safe); an actor under an emergency grant marks it with the grant."""
+    safe_new = audit_values(entity_type, new_values)
+    if actor.emergency_grant is not None:
+        safe_new = {**(safe_new or {}), EMERGENCY_MARKER: str(actor.emergency_grant)}
     return {
         "id": uuid.uuid4(),
         "user_id": actor.user_id,
@@ -92,7 +100,7 @@ def audit_row(actor: Actor, entity_type: str, entity_id: uuid.UUID, action: str,
         "entity_id": entity_id,
         "action": action,
         "old_values": audit_values(entity_type, old_values),
-        "new_values": audit_values(entity_type, new_values),
+        "new_values": safe_new,
         "ip_address": actor.ip_address,
         "user_agent": actor.user_agent,
     }

@@ -26,6 +26,8 @@ class Permission(StrEnum):
     IMPORT_RUN = "import:run"              # run batch imports
     EXPORT_RUN = "export:run"              # run batch exports (with phi:reveal for PHI columns)
     RETENTION_ADMIN = "retention:admin"    # legal holds and the retention purge (deletes rows for good)
+    PHI_EMERGENCY = "phi:emergency"        # break the glass: time-boxed reveal for one member (audited, reviewed)
+    EMERGENCY_REVIEW = "emergency:review"  # review (and end) other users' emergency accesses
 
 
 ALL_PERMISSIONS: frozenset[str] = frozenset(p.value for p in Permission)
@@ -46,23 +48,26 @@ DEFAULT_ROLES: dict[str, tuple[str, list[str]]] = {
         _names(_SPECIALIST),
     ),
     "supervisor": (
-        "Leads specialists: everything a specialist does, plus enrollments, specialists and the audit log.",
-        _names(_SPECIALIST | {Permission.ENROLLMENTS_WRITE, Permission.SPECIALISTS_WRITE, Permission.AUDIT_READ}),
+        "Leads specialists: everything a specialist does, plus enrollments, specialists, the audit log and "
+        "reviewing emergency accesses.",
+        _names(_SPECIALIST | {Permission.ENROLLMENTS_WRITE, Permission.SPECIALISTS_WRITE, Permission.AUDIT_READ,
+                              Permission.EMERGENCY_REVIEW}),
     ),
     "admin": (
         "Full access: users, roles, keys, plans and restoring deleted records.",
         _names(ALL_PERMISSIONS),
     ),
     "auditor": (
-        "Compliance review: reads member records and the audit log; changes nothing, reveals nothing.",
-        _names({Permission.MEMBERS_READ, Permission.AUDIT_READ}),
+        "Compliance review: reads member records and the audit log; changes nothing, reveals PHI only by "
+        "breaking the glass (time-boxed, audited, reviewed).",
+        _names({Permission.MEMBERS_READ, Permission.AUDIT_READ, Permission.PHI_EMERGENCY}),
     ),
     "importer": (
-        "Batch jobs: imports and exports eligibility and roster files.",
+        "Batch jobs: imports and exports eligibility and roster files; an operator signed in may break the glass.",
         _names({
             Permission.IMPORT_RUN, Permission.EXPORT_RUN, Permission.MEMBERS_READ, Permission.MEMBERS_WRITE,
             Permission.CALLS_WRITE, Permission.FLAGS_WRITE, Permission.ENROLLMENTS_WRITE,
-            Permission.PLANS_WRITE, Permission.SPECIALISTS_WRITE,
+            Permission.PLANS_WRITE, Permission.SPECIALISTS_WRITE, Permission.PHI_EMERGENCY,
         }),
     ),
 }

@@ -27,6 +27,7 @@ from carecli.errors import CarecliError, KeyUnavailable
 if TYPE_CHECKING:
     from carecli.data.repositories.audit_log import AuditLogRepository
     from carecli.data.repositories.calls import CallRepository
+    from carecli.data.repositories.emergency import EmergencyAccessRepository
     from carecli.data.repositories.enrollments import EnrollmentRepository
     from carecli.data.repositories.member_search import MemberSearchRepository
     from carecli.data.repositories.members import MemberRepository
@@ -40,6 +41,19 @@ CipherProvider = Callable[[], FieldCipher]
 UserLookup = Callable[[uuid.UUID], bool]
 NIL = uuid.UUID(int=0)
 _PRIMARY_RELOADS = 3
+
+
+def member_of(entity_type: str, entity_id: uuid.UUID | None, values: Mapping[str, Any] | None) -> uuid.UUID | None:
+    """The member an audit row is about: the member itself, a member's metadata, or a row with a member_id."""
+    if entity_type == "member":
+        return entity_id
+    if values is None:
+        return None
+    if entity_type == "metadata":
+        owner = values.get("entity_id") if values.get("entity_type") == "member" else None
+    else:
+        owner = values.get("member_id")
+    return owner if isinstance(owner, uuid.UUID) else None
 
 
 class PlatformUnitOfWork:
@@ -65,6 +79,8 @@ class PlatformUnitOfWork:
         self.source = source or notify.PROCESS_SOURCE
         #: rows written so far, announced to other sessions when (and only if) the transaction commits
         self.changes: list[notify.Change] = []
+        #: member id -> the actor's live emergency grant on them (None: none), looked up once per unit of work
+        self._emergency_grants: dict[uuid.UUID, uuid.UUID | None] = {}
 
     def __enter__(self) -> PlatformUnitOfWork:
         self._connection = self.engine.connect()
@@ -145,12 +161,35 @@ class PlatformUnitOfWork:
 
     def audit_denial(self, entity_type: str, entity_id: uuid.UUID | None, operation: str, permission: str) -> None:
         """A refused operation is audited in its own committed transaction."""
-        audit.write_committed(self.audit_engine, self.actor, entity_type, entity_id or NIL, "deny",
-                              {"operation": operation, "permission": str(permission)})
+        audit.write_committed(self.audit_engine, self.audit_actor(entity_type, entity_id), entity_type, entity_id or NIL,
+                              "deny", {"operation": operation, "permission": str(permission)})
 
     def audit_read(self, entity_type: str, entity_id: uuid.UUID, details: dict) -> None:
         """A PHI read, committed before the value is returned (fail closed)."""
-        audit.write_committed(self.audit_engine, self.actor, entity_type, entity_id, "read", details)
+        audit.write_committed(self.audit_engine, self.audit_actor(entity_type, entity_id), entity_type, entity_id, "read",
+                              details)
+
+    # -- emergency access ("break the glass") -----------------------------------------
+
+    def emergency_grant(self, member_id: uuid.UUID) -> uuid.UUID | None:
+        """The id of the actor's live emergency grant on this member (database clock), or None."""
+        if member_id not in self._emergency_grants:
+            grant = self.emergency.live_grant(member_id)
+            self._emergency_grants[member_id] = grant.id if grant is not None else None
+        return self._emergency_grants[member_id]
+
+    def forget_emergency_grants(self) -> None:
+        """Look the grants up again (after one was made or ended in this unit of work)."""
+        self._emergency_grants.clear()
+
+    def audit_actor(self, entity_type: str, entity_id: uuid.UUID | None,
+                    values: Mapping[str, Any] | None = None) -> Actor:
+        """Who an audit row names: the actor, marked with their emergency grant when the row is about a member
+        they hold a live grant on (the one place every repository's audit rows pass through)."""
+        if not self.emergency.may_hold_grants():
+            return self.actor
+        member_id = member_of(entity_type, entity_id, values)
+        return self.actor.under_emergency(self.emergency_grant(member_id) if member_id is not None else None)
 
     # -- repositories -----------------------------------------------------------
 
@@ -207,6 +246,12 @@ class PlatformUnitOfWork:
         from carecli.data.repositories.metadata import MetadataRepository
 
         return MetadataRepository(self)
+
+    @cached_property
+    def emergency(self) -> EmergencyAccessRepository:
+        from carecli.data.repositories.emergency import EmergencyAccessRepository
+
+        return EmergencyAccessRepository(self)
 
     @cached_property
     def audit_log(self) -> AuditLogRepository:

@@ -51,6 +51,7 @@ DESTINATIONS: dict[str, str] = {
     "plans": "carecli.screens.plans:PlansScreen",
     "users": "carecli.screens.admin:UsersScreen",
     "audit": "carecli.screens.admin:AuditScreen",
+    "emergencies": "carecli.screens.emergency:EmergencyQueueScreen",
 }
 
 
@@ -129,6 +130,8 @@ class CareApp(App[None]):
         Binding("f4", "go('plans')", "Plans", id="app.plans", tooltip="The insurance plan catalog"),
         Binding("f6", "go('audit')", "Audit", show=False, id="app.audit", tooltip="The audit log (audit:read)"),
         Binding("f7", "go('users')", "Users", show=False, id="app.users", tooltip="Users and roles (users:admin)"),
+        Binding("f8", "go('emergencies')", "Emergencies", show=False, id="app.emergencies",
+                tooltip="Emergency accesses to review (emergency:review)"),
         Binding("ctrl+l", "lock", "Lock", id="app.lock", tooltip="Lock the screen now"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
     ]
@@ -423,4 +426,6 @@ class CareApp(App[None]):
             yield SystemCommand("Plans", "The insurance plan catalog", lambda: self.action_go("plans"))
             yield SystemCommand("Audit log", "Who did what (audit:read)", lambda: self.action_go("audit"))
             yield SystemCommand("Users and roles", "Staff accounts (users:admin)", lambda: self.action_go("users"))
+            yield SystemCommand("Emergency accesses", "Break-the-glass grants to review (emergency:review)",
+                                lambda: self.action_go("emergencies"))
             yield SystemCommand("Lock", "Lock the screen now", self.action_lock)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from textual import events, on, work
@@ -29,10 +30,12 @@ from carecli.screens.base import CareScreen, Problem, describe, member_name, sho
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, NoteDialog, RevealDialog,
                                    TerminateDialog)
+from carecli.screens.emergency import BreakGlassDialog
 from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile
 
 if TYPE_CHECKING:
     from carecli.data.records import Call, Member, Plan
+    from carecli.data.repositories.emergency import EmergencyGrant
     from carecli.data.repositories.members import RevealedPhi
 
 #: shown instead of a value nobody has revealed (the layout of the real value, no digit of it)
@@ -79,6 +82,15 @@ class MemberOpenFailed(Message):
         self.generation = generation
 
 
+class EmergencyChecked(Message):
+    """Whether the user holds a live break-the-glass grant on this member (users without phi:reveal only)."""
+
+    def __init__(self, grant: EmergencyGrant | None, generation: int) -> None:
+        super().__init__()
+        self.grant = grant
+        self.generation = generation
+
+
 class PlansLoaded(Message):
     """The plan catalog, read to offer in the enrollment form."""
 
@@ -111,6 +123,8 @@ class MemberDetailScreen(CareScreen):
     BINDINGS = [
         Binding("r", "reveal", "Reveal", id="member.reveal",
                 tooltip="Show SSN / date of birth for a short time (needs phi:reveal and a reason; audited)"),
+        Binding("b", "break_glass", "Break the glass", id="member.break_glass",
+                tooltip="Emergency: time-boxed access to this member's SSN / DOB (phi:emergency; audited, reviewed)"),
         Binding("c", "log_call", "Call", id="member.log_call", tooltip="Log a call with this member"),
         Binding("f", "raise_flag", "Flag", id="member.raise_flag", tooltip="Raise a risk flag from the selected call"),
         Binding("e", "enroll", "Enroll", id="member.enroll", tooltip="Enroll this member in a plan"),
@@ -143,6 +157,8 @@ class MemberDetailScreen(CareScreen):
         self._enrollments: dict[str, EnrollmentView] = {}
         #: another session changed this member while the screen was covered: reload when shown again
         self._stale = False
+        #: the user's live break-the-glass grant on this member, as last read (users without phi:reveal)
+        self.emergency: EmergencyGrant | None = None
 
     # -- layout -------------------------------------------------------------------------
 
@@ -217,12 +233,24 @@ class MemberDetailScreen(CareScreen):
             self.post_message(MemberOpenFailed(describe(exc), generation))
             return
         self.post_message(MemberOpened(file, specialist.id if specialist is not None else None, generation))
+        if self._may_break_glass():
+            try:
+                self.post_message(EmergencyChecked(self.desk.emergency_grant(self.member_id), generation))
+            except Exception as exc:
+                self.fail("check for emergency access", exc)
 
     def on_member_opened(self, message: MemberOpened) -> None:
         if message.generation != self._generation or self.care.locked:
             return
         self._my_specialist_id = message.my_specialist_id
         self.show_file(message.file)
+
+    def on_emergency_checked(self, message: EmergencyChecked) -> None:
+        if message.generation != self._generation or self.care.locked:
+            return
+        self.emergency = message.grant
+        self.render_phi()
+        self.refresh_bindings()
 
     def on_member_open_failed(self, message: MemberOpenFailed) -> None:
         if message.generation != self._generation:
@@ -327,7 +355,10 @@ class MemberDetailScreen(CareScreen):
 
     def render_phi(self) -> None:
         """The SSN/DOB line: masked, or the revealed values with the time left before they hide again."""
-        phi = self.query_one("#member-phi", Static)
+        found = self.query("#member-phi")
+        if not found:
+            return  # the screen is being torn down (the app quit while values were shown): nothing to draw on
+        phi = found.first(Static)
         file = self.file
         if file is None:
             phi.update("")
@@ -343,13 +374,21 @@ class MemberDetailScreen(CareScreen):
                 dob = revealed.dob.isoformat()
             phi.update(f"SSN {ssn}   DOB {dob}   · hidden again in {self.reveal_left} s")
         else:
-            phi.update(f"SSN {ssn}   DOB {dob}")
+            emergency = ""
+            if self.emergency is not None and self._under_emergency():
+                emergency = f"   · emergency access until {show_when(self.emergency.expires_at)} UTC (audited)"
+            phi.update(f"SSN {ssn}   DOB {dob}{emergency}")
         phi.set_class(revealed is not None, "-revealed")
 
     def action_reveal(self) -> None:
         if self.file is None:
             return
-        if not self.desk.can(Permission.PHI_REVEAL):
+        if self._may_break_glass() and not self._under_emergency():
+            self.notify("Your role cannot reveal SSN or date of birth. In an emergency, press b to break the glass: "
+                        "access is time-boxed, audited and reviewed.", title="Reveal not available",
+                        severity="warning")
+            return
+        if not self.desk.can(Permission.PHI_REVEAL) and not self._under_emergency():
             role = self.desk.role or "your role"
             self.notify(f"Sorry: the {role} role cannot reveal SSN or date of birth. If you need them for this "
                         "member, please ask a specialist or a supervisor.", title="Reveal not available",
@@ -361,6 +400,37 @@ class MemberDetailScreen(CareScreen):
             return
         self.app.push_screen(RevealDialog(self.member_id, self._member_label(), has_ssn=member.has_ssn,
                                           has_dob=member.has_dob), self._show_revealed)
+
+    # -- break the glass -------------------------------------------------------------------------
+
+    def _may_break_glass(self) -> bool:
+        """A user who cannot reveal, but may ask for emergency access."""
+        desk = self.care.desk
+        return desk is not None and desk.can(Permission.PHI_EMERGENCY) and not desk.can(Permission.PHI_REVEAL)
+
+    def _under_emergency(self) -> bool:
+        """A live grant as last read (display only: the repository checks it on the database clock)."""
+        grant = self.emergency
+        return grant is not None and grant.expires_at > datetime.now(timezone.utc).replace(tzinfo=None)
+
+    def action_break_glass(self) -> None:
+        if self.file is None or not self._may_break_glass():
+            return
+        if self._under_emergency():
+            self.notify("You have emergency access to this member already: press r to reveal.")
+            return
+        self.app.push_screen(BreakGlassDialog(self.member_id, self._member_label(),
+                                              minutes=self.care.settings.emergency_minutes), self._after_break_glass)
+
+    def _after_break_glass(self, grant: EmergencyGrant | None) -> None:
+        if grant is None or grant.member_id != self.member_id:
+            return
+        self.emergency = grant
+        self.render_phi()
+        self.refresh_bindings()
+        self.notify(f"Emergency access until {show_when(grant.expires_at)} UTC: press r to reveal. Everything you "
+                    "do on this member is marked in the audit log and reviewed.", title="Glass broken",
+                    severity="warning", timeout=10)
 
     def _show_revealed(self, revealed: RevealedPhi | None) -> None:
         if revealed is None or self.care.locked or self.file is None or revealed.member_id != self.member_id:
@@ -405,6 +475,7 @@ class MemberDetailScreen(CareScreen):
         self._generation += 1
         self.remask()
         self.file = None
+        self.emergency = None
         self._calls, self._enrollments = {}, {}
         for static in self.query("#member-header Static").results(Static):
             static.update("")
@@ -426,6 +497,12 @@ class MemberDetailScreen(CareScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "show_tab" and parameters == ("access",):
             return bool(self.query("#access"))
+        if action == "break_glass":
+            # Only for those who cannot reveal, and only until a grant is live (then r reveals; r before
+            # that says to break the glass first).
+            if not self._may_break_glass() or self._under_emergency():
+                return False
+            return None if self.file is None else True
         permission = ACTION_PERMISSIONS.get(action)
         if permission is None:
             return True

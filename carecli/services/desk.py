@@ -24,6 +24,7 @@ from carecli.data.databases import Databases
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry, Call, Enrollment, MetadataEntry, Plan, RiskFlag, Role, Specialist
 from carecli.data.replica import ReadUnitOfWork, WriteUnitOfWork
+from carecli.data.repositories.emergency import KEY_PREFIX as GRANT_KEY
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.data.repositories.worklist import Worklist
@@ -35,7 +36,9 @@ from carecli.errors import ConflictError
 if TYPE_CHECKING:
     from carecli.data.records import Member
     from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery, MemberSummary
+    from carecli.data.repositories.emergency import EmergencyGrant
     from carecli.data.repositories.members import RevealedPhi
+    from carecli.services.emergency import EmergencyAccess, QueueEntry
     from carecli.services.users import UserSummary
 
 #: metadata keys shown as a member's notes (everything else in metadata is a system fact)
@@ -246,7 +249,8 @@ class Desk:
                 for e in uow.enrollments.for_member(member_id)]
             calls = uow.calls.for_member(member_id)
             flags = uow.risk_flags.for_member(member_id)
-            notes = uow.metadata.for_entity("member", member_id)
+            notes = [note for note in uow.metadata.for_entity("member", member_id)
+                     if not note.metadata_key.startswith(GRANT_KEY)]  # emergency grants are not notes
             audit = uow.audit_log.for_entity("member", member_id, limit=50) if self.can(Permission.AUDIT_READ) \
                 else None
         access = self._named(audit) if audit is not None else None
@@ -364,3 +368,31 @@ class Desk:
             entry = uow.metadata.put("member", member_id, key, {"text": text, "by": str(self.user_id)})
             uow.commit()
         return entry
+
+    # -- emergency access ("break the glass", carecli.services.emergency) ----------------
+
+    def _emergency(self) -> EmergencyAccess:
+        from carecli.services.emergency import EmergencyAccess
+
+        return EmergencyAccess(self.databases, self.actor, minutes=self.settings.emergency_minutes,
+                               cipher=self._cipher)
+
+    def break_glass(self, member_id: uuid.UUID, reason: str, confirmation: str) -> EmergencyGrant:
+        """Time-boxed access to this member's SSN/DOB for a user without phi:reveal (audited, reviewed)."""
+        return self._emergency().request(member_id, reason, confirmation)
+
+    def emergency_grant(self, member_id: uuid.UUID) -> EmergencyGrant | None:
+        """The signed-in user's live emergency grant on this member, if any."""
+        return self._emergency().live_grant(member_id)
+
+    def emergency_queue(self, *, include_reviewed: bool = False) -> list[QueueEntry]:
+        """Emergency accesses waiting for review (emergency:review or audit:read)."""
+        return self._emergency().queue(include_reviewed=include_reviewed)
+
+    def emergency_actions(self, grant_id: uuid.UUID) -> list[AccessEntry]:
+        """The audit rows done under an emergency grant, oldest first, with names."""
+        return self._named(self._emergency().actions(grant_id))
+
+    def review_emergency(self, grant_id: uuid.UUID, note: str) -> EmergencyGrant:
+        """Mark an emergency access reviewed (emergency:review); a live one ends now."""
+        return self._emergency().review(grant_id, note)

@@ -259,6 +259,10 @@ class Metadata(PlatformBase):
               postgresql_where=text("metadata_key = 'external_id' AND deleted_at IS NULL")),
         Index("uq_metadata_blind_index_key", "metadata_key", unique=True,
               postgresql_where=text("entity_type = 'blind_index_key' AND deleted_at IS NULL")),
+        # Break-the-glass grants, for the review queue (platform_0008, carecli.data.repositories.emergency).
+        Index("ix_metadata_emergency_access", "created_at",
+              postgresql_where=text("starts_with(metadata_key, 'emergency_access:') AND entity_type = 'member' "
+                                    "AND deleted_at IS NULL")),
     )
 
     id: Mapped[uuid.UUID] = pk_column()
@@ -304,6 +308,9 @@ class AuditLog(PlatformBase):
         Index("ix_audit_logs_entity", "entity_type", "entity_id", "created_at"),
         Index("ix_audit_logs_user_id_created_at", "user_id", "created_at"),
         Index("ix_audit_logs_created_at", "created_at"),
+        # Actions done under an emergency grant (platform_0008): only marked rows are indexed.
+        Index("ix_audit_logs_emergency_access", text("(new_values ->> 'emergency_access')"),
+              postgresql_where=text("(new_values ->> 'emergency_access') IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = pk_column()

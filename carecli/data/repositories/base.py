@@ -115,8 +115,8 @@ class Repository(Generic[R]):
         self.validate(row_values, None)
         row_values["id"] = entity_id or uuid.uuid4()
         row = self.connection.execute(insert(self.table).values(row_values).returning(self.table)).one()
-        audit.write(self.uow.audit_connection, self.uow.actor, self.entity_type, row.id, "create", None,
-                    _without(dict(row._mapping), ("id",)))
+        audit.write(self.uow.audit_connection, self.uow.audit_actor(self.entity_type, row.id, row._mapping),
+                    self.entity_type, row.id, "create", None, _without(dict(row._mapping), ("id",)))
         self._announce(row)
         return self.to_record(row)
 
@@ -153,7 +153,8 @@ class Repository(Generic[R]):
             update(self.table).where(self.table.c.id == entity_id).values(row_changes).returning(self.table)
         ).one()
         old, new = audit.changed_fields(current_values, dict(row._mapping))
-        audit.write(self.uow.audit_connection, self.uow.actor, self.entity_type, entity_id, action, old, new)
+        audit.write(self.uow.audit_connection, self.uow.audit_actor(self.entity_type, entity_id, row._mapping),
+                    self.entity_type, entity_id, action, old, new)
         self._announce(row)
         return self.to_record(row)
 

@@ -119,6 +119,10 @@ class IdentityUnitOfWork:
         self.connection.commit()
         self._committed = True
 
+    def audit_actor(self, entity_type: str, entity_id: uuid.UUID | None, values: Any = None) -> Actor:
+        """Who an audit row names: identity rows are never about a member, so never under an emergency grant."""
+        return self.actor
+
     def audit_denial(self, entity_type: str, entity_id: uuid.UUID | None, operation: str, permission: str) -> None:
         values = {"operation": operation, "permission": str(permission)}
         if self.platform_deferred:
