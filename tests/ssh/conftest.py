@@ -76,9 +76,12 @@ class SshWorld:
     tokens: dict[uuid.UUID, str] = field(default_factory=dict)
 
     def user(self, role: str, index: int = 0) -> User:
-        """The ``index``-th active seeded user (by e-mail) holding ``role``."""
+        """The ``index``-th seeded user (by e-mail) holding ``role``; tests of a module each take their own.
+
+        Deactivated users keep their place, so a test deactivating one does not shift the others.
+        """
         row = self.rows("identity", "SELECT u.id FROM users u JOIN roles r ON r.id = u.role_id WHERE r.name = :r "
-                        "AND u.is_active IS NOT FALSE AND u.deleted_at IS NULL ORDER BY u.email", r=role)[index]
+                        "AND u.deleted_at IS NULL ORDER BY u.email", r=role)[index]
         with IdentityUnitOfWork(self.databases.identity, self.databases.platform, Actor.system("cli")) as uow:
             user = load_user(uow, row.id)
         assert user is not None
@@ -123,9 +126,12 @@ class SshWorld:
         rows = self.rows(database, statement, **params)
         return rows[0][0] if rows else None
 
-    def audit(self, action: str, **where: Any) -> list[Any]:
-        """Audit rows with ``action`` (and ``new_values->>key = value`` for each keyword), oldest first."""
+    def audit(self, action: str, *, user: User | None = None, **where: Any) -> list[Any]:
+        """Audit rows with ``action`` (by ``user``; ``new_values->>key = value`` for each keyword), oldest first."""
         clauses = "".join(f" AND new_values->>'{key}' = :{key}" for key in where)
+        if user is not None:
+            clauses += " AND (user_id::text = :user_id OR new_values->>'user_id' = :user_id)"
+            where = {**where, "user_id": user.id}
         return self.rows("platform", f"SELECT * FROM audit_logs WHERE action = :action{clauses} "
                          "ORDER BY created_at, id", action=action, **{k: str(v) for k, v in where.items()})
 
@@ -148,9 +154,14 @@ def write_launcher(path: Path, env: dict[str, str], command: list[str]) -> Path:
     return path
 
 
-@pytest.fixture
-def world(pg_server, seeded_template, tmp_path: Path) -> Iterator[SshWorld]:  # noqa: F811
-    """A fresh copy of the seeded databases, their environment, and the app launcher for the host."""
+@pytest.fixture(scope="module")
+def world(pg_server, seeded_template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshWorld]:  # noqa: F811
+    """A fresh copy of the seeded databases for one test module, their environment, and the app launcher.
+
+    Per module, not per test: creating and dropping a database pair costs seconds (checkpoints), and
+    an SSH test's rows are easy to tell apart (each test uses its own users and keys).
+    """
+    tmp_path = tmp_path_factory.mktemp("ssh")
     identity = pg_server.create_database("identity", template=seeded_template.identity)
     platform = pg_server.create_database("platform", template=seeded_template.platform)
     home = tmp_path / "home"
