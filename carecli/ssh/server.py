@@ -323,8 +323,10 @@ class CareSession(asyncssh.SSHServerSession[bytes]):
         messages = {
             "host_full": f"carecli: this host is serving its maximum of {options.max_sessions} sessions; "
                          "please try again in a few minutes.",
-            "user_limit": f"carecli: you already have {options.max_sessions_per_user} carecli sessions open on "
-                          "this host (the limit); close one of them first.",
+            "user_limit": (f"carecli: you already have 1 carecli session open on this host (the limit); close it "
+                           "first." if options.max_sessions_per_user == 1 else
+                           f"carecli: you already have {options.max_sessions_per_user} carecli sessions open on "
+                           "this host (the limit); close one of them first."),
             "shutdown": goodbye("shutdown"),
         }
         self._say(messages[refusal])
