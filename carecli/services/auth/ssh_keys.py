@@ -23,6 +23,7 @@ from typing import Any
 from carecli.data import audit
 from carecli.data.actor import Actor, Channel
 from carecli.data.databases import Databases
+from carecli.data.permissions import Permission
 from carecli.data.records import Token, User
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.errors import AuthError, NotFound, ValidationError
@@ -117,6 +118,9 @@ def add_ssh_key(databases: Databases, actor: Actor, user: User, key_text: str, *
     if problem is not None:
         raise ValidationError("user", problem.removeprefix("user_"), f"{user.email} is not an active user")
     with IdentityUnitOfWork(databases.identity, databases.platform, actor) as uow:
+        if user.id != actor.user_id:
+            # Before the duplicate check: without users:admin, nobody learns which keys others registered.
+            uow.tokens.require(Permission.USERS_ADMIN, "create tokens for other users")
         now = database_now(uow.connection)
         holder = _live_key(uow, key.fingerprint)
         if holder is not None:
@@ -250,8 +254,6 @@ def live_keys(databases: Databases, actor: Actor, *, fingerprint: str | None = N
     For running under OpenSSH: ``carecli ssh-keys authorized-keys`` turns them
     into ``authorized_keys`` lines with a forced command naming the key.
     """
-    from carecli.data.permissions import Permission
-
     with IdentityUnitOfWork(databases.identity, databases.platform, actor) as uow:
         uow.tokens.require(Permission.USERS_ADMIN, "list every user's SSH keys")
         now = database_now(uow.connection)
