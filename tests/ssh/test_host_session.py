@@ -9,9 +9,17 @@ gets the goodbye text and exit status 0. The databases then hold the session
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from datetime import datetime, timedelta, timezone
+
+import pytest
 
 from carecli import __version__
+from carecli.data.repositories.identity import IdentityUnitOfWork
+from carecli.services.auth.credentials import HeldCredential
+from carecli.services.auth.sessions import start_session
+from carecli.services.desk import Desk
 from tests.ssh.conftest import GOODBYE_QUIT, START_TIMEOUT, WORKLIST, new_key, open_screen
 
 CTRL_Q = b"\x11"
@@ -43,7 +51,7 @@ async def test_sign_in_by_key_see_the_worklist_resize_and_quit(world, ssh_host, 
         await client.wait_for(re.compile(r"^.{110,130}$", re.MULTILINE))
         await client.wait_for(WORKLIST)
 
-        client.keys(b"\x11")
+        client.keys(CTRL_Q)
         status = await client.finished()
     finally:
         await client.close()
@@ -64,3 +72,38 @@ async def test_sign_in_by_key_see_the_worklist_resize_and_quit(world, ssh_host, 
     [end] = world.audit("ssh_session_end")
     assert (end.user_id, end.entity_id, end.new_values["reason"]) == (specialist.id, session.id, "quit")
     assert str(end.ip_address) == "127.0.0.1"
+
+
+def _live_updates_missing() -> bool:
+    return importlib.util.find_spec("carecli.data.notify") is None
+
+
+@pytest.mark.skipif(_live_updates_missing(), reason="live updates (carecli.data.notify) are not on this branch yet; "
+                    "this test waits for them")
+async def test_a_second_session_sees_the_first_ones_new_call_without_a_key_press(world, ssh_host) -> None:
+    specialist = world.user("specialist", 1)
+    keys = [new_key(), new_key()]
+    for key in keys:
+        world.add_key(specialist, key)
+    host = ssh_host()
+    first, second = await open_screen(host, keys[0]), await open_screen(host, keys[1])
+    try:
+        for client in (first, second):
+            await client.wait_for(WORKLIST, START_TIMEOUT)
+        today = int(re.search(r"Today \((\d+)", second.text).group(1))
+        # The first session's user logs a call scheduled for today (through the same service the app calls).
+        with IdentityUnitOfWork(world.databases.identity, world.databases.platform, world.actor(specialist)) as uow:
+            token, _ = start_session(uow, specialist, world.settings)
+            uow.commit()
+        desk = Desk.resume(world.settings, world.databases, channel="ssh", store=HeldCredential.holding(token))
+        member_id = world.scalar("platform", "SELECT id FROM members WHERE deleted_at IS NULL ORDER BY id LIMIT 1")
+        desk.log_call({"member_id": member_id, "call_type": "outreach", "call_status": "scheduled",
+                       "scheduled_at": datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(minutes=30)})
+        # No key is pressed in the second session: the new call arrives by itself.
+        await second.wait_for(f"Today ({today + 1}")
+        for client in (first, second):
+            client.keys(CTRL_Q)
+            assert await client.finished() == 0
+    finally:
+        for client in (first, second):
+            await client.close()

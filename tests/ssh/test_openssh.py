@@ -19,6 +19,7 @@ import re
 import select
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -221,3 +222,19 @@ def test_ssh_session_refuses_unknown_and_revoked_key_ids_even_when_the_key_was_a
     [refused] = world.audit("auth_refused", reason="key_revoked", via="openssh")
     assert refused.new_values["fingerprint"] == key.get_fingerprint("sha256")
     assert world.audit("ssh_session_start", user=first) == [] and world.audit("ssh_session_start", user=second) == []
+
+
+def test_serve_ssh_refuses_a_busy_port_and_a_host_key_others_can_read(world, tmp_path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = world.cli("serve-ssh", "--port", str(busy.getsockname()[1]), "--host-key", str(tmp_path / "hk"),
+                          timeout=60)
+    assert taken.code == EXIT_USAGE and "cannot listen on 127.0.0.1:" in taken.err and "Traceback" not in taken.err
+    shared = tmp_path / "shared-key"
+    shared.write_bytes(new_key().export_private_key("openssh"))
+    shared.chmod(0o644)
+    readable = world.cli("serve-ssh", "--port", str(free_port()), "--host-key", str(shared), timeout=60)
+    assert readable.code == EXIT_USAGE and "readable by other users" in readable.err and "chmod 600" in readable.err
+    bad = world.cli("serve-ssh", "--port", "0")
+    assert bad.code == EXIT_USAGE and "--port" in bad.err
