@@ -31,7 +31,7 @@ import pytest
 from carecli.errors import EXIT_AUTH, EXIT_USAGE
 from carecli.services.auth.ssh_keys import revoke_ssh_key
 from tests.ssh.conftest import GOODBYE_QUIT, START_TIMEOUT, WORKLIST, free_port, new_key, write_launcher
-from tests.tui.test_e2e_tmux import TmuxTerminal, terminal  # noqa: F401 (fixture)
+from tests.tui.test_e2e_tmux import terminal  # noqa: F401 (fixture)
 
 SSH = shutil.which("ssh")
 needs_ssh = pytest.mark.skipif(SSH is None, reason="the OpenSSH client (ssh) is not installed")
