@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -322,8 +323,10 @@ class CareSession(asyncssh.SSHServerSession[bytes]):
         messages = {
             "host_full": f"carecli: this host is serving its maximum of {options.max_sessions} sessions; "
                          "please try again in a few minutes.",
-            "user_limit": f"carecli: you already have {options.max_sessions_per_user} carecli sessions open on "
-                          "this host (the limit); close one of them first.",
+            "user_limit": (f"carecli: you already have 1 carecli session open on this host (the limit); close it "
+                           "first." if options.max_sessions_per_user == 1 else
+                           f"carecli: you already have {options.max_sessions_per_user} carecli sessions open on "
+                           "this host (the limit); close one of them first."),
             "shutdown": goodbye("shutdown"),
         }
         self._say(messages[refusal])
@@ -423,14 +426,17 @@ async def serve(settings: Settings, databases: Databases, options: HostOptions, 
         keepalive_count_max=options.keepalive_count_max)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # Signal handlers can only be installed from the main thread; a host embedded in another
+    # thread's loop (tests, a supervisor) is stopped through ``stop`` instead.
+    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready(acceptor, host_key)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
         host.closing = True
         acceptor.close()

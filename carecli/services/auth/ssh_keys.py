@@ -23,6 +23,7 @@ from typing import Any
 from carecli.data import audit
 from carecli.data.actor import Actor, Channel
 from carecli.data.databases import Databases
+from carecli.data.permissions import Permission
 from carecli.data.records import Token, User
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.errors import AuthError, NotFound, ValidationError
@@ -117,6 +118,9 @@ def add_ssh_key(databases: Databases, actor: Actor, user: User, key_text: str, *
     if problem is not None:
         raise ValidationError("user", problem.removeprefix("user_"), f"{user.email} is not an active user")
     with IdentityUnitOfWork(databases.identity, databases.platform, actor) as uow:
+        if user.id != actor.user_id:
+            # Before the duplicate check: without users:admin, nobody learns which keys others registered.
+            uow.tokens.require(Permission.USERS_ADMIN, "create tokens for other users")
         now = database_now(uow.connection)
         holder = _live_key(uow, key.fingerprint)
         if holder is not None:
@@ -189,18 +193,26 @@ def key_problem(token: Token | None, user: User | None, now: datetime) -> str | 
 
 
 def authenticate_key(databases: Databases, fingerprint: str, *, environ: Mapping[str, str],
-                     username: str | None = None, audit_refusal: bool = True) -> KeyHolder | None:
-    """The holder of the key with ``fingerprint``, or None (refusal audited with the client IP in ``environ``)."""
+                     username: str | None = None, audit_refusal: bool = True,
+                     key_id: uuid.UUID | None = None, via: str = "ssh") -> KeyHolder | None:
+    """The holder of the key with ``fingerprint``, or None (refusal audited with the client IP in ``environ``).
+
+    With ``key_id`` only that key row counts (OpenSSH's forced command names it): a revoked row
+    stays refused even when the same key was registered again since, perhaps for someone else.
+    """
     system = Actor.system("ssh", environ=environ)
     with IdentityUnitOfWork(databases.identity, databases.platform, system, defer_platform=True) as uow:
         now = database_now(uow.connection)
-        token = uow.tokens.of_type(SSH_KEY_TYPE, fingerprint)
+        if key_id is None:
+            token = uow.tokens.of_type(SSH_KEY_TYPE, fingerprint)
+        else:
+            token = uow.tokens.get(key_id, include_deleted=True)
         user = load_user(uow, token.user_id) if token is not None else None
         problem = key_problem(token, user, now)
         role, permissions = role_of(uow, user) if problem is None and user is not None else (None, frozenset())
     if problem is not None:
         if audit_refusal:
-            values: dict[str, Any] = {"reason": problem, "fingerprint": fingerprint, "via": "ssh"}
+            values: dict[str, Any] = {"reason": problem, "fingerprint": fingerprint, "via": via}
             if username:
                 values["ssh_username"] = username[:64]
             if token is not None:
@@ -231,7 +243,7 @@ def key_holder_by_id(databases: Databases, key_id: uuid.UUID, *, environ: Mappin
         audit.write_committed(databases.platform, system, "ssh_key", key_id, "auth_refused",
                               {"reason": "unknown_key", "via": "openssh"})
         return None
-    return authenticate_key(databases, fingerprint, environ=environ)
+    return authenticate_key(databases, fingerprint, environ=environ, key_id=key_id, via="openssh")
 
 
 @dataclass(frozen=True)
@@ -250,8 +262,6 @@ def live_keys(databases: Databases, actor: Actor, *, fingerprint: str | None = N
     For running under OpenSSH: ``carecli ssh-keys authorized-keys`` turns them
     into ``authorized_keys`` lines with a forced command naming the key.
     """
-    from carecli.data.permissions import Permission
-
     with IdentityUnitOfWork(databases.identity, databases.platform, actor) as uow:
         uow.tokens.require(Permission.USERS_ADMIN, "list every user's SSH keys")
         now = database_now(uow.connection)
