@@ -1061,3 +1061,19 @@ def test_permission_checks_role_and_token_scope() -> None:
     with pytest.raises(PermissionDenied, match="plans:write"):
         check_permission(plans, make_actor([p for p in importer_role if p != "plans:write"]), denied.append)
     assert denied == ["import:run", "import:run", "members:write", "plans:write"]
+
+
+def test_a_large_import_refreshes_the_statistics_of_the_tables_it_grew(imp: Importer, monkeypatch: Any) -> None:
+    # A bulk load outpaces autovacuum (which this CI server even runs without): stale statistics made a
+    # re-run's lookups scan a million-row metadata table per batch. 7 records stand in for a large import.
+    from carecli.data.bulk import loader
+
+    monkeypatch.setattr(loader, "ANALYZE_MIN_RECORDS", 5)
+    data = members_csv(*(person(n) for n in range(1, 8)))
+    assert_loaded(imp.run("members", data, batch_rows=3), created=7)
+    analyzed = dict(imp.platform.sql(
+        "SELECT relname, coalesce(last_analyze, last_autoanalyze) IS NOT NULL FROM pg_stat_user_tables "
+        "WHERE relname IN ('members', 'metadata', 'audit_logs')"))
+    assert analyzed == {"members": True, "metadata": True, "audit_logs": True}
+    assert_loaded(imp.run("members", data, batch_rows=3), unchanged=7)  # nothing written: nothing to refresh
+
