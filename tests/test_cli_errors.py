@@ -50,7 +50,7 @@ def test_bad_config_file(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text("[database]\npool_size = -1\n")
     result = run_carecli("db", "current", env={"CARECLI_CONFIG": str(config)})
-    assert_clean_failure(result, 2, "pool_size must be a positive whole number")
+    assert_clean_failure(result, 2, "pool_size must be zero or a positive whole number")
 
 
 def test_usage_error_exit_code():

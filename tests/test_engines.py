@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from carecli.config import load_settings
 from carecli.data.databases import create_database_engine, describe_dbapi_error
@@ -38,6 +39,31 @@ def test_settings_shape_the_pool_and_timeout(migrated_pair):
         assert describe_dbapi_error(caught.value) == "canceling statement due to statement timeout"
     finally:
         engine.dispose()
+
+
+def test_pool_size_zero_keeps_no_idle_connection(migrated_pair):
+    # The SSH host's app processes: fifty pools of idle connections would fill max_connections.
+    engine = create_database_engine(migrated_pair.url("platform"), load_settings({"CARECLI_DB_POOL_SIZE": "0"}))
+    try:
+        assert isinstance(engine.pool, NullPool)
+        with engine.connect() as conn:
+            backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            assert _show(engine, "statement_timeout") == "30s"  # the session settings still apply
+        with engine.connect() as conn:
+            alive = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": backend})
+            assert alive.scalar_one() == 0  # the first connection was closed, not kept
+    finally:
+        engine.dispose()
+
+
+def test_ssh_host_apps_keep_no_idle_connections_unless_told():
+    from carecli.ssh.terminal import app_environment
+
+    base = {"CARECLI_DB_POOL_SIZE": "7", "CARECLI_TOKEN": "ccli_secret"}
+    env = app_environment(base, term="xterm-256color", client_colorterm=None, ssh_connection="192.0.2.1 5 10.0.0.1 22")
+    assert env["CARECLI_DB_POOL_SIZE"] == "0" and "CARECLI_TOKEN" not in env
+    kept = app_environment(base, term="xterm", client_colorterm=None, ssh_connection="x", pool_size=None)
+    assert kept["CARECLI_DB_POOL_SIZE"] == "7"
 
 
 def test_url_settings_are_kept_and_options_merged(migrated_pair):

@@ -151,8 +151,12 @@ def _this_carecli() -> str:
               help="Seconds a client has to authenticate.")
 @click.option("--keepalive", default=30.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds between keepalives; three unanswered ones drop a dead client.")
+@click.option("--app-pool-size", default=0, show_default=True, type=click.IntRange(0, 100),
+              help="Connections each session's app keeps open per database (0: none kept idle, so "
+                   "many sessions fit in max_connections; raise it behind PgBouncer).")
 def serve_ssh_command(host: str, port: int, host_key: Path | None, max_sessions: int, max_per_user: int,
-                      idle_minutes: float | None, login_timeout: float, keepalive: float) -> None:
+                      idle_minutes: float | None, login_timeout: float, keepalive: float,
+                      app_pool_size: int) -> None:
     """Serve the app over SSH: public-key sign-in, one app process per session."""
     from carecli.ssh.server import HostOptions, serve
 
@@ -165,7 +169,7 @@ def serve_ssh_command(host: str, port: int, host_key: Path | None, max_sessions:
     options = HostOptions(host=host, port=port, host_key=host_key, max_sessions=max_sessions,
                           max_sessions_per_user=max_per_user,
                           idle_seconds=(idle_minutes or settings.session_idle_minutes) * 60,
-                          login_timeout=login_timeout, keepalive_seconds=keepalive)
+                          login_timeout=login_timeout, keepalive_seconds=keepalive, app_pool_size=app_pool_size)
 
     def ready(acceptor: object, key: object) -> None:
         sockets = getattr(acceptor, "sockets", None) or []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from carecli.config import DATABASES, Settings, load_settings
 from carecli.data import migrate
@@ -130,9 +130,15 @@ def create_database_engine(url: URL, settings: Settings, *, read_only: bool = Fa
     if isinstance(user_options, str) and user_options:
         session_options = f"{session_options} {user_options}"
     connect_args["options"] = session_options
+    size = settings.pool_size if pool_size is None else pool_size
+    if size == 0:
+        # No idle connections kept: each unit of work opens its own (a few ms on a local server). For a
+        # host running many app processes (the SSH host's sessions), whose pools would otherwise hold
+        # max_connections' worth of idle connections between them.
+        return create_engine(url, poolclass=NullPool, connect_args=connect_args)
     return create_engine(
         url,
-        pool_size=pool_size or settings.pool_size,
+        pool_size=size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
         pool_pre_ping=True,

@@ -131,7 +131,7 @@ def purge_platform_batch(connection: Connection, spec: PurgeTable, actor: Actor,
     if spec.with_facts:
         facts_cte = (", facts AS (DELETE FROM metadata m USING doomed d WHERE m.entity_type = :etype "
                      "AND m.entity_id = d.id RETURNING m.id, m.deleted_at)")
-        facts_audit = (f" UNION ALL SELECT gen_random_uuid(), "
+        facts_audit = (" UNION ALL SELECT gen_random_uuid(), "
                        + _AUDIT_ACTOR.format(etype="'metadata'", id="id", values=_purge_values(
                            "'metadata'", "deleted_at", ", 'with', CAST(:etype AS text)"))
                        + f", {_NOW} FROM facts")

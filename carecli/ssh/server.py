@@ -70,6 +70,8 @@ class HostOptions:
     revocation_check_seconds: float = 15.0
     #: how the host starts an app process (tests may point it elsewhere); None = this carecli
     app_command: list[str] | None = None
+    #: pooled connections per database in each app process (0: none kept idle; see app_environment)
+    app_pool_size: int | None = 0
 
 
 @dataclass
@@ -323,7 +325,7 @@ class CareSession(asyncssh.SSHServerSession[bytes]):
         messages = {
             "host_full": f"carecli: this host is serving its maximum of {options.max_sessions} sessions; "
                          "please try again in a few minutes.",
-            "user_limit": (f"carecli: you already have 1 carecli session open on this host (the limit); close it "
+            "user_limit": ("carecli: you already have 1 carecli session open on this host (the limit); close it "
                            "first." if options.max_sessions_per_user == 1 else
                            f"carecli: you already have {options.max_sessions_per_user} carecli sessions open on "
                            "this host (the limit); close one of them first."),
@@ -343,7 +345,8 @@ class CareSession(asyncssh.SSHServerSession[bytes]):
         assert self.chan is not None
         env = app_environment(os.environ, term=self.term or "xterm-256color",
                               client_colorterm=self.chan.get_environment().get("COLORTERM"),
-                              ssh_connection=self.environ["SSH_CONNECTION"])
+                              ssh_connection=self.environ["SSH_CONNECTION"],
+                              pool_size=self.host.options.app_pool_size)
         self.app = await AppProcess.start(self.ssh_session.token, env=env, columns=columns, rows=rows,
                                           command=self.host.options.app_command)
         self.app.attach(self._write, lambda: None)

@@ -65,13 +65,17 @@ def clean_term(term_type: str | None) -> str:
 
 
 def app_environment(base: Mapping[str, str], *, term: str, client_colorterm: str | None,
-                    ssh_connection: str) -> dict[str, str]:
+                    ssh_connection: str, pool_size: int | None = 0) -> dict[str, str]:
     """The app process's environment: the host's settings, the client's terminal, a UTF-8 locale.
 
     COLORTERM=truecolor is passed when the client said so or its TERM is one of the
     24-bit-colour families; LANG is always a UTF-8 locale (the app draws box characters).
+    ``pool_size`` (default 0: no idle connections) keeps fifty sessions' pools from holding a
+    server's ``max_connections`` between them; None leaves the host's own setting.
     """
     env = {key: value for key, value in base.items() if key not in _DROPPED and not key.startswith("LC_")}
+    if pool_size is not None:
+        env["CARECLI_DB_POOL_SIZE"] = str(pool_size)
     env["TERM"] = term
     if client_colorterm in ("truecolor", "24bit") or any(part in term for part in _TRUECOLOR_TERMS):
         env["COLORTERM"] = "truecolor"

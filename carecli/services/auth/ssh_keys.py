@@ -26,12 +26,13 @@ from carecli.data.databases import Databases
 from carecli.data.permissions import Permission
 from carecli.data.records import Token, User
 from carecli.data.repositories.identity import IdentityUnitOfWork
-from carecli.errors import AuthError, NotFound, ValidationError
+from carecli.errors import NotFound, ValidationError
 from carecli.services.auth.current import NIL, load_user, role_of, user_problem
 from carecli.services.auth.tokens import (
     TokenStatus,
     check_token_name,
     database_now,
+    owned_tokens,
     store_token_fact,
     store_token_name,
     token_facts,
@@ -142,13 +143,9 @@ def _live_key(uow: IdentityUnitOfWork, fingerprint: str) -> Token | None:
 def list_ssh_keys(databases: Databases, actor: Actor, *, user_id: uuid.UUID | None = None,
                   include_revoked: bool = False) -> list[SshKeyInfo]:
     """A user's SSH keys (the actor's own by default; others' need users:admin), newest first."""
-    owner = user_id or actor.user_id
-    if owner is None:
-        raise AuthError("sign in with `carecli login` to list SSH keys")
     with IdentityUnitOfWork(databases.identity, databases.platform, actor) as uow:
         now = database_now(uow.connection)
-        keys = [t for t in uow.tokens.for_user(owner, include_deleted=include_revoked)
-                if t.token_type == SSH_KEY_TYPE and (include_revoked or not t.is_revoked)]
+        keys = owned_tokens(uow, user_id, SSH_KEY_TYPE, include_revoked=include_revoked, what="SSH keys")
         names = token_names(uow.audit_connection, [t.id for t in keys])
         fingerprints = uow.tokens.ssh_fingerprints(t.id for t in keys)
     return [_info(t, names.get(t.id), fingerprints[t.id], now) for t in keys]

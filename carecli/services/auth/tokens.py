@@ -270,16 +270,22 @@ def create_api_token(databases: Databases, actor: Actor, *, name: str, scopes: I
     return CreatedToken(secret=secret, info=_info(token, clean_name, now))
 
 
+def owned_tokens(uow: IdentityUnitOfWork, user_id: uuid.UUID | None, token_type: str, *,
+                 include_revoked: bool, what: str = "tokens") -> list[Token]:
+    """A user's tokens of ``token_type`` (the actor's own by default; others' need users:admin), newest first."""
+    owner = user_id or uow.actor.user_id
+    if owner is None:
+        raise AuthError(f"sign in with `carecli login` to list {what}")
+    return [t for t in uow.tokens.for_user(owner, include_deleted=include_revoked)
+            if t.token_type == token_type and (include_revoked or not t.is_revoked)]
+
+
 def list_api_tokens(databases: Databases, actor: Actor, *, user_id: uuid.UUID | None = None,
                     include_revoked: bool = False) -> list[ApiTokenInfo]:
     """A user's API tokens (the actor's own by default; others' need users:admin), newest first."""
-    owner = user_id or actor.user_id
-    if owner is None:
-        raise AuthError("sign in with `carecli login` to list tokens")
     with IdentityUnitOfWork(databases.identity, databases.platform, actor) as uow:
         now = database_now(uow.connection)
-        tokens = [t for t in uow.tokens.for_user(owner, include_deleted=include_revoked)
-                  if t.token_type == API_TOKEN_TYPE and (include_revoked or not t.is_revoked)]
+        tokens = owned_tokens(uow, user_id, API_TOKEN_TYPE, include_revoked=include_revoked)
         names = token_names(uow.audit_connection, [t.id for t in tokens])
     return [_info(t, names.get(t.id), now) for t in tokens]
 
