@@ -237,6 +237,7 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
     connect_times = [seconds for _, _, seconds in sessions]
     clients = [client for _, client, _ in sessions]
     rows.append((f"{args.sessions} sessions connected and showing the worklist", f"{ramp:.1f} s"))
+    print(f"{args.sessions} sessions up in {ramp:.0f} s", file=sys.stderr, flush=True)
     rows.append(("connect -> worklist on screen, p50 / p95",
                  f"{statistics.median(connect_times):.2f} s / {percentile(connect_times, 0.95):.2f} s"))
 
@@ -292,6 +293,9 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
             client.send(letter)
             shown = await client.wait_for(lambda c, r=row, ch=letter: ch in c.screen.display[r])
             latencies.append((shown - sent) * 1000)
+            if sample % 10 == 9:
+                print(f"{sample + 1} keystrokes, p50 so far {statistics.median(latencies):.0f} ms", file=sys.stderr,
+                      flush=True)
             client.send("\x7f")
             await client.wait_for(lambda c, r=row: "Name, e-mail or phone" in c.screen.display[r])
     stop.set()
@@ -341,8 +345,8 @@ def main() -> None:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--members", type=int, default=20000)
-    parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--changes", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--changes", type=int, default=5)
     parser.add_argument("--connect-concurrency", type=int, default=4)
     parser.add_argument("--think-seconds", type=float, nargs=2, default=(2.0, 6.0), metavar=("MIN", "MAX"),
                         help="each session types a letter (a search) every MIN-MAX seconds meanwhile")
