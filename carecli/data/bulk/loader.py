@@ -27,6 +27,7 @@ written at all. One import of a kind runs at a time (an advisory lock).
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import re
 import threading
@@ -38,6 +39,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, text
 
@@ -49,6 +51,8 @@ from carecli.data.crypto.fields import FieldCipher
 from carecli.data.bulk.blind_index import BlindIndex
 from carecli.data.permissions import Permission
 from carecli.errors import PermissionDenied
+
+log = logging.getLogger(__name__)
 
 #: rows per batch (one transaction each, unless all-or-nothing)
 BATCH_ROWS = 5_000
@@ -266,9 +270,14 @@ class _Writer:
             return
         if self._since_analyze < max(self._reltuples(), 0.0) / 10:
             return
-        with self.connection.cursor() as cursor:
-            cursor.execute("ANALYZE " + ", ".join(sorted(self._tables)))  # our own table names, never input
-        self.connection.commit()
+        try:
+            with self.connection.cursor() as cursor:
+                cursor.execute("ANALYZE " + ", ".join(sorted(self._tables)))  # our own table names, never input
+            self.connection.commit()
+        except psycopg.Error as exc:  # the import is committed: stale statistics are no reason to fail it
+            log.warning("could not refresh the statistics of %s after the import: %s", ", ".join(sorted(self._tables)),
+                        type(exc).__name__)
+            self.connection.rollback()
 
     def _reltuples(self) -> float:
         """The smallest row estimate among the tables written (-1 when one was never analyzed)."""
