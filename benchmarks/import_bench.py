@@ -40,6 +40,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.table import print_table  # noqa: E402
 from benchmarks.bench_pairs import bench_engine, database_url, libpq_url  # noqa: E402
 from carecli.config import load_settings  # noqa: E402
 from carecli.data import migrate  # noqa: E402
@@ -222,11 +223,7 @@ def main() -> None:
         (f"peak RSS importing {small_n:,} members", f"{rss_small / 1024:.0f} MiB"),
         (f"peak RSS importing {n:,} members", f"{rss_full / 1024:.0f} MiB"),
     ]
-    width = max(len(label) for label, _ in rows)
-    print(f"{'measure':<{width}}  value")
-    print(f"{'-' * width}  {'-' * 40}")
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.table import print_table  # noqa: E402
 from benchmarks.bench_pairs import bench_engine, database_url  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402
@@ -370,12 +371,8 @@ def main() -> None:
                     for db in ("identity", "platform"):
                         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                             sql.Identifier(f"{PREFIX}_{db}")))
-    width = max(len(label) for label, _ in rows)
     print(f"\nSSH host, {args.sessions} sessions, {os.cpu_count()} cores, {args.members:,} members")
-    print(f"{'measure':<{width}}  value")
-    print(f"{'-' * width}  {'-' * 24}")
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
+    print_table(rows, value_width=24)
 
 
 if __name__ == "__main__":
