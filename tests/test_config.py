@@ -112,7 +112,8 @@ def test_only_one_url_is_an_error():
         ("[database]\nplatform_ur1 = 'x'\n", "unknown setting 'platform_ur1' in \\[database\\]"),
         ("[datbase]\n", "unknown section \\[datbase\\]"),
         ("[database]\npool_size = 'many'\n", "\\[database\\] pool_size must be a whole number"),
-        ("[database]\npool_size = 0\n", "pool_size must be a positive whole number"),
+        ("[database]\npool_size = -1\n", "pool_size must be zero or a positive whole number"),
+        ("[database]\nconnect_timeout = 0\n", "connect_timeout must be a positive whole number"),
         ("[database\n", "is not valid TOML"),
     ],
 )
