@@ -64,3 +64,28 @@ def prepare_pair(admin_url: str, names: dict[str, str], members: int) -> tuple[d
     finally:
         identity.dispose()
         platform.dispose()
+
+
+def fresh_pair(admin_url: str, prefix: str) -> dict[str, str]:
+    """New, migrated databases ``<prefix>_identity`` and ``<prefix>_platform`` (dropped first if they exist)."""
+    names = {"identity": f"{prefix}_identity", "platform": f"{prefix}_platform"}
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    urls = {db: database_url(admin_url, name) for db, name in names.items()}
+    for db, url in urls.items():
+        engine = bench_engine(url)
+        try:
+            migrate.upgrade(engine, db)
+        finally:
+            engine.dispose()
+    return urls
+
+
+def drop_pair(admin_url: str, prefix: str) -> None:
+    """Drop the pair made by :func:`fresh_pair`."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        for db in ("identity", "platform"):
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(f"{prefix}_{db}")))

@@ -36,14 +36,12 @@ import time
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.table import print_table  # noqa: E402
-from benchmarks.bench_pairs import bench_engine, database_url, libpq_url  # noqa: E402
+from benchmarks.bench_pairs import drop_pair, fresh_pair, libpq_url  # noqa: E402
 from carecli.config import load_settings  # noqa: E402
-from carecli.data import migrate  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402
 from carecli.data.databases import open_databases  # noqa: E402
@@ -81,29 +79,6 @@ def write_csv(path: Path, members: int, seed: int = 7) -> None:
                 f"{rng.randint(1, 9999)} Main St", CITIES[state], STATES[state], f"{rng.randint(10000, 99999)}",
                 "active",
             ))
-
-
-def fresh_pair(admin_url: str, prefix: str) -> dict[str, str]:
-    names = {"identity": f"{prefix}_identity", "platform": f"{prefix}_platform"}
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        for name in names.values():
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    urls = {db: database_url(admin_url, name) for db, name in names.items()}
-    for db, url in urls.items():
-        engine = bench_engine(url)
-        try:
-            migrate.upgrade(engine, db)
-        finally:
-            engine.dispose()
-    return urls
-
-
-def drop_pair(admin_url: str, prefix: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        for db in ("identity", "platform"):
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(f"{prefix}_{db}")))
 
 
 def environment(urls: dict[str, str], master: str) -> dict[str, str]:

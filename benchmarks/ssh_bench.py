@@ -37,15 +37,13 @@ from pathlib import Path
 
 import asyncssh
 import psutil
-import psycopg
 import pyte
-from psycopg import sql
 from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.table import print_table  # noqa: E402
-from benchmarks.bench_pairs import bench_engine, database_url  # noqa: E402
+from benchmarks.bench_pairs import bench_engine, drop_pair, fresh_pair  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402
 from carecli.data.permissions import ALL_PERMISSIONS  # noqa: E402
@@ -81,17 +79,11 @@ def carecli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
 
 def prepare(admin_url: str, members: int, workdir: Path) -> tuple[dict[str, str], dict[str, str], Path]:
     """Fresh pair, seeded; an SSH key for a specialist; returns URLs, the environment and the private key."""
-    names = {"identity": f"{PREFIX}_identity", "platform": f"{PREFIX}_platform"}
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        for name in names.values():
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    urls = {db: database_url(admin_url, name) for db, name in names.items()}
+    urls = fresh_pair(admin_url, PREFIX)
     env = dict(os.environ, CARECLI_IDENTITY_URL=urls["identity"], CARECLI_PLATFORM_URL=urls["platform"],
                CARECLI_MASTER_KEY=encode_key(generate_master_key()),
                PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
     env.pop("CARECLI_TOKEN", None)
-    carecli(env, "db", "upgrade")
     print(f"seeding {members:,} members...", file=sys.stderr, flush=True)
     carecli(env, "seed", "--members", str(members), "--seed", "1")
     identity = bench_engine(urls["identity"])
@@ -367,10 +359,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 host.kill()
             if not args.keep:
-                with psycopg.connect(args.admin_url, autocommit=True) as admin:
-                    for db in ("identity", "platform"):
-                        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                            sql.Identifier(f"{PREFIX}_{db}")))
+                drop_pair(args.admin_url, PREFIX)
     print(f"\nSSH host, {args.sessions} sessions, {os.cpu_count()} cores, {args.members:,} members")
     print_table(rows, value_width=24)
 
