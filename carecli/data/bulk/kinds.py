@@ -229,12 +229,13 @@ class Kind:
     def parse(self, record: Record) -> Parsed | list[RecordProblem]:
         values: dict[str, Any] = {}
         problems: list[RecordProblem] = []
+        parsers = self.parsers
         for name, raw in record.values.items():
-            if f.blank(raw):
+            if raw is None or (isinstance(raw, str) and not raw.strip()):  # f.blank, inlined: once per cell
                 values[name] = None
                 continue
             try:
-                values[name] = self.parsers[name](raw)
+                values[name] = parsers[name](raw)
             except f.FieldProblem as problem:
                 problems.append(RecordProblem(record.row, name, problem.rule, problem.message))
         if not problems:
@@ -333,7 +334,7 @@ def fetch_by(connection: Connection, table: Table, columns: Sequence[str], keys:
     if lock:
         statement = statement.with_for_update()
     found: dict[tuple, dict[str, Any]] = {}
-    for row in connection.execute(statement):
+    for row in connection.execute(statement).all():  # one fetchall, not a fetchone per row
         mapping = dict(row._mapping)
         found[tuple(mapping[name] for name in columns)] = mapping
     return found
@@ -358,7 +359,7 @@ def metadata_owners(connection: Connection, entity_type: str, key: str, values: 
         METADATA.c.metadata_key == literal_column(f"'{key}'"), METADATA.c.deleted_at.is_(None),
         METADATA.c.metadata_value == any_(
             func.string_to_array(bindparam("values", values, type_=Text), literal_column("E'\\n'"))
-            .cast(ARRAY(JSONB)))))
+            .cast(ARRAY(JSONB))))).all()
     return {value: entity_id for value, entity_id in rows}
 
 
@@ -369,7 +370,7 @@ def metadata_of(connection: Connection, entity_type: str, key: str, ids: Iterabl
         return {}
     rows = connection.execute(select(METADATA.c.entity_id, METADATA.c.metadata_value).where(
         METADATA.c.entity_type == entity_type, METADATA.c.metadata_key == key, METADATA.c.deleted_at.is_(None),
-        METADATA.c.entity_id == any_(bindparam("entity_ids", wanted, type_=ARRAY(METADATA.c.entity_id.type)))))
+        METADATA.c.entity_id == any_(bindparam("entity_ids", wanted, type_=ARRAY(METADATA.c.entity_id.type))))).all()
     return {entity_id: value for entity_id, value in rows}
 
 

@@ -184,7 +184,8 @@ def read_csv(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
             raise FileProblem(f"record {row + 1} (line {reader.line_num}) cannot be read as CSV: {exc}; "
                               "nothing after it was read") from None
         row += 1
-        if not any(cell.strip() for cell in cells):
+        joined = "".join(cells)
+        if not joined.strip():
             row -= 1  # a blank line, or a row of empty cells (",,,"), is not a record
             continue
         if len(cells) != width:
@@ -193,7 +194,8 @@ def read_csv(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
                                 f"has {len(cells)} values where the header has {width} columns")
             continue
         values = {target: (cell if cell != "" else None) for target, cell in zip(targets, cells) if target}
-        problem = _bad_encoding(values, row, encoding)
+        # One search of the whole record; only a record with undecodable bytes is searched cell by cell.
+        problem = _bad_encoding(values, row, encoding) if _SURROGATE.search(joined) else None
         yield problem if problem is not None else Record(row, values)
 
 
