@@ -124,8 +124,12 @@ class SeenKeys:
         with self.connection.connection.driver_connection.cursor() as cursor:
             with cursor.copy("COPY carecli_import_batch (key, row) FROM STDIN") as copy:
                 copy.write(lines.encode("utf-8"))
+        # Probes of the primary key, one per key of the batch. A join lets the planner, which has no
+        # statistics for these temporary tables, hash the whole table of keys seen so far: a scan
+        # per batch, so a file's cost would grow with the square of its length.
         earlier = dict(self.connection.exec_driver_sql(
-            "SELECT b.key, s.row FROM carecli_import_batch b JOIN carecli_import_seen s USING (key)").all())
+            "SELECT key, row FROM carecli_import_seen WHERE key = ANY(ARRAY(SELECT key FROM carecli_import_batch))"
+        ).all())
         duplicates: dict[int, tuple[str, int]] = {}
         for row, keys in candidates:
             hit = next((key for key in keys if key in earlier), None)
