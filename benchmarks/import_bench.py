@@ -115,6 +115,18 @@ def run_import(env: dict[str, str], path: Path) -> tuple[dict, float, int]:
         return json.loads(out.read()), seconds, usage.ru_maxrss
 
 
+def timed_copy_in(conn: psycopg.Connection, dumps: dict[str, Path], prefix: str = "") -> float:
+    """Seconds to COPY each binary dump into table ``prefix + name``, in one transaction."""
+    started = time.perf_counter()
+    with conn.transaction():
+        for table, path in dumps.items():
+            with path.open("rb") as handle, \
+                    conn.cursor().copy(f"COPY {prefix}{table} FROM STDIN (FORMAT binary)") as copy:
+                while chunk := handle.read(1 << 20):
+                    copy.write(chunk)
+    return time.perf_counter() - started
+
+
 def baseline(platform_url: str, empty_platform_url: str) -> tuple[float, float, dict[str, int]]:
     """Seconds to COPY the import's final rows (binary) into bare copies of their tables, and
     into the real tables (their indexes, keys and checks) of another, empty migrated database."""
@@ -138,26 +150,14 @@ def baseline(platform_url: str, empty_platform_url: str) -> tuple[float, float, 
             conn.execute(f"CREATE TABLE bare_{table} (LIKE {table})")
         conn.commit()
         conn.execute("CHECKPOINT")
-        started = time.perf_counter()
-        with conn.transaction():
-            for table, path in dumps.items():
-                with path.open("rb") as handle, conn.cursor().copy(f"COPY bare_{table} FROM STDIN (FORMAT binary)") as copy:
-                    while chunk := handle.read(1 << 20):
-                        copy.write(chunk)
-        seconds = time.perf_counter() - started
+        seconds = timed_copy_in(conn, dumps, "bare_")
         for table in dumps:
             conn.execute(f"DROP TABLE bare_{table}")
         conn.commit()
     with psycopg.connect(libpq_url(empty_platform_url)) as conn:
         conn.execute("CHECKPOINT")
         conn.commit()
-        started = time.perf_counter()
-        with conn.transaction():
-            for table, path in dumps.items():
-                with path.open("rb") as handle, conn.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy:
-                    while chunk := handle.read(1 << 20):
-                        copy.write(chunk)
-        indexed_seconds = time.perf_counter() - started
+        indexed_seconds = timed_copy_in(conn, dumps)
     for path in dumps.values():
         path.unlink()
     workdir.rmdir()
