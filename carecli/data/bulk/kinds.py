@@ -235,7 +235,7 @@ class Kind:
         problems: list[RecordProblem] = []
         parsers = self.parsers
         for name, raw in record.values.items():
-            if raw is None or (isinstance(raw, str) and not raw.strip()):  # f.blank, inlined: once per cell
+            if f.blank(raw):
                 values[name] = None
                 continue
             try:
