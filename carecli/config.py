@@ -167,6 +167,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 _audit_years, 7, "audit rows older than this may be purged (`retention purge --audit`; at least 6)"),
     SettingSpec("emergency_minutes", "security", "emergency_minutes", "CARECLI_EMERGENCY_MINUTES",
                 _emergency_minutes, 60, "how long a break-the-glass emergency access grant lasts"),
+    SettingSpec("clock_skew_seconds", "rules", "clock_skew_seconds", "CARECLI_CLOCK_SKEW_SECONDS",
+                _non_negative_int, 300, "how far in the future a completed call's time may be (clocks that disagree)"),
     SettingSpec("log_level", "logging", "level", "CARECLI_LOG_LEVEL", _log_level, "INFO",
                 "the level of carecli's JSON-lines log (DEBUG, INFO, WARNING, ERROR)"),
     SettingSpec("log_file", "logging", "file", "CARECLI_LOG_FILE", _path, None,
@@ -248,6 +250,8 @@ class Settings:
         return self.retention_tables.get(table, self.retention_years)
     #: minutes a break-the-glass grant lasts (``[security] emergency_minutes``)
     emergency_minutes: int = 60
+    #: seconds a "happened" time may lie in the future (``[rules] clock_skew_seconds``)
+    clock_skew_seconds: int = 300
 
     @property
     def embedded(self) -> bool:
@@ -456,6 +460,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retention_tables={str(table): _positive_int(years) for table, years
                           in file_data.get(RETENTION_SECTION, {}).get(RETENTION_TABLES_KEY, {}).items()},
         emergency_minutes=values["emergency_minutes"],
+        clock_skew_seconds=values["clock_skew_seconds"],
         log_level=values["log_level"],
         log_file=values["log_file"],
     )

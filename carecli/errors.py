@@ -91,10 +91,20 @@ class ValidationError(CarecliError):
 
     exit_code = EXIT_FAILURE
 
-    def __init__(self, field: str, rule: str, message: str) -> None:
+    def __init__(self, field: str, rule: str, message: str, *,
+                 problems: list[tuple[str, str, str]] | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.rule = rule
+        self.detail = message
+        #: every problem found, (field, rule, message), the first one being this error's own
+        self.problems: list[tuple[str, str, str]] = problems or [(field, rule, message)]
+
+    @classmethod
+    def of(cls, problems: list[tuple[str, str, str]]) -> ValidationError:
+        """One error carrying all of ``problems`` (a form shows each next to its field)."""
+        field, rule, message = problems[0]
+        return cls(field, rule, message, problems=list(problems))
 
 
 class NotFound(CarecliError):

@@ -13,6 +13,7 @@ committed rows.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from carecli.data.permissions import ALL_PERMISSIONS
 from carecli.data.records import Call, Member, Plan, Specialist
 from carecli.data.unit_of_work import PlatformUnitOfWork
 
+#: when the fixtures' members joined (before every call date the tests use)
+MEMBER_SINCE = datetime(2020, 1, 1)
 SSH_ENV = {"SSH_CONNECTION": "203.0.113.7 52311 10.0.0.5 22"}
 CLIENT_IP = "203.0.113.7"
 KEY_ROWS_EXCLUDED = "entity_type <> 'data_key'"
@@ -39,7 +42,7 @@ MEMBER_VALUES: dict[str, Any] = {
     "first_name": "Ada",
     "last_name": "Okafor",
     "email": "ada.okafor@example.org",
-    "phone": "555-0100",
+    "phone": "(503) 555-0100",
     "address_line1": "12 Harbour Road",
     "city": "Portland",
     "state": "OR",
@@ -122,10 +125,14 @@ class Platform:
 
         ssn = overrides.pop("ssn", Ssn("123-45-6789"))
         dob = overrides.pop("dob", DateOfBirth(date(1961, 4, 2)))
+        since = overrides.pop("created_at", MEMBER_SINCE)
         with self.uow() as uow:
             member = uow.members.create({**MEMBER_VALUES, **overrides}, ssn=ssn, dob=dob)
+            # On file for years, as members with call history are: a call cannot predate its member's record.
+            uow.connection.execute(text("UPDATE members SET created_at = :since WHERE id = :id"),
+                                   {"since": since, "id": member.id})
             uow.commit()
-        return member
+        return dataclasses.replace(member, created_at=since)
 
     def plan(self, code: str = "PPO-1", **overrides: Any) -> Plan:
         with self.uow() as uow:
@@ -138,7 +145,7 @@ class Platform:
         self.known_users.add(user_id)
         with self.uow() as uow:
             specialist = uow.specialists.create({"user_id": user_id, "license_number": "LIC-1",
-                                                 "phone": "555-0199", **overrides})
+                                                 "phone": "(503) 555-0199", **overrides})
             uow.commit()
         return specialist
 

@@ -123,7 +123,7 @@ REFUSALS: list[tuple[str, Operation, str, str, Callable[[World], uuid.UUID]]] = 
     ("specialists:write", lambda u, w: u.specialists.create({"license_number": "LIC-9"}), "add specialists",
      "specialist", lambda w: NIL),
     ("specialists:write", lambda u, w: u.specialists.update(w.specialist.id, w.specialist.updated_at,
-                                                            {"phone": "555-0000"}),
+                                                            {"phone": "(503) 555-0000"}),
      "edit specialists", "specialist", lambda w: w.specialist.id),
     ("specialists:write", lambda u, w: u.specialist_plans.link(w.specialist.id, w.other_plan.id),
      "link specialists to plans", "specialist_insurance_plan", lambda w: NIL),

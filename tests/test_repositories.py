@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -271,7 +271,9 @@ def _refused(platform, attempt, field: str, rule: str) -> ValidationError:
     ({"status": "deceased"}, "status", "enum"),
     ({"first_name": "x" * 101}, "first_name", "max_length"),
     ({"email": "a" * 250 + "@x.org"}, "email", "max_length"),
-    ({"phone": "5" * 21}, "phone", "max_length"),
+    ({"phone": "5" * 21}, "phone", "phone_format"),
+    ({"phone": "555-0100"}, "phone", "phone_format"),
+    ({"phone": "(５５５) 123-4567"}, "phone", "phone_format"),
     ({"state": "ORE"}, "state", "max_length"),
     ({"zip_code": "97201-12345"}, "zip_code", "max_length"),
     ({"first_name": None}, "first_name", "required"),
@@ -349,12 +351,13 @@ def test_calls_compute_their_duration_and_follow_ups_may_be_on_the_day(platform)
     _refused(platform, lambda uow: uow.calls.update(call.id, longer.updated_at,
                                                     {"follow_up_date": date(2026, 3, 1)}),
              "follow_up_date", "date_order")
+    soon = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0) + timedelta(days=30)
     scheduled = platform.call(member, specialist, call_status="scheduled", started_at=None, ended_at=None,
-                              scheduled_at=datetime(2026, 4, 1, 9, 0), follow_up_required=True,
-                              follow_up_date=date(2026, 4, 8))
+                              scheduled_at=soon, follow_up_required=True,
+                              follow_up_date=soon.date() + timedelta(days=7))
     assert scheduled.duration_seconds is None
     _refused(platform, lambda uow: uow.calls.update(scheduled.id, scheduled.updated_at,
-                                                    {"follow_up_date": date(2026, 3, 31)}),
+                                                    {"follow_up_date": soon.date() - timedelta(days=1)}),
              "follow_up_date", "date_order")
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool, QueuePool
 
 from carecli.config import DATABASES, Settings, load_settings
-from carecli.data import migrate
+from carecli.data import migrate, rules
 from carecli.data.embedded import EmbeddedServer
 from carecli.data.replica import ReadRouting, ReplicaHealth
 from carecli.errors import DatabaseUnavailable, SchemaOutOfDate
@@ -202,6 +202,7 @@ def open_databases(
     never migrated implicitly; ``carecli db upgrade`` does that.
     """
     settings = settings or load_settings()
+    rules.configure(clock_skew_seconds=settings.clock_skew_seconds)
     embedded: EmbeddedServer | None = None
     if settings.embedded:
         embedded = EmbeddedServer(settings.data_dir).start()

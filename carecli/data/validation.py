@@ -33,8 +33,11 @@ US_STATE_CODES = frozenset(
     "AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
     "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY DC PR GU VI AS MP".split()
 )
-ZIP_PATTERN = re.compile(r"^\d{5}(-\d{4})?$")
-EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# ASCII digits only ([0-9], not \d, which takes any script's digits) and \Z, not $ (which allows a final newline).
+ZIP_PATTERN = re.compile(r"^[0-9]{5}(-[0-9]{4})?\Z")
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+#: how carecli stores a phone number: E.164 for the North American plan (+1 and ten digits)
+PHONE_PATTERN = re.compile(r"^\+1[0-9]{10}\Z")
 
 
 def _type_ok(column_type: Any, value: Any) -> str | None:
@@ -120,6 +123,12 @@ def check_state(value: str | None) -> None:
 def check_zip(value: str | None) -> None:
     if value is not None and not ZIP_PATTERN.match(value):
         raise ValidationError("zip_code", "zip_format", "must be 5 digits or ZIP+4 (12345-6789)")
+
+
+def check_phone(value: str | None, field: str = "phone") -> None:
+    if value is not None and not PHONE_PATTERN.match(value):
+        raise ValidationError(field, "phone_format", "must be a 10-digit US phone number stored as +1XXXXXXXXXX "
+                              "(type it as (555) 123-4567 in the app)")
 
 
 def check_email(value: str | None) -> None:

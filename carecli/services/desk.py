@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from carecli.data.databases import Databases
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry, Call, Enrollment, MetadataEntry, Plan, RiskFlag, Role, Specialist
 from carecli.data.replica import ReadUnitOfWork, WriteUnitOfWork
+from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
 from carecli.data.repositories.emergency import KEY_PREFIX as GRANT_KEY
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.data.unit_of_work import PlatformUnitOfWork
@@ -31,18 +32,21 @@ from carecli.data.repositories.worklist import Worklist
 from carecli.services.auth.current import SignedIn, resolve_actor
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.auth.sessions import end_session
-from carecli.errors import ConflictError
+from carecli.errors import ConflictError, NotFound
 
 if TYPE_CHECKING:
     from carecli.data.records import Member
     from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery, MemberSummary
     from carecli.data.repositories.emergency import EmergencyGrant
     from carecli.data.repositories.members import RevealedPhi
+    from carecli.data.repositories.risk_flags import FlagResolution
     from carecli.services.emergency import EmergencyAccess, QueueEntry
     from carecli.services.users import UserSummary
 
 #: metadata keys shown as a member's notes (everything else in metadata is a system fact)
 NOTE_PREFIX = "note"
+#: system facts about a member that the file shows elsewhere (the header), not among the notes
+SYSTEM_FACTS = frozenset({EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX})
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,69 @@ class MemberFile:
     notes: list[MetadataEntry]
     #: None when the user may not read the audit log (only supervisors and auditors see it)
     access: list[AccessEntry] | None
+    #: flag id -> its resolution, for the resolved flags among ``flags``
+    resolutions: dict[uuid.UUID, FlagResolution] = field(default_factory=dict)
+    #: the source system's member number (import's ``external_member_number``), when there is one
+    member_number: str | None = None
 
     def __repr__(self) -> str:
         return f"MemberFile(member_id={self.member.id})"
+
+    @property
+    def primary_plan(self) -> EnrollmentView | None:
+        """The live primary enrollment, if any."""
+        return next((view for view in self.enrollments if view.enrollment.is_primary
+                     and view.enrollment.status == "active" and view.enrollment.deleted_at is None), None)
+
+    def open_flags(self) -> list[RiskFlag]:
+        return [flag for flag in self.flags if flag.id not in self.resolutions]
+
+    def resolved_flags(self) -> list[RiskFlag]:
+        return [flag for flag in self.flags if flag.id in self.resolutions]
+
+
+@dataclass(frozen=True)
+class FlagView:
+    """One risk flag with what the flag screen shows around it."""
+
+    flag: RiskFlag
+    resolution: FlagResolution | None
+    member_name: str
+    call: Call | None
+    #: the name of the user behind the flag's specialist
+    raised_by: str | None
+    #: the name of whoever resolved it
+    resolved_by: str | None
+
+    def __repr__(self) -> str:
+        return f"FlagView(flag_id={self.flag.id})"
+
+
+@dataclass(frozen=True)
+class CallView:
+    """One call with what the call screen shows around it."""
+
+    call: Call
+    member_name: str
+    #: the name of the user behind the call's specialist
+    specialist_name: str | None
+    #: who logged (created) the call and when, from its audit row
+    logged_by: str | None
+    logged_at: datetime | None
+    flags: list[FlagView]
+    #: the signed-in user is the call's specialist or logged it (may edit its notes)
+    is_own: bool
+
+    def __repr__(self) -> str:
+        return f"CallView(call_id={self.call.id})"
+
+
+@dataclass(frozen=True)
+class NextAttempt:
+    """A call to schedule in the same step as completing, cancelling or missing one."""
+
+    when: datetime
+    call_type: str = "follow_up"
 
 
 @dataclass(frozen=True)
@@ -249,12 +313,16 @@ class Desk:
                 for e in uow.enrollments.for_member(member_id)]
             calls = uow.calls.for_member(member_id)
             flags = uow.risk_flags.for_member(member_id)
-            notes = [note for note in uow.metadata.for_entity("member", member_id)
-                     if not note.metadata_key.startswith(GRANT_KEY)]  # emergency grants are not notes
+            resolutions = uow.risk_flags.resolutions(flag.id for flag in flags)
+            facts = uow.metadata.for_entity("member", member_id)
+            notes = [note for note in facts if not note.metadata_key.startswith(GRANT_KEY)  # grants are not notes
+                     and note.metadata_key not in SYSTEM_FACTS]
+            number = next((str(note.metadata_value) for note in facts
+                           if note.metadata_key == EXTERNAL_MEMBER_NUMBER and note.metadata_value), None)
             audit = uow.audit_log.for_entity("member", member_id, limit=50) if self.can(Permission.AUDIT_READ) \
                 else None
         access = self._named(audit) if audit is not None else None
-        return MemberFile(member, enrollments, calls, flags, notes, access)
+        return MemberFile(member, enrollments, calls, flags, notes, access, resolutions, number)
 
     def reveal(self, member_id: uuid.UUID, fields: Iterable[str], reason: str) -> RevealedPhi:
         """Decrypt SSN and/or DOB after auditing who, which and why (needs phi:reveal)."""
@@ -264,6 +332,55 @@ class Desk:
     def call(self, call_id: uuid.UUID) -> Call:
         with self._uow() as uow:
             return uow.calls.get(call_id)
+
+    def call_view(self, call_id: uuid.UUID) -> CallView:
+        """A call with its member's name, who logged it and when, and its flags (read from the primary)."""
+        with self._uow() as uow:
+            call = uow.calls.get(call_id)
+            member_name = uow.members.display_name(call.member_id) if call.member_id else "—"
+            logged_by, logged_at = uow.calls.logged_by(call_id)
+            flags = uow.risk_flags.for_call(call_id)
+            resolutions = uow.risk_flags.resolutions(flag.id for flag in flags)
+            specialist_users = uow.specialists.user_ids({call.specialist_id, *(f.specialist_id for f in flags)})
+            own = uow.calls.is_own(call)
+        names = self._names_of([logged_by, *specialist_users.values(),
+                                *(r.by for r in resolutions.values())])
+        specialist_name = names.get(specialist_users.get(call.specialist_id))  # type: ignore[arg-type]
+        views = [FlagView(flag, resolutions.get(flag.id), member_name, call,
+                          names.get(specialist_users.get(flag.specialist_id)),  # type: ignore[arg-type]
+                          names.get(resolutions[flag.id].by) if flag.id in resolutions else None)  # type: ignore[arg-type]
+                 for flag in flags]
+        return CallView(call, member_name, specialist_name, names.get(logged_by) if logged_by else None,  # type: ignore[arg-type]
+                        logged_at, views, own)
+
+    def flag_view(self, flag_id: uuid.UUID) -> FlagView:
+        """A risk flag with its member's name, its call, who raised it and its resolution."""
+        with self._uow() as uow:
+            flag = uow.risk_flags.get(flag_id)
+            resolution = uow.risk_flags.resolution(flag_id)
+            member_name = uow.members.display_name(flag.member_id)
+            try:
+                call = uow.calls.get(flag.call_record_id)
+            except NotFound:
+                call = None  # deleted since: the flag still says what was found
+            users = uow.specialists.user_ids({flag.specialist_id})
+        names = self._names_of([users.get(flag.specialist_id), resolution.by if resolution else None])
+        return FlagView(flag, resolution, member_name, call,
+                        names.get(users.get(flag.specialist_id)),  # type: ignore[arg-type]
+                        names.get(resolution.by) if resolution and resolution.by else None)
+
+    def _names_of(self, user_ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
+        """Staff names for display; an identity outage leaves them out rather than failing the read."""
+        try:
+            return self.staff_names(user_ids)
+        except Exception:  # noqa: BLE001 - names are a courtesy; ids stay in the audit log
+            return {}
+
+    def overlapping_enrollments(self, member_id: uuid.UUID, start: date, *,
+                                exclude: uuid.UUID | None = None) -> list[Enrollment]:
+        """The member's active enrollments that would overlap one starting on ``start`` (to warn before saving)."""
+        with self._uow() as uow:
+            return uow.enrollments.overlapping(member_id, start, exclude=exclude)
 
     def plans(self) -> list[Plan]:
         with self._read_uow() as uow:
@@ -333,6 +450,87 @@ class Desk:
             uow.commit()
         return call
 
+    def _schedule_next(self, uow: PlatformUnitOfWork, call: Call, attempt: NextAttempt | None) -> None:
+        if attempt is None or call.member_id is None:
+            return
+        specialist = call.specialist_id
+        if specialist is None:
+            mine = self.specialist()
+            specialist = mine.id if mine is not None else None
+        uow.calls.schedule(call.member_id, specialist, when=attempt.when, call_type=attempt.call_type)
+
+    def schedule_call(self, member_id: uuid.UUID, when: datetime, *, call_type: str = "follow_up",
+                      notes: str | None = None) -> Call:
+        """Schedule a call with a member under the signed-in user's specialist record."""
+        specialist = self.specialist()
+        with self._uow() as uow:
+            call = uow.calls.schedule(member_id, specialist.id if specialist is not None else None, when=when,
+                                      call_type=call_type, notes=notes)
+            uow.commit()
+        return call
+
+    def complete_call(self, call_id: uuid.UUID, expected_updated_at: datetime | None, *, started_at: datetime,
+                      ended_at: datetime | None = None, outcome: str | None = None, notes: str | None = None,
+                      follow_up_required: bool = False, follow_up_date: date | None = None,
+                      next_attempt: NextAttempt | None = None) -> Call:
+        """A scheduled call took place (and, optionally, the next one is scheduled in the same step)."""
+        with self._named_conflicts("call"), self._uow() as uow:
+            call = uow.calls.complete(call_id, expected_updated_at, started_at=started_at, ended_at=ended_at,
+                                      outcome=outcome, notes=notes, follow_up_required=follow_up_required,
+                                      follow_up_date=follow_up_date)
+            self._schedule_next(uow, call, next_attempt)
+            uow.commit()
+        return call
+
+    def reschedule_call(self, call_id: uuid.UUID, expected_updated_at: datetime | None, when: datetime,
+                        reason: str | None = None) -> Call:
+        with self._named_conflicts("call"), self._uow() as uow:
+            call = uow.calls.reschedule(call_id, expected_updated_at, when=when, reason=reason)
+            uow.commit()
+        return call
+
+    def cancel_call(self, call_id: uuid.UUID, expected_updated_at: datetime | None, reason: str, *,
+                    next_attempt: NextAttempt | None = None) -> Call:
+        with self._named_conflicts("call"), self._uow() as uow:
+            call = uow.calls.cancel(call_id, expected_updated_at, reason=reason)
+            self._schedule_next(uow, call, next_attempt)
+            uow.commit()
+        return call
+
+    def mark_no_answer(self, call_id: uuid.UUID, expected_updated_at: datetime | None, attempted_at: datetime, *,
+                       notes: str | None = None, next_attempt: NextAttempt | None = None) -> Call:
+        with self._named_conflicts("call"), self._uow() as uow:
+            call = uow.calls.mark_no_answer(call_id, expected_updated_at, attempted_at=attempted_at, notes=notes)
+            self._schedule_next(uow, call, next_attempt)
+            uow.commit()
+        return call
+
+    def edit_call_notes(self, call_id: uuid.UUID, expected_updated_at: datetime | None, notes: str | None) -> Call:
+        with self._named_conflicts("call"), self._uow() as uow:
+            call = uow.calls.edit_notes(call_id, expected_updated_at, notes)
+            uow.commit()
+        return call
+
+    def resolve_flag(self, flag_id: uuid.UUID, expected_updated_at: datetime | None, note: str) -> RiskFlag:
+        with self._named_conflicts("risk flag"), self._uow() as uow:
+            flag = uow.risk_flags.resolve(flag_id, expected_updated_at, note)
+            uow.commit()
+        return flag
+
+    def reopen_flag(self, flag_id: uuid.UUID, expected_updated_at: datetime | None, reason: str) -> RiskFlag:
+        with self._named_conflicts("risk flag"), self._uow() as uow:
+            flag = uow.risk_flags.reopen(flag_id, expected_updated_at, reason)
+            uow.commit()
+        return flag
+
+    def update_member(self, member_id: uuid.UUID, expected_updated_at: datetime | None,
+                      changes: Mapping[str, Any]) -> Member:
+        """Correct a member's contact details or status (members:write; audited without the values)."""
+        with self._named_conflicts("member"), self._uow() as uow:
+            member = uow.members.update(member_id, expected_updated_at, changes)
+            uow.commit()
+        return member
+
     def raise_flag(self, call_id: uuid.UUID, *, risk_type: str, severity: str, description: str) -> RiskFlag:
         with self._uow() as uow:
             flag = uow.risk_flags.raise_from_call(call_id, risk_type=risk_type, severity=severity,
@@ -349,9 +547,9 @@ class Desk:
         return enrollment
 
     def terminate_enrollment(self, enrollment_id: uuid.UUID, expected_updated_at: datetime | None,
-                             termination_date: date) -> Enrollment:
+                             termination_date: date, reason: str | None = None) -> Enrollment:
         with self._named_conflicts("enrollment"), self._uow() as uow:
-            enrollment = uow.enrollments.terminate(enrollment_id, expected_updated_at, termination_date)
+            enrollment = uow.enrollments.terminate(enrollment_id, expected_updated_at, termination_date, reason)
             uow.commit()
         return enrollment
 

@@ -76,9 +76,9 @@ def enum(choices: tuple[str, ...]) -> Parser:
     return parse
 
 
-_US_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
-_COMPACT_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
-_ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_US_DATE = re.compile(r"^([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})$")
+_COMPACT_DATE = re.compile(r"^([0-9]{4})([0-9]{2})([0-9]{2})$")
+_ISO_DATE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
 DATE_FORMATS = "YYYY-MM-DD, MM/DD/YYYY or YYYYMMDD"
 
 
@@ -133,7 +133,7 @@ def integer(low: int | None = None, high: int | None = None) -> Parser:
             value = raw
         else:
             text_value = _text_of(raw)
-            if not re.fullmatch(r"[+-]?\d{1,12}", text_value):
+            if not re.fullmatch(r"[+-]?[0-9]{1,12}", text_value):
                 raise FieldProblem("integer", "must be a whole number")
             value = int(text_value)
         _check_range(value, low, high)
@@ -210,7 +210,7 @@ def parse_ssn(raw: Any) -> Ssn:
     ranges are refused: area 000, 666 or 900-999, group 00, serial 0000."""
     value = _text_of(raw)
     digits = value.replace("-", "").replace(" ", "")
-    if not re.fullmatch(r"\d{9}", digits) or not re.fullmatch(r"\d{3}-?\d{2}-?\d{4}|\d{3} \d{2} \d{4}", value):
+    if not re.fullmatch(r"[0-9]{9}", digits) or not re.fullmatch(r"[0-9]{3}-?[0-9]{2}-?[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}", value):
         raise FieldProblem("ssn_format", "must be nine digits (123-45-6789 or 123456789)")
     area, group, serial = digits[:3], digits[3:5], digits[5:]
     if area == "000" or area == "666" or area[0] == "9":
@@ -247,7 +247,7 @@ def parse_zip(raw: Any) -> str:
     if isinstance(raw, int) and not isinstance(raw, bool):
         value = f"{raw:05d}" if raw < 100_000 else f"{raw:09d}"
     digits = value.replace("-", "").replace(" ", "")
-    if not re.fullmatch(r"\d{5}|\d{9}", digits) or not re.fullmatch(r"\d{5}(?:[- ]?\d{4})?", value):
+    if not re.fullmatch(r"[0-9]{5}|[0-9]{9}", digits) or not re.fullmatch(r"[0-9]{5}(?:[- ]?[0-9]{4})?", value):
         raise FieldProblem("zip_format", "must be a 5-digit ZIP or ZIP+4 (12345 or 12345-6789)")
     return digits if len(digits) == 5 else f"{digits[:5]}-{digits[5:]}"
 
@@ -258,7 +258,7 @@ def parse_phone(raw: Any) -> str:
     Area and exchange codes are not checked against the numbering plan: the fictional 555 numbers of
     test and demo data (+1555 0XX XXXX) must survive an export and re-import."""
     value = _text_of(raw)
-    if not re.fullmatch(r"[\d\s().+\-]+", value):
+    if not re.fullmatch(r"[0-9 \t().+\-]+", value):
         raise FieldProblem("phone_format", "must be a 10-digit US phone number, e.g. (555) 123-4567")
     digits = re.sub(r"\D", "", value)
     if len(digits) == 11 and digits[0] == "1":

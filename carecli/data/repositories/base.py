@@ -100,15 +100,31 @@ class Repository(Generic[R]):
     def validate(self, values: Mapping[str, Any], current: Mapping[str, Any] | None) -> None:
         """Entity rules over the merged row (``current`` is None on create). Override."""
 
+    @staticmethod
+    def changed(values: Mapping[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The fields of ``values`` that differ from ``current`` (None on create: everything is new).
+
+        A server-side expression (CLOCK_NOW for deleted_at) counts as a change.
+        """
+        if current is None:
+            return None
+        return {name: value for name, value in values.items()
+                if isinstance(value, ClauseElement) or isinstance(current.get(name), ClauseElement)
+                or current.get(name) != value}
+
     def _check_caller_fields(self, values: Mapping[str, Any]) -> None:
         for name in values:
             if name in self.protected:
                 raise ValidationError(name, "read_only", "is set by carecli and cannot be given")
 
     def _insert(self, values: Mapping[str, Any], *, operation: str, entity_id: uuid.UUID | None = None,
-                generated: Mapping[str, Any] | None = None) -> R:
-        """Validate, insert with an app-generated id, audit 'create', return the record."""
-        self.require(self.write_permission, operation)
+                generated: Mapping[str, Any] | None = None, permission: Permission | None = None) -> R:
+        """Validate, insert with an app-generated id, audit 'create', return the record.
+
+        ``permission`` overrides ``write_permission`` (a flag's resolution is a metadata row
+        written with ``flags:write``).
+        """
+        self.require(permission or self.write_permission, operation)
         self._check_caller_fields(values)
         row_values = {**values, **(generated or {})}
         check_columns(self.table, row_values, creating=True, generated=frozenset({"id"}))
@@ -122,11 +138,14 @@ class Repository(Generic[R]):
 
     def _update(self, entity_id: uuid.UUID, expected_updated_at: datetime | None, changes: Mapping[str, Any], *,
                 operation: str, action: str = "update", include_deleted: bool = False,
-                internal: Mapping[str, Any] | None = None, permission: Permission | None = None) -> R:
+                internal: Mapping[str, Any] | None = None, permission: Permission | None = None,
+                audit_values: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None) -> R:
         """Update if nobody changed the row since ``expected_updated_at``; audit the difference.
 
         ``internal`` holds changes the repository itself makes (not checked
-        against ``protected``); ``permission`` overrides ``write_permission``.
+        against ``protected``); ``permission`` overrides ``write_permission``;
+        ``audit_values`` adds (old, new) facts to the audit row that are not
+        columns (a flag's resolution state).
         """
         self.require(permission or self.write_permission, operation, entity_id)
         self._check_caller_fields(changes)
@@ -153,6 +172,8 @@ class Repository(Generic[R]):
             update(self.table).where(self.table.c.id == entity_id).values(row_changes).returning(self.table)
         ).one()
         old, new = audit.changed_fields(current_values, dict(row._mapping))
+        if audit_values is not None:
+            old, new = {**old, **audit_values[0]}, {**new, **audit_values[1]}
         audit.write(self.uow.audit_connection, self.uow.audit_actor(self.entity_type, entity_id, row._mapping),
                     self.entity_type, entity_id, action, old, new)
         self._announce(row)

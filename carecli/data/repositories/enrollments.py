@@ -13,7 +13,8 @@ from carecli.data.models.platform import InsurancePlan, Member, MemberInsuranceP
 from carecli.data.permissions import Permission
 from carecli.data.records import Enrollment
 from carecli.data.repositories.base import Repository
-from carecli.data.validation import check_columns, check_not_before, check_range
+from carecli.data.rules import enrollment_problems, utc_now
+from carecli.data.validation import check_columns, check_range
 from carecli.errors import ValidationError
 
 
@@ -26,11 +27,16 @@ class EnrollmentRepository(Repository[Enrollment]):
     protected = Repository.protected | {"member_id", "insurance_plan_id", "is_primary"}
 
     def validate(self, values: Mapping[str, Any], current: Mapping[str, Any] | None) -> None:
-        check_not_before("termination_date", values.get("termination_date"),
-                         "enrollment_date", values.get("enrollment_date"))
         check_range("coverage_percentage", values.get("coverage_percentage"), 0, 100)
-        if values.get("status") == "terminated" and not values.get("termination_date"):
-            raise ValidationError("termination_date", "required", "is required when the status is terminated")
+        plan = None
+        if values.get("insurance_plan_id") is not None:
+            plans = InsurancePlan.__table__
+            found = self.connection.execute(select(plans.c.effective_date, plans.c.expiration_date)
+                                            .where(plans.c.id == values["insurance_plan_id"])).first()
+            plan = dict(found._mapping) if found is not None else None
+        problems = enrollment_problems(values, plan, changed=self.changed(values, current))
+        if problems:
+            raise ValidationError.of(problems)
 
     def for_member(self, member_id: uuid.UUID, *, include_deleted: bool = False) -> list[Enrollment]:
         self.require(self.read_permission, "read enrollments", member_id)
@@ -88,11 +94,44 @@ class EnrollmentRepository(Repository[Enrollment]):
                             internal={"is_primary": True})
 
     def terminate(self, enrollment_id: uuid.UUID, expected_updated_at: datetime | None,
-                  termination_date: date) -> Enrollment:
-        """End an enrollment; a terminated plan is no longer primary."""
-        return self._update(enrollment_id, expected_updated_at,
-                            {"termination_date": termination_date, "status": "terminated"},
-                            operation="terminate enrollments", internal={"is_primary": False})
+                  termination_date: date, reason: str | None = None) -> Enrollment:
+        """End an enrollment on ``termination_date``, saying why (the reason goes into its notes).
+
+        A date that has passed (today included) terminates it now, and a terminated plan is no
+        longer primary. A date still to come keeps it active (and primary) until then, with the
+        termination date set: the app shows it as "ends <date>", and the status follows the dates.
+        """
+        self.require(self.write_permission, "terminate enrollments", enrollment_id)
+        text = (reason or "").strip()
+        if len(text) > 2000:
+            raise ValidationError("reason", "max_length", "Keep the reason to 2,000 characters.")
+        current = self._fetch(enrollment_id)
+        if current.status == "terminated":
+            raise ValidationError("status", "already_terminated", "This enrollment has ended already.")
+        today = utc_now().date()
+        changes: dict[str, Any] = {"termination_date": termination_date}
+        if text:
+            line = f"[{today}] Terminated as of {termination_date}: {text}"
+            changes["notes"] = f"{current.notes.rstrip()}\n{line}" if current.notes and current.notes.strip() else line
+        internal: dict[str, Any] = {}
+        if termination_date <= today:
+            changes["status"] = "terminated"
+            internal["is_primary"] = False
+        return self._update(enrollment_id, expected_updated_at, changes, operation="terminate enrollments",
+                            internal=internal)
+
+    def overlapping(self, member_id: uuid.UUID, start: date, end: date | None = None, *,
+                    exclude: uuid.UUID | None = None) -> list[Enrollment]:
+        """The member's live active enrollments whose dates overlap [start, end] (end None: open-ended)."""
+        self.require(self.read_permission, "read enrollments", member_id)
+        t = self.table
+        conditions = [t.c.member_id == member_id, t.c.status == "active", t.c.deleted_at.is_(None),
+                      (t.c.termination_date.is_(None)) | (t.c.termination_date >= start)]
+        if end is not None:
+            conditions.append(t.c.enrollment_date <= end)
+        if exclude is not None:
+            conditions.append(t.c.id != exclude)
+        return self._list(select(t).where(*conditions).order_by(t.c.enrollment_date))
 
     def update(self, enrollment_id: uuid.UUID, expected_updated_at: datetime | None,
                changes: Mapping[str, Any]) -> Enrollment:

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Row, select
 
+from carecli.data.bulk.fields import FieldProblem, parse_phone
 from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.models.platform import Member as MemberTable
 from carecli.data.permissions import Permission
 from carecli.data.records import Member
 from carecli.data.repositories.base import Repository
-from carecli.data.validation import check_email, check_state, check_zip
+from carecli.data.validation import check_email, check_phone, check_state, check_zip
 from carecli.errors import ValidationError
 
 PHI_FIELDS = ("ssn", "dob")
@@ -30,6 +31,14 @@ class RevealedPhi:
     member_id: uuid.UUID
     ssn: Ssn | None
     dob: DateOfBirth | None
+
+
+def check_name(values: Mapping[str, Any]) -> None:
+    """Names are text a person typed: no control characters (a NUL or an escape sequence is a broken input)."""
+    for name in ("first_name", "last_name"):
+        value = values.get(name)
+        if isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValidationError(name, "control_character", "must not contain control characters")
 
 
 def check_dob(dob: DateOfBirth | None) -> None:
@@ -66,6 +75,21 @@ class MemberRepository(Repository[Member]):
         check_state(values.get("state"))
         check_zip(values.get("zip_code"))
         check_email(values.get("email"))
+        if current is None or values.get("phone") != current.get("phone"):
+            check_phone(values.get("phone"))  # stored numbers from before this rule are not refused on other edits
+        check_name(values)
+
+    @staticmethod
+    def _normalised(values: Mapping[str, Any]) -> dict[str, Any]:
+        """Contact details as import stores them: a phone in any common spelling becomes +1XXXXXXXXXX."""
+        values = dict(values)
+        phone = values.get("phone")
+        if isinstance(phone, str):
+            try:
+                values["phone"] = parse_phone(phone) if phone.strip() else None
+            except FieldProblem as problem:
+                raise ValidationError("phone", problem.rule, problem.message) from None
+        return values
 
     # -- reads -------------------------------------------------------------------
 
@@ -77,6 +101,13 @@ class MemberRepository(Repository[Member]):
         return self.to_record(row)
 
     get = open  # a member record always holds contact details: every get is an audited open
+
+    def display_name(self, member_id: uuid.UUID) -> str:
+        """"Last, First" for a heading (the name only, as lists show it: not an audited open)."""
+        self.require(Permission.MEMBERS_READ, "read member names", member_id)
+        row = self.connection.execute(select(self.table.c.first_name, self.table.c.last_name)
+                                      .where(self.table.c.id == member_id)).first()
+        return f"{row.last_name}, {row.first_name}" if row is not None else "unknown member"
 
     def reveal(self, member_id: uuid.UUID, fields: Iterable[str], reason: str) -> RevealedPhi:
         """Decrypt SSN and/or date of birth, after auditing who, which fields and why."""
@@ -117,7 +148,8 @@ class MemberRepository(Repository[Member]):
                 generated["encrypted_ssn"] = cipher.encrypt_ssn(ssn, member_id)
             if dob is not None:
                 generated["encrypted_dob"] = cipher.encrypt_dob(dob, member_id)
-        return self._insert(values, operation="create members", entity_id=member_id, generated=generated)
+        return self._insert(self._normalised(values), operation="create members", entity_id=member_id,
+                            generated=generated)
 
     def update(self, member_id: uuid.UUID, expected_updated_at: datetime | None, changes: Mapping[str, Any], *,
                ssn: Ssn | None = None, dob: DateOfBirth | None = None) -> Member:
@@ -131,5 +163,6 @@ class MemberRepository(Repository[Member]):
                 internal["encrypted_ssn"] = cipher.encrypt_ssn(ssn, member_id)
             if dob is not None:
                 internal["encrypted_dob"] = cipher.encrypt_dob(dob, member_id)
-        return self._update(member_id, expected_updated_at, changes, operation="edit members", internal=internal)
+        return self._update(member_id, expected_updated_at, self._normalised(changes), operation="edit members",
+                            internal=internal)
 

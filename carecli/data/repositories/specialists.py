@@ -8,7 +8,7 @@ the unit of work's ``user_exists`` lookup before every write that sets it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,14 @@ class SpecialistRepository(Repository[Specialist]):
             raise CarecliError("cannot check specialists.user_id: this unit of work has no identity lookup")
         if not self.uow.user_exists(user_id):
             raise ValidationError("user_id", "reference", "no active user has this id in the identity database")
+
+    def user_ids(self, specialist_ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, uuid.UUID]:
+        """Specialist id -> the identity user id behind it (deleted specialists too: history names them)."""
+        ids = [sid for sid in specialist_ids if sid is not None]
+        if not ids:
+            return {}
+        rows = self.connection.execute(select(self.table.c.id, self.table.c.user_id).where(self.table.c.id.in_(ids)))
+        return {row.id: row.user_id for row in rows if row.user_id is not None}
 
     def for_user(self, user_id: uuid.UUID) -> Specialist | None:
         self.require(self.read_permission, "look up specialists", user_id)

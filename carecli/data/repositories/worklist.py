@@ -16,12 +16,13 @@ from typing import Any, Literal
 from sqlalchemy import and_, exists, func, select, true
 from sqlalchemy.orm import aliased
 
-from carecli.data.models.platform import CallRecord, InsurancePlan, Member, MemberInsurancePlan, RiskFlag
+from carecli.data.models.platform import CallRecord, InsurancePlan, Member, MemberInsurancePlan, Metadata, RiskFlag
 from carecli.data.models.platform import Specialist as SpecialistTable
 from carecli.data.models.platform import SpecialistInsurancePlan
 from carecli.data.permissions import Permission
 from carecli.data.records import Specialist
 from carecli.data.repositories.base import Repository
+from carecli.data.repositories.risk_flags import RESOLUTION_KEY
 
 WorkKind = Literal["call_today", "overdue", "follow_up", "urgent_flag", "plan_member"]
 UPCOMING_DAYS = 14
@@ -98,7 +99,7 @@ class WorklistRepository(Repository[WorkItem]):
             overdue=self._follow_ups(sid, None, today - timedelta(days=1), "overdue"),
             upcoming=self._follow_ups(sid, today, today + timedelta(days=UPCOMING_DAYS), "follow_up"),
             urgent_flags=self._urgent_flags(sid),
-            plan_members=self._plan_members(sid),
+            plan_members=self._plan_members(sid, today),
             plan_names=self._plan_names(sid),
         )
 
@@ -108,7 +109,7 @@ class WorklistRepository(Repository[WorkItem]):
             select(c.id, c.member_id, c.scheduled_at, c.call_type, c.call_status, m.first_name, m.last_name)
             .join(Member.__table__, m.id == c.member_id)
             .where(c.specialist_id == sid, c.scheduled_at >= start, c.scheduled_at < end,
-                   c.deleted_at.is_(None), m.deleted_at.is_(None))
+                   c.call_status == "scheduled", c.deleted_at.is_(None), m.deleted_at.is_(None))
             .order_by(c.scheduled_at, c.id).limit(SECTION_LIMIT))
         return [WorkItem("call_today", r.member_id, _name(r), r.scheduled_at,
                          f"{r.call_type.replace('_', ' ')} · {r.call_status.replace('_', ' ')}", call_id=r.id)
@@ -136,20 +137,23 @@ class WorklistRepository(Repository[WorkItem]):
                 for r in rows]
 
     def _urgent_flags(self, sid: uuid.UUID) -> list[WorkItem]:
-        """High and critical flags (not deleted) on members this specialist has called."""
+        """Open high and critical flags (not deleted, not resolved) on members this specialist has called."""
         f, m, c = RiskFlag.__table__.c, Member.__table__.c, CallRecord.__table__.c
+        md = Metadata.__table__.c
         my_members = select(c.member_id).where(c.specialist_id == sid, c.deleted_at.is_(None))
+        resolved = exists().where(md.entity_type == "risk_flag", md.entity_id == f.id,
+                                  md.metadata_key == RESOLUTION_KEY, md.deleted_at.is_(None))
         rows = self.connection.execute(
             select(f.id, f.member_id, f.call_record_id, f.created_at, f.severity, f.risk_type,
                    m.first_name, m.last_name)
             .join(Member.__table__, m.id == f.member_id)
             .where(f.severity.in_(("high", "critical")), f.deleted_at.is_(None), m.deleted_at.is_(None),
-                   f.member_id.in_(my_members))
+                   f.member_id.in_(my_members), ~resolved)
             .order_by((f.severity == "critical").desc(), f.created_at.desc(), f.id).limit(SECTION_LIMIT))
         return [WorkItem("urgent_flag", r.member_id, _name(r), r.created_at, f"{r.severity} · {r.risk_type}",
                          call_id=r.call_record_id, flag_id=r.id) for r in rows]
 
-    def _plan_members(self, sid: uuid.UUID) -> list[WorkItem]:
+    def _plan_members(self, sid: uuid.UUID, today: date) -> list[WorkItem]:
         """The newest live enrollments in the specialist's plans.
 
         The newest SECTION_LIMIT of *each* plan come from the per-plan index
@@ -161,7 +165,7 @@ class WorklistRepository(Repository[WorkItem]):
         newest = (select(e.id, e.member_id, e.enrollment_date, e.insurance_plan_id)
                   .join(Member.__table__, m.id == e.member_id)
                   .where(e.insurance_plan_id == sp.insurance_plan_id, e.status == "active", e.deleted_at.is_(None),
-                         m.deleted_at.is_(None))
+                         (e.termination_date.is_(None)) | (e.termination_date >= today), m.deleted_at.is_(None))
                   .order_by(e.enrollment_date.desc(), e.id).limit(SECTION_LIMIT).lateral("newest"))
         per_plan = (select(newest).select_from(sp_table).join(newest, true())
                     .where(sp.specialist_id == sid, sp.deleted_at.is_(None)).subquery("per_plan"))
