@@ -50,6 +50,12 @@ MEMBER_VALUES: dict[str, Any] = {
 }
 
 
+def backdate_member(connection: Any, member_id: uuid.UUID, since: datetime = MEMBER_SINCE) -> None:
+    """Put a member made by a test on file since ``since``: a call cannot predate its member's record,
+    and the tests log calls on fixed past dates."""
+    connection.execute(text("UPDATE members SET created_at = :since WHERE id = :id"), {"since": since, "id": member_id})
+
+
 def make_actor(permissions: Iterable[str] = ALL_PERMISSIONS, *, role: str | None = "tester",
                scopes: Iterable[str] | None = None, environ: Mapping[str, str] | None = None,
                user_id: uuid.UUID | None = None) -> Actor:
@@ -129,8 +135,7 @@ class Platform:
         with self.uow() as uow:
             member = uow.members.create({**MEMBER_VALUES, **overrides}, ssn=ssn, dob=dob)
             # On file for years, as members with call history are: a call cannot predate its member's record.
-            uow.connection.execute(text("UPDATE members SET created_at = :since WHERE id = :id"),
-                                   {"since": since, "id": member.id})
+            backdate_member(uow.connection, member.id, since)
             uow.commit()
         return dataclasses.replace(member, created_at=since)
 

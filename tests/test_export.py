@@ -40,7 +40,7 @@ from carecli.errors import ConfigError, PermissionDenied
 from carecli.services.auth.tokens import create_api_token
 from tests.cli import Result, run_carecli
 from tests.conftest import DatabasePair, Server
-from tests.platform_fixtures import CLIENT_IP, MEMBER_VALUES, make_actor
+from tests.platform_fixtures import CLIENT_IP, MEMBER_VALUES, backdate_member, make_actor
 
 SSN, SSN_DIGITS, DOB = "123-45-6789", "123456789", date(1961, 4, 2)
 NOTES = 'Line one, with a comma\nline two; "quoted" and a tab\t- done'
@@ -124,6 +124,7 @@ def site(pg_server: Server, template_pair: DatabasePair) -> Iterator[Installatio
     site = Installation(pair, identity, platform, key, *(uuid.UUID(int=0),) * 5)
     with site.uow(make_actor(role="admin")) as uow:
         member = uow.members.create(MEMBER_VALUES, ssn=Ssn(SSN), dob=DateOfBirth(DOB))
+        backdate_member(uow.connection, member.id)
         uow.metadata.put("member", member.id, "external_member_number", "EMN-0001")
         specialist_id = site.sql("SELECT id FROM specialists WHERE is_active ORDER BY id LIMIT 1")[0][0]
         call = uow.calls.create({"member_id": member.id, "specialist_id": specialist_id, "call_type": "outreach",
@@ -133,7 +134,8 @@ def site(pg_server: Server, template_pair: DatabasePair) -> Iterator[Installatio
         flag = uow.risk_flags.raise_from_call(call.id, risk_type="medical", severity="high",
                                               description="Needs a, follow-up\nsoon")
         uow.metadata.put("risk_flag", flag.id, "external_id", "FLAG-7")
-        plan_id = site.sql("SELECT id FROM insurance_plans ORDER BY plan_code LIMIT 1")[0][0]
+        plan_id = site.sql("SELECT id FROM insurance_plans WHERE coalesce(effective_date, '2026-01-01') <= '2026-01-01' "
+                           "AND coalesce(expiration_date, '2026-01-01') >= '2026-01-01' ORDER BY plan_code LIMIT 1")[0][0]
         enrollment = uow.enrollments.enroll(member.id, plan_id, date(2026, 1, 1), is_primary=True,
                                             notes="enrolled, by phone")
         uow.commit()

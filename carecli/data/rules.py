@@ -91,8 +91,6 @@ def call_problems(call: Mapping[str, Any], *, changed: Mapping[str, Any] | None 
         problems.append(("scheduled_at", "required", "The scheduled time is required for a scheduled call."))
     if status == "completed" and started is None:
         problems.append(("started_at", "required", "The start time is required for a completed call."))
-    if status == "no_answer" and started is None and scheduled is None:
-        problems.append(("started_at", "required", "The time of the attempt is required for an unanswered call."))
 
     if status in HELD_STATUSES:
         word = "completed" if status == "completed" else "unanswered"

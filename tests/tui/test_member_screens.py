@@ -26,6 +26,7 @@ from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScr
 from carecli.screens.member import MASKED_DOB, MASKED_SSN, MemberDetailScreen
 from carecli.screens.worklist import WorklistScreen
 from carecli.services.desk import Desk
+from tests.platform_fixtures import backdate_member
 from tests.tui.conftest import SIZE
 from tests.tui.helpers import screen_text, wait_for
 
@@ -53,6 +54,7 @@ def make_member(tui: Any) -> KnownMember:
              "address_line1": "12 Alder St", "city": "Portland", "state": "OR", "zip_code": "97201",
              "status": "active"},
             ssn=Ssn(SSN), dob=DateOfBirth(DOB))
+        backdate_member(uow.connection, member.id)
         uow.commit()
     return KnownMember(member.id, f"{LAST_NAME}, Quentin")
 

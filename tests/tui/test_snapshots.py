@@ -21,6 +21,7 @@ from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.permissions import ALL_PERMISSIONS
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.services.users import add_user
+from tests.platform_fixtures import backdate_member
 from tests.tui.conftest import SIZE
 from tests.tui.helpers import wait_for
 
@@ -60,6 +61,7 @@ def fixed(tui) -> dict[str, Any]:
                 {"first_name": first, "last_name": last, "email": email, "phone": phone,
                  "address_line1": "1 Snapshot Way", "city": city, "state": state, "zip_code": "97201",
                  "status": status}, ssn=Ssn(ssn), dob=DateOfBirth(date(1960, 5, 17))))
+            backdate_member(uow.connection, members[-1].id)
         uow.enrollments.enroll(members[0].id, gold.id, date(2026, 1, 1), is_primary=True,
                                coverage_percentage=Decimal("80.00"))
         uow.calls.create({"member_id": members[0].id, "specialist_id": specialist.id, "call_type": "outreach",
