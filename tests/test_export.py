@@ -40,7 +40,7 @@ from carecli.errors import ConfigError, PermissionDenied
 from carecli.services.auth.tokens import create_api_token
 from tests.cli import Result, run_carecli
 from tests.conftest import DatabasePair, Server
-from tests.platform_fixtures import CLIENT_IP, MEMBER_VALUES, make_actor
+from tests.platform_fixtures import CLIENT_IP, MEMBER_SINCE, MEMBER_VALUES, make_actor
 
 SSN, SSN_DIGITS, DOB = "123-45-6789", "123456789", date(1961, 4, 2)
 NOTES = 'Line one, with a comma\nline two; "quoted" and a tab\t- done'
@@ -125,6 +125,9 @@ def site(pg_server: Server, template_pair: DatabasePair) -> Iterator[Installatio
     with site.uow(make_actor(role="admin")) as uow:
         member = uow.members.create(MEMBER_VALUES, ssn=Ssn(SSN), dob=DateOfBirth(DOB))
         uow.metadata.put("member", member.id, "external_member_number", "EMN-0001")
+        # On file since before the call below (a call cannot predate its member's record).
+        uow.connection.execute(text("UPDATE members SET created_at = :since WHERE id = :id"),
+                               {"since": MEMBER_SINCE, "id": member.id})
         specialist_id = site.sql("SELECT id FROM specialists WHERE is_active ORDER BY id LIMIT 1")[0][0]
         call = uow.calls.create({"member_id": member.id, "specialist_id": specialist_id, "call_type": "outreach",
                                  "call_status": "completed", "started_at": CALL_START,
@@ -133,7 +136,10 @@ def site(pg_server: Server, template_pair: DatabasePair) -> Iterator[Installatio
         flag = uow.risk_flags.raise_from_call(call.id, risk_type="medical", severity="high",
                                               description="Needs a, follow-up\nsoon")
         uow.metadata.put("risk_flag", flag.id, "external_id", "FLAG-7")
-        plan_id = site.sql("SELECT id FROM insurance_plans ORDER BY plan_code LIMIT 1")[0][0]
+        # A plan in effect on the enrollment date (the seed also keeps last year's expired plans).
+        plan_id = site.sql("SELECT id FROM insurance_plans WHERE coalesce(effective_date, '2026-01-01') <= "
+                           "'2026-01-01' AND coalesce(expiration_date, '2026-01-01') >= '2026-01-01' "
+                           "ORDER BY plan_code LIMIT 1")[0][0]
         enrollment = uow.enrollments.enroll(member.id, plan_id, date(2026, 1, 1), is_primary=True,
                                             notes="enrolled, by phone")
         uow.commit()
@@ -168,7 +174,7 @@ def test_members_without_phi_omit_ssn_and_dob_and_audit_a_read_per_member(site: 
     assert ids == live_ids(site, "members") and str(site.deleted_member_id) not in ids
     mine = next(row for row in rows if row["id"] == str(site.member_id))
     assert mine == {"id": str(site.member_id), "external_member_number": "EMN-0001", "address_line2": "",
-                    "status": "active", **MEMBER_VALUES}
+                    "status": "active", **MEMBER_VALUES, "phone": "+15035550100"}  # stored normalised (E.164)
     assert {row["external_member_number"] for row in rows if row is not mine} == {""}
 
     reads = site.audit(actor.user_id, "read")
