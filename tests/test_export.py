@@ -278,7 +278,39 @@ def test_flags(site: Installation) -> None:
     assert mine == {"id": str(site.flag_id), "external_id": "FLAG-7", "call_record_id": str(site.call_id),
                     "call_external_id": None, "member_id": str(site.member_id), "external_member_number": None,
                     "specialist_id": mine["specialist_id"], "specialist_email": None, "risk_type": "medical",
-                    "severity": "high", "description": "Needs a, follow-up\nsoon"}
+                    "severity": "high", "description": "Needs a, follow-up\nsoon", "resolved": False,
+                    "resolved_at": None, "resolution_note": None}
+
+
+def test_flags_say_whether_and_when_they_were_resolved_and_import_back_unchanged(site: Installation) -> None:
+    from carecli.data.bulk.loader import run_import
+    from carecli.data.bulk.readers import Columns, read_records
+    from carecli.data.bulk.registry import kind_for
+
+    other = site.sql("SELECT id FROM risk_flags WHERE deleted_at IS NULL AND id <> :f ORDER BY id LIMIT 1",
+                     f=site.flag_id)[0][0]
+    with site.uow(make_actor(role="admin")) as uow:
+        flag = uow.risk_flags.get(other)
+        uow.risk_flags.resolve(other, flag.updated_at, "Called back, all fine, now\nwith a line break")
+        uow.commit()
+    rows = {row["id"]: row for row in site.export("flags")}
+    resolved = rows[str(other)]
+    assert resolved["resolved"] == "true"
+    assert resolved["resolution_note"] == "Called back, all fine, now\nwith a line break"
+    assert datetime.fromisoformat(resolved["resolved_at"]).date() == date.today()
+    assert (rows[str(site.flag_id)]["resolved"], rows[str(site.flag_id)]["resolved_at"]) == ("false", "")
+
+    out = io.StringIO(newline="")
+    with site.uow(make_actor()) as uow:
+        run_export(uow, "flags", out, "csv")
+    importer = kind_for("flags")
+    records = read_records(io.BytesIO(out.getvalue().encode()), "csv", Columns(importer.columns, {}),
+                           required=importer.required_columns)
+    problems: list[Any] = []
+    summary = run_import(importer, records, engine=site.platform, actor=make_actor(role="admin"),
+                         cipher=site.cipher, blind_index=lambda: None, on_problem=problems.append, dry_run=True,
+                         identity=site.identity)
+    assert problems == [] and (summary.created, summary.updated, summary.unchanged) == (0, 0, len(rows))
 
 
 # -- filters ----------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ call's: the file may name them (``member_id`` / ``external_member_number``,
 A new flag is raised only from a call that was held (completed or no
 answer: ``call_not_held``), by the rule the app uses
 (:func:`carecli.data.rules.flag_call_problems`); flags already on a call
-keep loading whatever became of it.
+keep loading whatever became of it. The columns ``resolved``,
+``resolved_at`` and ``resolution_note`` (written by export) are read and
+ignored: a flag is resolved or re-opened in the app, each step audited, so a
+round trip changes nothing and a file cannot resolve a flag.
 ``external_id`` is kept in ``metadata`` (entity type ``risk_flag``); a row
 with neither it nor an ``id`` is refused (``identity_required``).
 """
@@ -51,6 +54,8 @@ class FlagsKind(ExternalIdKind):
     special_parsers = {
         "risk_type": f.enum(RISK_TYPES), "severity": f.enum(SEVERITIES), "external_id": f.text(100),
         "call_external_id": f.text(100), "external_member_number": f.text(64), "specialist_email": f.parse_email,
+        # Written by export, read and ignored here (READ_ONLY_COLUMNS): resolving is a step in the app.
+        "resolved": f.parse_bool, "resolved_at": f.parse_timestamp, "resolution_note": f.text(None),
     }
 
     def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
