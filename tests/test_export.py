@@ -124,8 +124,8 @@ def site(pg_server: Server, template_pair: DatabasePair) -> Iterator[Installatio
     site = Installation(pair, identity, platform, key, *(uuid.UUID(int=0),) * 5)
     with site.uow(make_actor(role="admin")) as uow:
         member = uow.members.create(MEMBER_VALUES, ssn=Ssn(SSN), dob=DateOfBirth(DOB))
-        backdate_member(uow.connection, member.id)
         uow.metadata.put("member", member.id, "external_member_number", "EMN-0001")
+        backdate_member(uow.connection, member.id)  # on file before the call below
         specialist_id = site.sql("SELECT id FROM specialists WHERE is_active ORDER BY id LIMIT 1")[0][0]
         call = uow.calls.create({"member_id": member.id, "specialist_id": specialist_id, "call_type": "outreach",
                                  "call_status": "completed", "started_at": CALL_START,
@@ -134,8 +134,10 @@ def site(pg_server: Server, template_pair: DatabasePair) -> Iterator[Installatio
         flag = uow.risk_flags.raise_from_call(call.id, risk_type="medical", severity="high",
                                               description="Needs a, follow-up\nsoon")
         uow.metadata.put("risk_flag", flag.id, "external_id", "FLAG-7")
-        plan_id = site.sql("SELECT id FROM insurance_plans WHERE coalesce(effective_date, '2026-01-01') <= '2026-01-01' "
-                           "AND coalesce(expiration_date, '2026-01-01') >= '2026-01-01' ORDER BY plan_code LIMIT 1")[0][0]
+        # A plan in effect on the enrollment date (the seed also keeps last year's expired plans).
+        plan_id = site.sql("SELECT id FROM insurance_plans WHERE coalesce(effective_date, '2026-01-01') <= "
+                           "'2026-01-01' AND coalesce(expiration_date, '2026-01-01') >= '2026-01-01' "
+                           "ORDER BY plan_code LIMIT 1")[0][0]
         enrollment = uow.enrollments.enroll(member.id, plan_id, date(2026, 1, 1), is_primary=True,
                                             notes="enrolled, by phone")
         uow.commit()
@@ -170,7 +172,7 @@ def test_members_without_phi_omit_ssn_and_dob_and_audit_a_read_per_member(site: 
     assert ids == live_ids(site, "members") and str(site.deleted_member_id) not in ids
     mine = next(row for row in rows if row["id"] == str(site.member_id))
     assert mine == {"id": str(site.member_id), "external_member_number": "EMN-0001", "address_line2": "",
-                    "status": "active", **MEMBER_VALUES}
+                    "status": "active", **MEMBER_VALUES, "phone": "+15035550100"}  # stored normalised (E.164)
     assert {row["external_member_number"] for row in rows if row is not mine} == {""}
 
     reads = site.audit(actor.user_id, "read")
@@ -274,7 +276,39 @@ def test_flags(site: Installation) -> None:
     assert mine == {"id": str(site.flag_id), "external_id": "FLAG-7", "call_record_id": str(site.call_id),
                     "call_external_id": None, "member_id": str(site.member_id), "external_member_number": None,
                     "specialist_id": mine["specialist_id"], "specialist_email": None, "risk_type": "medical",
-                    "severity": "high", "description": "Needs a, follow-up\nsoon"}
+                    "severity": "high", "description": "Needs a, follow-up\nsoon", "resolved": False,
+                    "resolved_at": None, "resolution_note": None}
+
+
+def test_flags_say_whether_and_when_they_were_resolved_and_import_back_unchanged(site: Installation) -> None:
+    from carecli.data.bulk.loader import run_import
+    from carecli.data.bulk.readers import Columns, read_records
+    from carecli.data.bulk.registry import kind_for
+
+    other = site.sql("SELECT id FROM risk_flags WHERE deleted_at IS NULL AND id <> :f ORDER BY id LIMIT 1",
+                     f=site.flag_id)[0][0]
+    with site.uow(make_actor(role="admin")) as uow:
+        flag = uow.risk_flags.get(other)
+        uow.risk_flags.resolve(other, flag.updated_at, "Called back, all fine, now\nwith a line break")
+        uow.commit()
+    rows = {row["id"]: row for row in site.export("flags")}
+    resolved = rows[str(other)]
+    assert resolved["resolved"] == "true"
+    assert resolved["resolution_note"] == "Called back, all fine, now\nwith a line break"
+    assert datetime.fromisoformat(resolved["resolved_at"]).date() == date.today()
+    assert (rows[str(site.flag_id)]["resolved"], rows[str(site.flag_id)]["resolved_at"]) == ("false", "")
+
+    out = io.StringIO(newline="")
+    with site.uow(make_actor()) as uow:
+        run_export(uow, "flags", out, "csv")
+    importer = kind_for("flags")
+    records = read_records(io.BytesIO(out.getvalue().encode()), "csv", Columns(importer.columns, {}),
+                           required=importer.required_columns)
+    problems: list[Any] = []
+    summary = run_import(importer, records, engine=site.platform, actor=make_actor(role="admin"),
+                         cipher=site.cipher, blind_index=lambda: None, on_problem=problems.append, dry_run=True,
+                         identity=site.identity)
+    assert problems == [] and (summary.created, summary.updated, summary.unchanged) == (0, 0, len(rows))
 
 
 # -- filters ----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,8 +25,14 @@ from carecli.data.bulk.loader import run_import
 from carecli.data.bulk.readers import Columns, RecordProblem, read_records
 from carecli.data.bulk.registry import kind_for
 from carecli.data.databases import create_database_engine
+from carecli.data.rules import utc_now
 from tests.import_fixtures import Importer, Outcome, csv_text, importer, platform  # noqa: F401 (fixtures)
 from tests.platform_fixtures import Platform
+
+def in_days(days: int) -> str:
+    """A time ``days`` from now (naive UTC, ISO), for calls that must still be to come."""
+    return (utc_now() + timedelta(days=days)).replace(microsecond=0, second=0).isoformat()
+
 
 PHI_AND_FREE_TEXT = ("Ada", "Okafor", "chest pain", "talked about", "call back", "prefers mornings", "M-A", "X-1")
 
@@ -565,7 +571,7 @@ def test_specialists_of_deactivated_users_still_match_and_calls_find_them_by_ema
     calls = both.run("calls", csv_text(("external_id", "member_id", "specialist_email", "call_type", "call_status",
                                         "scheduled_at"),
                                        ("X-1", member.id, "ANA@example.org", "outreach", "scheduled",
-                                        "2026-04-01T09:00:00")))
+                                        in_days(7))))
     assert (calls.summary.created, calls.problems) == (1, [])
     assert platform.scalar("SELECT specialist_id FROM call_records") == specialist.id
 
@@ -585,7 +591,8 @@ def test_calls_create_rerun_update_and_audit(runner: Runner) -> None:
     specialist = platform.specialist()
     data = csv_text(CALL_HEADER, ("X-1", "M-A", specialist.id, "Outreach", "completed", "2026-03-02T14:00:00Z",
                                   "2026-03-02T14:12:30Z", "talked about diabetes", "reached", "yes", "2026-03-09"),
-                    ("X-2", "M-A", specialist.id, "support", "no_answer", None, None, None, None, None, None))
+                    ("X-2", "M-A", specialist.id, "support", "no_answer", "2026-03-03T10:00:00Z", None, None, None,
+                     None, None))
     first = runner.run("calls", data)
     assert (first.summary.created, first.problems) == (2, [])
     calls = {row.call_status: row for row in platform.sql("SELECT * FROM call_records")}

@@ -201,6 +201,35 @@ def test_a_held_member_and_everything_of_theirs_is_exempt_until_released(world):
     assert not world.exists("members", f.member.id) and not world.exists("risk_flags", f.flag.id)
 
 
+def _resolution_rows(world: World, flag_id: uuid.UUID) -> int:
+    return world.platform.scalar("SELECT count(*) FROM metadata WHERE entity_type = 'risk_flag' "
+                                 "AND entity_id = :id AND metadata_key = 'resolution'", id=flag_id)
+
+
+def test_a_purged_flag_takes_its_resolution_with_it_and_a_held_one_keeps_it(world):
+    resolved, held = family(world), family(world, code="PPO-2")
+    with world.platform.uow() as uow:
+        for f in (resolved, held):
+            flag = uow.risk_flags.resolve(f.flag.id, f.flag.updated_at, "Called back, fell at home again")
+            # re-opened and resolved again: still one metadata row (revived), live
+            flag = uow.risk_flags.reopen(f.flag.id, flag.updated_at, "Second fall reported")
+            uow.risk_flags.resolve(f.flag.id, flag.updated_at, "Seen by the nurse")
+        uow.commit()
+    assert _resolution_rows(world, resolved.flag.id) == _resolution_rows(world, held.flag.id) == 1
+    delete_family(world, resolved)
+    delete_family(world, held)
+    retention.place_hold(world.databases, world.platform.admin, held.member.id, "Matter 2026-115")
+    world.purge()
+    assert not world.exists("risk_flags", resolved.flag.id) and _resolution_rows(world, resolved.flag.id) == 0
+    assert world.exists("risk_flags", held.flag.id) and _resolution_rows(world, held.flag.id) == 1
+    fact_rows = [row for row in world.purge_rows() if row.entity_type == "metadata"
+                 and (row.new_values or {}).get("with") == "risk_flag"]
+    assert len(fact_rows) >= 1  # the resolution (and the flag's other facts), audited as purged with the flag
+    everything = " ".join(str(row._mapping) for row in world.purge_rows())
+    for value in ("Called back", "Second fall", "Seen by the nurse"):
+        assert value not in everything
+
+
 def test_holds_and_releases_are_audited_without_the_reason(world):
     f = family(world)
     admin = world.platform.admin

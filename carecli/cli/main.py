@@ -28,6 +28,7 @@ from carecli.cli.auth_cmd import (
     whoami_command,
 )
 from carecli.cli.backup_cmd import backup_group
+from carecli.cli.check_cmd import check_group
 from carecli.cli.config_cmd import config_group
 from carecli.cli.db_cmd import db_group
 from carecli.cli.doctor_cmd import doctor_command
@@ -84,6 +85,7 @@ cli.add_command(backup_group)
 cli.add_command(retention_group)
 cli.add_command(audit_group)
 cli.add_command(doctor_command)
+cli.add_command(check_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -102,9 +102,9 @@ def call_problems(call: Mapping[str, Any], *, changed: Mapping[str, Any] | None 
         first = started or (scheduled if status == "no_answer" else None)
         if (member_created_at is not None and first is not None and first < member_created_at - skew
                 and (status_touched or _touched("started_at", changed))):
+            # The member's creation time is not said: it is a fact about the member (and so is the row's).
             problems.append(("started_at", "before_member",
-                             f"A call cannot have happened before the member's record existed "
-                             f"(created {_fmt(member_created_at)})."))
+                             "A call cannot have happened before the member's record existed."))
     if status == "scheduled" and scheduled is not None and scheduled < now - skew \
             and (status_touched or _touched("scheduled_at", changed)):
         problems.append(("scheduled_at", "scheduled_past",
@@ -147,8 +147,8 @@ def enrollment_problems(enrollment: Mapping[str, Any], plan: Mapping[str, Any] |
     if status == "terminated" and end is not None and end > today and \
             (_touched("status", changed) or _touched("termination_date", changed)):
         problems.append(("status", "status_dates",
-                         f"An enrollment is terminated only once its termination date has passed ({end} is still "
-                         "to come): leave it active with that termination date."))
+                         "An enrollment is terminated only once its termination date has passed (this one is "
+                         "still to come): leave it active with that termination date."))
     return problems
 
 

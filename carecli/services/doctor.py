@@ -439,6 +439,32 @@ def check_pools(doctor: Doctor) -> Iterable[CheckResult]:
         yield CheckResult("pool", status, f"{pool_description(target.engine)}; {detail}", action, target.label)
 
 
+# -- stored data ------------------------------------------------------------------------------------------
+
+
+def check_stored_data(doctor: Doctor) -> Iterable[CheckResult]:
+    """Live rows that break a rule of the app (stored before the rule existed): a warning, never a failure.
+
+    Only counts are read (no ids, no values), so there is no member data to audit.
+    """
+    platform = doctor.target("platform")
+    if platform is None or platform.label not in doctor.migrated:
+        return
+    from carecli.data.integrity import count_violations, total
+
+    with platform.engine.connect() as connection:
+        counts = count_violations(connection)
+    found = total(counts)
+    if not found:
+        yield CheckResult("stored data", "pass", f"no live row breaks any of the {len(counts)} data rules",
+                          target="platform")
+        return
+    broken = ", ".join(f"{count.name} {count.count:,}" for count in counts if count.count)
+    yield CheckResult("stored data", "warn", f"{found:,} live rows break a data rule ({broken})",
+                      "run `carecli check data` to see them per rule, then correct those records in the app",
+                      "platform")
+
+
 #: The checks, in the order they are shown. ``check_reachable`` must stay first.
 CHECKS: list[Check] = [
     check_reachable,
@@ -450,6 +476,7 @@ CHECKS: list[Check] = [
     check_sessions,
     check_clock,
     check_pools,
+    check_stored_data,
 ]
 
 

@@ -8,10 +8,13 @@ neither it nor an ``id`` could never be matched again, so it is refused
 ``specialist_email`` (their user's e-mail address in the identity database);
 both must be live to log a call, as in the app.
 
-The repository's rules hold on the call as it will be (the file's columns
-over the stored ones): ``ended_at`` not before ``started_at`` and only with
-it, a completed call has ``started_at``, a scheduled one ``scheduled_at``, a
-required follow-up has its date, not before the call. ``duration_seconds``
+The repository's rules (:func:`carecli.data.rules.call_problems`) hold on
+the call as it will be (the file's columns over the stored ones), with the
+file's changes as what an update touches: the order of the times, the
+required ones, a held call neither in the future (``not_future``) nor before
+its member's record was created (``before_member``), a scheduled call in
+the future (``scheduled_past``). Every problem of a row is reported.
+``duration_seconds``
 is computed from ``started_at`` and ``ended_at`` when both are known (a
 given value must agree with them to the second); without them the file's
 value is kept.
@@ -23,8 +26,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
+from carecli.data import rules
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.catalog import EXTERNAL_ID
 from carecli.data.bulk.kinds import (
@@ -37,12 +43,14 @@ from carecli.data.bulk.kinds import (
     member_refs,
     metadata_of,
     metadata_owners,
+    rows_by_id,
     specialist_refs,
 )
 from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES
-from carecli.data.models.platform import CallRecord
+from carecli.data.models.platform import CallRecord, Member
 from carecli.data.permissions import Permission
 
+MEMBERS = Member.__table__
 REDACTED = "[redacted]"
 #: how far a given duration_seconds may be from ended_at - started_at (rounding in the source system)
 DURATION_SLACK_SECONDS = 1
@@ -73,8 +81,13 @@ class ExternalIdKind(Kind):
     def references(self, ctx: BatchContext, rows: list[Parsed]) -> list[dict[int, Ref]]:
         raise NotImplementedError
 
+    def batch_facts(self, ctx: BatchContext, rows: list[Parsed], existing: Mapping[uuid.UUID, dict[str, Any]],
+                    references: list[dict[int, Ref]]) -> Any:
+        """What the rules need beyond the rows and their references, fetched once for the batch."""
+        return None
+
     def prepare(self, plan: BatchPlan, parsed: Parsed, current: dict[str, Any] | None,
-                refs: list[Ref]) -> dict[str, Any] | None:
+                refs: list[Ref], facts: Any = None) -> dict[str, Any] | None:
         """New values (``current`` None) or changes for one row; None when the row is refused."""
         raise NotImplementedError
 
@@ -88,6 +101,7 @@ class ExternalIdKind(Kind):
                     fetch_by(connection, self.table, ("id",), ((i,) for i in wanted)).items()}
         external_ids = metadata_of(connection, self.entity_type, EXTERNAL_ID, existing)
         references = self.references(ctx, rows)
+        facts = self.batch_facts(ctx, rows, existing, references)
 
         staged: list[tuple[Parsed, dict[str, Any] | None, dict[str, Any]]] = []
         candidates: list[tuple[int, list[str]]] = []
@@ -95,7 +109,7 @@ class ExternalIdKind(Kind):
             matched, current = self._match(plan, parsed, owners, existing)
             if not matched:
                 continue
-            values = self.prepare(plan, parsed, current, [refs[parsed.row] for refs in references])
+            values = self.prepare(plan, parsed, current, [refs[parsed.row] for refs in references], facts)
             if values is None:
                 continue
             staged.append((parsed, current, values))
@@ -154,6 +168,14 @@ class ExternalIdKind(Kind):
         return True, current
 
 
+@dataclass(frozen=True)
+class CallFacts:
+    """What the call rules need for a batch: when each member's record was made, and now."""
+
+    member_created: Mapping[uuid.UUID, datetime | None]
+    now: datetime
+
+
 class CallsKind(ExternalIdKind):
     name = "calls"
     noun = "call"
@@ -173,13 +195,20 @@ class CallsKind(ExternalIdKind):
         for name in ("call_type", "call_status"):
             if name in values and values[name] is None:
                 yield name, "required", "is required"
-        yield from self.date_order(values, "ended_at", "started_at")
 
     def references(self, ctx: BatchContext, rows: list[Parsed]) -> list[dict[int, Ref]]:
         return [member_refs(ctx.connection, rows), specialist_refs(ctx, rows, "specialist_id", "specialist_email")]
 
+    def batch_facts(self, ctx: BatchContext, rows: list[Parsed], existing: Mapping[uuid.UUID, dict[str, Any]],
+                    references: list[dict[int, Ref]]) -> CallFacts:
+        """The ``created_at`` of every member the batch's calls are (or will be) with, in one query."""
+        member_ids = [ref.id for ref in references[0].values() if ref.id is not None]
+        member_ids += [row["member_id"] for row in existing.values()]
+        found = rows_by_id(ctx.connection, MEMBERS, member_ids, ("id", "created_at"))
+        return CallFacts({member_id: row["created_at"] for member_id, row in found.items()}, rules.utc_now())
+
     def prepare(self, plan: BatchPlan, parsed: Parsed, current: dict[str, Any] | None,
-                refs: list[Ref]) -> dict[str, Any] | None:
+                refs: list[Ref], facts: CallFacts | None = None) -> dict[str, Any] | None:
         values = parsed.values
         member, specialist = refs
         creating = current is None
@@ -205,16 +234,17 @@ class CallsKind(ExternalIdKind):
         else:
             merged = {**current, **{name: values[name] for name in self.table_columns if name in values}, **extra}
         duration, problem = self._duration(merged, current, values)
-        if problem is not None:
-            self.reject(plan, parsed, *problem)
-            return None
+        problems = [problem] if problem is not None else []
         extra["duration_seconds"] = merged["duration_seconds"] = duration
-        problems = list(self._rules(merged))
+        changes = None if current is None else self.changes(parsed, current, extra)
+        member_created = facts.member_created.get(merged.get("member_id")) if facts is not None else None
+        problems += rules.call_problems(merged, changed=changes, member_created_at=member_created,
+                                        now=facts.now if facts is not None else None)
         for problem in problems:
             self.reject(plan, parsed, *problem)
         if problems:
             return None
-        return merged if current is None else self.changes(parsed, current, extra)
+        return merged if changes is None else changes
 
     @staticmethod
     def _duration(merged: Mapping[str, Any], current: Mapping[str, Any] | None,
@@ -232,21 +262,3 @@ class CallsKind(ExternalIdKind):
         if current is None or "started_at" in values or "ended_at" in values:
             return None, None
         return current.get("duration_seconds"), None
-
-    @staticmethod
-    def _rules(merged: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
-        """The repository's rules (CallRepository.validate), on the call as it will be."""
-        started, ended = merged.get("started_at"), merged.get("ended_at")
-        if started is not None and ended is not None and ended < started:
-            yield "ended_at", "date_order", "must not be before started_at"
-        if ended is not None and started is None:
-            yield "started_at", "required", "is required when ended_at is given"
-        follow_up, day = merged.get("follow_up_date"), started or merged.get("scheduled_at")
-        if follow_up is not None and day is not None and follow_up < day.date():
-            yield "follow_up_date", "date_order", "must not be before the call"
-        if merged.get("follow_up_required") and follow_up is None:
-            yield "follow_up_date", "required", "is required when a follow-up is required"
-        if merged.get("call_status") == "scheduled" and merged.get("scheduled_at") is None:
-            yield "scheduled_at", "required", "is required for a scheduled call"
-        if merged.get("call_status") == "completed" and started is None:
-            yield "started_at", "required", "is required for a completed call"

@@ -33,9 +33,13 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "flags": (
         "id", "external_id", "call_record_id", "call_external_id", "member_id", "external_member_number",
-        "specialist_id", "specialist_email", "risk_type", "severity", "description",
+        "specialist_id", "specialist_email", "risk_type", "severity", "description", "resolved", "resolved_at",
+        "resolution_note",
     ),
 }
+
+#: columns export writes and import reads but ignores: a flag's resolution is made (and audited) in the app
+READ_ONLY_COLUMNS: dict[str, tuple[str, ...]] = {"flags": ("resolved", "resolved_at", "resolution_note")}
 
 #: what people may type for a kind
 ALIASES: dict[str, str] = {

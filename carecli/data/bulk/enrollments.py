@@ -14,19 +14,29 @@ so a batch never fails on ``uq_member_insurance_plans_one_primary``. To move
 the primary flag, clear it on the old enrollment first (an earlier import),
 then set it on the new one. As in the app, only an active enrollment can be
 primary, and ending one (status terminated or suspended) clears its flag.
+
+The app's rules (:func:`carecli.data.rules.enrollment_problems`) hold on the
+enrollment as it will be, against its plan's dates, with the file's changes
+as what an update touches: no date before 1900 (``too_early``), the
+termination not before the start (``date_order``), the start within the
+plan's effective and expiration dates and the termination not after the
+latter (``plan_dates``), status terminated only once the termination date has
+passed (``status_dates``). Every problem of a row is reported.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
 
+from carecli.data import rules
 from carecli.data.bulk import fields as f
-from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, fetch_by, member_refs
+from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, fetch_by, member_refs, rows_by_id
 from carecli.data.models.enums import ENROLLMENT_STATUSES
 from carecli.data.models.platform import InsurancePlan, MemberInsurancePlan
 from carecli.data.permissions import Permission
@@ -56,7 +66,6 @@ class EnrollmentsKind(Kind):
         member_columns = [name for name in ("member_id", "external_member_number") if name in values]
         if member_columns and all(values[name] is None for name in member_columns):
             yield member_columns[0], "required", "a member_id or external_member_number is required"
-        yield from self.date_order(values, "termination_date", "enrollment_date")
 
     def plan(self, ctx: BatchContext, rows: list[Parsed]) -> BatchPlan:
         plan = BatchPlan()
@@ -80,6 +89,11 @@ class EnrollmentsKind(Kind):
                 current["enrollment_date"] if current else None)
             keys[parsed.row] = (member_id, plan_id, when)
         by_key = fetch_by(connection, self.table, NATURAL_KEY, keys.values())
+        # Every plan's dates for the rules: by plan_code above, by id for rows that name none (one query).
+        plan_dates = {row["id"]: row for row in plans.values()}
+        plan_dates.update(rows_by_id(connection, PLANS, [key[1] for key in keys.values() if key[1] not in plan_dates],
+                                     ("id", "effective_date", "expiration_date")))
+        today = rules.utc_now().date()
         member_ids = {key[0] for key in keys.values() if key[0] is not None}
         primaries: dict[uuid.UUID, uuid.UUID] = {}
         if member_ids:
@@ -92,7 +106,7 @@ class EnrollmentsKind(Kind):
         candidates: list[tuple[int, list[str]]] = []
         for parsed in rows:
             outcome = self._prepare(plan, parsed, members[parsed.row], plans, by_id, by_key, keys[parsed.row],
-                                    primaries)
+                                    primaries, plan_dates, today)
             if outcome is None:
                 continue
             current, values, claim = outcome
@@ -123,6 +137,7 @@ class EnrollmentsKind(Kind):
     def _prepare(self, plan: BatchPlan, parsed: Parsed, ref: Any, plans: Mapping[tuple, dict[str, Any]],
                  by_id: Mapping[uuid.UUID, dict[str, Any]], by_key: Mapping[tuple, dict[str, Any]],
                  key: tuple[Any, Any, Any], primaries: Mapping[uuid.UUID, uuid.UUID],
+                 plan_dates: Mapping[uuid.UUID, Mapping[str, Any]], today: date,
                  ) -> tuple[dict[str, Any] | None, dict[str, Any], list[str]] | None:
         """Match and validate one row: (matched enrollment or None, new values or changes, keys to claim).
 
@@ -187,7 +202,9 @@ class EnrollmentsKind(Kind):
                 changes["is_primary"] = False  # ending an enrollment ends it being primary, as in the app
             merged = {**current, **changes}
 
-        problems = list(self._rules(merged, current, changes, values))
+        problems = rules.enrollment_problems(merged, plan_dates.get(merged["insurance_plan_id"]),
+                                             changed=None if current is None else changes, today=today)
+        problems += self._primary_rule(merged, current, changes, values)
         for field, rule, message in problems:
             self.reject(plan, parsed, field, rule, message)
         if problems:
@@ -206,14 +223,10 @@ class EnrollmentsKind(Kind):
         return current, changes, claim
 
     @staticmethod
-    def _rules(merged: Mapping[str, Any], current: Mapping[str, Any] | None, changes: Mapping[str, Any],
-               values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
-        """The repository's rules, on the row as it will be."""
-        if merged.get("termination_date") is not None and merged.get("enrollment_date") is not None and \
-                merged["termination_date"] < merged["enrollment_date"]:
-            yield "termination_date", "date_order", "must not be before enrollment_date"
-        if merged.get("status") == "terminated" and merged.get("termination_date") is None:
-            yield "termination_date", "required", "is required when the status is terminated"
+    def _primary_rule(merged: Mapping[str, Any], current: Mapping[str, Any] | None, changes: Mapping[str, Any],
+                      values: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """Only an active enrollment can be primary (the app's set_primary refuses the others)."""
         if merged.get("is_primary") and merged.get("status") != "active" and values.get("is_primary") and \
                 (current is None or "is_primary" in changes or "status" in changes):
-            yield "is_primary", "active_only", "only an active enrollment can be primary"
+            return [("is_primary", "active_only", "only an active enrollment can be primary")]
+        return []

@@ -67,6 +67,7 @@ from carecli.data.models.identity import User
 from carecli.data.models.platform import Metadata, PlatformBase, SpecialistInsurancePlan
 from carecli.data.permissions import Permission
 from carecli.data.repositories.base import CLOCK_NOW
+from carecli.data.repositories.risk_flags import RESOLUTION_KEY
 from carecli.data.unit_of_work import NIL, PlatformUnitOfWork
 from carecli.errors import ConfigError, PermissionDenied
 
@@ -287,6 +288,17 @@ def _statement(kind: str, include_phi: bool) -> Select[Any]:
     elif kind in ("calls", "flags"):
         join, values["external_id"] = _natural_key(ENTITY_TYPES[kind], EXTERNAL_ID, c.id, "external")
         joins.append(join)
+    if kind == "flags":
+        # A flag's resolution is a live metadata row {"note", "by", "at"}; the note is free text, like the
+        # flag's description (exported as it is; the export's summary audit row names no values).
+        resolution = _METADATA.alias("resolution")
+        joins.append((resolution, and_(resolution.c.entity_type == "risk_flag", resolution.c.entity_id == c.id,
+                                       resolution.c.metadata_key == RESOLUTION_KEY,
+                                       resolution.c.deleted_at.is_(None))))
+        values["resolved"] = resolution.c.id.is_not(None)
+        values["resolved_at"] = resolution.c.metadata_value.op("->>", return_type=Text)(literal_column("'at'"))
+        values["resolution_note"] = resolution.c.metadata_value.op("->>", return_type=Text)(
+            literal_column("'note'"))
     selected = []
     for name in columns_for(kind, include_phi):
         if name in values:

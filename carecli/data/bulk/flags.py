@@ -6,6 +6,13 @@ raise a flag on it. As in the app, the flag's member and specialist are the
 call's: the file may name them (``member_id`` / ``external_member_number``,
 ``specialist_id`` / ``specialist_email``) but they must then be the call's
 (``call_mismatch``), and a flag never moves to another call (``read_only``).
+A new flag is raised only from a call that was held (completed or no
+answer: ``call_not_held``), by the rule the app uses
+(:func:`carecli.data.rules.flag_call_problems`); flags already on a call
+keep loading whatever became of it. The columns ``resolved``,
+``resolved_at`` and ``resolution_note`` (written by export) are read and
+ignored: a flag is resolved or re-opened in the app, each step audited, so a
+round trip changes nothing and a file cannot resolve a flag.
 ``external_id`` is kept in ``metadata`` (entity type ``risk_flag``); a row
 with neither it nor an ``id`` is refused (``identity_required``).
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from carecli.data import rules
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.catalog import EXTERNAL_ID
 from carecli.data.bulk.calls import ExternalIdKind
@@ -46,6 +54,8 @@ class FlagsKind(ExternalIdKind):
     special_parsers = {
         "risk_type": f.enum(RISK_TYPES), "severity": f.enum(SEVERITIES), "external_id": f.text(100),
         "call_external_id": f.text(100), "external_member_number": f.text(64), "specialist_email": f.parse_email,
+        # Written by export, read and ignored here (READ_ONLY_COLUMNS): resolving is a step in the app.
+        "resolved": f.parse_bool, "resolved_at": f.parse_timestamp, "resolution_note": f.text(None),
     }
 
     def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
@@ -64,12 +74,13 @@ class FlagsKind(ExternalIdKind):
         call_owners = metadata_owners(connection, "call_record", EXTERNAL_ID,
                                       (p.values.get("call_external_id") for p in rows))
         calls_found = rows_by_id(connection, CALLS, [p.values.get("call_record_id") for p in rows]
-                                 + list(call_owners.values()), ("id", "member_id", "specialist_id", "deleted_at"))
+                                 + list(call_owners.values()),
+                                 ("id", "member_id", "specialist_id", "call_status", "deleted_at"))
         return [resolve_refs(rows, "call_record_id", "call_external_id", calls_found, call_owners, "call"),
                 member_refs(connection, rows), specialist_refs(ctx, rows, "specialist_id", "specialist_email")]
 
     def prepare(self, plan: BatchPlan, parsed: Parsed, current: dict[str, Any] | None,
-                refs: list[Ref]) -> dict[str, Any] | None:
+                refs: list[Ref], facts: Any = None) -> dict[str, Any] | None:
         call, member, specialist = refs
         problems = [ref.problem for ref in refs if ref.problem is not None]
         for problem in problems:
@@ -92,14 +103,21 @@ class FlagsKind(ExternalIdKind):
         else:
             expected = {"call_record_id": call.id, "member_id": call.row["member_id"],
                         "specialist_id": call.row["specialist_id"]}
+            # The app's rules for raising a flag from this call; a member the file names must be the call's.
+            for field, rule, message in rules.flag_call_problems(call.row, member.id if member.given else None,
+                                                                  field=call.field or "call_record_id"):
+                problems.append((member.field or field if rule == "call_mismatch" else field, rule, message))
         for ref, name, what in ((member, "member_id", "member"), (specialist, "specialist_id", "specialist")):
-            if ref.given and ref.id != expected[name]:
-                self.reject(plan, parsed, ref.field, "call_mismatch",
-                            f"must be the call's {what} (a flag's {what} is the call's)")
-                return None
             if expected[name] is None:
-                self.reject(plan, parsed, name, "required", f"the call has no {what}, so no flag can be raised on it")
-                return None
+                problems.append((name, "required", f"the call has no {what}, so no flag can be raised on it"))
+            elif ref.given and ref.id != expected[name] and (current is not None or name != "member_id"):
+                # (a new flag's member was checked by the shared rule above)
+                problems.append((ref.field, "call_mismatch",
+                                 f"must be the call's {what} (a flag's {what} is the call's)"))
+        for problem in problems:
+            self.reject(plan, parsed, *problem)
+        if problems:
+            return None
         if current is not None:
             return self.changes(parsed, current, expected)
         new = self.new_values(parsed, expected)

@@ -163,6 +163,13 @@ class MemberRepository(Repository[Member]):
                 internal["encrypted_ssn"] = cipher.encrypt_ssn(ssn, member_id)
             if dob is not None:
                 internal["encrypted_dob"] = cipher.encrypt_dob(dob, member_id)
+        changes = dict(changes)
+        if isinstance(changes.get("phone"), str):
+            stored = self.connection.execute(select(self.table.c.phone).where(self.table.c.id == member_id)).first()
+            if stored is not None and stored.phone == changes["phone"]:
+                # Sent back as stored (a form resends every field): not a change, so a number kept from
+                # before the phone rule is not refused, nor parsed, on an edit of something else.
+                del changes["phone"]
         return self._update(member_id, expected_updated_at, self._normalised(changes), operation="edit members",
                             internal=internal)
 
