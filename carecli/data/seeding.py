@@ -728,6 +728,12 @@ def _enrollment_chunks(rng: random.Random, members: _MemberIndex, counts: list[i
     now, today = clock.now, clock.today
     random_ = rng.random
     n_current, n_all = len(current_plans), len(all_plans)
+    # The plans run for a calendar year (this year's and last year's, see _build_plans): an enrollment
+    # starts and ends within its plan's dates, as carecli's rules ask (carecli.data.rules).
+    epoch = date(1970, 1, 1).toordinal()
+    year = date.fromordinal(epoch + today).year
+    this_year_start = date(year, 1, 1).toordinal() - epoch
+    last_year_start, last_year_end = date(year - 1, 1, 1).toordinal() - epoch, this_year_start - 1
     next_id = iter(_sorted_ids(rng, sum(counts))).__next__
     rows: list[tuple] = []
     append = rows.append
@@ -747,19 +753,24 @@ def _enrollment_chunks(rng: random.Random, members: _MemberIndex, counts: list[i
                           else "suspended" if u < 0.09 else "active")
             else:
                 status = "terminated" if u < 0.25 else "suspended" if u < 0.28 else "active"
-            # Live enrollments are in this year's plans; ended ones may be in last year's.
-            if status == "terminated":
-                plan_index = int(random_() * n_all)
-                pool = all_plans
+            # Live enrollments are in this year's plans; ended ones may be in last year's (if the
+            # member was on file then).
+            plan_index = int(random_() * (n_all if status == "terminated" else n_current))
+            if plan_index >= n_current and first_day <= last_year_end:
+                pool, lo, hi = all_plans, max(first_day, last_year_start), last_year_end
             else:
-                plan_index = int(random_() * n_current)
-                pool = current_plans
+                plan_index %= n_current
+                pool, lo, hi = current_plans, max(first_day, this_year_start), today
             plan_id = pool[plan_index]
             if plan_id == first_plan:  # two enrollments of one member are in different plans
-                plan_id = pool[(plan_index + 1) % len(pool)]
+                plan_id = pool[(plan_index + 1) % len(pool)] if pool is current_plans \
+                    else current_plans[plan_index % n_current]
+                if plan_id in current_plans:
+                    lo, hi = max(first_day, this_year_start), today
             first_plan = plan_id
-            enrolled = first_day + int(random_() * (today - first_day + 1))
-            terminated = (enrolled + int(random_() * (today - enrolled + 1))
+            lo = min(lo, hi)
+            enrolled = lo + int(random_() * (hi - lo + 1))
+            terminated = (enrolled + int(random_() * (hi - enrolled + 1))
                           if status == "terminated" else None)
             u = random_()
             coverage = _COVERAGE[0] if u < 0.35 else _COVERAGE[1] if u < 0.7 else _COVERAGE[2]
