@@ -77,7 +77,7 @@ def test_a_commit_announces_every_written_row_by_ids_only(platform: Platform, ca
                                               description="diabetes follow-up")
         enrollment = uow.enrollments.enroll(member.id, plan.id, date(2026, 1, 1), is_primary=True)
         note = uow.metadata.put("member", member.id, "note:1", {"text": "worried about insulin"})
-        changed = uow.members.update(member.id, member.updated_at, {"phone": "555-0111"})
+        changed = uow.members.update(member.id, member.updated_at, {"phone": "(503) 555-0111"})
         uow.commit()
     (payload,) = catcher(1)
     assert payload["v"] == 1 and payload["src"] == notify.PROCESS_SOURCE
