@@ -256,7 +256,7 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         """
         if self.care.locked:
             return
-        ignore = self.desk.source if self.is_current or self._own_form_above() else None
+        ignore = self.desk.source if self._reloads_own_writes() else None
         if not self._concerned(message, ignore):
             return
         if self.is_current:
@@ -264,12 +264,14 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         else:
             self._stale = True
 
-    def _own_form_above(self) -> bool:
+    def _reloads_own_writes(self) -> bool:
+        """Whether this screen reloads after this app's own writes by itself: it is on top, or one of
+        its forms is (a screen opened over it, e.g. a call, writes without telling it)."""
         stack = self.app.screen_stack
         if self not in stack:
-            return False
-        index = stack.index(self)
-        return index + 1 < len(stack) and isinstance(stack[index + 1], CareModal)
+            return True
+        above = stack[stack.index(self) + 1:]
+        return not above or isinstance(above[0], CareModal)
 
     def _concerned(self, message: DataChanged, ignore: str | None) -> bool:
         changes = message.changes

@@ -233,7 +233,7 @@ Keys your role cannot use are not shown.
         """
         # Own writes made from a screen opened over this one (a call) count: only this screen's own forms
         # reload it themselves.
-        ignore = self.desk.source if self.is_current or self._own_form_above() else None
+        ignore = self.desk.source if self._reloads_own_writes() else None
         if self.care.locked or not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES,
                                                                     ignore=ignore):
             return
@@ -242,12 +242,14 @@ Keys your role cannot use are not shown.
         else:
             self._stale = True
 
-    def _own_form_above(self) -> bool:
+    def _reloads_own_writes(self) -> bool:
+        """Whether this screen reloads after this app's own writes by itself: it is on top, or one of
+        its forms is (a screen opened over it, e.g. a call, writes without telling it)."""
         stack = self.app.screen_stack
         if self not in stack:
-            return False
-        index = stack.index(self)
-        return index + 1 < len(stack) and isinstance(stack[index + 1], CareModal)
+            return True
+        above = stack[stack.index(self) + 1:]
+        return not above or isinstance(above[0], CareModal)
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
         if self._stale and not self.care.locked:

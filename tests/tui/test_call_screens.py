@@ -508,3 +508,32 @@ async def test_the_call_screen_and_its_forms_fit_80x24(tui) -> None:
                 assert button.region.bottom <= 24 and button.region.right <= 80 and button.region.height
             app.pop_screen()
             await wait_for(pilot, lambda: app.screen is screen)
+
+
+async def test_the_member_screen_under_a_call_follows_a_step_taken_on_it(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    call = desk.schedule_call(known.id, now_utc() + timedelta(days=1))
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        member_screen = await open_member(pilot, known.id)
+        await wait_for(pilot, lambda: app.live_listening, what="the live-update listener")
+        assert table_rows(member_screen, "calls-table")[0][2] == "scheduled"
+        member_screen.query_one("#calls-table", DataTable).focus()
+        await pilot.press("enter")
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, CallScreen) and app.screen.view is not None
+                                and app.screen, what="the call screen")
+        await pilot.press("n")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, NoAnswerForm) and app.screen)
+        set_input(form, "next_attempt", typed(now_utc() + timedelta(days=2)))
+        await pilot.press("ctrl+s")
+        await loaded(pilot, screen, lambda view: view.call.call_status == "no_answer", "the unanswered call")
+        # The step was this app's own write, made from a screen over the member's: the file follows it
+        # (read at once, or when shown again).
+        await wait_for(pilot, lambda: member_screen.file is not None and member_screen.file.calls
+                       and {c.call_status for c in member_screen.file.calls} == {"no_answer", "scheduled"},
+                       what="the member screen to read the change")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is member_screen and len(member_screen._calls) == 2
+                       and member_screen._calls[str(call.id)].call_status == "no_answer", what="the reload")
+        assert sorted(row[2] for row in table_rows(member_screen, "calls-table")) == ["no answer", "scheduled"]
