@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
 from textual import on
+from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Select, Static, TextArea
@@ -80,8 +81,11 @@ class CallStepForm(FormModal):
 
     def about(self) -> str:
         call = self.call
-        when = f"scheduled for {show_when(call.scheduled_at)} UTC" if call.scheduled_at else "not scheduled"
-        return f"{_label(call.call_type).capitalize()} call, {_label(call.call_status)}, {when}."
+        kind = f"{_label(call.call_type).capitalize()} call"
+        if call.call_status == "scheduled":
+            return f"{kind} scheduled for {show_when(call.scheduled_at)} UTC."
+        when = call.started_at or call.scheduled_at
+        return f"{kind}, {_label(call.call_status)}" + (f", {show_when(when)} UTC." if when else ".")
 
     def compose_about(self) -> Iterable[Widget]:
         yield Static(self.about(), id="step-about", classes="read-only", markup=False)
@@ -201,6 +205,12 @@ class CancelCallForm(CallStepForm):
     HEADING = "Cancel the call"
     ACTION = "cancel the call"
     SAVE_LABEL = "Cancel the call"
+    CLOSE_LABEL = "Keep it"
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Cancel the call", id="form.save", tooltip="Cancel the call (the reason is kept)"),
+        Binding("escape", "cancel", "Keep it", id="form.cancel",
+                tooltip="Close without cancelling the call (with typed changes, press it twice)"),
+    ]
 
     def compose_fields(self) -> Iterable[Widget]:
         yield from self.compose_about()
@@ -260,6 +270,9 @@ class EditCallNotesForm(CallStepForm):
 
     HEADING = "Edit the call's notes"
     ACTION = "save the notes"
+
+    def heading(self) -> str:
+        return f"Notes of the call with {self.member_label}" if self.member_label else self.HEADING
     DEFAULT_CSS = """
     EditCallNotesForm TextArea { height: 8; }
     """

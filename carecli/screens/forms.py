@@ -147,6 +147,8 @@ class FormModal(CareModal):
     #: what saving does, for messages: "Could not <ACTION>"
     ACTION: ClassVar[str] = "save"
     SAVE_LABEL: ClassVar[str] = "Save"
+    #: the button that closes the form without saving
+    CLOSE_LABEL: ClassVar[str] = "Cancel"
     #: press enter in a one-line input to save (for short dialogs)
     SUBMIT_ON_ENTER: ClassVar[bool] = False
     #: a save that finishes while the form is covered (locked) is handed over after the unlock;
@@ -175,7 +177,7 @@ class FormModal(CareModal):
             yield Static("", id="form-status", classes="form-status", markup=False)
             with Horizontal(classes="buttons", id="form-buttons"):
                 yield Button(self.SAVE_LABEL, variant="primary", id="form-save", compact=True)
-                yield Button("Cancel", id="form-cancel", compact=True)
+                yield Button(self.CLOSE_LABEL, id="form-cancel", compact=True)
         yield CareFooter()  # the form's own keys (ctrl+s, esc), not those of the screen under it
 
     def heading(self) -> str:
@@ -249,6 +251,8 @@ class FormModal(CareModal):
         if error is not None and error.display:
             error.update("")
             error.display = False
+            if not self.field_errors() and not self.saving:
+                self.set_status("")  # "please correct the marked fields" is done with
         if self._discard_armed:
             self._discard_armed = False
             self.set_status("")

@@ -214,6 +214,8 @@ Keys your role cannot use are not shown.
             for table in self.query(f"#{pane_id}-table").results(DataTable):
                 for name, width in specs:
                     table.add_column(name, width=width)
+        # The calls first: Enter opens the call under the cursor (1-5 switch tabs).
+        self.query_one("#calls-table", DataTable).focus()
         self.load()
 
     # -- reading -------------------------------------------------------------------------
