@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from carecli.data.actor import Actor
 from carecli.data.crypto.phi import DateOfBirth, Ssn
@@ -60,6 +61,9 @@ def fixed(tui) -> dict[str, Any]:
                 {"first_name": first, "last_name": last, "email": email, "phone": phone,
                  "address_line1": "1 Snapshot Way", "city": city, "state": state, "zip_code": "97201",
                  "status": status}, ssn=Ssn(ssn), dob=DateOfBirth(date(1960, 5, 17))))
+        # The records are older than the call below (a call cannot predate its member's record).
+        uow.connection.execute(text("UPDATE members SET created_at = :at WHERE id = ANY(:ids)"),
+                               {"at": datetime(2026, 1, 1), "ids": [member.id for member in members]})
         uow.enrollments.enroll(members[0].id, gold.id, date(2026, 1, 1), is_primary=True,
                                coverage_percentage=Decimal("80.00"))
         uow.calls.create({"member_id": members[0].id, "specialist_id": specialist.id, "call_type": "outreach",
