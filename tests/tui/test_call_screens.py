@@ -16,11 +16,12 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from textual.widgets import Button, Checkbox, DataTable, Static, TextArea
+from textual.widgets import Button, Checkbox, DataTable, Select, Static, TextArea
 
 from carecli.screens.call import CallScreen
 from carecli.screens.call_forms import (CancelCallForm, CompleteCallForm, EditCallNotesForm, NoAnswerForm,
                                         RescheduleCallForm, ScheduleCallForm)
+from carecli.screens.forms import FlagFormScreen
 from carecli.screens.member import MemberDetailScreen
 from carecli.screens.worklist import WorklistScreen
 from tests.tui.conftest import SIZE
@@ -537,3 +538,42 @@ async def test_the_member_screen_under_a_call_follows_a_step_taken_on_it(tui) ->
         await wait_for(pilot, lambda: app.screen is member_screen and len(member_screen._calls) == 2
                        and member_screen._calls[str(call.id)].call_status == "no_answer", what="the reload")
         assert sorted(row[2] for row in table_rows(member_screen, "calls-table")) == ["no answer", "scheduled"]
+
+
+async def test_enter_on_an_urgent_flag_in_the_worklist_opens_the_flag_and_a_flag_is_raised_from_a_call(
+        tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    call = desk.log_call({"member_id": known.id, "call_type": "outreach", "call_status": "completed",
+                          "started_at": datetime(2025, 3, 1, 14, 0)})
+    flag = desk.raise_flag(call.id, risk_type="safety", severity="critical", description="Lives alone, fell twice")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        worklist = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        await wait_for(pilot, lambda: flag.id in {item.flag_id for item in worklist.items.get("flags", [])},
+                       what="the urgent flag")
+        worklist.query_one("#worklist-tabs").active = "tab-flags"
+        table = worklist.query_one("#table-flags", DataTable)
+        table.focus()
+        table.move_cursor(row=[item.flag_id for item in worklist.items["flags"]].index(flag.id))
+        await pilot.press("enter")
+        await pilot.pause()
+        if importlib.util.find_spec("carecli.screens.flag") is None:
+            assert app.screen is worklist
+            assert any("not available yet" in str(n.message) for n in app._notifications)
+        else:
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "FlagScreen", what="the flag screen")
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is worklist)
+
+        # f on the call raises another flag from it; the call's flags follow.
+        screen = await open_call(pilot, call.id)
+        await pilot.press("f")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, FlagFormScreen) and app.screen)
+        assert form.call.id == call.id
+        form.query_one("#field-risk_type", Select).value = "medical"
+        form.query_one("#field-severity", Select).value = "low"
+        form.query_one("#field-description", TextArea).text = "Needs a new glucose meter"
+        await pilot.press("ctrl+s")
+        await loaded(pilot, screen, lambda view: len(view.flags) == 2, "the new flag")
+        assert sorted(row[1] for row in table_rows(screen, "call-flags")) == ["critical", "low"]
