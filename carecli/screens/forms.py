@@ -390,7 +390,15 @@ class FormModal(CareModal):
         # Every problem a rule check found, each next to its field; the rest in the status line.
         parts = [self.explain(dataclasses.replace(message.problem, field=name, rule=rule, message=text, problems=()))
                  for name, rule, text in message.problem.problems] or [self.explain(message.problem)]
-        shown = [part for part in parts if part.field is not None and self.show_field_error(part.field, part.message)]
+        by_field: dict[str, list[Problem]] = {}
+        for part in parts:
+            name = self.FIELD_ALIASES.get(part.field or "", part.field or "")
+            if part.field is not None and self.error_widget(name) is not None:
+                by_field.setdefault(name, []).append(part)
+        shown: list[Problem] = []
+        for group in by_field.values():  # two rules broken by one field: both sentences under it
+            self.show_field_error(group[0].field or "", " ".join(part.message for part in group))
+            shown.extend(group)
         rest = [part for part in parts if not any(part is done for done in shown)]
         if shown and not rest:
             plural = "s" if len({part.field for part in shown}) > 1 else ""

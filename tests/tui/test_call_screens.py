@@ -40,6 +40,10 @@ def typed(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M")
 
 
+def show(moment: datetime | None) -> str:
+    return typed(moment) if moment else "—"
+
+
 def call_row(tui: Any, call_id: uuid.UUID) -> Any:
     [row] = tui.rows("platform", "SELECT * FROM call_records WHERE id = :c", c=call_id)
     return row
@@ -128,10 +132,6 @@ async def test_enter_on_a_call_in_the_member_screen_shows_every_field_the_full_n
         await pilot.press("m")
         await wait_for(pilot, lambda: app.screen is member_screen)
         assert not any(isinstance(s, CallScreen) for s in app.screen_stack)
-
-
-def show(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M") if moment else "—"
 
 
 async def test_a_call_from_the_worklist_is_completed_with_a_follow_up_and_the_next_attempt_and_leaves_today(
