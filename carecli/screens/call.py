@@ -94,9 +94,9 @@ class CallScreen(CareScreen):
 ## Call
 
 Everything about one call: its type and status, when it was scheduled, started
-and ended (all times UTC), its outcome and follow-up, its full notes (**Tab** to
-them and scroll with the arrow keys), who the specialist is, who logged it and
-when, and the risk flags raised from it.
+and ended (all times UTC), its outcome and follow-up, its full notes (scroll them
+with the arrow keys; **Tab** goes on to the flags), who the specialist is, who
+logged it and when, and the risk flags raised from it. **ctrl+r** reads it again.
 
 While the call is **scheduled**: **c** completes it (started and ended default to
 now; you can ask for a follow-up and schedule the next attempt in the same step),
@@ -115,18 +115,19 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
     CallScreen #call-flags { height: auto; max-height: 7; }
     """
 
+    # The steps come first and the labels are short: at 80 columns the footer shows them all, with m and Esc.
     BINDINGS = [
         Binding("c", "complete", "Complete", id="call.complete",
                 tooltip="The call took place: when, how it went, follow-up, the next attempt"),
-        Binding("s", "reschedule", "Reschedule", id="call.reschedule", tooltip="Move this call to another time"),
-        Binding("x", "cancel_call", "Cancel call", id="call.cancel", tooltip="Cancel this call, saying why"),
         Binding("n", "no_answer", "No answer", id="call.no_answer",
                 tooltip="The member did not answer (optionally schedule the next attempt)"),
-        Binding("e", "edit_notes", "Edit notes", id="call.edit_notes", tooltip="Change the notes of your own call"),
+        Binding("s", "reschedule", "Reschedule", id="call.reschedule", tooltip="Move this call to another time"),
+        Binding("x", "cancel_call", "Cancel", id="call.cancel", tooltip="Cancel this call, saying why"),
+        Binding("e", "edit_notes", "Notes", id="call.edit_notes", tooltip="Change the notes of your own call"),
         Binding("f", "raise_flag", "Flag", id="call.raise_flag", tooltip="Raise a risk flag found on this call"),
         Binding("m", "open_member", "Member", id="call.open_member", tooltip="Open the member's file"),
-        Binding("ctrl+r", "refresh", "Refresh", id="call.refresh", tooltip="Read the call again"),
         Binding("escape", "back", "Back", id="call.back", tooltip="Back to the previous screen"),
+        Binding("ctrl+r", "refresh", "Refresh", show=False, id="call.refresh", tooltip="Read the call again"),
     ]
 
     def __init__(self, call_id: uuid.UUID | str) -> None:
