@@ -93,12 +93,12 @@ def call_problems(call: Mapping[str, Any], *, changed: Mapping[str, Any] | None 
         problems.append(("started_at", "required", "The start time is required for a completed call."))
 
     if status in HELD_STATUSES:
-        word = "completed" if status == "completed" else "unanswered"
+        word = "A completed" if status == "completed" else "An unanswered"
         for name, value in (("started_at", started), ("ended_at", ended)):
             if value is not None and value > now + skew and (status_touched or _touched(name, changed)):
                 what = "start" if name == "started_at" else "end"
                 problems.append((name, "not_future",
-                                 f"A {word} call cannot {what} in the future (it is {_fmt(now)} now)."))
+                                 f"{word} call cannot {what} in the future (it is {_fmt(now)} now)."))
         first = started or (scheduled if status == "no_answer" else None)
         if (member_created_at is not None and first is not None and first < member_created_at - skew
                 and (status_touched or _touched("started_at", changed))):

@@ -8,7 +8,10 @@ conflict, the database down) never clears what was typed: the error is shown
 next to its field (or in the status line with what to do) and Save can be
 pressed again. Text that does not parse (a date typed wrong) is reported
 inline without a round trip; the repository's own rules come back as
-:class:`~carecli.errors.ValidationError` and land next to the field they name.
+:class:`~carecli.errors.ValidationError` and land next to the field they name
+(every problem it lists at once, each next to its own field). An error line
+goes away as soon as its field is edited, and Esc on a form with typed
+changes asks for a second Esc before it throws them away.
 """
 
 from __future__ import annotations
@@ -135,7 +138,8 @@ class FormModal(CareModal):
 
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", id="form.save", tooltip="Save (nothing typed is lost if it fails)"),
-        Binding("escape", "cancel", "Cancel", id="form.cancel", tooltip="Close without saving"),
+        Binding("escape", "cancel", "Cancel", id="form.cancel",
+                tooltip="Close without saving (with typed changes, press it twice)"),
     ]
 
     #: the form's title
@@ -143,6 +147,8 @@ class FormModal(CareModal):
     #: what saving does, for messages: "Could not <ACTION>"
     ACTION: ClassVar[str] = "save"
     SAVE_LABEL: ClassVar[str] = "Save"
+    #: the button that closes the form without saving
+    CLOSE_LABEL: ClassVar[str] = "Cancel"
     #: press enter in a one-line input to save (for short dialogs)
     SUBMIT_ON_ENTER: ClassVar[bool] = False
     #: a save that finishes while the form is covered (locked) is handed over after the unlock;
@@ -156,6 +162,10 @@ class FormModal(CareModal):
         self.saving = False
         self._pending_result: Any = None
         self._has_pending = False
+        #: the fields' values as the form opened (to tell whether anything was typed)
+        self._initial: dict[str, Any] | None = None
+        #: Esc was pressed once over typed changes: the next Esc discards them
+        self._discard_armed = False
 
     # -- building ---------------------------------------------------------------
 
@@ -167,11 +177,15 @@ class FormModal(CareModal):
             yield Static("", id="form-status", classes="form-status", markup=False)
             with Horizontal(classes="buttons", id="form-buttons"):
                 yield Button(self.SAVE_LABEL, variant="primary", id="form-save", compact=True)
-                yield Button("Cancel", id="form-cancel", compact=True)
+                yield Button(self.CLOSE_LABEL, id="form-cancel", compact=True)
         yield CareFooter()  # the form's own keys (ctrl+s, esc), not those of the screen under it
 
     def heading(self) -> str:
         return self.HEADING
+
+    def on_mount(self) -> None:
+        # Subclasses' own on_mount runs first (Textual calls each class's handler along the MRO).
+        self._initial = self.field_values()
 
     def compose_fields(self) -> Iterable[Widget]:
         """The form's fields (override)."""
@@ -205,6 +219,43 @@ class FormModal(CareModal):
     def perform(self, values: dict[str, Any]) -> Any:
         """The blocking desk call (runs in a thread worker). Override."""
         raise NotImplementedError
+
+    def field_values(self) -> dict[str, Any]:
+        """Every field's current value (field name -> value), to compare with the values the form opened with."""
+        values: dict[str, Any] = {}
+        for widget in self.query("*"):
+            name = (widget.id or "").removeprefix("field-")
+            if not widget.id or name == widget.id:
+                continue
+            if isinstance(widget, TextArea):
+                values[name] = widget.text
+            else:
+                values[name] = getattr(widget, "value", None)
+        return values
+
+    def has_changes(self) -> bool:
+        """Whether anything was typed or chosen since the form opened."""
+        return self._initial is not None and self.field_values() != self._initial
+
+    @on(Input.Changed)
+    @on(TextArea.Changed)
+    @on(Select.Changed)
+    @on(Checkbox.Changed)
+    def _field_edited(self, event: Message) -> None:
+        """Editing a field takes its error line away (and a pending "press Esc again" with it)."""
+        control = getattr(event, "control", None)
+        name = (getattr(control, "id", None) or "").removeprefix("field-")
+        if not name or control is None or name == control.id:
+            return
+        error = self.error_widget(name)
+        if error is not None and error.display:
+            error.update("")
+            error.display = False
+            if not self.field_errors() and not self.saving:
+                self.set_status("")  # "please correct the marked fields" is done with
+        if self._discard_armed:
+            self._discard_armed = False
+            self.set_status("")
 
     def input_value(self, name: str) -> str:
         return self.query_one(f"#field-{name}", Input).value
@@ -278,6 +329,11 @@ class FormModal(CareModal):
 
     def action_cancel(self) -> None:
         # A save in flight still finishes in the database; closing only stops waiting for it.
+        if not self.saving and not self._discard_armed and self.has_changes():
+            self._discard_armed = True
+            self.set_status("You have typed changes: press Esc again to throw them away, or ctrl+s to save them.",
+                            error=True)
+            return
         self.dismiss(None)
 
     @on(Button.Pressed, "#form-save")
@@ -328,20 +384,33 @@ class FormModal(CareModal):
     def on_form_save_failed(self, message: FormSaveFailed) -> None:
         message.stop()
         self._set_saving(False)
-        problem = self.explain(message.problem)
-        if problem.auth:
-            self.care.show_problem(self.ACTION, problem)
+        if message.problem.auth:
+            self.care.show_problem(self.ACTION, self.explain(message.problem))
             return
-        shown = problem.field is not None and self.show_field_error(problem.field, problem.message)
-        if shown:
-            self.set_status("Please correct the marked field, then try again.", error=True)
-            self._focus_field(self.FIELD_ALIASES.get(problem.field or "", problem.field or ""))
+        # Every problem a rule check found, each next to its field; the rest in the status line.
+        parts = [self.explain(dataclasses.replace(message.problem, field=name, rule=rule, message=text, problems=()))
+                 for name, rule, text in message.problem.problems] or [self.explain(message.problem)]
+        by_field: dict[str, list[Problem]] = {}
+        for part in parts:
+            name = self.FIELD_ALIASES.get(part.field or "", part.field or "")
+            if part.field is not None and self.error_widget(name) is not None:
+                by_field.setdefault(name, []).append(part)
+        shown: list[Problem] = []
+        for group in by_field.values():  # two rules broken by one field: both sentences under it
+            self.show_field_error(group[0].field or "", " ".join(part.message for part in group))
+            shown.extend(group)
+        rest = [part for part in parts if not any(part is done for done in shown)]
+        if shown and not rest:
+            plural = "s" if len({part.field for part in shown}) > 1 else ""
+            self.set_status(f"Please correct the marked field{plural}, then try again.", error=True)
+            self._focus_field(self.FIELD_ALIASES.get(shown[0].field or "", shown[0].field or ""))
             return
-        text = problem.message
-        if problem.field:
-            text = f"{_label(problem.field)}: {text}"
-        hint = problem.hint or "correct it and save again"
-        self.set_status(f"Not saved: {text}.\n{hint[:1].upper()}{hint[1:]}; what you typed is kept.", error=True)
+        texts = [f"{_label(part.field)}: {part.message}" if part.field else part.message for part in rest]
+        text = "; ".join(text.rstrip(".") for text in texts)
+        hint = rest[0].hint or "correct it and save again"
+        also = " (and see the marked fields)" if shown else ""
+        self.set_status(f"Not saved: {text}{also}.\n{hint[:1].upper()}{hint[1:]}; what you typed is kept.",
+                        error=True)
 
     def explain(self, problem: Problem) -> Problem:
         """Reword a failure for this form (override); the default names columns as the form does."""
@@ -392,7 +461,7 @@ class FormModal(CareModal):
             return
         if message.changes.record_changed(*record, ignore=self.desk.source):
             self.set_status(f"Another session has just changed this {self.RECORD_WORD}: saving now will be refused "
-                            "as a conflict. Note what you typed, close this form (Esc) and open the "
+                            "as a conflict. Note what you typed, close this form (Esc; twice if you typed) and open the "
                             f"{self.RECORD_WORD} again to see the change.", error=True)
 
 

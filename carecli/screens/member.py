@@ -26,7 +26,9 @@ from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
 from carecli.screens.widgets import CareFooter
-from carecli.screens.base import CareScreen, Problem, describe, member_name, show_when
+from carecli.screens.base import CareModal, CareScreen, Problem, describe, member_name, show_when
+from carecli.screens.call import CallScreen
+from carecli.screens.call_forms import ScheduleCallForm
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, NoteDialog, RevealDialog,
                                    TerminateDialog)
@@ -45,6 +47,7 @@ MASKED_DOB = "••••-••-••"
 #: action -> the permission it needs; the screen hides what the role cannot do (the repository refuses it anyway)
 ACTION_PERMISSIONS: dict[str, Permission] = {
     "log_call": Permission.CALLS_WRITE,
+    "schedule_call": Permission.CALLS_WRITE,
     "raise_flag": Permission.FLAGS_WRITE,
     "enroll": Permission.ENROLLMENTS_WRITE,
     "terminate": Permission.ENROLLMENTS_WRITE,
@@ -110,6 +113,20 @@ class MemberChanged(Message):
 class MemberDetailScreen(CareScreen):
     """One member's file; opened from the worklist, the member browser or the command palette."""
 
+    HELP = """
+## Member
+
+The member's contact details, with SSN and date of birth masked (**r** reveals them
+for a short time, with a reason, audited), and tabs of their calls, risk flags,
+enrollments, notes and (for supervisors and auditors) who accessed the record:
+**1**-**5** switch tabs.
+
+**Enter** on a call opens it: there a scheduled call is completed, rescheduled,
+cancelled or marked unanswered. **c** logs a call that already took place, **s**
+schedules one, **f** raises a risk flag from the selected call, **n** adds a note.
+Keys your role cannot use are not shown.
+"""
+
     DEFAULT_CSS = """
     MemberDetailScreen #member-header { height: auto; padding: 0 1; background: $boost; }
     MemberDetailScreen #member-name { text-style: bold; }
@@ -126,6 +143,8 @@ class MemberDetailScreen(CareScreen):
         Binding("b", "break_glass", "Break the glass", id="member.break_glass",
                 tooltip="Emergency: time-boxed access to this member's SSN / DOB (phi:emergency; audited, reviewed)"),
         Binding("c", "log_call", "Call", id="member.log_call", tooltip="Log a call with this member"),
+        Binding("s", "schedule_call", "Schedule", id="member.schedule_call",
+                tooltip="Schedule a call with this member"),
         Binding("f", "raise_flag", "Flag", id="member.raise_flag", tooltip="Raise a risk flag from the selected call"),
         Binding("e", "enroll", "Enroll", id="member.enroll", tooltip="Enroll this member in a plan"),
         Binding("t", "terminate", "Terminate", id="member.terminate", tooltip="End the selected enrollment"),
@@ -195,6 +214,8 @@ class MemberDetailScreen(CareScreen):
             for table in self.query(f"#{pane_id}-table").results(DataTable):
                 for name, width in specs:
                     table.add_column(name, width=width)
+        # The calls first: Enter opens the call under the cursor (1-5 switch tabs).
+        self.query_one("#calls-table", DataTable).focus()
         self.load()
 
     # -- reading -------------------------------------------------------------------------
@@ -212,13 +233,25 @@ class MemberDetailScreen(CareScreen):
         Changes made through this app's own desk are left out: its forms and
         actions reload the file themselves once they are saved.
         """
+        # Own writes made from a screen opened over this one (a call) count: only this screen's own forms
+        # reload it themselves.
+        ignore = self.desk.source if self._reloads_own_writes() else None
         if self.care.locked or not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES,
-                                                                    ignore=self.desk.source):
+                                                                    ignore=ignore):
             return
         if self.is_current:
             self.load()  # a form on top keeps what was typed: it is another screen
         else:
             self._stale = True
+
+    def _reloads_own_writes(self) -> bool:
+        """Whether this screen reloads after this app's own writes by itself: it is on top, or one of
+        its forms is (a screen opened over it, e.g. a call, writes without telling it)."""
+        stack = self.app.screen_stack
+        if self not in stack:
+            return True
+        above = stack[stack.index(self) + 1:]
+        return not above or isinstance(above[0], CareModal)
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
         if self._stale and not self.care.locked:
@@ -554,14 +587,17 @@ class MemberDetailScreen(CareScreen):
         if self._allowed("log_call"):
             self.app.push_screen(CallFormScreen(self.member_id, self._member_label()), self._after_form("Call logged."))
 
+    def action_schedule_call(self) -> None:
+        if self._allowed("schedule_call"):
+            self.app.push_screen(ScheduleCallForm(self.member_id, self._member_label()),
+                                 self._after_form("Call scheduled."))
+
     @on(DataTable.RowSelected, "#calls-table")
-    def edit_call(self, event: DataTable.RowSelected) -> None:
-        """Enter on a call opens it for editing (for users who may edit calls)."""
+    def open_call(self, event: DataTable.RowSelected) -> None:
+        """Enter on a call opens it (its steps, notes and flags)."""
         call = self._calls.get(event.row_key.value or "")
-        if call is None or not self.desk.can(Permission.CALLS_WRITE):
-            return
-        self.app.push_screen(CallFormScreen(self.member_id, self._member_label(), call),
-                             self._after_form("Call saved."))
+        if call is not None:
+            self.app.push_screen(CallScreen(call.id))
 
     def action_raise_flag(self) -> None:
         if not self._allowed("raise_flag"):

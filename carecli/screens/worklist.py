@@ -44,7 +44,7 @@ class WorklistLoaded(Message):
 
 
 class WorklistScreen(CareScreen):
-    """The worklist; Enter on a row opens the member behind it."""
+    """The worklist; Enter on a row opens its call, flag or member, and ``o`` the member behind it."""
 
     HELP = """
 ## Worklist
@@ -55,12 +55,17 @@ member is completed or scheduled), **Urgent flags** the open high and critical r
 flags on members you have called, and **My plans** members enrolled in the plans you
 specialise in.
 
-Press **Enter** on any row to open that member. Switch tabs with the mouse or
-**←/→** on the tab bar; **ctrl+r** reloads.
+Press **Enter** on a call (Today, Overdue, Upcoming) to open that call: there you
+complete, reschedule or cancel it, or record that nobody answered. **Enter** on an
+urgent flag opens the flag, on a member of your plans the member; **o** opens the
+member behind any row. A call done leaves Today at once. Switch tabs with the mouse
+or **←/→** on the tab bar; **ctrl+r** reloads.
 """
 
     BINDINGS = [
         Binding("ctrl+r", "reload", "Refresh", id="worklist.refresh", tooltip="Load the worklist again"),
+        Binding("o", "open_member", "Open member", id="worklist.open_member",
+                tooltip="Open the member of the selected row"),
         Binding("slash", "app.go('members')", "Find member", id="worklist.find",
                 tooltip="Search all members"),
     ]
@@ -144,11 +149,41 @@ Press **Enter** on any row to open that member. Switch tabs with the mouse or
         self.query_one(f"#table-{active}", DataTable).focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter: a call row opens the call, an urgent flag the flag, a plan member the member."""
         tab_id = (event.data_table.id or "").removeprefix("table-")
         items = self.items.get(tab_id, [])
         index = int(event.row_key.value or 0)
-        if index < len(items):
-            self.care.open_member(items[index].member_id)
+        if index >= len(items) or self.care.locked:
+            return
+        item = items[index]
+        if item.kind == "urgent_flag" and item.flag_id is not None:
+            from carecli.screens.call import open_flag
+
+            open_flag(self.app, item.flag_id)
+        elif item.call_id is not None:
+            from carecli.screens.call import CallScreen
+
+            self.app.push_screen(CallScreen(item.call_id))
+        else:
+            self.care.open_member(item.member_id)
+
+    def selected_item(self) -> WorkItem | None:
+        """The row under the cursor on the tab shown."""
+        tabs = self.query_one(TabbedContent)
+        tab_id = (tabs.active or "").removeprefix("tab-")
+        items = self.items.get(tab_id, [])
+        tables = self.query(f"#table-{tab_id}")
+        if not items or not tables:
+            return None
+        row = tables.first(DataTable).cursor_row
+        return items[row] if 0 <= row < len(items) else None
+
+    def action_open_member(self) -> None:
+        item = self.selected_item()
+        if item is None:
+            self.notify("Choose a row first.", severity="warning")
+            return
+        self.care.open_member(item.member_id)
 
     # -- live updates ----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ host do.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import text
@@ -17,6 +17,8 @@ from textual.widgets import DataTable, Input, Static
 
 from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.unit_of_work import PlatformUnitOfWork
+from carecli.screens.call import CallScreen
+from carecli.screens.call_forms import RescheduleCallForm
 from carecli.screens.forms import CallFormScreen
 from carecli.screens.member import MemberDetailScreen
 from carecli.screens.members import MemberBrowserScreen, ResultsTable
@@ -83,8 +85,7 @@ async def test_an_edit_of_a_call_open_in_another_session_is_flagged_in_the_form_
     known = make_member(tui)
     desk_b = tui.sign_in("specialist", 0)
     desk_a = tui.sign_in("specialist", 1)
-    call = desk_b.log_call({"member_id": known.id, "call_type": "outreach", "call_status": "no_answer",
-                            "scheduled_at": datetime(2025, 6, 1, 9, 0)})
+    call = desk_b.schedule_call(known.id, now_utc() + timedelta(days=1))
     app_a, app_b = tui.app(desk_a), tui.app(desk_b)
     async with app_b.run_test(size=SIZE) as pilot_b, app_a.run_test(size=SIZE) as pilot_a:
         forms = []
@@ -92,27 +93,32 @@ async def test_an_edit_of_a_call_open_in_another_session_is_flagged_in_the_form_
             screen = await open_member(pilot, known.id)
             in_app(app, screen.query_one("#calls-table", DataTable).focus)
             await wait_for(pilot, lambda screen=screen: screen.focused is screen.query_one("#calls-table"))
-            await pilot.press("enter")
-            forms.append(await wait_for(pilot, lambda app=app: isinstance(app.screen, CallFormScreen) and app.screen))
+            await pilot.press("enter")  # opens the call
+            await wait_for(pilot, lambda app=app: isinstance(app.screen, CallScreen) and app.screen.view is not None)
+            await pilot.press("s")  # reschedule it
+            forms.append(await wait_for(pilot, lambda app=app: isinstance(app.screen, RescheduleCallForm)
+                                        and app.screen))
         form_b, form_a = forms
         await listening(pilot_b)
-        set_input(form_b, "outcome", "B's words")
+        set_input(form_b, "reason", "B's words")
         # A saves first.
-        set_input(form_a, "outcome", "A's words")
+        set_input(form_a, "scheduled_at", (now_utc() + timedelta(days=2)).strftime("%Y-%m-%d %H:%M"))
+        set_input(form_a, "reason", "A's words")
         await pilot_a.press("ctrl+s")
-        await wait_for(pilot_a, lambda: not isinstance(app_a.screen, CallFormScreen), what="A's save")
+        await wait_for(pilot_a, lambda: not isinstance(app_a.screen, RescheduleCallForm), what="A's save")
         status_b = form_b.query_one("#form-status", Static)
         await wait_for(pilot_b, lambda: "Another session has just changed this call" in str(status_b.render()),
                        what="B's form to say the call changed")
-        assert form_b.query_one("#field-outcome", Input).value == "B's words"  # nothing typed is lost
+        assert form_b.query_one("#field-reason", Input).value == "B's words"  # nothing typed is lost
         await pilot_b.press("ctrl+s")
         await wait_for(pilot_b, lambda: "Not saved" in str(status_b.render()), what="the conflict")
         shown = str(status_b.render())
         changed_at = tui.scalar("platform", "SELECT updated_at FROM call_records WHERE id = :id", id=call.id)
         assert desk_a.display_name in shown and f"{changed_at:%Y-%m-%d %H:%M:%S} UTC" in shown
         assert "reload it and apply your change again" in shown.lower()
-        assert app_b.screen is form_b and form_b.query_one("#field-outcome", Input).value == "B's words"
-        assert tui.scalar("platform", "SELECT outcome FROM call_records WHERE id = :id", id=call.id) == "A's words"
+        assert app_b.screen is form_b and form_b.query_one("#field-reason", Input).value == "B's words"
+        notes = tui.scalar("platform", "SELECT call_notes FROM call_records WHERE id = :id", id=call.id)
+        assert "A's words" in notes and "B's words" not in notes
 
 
 async def test_the_worklist_follows_a_call_scheduled_for_me_elsewhere_and_keeps_the_cursor(tui) -> None:

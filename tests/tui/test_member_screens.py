@@ -36,6 +36,7 @@ DOB = date(1961, 7, 23)
 LAST_NAME = "Zybrowski"
 EMAIL = "q.zybrowski@example.org"
 PHONE = "+15550142771"
+#: when the known member's record was made (before every call the tests log for them)
 
 
 @dataclasses.dataclass
@@ -54,7 +55,7 @@ def make_member(tui: Any) -> KnownMember:
              "address_line1": "12 Alder St", "city": "Portland", "state": "OR", "zip_code": "97201",
              "status": "active"},
             ssn=Ssn(SSN), dob=DateOfBirth(DOB))
-        backdate_member(uow.connection, member.id)
+        backdate_member(uow.connection, member.id)  # older than the calls the tests log for it
         uow.commit()
     return KnownMember(member.id, f"{LAST_NAME}, Quentin")
 
@@ -243,8 +244,10 @@ async def test_a_call_with_broken_rules_shows_each_error_by_its_field_keeps_the_
         assert "ends before it starts" in str(form.query_one("#call-duration", Static).render())
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: form.field_errors(), what="the repository's error")
-        # The repository's rule, next to the field it names; the form is still there, as typed.
-        assert form.field_errors() == {"ended_at": "must not be before the start time"}
+        # Every rule the repository found, each next to the field it names; the form is still there, as typed.
+        assert form.field_errors() == {
+            "ended_at": "The end time must not be before the start time.",
+            "follow_up_date": "A follow-up date is required when a follow-up is required."}
         assert app.screen is form
         assert input_values(form) == {"scheduled_at": "", "started_at": "2025-03-01 14:30",
                                       "ended_at": "2025-03-01 14:00", "outcome": "reached", "follow_up_date": ""}
@@ -255,9 +258,9 @@ async def test_a_call_with_broken_rules_shows_each_error_by_its_field_keeps_the_
         set_input(form, "ended_at", "2025-03-01 14:45")
         await pilot.pause()
         assert "Duration: 15 min 00 s" in str(form.query_one("#call-duration", Static).render())
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: "follow_up_date" in form.field_errors(), what="the follow-up rule")
-        assert form.field_errors() == {"follow_up_date": "is required when a follow-up is required"}
+        # Editing a field takes its own error away; the other stays until its field is edited.
+        assert form.field_errors() == {
+            "follow_up_date": "A follow-up date is required when a follow-up is required."}
 
         set_input(form, "follow_up_date", "2025-03-08")
         await pilot.press("ctrl+s")
@@ -540,7 +543,8 @@ async def test_a_save_that_finishes_while_the_form_is_covered_is_handed_over_whe
         assert table_rows(screen, "notes-table")[0][1] == "Saved while covered"
 
 
-async def test_enter_on_a_call_edits_it_and_a_stale_edit_is_a_conflict_that_keeps_the_form(tui) -> None:
+async def test_a_stale_edit_of_a_call_is_a_conflict_that_keeps_the_form_and_esc_asks_before_dropping_it(
+        tui) -> None:
     known = make_member(tui)
     desk = tui.sign_in("specialist")
     call = desk.log_call({"member_id": known.id, "call_type": "outreach", "call_status": "no_answer",
@@ -548,8 +552,9 @@ async def test_enter_on_a_call_edits_it_and_a_stale_edit_is_a_conflict_that_keep
     app = app_for(tui, desk)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_member(pilot, known.id)
-        screen.query_one("#calls-table", DataTable).focus()
-        await pilot.press("enter")
+        # Enter on a call opens the call screen now; the edit-everything form is still there for corrections.
+        app.push_screen(CallFormScreen(known.id, known.label, screen._calls[str(call.id)]),
+                        screen._after_form("Call saved."))
         form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
         assert form.call is not None and form.call.id == call.id
         assert input_values(form)["scheduled_at"] == "2025-06-01 09:00"
@@ -562,12 +567,15 @@ async def test_enter_on_a_call_edits_it_and_a_stale_edit_is_a_conflict_that_keep
         await wait_for(pilot, lambda: "Not saved" in str(status.render()), what="the conflict")
         assert "changed by someone else" in str(status.render()) and "reload it" in str(status.render()).lower()
         assert app.screen is form and input_values(form)["outcome"] == "no voicemail box"
+        await pilot.press("escape")  # what was typed is not thrown away on one Esc
+        await pilot.pause()
+        assert app.screen is form and "press Esc again" in str(status.render())
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is screen)
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: screen._calls[str(call.id)].outcome == "left voicemail", what="the reload")
-        screen.query_one("#calls-table", DataTable).focus()
-        await pilot.press("enter")
+        app.push_screen(CallFormScreen(known.id, known.label, screen._calls[str(call.id)]),
+                        screen._after_form("Call saved."))
         form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
         set_input(form, "outcome", "no voicemail box")
         await pilot.press("ctrl+s")
