@@ -35,6 +35,9 @@ class Problem:
     auth: bool = False
     #: the database could not be reached: the input is kept and can be retried
     unavailable: bool = False
+    #: every (field, message) a :class:`ValidationError` found, the first being ``field``'s own
+    #: (a form shows each next to its field); empty for other failures
+    problems: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -45,7 +48,8 @@ def describe(exc: BaseException) -> Problem:
     from carecli.data.databases import describe_dbapi_error
 
     if isinstance(exc, ValidationError):
-        return Problem(exc.message.removeprefix(f"{exc.field}: "), exc.hint, field=exc.field)
+        return Problem(exc.message.removeprefix(f"{exc.field}: "), exc.hint, field=exc.field,
+                       problems=tuple((field, message) for field, _rule, message in exc.problems))
     if isinstance(exc, AuthError):
         return Problem(exc.message, exc.hint or "sign in again", auth=True)
     if isinstance(exc, CarecliError):
@@ -113,6 +117,16 @@ class CareModal(PhiHolder, ModalScreen[Any]):
 
 def member_name(first: str | None, last: str | None) -> str:
     return f"{last or ''}, {first or ''}".strip(", ")
+
+
+def show_phone(value: str | None) -> str:
+    """A stored phone number as people read it: ``+15553248436`` -> ``(555) 324-8436`` (others as stored)."""
+    if not value:
+        return ""
+    digits = value.removeprefix("+1")
+    if value.startswith("+1") and len(digits) == 10 and digits.isdigit():
+        return f"({digits[:3]}) {digits[3:6]}-{digits[6:]}"
+    return value
 
 
 def show_when(value: Any) -> str:

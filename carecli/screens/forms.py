@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -35,7 +36,7 @@ from carecli.screens.base import CareModal, Problem, describe, show_when
 from carecli.screens.live import DataChanged
 
 if TYPE_CHECKING:
-    from carecli.data.records import Call, Plan
+    from carecli.data.records import Call, Enrollment, Plan
     from carecli.services.desk import EnrollmentView
 
 #: how the forms read times (the database keeps naive UTC; the forms say so)
@@ -156,6 +157,11 @@ class FormModal(CareModal):
         self.saving = False
         self._pending_result: Any = None
         self._has_pending = False
+        #: the fields' values when the form opened, to tell typed changes (Esc asks before dropping them)
+        self._initial_values: dict[str, Any] | None = None
+        self._discard_armed = False
+        #: field -> its value when its error was shown (editing the field hides the error)
+        self._error_values: dict[str, Any] = {}
 
     # -- building ---------------------------------------------------------------
 
@@ -214,19 +220,63 @@ class FormModal(CareModal):
         return matches.first(Static) if matches else None
 
     def show_field_error(self, name: str, message: str) -> bool:
-        """Show ``message`` under field ``name``; False when the form has no such field."""
-        error = self.error_widget(self.FIELD_ALIASES.get(name, name))
+        """Show ``message`` under field ``name``; False when the form has no such field.
+
+        The error stays until the field's value is changed (or the next save).
+        """
+        name = self.FIELD_ALIASES.get(name, name)
+        error = self.error_widget(name)
         if error is None:
             return False
-        error.update(message)
+        shown = str(error.content) if error.display else ""
+        error.update(f"{shown}; {message}" if shown and message not in shown else message)
         error.display = True
+        self._error_values[name] = self.field_values().get(name)
         return True
 
     def clear_errors(self) -> None:
         for error in self.query(".field-error").results(Static):
             error.update("")
             error.display = False
+        self._error_values.clear()
         self.set_status("")
+
+    @staticmethod
+    def value_of(widget: Widget) -> Any:
+        """What a field widget holds now (Input, Select, TextArea, Checkbox)."""
+        if isinstance(widget, TextArea):
+            return widget.text
+        return getattr(widget, "value", None)
+
+    def field_values(self) -> dict[str, Any]:
+        """Every field's current value, by field name (the widgets with id ``field-<name>``)."""
+        return {widget.id.removeprefix("field-"): self.value_of(widget)
+                for widget in self.query("Input, Select, TextArea, Checkbox")
+                if widget.id and widget.id.startswith("field-")}
+
+    def has_changes(self) -> bool:
+        """Whether anything was typed or chosen since the form opened."""
+        return self._initial_values is not None and self.field_values() != self._initial_values
+
+    def on_mount(self) -> None:
+        # Runs after a subclass's own on_mount (Textual calls each class's handler, the subclass's first).
+        self._initial_values = self.field_values()
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    @on(TextArea.Changed)
+    @on(Checkbox.Changed)
+    def _field_edited(self, event: Input.Changed | Select.Changed | TextArea.Changed | Checkbox.Changed) -> None:
+        """Editing a field hides the error shown next to it (it was about the value before)."""
+        widget = event.control
+        name = (widget.id or "").removeprefix("field-") if widget is not None else ""
+        if name not in self._error_values or self.value_of(widget) == self._error_values[name]:
+            return
+        del self._error_values[name]
+        error = self.error_widget(name)
+        if error is not None:
+            error.update("")
+            error.display = False
 
     def set_status(self, text: str, *, error: bool = False) -> None:
         status = self.query_one("#form-status", Static)
@@ -278,6 +328,11 @@ class FormModal(CareModal):
 
     def action_cancel(self) -> None:
         # A save in flight still finishes in the database; closing only stops waiting for it.
+        if self.has_changes() and not self._discard_armed:
+            self._discard_armed = True
+            self.set_status("You have changes that are not saved. Press Esc again to discard them, "
+                            "or ctrl+s to save.", error=True)
+            return
         self.dismiss(None)
 
     @on(Button.Pressed, "#form-save")
@@ -332,6 +387,9 @@ class FormModal(CareModal):
         if problem.auth:
             self.care.show_problem(self.ACTION, problem)
             return
+        if len(problem.problems) > 1:
+            self._show_problems(problem)
+            return
         shown = problem.field is not None and self.show_field_error(problem.field, problem.message)
         if shown:
             self.set_status("Please correct the marked field, then try again.", error=True)
@@ -342,6 +400,23 @@ class FormModal(CareModal):
             text = f"{_label(problem.field)}: {text}"
         hint = problem.hint or "correct it and save again"
         self.set_status(f"Not saved: {text}.\n{hint[:1].upper()}{hint[1:]}; what you typed is kept.", error=True)
+
+    def _show_problems(self, problem: Problem) -> None:
+        """Every rule a save broke, each next to its field; those the form has no field for in the status."""
+        placed: list[str] = []
+        elsewhere: list[str] = []
+        for field, message in problem.problems:
+            message = self.explain(dataclasses.replace(problem, message=message, field=field)).message
+            if self.show_field_error(field, message):
+                placed.append(self.FIELD_ALIASES.get(field, field))
+            else:
+                elsewhere.append(f"{_label(field)}: {message}")
+        text = "Please correct the marked fields, then try again." if placed else "Not saved."
+        if elsewhere:
+            text += "\n" + "\n".join(elsewhere)
+        self.set_status(text, error=True)
+        if placed:
+            self._focus_field(placed[0])
 
     def explain(self, problem: Problem) -> Problem:
         """Reword a failure for this form (override); the default names columns as the form does."""
@@ -506,16 +581,25 @@ class CallFormScreen(FormModal):
 
 
 class FlagFormScreen(FormModal):
-    """Raise a risk flag found on a call; the member and specialist are the call's (read-only here)."""
+    """Raise a risk flag found on a call; the member and specialist are the call's (read-only here).
+
+    Given ``calls`` (the member's held calls, newest first), the form offers
+    them in a "From the call" list, ``call`` chosen at first; ``specialist_of``
+    names a call's specialist for the read-only lines.
+    """
 
     HEADING = "Raise a risk flag"
     ACTION = "raise the flag"
+    FIELD_ALIASES = {"call_record_id": "call"}
 
-    def __init__(self, call: Call, *, member_label: str = "", specialist_label: str = "") -> None:
+    def __init__(self, call: Call, *, member_label: str = "", specialist_label: str = "",
+                 calls: Sequence[Call] = (), specialist_of: Callable[[Call], str] | None = None) -> None:
         super().__init__()
         self.call = call
         self.member_label = member_label
         self.specialist_label = specialist_label
+        self.calls = {held.id: held for held in calls}
+        self.specialist_of = specialist_of
 
     def _about(self) -> str:
         when = show_when(self.call.started_at or self.call.scheduled_at)
@@ -524,8 +608,18 @@ class FlagFormScreen(FormModal):
         return (f"Member: {member}\nSpecialist: {specialist}\n"
                 f"Call: {_label(self.call.call_type)}, {_label(self.call.call_status)}, {when}")
 
+    @staticmethod
+    def call_choice(call: Call) -> str:
+        """A call as the list offers it: when, type, status."""
+        return (f"{show_when(call.started_at or call.scheduled_at)} · {_label(call.call_type)} · "
+                f"{_label(call.call_status)}")
+
     def compose_fields(self) -> Iterable[Widget]:
         yield Static(self._about(), id="flag-about", classes="read-only", markup=False)
+        if self.calls:
+            yield self.field("call", "From the call", Select(
+                [(self.call_choice(held), held.id) for held in self.calls.values()], value=self.call.id,
+                allow_blank=False, compact=True))
         yield Horizontal(
             self.field("risk_type", "Risk type", Select([(_label(v), v) for v in RISK_TYPES], compact=True,
                                                         prompt="choose…")),
@@ -537,18 +631,29 @@ class FlagFormScreen(FormModal):
     def on_mount(self) -> None:
         self.query_one("#field-risk_type").focus()
 
+    @on(Select.Changed, "#field-call")
+    def _call_chosen(self, event: Select.Changed) -> None:
+        chosen = self.calls.get(event.value) if isinstance(event.value, uuid.UUID) else None
+        if chosen is None or chosen is self.call:
+            return
+        self.call = chosen
+        if self.specialist_of is not None:
+            self.specialist_label = self.specialist_of(chosen)
+        self.refill_read_only()
+
     def refill_read_only(self) -> None:
         self.query_one("#flag-about", Static).update(self._about())
 
     def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
         values, errors = self.collect_choices(("risk_type", "severity"))
+        values["call_id"] = self.call.id
         values["description"] = self.query_one("#field-description", TextArea).text.strip()
         if not values["description"]:
             errors["description"] = "say what was found"
         return values, errors
 
     def perform(self, values: dict[str, Any]) -> Any:
-        return self.desk.raise_flag(self.call.id, risk_type=values["risk_type"], severity=values["severity"],
+        return self.desk.raise_flag(values["call_id"], risk_type=values["risk_type"], severity=values["severity"],
                                     description=values["description"])
 
 
@@ -563,6 +668,14 @@ def active_plans(plans: Iterable[Plan], on: date | None = None) -> list[Plan]:
                   key=lambda plan: plan.plan_code)
 
 
+@dataclasses.dataclass(frozen=True)
+class OverlapWarning:
+    """Enrolling was held back: the member has active enrollments overlapping the new start date."""
+
+    start: date
+    enrollments: tuple[Enrollment, ...]
+
+
 class EnrollFormScreen(FormModal):
     """Enroll a member in an active plan."""
 
@@ -573,8 +686,12 @@ class EnrollFormScreen(FormModal):
     def __init__(self, member_id: UUID, plans: Iterable[Plan], member_label: str = "") -> None:
         super().__init__()
         self.member_id = member_id
+        plans = list(plans)
         self.plans = active_plans(plans)
+        self.plan_codes = {plan.id: plan.plan_code for plan in plans}
         self.member_label = member_label
+        #: the start date the user was warned about (a save with the same date goes ahead)
+        self._warned_for: date | None = None
 
     def heading(self) -> str:
         return f"Enroll {self.member_label} in a plan" if self.member_label else self.HEADING
@@ -624,13 +741,36 @@ class EnrollFormScreen(FormModal):
         return values, errors
 
     def perform(self, values: dict[str, Any]) -> Any:
-        return self.desk.enroll(self.member_id, values["plan_id"], values["enrollment_date"],
+        start = values["enrollment_date"]
+        if start != self._warned_for:
+            overlaps = self.desk.overlapping_enrollments(self.member_id, start)
+            if overlaps:
+                return OverlapWarning(start, tuple(overlaps))
+        return self.desk.enroll(self.member_id, values["plan_id"], start,
                                 is_primary=values["is_primary"], coverage_percentage=values["coverage_percentage"],
                                 notes=values["notes"])
 
+    def on_form_saved(self, message: FormSaved) -> None:
+        warning = message.result
+        if not isinstance(warning, OverlapWarning):
+            super().on_form_saved(message)
+            return
+        message.stop()
+        self._set_saving(False)
+        self._warned_for = warning.start
+        plans = ", ".join(f"{self.plan_codes.get(e.insurance_plan_id, 'another plan')} (from "
+                          f"{show_when(e.enrollment_date)}"
+                          f"{f' to {show_when(e.termination_date)}' if e.termination_date else ''})"
+                          for e in warning.enrollments)
+        self.set_status(f"Warning: this member has another active enrollment on {warning.start}: {plans}.\n"
+                        "Press ctrl+s again to enroll anyway, or Esc to cancel.", error=True)
+
 
 class TerminateDialog(FormModal):
-    """End an enrollment on a date (today by default)."""
+    """End an enrollment on a date (today by default), saying why.
+
+    A date still to come keeps the plan active until then (the dialog says so).
+    """
 
     HEADING = "Terminate an enrollment"
     ACTION = "terminate the enrollment"
@@ -652,22 +792,46 @@ class TerminateDialog(FormModal):
                      f"{' (primary)' if enrollment.is_primary else ''}", classes="muted", markup=False)
         yield self.field("termination_date", "Last day of coverage",
                          Input(today_utc().isoformat(), placeholder="YYYY-MM-DD", compact=True))
+        yield Static("", id="terminate-effect", classes="computed", markup=False)
+        yield self.field("reason", "Reason (required)",
+                         Input(placeholder="e.g. moved out of the service area", max_length=2000, compact=True))
 
     def on_mount(self) -> None:
+        self.show_effect()
         self.query_one("#field-termination_date").focus()
 
-    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+    @on(Input.Changed, "#field-termination_date")
+    def show_effect(self) -> None:
+        """What the date means: ends now, or stays active until a date still to come."""
         try:
             day = parse_date(self.input_value("termination_date"))
+        except ValueError:
+            day = None
+        text = ""
+        if day is not None and day > today_utc():
+            text = f"The plan stays active until {day}, then ends."
+        elif day is not None:
+            text = "The plan ends now."
+        self.query_one("#terminate-effect", Static).update(text)
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        errors: dict[str, str] = {}
+        day = None
+        try:
+            day = parse_date(self.input_value("termination_date"))
+            if day is None:
+                errors["termination_date"] = "is required"
         except ValueError as exc:
-            return {}, {"termination_date": str(exc)}
-        if day is None:
-            return {}, {"termination_date": "is required"}
-        return {"termination_date": day}, {}
+            errors["termination_date"] = str(exc)
+        reason = self.input_value("reason").strip()
+        if not reason:
+            errors["reason"] = "say why the enrollment ends"
+        return {"termination_date": day, "reason": reason}, errors
 
     def perform(self, values: dict[str, Any]) -> Any:
         enrollment = self.view.enrollment
-        return self.desk.terminate_enrollment(enrollment.id, enrollment.updated_at, values["termination_date"])
+        return self.desk.terminate_enrollment(enrollment.id, enrollment.updated_at, values["termination_date"],
+                                              values["reason"])
 
 
 # -- notes ------------------------------------------------------------------------------------------
