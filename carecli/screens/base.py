@@ -35,9 +35,10 @@ class Problem:
     auth: bool = False
     #: the database could not be reached: the input is kept and can be retried
     unavailable: bool = False
-    #: every (field, message) a :class:`ValidationError` found, the first being ``field``'s own
-    #: (a form shows each next to its field); empty for other failures
-    problems: tuple[tuple[str, str], ...] = ()
+    #: the rule broken (a ValidationError's ``rule``), when there is one
+    rule: str | None = None
+    #: every (field, rule, message) a ValidationError found, ``field``'s own first (a form shows them all)
+    problems: tuple[tuple[str, str, str], ...] = ()
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -48,8 +49,8 @@ def describe(exc: BaseException) -> Problem:
     from carecli.data.databases import describe_dbapi_error
 
     if isinstance(exc, ValidationError):
-        return Problem(exc.message.removeprefix(f"{exc.field}: "), exc.hint, field=exc.field,
-                       problems=tuple((field, message) for field, _rule, message in exc.problems))
+        return Problem(exc.message.removeprefix(f"{exc.field}: "), exc.hint, field=exc.field, rule=exc.rule,
+                       problems=tuple(getattr(exc, "problems", None) or [(exc.field, exc.rule, exc.detail)]))
     if isinstance(exc, AuthError):
         return Problem(exc.message, exc.hint or "sign in again", auth=True)
     if isinstance(exc, CarecliError):

@@ -8,7 +8,10 @@ conflict, the database down) never clears what was typed: the error is shown
 next to its field (or in the status line with what to do) and Save can be
 pressed again. Text that does not parse (a date typed wrong) is reported
 inline without a round trip; the repository's own rules come back as
-:class:`~carecli.errors.ValidationError` and land next to the field they name.
+:class:`~carecli.errors.ValidationError` and land next to the field they name
+(every problem it lists at once, each next to its own field). An error line
+goes away as soon as its field is edited, and Esc on a form with typed
+changes asks for a second Esc before it throws them away.
 """
 
 from __future__ import annotations
@@ -136,7 +139,8 @@ class FormModal(CareModal):
 
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", id="form.save", tooltip="Save (nothing typed is lost if it fails)"),
-        Binding("escape", "cancel", "Cancel", id="form.cancel", tooltip="Close without saving"),
+        Binding("escape", "cancel", "Cancel", id="form.cancel",
+                tooltip="Close without saving (with typed changes, press it twice)"),
     ]
 
     #: the form's title
@@ -157,11 +161,10 @@ class FormModal(CareModal):
         self.saving = False
         self._pending_result: Any = None
         self._has_pending = False
-        #: the fields' values when the form opened, to tell typed changes (Esc asks before dropping them)
-        self._initial_values: dict[str, Any] | None = None
+        #: the fields' values as the form opened (to tell whether anything was typed)
+        self._initial: dict[str, Any] | None = None
+        #: Esc was pressed once over typed changes: the next Esc discards them
         self._discard_armed = False
-        #: field -> its value when its error was shown (editing the field hides the error)
-        self._error_values: dict[str, Any] = {}
 
     # -- building ---------------------------------------------------------------
 
@@ -178,6 +181,10 @@ class FormModal(CareModal):
 
     def heading(self) -> str:
         return self.HEADING
+
+    def on_mount(self) -> None:
+        # Subclasses' own on_mount runs first (Textual calls each class's handler along the MRO).
+        self._initial = self.field_values()
 
     def compose_fields(self) -> Iterable[Widget]:
         """The form's fields (override)."""
@@ -212,6 +219,41 @@ class FormModal(CareModal):
         """The blocking desk call (runs in a thread worker). Override."""
         raise NotImplementedError
 
+    def field_values(self) -> dict[str, Any]:
+        """Every field's current value (field name -> value), to compare with the values the form opened with."""
+        values: dict[str, Any] = {}
+        for widget in self.query("*"):
+            name = (widget.id or "").removeprefix("field-")
+            if not widget.id or name == widget.id:
+                continue
+            if isinstance(widget, TextArea):
+                values[name] = widget.text
+            else:
+                values[name] = getattr(widget, "value", None)
+        return values
+
+    def has_changes(self) -> bool:
+        """Whether anything was typed or chosen since the form opened."""
+        return self._initial is not None and self.field_values() != self._initial
+
+    @on(Input.Changed)
+    @on(TextArea.Changed)
+    @on(Select.Changed)
+    @on(Checkbox.Changed)
+    def _field_edited(self, event: Message) -> None:
+        """Editing a field takes its error line away (and a pending "press Esc again" with it)."""
+        control = getattr(event, "control", None)
+        name = (getattr(control, "id", None) or "").removeprefix("field-")
+        if not name or control is None or name == control.id:
+            return
+        error = self.error_widget(name)
+        if error is not None and error.display:
+            error.update("")
+            error.display = False
+        if self._discard_armed:
+            self._discard_armed = False
+            self.set_status("")
+
     def input_value(self, name: str) -> str:
         return self.query_one(f"#field-{name}", Input).value
 
@@ -220,63 +262,19 @@ class FormModal(CareModal):
         return matches.first(Static) if matches else None
 
     def show_field_error(self, name: str, message: str) -> bool:
-        """Show ``message`` under field ``name``; False when the form has no such field.
-
-        The error stays until the field's value is changed (or the next save).
-        """
-        name = self.FIELD_ALIASES.get(name, name)
-        error = self.error_widget(name)
+        """Show ``message`` under field ``name``; False when the form has no such field."""
+        error = self.error_widget(self.FIELD_ALIASES.get(name, name))
         if error is None:
             return False
-        shown = str(error.content) if error.display else ""
-        error.update(f"{shown}; {message}" if shown and message not in shown else message)
+        error.update(message)
         error.display = True
-        self._error_values[name] = self.field_values().get(name)
         return True
 
     def clear_errors(self) -> None:
         for error in self.query(".field-error").results(Static):
             error.update("")
             error.display = False
-        self._error_values.clear()
         self.set_status("")
-
-    @staticmethod
-    def value_of(widget: Widget) -> Any:
-        """What a field widget holds now (Input, Select, TextArea, Checkbox)."""
-        if isinstance(widget, TextArea):
-            return widget.text
-        return getattr(widget, "value", None)
-
-    def field_values(self) -> dict[str, Any]:
-        """Every field's current value, by field name (the widgets with id ``field-<name>``)."""
-        return {widget.id.removeprefix("field-"): self.value_of(widget)
-                for widget in self.query("Input, Select, TextArea, Checkbox")
-                if widget.id and widget.id.startswith("field-")}
-
-    def has_changes(self) -> bool:
-        """Whether anything was typed or chosen since the form opened."""
-        return self._initial_values is not None and self.field_values() != self._initial_values
-
-    def on_mount(self) -> None:
-        # Runs after a subclass's own on_mount (Textual calls each class's handler, the subclass's first).
-        self._initial_values = self.field_values()
-
-    @on(Input.Changed)
-    @on(Select.Changed)
-    @on(TextArea.Changed)
-    @on(Checkbox.Changed)
-    def _field_edited(self, event: Input.Changed | Select.Changed | TextArea.Changed | Checkbox.Changed) -> None:
-        """Editing a field hides the error shown next to it (it was about the value before)."""
-        widget = event.control
-        name = (widget.id or "").removeprefix("field-") if widget is not None else ""
-        if name not in self._error_values or self.value_of(widget) == self._error_values[name]:
-            return
-        del self._error_values[name]
-        error = self.error_widget(name)
-        if error is not None:
-            error.update("")
-            error.display = False
 
     def set_status(self, text: str, *, error: bool = False) -> None:
         status = self.query_one("#form-status", Static)
@@ -328,10 +326,10 @@ class FormModal(CareModal):
 
     def action_cancel(self) -> None:
         # A save in flight still finishes in the database; closing only stops waiting for it.
-        if self.has_changes() and not self._discard_armed:
+        if not self.saving and not self._discard_armed and self.has_changes():
             self._discard_armed = True
-            self.set_status("You have changes that are not saved. Press Esc again to discard them, "
-                            "or ctrl+s to save.", error=True)
+            self.set_status("You have typed changes: press Esc again to throw them away, or ctrl+s to save them.",
+                            error=True)
             return
         self.dismiss(None)
 
@@ -383,40 +381,25 @@ class FormModal(CareModal):
     def on_form_save_failed(self, message: FormSaveFailed) -> None:
         message.stop()
         self._set_saving(False)
-        problem = self.explain(message.problem)
-        if problem.auth:
-            self.care.show_problem(self.ACTION, problem)
+        if message.problem.auth:
+            self.care.show_problem(self.ACTION, self.explain(message.problem))
             return
-        if len(problem.problems) > 1:
-            self._show_problems(problem)
+        # Every problem a rule check found, each next to its field; the rest in the status line.
+        parts = [self.explain(dataclasses.replace(message.problem, field=name, rule=rule, message=text, problems=()))
+                 for name, rule, text in message.problem.problems] or [self.explain(message.problem)]
+        shown = [part for part in parts if part.field is not None and self.show_field_error(part.field, part.message)]
+        rest = [part for part in parts if not any(part is done for done in shown)]
+        if shown and not rest:
+            plural = "s" if len({part.field for part in shown}) > 1 else ""
+            self.set_status(f"Please correct the marked field{plural}, then try again.", error=True)
+            self._focus_field(self.FIELD_ALIASES.get(shown[0].field or "", shown[0].field or ""))
             return
-        shown = problem.field is not None and self.show_field_error(problem.field, problem.message)
-        if shown:
-            self.set_status("Please correct the marked field, then try again.", error=True)
-            self._focus_field(self.FIELD_ALIASES.get(problem.field or "", problem.field or ""))
-            return
-        text = problem.message
-        if problem.field:
-            text = f"{_label(problem.field)}: {text}"
-        hint = problem.hint or "correct it and save again"
-        self.set_status(f"Not saved: {text}.\n{hint[:1].upper()}{hint[1:]}; what you typed is kept.", error=True)
-
-    def _show_problems(self, problem: Problem) -> None:
-        """Every rule a save broke, each next to its field; those the form has no field for in the status."""
-        placed: list[str] = []
-        elsewhere: list[str] = []
-        for field, message in problem.problems:
-            message = self.explain(dataclasses.replace(problem, message=message, field=field)).message
-            if self.show_field_error(field, message):
-                placed.append(self.FIELD_ALIASES.get(field, field))
-            else:
-                elsewhere.append(f"{_label(field)}: {message}")
-        text = "Please correct the marked fields, then try again." if placed else "Not saved."
-        if elsewhere:
-            text += "\n" + "\n".join(elsewhere)
-        self.set_status(text, error=True)
-        if placed:
-            self._focus_field(placed[0])
+        texts = [f"{_label(part.field)}: {part.message}" if part.field else part.message for part in rest]
+        text = "; ".join(text.rstrip(".") for text in texts)
+        hint = rest[0].hint or "correct it and save again"
+        also = " (and see the marked fields)" if shown else ""
+        self.set_status(f"Not saved: {text}{also}.\n{hint[:1].upper()}{hint[1:]}; what you typed is kept.",
+                        error=True)
 
     def explain(self, problem: Problem) -> Problem:
         """Reword a failure for this form (override); the default names columns as the form does."""
@@ -467,7 +450,7 @@ class FormModal(CareModal):
             return
         if message.changes.record_changed(*record, ignore=self.desk.source):
             self.set_status(f"Another session has just changed this {self.RECORD_WORD}: saving now will be refused "
-                            "as a conflict. Note what you typed, close this form (Esc) and open the "
+                            "as a conflict. Note what you typed, close this form (Esc; twice if you typed) and open the "
                             f"{self.RECORD_WORD} again to see the change.", error=True)
 
 
@@ -753,8 +736,8 @@ class EnrollFormScreen(FormModal):
     def on_form_saved(self, message: FormSaved) -> None:
         warning = message.result
         if not isinstance(warning, OverlapWarning):
-            super().on_form_saved(message)
-            return
+            return  # enrolled: FormModal's own handler (Textual calls it next, along the MRO) closes the form
+        message.prevent_default()  # not enrolled yet: the form stays
         message.stop()
         self._set_saving(False)
         self._warned_for = warning.start

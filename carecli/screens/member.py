@@ -621,12 +621,7 @@ class MemberDetailScreen(CareScreen):
             self.notify("A flag is raised from a completed or unanswered call, and this member has none yet. "
                         "Log the call first (c).", title="No call to raise a flag from", severity="warning")
             return
-        # The call under the cursor when the calls tab is shown; otherwise the latest completed call.
-        chosen: Call | None = None
-        if self.query_one("#member-tabs", TabbedContent).active == "calls":
-            chosen = self._calls.get(self._selected_key(self.query_one("#calls-table", DataTable)) or "")
-        if chosen is None or chosen.call_status not in FLAGGABLE_STATUSES:
-            chosen = next((call for call in calls if call.call_status == "completed"), calls[0])
+        chosen = next((call for call in calls if call.call_status == "completed"), calls[0])  # the latest held
         self.app.push_screen(FlagFormScreen(chosen, member_label=self._member_label(),
                                             specialist_label=self._specialist_label(chosen), calls=calls,
                                             specialist_of=self._specialist_label),

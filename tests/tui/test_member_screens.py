@@ -13,6 +13,7 @@ import uuid
 from datetime import date, datetime, timezone
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, DataTable, Input, Select, Static, TextArea
@@ -23,6 +24,7 @@ from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.screens.app import CareApp
 from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, FormSaved, NoteDialog,
                                    RevealDialog, TerminateDialog)
+from carecli.screens.confirm import ConfirmDialog
 from carecli.screens.member import MASKED_DOB, MASKED_SSN, MemberDetailScreen
 from carecli.screens.worklist import WorklistScreen
 from carecli.services.desk import Desk
@@ -35,6 +37,9 @@ DOB = date(1961, 7, 23)
 LAST_NAME = "Zybrowski"
 EMAIL = "q.zybrowski@example.org"
 PHONE = "+15550142771"
+PHONE_SHOWN = "(555) 014-2771"
+#: when the known member's record was made (before every call the tests log for them)
+MEMBER_CREATED = datetime(2020, 1, 1)
 
 
 @dataclasses.dataclass
@@ -54,6 +59,10 @@ def make_member(tui: Any) -> KnownMember:
              "status": "active"},
             ssn=Ssn(SSN), dob=DateOfBirth(DOB))
         uow.commit()
+    # The record is older than the calls the tests log for it (a call cannot predate its member's record).
+    with tui.databases.platform.begin() as connection:
+        connection.execute(text("UPDATE members SET created_at = :at WHERE id = :m"),
+                           {"at": MEMBER_CREATED, "m": member.id})
     return KnownMember(member.id, f"{LAST_NAME}, Quentin")
 
 
@@ -111,7 +120,7 @@ async def test_opening_a_member_is_an_audited_read_and_ssn_and_dob_stay_masked(t
         opened = reads(tui, known.id, "open")
         assert [row.user_id for row in opened] == [desk.user_id]
         text = header(screen)
-        assert known.label in text and EMAIL in text and PHONE in text and "Portland, OR 97201" in text
+        assert known.label in text and EMAIL in text and PHONE_SHOWN in text and "Portland, OR 97201" in text
         assert f"SSN {MASKED_SSN}" in text and f"DOB {MASKED_DOB}" in text
         everything = screen_text(screen)
         assert SSN not in everything and SSN_SHOWN not in everything and DOB.isoformat() not in everything
@@ -241,8 +250,10 @@ async def test_a_call_with_broken_rules_shows_each_error_by_its_field_keeps_the_
         assert "ends before it starts" in str(form.query_one("#call-duration", Static).render())
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: form.field_errors(), what="the repository's error")
-        # The repository's rule, next to the field it names; the form is still there, as typed.
-        assert form.field_errors() == {"ended_at": "must not be before the start time"}
+        # Every rule the repository found, each next to the field it names; the form is still there, as typed.
+        assert form.field_errors() == {
+            "ended_at": "The end time must not be before the start time.",
+            "follow_up_date": "A follow-up date is required when a follow-up is required."}
         assert app.screen is form
         assert input_values(form) == {"scheduled_at": "", "started_at": "2025-03-01 14:30",
                                       "ended_at": "2025-03-01 14:00", "outcome": "reached", "follow_up_date": ""}
@@ -253,9 +264,9 @@ async def test_a_call_with_broken_rules_shows_each_error_by_its_field_keeps_the_
         set_input(form, "ended_at", "2025-03-01 14:45")
         await pilot.pause()
         assert "Duration: 15 min 00 s" in str(form.query_one("#call-duration", Static).render())
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: "follow_up_date" in form.field_errors(), what="the follow-up rule")
-        assert form.field_errors() == {"follow_up_date": "is required when a follow-up is required"}
+        # Editing a field takes its own error away; the other stays until its field is edited.
+        assert form.field_errors() == {
+            "follow_up_date": "A follow-up date is required when a follow-up is required."}
 
         set_input(form, "follow_up_date", "2025-03-08")
         await pilot.press("ctrl+s")
@@ -327,7 +338,8 @@ async def test_a_flag_raised_from_a_call_takes_member_and_specialist_from_the_ca
         form.query_one("#field-description", TextArea).text = "Lives alone, fell twice this month."
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.screen is screen and table_rows(screen, "flags-table"), what="the flag")
-        assert table_rows(screen, "flags-table")[0][1:] == ["high", "safety", "Lives alone, fell twice this month."]
+        assert table_rows(screen, "flags-table")[0][1:] == ["open", "high", "safety",
+                                                            "Lives alone, fell twice this month."]
     [flag] = tui.rows("platform", "SELECT * FROM risk_flags WHERE call_record_id = :c", c=call.id)
     assert (flag.member_id, flag.specialist_id) == (known.id, desk.specialist().id)
     assert tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE entity_type = 'risk_flag' "
@@ -353,6 +365,9 @@ async def test_a_supervisor_enrolls_makes_a_plan_primary_and_terminates_one(tui)
         form.query_one("#field-is_primary", Checkbox).value = primary
         set_input(form, "coverage_percentage", "80")
         await pilot.press("ctrl+s")
+        if count:  # another active enrollment overlaps: the first save warns, the second one enrolls
+            await wait_for(pilot, lambda: "Warning" in str(form.query_one("#form-status", Static).render()))
+            await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.screen is screen and len(screen._enrollments) == count + 1)
 
     def primary_of() -> list[uuid.UUID]:
@@ -375,6 +390,8 @@ async def test_a_supervisor_enrolls_makes_a_plan_primary_and_terminates_one(tui)
         second_key, first_key = keys[second], keys[first]
         table.move_cursor(row=table.get_row_index(second_key))
         await pilot.press("p")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="the confirmation")
+        await pilot.press("y")
         await wait_for(pilot, lambda: primary_of() == [second], what="the new primary plan")
         await wait_for(pilot, lambda: screen._enrollments[second_key].enrollment.is_primary, what="the reload")
 
@@ -382,6 +399,7 @@ async def test_a_supervisor_enrolls_makes_a_plan_primary_and_terminates_one(tui)
         await pilot.press("t")
         dialog = await wait_for(pilot, lambda: isinstance(app.screen, TerminateDialog) and app.screen)
         assert dialog.view.enrollment.insurance_plan_id == first
+        set_input(dialog, "reason", "Moved to another state")
         set_input(dialog, "termination_date", "2001-01-01")  # before the enrollment: the repository says no
         await pilot.press("enter")
         await wait_for(pilot, lambda: dialog.field_errors(), what="the date rule")
@@ -470,12 +488,12 @@ async def test_the_lock_leaves_no_member_value_on_screen_and_unlock_reads_the_fi
         screen = await open_member(pilot, known.id)
         screen._show_revealed(desk.reveal(known.id, ["ssn", "dob"], "testing the lock"))
         before = screen_text(screen)
-        for value in (LAST_NAME, EMAIL, PHONE, SSN_SHOWN, "Alder", "Zelda"):
+        for value in (LAST_NAME, EMAIL, PHONE_SHOWN, SSN_SHOWN, "Alder", "Zelda"):
             assert value in before, value
         screen.clear_phi()  # what the lock calls first, on every screen
         after = screen_text(screen)
-        for value in (LAST_NAME, "Quentin", EMAIL, PHONE, SSN_SHOWN, DOB.isoformat(), "Alder", "97201", "Zelda",
-                      MASKED_SSN):
+        for value in (LAST_NAME, "Quentin", EMAIL, PHONE_SHOWN, SSN_SHOWN, DOB.isoformat(), "Alder", "97201",
+                      "Zelda", MASKED_SSN):
             assert value not in after, value
         assert all(table.row_count == 0 for table in screen.query(DataTable).results(DataTable))
         assert screen.revealed is None and screen.file is None
@@ -490,7 +508,7 @@ async def test_the_lock_leaves_no_member_value_on_screen_and_unlock_reads_the_fi
         await pilot.pause()
         for holder in (screen, dialog):
             text = screen_text(holder)
-            for value in (LAST_NAME, "Quentin", EMAIL, PHONE, "Alder", "Zelda"):
+            for value in (LAST_NAME, "Quentin", EMAIL, PHONE_SHOWN, "Alder", "Zelda"):
                 assert value not in text, (holder, value)
         opened = len(reads(tui, known.id, "open"))
         app.signed_in(desk)  # the same user signs back in: the draft is still there, the file is read again
@@ -538,7 +556,8 @@ async def test_a_save_that_finishes_while_the_form_is_covered_is_handed_over_whe
         assert table_rows(screen, "notes-table")[0][1] == "Saved while covered"
 
 
-async def test_enter_on_a_call_edits_it_and_a_stale_edit_is_a_conflict_that_keeps_the_form(tui) -> None:
+async def test_a_stale_edit_of_a_call_is_a_conflict_that_keeps_the_form_and_esc_asks_before_dropping_it(
+        tui) -> None:
     known = make_member(tui)
     desk = tui.sign_in("specialist")
     call = desk.log_call({"member_id": known.id, "call_type": "outreach", "call_status": "no_answer",
@@ -546,8 +565,9 @@ async def test_enter_on_a_call_edits_it_and_a_stale_edit_is_a_conflict_that_keep
     app = app_for(tui, desk)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_member(pilot, known.id)
-        screen.query_one("#calls-table", DataTable).focus()
-        await pilot.press("enter")
+        # Enter on a call opens the call screen now; the edit-everything form is still there for corrections.
+        app.push_screen(CallFormScreen(known.id, known.label, screen._calls[str(call.id)]),
+                        screen._after_form("Call saved."))
         form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
         assert form.call is not None and form.call.id == call.id
         assert input_values(form)["scheduled_at"] == "2025-06-01 09:00"
@@ -560,12 +580,15 @@ async def test_enter_on_a_call_edits_it_and_a_stale_edit_is_a_conflict_that_keep
         await wait_for(pilot, lambda: "Not saved" in str(status.render()), what="the conflict")
         assert "changed by someone else" in str(status.render()) and "reload it" in str(status.render()).lower()
         assert app.screen is form and input_values(form)["outcome"] == "no voicemail box"
+        await pilot.press("escape")  # what was typed is not thrown away on one Esc
+        await pilot.pause()
+        assert app.screen is form and "press Esc again" in str(status.render())
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is screen)
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: screen._calls[str(call.id)].outcome == "left voicemail", what="the reload")
-        screen.query_one("#calls-table", DataTable).focus()
-        await pilot.press("enter")
+        app.push_screen(CallFormScreen(known.id, known.label, screen._calls[str(call.id)]),
+                        screen._after_form("Call saved."))
         form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
         set_input(form, "outcome", "no voicemail box")
         await pilot.press("ctrl+s")
