@@ -201,7 +201,7 @@ class MemberDetailScreen(CareScreen):
                       ("Follow-up", 10)),
             "flags": (("Raised", 16), ("State", 8), ("Severity", 8), ("Type", 10), ("Description", None)),
             # The plan's name goes last: at 80 columns it is what gets cut, not the dates.
-            "enrollments": (("Plan", 16), ("Status", 10), ("From", 10), ("Until", 10), ("Cover", 6),
+            "enrollments": (("Plan", 16), ("Status", 24), ("From", 10), ("Until", 10), ("Cover", 6),
                             ("Name", None)),
             "notes": (("Written", 16), ("Note", None)),
             "access": (("When (UTC)", 16), ("Who", 20), ("Action", 8), ("Details", None)),

@@ -434,3 +434,34 @@ async def test_esc_on_a_form_with_typed_changes_asks_before_dropping_them(tui) -
         await wait_for(pilot, lambda: app.screen is screen)
     assert dialog is not None
     assert tui.scalar("platform", "SELECT city FROM members WHERE id = :m", m=known.id) == "Portland"
+
+
+async def test_the_flag_screen_and_the_new_forms_fit_80x24(tui) -> None:
+    known = make_member(tui)
+    specialist = tui.sign_in("specialist")
+    call = held_call(specialist, known.id, datetime(2025, 5, 5, 10, 0))
+    flag = flag_on(specialist, call, "Lives alone, fell twice this month. " * 50)
+    desk = tui.sign_in("supervisor")
+    [plan] = plans_open_today(tui, 1)
+    desk.enroll(known.id, plan.id, today(), is_primary=True)
+    app = app_for(tui, desk)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_member(pilot, known.id)
+        view = desk.flag_view(flag.id)
+        [enrollment] = screen._enrollments.values()
+        for form in (MemberEditScreen(screen.file.member), TerminateDialog(enrollment), ResolveFlagDialog(view),
+                     FlagFormScreen(call, calls=[call]), ConfirmDialog("Make it the primary plan?")):
+            app.push_screen(form)
+            await wait_for(pilot, lambda: app.screen is form)
+            await pilot.pause()
+            for button in form.query("Button"):
+                assert button.region.bottom <= 24 and button.region.right <= 80 and button.region.height, form
+            app.pop_screen()
+            await wait_for(pilot, lambda: app.screen is screen)
+        app.push_screen(FlagScreen(flag.id))
+        flag_screen = await wait_for(pilot, lambda: isinstance(app.screen, FlagScreen) and app.screen.view
+                                     and app.screen)
+        body = flag_screen.query_one("#flag-body")
+        assert body.region.bottom <= 23 and body.max_scroll_y > 0  # a long description scrolls
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen)
