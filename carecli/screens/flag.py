@@ -51,6 +51,18 @@ class FlagLoadFailed(Message):
 class FlagScreen(CareScreen):
     """A risk flag in full: description, severity, type, member, call, who raised it, its state."""
 
+    HELP = """
+## Risk flag
+
+What was found on a call, in full (the arrows and **PageDown** scroll a long
+description), with the member, the call it came from, who raised it and when, and
+whether it is open or resolved (with the note, by whom and when).
+
+**v** resolves an open flag with a note saying how; **o** opens a resolved flag
+again with a reason (both need `flags:write`, and each is shown only when it
+applies). **m** opens the member's file. Resolving and re-opening are audited.
+"""
+
     DEFAULT_CSS = """
     FlagScreen #flag-body { height: 1fr; padding: 0 1; }
     FlagScreen #flag-heading { text-style: bold; padding: 0 0 1 0; }
