@@ -599,10 +599,6 @@ class FlagFormScreen(FormModal):
 
     def compose_fields(self) -> Iterable[Widget]:
         yield Static(self._about(), id="flag-about", classes="read-only", markup=False)
-        if self.calls:
-            yield self.field("call", "From the call", Select(
-                [(self.call_choice(held), held.id) for held in self.calls.values()], value=self.call.id,
-                allow_blank=False, compact=True))
         yield Horizontal(
             self.field("risk_type", "Risk type", Select([(_label(v), v) for v in RISK_TYPES], compact=True,
                                                         prompt="choose…")),
@@ -610,6 +606,13 @@ class FlagFormScreen(FormModal):
                                                       prompt="choose…")),
             classes="row")
         yield self.field("description", "What was found (required)", TextArea(compact=True))
+        # The call list comes last (the read-only lines above name the chosen call): placed before the risk type,
+        # text typed straight after tabbing from the severity into the description was sometimes lost in a real
+        # terminal (tests/tui/test_e2e_tmux.py).
+        if self.calls:
+            yield self.field("call", "From the call", Select(
+                [(self.call_choice(held), held.id) for held in self.calls.values()], value=self.call.id,
+                allow_blank=False, compact=True))
 
     def on_mount(self) -> None:
         self.query_one("#field-risk_type").focus()
