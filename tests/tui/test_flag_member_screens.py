@@ -465,3 +465,23 @@ async def test_the_flag_screen_and_the_new_forms_fit_80x24(tui) -> None:
         assert body.region.bottom <= 23 and body.max_scroll_y > 0  # a long description scrolls
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is screen)
+
+
+async def test_the_lock_clears_the_flag_screen_and_unlock_reads_the_flag_again(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    call = held_call(desk, known.id, datetime(2025, 5, 5, 10, 0))
+    flag = flag_on(desk, call, "Keeps insulin in a broken fridge.")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_member(pilot, known.id)
+        app.push_screen(FlagScreen(flag.id))
+        flag_screen = await wait_for(pilot, lambda: isinstance(app.screen, FlagScreen) and app.screen.view
+                                     and app.screen)
+        assert "broken fridge" in screen_text(flag_screen) and known.label in screen_text(flag_screen)
+        flag_screen.clear_phi()  # what the lock calls first, on every screen
+        assert "broken fridge" not in screen_text(flag_screen) and "Zybrowski" not in screen_text(flag_screen)
+        assert flag_screen.check_action("resolve", ()) is False
+        flag_screen.restore_after_unlock()
+        await wait_for(pilot, lambda: flag_screen.view is not None and "broken fridge" in screen_text(flag_screen),
+                       what="the flag again")
