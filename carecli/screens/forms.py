@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -38,7 +39,7 @@ from carecli.screens.base import CareModal, Problem, describe, show_when
 from carecli.screens.live import DataChanged
 
 if TYPE_CHECKING:
-    from carecli.data.records import Call, Plan
+    from carecli.data.records import Call, Enrollment, Plan
     from carecli.services.desk import EnrollmentView
 
 #: how the forms read times (the database keeps naive UTC; the forms say so)
@@ -575,16 +576,25 @@ class CallFormScreen(FormModal):
 
 
 class FlagFormScreen(FormModal):
-    """Raise a risk flag found on a call; the member and specialist are the call's (read-only here)."""
+    """Raise a risk flag found on a call; the member and specialist are the call's (read-only here).
+
+    Given ``calls`` (the member's held calls, newest first), the form offers
+    them in a "From the call" list, ``call`` chosen at first; ``specialist_of``
+    names a call's specialist for the read-only lines.
+    """
 
     HEADING = "Raise a risk flag"
     ACTION = "raise the flag"
+    FIELD_ALIASES = {"call_record_id": "call"}
 
-    def __init__(self, call: Call, *, member_label: str = "", specialist_label: str = "") -> None:
+    def __init__(self, call: Call, *, member_label: str = "", specialist_label: str = "",
+                 calls: Sequence[Call] = (), specialist_of: Callable[[Call], str] | None = None) -> None:
         super().__init__()
         self.call = call
         self.member_label = member_label
         self.specialist_label = specialist_label
+        self.calls = {held.id: held for held in calls}
+        self.specialist_of = specialist_of
 
     def _about(self) -> str:
         when = show_when(self.call.started_at or self.call.scheduled_at)
@@ -592,6 +602,12 @@ class FlagFormScreen(FormModal):
         specialist = self.specialist_label or "the call's specialist"
         return (f"Member: {member}\nSpecialist: {specialist}\n"
                 f"Call: {_label(self.call.call_type)}, {_label(self.call.call_status)}, {when}")
+
+    @staticmethod
+    def call_choice(call: Call) -> str:
+        """A call as the list offers it: when, type, status."""
+        return (f"{show_when(call.started_at or call.scheduled_at)} · {_label(call.call_type)} · "
+                f"{_label(call.call_status)}")
 
     def compose_fields(self) -> Iterable[Widget]:
         yield Static(self._about(), id="flag-about", classes="read-only", markup=False)
@@ -602,22 +618,40 @@ class FlagFormScreen(FormModal):
                                                       prompt="choose…")),
             classes="row")
         yield self.field("description", "What was found (required)", TextArea(compact=True))
+        # The call list comes last (the read-only lines above name the chosen call): placed before the risk type,
+        # text typed straight after tabbing from the severity into the description was sometimes lost in a real
+        # terminal (tests/tui/test_e2e_tmux.py).
+        if self.calls:
+            yield self.field("call", "From the call", Select(
+                [(self.call_choice(held), held.id) for held in self.calls.values()], value=self.call.id,
+                allow_blank=False, compact=True))
 
     def on_mount(self) -> None:
         self.query_one("#field-risk_type").focus()
+
+    @on(Select.Changed, "#field-call")
+    def _call_chosen(self, event: Select.Changed) -> None:
+        chosen = self.calls.get(event.value) if isinstance(event.value, uuid.UUID) else None
+        if chosen is None or chosen is self.call:
+            return
+        self.call = chosen
+        if self.specialist_of is not None:
+            self.specialist_label = self.specialist_of(chosen)
+        self.refill_read_only()
 
     def refill_read_only(self) -> None:
         self.query_one("#flag-about", Static).update(self._about())
 
     def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
         values, errors = self.collect_choices(("risk_type", "severity"))
+        values["call_id"] = self.call.id
         values["description"] = self.query_one("#field-description", TextArea).text.strip()
         if not values["description"]:
             errors["description"] = "say what was found"
         return values, errors
 
     def perform(self, values: dict[str, Any]) -> Any:
-        return self.desk.raise_flag(self.call.id, risk_type=values["risk_type"], severity=values["severity"],
+        return self.desk.raise_flag(values["call_id"], risk_type=values["risk_type"], severity=values["severity"],
                                     description=values["description"])
 
 
@@ -632,6 +666,14 @@ def active_plans(plans: Iterable[Plan], on: date | None = None) -> list[Plan]:
                   key=lambda plan: plan.plan_code)
 
 
+@dataclasses.dataclass(frozen=True)
+class OverlapWarning:
+    """Enrolling was held back: the member has active enrollments overlapping the new start date."""
+
+    start: date
+    enrollments: tuple[Enrollment, ...]
+
+
 class EnrollFormScreen(FormModal):
     """Enroll a member in an active plan."""
 
@@ -642,8 +684,12 @@ class EnrollFormScreen(FormModal):
     def __init__(self, member_id: UUID, plans: Iterable[Plan], member_label: str = "") -> None:
         super().__init__()
         self.member_id = member_id
+        plans = list(plans)
         self.plans = active_plans(plans)
+        self.plan_codes = {plan.id: plan.plan_code for plan in plans}
         self.member_label = member_label
+        #: the start date the user was warned about (a save with the same date goes ahead)
+        self._warned_for: date | None = None
 
     def heading(self) -> str:
         return f"Enroll {self.member_label} in a plan" if self.member_label else self.HEADING
@@ -693,13 +739,36 @@ class EnrollFormScreen(FormModal):
         return values, errors
 
     def perform(self, values: dict[str, Any]) -> Any:
-        return self.desk.enroll(self.member_id, values["plan_id"], values["enrollment_date"],
+        start = values["enrollment_date"]
+        if start != self._warned_for:
+            overlaps = self.desk.overlapping_enrollments(self.member_id, start)
+            if overlaps:
+                return OverlapWarning(start, tuple(overlaps))
+        return self.desk.enroll(self.member_id, values["plan_id"], start,
                                 is_primary=values["is_primary"], coverage_percentage=values["coverage_percentage"],
                                 notes=values["notes"])
 
+    def on_form_saved(self, message: FormSaved) -> None:
+        warning = message.result
+        if not isinstance(warning, OverlapWarning):
+            return  # enrolled: FormModal's own handler (Textual calls it next, along the MRO) closes the form
+        message.prevent_default()  # not enrolled yet: the form stays
+        message.stop()
+        self._set_saving(False)
+        self._warned_for = warning.start
+        plans = ", ".join(f"{self.plan_codes.get(e.insurance_plan_id, 'another plan')} (from "
+                          f"{show_when(e.enrollment_date)}"
+                          f"{f' to {show_when(e.termination_date)}' if e.termination_date else ''})"
+                          for e in warning.enrollments)
+        self.set_status(f"Warning: this member has another active enrollment on {warning.start}: {plans}.\n"
+                        "Press ctrl+s again to enroll anyway, or Esc to cancel.", error=True)
+
 
 class TerminateDialog(FormModal):
-    """End an enrollment on a date (today by default)."""
+    """End an enrollment on a date (today by default), saying why.
+
+    A date still to come keeps the plan active until then (the dialog says so).
+    """
 
     HEADING = "Terminate an enrollment"
     ACTION = "terminate the enrollment"
@@ -721,22 +790,46 @@ class TerminateDialog(FormModal):
                      f"{' (primary)' if enrollment.is_primary else ''}", classes="muted", markup=False)
         yield self.field("termination_date", "Last day of coverage",
                          Input(today_utc().isoformat(), placeholder="YYYY-MM-DD", compact=True))
+        yield Static("", id="terminate-effect", classes="computed", markup=False)
+        yield self.field("reason", "Reason (required)",
+                         Input(placeholder="e.g. moved out of the service area", max_length=2000, compact=True))
 
     def on_mount(self) -> None:
+        self.show_effect()
         self.query_one("#field-termination_date").focus()
 
-    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+    @on(Input.Changed, "#field-termination_date")
+    def show_effect(self) -> None:
+        """What the date means: ends now, or stays active until a date still to come."""
         try:
             day = parse_date(self.input_value("termination_date"))
+        except ValueError:
+            day = None
+        text = ""
+        if day is not None and day > today_utc():
+            text = f"The plan stays active until {day}, then ends."
+        elif day is not None:
+            text = "The plan ends now."
+        self.query_one("#terminate-effect", Static).update(text)
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        errors: dict[str, str] = {}
+        day = None
+        try:
+            day = parse_date(self.input_value("termination_date"))
+            if day is None:
+                errors["termination_date"] = "is required"
         except ValueError as exc:
-            return {}, {"termination_date": str(exc)}
-        if day is None:
-            return {}, {"termination_date": "is required"}
-        return {"termination_date": day}, {}
+            errors["termination_date"] = str(exc)
+        reason = self.input_value("reason").strip()
+        if not reason:
+            errors["reason"] = "say why the enrollment ends"
+        return {"termination_date": day, "reason": reason}, errors
 
     def perform(self, values: dict[str, Any]) -> Any:
         enrollment = self.view.enrollment
-        return self.desk.terminate_enrollment(enrollment.id, enrollment.updated_at, values["termination_date"])
+        return self.desk.terminate_enrollment(enrollment.id, enrollment.updated_at, values["termination_date"],
+                                              values["reason"])
 
 
 # -- notes ------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -25,10 +26,14 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
+from carecli.data.rules import FLAGGABLE_STATUSES, enrollment_state
 from carecli.screens.widgets import CareFooter
-from carecli.screens.base import CareModal, CareScreen, Problem, describe, member_name, show_when
+from carecli.screens.base import CareModal, CareScreen, Problem, describe, member_name, show_phone, show_when
 from carecli.screens.call import CallScreen
 from carecli.screens.call_forms import ScheduleCallForm
+from carecli.screens.confirm import ConfirmDialog
+from carecli.screens.flag import FlagScreen
+from carecli.screens.member_forms import MemberEditScreen
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, NoteDialog, RevealDialog,
                                    TerminateDialog)
@@ -53,6 +58,7 @@ ACTION_PERMISSIONS: dict[str, Permission] = {
     "terminate": Permission.ENROLLMENTS_WRITE,
     "set_primary": Permission.ENROLLMENTS_WRITE,
     "add_note": Permission.MEMBERS_WRITE,
+    "edit_member": Permission.MEMBERS_WRITE,
 }
 
 #: tab pane id -> title (the access tab only exists for users who may read the audit log)
@@ -66,6 +72,11 @@ def _short(text: str | None, width: int) -> str:
 
 def _label(value: str | None) -> str:
     return (value or "—").replace("_", " ")
+
+
+def age_on(born: date, today: date) -> int:
+    """Whole years from ``born`` to ``today``."""
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
 
 class MemberOpened(Message):
@@ -122,13 +133,17 @@ enrollments, notes and (for supervisors and auditors) who accessed the record:
 **1**-**5** switch tabs.
 
 **Enter** on a call opens it: there a scheduled call is completed, rescheduled,
-cancelled or marked unanswered. **c** logs a call that already took place, **s**
-schedules one, **f** raises a risk flag from the selected call, **n** adds a note.
+cancelled or marked unanswered. **Enter** on a flag opens it, to resolve or re-open it.
+**c** logs a call that already took place, **s** schedules one, **f** raises a risk
+flag from a completed or unanswered call (you pick which), **u** corrects the member's
+contact details or status, **n** adds a note; on the enrollments tab **e** enrolls,
+**t** terminates (with a reason) and **p** makes a plan primary (asks first).
 Keys your role cannot use are not shown.
 """
 
     DEFAULT_CSS = """
     MemberDetailScreen #member-header { height: auto; padding: 0 1; background: $boost; }
+    MemberDetailScreen #member-header Static { text-wrap: nowrap; text-overflow: ellipsis; }
     MemberDetailScreen #member-name { text-style: bold; }
     MemberDetailScreen #member-phi { color: $text-muted; }
     MemberDetailScreen #member-phi.-revealed { color: $warning; text-style: bold; }
@@ -145,12 +160,15 @@ Keys your role cannot use are not shown.
         Binding("c", "log_call", "Call", id="member.log_call", tooltip="Log a call with this member"),
         Binding("s", "schedule_call", "Schedule", id="member.schedule_call",
                 tooltip="Schedule a call with this member"),
-        Binding("f", "raise_flag", "Flag", id="member.raise_flag", tooltip="Raise a risk flag from the selected call"),
+        Binding("f", "raise_flag", "Flag", id="member.raise_flag",
+                tooltip="Raise a risk flag from one of the member's completed or unanswered calls"),
         Binding("e", "enroll", "Enroll", id="member.enroll", tooltip="Enroll this member in a plan"),
         Binding("t", "terminate", "Terminate", id="member.terminate", tooltip="End the selected enrollment"),
         Binding("p", "set_primary", "Primary", id="member.set_primary",
-                tooltip="Make the selected enrollment the primary plan"),
+                tooltip="Make the selected enrollment the primary plan (asks first)"),
         Binding("n", "add_note", "Note", id="member.add_note", tooltip="Add a note to this member's file"),
+        Binding("u", "edit_member", "Edit member", id="member.edit",
+                tooltip="Correct the member's name, contact details, address or status (members:write)"),
         Binding("ctrl+r", "refresh", "Refresh", id="member.refresh", tooltip="Read the member's file again"),
         Binding("escape", "back", "Back", id="member.back", tooltip="Back to the previous screen"),
         Binding("1", "show_tab('calls')", "Calls", show=False, id="member.tab.calls", tooltip="Show the calls"),
@@ -203,9 +221,9 @@ Keys your role cannot use are not shown.
         columns: dict[str, tuple[tuple[str, int | None], ...]] = {
             "calls": (("When (UTC)", 16), ("Type", 9), ("Status", 9), ("Length", 7), ("Outcome", 16),
                       ("Follow-up", 10)),
-            "flags": (("Raised", 16), ("Severity", 8), ("Type", 10), ("Description", None)),
+            "flags": (("Raised", 16), ("State", 8), ("Severity", 8), ("Type", 10), ("Description", None)),
             # The plan's name goes last: at 80 columns it is what gets cut, not the dates.
-            "enrollments": (("Plan", 16), ("Status", 10), ("From", 10), ("Until", 10), ("Cover", 6),
+            "enrollments": (("Plan", 16), ("Status", 24), ("From", 10), ("Until", 10), ("Cover", 6),
                             ("Name", None)),
             "notes": (("Written", 16), ("Note", None)),
             "access": (("When (UTC)", 16), ("Who", 20), ("Action", 8), ("Details", None)),
@@ -297,11 +315,9 @@ Keys your role cannot use are not shown.
         """Fill the header and the tables from a freshly read file."""
         self.file = file
         member = file.member
-        status = _label(member.status) + (" (deleted)" if member.deleted_at else "")
-        self.query_one("#member-name", Static).update(
-            f"{member_name(member.first_name, member.last_name)}  ·  {status}")
+        self.query_one("#member-name", Static).update(self._name_line(file))
         self.query_one("#member-contact", Static).update(
-            f"Phone {member.phone or '—'}   Email {member.email or '—'}")
+            f"Phone {show_phone(member.phone) or '—'}   Email {member.email or '—'}")
         self.query_one("#member-address", Static).update(self._address(member))
         self.render_phi()
 
@@ -311,13 +327,12 @@ Keys your role cannot use are not shown.
             f"{call.duration_seconds // 60} min" if call.duration_seconds is not None else "",
             _short(call.outcome, 18),
             show_when(call.follow_up_date) if call.follow_up_required else "")) for key, call in self._calls.items()))
-        self._fill("flags", ((str(flag.id), (
-            show_when(flag.created_at), flag.severity, _label(flag.risk_type), _short(flag.description, 60)))
-            for flag in file.flags))
+        self._fill("flags", self._flag_rows(file))
         self._enrollments = {str(view.enrollment.id): view for view in file.enrollments}
         self._fill("enrollments", ((key, (
             view.plan_code,
-            _label(view.enrollment.status) + (" · primary" if view.enrollment.is_primary else ""),
+            enrollment_state(view.enrollment.status, view.enrollment.termination_date)
+            + (" · primary" if view.enrollment.is_primary else ""),
             show_when(view.enrollment.enrollment_date),
             show_when(view.enrollment.termination_date) if view.enrollment.termination_date else "",
             f"{view.enrollment.coverage_percentage:.0f}%" if view.enrollment.coverage_percentage is not None
@@ -344,7 +359,32 @@ Keys your role cannot use are not shown.
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected))
         tabbed = self.query_one("#member-tabs", TabbedContent)
-        tabbed.get_tab(pane_id).label = f"{TABS[pane_id]} ({table.row_count})"
+        count = len(self.file.open_flags()) if pane_id == "flags" and self.file is not None else table.row_count
+        tabbed.get_tab(pane_id).label = f"{TABS[pane_id]} ({count})"
+
+    def _name_line(self, file: MemberFile) -> str:
+        """Name, status, member number and primary plan: the header's first line."""
+        member = file.member
+        parts = [member_name(member.first_name, member.last_name),
+                 _label(member.status) + (" (deleted)" if member.deleted_at else "")]
+        if file.member_number:
+            parts.append(f"No. {file.member_number}")
+        primary = file.primary_plan
+        parts.append(f"Plan {primary.plan_code}" if primary is not None else "No primary plan")
+        return "  ·  ".join(parts)
+
+    def _flag_rows(self, file: MemberFile) -> Iterable[tuple[str, tuple[Any, ...]]]:
+        """Open flags first, newest first; then the resolved ones, dimmed."""
+        def newest(flags: list[Any]) -> list[Any]:
+            return sorted(flags, key=lambda flag: flag.created_at or datetime.min, reverse=True)
+
+        for flag in newest(file.open_flags()):
+            yield str(flag.id), (show_when(flag.created_at), "open", flag.severity, _label(flag.risk_type),
+                                 _short(flag.description, 60))
+        for flag in newest(file.resolved_flags()):
+            yield str(flag.id), tuple(Text(cell, style="dim") for cell in (
+                show_when(flag.created_at), "resolved", flag.severity, _label(flag.risk_type),
+                _short(flag.description, 60)))
 
     @staticmethod
     def _selected_key(table: DataTable[Any]) -> str | None:
@@ -404,7 +444,8 @@ Keys your role cannot use are not shown.
             if revealed.ssn is not None:
                 ssn = revealed.ssn.formatted()
             if revealed.dob is not None:
-                dob = revealed.dob.isoformat()
+                born = revealed.dob.reveal()
+                dob = f"{born.isoformat()} (age {age_on(born, date.today())})"
             phi.update(f"SSN {ssn}   DOB {dob}   · hidden again in {self.reveal_left} s")
         else:
             emergency = ""
@@ -599,20 +640,47 @@ Keys your role cannot use are not shown.
         if call is not None:
             self.app.push_screen(CallScreen(call.id))
 
+    def _specialist_label(self, call: Call) -> str:
+        if call.specialist_id is None:
+            return "none recorded"
+        if call.specialist_id == self._my_specialist_id:
+            return "you"
+        return f"another specialist ({str(call.specialist_id)[:8]})"
+
+    def flaggable_calls(self) -> list[Call]:
+        """The member's calls a flag can be raised from (completed or unanswered), newest first."""
+        held = [call for call in self._calls.values() if call.call_status in FLAGGABLE_STATUSES]
+        return sorted(held, key=lambda call: call.started_at or call.scheduled_at or datetime.min, reverse=True)
+
     def action_raise_flag(self) -> None:
         if not self._allowed("raise_flag"):
             return
-        call = self._selected("calls", self._calls, "call")
-        if call is None:
+        calls = self.flaggable_calls()
+        if not calls:
+            self.notify("A flag is raised from a completed or unanswered call, and this member has none yet. "
+                        "Log the call first (c).", title="No call to raise a flag from", severity="warning")
             return
-        if call.specialist_id is None:
-            specialist = "none recorded"
-        elif call.specialist_id == self._my_specialist_id:
-            specialist = "you"
-        else:
-            specialist = f"another specialist ({str(call.specialist_id)[:8]})"
-        self.app.push_screen(FlagFormScreen(call, member_label=self._member_label(), specialist_label=specialist),
+        chosen = next((call for call in calls if call.call_status == "completed"), calls[0])  # the latest held
+        self.app.push_screen(FlagFormScreen(chosen, member_label=self._member_label(),
+                                            specialist_label=self._specialist_label(chosen), calls=calls,
+                                            specialist_of=self._specialist_label),
                              self._after_form("Risk flag raised."))
+
+    @on(DataTable.RowSelected, "#flags-table")
+    def open_flag(self, event: DataTable.RowSelected) -> None:
+        """Enter on a flag opens it in full (resolve or re-open it there)."""
+        key = event.row_key.value
+        if key is None or self.file is None:
+            return
+        self.app.push_screen(FlagScreen(uuid.UUID(key)), self._after_flag)
+
+    def _after_flag(self, changed: Any) -> None:
+        if changed:
+            self.load()
+
+    def action_edit_member(self) -> None:
+        if self._allowed("edit_member") and self.file is not None:
+            self.app.push_screen(MemberEditScreen(self.file.member), self._after_form("Member saved."))
 
     def action_enroll(self) -> None:
         if self._allowed("enroll"):
@@ -656,7 +724,15 @@ Keys your role cannot use are not shown.
         if view.enrollment.status != "active":
             self.notify("Only an active enrollment can be the primary plan.", severity="warning")
             return
-        self._set_primary(view)
+        current = self.file.primary_plan if self.file is not None else None
+        instead = f" instead of {current.plan_code}" if current is not None else ""
+
+        def confirmed(yes: bool | None) -> None:
+            if yes and self.file is not None:
+                self._set_primary(view)
+
+        self.app.push_screen(ConfirmDialog(f"Make {view.plan_code} the primary plan{instead}?",
+                                           yes="Make primary"), confirmed)
 
     @work(thread=True, exclusive=True, group="member-write", description="set the primary plan")
     def _set_primary(self, view: EnrollmentView) -> None:

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from carecli.data.actor import Actor
 from carecli.data.crypto.phi import DateOfBirth, Ssn
@@ -64,6 +65,12 @@ def fixed(tui) -> dict[str, Any]:
             backdate_member(uow.connection, members[-1].id)
         uow.enrollments.enroll(members[0].id, gold.id, date(2026, 1, 1), is_primary=True,
                                coverage_percentage=Decimal("80.00"))
+        uow.commit()
+    # The records are older than the call below (a call cannot predate its member's record).
+    with tui.databases.platform.begin() as connection:
+        connection.execute(text("UPDATE members SET created_at = :at WHERE id = ANY(:ids)"),
+                           {"at": datetime(2020, 1, 1), "ids": [member.id for member in members]})
+    with PlatformUnitOfWork(tui.databases.platform, admin, cipher=cipher, user_exists=lambda _id: True) as uow:
         uow.calls.create({"member_id": members[0].id, "specialist_id": specialist.id, "call_type": "outreach",
                           "call_status": "completed", "scheduled_at": datetime(2026, 3, 2, 14, 0),
                           "started_at": datetime(2026, 3, 2, 14, 0), "ended_at": datetime(2026, 3, 2, 14, 12),
