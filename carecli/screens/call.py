@@ -245,6 +245,10 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         self.query_one("#call-flags-label", Static).update(
             f"Risk flags raised from this call ({count})" if count else "No risk flags raised from this call")
         table.display = bool(count)
+        # Flags are what there is to open here: Enter should reach them without a Tab first
+        # (the notes stay a Tab away for scrolling long ones).
+        if count and (self.focused is None or self.focused.id == "call-notes-box"):
+            table.focus()
 
     # -- live updates ------------------------------------------------------------------------------
 

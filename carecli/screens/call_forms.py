@@ -158,9 +158,16 @@ class CompleteCallForm(CallStepForm):
             errors["follow_up_date"] = str(exc)
         values["outcome"] = self.input_value("outcome").strip() or None
         values["call_notes"] = self.query_one("#field-call_notes", TextArea).text.strip() or None
-        values["follow_up_required"] = self.query_one("#field-follow_up_required", Checkbox).value
+        # A follow-up date means a follow-up is due: the box is ticked as the date is typed (see below).
+        values["follow_up_required"] = (self.query_one("#field-follow_up_required", Checkbox).value
+                                        or values.get("follow_up_date") is not None)
         self.read_next_attempt(values, errors)
         return values, errors
+
+    @on(Input.Changed, "#field-follow_up_date")
+    def _tick_follow_up(self, event: Input.Changed) -> None:
+        if event.value.strip():
+            self.query_one("#field-follow_up_required", Checkbox).value = True
 
     def perform(self, values: dict[str, Any]) -> Any:
         return self.desk.complete_call(

@@ -359,7 +359,10 @@ Keys your role cannot use are not shown.
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected))
         tabbed = self.query_one("#member-tabs", TabbedContent)
-        count = len(self.file.open_flags()) if pane_id == "flags" and self.file is not None else table.row_count
+        count = str(table.row_count)
+        if pane_id == "flags" and self.file is not None and self.file.resolutions:
+            # Open ones are the work; resolved ones are still there, listed after them.
+            count = f"{len(self.file.open_flags())} open, {len(self.file.resolved_flags())} resolved"
         tabbed.get_tab(pane_id).label = f"{TABS[pane_id]} ({count})"
 
     def _name_line(self, file: MemberFile) -> str:

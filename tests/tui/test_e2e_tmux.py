@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
 
@@ -438,3 +439,163 @@ def test_a_specialist_signs_in_finds_a_member_logs_a_call_and_raises_a_flag_in_a
     digits = ssn.reveal().replace("-", "")
     assert not [screen for screen in terminal.screens
                 if digits in screen or ssn.formatted() in screen]
+
+
+def _start_of_local_today_utc() -> datetime:
+    """The first moment of today in this machine's zone, as the naive UTC the database keeps."""
+    local = datetime.now().astimezone()
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def test_a_specialists_day_completes_a_call_raises_and_resolves_a_flag_and_corrects_the_member(
+        terminal, tui, oidc_provider, tmp_path) -> None:
+    """Today's first scheduled call, opened from the worklist, completed with a follow-up; a flag raised
+    from it and resolved; the member's phone corrected; then the rows and their audit entries."""
+    user = tui.user("specialist")
+    specialist_id = tui.scalar("platform", "SELECT id FROM specialists WHERE user_id = :u AND deleted_at IS NULL",
+                               u=user.id)
+    member, _prefix = _member_to_find(tui)
+    listed = f"{member.last_name}, {member.first_name}"
+    # Scheduled for the first moment of today, as the importer of the day's schedule left it (written as
+    # legacy data: the rules only refuse a *new* call scheduled in the past), so it is the first row of Today.
+    call_id = uuid.uuid4()
+    scheduled = _start_of_local_today_utc()
+    with tui.databases.platform.begin() as connection:
+        connection.execute(text("UPDATE members SET created_at = :since WHERE id = :m"),
+                           {"since": datetime(2020, 1, 1), "m": member.id})
+        connection.execute(text(
+            "INSERT INTO call_records (id, member_id, specialist_id, call_type, call_status, scheduled_at) "
+            "VALUES (:id, :m, :s, 'outreach', 'scheduled', :at)"), {"id": call_id, "m": member.id,
+                                                                    "s": specialist_id, "at": scheduled})
+    follow_up = (datetime.now(timezone.utc) + timedelta(days=7)).date()
+    notes = "Went through the new inhaler schedule."
+    description = "Cannot afford the inhaler co-pay this month."
+    resolution = "Enrolled in the co-pay assistance programme."
+
+    rc_file = tmp_path / "carecli.rc"
+    home = tmp_path / "home"
+    terminal.start(_launcher(tmp_path, _child_env(tui, oidc_provider, home), rc_file))
+    code = terminal.wait_for_text(re.compile(r"enter the code\s+([B-Z]{4}-[B-Z]{4})"), START_TIMEOUT).group(1)
+    oidc_provider.approve(code, user.external_user_id, email=user.email)
+
+    # The worklist opens on Today, its table focused: Enter on the first row opens that call.
+    terminal.wait_for_text(re.compile(r"Today \(\d+\+?\)"))
+    terminal.wait_until(lambda screen: (where := screen.find(listed)) is not None and where[0] <= 6,
+                        f"{listed!r} on the first row of Today")
+    terminal.keys("Enter")
+    terminal.wait_for_text(f"Outreach call with {listed}")
+    terminal.wait_for_text("c Complete")
+
+    # Complete it: started/ended default to now; the focus starts on the outcome.
+    terminal.keys("c")
+    terminal.wait_for_text(f"Complete the call with {listed}")
+    terminal.wait_for_cursor_at("Outcome")
+    terminal.type("reached")
+    terminal.keys("Tab", "Tab")
+    terminal.wait_for_cursor_at("Follow-up date")
+    terminal.type(follow_up.isoformat())
+    terminal.keys("Tab")
+    terminal.wait_for_cursor_at("Notes", rows=(1, 3), width=WIDTH)
+    terminal.type(notes)
+    terminal.wait_for_text(notes[:30])
+    terminal.keys("C-s")
+    terminal.wait_for_no_text("Complete the call with")
+    terminal.wait_for_text(re.compile(rf"{re.escape(listed)}\s+·\s+completed"))
+    terminal.wait_for_text(follow_up.isoformat())
+
+    # Raise a flag from it, on the call screen.
+    terminal.keys("f")
+    terminal.wait_for_text("Raise a risk flag")
+    terminal.wait_for_highlight_below("Risk type")
+    terminal.keys("Enter")
+    terminal.wait_for_text("compliance")
+    terminal.type("fin")
+    terminal.keys("Enter")
+    terminal.wait_for_no_text("compliance")
+    terminal.keys("Tab")
+    terminal.wait_for_highlight_below("Severity")
+    terminal.keys("Enter")
+    terminal.wait_for_text("critical")
+    terminal.type("high")
+    terminal.keys("Enter")
+    terminal.wait_for_no_text("critical")
+    terminal.keys("Tab")
+    terminal.wait_for_cursor_at("What was found", rows=(1, 3), width=WIDTH)
+    terminal.type(description)
+    terminal.wait_for_text(description[:30])
+    terminal.keys("C-s")
+    terminal.wait_for_no_text("Raise a risk flag")
+    terminal.wait_for_text("Risk flags raised from this call (1)")
+
+    # Open the flag (Enter on its row) and resolve it with a note.
+    terminal.wait_for_text(re.compile(r"high\s+financial\s+open"))
+    terminal.keys("Enter")
+    terminal.wait_for_text("State:   OPEN")
+    terminal.keys("v")
+    terminal.wait_for_text("Resolve")
+    terminal.wait_for_cursor_at("How was it resolved", rows=(1, 3), width=WIDTH)
+    terminal.type(resolution)
+    terminal.wait_for_text(resolution[:30])
+    terminal.keys("C-s")
+    terminal.wait_for_text(re.compile(r"State:\s+resolved"))
+
+    # Correct the member's phone: m opens the member, u the edit form (first name first, phone fourth).
+    terminal.keys("m")
+    terminal.wait_for_text(re.compile(rf"{re.escape(listed)}\s+·"))
+    terminal.keys("u")
+    terminal.wait_for_text(f"Edit {listed}")
+    terminal.wait_for_cursor_at("First name")
+    terminal.keys("Tab", "Tab", "Tab")
+
+    def in_phone_field(screen: Screen) -> bool:
+        # The form's "Phone" label shares its line with "E-mail" (the header above says "Phone" too).
+        labels = next((row for row, line in enumerate(screen.rows) if "E-mail" in line and "Phone" in line), None)
+        if labels is None:
+            return False
+        row, column = terminal.cursor()
+        return row == labels + 1 and column >= screen.rows[labels].index("Phone")
+    terminal.wait_until(in_phone_field, "the cursor in the phone field")
+    terminal.keys("End", "C-u")  # the cursor to the end, then everything before it deleted
+    terminal.wait_until(lambda screen: "(555) 123-4567" in screen.rows[terminal.cursor()[0]],
+                        "the phone field emptied (its placeholder shown)")
+    terminal.type("503.555.0177")
+    terminal.wait_for_text("503.555.0177")  # typed into the field before ctrl+s is pressed
+    terminal.keys("C-s")
+    terminal.wait_for_no_text(f"Edit {listed}")
+    terminal.wait_for_text("Phone (503) 555-0177")
+
+    terminal.keys("C-q")
+    terminal.wait_for_exit()
+    assert rc_file.read_text().strip() == "0", f"carecli exited with {rc_file.read_text().strip()}"
+
+    # The rows as the day left them.
+    [call] = tui.rows("platform", "SELECT * FROM call_records WHERE id = :c", c=call_id)
+    assert (call.call_status, call.outcome, call.call_notes) == ("completed", "reached", notes)
+    assert call.follow_up_required is True and call.follow_up_date == follow_up
+    assert call.started_at is not None and call.started_at <= datetime.now(timezone.utc).replace(tzinfo=None)
+    [flag] = tui.rows("platform", "SELECT * FROM risk_flags WHERE call_record_id = :c", c=call_id)
+    assert (flag.member_id, flag.specialist_id, flag.risk_type, flag.severity, flag.description) == (
+        member.id, specialist_id, "financial", "high", description)
+    [resolved] = tui.rows("platform", "SELECT metadata_value FROM metadata WHERE entity_type = 'risk_flag' AND "
+                          "entity_id = :f AND metadata_key = 'resolution' AND deleted_at IS NULL", f=flag.id)
+    assert resolved.metadata_value["note"] == resolution and resolved.metadata_value["by"] == str(user.id)
+    assert tui.scalar("platform", "SELECT phone FROM members WHERE id = :m", m=member.id) == "+15035550177"
+
+    # Each step's audit row, by the specialist from the terminal app, with no PHI value in it.
+    audit = tui.rows("platform", "SELECT entity_type, entity_id, action, old_values, new_values, user_agent "
+                     "FROM audit_logs WHERE user_id = :u AND action <> 'read' ORDER BY created_at", u=user.id)
+    steps = [(row.entity_type, row.entity_id, row.action) for row in audit]
+    assert ("call_record", call_id, "update") in steps
+    assert ("risk_flag", flag.id, "create") in steps
+    assert ("risk_flag", flag.id, "update") in steps
+    assert ("member", member.id, "update") in steps
+    by_step = {(row.entity_type, row.entity_id, row.action): row for row in audit}
+    completed = by_step[("call_record", call_id, "update")]
+    assert completed.old_values["call_status"] == "scheduled" and completed.new_values["call_status"] == "completed"
+    assert completed.new_values["call_notes"] == "[redacted]"
+    assert by_step[("risk_flag", flag.id, "update")].new_values == {"resolution": "resolved"}
+    corrected = by_step[("member", member.id, "update")]
+    assert corrected.old_values == {"phone": "[redacted]"} and corrected.new_values == {"phone": "[redacted]"}
+    assert all((row.user_agent or "").endswith("(tui)") for row in audit)
+    assert not [screen for screen in terminal.screens if SSN_PATTERN.search(screen)]

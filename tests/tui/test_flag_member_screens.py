@@ -145,7 +145,7 @@ async def test_the_flags_tab_lists_open_flags_first_and_resolved_ones_after_them
         assert [row[1:4] for row in rows] == [["open", "medium", "safety"], ["open", "low", "safety"],
                                               ["resolved", "critical", "safety"]]
         assert list(screen.query_one("#flags-table", DataTable).rows)[0].value == str(newer.id)
-        assert str(screen.query_one("#member-tabs").get_tab("flags").label) == "Risk flags (2)"
+        assert str(screen.query_one("#member-tabs").get_tab("flags").label) == "Risk flags (2 open, 1 resolved)"
         table = screen.query_one("#flags-table", DataTable)
         last = table.get_row(str(resolved.id))
         assert all(isinstance(cell, Text) and cell.style == "dim" for cell in last)
