@@ -29,6 +29,7 @@ from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_
 from carecli.screens.call_forms import (CallStepForm, CancelCallForm, CompleteCallForm, EditCallNotesForm,
                                         NoAnswerForm, RescheduleCallForm)
 from carecli.screens.forms import FlagFormScreen, describe_duration
+from carecli.screens.flag import FlagScreen
 from carecli.screens.live import DataChanged
 from carecli.screens.widgets import CareFooter
 
@@ -62,12 +63,7 @@ def _label(value: str | None) -> str:
 
 
 def open_flag(app: App[Any], flag_id: uuid.UUID) -> None:
-    """Open a risk flag's screen (:mod:`carecli.screens.flag`), or say it is not there yet."""
-    try:
-        from carecli.screens.flag import FlagScreen  # type: ignore[import-not-found]
-    except ImportError:
-        app.notify("The risk flag screen is not available yet.", title="Not available", severity="warning")
-        return
+    """Open a risk flag's screen (the worklist and the call screen share this)."""
     app.push_screen(FlagScreen(flag_id))
 
 

@@ -10,7 +10,6 @@ names them and keeps what was typed.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -109,24 +108,19 @@ async def test_enter_on_a_call_in_the_member_screen_shows_every_field_the_full_n
         notes = str(screen.query_one("#call-notes", Static).render())
         assert notes == LONG_NOTES
         box = screen.query_one("#call-notes-box")
-        assert app.focused is box
+        # The call has a flag: its table has the focus, so Enter opens it at once; the notes are a Tab away.
+        assert app.focused is screen.query_one("#call-flags", DataTable)
         await wait_for(pilot, lambda: box.max_scroll_y > 0, what="the notes to scroll")
         assert table_rows(screen, "call-flags") == [[
             show(flag.created_at), "high", "medical", "open", "Ran out of insulin"]]
         # A completed call of one's own: no steps, but its notes can be edited and a flag raised.
         assert shown_keys(screen) == {"edit_notes", "raise_flag", "open_member"}
 
-        # Enter on the flag opens it (once carecli.screens.flag exists; until then it says so).
-        screen.query_one("#call-flags", DataTable).focus()
+        # Enter on the flag opens it.
         await pilot.press("enter")
-        await pilot.pause()
-        if importlib.util.find_spec("carecli.screens.flag") is None:
-            assert app.screen is screen
-            assert any("not available yet" in str(n.message) for n in app._notifications)
-        else:
-            await wait_for(pilot, lambda: type(app.screen).__name__ == "FlagScreen", what="the flag screen")
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: app.screen is screen)
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "FlagScreen", what="the flag screen")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen)
 
         # m goes back to the member the call was opened from (not a second copy of their file).
         await pilot.press("m")
@@ -557,14 +551,9 @@ async def test_enter_on_an_urgent_flag_in_the_worklist_opens_the_flag_and_a_flag
         table.focus()
         table.move_cursor(row=[item.flag_id for item in worklist.items["flags"]].index(flag.id))
         await pilot.press("enter")
-        await pilot.pause()
-        if importlib.util.find_spec("carecli.screens.flag") is None:
-            assert app.screen is worklist
-            assert any("not available yet" in str(n.message) for n in app._notifications)
-        else:
-            await wait_for(pilot, lambda: type(app.screen).__name__ == "FlagScreen", what="the flag screen")
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: app.screen is worklist)
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "FlagScreen", what="the flag screen")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is worklist)
 
         # f on the call raises another flag from it; the call's flags follow.
         screen = await open_call(pilot, call.id)
