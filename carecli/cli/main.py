@@ -8,6 +8,7 @@ unexpected error for a developer.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -15,38 +16,65 @@ import time
 import traceback
 
 import click
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from carecli import __version__
-from carecli.cli.app_cmd import app_command, run_app
-from carecli.cli.audit_cmd import audit_group
-from carecli.cli.auth_cmd import (
-    login_command,
-    logout_command,
-    sessions_group,
-    tokens_group,
-    whoami_command,
-)
-from carecli.cli.backup_cmd import backup_group
-from carecli.cli.check_cmd import check_group
-from carecli.cli.config_cmd import config_group
-from carecli.cli.db_cmd import db_group
-from carecli.cli.doctor_cmd import doctor_command
-from carecli.cli.export_cmd import export_command
-from carecli.cli.import_cmd import import_command
-from carecli.cli.keys_cmd import keys_group
-from carecli.cli.retention_cmd import retention_group
-from carecli.cli.seed_cmd import seed_command
-from carecli.cli.ssh_cmd import serve_ssh_command, ssh_keys_group, ssh_session_command
-from carecli.cli.users_cmd import roles_group, sync_command, users_group
-from carecli.data.databases import describe_dbapi_error
 from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, EXIT_USAGE, CarecliError
 from carecli.logs import configure_from_settings
 
 log = logging.getLogger("carecli.cli")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+#: subcommand -> "module:attribute"; a module is imported only when its command runs (or help lists it),
+#: so `carecli --version` or `carecli whoami` does not pay for Alembic, asyncssh and every other command.
+SUBCOMMANDS: dict[str, str] = {
+    "app": "app_cmd:app_command",
+    "db": "db_cmd:db_group",
+    "seed": "seed_cmd:seed_command",
+    "config": "config_cmd:config_group",
+    "keys": "keys_cmd:keys_group",
+    "users": "users_cmd:users_group",
+    "roles": "users_cmd:roles_group",
+    "sync": "users_cmd:sync_command",
+    "login": "auth_cmd:login_command",
+    "logout": "auth_cmd:logout_command",
+    "whoami": "auth_cmd:whoami_command",
+    "sessions": "auth_cmd:sessions_group",
+    "tokens": "auth_cmd:tokens_group",
+    "export": "export_cmd:export_command",
+    "import": "import_cmd:import_command",
+    "ssh-keys": "ssh_cmd:ssh_keys_group",
+    "serve-ssh": "ssh_cmd:serve_ssh_command",
+    "ssh-session": "ssh_cmd:ssh_session_command",
+    "backup": "backup_cmd:backup_group",
+    "retention": "retention_cmd:retention_group",
+    "audit": "audit_cmd:audit_group",
+    "doctor": "doctor_cmd:doctor_command",
+    "check": "check_cmd:check_group",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use (the pattern of click's docs)."""
+
+    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module, attribute = self.lazy[cmd_name].split(":")
+            command = getattr(importlib.import_module(f"carecli.cli.{module}"), attribute)
+            if command.name != cmd_name:
+                raise RuntimeError(f"carecli.cli.{module}.{attribute} is '{command.name}', listed as '{cmd_name}'")
+            self.add_command(command)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy=SUBCOMMANDS, context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True)
 @click.version_option(__version__, prog_name="carecli")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -58,34 +86,13 @@ def cli(ctx: click.Context) -> None:
     """
     if ctx.invoked_subcommand is None:
         if sys.stdin.isatty() and sys.stdout.isatty():
+            from carecli.cli.app_cmd import run_app
+
             run_app()
         else:  # a script or a pipe: the app needs a terminal, so say what there is
             click.echo(ctx.get_help())
 
 
-cli.add_command(app_command)
-cli.add_command(db_group)
-cli.add_command(seed_command)
-cli.add_command(config_group)
-cli.add_command(keys_group)
-cli.add_command(users_group)
-cli.add_command(roles_group)
-cli.add_command(sync_command)
-cli.add_command(login_command)
-cli.add_command(logout_command)
-cli.add_command(whoami_command)
-cli.add_command(sessions_group)
-cli.add_command(tokens_group)
-cli.add_command(export_command)
-cli.add_command(import_command)
-cli.add_command(ssh_keys_group)
-cli.add_command(serve_ssh_command)
-cli.add_command(ssh_session_command)
-cli.add_command(backup_group)
-cli.add_command(retention_group)
-cli.add_command(audit_group)
-cli.add_command(doctor_command)
-cli.add_command(check_group)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,13 +132,11 @@ def _run(argv: list[str]) -> int:
         log.warning("command refused", extra={"error": type(exc).__name__, "exit_code": exc.exit_code})
         click.echo(f"carecli: error: {exc}", err=True)
         return exc.exit_code
-    except DBAPIError as exc:
-        # Never str(exc): SQLAlchemy embeds the statement and its parameters.
-        log.error("database error", extra={"error": type(exc.orig).__name__,
-                                           "sqlstate": getattr(exc.orig, "sqlstate", None)})
-        click.echo(f"carecli: database error: {describe_dbapi_error(exc)}", err=True)
-        return EXIT_USAGE if isinstance(exc, (OperationalError, InterfaceError)) else EXIT_FAILURE
-    except Exception as exc:  # the last line of defence: say what, never dump values
+    except Exception as exc:
+        code = _database_error(exc)  # SQLAlchemy is imported by the commands that use it, not to start up
+        if code is not None:
+            return code
+        # The last line of defence: say what, never dump values.
         log.error("internal error", exc_info=True)
         if os.environ.get("CARECLI_DEBUG") == "1":
             traceback.print_exc()
@@ -143,6 +148,21 @@ def _run(argv: list[str]) -> int:
     return result if isinstance(result, int) else 0
 
 
+def _database_error(exc: Exception) -> int | None:
+    """The exit code for a database error (said in one line), or None when ``exc`` is not one."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    from carecli.data.databases import describe_dbapi_error
+
+    # Never str(exc): SQLAlchemy embeds the statement and its parameters.
+    log.error("database error", extra={"error": type(exc.orig).__name__,
+                                       "sqlstate": getattr(exc.orig, "sqlstate", None)})
+    click.echo(f"carecli: database error: {describe_dbapi_error(exc)}", err=True)
+    return EXIT_USAGE if isinstance(exc, (OperationalError, InterfaceError)) else EXIT_FAILURE
+
+
 def command_path(group: click.Group, argv: list[str]) -> str:
     """The subcommand names in ``argv`` (``"db upgrade"``), never argument values: those may be e-mails."""
     names: list[str] = []
@@ -150,8 +170,9 @@ def command_path(group: click.Group, argv: list[str]) -> str:
     for token in argv:
         if token.startswith("-"):
             continue
-        if not isinstance(current, click.Group) or token not in current.commands:
+        found = current.get_command(click.Context(current), token) if isinstance(current, click.Group) else None
+        if found is None:
             break
         names.append(token)
-        current = current.commands[token]
+        current = found
     return " ".join(names) or "carecli"
