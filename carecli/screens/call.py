@@ -15,22 +15,22 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from textual import events, on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.coordinate import Coordinate
-from textual.message import Message
 from textual.widgets import DataTable, Header, Static
 
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES
-from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_when
+from carecli.screens.base import CareModal, Problem, show_when
 from carecli.screens.call_forms import (CallStepForm, CancelCallForm, CompleteCallForm, EditCallNotesForm,
                                         NoAnswerForm, RescheduleCallForm)
 from carecli.screens.forms import FlagFormScreen, describe_duration
 from carecli.screens.flag import FlagScreen
 from carecli.screens.live import DataChanged
+from carecli.screens.record import RecordScreen
 from carecli.screens.widgets import CareFooter
 
 if TYPE_CHECKING:
@@ -67,23 +67,7 @@ def open_flag(app: App[Any], flag_id: uuid.UUID) -> None:
     app.push_screen(FlagScreen(flag_id))
 
 
-class CallLoaded(Message):
-    """The call was read (posted by the load worker)."""
-
-    def __init__(self, view: CallView, generation: int) -> None:
-        super().__init__()
-        self.view = view
-        self.generation = generation
-
-
-class CallLoadFailed(Message):
-    def __init__(self, problem: Problem, generation: int) -> None:
-        super().__init__()
-        self.problem = problem
-        self.generation = generation
-
-
-class CallScreen(CareScreen):
+class CallScreen(RecordScreen):
     """One call with its notes and flags; the keys take a scheduled call to its next step."""
 
     HELP = """
@@ -126,14 +110,12 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         Binding("ctrl+r", "refresh", "Refresh", show=False, id="call.refresh", tooltip="Read the call again"),
     ]
 
+    RECORD = "call"
+
     def __init__(self, call_id: uuid.UUID | str) -> None:
         super().__init__()
         self.call_id = call_id if isinstance(call_id, uuid.UUID) else uuid.UUID(str(call_id))
         self.view: CallView | None = None
-        #: bumped by clear_phi: a read that finishes after a lock is dropped, not shown under the lock
-        self._generation = 0
-        #: changed while covered: read again when shown
-        self._stale = False
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -160,32 +142,13 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
 
     # -- reading --------------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """Read the call again (in a worker)."""
-        self._stale = False
-        self._load_in_background(self._generation)
+    def read(self) -> CallView:
+        # From the primary: a step just taken shows at once.
+        return self.desk.call_view(self.call_id)
 
-    @work(thread=True, exclusive=True, group="call-open", description="read a call")
-    def _load_in_background(self, generation: int) -> None:
-        try:
-            view = self.desk.call_view(self.call_id)
-        except Exception as exc:  # shown on the screen, never raised
-            self.post_message(CallLoadFailed(describe(exc), generation))
-            return
-        self.post_message(CallLoaded(view, generation))
-
-    def on_call_loaded(self, message: CallLoaded) -> None:
-        if message.generation != self._generation or self.care.locked:
-            return
-        self.show_view(message.view)
-
-    def on_call_load_failed(self, message: CallLoadFailed) -> None:
-        if message.generation != self._generation:
-            return
-        if self.view is None:
-            self.query_one("#call-title", Static).update(f"Could not read this call: {message.problem.message}")
-            self.query_one("#call-fields", Static).update(message.problem.hint or "")
-        self.care.show_problem("read the call", message.problem)
+    def show_read_failure(self, problem: Problem) -> None:
+        self.query_one("#call-title", Static).update(f"Could not read this call: {problem.message}")
+        self.query_one("#call-fields", Static).update(problem.hint or "")
 
     def show_view(self, view: CallView) -> None:
         """Fill the screen from a freshly read call."""
@@ -287,15 +250,10 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         return bool(view.flags) and any(change.entity == "metadata" and change.member_id is None
                                         for change in changes.by_others(ignore))
 
-    def on_screen_resume(self, event: events.ScreenResume) -> None:
-        if self._stale and not self.care.locked:
-            self.load()
-
     # -- lock -----------------------------------------------------------------------------------------
 
     def clear_phi(self) -> None:
-        self._generation += 1
-        self.view = None
+        self.forget()
         self.query_one("#call-title", Static).update("")
         self.query_one("#call-fields", Static).update("")
         self.query_one("#call-notes", Static).update("")

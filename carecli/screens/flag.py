@@ -13,17 +13,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.message import Message
 from textual.widgets import Header, Static
 
 from carecli.data.permissions import Permission
-from carecli.screens.base import CareScreen, Problem, describe, show_when
+from carecli.screens.base import Problem, show_when
 from carecli.screens.flag_forms import ReopenFlagDialog, ResolveFlagDialog
 from carecli.screens.live import DataChanged
+from carecli.screens.record import RecordScreen
 from carecli.screens.widgets import CareFooter
 from carecli.services.desk import FlagView
 
@@ -32,23 +31,7 @@ def _label(value: str | None) -> str:
     return (value or "—").replace("_", " ")
 
 
-class FlagLoaded(Message):
-    """The flag was read (posted by the load worker)."""
-
-    def __init__(self, view: FlagView, generation: int) -> None:
-        super().__init__()
-        self.view = view
-        self.generation = generation
-
-
-class FlagLoadFailed(Message):
-    def __init__(self, problem: Problem, generation: int) -> None:
-        super().__init__()
-        self.problem = problem
-        self.generation = generation
-
-
-class FlagScreen(CareScreen):
+class FlagScreen(RecordScreen):
     """A risk flag in full: description, severity, type, member, call, who raised it, its state."""
 
     HELP = """
@@ -81,14 +64,14 @@ applies). **m** opens the member's file. Resolving and re-opening are audited.
         Binding("escape", "back", "Back", id="flag.back", tooltip="Back to the previous screen"),
     ]
 
+    RECORD = "flag"
+
     def __init__(self, flag_id: uuid.UUID | str) -> None:
         super().__init__()
         self.flag_id = flag_id if isinstance(flag_id, uuid.UUID) else uuid.UUID(str(flag_id))
         self.view: FlagView | None = None
         #: this screen resolved or re-opened the flag (the screen below reloads when told)
         self.changed = False
-        self._generation = 0
-        self._stale = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -108,32 +91,13 @@ applies). **m** opens the member's file. Resolving and re-opening are audited.
 
     # -- reading ---------------------------------------------------------------------------
 
-    def load(self) -> None:
-        self._stale = False
-        self._load_in_background(self._generation)
+    def read(self) -> FlagView:
+        return self.desk.flag_view(self.flag_id)
 
-    @work(thread=True, exclusive=True, group="flag-load")
-    def _load_in_background(self, generation: int) -> None:
-        try:
-            view = self.desk.flag_view(self.flag_id)
-        except Exception as exc:  # shown on the screen, never raised
-            self.post_message(FlagLoadFailed(describe(exc), generation))
-            return
-        self.post_message(FlagLoaded(view, generation))
+    def show_read_failure(self, problem: Problem) -> None:
+        self.query_one("#flag-heading", Static).update(f"Could not read this flag: {problem.message}")
 
-    def on_flag_loaded(self, message: FlagLoaded) -> None:
-        if message.generation != self._generation or self.care.locked:
-            return
-        self.show_flag(message.view)
-
-    def on_flag_load_failed(self, message: FlagLoadFailed) -> None:
-        if message.generation != self._generation:
-            return
-        if self.view is None:
-            self.query_one("#flag-heading", Static).update(f"Could not read this flag: {message.problem.message}")
-        self.care.show_problem("read the flag", message.problem)
-
-    def show_flag(self, view: FlagView) -> None:
+    def show_view(self, view: FlagView) -> None:
         """Fill the screen from a freshly read flag."""
         self.view = view
         flag, call, resolution = view.flag, view.call, view.resolution
@@ -171,15 +135,10 @@ applies). **m** opens the member's file. Resolving and re-opening are audited.
         else:
             self._stale = True
 
-    def on_screen_resume(self, event: events.ScreenResume) -> None:
-        if self._stale and not self.care.locked:
-            self.load()
-
     # -- lock -----------------------------------------------------------------------------------
 
     def clear_phi(self) -> None:
-        self._generation += 1
-        self.view = None
+        self.forget()
         for static in self.query("#flag-body Static").results(Static):
             if static.id != "flag-description-label":
                 static.update("")
