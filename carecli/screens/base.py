@@ -111,6 +111,16 @@ class PhiHolder:
 class CareScreen(PhiHolder, Screen[Any]):
     """A full screen of the app."""
 
+    def reloads_own_writes(self) -> bool:
+        """Whether this screen reloads after this app's own writes by itself: it is on top, or one of
+        its forms is. A screen opened over it (a call over the member's file) writes without telling
+        it, so then its change notices count, own or not."""
+        stack = self.app.screen_stack
+        if self not in stack:
+            return True
+        above = stack[stack.index(self) + 1:]
+        return not above or isinstance(above[0], CareModal)
+
 
 class CareModal(PhiHolder, ModalScreen[Any]):
     """A dialog or form on top of a screen."""

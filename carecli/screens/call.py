@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Header, Static
 
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES
-from carecli.screens.base import CareModal, Problem, show_when
+from carecli.screens.base import Problem, show_when
 from carecli.screens.call_forms import (CallStepForm, CancelCallForm, CompleteCallForm, EditCallNotesForm,
                                         NoAnswerForm, RescheduleCallForm)
 from carecli.screens.forms import FlagFormScreen, describe_duration
@@ -220,22 +220,13 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         """
         if self.care.locked:
             return
-        ignore = self.desk.source if self._reloads_own_writes() else None
+        ignore = self.desk.source if self.reloads_own_writes() else None
         if not self._concerned(message, ignore):
             return
         if self.is_current:
             self.load()
         else:
             self._stale = True
-
-    def _reloads_own_writes(self) -> bool:
-        """Whether this screen reloads after this app's own writes by itself: it is on top, or one of
-        its forms is (a screen opened over it, e.g. a call, writes without telling it)."""
-        stack = self.app.screen_stack
-        if self not in stack:
-            return True
-        above = stack[stack.index(self) + 1:]
-        return not above or isinstance(above[0], CareModal)
 
     def _concerned(self, message: DataChanged, ignore: str | None) -> bool:
         changes = message.changes

@@ -27,7 +27,7 @@ from textual.widgets import Checkbox, Input, Select, Static, TextArea
 
 from carecli.data.models.enums import CALL_TYPES
 from carecli.screens.base import Problem, show_when
-from carecli.screens.forms import FormModal, describe_duration, parse_date, parse_datetime
+from carecli.screens.forms import FormModal, duration_text, parse_date, parse_datetime
 from carecli.services.desk import NextAttempt
 
 if TYPE_CHECKING:
@@ -136,16 +136,8 @@ class CompleteCallForm(CallStepForm):
     @on(Input.Changed, "#field-started_at, #field-ended_at")
     def show_duration(self) -> None:
         """The duration, worked out live from start and end (the database computes the stored one)."""
-        text = ""
-        try:
-            started = parse_datetime(self.input_value("started_at"))
-            ended = parse_datetime(self.input_value("ended_at"))
-        except ValueError:
-            started = ended = None
-        if started is not None and ended is not None:
-            seconds = int((ended - started).total_seconds())
-            text = f"Duration: {describe_duration(seconds)}" if seconds >= 0 else "Duration: ends before it starts"
-        self.query_one("#call-duration", Static).update(text)
+        self.query_one("#call-duration", Static).update(
+            duration_text(self.input_value("started_at"), self.input_value("ended_at")))
 
     def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
         values: dict[str, Any] = {}

@@ -92,6 +92,18 @@ def describe_duration(seconds: int) -> str:
     return f"{minutes} min {seconds:02d} s"
 
 
+def duration_text(started: str, ended: str) -> str:
+    """"Duration: 12 min 00 s" for a typed start and end, or "" while either does not parse."""
+    try:
+        start, end = parse_datetime(started), parse_datetime(ended)
+    except ValueError:
+        return ""
+    if start is None or end is None:
+        return ""
+    seconds = int((end - start).total_seconds())
+    return f"Duration: {describe_duration(seconds)}" if seconds >= 0 else "Duration: ends before it starts"
+
+
 def today_utc() -> date:
     return datetime.now(timezone.utc).date()
 
@@ -531,16 +543,8 @@ class CallFormScreen(FormModal):
     @on(Input.Changed, "#field-started_at, #field-ended_at")
     def show_duration(self) -> None:
         """The duration, worked out live from start and end (the database computes the stored one)."""
-        text = ""
-        try:
-            started = parse_datetime(self.input_value("started_at"))
-            ended = parse_datetime(self.input_value("ended_at"))
-        except ValueError:
-            started = ended = None
-        if started is not None and ended is not None:
-            seconds = int((ended - started).total_seconds())
-            text = f"Duration: {describe_duration(seconds)}" if seconds >= 0 else "Duration: ends before it starts"
-        self.query_one("#call-duration", Static).update(text)
+        self.query_one("#call-duration", Static).update(
+            duration_text(self.input_value("started_at"), self.input_value("ended_at")))
 
     def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
         values, errors = self.collect_choices(("call_type", "call_status"))

@@ -28,7 +28,7 @@ from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES, enrollment_state
 from carecli.screens.widgets import CareFooter
-from carecli.screens.base import CareModal, CareScreen, Problem, describe, member_name, show_phone, show_when
+from carecli.screens.base import CareScreen, Problem, describe, member_name, show_phone, show_when
 from carecli.screens.call import CallScreen
 from carecli.screens.call_forms import ScheduleCallForm
 from carecli.screens.confirm import ConfirmDialog
@@ -253,7 +253,7 @@ Keys your role cannot use are not shown.
         """
         # Own writes made from a screen opened over this one (a call) count: only this screen's own forms
         # reload it themselves.
-        ignore = self.desk.source if self._reloads_own_writes() else None
+        ignore = self.desk.source if self.reloads_own_writes() else None
         if self.care.locked or not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES,
                                                                     ignore=ignore):
             return
@@ -261,15 +261,6 @@ Keys your role cannot use are not shown.
             self.load()  # a form on top keeps what was typed: it is another screen
         else:
             self._stale = True
-
-    def _reloads_own_writes(self) -> bool:
-        """Whether this screen reloads after this app's own writes by itself: it is on top, or one of
-        its forms is (a screen opened over it, e.g. a call, writes without telling it)."""
-        stack = self.app.screen_stack
-        if self not in stack:
-            return True
-        above = stack[stack.index(self) + 1:]
-        return not above or isinstance(above[0], CareModal)
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
         if self._stale and not self.care.locked:
