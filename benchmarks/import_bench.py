@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import random
@@ -41,8 +40,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.table import print_table  # noqa: E402
 from benchmarks.bench_pairs import drop_pair, fresh_pair, libpq_url  # noqa: E402
+from benchmarks.table import print_table  # noqa: E402
 from carecli.config import load_settings  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402

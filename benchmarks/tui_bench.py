@@ -77,6 +77,7 @@ from textual.keys import _character_to_key  # noqa: E402
 from textual.screen import Screen  # noqa: E402
 from textual.widgets import Input  # noqa: E402
 
+from benchmarks.bench_pairs import libpq_url, prepare_pair  # noqa: E402
 from carecli.config import Settings, load_settings  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.databases import Databases, open_databases  # noqa: E402
@@ -91,7 +92,6 @@ from carecli.services.auth.credentials import CredentialStore, session_scope  # 
 from carecli.services.auth.current import role_of  # noqa: E402
 from carecli.services.auth.sessions import start_session  # noqa: E402
 from carecli.services.desk import Desk  # noqa: E402
-from benchmarks.bench_pairs import libpq_url, prepare_pair  # noqa: E402
 
 SIZE = (120, 40)
 THEME = "textual-dark"

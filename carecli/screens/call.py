@@ -26,8 +26,14 @@ from textual.widgets import DataTable, Header, Static
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES
 from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_when
-from carecli.screens.call_forms import (CallStepForm, CancelCallForm, CompleteCallForm, EditCallNotesForm,
-                                        NoAnswerForm, RescheduleCallForm)
+from carecli.screens.call_forms import (
+    CallStepForm,
+    CancelCallForm,
+    CompleteCallForm,
+    EditCallNotesForm,
+    NoAnswerForm,
+    RescheduleCallForm,
+)
 from carecli.screens.forms import FlagFormScreen, describe_duration
 from carecli.screens.live import DataChanged
 from carecli.screens.widgets import CareFooter

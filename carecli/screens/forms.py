@@ -34,9 +34,9 @@ from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Select, Static, TextArea
 
 from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES, RISK_TYPES, SEVERITIES
-from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareModal, Problem, describe, show_when
 from carecli.screens.live import DataChanged
+from carecli.screens.widgets import CareFooter
 
 if TYPE_CHECKING:
     from carecli.data.records import Call, Enrollment, Plan

@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from carecli.data.bulk import fields as f
-from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
 from carecli.data import audit
+from carecli.data.bulk import fields as f
 from carecli.data.bulk.blind_index import backfill
+from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
 from carecli.data.bulk.kinds import (
     BatchContext,
     BatchPlan,
