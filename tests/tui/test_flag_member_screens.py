@@ -29,8 +29,17 @@ from carecli.screens.member import MemberDetailScreen
 from carecli.screens.member_forms import MemberEditScreen
 from tests.tui.conftest import SIZE
 from tests.tui.helpers import screen_text, wait_for
-from tests.tui.test_member_screens import (DOB, EMAIL, app_for, header, input_values, make_member, open_member,
-                                           set_input, table_rows)
+from tests.tui.test_member_screens import (
+    DOB,
+    EMAIL,
+    app_for,
+    header,
+    input_values,
+    make_member,
+    open_member,
+    set_input,
+    table_rows,
+)
 
 PHONE_SHOWN = "(555) 014-2771"
 
