@@ -11,8 +11,8 @@
 4. memory: resident (RSS) and proportional (PSS, shared pages split between processes) set of the
    host and of each app process;
 5. keystroke-to-screen: while every session types a letter into its search box every 2-6 s
-   (``--think-seconds``; each keystroke also runs a search), ``--samples`` keystrokes, round robin over the sessions, timed from
-   the send until the letter is on that client's screen;
+   (``--think-seconds``; each keystroke also runs a search), ``--samples`` keystrokes, round robin over the
+   sessions, timed from the send until the letter is on that client's screen;
 6. change propagation: with every session showing the first page of the member browser, a member on
    that page is renamed through the same unit of work the app saves with (in this process: "another
    session"); timed until the new name is on each client's screen, ``--changes`` times.

@@ -422,7 +422,8 @@ class CareApp(App[None]):
         if self.desk is not None and not self.locked:
             from textual.app import SystemCommand
 
-            yield SystemCommand("Worklist", "Your calls, follow-ups and urgent flags", lambda: self.action_go("worklist"))
+            yield SystemCommand("Worklist", "Your calls, follow-ups and urgent flags",
+                                lambda: self.action_go("worklist"))
             yield SystemCommand("Members", "Search all members", lambda: self.action_go("members"))
             yield SystemCommand("Plans", "The insurance plan catalog", lambda: self.action_go("plans"))
             yield SystemCommand("Audit log", "Who did what (audit:read)", lambda: self.action_go("audit"))

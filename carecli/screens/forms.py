@@ -462,8 +462,8 @@ class FormModal(CareModal):
             return
         if message.changes.record_changed(*record, ignore=self.desk.source):
             self.set_status(f"Another session has just changed this {self.RECORD_WORD}: saving now will be refused "
-                            "as a conflict. Note what you typed, close this form (Esc; twice if you typed) and open the "
-                            f"{self.RECORD_WORD} again to see the change.", error=True)
+                            "as a conflict. Note what you typed, close this form (Esc; twice if you typed) and open "
+                            f"the {self.RECORD_WORD} again to see the change.", error=True)
 
 
 # -- calls -----------------------------------------------------------------------------------

@@ -121,7 +121,8 @@ class MembersKind(Kind):
         by_hash = metadata_owners(connection, "member", SSN_BLIND_INDEX, hashes.values())
         given_ids = {p.values["id"] for p in rows if p.values.get("id") is not None}
         wanted = given_ids | set(by_number.values()) | set(by_hash.values())
-        existing = {key[0]: row for key, row in fetch_by(connection, self.table, ("id",), ((i,) for i in wanted)).items()}
+        found = fetch_by(connection, self.table, ("id",), ((i,) for i in wanted))
+        existing = {key[0]: row for key, row in found.items()}
         numbers = metadata_of(connection, "member", EXTERNAL_MEMBER_NUMBER, existing)
         blinds = metadata_of(connection, "member", SSN_BLIND_INDEX, existing)
 
