@@ -157,7 +157,10 @@ def local_day_bounds(now: datetime | None = None) -> tuple[date, datetime, datet
     local = (now or datetime.now().astimezone()).astimezone()
     start = datetime.combine(local.date(), time.min, tzinfo=local.tzinfo)
     end = start + timedelta(days=1)
-    to_utc = lambda moment: moment.astimezone(timezone.utc).replace(tzinfo=None)  # noqa: E731
+
+    def to_utc(moment: datetime) -> datetime:
+        return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
     return local.date(), to_utc(start), to_utc(end)
 
 
