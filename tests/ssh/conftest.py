@@ -1,7 +1,7 @@
 """Fixtures for the SSH host's tests: a seeded pair, the real host on loopback, SSH clients with a screen.
 
 Every test gets a fresh copy of the seeded databases of the app's tests
-(tests/tui/conftest.py: 300 members, seed 42). ``ssh_host(...)`` runs the real
+(tests/support/seeded.py: 300 members, seed 42). ``ssh_host(...)`` runs the real
 ``serve()`` (carecli/ssh/server.py) on its own event loop in a background
 thread, on a free port of 127.0.0.1 with a throwaway host key; the app
 processes it starts are real ``carecli app`` processes on ptys, pointed at the

@@ -1,7 +1,8 @@
 """Fixtures for the app's Pilot tests: seeded databases, real sessions, and the app itself.
 
 One pair of databases is migrated and seeded once per test session (300
-synthetic members, seed 42, SSN/DOB encrypted); every test gets its own copy
+synthetic members, seed 42, SSN/DOB encrypted: ``seeded_template`` of
+tests/support/seeded.py, shared with the SSH tests); every test gets its own copy
 (``CREATE DATABASE ... TEMPLATE``), so a test may write freely. Sessions are
 real ``sessions`` rows, kept in a private credential file under the test's
 own state directory.
