@@ -8,14 +8,14 @@ STAMP  := $(VENV)/.install-stamp
 DEMO_MEMBERS ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
 ## make demo: embedded PostgreSQL with demo data (created once, kept in your data dir)
@@ -26,6 +26,10 @@ demo: install
 ## make test: the whole suite (embedded server by default; CARECLI_TEST_PG=... for another)
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make lint: ruff over the code, the tests, the benchmarks and the migrations (rules in pyproject.toml)
+lint: install
+	$(BIN)/ruff check carecli tests benchmarks migrations
 
 ## make bench: seed throughput table (BENCH_MEMBERS, CARECLI_TEST_PG or the local server)
 BENCH_MEMBERS ?= 100000

@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     tag = f"carecli_bench_backup_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    names = {f"{role}_{db}": f"{tag}_{role}_{db}" for role in ("src", "plain", "enc") for db in ("identity", "platform")}
+    names = {f"{role}_{db}": f"{tag}_{role}_{db}"
+             for role in ("src", "plain", "enc") for db in ("identity", "platform")}
     admin = psycopg.connect(args.admin_url, autocommit=True)
     settings = load_settings({})
     url = {key: make_url(args.admin_url).set(drivername="postgresql+psycopg", database=name)

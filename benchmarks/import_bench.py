@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import random
@@ -41,8 +40,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.table import print_table  # noqa: E402
 from benchmarks.bench_pairs import drop_pair, fresh_pair, libpq_url  # noqa: E402
+from benchmarks.table import print_table  # noqa: E402
 from carecli.config import load_settings  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402
@@ -204,14 +203,17 @@ def main() -> None:
     copy_rate = n / copy_seconds
     rows = [
         ("members in the file", f"{n:,}"),
-        ("rows written per member", f"{sum(counts.values()) / n:.1f} ({', '.join(f'{t} {c:,}' for t, c in counts.items())})"),
+        ("rows written per member",
+         f"{sum(counts.values()) / n:.1f} ({', '.join(f'{t} {c:,}' for t, c in counts.items())})"),
         ("carecli import, end to end (process start to exit)", f"{seconds:.1f} s = {import_rate:,.0f} members/s"),
         ("  of which the loader (its own clock)", f"{summary['seconds']:.1f} s"),
-        ("plain binary COPY of the same final rows into bare tables", f"{copy_seconds:.1f} s = {copy_rate:,.0f} members/s"),
+        ("plain binary COPY of the same final rows into bare tables",
+         f"{copy_seconds:.1f} s = {copy_rate:,.0f} members/s"),
         ("import rate / COPY rate (target >= 0.50)", f"{import_rate / copy_rate:.2f}"),
         ("plain binary COPY of the same rows into the real, empty tables (their indexes)",
          f"{indexed_seconds:.1f} s = {n / indexed_seconds:,.0f} members/s"),
-        ("  that COPY's rate / the bare COPY's rate (the ceiling of any loader)", f"{copy_seconds / indexed_seconds:.2f}"),
+        ("  that COPY's rate / the bare COPY's rate (the ceiling of any loader)",
+         f"{copy_seconds / indexed_seconds:.2f}"),
         ("import rate / that COPY's rate", f"{import_rate * indexed_seconds / n:.2f}"),
         ("re-run of the same file (all unchanged)", f"{rerun_seconds:.1f} s = {n / rerun_seconds:,.0f} members/s"),
         (f"peak RSS importing {small_n:,} members", f"{rss_small / 1024:.0f} MiB"),

@@ -28,14 +28,15 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from benchmarks.bench_pairs import database_url  # noqa: E402
 from carecli.config import load_settings  # noqa: E402
 from carecli.data import migrate, notify  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.databases import create_database_engine  # noqa: E402
 from carecli.data.permissions import ALL_PERMISSIONS  # noqa: E402
 from carecli.data.unit_of_work import PlatformUnitOfWork  # noqa: E402
-from benchmarks.bench_pairs import database_url  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 
 def listen(url: str) -> None:

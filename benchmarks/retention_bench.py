@@ -35,8 +35,10 @@ from carecli.services import retention  # noqa: E402
 _AGO = "(now() AT TIME ZONE 'UTC') - interval '7 years'"
 _DELETE = [
     f"UPDATE members SET deleted_at = {_AGO} WHERE id IN (SELECT id FROM members ORDER BY id LIMIT :n)",
-    f"UPDATE risk_flags SET deleted_at = {_AGO} WHERE member_id IN (SELECT id FROM members WHERE deleted_at IS NOT NULL)",
-    f"UPDATE call_records SET deleted_at = {_AGO} WHERE member_id IN (SELECT id FROM members WHERE deleted_at IS NOT NULL)",
+    f"UPDATE risk_flags SET deleted_at = {_AGO} "
+    "WHERE member_id IN (SELECT id FROM members WHERE deleted_at IS NOT NULL)",
+    f"UPDATE call_records SET deleted_at = {_AGO} "
+    "WHERE member_id IN (SELECT id FROM members WHERE deleted_at IS NOT NULL)",
     f"UPDATE member_insurance_plans SET deleted_at = {_AGO} "
     "WHERE member_id IN (SELECT id FROM members WHERE deleted_at IS NOT NULL)",
 ]
@@ -50,7 +52,8 @@ def main() -> None:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     tag = secrets.token_hex(4)
-    names = {"identity": f"carecli_bench_retention_{tag}_identity", "platform": f"carecli_bench_retention_{tag}_platform"}
+    names = {"identity": f"carecli_bench_retention_{tag}_identity",
+             "platform": f"carecli_bench_retention_{tag}_platform"}
     with psycopg.connect(args.admin_url, autocommit=True) as admin:
         for name in names.values():
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -41,13 +41,13 @@ from sqlalchemy import Engine, event, text
 # Runnable as a plain script from a checkout: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_pairs import bench_engine as _engine  # noqa: E402
+from benchmarks.bench_pairs import libpq_url, prepare_pair  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.permissions import ALL_PERMISSIONS  # noqa: E402
 from carecli.data.repositories import member_search  # noqa: E402
 from carecli.data.repositories.member_search import MemberQuery, MemberSearchRepository  # noqa: E402
 from carecli.data.unit_of_work import PlatformUnitOfWork  # noqa: E402
-from benchmarks.bench_pairs import bench_engine as _engine  # noqa: E402
-from benchmarks.bench_pairs import libpq_url, prepare_pair  # noqa: E402
 
 RARE_LAST_NAME = "Quenneville"  # not in the seed's name lists
 RARE_MEMBERS = 20

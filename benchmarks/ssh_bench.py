@@ -11,8 +11,8 @@
 4. memory: resident (RSS) and proportional (PSS, shared pages split between processes) set of the
    host and of each app process;
 5. keystroke-to-screen: while every session types a letter into its search box every 2-6 s
-   (``--think-seconds``; each keystroke also runs a search), ``--samples`` keystrokes, round robin over the sessions, timed from
-   the send until the letter is on that client's screen;
+   (``--think-seconds``; each keystroke also runs a search), ``--samples`` keystrokes, round robin over the
+   sessions, timed from the send until the letter is on that client's screen;
 6. change propagation: with every session showing the first page of the member browser, a member on
    that page is renamed through the same unit of work the app saves with (in this process: "another
    session"); timed until the new name is on each client's screen, ``--changes`` times.
@@ -42,8 +42,8 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.table import print_table  # noqa: E402
 from benchmarks.bench_pairs import bench_engine, drop_pair, fresh_pair  # noqa: E402
+from benchmarks.table import print_table  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402
 from carecli.data.permissions import ALL_PERMISSIONS  # noqa: E402
@@ -108,9 +108,9 @@ def _admin_token(env: dict[str, str], admin_email: str) -> str:
     """An API token of the seeded administrator (made directly: there is no identity provider here)."""
     from carecli.config import load_settings
     from carecli.data.databases import open_databases
+    from carecli.data.repositories.identity import IdentityUnitOfWork
     from carecli.services.auth.current import role_of, user_by_email
     from carecli.services.auth.tokens import create_api_token
-    from carecli.data.repositories.identity import IdentityUnitOfWork
 
     settings = load_settings(env)
     databases = open_databases(settings)

@@ -77,6 +77,7 @@ from textual.keys import _character_to_key  # noqa: E402
 from textual.screen import Screen  # noqa: E402
 from textual.widgets import Input  # noqa: E402
 
+from benchmarks.bench_pairs import libpq_url, prepare_pair  # noqa: E402
 from carecli.config import Settings, load_settings  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.databases import Databases, open_databases  # noqa: E402
@@ -91,7 +92,6 @@ from carecli.services.auth.credentials import CredentialStore, session_scope  # 
 from carecli.services.auth.current import role_of  # noqa: E402
 from carecli.services.auth.sessions import start_session  # noqa: E402
 from carecli.services.desk import Desk  # noqa: E402
-from benchmarks.bench_pairs import libpq_url, prepare_pair  # noqa: E402
 
 SIZE = (120, 40)
 THEME = "textual-dark"
@@ -493,7 +493,8 @@ def worklist_statements(desk: Desk, explain: bool) -> list[tuple[str, float]]:
     timings = []
     with platform.connect() as conn:
         for label, (statement, parameters) in zip(labels, captured):
-            plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + statement, parameters).scalars().all()
+            explained = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + statement, parameters)
+            plan = explained.scalars().all()
             executed = next((float(line.split(":")[1].split()[0]) for line in plan
                              if line.startswith("Execution Time")), float("nan"))
             timings.append((label, executed))
@@ -540,12 +541,14 @@ def report(results: Results, header: str, worklist: list[tuple[str, float]]) -> 
     print("\nresident memory")
     print(f"| {'process, moment':<66} | {'RSS MiB':>8} |")
     print(f"|{'-' * 68}|{'-' * 10}|")
-    for where, values in (("this process (in-process app)", results.rss), ("`carecli app` in tmux", results.process_rss)):
+    for where, values in (("this process (in-process app)", results.rss),
+                          ("`carecli app` in tmux", results.process_rss)):
         for moment, value in values.items():
             print(f"| {where + ', ' + moment:<66.66} | {value:8.1f} |")
     for where, values in (("in process", results.rss), ("carecli app", results.process_rss)):
         # Growth over the later pages: the first ones still warm caches up.
-        paged = sorted((int(k.split()[1]), v) for k, v in values.items() if k.endswith(" pages") and k != "after 0 pages")
+        paged = sorted((int(k.split()[1]), v) for k, v in values.items()
+                       if k.endswith(" pages") and k != "after 0 pages")
         if len(paged) >= 2:
             (first, low), (last, high) = paged[-2], paged[-1]
             print(f"{where}: {high - low:+.1f} MiB over pages {first}→{last} "

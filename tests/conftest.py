@@ -52,6 +52,20 @@ _RAW_LOG = log_scan.RawCapture()
 logging.getLogger("carecli").addHandler(_RAW_LOG)
 logging.getLogger("carecli").setLevel(logging.DEBUG)
 
+# Fixtures shared across test modules, available to every test by name (never imported): pytest imports
+# these modules once, after this file has set the environment above, and rewrites their asserts.
+# Dependencies come first (import_fixtures uses platform_fixtures; sites uses oidc_provider), so that
+# each is registered before anything else imports it.
+pytest_plugins = [
+    "tests.oidc_provider",  # oidc_provider
+    "tests.platform_fixtures",  # platform
+    "tests.import_fixtures",  # importer
+    "tests.support.sites",  # site
+    "tests.support.deployment",  # deployment
+    "tests.support.seeded",  # seeded_template
+    "tests.support.tmux",  # terminal
+]
+
 _counter = itertools.count()
 _PREFIX = f"carecli_test_{os.getpid()}_"
 

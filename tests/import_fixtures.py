@@ -20,7 +20,7 @@ from carecli.data.bulk.loader import ImportSummary, run_import
 from carecli.data.bulk.readers import Columns, RecordProblem, read_records
 from carecli.data.bulk.registry import kind_for
 from carecli.data.crypto.master import LocalMasterKey, generate_master_key
-from tests.platform_fixtures import Platform, platform  # noqa: F401 (fixture)
+from tests.platform_fixtures import Platform
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Importer:
 
 
 @pytest.fixture
-def importer(platform: Platform) -> Iterator[Importer]:  # noqa: F811
+def importer(platform: Platform) -> Iterator[Importer]:
     yield Importer(platform, LocalMasterKey(generate_master_key(), "test-blind"))
 
 

@@ -7,11 +7,8 @@ behaviour (``force_slow_down``, ``fail_token_requests``, ``rotate_keys``);
 ``make_token`` crafts tokens for the validation checks (wrong audience,
 expired, ``alg: none``, unknown key id, foreign signature...).
 
-Use it from any test module with::
-
-    from tests.oidc_provider import oidc_provider  # noqa: F401
-
-and a test parameter named ``oidc_provider``. Endpoints:
+The ``oidc_provider`` fixture is registered for the whole suite (``pytest_plugins``
+in tests/conftest.py): a test takes a parameter named ``oidc_provider``. Endpoints:
 ``/.well-known/openid-configuration``, ``/jwks``, ``/oauth/device/code``,
 ``/oauth/token`` (device-code grant only). Every request's path is appended
 to ``.requests``, so a test can count JWKS fetches.

@@ -1,9 +1,9 @@
 """Shared fixtures for the audited repositories: actors, units of work and small helpers.
 
-Everything runs on a real, freshly migrated platform database per test. Test
-modules import the fixtures they use by name:
-
-    from tests.platform_fixtures import platform  # noqa: F401
+Everything runs on a real, freshly migrated platform database per test. The
+fixtures are registered for the whole suite (``pytest_plugins`` in
+tests/conftest.py): a test asks for ``platform`` by parameter name, and imports
+only the helpers (``Platform``, ``make_actor``, ``MEMBER_VALUES``...) from here.
 
 ``platform.uow(...)`` opens a :class:`PlatformUnitOfWork` for an actor with
 exactly the permissions given (all of them by default); ``platform.audit(...)``

@@ -23,8 +23,7 @@ from carecli.services.auth.tokens import (
     parse_lifetime,
     parse_scopes,
 )
-from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
-from tests.test_sessions import Site, site  # noqa: F401 (fixture)
+from tests.support.sites import Site
 
 MEMBER = {"first_name": "Ada", "last_name": "Okafor", "email": "ada.okafor@example.org", "state": "OR",
           "zip_code": "97201"}

@@ -18,7 +18,7 @@ from carecli.data.crypto.phi import MASK, DateOfBirth, Ssn
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry
 from carecli.errors import CarecliError, PermissionDenied, ValidationError
-from tests.platform_fixtures import CLIENT_IP, MEMBER_VALUES, platform  # noqa: F401
+from tests.platform_fixtures import CLIENT_IP, MEMBER_VALUES
 
 REDACTED = "[redacted]"
 PLAINTEXT = ("Ada", "Okafor", "ada.okafor", "555-0100", "Harbour", "Portland", "97201", "123456789",

@@ -15,8 +15,8 @@ import tracemalloc
 import pytest
 
 from carecli.data.crypto.stream import (
-    MAGIC,
     MAC_BYTES,
+    MAGIC,
     TAG_BYTES,
     BackupCorrupt,
     BackupReader,

@@ -19,7 +19,7 @@ import pytest
 from carecli.data.permissions import DEFAULT_ROLES
 from carecli.data.rules import utc_now
 from carecli.errors import ConflictError, PermissionDenied, ValidationError
-from tests.platform_fixtures import Platform, platform  # noqa: F401 (fixture)
+from tests.platform_fixtures import Platform
 
 SPECIALIST_PERMISSIONS = DEFAULT_ROLES["specialist"][1]
 
@@ -50,7 +50,7 @@ class Desk:
         return result
 
 
-def desk(platform: Platform) -> Desk:  # noqa: F811
+def desk(platform: Platform) -> Desk:
     actor = platform.actor(*SPECIALIST_PERMISSIONS, role="specialist")
     specialist = platform.specialist(user_id=actor.user_id)
     member = platform.member()
@@ -72,7 +72,7 @@ AFTER = {"complete": "completed", "reschedule": "scheduled", "cancel": "cancelle
 
 
 @pytest.mark.parametrize("step", list(STEPS))
-def test_each_step_is_one_audited_update(platform: Platform, step: str) -> None:  # noqa: F811
+def test_each_step_is_one_audited_update(platform: Platform, step: str) -> None:
     d = desk(platform)
     args, kwargs = STEPS[step]()
     call = d.step(step, *args, **kwargs)
@@ -93,7 +93,7 @@ def test_each_step_is_one_audited_update(platform: Platform, step: str) -> None:
 
 
 @pytest.mark.parametrize("step", list(STEPS))
-def test_each_step_refuses_a_stale_read(platform: Platform, step: str) -> None:  # noqa: F811
+def test_each_step_refuses_a_stale_read(platform: Platform, step: str) -> None:
     d = desk(platform)
     with d.uow() as uow:  # someone else edits the call after we read it
         uow.calls.edit_notes(d.call.id, d.call.updated_at, "moved to the afternoon")
@@ -107,7 +107,7 @@ def test_each_step_refuses_a_stale_read(platform: Platform, step: str) -> None: 
 
 @pytest.mark.parametrize("step", list(STEPS))
 @pytest.mark.parametrize("first", ["complete", "cancel", "mark_no_answer"])
-def test_each_step_needs_a_scheduled_call(platform: Platform, step: str, first: str) -> None:  # noqa: F811
+def test_each_step_needs_a_scheduled_call(platform: Platform, step: str, first: str) -> None:
     d = desk(platform)
     args, kwargs = STEPS[first]()
     d.step(first, *args, **kwargs)
@@ -118,7 +118,7 @@ def test_each_step_needs_a_scheduled_call(platform: Platform, step: str, first: 
     assert len(platform.audit(d.call.id, action="update")) == 1
 
 
-def test_steps_keep_the_rules(platform: Platform) -> None:  # noqa: F811
+def test_steps_keep_the_rules(platform: Platform) -> None:
     d = desk(platform)
     with pytest.raises(ValidationError) as raised:
         d.step("complete", started_at=soon(days=1), ended_at=None, outcome=None, notes=None)
@@ -132,7 +132,7 @@ def test_steps_keep_the_rules(platform: Platform) -> None:  # noqa: F811
     assert platform.audit(d.call.id, action="update") == []
 
 
-def test_schedule_is_an_audited_create_of_a_call_to_come(platform: Platform) -> None:  # noqa: F811
+def test_schedule_is_an_audited_create_of_a_call_to_come(platform: Platform) -> None:
     d = desk(platform)
     [created] = platform.audit(d.call.id, action="create")
     assert created.user_id == d.actor.user_id and created.new_values["call_status"] == "scheduled"
@@ -142,7 +142,7 @@ def test_schedule_is_an_audited_create_of_a_call_to_come(platform: Platform) -> 
     assert raised.value.rule == "scheduled_past"
 
 
-def test_edit_notes_own_call_or_an_audited_refusal(platform: Platform) -> None:  # noqa: F811
+def test_edit_notes_own_call_or_an_audited_refusal(platform: Platform) -> None:
     d = desk(platform)
     d.step("complete", started_at=soon(minutes=-10), ended_at=None, outcome=None, notes=None)
     call = d.step("edit_notes", "called back, all fine")  # a completed call's notes may still be edited
@@ -175,14 +175,14 @@ def _flag(d: Desk, severity: str = "high") -> Any:
     return flag
 
 
-def _resolution_row(platform: Platform, flag_id: uuid.UUID) -> Any:  # noqa: F811
+def _resolution_row(platform: Platform, flag_id: uuid.UUID) -> Any:
     rows = platform.sql("SELECT * FROM metadata WHERE entity_type = 'risk_flag' AND entity_id = :id "
                         "AND metadata_key = 'resolution'", id=flag_id)
     assert len(rows) <= 1
     return rows[0] if rows else None
 
 
-def test_resolve_and_reopen_write_metadata_and_audit_and_bump_the_flag(platform: Platform) -> None:  # noqa: F811
+def test_resolve_and_reopen_write_metadata_and_audit_and_bump_the_flag(platform: Platform) -> None:
     d = desk(platform)
     flag = _flag(d)
     with d.uow() as uow:
@@ -221,7 +221,7 @@ def test_resolve_and_reopen_write_metadata_and_audit_and_bump_the_flag(platform:
     assert row.deleted_at is None and row.metadata_value["note"] == "Physio booked"
 
 
-def test_resolving_a_flag_read_before_someone_else_changed_it_is_a_conflict(platform: Platform) -> None:  # noqa: F811
+def test_resolving_a_flag_read_before_someone_else_changed_it_is_a_conflict(platform: Platform) -> None:
     d = desk(platform)
     flag = _flag(d)
     with d.uow() as uow:
@@ -235,7 +235,7 @@ def test_resolving_a_flag_read_before_someone_else_changed_it_is_a_conflict(plat
     assert raised.value.rule == "required"
 
 
-def test_a_flag_needs_a_held_call(platform: Platform) -> None:  # noqa: F811
+def test_a_flag_needs_a_held_call(platform: Platform) -> None:
     d = desk(platform)
     with d.uow() as uow, pytest.raises(ValidationError) as raised:
         uow.risk_flags.raise_from_call(d.call.id, risk_type="medical", severity="high", description="x")
@@ -252,7 +252,7 @@ def _worklist(d: Desk) -> Any:
         return uow.worklist.build(now.date(), start, start + timedelta(days=1))
 
 
-def test_a_done_call_leaves_today_and_a_resolved_flag_leaves_urgent_flags(platform: Platform) -> None:  # noqa: F811
+def test_a_done_call_leaves_today_and_a_resolved_flag_leaves_urgent_flags(platform: Platform) -> None:
     actor = platform.actor(*SPECIALIST_PERMISSIONS, role="specialist")
     specialist = platform.specialist(user_id=actor.user_id)
     member = platform.member()
@@ -286,7 +286,7 @@ def test_a_done_call_leaves_today_and_a_resolved_flag_leaves_urgent_flags(platfo
 # -- enrollments and member phones --------------------------------------------------------------------------
 
 
-def test_terminating_with_a_future_date_keeps_the_enrollment_active(platform: Platform) -> None:  # noqa: F811
+def test_terminating_with_a_future_date_keeps_the_enrollment_active(platform: Platform) -> None:
     member, plan = platform.member(), platform.plan("PPO")
     today = utc_now().date()
     with platform.uow() as uow:
@@ -309,7 +309,7 @@ def test_terminating_with_a_future_date_keeps_the_enrollment_active(platform: Pl
     assert raised.value.rule == "already_terminated"
 
 
-def test_termination_follows_the_plan_s_dates(platform: Platform) -> None:  # noqa: F811
+def test_termination_follows_the_plan_s_dates(platform: Platform) -> None:
     member = platform.member()
     plan = platform.plan("Y", effective_date=date(2024, 1, 1), expiration_date=date(2030, 12, 31))
     with platform.uow() as uow:
@@ -322,7 +322,7 @@ def test_termination_follows_the_plan_s_dates(platform: Platform) -> None:  # no
         assert (raised.value.field, raised.value.rule) == ("termination_date", "plan_dates")
 
 
-def test_member_phones_are_normalised_and_checked(platform: Platform) -> None:  # noqa: F811
+def test_member_phones_are_normalised_and_checked(platform: Platform) -> None:
     member = platform.member(phone="503.555.0142")
     assert member.phone == "+15035550142"
     with platform.uow() as uow:
@@ -338,7 +338,7 @@ def test_member_phones_are_normalised_and_checked(platform: Platform) -> None:  
     assert cleared.phone is None
 
 
-def test_a_legacy_phone_does_not_block_other_edits(platform: Platform) -> None:  # noqa: F811
+def test_a_legacy_phone_does_not_block_other_edits(platform: Platform) -> None:
     """A number stored before the rule stays until someone changes it, even when a form sends it back unchanged."""
     member = platform.member()
     with platform.engine.begin() as connection:

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, event, insert, text
 
 from carecli.data.actor import Actor
 from carecli.data.crypto import keystore
-from carecli.data.crypto.fields import FieldCipher, key_id_of
+from carecli.data.crypto.fields import key_id_of
 from carecli.data.crypto.master import (
     LocalMasterKey,
     encode_key,

@@ -18,12 +18,20 @@ from carecli.data.permissions import DEFAULT_ROLES, Permission
 from carecli.data.records import Member
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.data.unit_of_work import PlatformUnitOfWork
-from carecli.errors import (EXIT_AUTH, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CarecliError, ConflictError, NotFound,
-                            PermissionDenied, ValidationError)
+from carecli.errors import (
+    EXIT_AUTH,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CarecliError,
+    ConflictError,
+    NotFound,
+    PermissionDenied,
+    ValidationError,
+)
 from carecli.services.emergency import EmergencyAccess
-from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
-from tests.platform_fixtures import MEMBER_VALUES, Platform, platform  # noqa: F401 (fixture)
-from tests.test_sessions import Site, site  # noqa: F401 (fixture)
+from tests.platform_fixtures import MEMBER_VALUES, Platform
+from tests.support.sites import Site
 
 REASON = "member in crisis on the line, identity check"
 # Free text that happens to hold PHI: it must stay in the grant and out of every audit value.

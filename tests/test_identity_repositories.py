@@ -30,7 +30,8 @@ def _make_user(engines, actor, role_name="specialist"):
     with IdentityUnitOfWork(engines.identity, engines.platform, actor) as uow:
         description, permissions = DEFAULT_ROLES[role_name]
         role = uow.roles.create(role_name, permissions, description)
-        user = uow.users.create({"external_user_id": f"auth0|{uuid.uuid4().hex}", "email": f"{uuid.uuid4().hex}@example.org",
+        user = uow.users.create({"external_user_id": f"auth0|{uuid.uuid4().hex}",
+                                 "email": f"{uuid.uuid4().hex}@example.org",
                                  "first_name": "Sam", "last_name": "Rivera", "role_id": role.id})
         uow.commit()
     return role, user
@@ -73,7 +74,7 @@ def test_deactivate_revokes_sessions_and_tokens(migrated_engines):
     expires = datetime.utcnow() + timedelta(hours=1)
     with IdentityUnitOfWork(migrated_engines.identity, migrated_engines.platform, actor) as uow:
         session = uow.sessions.create(user.id, "a" * 64, expires, "198.51.100.7", "carecli/0.1.0 (tui)")
-        token = uow.tokens.create(user.id, "api", "b" * 64, expires, ["members:read"])
+        uow.tokens.create(user.id, "api", "b" * 64, expires, ["members:read"])
         uow.commit()
     assert session.ip_address == "198.51.100.7"
     with IdentityUnitOfWork(migrated_engines.identity, migrated_engines.platform, actor) as uow:

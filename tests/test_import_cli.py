@@ -39,10 +39,9 @@ from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, EXIT_USAGE
 from carecli.services.auth.tokens import create_api_token
 from tests.cli import Result
-from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
-from tests.test_import import MEMBER_HEADER, members_csv, person, ssn_for
-from tests.test_sessions import Site, site  # noqa: F401 (fixture)
 from tests.db_scan import all_rows_text
+from tests.support.sites import Site
+from tests.test_import import MEMBER_HEADER, members_csv, person, ssn_for
 
 MASTER_KEY = encode_key(generate_master_key())
 BASE_ENV = {"CARECLI_MASTER_KEY": MASTER_KEY, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
@@ -436,7 +435,7 @@ def test_a_role_with_plans_write_imports_plans(inst: Install, tmp_path: Path) ->
     assert [c.user_id for c in creates] == [inst.users["planner"].id] * 2
 
 
-def test_the_signed_in_user_runs_the_import(site: Site, tmp_path: Path) -> None:  # noqa: F811
+def test_the_signed_in_user_runs_the_import(site: Site, tmp_path: Path) -> None:
     path = write(tmp_path / "m.csv", members_csv(person(1), person(2)))
     specialist = site.user("specialist")
     site.login(specialist)

@@ -26,8 +26,9 @@ from carecli.data.bulk.readers import Columns, RecordProblem, read_records
 from carecli.data.bulk.registry import kind_for
 from carecli.data.databases import create_database_engine
 from carecli.data.rules import utc_now
-from tests.import_fixtures import Importer, Outcome, csv_text, importer, platform  # noqa: F401 (fixtures)
+from tests.import_fixtures import Importer, Outcome, csv_text
 from tests.platform_fixtures import Platform
+
 
 def in_days(days: int) -> str:
     """A time ``days`` from now (naive UTC, ISO), for calls that must still be to come."""
@@ -108,7 +109,7 @@ def both(migrated_engines: Any) -> Iterator[Runner]:
 
 
 @pytest.fixture
-def runner(importer: Importer) -> Runner:  # noqa: F811
+def runner(importer: Importer) -> Runner:
     """A runner on a fresh platform database only."""
     return Runner(importer.platform, None)
 

@@ -25,8 +25,8 @@ from sqlalchemy import text
 from carecli.data import notify
 from carecli.data.notify import CHANNEL, Change, ChangeListener, Notice
 from carecli.errors import ConflictError
-from tests.import_fixtures import Importer, csv_text, importer  # noqa: F401 (fixture)
-from tests.platform_fixtures import MEMBER_VALUES, Platform, platform  # noqa: F401 (fixture)
+from tests.import_fixtures import Importer, csv_text
+from tests.platform_fixtures import Platform
 
 #: values of the test's member that must never travel in a payload
 PHI_VALUES = ("Ada", "Okafor", "ada.okafor@example.org", "555-0100", "Harbour", "97201", "123-45-6789",
@@ -34,7 +34,7 @@ PHI_VALUES = ("Ada", "Okafor", "ada.okafor@example.org", "555-0100", "Harbour", 
 
 
 @pytest.fixture
-def catcher(platform: Platform) -> Iterator[Callable[..., list[dict[str, Any]]]]:  # noqa: F811
+def catcher(platform: Platform) -> Iterator[Callable[..., list[dict[str, Any]]]]:
     """A LISTEN connection of another 'process'; ``catch(n)`` returns the next ``n`` payloads (parsed)."""
     url = platform.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     connection = psycopg.connect(url, autocommit=True)
@@ -56,7 +56,7 @@ def catcher(platform: Platform) -> Iterator[Callable[..., list[dict[str, Any]]]]
         connection.close()
 
 
-def marker(platform: Platform) -> uuid.UUID:  # noqa: F811
+def marker(platform: Platform) -> uuid.UUID:
     """A committed write whose notice marks "everything before this has arrived"."""
     return platform.plan(f"MARK-{uuid.uuid4().hex[:6]}").id
 
@@ -65,7 +65,7 @@ def ids(payload: dict[str, Any]) -> list[str]:
     return [item.get("id") for item in payload["c"]]
 
 
-def test_a_commit_announces_every_written_row_by_ids_only(platform: Platform, catcher) -> None:  # noqa: F811
+def test_a_commit_announces_every_written_row_by_ids_only(platform: Platform, catcher) -> None:
     member = platform.member()
     specialist = platform.specialist()
     plan = platform.plan()
@@ -99,7 +99,7 @@ def test_a_commit_announces_every_written_row_by_ids_only(platform: Platform, ca
                 uuid.UUID(item[key])
 
 
-def test_a_rollback_sends_nothing(platform: Platform, catcher) -> None:  # noqa: F811
+def test_a_rollback_sends_nothing(platform: Platform, catcher) -> None:
     member = platform.member()
     catcher(1)
     with platform.uow() as uow:
@@ -113,7 +113,7 @@ def test_a_rollback_sends_nothing(platform: Platform, catcher) -> None:  # noqa:
     assert ids(first) == [str(mark)], "the rolled-back changes must not have been announced"
 
 
-def test_reads_announce_nothing(platform: Platform, catcher) -> None:  # noqa: F811
+def test_reads_announce_nothing(platform: Platform, catcher) -> None:
     member = platform.member()
     catcher(1)
     with platform.uow() as uow:
@@ -124,7 +124,7 @@ def test_reads_announce_nothing(platform: Platform, catcher) -> None:  # noqa: F
     assert ids(catcher(1)[0]) == [str(mark)]
 
 
-def test_a_transaction_of_many_rows_is_coarsened_under_the_payload_limit(platform: Platform, catcher) -> None:  # noqa: F811
+def test_a_transaction_of_many_rows_is_coarsened_under_the_payload_limit(platform: Platform, catcher) -> None:
     with platform.uow() as uow:
         for number in range(150):
             uow.plans.create({"plan_code": f"BULK-{number:03d}", "plan_name": "Bulk plan"})
@@ -146,7 +146,7 @@ def test_encode_keeps_ids_while_they_fit_and_decode_round_trips() -> None:
         assert notify.decode(garbage) is None
 
 
-def test_an_import_sends_one_coarse_notice_per_committed_batch(importer: Importer, catcher) -> None:  # noqa: F811
+def test_an_import_sends_one_coarse_notice_per_committed_batch(importer: Importer, catcher) -> None:
     header = ("external_member_number", "first_name", "last_name", "email", "status")
     rows = [(f"EXT-{n}", f"First{n}", f"Last{n}", f"person{n}@example.org", "active") for n in range(250)]
     outcome = importer.run("members", csv_text(header, *rows), batch_rows=100)
@@ -158,7 +158,7 @@ def test_an_import_sends_one_coarse_notice_per_committed_batch(importer: Importe
     assert ids(catcher(1)[0]) == [str(mark)], "one notice per batch, not one per row"
 
 
-def test_an_all_or_nothing_import_sends_one_notice_and_a_dry_run_none(importer: Importer, catcher) -> None:  # noqa: F811
+def test_an_all_or_nothing_import_sends_one_notice_and_a_dry_run_none(importer: Importer, catcher) -> None:
     header = ("external_member_number", "first_name", "last_name", "email", "status")
     rows = [(f"EXT-{n}", f"First{n}", f"Last{n}", f"person{n}@example.org", "active") for n in range(250)]
     importer.run("members", csv_text(header, *rows), batch_rows=100, dry_run=True)
@@ -208,7 +208,7 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 
 def test_the_listener_delivers_changes_and_after_a_lost_connection_relistens_and_asks_for_a_full_refresh(
-        platform: Platform) -> None:  # noqa: F811
+        platform: Platform) -> None:
     inbox = Inbox()
     listener = ChangeListener(platform.engine)
     listener.add(inbox)
@@ -238,7 +238,7 @@ def test_the_listener_delivers_changes_and_after_a_lost_connection_relistens_and
         name=notify.LISTENER_APPLICATION_NAME) == 0)
 
 
-def test_a_listener_keeps_trying_while_the_database_is_unreachable(platform: Platform) -> None:  # noqa: F811
+def test_a_listener_keeps_trying_while_the_database_is_unreachable(platform: Platform) -> None:
     from carecli.config import load_settings
     from carecli.data.databases import create_database_engine
 
@@ -252,7 +252,7 @@ def test_a_listener_keeps_trying_while_the_database_is_unreachable(platform: Pla
         dead.dispose()
 
 
-def test_one_listener_per_database_and_process_shared_by_subscribers(platform: Platform) -> None:  # noqa: F811
+def test_one_listener_per_database_and_process_shared_by_subscribers(platform: Platform) -> None:
     first, second = Inbox(), Inbox()
     one = notify.subscribe(platform.engine, first)
     two = notify.subscribe(platform.engine, second)
@@ -277,7 +277,7 @@ def test_one_listener_per_database_and_process_shared_by_subscribers(platform: P
         three.close()
 
 
-def test_a_failing_subscriber_does_not_silence_the_others(platform: Platform) -> None:  # noqa: F811
+def test_a_failing_subscriber_does_not_silence_the_others(platform: Platform) -> None:
     inbox = Inbox()
     listener = ChangeListener(platform.engine)
 

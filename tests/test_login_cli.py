@@ -21,8 +21,7 @@ import pytest
 
 from carecli.errors import EXIT_AUTH, EXIT_USAGE
 from tests.cli import Result, run_carecli
-from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
-from tests.test_sessions import Site, site  # noqa: F401 (fixture)
+from tests.support.sites import Site
 
 # -- local demo sign-in on the embedded server -------------------------------------------------
 

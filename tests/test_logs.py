@@ -19,7 +19,7 @@ from sqlalchemy import text
 from carecli import logs
 from carecli.config import load_settings
 from carecli.data.databases import create_database_engine
-from carecli.errors import ConfigError, EXIT_USAGE
+from carecli.errors import EXIT_USAGE, ConfigError
 from tests.cli import run_carecli
 
 

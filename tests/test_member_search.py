@@ -21,12 +21,11 @@ from carecli.data.repositories.member_search import (
     parse_text,
 )
 from carecli.errors import PermissionDenied, ValidationError
-from tests.platform_fixtures import platform  # noqa: F401
 
 T0 = datetime(2025, 1, 1, 12, 0)
 
 
-def add_members(platform, *rows: dict[str, Any]) -> list[uuid.UUID]:  # noqa: F811
+def add_members(platform, *rows: dict[str, Any]) -> list[uuid.UUID]:
     """Insert members directly (fast, exact created_at); returns their ids in order."""
     ids = []
     with platform.engine.begin() as conn:
@@ -42,7 +41,7 @@ def add_members(platform, *rows: dict[str, Any]) -> list[uuid.UUID]:  # noqa: F8
     return ids
 
 
-def search(platform, query: MemberQuery | str = "", **kwargs: Any) -> MemberPage:  # noqa: F811
+def search(platform, query: MemberQuery | str = "", **kwargs: Any) -> MemberPage:
     query = MemberQuery(text=query) if isinstance(query, str) else query
     with platform.uow() as uow:
         return uow.member_search.search(query, **kwargs)
@@ -52,7 +51,7 @@ def names_of(page: MemberPage) -> list[str]:
     return [f"{row.first_name} {row.last_name}" for row in page.rows]
 
 
-def walk(platform, query: MemberQuery, limit: int) -> list[MemberSummary]:  # noqa: F811
+def walk(platform, query: MemberQuery, limit: int) -> list[MemberSummary]:
     """Every row of ``query``, page by page, in one unit of work (as the browser scrolls)."""
     rows: list[MemberSummary] = []
     with platform.uow() as uow:
@@ -98,7 +97,7 @@ def test_palette_text_is_always_names():
 # -- matching ---------------------------------------------------------------------------
 
 
-def test_a_word_matches_the_start_of_first_or_last_name_in_any_case(platform):  # noqa: F811
+def test_a_word_matches_the_start_of_first_or_last_name_in_any_case(platform):
     add_members(platform, {"first_name": "Ada", "last_name": "Okafor"}, {"first_name": "Adam", "last_name": "Smith"},
                 {"first_name": "Grace", "last_name": "Adams"}, {"first_name": "Ida", "last_name": "Kada"})
     assert names_of(search(platform, "ada")) == ["Grace Adams", "Ada Okafor", "Adam Smith"]
@@ -107,7 +106,7 @@ def test_a_word_matches_the_start_of_first_or_last_name_in_any_case(platform):  
     assert names_of(search(platform, "dam")) == []  # a prefix, not a substring
 
 
-def test_every_word_must_match_first_or_last_name(platform):  # noqa: F811
+def test_every_word_must_match_first_or_last_name(platform):
     add_members(platform, {"first_name": "Ada", "last_name": "Okafor"}, {"first_name": "Ada", "last_name": "Smith"},
                 {"first_name": "Okafor", "last_name": "Adamu"}, {"first_name": "Obi", "last_name": "Okafor"})
     assert names_of(search(platform, "ada oka")) == ["Okafor Adamu", "Ada Okafor"]
@@ -119,7 +118,7 @@ def test_every_word_must_match_first_or_last_name(platform):  # noqa: F811
     assert names_of(search(platform, "a b an be")) == ["Ana Bea"]
 
 
-def test_several_words_can_be_one_name(platform):  # noqa: F811
+def test_several_words_can_be_one_name(platform):
     add_members(platform, {"first_name": "Mary", "last_name": "St. James"},
                 {"first_name": "Mary Ann", "last_name": "Lee"}, {"first_name": "James", "last_name": "Stone"})
     assert names_of(search(platform, "st. james")) == ["Mary St. James"]
@@ -127,7 +126,7 @@ def test_several_words_can_be_one_name(platform):  # noqa: F811
     assert names_of(search(platform, "st jam")) == ["James Stone"]
 
 
-def test_email_prefix_is_case_insensitive(platform):  # noqa: F811
+def test_email_prefix_is_case_insensitive(platform):
     add_members(platform, {"first_name": "Ada", "email": "Ada.Okafor@Example.org"},
                 {"first_name": "Adam", "email": "ada.okafor2@example.org"}, {"first_name": "Bo", "email": None})
     assert [r.first_name for r in search(platform, "ada.okafor@").rows] == ["Ada"]
@@ -135,10 +134,13 @@ def test_email_prefix_is_case_insensitive(platform):  # noqa: F811
     assert search(platform, "@example.org").rows == []  # a prefix of the address
 
 
-def test_phone_digits_match_whatever_the_punctuation(platform):  # noqa: F811
+def test_phone_digits_match_whatever_the_punctuation(platform):
     add_members(platform, {"first_name": "A", "phone": "555-0100"}, {"first_name": "B", "phone": "+15550123456"},
                 {"first_name": "C", "phone": "(555) 012-9999"}, {"first_name": "D", "phone": None})
-    firsts = lambda text_: sorted(r.first_name for r in search(platform, text_).rows)  # noqa: E731
+
+    def firsts(text_: str) -> list[str]:
+        return sorted(r.first_name for r in search(platform, text_).rows)
+
     assert firsts("555-01") == ["A", "B", "C"]
     assert firsts("(555) 012") == ["B", "C"]
     assert firsts("555.0100") == ["A"]
@@ -148,7 +150,7 @@ def test_phone_digits_match_whatever_the_punctuation(platform):  # noqa: F811
     assert firsts("999") == []
 
 
-def test_like_wildcards_in_the_text_are_literal(platform):  # noqa: F811
+def test_like_wildcards_in_the_text_are_literal(platform):
     add_members(platform, {"first_name": "Ann", "last_name": "Smith", "email": "a_b@example.org"},
                 {"first_name": "Ann", "last_name": "S%mith", "email": "axb@example.org"},
                 {"first_name": "Ann", "last_name": "Back\\slash"})
@@ -159,7 +161,7 @@ def test_like_wildcards_in_the_text_are_literal(platform):  # noqa: F811
     assert names_of(search(platform, "back\\s")) == ["Ann Back\\slash"]
 
 
-def test_deleted_members_are_never_found(platform):  # noqa: F811
+def test_deleted_members_are_never_found(platform):
     add_members(platform, {"first_name": "Live", "last_name": "Okafor", "email": "live@example.org",
                            "phone": "555-0100"},
                 {"first_name": "Gone", "last_name": "Okafor", "email": "gone@example.org", "phone": "555-0101",
@@ -176,7 +178,7 @@ def test_deleted_members_are_never_found(platform):  # noqa: F811
 # -- filters --------------------------------------------------------------------------
 
 
-def test_status_filter(platform):  # noqa: F811
+def test_status_filter(platform):
     add_members(platform, {"first_name": "A", "status": "active"}, {"first_name": "S", "status": "suspended"},
                 {"first_name": "I", "status": "inactive"}, {"first_name": "S2", "status": "suspended"})
     page = search(platform, MemberQuery(status="suspended"))
@@ -188,7 +190,7 @@ def test_status_filter(platform):  # noqa: F811
         search(platform, MemberQuery(sort="random"))  # type: ignore[arg-type]
 
 
-def test_plan_filter_keeps_members_with_a_live_active_enrollment(platform):  # noqa: F811
+def test_plan_filter_keeps_members_with_a_live_active_enrollment(platform):
     gold, silver = platform.plan("GOLD"), platform.plan("SILVER")
     active, terminated, deleted, other, both = (platform.member(first_name=name) for name in
                                                 ("Active", "Terminated", "Deleted", "Other", "Both"))
@@ -238,7 +240,7 @@ TIES: list[dict[str, Any]] = (
 
 
 @pytest.mark.parametrize("sort", member_search.SORT_KEYS)
-def test_each_sort_order(platform, sort):  # noqa: F811
+def test_each_sort_order(platform, sort):
     ids = add_members(platform, *TIES)
     rows = search(platform, MemberQuery(sort=sort), limit=100).rows
     assert [r.id for r in rows] == _expected_order(TIES, ids, sort)
@@ -246,7 +248,7 @@ def test_each_sort_order(platform, sort):  # noqa: F811
 
 @pytest.mark.parametrize("sort", member_search.SORT_KEYS)
 @pytest.mark.parametrize("limit", [1, 3, 4])
-def test_keyset_paging_returns_every_row_exactly_once(platform, sort, limit):  # noqa: F811
+def test_keyset_paging_returns_every_row_exactly_once(platform, sort, limit):
     ids = add_members(platform, *TIES)
     walked = walk(platform, MemberQuery(sort=sort), limit)
     assert [r.id for r in walked] == _expected_order(TIES, ids, sort)
@@ -257,7 +259,7 @@ def test_keyset_paging_returns_every_row_exactly_once(platform, sort, limit):  #
 @pytest.mark.parametrize(("text_", "expected"), [
     ("smi", 13), ("ann smi", 10), ("a", 13), ("555", 16), ("sm@", 8),
 ])
-def test_keyset_paging_of_filtered_results(platform, sort, text_, expected):  # noqa: F811
+def test_keyset_paging_of_filtered_results(platform, sort, text_, expected):
     rows = [{**row, "phone": f"555-01{i:02d}", "email": "sm@example.org" if i % 2 else None}
             for i, row in enumerate(TIES)]
     ids = add_members(platform, *rows)
@@ -269,7 +271,7 @@ def test_keyset_paging_of_filtered_results(platform, sort, text_, expected):  # 
     assert [r.id for r in walked] == in_order
 
 
-def test_next_cursor_is_none_exactly_on_the_last_page(platform):  # noqa: F811
+def test_next_cursor_is_none_exactly_on_the_last_page(platform):
     add_members(platform, *({"first_name": f"N{i}"} for i in range(4)))
     with platform.uow() as uow:
         first = uow.member_search.search(MemberQuery(), limit=2)
@@ -279,7 +281,7 @@ def test_next_cursor_is_none_exactly_on_the_last_page(platform):  # noqa: F811
         assert uow.member_search.search(MemberQuery(), limit=4).next_cursor is None
 
 
-def test_a_cursor_only_continues_its_own_sort_order(platform):  # noqa: F811
+def test_a_cursor_only_continues_its_own_sort_order(platform):
     add_members(platform, {"first_name": "A"}, {"first_name": "B"})
     with platform.uow() as uow:
         cursor = uow.member_search.search(MemberQuery(), limit=1).next_cursor
@@ -287,14 +289,14 @@ def test_a_cursor_only_continues_its_own_sort_order(platform):  # noqa: F811
             uow.member_search.search(MemberQuery(sort="newest"), after=cursor)
 
 
-def test_page_size_is_checked(platform):  # noqa: F811
+def test_page_size_is_checked(platform):
     with platform.uow() as uow:
         for limit in (0, -1, member_search.MAX_PAGE_SIZE + 1):
             with pytest.raises(ValidationError, match="limit"):
                 uow.member_search.search(MemberQuery(), limit=limit)
 
 
-def test_repeated_searches_stay_right_after_the_driver_prepares_them(platform):  # noqa: F811
+def test_repeated_searches_stay_right_after_the_driver_prepares_them(platform):
     """psycopg prepares a statement after five runs; results must not depend on which run this is."""
     add_members(platform, {"first_name": "Ada", "last_name": "Okafor"}, {"first_name": "Ben", "last_name": "Smith"})
     with platform.uow() as uow:
@@ -307,7 +309,7 @@ def test_repeated_searches_stay_right_after_the_driver_prepares_them(platform): 
 # -- the command palette ------------------------------------------------------------------
 
 
-def test_names_for_the_command_palette(platform):  # noqa: F811
+def test_names_for_the_command_palette(platform):
     add_members(platform, *({"first_name": "Ada", "last_name": f"Okafor{i}"} for i in range(10)),
                 {"first_name": "Bo", "last_name": "Smith", "phone": "555-0100"})
     with platform.uow() as uow:
@@ -321,7 +323,7 @@ def test_names_for_the_command_palette(platform):  # noqa: F811
 # -- counting ---------------------------------------------------------------------------
 
 
-def test_count_is_exact_when_small(platform):  # noqa: F811
+def test_count_is_exact_when_small(platform):
     add_members(platform, *({"first_name": "Ann", "last_name": "Smith"} for _ in range(3)),
                 {"first_name": "Bo", "last_name": "Jones"})
     with platform.uow() as uow:
@@ -330,7 +332,7 @@ def test_count_is_exact_when_small(platform):  # noqa: F811
         assert uow.member_search.count(MemberQuery("nobody")) == CountEstimate(0, exact=True)
 
 
-def test_count_is_estimated_past_the_exact_limit(platform, monkeypatch):  # noqa: F811
+def test_count_is_estimated_past_the_exact_limit(platform, monkeypatch):
     monkeypatch.setattr(member_search, "EXACT_COUNT_LIMIT", 3)
     add_members(platform, *({"first_name": "Ann", "last_name": "Smith"} for _ in range(6)),
                 {"first_name": "Bo", "last_name": "Jones"})
@@ -344,7 +346,7 @@ def test_count_is_estimated_past_the_exact_limit(platform, monkeypatch):  # noqa
         assert uow.member_search.count(MemberQuery("jo")) == CountEstimate(1, exact=True)
 
 
-def test_count_is_estimated_when_even_the_bounded_count_would_be_expensive(platform, monkeypatch):  # noqa: F811
+def test_count_is_estimated_when_even_the_bounded_count_would_be_expensive(platform, monkeypatch):
     add_members(platform, *({"first_name": "Ann", "last_name": "Smith", "email": "ann@example.org"}
                             for _ in range(3)))
     monkeypatch.setattr(member_search, "COUNT_COST_BUDGET", 0.0)
@@ -369,7 +371,7 @@ def test_count_describe(value, exact, shown):
 # -- permissions, audit, PHI ---------------------------------------------------------------
 
 
-def test_searching_needs_members_read_and_is_not_audited(platform):  # noqa: F811
+def test_searching_needs_members_read_and_is_not_audited(platform):
     add_members(platform, {"first_name": "Ada"})
     before = platform.audit_count()
     with platform.uow() as uow:
@@ -389,7 +391,7 @@ def test_searching_needs_members_read_and_is_not_audited(platform):  # noqa: F81
     assert [row.action for row in platform.audit(user_id=outsider.user_id)] == ["deny"] * 3
 
 
-def test_the_repository_only_searches(platform):  # noqa: F811
+def test_the_repository_only_searches(platform):
     member = platform.member()
     with platform.uow() as uow:
         assert isinstance(uow.member_search, MemberSearchRepository)
@@ -399,7 +401,7 @@ def test_the_repository_only_searches(platform):  # noqa: F811
             uow.member_search.get(member.id)
 
 
-def test_reprs_show_no_names_contact_details_or_search_text(platform):  # noqa: F811
+def test_reprs_show_no_names_contact_details_or_search_text(platform):
     # Fixed ids, so no random hex digits can spell a name or a number by chance.
     add_members(platform, {"id": uuid.UUID(int=1), "first_name": "Ada", "last_name": "Okafor",
                            "email": "ada.okafor@example.org", "phone": "555-0100"},

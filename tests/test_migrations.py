@@ -101,9 +101,9 @@ def test_each_revision_steps_up_and_down(empty_pair, database):
 
 def test_concurrent_upgrades_serialise(empty_pair):
     """Several processes migrating the same fresh databases at once all succeed, once."""
+    import os
     import subprocess
     import sys
-    import os
 
     env = dict(os.environ, **empty_pair.env)
     procs = [subprocess.Popen([sys.executable, "-m", "carecli", "db", "upgrade"], env=env,

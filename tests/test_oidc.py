@@ -28,7 +28,7 @@ from carecli.services.auth.oidc import (
     ProviderUnavailable,
     TokenInvalid,
 )
-from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
+from tests.oidc_provider import OidcProvider
 
 
 class FakeTime:

@@ -18,7 +18,7 @@ from carecli.data.permissions import ALL_PERMISSIONS, DEFAULT_ROLES, Permission
 from carecli.data.records import Call, Enrollment, Member, Plan, RiskFlag, Specialist
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.errors import CarecliError, PermissionDenied
-from tests.platform_fixtures import CLIENT_IP, MEMBER_VALUES, platform  # noqa: F401
+from tests.platform_fixtures import CLIENT_IP, MEMBER_VALUES
 
 NIL = uuid.UUID(int=0)
 DATA_TABLES = ("members", "specialists", "call_records", "insurance_plans", "member_insurance_plans",

@@ -16,7 +16,7 @@ from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.records import AuditEntry, Call, Enrollment, Member, MetadataEntry, Plan, RiskFlag, Specialist
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.errors import CarecliError, ConflictError, NotFound, ValidationError
-from tests.platform_fixtures import MEMBER_VALUES, platform  # noqa: F401
+from tests.platform_fixtures import MEMBER_VALUES
 
 # -- records ---------------------------------------------------------------------------------------
 

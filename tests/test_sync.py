@@ -18,13 +18,12 @@ from carecli.data.actor import Actor
 from carecli.data.databases import Databases, create_database_engine
 from carecli.data.permissions import ALL_PERMISSIONS, DEFAULT_ROLES
 from carecli.services import users as service
-from tests.test_users_cli import (
+from tests.support.deployment import (
     ADMIN_EMAIL,
     add_session,
     add_specialist,
     add_user,
     audit_rows,
-    deployment,  # noqa: F401 - fixture
     issue_token,
     specialist_active,
     user_row,
@@ -45,12 +44,12 @@ def unreachable_platform():
     engine.dispose()
 
 
-def _admin_actor(deployment) -> Actor:  # noqa: F811
+def _admin_actor(deployment) -> Actor:
     return Actor.create(deployment.admin_id, ALL_PERMISSIONS, channel="cli", role="admin",
                         environ={"SSH_CONNECTION": "203.0.113.9 50000 10.0.0.1 22"})
 
 
-def test_cli_deactivation_deferred_then_completed_by_sync(deployment):  # noqa: F811
+def test_cli_deactivation_deferred_then_completed_by_sync(deployment):
     engines = deployment.engines
     user_id = add_user(deployment, "leaver@example.org")
     specialist_id = add_specialist(engines, user_id)
@@ -104,13 +103,13 @@ def test_cli_deactivation_deferred_then_completed_by_sync(deployment):  # noqa: 
     assert again.code == 0 and "nothing to sync" in again.out
 
 
-def test_sync_while_the_platform_is_still_down_is_a_usage_error(deployment):  # noqa: F811
+def test_sync_while_the_platform_is_still_down_is_a_usage_error(deployment):
     result = deployment.run("sync", CARECLI_PLATFORM_URL=CLOSED_PORT_URL)
     assert result.code == 2
     assert "cannot connect to the platform database" in result.err and "Traceback" not in result.err
 
 
-def test_a_refusal_while_the_platform_is_down_is_audited_later(deployment):  # noqa: F811
+def test_a_refusal_while_the_platform_is_down_is_audited_later(deployment):
     engines = deployment.engines
     user_id = add_user(deployment, "spec@example.org")
     token = issue_token(engines, user_id, DEFAULT_ROLES["specialist"][1])
@@ -126,7 +125,7 @@ def test_a_refusal_while_the_platform_is_down_is_audited_later(deployment):  # n
     assert row.user_id == user_id and row.new_values == {"operation": "deactivate users", "permission": "users:admin"}
 
 
-def test_order_is_kept_across_deferred_and_immediate_changes(deployment, unreachable_platform):  # noqa: F811
+def test_order_is_kept_across_deferred_and_immediate_changes(deployment, unreachable_platform):
     engines = deployment.engines
     actor = _admin_actor(deployment)
     down = Databases(identity=engines.identity, platform=unreachable_platform)
@@ -155,7 +154,7 @@ def test_order_is_kept_across_deferred_and_immediate_changes(deployment, unreach
     assert all(row.ip_address is not None for row in audit_rows(engines, "user") if row.action != "create")
 
 
-def test_applying_again_after_a_lost_stamp_changes_nothing(deployment, unreachable_platform):  # noqa: F811
+def test_applying_again_after_a_lost_stamp_changes_nothing(deployment, unreachable_platform):
     engines = deployment.engines
     actor = _admin_actor(deployment)
     user_id = add_user(deployment, "once@example.org")
@@ -173,7 +172,7 @@ def test_applying_again_after_a_lost_stamp_changes_nothing(deployment, unreachab
     assert audit_rows(engines) == after_first
 
 
-def test_sync_records_failures_and_holds_back_that_users_later_changes(deployment):  # noqa: F811
+def test_sync_records_failures_and_holds_back_that_users_later_changes(deployment):
     engines = deployment.engines
     stuck = add_user(deployment, "broken@example.org")
     other = add_user(deployment, "fine@example.org")
@@ -195,7 +194,7 @@ def test_sync_records_failures_and_holds_back_that_users_later_changes(deploymen
     assert fine.done_at is not None and specialist_active(engines, specialist_id) is False
 
 
-def test_downgrade_is_refused_while_changes_are_owed(deployment, unreachable_platform):  # noqa: F811
+def test_downgrade_is_refused_while_changes_are_owed(deployment, unreachable_platform):
     engines = deployment.engines
     user_id = add_user(deployment, "owed@example.org")
     service.deactivate_user(Databases(identity=engines.identity, platform=unreachable_platform),

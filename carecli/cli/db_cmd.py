@@ -143,7 +143,8 @@ def db_psql(only: str) -> None:
         psql = databases.embedded.psql_path
     psql = psql or shutil.which("psql")
     if psql is None:
-        raise ConfigError("psql is not installed", hint="install the PostgreSQL client (e.g. apt install postgresql-client)")
+        raise ConfigError("psql is not installed",
+                          hint="install the PostgreSQL client (e.g. apt install postgresql-client)")
     url = engine.url
     env = dict(os.environ)
     if url.password:

@@ -101,7 +101,8 @@ def _actor_params(actor: Actor) -> dict[str, Any]:
     return {"user_id": actor.user_id, "ip": actor.ip_address, "ua": actor.user_agent}
 
 
-_AUDIT_COLUMNS = "id, user_id, entity_type, entity_id, action, old_values, new_values, ip_address, user_agent, created_at"
+_AUDIT_COLUMNS = ("id, user_id, entity_type, entity_id, action, old_values, new_values, ip_address, user_agent, "
+                  "created_at")
 _AUDIT_ACTOR = "CAST(:user_id AS uuid), {etype}, {id}, 'purge', CAST(NULL AS jsonb), {values}, CAST(:ip AS inet), :ua"
 _NOW = "clock_timestamp() AT TIME ZONE 'UTC'"
 
@@ -176,8 +177,8 @@ def audit_identity_purge(platform: Connection, spec: PurgeTable, actor: Actor,
     params = {"ids": [row_id for row_id, _ in rows], "deleted": [deleted for _, deleted in rows],
               "etype": spec.entity_type, "table": spec.name, **_actor_params(actor)}
     facts = platform.execute(text(
-        "WITH facts AS (DELETE FROM metadata m WHERE m.entity_type = :etype AND m.entity_id = ANY(CAST(:ids AS uuid[])) "
-        "RETURNING m.id, m.deleted_at) "
+        "WITH facts AS (DELETE FROM metadata m "
+        "WHERE m.entity_type = :etype AND m.entity_id = ANY(CAST(:ids AS uuid[])) RETURNING m.id, m.deleted_at) "
         f"INSERT INTO audit_logs ({_AUDIT_COLUMNS}) SELECT gen_random_uuid(), "
         + _AUDIT_ACTOR.format(etype="'metadata'", id="id", values=_purge_values(
             "'metadata'", "deleted_at", ", 'with', CAST(:etype AS text)"))

@@ -161,13 +161,13 @@ class PlatformUnitOfWork:
 
     def audit_denial(self, entity_type: str, entity_id: uuid.UUID | None, operation: str, permission: str) -> None:
         """A refused operation is audited in its own committed transaction."""
-        audit.write_committed(self.audit_engine, self.audit_actor(entity_type, entity_id), entity_type, entity_id or NIL,
-                              "deny", {"operation": operation, "permission": str(permission)})
+        audit.write_committed(self.audit_engine, self.audit_actor(entity_type, entity_id), entity_type,
+                              entity_id or NIL, "deny", {"operation": operation, "permission": str(permission)})
 
     def audit_read(self, entity_type: str, entity_id: uuid.UUID, details: dict) -> None:
         """A PHI read, committed before the value is returned (fail closed)."""
-        audit.write_committed(self.audit_engine, self.audit_actor(entity_type, entity_id), entity_type, entity_id, "read",
-                              details)
+        audit.write_committed(self.audit_engine, self.audit_actor(entity_type, entity_id), entity_type, entity_id,
+                              "read", details)
 
     # -- emergency access ("break the glass") -----------------------------------------
 

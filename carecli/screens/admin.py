@@ -29,8 +29,8 @@ from textual.widgets import DataTable, Header, Input, Select, Static, TabbedCont
 from carecli.data.permissions import Permission
 from carecli.data.records import Role
 from carecli.errors import PermissionDenied
-from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_when
+from carecli.screens.widgets import CareFooter
 from carecli.services.desk import AccessEntry, AuditFilter
 
 #: entity types that audit rows name (repositories' ``entity_type`` and the services' own rows)

@@ -25,19 +25,20 @@ from textual.widgets import Header, LoadingIndicator, Static
 
 from carecli import __version__
 from carecli.config import Settings
-from carecli.data.databases import Databases
 from carecli.data.actor import Channel
+from carecli.data.databases import Databases
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
-from carecli.screens.widgets import CareFooter, prune_dead_watchers
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
+from carecli.screens.widgets import CareFooter, prune_dead_watchers
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.desk import Desk
 
 if TYPE_CHECKING:
-    from carecli.data.notify import Notice, Subscription
     from textual.timer import Timer
+
+    from carecli.data.notify import Notice, Subscription
 
 MIN_WIDTH, MIN_HEIGHT = 80, 24
 IDLE_CHECK_SECONDS = 5.0
@@ -421,7 +422,8 @@ class CareApp(App[None]):
         if self.desk is not None and not self.locked:
             from textual.app import SystemCommand
 
-            yield SystemCommand("Worklist", "Your calls, follow-ups and urgent flags", lambda: self.action_go("worklist"))
+            yield SystemCommand("Worklist", "Your calls, follow-ups and urgent flags",
+                                lambda: self.action_go("worklist"))
             yield SystemCommand("Members", "Search all members", lambda: self.action_go("members"))
             yield SystemCommand("Plans", "The insurance plan catalog", lambda: self.action_go("plans"))
             yield SystemCommand("Audit log", "Who did what (audit:read)", lambda: self.action_go("audit"))

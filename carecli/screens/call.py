@@ -25,10 +25,16 @@ from textual.widgets import DataTable, Header, Static
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES
 from carecli.screens.base import Problem, show_when
-from carecli.screens.call_forms import (CallStepForm, CancelCallForm, CompleteCallForm, EditCallNotesForm,
-                                        NoAnswerForm, RescheduleCallForm)
-from carecli.screens.forms import FlagFormScreen, describe_duration
+from carecli.screens.call_forms import (
+    CallStepForm,
+    CancelCallForm,
+    CompleteCallForm,
+    EditCallNotesForm,
+    NoAnswerForm,
+    RescheduleCallForm,
+)
 from carecli.screens.flag import FlagScreen
+from carecli.screens.forms import FlagFormScreen, describe_duration
 from carecli.screens.live import DataChanged
 from carecli.screens.record import RecordScreen
 from carecli.screens.widgets import CareFooter

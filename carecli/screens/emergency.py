@@ -24,8 +24,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Header, Input, Static
 
 from carecli.data.permissions import Permission
-from carecli.data.repositories.emergency import (CONFIRMATION_WORD, MIN_NOTE_LENGTH, MIN_REASON_LENGTH,
-                                                 EmergencyGrant)
+from carecli.data.repositories.emergency import CONFIRMATION_WORD, MIN_NOTE_LENGTH, MIN_REASON_LENGTH, EmergencyGrant
 from carecli.errors import PermissionDenied
 from carecli.screens.admin import AuditEntryScreen, summarize_values
 from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_when

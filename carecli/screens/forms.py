@@ -34,9 +34,9 @@ from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Select, Static, TextArea
 
 from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES, RISK_TYPES, SEVERITIES
-from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareModal, Problem, describe, show_when
 from carecli.screens.live import DataChanged
+from carecli.screens.widgets import CareFooter
 
 if TYPE_CHECKING:
     from carecli.data.records import Call, Enrollment, Plan
@@ -474,8 +474,8 @@ class FormModal(CareModal):
             return
         if message.changes.record_changed(*record, ignore=self.desk.source):
             self.set_status(f"Another session has just changed this {self.RECORD_WORD}: saving now will be refused "
-                            "as a conflict. Note what you typed, close this form (Esc; twice if you typed) and open the "
-                            f"{self.RECORD_WORD} again to see the change.", error=True)
+                            "as a conflict. Note what you typed, close this form (Esc; twice if you typed) and open "
+                            f"the {self.RECORD_WORD} again to see the change.", error=True)
 
 
 # -- calls -----------------------------------------------------------------------------------

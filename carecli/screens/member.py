@@ -27,17 +27,23 @@ from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES, enrollment_state
-from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen, Problem, describe, member_name, show_phone, show_when
 from carecli.screens.call import CallScreen
 from carecli.screens.call_forms import ScheduleCallForm
 from carecli.screens.confirm import ConfirmDialog
-from carecli.screens.flag import FlagScreen
-from carecli.screens.member_forms import MemberEditScreen
-from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
-from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, NoteDialog, RevealDialog,
-                                   TerminateDialog)
 from carecli.screens.emergency import BreakGlassDialog
+from carecli.screens.flag import FlagScreen
+from carecli.screens.forms import (
+    CallFormScreen,
+    EnrollFormScreen,
+    FlagFormScreen,
+    NoteDialog,
+    RevealDialog,
+    TerminateDialog,
+)
+from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
+from carecli.screens.member_forms import MemberEditScreen
+from carecli.screens.widgets import CareFooter
 from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile
 
 if TYPE_CHECKING:

@@ -22,9 +22,9 @@ from textual.widgets import DataTable, Header, Input, Select, Static
 from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.records import Plan
 from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery
-from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen, member_name
 from carecli.screens.live import DataChanged
+from carecli.screens.widgets import CareFooter
 
 PAGE_SIZE = 50
 #: typing pauses this long before a search is sent (keeps a fast typist from queueing queries)

@@ -22,8 +22,8 @@ from textual.message import Message
 from textual.widgets import Checkbox, DataTable, Header, Input, Static
 
 from carecli.data.records import Plan
-from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen
+from carecli.screens.widgets import CareFooter
 
 #: words shown upper-case in coverage labels ("hsa_eligible" -> "HSA eligible")
 _ACRONYMS = frozenset({"hsa", "fsa", "hmo", "ppo", "epo", "pos", "hdhp", "er", "oop", "rx", "id", "pcp"})

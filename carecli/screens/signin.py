@@ -19,8 +19,8 @@ from textual.widgets import Header, LoadingIndicator, OptionList, Static
 from textual.widgets.option_list import Option
 
 from carecli.data.records import User
-from carecli.screens.widgets import CareFooter
 from carecli.screens.base import Problem, describe
+from carecli.screens.widgets import CareFooter
 
 if TYPE_CHECKING:
     from carecli.screens.app import CareApp

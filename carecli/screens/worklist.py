@@ -11,9 +11,9 @@ from textual.message import Message
 from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 
 from carecli.data.repositories.worklist import WorkItem, Worklist
-from carecli.screens.widgets import CareFooter
 from carecli.screens.base import CareScreen, show_when
 from carecli.screens.live import DataChanged
+from carecli.screens.widgets import CareFooter
 
 #: tab id, title, the Worklist attribute it shows
 SECTIONS = (

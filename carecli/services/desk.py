@@ -17,27 +17,27 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from carecli.config import Settings
-from carecli.data.actor import Channel
-from carecli.data.crypto.runtime import cipher_provider
 from carecli.data import notify
+from carecli.data.actor import Channel
+from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
+from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.databases import Databases
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry, Call, Enrollment, MetadataEntry, Plan, RiskFlag, Role, Specialist
 from carecli.data.replica import ReadUnitOfWork, WriteUnitOfWork
-from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
 from carecli.data.repositories.emergency import KEY_PREFIX as GRANT_KEY
 from carecli.data.repositories.identity import IdentityUnitOfWork
-from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.data.repositories.worklist import Worklist
-from carecli.services.auth.current import SignedIn, resolve_actor
-from carecli.services.auth.credentials import CredentialStore
-from carecli.services.auth.sessions import end_session
+from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.errors import ConflictError, NotFound
+from carecli.services.auth.credentials import CredentialStore
+from carecli.services.auth.current import SignedIn, resolve_actor
+from carecli.services.auth.sessions import end_session
 
 if TYPE_CHECKING:
     from carecli.data.records import Member
-    from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery, MemberSummary
     from carecli.data.repositories.emergency import EmergencyGrant
+    from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery, MemberSummary
     from carecli.data.repositories.members import RevealedPhi
     from carecli.data.repositories.risk_flags import FlagResolution
     from carecli.services.emergency import EmergencyAccess, QueueEntry
@@ -157,7 +157,10 @@ def local_day_bounds(now: datetime | None = None) -> tuple[date, datetime, datet
     local = (now or datetime.now().astimezone()).astimezone()
     start = datetime.combine(local.date(), time.min, tzinfo=local.tzinfo)
     end = start + timedelta(days=1)
-    to_utc = lambda moment: moment.astimezone(timezone.utc).replace(tzinfo=None)  # noqa: E731
+
+    def to_utc(moment: datetime) -> datetime:
+        return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
     return local.date(), to_utc(start), to_utc(end)
 
 

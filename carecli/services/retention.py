@@ -334,7 +334,8 @@ def place_hold(databases: Databases, actor: Actor, member_id: uuid.UUID, reason:
     with PlatformUnitOfWork(databases.platform, actor) as uow:
         connection = uow.connection
         if sql.member_state(connection, member_id) is False:
-            raise NotFound(f"member {member_id} does not exist", hint="check the id (`carecli retention holds` lists holds)")
+            raise NotFound(f"member {member_id} does not exist",
+                           hint="check the id (`carecli retention holds` lists holds)")
         existing = sql.current_hold(connection, member_id, lock=True)
         if existing is not None:
             raise CarecliError(f"member {member_id} is already under legal hold (since {existing.set_at})",

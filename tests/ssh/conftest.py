@@ -1,7 +1,7 @@
 """Fixtures for the SSH host's tests: a seeded pair, the real host on loopback, SSH clients with a screen.
 
 Every test gets a fresh copy of the seeded databases of the app's tests
-(tests/tui/conftest.py: 300 members, seed 42). ``ssh_host(...)`` runs the real
+(tests/support/seeded.py: 300 members, seed 42). ``ssh_host(...)`` runs the real
 ``serve()`` (carecli/ssh/server.py) on its own event loop in a background
 thread, on a free port of 127.0.0.1 with a throwaway host key; the app
 processes it starts are real ``carecli app`` processes on ptys, pointed at the
@@ -43,7 +43,7 @@ from carecli.services.auth.ssh_keys import SshKeyInfo, add_ssh_key
 from carecli.services.auth.tokens import create_api_token
 from carecli.ssh.server import HostOptions, serve
 from tests.cli import Result
-from tests.tui.conftest import MASTER_KEY, THEME, seeded_template  # noqa: F401 (fixture)
+from tests.support.seeded import MASTER_KEY, THEME
 
 #: generous: the machine is shared, and an app process imports Textual and opens both pools
 START_TIMEOUT = 60.0
@@ -155,7 +155,7 @@ def write_launcher(path: Path, env: dict[str, str], command: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(pg_server, seeded_template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshWorld]:  # noqa: F811
+def world(pg_server, seeded_template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshWorld]:
     """A fresh copy of the seeded databases for one test module, their environment, and the app launcher.
 
     Per module, not per test: creating and dropping a database pair costs seconds (checkpoints), and

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-
 from carecli import __version__
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.services.auth.credentials import HeldCredential

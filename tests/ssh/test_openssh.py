@@ -31,7 +31,6 @@ import pytest
 from carecli.errors import EXIT_AUTH, EXIT_USAGE
 from carecli.services.auth.ssh_keys import revoke_ssh_key
 from tests.ssh.conftest import GOODBYE_QUIT, START_TIMEOUT, WORKLIST, free_port, new_key, write_launcher
-from tests.tui.test_e2e_tmux import terminal  # noqa: F401 (fixture)
 
 SSH = shutil.which("ssh")
 needs_ssh = pytest.mark.skipif(SSH is None, reason="the OpenSSH client (ssh) is not installed")
@@ -84,7 +83,7 @@ def _ssh_command(port: int, key_file: Path, *extra: str) -> list[str]:
 
 @needs_ssh
 def test_the_openssh_client_signs_in_sees_the_worklist_and_quits_to_the_shell(
-        world, serve_ssh, terminal, tmp_path) -> None:  # noqa: F811
+        world, serve_ssh, terminal, tmp_path) -> None:
     user = world.user("specialist", 0)
     key = new_key()
     world.add_key(user, key)
@@ -135,7 +134,7 @@ def test_openssh_without_a_terminal_or_with_an_unknown_key_is_refused(world, ser
 # -- carecli ssh-session: the OpenSSH ForceCommand -------------------------------------------------
 
 
-def test_ssh_session_runs_the_app_for_the_keys_user(world, terminal, tmp_path) -> None:  # noqa: F811
+def test_ssh_session_runs_the_app_for_the_keys_user(world, terminal, tmp_path) -> None:
     user = world.user("specialist", 2)
     info = world.add_key(user, new_key())
     rc_file = tmp_path / "rc"

@@ -1,7 +1,8 @@
 """Fixtures for the app's Pilot tests: seeded databases, real sessions, and the app itself.
 
 One pair of databases is migrated and seeded once per test session (300
-synthetic members, seed 42, SSN/DOB encrypted); every test gets its own copy
+synthetic members, seed 42, SSN/DOB encrypted: ``seeded_template`` of
+tests/support/seeded.py, shared with the SSH tests); every test gets its own copy
 (``CREATE DATABASE ... TEMPLATE``), so a test may write freely. Sessions are
 real ``sessions`` rows, kept in a private credential file under the test's
 own state directory.
@@ -20,49 +21,19 @@ from sqlalchemy import select, text
 
 from carecli.config import Settings, load_settings
 from carecli.data.actor import Actor
-from carecli.data.crypto.keystore import ensure_primary_key, open_cipher
-from carecli.data.crypto.master import LocalMasterKey, encode_key, generate_master_key
-from carecli.data.databases import Databases, create_database_engine, open_databases
+from carecli.data.databases import Databases, open_databases
 from carecli.data.models.identity import Role as RoleTable
 from carecli.data.models.identity import User as UserTable
 from carecli.data.repositories.identity import IdentityUnitOfWork
-from carecli.data.seeding import seed_demo_data
 from carecli.screens.app import CareApp
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.auth.current import role_of
 from carecli.services.auth.sessions import start_session
 from carecli.services.desk import Desk
+from tests.support.seeded import MASTER_KEY, THEME
 
-SEED_MEMBERS = 300
-#: a fixed size and theme for Pilot and snapshot tests
+#: a fixed size for Pilot and snapshot tests (the theme: THEME of tests/support/seeded.py)
 SIZE = (100, 30)
-THEME = "textual-dark"
-MASTER_KEY_BYTES = generate_master_key()
-MASTER_KEY = encode_key(MASTER_KEY_BYTES)
-
-
-@dataclass
-class SeededPair:
-    identity: str
-    platform: str
-
-
-@pytest.fixture(scope="session")
-def seeded_template(pg_server, template_pair) -> SeededPair:
-    """Migrated and seeded databases, used as the template of every TUI test's databases."""
-    pair = SeededPair(pg_server.create_database("tui_identity", template=template_pair.identity),
-                      pg_server.create_database("tui_platform", template=template_pair.platform))
-    settings = load_settings({})
-    identity = create_database_engine(pg_server.url(pair.identity), settings)
-    platform = create_database_engine(pg_server.url(pair.platform), settings)
-    try:
-        master = LocalMasterKey(MASTER_KEY_BYTES, "test")
-        ensure_primary_key(platform, master)
-        seed_demo_data(identity, platform, members=SEED_MEMBERS, seed=42, cipher=open_cipher(platform, master))
-    finally:
-        identity.dispose()
-        platform.dispose()
-    return pair
 
 
 @dataclass

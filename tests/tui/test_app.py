@@ -10,7 +10,6 @@ from carecli.config import load_settings
 from carecli.screens.app import CareApp, TooSmallScreen
 from carecli.screens.signin import SignInScreen
 from carecli.screens.worklist import WorklistScreen
-from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
 from tests.tui.conftest import SIZE
 from tests.tui.helpers import screen_text, wait_for
 

@@ -7,7 +7,8 @@ from textual.widgets import Input
 from carecli.screens.member import MemberDetailScreen
 from carecli.screens.members import PAGE_SIZE, MemberBrowserScreen, ResultsTable
 from carecli.screens.worklist import WorklistScreen
-from tests.tui.conftest import SEED_MEMBERS, SIZE
+from tests.support.seeded import SEED_MEMBERS
+from tests.tui.conftest import SIZE
 from tests.tui.helpers import screen_text, wait_for
 
 

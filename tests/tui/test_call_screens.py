@@ -18,8 +18,14 @@ from typing import Any
 from textual.widgets import Button, Checkbox, DataTable, Select, Static, TextArea
 
 from carecli.screens.call import CallScreen
-from carecli.screens.call_forms import (CancelCallForm, CompleteCallForm, EditCallNotesForm, NoAnswerForm,
-                                        RescheduleCallForm, ScheduleCallForm)
+from carecli.screens.call_forms import (
+    CancelCallForm,
+    CompleteCallForm,
+    EditCallNotesForm,
+    NoAnswerForm,
+    RescheduleCallForm,
+    ScheduleCallForm,
+)
 from carecli.screens.forms import FlagFormScreen
 from carecli.screens.member import MemberDetailScreen
 from carecli.screens.worklist import WorklistScreen

@@ -15,7 +15,8 @@ from carecli.screens.app import CareApp
 from carecli.screens.signin import SignInScreen
 from carecli.screens.worklist import WorklistScreen
 from carecli.services.auth.credentials import CredentialStore
-from tests.tui.conftest import MASTER_KEY, SIZE
+from tests.support.seeded import MASTER_KEY
+from tests.tui.conftest import SIZE
 from tests.tui.helpers import wait_for
 
 

@@ -29,8 +29,17 @@ from carecli.screens.member import MemberDetailScreen
 from carecli.screens.member_forms import MemberEditScreen
 from tests.tui.conftest import SIZE
 from tests.tui.helpers import screen_text, wait_for
-from tests.tui.test_member_screens import (DOB, EMAIL, app_for, header, input_values, make_member, open_member,
-                                           set_input, table_rows)
+from tests.tui.test_member_screens import (
+    DOB,
+    EMAIL,
+    app_for,
+    header,
+    input_values,
+    make_member,
+    open_member,
+    set_input,
+    table_rows,
+)
 
 PHONE_SHOWN = "(555) 014-2771"
 
@@ -55,9 +64,11 @@ def flag_text(screen: FlagScreen) -> str:
 
 def plans_open_today(tui: Any, count: int = 2) -> list[Any]:
     """Active plans in effect today and for two days more at least (the seed's plans end with the year)."""
-    return tui.rows("platform", "SELECT id, plan_code, expiration_date FROM insurance_plans WHERE deleted_at IS NULL AND is_active "
-                    "AND (effective_date IS NULL OR effective_date <= current_date) AND (expiration_date IS NULL "
-                    "OR expiration_date >= current_date + 2) ORDER BY plan_code LIMIT :n", n=count)
+    return tui.rows("platform", "SELECT id, plan_code, expiration_date FROM insurance_plans "
+                    "WHERE deleted_at IS NULL AND is_active "
+                    "AND (effective_date IS NULL OR effective_date <= current_date) "
+                    "AND (expiration_date IS NULL OR expiration_date >= current_date + 2) ORDER BY plan_code LIMIT :n",
+                    n=count)
 
 
 def today() -> date:
@@ -98,7 +109,7 @@ async def test_a_flag_opened_from_the_member_screen_is_resolved_and_re_opened(tu
         await wait_for(pilot, lambda: app.screen is flag_screen and flag_screen.view.resolution is not None,
                        what="the resolution")
         text = flag_text(flag_screen)
-        assert f"State:   resolved" in text and f"by {desk.display_name}" in text
+        assert "State:   resolved" in text and f"by {desk.display_name}" in text
         assert "Note:    Daughter moved in; home safety visit booked." in text
         assert flag_screen.check_action("resolve", ()) is False and flag_screen.check_action("reopen", ()) is True
         [entry] = tui.rows("platform", "SELECT * FROM metadata WHERE entity_type = 'risk_flag' AND entity_id = :f "

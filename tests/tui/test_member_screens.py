@@ -21,9 +21,16 @@ from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.screens.app import CareApp
-from carecli.screens.forms import (CallFormScreen, EnrollFormScreen, FlagFormScreen, FormSaved, NoteDialog,
-                                   RevealDialog, TerminateDialog)
 from carecli.screens.confirm import ConfirmDialog
+from carecli.screens.forms import (
+    CallFormScreen,
+    EnrollFormScreen,
+    FlagFormScreen,
+    FormSaved,
+    NoteDialog,
+    RevealDialog,
+    TerminateDialog,
+)
 from carecli.screens.member import MASKED_DOB, MASKED_SSN, MemberDetailScreen
 from carecli.screens.worklist import WorklistScreen
 from carecli.services.desk import Desk

@@ -76,6 +76,8 @@ def enum(choices: tuple[str, ...]) -> Parser:
     return parse
 
 
+#: an SSN as written: dashes or spaces between the groups, or none
+_SSN_SHAPES = re.compile(r"[0-9]{3}-?[0-9]{2}-?[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}")
 _US_DATE = re.compile(r"^([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})$")
 _COMPACT_DATE = re.compile(r"^([0-9]{4})([0-9]{2})([0-9]{2})$")
 _ISO_DATE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
@@ -210,7 +212,7 @@ def parse_ssn(raw: Any) -> Ssn:
     ranges are refused: area 000, 666 or 900-999, group 00, serial 0000."""
     value = _text_of(raw)
     digits = value.replace("-", "").replace(" ", "")
-    if not re.fullmatch(r"[0-9]{9}", digits) or not re.fullmatch(r"[0-9]{3}-?[0-9]{2}-?[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}", value):
+    if not re.fullmatch(r"[0-9]{9}", digits) or not re.fullmatch(_SSN_SHAPES, value):
         raise FieldProblem("ssn_format", "must be nine digits (123-45-6789 or 123456789)")
     area, group, serial = digits[:3], digits[3:5], digits[5:]
     if area == "000" or area == "666" or area[0] == "9":

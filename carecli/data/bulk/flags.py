@@ -24,8 +24,8 @@ from typing import Any
 
 from carecli.data import rules
 from carecli.data.bulk import fields as f
-from carecli.data.bulk.catalog import EXTERNAL_ID
 from carecli.data.bulk.calls import ExternalIdKind
+from carecli.data.bulk.catalog import EXTERNAL_ID
 from carecli.data.bulk.kinds import (
     BatchContext,
     BatchPlan,

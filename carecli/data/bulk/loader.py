@@ -45,10 +45,10 @@ from sqlalchemy import Engine, text
 
 from carecli.data import notify
 from carecli.data.actor import Actor
+from carecli.data.bulk.blind_index import BlindIndex
 from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, SeenKeys, Update
 from carecli.data.bulk.readers import Record, RecordProblem
 from carecli.data.crypto.fields import FieldCipher
-from carecli.data.bulk.blind_index import BlindIndex
 from carecli.data.permissions import Permission
 from carecli.errors import PermissionDenied
 

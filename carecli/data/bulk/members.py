@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from carecli.data.bulk import fields as f
-from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
 from carecli.data import audit
+from carecli.data.bulk import fields as f
 from carecli.data.bulk.blind_index import backfill
+from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
 from carecli.data.bulk.kinds import (
     BatchContext,
     BatchPlan,
@@ -121,7 +121,8 @@ class MembersKind(Kind):
         by_hash = metadata_owners(connection, "member", SSN_BLIND_INDEX, hashes.values())
         given_ids = {p.values["id"] for p in rows if p.values.get("id") is not None}
         wanted = given_ids | set(by_number.values()) | set(by_hash.values())
-        existing = {key[0]: row for key, row in fetch_by(connection, self.table, ("id",), ((i,) for i in wanted)).items()}
+        found = fetch_by(connection, self.table, ("id",), ((i,) for i in wanted))
+        existing = {key[0]: row for key, row in found.items()}
         numbers = metadata_of(connection, "member", EXTERNAL_MEMBER_NUMBER, existing)
         blinds = metadata_of(connection, "member", SSN_BLIND_INDEX, existing)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from carecli.errors import ConfigError, EXIT_ABORTED, CarecliError
+from carecli.errors import EXIT_ABORTED, CarecliError, ConfigError
 
 #: The largest cell the CSV parser accepts; anything near it is a broken file (an unclosed quote).
 MAX_CELL_BYTES = 16 * 1024 * 1024

@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from carecli.data.models.platform import Specialist as SpecialistTable
 from carecli.data.models.platform import InsurancePlan, SpecialistInsurancePlan
+from carecli.data.models.platform import Specialist as SpecialistTable
 from carecli.data.permissions import Permission
 from carecli.data.records import Specialist, SpecialistPlan
 from carecli.data.repositories.base import Repository

@@ -16,9 +16,16 @@ from typing import Any, Literal
 from sqlalchemy import and_, exists, func, select, true
 from sqlalchemy.orm import aliased
 
-from carecli.data.models.platform import CallRecord, InsurancePlan, Member, MemberInsurancePlan, Metadata, RiskFlag
+from carecli.data.models.platform import (
+    CallRecord,
+    InsurancePlan,
+    Member,
+    MemberInsurancePlan,
+    Metadata,
+    RiskFlag,
+    SpecialistInsurancePlan,
+)
 from carecli.data.models.platform import Specialist as SpecialistTable
-from carecli.data.models.platform import SpecialistInsurancePlan
 from carecli.data.permissions import Permission
 from carecli.data.records import Specialist
 from carecli.data.repositories.base import Repository

@@ -52,7 +52,8 @@ def upgrade() -> None:
     sa.UniqueConstraint('email', name=op.f('users_email_key')),
     sa.UniqueConstraint('external_user_id', name=op.f('users_external_user_id_key'))
     )
-    op.create_index('ix_users_name', 'users', ['last_name', 'first_name', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
+    op.create_index('ix_users_name', 'users', ['last_name', 'first_name', 'id'], unique=False,
+                    postgresql_where=sa.text('deleted_at IS NULL'))
     op.create_index('ix_users_role_id', 'users', ['role_id'], unique=False)
     op.create_table('sessions',
     sa.Column('id', sa.Uuid(), server_default=sa.text('gen_random_uuid()'), nullable=False),
@@ -67,7 +68,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('sessions_pkey')),
     sa.UniqueConstraint('session_token', name=op.f('sessions_session_token_key'))
     )
-    op.create_index('ix_sessions_expires_at', 'sessions', ['expires_at'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
+    op.create_index('ix_sessions_expires_at', 'sessions', ['expires_at'], unique=False,
+                    postgresql_where=sa.text('deleted_at IS NULL'))
     op.create_index('ix_sessions_user_id', 'sessions', ['user_id'], unique=False)
     op.create_table('tokens',
     sa.Column('id', sa.Uuid(), server_default=sa.text('gen_random_uuid()'), nullable=False),
@@ -83,7 +85,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('tokens_user_id_fkey')),
     sa.PrimaryKeyConstraint('id', name=op.f('tokens_pkey'))
     )
-    op.create_index('ix_tokens_expires_at', 'tokens', ['expires_at'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
+    op.create_index('ix_tokens_expires_at', 'tokens', ['expires_at'], unique=False,
+                    postgresql_where=sa.text('deleted_at IS NULL'))
     op.create_index('ix_tokens_token_hash', 'tokens', ['token_hash'], unique=False)
     op.create_index('ix_tokens_user_id', 'tokens', ['user_id'], unique=False)
 

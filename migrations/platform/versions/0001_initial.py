@@ -88,10 +88,14 @@ def upgrade() -> None:
     sa.CheckConstraint("status IN ('active', 'inactive', 'suspended')", name=op.f('members_status_check')),
     sa.PrimaryKeyConstraint('id', name=op.f('members_pkey'))
     )
-    op.create_index('ix_members_email_lower', 'members', [sa.literal_column('lower(email::text) text_pattern_ops')], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_members_name', 'members', ['last_name', 'first_name', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_members_phone', 'members', ['phone'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
-    op.create_index('ix_members_status_name', 'members', ['status', 'last_name', 'first_name', 'id'], unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
+    op.create_index('ix_members_email_lower', 'members', [sa.literal_column('lower(email::text) text_pattern_ops')],
+                    unique=False, postgresql_where=sa.text('deleted_at IS NULL'))
+    op.create_index('ix_members_name', 'members', ['last_name', 'first_name', 'id'], unique=False,
+                    postgresql_where=sa.text('deleted_at IS NULL'))
+    op.create_index('ix_members_phone', 'members', ['phone'], unique=False,
+                    postgresql_where=sa.text('deleted_at IS NULL'))
+    op.create_index('ix_members_status_name', 'members', ['status', 'last_name', 'first_name', 'id'], unique=False,
+                    postgresql_where=sa.text('deleted_at IS NULL'))
     op.create_table('metadata',
     sa.Column('id', sa.Uuid(), server_default=sa.text('gen_random_uuid()'), nullable=False),
     sa.Column('entity_type', sa.String(length=50), nullable=False),
@@ -102,7 +106,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
     sa.Column('updated_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('metadata_pkey')),
-    sa.UniqueConstraint('entity_type', 'entity_id', 'metadata_key', name=op.f('metadata_entity_type_entity_id_metadata_key_key'))
+    sa.UniqueConstraint('entity_type', 'entity_id', 'metadata_key',
+                        name=op.f('metadata_entity_type_entity_id_metadata_key_key'))
     )
     # The seed's `user_id UUID REFERENCES users(id)`: users lives in the identity
     # database, so the column stays and the constraint cannot; carecli checks it.
@@ -136,7 +141,8 @@ def upgrade() -> None:
     sa.Column('deleted_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
     sa.Column('updated_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
-    sa.CheckConstraint("call_status IN ('scheduled', 'completed', 'cancelled', 'no_answer')", name=op.f('call_records_call_status_check')),
+    sa.CheckConstraint("call_status IN ('scheduled', 'completed', 'cancelled', 'no_answer')",
+                       name=op.f('call_records_call_status_check')),
     sa.CheckConstraint("call_type IN ('outreach', 'follow_up', 'support')", name=op.f('call_records_call_type_check')),
     sa.CheckConstraint('duration_seconds >= 0', name=op.f('call_records_duration_seconds_check')),
     sa.CheckConstraint('ended_at >= started_at', name=op.f('call_records_ended_after_started_check')),
@@ -144,9 +150,12 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['specialist_id'], ['specialists.id'], name=op.f('call_records_specialist_id_fkey')),
     sa.PrimaryKeyConstraint('id', name=op.f('call_records_pkey'))
     )
-    op.create_index('ix_call_records_follow_ups', 'call_records', ['specialist_id', 'follow_up_date'], unique=False, postgresql_where=sa.text('follow_up_required AND deleted_at IS NULL'))
-    op.create_index('ix_call_records_member_id_scheduled_at', 'call_records', ['member_id', 'scheduled_at'], unique=False)
-    op.create_index('ix_call_records_specialist_id_scheduled_at', 'call_records', ['specialist_id', 'scheduled_at'], unique=False)
+    op.create_index('ix_call_records_follow_ups', 'call_records', ['specialist_id', 'follow_up_date'], unique=False,
+                    postgresql_where=sa.text('follow_up_required AND deleted_at IS NULL'))
+    op.create_index('ix_call_records_member_id_scheduled_at', 'call_records', ['member_id', 'scheduled_at'],
+                    unique=False)
+    op.create_index('ix_call_records_specialist_id_scheduled_at', 'call_records', ['specialist_id', 'scheduled_at'],
+                    unique=False)
     op.create_table('member_insurance_plans',
     sa.Column('id', sa.Uuid(), server_default=sa.text('gen_random_uuid()'), nullable=False),
     sa.Column('member_id', sa.Uuid(), nullable=False),
@@ -160,16 +169,23 @@ def upgrade() -> None:
     sa.Column('deleted_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
     sa.Column('updated_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
-    sa.CheckConstraint("status IN ('active', 'terminated', 'suspended')", name=op.f('member_insurance_plans_status_check')),
-    sa.CheckConstraint('coverage_percentage >= 0 AND coverage_percentage <= 100', name=op.f('member_insurance_plans_coverage_percentage_check')),
-    sa.CheckConstraint('termination_date >= enrollment_date', name=op.f('member_insurance_plans_terminated_after_enrolled_check')),
-    sa.ForeignKeyConstraint(['insurance_plan_id'], ['insurance_plans.id'], name=op.f('member_insurance_plans_insurance_plan_id_fkey')),
+    sa.CheckConstraint("status IN ('active', 'terminated', 'suspended')",
+                       name=op.f('member_insurance_plans_status_check')),
+    sa.CheckConstraint('coverage_percentage >= 0 AND coverage_percentage <= 100',
+                       name=op.f('member_insurance_plans_coverage_percentage_check')),
+    sa.CheckConstraint('termination_date >= enrollment_date',
+                       name=op.f('member_insurance_plans_terminated_after_enrolled_check')),
+    sa.ForeignKeyConstraint(['insurance_plan_id'], ['insurance_plans.id'],
+                            name=op.f('member_insurance_plans_insurance_plan_id_fkey')),
     sa.ForeignKeyConstraint(['member_id'], ['members.id'], name=op.f('member_insurance_plans_member_id_fkey')),
     sa.PrimaryKeyConstraint('id', name=op.f('member_insurance_plans_pkey')),
-    sa.UniqueConstraint('member_id', 'insurance_plan_id', 'enrollment_date', name='member_insurance_plans_member_plan_enrollment_key')
+    sa.UniqueConstraint('member_id', 'insurance_plan_id', 'enrollment_date',
+                        name='member_insurance_plans_member_plan_enrollment_key')
     )
-    op.create_index('ix_member_insurance_plans_insurance_plan_id', 'member_insurance_plans', ['insurance_plan_id', 'member_id'], unique=False)
-    op.create_index('uq_member_insurance_plans_one_primary', 'member_insurance_plans', ['member_id'], unique=True, postgresql_where=sa.text("is_primary AND status = 'active' AND deleted_at IS NULL"))
+    op.create_index('ix_member_insurance_plans_insurance_plan_id', 'member_insurance_plans',
+                    ['insurance_plan_id', 'member_id'], unique=False)
+    op.create_index('uq_member_insurance_plans_one_primary', 'member_insurance_plans', ['member_id'], unique=True,
+                    postgresql_where=sa.text("is_primary AND status = 'active' AND deleted_at IS NULL"))
     op.create_table('specialist_insurance_plans',
     sa.Column('id', sa.Uuid(), server_default=sa.text('gen_random_uuid()'), nullable=False),
     sa.Column('specialist_id', sa.Uuid(), nullable=False),
@@ -178,12 +194,16 @@ def upgrade() -> None:
     sa.Column('deleted_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
     sa.Column('updated_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
-    sa.ForeignKeyConstraint(['insurance_plan_id'], ['insurance_plans.id'], name=op.f('specialist_insurance_plans_insurance_plan_id_fkey')),
-    sa.ForeignKeyConstraint(['specialist_id'], ['specialists.id'], name=op.f('specialist_insurance_plans_specialist_id_fkey')),
+    sa.ForeignKeyConstraint(['insurance_plan_id'], ['insurance_plans.id'],
+                            name=op.f('specialist_insurance_plans_insurance_plan_id_fkey')),
+    sa.ForeignKeyConstraint(['specialist_id'], ['specialists.id'],
+                            name=op.f('specialist_insurance_plans_specialist_id_fkey')),
     sa.PrimaryKeyConstraint('id', name=op.f('specialist_insurance_plans_pkey')),
-    sa.UniqueConstraint('specialist_id', 'insurance_plan_id', name=op.f('specialist_insurance_plans_specialist_id_insurance_plan_id_key'))
+    sa.UniqueConstraint('specialist_id', 'insurance_plan_id',
+                        name=op.f('specialist_insurance_plans_specialist_id_insurance_plan_id_key'))
     )
-    op.create_index('ix_specialist_insurance_plans_insurance_plan_id', 'specialist_insurance_plans', ['insurance_plan_id', 'specialist_id'], unique=False)
+    op.create_index('ix_specialist_insurance_plans_insurance_plan_id', 'specialist_insurance_plans',
+                    ['insurance_plan_id', 'specialist_id'], unique=False)
     op.create_table('risk_flags',
     sa.Column('id', sa.Uuid(), server_default=sa.text('gen_random_uuid()'), nullable=False),
     sa.Column('call_record_id', sa.Uuid(), nullable=False),
@@ -195,7 +215,8 @@ def upgrade() -> None:
     sa.Column('deleted_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
     sa.Column('updated_at', sa.DateTime(), server_default=sa.text('now()'), nullable=True),
-    sa.CheckConstraint("risk_type IN ('medical', 'financial', 'compliance', 'safety', 'other')", name=op.f('risk_flags_risk_type_check')),
+    sa.CheckConstraint("risk_type IN ('medical', 'financial', 'compliance', 'safety', 'other')",
+                       name=op.f('risk_flags_risk_type_check')),
     sa.CheckConstraint("severity IN ('low', 'medium', 'high', 'critical')", name=op.f('risk_flags_severity_check')),
     sa.ForeignKeyConstraint(['call_record_id'], ['call_records.id'], name=op.f('risk_flags_call_record_id_fkey')),
     sa.ForeignKeyConstraint(['member_id'], ['members.id'], name=op.f('risk_flags_member_id_fkey')),
@@ -204,8 +225,10 @@ def upgrade() -> None:
     )
     op.create_index('ix_risk_flags_call_record_id', 'risk_flags', ['call_record_id'], unique=False)
     op.create_index('ix_risk_flags_member_id_created_at', 'risk_flags', ['member_id', 'created_at'], unique=False)
-    op.create_index('ix_risk_flags_specialist_id_created_at', 'risk_flags', ['specialist_id', 'created_at'], unique=False)
-    op.create_index('ix_risk_flags_urgent', 'risk_flags', ['member_id', 'created_at'], unique=False, postgresql_where=sa.text("severity IN ('high', 'critical') AND deleted_at IS NULL"))
+    op.create_index('ix_risk_flags_specialist_id_created_at', 'risk_flags', ['specialist_id', 'created_at'],
+                    unique=False)
+    op.create_index('ix_risk_flags_urgent', 'risk_flags', ['member_id', 'created_at'], unique=False,
+                    postgresql_where=sa.text("severity IN ('high', 'critical') AND deleted_at IS NULL"))
 
 
 def downgrade() -> None:
