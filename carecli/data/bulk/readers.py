@@ -160,7 +160,7 @@ def read_csv(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
             unknown.append(cell.strip())
             targets.append(None)
         else:
-            targets.append(target)  # type: ignore[arg-type]
+            targets.append(target)
     if unknown:
         raise ConfigError(f"unknown column(s) in the header: {', '.join(repr(u) for u in unknown)}",
                           hint=f"rename with --map 'Their name=column', drop with --map 'Their name='; "
