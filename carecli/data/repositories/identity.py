@@ -180,7 +180,7 @@ class RoleRepository(Repository[Role]):
             raise NotFound(f"there is no role named {name!r}")
         return self.to_record(row)
 
-    def create(self, name: str, permissions: list[str], description: str | None = None) -> Role:
+    def create(self, name: str, permissions: Iterable[str], description: str | None = None) -> Role:
         return self._insert({"name": name, "permissions": sorted(set(permissions)), "description": description},
                             operation="create roles")
 
