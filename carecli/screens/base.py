@@ -80,7 +80,7 @@ class PhiHolder:
 
     @property
     def care(self) -> CareApp:
-        return self.app  # type: ignore[no-any-return]
+        return self.app
 
     @property
     def desk(self) -> Desk:

@@ -64,7 +64,7 @@ def _label(value: str | None) -> str:
 def open_flag(app: App[Any], flag_id: uuid.UUID) -> None:
     """Open a risk flag's screen (:mod:`carecli.screens.flag`), or say it is not there yet."""
     try:
-        from carecli.screens.flag import FlagScreen  # type: ignore[import-not-found]
+        from carecli.screens.flag import FlagScreen
     except ImportError:
         app.notify("The risk flag screen is not available yet.", title="Not available", severity="warning")
         return
