@@ -535,7 +535,8 @@ def test_cli_failed_export_leaves_no_file(site: Installation, tmp_path: Path) ->
     assert os.listdir(tmp_path) == []
 
 
-def test_standard_output_is_utf8_bytes_without_deprecated_click_calls(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_standard_output_is_utf8_bytes_without_deprecated_click_calls(
+        capfdbinary: pytest.CaptureFixture[bytes]) -> None:
     # click.get_binary_stream warns (DeprecationWarning, Click 8.5) and is gone in Click 9.
     import warnings
 

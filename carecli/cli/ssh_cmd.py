@@ -42,6 +42,8 @@ from carecli.services.auth.tokens import parse_lifetime
 from carecli.ssh.terminal import TERMINAL_RESET, goodbye
 
 if TYPE_CHECKING:
+    import asyncssh
+
     from carecli.services.ssh_sessions import EndReason
 
 # -- ssh-keys -----------------------------------------------------------------------------
@@ -175,10 +177,10 @@ def serve_ssh_command(host: str, port: int, host_key: Path | None, max_sessions:
                           idle_seconds=(idle_minutes or settings.session_idle_minutes) * 60,
                           login_timeout=login_timeout, keepalive_seconds=keepalive, app_pool_size=app_pool_size)
 
-    def ready(acceptor: object, key: object) -> None:
+    def ready(acceptor: object, key: asyncssh.SSHKey) -> None:
         sockets = getattr(acceptor, "sockets", None) or []
         where = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets) or f"{host}:{port}"
-        fingerprint = key.get_fingerprint("sha256")  # type: ignore[attr-defined]
+        fingerprint = key.get_fingerprint("sha256")
         click.echo(f"carecli SSH host listening on {where} (host key {fingerprint}); Ctrl-C stops it",
                    err=True)
 

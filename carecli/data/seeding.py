@@ -698,8 +698,9 @@ def _member_chunks(rng: random.Random, count: int, clock: _Clock, index: _Member
             else:
                 deleted = None
                 updated = created if random_() < 0.4 else created + int(random_() * (now - created))
-            row: tuple[Any, ...] = (ids[i], first, last, email, phone, f"{int(random_() * 9899) + 100} {streets[i]}", line2,
-                   city, state, zip_code, status, deleted, created, updated)
+            row: tuple[Any, ...] = (ids[i], first, last, email, phone,
+                                    f"{int(random_() * 9899) + 100} {streets[i]}", line2,
+                                    city, state, zip_code, status, deleted, created, updated)
             if phi is not None and phi_rng is not None:
                 row += phi(ids[i], *synthetic_phi(phi_rng, today))
             append(row)

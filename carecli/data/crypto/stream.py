@@ -137,7 +137,7 @@ def _fill(source: IO[bytes], buffer: bytearray) -> int:
     view = memoryview(buffer)
     filled = 0
     while filled < len(buffer):
-        count = source.readinto(view[filled:])  # type: ignore[attr-defined]
+        count = source.readinto(view[filled:])  # type: ignore[attr-defined]  # files and pipes have it
         if not count:
             break
         filled += count
