@@ -27,9 +27,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## make lint: ruff over the code, the tests, the benchmarks and the migrations (rules in pyproject.toml)
+## make lint: ruff over the code, the tests, the benchmarks and the migrations, then mypy over carecli
+## (rules and settings in pyproject.toml)
 lint: install
 	$(BIN)/ruff check carecli tests benchmarks migrations
+	$(BIN)/mypy
 
 ## make bench: seed throughput table (BENCH_MEMBERS, CARECLI_TEST_PG or the local server)
 BENCH_MEMBERS ?= 100000

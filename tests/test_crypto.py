@@ -386,6 +386,18 @@ def test_an_interrupted_rotation_resumes_without_another_key(migrated_engines):
     assert _decrypt_all(engine, master) == expected
 
 
+def test_resuming_a_rotation_with_no_primary_key_is_a_clear_error(migrated_engines):
+    # `keys rotate --resume-only` before any data key exists used to end on a bare
+    # AssertionError (the primary id was None); it is a KeyUnavailable and writes nothing.
+    engine, master = migrated_engines.platform, _master()
+    assert _keys(engine) == {}
+    with pytest.raises(KeyUnavailable, match="no primary data key to resume"):
+        keystore.rotate(engine, master, new_key=False)
+    assert _keys(engine) == {}
+    result = keystore.rotate(engine, master)  # without --resume-only it makes the first key
+    assert result.created_new_key and set(_keys(engine)) == {result.primary_id}
+
+
 def test_rotation_with_a_wrong_master_key_changes_nothing(migrated_engines):
     engine, master = migrated_engines.platform, _master()
     _bulk_members(engine, master, 5)

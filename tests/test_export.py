@@ -533,3 +533,17 @@ def test_cli_failed_export_leaves_no_file(site: Installation, tmp_path: Path) ->
         site.sql("ALTER TABLE audit_logs DROP CONSTRAINT test_block")
     assert out.code == 1 and out.err.startswith("carecli: database error:") and "audit_logs" in out.err
     assert os.listdir(tmp_path) == []
+
+
+def test_standard_output_is_utf8_bytes_without_deprecated_click_calls(
+        capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    # click.get_binary_stream warns (DeprecationWarning, Click 8.5) and is gone in Click 9.
+    import warnings
+
+    from carecli.cli.export_cmd import _standard_output
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        with _standard_output() as out:
+            out.write("Zoë,Ōta\n")
+    assert capfdbinary.readouterr().out == "Zoë,Ōta\n".encode("utf-8")

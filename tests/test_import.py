@@ -400,6 +400,19 @@ def test_jsonl_typed_values_and_broken_lines() -> None:
                         (9, "(row)", "json")]
 
 
+def test_jsonl_integer_too_long_to_convert_is_a_row_rejection(imp: Importer) -> None:
+    # json.loads raises a plain ValueError (no .msg/.colno) for an integer past
+    # Python's int-string conversion limit; the line is rejected, the file goes on.
+    lines = ['{"plan_code": "GOLD", "plan_name": "Gold"}',
+             '{"plan_code": "HUGE", "plan_name": "Huge", "premium_amount": ' + "9" * 5000 + "}",
+             '{"plan_code": "SILVER", "plan_name": "Silver"}']
+    outcome = imp.run("plans", "\n".join(lines), fmt="jsonl")
+    assert outcome.rules() == [(2, "(row)", "json")]
+    assert "cannot be read as JSON" in outcome.problems[0].message
+    assert_loaded(outcome, created=2, rejected=1)
+    assert sorted(imp.platform.sql("SELECT plan_code FROM insurance_plans")) == [("GOLD",), ("SILVER",)]
+
+
 def test_jsonl_plans_with_numbers_and_booleans(imp: Importer) -> None:
     lines = ['{"plan_code": "GOLD", "plan_name": "Gold", "premium_amount": 125.5, "copay_amount": 20, '
              '"is_active": false, "effective_date": "20260101"}',

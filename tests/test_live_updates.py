@@ -252,6 +252,40 @@ def test_a_listener_keeps_trying_while_the_database_is_unreachable(platform: Pla
         dead.dispose()
 
 
+def test_an_invalidated_pooled_connection_is_a_failed_connect_that_is_retried(platform: Platform) -> None:
+    # A pool proxy whose driver connection is None (invalidated) was used unchecked
+    # (AttributeError on None.autocommit); it is now a connect failure, closed and retried.
+    class Invalidated:
+        dbapi_connection = None
+        closed = False
+
+        def detach(self) -> None:
+            raise AssertionError("an invalidated proxy must not be detached")
+
+        def close(self) -> None:
+            self.closed = True
+
+    handed: list[Invalidated] = []
+
+    class FirstInvalidated:
+        url = platform.engine.url
+
+        def raw_connection(self) -> Any:
+            if not handed:
+                handed.append(Invalidated())
+                return handed[0]
+            return platform.engine.raw_connection()
+
+    listener = ChangeListener(FirstInvalidated())  # type: ignore[arg-type]  # test double: raw_connection only
+    listener.start()
+    try:
+        assert listener.wait_listening()
+        assert listener.stats.last_error == "ConnectionError" and listener.stats.connects == 1
+        assert handed[0].closed
+    finally:
+        listener.stop()
+
+
 def test_one_listener_per_database_and_process_shared_by_subscribers(platform: Platform) -> None:
     first, second = Inbox(), Inbox()
     one = notify.subscribe(platform.engine, first)

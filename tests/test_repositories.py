@@ -80,6 +80,17 @@ def test_reveal_of_a_member_without_phi_on_file_returns_none_and_is_still_audite
     assert len(platform.audit(member.id, action="read")) == 1
 
 
+def test_members_get_takes_the_base_signature_and_is_an_audited_open(platform):
+    # MemberRepository.get was ``open`` itself (parameter ``member_id``): a caller
+    # written against Repository.get(entity_id=...) got a TypeError.
+    member = platform.member()
+    with platform.uow() as uow:
+        assert uow.members.get(entity_id=member.id).id == member.id
+        assert uow.members.get(member.id, include_deleted=True).id == member.id
+    rows = platform.audit(member.id, action="read")
+    assert len(rows) == 2
+
+
 def test_protected_columns_cannot_be_given(platform):
     member = platform.member()
     with platform.uow() as uow:

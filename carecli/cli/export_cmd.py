@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,7 +38,8 @@ log = logging.getLogger("carecli.export")
 @contextmanager
 def _standard_output() -> Iterator[TextIO]:
     """UTF-8 text on standard output whatever the locale, without closing it afterwards."""
-    stream = io.TextIOWrapper(click.get_binary_stream("stdout"), encoding="utf-8", newline="")
+    # sys.stdout.buffer: click.get_binary_stream is deprecated (a warning in Click 8.5, gone in 9).
+    stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
     try:
         yield stream
     finally:
@@ -108,7 +110,7 @@ def export_command(kind: str, fmt: str | None, out_path: str, where: tuple[str, 
     except BrokenPipeError:
         # Whoever read standard output went away (`| head`): stop quietly, and keep Python from
         # complaining again when it flushes standard output on exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), click.get_binary_stream("stdout").fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.buffer.fileno())
         raise click.Abort() from None
     seconds = time.perf_counter() - started
     log.info("export finished", extra={"user_id": str(actor.user_id), "kind": kind, "rows": result.rows,

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from carecli.cli.auth_cmd import _signed_in, _uuid, _when
 from carecli.config import load_settings
 from carecli.data.databases import open_databases, require_head
-from carecli.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_IDLE, EXIT_OK, EXIT_USAGE, ConfigError
+from carecli.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_USAGE, ConfigError
 from carecli.services.auth.current import user_by_email
 from carecli.services.auth.ssh_keys import (
     DEFAULT_KEY_LIFETIME,
@@ -39,6 +40,11 @@ from carecli.services.auth.ssh_keys import (
 )
 from carecli.services.auth.tokens import parse_lifetime
 from carecli.ssh.terminal import TERMINAL_RESET, goodbye
+
+if TYPE_CHECKING:
+    import asyncssh
+
+    from carecli.services.ssh_sessions import EndReason
 
 # -- ssh-keys -----------------------------------------------------------------------------
 
@@ -171,10 +177,10 @@ def serve_ssh_command(host: str, port: int, host_key: Path | None, max_sessions:
                           idle_seconds=(idle_minutes or settings.session_idle_minutes) * 60,
                           login_timeout=login_timeout, keepalive_seconds=keepalive, app_pool_size=app_pool_size)
 
-    def ready(acceptor: object, key: object) -> None:
+    def ready(acceptor: object, key: asyncssh.SSHKey) -> None:
         sockets = getattr(acceptor, "sockets", None) or []
         where = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets) or f"{host}:{port}"
-        fingerprint = key.get_fingerprint("sha256")  # type: ignore[attr-defined]
+        fingerprint = key.get_fingerprint("sha256")
         click.echo(f"carecli SSH host listening on {where} (host key {fingerprint}); Ctrl-C stops it",
                    err=True)
 
@@ -232,8 +238,10 @@ def ssh_session_command(key_id: str) -> None:
         raise SystemExit(EXIT_FAILURE)
 
 
-def _run_app_process(databases, holder, token: str) -> str:  # noqa: ANN001 - Databases, KeyHolder
+def _run_app_process(databases, holder, token: str) -> EndReason:  # noqa: ANN001 - Databases, KeyHolder
     """Run ``carecli app`` on this terminal with the session; the reason it ended."""
+    from carecli.services.ssh_sessions import reason_for_exit
+
     read_end, write_end = os.pipe()
     os.write(write_end, token.encode("ascii"))
     os.close(write_end)
@@ -248,7 +256,7 @@ def _run_app_process(databases, holder, token: str) -> str:  # noqa: ANN001 - Da
     process = subprocess.Popen([sys.executable, "-m", "carecli", "app", "--session-fd", str(read_end)],
                                pass_fds=(read_end,), env=env)
     os.close(read_end)
-    reason = None
+    reason: EndReason | None = None
     try:
         while reason is None:
             try:
@@ -259,8 +267,7 @@ def _run_app_process(databases, holder, token: str) -> str:  # noqa: ANN001 - Da
                 elif still_allowed(databases, holder) is not None:
                     reason = "revoked"
                 continue
-            reason = "disconnect" if hung_up else {EXIT_OK: "quit", EXIT_IDLE: "idle", EXIT_AUTH: "revoked"}.get(
-                code, "error")
+            reason = "disconnect" if hung_up else reason_for_exit(code)
     finally:
         if process.poll() is None:
             process.terminate()

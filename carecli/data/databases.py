@@ -57,7 +57,7 @@ class Databases:
     platform: Engine
     embedded: EmbeddedServer | None = None
     platform_read: Engine = None  # type: ignore[assignment]  # None: the platform engine
-    routing: ReadRouting = field(default=None, repr=False)  # type: ignore[assignment]
+    routing: ReadRouting = field(default=None, repr=False)  # type: ignore[assignment]  # None: made in __post_init__
 
     def __post_init__(self) -> None:
         if self.platform_read is None:

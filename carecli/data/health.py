@@ -104,7 +104,7 @@ def connection_usage(connection: Connection) -> ConnectionUsage:
     """Connections open on the whole server against what it allows."""
     current = int(connection.execute(text("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
                                           "'client backend'")).scalar_one())
-    settings = dict(connection.execute(text(
+    settings: dict[str, str] = dict(connection.execute(text(
         "SELECT name, setting FROM pg_settings WHERE name IN "
         "('max_connections', 'superuser_reserved_connections', 'reserved_connections')")).all())
     reserved = int(settings.get("superuser_reserved_connections", 0)) + int(settings.get("reserved_connections", 0))

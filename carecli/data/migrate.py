@@ -11,6 +11,7 @@ migrate one after the other instead of racing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -93,7 +94,7 @@ def run_env(database: str) -> None:
     from alembic import context
 
     config = context.config
-    options = {
+    options: dict[str, Any] = {
         "target_metadata": TARGET_METADATA[database],
         "version_table": VERSION_TABLES[database],
         "compare_type": True,
@@ -113,21 +114,23 @@ def run_env(database: str) -> None:
 
         engine = open_engine(database, migrate=False)
         with engine.connect() as own_connection:
-            _run_online(context, own_connection, database, options)
+            _run_online(own_connection, database, options)
             own_connection.commit()
         engine.dispose()
         return
-    _run_online(context, connection, database, options)
+    _run_online(connection, database, options)
 
 
-def _run_online(context: object, connection: Connection, database: str, options: dict) -> None:
-    context.configure(connection=connection, transaction_per_migration=False, **options)  # type: ignore[attr-defined]
-    with context.begin_transaction():  # type: ignore[attr-defined]
+def _run_online(connection: Connection, database: str, options: dict[str, Any]) -> None:
+    from alembic import context
+
+    context.configure(connection=connection, transaction_per_migration=False, **options)
+    with context.begin_transaction():
         # Big tables make index builds slow; the app's statement timeout must not cut a migration short.
         connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEYS[database]})
-        attributes = context.config.attributes  # type: ignore[attr-defined]
+        attributes = context.config.attributes
         attributes["revision_before"] = current_revision(connection, database)
-        context.run_migrations()  # type: ignore[attr-defined]
+        context.run_migrations()
         attributes["revision_after"] = current_revision(connection, database)
 

@@ -24,9 +24,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.pool import PoolProxiedConnection
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +185,8 @@ class ChangeListener:
         self._stop = threading.Event()
         self._listening = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pooled: Any = None
-        self._connection: Any = None
+        self._pooled: PoolProxiedConnection | None = None
+        self._connection: psycopg.Connection[Any] | None = None
 
     # -- subscribers ------------------------------------------------------------
 
@@ -258,7 +262,10 @@ class ChangeListener:
     def _connect(self) -> None:
         pooled = self.engine.raw_connection()
         try:
-            connection = pooled.dbapi_connection
+            if pooled.dbapi_connection is None:
+                # An invalidated proxy has no driver connection: a failed connect, retried.
+                raise ConnectionError("the pool handed out an invalidated connection")
+            connection = cast("psycopg.Connection[Any]", pooled.dbapi_connection)
             pooled.detach()  # ours for good: never handed back to the pool, closed by us
             connection.autocommit = True
             connection.execute(f"SET application_name = '{LISTENER_APPLICATION_NAME}'")
@@ -275,6 +282,8 @@ class ChangeListener:
 
     def _read(self) -> None:
         connection = self._connection
+        if connection is None:
+            raise ConnectionError("the listener is not connected")
         quiet = 0.0
         while not self._stop.is_set():
             received = False

@@ -231,7 +231,8 @@ class ReadUnitOfWork(PlatformUnitOfWork):
         # extra round trip. Set on the driver connection and put back to "server default" (None) on
         # exit: SQLAlchemy's postgresql_readonly option resets to False, and psycopg then sends
         # BEGIN READ WRITE, which a standby refuses and which overrides the replica's read-only default.
-        connection.connection.dbapi_connection.read_only = True  # type: ignore[union-attr]
+        driver = connection.connection.dbapi_connection
+        driver.read_only = True  # type: ignore[union-attr]  # just checked out: never None
         self._connection = connection
         try:
             connection.begin()
@@ -252,7 +253,8 @@ class ReadUnitOfWork(PlatformUnitOfWork):
         connection = self._connection
         assert connection is not None
         try:
-            connection.connection.dbapi_connection.read_only = None  # type: ignore[union-attr]
+            driver = connection.connection.dbapi_connection
+            driver.read_only = None  # type: ignore[union-attr]  # None raises: invalidated below
         except Exception:  # noqa: BLE001 - a broken connection: never hand it out again
             connection.invalidate()
         finally:

@@ -164,7 +164,7 @@ def enrollment_state(status: str | None, termination_date: date | None, today: d
 # -- risk flags -------------------------------------------------------------------------------------
 
 
-def flag_call_problems(call: Mapping[str, Any] | None, member_id: Any = None, *,
+def flag_call_problems(call: Mapping[Any, Any] | None, member_id: Any = None, *,
                        field: str = "call_record_id") -> list[Problem]:
     """A flag's call must exist, be held (completed or no answer) and belong to the flag's member."""
     if call is None:

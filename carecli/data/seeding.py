@@ -671,7 +671,7 @@ def _member_chunks(rng: random.Random, count: int, clock: _Clock, index: _Member
         streets = choices(STREET_NAMES, k=n)
         places = choices(PLACES, k=n)
         status_col = choices(statuses, cum_weights=(92, 97, 100), k=n)
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         append = rows.append
         for i in range(n):
             first, first_slug = firsts[i]
@@ -698,8 +698,9 @@ def _member_chunks(rng: random.Random, count: int, clock: _Clock, index: _Member
             else:
                 deleted = None
                 updated = created if random_() < 0.4 else created + int(random_() * (now - created))
-            row = (ids[i], first, last, email, phone, f"{int(random_() * 9899) + 100} {streets[i]}", line2,
-                   city, state, zip_code, status, deleted, created, updated)
+            row: tuple[Any, ...] = (ids[i], first, last, email, phone,
+                                    f"{int(random_() * 9899) + 100} {streets[i]}", line2,
+                                    city, state, zip_code, status, deleted, created, updated)
             if phi is not None and phi_rng is not None:
                 row += phi(ids[i], *synthetic_phi(phi_rng, today))
             append(row)
@@ -911,6 +912,7 @@ def _call_chunks(rng: random.Random, members: _MemberIndex, counts: list[int], i
                 risk_type = _pick(_RISK_TYPE_CUM, random_())
                 severity = _pick(_SEVERITY_CUM, random_())
                 texts = _RISK_DESCRIPTIONS[risk_type]
+                assert ended is not None  # set by every completed call above
                 raised = min(now, ended + int(random_() * 600))
                 flags.append((_new_id(rng), call_id, member_id, specialist_id, risk_type, severity,
                               texts[int(random_() * len(texts))], raised, raised))
@@ -1144,7 +1146,7 @@ def _identity_present(conn: psycopg.Connection, data: _IdentityData) -> bool:
     ids = [_uuid_text(row[0]) for row in data.users]
     found = conn.execute("SELECT count(*) FROM users WHERE id = ANY (%s::uuid[])", (ids,)).fetchone()
     conn.rollback()
-    return bool(found) and found[0] == len(ids)
+    return found is not None and found[0] == len(ids)
 
 
 def _phi_encryptor(cipher: FieldCipher | None) -> PhiEncryptor | None:

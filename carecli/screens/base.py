@@ -80,7 +80,7 @@ class PhiHolder:
 
     @property
     def care(self) -> CareApp:
-        return self.app  # type: ignore[no-any-return]
+        return self.app
 
     @property
     def desk(self) -> Desk:
@@ -93,7 +93,8 @@ class PhiHolder:
 
     def fail(self, action: str, exc: BaseException) -> None:
         """From a worker thread: report a failed desk call to this screen."""
-        self.post_message(ActionFailed(action, describe(exc)))  # type: ignore[attr-defined]
+        message = ActionFailed(action, describe(exc))
+        self.post_message(message)  # type: ignore[attr-defined]  # from the Screen this mixes into
 
     def on_unmount(self) -> None:
         # This screen's Header watched the app's title; let the app forget it once it is gone.

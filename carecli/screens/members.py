@@ -9,7 +9,7 @@ that was overtaken by newer typing are dropped.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from textual import events, on, work
 from textual.app import ComposeResult
@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Header, Input, Select, Static
 
 from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.records import Plan
-from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery
+from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery, SortKey
 from carecli.screens.base import CareScreen, member_name
 from carecli.screens.live import DataChanged
 from carecli.screens.widgets import CareFooter
@@ -173,13 +173,13 @@ for large ones. **Enter** opens the member (an audited read of their record).
 
     def current_query(self) -> MemberQuery:
         status = self.query_one("#member-status", Select)
-        plan = self.query_one("#member-plan", Select)
+        plan = self.query_one("#member-plan", Select).value  # a plan's id, or blank (NoSelection)
         sort = self.query_one("#member-sort", Select).value
         return MemberQuery(
             text=self.query_one("#member-search", Input).value.strip(),
             status=None if status.is_blank() else str(status.value),
-            plan_id=None if plan.is_blank() else plan.value,  # type: ignore[arg-type]
-            sort=sort if isinstance(sort, str) else "name",  # type: ignore[arg-type]
+            plan_id=plan if isinstance(plan, uuid.UUID) else None,
+            sort=cast(SortKey, sort) if isinstance(sort, str) else "name",  # the options are SORTS
         )
 
     # -- searching -----------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from textual.command import Hit, Hits, Provider
 
@@ -20,7 +20,7 @@ class MemberCommands(Provider):
     """Members whose name starts with what was typed; choosing one opens their record."""
 
     async def search(self, query: str) -> Hits:
-        app: CareApp = self.app  # type: ignore[assignment]
+        app = cast("CareApp", self.app)
         text = query.strip()
         if app.desk is None or app.locked or len(text) < MIN_QUERY:
             return

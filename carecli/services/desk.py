@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from carecli.config import Settings
 from carecli.data import notify
@@ -47,6 +47,14 @@ if TYPE_CHECKING:
 NOTE_PREFIX = "note"
 #: system facts about a member that the file shows elsewhere (the header), not among the notes
 SYSTEM_FACTS = frozenset({EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX})
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _get(mapping: Mapping[_K, _V], key: _K | None) -> _V | None:
+    """``mapping.get(key)``, where a missing key (None: no specialist, no user) finds nothing."""
+    return mapping.get(key) if key is not None else None
 
 
 @dataclass(frozen=True)
@@ -348,13 +356,12 @@ class Desk:
             own = uow.calls.is_own(call)
         names = self._names_of([logged_by, *specialist_users.values(),
                                 *(r.by for r in resolutions.values())])
-        specialist_name = names.get(specialist_users.get(call.specialist_id))  # type: ignore[arg-type]
+        specialist_name = _get(names, _get(specialist_users, call.specialist_id))
         views = [FlagView(flag, resolutions.get(flag.id), member_name, call,
-                          names.get(specialist_users.get(flag.specialist_id)),  # type: ignore[arg-type]
-                          names.get(resolutions[flag.id].by) if flag.id in resolutions else None)  # type: ignore[arg-type]
+                          _get(names, _get(specialist_users, flag.specialist_id)),
+                          _get(names, resolutions[flag.id].by) if flag.id in resolutions else None)
                  for flag in flags]
-        return CallView(call, member_name, specialist_name, names.get(logged_by) if logged_by else None,  # type: ignore[arg-type]
-                        logged_at, views, own)
+        return CallView(call, member_name, specialist_name, _get(names, logged_by), logged_at, views, own)
 
     def flag_view(self, flag_id: uuid.UUID) -> FlagView:
         """A risk flag with its member's name, its call, who raised it and its resolution."""
@@ -369,7 +376,7 @@ class Desk:
             users = uow.specialists.user_ids({flag.specialist_id})
         names = self._names_of([users.get(flag.specialist_id), resolution.by if resolution else None])
         return FlagView(flag, resolution, member_name, call,
-                        names.get(users.get(flag.specialist_id)),  # type: ignore[arg-type]
+                        _get(names, _get(users, flag.specialist_id)),
                         names.get(resolution.by) if resolution and resolution.by else None)
 
     def _names_of(self, user_ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
@@ -430,8 +437,8 @@ class Desk:
     def _named(self, entries: list[AuditEntry]) -> list[AccessEntry]:
         """Audit rows with the acting user's name ("carecli" for its own rows, a short id for unknown users)."""
         names = self.staff_names(entry.user_id for entry in entries)
-        return [AccessEntry(entry, names.get(entry.user_id, "carecli" if entry.user_id is None
-                                             else str(entry.user_id)[:8])) for entry in entries]
+        return [AccessEntry(entry, "carecli" if entry.user_id is None
+                            else names.get(entry.user_id, str(entry.user_id)[:8])) for entry in entries]
 
     # -- writes -------------------------------------------------------------------------
 

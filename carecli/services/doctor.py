@@ -25,6 +25,7 @@ from typing import Literal
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
 
 from carecli.config import Settings
 from carecli.data import health, migrate
@@ -422,12 +423,11 @@ def judge_connections(usage: health.ConnectionUsage, per_process: int) -> tuple[
 def pool_description(engine: Engine) -> str:
     """SQLAlchemy's pool numbers for one engine (QueuePool: size, checked out, overflow)."""
     pool = engine.pool
-    try:
-        return (f"pool {pool.size()} + overflow {getattr(pool, '_max_overflow', '?')}: "  # type: ignore[attr-defined]
-                f"{pool.checkedout()} checked out, {pool.checkedin()} idle, "  # type: ignore[attr-defined]
-                f"overflow {max(pool.overflow(), 0)}")  # type: ignore[attr-defined]
-    except AttributeError:  # NullPool, StaticPool: nothing to count
+    if not isinstance(pool, QueuePool):  # NullPool, StaticPool: nothing to count
         return pool.status()
+    return (f"pool {pool.size()} + overflow {getattr(pool, '_max_overflow', '?')}: "
+            f"{pool.checkedout()} checked out, {pool.checkedin()} idle, "
+            f"overflow {max(pool.overflow(), 0)}")
 
 
 def check_pools(doctor: Doctor) -> Iterable[CheckResult]:

@@ -9,7 +9,7 @@ of work for the actor; the rules (who may, how long, what is audited) live in
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,6 @@ class EmergencyAccess:
             uow.commit()
         return grant
 
-    def _names(self, user_ids: list[uuid.UUID | None]) -> dict[uuid.UUID, str]:
+    def _names(self, user_ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
         with IdentityUnitOfWork(self.databases.identity, self.databases.platform, self.actor) as uow:
             return uow.users.display_names(user_id for user_id in user_ids if user_id is not None)

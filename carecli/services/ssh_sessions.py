@@ -19,13 +19,20 @@ from carecli.data import audit
 from carecli.data.actor import Actor
 from carecli.data.databases import Databases
 from carecli.data.repositories.identity import IdentityUnitOfWork
-from carecli.errors import NotFound
+from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, NotFound
 from carecli.services.auth.sessions import start_session
 from carecli.services.auth.ssh_keys import KeyHolder
 
 #: why an SSH session ended (audited with its end)
 EndReason = Literal["quit", "idle", "disconnect", "revoked", "error", "shutdown", "lifetime"]
 MAX_CLIENT_VERSION = 80
+#: how the app process ended itself -> the session's end reason (any other exit is an error)
+_EXIT_REASONS: Mapping[int, EndReason] = {EXIT_OK: "quit", EXIT_IDLE: "idle", EXIT_AUTH: "revoked"}
+
+
+def reason_for_exit(code: int) -> EndReason:
+    """The end reason of an SSH session whose app process exited with ``code``."""
+    return _EXIT_REASONS.get(code, "error")
 
 
 def clean_client_version(text: str | None) -> str | None:

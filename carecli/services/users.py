@@ -180,7 +180,7 @@ def _active_admins(uow: IdentityUnitOfWork, *, user_id: uuid.UUID | None = None,
         if user.id == user_id:
             user_role = role_id if role_id is not None else user_role
             active = is_active if is_active is not None else active
-        if active and str(ADMIN) in permissions.get(user_role, set()):  # type: ignore[arg-type]
+        if active and user_role is not None and str(ADMIN) in permissions.get(user_role, set()):
             admins.add(user.id)
     return admins
 

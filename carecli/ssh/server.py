@@ -43,10 +43,15 @@ from carecli.config import Settings
 from carecli.data import audit
 from carecli.data.actor import Actor
 from carecli.data.databases import Databases
-from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK
 from carecli.services.auth.current import NIL
 from carecli.services.auth.ssh_keys import KeyHolder, authenticate_key, still_allowed
-from carecli.services.ssh_sessions import EndReason, SshSession, close_ssh_session, open_ssh_session
+from carecli.services.ssh_sessions import (
+    EndReason,
+    SshSession,
+    close_ssh_session,
+    open_ssh_session,
+    reason_for_exit,
+)
 from carecli.ssh.terminal import TERMINAL_RESET, AppProcess, app_environment, clean_term, goodbye
 
 log = logging.getLogger("carecli.ssh")
@@ -361,7 +366,7 @@ class CareSession(asyncssh.SSHServerSession[bytes]):
     async def _wait_app(self) -> None:
         assert self.app is not None
         code = await self.app.process.wait()
-        self.end({EXIT_OK: "quit", EXIT_IDLE: "idle", EXIT_AUTH: "revoked"}.get(code, "error"))
+        self.end(reason_for_exit(code))
 
     async def _watch_idle(self) -> None:
         options = self.host.options

@@ -98,3 +98,15 @@ async def test_a_second_session_sees_the_first_ones_new_call_without_a_key_press
     finally:
         for client in (first, second):
             await client.close()
+
+
+def test_an_app_exit_code_gives_one_of_the_audited_end_reasons() -> None:
+    # Both hosts (serve-ssh and ssh-session) map the app's exit the same way, typed as EndReason.
+    from typing import get_args
+
+    from carecli.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_IDLE, EXIT_OK
+    from carecli.services.ssh_sessions import EndReason, reason_for_exit
+
+    assert [reason_for_exit(code) for code in (EXIT_OK, EXIT_IDLE, EXIT_AUTH, EXIT_FAILURE, -15)] == [
+        "quit", "idle", "revoked", "error", "error"]
+    assert {reason_for_exit(code) for code in range(-20, 256)} <= set(get_args(EndReason))

@@ -233,11 +233,12 @@ class CallsKind(ExternalIdKind):
                 return None
         else:
             merged = {**current, **{name: values[name] for name in self.table_columns if name in values}, **extra}
-        duration, problem = self._duration(merged, current, values)
-        problems = [problem] if problem is not None else []
+        duration, duration_problem = self._duration(merged, current, values)
+        problems = [duration_problem] if duration_problem is not None else []
         extra["duration_seconds"] = merged["duration_seconds"] = duration
         changes = None if current is None else self.changes(parsed, current, extra)
-        member_created = facts.member_created.get(merged.get("member_id")) if facts is not None else None
+        member_id = merged.get("member_id")
+        member_created = facts.member_created.get(member_id) if facts is not None and member_id is not None else None
         problems += rules.call_problems(merged, changed=changes, member_created_at=member_created,
                                         now=facts.now if facts is not None else None)
         for problem in problems:

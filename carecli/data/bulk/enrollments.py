@@ -153,7 +153,8 @@ class EnrollmentsKind(Kind):
             self.reject(plan, parsed, "plan_code", "reference", "no insurance plan has this plan_code")
             return None
         member_id, plan_id, when = key
-        current = by_id.get(values.get("id"))
+        row_id = values.get("id")
+        current = by_id.get(row_id) if row_id is not None else None
         match = by_key.get(key) if None not in key else None
         if current is not None:
             if match is not None and match["id"] != current["id"]:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 from sqlalchemy import (
     ColumnElement,
@@ -320,7 +320,7 @@ def _audit_reads_statement() -> Insert:
     One INSERT per batch instead of one per member: row by row, the audit
     inserts took most of an export's time.
     """
-    table = cast(Table, audit.AUDIT)
+    table = audit.AUDIT
     members = (func.unnest(bindparam("entity_ids", type_=ARRAY(table.c.entity_id.type)))
                .table_valued("entity_id").render_derived("members"))
     same = ("user_id", "entity_type", "action", "old_values", "new_values", "ip_address", "user_agent")

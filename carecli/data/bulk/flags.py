@@ -90,7 +90,8 @@ class FlagsKind(ExternalIdKind):
         # The call the flag is (or will be) on, and so its member and specialist.
         if current is not None:
             if call.given and call.id != current["call_record_id"]:
-                self.reject(plan, parsed, call.field, "read_only", "a flag stays on the call it was raised from")
+                self.reject(plan, parsed, call.field or "call_record_id", "read_only",
+                            "a flag stays on the call it was raised from")
                 return None
             expected = {name: current[name] for name in ("call_record_id", "member_id", "specialist_id")}
         elif not call.given:
@@ -98,9 +99,10 @@ class FlagsKind(ExternalIdKind):
                         "a call_record_id or call_external_id is required")
             return None
         elif call.deleted:
-            self.reject(plan, parsed, call.field, "reference", "names a deleted call")
+            self.reject(plan, parsed, call.field or "call_record_id", "reference", "names a deleted call")
             return None
         else:
+            assert call.row is not None  # a given, usable, live reference always found its row
             expected = {"call_record_id": call.id, "member_id": call.row["member_id"],
                         "specialist_id": call.row["specialist_id"]}
             # The app's rules for raising a flag from this call; a member the file names must be the call's.
@@ -112,7 +114,7 @@ class FlagsKind(ExternalIdKind):
                 problems.append((name, "required", f"the call has no {what}, so no flag can be raised on it"))
             elif ref.given and ref.id != expected[name] and (current is not None or name != "member_id"):
                 # (a new flag's member was checked by the shared rule above)
-                problems.append((ref.field, "call_mismatch",
+                problems.append((ref.field or name, "call_mismatch",
                                  f"must be the call's {what} (a flag's {what} is the call's)"))
         for problem in problems:
             self.reject(plan, parsed, *problem)

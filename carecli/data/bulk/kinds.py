@@ -20,7 +20,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Connection, Table, Text, any_, bindparam, func, literal_column, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Table, Text, any_, bindparam, func, literal_column, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import JSON, Date, DateTime, Numeric, String
 
@@ -32,6 +32,9 @@ from carecli.data.models.platform import Metadata
 from carecli.data.permissions import Permission
 
 if TYPE_CHECKING:
+    import psycopg
+    from sqlalchemy.pool import PoolProxiedConnection
+
     from carecli.data.actor import Actor
     from carecli.data.bulk.blind_index import BlindIndex
     from carecli.data.crypto.fields import FieldCipher
@@ -97,6 +100,14 @@ class BatchPlan:
         self.staged.setdefault(staged, []).append(values)
 
 
+def driver_connection(pooled: PoolProxiedConnection) -> psycopg.Connection[Any]:
+    """The psycopg connection under a pooled one (COPY needs it); an invalidated proxy has none."""
+    driver = pooled.driver_connection
+    if driver is None:
+        raise ConnectionError("the database connection was invalidated")
+    return driver
+
+
 class SeenKeys:
     """Natural keys already taken by an earlier row of this file, to refuse in-file duplicates.
 
@@ -121,13 +132,13 @@ class SeenKeys:
         if not lines:
             return {}
         self.connection.exec_driver_sql("TRUNCATE carecli_import_batch")
-        with self.connection.connection.driver_connection.cursor() as cursor:
+        with driver_connection(self.connection.connection).cursor() as cursor:
             with cursor.copy("COPY carecli_import_batch (key, row) FROM STDIN") as copy:
                 copy.write(lines.encode("utf-8"))
         # Probes of the primary key, one per key of the batch. A join lets the planner, which has no
         # statistics for these temporary tables, hash the whole table of keys seen so far: a scan
         # per batch, so a file's cost would grow with the square of its length.
-        earlier = dict(self.connection.exec_driver_sql(
+        earlier: dict[str, int] = dict(self.connection.exec_driver_sql(
             "SELECT key, row FROM carecli_import_seen WHERE key = ANY(ARRAY(SELECT key FROM carecli_import_batch))"
         ).all())
         duplicates: dict[int, tuple[str, int]] = {}
@@ -270,22 +281,23 @@ class Kind:
 
     # Shared steps of planning.
 
-    def new_values(self, parsed: Parsed, extra: Mapping[str, Any] = ()) -> dict[str, Any]:
+    def new_values(self, parsed: Parsed, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A new row's table values: what the file gave, then the schema defaults."""
         values = {name: parsed.values[name] for name in self.table_columns if name in parsed.values}
-        values.update(extra)
+        values.update(extra or {})
         for name, default in self.defaults.items():
             if values.get(name) is None:  # left out, or blank: a new row takes the schema's default
                 values[name] = default
         return values
 
-    def changes(self, parsed: Parsed, existing: Mapping[str, Any], extra: Mapping[str, Any] = ()) -> dict[str, Any]:
+    def changes(self, parsed: Parsed, existing: Mapping[str, Any],
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Table columns whose value the file changes (columns it leaves out stay as they are)."""
         wanted = {name: parsed.values[name] for name in self.table_columns if name in parsed.values}
         for name, default in self.defaults.items():
             if name in wanted and wanted[name] is None:  # blank means the default here too, so re-runs agree
                 wanted[name] = default
-        wanted.update(extra)
+        wanted.update(extra or {})
         return {name: value for name, value in wanted.items() if not same(existing.get(name), value)}
 
     def create(self, plan: BatchPlan, ctx: BatchContext, row_id: uuid.UUID, values: dict[str, Any],
@@ -328,6 +340,7 @@ def fetch_by(connection: Connection, table: Table, columns: Sequence[str], keys:
     wanted = list({key for key in keys if all(part is not None for part in key)})
     if not wanted:
         return {}
+    condition: ColumnElement[bool]
     if len(columns) > 1:
         condition = tuple_(*(table.c[name] for name in columns)).in_(wanted)
     else:  # one array parameter, not thousands of bound values to compile and send
@@ -344,7 +357,8 @@ def fetch_by(connection: Connection, table: Table, columns: Sequence[str], keys:
     return found
 
 
-def metadata_owners(connection: Connection, entity_type: str, key: str, values: Iterable[str]) -> dict[str, uuid.UUID]:
+def metadata_owners(connection: Connection, entity_type: str, key: str,
+                    values: Iterable[str | None]) -> dict[str, uuid.UUID]:
     """Which live entity holds each metadata value (a natural key) of ``key``."""
     wanted = list({value for value in values if value is not None})
     if not wanted:
@@ -438,7 +452,7 @@ def resolve_refs(rows: Sequence[Parsed], id_field: str, key_field: str | None,
         target = given_id
         if given_id is not None and given_id not in found:
             problem = (id_field, "reference", f"no {what} has this {id_field}")
-        if key is not None and problem is None:
+        if key is not None and key_field is not None and problem is None:  # a key implies its field
             owner = owners.get(key)
             if owner is None or (not isinstance(owner, tuple) and owner not in found):
                 problem = (key_field, "reference", f"no {what} has this {key_field}")
@@ -508,7 +522,7 @@ def specialist_refs(ctx: BatchContext, rows: Sequence[Parsed], id_field: str = "
     owners: dict[Any, uuid.UUID | tuple[str, str]] = {}
     if emails and ctx.identity is None:
         owners = {email: IDENTITY_UNAVAILABLE for email in emails}
-    elif emails:
+    elif emails and ctx.identity is not None:
         users = users_by_email(ctx.identity, emails)
         user_ids = [user["id"] for found in users.values() for user in found]
         by_user: dict[uuid.UUID, list[uuid.UUID]] = {}

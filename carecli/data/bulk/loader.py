@@ -46,7 +46,7 @@ from sqlalchemy import Engine, text
 from carecli.data import notify
 from carecli.data.actor import Actor
 from carecli.data.bulk.blind_index import BlindIndex
-from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, SeenKeys, Update
+from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, SeenKeys, Update, driver_connection
 from carecli.data.bulk.readers import Record, RecordProblem
 from carecli.data.crypto.fields import FieldCipher
 from carecli.data.permissions import Permission
@@ -148,7 +148,7 @@ class _Writer:
                              "user_agent": actor.user_agent}
         # The raw psycopg connection: COPY needs it, and its transactions are then ours to end.
         self._pooled = engine.raw_connection()
-        self.connection: Any = self._pooled.driver_connection
+        self.connection = driver_connection(self._pooled)
         self.connection.execute("SET statement_timeout = 0")
         self.connection.commit()
         self.single = single_transaction
@@ -225,8 +225,8 @@ class _Writer:
                 _copy_lines(cursor, staged.table, staged.columns, rows)
                 for statement in staged.statements:
                     cursor.execute(statement, self.actor_params)
-            for table, rows in plan.inserts.items():
-                _copy(cursor, table, rows)
+            for table, inserts in plan.inserts.items():
+                _copy(cursor, table, inserts)
             if plan.metadata_upserts:
                 cursor.executemany(
                     "INSERT INTO metadata (id, entity_type, entity_id, metadata_key, metadata_value) "

@@ -25,7 +25,7 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from carecli.errors import EXIT_ABORTED, CarecliError, ConfigError
 
@@ -113,7 +113,7 @@ class Columns:
             raise ConfigError(f"the mapping names unknown column(s): {', '.join(unknown_targets)}",
                               hint=f"columns of this kind: {', '.join(self.known)}")
 
-    def resolve(self, name: str) -> str | None | bool:
+    def resolve(self, name: str) -> str | Literal[False] | None:
         """The carecli column for a source name; None when dropped; False when unknown."""
         key = normalise_name(name)
         if key in self.mapping:
@@ -160,7 +160,7 @@ def read_csv(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
             unknown.append(cell.strip())
             targets.append(None)
         else:
-            targets.append(target)  # type: ignore[arg-type]
+            targets.append(target)
     if unknown:
         raise ConfigError(f"unknown column(s) in the header: {', '.join(repr(u) for u in unknown)}",
                           hint=f"rename with --map 'Their name=column', drop with --map 'Their name='; "
@@ -214,8 +214,14 @@ def read_jsonl(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
             continue
         try:
             document = json.loads(line)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             yield RecordProblem(row, "(row)", "json", f"is not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except ValueError as exc:
+            # Well-formed JSON the decoder still refuses: an integer longer than
+            # Python converts (sys.get_int_max_str_digits()), a plain ValueError.
+            reason = str(exc).split(":", 1)[0]
+            yield RecordProblem(row, "(row)", "json", f"cannot be read as JSON ({reason})")
             continue
         if not isinstance(document, dict):
             yield RecordProblem(row, "(row)", "json", "must be a JSON object")

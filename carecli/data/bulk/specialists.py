@@ -177,7 +177,8 @@ class SpecialistsKind(Kind):
                             "more than one user has this e-mail address; give the specialist's id")
                 return None
             user = found[0]
-        current = by_id.get(values.get("id"))
+        row_id = values.get("id")
+        current = by_id.get(row_id) if row_id is not None else None
         of_user = by_user.get(user["id"], []) if user is not None else []
         live_of_user = [row for row in of_user if row["deleted_at"] is None]
         if current is not None:
@@ -203,7 +204,7 @@ class SpecialistsKind(Kind):
         if "user_email" in values:
             extra["user_id"] = user["id"] if user is not None else None
             moving = user is not None and (current is None or current["user_id"] != user["id"])
-            if moving and not user["is_active"]:
+            if moving and user is not None and not user["is_active"]:
                 self.reject(plan, parsed, "user_email", "reference", "the user with this e-mail address is not active")
                 return None
         wanted: set[uuid.UUID] | None = None

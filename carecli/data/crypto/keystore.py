@@ -17,6 +17,7 @@ from carecli.data.bulk.blind_index import rewrap_blind_index_key
 from carecli.data.crypto.fields import FieldCipher, WrappedDataKey
 from carecli.data.crypto.master import KEY_BYTES, MasterKey
 from carecli.data.models.platform import DataKey
+from carecli.errors import KeyUnavailable
 
 DATA_KEYS = DataKey.__table__
 ProgressCallback = Callable[[int, int], None]
@@ -157,9 +158,12 @@ def rotate(engine: Engine, master: MasterKey, *, batch_size: int = 2000, new_key
             # it is committed and every process with the right key loses writes.
             if key.status != "retired":
                 master.unwrap(key.wrapped_key, data_key_id=key.id)
-        unfinished = _remaining(connection, _primary(keys)) if _primary(keys) else 0
+        previous = _primary(keys)
+        if previous is None and not new_key:
+            raise KeyUnavailable("there is no primary data key to resume a rotation to",
+                                 hint="run `carecli keys rotate` without --resume-only to make one")
+        unfinished = _remaining(connection, previous) if previous is not None else 0
         if new_key and not unfinished:
-            previous = _primary(keys)
             connection.execute(update(DATA_KEYS).where(DATA_KEYS.c.status == "primary").values(status="active"))
             key_id = new_data_key(connection, master, status="primary")
             _audit_key(connection, actor, key_id, "create", {

@@ -41,8 +41,11 @@ MASTER_KEY_FILE_NAME = "master.key"
 class MasterKey(Protocol):
     """Wraps and unwraps data keys; ``key_id`` names the key without revealing it."""
 
-    key_id: str
-    source: str
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
 
     def wrap(self, data_key: bytes, *, data_key_id: uuid.UUID) -> bytes: ...
 

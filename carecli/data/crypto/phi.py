@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Final
+from typing import Final, Generic, NoReturn, TypeVar
 
 MASK: Final = "[PHI]"
 _SSN_DIGITS = re.compile(r"^\d{9}$")
+_T = TypeVar("_T")
 
 
-class _Phi:
+class _Phi(Generic[_T]):
     __slots__ = ("_value",)
+    _value: _T
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({MASK})"
@@ -29,17 +31,17 @@ class _Phi:
         return MASK
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._value == self._value  # type: ignore[attr-defined]
+        return isinstance(other, _Phi) and type(other) is type(self) and other._value == self._value
 
     def __hash__(self) -> int:
         return hash((type(self), self._value))
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         # Pickling would write plaintext somewhere we do not control.
         raise TypeError(f"{type(self).__name__} cannot be pickled")
 
 
-class Ssn(_Phi):
+class Ssn(_Phi[str]):
     """A US Social Security number, nine digits, held masked."""
 
     __slots__ = ()
@@ -63,7 +65,7 @@ class Ssn(_Phi):
         return f"***-**-{self._value[5:]}"
 
 
-class DateOfBirth(_Phi):
+class DateOfBirth(_Phi[date]):
     """A member's date of birth, held masked."""
 
     __slots__ = ()

@@ -33,7 +33,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -132,12 +132,12 @@ def _read_exactly(source: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _fill(source: BinaryIO, buffer: bytearray) -> int:
+def _fill(source: IO[bytes], buffer: bytearray) -> int:
     """Fill ``buffer`` from a pipe or file (short reads are normal on pipes); returns how many bytes."""
     view = memoryview(buffer)
     filled = 0
     while filled < len(buffer):
-        count = source.readinto(view[filled:])  # type: ignore[attr-defined]
+        count = source.readinto(view[filled:])  # type: ignore[attr-defined]  # files and pipes have it
         if not count:
             break
         filled += count
@@ -239,7 +239,7 @@ class BackupWriter:
         self.out.write(data)
         self.bytes_written += len(data)
 
-    def write_stream(self, name: str, source: BinaryIO) -> StreamStats:
+    def write_stream(self, name: str, source: IO[bytes]) -> StreamStats:
         """Encrypt everything ``source`` yields, one chunk at a time, as the stream ``name``.
 
         Reads ahead by one chunk so the last one can carry the final flag; an

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, Table, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # PostgreSQL's own default constraint names, so a schema built from the seed's
@@ -27,11 +28,21 @@ class IdentityBase(DeclarativeBase):
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
+    if TYPE_CHECKING:
+        # DeclarativeBase types ``__table__`` as any FromClause; every class
+        # here is mapped from ``__tablename__``, so it is a real Table.
+        __table__: ClassVar[Table]
+
 
 class PlatformBase(DeclarativeBase):
     """Tables of the platform database (members, calls, plans, audit, ...)."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+    if TYPE_CHECKING:
+        # DeclarativeBase types ``__table__`` as any FromClause; every class
+        # here is mapped from ``__tablename__``, so it is a real Table.
+        __table__: ClassVar[Table]
 
 
 def pk_column() -> Mapped[uuid.UUID]:

@@ -35,7 +35,7 @@ class Repository(Generic[R]):
     record_type: ClassVar[type]
     entity_type: ClassVar[str]
     read_permission: ClassVar[Permission | None] = Permission.MEMBERS_READ
-    write_permission: ClassVar[Permission]
+    write_permission: ClassVar[Permission | None]
     #: columns a caller may not set directly
     protected: ClassVar[frozenset[str]] = frozenset({"id", "created_at", "updated_at", "deleted_at"})
 

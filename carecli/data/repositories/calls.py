@@ -9,9 +9,9 @@ one audited update with optimistic concurrency; the rules of
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqlalchemy import func, select
 
@@ -37,6 +37,12 @@ def _stamp(now: datetime) -> str:
 
 def _append_note(notes: str | None, line: str) -> str:
     return f"{notes.rstrip()}\n{line}" if notes and notes.strip() else line
+
+
+@overload
+def _reason(text: str | None, *, field: str = ..., required: Literal[True] = ...) -> str: ...
+@overload
+def _reason(text: str | None, *, field: str = ..., required: bool) -> str | None: ...
 
 
 def _reason(text: str | None, *, field: str = "reason", required: bool = True) -> str | None:
@@ -183,7 +189,7 @@ class CallRepository(Repository[Call]):
         user_id = self.uow.actor.user_id
         if user_id is None:
             return False
-        get = call.get if isinstance(call, Mapping) else lambda name: getattr(call, name)
+        get: Callable[[str], Any] = call.get if isinstance(call, Mapping) else lambda name: getattr(call, name)
         specialists = Specialist.__table__
         if get("specialist_id") is not None and self.connection.execute(
                 select(specialists.c.id).where(specialists.c.id == get("specialist_id"),

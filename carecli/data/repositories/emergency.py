@@ -89,7 +89,8 @@ def _grant(row: Any) -> EmergencyGrant:
     return EmergencyGrant(
         id=row.id, member_id=row.member_id, user_id=uuid.UUID(value["user_id"]), reason=value.get("reason", ""),
         minutes=int(value.get("minutes", 0)), granted_at=_when(value.get("granted_at")) or row.created_at,
-        expires_at=_when(value["expires_at"]), live=bool(row.live),  # type: ignore[arg-type]
+        expires_at=_when(value["expires_at"]),  # type: ignore[arg-type]  # always written as ISO text
+        live=bool(row.live),
         reviewed_by=uuid.UUID(reviewer) if reviewer else None, reviewed_at=_when(value.get("reviewed_at")),
         review_note=value.get("review_note"), actions=getattr(row, "actions", None))
 

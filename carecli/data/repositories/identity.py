@@ -107,7 +107,7 @@ class IdentityUnitOfWork:
     def audit_connection(self) -> Connection:
         if self.platform_deferred:
             # Quacks like a Connection for audit.write(): the rows land in pending_platform_changes.
-            return _DeferredAudit(self)  # type: ignore[return-value]
+            return _DeferredAudit(self)  # type: ignore[return-value]  # duck-typed for audit.write()
         if self._audit is None:
             raise CarecliError("the unit of work is not open: use it in a `with` block")
         return self._audit
@@ -135,19 +135,19 @@ class IdentityUnitOfWork:
 
     @property
     def roles(self) -> RoleRepository:
-        return RoleRepository(self)  # type: ignore[arg-type]
+        return RoleRepository(self)  # type: ignore[arg-type]  # has what Repository uses of a unit of work
 
     @property
     def users(self) -> UserRepository:
-        return UserRepository(self)  # type: ignore[arg-type]
+        return UserRepository(self)  # type: ignore[arg-type]  # has what Repository uses of a unit of work
 
     @property
     def tokens(self) -> TokenRepository:
-        return TokenRepository(self)  # type: ignore[arg-type]
+        return TokenRepository(self)  # type: ignore[arg-type]  # has what Repository uses of a unit of work
 
     @property
     def sessions(self) -> SessionRepository:
-        return SessionRepository(self)  # type: ignore[arg-type]
+        return SessionRepository(self)  # type: ignore[arg-type]  # has what Repository uses of a unit of work
 
     @property
     def pending(self) -> PendingChangeRepository:
@@ -180,7 +180,7 @@ class RoleRepository(Repository[Role]):
             raise NotFound(f"there is no role named {name!r}")
         return self.to_record(row)
 
-    def create(self, name: str, permissions: list[str], description: str | None = None) -> Role:
+    def create(self, name: str, permissions: Iterable[str], description: str | None = None) -> Role:
         return self._insert({"name": name, "permissions": sorted(set(permissions)), "description": description},
                             operation="create roles")
 
@@ -299,7 +299,7 @@ class TokenRepository(_OwnedByUser):
     record_type = Token
     entity_type = "token"
     read_permission = None
-    write_permission = None  # type: ignore[assignment]
+    write_permission = None
 
     def create(self, user_id: uuid.UUID, token_type: str, token_hash: str, expires_at: datetime,
                scopes: list[str] | None = None) -> Token:
@@ -367,7 +367,7 @@ class SessionRepository(_OwnedByUser):
     record_type = Session
     entity_type = "session"
     read_permission = None
-    write_permission = None  # type: ignore[assignment]
+    write_permission = None
 
     def create(self, user_id: uuid.UUID, session_token_hash: str, expires_at: datetime,
                ip_address: str | None, user_agent: str | None) -> Session:

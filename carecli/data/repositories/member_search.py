@@ -83,7 +83,7 @@ from sqlalchemy import (
     tuple_,
     union,
 )
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.models.platform import Member as MemberTable
@@ -280,7 +280,7 @@ _SUMMARY_COLUMNS = (_c.id, _c.first_name, _c.last_name, _c.email, _c.phone, _c.c
                     _c.updated_at, _c.created_at)
 
 
-def _key_values(sort: str, key: tuple[Any, ...]) -> list[ColumnElement[Any]]:
+def _key_values(sort: str, key: tuple[Any, ...]) -> list[ColumnElement[Any] | TextClause]:
     if sort in ("name", "name_desc"):
         last, first, member_id = key
         return [literal(last, String), literal(first, String), literal(member_id, Uuid)]

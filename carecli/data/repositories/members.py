@@ -100,7 +100,9 @@ class MemberRepository(Repository[Member]):
         self.uow.audit_read("member", member_id, {"purpose": "open", "fields": ["contact"]})
         return self.to_record(row)
 
-    get = open  # a member record always holds contact details: every get is an audited open
+    def get(self, entity_id: uuid.UUID, *, include_deleted: bool = False) -> Member:
+        """A member record always holds contact details: every get is an audited :meth:`open`."""
+        return self.open(entity_id, include_deleted=include_deleted)
 
     def display_name(self, member_id: uuid.UUID) -> str:
         """"Last, First" for a heading (the name only, as lists show it: not an audited open)."""

@@ -70,7 +70,7 @@ def login_method(settings: Settings, databases: Databases) -> LoginMethod:
 
 
 def login(settings: Settings, databases: Databases, *, channel: Channel,
-          show: Callable[[DeviceAuthorization], None] | None = None,
+          show: Callable[[DeviceAuthorization], object] | None = None,
           pick_demo_user: DemoPicker | None = None, demo_email: str | None = None,
           on_poll: Callable[[str], None] | None = None, oidc_client: OidcClient | None = None,
           environ: Mapping[str, str] | None = None, store: CredentialStore | None = None) -> LoginResult:
@@ -104,7 +104,7 @@ def _refuse(databases: Databases, channel: Channel, user: User | None, values: M
 
 
 def _oidc_user(settings: Settings, databases: Databases, *, channel: Channel,
-               show: Callable[[DeviceAuthorization], None] | None, on_poll: Callable[[str], None] | None,
+               show: Callable[[DeviceAuthorization], object] | None, on_poll: Callable[[str], None] | None,
                client: OidcClient | None, environ: Mapping[str, str] | None) -> tuple[User | None, str]:
     # Imported here: the local demo sign-in needs none of the HTTP and JOSE machinery.
     from carecli.services.auth.oidc import OidcClient, OidcSettings

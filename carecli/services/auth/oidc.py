@@ -325,7 +325,7 @@ class OidcClient:
 
     def login(
         self,
-        show: Callable[[DeviceAuthorization], None],
+        show: Callable[[DeviceAuthorization], object],
         *,
         scope: str = "openid profile email",
         sleep: Callable[[float], None] = time.sleep,

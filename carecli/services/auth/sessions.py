@@ -21,9 +21,9 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, cast
+from typing import Literal
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import select, update
 
 from carecli.config import Settings
 from carecli.data.actor import Actor, Channel
@@ -36,7 +36,7 @@ from carecli.services.auth.tokens import database_now, hash_secret
 log = logging.getLogger("carecli.auth")
 
 SESSION_TOKEN_BYTES = 32
-SESSIONS = cast(Table, SessionTable.__table__)
+SESSIONS = SessionTable.__table__
 
 SessionStatus = Literal["active", "expired", "ended"]
 #: why a presented session is not accepted

@@ -63,6 +63,7 @@ class PublicKey:
 def parse_public_key(text: str) -> PublicKey:
     """One public key in OpenSSH (``authorized_keys``) or RFC 4716 form; :class:`ValidationError` otherwise."""
     import asyncssh  # the SSH machinery is only loaded by the commands that need it
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     cleaned = text.strip()
     if not cleaned:
@@ -82,7 +83,8 @@ def parse_public_key(text: str) -> PublicKey:
         raise ValidationError("key", "algorithm", f"{algorithm} keys are not accepted; use an Ed25519 key "
                               "(`ssh-keygen -t ed25519`)")
     if algorithm == "ssh-rsa":
-        bits = key.pyca_key.key_size if getattr(key, "pyca_key", None) is not None else 0
+        pyca = getattr(key, "pyca_key", None)
+        bits = pyca.key_size if isinstance(pyca, (rsa.RSAPublicKey, rsa.RSAPrivateKey)) else 0
         if bits < MIN_RSA_BITS:
             raise ValidationError("key", "key_size", f"RSA keys need at least {MIN_RSA_BITS} bits (this one has "
                                   f"{bits}); better, use an Ed25519 key")

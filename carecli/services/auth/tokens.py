@@ -23,9 +23,9 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, cast
+from typing import Literal
 
-from sqlalchemy import Connection, Table, insert, select
+from sqlalchemy import Connection, insert, select
 
 from carecli.data import audit
 from carecli.data.actor import Actor
@@ -227,7 +227,7 @@ def store_token_fact(uow: IdentityUnitOfWork, token_id: uuid.UUID, key: str, val
     Not through MetadataRepository: that one guards member notes (members:write),
     and describing your own token needs no permission beyond owning it.
     """
-    table = cast(Table, Metadata.__table__)
+    table = Metadata.__table__
     uow.audit_connection.execute(insert(table).values(
         id=uuid.uuid4(), entity_type="token", entity_id=token_id, metadata_key=key, metadata_value=value))
     audit.write(uow.audit_connection, uow.actor, "token", token_id, key, None, {key: value})
