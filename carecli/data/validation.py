@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqlalchemy import Boolean, Date, DateTime, Integer, Numeric, String, Table, Text, Uuid
 
@@ -134,3 +134,32 @@ def check_phone(value: str | None, field: str = "phone") -> None:
 def check_email(value: str | None) -> None:
     if value is not None and not EMAIL_PATTERN.match(value):
         raise ValidationError("email", "email_format", "must look like name@example.org")
+
+
+#: a reason or note given with a step (cancelling a call, resolving a flag, ending an enrollment)
+MAX_REASON_CHARS = 2000
+SAY_WHY = "Say why (a few words are enough)."
+
+
+@overload
+def check_reason(text: str | None, *, field: str = ..., required: Literal[True] = ..., missing: str = ...) -> str: ...
+@overload
+def check_reason(text: str | None, *, field: str = ..., required: bool, missing: str = ...) -> str | None: ...
+
+
+def check_reason(text: str | None, *, field: str = "reason", required: bool = True,
+                 missing: str = SAY_WHY) -> str | None:
+    """A typed reason, stripped: ``missing`` when blank and required (None when not), at most MAX_REASON_CHARS."""
+    text = (text or "").strip()
+    if not text:
+        if required:
+            raise ValidationError(field, "required", missing)
+        return None
+    if len(text) > MAX_REASON_CHARS:
+        raise ValidationError(field, "max_length", f"Keep it to {MAX_REASON_CHARS:,} characters.")
+    return text
+
+
+def append_line(notes: str | None, line: str) -> str:
+    """``notes`` with ``line`` added on a line of its own (a step's record in a call's or enrollment's notes)."""
+    return f"{notes.rstrip()}\n{line}" if notes and notes.strip() else line

@@ -26,6 +26,7 @@ from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Select, Static, TextArea
 
 from carecli.data.models.enums import CALL_TYPES
+from carecli.data.validation import SAY_WHY
 from carecli.screens.base import Problem, show_when
 from carecli.screens.forms import FormModal, duration_text, parse_date, parse_datetime
 from carecli.services.desk import NextAttempt
@@ -224,7 +225,7 @@ class CancelCallForm(CallStepForm):
         values: dict[str, Any] = {"reason": self.input_value("reason").strip()}
         errors: dict[str, str] = {}
         if not values["reason"]:
-            errors["reason"] = "Say why (a few words are enough)."
+            errors["reason"] = SAY_WHY
         self.read_next_attempt(values, errors)
         return values, errors
 

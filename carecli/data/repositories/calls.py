@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Literal, overload
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -21,39 +21,15 @@ from carecli.data.permissions import Permission
 from carecli.data.records import Call
 from carecli.data.repositories.base import Repository
 from carecli.data.rules import call_problems, utc_now
+from carecli.data.validation import append_line, check_reason
 from carecli.errors import PermissionDenied, ValidationError
 
 #: the outcome a step records when the caller gives none
 OUTCOME_RESCHEDULED = "rescheduled"
 OUTCOME_CANCELLED = "cancelled"
 OUTCOME_NO_ANSWER = "no answer"
-#: a reason or note given with a step
-MAX_REASON_CHARS = 2000
-
-
 def _stamp(now: datetime) -> str:
     return now.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _append_note(notes: str | None, line: str) -> str:
-    return f"{notes.rstrip()}\n{line}" if notes and notes.strip() else line
-
-
-@overload
-def _reason(text: str | None, *, field: str = ..., required: Literal[True] = ...) -> str: ...
-@overload
-def _reason(text: str | None, *, field: str = ..., required: bool) -> str | None: ...
-
-
-def _reason(text: str | None, *, field: str = "reason", required: bool = True) -> str | None:
-    text = (text or "").strip()
-    if not text:
-        if required:
-            raise ValidationError(field, "required", "Say why (a few words are enough).")
-        return None
-    if len(text) > MAX_REASON_CHARS:
-        raise ValidationError(field, "max_length", f"Keep it to {MAX_REASON_CHARS:,} characters.")
-    return text
 
 
 class CallRepository(Repository[Call]):
@@ -144,32 +120,32 @@ class CallRepository(Repository[Call]):
                    reason: str | None = None) -> Call:
         """Move a scheduled call to a new time; its outcome and notes record the move."""
         current = self._scheduled(call_id, expected_updated_at, "reschedule", "rescheduled")
-        reason = _reason(reason, required=False)
+        reason = check_reason(reason, required=False)
         old = current["scheduled_at"]
         line = (f"[{_stamp(utc_now())}] Rescheduled from {_stamp(old) if old else 'no time'} to {_stamp(when)}"
                 + (f": {reason}" if reason else "."))
         changes = {"scheduled_at": when, "outcome": OUTCOME_RESCHEDULED,
-                   "call_notes": _append_note(current["call_notes"], line)}
+                   "call_notes": append_line(current["call_notes"], line)}
         return self._update(call_id, expected_updated_at, changes, operation="reschedule calls")
 
     def cancel(self, call_id: uuid.UUID, expected_updated_at: datetime | None, *, reason: str) -> Call:
         """Cancel a scheduled call, saying why (kept in the call's notes)."""
         current = self._scheduled(call_id, expected_updated_at, "cancel", "cancelled")
-        reason = _reason(reason)
+        reason = check_reason(reason)
         changes = {"call_status": "cancelled", "outcome": OUTCOME_CANCELLED,
                    "follow_up_required": False, "follow_up_date": None,
-                   "call_notes": _append_note(current["call_notes"], f"[{_stamp(utc_now())}] Cancelled: {reason}")}
+                   "call_notes": append_line(current["call_notes"], f"[{_stamp(utc_now())}] Cancelled: {reason}")}
         return self._update(call_id, expected_updated_at, changes, operation="cancel calls")
 
     def mark_no_answer(self, call_id: uuid.UUID, expected_updated_at: datetime | None, *,
                        attempted_at: datetime, notes: str | None = None) -> Call:
         """The member did not answer a scheduled call (tried at ``attempted_at``)."""
         current = self._scheduled(call_id, expected_updated_at, "mark unanswered", "marked unanswered")
-        notes = _reason(notes, field="call_notes", required=False)
+        notes = check_reason(notes, field="call_notes", required=False)
         changes: dict[str, Any] = {"call_status": "no_answer", "started_at": attempted_at, "ended_at": None,
                                    "outcome": OUTCOME_NO_ANSWER}
         if notes:
-            changes["call_notes"] = _append_note(current["call_notes"], notes)
+            changes["call_notes"] = append_line(current["call_notes"], notes)
         return self._update(call_id, expected_updated_at, changes, operation="mark calls unanswered",
                             internal={"duration_seconds": None})
 

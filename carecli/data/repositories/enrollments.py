@@ -14,7 +14,7 @@ from carecli.data.permissions import Permission
 from carecli.data.records import Enrollment
 from carecli.data.repositories.base import Repository
 from carecli.data.rules import enrollment_problems, utc_now
-from carecli.data.validation import check_columns, check_range
+from carecli.data.validation import append_line, check_columns, check_range, check_reason
 from carecli.errors import ValidationError
 
 
@@ -102,17 +102,14 @@ class EnrollmentRepository(Repository[Enrollment]):
         termination date set: the app shows it as "ends <date>", and the status follows the dates.
         """
         self.require(self.write_permission, "terminate enrollments", enrollment_id)
-        text = (reason or "").strip()
-        if len(text) > 2000:
-            raise ValidationError("reason", "max_length", "Keep the reason to 2,000 characters.")
+        text = check_reason(reason, required=False)
         current = self._fetch(enrollment_id)
         if current.status == "terminated":
             raise ValidationError("status", "already_terminated", "This enrollment has ended already.")
         today = utc_now().date()
         changes: dict[str, Any] = {"termination_date": termination_date}
         if text:
-            line = f"[{today}] Terminated as of {termination_date}: {text}"
-            changes["notes"] = f"{current.notes.rstrip()}\n{line}" if current.notes and current.notes.strip() else line
+            changes["notes"] = append_line(current.notes, f"[{today}] Terminated as of {termination_date}: {text}")
         internal: dict[str, Any] = {}
         if termination_date <= today:
             changes["status"] = "terminated"

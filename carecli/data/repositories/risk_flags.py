@@ -25,11 +25,11 @@ from carecli.data.permissions import Permission
 from carecli.data.records import RiskFlag
 from carecli.data.repositories.base import CLOCK_NOW, Repository
 from carecli.data.rules import flag_call_problems, utc_now
+from carecli.data.validation import check_reason
 from carecli.errors import ValidationError
 
 #: the metadata key (entity type ``risk_flag``) that holds a flag's resolution
 RESOLUTION_KEY = "resolution"
-MAX_NOTE_CHARS = 2000
 METADATA = Metadata.__table__
 
 
@@ -57,15 +57,6 @@ class FlagResolution:
         except ValueError:
             when = None
         return cls(str(value.get("note") or ""), by_id, when)
-
-
-def _note(text: str | None, field: str) -> str:
-    text = (text or "").strip()
-    if not text:
-        raise ValidationError(field, "required", "Say how the flag was resolved (a few words are enough).")
-    if len(text) > MAX_NOTE_CHARS:
-        raise ValidationError(field, "max_length", f"Keep it to {MAX_NOTE_CHARS:,} characters.")
-    return text
 
 
 class RiskFlagRepository(Repository[RiskFlag]):
@@ -133,7 +124,8 @@ class RiskFlagRepository(Repository[RiskFlag]):
     def resolve(self, flag_id: uuid.UUID, expected_updated_at: datetime | None, note: str) -> RiskFlag:
         """Resolve an open flag with a note saying how."""
         self.require(self.write_permission, "resolve risk flags", flag_id)
-        note = _note(note, "resolution_note")
+        note = check_reason(note, field="resolution_note",
+                            missing="Say how the flag was resolved (a few words are enough).")
         if self.resolution(flag_id) is not None:
             self._fetch(flag_id)  # a deleted flag says so first
             raise ValidationError("resolution_note", "already_resolved", "This flag is resolved already.")
@@ -147,7 +139,7 @@ class RiskFlagRepository(Repository[RiskFlag]):
     def reopen(self, flag_id: uuid.UUID, expected_updated_at: datetime | None, reason: str) -> RiskFlag:
         """Open a resolved flag again (the reason goes into the audit trail's metadata row)."""
         self.require(self.write_permission, "re-open risk flags", flag_id)
-        reason = _note(reason, "reason")
+        reason = check_reason(reason, missing="Say why the flag is open again (a few words are enough).")
         if self.resolution(flag_id) is None:
             self._fetch(flag_id)
             raise ValidationError("reason", "not_resolved", "This flag is open already.")
