@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.support.tmux import WIDTH, Screen
+from tests.support.tmux import WIDTH, Screen, TmuxTerminal
 
 #: generous: the machine is shared, and the first start imports Textual and opens both pools
 START_TIMEOUT = 60.0
@@ -66,6 +66,27 @@ def _child_env(tui: Any, provider: Any, home: Path) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "TERM": "tmux-256color",
     }
+
+
+def _fill_flag_form(terminal: TmuxTerminal, risk_type: str, severity: str, description: str) -> None:
+    """Fill the open flag form by keys: a select's list opens on Enter and typing jumps to a match."""
+    terminal.wait_for_highlight_below("Risk type")
+    terminal.keys("Enter")
+    terminal.wait_for_text("compliance")
+    terminal.type(risk_type)
+    terminal.keys("Enter")
+    terminal.wait_for_no_text("compliance")
+    terminal.keys("Tab")
+    terminal.wait_for_highlight_below("Severity")
+    terminal.keys("Enter")
+    terminal.wait_for_text("critical")
+    terminal.type(severity)
+    terminal.keys("Enter")
+    terminal.wait_for_no_text("critical")
+    terminal.keys("Tab")
+    terminal.wait_for_cursor_at("What was found", rows=(1, 3), width=WIDTH)
+    terminal.type(description)
+    terminal.wait_for_text(description[:30])
 
 
 def _member_to_find(tui: Any) -> tuple[Any, str]:
@@ -160,24 +181,8 @@ def test_a_specialist_signs_in_finds_a_member_logs_a_call_and_raises_a_flag_in_a
     terminal.keys("f")
     terminal.wait_for_text("Raise a risk flag")
     terminal.wait_for_text("Specialist: you")
-    terminal.wait_for_highlight_below("Risk type")
-    terminal.keys("Enter")
-    terminal.wait_for_text("compliance")
-    terminal.type("saf")
-    terminal.keys("Enter")
-    terminal.wait_for_no_text("compliance")
+    _fill_flag_form(terminal, "saf", "high", description)
     terminal.wait_for_text("safety")
-    terminal.keys("Tab")
-    terminal.wait_for_highlight_below("Severity")
-    terminal.keys("Enter")
-    terminal.wait_for_text("critical")
-    terminal.type("high")
-    terminal.keys("Enter")
-    terminal.wait_for_no_text("critical")
-    terminal.keys("Tab")
-    terminal.wait_for_cursor_at("What was found", rows=(1, 3), width=WIDTH)
-    terminal.type(description)
-    terminal.wait_for_text(description[:30])
     terminal.keys("C-s")
     terminal.wait_for_text("Risk flags (1)")
     terminal.wait_for_no_text("Raise a risk flag")
@@ -292,23 +297,7 @@ def test_a_specialists_day_completes_a_call_raises_and_resolves_a_flag_and_corre
     # Raise a flag from it, on the call screen.
     terminal.keys("f")
     terminal.wait_for_text("Raise a risk flag")
-    terminal.wait_for_highlight_below("Risk type")
-    terminal.keys("Enter")
-    terminal.wait_for_text("compliance")
-    terminal.type("fin")
-    terminal.keys("Enter")
-    terminal.wait_for_no_text("compliance")
-    terminal.keys("Tab")
-    terminal.wait_for_highlight_below("Severity")
-    terminal.keys("Enter")
-    terminal.wait_for_text("critical")
-    terminal.type("high")
-    terminal.keys("Enter")
-    terminal.wait_for_no_text("critical")
-    terminal.keys("Tab")
-    terminal.wait_for_cursor_at("What was found", rows=(1, 3), width=WIDTH)
-    terminal.type(description)
-    terminal.wait_for_text(description[:30])
+    _fill_flag_form(terminal, "fin", "high", description)
     terminal.keys("C-s")
     terminal.wait_for_no_text("Raise a risk flag")
     terminal.wait_for_text("Risk flags raised from this call (1)")
