@@ -271,10 +271,7 @@ class Desk:
             if exc.changed_by == self.user_id:
                 who = "you (in another session)"
             elif isinstance(exc.changed_by, uuid.UUID):
-                try:
-                    who = self.staff_names([exc.changed_by]).get(exc.changed_by)
-                except Exception:  # noqa: BLE001 - the identity database is optional for this message
-                    who = None
+                who = self._names_of([exc.changed_by]).get(exc.changed_by)  # identity down: no name, still a conflict
             when = f" at {exc.changed_at:%Y-%m-%d %H:%M:%S} UTC" if exc.changed_at is not None else ""
             detail = f": {who} changed it{when}" if who else (f" (changed{when})" if when else "")
             raise ConflictError(f"this {what} was changed by someone else since you read it{detail}",
