@@ -1,11 +1,30 @@
-"""Run the real ``carecli`` entry point in a subprocess, as a user or a script would."""
+"""Run the real ``carecli`` entry point as a user or a script would: in this process or in a new one.
+
+:func:`run_carecli` runs ``carecli.cli.main.main`` **in process** by default: the same function the console
+script calls, with its own stdin, stdout, stderr and environment (click's ``CliRunner`` isolation), its
+exit code taken from ``SystemExit``. That is the same code path as a real process minus the interpreter
+start and the imports, which cost about a second of CPU per command on these machines and were most of
+the suite's time. ``process=True`` starts a real ``python -m carecli`` instead, for what only a process
+shows: signals, a kill, a terminal, file descriptors, the embedded server's lifetime, import-time
+behaviour, or a second program running at the same time.
+
+An in-process command must leave nothing behind: no database connection still open (every engine it
+made disposed), logging handed back as it was. :func:`run_carecli` checks the first after each command
+(a leak fails the test: a real process would have hidden it by exiting) and restores the second.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import psycopg
+from click.testing import CliRunner
+from sqlalchemy.engine import make_url
 
 
 @dataclass
@@ -15,16 +34,85 @@ class Result:
     err: str
 
 
-def run_carecli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
-    """Run ``python -m carecli ARGS`` with the test environment plus ``env``."""
+def run_carecli(*args: str, env: Mapping[str, str | None] | None = None, timeout: float = 120,
+                input: str | bytes | None = None, process: bool = False) -> Result:
+    """``carecli ARGS`` with the test environment plus ``env`` (a ``None`` value unsets a variable).
+
+    ``input`` is the command's standard input (empty when not given, like ``/dev/null``)."""
+    env = env or {}
+    if process or not _names_a_server(env):
+        return _in_a_process(args, env, timeout, input)
+    return _in_this_process(args, env or {}, input)
+
+
+def _names_a_server(env: Mapping[str, str | None]) -> bool:
+    """Whether the command is pointed at database URLs; without them it starts (or joins) the embedded
+    server, whose lifetime is the process's: that needs a process of its own."""
+    def given(name: str) -> bool:
+        return bool(env[name]) if name in env else bool(os.environ.get(name))
+
+    return given("CARECLI_IDENTITY_URL") and given("CARECLI_PLATFORM_URL")
+
+
+def _in_a_process(args: tuple[str, ...], env: Mapping[str, str | None], timeout: float,
+                  input: str | bytes | None) -> Result:
     full_env = dict(os.environ)
-    full_env.update(env or {})
+    for name, value in env.items():
+        if value is None:
+            full_env.pop(name, None)
+        else:
+            full_env[name] = value
     proc = subprocess.run(
         [sys.executable, "-m", "carecli", *args],
         env=full_env,
         capture_output=True,
-        text=True,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        input=input.encode() if isinstance(input, str) else input,
+        stdin=None if input is not None else subprocess.DEVNULL,
     )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    return Result(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
+
+
+def _in_this_process(args: tuple[str, ...], env: Mapping[str, str | None], input: str | bytes | None) -> Result:
+    from carecli.cli.main import main
+    from carecli.logs import shutdown_logging
+
+    carecli_log = logging.getLogger("carecli")
+    handlers, level = list(carecli_log.handlers), carecli_log.level
+    root_level = logging.getLogger().level
+    before = _carecli_connections(env)
+    runner = CliRunner()
+    with runner.isolation(input=input if input is not None else b"", env=dict(env)) as (out, err, _):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            shutdown_logging()
+            carecli_log.handlers[:] = handlers
+            carecli_log.setLevel(level)
+            logging.getLogger().setLevel(root_level)
+        result = Result(code, out.getvalue().decode("utf-8", "replace"), err.getvalue().decode("utf-8", "replace"))
+    after = _carecli_connections(env)
+    leaked = after - before
+    assert leaked <= 0, f"`carecli {' '.join(args[:2])}` left {leaked} database connection(s) open"
+    return result
+
+
+def _carecli_connections(env: Mapping[str, str | None]) -> int:
+    """Open connections that carecli's engines made to the databases ``env`` names (0 when it names none)."""
+    urls = [env.get(name) or os.environ.get(name) for name in ("CARECLI_IDENTITY_URL", "CARECLI_PLATFORM_URL")]
+    names = [make_url(url).database for url in urls if url]
+    if not names:
+        return 0
+    admin = make_url(urls[0] or "").set(drivername="postgresql", database="postgres")
+    try:
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True,
+                             connect_timeout=5) as connection:
+            row = connection.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s) AND application_name = 'carecli'"
+                " AND pid <> pg_backend_pid()", (names,)).fetchone()
+    except psycopg.OperationalError:  # a test that points carecli at a server that is not there
+        return 0
+    return int(row[0]) if row else 0

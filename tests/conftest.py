@@ -247,25 +247,74 @@ def migrated_engines(migrated_pair: DatabasePair) -> Iterator[Engines]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Scan every log line of the run; a finding fails the run even when every test passed."""
+    """Scan every log line of the run; a finding fails the run even when every test passed.
+
+    Under pytest-xdist each worker is its own process with its own log directory: a worker scans its own
+    logs and hands the result to the controller (``workeroutput``), which adds them all up
+    (:class:`_WorkerScans`) before deciding the run's exit status and printing the summary."""
     files = log_scan.log_files(_SUITE_LOG, _HOME / "state")
     lines, findings = log_scan.scan(files, _RAW_LOG)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller reports
+        workeroutput["phi_scan"] = (lines, [(f.where, f.kind, f.excerpt) for f in findings], str(_SUITE_LOG.parent))
+        return
+    merged = session.config.stash.get(_WORKERS_KEY, None)
+    if merged is not None:
+        lines += merged.lines
+        findings += merged.findings
     session.config.stash[_SCAN_KEY] = (lines, findings)
     if findings and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+class _WorkerScans:
+    """The controller's side of the PHI scan under pytest-xdist: each worker's lines and findings."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.findings: list[log_scan.Finding] = []
+        self.workers = 0
+        self.directories: list[str] = []
+
+    def pytest_testnodedown(self, node, error) -> None:  # noqa: ANN001  (xdist's hook signature)
+        output = getattr(node, "workeroutput", {}) or {}
+        scanned = output.get("phi_scan")
+        if scanned is None:
+            # A worker that died before its session finished scanned nothing: fail closed, say so.
+            where = getattr(node, "gateway", None)
+            self.findings.append(log_scan.Finding(f"worker {getattr(where, 'id', '?')}", "no PHI scan",
+                                                  "the worker ended before scanning its logs"))
+            return
+        lines, findings, directory = scanned
+        self.workers += 1
+        self.lines += lines
+        self.findings += [log_scan.Finding(*finding) for finding in findings]
+        self.directories.append(directory)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist") and getattr(config, "workerinput", None) is None \
+            and (getattr(config.option, "numprocesses", None) or 0):
+        scans = _WorkerScans()
+        config.stash[_WORKERS_KEY] = scans
+        config.pluginmanager.register(scans, "carecli-phi-scan-workers")
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
     lines, findings = config.stash.get(_SCAN_KEY, (0, []))
+    merged = config.stash.get(_WORKERS_KEY, None)
+    across = f" across {merged.workers} workers" if merged is not None else ""
     if not findings:
-        terminalreporter.write_line(f"log PHI scan: {lines:,} log lines, no SSN, DOB or contact details found")
+        terminalreporter.write_line(f"log PHI scan: {lines:,} log lines{across}, no SSN, DOB or contact details found")
         return
     terminalreporter.section("log PHI scan FAILED", red=True)
     for finding in findings[:50]:
         terminalreporter.write_line(f"{finding.where}: {finding.kind}: {finding.excerpt}")
     if len(findings) > 50:
         terminalreporter.write_line(f"... and {len(findings) - 50} more")
-    terminalreporter.write_line(f"(logs kept in {_SUITE_LOG.parent})")
+    kept = [str(_SUITE_LOG.parent), *(merged.directories if merged is not None else [])]
+    terminalreporter.write_line(f"(logs kept in {', '.join(kept)})")
 
 
 _SCAN_KEY = pytest.StashKey[tuple[int, list]]()
+_WORKERS_KEY = pytest.StashKey[_WorkerScans]()

@@ -7,9 +7,6 @@ version of carecli) would have left them.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +27,7 @@ from carecli.errors import EXIT_FAILURE, PermissionDenied
 from carecli.services import doctor as doc
 from carecli.services.auth.tokens import create_api_token
 from carecli.services.integrity import check_data
-from tests.cli import Result
+from tests.cli import Result, run_carecli
 from tests.platform_fixtures import Platform, make_actor
 
 NOW = utc_now()
@@ -147,10 +144,7 @@ class Install:
     tokens: dict[str, str] = field(default_factory=dict)
 
     def cli(self, *args: str, token: str = "auditor") -> Result:
-        full = {**os.environ, **self.env, "CARECLI_TOKEN": self.tokens[token]}
-        proc = subprocess.run([sys.executable, "-m", "carecli", *args], env=full, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=120)
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        return run_carecli(*args, env={**self.env, "CARECLI_TOKEN": self.tokens[token]})
 
 
 @pytest.fixture

@@ -84,5 +84,5 @@ def test_db_psql_opens_the_database(migrated_pair):
 
     if shutil.which("psql") is None:
         pytest.skip("no psql client on this machine")
-    result = run_carecli("db", "psql", "--db", "identity", env=migrated_pair.env)
+    result = run_carecli("db", "psql", "--db", "identity", env=migrated_pair.env, process=True)
     assert result.code == 0, result.err

@@ -38,7 +38,7 @@ from carecli.data.records import User
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, EXIT_USAGE
 from carecli.services.auth.tokens import create_api_token
-from tests.cli import Result
+from tests.cli import Result, run_carecli
 from tests.db_scan import all_rows_text
 from tests.support.sites import Site
 from tests.test_import import MEMBER_HEADER, members_csv, person, ssn_for
@@ -64,12 +64,9 @@ class Install:
     def cli(self, *args: str, token: str | None = "import", stdin: bytes | None = None,
             timeout: float = 120, **env: str) -> Result:
         """``carecli ARGS`` as the holder of one of the tokens (None: nobody signed in)."""
-        full = {**os.environ, **self.env, **env}
-        if token is not None:
-            full["CARECLI_TOKEN"] = self.tokens[token]
-        proc = subprocess.run([sys.executable, "-m", "carecli", *args], env=full, capture_output=True,
-                              input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL, timeout=timeout)
-        return Result(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
+        full: dict[str, str | None] = {**self.env, **env}
+        full["CARECLI_TOKEN"] = self.tokens[token] if token is not None else None
+        return run_carecli(*args, env=full, input=stdin, timeout=timeout)
 
     def sql(self, statement: str, **params: Any) -> list[Any]:
         with self.platform.begin() as connection:

@@ -8,9 +8,6 @@ specialist without it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +24,7 @@ from carecli.data.permissions import ALL_PERMISSIONS, DEFAULT_ROLES
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_USAGE
 from carecli.services.auth.tokens import create_api_token
-from tests.cli import Result
+from tests.cli import Result, run_carecli
 
 ROLES = {"admin": sorted(ALL_PERMISSIONS), "operator": sorted(ALL_PERMISSIONS),
          "specialist": DEFAULT_ROLES["specialist"][1]}
@@ -42,12 +39,9 @@ class Install:
     tokens: dict[str, str] = field(default_factory=dict)
 
     def cli(self, *args: str, token: str | None = "admin", **env: str) -> Result:
-        full = {**os.environ, **self.env, **env}
-        if token is not None:
-            full["CARECLI_TOKEN"] = self.tokens[token]
-        proc = subprocess.run([sys.executable, "-m", "carecli", *args], env=full, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=120)
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        full: dict[str, str | None] = {**self.env, **env}
+        full["CARECLI_TOKEN"] = self.tokens[token] if token is not None else None
+        return run_carecli(*args, env=full)
 
     def scalar(self, statement: str, **params: Any) -> Any:
         with self.platform.begin() as connection:

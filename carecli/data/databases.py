@@ -191,6 +191,18 @@ def check_connection(engine: Engine, database: str) -> None:
         )
 
 
+def _dispose_with_the_command(databases: Databases) -> None:
+    """Opened by a CLI command: its connections close when the command ends, not when the process does.
+
+    A process that runs more than one command (an embedding program, the test suite, a host that runs
+    commands for its sessions) would otherwise keep every command's pooled connections open."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(databases.dispose)
+
+
 def open_databases(
     settings: Settings | None = None, *, migrate_embedded: bool = True, check: bool = True
 ) -> Databases:
@@ -221,6 +233,7 @@ def open_databases(
         platform_read=read,
         routing=ReadRouting(platform, read, read_your_writes_seconds=settings.read_your_writes_seconds),
     )
+    _dispose_with_the_command(databases)
     if check or (embedded and migrate_embedded):
         for name, engine in databases.items():
             check_connection(engine, name)

@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ from carecli.services.auth.current import load_user, role_of
 from carecli.services.auth.ssh_keys import SshKeyInfo, add_ssh_key
 from carecli.services.auth.tokens import create_api_token
 from carecli.ssh.server import HostOptions, serve
-from tests.cli import Result
+from tests.cli import Result, run_carecli
 from tests.support.seeded import MASTER_KEY, THEME
 
 #: generous: the machine is shared, and an app process imports Textual and opens both pools
@@ -109,13 +108,9 @@ class SshWorld:
     def cli(self, *args: str, as_user: User | None = None, stdin: str | None = None, timeout: float = 120,
             **env: str) -> Result:
         """The real ``carecli ARGS`` in a subprocess, as ``as_user`` (through their API token)."""
-        full = {**os.environ, **self.env, **env}
-        full.pop("CARECLI_TOKEN", None)
-        if as_user is not None:
-            full["CARECLI_TOKEN"] = self.token_for(as_user)
-        proc = subprocess.run([sys.executable, "-m", "carecli", *args], env=full, capture_output=True, text=True,
-                              input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL, timeout=timeout)
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        full: dict[str, str | None] = {**self.env, **env}
+        full["CARECLI_TOKEN"] = self.token_for(as_user) if as_user is not None else None
+        return run_carecli(*args, env=full, input=stdin, timeout=timeout)
 
     def rows(self, database: str, statement: str, **params: Any) -> list[Any]:
         with self.databases.engine(database).begin() as connection:
