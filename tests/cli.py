@@ -19,12 +19,15 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 @dataclass
@@ -94,25 +97,40 @@ def _in_this_process(args: tuple[str, ...], env: Mapping[str, str | None], input
             carecli_log.setLevel(level)
             logging.getLogger().setLevel(root_level)
         result = Result(code, out.getvalue().decode("utf-8", "replace"), err.getvalue().decode("utf-8", "replace"))
-    after = _carecli_connections(env)
-    leaked = after - before
-    assert leaked <= 0, f"`carecli {' '.join(args[:2])}` left {leaked} database connection(s) open"
+    # A closed connection's server process ends a moment after the client hangs up: wait for it a little.
+    deadline = time.monotonic() + 3
+    while (leaked := _carecli_connections(env) - before) > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leaked <= 0, (f"`carecli {' '.join(args[:2])}` left {leaked} database connection(s) open; "
+                         f"last statements: {_last_statements(env)}")
     return result
+
+
+def _last_statements(env: Mapping[str, str | None]) -> list[str]:
+    return [row[0][:120] for row in _query(env, "SELECT query FROM pg_stat_activity WHERE datname = ANY(%s)"
+                                                " AND application_name = 'carecli' AND pid <> pg_backend_pid()")]
 
 
 def _carecli_connections(env: Mapping[str, str | None]) -> int:
     """Open connections that carecli's engines made to the databases ``env`` names (0 when it names none)."""
+    rows = _query(env, "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)"
+                       " AND application_name = 'carecli' AND pid <> pg_backend_pid()")
+    return int(rows[0][0]) if rows else 0
+
+
+def _query(env: Mapping[str, str | None], statement: str) -> list[tuple[Any, ...]]:
+    """``statement`` (one parameter: the names of the databases ``env`` points carecli at) on that server."""
     urls = [env.get(name) or os.environ.get(name) for name in ("CARECLI_IDENTITY_URL", "CARECLI_PLATFORM_URL")]
-    names = [make_url(url).database for url in urls if url]
-    if not names:
-        return 0
-    admin = make_url(urls[0] or "").set(drivername="postgresql", database="postgres")
+    try:
+        parsed = [make_url(url) for url in urls if url]
+    except ArgumentError:  # a test of what carecli says about a URL that is not one
+        return []
+    if not parsed:
+        return []
+    admin = parsed[0].set(drivername="postgresql", database="postgres")
     try:
         with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True,
                              connect_timeout=5) as connection:
-            row = connection.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s) AND application_name = 'carecli'"
-                " AND pid <> pg_backend_pid()", (names,)).fetchone()
+            return connection.execute(statement, ([url.database for url in parsed],)).fetchall()
     except psycopg.OperationalError:  # a test that points carecli at a server that is not there
-        return 0
-    return int(row[0]) if row else 0
+        return []

@@ -10,6 +10,7 @@ gets the goodbye text and exit status 0. The databases then hold the session
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 
 from carecli import __version__
 from carecli.data.repositories.identity import IdentityUnitOfWork
@@ -87,9 +88,12 @@ async def test_a_second_session_sees_the_first_ones_new_call_without_a_key_press
             uow.commit()
         desk = Desk.resume(world.settings, world.databases, channel="ssh", store=HeldCredential.holding(token))
         member_id = world.scalar("platform", "SELECT id FROM members WHERE deleted_at IS NULL ORDER BY id LIMIT 1")
-        _day, start, end = local_day_bounds()  # the worklist's "today", in UTC: the middle of it is today
+        _day, start, end = local_day_bounds()  # the worklist's "today", in UTC
+        # Later today (a scheduled call must be still to come), whatever the hour the test runs at.
+        soon = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(minutes=1)
+        at = min(max(soon, start + (end - start) / 2), end - timedelta(seconds=1))
         desk.log_call({"member_id": member_id, "call_type": "outreach", "call_status": "scheduled",
-                       "scheduled_at": start + (end - start) / 2})
+                       "scheduled_at": at})
         # No key is pressed in the second session: the new call arrives by itself.
         await second.wait_for(f"Today ({today + 1}")
         for client in (first, second):
