@@ -5,7 +5,8 @@ date of birth stay masked until the user asks, gives a reason and holds
 ``phi:reveal``; a revealed value hides itself again after
 ``settings.reveal_seconds``, as soon as anything covers or replaces this
 screen, and when the app locks. Every write goes through a form
-(:mod:`carecli.screens.forms`) and reloads the file once it is saved.
+(:mod:`carecli.screens.forms`) and reloads the file once it is saved: within
+the same visit, so without another audited read (the lock ends a visit).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from carecli.screens.forms import (
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.member_forms import MemberEditScreen
 from carecli.screens.widgets import CareFooter
-from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile
+from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile, MemberVisit
 
 if TYPE_CHECKING:
     from carecli.data.records import Call, Member, Plan
@@ -202,6 +203,8 @@ Keys your role cannot use are not shown.
         self._stale = False
         #: the user's live break-the-glass grant on this member, as last read (users without phi:reveal)
         self.emergency: EmergencyGrant | None = None
+        #: this visit's audited open: reloads within it (after a save, a change elsewhere) are not new reads
+        self._visit: MemberVisit | None = None
 
     # -- layout -------------------------------------------------------------------------
 
@@ -245,9 +248,9 @@ Keys your role cannot use are not shown.
     # -- reading -------------------------------------------------------------------------
 
     def load(self) -> None:
-        """(Re)open the member's file in a worker; each open is an audited read."""
+        """(Re)open the member's file in a worker: the first open of a visit is an audited read, reloads are not."""
         self._stale = False
-        self._open_in_background(self._generation)
+        self._open_in_background(self._generation, self._visit)
 
     # -- live updates ----------------------------------------------------------------------
 
@@ -273,9 +276,9 @@ Keys your role cannot use are not shown.
             self.load()
 
     @work(thread=True, exclusive=True, group="member-open")
-    def _open_in_background(self, generation: int) -> None:
+    def _open_in_background(self, generation: int, visit: MemberVisit | None) -> None:
         try:
-            file = self.desk.open_member(self.member_id)
+            file = self.desk.open_member(self.member_id, visit=visit)
             specialist = self.desk.specialist()
         except Exception as exc:  # shown on the screen, never raised
             self.post_message(MemberOpenFailed(describe(exc), generation))
@@ -291,6 +294,7 @@ Keys your role cannot use are not shown.
         if message.generation != self._generation or self.care.locked:
             return
         self._my_specialist_id = message.my_specialist_id
+        self._visit = message.file.visit
         self.show_file(message.file)
 
     def on_emergency_checked(self, message: EmergencyChecked) -> None:
@@ -547,6 +551,7 @@ Keys your role cannot use are not shown.
 
     def clear_phi(self) -> None:
         self._generation += 1
+        self._visit = None  # after a lock, showing the file again is a new access (audited)
         self.remask()
         self.file = None
         self.emergency = None
