@@ -5,8 +5,8 @@ date of birth stay masked until the user asks, gives a reason and holds
 ``phi:reveal``; a revealed value hides itself again after
 ``settings.reveal_seconds``, as soon as anything covers or replaces this
 screen, and when the app locks. Every write goes through a form
-(:mod:`carecli.screens.forms`) and reloads the file once it is saved: within
-the same visit, so without another audited read (the lock ends a visit).
+(:mod:`carecli.screens.forms`) and reloads the file once it is saved, within
+the same visit: not another audited read (other reloads are).
 """
 
 from __future__ import annotations
@@ -201,9 +201,11 @@ Keys your role cannot use are not shown.
         self._enrollments: dict[str, EnrollmentView] = {}
         #: another session changed this member while the screen was covered: reload when shown again
         self._stale = False
+        #: ... and not only this app's own writes (then the reload is a new, audited read)
+        self._stale_by_others = False
         #: the user's live break-the-glass grant on this member, as last read (users without phi:reveal)
         self.emergency: EmergencyGrant | None = None
-        #: this visit's audited open: reloads within it (after a save, a change elsewhere) are not new reads
+        #: this visit's audited open: a reload after this screen's own save is not a new read
         self._visit: MemberVisit | None = None
 
     # -- layout -------------------------------------------------------------------------
@@ -247,10 +249,11 @@ Keys your role cannot use are not shown.
 
     # -- reading -------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """(Re)open the member's file in a worker: the first open of a visit is an audited read, reloads are not."""
-        self._stale = False
-        self._open_in_background(self._generation, self._visit)
+    def load(self, *, own_save: bool = False) -> None:
+        """(Re)open the member's file in a worker: an audited read, unless it only catches up on this app's
+        own save (``own_save``: the same visit, so not another access)."""
+        self._stale = self._stale_by_others = False
+        self._open_in_background(self._generation, self._visit if own_save else None)
 
     # -- live updates ----------------------------------------------------------------------
 
@@ -266,14 +269,17 @@ Keys your role cannot use are not shown.
         if self.care.locked or not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES,
                                                                     ignore=ignore):
             return
+        # Only this app's own writes (a call saved on a screen opened over this one): the same visit.
+        own_save = not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES, ignore=self.desk.source)
         if self.is_current:
-            self.load()  # a form on top keeps what was typed: it is another screen
+            self.load(own_save=own_save)  # a form on top keeps what was typed: it is another screen
         else:
             self._stale = True
+            self._stale_by_others = self._stale_by_others or not own_save
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
         if self._stale and not self.care.locked:
-            self.load()
+            self.load(own_save=not self._stale_by_others)
 
     @work(thread=True, exclusive=True, group="member-open")
     def _open_in_background(self, generation: int, visit: MemberVisit | None) -> None:
@@ -612,7 +618,7 @@ Keys your role cannot use are not shown.
             if result is None:
                 return
             self.notify(done)
-            self.load()
+            self.load(own_save=True)
         return after
 
     def _selected(self, pane_id: str, records: dict[str, Any], what: str) -> Any:
@@ -750,7 +756,7 @@ Keys your role cannot use are not shown.
 
     def on_member_changed(self, message: MemberChanged) -> None:
         self.notify(message.note)
-        self.load()
+        self.load(own_save=True)
 
     def action_add_note(self) -> None:
         if self._allowed("add_note"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,14 @@ from textual.widgets import TextArea
 
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.screens.app import TEXTUAL_COMMANDS_KEPT
+from carecli.screens.call import CallScreen
+from carecli.screens.call_forms import EditCallNotesForm
 from carecli.screens.forms import NoteDialog
 from carecli.screens.worklist import WorklistScreen
 from carecli.services.desk import MemberVisit
 from tests.tui.conftest import SIZE
 from tests.tui.helpers import screen_text, wait_for
+from tests.tui.test_live_updates import listening
 from tests.tui.test_member_screens import (
     EMAIL,
     LAST_NAME,
@@ -183,17 +187,41 @@ async def test_a_reload_after_a_save_is_not_another_read_but_a_new_visit_is(tui)
             await pilot.press("ctrl+s")
             await wait_for(pilot, lambda t=text: app.screen is screen and any(
                 row[1] == t for row in table_rows(screen, "notes-table")), what="the reloaded file")
-        await pilot.press("ctrl+r")  # read it again, same visit
-        await pilot.pause(0.3)
         assert LAST_NAME in screen_text(screen) and PHONE_SHOWN in screen_text(screen)
         assert len(reads(tui, known.id, "open")) == 1
+
+        # A call of this member, edited on the call screen opened over the file: back on the file, the
+        # reload (prompted by the change notice of that own save) is the same visit too.
+        await listening(pilot)
+        call = desk.log_call({"member_id": known.id, "call_type": "support", "call_status": "completed",
+                              "started_at": datetime(2025, 3, 1, 14, 0), "ended_at": datetime(2025, 3, 1, 14, 12)})
+        await pilot.press("ctrl+r")  # asked for: a read that may show others' changes, so audited
+        await wait_for(pilot, lambda: table_rows(screen, "calls-table"), what="the call")
+        assert len(reads(tui, known.id, "open")) == 2
+        screen.query_one("#calls-table").focus()
+        await pilot.press("enter")
+        call_screen = await wait_for(pilot, lambda: isinstance(app.screen, CallScreen) and app.screen.view
+                                     and app.screen)
+        await pilot.press("e")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, EditCallNotesForm) and app.screen)
+        form.query_one("#field-call_notes", TextArea).text = "Reached, all good."
+        shown = screen.file
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is call_screen and call_screen.view.call.call_notes
+                       == "Reached, all good.", what="the saved notes")
+        await wait_for(pilot, lambda: screen.file is not shown and screen.file is not None,
+                       what="the file's reload after the change notice")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="the file again")
+        await pilot.pause(0.3)
+        assert call.id and len(reads(tui, known.id, "open")) == 2
 
         await pilot.press("escape")  # leave, then come back: a new visit
         await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
         await open_member(pilot, known.id)
-        assert len(reads(tui, known.id, "open")) == 2
+        assert len(reads(tui, known.id, "open")) == 3
     assert tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE entity_id = :m AND action = 'read'",
-                      m=known.id) == 2
+                      m=known.id) == 3
 
 
 def test_only_a_visit_this_desk_opened_for_this_member_skips_the_read(tui) -> None:
