@@ -75,11 +75,12 @@ class AccessEntry:
 
 @dataclass(frozen=True, eq=False)
 class MemberVisit:
-    """One audited opening of a member's file by one desk: reloads within it are not new accesses.
+    """One audited opening of a member's file by one desk (one visit, one read).
 
-    Compared by identity; the desk remembers the visits it handed out only while
-    someone holds them (a screen showing the file), so a visit cannot be forged,
-    reused by another desk or outlive its screen.
+    The member screen hands it back only to reload after its own save, which is
+    not a new access. Compared by identity; the desk remembers the visits it handed
+    out only while someone holds them (a screen showing the file), so a visit
+    cannot be forged, used by another desk or outlive its screen.
     """
 
     member_id: uuid.UUID
