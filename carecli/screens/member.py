@@ -362,7 +362,10 @@ Keys your role cannot use are not shown.
         selected = self._selected_key(table)
         table.clear()
         for key, cells in rows:
-            table.add_row(*cells, key=key)
+            # Text(): a DataTable parses str cells as markup, and notes, outcomes and descriptions are typed by
+            # people (a note "[/b]" would crash the screen for everyone who opens this member).
+            table.add_row(*(Text(cell, no_wrap=True, end="") if isinstance(cell, str) else cell for cell in cells),
+                          key=key)
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected))
         tabbed = self.query_one("#member-tabs", TabbedContent)

@@ -242,3 +242,21 @@ def test_only_a_visit_this_desk_opened_for_this_member_skips_the_read(tui) -> No
     other_file = desk.open_member(other.id, visit=file.visit)  # another member
     assert other_file.visit is not file.visit and len(reads(tui, other.id, "open")) == 1
     assert dataclasses.is_dataclass(file.visit) and repr(file.visit) == f"MemberVisit(member_id={known.id})"
+
+
+async def test_text_people_typed_is_shown_as_typed_never_as_markup(tui) -> None:
+    """A note or an outcome with brackets is data: it neither crashes the screen nor becomes a style or a link."""
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    desk.add_note(known.id, "call back [/b] monday [@click=app.quit]here[/]")
+    desk.log_call({"member_id": known.id, "call_type": "support", "call_status": "completed",
+                   "started_at": datetime(2025, 3, 1, 14, 0), "ended_at": datetime(2025, 3, 1, 14, 12),
+                   "outcome": "[red]reached[/red]"})
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        assert app.is_running and app.screen is screen
+        assert table_rows(screen, "notes-table")[0][1] == "call back [/b] monday [@click=app.quit]here[/]"
+        assert table_rows(screen, "calls-table")[0][4] == "[red]reached[/red]"
