@@ -31,6 +31,7 @@ from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
+from carecli.screens.side_doors import SCREENSHOT_REFUSED, close_side_doors
 from carecli.screens.widgets import CareFooter, prune_dead_watchers
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.desk import Desk
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from carecli.data.notify import Notice, Subscription
 
 MIN_WIDTH, MIN_HEIGHT = 80, 24
+#: Textual's own palette commands the app keeps, by title: an allow-list, so "Screenshot" (the screen, a revealed
+#: SSN included, written to a file no audit row records) and whatever a later Textual adds stay out
+TEXTUAL_COMMANDS_KEPT = frozenset({"Theme", "Quit", "Keys", "Maximize", "Minimize"})
 IDLE_CHECK_SECONDS = 5.0
 #: how often user activity is reported to the database (slides the session's idle deadline)
 SESSION_TOUCH_SECONDS = 60.0
@@ -142,6 +146,7 @@ class CareApp(App[None]):
                  clock: Callable[[], float] = time.monotonic, channel: Channel = "tui",
                  single_session: bool = False) -> None:
         super().__init__()
+        close_side_doors(self)
         self.settings = settings
         self.databases = databases
         self.desk: Desk | None = desk
@@ -360,7 +365,9 @@ class CareApp(App[None]):
     # -- navigation and help -----------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Navigation and lock keys are shown only to a signed-in, unlocked user."""
+        """Navigation and lock keys are shown only to a signed-in, unlocked user; no key takes a screenshot."""
+        if action == "screenshot":
+            return False
         if action in ("go", "lock") and (self.desk is None or self.locked):
             return False
         return True
@@ -417,8 +424,11 @@ class CareApp(App[None]):
                 self.pop_screen()
             self._too_small = None
 
+    # -- the command palette and Textual's developer features ------------------------------
+
     def get_system_commands(self, screen: Screen[Any]):  # noqa: ANN201 - the palette's system commands
-        yield from super().get_system_commands(screen)
+        yield from (command for command in super().get_system_commands(screen)
+                    if command.title in TEXTUAL_COMMANDS_KEPT)
         if self.desk is not None and not self.locked:
             from textual.app import SystemCommand
 
@@ -431,3 +441,29 @@ class CareApp(App[None]):
             yield SystemCommand("Emergency accesses", "Break-the-glass grants to review (emergency:review)",
                                 lambda: self.action_go("emergencies"))
             yield SystemCommand("Lock", "Lock the screen now", self.action_lock)
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        """Refused: a screenshot file would copy member data (a revealed SSN too) outside the audit trail."""
+        self.notify(SCREENSHOT_REFUSED, title="Not available", severity="warning")
+
+    def save_screenshot(self, filename: str | None = None, path: str | None = None,
+                        time_format: str | None = None) -> str:
+        """Refused, like :meth:`action_screenshot` (``export_screenshot`` still returns the SVG as text, for tests)."""
+        raise PermissionError(SCREENSHOT_REFUSED)
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """Refused, like :meth:`action_screenshot`: nothing is written or served."""
+        self.notify(SCREENSHOT_REFUSED, title="Not available", severity="warning")
+        return None
+
+    def _fatal_error(self) -> None:
+        """Textual's crash report, without the local variables of each frame (they can hold member data)."""
+        import rich
+        from rich.segment import Segments
+        from rich.traceback import Traceback
+
+        self.bell()
+        traceback = Traceback(show_locals=False, width=None, suppress=[rich])
+        self._exit_renderables.append(Segments(self.console.render(traceback, self.console.options)))
+        self._close_messages_no_wait()

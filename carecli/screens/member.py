@@ -5,7 +5,8 @@ date of birth stay masked until the user asks, gives a reason and holds
 ``phi:reveal``; a revealed value hides itself again after
 ``settings.reveal_seconds``, as soon as anything covers or replaces this
 screen, and when the app locks. Every write goes through a form
-(:mod:`carecli.screens.forms`) and reloads the file once it is saved.
+(:mod:`carecli.screens.forms`) and reloads the file once it is saved, within
+the same visit: not another audited read (other reloads are).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from carecli.screens.forms import (
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.member_forms import MemberEditScreen
 from carecli.screens.widgets import CareFooter
-from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile
+from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile, MemberVisit
 
 if TYPE_CHECKING:
     from carecli.data.records import Call, Member, Plan
@@ -200,8 +201,12 @@ Keys your role cannot use are not shown.
         self._enrollments: dict[str, EnrollmentView] = {}
         #: another session changed this member while the screen was covered: reload when shown again
         self._stale = False
+        #: ... and not only this app's own writes (then the reload is a new, audited read)
+        self._stale_by_others = False
         #: the user's live break-the-glass grant on this member, as last read (users without phi:reveal)
         self.emergency: EmergencyGrant | None = None
+        #: this visit's audited open: a reload after this screen's own save is not a new read
+        self._visit: MemberVisit | None = None
 
     # -- layout -------------------------------------------------------------------------
 
@@ -244,10 +249,11 @@ Keys your role cannot use are not shown.
 
     # -- reading -------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """(Re)open the member's file in a worker; each open is an audited read."""
-        self._stale = False
-        self._open_in_background(self._generation)
+    def load(self, *, own_save: bool = False) -> None:
+        """(Re)open the member's file in a worker: an audited read, unless it only catches up on this app's
+        own save (``own_save``: the same visit, so not another access)."""
+        self._stale = self._stale_by_others = False
+        self._open_in_background(self._generation, self._visit if own_save else None)
 
     # -- live updates ----------------------------------------------------------------------
 
@@ -263,19 +269,22 @@ Keys your role cannot use are not shown.
         if self.care.locked or not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES,
                                                                     ignore=ignore):
             return
+        # Only this app's own writes (a call saved on a screen opened over this one): the same visit.
+        own_save = not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES, ignore=self.desk.source)
         if self.is_current:
-            self.load()  # a form on top keeps what was typed: it is another screen
+            self.load(own_save=own_save)  # a form on top keeps what was typed: it is another screen
         else:
             self._stale = True
+            self._stale_by_others = self._stale_by_others or not own_save
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
         if self._stale and not self.care.locked:
-            self.load()
+            self.load(own_save=not self._stale_by_others)
 
     @work(thread=True, exclusive=True, group="member-open")
-    def _open_in_background(self, generation: int) -> None:
+    def _open_in_background(self, generation: int, visit: MemberVisit | None) -> None:
         try:
-            file = self.desk.open_member(self.member_id)
+            file = self.desk.open_member(self.member_id, visit=visit)
             specialist = self.desk.specialist()
         except Exception as exc:  # shown on the screen, never raised
             self.post_message(MemberOpenFailed(describe(exc), generation))
@@ -291,6 +300,7 @@ Keys your role cannot use are not shown.
         if message.generation != self._generation or self.care.locked:
             return
         self._my_specialist_id = message.my_specialist_id
+        self._visit = message.file.visit
         self.show_file(message.file)
 
     def on_emergency_checked(self, message: EmergencyChecked) -> None:
@@ -352,7 +362,10 @@ Keys your role cannot use are not shown.
         selected = self._selected_key(table)
         table.clear()
         for key, cells in rows:
-            table.add_row(*cells, key=key)
+            # Text(): a DataTable parses str cells as markup, and notes, outcomes and descriptions are typed by
+            # people (a note "[/b]" would crash the screen for everyone who opens this member).
+            table.add_row(*(Text(cell, no_wrap=True, end="") if isinstance(cell, str) else cell for cell in cells),
+                          key=key)
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected))
         tabbed = self.query_one("#member-tabs", TabbedContent)
@@ -547,6 +560,7 @@ Keys your role cannot use are not shown.
 
     def clear_phi(self) -> None:
         self._generation += 1
+        self._visit = None  # after a lock, showing the file again is a new access (audited)
         self.remask()
         self.file = None
         self.emergency = None
@@ -607,7 +621,7 @@ Keys your role cannot use are not shown.
             if result is None:
                 return
             self.notify(done)
-            self.load()
+            self.load(own_save=True)
         return after
 
     def _selected(self, pane_id: str, records: dict[str, Any], what: str) -> Any:
@@ -745,7 +759,7 @@ Keys your role cannot use are not shown.
 
     def on_member_changed(self, message: MemberChanged) -> None:
         self.notify(message.note)
-        self.load()
+        self.load(own_save=True)
 
     def action_add_note(self) -> None:
         if self._allowed("add_note"):
