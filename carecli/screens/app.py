@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.containers import Center, Middle
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
+from textual.scrollbar import ScrollBar
 from textual.widgets import Header, LoadingIndicator, Static
 
 from carecli import __version__
@@ -29,9 +30,10 @@ from carecli.data.actor import Channel
 from carecli.data.databases import Databases
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
+from carecli.screens.formatting import set_display_zone
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
-from carecli.screens.widgets import CareFooter, prune_dead_watchers
+from carecli.screens.widgets import CareFooter, WholeCellScrollBarRender, prune_dead_watchers
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.desk import Desk
 
@@ -143,6 +145,8 @@ class CareApp(App[None]):
                  single_session: bool = False) -> None:
         super().__init__()
         self.settings = settings
+        set_display_zone(settings.timezone)  # every screen shows and reads times in the user's zone
+        ScrollBar.renderer = WholeCellScrollBarRender
         self.databases = databases
         self.desk: Desk | None = desk
         self.store = store

@@ -19,11 +19,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import Checkbox, DataTable, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from carecli.data.records import Plan
 from carecli.screens.base import CareScreen
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareCheckbox, CareFooter
 
 #: words shown upper-case in coverage labels ("hsa_eligible" -> "HSA eligible")
 _ACRONYMS = frozenset({"hsa", "fsa", "hmo", "ppo", "epo", "pos", "hdhp", "er", "oop", "rx", "id", "pcp"})
@@ -186,7 +186,7 @@ details of the highlighted plan are shown below the list.
         yield Header()
         with Horizontal(id="plans-bar"):
             yield Input(placeholder="Filter by plan code or name (ctrl+f)", id="plans-filter", compact=True)
-            yield Checkbox("Show inactive", False, id="plans-inactive", compact=True)
+            yield CareCheckbox("Show inactive", False, id="plans-inactive", compact=True)
         yield DataTable(id="plans-table", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="plan-detail"):
             yield Static(id="plan-coverage")
@@ -232,7 +232,7 @@ details of the highlighted plan are shown below the list.
 
     @property
     def show_inactive(self) -> bool:
-        return self.query_one("#plans-inactive", Checkbox).value
+        return self.query_one("#plans-inactive", CareCheckbox).value
 
     def visible_plans(self) -> list[Plan]:
         """The plans passing the filter and the inactive switch, by code."""
@@ -299,8 +299,8 @@ details of the highlighted plan are shown below the list.
     def _filter_submitted(self, event: Input.Submitted) -> None:
         self.query_one("#plans-table", DataTable).focus()
 
-    @on(Checkbox.Changed, "#plans-inactive")
-    def _inactive_changed(self, event: Checkbox.Changed) -> None:
+    @on(CareCheckbox.Changed, "#plans-inactive")
+    def _inactive_changed(self, event: CareCheckbox.Changed) -> None:
         self.refresh_rows()
 
     # -- actions --------------------------------------------------------------------
@@ -317,7 +317,7 @@ details of the highlighted plan are shown below the list.
             self.app.pop_screen()
 
     def action_toggle_inactive(self) -> None:
-        self.query_one("#plans-inactive", Checkbox).toggle()
+        self.query_one("#plans-inactive", CareCheckbox).toggle()
 
     def action_reload(self) -> None:
         self.query_one("#plans-status", Static).update("Loading the plan catalog…")
