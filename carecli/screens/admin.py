@@ -418,7 +418,7 @@ class AuditEntryScreen(CareModal):
     DEFAULT_CSS = """
     AuditEntryScreen { align: center middle; }
     AuditEntryScreen #audit-entry { width: 90%; max-width: 110; height: auto; max-height: 90%;
-                                    border: thick $primary; background: $surface; padding: 0 1; }
+                                    border: heavy $primary; background: $surface; padding: 0 1; }
     AuditEntryScreen #audit-entry-body { height: auto; max-height: 100%; }
     """
 

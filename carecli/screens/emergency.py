@@ -152,7 +152,7 @@ class GrantActionsScreen(CareModal):
 
     DEFAULT_CSS = """
     GrantActionsScreen { align: center middle; }
-    GrantActionsScreen #grant { width: 90%; max-width: 110; height: 80%; border: thick $warning;
+    GrantActionsScreen #grant { width: 90%; max-width: 110; height: 80%; border: heavy $warning;
                                 background: $surface; padding: 0 1; }
     GrantActionsScreen #grant-summary { height: auto; padding: 0 0 1 0; }
     GrantActionsScreen #grant-actions { height: 1fr; }

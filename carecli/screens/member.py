@@ -231,7 +231,7 @@ Keys your role cannot use are not shown.
             "flags": ((in_zone("Raised"), 16), ("State", 8), ("Severity", 8), ("Type", 10), ("Description", None)),
             # The plan's name goes last: at 80 columns it is what gets cut, not the dates. The primary plan
             # has a column of its own (a suffix on the status was cut to "active · p" at 80 columns).
-            "enrollments": (("Plan", 16), ("Status", 15), ("Primary", 7), ("From", 10), ("Until", 10),
+            "enrollments": (("Plan", 18), ("Status", 15), ("Primary", 7), ("From", 10), ("Until", 10),
                             ("Cover", 5), ("Name", None)),
             "notes": ((in_zone("Written"), 16), ("Note", None)),
             "access": ((in_zone("When"), 16), ("Who", 20), ("Action", 8), ("Details", None)),

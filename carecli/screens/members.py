@@ -108,14 +108,14 @@ for large ones. **Enter** opens the member (an audited read of their record).
     ]
 
     # One line of compact fields (no tall borders): at 80 columns the search box keeps a usable width and
-    # the plan list fits the longest plan code (EPO-GOLD-2026); wider terminals give the room to the search.
+    # the plan list fits the longest plan code (HDHP-PLATINUM-2026); wider terminals give the room to the search.
     DEFAULT_CSS = """
     MemberBrowserScreen #member-filters { height: 1; margin: 0 0 1 0; }
     MemberBrowserScreen #member-filters > * { margin: 0 0 0 1; }
     MemberBrowserScreen #member-search { width: 1fr; min-width: 24; }
-    MemberBrowserScreen #member-status { width: 15; }
-    MemberBrowserScreen #member-plan { width: 19; }
-    MemberBrowserScreen #member-sort { width: 17; }
+    MemberBrowserScreen #member-status { width: 14; }
+    MemberBrowserScreen #member-plan { width: 21; }
+    MemberBrowserScreen #member-sort { width: 16; }
     MemberBrowserScreen #member-filters SelectOverlay { width: auto; min-width: 100%; }
     """
 
