@@ -145,7 +145,6 @@ class CareApp(App[None]):
                  single_session: bool = False) -> None:
         super().__init__()
         self.settings = settings
-        set_display_zone(settings.timezone)  # every screen shows and reads times in the user's zone
         ScrollBar.renderer = WholeCellScrollBarRender
         self.databases = databases
         self.desk: Desk | None = desk
@@ -179,6 +178,7 @@ class CareApp(App[None]):
             self.connect()
 
     def _apply_preferences(self) -> None:
+        set_display_zone(self.settings.timezone)  # every screen shows and reads times in the user's zone
         if self.settings.theme in self.available_themes:
             self.theme = self.settings.theme
         else:
