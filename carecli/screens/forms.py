@@ -525,7 +525,7 @@ class CallFormScreen(FormModal):
             self.field("follow_up_required", "Follow-up",
                        CareCheckbox("required", bool(call.follow_up_required) if call else False, compact=True)),
             self.field("follow_up_date", "Follow-up date",
-                       Input(call.follow_up_date.isoformat() if call and call.follow_up_date else "",
+                       Input(show_date(call.follow_up_date) if call and call.follow_up_date else "",
                              placeholder="YYYY-MM-DD", compact=True)),
             classes="row")
 
@@ -696,7 +696,7 @@ class EnrollFormScreen(FormModal):
         yield self.field("plan", "Plan", Select(options, compact=True, prompt="choose a plan…"))
         yield Horizontal(
             self.field("enrollment_date", "Enrolled from",
-                       Input(today_utc().isoformat(), placeholder="YYYY-MM-DD", compact=True)),
+                       Input(show_date(today_utc()), placeholder="YYYY-MM-DD", compact=True)),
             self.field("coverage_percentage", "Coverage %", Input("100", placeholder="0-100", compact=True)),
             self.field("is_primary", "Primary plan", CareCheckbox("primary", False, compact=True)),
             classes="row")
@@ -786,7 +786,7 @@ class TerminateDialog(FormModal):
                      f"Enrolled from {show_date(enrollment.enrollment_date)}"
                      f"{' (primary)' if enrollment.is_primary else ''}", classes="muted", markup=False)
         yield self.field("termination_date", "Last day of coverage",
-                         Input(today_utc().isoformat(), placeholder="YYYY-MM-DD", compact=True))
+                         Input(show_date(today_utc()), placeholder="YYYY-MM-DD", compact=True))
         yield Static("", id="terminate-effect", classes="computed", markup=False)
         yield self.field("reason", "Reason (required)",
                          Input(placeholder="e.g. moved out of the service area", max_length=2000, compact=True))

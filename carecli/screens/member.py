@@ -448,7 +448,7 @@ Keys your role cannot use are not shown.
                 ssn = revealed.ssn.formatted()
             if revealed.dob is not None:
                 born = revealed.dob.reveal()
-                dob = f"{born.isoformat()} (age {age_on(born, date.today())})"
+                dob = f"{show_date(born)} (age {age_on(born, date.today())})"
             phi.update(f"SSN {ssn}   DOB {dob}   · hidden again in {self.reveal_left} s")
         else:
             emergency = ""

@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Header, Input, Static
 
 from carecli.data.records import Plan
 from carecli.screens.base import CareScreen
+from carecli.screens.formatting import show_date, words
 from carecli.screens.widgets import CareCheckbox, CareFooter
 
 #: words shown upper-case in coverage labels ("hsa_eligible" -> "HSA eligible")
@@ -120,8 +121,8 @@ def render_coverage(plan: Plan) -> RenderableType:
 
 
 def plan_period(plan: Plan) -> str:
-    start = plan.effective_date.isoformat() if plan.effective_date else "…"
-    end = plan.expiration_date.isoformat() if plan.expiration_date else "…"
+    start = show_date(plan.effective_date) if plan.effective_date else "…"
+    end = show_date(plan.expiration_date) if plan.expiration_date else "…"
     return f"{start}..{end}"
 
 
@@ -248,7 +249,7 @@ details of the highlighted plan are shown below the list.
         table.clear()
         for plan in self.shown:
             # Text(): a plan name is data, and a str cell would be parsed as markup
-            table.add_row(Text(plan.plan_code), Text(plan.plan_name), Text(plan.plan_type or "—"),
+            table.add_row(Text(plan.plan_code), Text(plan.plan_name), Text(words(plan.plan_type)),
                           money(plan.premium_amount),
                           money(plan.deductible_amount), money(plan.copay_amount),
                           "yes" if is_active(plan) else "no", plan_period(plan), key=str(plan.id))
