@@ -30,7 +30,7 @@ from carecli.data.permissions import Permission
 from carecli.data.records import Role
 from carecli.errors import PermissionDenied
 from carecli.screens.base import CareModal, CareScreen, Problem, describe
-from carecli.screens.formatting import display_zone, in_zone, plural, show_time, words
+from carecli.screens.formatting import display_zone, in_zone, plural, show_time, words, zone_name
 from carecli.screens.widgets import CareFooter
 from carecli.services.desk import AccessEntry, AuditFilter
 
@@ -527,7 +527,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
                              id="audit-entity", compact=True)
                 yield Select([(words(name), name) for name in ACTIONS], prompt="Action: any", id="audit-action",
                              compact=True)
-                yield Input(placeholder=in_zone("Since YYYY-MM-DD"), id="audit-since", compact=True)
+                yield Input(placeholder=f"Since YYYY-MM-DD {zone_name()}", id="audit-since", compact=True)
             with Horizontal(classes="filter-row"):
                 yield Input(placeholder="User e-mail (empty: anyone)", id="audit-user", compact=True)
                 yield Input(placeholder="Entity id (UUID)", id="audit-entity-id", compact=True)
