@@ -30,7 +30,7 @@ from carecli.data.actor import Channel
 from carecli.data.databases import Databases
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
-from carecli.screens.formatting import set_display_zone
+from carecli.screens.formatting import plural, set_display_zone
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
 from carecli.screens.widgets import CareFooter, WholeCellScrollBarRender, prune_dead_watchers
@@ -337,7 +337,7 @@ class CareApp(App[None]):
     def check_inactivity(self) -> None:
         idle = self.clock() - self.last_input
         if not self.locked and self.desk is not None and idle >= self.settings.session_idle_minutes * 60:
-            self.lock(f"Locked after {self.settings.session_idle_minutes} minutes without activity.",
+            self.lock(f"Locked after {plural(self.settings.session_idle_minutes, 'minute')} without activity.",
                       exit_code=EXIT_IDLE)
 
     async def on_event(self, event: events.Event) -> None:

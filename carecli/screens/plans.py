@@ -23,7 +23,7 @@ from textual.widgets import DataTable, Header, Input, Static
 
 from carecli.data.records import Plan
 from carecli.screens.base import CareScreen
-from carecli.screens.formatting import show_date, words
+from carecli.screens.formatting import plural, show_date, words
 from carecli.screens.widgets import CareCheckbox, CareFooter
 
 #: words shown upper-case in coverage labels ("hsa_eligible" -> "HSA eligible")
@@ -264,7 +264,7 @@ details of the highlighted plan are shown below the list.
         if not self.plans:
             self.query_one("#plans-status", Static).update("The plan catalog is empty.")
             return
-        text = f"{len(self.shown)} of {len(self.plans)} plans"
+        text = f"{len(self.shown)} of {plural(len(self.plans), 'plan')}"
         if hidden:
             text += f" · {hidden} inactive hidden (i shows them)"
         if not self.shown and self.plans:
