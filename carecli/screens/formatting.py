@@ -40,10 +40,10 @@ def display_zone() -> tzinfo | None:
 
 
 def _zone(zone: tzinfo | None | str) -> tzinfo | None:
+    """``"display"``: the display zone; another string: that IANA zone; a tzinfo (or None, the system's) as is."""
     if zone == "display":
         return _display_zone
-    assert not isinstance(zone, str)
-    return zone
+    return ZoneInfo(zone) if isinstance(zone, str) else zone
 
 
 # -- times -------------------------------------------------------------------------------------
@@ -138,11 +138,6 @@ def parse_time(text: str, zone: tzinfo | None | str = "display") -> datetime | N
         local = typed.replace(tzinfo=tz) if (tz := _zone(zone)) is not None else typed.astimezone()
         return local.astimezone(timezone.utc).replace(tzinfo=None)
     raise ValueError(time_hint(zone))
-
-
-def local_today(zone: tzinfo | None | str = "display") -> date:
-    """Today's date in the display zone."""
-    return to_local(datetime.now(timezone.utc), zone).date()
 
 
 # -- words, phones, counts ------------------------------------------------------------------------
