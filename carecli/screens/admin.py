@@ -29,7 +29,8 @@ from textual.widgets import DataTable, Header, Input, Select, Static, TabbedCont
 from carecli.data.permissions import Permission
 from carecli.data.records import Role
 from carecli.errors import PermissionDenied
-from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_when
+from carecli.screens.base import CareModal, CareScreen, Problem, describe
+from carecli.screens.formatting import display_zone, in_zone, plural, show_time, words, zone_name
 from carecli.screens.widgets import CareFooter
 from carecli.services.desk import AccessEntry, AuditFilter
 
@@ -151,7 +152,7 @@ Changes to users and roles are made with `carecli users` and `carecli roles`.
         self.sub_title = "Users and roles"
         users = self.query_one("#users-table", DataTable)
         for label, key in (("E-mail", "email"), ("Name", "name"), ("Role", "role"), ("Active", "active"),
-                           ("Last login", "last_login")):
+                           (in_zone("Last login"), "last_login")):
             users.add_column(label, key=key)
         roles = self.query_one("#roles-table", DataTable)
         for label, key in (("Role", "name"), ("Perms", "count"), ("Description", "description")):
@@ -214,9 +215,9 @@ Changes to users and roles are made with `carecli users` and `carecli roles`.
             name = " ".join(p for p in (user.first_name, user.last_name) if p)
             table.add_row(cell(user.email), cell(name), cell(summary.role or "no role"),
                           "yes" if user.is_active is not False else "no",
-                          show_when(user.last_login_at), key=str(user.id))
+                          show_time(user.last_login_at), key=str(user.id))
         active = sum(1 for s in message.users if s.user.is_active is not False)
-        self.set_status(f"{len(message.users)} users ({active} active)")
+        self.set_status(f"{plural(len(message.users), 'user')} ({active} active)")
 
     def on_roles_loaded(self, message: RolesLoaded) -> None:
         table = self.query_one("#roles-table", DataTable)
@@ -299,8 +300,10 @@ class FilterError(ValueError):
 
 
 def local_midnight_utc(day: date) -> datetime:
-    """The start of ``day`` in the local time zone, as naive UTC (how the database keeps time)."""
-    return datetime.combine(day, time.min).astimezone().astimezone(timezone.utc).replace(tzinfo=None)
+    """The start of ``day`` in the user's zone (``[tui] timezone``), as naive UTC (how the database keeps time)."""
+    zone = display_zone()
+    start = datetime.combine(day, time.min, tzinfo=zone) if zone is not None else datetime.combine(day, time.min)
+    return start.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def parse_filters(entity_type: Any, action: Any, user: str, since: str, entity_id: str) -> AuditForm:
@@ -371,7 +374,7 @@ def render_entry(access: AccessEntry) -> RenderableType:
     head.add_column(style="bold", no_wrap=True)
     head.add_column(overflow="fold")
     for label, value in (
-        ("When (UTC)", show_when(entry.created_at)), ("Who", access.who),
+        (in_zone("When"), show_time(entry.created_at)), ("Who", access.who),
         ("User id", entry.user_id or "carecli itself"), ("Action", entry.action),
         ("Entity", entry.entity_type), ("Entity id", entry.entity_id),
         ("From", entry.ip_address or "—"), ("Program", entry.user_agent or "—"), ("Row id", entry.id),
@@ -415,7 +418,7 @@ class AuditEntryScreen(CareModal):
     DEFAULT_CSS = """
     AuditEntryScreen { align: center middle; }
     AuditEntryScreen #audit-entry { width: 90%; max-width: 110; height: auto; max-height: 90%;
-                                    border: thick $primary; background: $surface; padding: 0 1; }
+                                    border: heavy $primary; background: $surface; padding: 0 1; }
     AuditEntryScreen #audit-entry-body { height: auto; max-height: 100%; }
     """
 
@@ -436,7 +439,7 @@ class AuditEntryScreen(CareModal):
 
     def on_mount(self) -> None:
         entry = self.access.entry
-        self.query_one("#audit-entry").border_title = f"Audit row · {entry.action} {entry.entity_type}"
+        self.query_one("#audit-entry").border_title = f"Audit row · {words(entry.action)} {words(entry.entity_type)}"
         self.query_one("#audit-entry").border_subtitle = "Esc closes"
         self.query_one("#audit-entry-body").focus()
 
@@ -520,11 +523,11 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
         yield Header()
         with Vertical(id="audit-filters"):
             with Horizontal(classes="filter-row"):
-                yield Select([(name, name) for name in ENTITY_TYPES], prompt="Entity type: any",
+                yield Select([(words(name), name) for name in ENTITY_TYPES], prompt="Entity type: any",
                              id="audit-entity", compact=True)
-                yield Select([(name, name) for name in ACTIONS], prompt="Action: any", id="audit-action",
+                yield Select([(words(name), name) for name in ACTIONS], prompt="Action: any", id="audit-action",
                              compact=True)
-                yield Input(placeholder="Since YYYY-MM-DD", id="audit-since", compact=True)
+                yield Input(placeholder=f"Since YYYY-MM-DD {zone_name()}", id="audit-since", compact=True)
             with Horizontal(classes="filter-row"):
                 yield Input(placeholder="User e-mail (empty: anyone)", id="audit-user", compact=True)
                 yield Input(placeholder="Entity id (UUID)", id="audit-entity-id", compact=True)
@@ -536,7 +539,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
     def on_mount(self) -> None:
         self.sub_title = "Audit log"
         table = self.query_one("#audit-table", DataTable)
-        for label, key in (("When (UTC)", "when"), ("Who", "who"), ("Action", "action"), ("Entity", "entity"),
+        for label, key in ((in_zone("When"), "when"), ("Who", "who"), ("Action", "action"), ("Entity", "entity"),
                            ("Id", "id"), ("Details", "details"), ("IP", "ip")):
             table.add_column(label, key=key)
         self.apply_filters()
@@ -570,7 +573,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
         last = self.entries[-1].entry
         assert last.created_at is not None
         self.loading = True
-        self.set_status(f"{len(self.entries)} rows · loading more…")
+        self.set_status(f"{plural(len(self.entries), 'row')} · loading more…")
         self.load_page(self.generation, None, self.filters, (last.created_at, last.id))
 
     @work(thread=True, exclusive=True, group="audit")
@@ -635,8 +638,8 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
         self.has_more = message.has_more
         for access in message.rows:
             entry = access.entry
-            table.add_row(show_when(entry.created_at), cell(access.who), cell(entry.action),
-                          cell(entry.entity_type), cell(str(entry.entity_id)[:8]),
+            table.add_row(show_time(entry.created_at), cell(access.who), cell(words(entry.action)),
+                          cell(words(entry.entity_type)), cell(str(entry.entity_id)[:8]),
                           cell(summarize_values(entry.old_values, entry.new_values)), cell(entry.ip_address),
                           key=str(entry.id))
             self.entries.append(access)
@@ -648,7 +651,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
             self.set_status("No audit rows match these filters.")
             return
         more = "ctrl+n loads more" if self.has_more else "that is all"
-        self.set_status(f"{len(self.entries)} rows, newest first · {more} · Enter shows a row")
+        self.set_status(f"{plural(len(self.entries), 'row')}, newest first · {more} · Enter shows a row")
 
     def set_status(self, text: str, *, error: bool = False) -> None:
         status = self.query_one("#audit-status", Static)

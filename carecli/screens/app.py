@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.containers import Center, Middle
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
+from textual.scrollbar import ScrollBar
 from textual.widgets import Header, LoadingIndicator, Static
 
 from carecli import __version__
@@ -29,10 +30,11 @@ from carecli.data.actor import Channel
 from carecli.data.databases import Databases
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
+from carecli.screens.formatting import plural, set_display_zone
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
 from carecli.screens.side_doors import SCREENSHOT_REFUSED, close_side_doors
-from carecli.screens.widgets import CareFooter, prune_dead_watchers
+from carecli.screens.widgets import CareFooter, WholeCellScrollBarRender, prune_dead_watchers
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.desk import Desk
 
@@ -148,6 +150,7 @@ class CareApp(App[None]):
         super().__init__()
         close_side_doors(self)
         self.settings = settings
+        ScrollBar.renderer = WholeCellScrollBarRender
         self.databases = databases
         self.desk: Desk | None = desk
         self.store = store
@@ -180,6 +183,7 @@ class CareApp(App[None]):
             self.connect()
 
     def _apply_preferences(self) -> None:
+        set_display_zone(self.settings.timezone)  # every screen shows and reads times in the user's zone
         if self.settings.theme in self.available_themes:
             self.theme = self.settings.theme
         else:
@@ -338,7 +342,7 @@ class CareApp(App[None]):
     def check_inactivity(self) -> None:
         idle = self.clock() - self.last_input
         if not self.locked and self.desk is not None and idle >= self.settings.session_idle_minutes * 60:
-            self.lock(f"Locked after {self.settings.session_idle_minutes} minutes without activity.",
+            self.lock(f"Locked after {plural(self.settings.session_idle_minutes, 'minute')} without activity.",
                       exit_code=EXIT_IDLE)
 
     async def on_event(self, event: events.Event) -> None:

@@ -129,22 +129,3 @@ class CareModal(PhiHolder, ModalScreen[Any]):
 
 def member_name(first: str | None, last: str | None) -> str:
     return f"{last or ''}, {first or ''}".strip(", ")
-
-
-def show_phone(value: str | None) -> str:
-    """A stored phone number as people read it: ``+15553248436`` -> ``(555) 324-8436`` (others as stored)."""
-    if not value:
-        return ""
-    digits = value.removeprefix("+1")
-    if value.startswith("+1") and len(digits) == 10 and digits.isdigit():
-        return f"({digits[:3]}) {digits[3:6]}-{digits[6:]}"
-    return value
-
-
-def show_when(value: Any) -> str:
-    """Dates and times as the screens show them (UTC times shown as stored: naive UTC)."""
-    if value is None:
-        return "—"
-    if hasattr(value, "hour"):
-        return value.strftime("%Y-%m-%d %H:%M")
-    return value.isoformat()

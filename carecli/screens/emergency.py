@@ -27,7 +27,8 @@ from carecli.data.permissions import Permission
 from carecli.data.repositories.emergency import CONFIRMATION_WORD, MIN_NOTE_LENGTH, MIN_REASON_LENGTH, EmergencyGrant
 from carecli.errors import PermissionDenied
 from carecli.screens.admin import AuditEntryScreen, summarize_values
-from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_when
+from carecli.screens.base import CareModal, CareScreen, Problem, describe
+from carecli.screens.formatting import in_zone, plural, show_time, show_time_zoned, words
 from carecli.screens.forms import FormModal
 from carecli.screens.widgets import CareFooter
 from carecli.services.desk import AccessEntry
@@ -107,8 +108,8 @@ class ReviewDialog(FormModal):
     def compose_fields(self) -> Iterable[Widget]:
         grant = self.entry.grant
         ends = " It is still live: reviewing ends it now." if grant.live else ""
-        yield Static(f"{self.entry.who}, member {str(grant.member_id)[:8]}, {show_when(grant.granted_at)} to "
-                     f"{show_when(grant.expires_at)} UTC, {grant.actions or 0} actions.{ends}",
+        yield Static(f"{self.entry.who}, member {str(grant.member_id)[:8]}, {show_time(grant.granted_at)} to "
+                     f"{show_time_zoned(grant.expires_at)}, {plural(grant.actions or 0, 'action')}.{ends}",
                      classes="read-only", markup=False)
         yield self.field("note", f"Review note (at least {MIN_NOTE_LENGTH} characters)",
                          Input(placeholder="e.g. confirmed with the caller's case file", max_length=500,
@@ -151,7 +152,7 @@ class GrantActionsScreen(CareModal):
 
     DEFAULT_CSS = """
     GrantActionsScreen { align: center middle; }
-    GrantActionsScreen #grant { width: 90%; max-width: 110; height: 80%; border: thick $warning;
+    GrantActionsScreen #grant { width: 90%; max-width: 110; height: 80%; border: heavy $warning;
                                 background: $surface; padding: 0 1; }
     GrantActionsScreen #grant-summary { height: auto; padding: 0 0 1 0; }
     GrantActionsScreen #grant-actions { height: 1fr; }
@@ -179,7 +180,7 @@ class GrantActionsScreen(CareModal):
         box.border_subtitle = "Enter shows a row · Esc closes"
         self._summarize()
         table = self.query_one("#grant-actions", DataTable)
-        for label in ("When (UTC)", "Action", "Entity", "Id", "Details"):
+        for label in (in_zone("When"), "Action", "Entity", "Id", "Details"):
             table.add_column(label)
         table.focus()
         self.load()
@@ -187,10 +188,11 @@ class GrantActionsScreen(CareModal):
     def _summarize(self) -> None:
         grant = self.entry.grant
         lines = [f"{self.entry.who} on member {grant.member_id}",
-                 f"{show_when(grant.granted_at)} to {show_when(grant.expires_at)} UTC ({grant.minutes} min)",
+                 f"{show_time(grant.granted_at)} to {show_time_zoned(grant.expires_at)} ({grant.minutes} min)",
                  f"Reason: {grant.reason}"]
         if grant.reviewed:
-            lines.append(f"Reviewed by {self.entry.reviewer} on {show_when(grant.reviewed_at)}: {grant.review_note}")
+            lines.append(f"Reviewed by {self.entry.reviewer} on {show_time_zoned(grant.reviewed_at)}: "
+                         f"{grant.review_note}")
         self.query_one("#grant-summary", Static).update("\n".join(lines))
 
     @work(thread=True, exclusive=True, group="emergency-actions")
@@ -208,7 +210,8 @@ class GrantActionsScreen(CareModal):
         table.clear()
         for index, access in enumerate(self.rows):
             entry = access.entry
-            table.add_row(show_when(entry.created_at), entry.action, entry.entity_type, str(entry.entity_id)[:8],
+            table.add_row(show_time(entry.created_at), words(entry.action), words(entry.entity_type),
+                          str(entry.entity_id)[:8],
                           summarize_values(entry.old_values, entry.new_values), key=str(index))
 
     @on(DataTable.RowSelected, "#grant-actions")
@@ -276,7 +279,7 @@ a live grant ends then); **a** shows reviewed grants too.
     def on_mount(self) -> None:
         self.sub_title = "Emergency accesses"
         table = self.query_one("#emergency-table", DataTable)
-        for label in ("Granted (UTC)", "Who", "Member", "Until (UTC)", "State", "Actions"):
+        for label in (in_zone("Granted"), "Who", "Member", in_zone("Until"), "State", "Actions"):
             table.add_column(label)
         self.reload()
 
@@ -318,11 +321,17 @@ a live grant ends then); **a** shows reviewed grants too.
         table.clear()
         for entry in self.entries:
             grant = entry.grant
-            table.add_row(show_when(grant.granted_at), entry.who[:24], str(grant.member_id)[:8],
-                          show_when(grant.expires_at), grant_state(grant), str(grant.actions or 0),
+            table.add_row(show_time(grant.granted_at), entry.who[:24], str(grant.member_id)[:8],
+                          show_time(grant.expires_at), grant_state(grant), str(grant.actions or 0),
                           key=str(grant.id))
-        which = "emergency accesses" if self.include_reviewed else "emergency accesses waiting for review"
-        status.update(f"{len(self.entries)} {which}" if self.entries else f"No {which}.")
+        count = len(self.entries)
+        if not self.entries:
+            status.update("No emergency accesses." if self.include_reviewed
+                          else "No emergency accesses waiting for review.")
+        elif self.include_reviewed:
+            status.update(plural(count, "emergency access"))
+        else:
+            status.update(f"{plural(count, 'emergency access')} waiting for review")
         self.refresh_bindings()
 
     def selected(self) -> QueueEntry | None:

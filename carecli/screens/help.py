@@ -36,7 +36,7 @@ class HelpScreen(ModalScreen[None]):
 
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen VerticalScroll { width: 90%; max-width: 100; height: 90%; border: thick $primary;
+    HelpScreen VerticalScroll { width: 90%; max-width: 100; height: 90%; border: heavy $primary;
                                 background: $surface; padding: 0 1; }
     """
 

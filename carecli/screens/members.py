@@ -23,13 +23,15 @@ from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.records import Plan
 from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery, SortKey
 from carecli.screens.base import CareScreen, member_name
+from carecli.screens.formatting import show_phone, words
 from carecli.screens.live import DataChanged
 from carecli.screens.widgets import CareFooter
 
 PAGE_SIZE = 50
 #: typing pauses this long before a search is sent (keeps a fast typist from queueing queries)
 DEBOUNCE_SECONDS = 0.15
-SORTS = (("Name A→Z", "name"), ("Name Z→A", "name_desc"), ("Newest", "newest"), ("Oldest", "oldest"))
+#: newest / oldest: by when the member's record was added
+SORTS = (("Name A→Z", "name"), ("Name Z→A", "name_desc"), ("Newest added", "newest"), ("Oldest added", "oldest"))
 
 
 class PageLoaded(Message):
@@ -105,12 +107,16 @@ for large ones. **Enter** opens the member (an audited read of their record).
         Binding("escape", "back", "Back", id="members.back", tooltip="Back to the previous screen"),
     ]
 
+    # One line of compact fields (no tall borders): at 80 columns the search box keeps a usable width and
+    # the plan list fits the longest plan code (HDHP-PLATINUM-2026); wider terminals give the room to the search.
     DEFAULT_CSS = """
-    MemberBrowserScreen #member-filters { height: 3; }
-    MemberBrowserScreen #member-search { width: 1fr; }
-    MemberBrowserScreen #member-status { width: 20; }
-    MemberBrowserScreen #member-plan { width: 20; }
+    MemberBrowserScreen #member-filters { height: 1; margin: 0 0 1 0; }
+    MemberBrowserScreen #member-filters > * { margin: 0 0 0 1; }
+    MemberBrowserScreen #member-search { width: 1fr; min-width: 24; }
+    MemberBrowserScreen #member-status { width: 14; }
+    MemberBrowserScreen #member-plan { width: 21; }
     MemberBrowserScreen #member-sort { width: 16; }
+    MemberBrowserScreen #member-filters SelectOverlay { width: auto; min-width: 100%; }
     """
 
     def __init__(self, text: str = "") -> None:
@@ -136,10 +142,11 @@ for large ones. **Enter** opens the member (an audited read of their record).
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="member-filters"):
-            yield Input(self.initial_text, placeholder="Name, e-mail or phone…", id="member-search")
-            yield Select([(s.title(), s) for s in MEMBER_STATUSES], prompt="Any status", id="member-status")
-            yield Select([], prompt="Any plan", id="member-plan")
-            yield Select(SORTS, value="name", allow_blank=False, id="member-sort")
+            yield Input(self.initial_text, placeholder="Name, e-mail or phone…", id="member-search", compact=True)
+            yield Select([(words(s).capitalize(), s) for s in MEMBER_STATUSES], prompt="Any status",
+                         id="member-status", compact=True)
+            yield Select([], prompt="Any plan", id="member-plan", compact=True)
+            yield Select(SORTS, value="name", allow_blank=False, id="member-sort", compact=True)
         yield ResultsTable(id="member-results", cursor_type="row", zebra_stripes=True)
         yield Static("", id="member-status-line", classes="status-line")
         yield CareFooter()
@@ -246,7 +253,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
         for row in page.rows:
             self.rows.append(row.id)
             city = ", ".join(part for part in (row.city, row.state) if part)
-            table.add_row(member_name(row.first_name, row.last_name), row.status or "", row.phone or "",
+            table.add_row(member_name(row.first_name, row.last_name), words(row.status), show_phone(row.phone),
                           row.email or "", city, key=str(row.id))
         keep, self._keep_cursor = self._keep_cursor, None
         if keep is not None and keep in table.rows:

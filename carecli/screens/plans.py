@@ -19,11 +19,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import Checkbox, DataTable, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from carecli.data.records import Plan
 from carecli.screens.base import CareScreen
-from carecli.screens.widgets import CareFooter
+from carecli.screens.formatting import plural, show_date, words
+from carecli.screens.widgets import CareCheckbox, CareFooter
 
 #: words shown upper-case in coverage labels ("hsa_eligible" -> "HSA eligible")
 _ACRONYMS = frozenset({"hsa", "fsa", "hmo", "ppo", "epo", "pos", "hdhp", "er", "oop", "rx", "id", "pcp"})
@@ -120,8 +121,8 @@ def render_coverage(plan: Plan) -> RenderableType:
 
 
 def plan_period(plan: Plan) -> str:
-    start = plan.effective_date.isoformat() if plan.effective_date else "…"
-    end = plan.expiration_date.isoformat() if plan.expiration_date else "…"
+    start = show_date(plan.effective_date) if plan.effective_date else "…"
+    end = show_date(plan.expiration_date) if plan.expiration_date else "…"
     return f"{start}..{end}"
 
 
@@ -186,7 +187,7 @@ details of the highlighted plan are shown below the list.
         yield Header()
         with Horizontal(id="plans-bar"):
             yield Input(placeholder="Filter by plan code or name (ctrl+f)", id="plans-filter", compact=True)
-            yield Checkbox("Show inactive", False, id="plans-inactive", compact=True)
+            yield CareCheckbox("Show inactive", False, id="plans-inactive", compact=True)
         yield DataTable(id="plans-table", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="plan-detail"):
             yield Static(id="plan-coverage")
@@ -232,7 +233,7 @@ details of the highlighted plan are shown below the list.
 
     @property
     def show_inactive(self) -> bool:
-        return self.query_one("#plans-inactive", Checkbox).value
+        return self.query_one("#plans-inactive", CareCheckbox).value
 
     def visible_plans(self) -> list[Plan]:
         """The plans passing the filter and the inactive switch, by code."""
@@ -248,7 +249,7 @@ details of the highlighted plan are shown below the list.
         table.clear()
         for plan in self.shown:
             # Text(): a plan name is data, and a str cell would be parsed as markup
-            table.add_row(Text(plan.plan_code), Text(plan.plan_name), Text(plan.plan_type or "—"),
+            table.add_row(Text(plan.plan_code), Text(plan.plan_name), Text(words(plan.plan_type)),
                           money(plan.premium_amount),
                           money(plan.deductible_amount), money(plan.copay_amount),
                           "yes" if is_active(plan) else "no", plan_period(plan), key=str(plan.id))
@@ -263,7 +264,7 @@ details of the highlighted plan are shown below the list.
         if not self.plans:
             self.query_one("#plans-status", Static).update("The plan catalog is empty.")
             return
-        text = f"{len(self.shown)} of {len(self.plans)} plans"
+        text = f"{len(self.shown)} of {plural(len(self.plans), 'plan')}"
         if hidden:
             text += f" · {hidden} inactive hidden (i shows them)"
         if not self.shown and self.plans:
@@ -299,8 +300,8 @@ details of the highlighted plan are shown below the list.
     def _filter_submitted(self, event: Input.Submitted) -> None:
         self.query_one("#plans-table", DataTable).focus()
 
-    @on(Checkbox.Changed, "#plans-inactive")
-    def _inactive_changed(self, event: Checkbox.Changed) -> None:
+    @on(CareCheckbox.Changed, "#plans-inactive")
+    def _inactive_changed(self, event: CareCheckbox.Changed) -> None:
         self.refresh_rows()
 
     # -- actions --------------------------------------------------------------------
@@ -317,7 +318,7 @@ details of the highlighted plan are shown below the list.
             self.app.pop_screen()
 
     def action_toggle_inactive(self) -> None:
-        self.query_one("#plans-inactive", Checkbox).toggle()
+        self.query_one("#plans-inactive", CareCheckbox).toggle()
 
     def action_reload(self) -> None:
         self.query_one("#plans-status", Static).update("Loading the plan catalog…")

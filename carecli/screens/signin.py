@@ -20,6 +20,7 @@ from textual.widgets.option_list import Option
 
 from carecli.data.records import User
 from carecli.screens.base import Problem, describe
+from carecli.screens.formatting import plural
 from carecli.screens.widgets import CareFooter
 
 if TYPE_CHECKING:
@@ -216,7 +217,8 @@ class SignInScreen(Screen[None]):
             "[b]Sign in with your organisation[/b]\n\n"
             f"Open  [b]{authorization.verification_uri}[/b]\n"
             f"and enter the code  [b reverse] {authorization.user_code} [/b reverse]\n\n"
-            f"Waiting for your approval (the code is valid for {max(1, authorization.expires_in // 60)} minutes)…")
+            f"Waiting for your approval (the code is valid for "
+            f"{plural(max(1, authorization.expires_in // 60), 'minute')})…")
         link = authorization.verification_uri_complete or authorization.verification_uri
         qr = qr_code(link)
         box = self.query_one("#signin-qr-box")

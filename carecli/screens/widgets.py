@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from textual.widgets import Footer
+from textual.content import Content
+from textual.scrollbar import ScrollBarRender
+from textual.widgets import Checkbox, DataTable, Footer, Static
 
 
 def prune_dead_watchers(obj: Any) -> None:
@@ -31,3 +33,40 @@ class CareFooter(Footer):
     async def recompose(self) -> None:
         await super().recompose()
         prune_dead_watchers(self)
+
+
+class WholeCellScrollBarRender(ScrollBarRender):
+    """Scrollbars drawn in whole cells: no partial blocks (▂, ▎...) left at the thumb's ends.
+
+    Textual draws the ends of a scrollbar's thumb with eighth-block glyphs for a smoother
+    look; on many terminals and fonts those read as stray half blocks beside the tables.
+    With a single (blank) glyph the thumb starts and ends on whole cells.
+    """
+
+    VERTICAL_BARS: ClassVar[list[str]] = [" "]
+    HORIZONTAL_BARS: ClassVar[list[str]] = [" "]
+
+
+class CareCheckbox(Checkbox):
+    """A checkbox whose state reads without colour: ``[x] required`` / ``[ ] required``.
+
+    Textual's own draws the same ``X`` between half blocks either way and tells on from off
+    by colour alone (and its compact form takes a tall border, of half blocks, on focus).
+    """
+
+    DEFAULT_CSS = """
+    CareCheckbox.-textual-compact:focus { border: none !important; }
+    """
+
+    @property
+    def _button(self) -> Content:
+        style = self.get_visual_style("toggle--button")
+        return Content.assemble("[", ("x" if self.value else " ", style), "]")
+
+
+def show_empty(table: DataTable[Any], note: Static, text: str) -> None:
+    """Say ``text`` in ``note`` instead of an empty table's bare header (and nothing once it has rows)."""
+    empty = table.row_count == 0
+    note.update(text if empty else "")
+    note.display = empty
+    table.show_header = not empty

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from carecli.config import Settings
 from carecli.data import notify
@@ -177,11 +178,13 @@ class AuditFilter:
     until: datetime | None = None
 
 
-def local_day_bounds(now: datetime | None = None) -> tuple[date, datetime, datetime]:
-    """Today in the local time zone, and its start and end as naive UTC (how the database keeps time)."""
-    local = (now or datetime.now().astimezone()).astimezone()
-    start = datetime.combine(local.date(), time.min, tzinfo=local.tzinfo)
-    end = start + timedelta(days=1)
+def local_day_bounds(now: datetime | None = None, zone: str | None = None) -> tuple[date, datetime, datetime]:
+    """Today in the IANA zone ``zone`` (None: the system's local zone), and its start and end as naive UTC
+    (how the database keeps time)."""
+    tz = ZoneInfo(zone) if zone else None
+    local = (now or datetime.now(timezone.utc)).astimezone(tz)
+    start = datetime.combine(local.date(), time.min, tzinfo=local.tzinfo if tz is None else tz)
+    end = datetime.combine(local.date() + timedelta(days=1), time.min, tzinfo=start.tzinfo)
 
     def to_utc(moment: datetime) -> datetime:
         return moment.astimezone(timezone.utc).replace(tzinfo=None)
@@ -311,7 +314,7 @@ class Desk:
     # -- reads --------------------------------------------------------------------------
 
     def worklist(self, now: datetime | None = None) -> Worklist:
-        today, start, end = local_day_bounds(now)
+        today, start, end = local_day_bounds(now, self.settings.timezone)
         with self._read_uow() as uow:
             worklist = uow.worklist.build(today, start, end)
         self._specialist, self._specialist_loaded = worklist.specialist, True

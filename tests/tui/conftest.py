@@ -89,7 +89,9 @@ def tui(pg_server, seeded_template, tmp_path: Path, monkeypatch) -> Iterator[Tui
     identity = pg_server.create_database("identity", template=seeded_template.identity)
     platform = pg_server.create_database("platform", template=seeded_template.platform)
     env = {**pg_server.env_for(identity, platform), "CARECLI_MASTER_KEY": MASTER_KEY,
-           "CARECLI_CONFIG": str(tmp_path / "config.toml"), "CARECLI_THEME": THEME}
+           "CARECLI_CONFIG": str(tmp_path / "config.toml"), "CARECLI_THEME": THEME,
+           # times shown and typed in UTC whatever the machine's zone (tests of other zones set their own)
+           "CARECLI_TIMEZONE": "UTC"}
     (tmp_path / "config.toml").write_text("")
     settings = load_settings(env)
     databases = open_databases(settings)

@@ -284,7 +284,7 @@ async def test_each_audit_filter_narrows_like_sql(tui) -> None:
         await _apply(pilot, screen, lambda: setattr(entity, "value", "insurance_plan"))
         expected = _ids(tui, "entity_type = 'insurance_plan'", limit=PAGE_SIZE)
         assert _keys(table) == expected and 0 < len(expected)
-        assert set(_column(table, 3)) == {"insurance_plan"}
+        assert set(_column(table, 3)) == {"insurance plan"}  # entity types read as words
 
         await _apply(pilot, screen, lambda: setattr(action, "value", "update"))
         expected = _ids(tui, "entity_type = 'insurance_plan' AND action = 'update'")

@@ -58,6 +58,7 @@ async def test_break_the_glass_then_reveal_then_a_supervisor_reviews_it(tui) -> 
         assert [entry.grant.id for entry in queue.entries] == [grant_id]
         table = queue.query_one("#emergency-table", DataTable)
         assert [str(cell) for cell in table.get_row_at(0)][-2:] == ["live", "1"]
+        assert str(queue.query_one("#emergency-status").render()) == "1 emergency access waiting for review"
         assert SSN_SHOWN not in screen_text(queue)
 
         await pilot.press("enter")

@@ -319,7 +319,7 @@ async def test_the_header_shows_member_number_primary_plan_and_the_age_only_whil
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_member(pilot, known.id)
         text = header(screen)
-        assert "No. M-004417" in text and f"Plan {plan.plan_code}" in text and "active" in text
+        assert "No. M-004417" in text and f"Primary plan {plan.plan_code}" in text and "active" in text
         assert "age" not in text and DOB.isoformat() not in screen_text(screen)
         screen._show_revealed(desk.reveal(known.id, ["dob"], "checking the age"))
         t = today()
@@ -356,7 +356,7 @@ async def test_terminating_asks_for_a_reason_and_a_future_date_keeps_the_plan_ac
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.screen is screen
                        and screen._enrollments[str(enrollment.id)].enrollment.termination_date == end)
-        assert table_rows(screen, "enrollments-table")[0][1] == f"ends {end} · primary"
+        assert table_rows(screen, "enrollments-table")[0][1:3] == [f"ends {end}", "primary"]
     [row] = tui.rows("platform", "SELECT status, termination_date, notes FROM member_insurance_plans "
                      "WHERE id = :e", e=enrollment.id)
     assert (row.status, row.termination_date) == ("active", end)

@@ -411,8 +411,8 @@ async def test_a_supervisor_enrolls_makes_a_plan_primary_and_terminates_one(tui)
         await wait_for(pilot, lambda: app.screen is screen
                        and screen._enrollments[first_key].enrollment.status == "terminated")
         today = datetime.now(timezone.utc).date().isoformat()
-        assert sorted(row[1:5] for row in table_rows(screen, "enrollments-table")) == [
-            ["active · primary", today, "", "80%"], ["terminated", today, today, "80%"]]
+        assert sorted(row[1:6] for row in table_rows(screen, "enrollments-table")) == [
+            ["active", "primary", today, "", "80%"], ["terminated", "", today, today, "80%"]]
     rows = {row.insurance_plan_id: row for row in tui.rows(
         "platform", "SELECT * FROM member_insurance_plans WHERE member_id = :m", m=known.id)}
     assert rows[first].status == "terminated" and rows[first].termination_date is not None
