@@ -17,6 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import DataTable, Header, Input, Select, Static
 
 from carecli.data.models.enums import MEMBER_STATUSES
@@ -24,7 +25,7 @@ from carecli.data.records import Plan
 from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery, SortKey
 from carecli.screens.base import CareScreen, member_name
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareFooter, SearchBox
 
 PAGE_SIZE = 50
 #: typing pauses this long before a search is sent (keeps a fast typist from queueing queries)
@@ -61,6 +62,9 @@ class ResultsTable(DataTable[str]):
             super().__init__()
             self.forward = forward
 
+    class LeftTop(Message):
+        """Up on the first row: back to the search box."""
+
     def action_page_down(self) -> None:
         if self.row_count == 0 or self.cursor_row >= self.row_count - 1:
             self.post_message(self.EdgeReached(True))
@@ -79,6 +83,12 @@ class ResultsTable(DataTable[str]):
         else:
             super().action_cursor_down()
 
+    def action_cursor_up(self) -> None:
+        if self.cursor_row <= 0:
+            self.post_message(self.LeftTop())
+        else:
+            super().action_cursor_up()
+
 
 class MemberBrowserScreen(CareScreen):
     """Find members by name, e-mail or phone; Enter opens one."""
@@ -87,8 +97,9 @@ class MemberBrowserScreen(CareScreen):
 ## Members
 
 Type in the search box: a name or the start of one (`oka`, `ada oka`), an e-mail
-(`ada@`), or phone digits (`503 555`). Results follow your typing. Filter by
-status and plan, and choose the sort order.
+(`ada@`), or phone digits (`503 555`). Results follow your typing. **Down** (or
+**Enter**) goes from the box to the results, **Up** on the first result back to
+the box. **Tab** goes box → results → status, plan and sort filters.
 
 **PageDown** at the bottom of the list loads the next page, **PageUp** at the top
 the previous one; only one page is held at a time, so this stays fast on millions
@@ -113,6 +124,8 @@ for large ones. **Enter** opens the member (an audited read of their record).
     MemberBrowserScreen #member-sort { width: 16; }
     """
 
+    WORK_FOCUS = "#member-search"
+
     def __init__(self, text: str = "") -> None:
         super().__init__()
         self.initial_text = text
@@ -136,7 +149,8 @@ for large ones. **Enter** opens the member (an audited read of their record).
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="member-filters"):
-            yield Input(self.initial_text, placeholder="Name, e-mail or phone…", id="member-search")
+            yield SearchBox(self.initial_text, placeholder="Name, e-mail or phone… (↓ to the results)",
+                            id="member-search")
             yield Select([(s.title(), s) for s in MEMBER_STATUSES], prompt="Any status", id="member-status")
             yield Select([], prompt="Any plan", id="member-plan")
             yield Select(SORTS, value="name", allow_blank=False, id="member-sort")
@@ -149,6 +163,32 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.query_one("#member-search", Input).focus()
         self.load_plans()
         self.search(reset=True)
+
+    @property
+    def focus_chain(self) -> list[Widget]:
+        """Tab goes search box -> results -> filters (the filters sit beside the box, the results below)."""
+        chain = list(super().focus_chain)
+        results = self.query_one(ResultsTable)
+        search = self.query_one("#member-search", Input)
+        if results in chain and search in chain:
+            chain.remove(results)
+            chain.insert(chain.index(search) + 1, results)
+        return chain
+
+    @on(SearchBox.Leave, "#member-search")
+    def _down_from_search(self, event: SearchBox.Leave) -> None:
+        """Down or PgDn in the box: on to the first result (the search typed so far is sent first)."""
+        if self._debounce is not None:
+            self._debounce.stop()
+        if self.current_query() != self.query_state:
+            self.search(reset=True)
+        table = self.query_one(ResultsTable)
+        table.focus()
+        if table.row_count:
+            table.move_cursor(row=0)
+
+    def on_results_table_left_top(self, message: ResultsTable.LeftTop) -> None:
+        self.query_one("#member-search", Input).focus()
 
     # -- inputs ------------------------------------------------------------------------
 
