@@ -132,12 +132,14 @@ class ReviewDialog(FormModal):
 
 class QueueLoaded(Message):
     def __init__(self, generation: int, entries: Sequence[QueueEntry], problem: Problem | None = None,
-                 refused: bool = False) -> None:
+                 refused: bool = False, names: dict[uuid.UUID, str] | None = None) -> None:
         super().__init__()
         self.generation = generation
         self.entries = list(entries)
         self.problem = problem
         self.refused = refused
+        #: member id -> "Last, First" (empty without members:read: the ids are shown)
+        self.names = names or {}
 
 
 class GrantActionsLoaded(Message):
@@ -159,11 +161,14 @@ class GrantActionsScreen(CareModal):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Close", id="emergency_grant.close", tooltip="Back to the review queue"),
+        Binding("m", "open_member", "Open member", id="emergency_grant.open_member",
+                tooltip="Open the member this access was for (the open is audited)"),
     ]
 
-    def __init__(self, entry: QueueEntry) -> None:
+    def __init__(self, entry: QueueEntry, member_label: str = "") -> None:
         super().__init__()
         self.entry = entry
+        self.member_label = member_label
         self.rows: list[AccessEntry] = []
 
     def compose(self) -> ComposeResult:
@@ -186,7 +191,8 @@ class GrantActionsScreen(CareModal):
 
     def _summarize(self) -> None:
         grant = self.entry.grant
-        lines = [f"{self.entry.who} on member {grant.member_id}",
+        member = f"{self.member_label} ({grant.member_id})" if self.member_label else str(grant.member_id)
+        lines = [f"{self.entry.who} on member {member}",
                  f"{show_when(grant.granted_at)} to {show_when(grant.expires_at)} UTC ({grant.minutes} min)",
                  f"Reason: {grant.reason}"]
         if grant.reviewed:
@@ -220,6 +226,15 @@ class GrantActionsScreen(CareModal):
     def action_close(self) -> None:
         self.dismiss(None)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "open_member":
+            desk = self.care.desk
+            return desk is not None and desk.can(Permission.MEMBERS_READ)
+        return True
+
+    def action_open_member(self) -> None:
+        self.care.open_member(self.entry.grant.member_id)
+
     def clear_phi(self) -> None:
         # The reason is free text (it may name the member's condition): gone while locked.
         self.query_one("#grant-summary", Static).update("")
@@ -242,14 +257,17 @@ class EmergencyQueueScreen(CareScreen):
 
 Break-the-glass grants: a user without `phi:reveal` got time-boxed access to
 one member's SSN and date of birth. Each row shows who, which member, when,
-and how many audit rows they wrote on that member meanwhile. **Enter** lists
-those rows; **v** marks the grant reviewed with a note (`emergency:review`;
-a live grant ends then); **a** shows reviewed grants too.
+and how many audit rows they wrote on that member meanwhile. **Enter** opens
+the member (an audited read); **d** shows the grant (reason included) and
+every row done under it; **v** marks the grant reviewed with a note
+(`emergency:review`; a live grant ends then); **a** shows reviewed grants too.
 """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "details", "Actions", id="emergency.details",
-                tooltip="The grant and every audit row done under it"),
+        Binding("o", "open_member", "Open member", id="emergency.open_member",
+                tooltip="Open the member of the selected grant (Enter does too; the open is audited)"),
+        Binding("d", "details", "Details", id="emergency.details",
+                tooltip="The grant (reason included) and every audit row done under it"),
         Binding("v", "review", "Mark reviewed", id="emergency.review",
                 tooltip="Mark the selected grant reviewed, with a note (emergency:review)"),
         Binding("a", "toggle_all", "All / unreviewed", id="emergency.all", tooltip="Show reviewed grants too"),
@@ -257,11 +275,13 @@ a live grant ends then); **a** shows reviewed grants too.
         Binding("escape", "back", "Back", id="emergency.back", tooltip="Back to the previous screen"),
     ]
 
-    AUTO_FOCUS = "#emergency-table"
+    WORK_FOCUS = "#emergency-table"
 
     def __init__(self) -> None:
         super().__init__()
         self.entries: list[QueueEntry] = []
+        #: member id -> "Last, First", from the last load
+        self.names: dict[uuid.UUID, str] = {}
         self.include_reviewed = False
         self.generation = 0
         self.refused = False
@@ -294,7 +314,11 @@ a live grant ends then); **a** shows reviewed grants too.
         except Exception as exc:
             self.post_message(QueueLoaded(generation, [], describe(exc)))
             return
-        self.post_message(QueueLoaded(generation, entries))
+        try:
+            names = self.desk.member_labels(entry.grant.member_id for entry in entries)
+        except Exception:  # names are a help: ids are shown without them
+            names = {}
+        self.post_message(QueueLoaded(generation, entries, names=names))
 
     def on_queue_loaded(self, message: QueueLoaded) -> None:
         if message.generation != self.generation:
@@ -310,15 +334,18 @@ a live grant ends then); **a** shows reviewed grants too.
             self.refused = True
             self.refresh_bindings()
             status.update("Emergency accesses: not shown")
+            self.ensure_focus()
             return
         if message.problem is not None:
             status.update(f"Could not read the emergency accesses: {message.problem}")
             return
         self.entries = message.entries
+        self.names = message.names
         table.clear()
         for entry in self.entries:
             grant = entry.grant
-            table.add_row(show_when(grant.granted_at), entry.who[:24], str(grant.member_id)[:8],
+            member = self.names.get(grant.member_id) or str(grant.member_id)[:8]
+            table.add_row(show_when(grant.granted_at), entry.who[:24], member[:30],
                           show_when(grant.expires_at), grant_state(grant), str(grant.actions or 0),
                           key=str(grant.id))
         which = "emergency accesses" if self.include_reviewed else "emergency accesses waiting for review"
@@ -333,8 +360,11 @@ a live grant ends then); **a** shows reviewed grants too.
         return self.entries[row]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("details", "review", "toggle_all") and self.refused:
+        if action in ("details", "review", "toggle_all", "open_member") and self.refused:
             return False
+        if action == "open_member":
+            desk = self.care.desk
+            return desk is not None and desk.can(Permission.MEMBERS_READ)
         if action == "review":
             desk = self.care.desk
             return desk is not None and desk.can(Permission.EMERGENCY_REVIEW)
@@ -343,12 +373,21 @@ a live grant ends then); **a** shows reviewed grants too.
     def action_details(self) -> None:
         entry = self.selected()
         if entry is not None:
-            self.app.push_screen(GrantActionsScreen(entry))
+            self.app.push_screen(GrantActionsScreen(entry, self.names.get(entry.grant.member_id, "")))
+
+    def action_open_member(self) -> None:
+        entry = self.selected()
+        if entry is not None:
+            self.care.open_member(entry.grant.member_id)
 
     @on(DataTable.RowSelected, "#emergency-table")
     def _row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter: the member (without members:read, the grant's details instead)."""
         event.stop()
-        self.action_details()
+        if self.check_action("open_member", ()):
+            self.action_open_member()
+        else:
+            self.action_details()
 
     def action_review(self) -> None:
         entry = self.selected()
@@ -381,6 +420,7 @@ a live grant ends then); **a** shows reviewed grants too.
         # Member ids and staff names only, but nothing stays on screen under the lock.
         self.query_one("#emergency-table", DataTable).clear()
         self.entries = []
+        self.names = {}
 
     def restore_after_unlock(self) -> None:
         self.reload()

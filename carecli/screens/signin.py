@@ -96,6 +96,8 @@ class SignInScreen(Screen[None]):
         self.locked_user = locked_user
         self.method: str | None = None
         self.busy = False
+        #: the last attempt failed: F5 (and Enter) start again; otherwise there is nothing to retry
+        self.failed = False
 
     @property
     def care(self) -> CareApp:
@@ -128,6 +130,7 @@ class SignInScreen(Screen[None]):
 
     def start(self) -> None:
         self.busy = True
+        self.failed = False
         self.refresh_bindings()
         self.query_one("#signin-error", Static).update("")
         self.query_one("#signin-loading").display = True
@@ -230,6 +233,7 @@ class SignInScreen(Screen[None]):
 
     def on_sign_in_failed(self, message: SignInFailed) -> None:
         self.busy = False
+        self.failed = True
         self.refresh_bindings()
         self.query_one("#signin-loading").display = False
         self.query_one("#signin-qr-box").display = False
@@ -242,5 +246,7 @@ class SignInScreen(Screen[None]):
         self.care.signed_in(message.desk)
 
     def check_action(self, action: str, parameters: tuple[Any, ...]) -> bool | None:
-        # "Retry" only when there is something to retry.
-        return not self.busy if action == "retry" else True
+        # "Retry" only when there is something to retry: a failed attempt, nothing under way, no list to pick from.
+        if action == "retry":
+            return self.failed and not self.busy and not self.query_one("#signin-users", OptionList).display
+        return True

@@ -594,6 +594,14 @@ class Desk:
         """Emergency accesses waiting for review (emergency:review or audit:read)."""
         return self._emergency().queue(include_reviewed=include_reviewed)
 
+    def member_labels(self, member_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """"Last, First" of each member (names only, as lists show them: not an audited open); {} without
+        ``members:read`` (a caller then shows ids)."""
+        if not self.can(Permission.MEMBERS_READ):
+            return {}
+        with self._read_uow() as uow:
+            return {member_id: uow.members.display_name(member_id) for member_id in dict.fromkeys(member_ids)}
+
     def emergency_actions(self, grant_id: uuid.UUID) -> list[AccessEntry]:
         """The audit rows done under an emergency grant, oldest first, with names."""
         return self._named(self._emergency().actions(grant_id))
