@@ -335,7 +335,7 @@ class FormModal(CareModal):
             for name, message in errors.items():
                 self.show_field_error(name, message)
             self.set_status("Please correct the marked fields.", error=True)
-            self._focus_field(next(iter(errors)))
+            self._focus_first_error()
             return
         self._set_saving(True)
         self._save_in_background(values)
@@ -431,6 +431,12 @@ class FormModal(CareModal):
         for column, words in FIELD_WORDS.items():
             message = re.sub(rf"\b{column}\b", words, message)
         return dataclasses.replace(problem, message=message)
+
+    def _focus_first_error(self) -> None:
+        """The cursor to the first marked field as the form shows them (top to bottom)."""
+        shown = list(self.field_errors())
+        if shown:
+            self._focus_field(shown[0])
 
     def _focus_field(self, name: str) -> None:
         matches = self.query(f"#field-{name}")

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from carecli.data.repositories.members import RevealedPhi
     from carecli.data.repositories.risk_flags import FlagResolution
     from carecli.services.emergency import EmergencyAccess, QueueEntry
-    from carecli.services.users import UserSummary
+    from carecli.services.users import StatusChange, UserSummary
 
 #: metadata keys shown as a member's notes (everything else in metadata is a system fact)
 NOTE_PREFIX = "note"
@@ -421,6 +421,27 @@ class Desk:
         from carecli.services.users import list_roles
 
         return list_roles(self.databases, self.actor)
+
+    # The users:admin steps of `carecli users`, through the same service (permission check and audit there).
+
+    def add_user(self, *, email: str, external_id: str, role: str, first_name: str | None = None,
+                 last_name: str | None = None) -> UserSummary:
+        from carecli.services.users import add_user
+
+        return add_user(self.databases, self.actor, email=email, external_id=external_id, role=role,
+                        first_name=first_name, last_name=last_name)
+
+    def set_user_role(self, user_id: uuid.UUID, role: str) -> tuple[UserSummary, bool]:
+        from carecli.services.users import set_role
+
+        return set_role(self.databases, self.actor, str(user_id), role)
+
+    def set_user_active(self, user_id: uuid.UUID, active: bool) -> StatusChange:
+        """Reactivate, or deactivate (sessions and tokens revoked at once), as ``carecli users`` does."""
+        from carecli.services.users import deactivate_user, reactivate_user
+
+        change = reactivate_user if active else deactivate_user
+        return change(self.databases, self.actor, str(user_id))
 
     def audit(self, filters: AuditFilter, *, before: tuple[datetime, uuid.UUID] | None = None,
               limit: int = 100) -> list[AccessEntry]:
