@@ -311,7 +311,8 @@ Roles are changed with `carecli roles`.
             self.users = []
             self.refresh_bindings()
             self.set_status("Users: not shown · Roles: r")
-            self.ensure_focus()
+            if self.is_current and self.focused in (None, table):
+                self.action_show_tab("roles-tab")  # the keys go where there is something to read
             return
         refused.display = False
         table.display = True
@@ -688,7 +689,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
     ]
 
     #: the rows, not the first filter, get the keys when the screen opens
-    AUTO_FOCUS = "#audit-table"
+    WORK_FOCUS = "#audit-table"
     page_size: int = PAGE_SIZE
 
     def __init__(self) -> None:
@@ -807,6 +808,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
             self.refused = True
             self.refresh_bindings()
             self.set_status("Audit log: not shown")
+            self.ensure_focus()
             return
         if message.problem is not None:
             if not message.append:

@@ -145,6 +145,8 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self._keep_cursor: str | None = None
         #: changed while covered: reload when shown again
         self._stale = False
+        #: Esc was pressed once with a search typed: the next Esc leaves
+        self._leave_armed = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -333,8 +335,20 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.search(reset=True)
 
     def action_back(self) -> None:
+        """Back to the previous screen; with text typed in the search box, only at a second Esc (as forms do)."""
+        typed = self.query_one("#member-search", Input).value.strip()
+        if typed and not self._leave_armed:
+            self._leave_armed = True
+            self.query_one("#member-status-line", Static).update(
+                "Press Esc again to leave the member search (what you typed is dropped).")
+            return
         if len(self.app.screen_stack) > 1:
             self.app.pop_screen()
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key != "escape" and self._leave_armed:
+            self._leave_armed = False
+            self.show_status()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value:

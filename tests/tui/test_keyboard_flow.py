@@ -112,3 +112,130 @@ async def test_the_admin_keys_are_not_offered_without_users_admin(tui) -> None:
         await pilot.press("a")
         await pilot.pause()
         assert app.screen is screen
+
+
+# -- focus after every navigation key -------------------------------------------------------------
+
+#: what each F-key opens, and the widget where work starts there
+WORK_WIDGETS: dict[str, tuple[type, str]] = {
+    "f2": (WorklistScreen, "#table-today"),  # an admin has no worklist: the first tab, empty
+    "f3": (MemberBrowserScreen, "#member-search"),
+    "f4": (PlansScreen, "#plans-filter"),
+    "f6": (AuditScreen, "#audit-table"),
+    "f7": (UsersScreen, "#users-table"),
+    "f8": (EmergencyQueueScreen, "#emergency-table"),
+}
+
+
+@pytest.mark.parametrize("keys", [
+    ("f3", "f2"), ("f4", "f2"), ("f6", "f2"), ("f7", "f2"), ("f8", "f2"),
+    ("f3", "f4", "f6", "f7", "f8", "f3", "f2"),
+    ("f8", "f7", "f6", "f4", "f3", "f4", "f6", "f2"),
+], ids="-".join)
+async def test_every_navigation_key_lands_the_focus_where_work_starts(tui, keys: tuple[str, ...]) -> None:
+    app = tui.app(tui.sign_in("admin"))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        for key in keys:
+            await pilot.press(key)
+            screen_class, selector = WORK_WIDGETS[key]
+            screen = await _settled(pilot, screen_class)
+            work = screen.query_one(selector)
+            await wait_for(pilot, lambda: app.focused is work, what=f"{key}: the focus on {selector}")
+
+
+async def test_down_and_enter_act_at_once_after_f3_then_f2(tui) -> None:
+    app = tui.app(tui.sign_in("specialist"))
+    async with app.run_test(size=SIZE) as pilot:
+        worklist = await _worklist(pilot)
+        table = await wait_for(pilot, lambda: isinstance(app.focused, DataTable) and app.focused.row_count > 1
+                               and app.focused, what="a worklist table with rows, focused")
+        await pilot.press("f3")
+        await _settled(pilot, MemberBrowserScreen)
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: app.screen is worklist and app.focused is table, what="the table again")
+        row = table.cursor_row
+        await pilot.press("down")
+        assert table.cursor_row == row + 1  # no Tab needed
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is not worklist, what="Enter opened the row")
+
+
+async def test_a_refused_screen_leaves_the_focus_on_something_that_works(tui) -> None:
+    app = tui.app(tui.sign_in("supervisor"))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        await pilot.press("f7")
+        screen = await _settled(pilot, UsersScreen)
+        roles = screen.query_one("#roles-table", DataTable)
+        await wait_for(pilot, lambda: app.focused is roles and roles.row_count > 1, what="the roles, focused")
+        await pilot.press("down")
+        assert roles.cursor_row == 1
+
+
+async def test_the_focus_comes_back_to_work_after_a_form_and_after_an_unlock(tui) -> None:
+    desk = tui.sign_in("specialist")
+    app = tui.app(desk)
+    async with app.run_test(size=SIZE) as pilot:
+        await _worklist(pilot)
+        await pilot.press("f3")
+        browser = await _settled(pilot, MemberBrowserScreen)
+        await wait_for(pilot, lambda: browser.rows, what="results")
+        await pilot.press("down")
+        results = browser.query_one("#member-results", DataTable)
+        assert app.focused is results
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is browser and app.focused is results, what="back on the results")
+        app.lock("Locked.")
+        signin = await wait_for(pilot, lambda: isinstance(app.screen, SignInScreen) and app.screen)
+        await signin.workers.wait_for_complete()
+        app.signed_in(tui.sign_in("specialist"))
+        await wait_for(pilot, lambda: app.screen is browser and browser.rows, what="unlocked")
+        await pilot.pause(0.05)
+        assert app.focused is results
+
+
+# -- member search: down into the results, up back to the box ------------------------------------
+
+
+async def test_down_from_the_search_box_goes_into_the_results_and_up_comes_back(tui) -> None:
+    app = tui.app(tui.sign_in("specialist"))
+    async with app.run_test(size=SIZE) as pilot:
+        await _worklist(pilot)
+        await pilot.press("f3")
+        browser = await _settled(pilot, MemberBrowserScreen)
+        box = browser.query_one("#member-search", Input)
+        results = browser.query_one("#member-results", DataTable)
+        assert app.focused is box
+        await pilot.press(*"a")
+        await wait_for(pilot, lambda: browser.query_state.text == "a" and browser.rows, what="results for 'a'")
+        await pilot.press("down")
+        assert app.focused is results and results.cursor_row == 0
+        await pilot.press("down")
+        assert results.cursor_row == 1
+        await pilot.press("up", "up")
+        assert app.focused is box and box.value == "a"
+        await pilot.press("pagedown")
+        assert app.focused is results
+        await pilot.press("enter")
+        member = await wait_for(pilot, lambda: isinstance(app.screen, MemberDetailScreen) and app.screen)
+        assert member.member_id == browser.rows[0]
+
+        # Tab goes box -> results -> the filters, on purpose.
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is browser)
+        box.focus()
+        await pilot.press("tab")
+        assert app.focused is results
+        await pilot.press("tab")
+        assert app.focused is browser.query_one("#member-status")
+
+        # Esc with a search typed asks for a second Esc before leaving.
+        box.focus()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is browser and "Esc again" in screen_text(browser)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
