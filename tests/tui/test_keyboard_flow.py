@@ -9,7 +9,6 @@ import pytest
 from textual.widgets import DataTable, Input, Select
 
 from carecli.screens.admin import AddUserForm, AuditScreen, RoleForm, UsersScreen
-from carecli.screens.app import CareApp
 from carecli.screens.confirm import ConfirmDialog
 from carecli.screens.emergency import EmergencyQueueScreen
 from carecli.screens.forms import FormModal
@@ -239,3 +238,142 @@ async def test_down_from_the_search_box_goes_into_the_results_and_up_comes_back(
         assert app.screen is browser and "Esc again" in screen_text(browser)
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+
+
+# -- Esc over a draft, in every form ----------------------------------------------------------------
+
+
+def _form_classes() -> list[type]:
+    import carecli.screens.admin
+    import carecli.screens.call_forms
+    import carecli.screens.emergency
+    import carecli.screens.flag_forms
+    import carecli.screens.member_forms  # noqa: F401 - every module that defines forms
+
+    found, todo = [], [FormModal]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.append(sub)
+            todo.append(sub)
+    return found
+
+
+def test_no_form_has_its_own_esc() -> None:
+    """Every form closes through FormModal's action_cancel: with typed changes, only at the second Esc."""
+    forms = _form_classes()
+    assert len(forms) >= 15
+    for form in forms:
+        assert form.action_cancel is FormModal.action_cancel, form
+        escapes = [b for b in form.BINDINGS if isinstance(b, tuple) is False and "escape" in b.key.split(",")]
+        assert all(b.action == "cancel" for b in escapes), form
+
+
+@pytest.mark.parametrize("key", ["c", "s", "e", "n", "u", "r"])
+async def test_esc_on_a_member_form_with_a_draft_asks_first(tui, key: str) -> None:
+    from tests.tui.test_member_screens import make_member, open_member
+
+    known = make_member(tui)
+    app = tui.app(tui.sign_in("supervisor"))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press(key)
+        form = await wait_for(pilot, lambda: isinstance(app.screen, FormModal) and app.screen, what=key)
+        await pilot.pause(0.05)
+        await pilot.press("escape")  # nothing typed: closes at once
+        await wait_for(pilot, lambda: app.screen is screen, what="closed without a draft")
+        await pilot.press(key)
+        form = await wait_for(pilot, lambda: isinstance(app.screen, FormModal) and app.screen, what=key)
+        await pilot.pause(0.05)
+        box = next(widget for widget in form.query("Input, TextArea") if widget.id and widget.id.startswith("field-"))
+        box.focus()
+        await pilot.press(*"xyz")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is form and "press Esc again" in screen_text(form)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="dropped at the second Esc")
+        assert app.focused is not None and app.focused.screen is screen
+
+
+# -- sign out, help, sign-in keys --------------------------------------------------------------------
+
+
+async def test_sign_out_ends_the_session_clears_the_screens_and_shows_the_sign_in(tui) -> None:
+    desk = tui.sign_in("specialist")
+    session_id = tui.scalar("identity", "SELECT id FROM sessions WHERE user_id = :u AND deleted_at IS NULL",
+                            u=desk.user_id)
+    app = tui.app(desk)
+    async with app.run_test(size=SIZE) as pilot:
+        worklist = await _worklist(pilot)
+        await pilot.press("f3")
+        browser = await _settled(pilot, MemberBrowserScreen)
+        await wait_for(pilot, lambda: browser.rows, what="results")
+        shown = screen_text(browser)
+        await pilot.press("ctrl+o")
+        confirm = await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog) and app.screen)
+        assert "Sign out" in confirm.question
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.screen is browser)
+        assert app.desk is desk
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot.press("y")
+        signin = await wait_for(pilot, lambda: isinstance(app.screen, SignInScreen) and app.screen, what="sign-in")
+        assert app.desk is None and not app.locked
+        assert browser.rows == [] and not worklist.items  # cleared before they went
+        assert [s for s in app.screen_stack if isinstance(s, (WorklistScreen, MemberBrowserScreen))] == []
+        assert "Signed out." in screen_text(signin)
+        assert not any(name in screen_text(signin) for name in shown.splitlines()[:3] if name.strip())
+        await pilot.press("f2")  # navigation needs someone signed in
+        await pilot.pause()
+        assert app.screen is signin
+    assert tui.store.load(strict=False) is None  # forgotten on this machine
+    assert tui.scalar("identity", "SELECT deleted_at IS NOT NULL FROM sessions WHERE id = :s", s=session_id)
+    assert tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE entity_type = 'session' "
+                      "AND action = 'revoke' AND entity_id = :s", s=session_id) == 1
+
+
+async def test_help_lists_every_key_once_with_its_id_and_the_member_tabs(tui) -> None:
+    from tests.tui.test_member_screens import make_member, open_member
+
+    known = make_member(tui)
+    app = tui.app(tui.sign_in("supervisor"))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_member(pilot, known.id)
+        await pilot.press("f1")
+        help_screen = await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen)
+        text = help_screen.text()
+        rows = [line for line in text.splitlines() if line.startswith("| ")]
+        assert "``" not in text
+        assert len(rows) == len(set(rows))
+        ids = [row.split("|")[3].strip() for row in help_screen.key_table().splitlines()[4:]]
+        assert len(ids) == len(set(ids))
+        for number, tab in (("1", "Calls"), ("2", "Flags"), ("3", "Enrollments"), ("4", "Notes")):
+            assert f"| {number} | {tab} |" in text
+        assert "F8" in text and "emergency accesses" in text
+        assert "ctrl+o" in text and "sign out" in text
+
+
+async def test_sign_in_offers_retry_only_after_a_failure(tui) -> None:
+    from carecli.data.actor import Actor
+    from carecli.data.repositories.identity import IdentityUnitOfWork
+    from carecli.screens.signin import UsersListed
+
+    def offered() -> bool:
+        return "Retry" in [active.binding.description for active in app.active_bindings.values()]
+
+    app = tui.app()  # no identity provider configured, and not the embedded demo database: sign-in fails
+    async with app.run_test(size=SIZE) as pilot:
+        signin = await wait_for(pilot, lambda: isinstance(app.screen, SignInScreen) and app.screen)
+        await wait_for(pilot, lambda: signin.failed and not signin.busy, what="the failure")
+        assert signin.check_action("retry", ()) is True and offered()
+        # A list of people to pick from (the demo picker): nothing to retry, so no "f5 Retry" in the footer.
+        with IdentityUnitOfWork(tui.databases.identity, tui.databases.platform, Actor.system("tui")) as uow:
+            user = uow.users.to_record(tui.user("specialist"))
+        signin.start = lambda: None  # type: ignore[method-assign]  # keep this screen's state for the check
+        signin.failed = False
+        signin.post_message(UsersListed([user], {}))
+        await wait_for(pilot, lambda: signin.query_one("#signin-users").display, what="the list")
+        app.refresh_bindings()
+        await pilot.pause()
+        assert signin.check_action("retry", ()) is False and not offered()
