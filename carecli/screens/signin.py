@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from rich.text import Text
 from textual import work
+from textual.worker import get_current_worker
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -69,6 +70,16 @@ class SignInFailed(Message):
     def __init__(self, problem: Problem) -> None:
         super().__init__()
         self.problem = problem
+
+
+class SignInAbandoned(Exception):
+    """The app quit (or left this screen) while the device code was still waiting for approval."""
+
+
+def _stop_if_abandoned(_outcome: str) -> None:
+    """Between two polls of the identity provider: end the wait once its worker is cancelled (ctrl+q)."""
+    if get_current_worker().is_cancelled:
+        raise SignInAbandoned
 
 
 class SignInScreen(Screen[None]):
@@ -206,8 +217,11 @@ class SignInScreen(Screen[None]):
         try:
             assert app.databases is not None
             login(app.settings, app.databases, channel="tui", store=app.store, environ=app.environ,
-                  show=lambda authorization: self.post_message(DeviceCodeShown(authorization)))
+                  show=lambda authorization: self.post_message(DeviceCodeShown(authorization)),
+                  on_poll=_stop_if_abandoned)  # ctrl+q does not wait for the device code to expire
             desk = Desk.resume(app.settings, app.databases, store=app.store)
+        except SignInAbandoned:
+            return
         except Exception as exc:
             self.post_message(SignInFailed(describe(exc)))
             return
