@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from rich.text import Text
 from textual import work
-from textual.worker import get_current_worker
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -18,6 +17,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Header, LoadingIndicator, OptionList, Static
 from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
 
 from carecli.data.records import User
 from carecli.screens.base import Problem, describe
