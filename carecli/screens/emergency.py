@@ -100,16 +100,23 @@ class ReviewDialog(FormModal):
     SAVE_LABEL = "Mark reviewed"
     SUBMIT_ON_ENTER = True
 
-    def __init__(self, entry: QueueEntry) -> None:
+    def __init__(self, entry: QueueEntry, member_label: str = "") -> None:
         super().__init__()
         self.entry = entry
+        self.member_label = member_label
 
-    def compose_fields(self) -> Iterable[Widget]:
+    def _about(self) -> str:
         grant = self.entry.grant
         ends = " It is still live: reviewing ends it now." if grant.live else ""
-        yield Static(f"{self.entry.who}, member {str(grant.member_id)[:8]}, {show_when(grant.granted_at)} to "
-                     f"{show_when(grant.expires_at)} UTC, {grant.actions or 0} actions.{ends}",
-                     classes="read-only", markup=False)
+        member = self.member_label or str(grant.member_id)[:8]
+        return (f"{self.entry.who}, member {member}, {show_when(grant.granted_at)} to "
+                f"{show_when(grant.expires_at)} UTC, {grant.actions or 0} actions.{ends}")
+
+    def refill_read_only(self) -> None:
+        self.query_one("#review-about", Static).update(self._about())
+
+    def compose_fields(self) -> Iterable[Widget]:
+        yield Static(self._about(), id="review-about", classes="read-only", markup=False)
         yield self.field("note", f"Review note (at least {MIN_NOTE_LENGTH} characters)",
                          Input(placeholder="e.g. confirmed with the caller's case file", max_length=500,
                                compact=True))
@@ -397,7 +404,7 @@ every row done under it; **v** marks the grant reviewed with a note
         if entry.grant.reviewed:
             self.notify("This emergency access was reviewed already.", severity="warning")
             return
-        self.app.push_screen(ReviewDialog(entry), self._after_review)
+        self.app.push_screen(ReviewDialog(entry, self.names.get(entry.grant.member_id, "")), self._after_review)
 
     def _after_review(self, grant: EmergencyGrant | None) -> None:
         if grant is None:

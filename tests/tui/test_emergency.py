@@ -85,6 +85,7 @@ async def test_break_the_glass_then_reveal_then_a_supervisor_reviews_it(tui) -> 
 
         await pilot.press("v")
         review = await wait_for(pilot, lambda: isinstance(app.screen, ReviewDialog) and app.screen)
+        assert f"member {name.last_name}, {name.first_name}" in screen_text(review)
         set_input(review, "note", "confirmed with the crisis line log")
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.screen is queue and not queue.entries and queue.generation >= 2,
