@@ -160,6 +160,24 @@ async def test_down_and_enter_act_at_once_after_f3_then_f2(tui) -> None:
         await wait_for(pilot, lambda: app.screen is not worklist, what="Enter opened the row")
 
 
+async def test_the_worklist_table_has_the_keys_even_before_or_without_its_data(tui, monkeypatch) -> None:
+    """Textual's own auto focus took the first focusable widget, the tab bar, where up/down/Enter do nothing
+    until the data came (and never, when it did not): the table has the focus from the start."""
+    from sqlalchemy.exc import OperationalError
+
+    desk = tui.sign_in("specialist")
+
+    def database_down(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("SELECT ...", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(desk, "worklist", database_down)
+    app = tui.app(desk)
+    async with app.run_test(size=SIZE) as pilot:
+        worklist = await _settled(pilot, WorklistScreen)
+        await wait_for(pilot, lambda: app._notifications, what="the failure reported")
+        assert app.focused is worklist.query_one("#table-today", DataTable)
+
+
 async def test_a_refused_screen_leaves_the_focus_on_something_that_works(tui) -> None:
     app = tui.app(tui.sign_in("supervisor"))
     async with app.run_test(size=SIZE) as pilot:
