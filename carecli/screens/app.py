@@ -75,6 +75,14 @@ class Connected(Message):
         self.problem = problem
 
 
+class SignedOut(Message):
+    """The session was ended on the server (or could not be: ``problem``)."""
+
+    def __init__(self, problem: Problem | None = None) -> None:
+        super().__init__()
+        self.problem = problem
+
+
 class ConnectFailed(Message):
     def __init__(self, problem: Problem) -> None:
         super().__init__()
@@ -140,6 +148,8 @@ class CareApp(App[None]):
         Binding("f8", "go('emergencies')", "Emergencies", show=False, id="app.emergencies",
                 tooltip="Emergency accesses to review (emergency:review)"),
         Binding("ctrl+l", "lock", "Lock", id="app.lock", tooltip="Lock the screen now"),
+        Binding("ctrl+o", "sign_out", "Sign out", show=False, id="app.sign_out",
+                tooltip="End your session (as carecli logout does) and go back to the sign-in screen"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
     ]
 
@@ -318,6 +328,60 @@ class CareApp(App[None]):
     def action_lock(self, reason: str = "Locked.") -> None:
         self.lock(reason)
 
+    def action_sign_out(self) -> None:
+        """Ask, then end the session (drafts in open forms are dropped) and go back to the sign-in screen."""
+        if self.desk is None or self.locked:
+            return
+        from carecli.screens.confirm import ConfirmDialog
+        from carecli.screens.forms import FormModal
+
+        if any(isinstance(screen, ConfirmDialog) for screen in self.screen_stack):
+            return
+        drafts = any(isinstance(screen, FormModal) and screen.has_changes() for screen in self.screen_stack)
+        question = (f"Sign out {self.desk.display_name}? Your session ends here and everything on screen is "
+                    "cleared" + ("; what you typed in the open form is dropped." if drafts else "."))
+        self.push_screen(ConfirmDialog(question, yes="Sign out"),
+                         lambda yes: self.end_session() if yes else None)
+
+    def end_session(self) -> None:
+        """End the session the way ``carecli logout`` does (revoked on the server, audited, forgotten here)."""
+        if self.desk is None or self.locked:
+            return
+        self._end_session_in_background(self.desk)
+
+    @work(thread=True, exclusive=True, group="session")
+    def _end_session_in_background(self, desk: Desk) -> None:
+        try:
+            desk.sign_out()
+        except Exception as exc:
+            self.post_message(SignedOut(describe(exc)))
+            return
+        self.post_message(SignedOut())
+
+    def on_signed_out(self, message: SignedOut) -> None:
+        if message.problem is not None and not message.problem.auth:
+            # Still signed in (the server did not hear of it): say so, change nothing.
+            self.show_problem("sign out", message.problem)
+            return
+        for screen in self.screen_stack:
+            if isinstance(screen, PhiHolder):
+                screen.clear_phi()
+        self.clear_notifications()
+        self.stop_live_updates()
+        self.desk = None
+        self.locked = False
+        self.sub_title = f"v{__version__}"
+        self.refresh_bindings()
+        if self.single_session:
+            self.exit(return_code=EXIT_OK, message="carecli: signed out.")
+            return
+        from carecli.screens.signin import SignInScreen
+
+        # As signed_in does: keep Textual's default screen and the one above it, which switch_screen replaces.
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        self.switch_screen(SignInScreen(note="Signed out."))
+
     def lock(self, reason: str, *, exit_code: int = EXIT_OK) -> None:
         """Clear every member value from every screen, then cover them with the sign-in screen.
 
@@ -369,10 +433,10 @@ class CareApp(App[None]):
     # -- navigation and help -----------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Navigation and lock keys are shown only to a signed-in, unlocked user; no key takes a screenshot."""
+        """Navigation, lock and sign-out keys only for a signed-in, unlocked user; no key takes a screenshot."""
         if action == "screenshot":
             return False
-        if action in ("go", "lock") and (self.desk is None or self.locked):
+        if action in ("go", "lock", "sign_out") and (self.desk is None or self.locked):
             return False
         return True
 
@@ -445,6 +509,8 @@ class CareApp(App[None]):
             yield SystemCommand("Emergency accesses", "Break-the-glass grants to review (emergency:review)",
                                 lambda: self.action_go("emergencies"))
             yield SystemCommand("Lock", "Lock the screen now", self.action_lock)
+            yield SystemCommand("Sign out", "End your session and go back to the sign-in screen (ctrl+o)",
+                                self.action_sign_out)
 
     def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
         """Refused: a screenshot file would copy member data (a revealed SSN too) outside the audit trail."""

@@ -61,6 +61,30 @@ FIELD_WORDS = {
 }
 
 
+#: a message starting with one of these is the end of a sentence whose subject is the field ("is required")
+_PREDICATES = frozenset({"is", "are", "must", "should", "cannot", "can", "may", "has", "have", "needs", "does",
+                         "was", "were", "will"})
+
+
+def as_sentence(subject: str, message: str) -> str:
+    """A whole sentence for a field's message: ``("Started", "is required")`` -> ``"Started is required."``.
+
+    Messages that already are sentences (or instructions: "choose one") only get a capital and a full stop.
+    """
+    message = message.strip()
+    if not message:
+        return message
+    if message.split()[0] in _PREDICATES:
+        message = f"{subject} {message}"
+    message = message[0].upper() + message[1:]
+    return message if message[-1] in ".!?" else message + "."
+
+
+def _label(value: str) -> str:
+    """An enum value as people read it: ``no_answer`` -> ``no answer``."""
+    return value.replace("_", " ")
+
+
 def parse_datetime(text: str) -> datetime | None:
     """A time typed in the user's zone as the naive UTC ``datetime`` the database keeps; ``None`` when blank."""
     return parse_time(text)
@@ -208,13 +232,13 @@ class FormModal(CareModal):
     # -- values and errors --------------------------------------------------------
 
     def collect_choices(self, names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
-        """The values of the named Select fields, with "choose one" for those left empty."""
+        """The values of the named Select fields, with "Choose the <label>." for those left empty."""
         values: dict[str, Any] = {}
         errors: dict[str, str] = {}
         for name in names:
             value = self.query_one(f"#field-{name}", Select).value
             if value is Select.NULL:
-                errors[name] = "choose one"
+                errors[name] = f"Choose the {self.field_label(name).lower()}."
             values[name] = value
         return values, errors
 
@@ -270,12 +294,20 @@ class FormModal(CareModal):
         matches = self.query(f"#error-{name}")
         return matches.first(Static) if matches else None
 
+    def field_label(self, name: str) -> str:
+        """The field's label as a sentence's subject: "Started (UTC)" -> "Started" (its name without one)."""
+        labels = self.query(f"#cell-{name} > .field-label")
+        text = str(labels.first(Static).content) if labels else ""
+        text = re.sub(r"\s*\([^)]*\)", "", text).strip()
+        return text or _label(name).capitalize()
+
     def show_field_error(self, name: str, message: str) -> bool:
-        """Show ``message`` under field ``name``; False when the form has no such field."""
-        error = self.error_widget(self.FIELD_ALIASES.get(name, name))
+        """Show ``message`` under field ``name`` as a whole sentence; False when the form has no such field."""
+        name = self.FIELD_ALIASES.get(name, name)
+        error = self.error_widget(name)
         if error is None:
             return False
-        error.update(message)
+        error.update(as_sentence(self.field_label(name), message))
         error.display = True
         return True
 
@@ -328,7 +360,7 @@ class FormModal(CareModal):
             for name, message in errors.items():
                 self.show_field_error(name, message)
             self.set_status("Please correct the marked fields.", error=True)
-            self._focus_field(next(iter(errors)))
+            self._focus_first_error()
             return
         self._set_saving(True)
         self._save_in_background(values)
@@ -403,7 +435,8 @@ class FormModal(CareModal):
                 by_field.setdefault(name, []).append(part)
         shown: list[Problem] = []
         for group in by_field.values():  # two rules broken by one field: both sentences under it
-            self.show_field_error(group[0].field or "", " ".join(part.message for part in group))
+            name = self.FIELD_ALIASES.get(group[0].field or "", group[0].field or "")
+            self.show_field_error(name, " ".join(as_sentence(self.field_label(name), part.message) for part in group))
             shown.extend(group)
         rest = [part for part in parts if not any(part is done for done in shown)]
         if shown and not rest:
@@ -424,6 +457,12 @@ class FormModal(CareModal):
         for column, said in FIELD_WORDS.items():
             message = re.sub(rf"\b{column}\b", said, message)
         return dataclasses.replace(problem, message=message)
+
+    def _focus_first_error(self) -> None:
+        """The cursor to the first marked field as the form shows them (top to bottom)."""
+        shown = list(self.field_errors())
+        if shown:
+            self._focus_field(shown[0])
 
     def _focus_field(self, name: str) -> None:
         matches = self.query(f"#field-{name}")

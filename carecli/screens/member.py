@@ -131,6 +131,9 @@ class MemberChanged(Message):
 class MemberDetailScreen(CareScreen):
     """One member's file; opened from the worklist, the member browser or the command palette."""
 
+    #: the table of the tab shown
+    WORK_FOCUS = "DataTable"
+
     HELP = """
 ## Member
 

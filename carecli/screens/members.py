@@ -17,6 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import DataTable, Header, Input, Select, Static
 
 from carecli.data.models.enums import MEMBER_STATUSES
@@ -25,7 +26,7 @@ from carecli.data.repositories.member_search import CountEstimate, MemberPage, M
 from carecli.screens.base import CareScreen, member_name
 from carecli.screens.formatting import show_phone, words
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareFooter, SearchBox
 
 PAGE_SIZE = 50
 #: typing pauses this long before a search is sent (keeps a fast typist from queueing queries)
@@ -63,6 +64,9 @@ class ResultsTable(DataTable[str]):
             super().__init__()
             self.forward = forward
 
+    class LeftTop(Message):
+        """Up on the first row: back to the search box."""
+
     def action_page_down(self) -> None:
         if self.row_count == 0 or self.cursor_row >= self.row_count - 1:
             self.post_message(self.EdgeReached(True))
@@ -81,6 +85,12 @@ class ResultsTable(DataTable[str]):
         else:
             super().action_cursor_down()
 
+    def action_cursor_up(self) -> None:
+        if self.cursor_row <= 0:
+            self.post_message(self.LeftTop())
+        else:
+            super().action_cursor_up()
+
 
 class MemberBrowserScreen(CareScreen):
     """Find members by name, e-mail or phone; Enter opens one."""
@@ -89,8 +99,9 @@ class MemberBrowserScreen(CareScreen):
 ## Members
 
 Type in the search box: a name or the start of one (`oka`, `ada oka`), an e-mail
-(`ada@`), or phone digits (`503 555`). Results follow your typing. Filter by
-status and plan, and choose the sort order.
+(`ada@`), or phone digits (`503 555`). Results follow your typing. **Down** (or
+**Enter**) goes from the box to the results, **Up** on the first result back to
+the box. **Tab** goes box → results → status, plan and sort filters.
 
 **PageDown** at the bottom of the list loads the next page, **PageUp** at the top
 the previous one; only one page is held at a time, so this stays fast on millions
@@ -119,6 +130,8 @@ for large ones. **Enter** opens the member (an audited read of their record).
     MemberBrowserScreen #member-filters SelectOverlay { width: auto; min-width: 100%; }
     """
 
+    WORK_FOCUS = "#member-search"
+
     def __init__(self, text: str = "") -> None:
         super().__init__()
         self.initial_text = text
@@ -138,11 +151,14 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self._keep_cursor: str | None = None
         #: changed while covered: reload when shown again
         self._stale = False
+        #: Esc was pressed once with a search typed: the next Esc leaves
+        self._leave_armed = False
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="member-filters"):
-            yield Input(self.initial_text, placeholder="Name, e-mail or phone…", id="member-search", compact=True)
+            yield SearchBox(self.initial_text, placeholder="Name, e-mail or phone… (↓ to the results)",
+                            id="member-search", compact=True)
             yield Select([(words(s).capitalize(), s) for s in MEMBER_STATUSES], prompt="Any status",
                          id="member-status", compact=True)
             yield Select([], prompt="Any plan", id="member-plan", compact=True)
@@ -156,6 +172,32 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.query_one("#member-search", Input).focus()
         self.load_plans()
         self.search(reset=True)
+
+    @property
+    def focus_chain(self) -> list[Widget]:
+        """Tab goes search box -> results -> filters (the filters sit beside the box, the results below)."""
+        chain = list(super().focus_chain)
+        results = self.query_one(ResultsTable)
+        search = self.query_one("#member-search", Input)
+        if results in chain and search in chain:
+            chain.remove(results)
+            chain.insert(chain.index(search) + 1, results)
+        return chain
+
+    @on(SearchBox.Leave, "#member-search")
+    def _down_from_search(self, event: SearchBox.Leave) -> None:
+        """Down or PgDn in the box: on to the first result (the search typed so far is sent first)."""
+        if self._debounce is not None:
+            self._debounce.stop()
+        if self.current_query() != self.query_state:
+            self.search(reset=True)
+        table = self.query_one(ResultsTable)
+        table.focus()
+        if table.row_count:
+            table.move_cursor(row=0)
+
+    def on_results_table_left_top(self, message: ResultsTable.LeftTop) -> None:
+        self.query_one("#member-search", Input).focus()
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -300,8 +342,20 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.search(reset=True)
 
     def action_back(self) -> None:
+        """Back to the previous screen; with text typed in the search box, only at a second Esc (as forms do)."""
+        typed = self.query_one("#member-search", Input).value.strip()
+        if typed and not self._leave_armed:
+            self._leave_armed = True
+            self.query_one("#member-status-line", Static).update(
+                "Press Esc again to leave the member search (what you typed is dropped).")
+            return
         if len(self.app.screen_stack) > 1:
             self.app.pop_screen()
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key != "escape" and self._leave_armed:
+            self._leave_armed = False
+            self.show_status()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value:

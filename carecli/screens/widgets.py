@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from textual.binding import Binding
 from textual.content import Content
+from textual.message import Message
 from textual.scrollbar import ScrollBarRender
-from textual.widgets import Checkbox, DataTable, Footer, Static
+from textual.widgets import Checkbox, DataTable, Footer, Input, Static
 
 
 def prune_dead_watchers(obj: Any) -> None:
@@ -70,3 +72,31 @@ def show_empty(table: DataTable[Any], note: Static, text: str) -> None:
     note.update(text if empty else "")
     note.display = empty
     table.show_header = not empty
+
+
+class SearchBox(Input):
+    """A search or filter box above a list: down and page down go on to the list (it posts :class:`Leave`)."""
+
+    BINDINGS = [
+        Binding("down,pagedown", "leave", "To the list", show=False, id="search.to_list",
+                tooltip="Go from the search box to the list below it"),
+    ]
+
+    class Leave(Message):
+        """The user wants to go from the box down into the list."""
+
+        def __init__(self, box: SearchBox) -> None:
+            super().__init__()
+            self.box = box
+
+        @property
+        def control(self) -> SearchBox:
+            return self.box
+
+    def __init__(self, value: str | None = None, **kwargs: Any) -> None:
+        # Coming back to the box (up from the list, a letter typed on the list) goes on typing: no select-all.
+        kwargs.setdefault("select_on_focus", False)
+        super().__init__(value, **kwargs)
+
+    def action_leave(self) -> None:
+        self.post_message(self.Leave(self))

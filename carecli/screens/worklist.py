@@ -79,6 +79,9 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
                 tooltip="Search all members"),
     ]
 
+    #: the table of the tab shown (the others are hidden)
+    WORK_FOCUS = "DataTable"
+
     def __init__(self) -> None:
         super().__init__()
         self.items: dict[str, list[WorkItem]] = {}

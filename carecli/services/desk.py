@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from carecli.data.repositories.members import RevealedPhi
     from carecli.data.repositories.risk_flags import FlagResolution
     from carecli.services.emergency import EmergencyAccess, QueueEntry
-    from carecli.services.users import UserSummary
+    from carecli.services.users import StatusChange, UserSummary
 
 #: metadata keys shown as a member's notes are ``note:<time>`` (everything else in metadata is a system fact)
 NOTE_PREFIX = NOTE_KEY_PREFIX.removesuffix(":")
@@ -450,6 +450,27 @@ class Desk:
 
         return list_roles(self.databases, self.actor)
 
+    # The users:admin steps of `carecli users`, through the same service (permission check and audit there).
+
+    def add_user(self, *, email: str, external_id: str, role: str, first_name: str | None = None,
+                 last_name: str | None = None) -> UserSummary:
+        from carecli.services.users import add_user
+
+        return add_user(self.databases, self.actor, email=email, external_id=external_id, role=role,
+                        first_name=first_name, last_name=last_name)
+
+    def set_user_role(self, user_id: uuid.UUID, role: str) -> tuple[UserSummary, bool]:
+        from carecli.services.users import set_role
+
+        return set_role(self.databases, self.actor, str(user_id), role)
+
+    def set_user_active(self, user_id: uuid.UUID, active: bool) -> StatusChange:
+        """Reactivate, or deactivate (sessions and tokens revoked at once), as ``carecli users`` does."""
+        from carecli.services.users import deactivate_user, reactivate_user
+
+        change = reactivate_user if active else deactivate_user
+        return change(self.databases, self.actor, str(user_id))
+
     def audit(self, filters: AuditFilter, *, before: tuple[datetime, uuid.UUID] | None = None,
               limit: int = 100) -> list[AccessEntry]:
         """Audit rows newest first (needs audit:read), each with the acting user's name."""
@@ -621,6 +642,14 @@ class Desk:
     def emergency_queue(self, *, include_reviewed: bool = False) -> list[QueueEntry]:
         """Emergency accesses waiting for review (emergency:review or audit:read)."""
         return self._emergency().queue(include_reviewed=include_reviewed)
+
+    def member_labels(self, member_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """"Last, First" of each member (names only, as lists show them: not an audited open); {} without
+        ``members:read`` (a caller then shows ids)."""
+        if not self.can(Permission.MEMBERS_READ):
+            return {}
+        with self._read_uow() as uow:
+            return {member_id: uow.members.display_name(member_id) for member_id in dict.fromkeys(member_ids)}
 
     def emergency_actions(self, grant_id: uuid.UUID) -> list[AccessEntry]:
         """The audit rows done under an emergency grant, oldest first, with names."""

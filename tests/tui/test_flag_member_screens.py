@@ -24,7 +24,7 @@ from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.screens.confirm import ConfirmDialog
 from carecli.screens.flag import FlagScreen
 from carecli.screens.flag_forms import ReopenFlagDialog, ResolveFlagDialog
-from carecli.screens.forms import EnrollFormScreen, FlagFormScreen, NoteDialog, TerminateDialog
+from carecli.screens.forms import EnrollFormScreen, FlagFormScreen, NoteDialog, TerminateDialog, as_sentence
 from carecli.screens.member import MemberDetailScreen
 from carecli.screens.member_forms import MemberEditScreen
 from tests.tui.conftest import SIZE
@@ -102,7 +102,7 @@ async def test_a_flag_opened_from_the_member_screen_is_resolved_and_re_opened(tu
         form = await wait_for(pilot, lambda: isinstance(app.screen, ResolveFlagDialog) and app.screen)
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert form.field_errors() == {"note": "say how the flag was resolved"} and app.screen is form
+        assert form.field_errors() == {"note": "Say how the flag was resolved."} and app.screen is form
         form.query_one("#field-note", TextArea).text = "Daughter moved in; home safety visit booked."
         await pilot.pause()
         await pilot.press("ctrl+s")
@@ -268,10 +268,12 @@ async def test_a_member_edit_shows_every_bad_field_at_once_next_to_it_with_the_i
                 return problem.message
             raise AssertionError("import accepts it")
 
-        assert form.field_errors() == {
+        # import's own messages, each made a sentence with the field's label ("Last name is required.")
+        assert form.field_errors() == {name: as_sentence(form.field_label(name), message) for name, message in {
             "zip_code": import_message(f.parse_zip, "9720"), "phone": import_message(f.parse_phone, "555-0142"),
             "state": import_message(f.parse_state, "Oregon"),
-            "email": import_message(f.parse_email, "quentin at example.org"), "last_name": "is required"}
+            "email": import_message(f.parse_email, "quentin at example.org"), "last_name": "is required"}.items()}
+        assert form.field_errors()["last_name"] == "Last name is required."
         assert app.screen is form and "marked fields" in status_text(form)
         # Editing a field takes its own error away; the others stay.
         set_input(form, "zip_code", "97201-1234")
@@ -350,7 +352,7 @@ async def test_terminating_asks_for_a_reason_and_a_future_date_keeps_the_plan_ac
         assert f"stays active until {end}" in str(dialog.query_one("#terminate-effect", Static).render())
         await pilot.press("enter")
         await pilot.pause()
-        assert dialog.field_errors() == {"reason": "say why the enrollment ends"} and app.screen is dialog
+        assert dialog.field_errors() == {"reason": "Say why the enrollment ends."} and app.screen is dialog
         set_input(dialog, "reason", "Moving out of state at the end of the month")
         await pilot.pause()
         await pilot.press("enter")
