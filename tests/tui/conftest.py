@@ -81,6 +81,11 @@ class TuiWorld:
         with self.databases.engine(database).connect() as connection:
             return list(connection.execute(text(statement), params))
 
+    def execute(self, database: str, statement: str, **params: Any) -> None:
+        """A change made behind the app's back (a state the app's own rules would not let a test reach now)."""
+        with self.databases.engine(database).begin() as connection:
+            connection.execute(text(statement), params)
+
 
 @pytest.fixture
 def tui(pg_server, seeded_template, tmp_path: Path, monkeypatch) -> Iterator[TuiWorld]:
