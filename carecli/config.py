@@ -80,6 +80,19 @@ def _emergency_minutes(value: Any) -> int:
     return number
 
 
+def _timezone(value: Any) -> str:
+    """An IANA time zone name (``Europe/Paris``) that this machine's zone database knows."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = _text(value).strip()
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"must be an IANA time zone name such as Europe/Paris, America/New_York or UTC "
+                         f"(got {name!r})") from None
+    return name
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
@@ -157,6 +170,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 "the app's Textual theme (ctrl+p, 'Change theme' lists them)"),
     SettingSpec("reveal_seconds", "tui", "reveal_seconds", "CARECLI_REVEAL_SECONDS", _positive_int, 30,
                 "a revealed SSN or date of birth is masked again after this many seconds"),
+    SettingSpec("timezone", "tui", "timezone", "CARECLI_TIMEZONE", _timezone, None,
+                "the IANA time zone the app shows and reads times in (default: the system's local zone)"),
     SettingSpec("backup_key_file", "backup", "key_file", "CARECLI_BACKUP_KEY_FILE", _path, None,
                 "a 0600 file holding the base64 backup key (default: derived from the master key)"),
     SettingSpec("pg_bin", "backup", "pg_bin", "CARECLI_PG_BIN", _path, None,
@@ -252,6 +267,8 @@ class Settings:
     emergency_minutes: int = 60
     #: seconds a "happened" time may lie in the future (``[rules] clock_skew_seconds``)
     clock_skew_seconds: int = 300
+    #: the IANA zone the app shows and reads times in (``[tui] timezone``); None: the system's local zone
+    timezone: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -461,6 +478,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                           in file_data.get(RETENTION_SECTION, {}).get(RETENTION_TABLES_KEY, {}).items()},
         emergency_minutes=values["emergency_minutes"],
         clock_skew_seconds=values["clock_skew_seconds"],
+        timezone=values["timezone"],
         log_level=values["log_level"],
         log_file=values["log_file"],
     )

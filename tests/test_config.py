@@ -130,3 +130,15 @@ def test_bad_environment_value_names_the_variable():
 def test_missing_explicit_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings({"CARECLI_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_the_time_zone_is_an_iana_name_and_defaults_to_the_system_zone(tmp_path):
+    assert load_settings({}).timezone is None  # None: the system's local zone
+    env = write_config(tmp_path, '[tui]\ntimezone = "Asia/Kolkata"\n')
+    assert load_settings(env).timezone == "Asia/Kolkata"
+    assert load_settings({**env, "CARECLI_TIMEZONE": "America/New_York"}).timezone == "America/New_York"
+    with pytest.raises(ConfigError, match=r"CARECLI_TIMEZONE must be an IANA time zone name .*'Mars/Olympus'"):
+        load_settings({"CARECLI_TIMEZONE": "Mars/Olympus"})
+    bad = write_config(tmp_path, '[tui]\ntimezone = "EST5EDT/../x"\n')
+    with pytest.raises(ConfigError, match=r"\[tui\] timezone must be an IANA time zone name"):
+        load_settings(bad)

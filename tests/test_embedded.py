@@ -89,3 +89,23 @@ def test_first_use_migrates_the_embedded_databases(data_dir):
     again = run_carecli("seed", "--members", "50", "--if-empty", env=env)
     assert again.code == 0, again.err
     assert "nothing seeded" in again.out
+
+
+def test_db_psql_stops_the_embedded_server_it_started(data_dir):
+    """psql runs as a child: when it ends, carecli ends like any command and the server it started stops."""
+    env = {"CARECLI_DATA_DIR": str(data_dir)}
+    pgdata = data_dir / "postgres"
+    full_env = dict(os.environ, **env)
+    proc = subprocess.run([sys.executable, "-m", "carecli", "db", "psql", "--db", "identity"], env=full_env,
+                          input="SELECT 'ran:' || current_database();\n", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ran:carecli_identity" in proc.stdout
+    assert _wait_stopped(pgdata, seconds=15)
+    assert json.loads((pgdata / ".handle_pids.json").read_text() or "[]") == []
+
+    # psql's own failure is carecli's exit code (and the server still stops).
+    failed = subprocess.run([sys.executable, "-m", "carecli", "db", "psql"], env=full_env,
+                            input="\\set ON_ERROR_STOP on\nSELECT * FROM no_such_table;\n", capture_output=True,
+                            text=True, timeout=120)
+    assert failed.returncode == 3, failed.stderr
+    assert _wait_stopped(pgdata, seconds=15)

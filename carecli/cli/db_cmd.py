@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 
 import click
@@ -151,4 +153,24 @@ def db_psql(only: str) -> None:
         # Keep the password out of the process list.
         env["PGPASSWORD"] = str(url.password)
     libpq_url = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
-    os.execve(psql, [psql, libpq_url], env)
+    databases.dispose()  # psql makes its own connection; ours would sit idle meanwhile
+    # psql runs as a child, not in place of this process (exec): when it ends, carecli ends as every command
+    # does, so an embedded server this process started is stopped if no other carecli still uses it.
+    code = run_interactive([psql, libpq_url], env)
+    if code:
+        raise SystemExit(code)
+
+
+def run_interactive(argv: list[str], env: dict[str, str]) -> int:
+    """Run an interactive program in the foreground and return its exit code.
+
+    Ctrl-C belongs to the program (psql cancels the running query with it), so this
+    process ignores SIGINT until the program ends, instead of dying and leaving it behind.
+    The program is started first, so it keeps the default handling of SIGINT.
+    """
+    process = subprocess.Popen(argv, env=env)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)

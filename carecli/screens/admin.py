@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timezone
 from typing import Any, ClassVar
@@ -24,12 +24,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import DataTable, Header, Input, Select, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
 from carecli.data.records import Role
 from carecli.errors import PermissionDenied
-from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_when
+from carecli.screens.base import CareModal, CareScreen, Problem, describe
+from carecli.screens.confirm import ConfirmDialog
+from carecli.screens.formatting import display_zone, in_zone, plural, show_time, words, zone_name
+from carecli.screens.forms import FormModal
 from carecli.screens.widgets import CareFooter
 from carecli.services.desk import AccessEntry, AuditFilter
 
@@ -99,6 +103,94 @@ def render_role(role: Role) -> RenderableType:
     )
 
 
+class AddUserForm(FormModal):
+    """A new staff account with a role, as ``carecli users add`` makes it (users:admin; audited)."""
+
+    HEADING = "Add a user"
+    ACTION = "add the user"
+    SAVE_LABEL = "Add"
+    FIELD_ALIASES = {"external_user_id": "external_id", "role_id": "role"}
+
+    def __init__(self, roles: Iterable[Role]) -> None:
+        super().__init__()
+        self.role_names = [role.name for role in roles]
+
+    def compose_fields(self) -> Iterable[Widget]:
+        yield self.field("email", "E-mail address", Input(placeholder="name@example.org", max_length=255,
+                                                          compact=True))
+        yield self.field("external_id", "Subject at the identity provider (OIDC 'sub')",
+                         Input(placeholder="e.g. auth0|64f0c0ffee", max_length=255, compact=True))
+        yield self.field("role", "Role", Select([(name, name) for name in self.role_names], prompt="choose a role…",
+                                                compact=True))
+        yield Horizontal(
+            self.field("first_name", "First name", Input(max_length=100, compact=True)),
+            self.field("last_name", "Last name", Input(max_length=100, compact=True)),
+            classes="row")
+
+    def on_mount(self) -> None:
+        self.query_one("#field-email").focus()
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        values, errors = self.collect_choices(("role",))
+        if "role" in errors:
+            errors["role"] = "Choose the user's role."
+        for name in ("email", "external_id", "first_name", "last_name"):
+            values[name] = self.input_value(name).strip()
+        if not values["email"]:
+            errors["email"] = "The e-mail address is required."
+        elif "@" not in values["email"]:
+            errors["email"] = "The e-mail address needs an @, e.g. name@example.org."
+        if not values["external_id"]:
+            errors["external_id"] = "The subject at the identity provider is required: the user signs in with it."
+        return values, errors
+
+    def perform(self, values: dict[str, Any]) -> Any:
+        return self.desk.add_user(email=values["email"], external_id=values["external_id"], role=values["role"],
+                                  first_name=values["first_name"] or None, last_name=values["last_name"] or None)
+
+
+class RoleForm(FormModal):
+    """Give one user another role, as ``carecli users set-role`` does (users:admin; audited)."""
+
+    HEADING = "Change a user's role"
+    ACTION = "change the role"
+    FIELD_ALIASES = {"role_id": "role"}
+
+    def __init__(self, summary: Any, roles: Iterable[Role]) -> None:
+        super().__init__()
+        self.summary = summary
+        self.role_names = [role.name for role in roles]
+
+    def heading(self) -> str:
+        return f"Change the role of {self.summary.user.email}"
+
+    def compose_fields(self) -> Iterable[Widget]:
+        current = self.summary.role if self.summary.role in self.role_names else Select.NULL
+        yield self.field("role", "Role", Select([(name, name) for name in self.role_names], value=current,
+                                                prompt="choose a role…", compact=True))
+
+    def on_mount(self) -> None:
+        self.query_one("#field-role").focus()
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, str]]:
+        values, errors = self.collect_choices(("role",))
+        if "role" in errors:
+            errors["role"] = "Choose the user's new role."
+        return values, errors
+
+    def perform(self, values: dict[str, Any]) -> Any:
+        return self.desk.set_user_role(self.summary.user.id, values["role"])
+
+
+class StatusChanged(Message):
+    """A user was deactivated or reactivated (``change``), or could not be (``problem``)."""
+
+    def __init__(self, change: Any = None, problem: Problem | None = None) -> None:
+        super().__init__()
+        self.change = change
+        self.problem = problem
+
+
 class UsersScreen(CareScreen):
     """Admin: users and roles (the user list needs users:admin; every signed-in user may read the roles)."""
 
@@ -114,24 +206,35 @@ class UsersScreen(CareScreen):
 ## Users and roles
 
 **Users** lists the staff accounts with their role and last sign-in (this needs the
-`users:admin` permission). **Roles** lists every role and, below it, the
+`users:admin` permission). With it, **a** adds a user, **c** changes the selected
+user's role, **d** deactivates the selected user after asking (their sessions and
+API tokens end at once) or reactivates an inactive one: the same steps, checks and
+audit rows as `carecli users`. **Roles** lists every role and, below it, the
 permissions the highlighted role grants; anyone signed in may read them.
-Changes to users and roles are made with `carecli users` and `carecli roles`.
+Roles are changed with `carecli roles`.
 """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("u", "show_tab('users-tab')", "Users", id="users.users_tab", tooltip="Staff accounts and their roles"),
         Binding("r", "show_tab('roles-tab')", "Roles", id="users.roles_tab",
                 tooltip="Roles and the permissions each grants"),
+        Binding("a", "add_user", "Add user", id="users.add", tooltip="Add a staff account with a role (users:admin)"),
+        Binding("c", "change_role", "Role", id="users.set_role",
+                tooltip="Give the selected user another role (users:admin)"),
+        Binding("d", "toggle_active", "(De)activate", id="users.deactivate",
+                tooltip="Deactivate the selected user (asks first), or reactivate an inactive one (users:admin)"),
         Binding("ctrl+r", "reload", "Refresh", id="users.refresh", tooltip="Read users and roles again"),
         Binding("escape", "back", "Back", id="users.back", tooltip="Back to the previous screen"),
     ]
 
-    AUTO_FOCUS = "#users-table"
+    #: the users' table (the roles' when the user list is refused and hidden)
+    WORK_FOCUS = "#users-table, #roles-table"
 
     def __init__(self) -> None:
         super().__init__()
         self.roles: list[Role] = []
+        #: the users shown, in table order
+        self.users: list[Any] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -151,7 +254,7 @@ Changes to users and roles are made with `carecli users` and `carecli roles`.
         self.sub_title = "Users and roles"
         users = self.query_one("#users-table", DataTable)
         for label, key in (("E-mail", "email"), ("Name", "name"), ("Role", "role"), ("Active", "active"),
-                           ("Last login", "last_login")):
+                           (in_zone("Last login"), "last_login")):
             users.add_column(label, key=key)
         roles = self.query_one("#roles-table", DataTable)
         for label, key in (("Role", "name"), ("Perms", "count"), ("Description", "description")):
@@ -196,6 +299,7 @@ Changes to users and roles are made with `carecli users` and `carecli roles`.
     def on_users_loaded(self, message: UsersLoaded) -> None:
         table = self.query_one("#users-table", DataTable)
         refused = self.query_one("#users-refused", Static)
+        keep = self.selected_user()  # a reload keeps the cursor on the same user
         table.clear()
         if message.users is None:
             problem = message.problem or Problem("the user list could not be read")
@@ -205,18 +309,26 @@ Changes to users and roles are made with `carecli users` and `carecli roles`.
                 "The Roles tab (r) shows what each role may do."))
             refused.display = True
             table.display = False
+            self.users = []
+            self.refresh_bindings()
             self.set_status("Users: not shown · Roles: r")
+            if self.is_current and self.focused in (None, table):
+                self.action_show_tab("roles-tab")  # the keys go where there is something to read
             return
         refused.display = False
         table.display = True
+        self.users = message.users
         for summary in message.users:
             user = summary.user
             name = " ".join(p for p in (user.first_name, user.last_name) if p)
             table.add_row(cell(user.email), cell(name), cell(summary.role or "no role"),
                           "yes" if user.is_active is not False else "no",
-                          show_when(user.last_login_at), key=str(user.id))
+                          show_time(user.last_login_at), key=str(user.id))
+        if keep is not None and str(keep.user.id) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(keep.user.id)))
         active = sum(1 for s in message.users if s.user.is_active is not False)
-        self.set_status(f"{len(message.users)} users ({active} active)")
+        self.set_status(f"{plural(len(message.users), 'user')} ({active} active)")
+        self.refresh_bindings()
 
     def on_roles_loaded(self, message: RolesLoaded) -> None:
         table = self.query_one("#roles-table", DataTable)
@@ -257,6 +369,83 @@ Changes to users and roles are made with `carecli users` and `carecli roles`.
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         self.query_one("#users-table" if tab == "users-tab" else "#roles-table", DataTable).focus()
+        self.refresh_bindings()
+
+    def selected_user(self) -> Any:
+        table = self.query_one("#users-table", DataTable)
+        row = table.cursor_row
+        return self.users[row] if self.users and 0 <= row < len(self.users) else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("add_user", "change_role", "toggle_active"):
+            desk = self.care.desk
+            if desk is None or not desk.can(Permission.USERS_ADMIN) or not self.users:
+                return False  # not offered: the service would refuse (and audit the refusal)
+            if self.query_one(TabbedContent).active != "users-tab":
+                return None  # shown greyed out on the roles tab
+        return True
+
+    def action_add_user(self) -> None:
+        self.app.push_screen(AddUserForm(self.roles), self._after_add)
+
+    def _after_add(self, summary: Any) -> None:
+        if summary is None:
+            return
+        self.notify(f"Added {summary.user.email} with role {summary.role}.")
+        self.load_users()
+
+    def action_change_role(self) -> None:
+        summary = self.selected_user()
+        if summary is not None:
+            self.app.push_screen(RoleForm(summary, self.roles), self._after_role)
+
+    def _after_role(self, result: Any) -> None:
+        if result is None:
+            return
+        summary, changed = result
+        self.notify(f"{summary.user.email} now has role {summary.role}." if changed
+                    else f"{summary.user.email} already had role {summary.role}: nothing changed.")
+        self.load_users()
+
+    def action_toggle_active(self) -> None:
+        summary = self.selected_user()
+        if summary is None:
+            return
+        user = summary.user
+        if user.is_active is False:
+            self.change_status(user.id, True)
+            return
+        question = (f"Deactivate {user.email}? Their sessions and API tokens end at once and their specialist "
+                    "record becomes inactive. You can reactivate them later (d again).")
+        self.app.push_screen(ConfirmDialog(question, yes="Deactivate"),
+                             lambda yes: self.change_status(user.id, False) if yes else None)
+
+    @work(thread=True, exclusive=True, group="user-status")
+    def change_status(self, user_id: uuid.UUID, active: bool) -> None:
+        try:
+            change = self.desk.set_user_active(user_id, active)
+        except Exception as exc:
+            self.post_message(StatusChanged(problem=describe(exc)))
+            return
+        self.post_message(StatusChanged(change))
+
+    def on_status_changed(self, message: StatusChanged) -> None:
+        if message.problem is not None:
+            self.care.show_problem("change the user", message.problem)
+            return
+        change = message.change
+        email = change.user.email
+        if not change.changed:
+            text = f"{email} already was {'active' if change.user.is_active is not False else 'inactive'}."
+        elif change.user.is_active is False:
+            text = (f"Deactivated {email}: {change.revoked_sessions} session(s) and {change.revoked_tokens} "
+                    "API token(s) revoked.")
+        else:
+            text = f"Reactivated {email}: they can sign in again (old sessions and tokens stay revoked)."
+        if change.deferred:
+            text += " The platform database could not be updated: run `carecli sync` once it is reachable."
+        self.notify(text, severity="warning" if change.deferred else "information")
+        self.load_users()
 
     def action_reload(self) -> None:
         self.set_status("Loading users and roles…")
@@ -299,8 +488,10 @@ class FilterError(ValueError):
 
 
 def local_midnight_utc(day: date) -> datetime:
-    """The start of ``day`` in the local time zone, as naive UTC (how the database keeps time)."""
-    return datetime.combine(day, time.min).astimezone().astimezone(timezone.utc).replace(tzinfo=None)
+    """The start of ``day`` in the user's zone (``[tui] timezone``), as naive UTC (how the database keeps time)."""
+    zone = display_zone()
+    start = datetime.combine(day, time.min, tzinfo=zone) if zone is not None else datetime.combine(day, time.min)
+    return start.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def parse_filters(entity_type: Any, action: Any, user: str, since: str, entity_id: str) -> AuditForm:
@@ -371,7 +562,7 @@ def render_entry(access: AccessEntry) -> RenderableType:
     head.add_column(style="bold", no_wrap=True)
     head.add_column(overflow="fold")
     for label, value in (
-        ("When (UTC)", show_when(entry.created_at)), ("Who", access.who),
+        (in_zone("When"), show_time(entry.created_at)), ("Who", access.who),
         ("User id", entry.user_id or "carecli itself"), ("Action", entry.action),
         ("Entity", entry.entity_type), ("Entity id", entry.entity_id),
         ("From", entry.ip_address or "—"), ("Program", entry.user_agent or "—"), ("Row id", entry.id),
@@ -415,7 +606,7 @@ class AuditEntryScreen(CareModal):
     DEFAULT_CSS = """
     AuditEntryScreen { align: center middle; }
     AuditEntryScreen #audit-entry { width: 90%; max-width: 110; height: auto; max-height: 90%;
-                                    border: thick $primary; background: $surface; padding: 0 1; }
+                                    border: heavy $primary; background: $surface; padding: 0 1; }
     AuditEntryScreen #audit-entry-body { height: auto; max-height: 100%; }
     """
 
@@ -436,7 +627,7 @@ class AuditEntryScreen(CareModal):
 
     def on_mount(self) -> None:
         entry = self.access.entry
-        self.query_one("#audit-entry").border_title = f"Audit row · {entry.action} {entry.entity_type}"
+        self.query_one("#audit-entry").border_title = f"Audit row · {words(entry.action)} {words(entry.entity_type)}"
         self.query_one("#audit-entry").border_subtitle = "Esc closes"
         self.query_one("#audit-entry-body").focus()
 
@@ -501,7 +692,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
     ]
 
     #: the rows, not the first filter, get the keys when the screen opens
-    AUTO_FOCUS = "#audit-table"
+    WORK_FOCUS = "#audit-table"
     page_size: int = PAGE_SIZE
 
     def __init__(self) -> None:
@@ -520,11 +711,11 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
         yield Header()
         with Vertical(id="audit-filters"):
             with Horizontal(classes="filter-row"):
-                yield Select([(name, name) for name in ENTITY_TYPES], prompt="Entity type: any",
+                yield Select([(words(name), name) for name in ENTITY_TYPES], prompt="Entity type: any",
                              id="audit-entity", compact=True)
-                yield Select([(name, name) for name in ACTIONS], prompt="Action: any", id="audit-action",
+                yield Select([(words(name), name) for name in ACTIONS], prompt="Action: any", id="audit-action",
                              compact=True)
-                yield Input(placeholder="Since YYYY-MM-DD", id="audit-since", compact=True)
+                yield Input(placeholder=f"Since YYYY-MM-DD {zone_name()}", id="audit-since", compact=True)
             with Horizontal(classes="filter-row"):
                 yield Input(placeholder="User e-mail (empty: anyone)", id="audit-user", compact=True)
                 yield Input(placeholder="Entity id (UUID)", id="audit-entity-id", compact=True)
@@ -536,7 +727,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
     def on_mount(self) -> None:
         self.sub_title = "Audit log"
         table = self.query_one("#audit-table", DataTable)
-        for label, key in (("When (UTC)", "when"), ("Who", "who"), ("Action", "action"), ("Entity", "entity"),
+        for label, key in ((in_zone("When"), "when"), ("Who", "who"), ("Action", "action"), ("Entity", "entity"),
                            ("Id", "id"), ("Details", "details"), ("IP", "ip")):
             table.add_column(label, key=key)
         self.apply_filters()
@@ -570,7 +761,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
         last = self.entries[-1].entry
         assert last.created_at is not None
         self.loading = True
-        self.set_status(f"{len(self.entries)} rows · loading more…")
+        self.set_status(f"{plural(len(self.entries), 'row')} · loading more…")
         self.load_page(self.generation, None, self.filters, (last.created_at, last.id))
 
     @work(thread=True, exclusive=True, group="audit")
@@ -620,6 +811,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
             self.refused = True
             self.refresh_bindings()
             self.set_status("Audit log: not shown")
+            self.ensure_focus()
             return
         if message.problem is not None:
             if not message.append:
@@ -635,8 +827,8 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
         self.has_more = message.has_more
         for access in message.rows:
             entry = access.entry
-            table.add_row(show_when(entry.created_at), cell(access.who), cell(entry.action),
-                          cell(entry.entity_type), cell(str(entry.entity_id)[:8]),
+            table.add_row(show_time(entry.created_at), cell(access.who), cell(words(entry.action)),
+                          cell(words(entry.entity_type)), cell(str(entry.entity_id)[:8]),
                           cell(summarize_values(entry.old_values, entry.new_values)), cell(entry.ip_address),
                           key=str(entry.id))
             self.entries.append(access)
@@ -648,7 +840,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
             self.set_status("No audit rows match these filters.")
             return
         more = "ctrl+n loads more" if self.has_more else "that is all"
-        self.set_status(f"{len(self.entries)} rows, newest first · {more} · Enter shows a row")
+        self.set_status(f"{plural(len(self.entries), 'row')}, newest first · {more} · Enter shows a row")
 
     def set_status(self, text: str, *, error: bool = False) -> None:
         status = self.query_one("#audit-status", Static)

@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.containers import Center, Middle
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
+from textual.scrollbar import ScrollBar
 from textual.widgets import Header, LoadingIndicator, Static
 
 from carecli import __version__
@@ -29,9 +30,11 @@ from carecli.data.actor import Channel
 from carecli.data.databases import Databases
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
+from carecli.screens.formatting import plural, set_display_zone
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
-from carecli.screens.widgets import CareFooter, prune_dead_watchers
+from carecli.screens.side_doors import SCREENSHOT_REFUSED, close_side_doors
+from carecli.screens.widgets import CareFooter, WholeCellScrollBarRender, prune_dead_watchers
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.desk import Desk
 
@@ -41,6 +44,9 @@ if TYPE_CHECKING:
     from carecli.data.notify import Notice, Subscription
 
 MIN_WIDTH, MIN_HEIGHT = 80, 24
+#: Textual's own palette commands the app keeps, by title: an allow-list, so "Screenshot" (the screen, a revealed
+#: SSN included, written to a file no audit row records) and whatever a later Textual adds stay out
+TEXTUAL_COMMANDS_KEPT = frozenset({"Theme", "Quit", "Keys", "Maximize", "Minimize"})
 IDLE_CHECK_SECONDS = 5.0
 #: how often user activity is reported to the database (slides the session's idle deadline)
 SESSION_TOUCH_SECONDS = 60.0
@@ -66,6 +72,14 @@ class Connected(Message):
         super().__init__()
         self.databases = databases
         self.desk = desk
+        self.problem = problem
+
+
+class SignedOut(Message):
+    """The session was ended on the server (or could not be: ``problem``)."""
+
+    def __init__(self, problem: Problem | None = None) -> None:
+        super().__init__()
         self.problem = problem
 
 
@@ -134,6 +148,8 @@ class CareApp(App[None]):
         Binding("f8", "go('emergencies')", "Emergencies", show=False, id="app.emergencies",
                 tooltip="Emergency accesses to review (emergency:review)"),
         Binding("ctrl+l", "lock", "Lock", id="app.lock", tooltip="Lock the screen now"),
+        Binding("ctrl+o", "sign_out", "Sign out", show=False, id="app.sign_out",
+                tooltip="End your session (as carecli logout does) and go back to the sign-in screen"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
     ]
 
@@ -142,7 +158,9 @@ class CareApp(App[None]):
                  clock: Callable[[], float] = time.monotonic, channel: Channel = "tui",
                  single_session: bool = False) -> None:
         super().__init__()
+        close_side_doors(self)
         self.settings = settings
+        ScrollBar.renderer = WholeCellScrollBarRender
         self.databases = databases
         self.desk: Desk | None = desk
         self.store = store
@@ -175,6 +193,7 @@ class CareApp(App[None]):
             self.connect()
 
     def _apply_preferences(self) -> None:
+        set_display_zone(self.settings.timezone)  # every screen shows and reads times in the user's zone
         if self.settings.theme in self.available_themes:
             self.theme = self.settings.theme
         else:
@@ -309,6 +328,60 @@ class CareApp(App[None]):
     def action_lock(self, reason: str = "Locked.") -> None:
         self.lock(reason)
 
+    def action_sign_out(self) -> None:
+        """Ask, then end the session (drafts in open forms are dropped) and go back to the sign-in screen."""
+        if self.desk is None or self.locked:
+            return
+        from carecli.screens.confirm import ConfirmDialog
+        from carecli.screens.forms import FormModal
+
+        if any(isinstance(screen, ConfirmDialog) for screen in self.screen_stack):
+            return
+        drafts = any(isinstance(screen, FormModal) and screen.has_changes() for screen in self.screen_stack)
+        question = (f"Sign out {self.desk.display_name}? Your session ends here and everything on screen is "
+                    "cleared" + ("; what you typed in the open form is dropped." if drafts else "."))
+        self.push_screen(ConfirmDialog(question, yes="Sign out"),
+                         lambda yes: self.end_session() if yes else None)
+
+    def end_session(self) -> None:
+        """End the session the way ``carecli logout`` does (revoked on the server, audited, forgotten here)."""
+        if self.desk is None or self.locked:
+            return
+        self._end_session_in_background(self.desk)
+
+    @work(thread=True, exclusive=True, group="session")
+    def _end_session_in_background(self, desk: Desk) -> None:
+        try:
+            desk.sign_out()
+        except Exception as exc:
+            self.post_message(SignedOut(describe(exc)))
+            return
+        self.post_message(SignedOut())
+
+    def on_signed_out(self, message: SignedOut) -> None:
+        if message.problem is not None and not message.problem.auth:
+            # Still signed in (the server did not hear of it): say so, change nothing.
+            self.show_problem("sign out", message.problem)
+            return
+        for screen in self.screen_stack:
+            if isinstance(screen, PhiHolder):
+                screen.clear_phi()
+        self.clear_notifications()
+        self.stop_live_updates()
+        self.desk = None
+        self.locked = False
+        self.sub_title = f"v{__version__}"
+        self.refresh_bindings()
+        if self.single_session:
+            self.exit(return_code=EXIT_OK, message="carecli: signed out.")
+            return
+        from carecli.screens.signin import SignInScreen
+
+        # As signed_in does: keep Textual's default screen and the one above it, which switch_screen replaces.
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        self.switch_screen(SignInScreen(note="Signed out."))
+
     def lock(self, reason: str, *, exit_code: int = EXIT_OK) -> None:
         """Clear every member value from every screen, then cover them with the sign-in screen.
 
@@ -333,7 +406,7 @@ class CareApp(App[None]):
     def check_inactivity(self) -> None:
         idle = self.clock() - self.last_input
         if not self.locked and self.desk is not None and idle >= self.settings.session_idle_minutes * 60:
-            self.lock(f"Locked after {self.settings.session_idle_minutes} minutes without activity.",
+            self.lock(f"Locked after {plural(self.settings.session_idle_minutes, 'minute')} without activity.",
                       exit_code=EXIT_IDLE)
 
     async def on_event(self, event: events.Event) -> None:
@@ -360,8 +433,10 @@ class CareApp(App[None]):
     # -- navigation and help -----------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Navigation and lock keys are shown only to a signed-in, unlocked user."""
-        if action in ("go", "lock") and (self.desk is None or self.locked):
+        """Navigation, lock and sign-out keys only for a signed-in, unlocked user; no key takes a screenshot."""
+        if action == "screenshot":
+            return False
+        if action in ("go", "lock", "sign_out") and (self.desk is None or self.locked):
             return False
         return True
 
@@ -417,8 +492,11 @@ class CareApp(App[None]):
                 self.pop_screen()
             self._too_small = None
 
+    # -- the command palette and Textual's developer features ------------------------------
+
     def get_system_commands(self, screen: Screen[Any]):  # noqa: ANN201 - the palette's system commands
-        yield from super().get_system_commands(screen)
+        yield from (command for command in super().get_system_commands(screen)
+                    if command.title in TEXTUAL_COMMANDS_KEPT)
         if self.desk is not None and not self.locked:
             from textual.app import SystemCommand
 
@@ -431,3 +509,31 @@ class CareApp(App[None]):
             yield SystemCommand("Emergency accesses", "Break-the-glass grants to review (emergency:review)",
                                 lambda: self.action_go("emergencies"))
             yield SystemCommand("Lock", "Lock the screen now", self.action_lock)
+            yield SystemCommand("Sign out", "End your session and go back to the sign-in screen (ctrl+o)",
+                                self.action_sign_out)
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        """Refused: a screenshot file would copy member data (a revealed SSN too) outside the audit trail."""
+        self.notify(SCREENSHOT_REFUSED, title="Not available", severity="warning")
+
+    def save_screenshot(self, filename: str | None = None, path: str | None = None,
+                        time_format: str | None = None) -> str:
+        """Refused, like :meth:`action_screenshot` (``export_screenshot`` still returns the SVG as text, for tests)."""
+        raise PermissionError(SCREENSHOT_REFUSED)
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """Refused, like :meth:`action_screenshot`: nothing is written or served."""
+        self.notify(SCREENSHOT_REFUSED, title="Not available", severity="warning")
+        return None
+
+    def _fatal_error(self) -> None:
+        """Textual's crash report, without the local variables of each frame (they can hold member data)."""
+        import rich
+        from rich.segment import Segments
+        from rich.traceback import Traceback
+
+        self.bell()
+        traceback = Traceback(show_locals=False, width=None, suppress=[rich])
+        self._exit_renderables.append(Segments(self.console.render(traceback, self.console.options)))
+        self._close_messages_no_wait()

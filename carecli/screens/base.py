@@ -11,11 +11,13 @@ a driver's ``str(exc)`` (which can carry SQL parameters).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from textual import events
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
+from textual.widget import Widget
 
 from carecli.errors import AuthError, CarecliError, ValidationError
 
@@ -109,8 +111,61 @@ class PhiHolder:
         """Load the screen's data again after the same user signed back in."""
 
 
+def can_take_focus(widget: Widget) -> bool:
+    """Whether keys sent to ``widget`` would reach something on screen: focusable, shown, not disabled or loading."""
+    if not widget.is_attached or not widget.focusable:
+        return False
+    node: Any = widget
+    while isinstance(node, Widget):
+        if not node.display:
+            return False
+        node = node.parent
+    return True
+
+
 class CareScreen(PhiHolder, Screen[Any]):
-    """A full screen of the app."""
+    """A full screen of the app.
+
+    Focus: every screen names, in :attr:`WORK_FOCUS`, the widget where work
+    starts (a CSS selector; the first match that can take focus wins). It gets
+    the focus when the screen opens, and again whenever the screen is shown
+    (F2..F8, a dialog closed, an unlock) while the focus is nowhere useful:
+    on no widget, or on one that was hidden, disabled or is loading meanwhile.
+    A focus the user moved to a working widget is left where it is.
+    """
+
+    #: Textual's own auto focus picks the first focusable widget (a tab bar, a filter): ours is WORK_FOCUS
+    AUTO_FOCUS = ""
+    #: where work starts on this screen (override)
+    WORK_FOCUS: ClassVar[str] = "*"
+
+    def work_widget(self) -> Widget | None:
+        """The widget where work starts, if one can take the focus now."""
+        for widget in self.query(self.WORK_FOCUS):
+            if can_take_focus(widget):
+                return widget
+        return None
+
+    def focus_work(self) -> None:
+        """Put the focus where work starts on this screen."""
+        widget = self.work_widget()
+        if widget is not None:
+            self.set_focus(widget)
+
+    def ensure_focus(self) -> None:
+        """Focus the work widget unless the focus is on a widget that takes keys now."""
+        if not self.is_current or not self.is_mounted:
+            return
+        focused = self.focused
+        if focused is None or not can_take_focus(focused):
+            self.focus_work()
+
+    def on_mount(self) -> None:
+        # Subclasses' on_mount ran first (Textual calls each class's handler along the MRO).
+        self.call_after_refresh(self.ensure_focus)
+
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        self.call_after_refresh(self.ensure_focus)
 
     def reloads_own_writes(self) -> bool:
         """Whether this screen reloads after this app's own writes by itself: it is on top, or one of
@@ -129,22 +184,3 @@ class CareModal(PhiHolder, ModalScreen[Any]):
 
 def member_name(first: str | None, last: str | None) -> str:
     return f"{last or ''}, {first or ''}".strip(", ")
-
-
-def show_phone(value: str | None) -> str:
-    """A stored phone number as people read it: ``+15553248436`` -> ``(555) 324-8436`` (others as stored)."""
-    if not value:
-        return ""
-    digits = value.removeprefix("+1")
-    if value.startswith("+1") and len(digits) == 10 and digits.isdigit():
-        return f"({digits[:3]}) {digits[3:6]}-{digits[6:]}"
-    return value
-
-
-def show_when(value: Any) -> str:
-    """Dates and times as the screens show them (UTC times shown as stored: naive UTC)."""
-    if value is None:
-        return "—"
-    if hasattr(value, "hour"):
-        return value.strftime("%Y-%m-%d %H:%M")
-    return value.isoformat()

@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Header, Static
 
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES
-from carecli.screens.base import Problem, show_when
+from carecli.screens.base import Problem
 from carecli.screens.call_forms import (
     CallStepForm,
     CancelCallForm,
@@ -34,6 +34,7 @@ from carecli.screens.call_forms import (
     RescheduleCallForm,
 )
 from carecli.screens.flag import FlagScreen
+from carecli.screens.formatting import in_zone, show_date, show_time, show_time_zoned, words
 from carecli.screens.forms import FlagFormScreen, describe_duration
 from carecli.screens.live import DataChanged
 from carecli.screens.record import RecordScreen
@@ -64,10 +65,6 @@ STEPS: dict[str, tuple[type[CallStepForm], str, str]] = {
 CALL_ENTITIES = frozenset({"call_record", "risk_flag", "member"})
 
 
-def _label(value: str | None) -> str:
-    return (value or "—").replace("_", " ")
-
-
 def open_flag(app: App[Any], flag_id: uuid.UUID) -> None:
     """Open a risk flag's screen (the worklist and the call screen share this)."""
     app.push_screen(FlagScreen(flag_id))
@@ -80,7 +77,7 @@ class CallScreen(RecordScreen):
 ## Call
 
 Everything about one call: its type and status, when it was scheduled, started
-and ended (all times UTC), its outcome and follow-up, its full notes (scroll them
+and ended (in your time zone, `[tui] timezone`), its outcome and follow-up, its full notes (scroll them
 with the arrow keys; **Tab** goes on to the flags), who the specialist is, who
 logged it and when, and the risk flags raised from it. **ctrl+r** reads it again.
 
@@ -140,7 +137,7 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
     def on_mount(self) -> None:
         self.title = "Call"
         table = self.query_one("#call-flags", DataTable)
-        for name, width in (("Raised (UTC)", 16), ("Severity", 8), ("Type", 10), ("State", 8),
+        for name, width in ((in_zone("Raised"), 16), ("Severity", 8), ("Type", 10), ("State", 8),
                             ("Description", None)):
             table.add_column(name, width=width)
         self.query_one("#call-notes-box").focus()
@@ -162,7 +159,7 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         call = view.call
         deleted = " (deleted)" if call.deleted_at else ""
         self.query_one("#call-title", Static).update(
-            f"{_label(call.call_type).capitalize()} call with {view.member_name}  ·  {_label(call.call_status)}"
+            f"{words(call.call_type).capitalize()} call with {view.member_name}  ·  {words(call.call_status)}"
             f"{deleted}")
         self.query_one("#call-fields", Static).update(self.fields_text(view))
         self.query_one("#call-notes", Static).update(call.call_notes or "No notes.")
@@ -171,25 +168,26 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
 
     @staticmethod
     def fields_text(view: CallView) -> str:
-        """The call's fields, two to a line (labels say which times are UTC)."""
+        """The call's fields, two to a line (labels say which zone the times are in)."""
         call = view.call
         duration = describe_duration(call.duration_seconds) if call.duration_seconds is not None else "—"
         if call.follow_up_required:
-            follow_up = f"required by {show_when(call.follow_up_date)}" if call.follow_up_date else "required"
+            follow_up = f"required by {show_date(call.follow_up_date)}" if call.follow_up_date else "required"
         else:
             follow_up = "not required"
         logged = view.logged_by or "not recorded"
         if view.logged_at is not None:
-            logged += f", {show_when(view.logged_at)} UTC"
+            logged += f", {show_time_zoned(view.logged_at)}"
         pairs = [
-            (("Type", _label(call.call_type)), ("Status", _label(call.call_status))),
-            (("Scheduled (UTC)", show_when(call.scheduled_at)), ("Duration", duration)),
-            (("Started (UTC)", show_when(call.started_at)), ("Ended (UTC)", show_when(call.ended_at))),
+            (("Type", words(call.call_type)), ("Status", words(call.call_status))),
+            ((in_zone("Scheduled"), show_time(call.scheduled_at)), ("Duration", duration)),
+            ((in_zone("Started"), show_time(call.started_at)), (in_zone("Ended"), show_time(call.ended_at))),
             (("Outcome", call.outcome or "—"), ("Follow-up", follow_up)),
         ]
-        lines = [f"{left[0]:<16} {left[1]:<21} {right[0]:<16} {right[1]}" for left, right in pairs]
-        lines.append(f"{'Specialist':<16} {view.specialist_name or 'none recorded'}")
-        lines.append(f"{'Logged by':<16} {logged}")
+        width = max(16, *(len(label) for pair in pairs for label, _value in pair))  # a long zone name widens it
+        lines = [f"{left[0]:<{width}} {left[1]:<21} {right[0]:<{width}} {right[1]}" for left, right in pairs]
+        lines.append(f"{'Specialist':<{width}} {view.specialist_name or 'none recorded'}")
+        lines.append(f"{'Logged by':<{width}} {logged}")
         return "\n".join(lines)
 
     def _fill_flags(self, view: CallView) -> None:
@@ -202,7 +200,7 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         for flag_view in view.flags:
             flag = flag_view.flag
             state = "resolved" if flag_view.resolution is not None else "open"
-            table.add_row(show_when(flag.created_at), flag.severity, _label(flag.risk_type), state,
+            table.add_row(show_time(flag.created_at), words(flag.severity), words(flag.risk_type), state,
                           " ".join(flag.description.split()), key=str(flag.id))
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected))
@@ -279,12 +277,12 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         """Why ``action`` does not apply to the call as it is (None when it does)."""
         status = view.call.call_status
         if action in STEPS and status != "scheduled":
-            return f"Only a scheduled call can be {STEPS[action][1]}; this call is {_label(status)}."
+            return f"Only a scheduled call can be {STEPS[action][1]}; this call is {words(status)}."
         if action == "edit_notes" and not view.is_own:
             return "Only the specialist who logged a call can edit its notes."
         if action == "raise_flag" and status not in FLAGGABLE_STATUSES:
             return (f"A flag can only be raised from a completed or unanswered call (this call is "
-                    f"{_label(status)}).")
+                    f"{words(status)}).")
         return None
 
     def _ready(self, action: str) -> CallView | None:

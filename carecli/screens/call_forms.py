@@ -7,7 +7,8 @@ refused as a conflict naming who (and what was typed stays). The data
 layer's rules (a completed call cannot end in the future, a call is
 scheduled for a time still to come, ...) come back as one
 :class:`~carecli.errors.ValidationError` listing every problem; each is
-shown next to its field. Times are typed as ``YYYY-MM-DD HH:MM`` in UTC.
+shown next to its field. Times are typed as ``YYYY-MM-DD HH:MM`` in the user's
+time zone (``[tui] timezone``; the labels name it) and stored in UTC.
 A step that can schedule the next attempt in the same transaction has an
 optional "next attempt" time; its rules are shown next to that field.
 """
@@ -15,7 +16,7 @@ optional "next attempt" time; its rules are shown next to that field.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
@@ -23,12 +24,14 @@ from textual import on
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widget import Widget
-from textual.widgets import Checkbox, Input, Select, Static, TextArea
+from textual.widgets import Input, Select, Static, TextArea
 
 from carecli.data.models.enums import CALL_TYPES
 from carecli.data.validation import SAY_WHY
-from carecli.screens.base import Problem, show_when
+from carecli.screens.base import Problem
+from carecli.screens.formatting import in_zone, now_input, show_time_zoned, time_input, words
 from carecli.screens.forms import FormModal, duration_text, parse_date, parse_datetime
+from carecli.screens.widgets import CareCheckbox
 from carecli.services.desk import NextAttempt
 
 if TYPE_CHECKING:
@@ -37,17 +40,14 @@ if TYPE_CHECKING:
 TIME_PLACEHOLDER = "YYYY-MM-DD HH:MM"
 
 
-def _label(value: str | None) -> str:
-    return (value or "—").replace("_", " ")
-
-
 def now_text() -> str:
-    """Now in UTC as the forms type times."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    """Now, in the user's zone, as the forms type times."""
+    return now_input()
 
 
 def time_text(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value is not None else ""
+    """A stored time as the forms type it (in the user's zone)."""
+    return time_input(value)
 
 
 def read_time(form: FormModal, name: str, values: dict[str, Any], errors: dict[str, str], *,
@@ -82,11 +82,11 @@ class CallStepForm(FormModal):
 
     def about(self) -> str:
         call = self.call
-        kind = f"{_label(call.call_type).capitalize()} call"
+        kind = f"{words(call.call_type).capitalize()} call"
         if call.call_status == "scheduled":
-            return f"{kind} scheduled for {show_when(call.scheduled_at)} UTC."
+            return f"{kind} scheduled for {show_time_zoned(call.scheduled_at)}."
         when = call.started_at or call.scheduled_at
-        return f"{kind}, {_label(call.call_status)}" + (f", {show_when(when)} UTC." if when else ".")
+        return f"{kind}, {words(call.call_status)}" + (f", {show_time_zoned(when)}." if when else ".")
 
     def compose_about(self) -> Iterable[Widget]:
         yield Static(self.about(), id="step-about", classes="read-only", markup=False)
@@ -95,7 +95,7 @@ class CallStepForm(FormModal):
         self.query_one("#step-about", Static).update(self.about())
 
     def next_attempt_field(self) -> Widget:
-        return self.field("next_attempt", "Schedule the next attempt (UTC, optional)",
+        return self.field("next_attempt", f"{in_zone('Schedule the next attempt')} (optional)",
                           Input(placeholder=TIME_PLACEHOLDER, compact=True))
 
     def read_next_attempt(self, values: dict[str, Any], errors: dict[str, str]) -> None:
@@ -118,13 +118,13 @@ class CompleteCallForm(CallStepForm):
         yield from self.compose_about()
         now = now_text()
         yield Horizontal(
-            self.field("started_at", "Started (UTC)", Input(now, placeholder=TIME_PLACEHOLDER, compact=True)),
-            self.field("ended_at", "Ended (UTC)", Input(now, placeholder=TIME_PLACEHOLDER, compact=True)),
+            self.field("started_at", in_zone("Started"), Input(now, placeholder=TIME_PLACEHOLDER, compact=True)),
+            self.field("ended_at", in_zone("Ended"), Input(now, placeholder=TIME_PLACEHOLDER, compact=True)),
             classes="row")
         yield Static("", id="call-duration", classes="computed")
         yield Horizontal(
             self.field("outcome", "Outcome", Input(max_length=50, placeholder="e.g. reached", compact=True)),
-            self.field("follow_up_required", "Follow-up", Checkbox("required", False, compact=True)),
+            self.field("follow_up_required", "Follow-up", CareCheckbox("required", False, compact=True)),
             self.field("follow_up_date", "Follow-up date", Input(placeholder="YYYY-MM-DD", compact=True)),
             classes="row")
         yield self.field("call_notes", "Notes", TextArea(self.call.call_notes or "", compact=True))
@@ -152,7 +152,7 @@ class CompleteCallForm(CallStepForm):
         values["outcome"] = self.input_value("outcome").strip() or None
         values["call_notes"] = self.query_one("#field-call_notes", TextArea).text.strip() or None
         # A follow-up date means a follow-up is due: the box is ticked as the date is typed (see below).
-        values["follow_up_required"] = (self.query_one("#field-follow_up_required", Checkbox).value
+        values["follow_up_required"] = (self.query_one("#field-follow_up_required", CareCheckbox).value
                                         or values.get("follow_up_date") is not None)
         self.read_next_attempt(values, errors)
         return values, errors
@@ -160,7 +160,7 @@ class CompleteCallForm(CallStepForm):
     @on(Input.Changed, "#field-follow_up_date")
     def _tick_follow_up(self, event: Input.Changed) -> None:
         if event.value.strip():
-            self.query_one("#field-follow_up_required", Checkbox).value = True
+            self.query_one("#field-follow_up_required", CareCheckbox).value = True
 
     def perform(self, values: dict[str, Any]) -> Any:
         return self.desk.complete_call(
@@ -179,7 +179,7 @@ class RescheduleCallForm(CallStepForm):
 
     def compose_fields(self) -> Iterable[Widget]:
         yield from self.compose_about()
-        yield self.field("scheduled_at", "New time (UTC)",
+        yield self.field("scheduled_at", in_zone("New time"),
                          Input(time_text(self.call.scheduled_at), placeholder=TIME_PLACEHOLDER, compact=True))
         yield self.field("reason", "Reason (optional, added to the call's notes)",
                          Input(placeholder="e.g. member asked for the afternoon", compact=True))
@@ -244,7 +244,7 @@ class NoAnswerForm(CallStepForm):
 
     def compose_fields(self) -> Iterable[Widget]:
         yield from self.compose_about()
-        yield self.field("started_at", "Attempted at (UTC)",
+        yield self.field("started_at", in_zone("Attempted at"),
                          Input(now_text(), placeholder=TIME_PLACEHOLDER, compact=True))
         yield self.field("call_notes", "Note (optional, added to the call's notes)", TextArea(compact=True))
         yield self.next_attempt_field()
@@ -309,9 +309,9 @@ class ScheduleCallForm(FormModal):
 
     def compose_fields(self) -> Iterable[Widget]:
         yield Horizontal(
-            self.field("call_type", "Type", Select([(_label(v), v) for v in CALL_TYPES], value="follow_up",
+            self.field("call_type", "Type", Select([(words(v), v) for v in CALL_TYPES], value="follow_up",
                                                    compact=True, allow_blank=False)),
-            self.field("scheduled_at", "When (UTC)", Input(placeholder=TIME_PLACEHOLDER, compact=True)),
+            self.field("scheduled_at", in_zone("When"), Input(placeholder=TIME_PLACEHOLDER, compact=True)),
             classes="row")
         yield self.field("call_notes", "Notes (optional)", TextArea(compact=True))
 

@@ -27,7 +27,8 @@ from carecli.data.permissions import Permission
 from carecli.data.repositories.emergency import CONFIRMATION_WORD, MIN_NOTE_LENGTH, MIN_REASON_LENGTH, EmergencyGrant
 from carecli.errors import PermissionDenied
 from carecli.screens.admin import AuditEntryScreen, summarize_values
-from carecli.screens.base import CareModal, CareScreen, Problem, describe, show_when
+from carecli.screens.base import CareModal, CareScreen, Problem, describe
+from carecli.screens.formatting import in_zone, plural, show_time, show_time_zoned, words
 from carecli.screens.forms import FormModal
 from carecli.screens.widgets import CareFooter
 from carecli.services.desk import AccessEntry
@@ -100,16 +101,23 @@ class ReviewDialog(FormModal):
     SAVE_LABEL = "Mark reviewed"
     SUBMIT_ON_ENTER = True
 
-    def __init__(self, entry: QueueEntry) -> None:
+    def __init__(self, entry: QueueEntry, member_label: str = "") -> None:
         super().__init__()
         self.entry = entry
+        self.member_label = member_label
 
-    def compose_fields(self) -> Iterable[Widget]:
+    def _about(self) -> str:
         grant = self.entry.grant
         ends = " It is still live: reviewing ends it now." if grant.live else ""
-        yield Static(f"{self.entry.who}, member {str(grant.member_id)[:8]}, {show_when(grant.granted_at)} to "
-                     f"{show_when(grant.expires_at)} UTC, {grant.actions or 0} actions.{ends}",
-                     classes="read-only", markup=False)
+        member = self.member_label or str(grant.member_id)[:8]
+        return (f"{self.entry.who}, member {member}, {show_time(grant.granted_at)} to "
+                f"{show_time_zoned(grant.expires_at)}, {plural(grant.actions or 0, 'action')}.{ends}")
+
+    def refill_read_only(self) -> None:
+        self.query_one("#review-about", Static).update(self._about())
+
+    def compose_fields(self) -> Iterable[Widget]:
+        yield Static(self._about(), id="review-about", classes="read-only", markup=False)
         yield self.field("note", f"Review note (at least {MIN_NOTE_LENGTH} characters)",
                          Input(placeholder="e.g. confirmed with the caller's case file", max_length=500,
                                compact=True))
@@ -132,12 +140,14 @@ class ReviewDialog(FormModal):
 
 class QueueLoaded(Message):
     def __init__(self, generation: int, entries: Sequence[QueueEntry], problem: Problem | None = None,
-                 refused: bool = False) -> None:
+                 refused: bool = False, names: dict[uuid.UUID, str] | None = None) -> None:
         super().__init__()
         self.generation = generation
         self.entries = list(entries)
         self.problem = problem
         self.refused = refused
+        #: member id -> "Last, First" (empty without members:read: the ids are shown)
+        self.names = names or {}
 
 
 class GrantActionsLoaded(Message):
@@ -151,7 +161,7 @@ class GrantActionsScreen(CareModal):
 
     DEFAULT_CSS = """
     GrantActionsScreen { align: center middle; }
-    GrantActionsScreen #grant { width: 90%; max-width: 110; height: 80%; border: thick $warning;
+    GrantActionsScreen #grant { width: 90%; max-width: 110; height: 80%; border: heavy $warning;
                                 background: $surface; padding: 0 1; }
     GrantActionsScreen #grant-summary { height: auto; padding: 0 0 1 0; }
     GrantActionsScreen #grant-actions { height: 1fr; }
@@ -159,11 +169,14 @@ class GrantActionsScreen(CareModal):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Close", id="emergency_grant.close", tooltip="Back to the review queue"),
+        Binding("m", "open_member", "Open member", id="emergency_grant.open_member",
+                tooltip="Open the member this access was for (the open is audited)"),
     ]
 
-    def __init__(self, entry: QueueEntry) -> None:
+    def __init__(self, entry: QueueEntry, member_label: str = "") -> None:
         super().__init__()
         self.entry = entry
+        self.member_label = member_label
         self.rows: list[AccessEntry] = []
 
     def compose(self) -> ComposeResult:
@@ -179,18 +192,20 @@ class GrantActionsScreen(CareModal):
         box.border_subtitle = "Enter shows a row · Esc closes"
         self._summarize()
         table = self.query_one("#grant-actions", DataTable)
-        for label in ("When (UTC)", "Action", "Entity", "Id", "Details"):
+        for label in (in_zone("When"), "Action", "Entity", "Id", "Details"):
             table.add_column(label)
         table.focus()
         self.load()
 
     def _summarize(self) -> None:
         grant = self.entry.grant
-        lines = [f"{self.entry.who} on member {grant.member_id}",
-                 f"{show_when(grant.granted_at)} to {show_when(grant.expires_at)} UTC ({grant.minutes} min)",
+        member = f"{self.member_label} ({grant.member_id})" if self.member_label else str(grant.member_id)
+        lines = [f"{self.entry.who} on member {member}",
+                 f"{show_time(grant.granted_at)} to {show_time_zoned(grant.expires_at)} ({grant.minutes} min)",
                  f"Reason: {grant.reason}"]
         if grant.reviewed:
-            lines.append(f"Reviewed by {self.entry.reviewer} on {show_when(grant.reviewed_at)}: {grant.review_note}")
+            lines.append(f"Reviewed by {self.entry.reviewer} on {show_time_zoned(grant.reviewed_at)}: "
+                         f"{grant.review_note}")
         self.query_one("#grant-summary", Static).update("\n".join(lines))
 
     @work(thread=True, exclusive=True, group="emergency-actions")
@@ -208,7 +223,8 @@ class GrantActionsScreen(CareModal):
         table.clear()
         for index, access in enumerate(self.rows):
             entry = access.entry
-            table.add_row(show_when(entry.created_at), entry.action, entry.entity_type, str(entry.entity_id)[:8],
+            table.add_row(show_time(entry.created_at), words(entry.action), words(entry.entity_type),
+                          str(entry.entity_id)[:8],
                           summarize_values(entry.old_values, entry.new_values), key=str(index))
 
     @on(DataTable.RowSelected, "#grant-actions")
@@ -219,6 +235,15 @@ class GrantActionsScreen(CareModal):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "open_member":
+            desk = self.care.desk
+            return desk is not None and desk.can(Permission.MEMBERS_READ)
+        return True
+
+    def action_open_member(self) -> None:
+        self.care.open_member(self.entry.grant.member_id)
 
     def clear_phi(self) -> None:
         # The reason is free text (it may name the member's condition): gone while locked.
@@ -242,14 +267,17 @@ class EmergencyQueueScreen(CareScreen):
 
 Break-the-glass grants: a user without `phi:reveal` got time-boxed access to
 one member's SSN and date of birth. Each row shows who, which member, when,
-and how many audit rows they wrote on that member meanwhile. **Enter** lists
-those rows; **v** marks the grant reviewed with a note (`emergency:review`;
-a live grant ends then); **a** shows reviewed grants too.
+and how many audit rows they wrote on that member meanwhile. **Enter** opens
+the member (an audited read); **d** shows the grant (reason included) and
+every row done under it; **v** marks the grant reviewed with a note
+(`emergency:review`; a live grant ends then); **a** shows reviewed grants too.
 """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "details", "Actions", id="emergency.details",
-                tooltip="The grant and every audit row done under it"),
+        Binding("o", "open_member", "Open member", id="emergency.open_member",
+                tooltip="Open the member of the selected grant (Enter does too; the open is audited)"),
+        Binding("d", "details", "Details", id="emergency.details",
+                tooltip="The grant (reason included) and every audit row done under it"),
         Binding("v", "review", "Mark reviewed", id="emergency.review",
                 tooltip="Mark the selected grant reviewed, with a note (emergency:review)"),
         Binding("a", "toggle_all", "All / unreviewed", id="emergency.all", tooltip="Show reviewed grants too"),
@@ -257,11 +285,13 @@ a live grant ends then); **a** shows reviewed grants too.
         Binding("escape", "back", "Back", id="emergency.back", tooltip="Back to the previous screen"),
     ]
 
-    AUTO_FOCUS = "#emergency-table"
+    WORK_FOCUS = "#emergency-table"
 
     def __init__(self) -> None:
         super().__init__()
         self.entries: list[QueueEntry] = []
+        #: member id -> "Last, First", from the last load
+        self.names: dict[uuid.UUID, str] = {}
         self.include_reviewed = False
         self.generation = 0
         self.refused = False
@@ -276,7 +306,7 @@ a live grant ends then); **a** shows reviewed grants too.
     def on_mount(self) -> None:
         self.sub_title = "Emergency accesses"
         table = self.query_one("#emergency-table", DataTable)
-        for label in ("Granted (UTC)", "Who", "Member", "Until (UTC)", "State", "Actions"):
+        for label in (in_zone("Granted"), "Who", "Member", in_zone("Until"), "State", "Actions"):
             table.add_column(label)
         self.reload()
 
@@ -294,7 +324,11 @@ a live grant ends then); **a** shows reviewed grants too.
         except Exception as exc:
             self.post_message(QueueLoaded(generation, [], describe(exc)))
             return
-        self.post_message(QueueLoaded(generation, entries))
+        try:
+            names = self.desk.member_labels(entry.grant.member_id for entry in entries)
+        except Exception:  # names are a help: ids are shown without them
+            names = {}
+        self.post_message(QueueLoaded(generation, entries, names=names))
 
     def on_queue_loaded(self, message: QueueLoaded) -> None:
         if message.generation != self.generation:
@@ -310,19 +344,28 @@ a live grant ends then); **a** shows reviewed grants too.
             self.refused = True
             self.refresh_bindings()
             status.update("Emergency accesses: not shown")
+            self.ensure_focus()
             return
         if message.problem is not None:
             status.update(f"Could not read the emergency accesses: {message.problem}")
             return
         self.entries = message.entries
+        self.names = message.names
         table.clear()
         for entry in self.entries:
             grant = entry.grant
-            table.add_row(show_when(grant.granted_at), entry.who[:24], str(grant.member_id)[:8],
-                          show_when(grant.expires_at), grant_state(grant), str(grant.actions or 0),
+            member = self.names.get(grant.member_id) or str(grant.member_id)[:8]
+            table.add_row(show_time(grant.granted_at), entry.who[:24], member[:30],
+                          show_time(grant.expires_at), grant_state(grant), str(grant.actions or 0),
                           key=str(grant.id))
-        which = "emergency accesses" if self.include_reviewed else "emergency accesses waiting for review"
-        status.update(f"{len(self.entries)} {which}" if self.entries else f"No {which}.")
+        count = len(self.entries)
+        if not self.entries:
+            status.update("No emergency accesses." if self.include_reviewed
+                          else "No emergency accesses waiting for review.")
+        elif self.include_reviewed:
+            status.update(plural(count, "emergency access"))
+        else:
+            status.update(f"{plural(count, 'emergency access')} waiting for review")
         self.refresh_bindings()
 
     def selected(self) -> QueueEntry | None:
@@ -333,8 +376,11 @@ a live grant ends then); **a** shows reviewed grants too.
         return self.entries[row]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("details", "review", "toggle_all") and self.refused:
+        if action in ("details", "review", "toggle_all", "open_member") and self.refused:
             return False
+        if action == "open_member":
+            desk = self.care.desk
+            return desk is not None and desk.can(Permission.MEMBERS_READ)
         if action == "review":
             desk = self.care.desk
             return desk is not None and desk.can(Permission.EMERGENCY_REVIEW)
@@ -343,12 +389,21 @@ a live grant ends then); **a** shows reviewed grants too.
     def action_details(self) -> None:
         entry = self.selected()
         if entry is not None:
-            self.app.push_screen(GrantActionsScreen(entry))
+            self.app.push_screen(GrantActionsScreen(entry, self.names.get(entry.grant.member_id, "")))
+
+    def action_open_member(self) -> None:
+        entry = self.selected()
+        if entry is not None:
+            self.care.open_member(entry.grant.member_id)
 
     @on(DataTable.RowSelected, "#emergency-table")
     def _row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter: the member (without members:read, the grant's details instead)."""
         event.stop()
-        self.action_details()
+        if self.check_action("open_member", ()):
+            self.action_open_member()
+        else:
+            self.action_details()
 
     def action_review(self) -> None:
         entry = self.selected()
@@ -358,7 +413,7 @@ a live grant ends then); **a** shows reviewed grants too.
         if entry.grant.reviewed:
             self.notify("This emergency access was reviewed already.", severity="warning")
             return
-        self.app.push_screen(ReviewDialog(entry), self._after_review)
+        self.app.push_screen(ReviewDialog(entry, self.names.get(entry.grant.member_id, "")), self._after_review)
 
     def _after_review(self, grant: EmergencyGrant | None) -> None:
         if grant is None:
@@ -381,6 +436,7 @@ a live grant ends then); **a** shows reviewed grants too.
         # Member ids and staff names only, but nothing stays on screen under the lock.
         self.query_one("#emergency-table", DataTable).clear()
         self.entries = []
+        self.names = {}
 
     def restore_after_unlock(self) -> None:
         self.reload()

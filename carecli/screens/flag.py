@@ -19,16 +19,13 @@ from textual.containers import VerticalScroll
 from textual.widgets import Header, Static
 
 from carecli.data.permissions import Permission
-from carecli.screens.base import Problem, show_when
+from carecli.screens.base import Problem
 from carecli.screens.flag_forms import ReopenFlagDialog, ResolveFlagDialog
+from carecli.screens.formatting import show_time_zoned, words
 from carecli.screens.live import DataChanged
 from carecli.screens.record import RecordScreen
 from carecli.screens.widgets import CareFooter
 from carecli.services.desk import FlagView
-
-
-def _label(value: str | None) -> str:
-    return (value or "—").replace("_", " ")
 
 
 class FlagScreen(RecordScreen):
@@ -102,21 +99,22 @@ applies). **m** opens the member's file. Resolving and re-opening are audited.
         self.view = view
         flag, call, resolution = view.flag, view.call, view.resolution
         self.query_one("#flag-heading", Static).update(
-            f"{flag.severity.upper()} · {_label(flag.risk_type)} risk" + ("  (deleted)" if flag.deleted_at else ""))
+            f"{words(flag.severity).upper()} · {words(flag.risk_type)} risk"
+            + ("  (deleted)" if flag.deleted_at else ""))
         self.query_one("#flag-member", Static).update(f"Member:  {view.member_name}")
         if call is None:
             call_text = "Call:    no longer on file"
         else:
-            call_text = (f"Call:    {_label(call.call_type)}, {_label(call.call_status)}, "
-                         f"{show_when(call.started_at or call.scheduled_at)} UTC")
+            call_text = (f"Call:    {words(call.call_type)}, {words(call.call_status)}, "
+                         f"{show_time_zoned(call.started_at or call.scheduled_at)}")
         self.query_one("#flag-call", Static).update(call_text)
         self.query_one("#flag-raised", Static).update(
-            f"Raised:  {show_when(flag.created_at)} UTC by {view.raised_by or 'an unknown specialist'}")
+            f"Raised:  {show_time_zoned(flag.created_at)} by {view.raised_by or 'an unknown specialist'}")
         state = self.query_one("#flag-state", Static)
         if resolution is None:
             state.update("State:   OPEN")
         else:
-            when = f"{show_when(resolution.at)} UTC" if resolution.at else "at an unknown time"
+            when = show_time_zoned(resolution.at) if resolution.at else "at an unknown time"
             state.update(f"State:   resolved {when} by {view.resolved_by or 'an unknown user'}\n"
                          f"Note:    {resolution.note}")
         state.set_class(resolution is None, "-open")

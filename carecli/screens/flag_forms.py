@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from textual.widget import Widget
 from textual.widgets import Static, TextArea
 
-from carecli.screens.base import show_when
+from carecli.screens.formatting import show_time_zoned, words
 from carecli.screens.forms import FormModal
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class _FlagStepForm(FormModal):
 
     def _about(self) -> str:
         flag = self.view.flag
-        return f"{flag.severity} · {flag.risk_type.replace('_', ' ')} · raised {show_when(flag.created_at)}"
+        return f"{words(flag.severity)} · {words(flag.risk_type)} · raised {show_time_zoned(flag.created_at)}"
 
     def compose_fields(self) -> Iterable[Widget]:
         yield Static(self._about(), id="flag-step-about", classes="read-only", markup=False)

@@ -31,20 +31,26 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import Button, Checkbox, Input, Select, Static, TextArea
+from textual.widgets import Button, Input, Select, Static, TextArea
 
 from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES, RISK_TYPES, SEVERITIES
-from carecli.screens.base import CareModal, Problem, describe, show_when
+from carecli.screens.base import CareModal, Problem, describe
+from carecli.screens.formatting import (
+    in_zone,
+    parse_time,
+    show_date,
+    show_time,
+    show_time_zoned,
+    time_input,
+    words,
+)
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareCheckbox, CareFooter
 
 if TYPE_CHECKING:
     from carecli.data.records import Call, Enrollment, Plan
     from carecli.services.desk import EnrollmentView
 
-#: how the forms read times (the database keeps naive UTC; the forms say so)
-DATETIME_FORMATS = ("%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S")
-DATETIME_HINT = "use YYYY-MM-DD HH:MM (UTC), e.g. 2025-03-01 14:30"
 DATE_HINT = "use YYYY-MM-DD, e.g. 2025-03-01"
 MIN_REVEAL_REASON = 4  # the repository's rule too; checked here to answer without a round trip
 #: column names that the repositories' messages mention, as the forms call them
@@ -55,22 +61,33 @@ FIELD_WORDS = {
 }
 
 
+#: a message starting with one of these is the end of a sentence whose subject is the field ("is required")
+_PREDICATES = frozenset({"is", "are", "must", "should", "cannot", "can", "may", "has", "have", "needs", "does",
+                         "was", "were", "will"})
+
+
+def as_sentence(subject: str, message: str) -> str:
+    """A whole sentence for a field's message: ``("Started", "is required")`` -> ``"Started is required."``.
+
+    Messages that already are sentences (or instructions: "choose one") only get a capital and a full stop.
+    """
+    message = message.strip()
+    if not message:
+        return message
+    if message.split()[0] in _PREDICATES:
+        message = f"{subject} {message}"
+    message = message[0].upper() + message[1:]
+    return message if message[-1] in ".!?" else message + "."
+
+
 def _label(value: str) -> str:
     """An enum value as people read it: ``no_answer`` -> ``no answer``."""
     return value.replace("_", " ")
 
 
 def parse_datetime(text: str) -> datetime | None:
-    """A typed UTC time as the naive UTC ``datetime`` the database keeps; ``None`` when blank."""
-    text = text.strip()
-    if not text:
-        return None
-    for pattern in DATETIME_FORMATS:
-        try:
-            return datetime.strptime(text, pattern)
-        except ValueError:
-            continue
-    raise ValueError(DATETIME_HINT)
+    """A time typed in the user's zone as the naive UTC ``datetime`` the database keeps; ``None`` when blank."""
+    return parse_time(text)
 
 
 def parse_date(text: str) -> date | None:
@@ -215,13 +232,13 @@ class FormModal(CareModal):
     # -- values and errors --------------------------------------------------------
 
     def collect_choices(self, names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
-        """The values of the named Select fields, with "choose one" for those left empty."""
+        """The values of the named Select fields, with "Choose the <label>." for those left empty."""
         values: dict[str, Any] = {}
         errors: dict[str, str] = {}
         for name in names:
             value = self.query_one(f"#field-{name}", Select).value
             if value is Select.NULL:
-                errors[name] = "choose one"
+                errors[name] = f"Choose the {self.field_label(name).lower()}."
             values[name] = value
         return values, errors
 
@@ -253,7 +270,7 @@ class FormModal(CareModal):
     @on(Input.Changed)
     @on(TextArea.Changed)
     @on(Select.Changed)
-    @on(Checkbox.Changed)
+    @on(CareCheckbox.Changed)
     def _field_edited(self, event: Message) -> None:
         """Editing a field takes its error line away (and a pending "press Esc again" with it)."""
         control = getattr(event, "control", None)
@@ -277,12 +294,20 @@ class FormModal(CareModal):
         matches = self.query(f"#error-{name}")
         return matches.first(Static) if matches else None
 
+    def field_label(self, name: str) -> str:
+        """The field's label as a sentence's subject: "Started (UTC)" -> "Started" (its name without one)."""
+        labels = self.query(f"#cell-{name} > .field-label")
+        text = str(labels.first(Static).content) if labels else ""
+        text = re.sub(r"\s*\([^)]*\)", "", text).strip()
+        return text or _label(name).capitalize()
+
     def show_field_error(self, name: str, message: str) -> bool:
-        """Show ``message`` under field ``name``; False when the form has no such field."""
-        error = self.error_widget(self.FIELD_ALIASES.get(name, name))
+        """Show ``message`` under field ``name`` as a whole sentence; False when the form has no such field."""
+        name = self.FIELD_ALIASES.get(name, name)
+        error = self.error_widget(name)
         if error is None:
             return False
-        error.update(message)
+        error.update(as_sentence(self.field_label(name), message))
         error.display = True
         return True
 
@@ -335,7 +360,7 @@ class FormModal(CareModal):
             for name, message in errors.items():
                 self.show_field_error(name, message)
             self.set_status("Please correct the marked fields.", error=True)
-            self._focus_field(next(iter(errors)))
+            self._focus_first_error()
             return
         self._set_saving(True)
         self._save_in_background(values)
@@ -410,7 +435,8 @@ class FormModal(CareModal):
                 by_field.setdefault(name, []).append(part)
         shown: list[Problem] = []
         for group in by_field.values():  # two rules broken by one field: both sentences under it
-            self.show_field_error(group[0].field or "", " ".join(part.message for part in group))
+            name = self.FIELD_ALIASES.get(group[0].field or "", group[0].field or "")
+            self.show_field_error(name, " ".join(as_sentence(self.field_label(name), part.message) for part in group))
             shown.extend(group)
         rest = [part for part in parts if not any(part is done for done in shown)]
         if shown and not rest:
@@ -418,7 +444,7 @@ class FormModal(CareModal):
             self.set_status(f"Please correct the marked field{plural}, then try again.", error=True)
             self._focus_field(self.FIELD_ALIASES.get(shown[0].field or "", shown[0].field or ""))
             return
-        texts = [f"{_label(part.field)}: {part.message}" if part.field else part.message for part in rest]
+        texts = [f"{words(part.field)}: {part.message}" if part.field else part.message for part in rest]
         text = "; ".join(text.rstrip(".") for text in texts)
         hint = rest[0].hint or "correct it and save again"
         also = " (and see the marked fields)" if shown else ""
@@ -428,9 +454,15 @@ class FormModal(CareModal):
     def explain(self, problem: Problem) -> Problem:
         """Reword a failure for this form (override); the default names columns as the form does."""
         message = problem.message
-        for column, words in FIELD_WORDS.items():
-            message = re.sub(rf"\b{column}\b", words, message)
+        for column, said in FIELD_WORDS.items():
+            message = re.sub(rf"\b{column}\b", said, message)
         return dataclasses.replace(problem, message=message)
+
+    def _focus_first_error(self) -> None:
+        """The cursor to the first marked field as the form shows them (top to bottom)."""
+        shown = list(self.field_errors())
+        if shown:
+            self._focus_field(shown[0])
 
     def _focus_field(self, name: str) -> None:
         matches = self.query(f"#field-{name}")
@@ -482,7 +514,7 @@ class FormModal(CareModal):
 
 
 class CallFormScreen(FormModal):
-    """Log a call with a member (or edit one, given ``call``); times are typed in UTC."""
+    """Log a call with a member (or edit one, given ``call``); times are typed in the user's zone."""
 
     HEADING = "Log a call"
     ACTION = "save the call"
@@ -507,21 +539,21 @@ class CallFormScreen(FormModal):
         status_value = call.call_status if call is not None else "completed"
 
         def when(value: datetime | None) -> str:
-            return value.strftime("%Y-%m-%d %H:%M") if value is not None else ""
+            return time_input(value)
 
         yield Horizontal(
-            self.field("call_type", "Type", Select([(_label(v), v) for v in CALL_TYPES], value=type_value,
+            self.field("call_type", "Type", Select([(words(v), v) for v in CALL_TYPES], value=type_value,
                                                    compact=True, allow_blank=False)),
-            self.field("call_status", "Status", Select([(_label(v), v) for v in CALL_STATUSES], value=status_value,
+            self.field("call_status", "Status", Select([(words(v), v) for v in CALL_STATUSES], value=status_value,
                                                        compact=True, allow_blank=False)),
             classes="row")
         placeholder = "YYYY-MM-DD HH:MM"
         yield Horizontal(
-            self.field("scheduled_at", "Scheduled (UTC)",
+            self.field("scheduled_at", in_zone("Scheduled"),
                        Input(when(call.scheduled_at) if call else "", placeholder=placeholder, compact=True)),
-            self.field("started_at", "Started (UTC)",
+            self.field("started_at", in_zone("Started"),
                        Input(when(call.started_at) if call else "", placeholder=placeholder, compact=True)),
-            self.field("ended_at", "Ended (UTC)",
+            self.field("ended_at", in_zone("Ended"),
                        Input(when(call.ended_at) if call else "", placeholder=placeholder, compact=True)),
             classes="row")
         yield Static("", id="call-duration", classes="computed")
@@ -530,9 +562,9 @@ class CallFormScreen(FormModal):
             self.field("outcome", "Outcome", Input((call.outcome or "") if call else "", max_length=50,
                                                    placeholder="e.g. reached, voicemail", compact=True)),
             self.field("follow_up_required", "Follow-up",
-                       Checkbox("required", bool(call.follow_up_required) if call else False, compact=True)),
+                       CareCheckbox("required", bool(call.follow_up_required) if call else False, compact=True)),
             self.field("follow_up_date", "Follow-up date",
-                       Input(call.follow_up_date.isoformat() if call and call.follow_up_date else "",
+                       Input(show_date(call.follow_up_date) if call and call.follow_up_date else "",
                              placeholder="YYYY-MM-DD", compact=True)),
             classes="row")
 
@@ -560,7 +592,7 @@ class CallFormScreen(FormModal):
         notes = self.query_one("#field-call_notes", TextArea).text.strip()
         values["call_notes"] = notes or None
         values["outcome"] = self.input_value("outcome").strip() or None
-        values["follow_up_required"] = self.query_one("#field-follow_up_required", Checkbox).value
+        values["follow_up_required"] = self.query_one("#field-follow_up_required", CareCheckbox).value
         return values, errors
 
     def perform(self, values: dict[str, Any]) -> Any:
@@ -601,24 +633,24 @@ class FlagFormScreen(FormModal):
         self.specialist_of = specialist_of
 
     def _about(self) -> str:
-        when = show_when(self.call.started_at or self.call.scheduled_at)
+        when = show_time_zoned(self.call.started_at or self.call.scheduled_at)
         member = self.member_label or "the call's member"
         specialist = self.specialist_label or "the call's specialist"
         return (f"Member: {member}\nSpecialist: {specialist}\n"
-                f"Call: {_label(self.call.call_type)}, {_label(self.call.call_status)}, {when}")
+                f"Call: {words(self.call.call_type)}, {words(self.call.call_status)}, {when}")
 
     @staticmethod
     def call_choice(call: Call) -> str:
         """A call as the list offers it: when, type, status."""
-        return (f"{show_when(call.started_at or call.scheduled_at)} · {_label(call.call_type)} · "
-                f"{_label(call.call_status)}")
+        return (f"{show_time(call.started_at or call.scheduled_at)} · {words(call.call_type)} · "
+                f"{words(call.call_status)}")
 
     def compose_fields(self) -> Iterable[Widget]:
         yield Static(self._about(), id="flag-about", classes="read-only", markup=False)
         yield Horizontal(
-            self.field("risk_type", "Risk type", Select([(_label(v), v) for v in RISK_TYPES], compact=True,
+            self.field("risk_type", "Risk type", Select([(words(v), v) for v in RISK_TYPES], compact=True,
                                                         prompt="choose…")),
-            self.field("severity", "Severity", Select([(_label(v), v) for v in SEVERITIES], compact=True,
+            self.field("severity", "Severity", Select([(words(v), v) for v in SEVERITIES], compact=True,
                                                       prompt="choose…")),
             classes="row")
         yield self.field("description", "What was found (required)", TextArea(compact=True))
@@ -703,9 +735,9 @@ class EnrollFormScreen(FormModal):
         yield self.field("plan", "Plan", Select(options, compact=True, prompt="choose a plan…"))
         yield Horizontal(
             self.field("enrollment_date", "Enrolled from",
-                       Input(today_utc().isoformat(), placeholder="YYYY-MM-DD", compact=True)),
+                       Input(show_date(today_utc()), placeholder="YYYY-MM-DD", compact=True)),
             self.field("coverage_percentage", "Coverage %", Input("100", placeholder="0-100", compact=True)),
-            self.field("is_primary", "Primary plan", Checkbox("primary", False, compact=True)),
+            self.field("is_primary", "Primary plan", CareCheckbox("primary", False, compact=True)),
             classes="row")
         yield self.field("notes", "Notes", Input(compact=True))
 
@@ -738,7 +770,7 @@ class EnrollFormScreen(FormModal):
                 if not 0 <= percent <= 100:
                     errors["coverage_percentage"] = "a number from 0 to 100"
                 values["coverage_percentage"] = percent
-        values["is_primary"] = self.query_one("#field-is_primary", Checkbox).value
+        values["is_primary"] = self.query_one("#field-is_primary", CareCheckbox).value
         values["notes"] = self.input_value("notes").strip() or None
         return values, errors
 
@@ -761,8 +793,8 @@ class EnrollFormScreen(FormModal):
         self._set_saving(False)
         self._warned_for = warning.start
         plans = ", ".join(f"{self.plan_codes.get(e.insurance_plan_id, 'another plan')} (from "
-                          f"{show_when(e.enrollment_date)}"
-                          f"{f' to {show_when(e.termination_date)}' if e.termination_date else ''})"
+                          f"{show_date(e.enrollment_date)}"
+                          f"{f' to {show_date(e.termination_date)}' if e.termination_date else ''})"
                           for e in warning.enrollments)
         self.set_status(f"Warning: this member has another active enrollment on {warning.start}: {plans}.\n"
                         "Press ctrl+s again to enroll anyway, or Esc to cancel.", error=True)
@@ -790,10 +822,10 @@ class TerminateDialog(FormModal):
     def compose_fields(self) -> Iterable[Widget]:
         enrollment = self.view.enrollment
         yield Static(f"Plan: {self.view.plan_code} — {self.view.plan_name}\n"
-                     f"Enrolled from {show_when(enrollment.enrollment_date)}"
+                     f"Enrolled from {show_date(enrollment.enrollment_date)}"
                      f"{' (primary)' if enrollment.is_primary else ''}", classes="muted", markup=False)
         yield self.field("termination_date", "Last day of coverage",
-                         Input(today_utc().isoformat(), placeholder="YYYY-MM-DD", compact=True))
+                         Input(show_date(today_utc()), placeholder="YYYY-MM-DD", compact=True))
         yield Static("", id="terminate-effect", classes="computed", markup=False)
         yield self.field("reason", "Reason (required)",
                          Input(placeholder="e.g. moved out of the service area", max_length=2000, compact=True))

@@ -17,9 +17,10 @@ GENERAL = """
 |---|---|
 | F1 | this help |
 | F2 / F3 / F4 | worklist / members / plans |
-| F6 / F7 | audit log / users and roles (with the permission) |
+| F6 / F7 / F8 | audit log / users and roles / emergency accesses (with the permission) |
 | ctrl+p | command palette: type a member's name to jump to them, or a command |
 | ctrl+l | lock the screen now |
+| ctrl+o | sign out (your session ends; sign in again as anyone) |
 | ctrl+q | quit |
 
 Keys can be remapped in the config file (`carecli config path`), section
@@ -36,7 +37,7 @@ class HelpScreen(ModalScreen[None]):
 
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen VerticalScroll { width: 90%; max-width: 100; height: 90%; border: thick $primary;
+    HelpScreen VerticalScroll { width: 90%; max-width: 100; height: 90%; border: heavy $primary;
                                 background: $surface; padding: 0 1; }
     """
 
@@ -56,18 +57,37 @@ class HelpScreen(ModalScreen[None]):
 
     def text(self) -> str:
         parts = [getattr(self.for_screen, "HELP", "") or ""]
-        rows = []
-        for active in self.bindings_below:
-            binding = active.binding
-            if not binding.description or binding.system:
-                continue
-            keys = self.app.get_key_display(binding)
-            rows.append(f"| {keys} | {binding.description} | `{binding.id or ''}` | {binding.tooltip or ''} |")
-        if rows:
-            parts.append("## Keys on this screen\n\n| Key | Action | Binding id | |\n|---|---|---|---|\n"
-                         + "\n".join(dict.fromkeys(rows)))
+        parts.append(self.key_table())
         parts.append(GENERAL)
         return "\n\n".join(part.strip() for part in parts if part.strip())
+
+    def key_rows(self) -> list[tuple[str, str, str, str]]:
+        """(keys, action, binding id, what it does): one row per action, its keys together.
+
+        carecli's own bindings only (those with an id, which the keymap can remap); the keys Textual's
+        widgets handle themselves (arrows, Enter in a list) are not listed as if they were remappable.
+        """
+        rows: dict[tuple[str, str], list[str]] = {}
+        about: dict[tuple[str, str], tuple[str, str]] = {}
+        for active in self.bindings_below:
+            binding = active.binding
+            if not binding.description or binding.system or not binding.id:
+                continue
+            identity = (binding.id, binding.action)
+            keys = rows.setdefault(identity, [])
+            shown = self.app.get_key_display(binding)
+            if shown not in keys:
+                keys.append(shown)
+            about.setdefault(identity, (binding.description, binding.tooltip or ""))
+        return [(" / ".join(keys), about[identity][0], identity[0], about[identity][1])
+                for identity, keys in rows.items()]
+
+    def key_table(self) -> str:
+        rows = self.key_rows()
+        if not rows:
+            return ""
+        lines = [f"| {keys} | {action} | `{binding_id}` | {what} |" for keys, action, binding_id, what in rows]
+        return "## Keys on this screen\n\n| Key | Action | Binding id | |\n|---|---|---|---|\n" + "\n".join(lines)
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)

@@ -5,7 +5,8 @@ date of birth stay masked until the user asks, gives a reason and holds
 ``phi:reveal``; a revealed value hides itself again after
 ``settings.reveal_seconds``, as soon as anything covers or replaces this
 screen, and when the app locks. Every write goes through a form
-(:mod:`carecli.screens.forms`) and reloads the file once it is saved.
+(:mod:`carecli.screens.forms`) and reloads the file once it is saved, within
+the same visit: not another audited read (other reloads are).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES, enrollment_state
-from carecli.screens.base import CareScreen, Problem, describe, member_name, show_phone, show_when
+from carecli.screens.base import CareScreen, Problem, describe, member_name
 from carecli.screens.call import CallScreen
 from carecli.screens.call_forms import ScheduleCallForm
 from carecli.screens.confirm import ConfirmDialog
 from carecli.screens.emergency import BreakGlassDialog
 from carecli.screens.flag import FlagScreen
+from carecli.screens.formatting import in_zone, show_date, show_phone, show_time, show_time_zoned, words
 from carecli.screens.forms import (
     CallFormScreen,
     EnrollFormScreen,
@@ -43,8 +45,8 @@ from carecli.screens.forms import (
 )
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.member_forms import MemberEditScreen
-from carecli.screens.widgets import CareFooter
-from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile
+from carecli.screens.widgets import CareFooter, show_empty
+from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile, MemberVisit
 
 if TYPE_CHECKING:
     from carecli.data.records import Call, Member, Plan
@@ -69,15 +71,14 @@ ACTION_PERMISSIONS: dict[str, Permission] = {
 
 #: tab pane id -> title (the access tab only exists for users who may read the audit log)
 TABS = {"calls": "Calls", "flags": "Risk flags", "enrollments": "Enrollments", "notes": "Notes", "access": "Access"}
+#: what an empty tab says
+EMPTY = {"calls": "No calls with this member yet.", "flags": "No risk flags.", "enrollments": "No enrollments.",
+         "notes": "No notes.", "access": "No one has opened this record."}
 
 
 def _short(text: str | None, width: int) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _label(value: str | None) -> str:
-    return (value or "—").replace("_", " ")
 
 
 def age_on(born: date, today: date) -> int:
@@ -129,6 +130,9 @@ class MemberChanged(Message):
 
 class MemberDetailScreen(CareScreen):
     """One member's file; opened from the worklist, the member browser or the command palette."""
+
+    #: the table of the tab shown
+    WORK_FOCUS = "DataTable"
 
     HELP = """
 ## Member
@@ -200,8 +204,12 @@ Keys your role cannot use are not shown.
         self._enrollments: dict[str, EnrollmentView] = {}
         #: another session changed this member while the screen was covered: reload when shown again
         self._stale = False
+        #: ... and not only this app's own writes (then the reload is a new, audited read)
+        self._stale_by_others = False
         #: the user's live break-the-glass grant on this member, as last read (users without phi:reveal)
         self.emergency: EmergencyGrant | None = None
+        #: this visit's audited open: a reload after this screen's own save is not a new read
+        self._visit: MemberVisit | None = None
 
     # -- layout -------------------------------------------------------------------------
 
@@ -217,6 +225,7 @@ Keys your role cannot use are not shown.
                 if pane_id == "access" and not self.desk.can(Permission.AUDIT_READ):
                     continue
                 with TabPane(title, id=pane_id):
+                    yield Static("", id=f"{pane_id}-empty", classes="empty-note", markup=False)
                     yield DataTable(id=f"{pane_id}-table", cursor_type="row", zebra_stripes=True)
         yield CareFooter()
 
@@ -225,14 +234,15 @@ Keys your role cannot use are not shown.
         # Fixed widths where the content has a fixed shape: a table refilled while covered by a form
         # otherwise keeps header-wide columns until its next idle (Textualize/textual#4470).
         columns: dict[str, tuple[tuple[str, int | None], ...]] = {
-            "calls": (("When (UTC)", 16), ("Type", 9), ("Status", 9), ("Length", 7), ("Outcome", 16),
+            "calls": ((in_zone("When"), 16), ("Type", 9), ("Status", 9), ("Length", 7), ("Outcome", 16),
                       ("Follow-up", 10)),
-            "flags": (("Raised", 16), ("State", 8), ("Severity", 8), ("Type", 10), ("Description", None)),
-            # The plan's name goes last: at 80 columns it is what gets cut, not the dates.
-            "enrollments": (("Plan", 16), ("Status", 24), ("From", 10), ("Until", 10), ("Cover", 6),
-                            ("Name", None)),
-            "notes": (("Written", 16), ("Note", None)),
-            "access": (("When (UTC)", 16), ("Who", 20), ("Action", 8), ("Details", None)),
+            "flags": ((in_zone("Raised"), 16), ("State", 8), ("Severity", 8), ("Type", 10), ("Description", None)),
+            # The plan's name goes last: at 80 columns it is what gets cut, not the dates. The primary plan
+            # has a column of its own (a suffix on the status was cut to "active · p" at 80 columns).
+            "enrollments": (("Plan", 18), ("Status", 15), ("Primary", 7), ("From", 10), ("Until", 10),
+                            ("Cover", 5), ("Name", None)),
+            "notes": ((in_zone("Written"), 16), ("Note", None)),
+            "access": ((in_zone("When"), 16), ("Who", 20), ("Action", 8), ("Details", None)),
         }
         for pane_id, specs in columns.items():
             for table in self.query(f"#{pane_id}-table").results(DataTable):
@@ -244,10 +254,11 @@ Keys your role cannot use are not shown.
 
     # -- reading -------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """(Re)open the member's file in a worker; each open is an audited read."""
-        self._stale = False
-        self._open_in_background(self._generation)
+    def load(self, *, own_save: bool = False) -> None:
+        """(Re)open the member's file in a worker: an audited read, unless it only catches up on this app's
+        own save (``own_save``: the same visit, so not another access)."""
+        self._stale = self._stale_by_others = False
+        self._open_in_background(self._generation, self._visit if own_save else None)
 
     # -- live updates ----------------------------------------------------------------------
 
@@ -263,19 +274,22 @@ Keys your role cannot use are not shown.
         if self.care.locked or not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES,
                                                                     ignore=ignore):
             return
+        # Only this app's own writes (a call saved on a screen opened over this one): the same visit.
+        own_save = not message.changes.concerns_member(self.member_id, MEMBER_FILE_ENTITIES, ignore=self.desk.source)
         if self.is_current:
-            self.load()  # a form on top keeps what was typed: it is another screen
+            self.load(own_save=own_save)  # a form on top keeps what was typed: it is another screen
         else:
             self._stale = True
+            self._stale_by_others = self._stale_by_others or not own_save
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
         if self._stale and not self.care.locked:
-            self.load()
+            self.load(own_save=not self._stale_by_others)
 
     @work(thread=True, exclusive=True, group="member-open")
-    def _open_in_background(self, generation: int) -> None:
+    def _open_in_background(self, generation: int, visit: MemberVisit | None) -> None:
         try:
-            file = self.desk.open_member(self.member_id)
+            file = self.desk.open_member(self.member_id, visit=visit)
             specialist = self.desk.specialist()
         except Exception as exc:  # shown on the screen, never raised
             self.post_message(MemberOpenFailed(describe(exc), generation))
@@ -291,6 +305,7 @@ Keys your role cannot use are not shown.
         if message.generation != self._generation or self.care.locked:
             return
         self._my_specialist_id = message.my_specialist_id
+        self._visit = message.file.visit
         self.show_file(message.file)
 
     def on_emergency_checked(self, message: EmergencyChecked) -> None:
@@ -320,26 +335,26 @@ Keys your role cannot use are not shown.
 
         self._calls = {str(call.id): call for call in file.calls}
         self._fill("calls", ((key, (
-            show_when(call.started_at or call.scheduled_at), _label(call.call_type), _label(call.call_status),
+            show_time(call.started_at or call.scheduled_at), words(call.call_type), words(call.call_status),
             f"{call.duration_seconds // 60} min" if call.duration_seconds is not None else "",
             _short(call.outcome, 18),
-            show_when(call.follow_up_date) if call.follow_up_required else "")) for key, call in self._calls.items()))
+            show_date(call.follow_up_date) if call.follow_up_required else "")) for key, call in self._calls.items()))
         self._fill("flags", self._flag_rows(file))
         self._enrollments = {str(view.enrollment.id): view for view in file.enrollments}
         self._fill("enrollments", ((key, (
             view.plan_code,
-            enrollment_state(view.enrollment.status, view.enrollment.termination_date)
-            + (" · primary" if view.enrollment.is_primary else ""),
-            show_when(view.enrollment.enrollment_date),
-            show_when(view.enrollment.termination_date) if view.enrollment.termination_date else "",
+            enrollment_state(view.enrollment.status, view.enrollment.termination_date),
+            "primary" if view.enrollment.is_primary else "",
+            show_date(view.enrollment.enrollment_date),
+            show_date(view.enrollment.termination_date) if view.enrollment.termination_date else "",
             f"{view.enrollment.coverage_percentage:.0f}%" if view.enrollment.coverage_percentage is not None
             else "", _short(view.plan_name, 40))) for key, view in self._enrollments.items()))
-        self._fill("notes", ((str(entry.id), (show_when(entry.created_at), self._note_text(entry.metadata_key,
+        self._fill("notes", ((str(entry.id), (show_time(entry.created_at), self._note_text(entry.metadata_key,
                                                                                             entry.metadata_value)))
                              for entry in reversed(file.notes)))
         if file.access is not None:
             self._fill("access", ((str(access.entry.id), (
-                show_when(access.entry.created_at), _short(access.who, 20), access.entry.action,
+                show_time(access.entry.created_at), _short(access.who, 20), words(access.entry.action),
                 self._access_details(access.entry.action, access.entry.new_values))) for access in file.access))
         self.refresh_bindings()
 
@@ -352,9 +367,13 @@ Keys your role cannot use are not shown.
         selected = self._selected_key(table)
         table.clear()
         for key, cells in rows:
-            table.add_row(*cells, key=key)
+            # Text(): a DataTable parses str cells as markup, and notes, outcomes and descriptions are typed by
+            # people (a note "[/b]" would crash the screen for everyone who opens this member).
+            table.add_row(*(Text(cell, no_wrap=True, end="") if isinstance(cell, str) else cell for cell in cells),
+                          key=key)
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected))
+        show_empty(table, self.query_one(f"#{pane_id}-empty", Static), EMPTY[pane_id])
         tabbed = self.query_one("#member-tabs", TabbedContent)
         count = str(table.row_count)
         if pane_id == "flags" and self.file is not None and self.file.resolutions:
@@ -366,11 +385,11 @@ Keys your role cannot use are not shown.
         """Name, status, member number and primary plan: the header's first line."""
         member = file.member
         parts = [member_name(member.first_name, member.last_name),
-                 _label(member.status) + (" (deleted)" if member.deleted_at else "")]
+                 words(member.status) + (" (deleted)" if member.deleted_at else "")]
         if file.member_number:
             parts.append(f"No. {file.member_number}")
         primary = file.primary_plan
-        parts.append(f"Plan {primary.plan_code}" if primary is not None else "No primary plan")
+        parts.append(f"Primary plan {primary.plan_code}" if primary is not None else "No primary plan")
         return "  ·  ".join(parts)
 
     def _flag_rows(self, file: MemberFile) -> Iterable[tuple[str, tuple[Any, ...]]]:
@@ -379,11 +398,11 @@ Keys your role cannot use are not shown.
             return sorted(flags, key=lambda flag: flag.created_at or datetime.min, reverse=True)
 
         for flag in newest(file.open_flags()):
-            yield str(flag.id), (show_when(flag.created_at), "open", flag.severity, _label(flag.risk_type),
+            yield str(flag.id), (show_time(flag.created_at), "open", words(flag.severity), words(flag.risk_type),
                                  _short(flag.description, 60))
         for flag in newest(file.resolved_flags()):
             yield str(flag.id), tuple(Text(cell, style="dim") for cell in (
-                show_when(flag.created_at), "resolved", flag.severity, _label(flag.risk_type),
+                show_time(flag.created_at), "resolved", words(flag.severity), words(flag.risk_type),
                 _short(flag.description, 60)))
 
     @staticmethod
@@ -445,12 +464,12 @@ Keys your role cannot use are not shown.
                 ssn = revealed.ssn.formatted()
             if revealed.dob is not None:
                 born = revealed.dob.reveal()
-                dob = f"{born.isoformat()} (age {age_on(born, date.today())})"
+                dob = f"{show_date(born)} (age {age_on(born, date.today())})"
             phi.update(f"SSN {ssn}   DOB {dob}   · hidden again in {self.reveal_left} s")
         else:
             emergency = ""
             if self.emergency is not None and self._under_emergency():
-                emergency = f"   · emergency access until {show_when(self.emergency.expires_at)} UTC (audited)"
+                emergency = f"   · emergency access until {show_time_zoned(self.emergency.expires_at)} (audited)"
             phi.update(f"SSN {ssn}   DOB {dob}{emergency}")
         phi.set_class(revealed is not None, "-revealed")
 
@@ -502,7 +521,7 @@ Keys your role cannot use are not shown.
         self.emergency = grant
         self.render_phi()
         self.refresh_bindings()
-        self.notify(f"Emergency access until {show_when(grant.expires_at)} UTC: press r to reveal. Everything you "
+        self.notify(f"Emergency access until {show_time_zoned(grant.expires_at)}: press r to reveal. Everything you "
                     "do on this member is marked in the audit log and reviewed.", title="Glass broken",
                     severity="warning", timeout=10)
 
@@ -547,6 +566,7 @@ Keys your role cannot use are not shown.
 
     def clear_phi(self) -> None:
         self._generation += 1
+        self._visit = None  # after a lock, showing the file again is a new access (audited)
         self.remask()
         self.file = None
         self.emergency = None
@@ -607,7 +627,7 @@ Keys your role cannot use are not shown.
             if result is None:
                 return
             self.notify(done)
-            self.load()
+            self.load(own_save=True)
         return after
 
     def _selected(self, pane_id: str, records: dict[str, Any], what: str) -> Any:
@@ -745,7 +765,7 @@ Keys your role cannot use are not shown.
 
     def on_member_changed(self, message: MemberChanged) -> None:
         self.notify(message.note)
-        self.load()
+        self.load(own_save=True)
 
     def action_add_note(self) -> None:
         if self._allowed("add_note"):

@@ -21,7 +21,8 @@ from textual.widgets import Input, Select
 
 from carecli.data.bulk import fields as f
 from carecli.data.models.enums import MEMBER_STATUSES
-from carecli.screens.base import member_name, show_phone
+from carecli.screens.base import member_name
+from carecli.screens.formatting import show_phone, words
 from carecli.screens.forms import FormModal
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class MemberEditScreen(FormModal):
         yield text_field("address_line2")
         yield Horizontal(text_field("city"), text_field("state"), text_field("zip_code"), classes="row")
         status = self.member.status if self.member.status in MEMBER_STATUSES else Select.NULL
-        yield self.field("status", "Status", Select([(value, value) for value in MEMBER_STATUSES], value=status,
+        yield self.field("status", "Status", Select([(words(value), value) for value in MEMBER_STATUSES], value=status,
                                                    allow_blank=status is Select.NULL, compact=True))
 
     def on_mount(self) -> None:

@@ -17,19 +17,22 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import DataTable, Header, Input, Select, Static
 
 from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.records import Plan
 from carecli.data.repositories.member_search import CountEstimate, MemberPage, MemberQuery, SortKey
 from carecli.screens.base import CareScreen, member_name
+from carecli.screens.formatting import show_phone, words
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareFooter, SearchBox
 
 PAGE_SIZE = 50
 #: typing pauses this long before a search is sent (keeps a fast typist from queueing queries)
 DEBOUNCE_SECONDS = 0.15
-SORTS = (("Name A→Z", "name"), ("Name Z→A", "name_desc"), ("Newest", "newest"), ("Oldest", "oldest"))
+#: newest / oldest: by when the member's record was added
+SORTS = (("Name A→Z", "name"), ("Name Z→A", "name_desc"), ("Newest added", "newest"), ("Oldest added", "oldest"))
 
 
 class PageLoaded(Message):
@@ -61,6 +64,9 @@ class ResultsTable(DataTable[str]):
             super().__init__()
             self.forward = forward
 
+    class LeftTop(Message):
+        """Up on the first row: back to the search box."""
+
     def action_page_down(self) -> None:
         if self.row_count == 0 or self.cursor_row >= self.row_count - 1:
             self.post_message(self.EdgeReached(True))
@@ -79,6 +85,12 @@ class ResultsTable(DataTable[str]):
         else:
             super().action_cursor_down()
 
+    def action_cursor_up(self) -> None:
+        if self.cursor_row <= 0:
+            self.post_message(self.LeftTop())
+        else:
+            super().action_cursor_up()
+
 
 class MemberBrowserScreen(CareScreen):
     """Find members by name, e-mail or phone; Enter opens one."""
@@ -87,8 +99,9 @@ class MemberBrowserScreen(CareScreen):
 ## Members
 
 Type in the search box: a name or the start of one (`oka`, `ada oka`), an e-mail
-(`ada@`), or phone digits (`503 555`). Results follow your typing. Filter by
-status and plan, and choose the sort order.
+(`ada@`), or phone digits (`503 555`). Results follow your typing. **Down** (or
+**Enter**) goes from the box to the results, **Up** on the first result back to
+the box. **Tab** goes box → results → status, plan and sort filters.
 
 **PageDown** at the bottom of the list loads the next page, **PageUp** at the top
 the previous one; only one page is held at a time, so this stays fast on millions
@@ -105,13 +118,19 @@ for large ones. **Enter** opens the member (an audited read of their record).
         Binding("escape", "back", "Back", id="members.back", tooltip="Back to the previous screen"),
     ]
 
+    # One line of compact fields (no tall borders): at 80 columns the search box keeps a usable width and
+    # the plan list fits the longest plan code (HDHP-PLATINUM-2026); wider terminals give the room to the search.
     DEFAULT_CSS = """
-    MemberBrowserScreen #member-filters { height: 3; }
-    MemberBrowserScreen #member-search { width: 1fr; }
-    MemberBrowserScreen #member-status { width: 20; }
-    MemberBrowserScreen #member-plan { width: 20; }
+    MemberBrowserScreen #member-filters { height: 1; margin: 0 0 1 0; }
+    MemberBrowserScreen #member-filters > * { margin: 0 0 0 1; }
+    MemberBrowserScreen #member-search { width: 1fr; min-width: 24; }
+    MemberBrowserScreen #member-status { width: 14; }
+    MemberBrowserScreen #member-plan { width: 21; }
     MemberBrowserScreen #member-sort { width: 16; }
+    MemberBrowserScreen #member-filters SelectOverlay { width: auto; min-width: 100%; }
     """
+
+    WORK_FOCUS = "#member-search"
 
     def __init__(self, text: str = "") -> None:
         super().__init__()
@@ -132,14 +151,18 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self._keep_cursor: str | None = None
         #: changed while covered: reload when shown again
         self._stale = False
+        #: Esc was pressed once with a search typed: the next Esc leaves
+        self._leave_armed = False
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="member-filters"):
-            yield Input(self.initial_text, placeholder="Name, e-mail or phone…", id="member-search")
-            yield Select([(s.title(), s) for s in MEMBER_STATUSES], prompt="Any status", id="member-status")
-            yield Select([], prompt="Any plan", id="member-plan")
-            yield Select(SORTS, value="name", allow_blank=False, id="member-sort")
+            yield SearchBox(self.initial_text, placeholder="Name, e-mail or phone… (↓ to the results)",
+                            id="member-search", compact=True)
+            yield Select([(words(s).capitalize(), s) for s in MEMBER_STATUSES], prompt="Any status",
+                         id="member-status", compact=True)
+            yield Select([], prompt="Any plan", id="member-plan", compact=True)
+            yield Select(SORTS, value="name", allow_blank=False, id="member-sort", compact=True)
         yield ResultsTable(id="member-results", cursor_type="row", zebra_stripes=True)
         yield Static("", id="member-status-line", classes="status-line")
         yield CareFooter()
@@ -149,6 +172,32 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.query_one("#member-search", Input).focus()
         self.load_plans()
         self.search(reset=True)
+
+    @property
+    def focus_chain(self) -> list[Widget]:
+        """Tab goes search box -> results -> filters (the filters sit beside the box, the results below)."""
+        chain = list(super().focus_chain)
+        results = self.query_one(ResultsTable)
+        search = self.query_one("#member-search", Input)
+        if results in chain and search in chain:
+            chain.remove(results)
+            chain.insert(chain.index(search) + 1, results)
+        return chain
+
+    @on(SearchBox.Leave, "#member-search")
+    def _down_from_search(self, event: SearchBox.Leave) -> None:
+        """Down or PgDn in the box: on to the first result (the search typed so far is sent first)."""
+        if self._debounce is not None:
+            self._debounce.stop()
+        if self.current_query() != self.query_state:
+            self.search(reset=True)
+        table = self.query_one(ResultsTable)
+        table.focus()
+        if table.row_count:
+            table.move_cursor(row=0)
+
+    def on_results_table_left_top(self, message: ResultsTable.LeftTop) -> None:
+        self.query_one("#member-search", Input).focus()
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -246,7 +295,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
         for row in page.rows:
             self.rows.append(row.id)
             city = ", ".join(part for part in (row.city, row.state) if part)
-            table.add_row(member_name(row.first_name, row.last_name), row.status or "", row.phone or "",
+            table.add_row(member_name(row.first_name, row.last_name), words(row.status), show_phone(row.phone),
                           row.email or "", city, key=str(row.id))
         keep, self._keep_cursor = self._keep_cursor, None
         if keep is not None and keep in table.rows:
@@ -293,8 +342,20 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.search(reset=True)
 
     def action_back(self) -> None:
+        """Back to the previous screen; with text typed in the search box, only at a second Esc (as forms do)."""
+        typed = self.query_one("#member-search", Input).value.strip()
+        if typed and not self._leave_armed:
+            self._leave_armed = True
+            self.query_one("#member-status-line", Static).update(
+                "Press Esc again to leave the member search (what you typed is dropped).")
+            return
         if len(self.app.screen_stack) > 1:
             self.app.pop_screen()
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key != "escape" and self._leave_armed:
+            self._leave_armed = False
+            self.show_status()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value:

@@ -14,16 +14,17 @@ from typing import Any, ClassVar
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import Checkbox, DataTable, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from carecli.data.records import Plan
 from carecli.screens.base import CareScreen
-from carecli.screens.widgets import CareFooter
+from carecli.screens.formatting import plural, show_date, words
+from carecli.screens.widgets import CareCheckbox, CareFooter, SearchBox
 
 #: words shown upper-case in coverage labels ("hsa_eligible" -> "HSA eligible")
 _ACRONYMS = frozenset({"hsa", "fsa", "hmo", "ppo", "epo", "pos", "hdhp", "er", "oop", "rx", "id", "pcp"})
@@ -120,8 +121,8 @@ def render_coverage(plan: Plan) -> RenderableType:
 
 
 def plan_period(plan: Plan) -> str:
-    start = plan.effective_date.isoformat() if plan.effective_date else "…"
-    end = plan.expiration_date.isoformat() if plan.expiration_date else "…"
+    start = show_date(plan.effective_date) if plan.effective_date else "…"
+    end = show_date(plan.expiration_date) if plan.expiration_date else "…"
     return f"{start}..{end}"
 
 
@@ -158,23 +159,24 @@ class PlansScreen(CareScreen):
     HELP = """
 ## Plans
 
-The insurance plan catalog. Type in the filter box (**ctrl+f**) to narrow the list
-by plan code or name; **i** shows or hides inactive (expired) plans. The coverage
-details of the highlighted plan are shown below the list.
+The insurance plan catalog. Just type to narrow the list by plan code or name
+(whatever is focused, the letters go to the filter box); **Down** goes from the box
+to the list, **Esc** empties the box. **ctrl+t** shows or hides inactive (expired)
+plans. The coverage details of the highlighted plan are shown below the list.
 """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+f", "focus_filter", "Filter", id="plans.filter",
                 tooltip="Type part of a plan code or name to narrow the list"),
-        Binding("i", "toggle_inactive", "Inactive", id="plans.inactive",
+        Binding("ctrl+t", "toggle_inactive", "Inactive", id="plans.inactive",
                 tooltip="Show or hide inactive (expired) plans"),
         Binding("ctrl+r", "reload", "Refresh", id="plans.refresh", tooltip="Read the plan catalog again"),
         Binding("escape", "back", "Back", id="plans.back",
                 tooltip="Empty the filter; when it is empty, back to the previous screen"),
     ]
 
-    #: the list, not the filter box, gets the keys when the screen opens (so i and the arrows work at once)
-    AUTO_FOCUS = "#plans-table"
+    #: typing filters at once: the filter box has the focus on arrival (down goes on to the list)
+    WORK_FOCUS = "#plans-filter"
 
     def __init__(self) -> None:
         super().__init__()
@@ -185,8 +187,9 @@ details of the highlighted plan are shown below the list.
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="plans-bar"):
-            yield Input(placeholder="Filter by plan code or name (ctrl+f)", id="plans-filter", compact=True)
-            yield Checkbox("Show inactive", False, id="plans-inactive", compact=True)
+            yield SearchBox(placeholder="Type to filter by plan code or name (↓ to the list)", id="plans-filter",
+                            compact=True)
+            yield CareCheckbox("Show inactive", False, id="plans-inactive", compact=True)
         yield DataTable(id="plans-table", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="plan-detail"):
             yield Static(id="plan-coverage")
@@ -232,7 +235,7 @@ details of the highlighted plan are shown below the list.
 
     @property
     def show_inactive(self) -> bool:
-        return self.query_one("#plans-inactive", Checkbox).value
+        return self.query_one("#plans-inactive", CareCheckbox).value
 
     def visible_plans(self) -> list[Plan]:
         """The plans passing the filter and the inactive switch, by code."""
@@ -248,7 +251,7 @@ details of the highlighted plan are shown below the list.
         table.clear()
         for plan in self.shown:
             # Text(): a plan name is data, and a str cell would be parsed as markup
-            table.add_row(Text(plan.plan_code), Text(plan.plan_name), Text(plan.plan_type or "—"),
+            table.add_row(Text(plan.plan_code), Text(plan.plan_name), Text(words(plan.plan_type)),
                           money(plan.premium_amount),
                           money(plan.deductible_amount), money(plan.copay_amount),
                           "yes" if is_active(plan) else "no", plan_period(plan), key=str(plan.id))
@@ -263,9 +266,9 @@ details of the highlighted plan are shown below the list.
         if not self.plans:
             self.query_one("#plans-status", Static).update("The plan catalog is empty.")
             return
-        text = f"{len(self.shown)} of {len(self.plans)} plans"
+        text = f"{len(self.shown)} of {plural(len(self.plans), 'plan')}"
         if hidden:
-            text += f" · {hidden} inactive hidden (i shows them)"
+            text += f" · {hidden} inactive hidden (ctrl+t shows them)"
         if not self.shown and self.plans:
             text += " · nothing matches the filter"
         self.query_one("#plans-status", Static).update(text)
@@ -296,11 +299,22 @@ details of the highlighted plan are shown below the list.
         self.refresh_rows()
 
     @on(Input.Submitted, "#plans-filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
+    @on(SearchBox.Leave, "#plans-filter")
+    def _filter_submitted(self) -> None:
         self.query_one("#plans-table", DataTable).focus()
 
-    @on(Checkbox.Changed, "#plans-inactive")
-    def _inactive_changed(self, event: Checkbox.Changed) -> None:
+    def on_key(self, event: events.Key) -> None:
+        """A letter typed anywhere on this screen (the list, the checkbox) goes to the filter box."""
+        box = self.query_one("#plans-filter", Input)
+        if box.has_focus or not event.is_printable or event.character is None or event.character == " ":
+            return
+        event.stop()
+        event.prevent_default()
+        box.focus()
+        box.insert_text_at_cursor(event.character)
+
+    @on(CareCheckbox.Changed, "#plans-inactive")
+    def _inactive_changed(self, event: CareCheckbox.Changed) -> None:
         self.refresh_rows()
 
     # -- actions --------------------------------------------------------------------
@@ -317,7 +331,7 @@ details of the highlighted plan are shown below the list.
             self.app.pop_screen()
 
     def action_toggle_inactive(self) -> None:
-        self.query_one("#plans-inactive", Checkbox).toggle()
+        self.query_one("#plans-inactive", CareCheckbox).toggle()
 
     def action_reload(self) -> None:
         self.query_one("#plans-status", Static).update("Loading the plan catalog…")

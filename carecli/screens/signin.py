@@ -17,9 +17,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Header, LoadingIndicator, OptionList, Static
 from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
 
 from carecli.data.records import User
 from carecli.screens.base import Problem, describe
+from carecli.screens.formatting import plural
 from carecli.screens.widgets import CareFooter
 
 if TYPE_CHECKING:
@@ -71,6 +73,16 @@ class SignInFailed(Message):
         self.problem = problem
 
 
+class SignInAbandoned(Exception):
+    """The app quit (or left this screen) while the device code was still waiting for approval."""
+
+
+def _stop_if_abandoned(_outcome: str) -> None:
+    """Between two polls of the identity provider: end the wait once its worker is cancelled (ctrl+q)."""
+    if get_current_worker().is_cancelled:
+        raise SignInAbandoned
+
+
 class SignInScreen(Screen[None]):
     """Sign in with the identity provider, or pick a demo user on the embedded database."""
 
@@ -96,6 +108,8 @@ class SignInScreen(Screen[None]):
         self.locked_user = locked_user
         self.method: str | None = None
         self.busy = False
+        #: the last attempt failed: F5 (and Enter) start again; otherwise there is nothing to retry
+        self.failed = False
 
     @property
     def care(self) -> CareApp:
@@ -128,6 +142,7 @@ class SignInScreen(Screen[None]):
 
     def start(self) -> None:
         self.busy = True
+        self.failed = False
         self.refresh_bindings()
         self.query_one("#signin-error", Static).update("")
         self.query_one("#signin-loading").display = True
@@ -203,8 +218,11 @@ class SignInScreen(Screen[None]):
         try:
             assert app.databases is not None
             login(app.settings, app.databases, channel="tui", store=app.store, environ=app.environ,
-                  show=lambda authorization: self.post_message(DeviceCodeShown(authorization)))
+                  show=lambda authorization: self.post_message(DeviceCodeShown(authorization)),
+                  on_poll=_stop_if_abandoned)  # ctrl+q does not wait for the device code to expire
             desk = Desk.resume(app.settings, app.databases, store=app.store)
+        except SignInAbandoned:
+            return
         except Exception as exc:
             self.post_message(SignInFailed(describe(exc)))
             return
@@ -216,7 +234,8 @@ class SignInScreen(Screen[None]):
             "[b]Sign in with your organisation[/b]\n\n"
             f"Open  [b]{authorization.verification_uri}[/b]\n"
             f"and enter the code  [b reverse] {authorization.user_code} [/b reverse]\n\n"
-            f"Waiting for your approval (the code is valid for {max(1, authorization.expires_in // 60)} minutes)…")
+            f"Waiting for your approval (the code is valid for "
+            f"{plural(max(1, authorization.expires_in // 60), 'minute')})…")
         link = authorization.verification_uri_complete or authorization.verification_uri
         qr = qr_code(link)
         box = self.query_one("#signin-qr-box")
@@ -230,6 +249,7 @@ class SignInScreen(Screen[None]):
 
     def on_sign_in_failed(self, message: SignInFailed) -> None:
         self.busy = False
+        self.failed = True
         self.refresh_bindings()
         self.query_one("#signin-loading").display = False
         self.query_one("#signin-qr-box").display = False
@@ -242,5 +262,7 @@ class SignInScreen(Screen[None]):
         self.care.signed_in(message.desk)
 
     def check_action(self, action: str, parameters: tuple[Any, ...]) -> bool | None:
-        # "Retry" only when there is something to retry.
-        return not self.busy if action == "retry" else True
+        # "Retry" only when there is something to retry: a failed attempt, nothing under way, no list to pick from.
+        if action == "retry":
+            return self.failed and not self.busy and not self.query_one("#signin-users", OptionList).display
+        return True

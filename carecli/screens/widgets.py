@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from textual.widgets import Footer
+from textual.binding import Binding
+from textual.content import Content
+from textual.message import Message
+from textual.scrollbar import ScrollBarRender
+from textual.widgets import Checkbox, DataTable, Footer, Input, Static
 
 
 def prune_dead_watchers(obj: Any) -> None:
@@ -31,3 +35,68 @@ class CareFooter(Footer):
     async def recompose(self) -> None:
         await super().recompose()
         prune_dead_watchers(self)
+
+
+class WholeCellScrollBarRender(ScrollBarRender):
+    """Scrollbars drawn in whole cells: no partial blocks (▂, ▎...) left at the thumb's ends.
+
+    Textual draws the ends of a scrollbar's thumb with eighth-block glyphs for a smoother
+    look; on many terminals and fonts those read as stray half blocks beside the tables.
+    With a single (blank) glyph the thumb starts and ends on whole cells.
+    """
+
+    VERTICAL_BARS: ClassVar[list[str]] = [" "]
+    HORIZONTAL_BARS: ClassVar[list[str]] = [" "]
+
+
+class CareCheckbox(Checkbox):
+    """A checkbox whose state reads without colour: ``[x] required`` / ``[ ] required``.
+
+    Textual's own draws the same ``X`` between half blocks either way and tells on from off
+    by colour alone (and its compact form takes a tall border, of half blocks, on focus).
+    """
+
+    DEFAULT_CSS = """
+    CareCheckbox.-textual-compact:focus { border: none !important; }
+    """
+
+    @property
+    def _button(self) -> Content:
+        style = self.get_visual_style("toggle--button")
+        return Content.assemble("[", ("x" if self.value else " ", style), "]")
+
+
+def show_empty(table: DataTable[Any], note: Static, text: str) -> None:
+    """Say ``text`` in ``note`` instead of an empty table's bare header (and nothing once it has rows)."""
+    empty = table.row_count == 0
+    note.update(text if empty else "")
+    note.display = empty
+    table.show_header = not empty
+
+
+class SearchBox(Input):
+    """A search or filter box above a list: down and page down go on to the list (it posts :class:`Leave`)."""
+
+    BINDINGS = [
+        Binding("down,pagedown", "leave", "To the list", show=False, id="search.to_list",
+                tooltip="Go from the search box to the list below it"),
+    ]
+
+    class Leave(Message):
+        """The user wants to go from the box down into the list."""
+
+        def __init__(self, box: SearchBox) -> None:
+            super().__init__()
+            self.box = box
+
+        @property
+        def control(self) -> SearchBox:
+            return self.box
+
+    def __init__(self, value: str | None = None, **kwargs: Any) -> None:
+        # Coming back to the box (up from the list, a letter typed on the list) goes on typing: no select-all.
+        kwargs.setdefault("select_on_focus", False)
+        super().__init__(value, **kwargs)
+
+    def action_leave(self) -> None:
+        self.post_message(self.Leave(self))

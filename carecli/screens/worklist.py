@@ -11,9 +11,10 @@ from textual.message import Message
 from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
 
 from carecli.data.repositories.worklist import WorkItem, Worklist
-from carecli.screens.base import CareScreen, show_when
+from carecli.screens.base import CareScreen
+from carecli.screens.formatting import in_zone, show_when
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareFooter, show_empty
 
 #: tab id, title, the Worklist attribute it shows
 SECTIONS = (
@@ -23,6 +24,14 @@ SECTIONS = (
     ("flags", "Urgent flags", "urgent_flags"),
     ("plans", "My plans", "plan_members"),
 )
+#: what an empty tab says
+EMPTY = {
+    "today": "No calls scheduled for you today.",
+    "overdue": "No overdue follow-ups.",
+    "upcoming": "No follow-ups due in the next 14 days.",
+    "flags": "No urgent risk flags on your members.",
+    "plans": "No members enrolled in your plans.",
+}
 
 
 #: the kinds of record a worklist is made of
@@ -70,6 +79,9 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
                 tooltip="Search all members"),
     ]
 
+    #: the table of the tab shown (the others are hidden)
+    WORK_FOCUS = "DataTable"
+
     def __init__(self) -> None:
         super().__init__()
         self.items: dict[str, list[WorkItem]] = {}
@@ -85,6 +97,7 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
         with TabbedContent(id="worklist-tabs"):
             for tab_id, title, _attribute in SECTIONS:
                 with TabPane(title, id=f"tab-{tab_id}"):
+                    yield Static("", id=f"empty-{tab_id}", classes="empty-note", markup=False)
                     table: DataTable[str] = DataTable(id=f"table-{tab_id}", cursor_type="row", zebra_stripes=True)
                     yield table
         yield CareFooter()
@@ -92,7 +105,7 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
     def on_mount(self) -> None:
         for tab_id, _title, _attribute in SECTIONS:
             table = self.query_one(f"#table-{tab_id}", DataTable)
-            table.add_columns("When (UTC)", "Member", "What")
+            table.add_columns(in_zone("When"), "Member", "What")
         self.load()
 
     def action_reload(self) -> None:
@@ -128,6 +141,7 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
             table.clear()
             for index, item in enumerate(items):
                 table.add_row(show_when(item.when), item.member_name, item.detail, key=str(index))
+            show_empty(table, self.query_one(f"#empty-{tab_id}", Static), EMPTY[tab_id])
             if selected is not None:  # a reload keeps the cursor on the same row where it still is
                 keys = [_item_key(item) for item in items]
                 if _item_key(selected) in keys:

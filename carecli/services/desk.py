@@ -10,23 +10,25 @@ repositories underneath, exactly as for the CLI.
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from carecli.config import Settings
 from carecli.data import notify
 from carecli.data.actor import Channel
-from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
+from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER
 from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.databases import Databases
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry, Call, Enrollment, MetadataEntry, Plan, RiskFlag, Role, Specialist
 from carecli.data.replica import ReadUnitOfWork, WriteUnitOfWork
-from carecli.data.repositories.emergency import KEY_PREFIX as GRANT_KEY
 from carecli.data.repositories.identity import IdentityUnitOfWork
+from carecli.data.repositories.metadata import NOTE_KEY_PREFIX, note_key
 from carecli.data.repositories.worklist import Worklist
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.errors import ConflictError, NotFound
@@ -41,12 +43,10 @@ if TYPE_CHECKING:
     from carecli.data.repositories.members import RevealedPhi
     from carecli.data.repositories.risk_flags import FlagResolution
     from carecli.services.emergency import EmergencyAccess, QueueEntry
-    from carecli.services.users import UserSummary
+    from carecli.services.users import StatusChange, UserSummary
 
-#: metadata keys shown as a member's notes (everything else in metadata is a system fact)
-NOTE_PREFIX = "note"
-#: system facts about a member that the file shows elsewhere (the header), not among the notes
-SYSTEM_FACTS = frozenset({EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX})
+#: metadata keys shown as a member's notes are ``note:<time>`` (everything else in metadata is a system fact)
+NOTE_PREFIX = NOTE_KEY_PREFIX.removesuffix(":")
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -74,6 +74,22 @@ class AccessEntry:
     who: str
 
 
+@dataclass(frozen=True, eq=False)
+class MemberVisit:
+    """One audited opening of a member's file by one desk (one visit, one read).
+
+    The member screen hands it back only to reload after its own save, which is
+    not a new access. Compared by identity; the desk remembers the visits it handed
+    out only while someone holds them (a screen showing the file), so a visit
+    cannot be forged, used by another desk or outlive its screen.
+    """
+
+    member_id: uuid.UUID
+
+    def __repr__(self) -> str:
+        return f"MemberVisit(member_id={self.member_id})"
+
+
 @dataclass(frozen=True)
 class MemberFile:
     """Everything the member detail screen shows, read in one audited open."""
@@ -89,6 +105,8 @@ class MemberFile:
     resolutions: dict[uuid.UUID, FlagResolution] = field(default_factory=dict)
     #: the source system's member number (import's ``external_member_number``), when there is one
     member_number: str | None = None
+    #: the visit this file was read in: hand it back to :meth:`Desk.open_member` to reload without a new read
+    visit: MemberVisit | None = None
 
     def __repr__(self) -> str:
         return f"MemberFile(member_id={self.member.id})"
@@ -160,11 +178,13 @@ class AuditFilter:
     until: datetime | None = None
 
 
-def local_day_bounds(now: datetime | None = None) -> tuple[date, datetime, datetime]:
-    """Today in the local time zone, and its start and end as naive UTC (how the database keeps time)."""
-    local = (now or datetime.now().astimezone()).astimezone()
-    start = datetime.combine(local.date(), time.min, tzinfo=local.tzinfo)
-    end = start + timedelta(days=1)
+def local_day_bounds(now: datetime | None = None, zone: str | None = None) -> tuple[date, datetime, datetime]:
+    """Today in the IANA zone ``zone`` (None: the system's local zone), and its start and end as naive UTC
+    (how the database keeps time)."""
+    tz = ZoneInfo(zone) if zone else None
+    local = (now or datetime.now(timezone.utc)).astimezone(tz)
+    start = datetime.combine(local.date(), time.min, tzinfo=local.tzinfo if tz is None else tz)
+    end = datetime.combine(local.date() + timedelta(days=1), time.min, tzinfo=start.tzinfo)
 
     def to_utc(moment: datetime) -> datetime:
         return moment.astimezone(timezone.utc).replace(tzinfo=None)
@@ -188,6 +208,8 @@ class Desk:
         self._specialist_loaded = False
         #: this desk's id in change notices, so its screens can tell their own writes from others'
         self.source = f"d-{uuid.uuid4().hex[:12]}"
+        #: the member visits this desk audited and that a screen still holds (see MemberVisit)
+        self._visits: weakref.WeakSet[MemberVisit] = weakref.WeakSet()
 
     @classmethod
     def resume(cls, settings: Settings, databases: Databases, *, channel: Channel = "tui",
@@ -292,7 +314,7 @@ class Desk:
     # -- reads --------------------------------------------------------------------------
 
     def worklist(self, now: datetime | None = None) -> Worklist:
-        today, start, end = local_day_bounds(now)
+        today, start, end = local_day_bounds(now, self.settings.timezone)
         with self._read_uow() as uow:
             worklist = uow.worklist.build(today, start, end)
         self._specialist, self._specialist_loaded = worklist.specialist, True
@@ -310,10 +332,17 @@ class Desk:
         with self._read_uow() as uow:
             return uow.member_search.names(text, limit=limit)
 
-    def open_member(self, member_id: uuid.UUID) -> MemberFile:
-        """Open a member's file: an audited PHI read, then their enrollments, calls, flags and notes."""
+    def open_member(self, member_id: uuid.UUID, *, visit: MemberVisit | None = None) -> MemberFile:
+        """Open a member's file: an audited PHI read, then their enrollments, calls, flags and notes.
+
+        With the ``visit`` of a file this desk opened earlier (a screen reloading what it shows, after a
+        save or someone else's change), the file is read again without a new ``read`` audit row: one
+        visit, one read. A visit this desk did not hand out, or of another member, opens anew (audited).
+        """
+        same_visit = visit is not None and visit.member_id == member_id and visit in self._visits
+        current = visit if visit is not None and same_visit else MemberVisit(member_id)
         with self._uow() as uow:
-            member = uow.members.open(member_id)
+            member = uow.members.reread(member_id) if same_visit else uow.members.open(member_id)
             plans = {plan.id: plan for plan in uow.plans.list(include_deleted=True)}
             enrollments = [
                 EnrollmentView(e, plans[e.insurance_plan_id].plan_code if e.insurance_plan_id in plans else "?",
@@ -322,15 +351,14 @@ class Desk:
             calls = uow.calls.for_member(member_id)
             flags = uow.risk_flags.for_member(member_id)
             resolutions = uow.risk_flags.resolutions(flag.id for flag in flags)
-            facts = uow.metadata.for_entity("member", member_id)
-            notes = [note for note in facts if not note.metadata_key.startswith(GRANT_KEY)  # grants are not notes
-                     and note.metadata_key not in SYSTEM_FACTS]
-            number = next((str(note.metadata_value) for note in facts
-                           if note.metadata_key == EXTERNAL_MEMBER_NUMBER and note.metadata_value), None)
+            notes = uow.metadata.notes("member", member_id)  # people's notes only, never a system fact
+            number_value = uow.metadata.value("member", member_id, EXTERNAL_MEMBER_NUMBER)
+            number = str(number_value) if number_value else None
             audit = uow.audit_log.for_entity("member", member_id, limit=50) if self.can(Permission.AUDIT_READ) \
                 else None
         access = self._named(audit) if audit is not None else None
-        return MemberFile(member, enrollments, calls, flags, notes, access, resolutions, number)
+        self._visits.add(current)
+        return MemberFile(member, enrollments, calls, flags, notes, access, resolutions, number, current)
 
     def reveal(self, member_id: uuid.UUID, fields: Iterable[str], reason: str) -> RevealedPhi:
         """Decrypt SSN and/or DOB after auditing who, which and why (needs phi:reveal)."""
@@ -421,6 +449,27 @@ class Desk:
         from carecli.services.users import list_roles
 
         return list_roles(self.databases, self.actor)
+
+    # The users:admin steps of `carecli users`, through the same service (permission check and audit there).
+
+    def add_user(self, *, email: str, external_id: str, role: str, first_name: str | None = None,
+                 last_name: str | None = None) -> UserSummary:
+        from carecli.services.users import add_user
+
+        return add_user(self.databases, self.actor, email=email, external_id=external_id, role=role,
+                        first_name=first_name, last_name=last_name)
+
+    def set_user_role(self, user_id: uuid.UUID, role: str) -> tuple[UserSummary, bool]:
+        from carecli.services.users import set_role
+
+        return set_role(self.databases, self.actor, str(user_id), role)
+
+    def set_user_active(self, user_id: uuid.UUID, active: bool) -> StatusChange:
+        """Reactivate, or deactivate (sessions and tokens revoked at once), as ``carecli users`` does."""
+        from carecli.services.users import deactivate_user, reactivate_user
+
+        change = reactivate_user if active else deactivate_user
+        return change(self.databases, self.actor, str(user_id))
 
     def audit(self, filters: AuditFilter, *, before: tuple[datetime, uuid.UUID] | None = None,
               limit: int = 100) -> list[AccessEntry]:
@@ -568,7 +617,7 @@ class Desk:
 
     def add_note(self, member_id: uuid.UUID, text: str) -> MetadataEntry:
         """Add a free-text note to a member (kept in metadata under a timestamped key)."""
-        key = f"{NOTE_PREFIX}:{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%f}"
+        key = note_key(datetime.now(timezone.utc))
         with self._uow() as uow:
             entry = uow.metadata.put("member", member_id, key, {"text": text, "by": str(self.user_id)})
             uow.commit()
@@ -593,6 +642,14 @@ class Desk:
     def emergency_queue(self, *, include_reviewed: bool = False) -> list[QueueEntry]:
         """Emergency accesses waiting for review (emergency:review or audit:read)."""
         return self._emergency().queue(include_reviewed=include_reviewed)
+
+    def member_labels(self, member_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """"Last, First" of each member (names only, as lists show them: not an audited open); {} without
+        ``members:read`` (a caller then shows ids)."""
+        if not self.can(Permission.MEMBERS_READ):
+            return {}
+        with self._read_uow() as uow:
+            return {member_id: uow.members.display_name(member_id) for member_id in dict.fromkeys(member_ids)}
 
     def emergency_actions(self, grant_id: uuid.UUID) -> list[AccessEntry]:
         """The audit rows done under an emergency grant, oldest first, with names."""

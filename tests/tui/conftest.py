@@ -81,6 +81,11 @@ class TuiWorld:
         with self.databases.engine(database).connect() as connection:
             return list(connection.execute(text(statement), params))
 
+    def execute(self, database: str, statement: str, **params: Any) -> None:
+        """A change made behind the app's back (a state the app's own rules would not let a test reach now)."""
+        with self.databases.engine(database).begin() as connection:
+            connection.execute(text(statement), params)
+
 
 @pytest.fixture
 def tui(pg_server, seeded_template, tmp_path: Path, monkeypatch) -> Iterator[TuiWorld]:
@@ -89,7 +94,9 @@ def tui(pg_server, seeded_template, tmp_path: Path, monkeypatch) -> Iterator[Tui
     identity = pg_server.create_database("identity", template=seeded_template.identity)
     platform = pg_server.create_database("platform", template=seeded_template.platform)
     env = {**pg_server.env_for(identity, platform), "CARECLI_MASTER_KEY": MASTER_KEY,
-           "CARECLI_CONFIG": str(tmp_path / "config.toml"), "CARECLI_THEME": THEME}
+           "CARECLI_CONFIG": str(tmp_path / "config.toml"), "CARECLI_THEME": THEME,
+           # times shown and typed in UTC whatever the machine's zone (tests of other zones set their own)
+           "CARECLI_TIMEZONE": "UTC"}
     (tmp_path / "config.toml").write_text("")
     settings = load_settings(env)
     databases = open_databases(settings)

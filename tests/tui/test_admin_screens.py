@@ -73,19 +73,26 @@ async def test_plans_catalog_filters_and_shows_coverage(tui) -> None:
         assert f"Out of pocket max: ${first.coverage_details['out_of_pocket_max']:,}" in coverage
         assert first.coverage_details["network"] in coverage
         assert "{" not in coverage and "out_of_pocket_max" not in coverage
+        # The filter box has the focus on arrival; down goes on to the list, whose cursor moves at once.
+        box = screen.query_one("#plans-filter", Input)
+        assert box.has_focus
+        await pilot.press("down")
+        assert table.has_focus and table.cursor_row == 0
         await pilot.press("down")
         await pilot.pause()
+        assert table.cursor_row == 1
         second = tui.scalar("platform", "SELECT plan_name FROM insurance_plans WHERE plan_code = :c", c=active[1])
         assert second in _text(screen.query_one("#plan-coverage", Static))
 
-        await pilot.press("i")  # show inactive
+        await pilot.press("ctrl+t")  # show inactive
         await wait_for(pilot, lambda: table.row_count == len(every))
         assert _column(table, 0) == every
         assert screen.query_one("#plans-inactive", Checkbox).value
 
-        await pilot.press("ctrl+f")
-        assert screen.query_one("#plans-filter", Input).has_focus
+        # Letters typed on the list go to the filter box ("i" is a letter, not a key of the screen).
+        assert table.has_focus
         await pilot.press(*"gold")
+        assert box.has_focus and box.value == "gold"
         expected = [r.plan_code for r in tui.rows(
             "platform", "SELECT plan_code FROM insurance_plans WHERE deleted_at IS NULL AND "
             "(plan_code ILIKE '%gold%' OR plan_name ILIKE '%gold%') ORDER BY plan_code")]
@@ -284,7 +291,7 @@ async def test_each_audit_filter_narrows_like_sql(tui) -> None:
         await _apply(pilot, screen, lambda: setattr(entity, "value", "insurance_plan"))
         expected = _ids(tui, "entity_type = 'insurance_plan'", limit=PAGE_SIZE)
         assert _keys(table) == expected and 0 < len(expected)
-        assert set(_column(table, 3)) == {"insurance_plan"}
+        assert set(_column(table, 3)) == {"insurance plan"}  # entity types read as words
 
         await _apply(pilot, screen, lambda: setattr(action, "value", "update"))
         expected = _ids(tui, "entity_type = 'insurance_plan' AND action = 'update'")

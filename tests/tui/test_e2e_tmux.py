@@ -373,3 +373,115 @@ def test_a_specialists_day_completes_a_call_raises_and_resolves_a_flag_and_corre
     assert corrected.old_values == {"phone": "[redacted]"} and corrected.new_values == {"phone": "[redacted]"}
     assert all((row.user_agent or "").endswith("(tui)") for row in audit)
     assert not [screen for screen in terminal.screens if SSN_PATTERN.search(screen)]
+
+
+def _style(screen: Screen, text: str) -> str | None:
+    """The background of the cell where ``text`` starts (a table's cursor row has its own)."""
+    where = screen.find(text)
+    return screen.background(*where) if where is not None else "absent"
+
+
+def _row_style(screen: Screen, below: str, offset: int) -> str | None:
+    """The background of the table row ``offset`` lines under the header that holds ``below``.
+
+    By position, not by text: a DataTable's columns are sometimes drawn at the headers' widths until
+    the next key press (Textualize/textual#4470), which cuts its cells short.
+    """
+    where = screen.find(below)
+    if where is None or where[0] + offset >= len(screen.rows):
+        return "absent"
+    return screen.background(where[0] + offset, 2)
+
+
+def test_a_keyboard_only_walk_from_sign_in_to_a_member_and_back_without_a_tab(
+        terminal, tui, oidc_provider, tmp_path) -> None:
+    """F-keys, arrows, Enter and Esc only: every screen takes the keys where its work starts."""
+    user = tui.user("specialist")
+    specialist_id = tui.scalar("platform", "SELECT id FROM specialists WHERE user_id = :u AND deleted_at IS NULL",
+                               u=user.id)
+    member, prefix = _member_to_find(tui)
+    listed = f"{member.last_name}, {member.first_name}"
+    start = _start_of_local_today_utc()
+    with tui.databases.platform.begin() as connection:  # two calls today: the worklist's cursor has room to move
+        for minutes in (1, 2):
+            connection.execute(text(
+                "INSERT INTO call_records (id, member_id, specialist_id, call_type, call_status, scheduled_at) "
+                "VALUES (:id, :m, :s, 'outreach', 'scheduled', :at)"),
+                {"id": uuid.uuid4(), "m": member.id, "s": specialist_id, "at": start + timedelta(minutes=minutes)})
+    sent: list[str] = []
+    keys = terminal.keys
+
+    def press(*names: str) -> None:
+        sent.extend(names)
+        keys(*names)
+
+    rc_file = tmp_path / "carecli.rc"
+    home = tmp_path / "home"
+    terminal.start(_launcher(tmp_path, _child_env(tui, oidc_provider, home), rc_file))
+    code = terminal.wait_for_text(re.compile(r"enter the code\s+([B-Z]{4}-[B-Z]{4})"), START_TIMEOUT).group(1)
+    assert "Retry" not in terminal.last  # nothing failed: nothing to retry
+    oidc_provider.approve(code, user.external_user_id, email=user.email)
+    terminal.wait_for_text(re.compile(r"Today \(\d+\+?\)"))
+    terminal.wait_until(lambda screen: screen.rows[screen.find("When (UTC)")[0] + 2].strip()
+                        if screen.find("When (UTC)") else None, "today's two calls")
+
+    def first(screen: Screen) -> str | None:
+        return _row_style(screen, "When (UTC)", 1)
+
+    def second(screen: Screen) -> str | None:
+        return _row_style(screen, "When (UTC)", 2)
+
+    plain = second(terminal.capture())  # a row without the cursor (zebra stripes do not depend on the focus)
+
+    # Members: the search box takes the typing, down goes into the results, Enter opens the member.
+    press("F3")
+    terminal.wait_for_text(re.compile(r"1–\d+ of (about )?\d"))
+    terminal.type(prefix)
+    terminal.wait_for_text(re.compile(r"1–1 of 1\b"))
+    unfocused = _style(terminal.capture(), listed)
+    press("Down")
+    terminal.wait_for_restyle(listed, unfocused)
+    focused = _style(terminal.capture(), listed)
+    press("Enter")
+    terminal.wait_for_text(re.compile(rf"{re.escape(listed)}\s+·"))
+    terminal.wait_for_text("Calls (2)")
+    press("Escape")  # back to the results, focused, the cursor where it was
+    terminal.wait_until(lambda screen: _style(screen, listed) == focused, "the results focused again")
+    press("Up")  # up on the first result: back to the search box
+    terminal.wait_until(lambda screen: _style(screen, listed) != focused, "the focus back in the search box")
+    press("Escape")
+    terminal.wait_for_text("Press Esc again")
+    press("Escape")
+
+    # The worklist: its table has the keys at once.
+    screen = terminal.wait_until(lambda screen: first(screen) not in (plain, "absent") and screen,
+                                 "the worklist, its cursor on the first call")
+    cursor = first(screen)
+    press("Down")
+    terminal.wait_until(lambda screen: second(screen) == cursor and first(screen) != cursor,
+                        "the cursor one row down")
+
+    # Plans: typing filters at once, down goes to the list.
+    press("F4")
+    terminal.wait_for_text(re.compile(r"\d+ of \d+ plans"))
+    terminal.type("gold")
+    terminal.wait_for_text("gold")
+    screen = terminal.wait_until(lambda screen: re.search(r"\b\w+-GOLD-\d+", "\n".join(screen.rows[3:6]))
+                                 and screen, "the gold plans")
+    plan = re.search(r"\b\w+-GOLD-\d+", "\n".join(screen.rows[3:6])).group(0)
+    before = _style(screen, plan)
+    press("Down")
+    terminal.wait_for_restyle(plan, before)
+
+    # Sign out: asked, then the sign-in screen.
+    press("C-o")
+    terminal.wait_for_text("Sign out")
+    press("y")
+    terminal.wait_for_text("Signed out.")
+    terminal.wait_for_no_text(listed)
+    press("C-q")
+    terminal.wait_for_exit()
+    assert rc_file.read_text().strip() == "0"
+    assert "Tab" not in sent and "BTab" not in sent
+    assert tui.scalar("identity", "SELECT count(*) FROM sessions WHERE user_id = :u AND deleted_at IS NULL",
+                      u=user.id) == 0

@@ -6,6 +6,7 @@ from textual.widgets import DataTable
 
 from carecli.screens.emergency import BreakGlassDialog, EmergencyQueueScreen, GrantActionsScreen, ReviewDialog
 from carecli.screens.forms import RevealDialog
+from carecli.screens.member import MemberDetailScreen
 from tests.tui.conftest import SIZE
 from tests.tui.helpers import screen_text, wait_for
 from tests.tui.test_member_screens import DOB, SSN_SHOWN, app_for, header, make_member, open_member, set_input
@@ -58,18 +59,34 @@ async def test_break_the_glass_then_reveal_then_a_supervisor_reviews_it(tui) -> 
         assert [entry.grant.id for entry in queue.entries] == [grant_id]
         table = queue.query_one("#emergency-table", DataTable)
         assert [str(cell) for cell in table.get_row_at(0)][-2:] == ["live", "1"]
+        assert str(queue.query_one("#emergency-status").render()) == "1 emergency access waiting for review"
+        # The member by name, not by a bare id.
+        name = tui.rows("platform", "SELECT first_name, last_name FROM members WHERE id = :m",
+                        m=queue.entries[0].grant.member_id)[0]
+        assert str(table.get_row_at(0)[2]) == f"{name.last_name}, {name.first_name}"
         assert SSN_SHOWN not in screen_text(queue)
 
-        await pilot.press("enter")
+        await pilot.press("d")
         details = await wait_for(pilot, lambda: isinstance(app.screen, GrantActionsScreen) and app.screen.rows
                                  and app.screen, what="the grant's actions")
         assert [row.entry.action for row in details.rows] == ["read"]
         assert "member in crisis on the line" in screen_text(details)
+        assert f"{name.last_name}, {name.first_name}" in screen_text(details)
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is queue)
+        assert table.has_focus
+
+        # Enter opens the member; Esc comes back to the queue with the cursor where it was.
+        await pilot.press("enter")
+        member = await wait_for(pilot, lambda: isinstance(app.screen, MemberDetailScreen) and app.screen)
+        assert member.member_id == queue.entries[0].grant.member_id
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is queue)
+        assert table.has_focus
 
         await pilot.press("v")
         review = await wait_for(pilot, lambda: isinstance(app.screen, ReviewDialog) and app.screen)
+        assert f"member {name.last_name}, {name.first_name}" in screen_text(review)
         set_input(review, "note", "confirmed with the crisis line log")
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.screen is queue and not queue.entries and queue.generation >= 2,

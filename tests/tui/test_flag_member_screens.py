@@ -24,7 +24,7 @@ from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.screens.confirm import ConfirmDialog
 from carecli.screens.flag import FlagScreen
 from carecli.screens.flag_forms import ReopenFlagDialog, ResolveFlagDialog
-from carecli.screens.forms import EnrollFormScreen, FlagFormScreen, NoteDialog, TerminateDialog
+from carecli.screens.forms import EnrollFormScreen, FlagFormScreen, NoteDialog, TerminateDialog, as_sentence
 from carecli.screens.member import MemberDetailScreen
 from carecli.screens.member_forms import MemberEditScreen
 from tests.tui.conftest import SIZE
@@ -102,7 +102,7 @@ async def test_a_flag_opened_from_the_member_screen_is_resolved_and_re_opened(tu
         form = await wait_for(pilot, lambda: isinstance(app.screen, ResolveFlagDialog) and app.screen)
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert form.field_errors() == {"note": "say how the flag was resolved"} and app.screen is form
+        assert form.field_errors() == {"note": "Say how the flag was resolved."} and app.screen is form
         form.query_one("#field-note", TextArea).text = "Daughter moved in; home safety visit booked."
         await pilot.pause()
         await pilot.press("ctrl+s")
@@ -160,7 +160,7 @@ async def test_the_flags_tab_lists_open_flags_first_and_resolved_ones_after_them
         table = screen.query_one("#flags-table", DataTable)
         last = table.get_row(str(resolved.id))
         assert all(isinstance(cell, Text) and cell.style == "dim" for cell in last)
-        assert not any(isinstance(cell, Text) for cell in table.get_row(str(older.id)))
+        assert not any(isinstance(cell, Text) and cell.style == "dim" for cell in table.get_row(str(older.id)))
 
 
 async def test_raising_a_flag_offers_the_held_calls_newest_first_and_saves_on_the_chosen_one(tui) -> None:
@@ -268,10 +268,12 @@ async def test_a_member_edit_shows_every_bad_field_at_once_next_to_it_with_the_i
                 return problem.message
             raise AssertionError("import accepts it")
 
-        assert form.field_errors() == {
+        # import's own messages, each made a sentence with the field's label ("Last name is required.")
+        assert form.field_errors() == {name: as_sentence(form.field_label(name), message) for name, message in {
             "zip_code": import_message(f.parse_zip, "9720"), "phone": import_message(f.parse_phone, "555-0142"),
             "state": import_message(f.parse_state, "Oregon"),
-            "email": import_message(f.parse_email, "quentin at example.org"), "last_name": "is required"}
+            "email": import_message(f.parse_email, "quentin at example.org"), "last_name": "is required"}.items()}
+        assert form.field_errors()["last_name"] == "Last name is required."
         assert app.screen is form and "marked fields" in status_text(form)
         # Editing a field takes its own error away; the others stay.
         set_input(form, "zip_code", "97201-1234")
@@ -319,7 +321,7 @@ async def test_the_header_shows_member_number_primary_plan_and_the_age_only_whil
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_member(pilot, known.id)
         text = header(screen)
-        assert "No. M-004417" in text and f"Plan {plan.plan_code}" in text and "active" in text
+        assert "No. M-004417" in text and f"Primary plan {plan.plan_code}" in text and "active" in text
         assert "age" not in text and DOB.isoformat() not in screen_text(screen)
         screen._show_revealed(desk.reveal(known.id, ["dob"], "checking the age"))
         t = today()
@@ -350,13 +352,13 @@ async def test_terminating_asks_for_a_reason_and_a_future_date_keeps_the_plan_ac
         assert f"stays active until {end}" in str(dialog.query_one("#terminate-effect", Static).render())
         await pilot.press("enter")
         await pilot.pause()
-        assert dialog.field_errors() == {"reason": "say why the enrollment ends"} and app.screen is dialog
+        assert dialog.field_errors() == {"reason": "Say why the enrollment ends."} and app.screen is dialog
         set_input(dialog, "reason", "Moving out of state at the end of the month")
         await pilot.pause()
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.screen is screen
                        and screen._enrollments[str(enrollment.id)].enrollment.termination_date == end)
-        assert table_rows(screen, "enrollments-table")[0][1] == f"ends {end} · primary"
+        assert table_rows(screen, "enrollments-table")[0][1:3] == [f"ends {end}", "primary"]
     [row] = tui.rows("platform", "SELECT status, termination_date, notes FROM member_insurance_plans "
                      "WHERE id = :e", e=enrollment.id)
     assert (row.status, row.termination_date) == ("active", end)

@@ -163,7 +163,7 @@ async def test_the_member_browser_reloads_its_page_and_keeps_the_cursor_and_the_
             member = uow.members.get(target)
             uow.members.update(target, member.updated_at, {"phone": "+15550199999"})
             uow.commit()
-        await wait_for(pilot, lambda: str(table.get_row(str(target))[2]) == "+15550199999",
+        await wait_for(pilot, lambda: str(table.get_row(str(target))[2]) == "(555) 019-9999",
                        what="the new phone on B's page")
         assert browser.rows[table.cursor_row] == cursor_member
         assert browser.query_one("#member-search", Input).value == ""

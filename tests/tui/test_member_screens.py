@@ -147,7 +147,7 @@ async def test_reveal_needs_a_reason_shows_the_values_audits_why_and_hides_them_
         await pilot.press("enter")
         await pilot.pause()
         # Refused on the form without a round trip: no reveal was audited.
-        assert dialog.field_errors() == {"reason": "say why (at least 4 characters)"}
+        assert dialog.field_errors() == {"reason": "Say why (at least 4 characters)."}
         assert app.screen is dialog and reads(tui, known.id, "reveal") == []
         set_input(dialog, "reason", "verifying identity on a call")
         await pilot.press("ctrl+s")
@@ -244,7 +244,7 @@ async def test_a_call_with_broken_rules_shows_each_error_by_its_field_keeps_the_
         form.query_one("#field-follow_up_required", Checkbox).value = True
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert form.field_errors() == {"started_at": "use YYYY-MM-DD HH:MM (UTC), e.g. 2025-03-01 14:30"}
+        assert form.field_errors() == {"started_at": "Use YYYY-MM-DD HH:MM (UTC), e.g. 2025-03-01 14:30."}
         assert not form.saving
 
         set_input(form, "started_at", "2025-03-01 14:30")
@@ -333,8 +333,8 @@ async def test_a_flag_raised_from_a_call_takes_member_and_specialist_from_the_ca
         assert f"Member: {known.label}" in about and "Specialist: you" in about
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert form.field_errors() == {"risk_type": "choose one", "severity": "choose one",
-                                       "description": "say what was found"}
+        assert form.field_errors() == {"risk_type": "Choose the risk type.", "severity": "Choose the severity.",
+                                       "description": "Say what was found."}
         form.query_one("#field-risk_type", Select).value = "safety"
         form.query_one("#field-severity", Select).value = "high"
         form.query_one("#field-description", TextArea).text = "Lives alone, fell twice this month."
@@ -411,8 +411,8 @@ async def test_a_supervisor_enrolls_makes_a_plan_primary_and_terminates_one(tui)
         await wait_for(pilot, lambda: app.screen is screen
                        and screen._enrollments[first_key].enrollment.status == "terminated")
         today = datetime.now(timezone.utc).date().isoformat()
-        assert sorted(row[1:5] for row in table_rows(screen, "enrollments-table")) == [
-            ["active · primary", today, "", "80%"], ["terminated", today, today, "80%"]]
+        assert sorted(row[1:6] for row in table_rows(screen, "enrollments-table")) == [
+            ["active", "primary", today, "", "80%"], ["terminated", "", today, today, "80%"]]
     rows = {row.insurance_plan_id: row for row in tui.rows(
         "platform", "SELECT * FROM member_insurance_plans WHERE member_id = :m", m=known.id)}
     assert rows[first].status == "terminated" and rows[first].termination_date is not None
@@ -450,7 +450,7 @@ async def test_a_note_is_saved_and_listed(tui) -> None:
         dialog = await wait_for(pilot, lambda: isinstance(app.screen, NoteDialog) and app.screen)
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert dialog.field_errors() == {"text": "write the note first"}
+        assert dialog.field_errors() == {"text": "Write the note first."}
         await pilot.press(*"Prefers calls after 5pm")
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.screen is screen and table_rows(screen, "notes-table"), what="the note")

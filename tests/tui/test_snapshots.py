@@ -169,3 +169,55 @@ def test_plans_catalog(tui, fixed, snap_compare) -> None:
 def test_too_small_terminal(tui, fixed, snap_compare) -> None:
     app = tui.app(fixed["desk"])
     assert snap_compare(app, terminal_size=(60, 16))
+
+
+def test_member_browser_plan_list_open_at_80x24(tui, fixed, snap_compare) -> None:
+    """The compact filters at 80 columns: the search box keeps its width, the plan list fits the plan codes."""
+    app = tui.app(fixed["desk"])
+
+    async def run_before(pilot) -> None:
+        from carecli.screens.members import MemberBrowserScreen
+        from carecli.screens.worklist import WorklistScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        await pilot.press("f3")
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen)
+        await pilot.press(*"zyxw")
+        await wait_for(pilot, lambda: len(screen.rows) == 3 and screen.count is not None
+                       and screen.query_state.text == "zyxw")
+        plan = screen.query_one("#member-plan")
+        await wait_for(pilot, lambda: len(plan._options) > 1, what="the plans in the list")
+        plan.focus()
+        await pilot.press("enter")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+def test_worklist_header_cut_at_80x24(tui, fixed, snap_compare) -> None:
+    """A specialist of many plans: the header line ends with an ellipsis where it is cut."""
+    admin_row = tui.user("admin")
+    admin = Actor.create(admin_row.id, ALL_PERMISSIONS, channel="cli", role="admin")
+    cipher = cipher_provider(tui.settings, tui.databases)
+    with PlatformUnitOfWork(tui.databases.platform, admin, cipher=cipher, user_exists=lambda _id: True) as uow:
+        specialist_id = uow.connection.execute(
+            text("SELECT id FROM specialists WHERE license_number = 'LIC-SNAP-1'")).scalar_one()
+        for tier in ("PLATINUM", "SILVER", "COPPER", "IRON", "TIN"):
+            plan = uow.plans.create({
+                "plan_code": f"SNAP-{tier}", "plan_name": f"Snapshot {tier.title()}", "plan_type": "PPO",
+                "premium_amount": Decimal("100.00"), "deductible_amount": Decimal("1000.00"),
+                "copay_amount": Decimal("20.00"), "is_active": True, "effective_date": date(2026, 1, 1),
+                "expiration_date": date(2026, 12, 31), "coverage_details": {}})
+            uow.specialist_plans.link(specialist_id, plan.id)
+        uow.commit()
+    app = tui.app(fixed["desk"])
+
+    async def run_before(pilot) -> None:
+        from carecli.screens.worklist import WorklistScreen
+
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        await wait_for(pilot, lambda: screen.items.get("plans"))
+        screen.query_one("#worklist-tabs").active = "tab-today"
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)

@@ -100,6 +100,17 @@ class MemberRepository(Repository[Member]):
         self.uow.audit_read("member", member_id, {"purpose": "open", "fields": ["contact"]})
         return self.to_record(row)
 
+    def reread(self, member_id: uuid.UUID, *, include_deleted: bool = False) -> Member:
+        """The record again, within a visit that :meth:`open` already audited (not a new access).
+
+        For a screen showing the member's file that reloads it after its own save or
+        someone else's change: one visit, one audited read. Callers vouch that
+        this actor opened the record with :meth:`open` for this visit (the Desk's
+        ``MemberVisit``); anything else opens it.
+        """
+        self.require(Permission.MEMBERS_READ, "open member records", member_id)
+        return self.to_record(self._fetch(member_id, include_deleted=include_deleted))
+
     def get(self, entity_id: uuid.UUID, *, include_deleted: bool = False) -> Member:
         """A member record always holds contact details: every get is an audited :meth:`open`."""
         return self.open(entity_id, include_deleted=include_deleted)

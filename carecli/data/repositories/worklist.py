@@ -157,8 +157,9 @@ class WorklistRepository(Repository[WorkItem]):
             .where(f.severity.in_(("high", "critical")), f.deleted_at.is_(None), m.deleted_at.is_(None),
                    f.member_id.in_(my_members), ~resolved)
             .order_by((f.severity == "critical").desc(), f.created_at.desc(), f.id).limit(SECTION_LIMIT))
-        return [WorkItem("urgent_flag", r.member_id, _name(r), r.created_at, f"{r.severity} · {r.risk_type}",
-                         call_id=r.call_record_id, flag_id=r.id) for r in rows]
+        return [WorkItem("urgent_flag", r.member_id, _name(r), r.created_at,
+                         f"{r.severity} · {r.risk_type.replace('_', ' ')}", call_id=r.call_record_id, flag_id=r.id)
+                for r in rows]
 
     def _plan_members(self, sid: uuid.UUID, today: date) -> list[WorkItem]:
         """The newest live enrollments in the specialist's plans.
