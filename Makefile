@@ -7,6 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
 DEMO_MEMBERS ?= 5000
 PYTEST_ARGS ?=
+# pytest-xdist workers (one per core; `make test PYTEST_WORKERS=0` runs in this one process). Whole test
+# files go to one worker (--dist loadfile): their module-scoped fixtures (a seeded pair, an SSH host) are
+# then built once, not once per worker.
+PYTEST_WORKERS ?= auto
 
 .PHONY: install demo test lint bench clean
 
@@ -25,7 +29,7 @@ demo: install
 
 ## make test: the whole suite (embedded server by default; CARECLI_TEST_PG=... for another)
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## make lint: ruff over the code, the tests, the benchmarks and the migrations, then mypy over carecli
 ## (rules and settings in pyproject.toml)

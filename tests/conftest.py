@@ -66,6 +66,28 @@ pytest_plugins = [
     "tests.support.tmux",  # terminal
 ]
 
+# Test modules whose result can depend on the PostgreSQL server under test: its version, its settings, its
+# client tools (pg_dump), its SQL (DDL, COPY, triggers, grants, LISTEN/NOTIFY, locks, plans, collation).
+# They carry the `server` marker, and CI runs them on every server it has (`-m server`) after the whole
+# suite on the first. The rest (the TUI, the SSH host, the CLI's own messages, configuration, crypto,
+# logging, the OIDC client) reach the database only through the data layer these modules prove, so one
+# server is enough for them. A new module that tests how carecli talks to the database belongs here.
+SERVER_DEPENDENT = frozenset({
+    "test_audit", "test_backup", "test_backup_stream", "test_case_loop", "test_check_data", "test_doctor",
+    "test_emergency", "test_engines", "test_export", "test_grants", "test_identity_repositories",
+    "test_import", "test_import_cli", "test_import_kinds", "test_import_rules", "test_live_updates",
+    "test_member_notes", "test_member_search", "test_migrations", "test_permissions", "test_replicas",
+    "test_repositories", "test_retention", "test_retention_cli", "test_schema", "test_seeding",
+    "test_sessions", "test_sync",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.name == "tests" and item.path.stem in SERVER_DEPENDENT:
+            item.add_marker(pytest.mark.server)
+
+
 _counter = itertools.count()
 _PREFIX = f"carecli_test_{os.getpid()}_"
 
