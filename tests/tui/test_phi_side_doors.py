@@ -41,7 +41,8 @@ from tests.tui.test_member_screens import (
     table_rows,
 )
 
-CARECLI_COMMANDS = {"Worklist", "Members", "Plans", "Audit log", "Users and roles", "Emergency accesses", "Lock"}
+CARECLI_COMMANDS = {"Worklist", "Members", "Plans", "Audit log", "Users and roles", "Emergency accesses", "Lock",
+                    "Sign out"}
 BLIND_INDEX = "11055bd0c4f0e7a9b2d3c1e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8"
 
 

@@ -164,7 +164,7 @@ async def test_checkboxes_read_without_colour_and_no_half_blocks_are_left(tui) -
         plans = await wait_for(pilot, lambda: isinstance(app.screen, PlansScreen) and app.screen.plans
                                and app.screen)
         assert str(plans.query_one("#plans-inactive", CareCheckbox).render()).strip() == "[ ] Show inactive"
-        await pilot.press("i")
+        await pilot.press("ctrl+t")
         await pilot.pause()
         assert str(plans.query_one("#plans-inactive", CareCheckbox).render()).strip() == "[x] Show inactive"
         assert not _half_blocks(app)
