@@ -54,9 +54,14 @@ def goodbye(reason: str, *, idle_minutes: float = 15, max_hours: int = 12) -> st
 _TERM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,40}$")
 _TRUECOLOR_TERMS = ("256color", "kitty", "alacritty", "wezterm", "foot", "ghostty", "iterm", "direct")
 DEFAULT_TERM = "xterm-256color"
-#: variables of the host's own environment an app process must not inherit
+#: variables of the host's own environment an app process must not inherit. COLUMNS and LINES: the size is the
+#: client's pseudo-terminal's (a host started from a shell that exports them would pin every session to that
+#: size, resizes ignored).
 _DROPPED = ("CARECLI_TOKEN", "SSH_AUTH_SOCK", "SSH_CLIENT", "SSH_TTY", "SSH_ORIGINAL_COMMAND", "TERM", "COLORTERM",
-            "LANG", "LANGUAGE", "DISPLAY", "TMUX", "TMUX_PANE", "STY")
+            "LANG", "LANGUAGE", "DISPLAY", "TMUX", "TMUX_PANE", "STY", "COLUMNS", "LINES")
+#: prefixes of the same: the locale's parts, and Textual's developer switches (a key log, timed screenshots,
+#: the devtools connection) that have no place in a clinical session
+_DROPPED_PREFIXES = ("LC_", "TEXTUAL")
 
 
 def clean_term(term_type: str | None) -> str:
@@ -73,7 +78,7 @@ def app_environment(base: Mapping[str, str], *, term: str, client_colorterm: str
     ``pool_size`` (default 0: no idle connections) keeps fifty sessions' pools from holding a
     server's ``max_connections`` between them; None leaves the host's own setting.
     """
-    env = {key: value for key, value in base.items() if key not in _DROPPED and not key.startswith("LC_")}
+    env = {key: value for key, value in base.items() if key not in _DROPPED and not key.startswith(_DROPPED_PREFIXES)}
     if pool_size is not None:
         env["CARECLI_DB_POOL_SIZE"] = str(pool_size)
     env["TERM"] = term
