@@ -27,7 +27,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## make lint: ruff over the code, the tests, the benchmarks and the migrations, then mypy over carecli and tests
+## make lint: ruff over the code, the tests, the benchmarks and the migrations, then mypy over carecli, tests and benchmarks
 ## (rules and settings in pyproject.toml)
 lint: install
 	$(BIN)/ruff check carecli tests benchmarks migrations
