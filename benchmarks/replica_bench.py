@@ -151,7 +151,8 @@ def main() -> None:
             results[scenario] = _flow(desk, args.rounds)
             health = desk.databases.replica_health()
             with psycopg.connect(args.admin_url, autocommit=True) as admin:
-                seen: dict[str, int] = dict(admin.execute("SELECT datname, count(*) FROM pg_stat_activity "
+                seen: dict[str, int]
+                seen = dict(admin.execute("SELECT datname, count(*) FROM pg_stat_activity "
                                           "WHERE datname LIKE %s AND application_name = 'carecli' GROUP BY 1",
                                           (f"{prefix}%",)).fetchall())
             for pool in desk.databases.pools():

@@ -220,7 +220,7 @@ def test_deferred_indexes_and_foreign_keys_are_rebuilt_identically(migrated_engi
 def test_existing_roles_are_reused(migrated_engines):
     with psycopg.connect(_url(migrated_engines, "identity")) as conn:
         [(admin_id,)] = conn.execute("INSERT INTO roles (name, permissions) VALUES ('admin', '[\"everything\"]') "
-                                "RETURNING id").fetchall()
+                                     "RETURNING id").fetchall()
     summary = seed_demo_data(migrated_engines.identity, migrated_engines.platform, members=20, seed=11)
     assert summary.counts["roles"] == len(DEFAULT_ROLES) - 1
     admins = _query(migrated_engines, "identity",
