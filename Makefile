@@ -31,7 +31,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-## make lint: ruff over the code, the tests, the benchmarks and the migrations, then mypy over carecli
+## make lint: ruff over the code, the tests, the benchmarks and the migrations, then mypy over carecli, tests and benchmarks
 ## (rules and settings in pyproject.toml)
 lint: install
 	$(BIN)/ruff check carecli tests benchmarks migrations

@@ -144,7 +144,9 @@ def baseline(platform_url: str, empty_platform_url: str) -> tuple[float, float, 
                 for chunk in copy:
                     handle.write(chunk)
             dumps[table] = path
-            counts[table] = conn.execute(f"SELECT count(*) FROM ({query}) q").fetchone()[0]
+            row = conn.execute(f"SELECT count(*) FROM ({query}) q").fetchone()
+            assert row is not None
+            counts[table] = row[0]
             conn.execute(f"DROP TABLE IF EXISTS bare_{table}")
             conn.execute(f"CREATE TABLE bare_{table} (LIKE {table})")
         conn.commit()

@@ -151,6 +151,7 @@ def main() -> None:
             results[scenario] = _flow(desk, args.rounds)
             health = desk.databases.replica_health()
             with psycopg.connect(args.admin_url, autocommit=True) as admin:
+                seen: dict[str, int]
                 seen = dict(admin.execute("SELECT datname, count(*) FROM pg_stat_activity "
                                           "WHERE datname LIKE %s AND application_name = 'carecli' GROUP BY 1",
                                           (f"{prefix}%",)).fetchall())
@@ -173,8 +174,8 @@ def main() -> None:
                 cells.append(f"{_p(values, 0.5):>11.2f} / {_p(values, 0.95):<8.2f}")
             print(f"{call:<28}" + "".join(f"{cell:>26}" for cell in cells))
         print(f"\n{'scenario':<14}{'pool':<15}{'opened by the pool':>20}{'pg_stat_activity':>18}")
-        for scenario, pool, opened, seen_count in connections:
-            print(f"{scenario:<14}{pool:<15}{opened:>20}{seen_count:>18}")
+        for scenario, pool_name, opened, seen_count in connections:
+            print(f"{scenario:<14}{pool_name:<15}{opened:>20}{seen_count:>18}")
     finally:
         _drop(args.admin_url, created)
 

@@ -21,6 +21,7 @@ import secrets
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -58,7 +59,7 @@ def _database_url(admin_url: str, name: str) -> str:
 
 
 def _progress_printer(enabled: bool) -> seeding.ProgressCallback:
-    last = {"table": "", "at": 0.0}
+    last: dict[str, Any] = {"table": "", "at": 0.0}
     start = time.perf_counter()
 
     def report(table: str, done: int, total: int) -> None:

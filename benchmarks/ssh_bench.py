@@ -190,6 +190,7 @@ async def connect(port: int, key_path: Path) -> tuple[asyncssh.SSHClientConnecti
     conn = await asyncssh.connect("127.0.0.1", port, username="bench", client_keys=[str(key_path)],
                                   known_hosts=None)
     _chan, client = await conn.create_session(Client, term_type="xterm-256color", term_size=(COLUMNS, ROWS))
+    assert isinstance(client, Client)  # what the factory made (create_session is typed as the base class)
     shown = await client.wait_for(lambda c: "Today (" in c.text(), timeout=300)
     return conn, client, shown - started
 
@@ -319,17 +320,17 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
             committed = time.monotonic()
             uow.members.update(first.id, first.updated_at, {"last_name": name})
             uow.commit()
-        shown = await asyncio.gather(*(c.wait_for(lambda c, n=name: n in c.text(), timeout=30) for c in clients))
-        propagation.extend((moment - committed) * 1000 for moment in shown)
+        moments = await asyncio.gather(*(c.wait_for(lambda c, n=name: n in c.text(), timeout=30) for c in clients))
+        propagation.extend((moment - committed) * 1000 for moment in moments)
     platform.dispose()
     rows.append((f"a change -> on every other session's screen, p50 / p95 (n={len(propagation)})",
                  f"{statistics.median(propagation):.0f} ms / {percentile(propagation, 0.95):.0f} ms"))
 
-    for conn, client, _ in sessions:
+    for _conn, client, _ in sessions:
         client.send("\x11")  # ctrl+q
     await asyncio.sleep(2.0)
-    for conn, _, _ in sessions:
-        conn.close()
+    for ssh_conn, _, _ in sessions:
+        ssh_conn.close()
     return rows
 
 

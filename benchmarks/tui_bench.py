@@ -320,7 +320,7 @@ async def tour(app: BenchApp, results: Results, args: argparse.Namespace) -> Non
         before = screen.rows
         results.pages.append(await timed(
             app, lambda: send(app, "pagedown"),
-            lambda page=page, before=before: screen.page_number == page and screen.rows is not before,
+            lambda: screen.page_number == page and screen.rows is not before,
             what=f"page {page + 1}"))
         if page in (10, args.pages // 2, args.pages):
             results.rss[f"after {page} pages"] = rss_mb()
@@ -354,8 +354,8 @@ async def tour(app: BenchApp, results: Results, args: argparse.Namespace) -> Non
                     await until(lambda: table.has_focus, what="the focus on the results")
                 continue
             samples.append(await timed(
-                app, lambda keys=keys: send(app, *keys),
-                lambda typed=typed, request=request, rows=rows: (
+                app, lambda: send(app, *keys),
+                lambda: (
                     screen.query_state.text == typed.strip() and screen.request > request and screen.rows is not rows),
                 what=f"results of {len(typed)} typed keys"))
             results.labelled.append((samples[-1], "enter" if submit else "typed", typed))
@@ -381,11 +381,11 @@ async def tour(app: BenchApp, results: Results, args: argparse.Namespace) -> Non
         await until(lambda: app.screen is screen)
         table.focus()
         table.move_cursor(row=index)
-        await until(lambda index=index: table.has_focus and table.cursor_row == index)
+        await until(lambda: table.has_focus and table.cursor_row == index)
         member_id = screen.rows[index]
         results.opens.append(await timed(
             app, lambda: send(app, "enter"),
-            lambda member_id=member_id: (isinstance(app.screen, MemberDetailScreen) and app.screen.file is not None
+            lambda: (isinstance(app.screen, MemberDetailScreen) and app.screen.file is not None
                                          and app.screen.file.member.id == member_id),
             what="the member's file"))
         send(app, "escape")

@@ -78,10 +78,12 @@ class Platform:
         ensure_primary_key(self.engine, master)
         self.cipher: Callable[[], Any] = lambda: open_cipher(self.engine, master)
         self.admin = make_actor(role="admin")
+        assert self.admin.user_id is not None
         self.known_users.add(self.admin.user_id)
 
     def actor(self, *permissions: str, **kwargs: Any) -> Actor:
         actor = make_actor(permissions, **kwargs)
+        assert actor.user_id is not None
         self.known_users.add(actor.user_id)
         return actor
 

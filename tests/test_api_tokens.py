@@ -120,7 +120,8 @@ def test_create_prints_the_token_once_and_stores_only_its_hash(site: Site) -> No
 
     dump = site.all_text()
     assert token not in dump and token[len(TOKEN_PREFIX):] not in dump
-    assert site.store().load() not in dump
+    stored = site.store().load()
+    assert stored is not None and stored not in dump
 
     listed = site.cli("tokens", "list")
     assert listed.code == 0 and f"{row.id}  active   nightly report  scopes members:read" in listed.out

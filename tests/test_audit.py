@@ -319,8 +319,8 @@ def _owner_connection(platform) -> psycopg.Connection:
 def test_audit_logs_reject_update_delete_and_truncate_even_by_the_owner(platform, statement):
     platform.member()
     with _owner_connection(platform) as conn:
-        owner, me = conn.execute("SELECT pg_get_userbyid(relowner), current_user FROM pg_class "
-                                 "WHERE relname = 'audit_logs'").fetchone()
+        [(owner, me)] = conn.execute("SELECT pg_get_userbyid(relowner), current_user FROM pg_class "
+                                     "WHERE relname = 'audit_logs'").fetchall()
         assert owner == me
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="audit_logs is append-only"):
             conn.execute(statement)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +86,8 @@ def snapshot(engine: Engine) -> dict[str, tuple[int, str]]:
 
 def user_tables(engine: Engine) -> list[str]:
     with engine.connect() as connection:
-        return connection.execute(text(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")).scalars().all()
+        return list(connection.execute(text(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")).scalars())
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def source(pg_server: Any, template_pair: Any, tmp_path_factory: pytest.TempPath
     src = Source(identity, platform, env)
     databases = Databases(identity=identity, platform=platform)
     with identity.connect() as connection:
-        ids = dict(connection.execute(text(
+        ids: dict[str, uuid.UUID] = dict(connection.execute(text(
             "SELECT DISTINCT ON (r.name) r.name, u.id FROM users u JOIN roles r ON r.id = u.role_id "
             "WHERE r.name IN ('admin', 'specialist') ORDER BY r.name, u.email")).all())
     admin = Actor.create(ids["admin"], ALL_PERMISSIONS, channel="cli", role="admin")

@@ -48,6 +48,7 @@ data_dir = "{tmp_path}/pg"
 """)
     settings = load_settings(env)
     assert not settings.embedded
+    assert settings.identity_url is not None and settings.platform_url is not None
     assert settings.identity_url.database == "identity"
     assert settings.platform_url.drivername == "postgresql+psycopg"
     assert settings.pool_size == 12 and settings.statement_timeout_ms == 5000
@@ -67,6 +68,7 @@ pool_size = 12
         "CARECLI_DB_POOL_SIZE": "3",
     })
     settings = load_settings(env)
+    assert settings.identity_url is not None and settings.platform_url is not None
     assert settings.platform_url.host == "elsewhere" and settings.platform_url.database == "platform2"
     assert settings.identity_url.host == "db.example"
     assert settings.pool_size == 3

@@ -120,7 +120,7 @@ def _sql(engines: Any, statement: str, params: tuple = ()) -> list[tuple]:
 
 def _database_text(engines: Any) -> str:
     """Every row of every table of both databases, as PostgreSQL renders it (bytea as hex)."""
-    parts = []
+    parts: list[str] = []
     for database in ("identity", "platform"):
         with psycopg.connect(_libpq(engines, database)) as conn:
             tables = [row[0] for row in conn.execute(
@@ -270,6 +270,7 @@ def test_rotation_while_another_thread_writes_loses_nothing(migrated_engines):
     batch = 100
     expected: dict[uuid.UUID, tuple[str, date]] = _bulk_members(engine, master, 1500)
     old_primary = keystore.open_cipher(engine, master).primary_id
+    assert old_primary is not None
     # The rotation works through members in id order; the writer aims its updates
     # at the batch being re-encrypted right now, where a lost update would happen.
     in_id_order = sorted(expected)
@@ -339,6 +340,7 @@ def test_a_key_still_in_use_is_not_retired_and_busy_rows_are_skipped(migrated_en
     engine, master = migrated_engines.platform, _master()
     expected = _bulk_members(engine, master, 30)
     old_primary = keystore.open_cipher(engine, master).primary_id
+    assert old_primary is not None
     busy = next(iter(expected))
     # Someone is editing one member for the whole rotation: its row is locked.
     with psycopg.connect(_libpq(migrated_engines)) as editor:
@@ -363,6 +365,7 @@ def test_an_interrupted_rotation_resumes_without_another_key(migrated_engines):
     engine, master = migrated_engines.platform, _master()
     expected = _bulk_members(engine, master, 250)
     old_primary = keystore.open_cipher(engine, master).primary_id
+    assert old_primary is not None
 
     def crash_after_first_batch(done: int, total: int) -> None:
         raise _Interrupted
@@ -557,6 +560,7 @@ def test_cli_status_rotate_and_rewrap(migrated_engines, tmp_path):
 
     expected = _bulk_members(engine, old, 40)
     first_key = keystore.open_cipher(engine, old).primary_id
+    assert first_key is not None
     status = run_carecli("keys", "status", env=env)
     assert status.code == 0, status.err
     (row,) = [line for line in status.out.splitlines() if str(first_key) in line]

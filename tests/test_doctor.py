@@ -53,6 +53,7 @@ class Install:
 
     def doctor(self, *, embedded: bool = False, **overrides: Any) -> Doctor:
         settings = load_settings({**self.env, **{k: str(v) for k, v in overrides.pop("settings", {}).items()}})
+        assert settings.identity_url is not None and settings.platform_url is not None
         databases = Databases(create_database_engine(settings.identity_url, settings),
                               create_database_engine(settings.platform_url, settings),
                               # Only "is there an embedded server" matters to the doctor; the value is not used.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import NullPool, QueuePool
 
 from carecli.config import load_settings
 from carecli.data.databases import create_database_engine, describe_dbapi_error
@@ -22,6 +22,7 @@ def test_session_settings(migrated_pair):
         assert _show(engine, "application_name") == "carecli"
         assert _show(engine, "statement_timeout") == "30s"
         assert _show(engine, "TimeZone") == "UTC"
+        assert isinstance(engine.pool, QueuePool)
         assert engine.pool.size() == 5
         assert engine.pool._pre_ping
     finally:
@@ -32,6 +33,7 @@ def test_settings_shape_the_pool_and_timeout(migrated_pair):
     settings = load_settings({"CARECLI_DB_POOL_SIZE": "2", "CARECLI_DB_STATEMENT_TIMEOUT_MS": "150"})
     engine = create_database_engine(migrated_pair.url("platform"), settings)
     try:
+        assert isinstance(engine.pool, QueuePool)
         assert engine.pool.size() == 2
         with pytest.raises(OperationalError) as caught:
             with engine.connect() as conn:
@@ -80,7 +82,7 @@ def test_url_settings_are_kept_and_options_merged(migrated_pair):
 
 def test_error_text_never_carries_parameters(migrated_engines):
     """SQLAlchemy's str() embeds bound parameters; our description keeps only the server's reason."""
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(DBAPIError) as caught:
         with migrated_engines.platform.begin() as conn:
             conn.execute(text("INSERT INTO members (first_name, last_name, status) VALUES (:f, :l, :s)"),
                          {"f": "Zelda", "l": "Secretname", "s": "bogus"})

@@ -71,7 +71,7 @@ class Installation:
         engine = self.identity if database == "identity" else self.platform
         with engine.begin() as connection:
             result = connection.execute(text(statement), params)
-            return result.all() if result.returns_rows else []
+            return list(result) if result.returns_rows else []
 
     def export(self, kind: str, actor: Actor | None = None, *, fmt: str = "csv", where: Sequence[str] = (),
                include_phi: bool = False, batch_size: int = 7) -> list[dict[str, Any]]:

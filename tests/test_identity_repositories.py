@@ -82,7 +82,8 @@ def test_deactivate_revokes_sessions_and_tokens(migrated_engines):
         uow.commit()
     with IdentityUnitOfWork(migrated_engines.identity, migrated_engines.platform, actor) as uow:
         assert uow.sessions.by_token_hash("a" * 64) is None
-        assert uow.tokens.by_hash("b" * 64).is_revoked is True
+        token = uow.tokens.by_hash("b" * 64)
+        assert token is not None and token.is_revoked is True
         assert uow.users.get(user.id).is_active is False
     assert [r.action for r in _audit(migrated_engines, "session")] == ["create", "revoke"]
     assert [r.action for r in _audit(migrated_engines, "token")] == ["create", "revoke"]

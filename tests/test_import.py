@@ -200,6 +200,7 @@ def test_utf8_bom_before_the_header_is_dropped(imp: Importer) -> None:
     data = "\ufeff" + members_csv(person(1), person(2))
     records = read("members", data.encode("utf-8"))
     assert [type(r) for r in records] == [Record, Record]
+    assert isinstance(records[0], Record)
     assert records[0].values["external_member_number"] == "EXT-000001"
     assert_loaded(imp.run("members", data.encode("utf-8")), created=2)
     # A BOM on a JSON Lines file too.

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ class Install:
     def sql(self, statement: str, **params: Any) -> list[Any]:
         with self.platform.begin() as connection:
             result = connection.execute(text(statement), params)
-            return result.all() if result.returns_rows else []
+            return list(result) if result.returns_rows else []
 
     def scalar(self, statement: str, **params: Any) -> Any:
         return self.sql(statement, **params)[0][0]
@@ -155,7 +155,7 @@ def write(path: Path, data: str | bytes) -> str:
     return str(path)
 
 
-def phi_needles(rows: list[Mapping[str, Any]]) -> list[str]:
+def phi_needles(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every value of the rows that is PHI or contact detail, in the spellings it could leak in."""
     needles: list[str] = []
     for row in rows:
@@ -292,7 +292,9 @@ def test_dry_run_and_all_or_nothing(inst: Install, tmp_path: Path) -> None:
     changed = write(tmp_path / "changed.csv", members_csv(*rows, person(6, city="Bend"), person(7)))
     dry = inst.cli("import", "members", changed, "--dry-run")
     assert dry.code == 0
-    assert SUMMARY_LINE.match(dry.err.strip())["note"] == " (dry run: nothing written)"
+    summary = SUMMARY_LINE.match(dry.err.strip())
+    assert summary is not None, dry.err
+    assert summary["note"] == " (dry run: nothing written)"
     assert ": 7 rows, 1 created, 1 updated, 5 unchanged, 0 rejected in " in dry.err
     assert inst.scalar("SELECT count(*) FROM members WHERE city = 'Bend'") == 0
 

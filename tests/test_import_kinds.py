@@ -564,6 +564,7 @@ def test_specialists_of_deactivated_users_still_match_and_calls_find_them_by_ema
     platform = both.platform
     ana = both.user("ana@example.org")
     specialist = platform.specialist(user_id=ana, phone="+15551234567", license_number="L-1")
+    assert both.identity is not None
     with both.identity.begin() as connection:
         connection.execute(text("UPDATE users SET is_active = false WHERE id = :id"), {"id": ana})
     outcome = both.run("specialists", csv_text(("user_email", "license_number"), ("ana@example.org", "L-1")))

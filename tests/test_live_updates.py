@@ -105,6 +105,7 @@ def test_a_rollback_sends_nothing(platform: Platform, catcher) -> None:
     with platform.uow() as uow:
         uow.members.update(member.id, member.updated_at, {"city": "Salem"})
         # no commit: leaving the block rolls back
+    assert member.updated_at is not None
     with platform.uow() as uow, pytest.raises(ConflictError):
         uow.members.update(member.id, member.updated_at.replace(year=2000), {"city": "Bend"})
         uow.commit()

@@ -107,7 +107,7 @@ def _start_login(site: Site, *args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-m", "carecli", "login", *args], env={**os.environ, **site.env},
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    shown = []
+    shown: list[str] = []
     while True:
         line = proc.stderr.readline()
         if not line:

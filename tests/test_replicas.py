@@ -111,7 +111,7 @@ class Replicated:
     def replica_sql(self, statement: str, **params: Any) -> list[Any]:
         with self.replica_writer.begin() as connection:
             result = connection.execute(text(statement), params)
-            return result.all() if result.returns_rows else []
+            return list(result) if result.returns_rows else []
 
     def primary_sql(self, statement: str, **params: Any) -> list[Any]:
         return self.primary.sql(statement, **params)
@@ -167,8 +167,10 @@ def test_lists_searches_and_reports_read_from_the_replica(replicated: Replicated
     assert [m.id for m in desk.member_names("rhea")] == [REPLICA_MEMBER]
     assert desk.member_names("ada") == []
     assert [plan.plan_code for plan in desk.plans()] == ["REP-1"]
-    assert desk.worklist().specialist is not None and desk.worklist().specialist.license_number == "LIC-R"
+    specialist = desk.worklist().specialist
+    assert specialist is not None and specialist.license_number == "LIC-R"
     assert {entry.entry.entity_id for entry in desk.audit(AuditFilter())} == {REPLICA_AUDIT_ENTITY}
+    assert replicated.databases is not None
     assert replicated.databases.replica_health().replica_reads >= 7
 
 
@@ -178,7 +180,8 @@ def test_open_member_reveal_and_writes_go_to_the_primary(replicated: Replicated)
 
     opened = desk.open_member(ada.id)  # only the primary has Ada
     assert opened.member.id == ada.id
-    assert desk.reveal(ada.id, ["ssn"], "checking the record").ssn.reveal() == "123456789"
+    ssn = desk.reveal(ada.id, ["ssn"], "checking the record").ssn
+    assert ssn is not None and ssn.reveal() == "123456789"
     desk.add_note(ada.id, "prefers mornings")
     enrollment = desk.enroll(ada.id, replicated.primary_plan.id, date(2026, 1, 1))
 
@@ -206,6 +209,7 @@ def test_reads_see_this_process_writes_then_return_to_the_replica(replicated: Re
     assert [plan.plan_code for plan in desk.plans()] == ["PRI-1"]
     replicated.clock.advance(0.2)  # past the 5 s window
     assert names(desk.search_members(MemberQuery())) == {"Rhea Replica"}
+    assert replicated.databases is not None
     assert replicated.databases.replica_health().read_your_writes == 2
 
     # A failed write (nothing committed) does not send reads to the primary.

@@ -28,7 +28,9 @@ def _counts(engines) -> dict[str, int]:
     for database, tables in (("identity", IDENTITY_TABLES), ("platform", PLATFORM_TABLES)):
         with psycopg.connect(_url(engines, database)) as conn:
             for table in tables:
-                counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                assert row is not None
+                counts[table] = row[0]
     return counts
 
 
@@ -217,8 +219,8 @@ def test_deferred_indexes_and_foreign_keys_are_rebuilt_identically(migrated_engi
 
 def test_existing_roles_are_reused(migrated_engines):
     with psycopg.connect(_url(migrated_engines, "identity")) as conn:
-        admin_id = conn.execute("INSERT INTO roles (name, permissions) VALUES ('admin', '[\"everything\"]') "
-                                "RETURNING id").fetchone()[0]
+        [(admin_id,)] = conn.execute("INSERT INTO roles (name, permissions) VALUES ('admin', '[\"everything\"]') "
+                                     "RETURNING id").fetchall()
     summary = seed_demo_data(migrated_engines.identity, migrated_engines.platform, members=20, seed=11)
     assert summary.counts["roles"] == len(DEFAULT_ROLES) - 1
     admins = _query(migrated_engines, "identity",

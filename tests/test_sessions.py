@@ -38,7 +38,7 @@ SSH_ENV = {"SSH_CONNECTION": "198.51.100.23 40022 10.0.0.5 22"}
 class MemoryKeyring(KeyringBackend):
     """A real keyring backend (keyring's plugin API) that keeps entries in this process."""
 
-    priority = 1  # type: ignore[assignment]
+    priority = 1
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,7 +94,8 @@ def test_login_again_ends_the_previous_session(site: Site) -> None:
     second = site.login(user)
     assert session_row(site, first.session.id).deleted_at is not None
     assert session_row(site, second.session.id).deleted_at is None
-    assert site.resolve().session.id == second.session.id
+    resolved = site.resolve().session
+    assert resolved is not None and resolved.id == second.session.id
 
 
 @pytest.mark.parametrize("state", ["unknown", "inactive", "deleted"])
@@ -169,6 +170,7 @@ def test_sliding_never_passes_the_absolute_end(site: Site) -> None:
     me = site.resolve()
     row = session_row(site, result.session.id)
     assert row.expires_at == row.created_at + timedelta(hours=12)
+    assert me.session is not None
     assert me.session.idle_deadline == row.expires_at
 
 
@@ -368,6 +370,7 @@ def test_sessions_list_and_revoke_own_and_others(site: Site) -> None:
 
     # Ending your own current session signs you out here too.
     me = site.resolve()
+    assert me.session is not None
     own_end = site.cli("sessions", "revoke", str(me.session.id))
     assert own_end.code == 0 and "you are signed out" in own_end.out
     assert site.store().load() is None

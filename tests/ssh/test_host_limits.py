@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from typing import Any
 
 from tests.ssh.conftest import START_TIMEOUT, WORKLIST, new_key, open_screen
 
@@ -25,7 +26,7 @@ async def _worklist_while_typing(client) -> None:
         await asyncio.sleep(0.5)
 
 
-def _session_end(world, user) -> tuple[object, object]:
+def _session_end(world, user) -> tuple[Any, Any]:
     [session] = world.rows("identity", "SELECT * FROM sessions WHERE user_id = :u", u=user.id)
     [end] = world.audit("ssh_session_end", user=user)
     return session, end

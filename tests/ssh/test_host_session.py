@@ -34,7 +34,9 @@ async def test_sign_in_by_key_see_the_worklist_resize_and_quit(world, ssh_host, 
     public.write_bytes(key.export_public_key("openssh"))
     added = world.cli("ssh-keys", "add", specialist.email, str(public), as_user=admin)
     assert added.code == 0, added.err
-    key_id = re.search(r"key id ([0-9a-f-]{36})", added.out).group(1)
+    found = re.search(r"key id ([0-9a-f-]{36})", added.out)
+    assert found is not None, added.out
+    key_id = found.group(1)
     host = ssh_host()
 
     client = await open_screen(host, key, size=(100, 30))
@@ -81,7 +83,9 @@ async def test_a_second_session_sees_the_first_ones_new_call_without_a_key_press
     try:
         for client in (first, second):
             await client.wait_for(WORKLIST, START_TIMEOUT)
-        today = int(re.search(r"Today \((\d+)", second.text).group(1))
+        shown = re.search(r"Today \((\d+)", second.text)
+        assert shown is not None, second.text
+        today = int(shown.group(1))
         # The first session's user logs a call scheduled for today (through the same service the app calls).
         with IdentityUnitOfWork(world.databases.identity, world.databases.platform, world.actor(specialist)) as uow:
             token, _ = start_session(uow, specialist, world.settings)

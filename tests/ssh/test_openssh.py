@@ -53,6 +53,7 @@ def serve_ssh(world, tmp_path_factory) -> Iterator[int]:
         text=True)
     try:
         said: list[str] = []
+        assert process.stderr is not None
         deadline = time.monotonic() + START_TIMEOUT
         while not any("carecli SSH host listening on 127.0.0.1:" in line for line in said):
             ready, _, _ = select.select([process.stderr], [], [], max(0.0, deadline - time.monotonic()))

@@ -44,7 +44,9 @@ def test_a_user_adds_lists_and_revokes_their_own_key(world, tmp_path) -> None:
 
     added = world.cli("ssh-keys", "add", user.email, str(public), as_user=user)
     assert added.code == 0, added.err
-    key_id = KEY_ID.search(added.out).group(1)
+    found = KEY_ID.search(added.out)
+    assert found is not None, added.out
+    key_id = found.group(1)
     assert f"SSH key {fingerprint} added for {user.email}" in added.out
     [row] = _key_rows(world, user)
     assert (str(row.id), row.token_hash, row.is_revoked) == (key_id, fingerprint, False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import text
@@ -22,6 +23,9 @@ from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.services.auth.tokens import generate_api_token, hash_secret
 from tests.cli import run_carecli
 
+if TYPE_CHECKING:  # tests.conftest registers this module as a plugin: no import at run time
+    from tests.conftest import Engines
+
 ADMIN_EMAIL = "admin@example.org"
 
 
@@ -29,7 +33,7 @@ ADMIN_EMAIL = "admin@example.org"
 class Deployment:
     """Migrated databases with a bootstrapped admin who holds an API token."""
 
-    engines: object  # tests.conftest.Engines
+    engines: Engines
     env: dict[str, str]  # the CARECLI_* URLs plus the admin's CARECLI_TOKEN
     admin_id: uuid.UUID
 

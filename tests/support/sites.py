@@ -89,7 +89,7 @@ class Site:
         engine: Engine = self.engines.identity if database == "identity" else self.engines.platform
         with engine.begin() as connection:
             result = connection.execute(text(statement), params)
-            return result.all() if result.returns_rows else []
+            return list(result) if result.returns_rows else []
 
     def audit(self, action: str) -> list[Any]:
         return self.sql("platform", "SELECT entity_type, entity_id, user_id, new_values, host(ip_address) AS ip, "

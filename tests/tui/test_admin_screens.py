@@ -29,7 +29,7 @@ async def _open(pilot: Any, key: str, screen_class: type) -> Any:
     return await wait_for(pilot, lambda: isinstance(app.screen, screen_class) and app.screen, what=key)
 
 
-def _keys(table: DataTable) -> list[str]:
+def _keys(table: DataTable) -> list[str | None]:
     return [row_key.value for row_key in table.rows]
 
 

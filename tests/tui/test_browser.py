@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textual.widgets import Input
+from textual.widgets import Input, Select
 
 from carecli.screens.member import MemberDetailScreen
 from carecli.screens.members import PAGE_SIZE, MemberBrowserScreen, ResultsTable
@@ -53,7 +53,7 @@ async def test_typing_searches_and_filters_narrow(tui) -> None:
         expected = [name for name in _names(tui, "lower(last_name) LIKE :p OR lower(first_name) LIKE :p",
                                             p=prefix + "%")]
         await wait_for(pilot, lambda: _shown(screen) == expected[:PAGE_SIZE], what=f"results for {prefix!r}")
-        status = screen.query_one("#member-status")
+        status = screen.query_one("#member-status", Select)
         status.value = "suspended"
         suspended = _names(tui, "(lower(last_name) LIKE :p OR lower(first_name) LIKE :p) AND status = 'suspended'",
                            p=prefix + "%")

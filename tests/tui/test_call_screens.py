@@ -290,6 +290,7 @@ async def test_completing_in_the_future_shows_every_problem_at_once_and_each_goe
         screen = await open_call(pilot, call.id)
         await pilot.press("c")
         form = await wait_for(pilot, lambda: isinstance(app.screen, CompleteCallForm) and app.screen)
+        assert isinstance(form, CompleteCallForm)
         set_input(form, "started_at", "2099-01-01 10:00")
         set_input(form, "ended_at", "2099-01-01 10:30")
         form.query_one("#field-follow_up_required", Checkbox).value = True
@@ -445,6 +446,7 @@ async def test_a_change_made_elsewhere_between_open_and_save_is_a_conflict_namin
         screen = await open_call(pilot, call.id)
         await pilot.press("c")
         form = await wait_for(pilot, lambda: isinstance(app.screen, CompleteCallForm) and app.screen)
+        assert isinstance(form, CompleteCallForm)
         set_input(form, "outcome", "reached")
         form.query_one("#field-call_notes", TextArea).text = "What I typed."
         supervisor.reschedule_call(call.id, call.updated_at, moved_to, "covering for a colleague")

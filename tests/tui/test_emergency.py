@@ -44,6 +44,7 @@ async def test_break_the_glass_then_reveal_then_a_supervisor_reviews_it(tui) -> 
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.screen is screen and screen.revealed is not None, what="the reveal")
         assert f"SSN {SSN_SHOWN}" in header(screen) and f"DOB {DOB.isoformat()}" in header(screen)
+    assert screen.emergency is not None
     grant_id = screen.emergency.id
     marked = tui.rows("platform", "SELECT action, new_values->>'purpose' AS purpose FROM audit_logs "
                       "WHERE new_values->>'emergency_access' = :g ORDER BY created_at", g=str(grant_id))
@@ -56,6 +57,7 @@ async def test_break_the_glass_then_reveal_then_a_supervisor_reviews_it(tui) -> 
         await pilot.press("f8")
         queue = await wait_for(pilot, lambda: isinstance(app.screen, EmergencyQueueScreen) and app.screen.entries
                                and app.screen, what="the queue")
+        assert isinstance(queue, EmergencyQueueScreen)
         assert [entry.grant.id for entry in queue.entries] == [grant_id]
         table = queue.query_one("#emergency-table", DataTable)
         assert [str(cell) for cell in table.get_row_at(0)][-2:] == ["live", "1"]

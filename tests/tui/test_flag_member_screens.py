@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from rich.text import Text
-from textual.widgets import DataTable, Select, Static, TextArea
+from textual.widgets import DataTable, Select, Static, TabbedContent, TextArea
 
 from carecli.data.bulk import fields as f
 from carecli.data.crypto.runtime import cipher_provider
@@ -91,6 +91,7 @@ async def test_a_flag_opened_from_the_member_screen_is_resolved_and_re_opened(tu
         await pilot.press("enter")
         flag_screen = await wait_for(pilot, lambda: isinstance(app.screen, FlagScreen) and app.screen.view
                                      and app.screen, what="the flag screen")
+        assert isinstance(flag_screen, FlagScreen)
         text = flag_text(flag_screen)
         assert "HIGH · safety risk" in text and f"Member:  {known.label}" in text
         assert "Call:    outreach, completed, 2025-05-05 10:00 UTC" in text
@@ -106,7 +107,8 @@ async def test_a_flag_opened_from_the_member_screen_is_resolved_and_re_opened(tu
         form.query_one("#field-note", TextArea).text = "Daughter moved in; home safety visit booked."
         await pilot.pause()
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: app.screen is flag_screen and flag_screen.view.resolution is not None,
+        await wait_for(pilot, lambda: app.screen is flag_screen and flag_screen.view is not None
+                       and flag_screen.view.resolution is not None,
                        what="the resolution")
         text = flag_text(flag_screen)
         assert "State:   resolved" in text and f"by {desk.display_name}" in text
@@ -128,7 +130,8 @@ async def test_a_flag_opened_from_the_member_screen_is_resolved_and_re_opened(tu
         form.query_one("#field-reason", TextArea).text = "Fell again after the visit."
         await pilot.pause()
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: app.screen is flag_screen and flag_screen.view.resolution is None,
+        await wait_for(pilot, lambda: app.screen is flag_screen and flag_screen.view is not None
+                       and flag_screen.view.resolution is None,
                        what="the flag open again")
         assert "State:   OPEN" in flag_text(flag_screen)
         assert tui.scalar("platform", "SELECT deleted_at IS NOT NULL FROM metadata WHERE entity_type = 'risk_flag' "
@@ -156,7 +159,8 @@ async def test_the_flags_tab_lists_open_flags_first_and_resolved_ones_after_them
         assert [row[1:4] for row in rows] == [["open", "medium", "safety"], ["open", "low", "safety"],
                                               ["resolved", "critical", "safety"]]
         assert list(screen.query_one("#flags-table", DataTable).rows)[0].value == str(newer.id)
-        assert str(screen.query_one("#member-tabs").get_tab("flags").label) == "Risk flags (2 open, 1 resolved)"
+        tabs = screen.query_one("#member-tabs", TabbedContent)
+        assert str(tabs.get_tab("flags").label) == "Risk flags (2 open, 1 resolved)"
         table = screen.query_one("#flags-table", DataTable)
         last = table.get_row(str(resolved.id))
         assert all(isinstance(cell, Text) and cell.style == "dim" for cell in last)
@@ -230,7 +234,8 @@ async def test_a_member_edit_stores_the_phone_in_e164_and_audits_field_names_not
         form.query_one("#field-status", Select).value = "inactive"
         await pilot.pause()
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: app.screen is screen and screen.file.member.city == "Salem", what="the edit")
+        await wait_for(pilot, lambda: app.screen is screen and screen.file is not None
+                       and screen.file.member.city == "Salem", what="the edit")
         text = header(screen)
         assert "(555) 324-8436" in text and "inactive" in text and "Salem, OR 97201" in text
     [row] = tui.rows("platform", "SELECT phone, city, status FROM members WHERE id = :m", m=known.id)
@@ -294,6 +299,7 @@ async def test_a_member_edit_after_someone_else_saved_is_a_conflict_naming_them_
         set_input(form, "city", "Salem")
         set_input(form, "address_line2", "Apt 4")
         await pilot.pause()
+        assert screen.file is not None
         member = screen.file.member
         other.update_member(known.id, member.updated_at, {"city": "Eugene"})
         await pilot.press("ctrl+s")
@@ -462,6 +468,7 @@ async def test_the_flag_screen_and_the_new_forms_fit_80x24(tui) -> None:
         screen = await open_member(pilot, known.id)
         view = desk.flag_view(flag.id)
         [enrollment] = screen._enrollments.values()
+        assert screen.file is not None
         for form in (MemberEditScreen(screen.file.member), TerminateDialog(enrollment), ResolveFlagDialog(view),
                      FlagFormScreen(call, calls=[call]), ConfirmDialog("Make it the primary plan?")):
             app.push_screen(form)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import text
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.unit_of_work import PlatformUnitOfWork
@@ -74,7 +74,7 @@ async def test_a_second_session_sees_the_first_ones_new_call_without_a_key_press
         # B pressed nothing: its calls table follows.
         rows = await wait_for(pilot_b, lambda: table_rows(screen_b, "calls-table"), what="B's live reload")
         assert rows[0][0] == "2025-05-02 10:00" and rows[0][4] == "reached by A"
-        assert str(screen_b.query_one("#member-tabs").get_tab("calls").label) == "Calls (1)"
+        assert str(screen_b.query_one("#member-tabs", TabbedContent).get_tab("calls").label) == "Calls (1)"
         # B's refresh was a real, audited open of the file, by B.
         opened = reads(tui, known.id, "open")
         assert desk_b.user_id in [row.user_id for row in opened[opened_before:]]
@@ -92,11 +92,11 @@ async def test_an_edit_of_a_call_open_in_another_session_is_flagged_in_the_form_
         for app, pilot in ((app_b, pilot_b), (app_a, pilot_a)):
             screen = await open_member(pilot, known.id)
             in_app(app, screen.query_one("#calls-table", DataTable).focus)
-            await wait_for(pilot, lambda screen=screen: screen.focused is screen.query_one("#calls-table"))
+            await wait_for(pilot, lambda: screen.focused is screen.query_one("#calls-table"))
             await pilot.press("enter")  # opens the call
-            await wait_for(pilot, lambda app=app: isinstance(app.screen, CallScreen) and app.screen.view is not None)
+            await wait_for(pilot, lambda: isinstance(app.screen, CallScreen) and app.screen.view is not None)
             await pilot.press("s")  # reschedule it
-            forms.append(await wait_for(pilot, lambda app=app: isinstance(app.screen, RescheduleCallForm)
+            forms.append(await wait_for(pilot, lambda: isinstance(app.screen, RescheduleCallForm)
                                         and app.screen))
         form_b, form_a = forms
         await listening(pilot_b)

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, DataTable, Input, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, DataTable, Input, Select, Static, TabbedContent, TextArea
 
 from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.crypto.runtime import cipher_provider
@@ -129,7 +129,7 @@ async def test_opening_a_member_is_an_audited_read_and_ssn_and_dob_stay_masked(t
         assert SSN[-4:] not in everything  # not even the last four: they need a decryption
         assert table_rows(screen, "calls-table") == [["2025-03-01 14:00", "support", "completed", "12 min",
                                                       "reached", ""]]
-        assert str(screen.query_one("#member-tabs").get_tab("calls").label) == "Calls (1)"
+        assert str(screen.query_one("#member-tabs", TabbedContent).get_tab("calls").label) == "Calls (1)"
         # A specialist does not read the audit log: no access tab.
         assert not screen.query("#access") and not screen.query("#access-table")
     assert call.member_id == known.id
@@ -236,6 +236,7 @@ async def test_a_call_with_broken_rules_shows_each_error_by_its_field_keeps_the_
         screen = await open_member(pilot, known.id)
         await pilot.press("c")
         form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
+        assert isinstance(form, CallFormScreen)
         form.query_one("#field-call_type", Select).value = "follow_up"
         set_input(form, "started_at", "2025-13-01 14:30")  # no 13th month: caught on the form
         set_input(form, "ended_at", "2025-03-01 14:00")
@@ -297,6 +298,7 @@ async def test_a_call_form_survives_the_database_being_down_and_saves_on_retry(t
         screen = await open_member(pilot, known.id)
         await pilot.press("c")
         form = await wait_for(pilot, lambda: isinstance(app.screen, CallFormScreen) and app.screen)
+        assert isinstance(form, CallFormScreen)
         set_input(form, "started_at", "2025-04-02 09:00")
         set_input(form, "ended_at", "2025-04-02 09:07")
         form.query_one("#field-call_notes", TextArea).text = "Left a message about refills."
@@ -387,7 +389,7 @@ async def test_a_supervisor_enrolls_makes_a_plan_primary_and_terminates_one(tui)
         await pilot.press("p")
         await pilot.pause()
         table = screen.query_one("#enrollments-table", DataTable)
-        assert screen.query_one("#member-tabs").active == "enrollments" and app.focused is table
+        assert screen.query_one("#member-tabs", TabbedContent).active == "enrollments" and app.focused is table
         keys = {view.enrollment.insurance_plan_id: key for key, view in screen._enrollments.items()}
         second_key, first_key = keys[second], keys[first]
         table.move_cursor(row=table.get_row_index(second_key))
@@ -455,7 +457,7 @@ async def test_a_note_is_saved_and_listed(tui) -> None:
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.screen is screen and table_rows(screen, "notes-table"), what="the note")
         assert table_rows(screen, "notes-table")[0][1] == "Prefers calls after 5pm"
-        assert str(screen.query_one("#member-tabs").get_tab("notes").label) == "Notes (1)"
+        assert str(screen.query_one("#member-tabs", TabbedContent).get_tab("notes").label) == "Notes (1)"
     [value] = [row.metadata_value for row in tui.rows(
         "platform", "SELECT metadata_value FROM metadata WHERE entity_type = 'member' AND entity_id = :m", m=known.id)]
     assert value == {"text": "Prefers calls after 5pm", "by": str(desk.user_id)}
@@ -478,7 +480,7 @@ async def test_a_supervisor_sees_who_accessed_the_record(tui) -> None:
                                                     [specialist.display_name[:20], "read"]]
         assert access[1][3] == "reveal dob — confirming the birthday"
         await pilot.press("5")
-        assert screen.query_one("#member-tabs").active == "access"
+        assert screen.query_one("#member-tabs", TabbedContent).active == "access"
 
 
 async def test_the_lock_leaves_no_member_value_on_screen_and_unlock_reads_the_file_again(tui) -> None:
@@ -547,7 +549,7 @@ async def test_a_save_that_finishes_while_the_form_is_covered_is_handed_over_whe
         screen = await open_member(pilot, known.id)
         await pilot.press("n")
         dialog = await wait_for(pilot, lambda: isinstance(app.screen, NoteDialog) and app.screen)
-        cover = Screen()
+        cover: Screen[None] = Screen()
         app.push_screen(cover)  # e.g. help or the command palette, opened while saving
         await pilot.pause()
         dialog.post_message(FormSaved(desk.add_note(known.id, "Saved while covered")))

@@ -33,7 +33,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -61,6 +61,20 @@ class BackupCorrupt(DecryptionError):
 
 class WrongBackupKey(DecryptionError):
     """The backup was made under another backup key than the one given."""
+
+
+class ChunkSource(Protocol):
+    """What a stream is encrypted from: anything with ``readinto`` (binary files, pipes, ``io.BytesIO``)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+class BackupSink(Protocol):
+    """What a backup is written to: ``write`` and ``flush`` (a binary file, ``io.BytesIO``)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> None: ...
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -132,12 +146,12 @@ def _read_exactly(source: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _fill(source: IO[bytes], buffer: bytearray) -> int:
+def _fill(source: ChunkSource, buffer: bytearray) -> int:
     """Fill ``buffer`` from a pipe or file (short reads are normal on pipes); returns how many bytes."""
     view = memoryview(buffer)
     filled = 0
     while filled < len(buffer):
-        count = source.readinto(view[filled:])  # type: ignore[attr-defined]  # files and pipes have it
+        count = source.readinto(view[filled:])
         if not count:
             break
         filled += count
@@ -209,7 +223,7 @@ def _header_mac(key: bytes, salt: bytes, raw: bytes) -> bytes:
 class BackupWriter:
     """Writes a backup: the header first, then each named stream, in the header's order."""
 
-    def __init__(self, out: BinaryIO, key: bytes, fields: dict[str, Any], streams: list[dict[str, Any]],
+    def __init__(self, out: BackupSink, key: bytes, fields: dict[str, Any], streams: list[dict[str, Any]],
                  *, chunk_size: int = CHUNK_SIZE) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError("a backup key is 256 bits")
@@ -239,7 +253,7 @@ class BackupWriter:
         self.out.write(data)
         self.bytes_written += len(data)
 
-    def write_stream(self, name: str, source: IO[bytes]) -> StreamStats:
+    def write_stream(self, name: str, source: ChunkSource) -> StreamStats:
         """Encrypt everything ``source`` yields, one chunk at a time, as the stream ``name``.
 
         Reads ahead by one chunk so the last one can carry the final flag; an

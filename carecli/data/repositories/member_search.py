@@ -98,7 +98,7 @@ __all__ = [
 ]
 
 SortKey = Literal["name", "name_desc", "newest", "oldest"]
-SORT_KEYS: tuple[str, ...] = get_args(SortKey)
+SORT_KEYS: tuple[SortKey, ...] = get_args(SortKey)
 
 #: Up to this many matches :meth:`MemberSearchRepository.count` counts exactly...
 EXACT_COUNT_LIMIT = 10_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import tempfile
 import time
@@ -133,7 +134,7 @@ def _dump_into(writer: BackupWriter, databases: Databases, name: str, pg_dump: P
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
                                    env=tool_environment(env))
-        assert process.stdout is not None
+        assert isinstance(process.stdout, io.BufferedReader)  # stdout=PIPE with the default buffering
         try:
             stats = writer.write_stream(name, process.stdout)
         except BaseException:
