@@ -468,7 +468,9 @@ def test_a_keyboard_only_walk_from_sign_in_to_a_member_and_back_without_a_tab(
     terminal.wait_for_text("gold")
     screen = terminal.wait_until(lambda screen: re.search(r"\b\w+-GOLD-\d+", "\n".join(screen.rows[3:6]))
                                  and screen, "the gold plans")
-    plan = re.search(r"\b\w+-GOLD-\d+", "\n".join(screen.rows[3:6])).group(0)
+    found = re.search(r"\b\w+-GOLD-\d+", "\n".join(screen.rows[3:6]))
+    assert found is not None
+    plan = found.group(0)
     before = _style(screen, plan)
     press("Down")
     terminal.wait_for_restyle(plan, before)

@@ -30,7 +30,8 @@ async def _worklist(pilot: Any) -> WorklistScreen:
 
 async def _settled(pilot: Any, screen_class: type) -> Any:
     app = pilot.app
-    screen = await wait_for(pilot, lambda: isinstance(app.screen, screen_class) and app.screen, what=screen_class)
+    screen = await wait_for(pilot, lambda: isinstance(app.screen, screen_class) and app.screen,
+                            what=screen_class.__name__)
     await pilot.pause(0.05)  # the focus is placed after the first refresh
     return screen
 
@@ -261,7 +262,7 @@ async def test_down_from_the_search_box_goes_into_the_results_and_up_comes_back(
 # -- Esc over a draft, in every form ----------------------------------------------------------------
 
 
-def _form_classes() -> list[type]:
+def _form_classes() -> list[type[FormModal]]:
     import carecli.screens.admin
     import carecli.screens.call_forms
     import carecli.screens.emergency
@@ -282,7 +283,7 @@ def test_no_form_has_its_own_esc() -> None:
     assert len(forms) >= 15
     for form in forms:
         assert form.action_cancel is FormModal.action_cancel, form
-        escapes = [b for b in form.BINDINGS if isinstance(b, tuple) is False and "escape" in b.key.split(",")]
+        escapes = [b for b in form.BINDINGS if not isinstance(b, tuple) and "escape" in b.key.split(",")]
         assert all(b.action == "cancel" for b in escapes), form
 
 
@@ -383,6 +384,7 @@ async def test_sign_in_offers_retry_only_after_a_failure(tui) -> None:
     app = tui.app()  # no identity provider configured, and not the embedded demo database: sign-in fails
     async with app.run_test(size=SIZE) as pilot:
         signin = await wait_for(pilot, lambda: isinstance(app.screen, SignInScreen) and app.screen)
+        assert isinstance(signin, SignInScreen)
         await wait_for(pilot, lambda: signin.failed and not signin.busy, what="the failure")
         assert signin.check_action("retry", ()) is True and offered()
         # A list of people to pick from (the demo picker): nothing to retry, so no "f5 Retry" in the footer.

@@ -18,7 +18,7 @@ from rich.console import Console
 from textual import constants
 from textual.command import CommandList
 from textual.system_commands import SystemCommandsProvider
-from textual.widgets import TextArea
+from textual.widgets import TabbedContent, TextArea
 
 from carecli.data.unit_of_work import PlatformUnitOfWork
 from carecli.screens.app import TEXTUAL_COMMANDS_KEPT
@@ -163,7 +163,7 @@ async def test_the_notes_tab_shows_people_s_notes_never_system_facts(tui) -> Non
         await pilot.press("4")
         assert table_rows(screen, "notes-table") == [[table_rows(screen, "notes-table")[0][0],
                                                       "Prefers calls after 5pm"]]
-        assert str(screen.query_one("#member-tabs").get_tab("notes").label) == "Notes (1)"
+        assert str(screen.query_one("#member-tabs", TabbedContent).get_tab("notes").label) == "Notes (1)"
         text = screen_text(screen)
         for fact in ("ssn_blind_index", BLIND_INDEX[:8], "legal_hold", "Zanzibar", "emergency_access",
                      "unconscious", "some_future_fact", "Quokka"):
@@ -186,8 +186,8 @@ async def test_a_reload_after_a_save_is_not_another_read_but_a_new_visit_is(tui)
             dialog = await wait_for(pilot, lambda: isinstance(app.screen, NoteDialog) and app.screen)
             dialog.query_one("#field-text", TextArea).text = text
             await pilot.press("ctrl+s")
-            await wait_for(pilot, lambda t=text: app.screen is screen and any(
-                row[1] == t for row in table_rows(screen, "notes-table")), what="the reloaded file")
+            await wait_for(pilot, lambda: app.screen is screen and any(
+                row[1] == text for row in table_rows(screen, "notes-table")), what="the reloaded file")
         assert LAST_NAME in screen_text(screen) and PHONE_SHOWN in screen_text(screen)
         assert len(reads(tui, known.id, "open")) == 1
 
@@ -203,12 +203,14 @@ async def test_a_reload_after_a_save_is_not_another_read_but_a_new_visit_is(tui)
         await pilot.press("enter")
         call_screen = await wait_for(pilot, lambda: isinstance(app.screen, CallScreen) and app.screen.view
                                      and app.screen)
+        assert isinstance(call_screen, CallScreen)
         await pilot.press("e")
         form = await wait_for(pilot, lambda: isinstance(app.screen, EditCallNotesForm) and app.screen)
         form.query_one("#field-call_notes", TextArea).text = "Reached, all good."
         shown = screen.file
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: app.screen is call_screen and call_screen.view.call.call_notes
+        await wait_for(pilot, lambda: app.screen is call_screen and call_screen.view is not None
+                       and call_screen.view.call.call_notes
                        == "Reached, all good.", what="the saved notes")
         await wait_for(pilot, lambda: screen.file is not shown and screen.file is not None,
                        what="the file's reload after the change notice")
