@@ -10,16 +10,25 @@ How the text is read (:func:`parse_text`):
 * mostly digits: a phone prefix, punctuation ignored (``(555) 010`` finds
   ``555-0100`` and ``+1 555 010 2030``: the country code 1 is optional on
   either side);
-* otherwise name words: every word must be the start of the first or the last
-  name (``ada oka`` finds Ada Okafor), or all the words together the start of
-  one of them (``st. james``, ``mary ann``). Case-insensitive; ``%``, ``_``
-  and ``\\`` are literal.
+* otherwise name words: every word must be the start of a word of the first
+  or the last name (``ada oka`` finds Ada Okafor, ``lane`` Murphy-Lane,
+  ``cruz`` De la Cruz, ``ann`` Mary Ann; words are split at spaces and
+  hyphens), or all the words together the start of one of them (``st. james``,
+  ``mary ann``). Case- and accent-insensitive (``jose`` finds José and
+  ``José`` Jose, see below); ``%``, ``_`` and ``\\`` are literal;
+* one word with a ``.``, ``_``, ``+`` or a digit is also an e-mail prefix
+  (``joshua.a`` finds joshua.alvarado@example.com): what comes before the
+  ``@`` seldom looks like a name, and a plain word is left to the names so
+  that ``s`` does not read every address starting with s.
 
 Why the queries look the way they do (measured on 1M members, see
 ``benchmarks/search_bench.py``):
 
-* The name order is ``lower(last_name), lower(first_name), id`` compared
-  byte-wise (``COLLATE "C"``), the expression of ``ix_members_name_lower``.
+* The name order is ``carecli_fold(last_name), carecli_fold(first_name), id``
+  compared byte-wise (``COLLATE "C"``), the expression of
+  ``ix_members_name_folded``; ``carecli_fold`` is our own IMMUTABLE SQL
+  function (migration platform_0009): lower case with the accents of the
+  Latin letters taken off, no contrib extension needed.
   In that order every last-name prefix is one contiguous range of the index,
   so "last name starts with smi" reads exactly one page of the index, in
   order, however many Smiths there are.
@@ -37,9 +46,16 @@ Why the queries look the way they do (measured on 1M members, see
   against 0.2 ms), or, when the planner misjudges how the matches cluster
   along the order, walks the name index from the start (DESIGN.md's
   "planner trap").
+* A word inside a name (``lane`` of Murphy-Lane: not the start of either
+  name) is looked up in ``ix_members_name_words``, a GIN index over the
+  words after the first of each name (``carecli_name_words``); one branch
+  per word, isolated in a ``MATERIALIZED`` CTE (the other words filter it),
+  then sorted. Only multi-word names have entries, so even one letter
+  reads few rows; walking the name order and testing every row instead
+  would compute the words of each.
 * E-mail matches are isolated in a ``MATERIALIZED`` CTE, then sorted: an
   e-mail prefix correlates with the name order just as badly and, once
-  it holds an ``@``, matches a handful of rows.
+  it holds an ``@`` (or a ``.``), matches a handful of rows.
 * Phone, status and plan filters are independent of every sort order, so the
   planner's own choice (walk an ordered index and filter, or fetch the
   matches and sort them) is a good one.
@@ -118,9 +134,10 @@ _members = MemberTable.__table__
 _enrollments = MemberInsurancePlan.__table__
 _c = _members.c
 
-# These expressions are the indexes' (migration platform_0004): keep them identical.
-LAST_KEY: ColumnElement[str] = func.lower(_c.last_name).collate("C")
-FIRST_KEY: ColumnElement[str] = func.lower(_c.first_name).collate("C")
+# These expressions are the indexes' (migrations platform_0004, platform_0009): keep them identical.
+LAST_KEY: ColumnElement[str] = func.carecli_fold(_c.last_name).collate("C")
+FIRST_KEY: ColumnElement[str] = func.carecli_fold(_c.first_name).collate("C")
+NAME_WORDS: ColumnElement[Any] = func.carecli_name_words(_c.last_name, _c.first_name)
 PHONE_DIGITS: ColumnElement[str] = func.regexp_replace(_c.phone, text(r"'\D'"), text("''"), text("'g'"))
 CREATED_KEY: ColumnElement[datetime] = func.coalesce(_c.created_at, text("'-infinity'::timestamp"))
 EMAIL_KEY: ColumnElement[str] = func.lower(_c.email)
@@ -211,12 +228,16 @@ class SearchTerms:
     kind: Literal["all", "name", "email", "phone"]
     words: tuple[str, ...] = ()   # name words (kind "name") or the one e-mail prefix (kind "email")
     digits: str = ""              # kind "phone"
+    #: kind "name": the one word, when it may also be the start of an e-mail address
+    email: str = ""
 
     def __repr__(self) -> str:
-        return f"SearchTerms(kind={self.kind!r}, words={len(self.words)})"
+        return f"SearchTerms(kind={self.kind!r}, words={len(self.words)}, email={bool(self.email)})"
 
 
 _WORD_SPLIT = re.compile(r"[\s,;]+")
+#: A word holding one of these may be the part of an e-mail address before the "@".
+_EMAIL_LIKE = re.compile(r"[._+0-9]")
 
 
 def parse_text(value: str, *, names_only: bool = False) -> SearchTerms:
@@ -239,17 +260,37 @@ def parse_text(value: str, *, names_only: bool = False) -> SearchTerms:
             words.append(word)
     if not words:
         return SearchTerms("all")
-    return SearchTerms("name", tuple(words[:MAX_WORDS]))
+    email = words[0] if not names_only and len(words) == 1 and _EMAIL_LIKE.search(words[0]) else ""
+    return SearchTerms("name", tuple(words[:MAX_WORDS]), email=email)
+
+
+def _escaped(word: str) -> str:
+    """``word%`` for LIKE, wildcards in the word escaped (backslash: LIKE's default escape)."""
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _like_prefix(word: str) -> ColumnElement[str]:
-    """The LIKE pattern ``lower('<word>%')``, wildcards in the word escaped (backslash: LIKE's default escape).
+    """The LIKE pattern ``carecli_fold('<word>%')``: a name prefix, folded by the server exactly as the indexes were.
 
-    Lower-cased by the server, exactly as the indexes were; under a custom
-    plan the whole pattern folds to a constant, so the index range is derived.
+    Under a custom plan the whole pattern folds to a constant, so the index
+    range is derived.
     """
-    escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return func.lower(literal(escaped + "%", String))
+    return func.carecli_fold(literal(_escaped(word), String))
+
+
+def _email_prefix(word: str) -> ColumnElement[bool]:
+    """The e-mail address starts with ``word`` (any case): ``ix_members_email_lower``."""
+    return EMAIL_KEY.like(func.lower(literal(_escaped(word), String)))
+
+
+def _inside_a_name(word: str) -> ColumnElement[bool]:
+    """A word inside the first or last name (after the first word of either) starts with ``word``."""
+    return NAME_WORDS.op("@@")(func.carecli_word_prefix(literal(word, String)))
+
+
+def _word_match(word: str) -> ColumnElement[bool]:
+    """``word`` starts the first name, the last name or a word inside either."""
+    return or_(FIRST_KEY.like(_like_prefix(word)), LAST_KEY.like(_like_prefix(word)), _inside_a_name(word))
 
 
 # --------------------------------------------------------------------------
@@ -403,14 +444,17 @@ class MemberSearchRepository(Repository[MemberSummary]):
         """The whole match as one predicate (counting, and every sort but the name orders)."""
         conditions = self._filters(query)
         if terms.kind == "email":
-            conditions.append(EMAIL_KEY.like(_like_prefix(terms.words[0])))
+            conditions.append(_email_prefix(terms.words[0]))
         elif terms.kind == "phone":
             conditions.append(_phone_match(terms.digits))
         elif terms.kind == "name":
-            each_word = and_(*(or_(FIRST_KEY.like(_like_prefix(w)), LAST_KEY.like(_like_prefix(w)))
-                               for w in terms.words))
+            alternatives = [and_(*(_word_match(w) for w in terms.words))]
             phrase = _phrase_match(terms.words)
-            conditions.append(each_word if phrase is None else or_(each_word, phrase))
+            if phrase is not None:
+                alternatives.append(phrase)
+            if terms.email:
+                alternatives.append(_email_prefix(terms.email))
+            conditions.append(or_(*alternatives))
         return conditions
 
     def _page(self, terms: SearchTerms, query: MemberQuery, after: Cursor | None, limit: int) -> MemberPage:
@@ -420,7 +464,7 @@ class MemberSearchRepository(Repository[MemberSummary]):
         fetch = limit + 1  # one more than shown tells whether there is a next page
         self._custom_plans()
         if terms.kind == "name" and query.sort in ("name", "name_desc"):
-            statement = self._name_branches(terms.words, query, order, keyset, columns, fetch)
+            statement = self._name_branches(terms, query, order, keyset, columns, fetch)
         elif terms.kind == "email":
             hits = (select(*columns).where(*self._conditions(terms, query))
                     .cte("email_hits").prefix_with("MATERIALIZED"))
@@ -434,12 +478,18 @@ class MemberSearchRepository(Repository[MemberSummary]):
         next_cursor = Cursor(query.sort, order.key_of(rows[limit - 1])) if len(rows) > limit else None
         return MemberPage(summaries, next_cursor)
 
-    def _name_branches(self, words: Sequence[str], query: MemberQuery, order: _Order,
+    def _name_branches(self, terms: SearchTerms, query: MemberQuery, order: _Order,
                        keyset: list[ColumnElement[bool]], columns: Any, fetch: int) -> Select[Any]:
-        """Name words in name order: one ordered, limited branch per first/last assignment."""
+        """Name words in name order: one ordered, limited branch per first/last assignment.
+
+        Then a branch per word for the words inside names (``lane`` of
+        Murphy-Lane) and one for an e-mail prefix, each isolated in a
+        MATERIALIZED CTE (see the module docstring).
+        """
+        words = terms.words
         assigned, extra = words[:MAX_ASSIGNED_WORDS], words[MAX_ASSIGNED_WORDS:]
-        common = [*self._filters(query), *keyset,
-                  *(or_(FIRST_KEY.like(_like_prefix(w)), LAST_KEY.like(_like_prefix(w))) for w in extra)]
+        base = [*self._filters(query), *keyset]
+        common = [*base, *(_word_match(w) for w in extra)]
         alternatives: list[list[ColumnElement[bool]]] = []
         for fields in product(("last", "first"), repeat=len(assigned)):
             match: list[ColumnElement[bool]] = []
@@ -455,6 +505,13 @@ class MemberSearchRepository(Repository[MemberSummary]):
             alternatives += [[LAST_KEY.like(_like_prefix(phrase))], [FIRST_KEY.like(_like_prefix(phrase))]]
         branches = [_ordered(select(*columns).where(*common, *match), order).limit(fetch)
                     for match in alternatives]
+        isolated = [[_inside_a_name(word), *(_word_match(w) for j, w in enumerate(words) if j != i)]
+                    for i, word in enumerate(assigned)]
+        if terms.email:
+            isolated.append([_email_prefix(terms.email)])
+        for i, match in enumerate(isolated):
+            hits = select(*columns).where(*base, *match).cte(f"hits_{i}").prefix_with("MATERIALIZED")
+            branches.append(_ordered(select(hits), order, _cte_keys(hits, order)).limit(fetch))
         merged = union(*branches).subquery("matches")
         keys = [merged.c.k0.collate("C"), merged.c.k1.collate("C"), merged.c.k2]
         return _ordered(select(*(merged.c[col.name] for col in _SUMMARY_COLUMNS), merged.c.k0, merged.c.k1,
