@@ -283,14 +283,51 @@ def _email_prefix(word: str) -> ColumnElement[bool]:
     return EMAIL_KEY.like(func.lower(literal(_escaped(word), String)))
 
 
-def _inside_a_name(word: str) -> ColumnElement[bool]:
+def _inside_a_name(word: str, first: Any = _c.first_name, last: Any = _c.last_name) -> ColumnElement[bool]:
     """A word inside the first or last name (after the first word of either) starts with ``word``."""
-    return NAME_WORDS.op("@@")(func.carecli_word_prefix(literal(word, String)))
+    return func.carecli_name_words(last, first).op("@@")(func.carecli_word_prefix(literal(word, String)))
 
 
-def _word_match(word: str) -> ColumnElement[bool]:
-    """``word`` starts the first name, the last name or a word inside either."""
-    return or_(FIRST_KEY.like(_like_prefix(word)), LAST_KEY.like(_like_prefix(word)), _inside_a_name(word))
+def _word_match(word: str, first: Any = _c.first_name, last: Any = _c.last_name) -> ColumnElement[bool]:
+    """``word`` starts the first name, the last name or a word inside either (of these columns)."""
+    pattern = _like_prefix(word)
+    return or_(func.carecli_fold(first).collate("C").like(pattern), func.carecli_fold(last).collate("C").like(pattern),
+               _inside_a_name(word, first, last))
+
+
+def _plain_match(words: Sequence[str]) -> ColumnElement[bool]:
+    """Every word the start of the first or the last name, or all of them together the start of one.
+
+    Words past :data:`MAX_ASSIGNED_WORDS` may be words inside a name as well
+    (they get no branch of their own).
+    """
+    each_word = and_(*(or_(FIRST_KEY.like(_like_prefix(w)), LAST_KEY.like(_like_prefix(w)))
+                       for w in words[:MAX_ASSIGNED_WORDS]),
+                     *(_word_match(w) for w in words[MAX_ASSIGNED_WORDS:]))
+    phrase = _phrase_match(words)
+    return each_word if phrase is None else or_(each_word, phrase)
+
+
+def _assignments(words: Sequence[str], assigned: Sequence[str]) -> list[list[ColumnElement[bool]]]:
+    """One match per way of giving each assigned word to the first or the last name, then the phrase.
+
+    Assignments no row can satisfy (a last name starting with both "j" and
+    "s") are left out.
+    """
+    alternatives: list[list[ColumnElement[bool]]] = []
+    for fields in product(("last", "first"), repeat=len(assigned)):
+        match: list[ColumnElement[bool]] = []
+        for field, key in (("last", LAST_KEY), ("first", FIRST_KEY)):
+            needed = _narrowed([w for f, w in zip(fields, assigned, strict=True) if f == field])
+            if needed is None:
+                break
+            match += [key.like(_like_prefix(word)) for word in needed]
+        else:
+            alternatives.append(match)
+    if len(words) > 1:
+        phrase = " ".join(words)
+        alternatives += [[LAST_KEY.like(_like_prefix(phrase))], [FIRST_KEY.like(_like_prefix(phrase))]]
+    return alternatives
 
 
 # --------------------------------------------------------------------------
@@ -394,7 +431,16 @@ class MemberSearchRepository(Repository[MemberSummary]):
         _check_query(query)
         self._custom_plans()
         terms = parse_text(query.text)
-        matching = select(_c.id).where(*self._conditions(terms, query))
+        matching: Any
+        if terms.kind == "name":
+            # The same branches as a page, as sets of ids: "smi" stays a range of the name index.
+            filters = self._filters(query)
+            matching = union(select(_c.id).where(*filters, _plain_match(terms.words)),
+                             *(select(hits.c.id).where(*match)
+                               for hits, match in self._isolated(terms, filters, (_c.id, _c.first_name,
+                                                                                  _c.last_name))))
+        else:
+            matching = select(_c.id).where(*self._conditions(terms, query))
         bounded = select(func.count()).select_from(matching.limit(EXACT_COUNT_LIMIT + 1).subquery())
         estimate = None
         # An e-mail prefix (it holds an "@") matches a handful of rows through its
@@ -441,20 +487,14 @@ class MemberSearchRepository(Repository[MemberSummary]):
         return conditions
 
     def _conditions(self, terms: SearchTerms, query: MemberQuery) -> list[ColumnElement[bool]]:
-        """The whole match as one predicate (counting, and every sort but the name orders)."""
+        """The whole match as one predicate (e-mail and phone; names go through :meth:`_name_branches`)."""
         conditions = self._filters(query)
         if terms.kind == "email":
             conditions.append(_email_prefix(terms.words[0]))
         elif terms.kind == "phone":
             conditions.append(_phone_match(terms.digits))
         elif terms.kind == "name":
-            alternatives = [and_(*(_word_match(w) for w in terms.words))]
-            phrase = _phrase_match(terms.words)
-            if phrase is not None:
-                alternatives.append(phrase)
-            if terms.email:
-                alternatives.append(_email_prefix(terms.email))
-            conditions.append(or_(*alternatives))
+            raise AssertionError("name words are matched by branches: _name_branches")
         return conditions
 
     def _page(self, terms: SearchTerms, query: MemberQuery, after: Cursor | None, limit: int) -> MemberPage:
@@ -463,8 +503,8 @@ class MemberSearchRepository(Repository[MemberSummary]):
         columns = (*_SUMMARY_COLUMNS, *(expr.label(f"k{i}") for i, expr in enumerate(order.selected)))
         fetch = limit + 1  # one more than shown tells whether there is a next page
         self._custom_plans()
-        if terms.kind == "name" and query.sort in ("name", "name_desc"):
-            statement = self._name_branches(terms, query, order, keyset, columns, fetch)
+        if terms.kind == "name":
+            statement = self._name_branches(terms, query, order, after, columns, fetch)
         elif terms.kind == "email":
             hits = (select(*columns).where(*self._conditions(terms, query))
                     .cte("email_hits").prefix_with("MATERIALIZED"))
@@ -478,44 +518,59 @@ class MemberSearchRepository(Repository[MemberSummary]):
         next_cursor = Cursor(query.sort, order.key_of(rows[limit - 1])) if len(rows) > limit else None
         return MemberPage(summaries, next_cursor)
 
-    def _name_branches(self, terms: SearchTerms, query: MemberQuery, order: _Order,
-                       keyset: list[ColumnElement[bool]], columns: Any, fetch: int) -> Select[Any]:
-        """Name words in name order: one ordered, limited branch per first/last assignment.
+    def _name_branches(self, terms: SearchTerms, query: MemberQuery, order: _Order, after: Cursor | None,
+                       columns: Any, fetch: int) -> Select[Any]:
+        """Name words: ordered, limited branches, merged (see the module docstring).
 
-        Then a branch per word for the words inside names (``lane`` of
-        Murphy-Lane) and one for an e-mail prefix, each isolated in a
-        MATERIALIZED CTE (see the module docstring).
+        In name order, one branch per first/last assignment of the words (in
+        another order, one branch with every word the start of the first or
+        the last name); then, isolated in MATERIALIZED CTEs, a branch per word
+        for the words inside names (``lane`` of Murphy-Lane) and one for an
+        e-mail prefix.
         """
         words = terms.words
         assigned, extra = words[:MAX_ASSIGNED_WORDS], words[MAX_ASSIGNED_WORDS:]
-        base = [*self._filters(query), *keyset]
-        common = [*base, *(_word_match(w) for w in extra)]
-        alternatives: list[list[ColumnElement[bool]]] = []
-        for fields in product(("last", "first"), repeat=len(assigned)):
-            match: list[ColumnElement[bool]] = []
-            for field, key in (("last", LAST_KEY), ("first", FIRST_KEY)):
-                needed = _narrowed([w for f, w in zip(fields, assigned, strict=True) if f == field])
-                if needed is None:
-                    break  # e.g. a last name starting with both "j" and "s": nobody
-                match += [key.like(_like_prefix(word)) for word in needed]
-            else:
-                alternatives.append(match)
-        if len(words) > 1:
-            phrase = " ".join(words)
-            alternatives += [[LAST_KEY.like(_like_prefix(phrase))], [FIRST_KEY.like(_like_prefix(phrase))]]
-        branches = [_ordered(select(*columns).where(*common, *match), order).limit(fetch)
-                    for match in alternatives]
-        isolated = [[_inside_a_name(word), *(_word_match(w) for j, w in enumerate(words) if j != i)]
-                    for i, word in enumerate(assigned)]
-        if terms.email:
-            isolated.append([_email_prefix(terms.email)])
-        for i, match in enumerate(isolated):
-            hits = select(*columns).where(*base, *match).cte(f"hits_{i}").prefix_with("MATERIALIZED")
-            branches.append(_ordered(select(hits), order, _cte_keys(hits, order)).limit(fetch))
+        filters = self._filters(query)
+        keyset = _after(order, query.sort, after)
+        branches: list[Select[Any]] = []
+        if query.sort in ("name", "name_desc"):
+            common = [*filters, *keyset, *(_word_match(w) for w in extra)]
+            for match in _assignments(words, assigned):
+                branches.append(_ordered(select(*columns).where(*common, *match), order).limit(fetch))
+        else:
+            branches.append(_ordered(select(*columns).where(*filters, *keyset, _plain_match(words)), order)
+                            .limit(fetch))
+        for hits, match in self._isolated(terms, filters, columns):
+            branches.append(_ordered(select(hits).where(*_after_in(hits, order, query.sort, after), *match), order,
+                                     _cte_keys(hits, order)).limit(fetch))
         merged = union(*branches).subquery("matches")
-        keys = [merged.c.k0.collate("C"), merged.c.k1.collate("C"), merged.c.k2]
-        return _ordered(select(*(merged.c[col.name] for col in _SUMMARY_COLUMNS), merged.c.k0, merged.c.k1,
-                               merged.c.k2), order, keys).limit(fetch)
+        keys = [merged.c[f"k{i}"] for i in range(len(order.selected))]
+        return _ordered(select(*(merged.c[col.name] for col in _SUMMARY_COLUMNS), *keys), order,
+                        _cte_keys(merged, order)).limit(fetch)
+
+    def _isolated(self, terms: SearchTerms, filters: list[ColumnElement[bool]],
+                  columns: Any) -> list[tuple[Any, list[ColumnElement[bool]]]]:
+        """The MATERIALIZED CTEs of the name words' other ways to match, each with what must hold of its rows.
+
+        A word inside a name: the CTE holds the members with such a word
+        (from ``ix_members_name_words`` alone: the planner would rather start
+        from another word's b-tree range and test every row of it), the other
+        words filter its rows. An e-mail prefix: ``ix_members_email_lower``.
+        Neither CTE takes the keyset condition, which could lead the planner
+        to walk the name order instead.
+        """
+        words = terms.words
+        isolated: list[tuple[Any, list[ColumnElement[bool]]]] = []
+        for i, word in enumerate(words[:MAX_ASSIGNED_WORDS]):
+            hits = (select(*columns).where(*filters, _inside_a_name(word))
+                    .cte(f"inside_{i}").prefix_with("MATERIALIZED"))
+            isolated.append((hits, [_word_match(w, hits.c.first_name, hits.c.last_name)
+                                    for j, w in enumerate(words) if j != i]))
+        if terms.email:
+            hits = (select(*columns).where(*filters, _email_prefix(terms.email))
+                    .cte("email_hits").prefix_with("MATERIALIZED"))
+            isolated.append((hits, []))
+        return isolated
 
     def _explain_count(self, bounded: Select[Any]) -> tuple[int, float]:
         """The planner's estimate of the matching rows (under the LIMIT) and the bounded count's cost.

