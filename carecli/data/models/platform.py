@@ -103,12 +103,11 @@ Index(
     postgresql_ops={"first_folded": _BYTEWISE},
     postgresql_where=ACTIVE_DELETED_FILTER,
 )
-# The words inside the names ("lane" of Murphy-Lane), for word prefixes.
+# The words inside the names ("lane" of Murphy-Lane), for word prefixes; not partial, for statistics.
 Index(
     "ix_members_name_words",
     func.carecli_name_words(Member.last_name, Member.first_name),
     postgresql_using="gin",
-    postgresql_where=ACTIVE_DELETED_FILTER,
 )
 # Phone numbers as digits only; not partial, for statistics.
 Index(

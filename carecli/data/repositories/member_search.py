@@ -288,11 +288,17 @@ def _inside_a_name(word: str, first: Any = _c.first_name, last: Any = _c.last_na
     return func.carecli_name_words(last, first).op("@@")(func.carecli_word_prefix(literal(word, String)))
 
 
-def _word_match(word: str, first: Any = _c.first_name, last: Any = _c.last_name) -> ColumnElement[bool]:
-    """``word`` starts the first name, the last name or a word inside either (of these columns)."""
-    pattern = _like_prefix(word)
-    return or_(func.carecli_fold(first).collate("C").like(pattern), func.carecli_fold(last).collate("C").like(pattern),
-               _inside_a_name(word, first, last))
+def _word_filter(word: str, first: Any = _c.first_name, last: Any = _c.last_name) -> ColumnElement[bool]:
+    """``word`` starts a word of the first or the last name (of these columns): a filter, no index reads it.
+
+    One LIKE over `` <first> <last>`` (folded, hyphens as spaces):
+    ``% <word>%`` (a hyphen in the word as a space too). Cheaper per row
+    than the prefixes and the inner words apart (it tests the rows a branch
+    already found).
+    """
+    words = literal(" ", String) + func.translate(
+        func.carecli_fold(first) + literal(" ", String) + func.carecli_fold(last), "-", " ")
+    return words.collate("C").like(literal("% ", String) + _like_prefix(word.replace("-", " ")))
 
 
 def _plain_match(words: Sequence[str]) -> ColumnElement[bool]:
@@ -303,7 +309,7 @@ def _plain_match(words: Sequence[str]) -> ColumnElement[bool]:
     """
     each_word = and_(*(or_(FIRST_KEY.like(_like_prefix(w)), LAST_KEY.like(_like_prefix(w)))
                        for w in words[:MAX_ASSIGNED_WORDS]),
-                     *(_word_match(w) for w in words[MAX_ASSIGNED_WORDS:]))
+                     *(_word_filter(w) for w in words[MAX_ASSIGNED_WORDS:]))
     phrase = _phrase_match(words)
     return each_word if phrase is None else or_(each_word, phrase)
 
@@ -434,11 +440,10 @@ class MemberSearchRepository(Repository[MemberSummary]):
         matching: Any
         if terms.kind == "name":
             # The same branches as a page, as sets of ids: "smi" stays a range of the name index.
-            filters = self._filters(query)
-            matching = union(select(_c.id).where(*filters, _plain_match(terms.words)),
+            matching = union(select(_c.id).where(*self._filters(query), _plain_match(terms.words)),
                              *(select(hits.c.id).where(*match)
-                               for hits, match in self._isolated(terms, filters, (_c.id, _c.first_name,
-                                                                                  _c.last_name))))
+                               for hits, match in self._isolated(terms, query, (_c.id, _c.first_name,
+                                                                                _c.last_name, _c.status))))
         else:
             matching = select(_c.id).where(*self._conditions(terms, query))
         bounded = select(func.count()).select_from(matching.limit(EXACT_COUNT_LIMIT + 1).subquery())
@@ -475,14 +480,15 @@ class MemberSearchRepository(Repository[MemberSummary]):
         # Generic plans cannot see the search term (see the module docstring).
         self.connection.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
-    def _filters(self, query: MemberQuery) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = [_c.deleted_at.is_(None)]
+    def _filters(self, query: MemberQuery, columns: Any = _c, *, live: bool = True) -> list[ColumnElement[bool]]:
+        """Live members, status and plan, on ``columns`` (the table's or a CTE's of the same names)."""
+        conditions: list[ColumnElement[bool]] = [_c.deleted_at.is_(None)] if live else []
         if query.status is not None:
-            conditions.append(_c.status == query.status)
+            conditions.append(columns.status == query.status)
         if query.plan_id is not None:
             e = _enrollments.c
             conditions.append(exists().where(
-                e.member_id == _c.id, e.insurance_plan_id == query.plan_id,
+                e.member_id == columns.id, e.insurance_plan_id == query.plan_id,
                 e.status == "active", e.deleted_at.is_(None)))
         return conditions
 
@@ -534,13 +540,13 @@ class MemberSearchRepository(Repository[MemberSummary]):
         keyset = _after(order, query.sort, after)
         branches: list[Select[Any]] = []
         if query.sort in ("name", "name_desc"):
-            common = [*filters, *keyset, *(_word_match(w) for w in extra)]
+            common = [*filters, *keyset, *(_word_filter(w) for w in extra)]
             for match in _assignments(words, assigned):
                 branches.append(_ordered(select(*columns).where(*common, *match), order).limit(fetch))
         else:
             branches.append(_ordered(select(*columns).where(*filters, *keyset, _plain_match(words)), order)
                             .limit(fetch))
-        for hits, match in self._isolated(terms, filters, columns):
+        for hits, match in self._isolated(terms, query, columns):
             branches.append(_ordered(select(hits).where(*_after_in(hits, order, query.sort, after), *match), order,
                                      _cte_keys(hits, order)).limit(fetch))
         merged = union(*branches).subquery("matches")
@@ -548,7 +554,7 @@ class MemberSearchRepository(Repository[MemberSummary]):
         return _ordered(select(*(merged.c[col.name] for col in _SUMMARY_COLUMNS), *keys), order,
                         _cte_keys(merged, order)).limit(fetch)
 
-    def _isolated(self, terms: SearchTerms, filters: list[ColumnElement[bool]],
+    def _isolated(self, terms: SearchTerms, query: MemberQuery,
                   columns: Any) -> list[tuple[Any, list[ColumnElement[bool]]]]:
         """The MATERIALIZED CTEs of the name words' other ways to match, each with what must hold of its rows.
 
@@ -556,20 +562,23 @@ class MemberSearchRepository(Repository[MemberSummary]):
         (from ``ix_members_name_words`` alone: the planner would rather start
         from another word's b-tree range and test every row of it), the other
         words filter its rows. An e-mail prefix: ``ix_members_email_lower``.
-        Neither CTE takes the keyset condition, which could lead the planner
-        to walk the name order instead.
+        The CTEs hold only that lookup (live members): the keyset condition,
+        the status and the plan filter the CTE's rows, as the other words do
+        (the keyset or a plan could otherwise lead the planner to walk the
+        name order or the plan's members and test every row).
         """
         words = terms.words
         isolated: list[tuple[Any, list[ColumnElement[bool]]]] = []
         for i, word in enumerate(words[:MAX_ASSIGNED_WORDS]):
-            hits = (select(*columns).where(*filters, _inside_a_name(word))
+            hits = (select(*columns).where(_c.deleted_at.is_(None), _inside_a_name(word))
                     .cte(f"inside_{i}").prefix_with("MATERIALIZED"))
-            isolated.append((hits, [_word_match(w, hits.c.first_name, hits.c.last_name)
-                                    for j, w in enumerate(words) if j != i]))
+            isolated.append((hits, [*self._filters(query, hits.c, live=False),
+                                    *(_word_filter(w, hits.c.first_name, hits.c.last_name)
+                                      for j, w in enumerate(words) if j != i)]))
         if terms.email:
-            hits = (select(*columns).where(*filters, _email_prefix(terms.email))
+            hits = (select(*columns).where(_c.deleted_at.is_(None), _email_prefix(terms.email))
                     .cte("email_hits").prefix_with("MATERIALIZED"))
-            isolated.append((hits, []))
+            isolated.append((hits, self._filters(query, hits.c, live=False)))
         return isolated
 
     def _explain_count(self, bounded: Select[Any]) -> tuple[int, float]:
@@ -587,7 +596,9 @@ class MemberSearchRepository(Repository[MemberSummary]):
             if node.get("Node Type") == "Limit":
                 rows = node["Plans"][0]["Plan Rows"]
                 break
-            node = (node.get("Plans") or [None])[0]
+            # The CTEs of a name search come first, as init plans: the count is below the outer plan.
+            outer = [child for child in node.get("Plans") or () if child.get("Parent Relationship") != "InitPlan"]
+            node = outer[0] if outer else None
         return int(rows if rows is not None else root["Plan Rows"]), float(root["Total Cost"])
 
 

@@ -26,7 +26,8 @@ Indexes: ``ix_members_name_lower`` and ``ix_members_first_name_lower`` (platform
 are replaced by the same indexes over ``carecli_fold`` (``ix_members_name_folded``,
 ``ix_members_first_name_folded``), so the name order is accent-insensitive as well
 and a folded prefix is still one contiguous range of the order; ``ix_members_name_words``
-is the GIN index over the inner words (partial: live members only).
+is the GIN index over the inner words (not partial, like ``ix_members_name_folded``: the
+planner keeps statistics of the words only for a non-partial index, and counting needs them).
 
 Revision ID: platform_0009
 Revises: platform_0008
@@ -137,7 +138,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_members_name_words", "members",
         [sa.literal_column("carecli_name_words(last_name::text, first_name::text)")],
-        unique=False, postgresql_using="gin", postgresql_where=sa.text("deleted_at IS NULL"),
+        unique=False, postgresql_using="gin",
     )
     # Statistics on the new expressions (see platform_0004).
     op.execute("ANALYZE members")
