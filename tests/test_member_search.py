@@ -604,3 +604,13 @@ def test_any_accented_spelling_of_a_word_of_the_name_finds_the_member(platform, 
     finally:
         with platform.engine.begin() as conn:
             conn.execute(text("DELETE FROM members WHERE id = :id"), {"id": member_id})
+
+
+def test_count_of_words_inside_names_is_an_estimate_past_the_limit(platform, monkeypatch):
+    monkeypatch.setattr(member_search, "EXACT_COUNT_LIMIT", 3)
+    add_members(platform, *({"first_name": "Pat", "last_name": "Murphy-Lane"} for _ in range(5)),
+                {"first_name": "Lee", "last_name": "Okafor"})
+    with platform.uow() as uow:
+        estimate = uow.member_search.count(MemberQuery("lane"))
+        assert not estimate.exact and estimate.value >= 4
+        assert uow.member_search.count(MemberQuery("lee")) == CountEstimate(1, exact=True)

@@ -437,29 +437,34 @@ class MemberSearchRepository(Repository[MemberSummary]):
         _check_query(query)
         self._custom_plans()
         terms = parse_text(query.text)
-        matching: Any
+        bound = EXACT_COUNT_LIMIT + 1
+        matching = select(_c.id).where(*self._conditions(terms, query))
+        statement: Select[Any] = select(func.count()).select_from(matching.limit(bound).subquery())
+        bounded = statement
         if terms.kind == "name":
-            # The same branches as a page, as sets of ids: "smi" stays a range of the name index.
-            matching = union(select(_c.id).where(*self._filters(query), _plain_match(terms.words)),
-                             *(select(hits.c.id).where(*match)
-                               for hits, match in self._isolated(terms, query, (_c.id, _c.first_name,
-                                                                                _c.last_name, _c.status))))
-        else:
-            matching = select(_c.id).where(*self._conditions(terms, query))
-        bounded = select(func.count()).select_from(matching.limit(EXACT_COUNT_LIMIT + 1).subquery())
+            # The same branches as a page, as sets of ids: "smi" stays a range of the name index. The
+            # planner knows the first-and-last-name part (its cost and estimate decide, as for any
+            # count); the words inside names and the e-mail prefix have no statistics it could use, so
+            # their CTEs are read up to the bound and, when one reaches it, the count is an estimate.
+            isolated = self._isolated(terms, query, (_c.id, _c.first_name, _c.last_name, _c.status), limit=bound)
+            union_ids = union(matching, *(select(hits.c.id).where(*match) for hits, match in isolated))
+            bounded = select(func.count()).select_from(union_ids.limit(bound).subquery())
+            statement = select(bounded.scalar_subquery(),
+                               *(select(func.count()).select_from(hits).scalar_subquery() for hits, _ in isolated))
         estimate = None
         # An e-mail prefix (it holds an "@") matches a handful of rows through its
         # index, but that index is partial, so the planner has no statistics to know.
         if terms.kind != "email":
-            estimate, cost = self._explain_count(bounded)
+            estimate, cost = self._explain_count(select(func.count()).select_from(matching.limit(bound).subquery()))
             if cost > COUNT_COST_BUDGET:
                 return CountEstimate(estimate, exact=False)
-        found = int(self.connection.execute(bounded).scalar_one())
-        if found <= EXACT_COUNT_LIMIT:
+        found, *isolated_rows = self.connection.execute(statement).one()
+        if found <= EXACT_COUNT_LIMIT and all(rows < bound for rows in isolated_rows):
             return CountEstimate(found, exact=True)
         if estimate is None:
             estimate, _ = self._explain_count(bounded)
-        # More than the limit for sure: an estimate, but never below what was seen.
+        # More than the limit for sure (or possibly, when a CTE reached the bound): an estimate,
+        # never below what was seen.
         return CountEstimate(max(estimate, found), exact=False)
 
     # -- opening and writing go elsewhere ----------------------------------------------
@@ -493,14 +498,15 @@ class MemberSearchRepository(Repository[MemberSummary]):
         return conditions
 
     def _conditions(self, terms: SearchTerms, query: MemberQuery) -> list[ColumnElement[bool]]:
-        """The whole match as one predicate (e-mail and phone; names go through :meth:`_name_branches`)."""
+        """The match as one predicate: all of it for e-mail and phone, the first/last-name part for names."""
         conditions = self._filters(query)
         if terms.kind == "email":
             conditions.append(_email_prefix(terms.words[0]))
         elif terms.kind == "phone":
             conditions.append(_phone_match(terms.digits))
         elif terms.kind == "name":
-            raise AssertionError("name words are matched by branches: _name_branches")
+            # Only the first and last names (the rest: _isolated, merged by the callers).
+            conditions.append(_plain_match(terms.words))
         return conditions
 
     def _page(self, terms: SearchTerms, query: MemberQuery, after: Cursor | None, limit: int) -> MemberPage:
@@ -554,8 +560,8 @@ class MemberSearchRepository(Repository[MemberSummary]):
         return _ordered(select(*(merged.c[col.name] for col in _SUMMARY_COLUMNS), *keys), order,
                         _cte_keys(merged, order)).limit(fetch)
 
-    def _isolated(self, terms: SearchTerms, query: MemberQuery,
-                  columns: Any) -> list[tuple[Any, list[ColumnElement[bool]]]]:
+    def _isolated(self, terms: SearchTerms, query: MemberQuery, columns: Any,
+                  limit: int | None = None) -> list[tuple[Any, list[ColumnElement[bool]]]]:
         """The MATERIALIZED CTEs of the name words' other ways to match, each with what must hold of its rows.
 
         A word inside a name: the CTE holds the members with such a word
@@ -570,13 +576,13 @@ class MemberSearchRepository(Repository[MemberSummary]):
         words = terms.words
         isolated: list[tuple[Any, list[ColumnElement[bool]]]] = []
         for i, word in enumerate(words[:MAX_ASSIGNED_WORDS]):
-            hits = (select(*columns).where(_c.deleted_at.is_(None), _inside_a_name(word))
+            hits = (select(*columns).where(_c.deleted_at.is_(None), _inside_a_name(word)).limit(limit)
                     .cte(f"inside_{i}").prefix_with("MATERIALIZED"))
             isolated.append((hits, [*self._filters(query, hits.c, live=False),
                                     *(_word_filter(w, hits.c.first_name, hits.c.last_name)
                                       for j, w in enumerate(words) if j != i)]))
         if terms.email:
-            hits = (select(*columns).where(_c.deleted_at.is_(None), _email_prefix(terms.email))
+            hits = (select(*columns).where(_c.deleted_at.is_(None), _email_prefix(terms.email)).limit(limit)
                     .cte("email_hits").prefix_with("MATERIALIZED"))
             isolated.append((hits, self._filters(query, hits.c, live=False)))
         return isolated
