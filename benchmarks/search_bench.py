@@ -7,7 +7,8 @@ Uses the databases ``<database>_identity`` and ``<database>_platform`` on the
 server behind ``--admin-url``: creates them if they do not exist, migrates
 them to head (so an older copy gets the search indexes), seeds ``--members``
 members with ``carecli seed``'s loader if ``members`` is empty, adds a few
-members with a rare name, and VACUUM ANALYZEs ``members``. They are kept for
+members with a rare name and a few hundred with accented, hyphenated and two-part names (for
+the accent, word-inside-a-name and e-mail-before-the-@ cases), and VACUUM ANALYZEs ``members``. They are kept for
 the next run (a million members take ~25 s to seed) unless ``--drop`` is given.
 
 Every request runs as the app runs it: its own unit of work on a pooled
