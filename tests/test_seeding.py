@@ -304,3 +304,13 @@ def test_with_a_cipher_every_member_gets_encrypted_valid_phi(migrated_engines):
         assert ssn[3:5] != "00" and ssn[5:] != "0000"
         # Ciphertext is never the plaintext digits.
         assert ssn.encode() not in bytes(row.encrypted_ssn)
+
+
+def test_the_demo_names_show_what_search_folds_and_splits():
+    """Accented and two-part names in the lists (the demo's search finds José by "jose", De la Cruz by "cruz"),
+    while every e-mail address stays ASCII."""
+    names = seeding.FIRST_NAMES + seeding.LAST_NAMES
+    assert {"José", "Muñoz", "Peña", "De la Cruz", "Murphy-Lane"} <= set(names)
+    assert seeding._slug("José") == "jose" and seeding._slug("Peña") == "pena"
+    assert seeding._slug("De la Cruz") == "delacruz" and seeding._slug("O'Brien") == "obrien"
+    assert all(seeding._slug(name).isascii() for name in names)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import random
 import struct
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -158,7 +159,7 @@ FIRST_NAMES: tuple[str, ...] = (
     "Stephen", "Brenda", "Larry", "Pamela", "Justin", "Emma", "Scott", "Nicole", "Brandon", "Helen",
     "Benjamin", "Samantha", "Samuel", "Katherine", "Gregory", "Christine", "Alexander", "Debra", "Frank",
     "Rachel", "Patrick", "Carolyn", "Raymond", "Janet", "Jack", "Catherine", "Dennis", "Maria", "Jerry",
-    "Heather", "Tyler", "Diane", "Aaron", "Ruth", "Jose", "Julie", "Adam", "Olivia", "Nathan", "Joyce",
+    "Heather", "Tyler", "Diane", "Aaron", "Ruth", "José", "Julie", "Adam", "Olivia", "Nathan", "Joyce",
     "Henry", "Virginia", "Douglas", "Victoria", "Zachary", "Kelly", "Peter", "Lauren", "Kyle", "Christina",
     "Ethan", "Joan", "Walter", "Evelyn", "Noah", "Judith", "Jeremy", "Megan", "Christian", "Andrea",
     "Keith", "Cheryl", "Roger", "Hannah", "Terry", "Jacqueline", "Gerald", "Martha", "Harold", "Gloria",
@@ -168,7 +169,7 @@ FIRST_NAMES: tuple[str, ...] = (
     "Willie", "Amber", "Alan", "Doris", "Juan", "Marilyn", "Wayne", "Danielle", "Elijah", "Beverly",
     "Randy", "Isabella", "Roy", "Theresa", "Vincent", "Diana", "Ralph", "Natalie", "Eugene", "Brittany",
     "Russell", "Charlotte", "Bobby", "Marie", "Mason", "Kayla", "Philip", "Alexis", "Louis", "Lori",
-    "Luis", "Ana", "Carlos", "Rosa", "Miguel", "Sofia", "Diego", "Camila", "Mateo", "Lucia",
+    "Luis", "Ana", "Carlos", "Rosa", "Miguel", "Sofía", "Diego", "Camila", "Mateo", "Lucia",
     "Wei", "Mei", "Hiroshi", "Yuki", "Arjun", "Priya", "Rahul", "Ananya", "Minh", "Linh",
     "Omar", "Fatima", "Ahmed", "Aisha", "Kwame", "Amara", "Tariq", "Leila", "Dmitri", "Olga",
     "Liam", "Ava", "Lucas", "Mia", "Oliver", "Harper", "Elias", "Aria", "Caleb", "Nora",
@@ -192,16 +193,16 @@ LAST_NAMES: tuple[str, ...] = (
     "Gibson", "Ellis", "Tran", "Medina", "Aguilar", "Stevens", "Murray", "Ford", "Castro", "Marshall",
     "Owens", "Harrison", "Fernandez", "McDonald", "Woods", "Washington", "Kennedy", "Wells", "Vargas",
     "Henry", "Chen", "Freeman", "Webb", "Tucker", "Guzman", "Burns", "Crawford", "Olson", "Simpson",
-    "Porter", "Hunter", "Gordon", "Mendez", "Silva", "Shaw", "Snyder", "Mason", "Dixon", "Munoz",
+    "Porter", "Hunter", "Gordon", "Mendez", "Silva", "Shaw", "Snyder", "Mason", "Dixon", "Muñoz",
     "Hunt", "Hicks", "Holmes", "Palmer", "Wagner", "Black", "Robertson", "Boyd", "Rose", "Stone",
     "Salazar", "Fox", "Warren", "Mills", "Meyer", "Rice", "Schmidt", "Garza", "Daniels", "Ferguson",
     "Nichols", "Stephens", "Soto", "Weaver", "Ryan", "Gardner", "Payne", "Grant", "Dunn", "Kelley",
     "Spencer", "Hawkins", "Arnold", "Pierce", "Vazquez", "Hansen", "Peters", "Santos", "Hart", "Bradley",
     "Knight", "Elliott", "Cunningham", "Duncan", "Armstrong", "Hudson", "Carroll", "Lane", "Riley", "Andrews",
-    "Alvarado", "Ray", "Delgado", "Berry", "Perkins", "Hoffman", "Johnston", "Matthews", "Pena", "Richards",
+    "Alvarado", "Ray", "Delgado", "Berry", "Perkins", "Hoffman", "Johnston", "Matthews", "Peña", "Richards",
     "Wang", "Li", "Zhang", "Liu", "Huang", "Yamamoto", "Tanaka", "Sato", "Shah", "Singh",
     "Kumar", "Gupta", "Pham", "Le", "Hoang", "Park", "Choi", "Cohen", "Novak", "Kowalski",
-    "O'Brien", "O'Connor", "Murphy-Lane", "St. James", "DeLuca", "Rossi", "Ivanov", "Okafor", "Mensah",
+    "O'Brien", "O'Connor", "Murphy-Lane", "St. James", "De la Cruz", "Rossi", "Ivanov", "Okafor", "Mensah",
     "Haddad",
 )
 
@@ -432,8 +433,8 @@ class _Clock:
 
 
 def _slug(name: str) -> str:
-    """E-mail-safe lower-case form of a name."""
-    return "".join(ch for ch in name.lower() if ch.isalnum())
+    """E-mail-safe lower-case form of a name: ASCII letters and digits, accents dropped (josé: jose)."""
+    return "".join(ch for ch in unicodedata.normalize("NFKD", name.lower()) if ch.isascii() and ch.isalnum())
 
 
 # (name, slug) pairs, so a row gets both with one draw.

@@ -20,9 +20,15 @@ async def _browser(app, pilot) -> MemberBrowserScreen:
     return screen
 
 
+# A search word starts the first name, the last name or a word inside either (accents folded).
+_STARTS_A_WORD = ("carecli_fold(last_name) LIKE :p OR carecli_fold(first_name) LIKE :p "
+                  "OR carecli_name_words(last_name, first_name) @@ carecli_word_prefix(:w)")
+
+
 def _names(tui, where: str = "true", **params) -> list[str]:
     rows = tui.rows("platform", f"SELECT first_name, last_name FROM members WHERE deleted_at IS NULL AND {where} "
-                    "ORDER BY lower(last_name) COLLATE \"C\", lower(first_name) COLLATE \"C\", id", **params)
+                    "ORDER BY carecli_fold(last_name) COLLATE \"C\", carecli_fold(first_name) COLLATE \"C\", id",
+                    **params)
     return [f"{row.last_name}, {row.first_name}" for row in rows]
 
 
@@ -50,13 +56,11 @@ async def test_typing_searches_and_filters_narrow(tui) -> None:
     async with app.run_test(size=SIZE) as pilot:
         screen = await _browser(app, pilot)
         await pilot.press(*prefix)
-        expected = [name for name in _names(tui, "lower(last_name) LIKE :p OR lower(first_name) LIKE :p",
-                                            p=prefix + "%")]
+        expected = [name for name in _names(tui, f"({_STARTS_A_WORD})", p=prefix + "%", w=prefix)]
         await wait_for(pilot, lambda: _shown(screen) == expected[:PAGE_SIZE], what=f"results for {prefix!r}")
         status = screen.query_one("#member-status", Select)
         status.value = "suspended"
-        suspended = _names(tui, "(lower(last_name) LIKE :p OR lower(first_name) LIKE :p) AND status = 'suspended'",
-                           p=prefix + "%")
+        suspended = _names(tui, f"({_STARTS_A_WORD}) AND status = 'suspended'", p=prefix + "%", w=prefix)
         await wait_for(pilot, lambda: _shown(screen) == suspended[:PAGE_SIZE], what="the status filter")
         status.clear()
         search = screen.query_one("#member-search", Input)

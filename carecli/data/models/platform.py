@@ -82,25 +82,32 @@ Index(
     postgresql_where=ACTIVE_DELETED_FILTER,
 )
 
-# Member search (migration platform_0004, carecli.data.repositories.member_search):
-# name order and last-name prefixes, case-insensitive and byte-wise; not
-# partial, so the planner has statistics on both expressions. The collation
-# goes where an operator class would (rendered right after the expression):
-# reflection drops an index element's COLLATE, so an expression carrying it
-# would never compare equal in autogenerate.
+# Member search (migrations platform_0004 and platform_0009, carecli.data.repositories.member_search):
+# name order and last-name prefixes, case- and accent-insensitive (carecli_fold,
+# our own SQL function) and byte-wise; not partial, so the planner has
+# statistics on both expressions. The collation goes where an operator class
+# would (rendered right after the expression): reflection drops an index
+# element's COLLATE, so an expression carrying it would never compare equal in
+# autogenerate.
 _BYTEWISE = 'COLLATE "C"'
 Index(
-    "ix_members_name_lower",
-    func.lower(Member.last_name).label("last_lower"),
-    func.lower(Member.first_name).label("first_lower"),
+    "ix_members_name_folded",
+    func.carecli_fold(Member.last_name).label("last_folded"),
+    func.carecli_fold(Member.first_name).label("first_folded"),
     Member.id,
-    postgresql_ops={"last_lower": _BYTEWISE, "first_lower": _BYTEWISE},
+    postgresql_ops={"last_folded": _BYTEWISE, "first_folded": _BYTEWISE},
 )
 Index(
-    "ix_members_first_name_lower",
-    func.lower(Member.first_name).label("first_lower"),
-    postgresql_ops={"first_lower": _BYTEWISE},
+    "ix_members_first_name_folded",
+    func.carecli_fold(Member.first_name).label("first_folded"),
+    postgresql_ops={"first_folded": _BYTEWISE},
     postgresql_where=ACTIVE_DELETED_FILTER,
+)
+# The words inside the names ("lane" of Murphy-Lane), for word prefixes; not partial, for statistics.
+Index(
+    "ix_members_name_words",
+    func.carecli_name_words(Member.last_name, Member.first_name),
+    postgresql_using="gin",
 )
 # Phone numbers as digits only; not partial, for statistics.
 Index(

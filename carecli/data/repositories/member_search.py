@@ -10,16 +10,25 @@ How the text is read (:func:`parse_text`):
 * mostly digits: a phone prefix, punctuation ignored (``(555) 010`` finds
   ``555-0100`` and ``+1 555 010 2030``: the country code 1 is optional on
   either side);
-* otherwise name words: every word must be the start of the first or the last
-  name (``ada oka`` finds Ada Okafor), or all the words together the start of
-  one of them (``st. james``, ``mary ann``). Case-insensitive; ``%``, ``_``
-  and ``\\`` are literal.
+* otherwise name words: every word must be the start of a word of the first
+  or the last name (``ada oka`` finds Ada Okafor, ``lane`` Murphy-Lane,
+  ``cruz`` De la Cruz, ``ann`` Mary Ann; words are split at spaces and
+  hyphens), or all the words together the start of one of them (``st. james``,
+  ``mary ann``). Case- and accent-insensitive (``jose`` finds José and
+  ``José`` Jose, see below); ``%``, ``_`` and ``\\`` are literal;
+* one word with a ``.``, ``_``, ``+`` or a digit is also an e-mail prefix
+  (``joshua.a`` finds joshua.alvarado@example.com): what comes before the
+  ``@`` seldom looks like a name, and a plain word is left to the names so
+  that ``s`` does not read every address starting with s.
 
 Why the queries look the way they do (measured on 1M members, see
 ``benchmarks/search_bench.py``):
 
-* The name order is ``lower(last_name), lower(first_name), id`` compared
-  byte-wise (``COLLATE "C"``), the expression of ``ix_members_name_lower``.
+* The name order is ``carecli_fold(last_name), carecli_fold(first_name), id``
+  compared byte-wise (``COLLATE "C"``), the expression of
+  ``ix_members_name_folded``; ``carecli_fold`` is our own IMMUTABLE SQL
+  function (migration platform_0009): lower case with the accents of the
+  Latin letters taken off, no contrib extension needed.
   In that order every last-name prefix is one contiguous range of the index,
   so "last name starts with smi" reads exactly one page of the index, in
   order, however many Smiths there are.
@@ -37,9 +46,16 @@ Why the queries look the way they do (measured on 1M members, see
   against 0.2 ms), or, when the planner misjudges how the matches cluster
   along the order, walks the name index from the start (DESIGN.md's
   "planner trap").
+* A word inside a name (``lane`` of Murphy-Lane: not the start of either
+  name) is looked up in ``ix_members_name_words``, a GIN index over the
+  words after the first of each name (``carecli_name_words``); one branch
+  per word, isolated in a ``MATERIALIZED`` CTE (the other words filter it),
+  then sorted. Only multi-word names have entries, so even one letter
+  reads few rows; walking the name order and testing every row instead
+  would compute the words of each.
 * E-mail matches are isolated in a ``MATERIALIZED`` CTE, then sorted: an
   e-mail prefix correlates with the name order just as badly and, once
-  it holds an ``@``, matches a handful of rows.
+  it holds an ``@`` (or a ``.``), matches a handful of rows.
 * Phone, status and plan filters are independent of every sort order, so the
   planner's own choice (walk an ordered index and filter, or fetch the
   matches and sort them) is a good one.
@@ -118,9 +134,10 @@ _members = MemberTable.__table__
 _enrollments = MemberInsurancePlan.__table__
 _c = _members.c
 
-# These expressions are the indexes' (migration platform_0004): keep them identical.
-LAST_KEY: ColumnElement[str] = func.lower(_c.last_name).collate("C")
-FIRST_KEY: ColumnElement[str] = func.lower(_c.first_name).collate("C")
+# These expressions are the indexes' (migrations platform_0004, platform_0009): keep them identical.
+LAST_KEY: ColumnElement[str] = func.carecli_fold(_c.last_name).collate("C")
+FIRST_KEY: ColumnElement[str] = func.carecli_fold(_c.first_name).collate("C")
+NAME_WORDS: ColumnElement[Any] = func.carecli_name_words(_c.last_name, _c.first_name)
 PHONE_DIGITS: ColumnElement[str] = func.regexp_replace(_c.phone, text(r"'\D'"), text("''"), text("'g'"))
 CREATED_KEY: ColumnElement[datetime] = func.coalesce(_c.created_at, text("'-infinity'::timestamp"))
 EMAIL_KEY: ColumnElement[str] = func.lower(_c.email)
@@ -211,12 +228,16 @@ class SearchTerms:
     kind: Literal["all", "name", "email", "phone"]
     words: tuple[str, ...] = ()   # name words (kind "name") or the one e-mail prefix (kind "email")
     digits: str = ""              # kind "phone"
+    #: kind "name": the one word, when it may also be the start of an e-mail address
+    email: str = ""
 
     def __repr__(self) -> str:
-        return f"SearchTerms(kind={self.kind!r}, words={len(self.words)})"
+        return f"SearchTerms(kind={self.kind!r}, words={len(self.words)}, email={bool(self.email)})"
 
 
 _WORD_SPLIT = re.compile(r"[\s,;]+")
+#: A word holding one of these may be the part of an e-mail address before the "@".
+_EMAIL_LIKE = re.compile(r"[._+0-9]")
 
 
 def parse_text(value: str, *, names_only: bool = False) -> SearchTerms:
@@ -239,17 +260,80 @@ def parse_text(value: str, *, names_only: bool = False) -> SearchTerms:
             words.append(word)
     if not words:
         return SearchTerms("all")
-    return SearchTerms("name", tuple(words[:MAX_WORDS]))
+    email = words[0] if not names_only and len(words) == 1 and _EMAIL_LIKE.search(words[0]) else ""
+    return SearchTerms("name", tuple(words[:MAX_WORDS]), email=email)
+
+
+def _escaped(word: str) -> str:
+    """``word%`` for LIKE, wildcards in the word escaped (backslash: LIKE's default escape)."""
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _like_prefix(word: str) -> ColumnElement[str]:
-    """The LIKE pattern ``lower('<word>%')``, wildcards in the word escaped (backslash: LIKE's default escape).
+    """The LIKE pattern ``carecli_fold('<word>%')``: a name prefix, folded by the server exactly as the indexes were.
 
-    Lower-cased by the server, exactly as the indexes were; under a custom
-    plan the whole pattern folds to a constant, so the index range is derived.
+    Under a custom plan the whole pattern folds to a constant, so the index
+    range is derived.
     """
-    escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return func.lower(literal(escaped + "%", String))
+    return func.carecli_fold(literal(_escaped(word), String))
+
+
+def _email_prefix(word: str) -> ColumnElement[bool]:
+    """The e-mail address starts with ``word`` (any case): ``ix_members_email_lower``."""
+    return EMAIL_KEY.like(func.lower(literal(_escaped(word), String)))
+
+
+def _inside_a_name(word: str, first: Any = _c.first_name, last: Any = _c.last_name) -> ColumnElement[bool]:
+    """A word inside the first or last name (after the first word of either) starts with ``word``."""
+    return func.carecli_name_words(last, first).op("@@")(func.carecli_word_prefix(literal(word, String)))
+
+
+def _word_filter(word: str, first: Any = _c.first_name, last: Any = _c.last_name) -> ColumnElement[bool]:
+    """``word`` starts a word of the first or the last name (of these columns): a filter, no index reads it.
+
+    One LIKE over `` <first> <last>`` (folded, hyphens as spaces):
+    ``% <word>%`` (a hyphen in the word as a space too). Cheaper per row
+    than the prefixes and the inner words apart (it tests the rows a branch
+    already found).
+    """
+    words = literal(" ", String) + func.translate(
+        func.carecli_fold(first) + literal(" ", String) + func.carecli_fold(last), "-", " ")
+    return words.collate("C").like(literal("% ", String) + _like_prefix(word.replace("-", " ")))
+
+
+def _plain_match(words: Sequence[str]) -> ColumnElement[bool]:
+    """Every word the start of the first or the last name, or all of them together the start of one.
+
+    Words past :data:`MAX_ASSIGNED_WORDS` may be words inside a name as well
+    (they get no branch of their own).
+    """
+    each_word = and_(*(or_(FIRST_KEY.like(_like_prefix(w)), LAST_KEY.like(_like_prefix(w)))
+                       for w in words[:MAX_ASSIGNED_WORDS]),
+                     *(_word_filter(w) for w in words[MAX_ASSIGNED_WORDS:]))
+    phrase = _phrase_match(words)
+    return each_word if phrase is None else or_(each_word, phrase)
+
+
+def _assignments(words: Sequence[str], assigned: Sequence[str]) -> list[list[ColumnElement[bool]]]:
+    """One match per way of giving each assigned word to the first or the last name, then the phrase.
+
+    Assignments no row can satisfy (a last name starting with both "j" and
+    "s") are left out.
+    """
+    alternatives: list[list[ColumnElement[bool]]] = []
+    for fields in product(("last", "first"), repeat=len(assigned)):
+        match: list[ColumnElement[bool]] = []
+        for field, key in (("last", LAST_KEY), ("first", FIRST_KEY)):
+            needed = _narrowed([w for f, w in zip(fields, assigned, strict=True) if f == field])
+            if needed is None:
+                break
+            match += [key.like(_like_prefix(word)) for word in needed]
+        else:
+            alternatives.append(match)
+    if len(words) > 1:
+        phrase = " ".join(words)
+        alternatives += [[LAST_KEY.like(_like_prefix(phrase))], [FIRST_KEY.like(_like_prefix(phrase))]]
+    return alternatives
 
 
 # --------------------------------------------------------------------------
@@ -353,21 +437,34 @@ class MemberSearchRepository(Repository[MemberSummary]):
         _check_query(query)
         self._custom_plans()
         terms = parse_text(query.text)
+        bound = EXACT_COUNT_LIMIT + 1
         matching = select(_c.id).where(*self._conditions(terms, query))
-        bounded = select(func.count()).select_from(matching.limit(EXACT_COUNT_LIMIT + 1).subquery())
+        statement: Select[Any] = select(func.count()).select_from(matching.limit(bound).subquery())
+        bounded = statement
+        if terms.kind == "name":
+            # The same branches as a page, as sets of ids: "smi" stays a range of the name index. The
+            # planner knows the first-and-last-name part (its cost and estimate decide, as for any
+            # count); the words inside names and the e-mail prefix have no statistics it could use, so
+            # their CTEs are read up to the bound and, when one reaches it, the count is an estimate.
+            isolated = self._isolated(terms, query, (_c.id, _c.first_name, _c.last_name, _c.status), limit=bound)
+            union_ids = union(matching, *(select(hits.c.id).where(*match) for hits, match in isolated))
+            bounded = select(func.count()).select_from(union_ids.limit(bound).subquery())
+            statement = select(bounded.scalar_subquery(),
+                               *(select(func.count()).select_from(hits).scalar_subquery() for hits, _ in isolated))
         estimate = None
         # An e-mail prefix (it holds an "@") matches a handful of rows through its
         # index, but that index is partial, so the planner has no statistics to know.
         if terms.kind != "email":
-            estimate, cost = self._explain_count(bounded)
+            estimate, cost = self._explain_count(select(func.count()).select_from(matching.limit(bound).subquery()))
             if cost > COUNT_COST_BUDGET:
                 return CountEstimate(estimate, exact=False)
-        found = int(self.connection.execute(bounded).scalar_one())
-        if found <= EXACT_COUNT_LIMIT:
+        found, *isolated_rows = self.connection.execute(statement).one()
+        if found <= EXACT_COUNT_LIMIT and all(rows < bound for rows in isolated_rows):
             return CountEstimate(found, exact=True)
         if estimate is None:
             estimate, _ = self._explain_count(bounded)
-        # More than the limit for sure: an estimate, but never below what was seen.
+        # More than the limit for sure (or possibly, when a CTE reached the bound): an estimate,
+        # never below what was seen.
         return CountEstimate(max(estimate, found), exact=False)
 
     # -- opening and writing go elsewhere ----------------------------------------------
@@ -388,29 +485,28 @@ class MemberSearchRepository(Repository[MemberSummary]):
         # Generic plans cannot see the search term (see the module docstring).
         self.connection.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
-    def _filters(self, query: MemberQuery) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = [_c.deleted_at.is_(None)]
+    def _filters(self, query: MemberQuery, columns: Any = _c, *, live: bool = True) -> list[ColumnElement[bool]]:
+        """Live members, status and plan, on ``columns`` (the table's or a CTE's of the same names)."""
+        conditions: list[ColumnElement[bool]] = [_c.deleted_at.is_(None)] if live else []
         if query.status is not None:
-            conditions.append(_c.status == query.status)
+            conditions.append(columns.status == query.status)
         if query.plan_id is not None:
             e = _enrollments.c
             conditions.append(exists().where(
-                e.member_id == _c.id, e.insurance_plan_id == query.plan_id,
+                e.member_id == columns.id, e.insurance_plan_id == query.plan_id,
                 e.status == "active", e.deleted_at.is_(None)))
         return conditions
 
     def _conditions(self, terms: SearchTerms, query: MemberQuery) -> list[ColumnElement[bool]]:
-        """The whole match as one predicate (counting, and every sort but the name orders)."""
+        """The match as one predicate: all of it for e-mail and phone, the first/last-name part for names."""
         conditions = self._filters(query)
         if terms.kind == "email":
-            conditions.append(EMAIL_KEY.like(_like_prefix(terms.words[0])))
+            conditions.append(_email_prefix(terms.words[0]))
         elif terms.kind == "phone":
             conditions.append(_phone_match(terms.digits))
         elif terms.kind == "name":
-            each_word = and_(*(or_(FIRST_KEY.like(_like_prefix(w)), LAST_KEY.like(_like_prefix(w)))
-                               for w in terms.words))
-            phrase = _phrase_match(terms.words)
-            conditions.append(each_word if phrase is None else or_(each_word, phrase))
+            # Only the first and last names (the rest: _isolated, merged by the callers).
+            conditions.append(_plain_match(terms.words))
         return conditions
 
     def _page(self, terms: SearchTerms, query: MemberQuery, after: Cursor | None, limit: int) -> MemberPage:
@@ -419,8 +515,8 @@ class MemberSearchRepository(Repository[MemberSummary]):
         columns = (*_SUMMARY_COLUMNS, *(expr.label(f"k{i}") for i, expr in enumerate(order.selected)))
         fetch = limit + 1  # one more than shown tells whether there is a next page
         self._custom_plans()
-        if terms.kind == "name" and query.sort in ("name", "name_desc"):
-            statement = self._name_branches(terms.words, query, order, keyset, columns, fetch)
+        if terms.kind == "name":
+            statement = self._name_branches(terms, query, order, after, columns, fetch)
         elif terms.kind == "email":
             hits = (select(*columns).where(*self._conditions(terms, query))
                     .cte("email_hits").prefix_with("MATERIALIZED"))
@@ -434,31 +530,62 @@ class MemberSearchRepository(Repository[MemberSummary]):
         next_cursor = Cursor(query.sort, order.key_of(rows[limit - 1])) if len(rows) > limit else None
         return MemberPage(summaries, next_cursor)
 
-    def _name_branches(self, words: Sequence[str], query: MemberQuery, order: _Order,
-                       keyset: list[ColumnElement[bool]], columns: Any, fetch: int) -> Select[Any]:
-        """Name words in name order: one ordered, limited branch per first/last assignment."""
+    def _name_branches(self, terms: SearchTerms, query: MemberQuery, order: _Order, after: Cursor | None,
+                       columns: Any, fetch: int) -> Select[Any]:
+        """Name words: ordered, limited branches, merged (see the module docstring).
+
+        In name order, one branch per first/last assignment of the words (in
+        another order, one branch with every word the start of the first or
+        the last name); then, isolated in MATERIALIZED CTEs, a branch per word
+        for the words inside names (``lane`` of Murphy-Lane) and one for an
+        e-mail prefix.
+        """
+        words = terms.words
         assigned, extra = words[:MAX_ASSIGNED_WORDS], words[MAX_ASSIGNED_WORDS:]
-        common = [*self._filters(query), *keyset,
-                  *(or_(FIRST_KEY.like(_like_prefix(w)), LAST_KEY.like(_like_prefix(w))) for w in extra)]
-        alternatives: list[list[ColumnElement[bool]]] = []
-        for fields in product(("last", "first"), repeat=len(assigned)):
-            match: list[ColumnElement[bool]] = []
-            for field, key in (("last", LAST_KEY), ("first", FIRST_KEY)):
-                needed = _narrowed([w for f, w in zip(fields, assigned, strict=True) if f == field])
-                if needed is None:
-                    break  # e.g. a last name starting with both "j" and "s": nobody
-                match += [key.like(_like_prefix(word)) for word in needed]
-            else:
-                alternatives.append(match)
-        if len(words) > 1:
-            phrase = " ".join(words)
-            alternatives += [[LAST_KEY.like(_like_prefix(phrase))], [FIRST_KEY.like(_like_prefix(phrase))]]
-        branches = [_ordered(select(*columns).where(*common, *match), order).limit(fetch)
-                    for match in alternatives]
+        filters = self._filters(query)
+        keyset = _after(order, query.sort, after)
+        branches: list[Select[Any]] = []
+        if query.sort in ("name", "name_desc"):
+            common = [*filters, *keyset, *(_word_filter(w) for w in extra)]
+            for match in _assignments(words, assigned):
+                branches.append(_ordered(select(*columns).where(*common, *match), order).limit(fetch))
+        else:
+            branches.append(_ordered(select(*columns).where(*filters, *keyset, _plain_match(words)), order)
+                            .limit(fetch))
+        for hits, match in self._isolated(terms, query, columns):
+            branches.append(_ordered(select(hits).where(*_after_in(hits, order, query.sort, after), *match), order,
+                                     _cte_keys(hits, order)).limit(fetch))
         merged = union(*branches).subquery("matches")
-        keys = [merged.c.k0.collate("C"), merged.c.k1.collate("C"), merged.c.k2]
-        return _ordered(select(*(merged.c[col.name] for col in _SUMMARY_COLUMNS), merged.c.k0, merged.c.k1,
-                               merged.c.k2), order, keys).limit(fetch)
+        keys = [merged.c[f"k{i}"] for i in range(len(order.selected))]
+        return _ordered(select(*(merged.c[col.name] for col in _SUMMARY_COLUMNS), *keys), order,
+                        _cte_keys(merged, order)).limit(fetch)
+
+    def _isolated(self, terms: SearchTerms, query: MemberQuery, columns: Any,
+                  limit: int | None = None) -> list[tuple[Any, list[ColumnElement[bool]]]]:
+        """The MATERIALIZED CTEs of the name words' other ways to match, each with what must hold of its rows.
+
+        A word inside a name: the CTE holds the members with such a word
+        (from ``ix_members_name_words`` alone: the planner would rather start
+        from another word's b-tree range and test every row of it), the other
+        words filter its rows. An e-mail prefix: ``ix_members_email_lower``.
+        The CTEs hold only that lookup (live members): the keyset condition,
+        the status and the plan filter the CTE's rows, as the other words do
+        (the keyset or a plan could otherwise lead the planner to walk the
+        name order or the plan's members and test every row).
+        """
+        words = terms.words
+        isolated: list[tuple[Any, list[ColumnElement[bool]]]] = []
+        for i, word in enumerate(words[:MAX_ASSIGNED_WORDS]):
+            hits = (select(*columns).where(_c.deleted_at.is_(None), _inside_a_name(word)).limit(limit)
+                    .cte(f"inside_{i}").prefix_with("MATERIALIZED"))
+            isolated.append((hits, [*self._filters(query, hits.c, live=False),
+                                    *(_word_filter(w, hits.c.first_name, hits.c.last_name)
+                                      for j, w in enumerate(words) if j != i)]))
+        if terms.email:
+            hits = (select(*columns).where(_c.deleted_at.is_(None), _email_prefix(terms.email)).limit(limit)
+                    .cte("email_hits").prefix_with("MATERIALIZED"))
+            isolated.append((hits, self._filters(query, hits.c, live=False)))
+        return isolated
 
     def _explain_count(self, bounded: Select[Any]) -> tuple[int, float]:
         """The planner's estimate of the matching rows (under the LIMIT) and the bounded count's cost.
@@ -475,7 +602,9 @@ class MemberSearchRepository(Repository[MemberSummary]):
             if node.get("Node Type") == "Limit":
                 rows = node["Plans"][0]["Plan Rows"]
                 break
-            node = (node.get("Plans") or [None])[0]
+            # The CTEs of a name search come first, as init plans: the count is below the outer plan.
+            outer = [child for child in node.get("Plans") or () if child.get("Parent Relationship") != "InitPlan"]
+            node = outer[0] if outer else None
         return int(rows if rows is not None else root["Plan Rows"]), float(root["Total Cost"])
 
 
