@@ -34,7 +34,7 @@ from carecli.screens.base import CareModal, CareScreen, Problem, describe
 from carecli.screens.confirm import ConfirmDialog
 from carecli.screens.formatting import display_zone, in_zone, plural, show_time, words, zone_name
 from carecli.screens.forms import FormModal
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareFooter, CareTable
 from carecli.services.desk import AccessEntry, AuditFilter
 
 #: entity types that audit rows name (repositories' ``entity_type`` and the services' own rows)
@@ -241,10 +241,10 @@ Roles are changed with `carecli roles`.
         with TabbedContent(id="admin-tabs", initial="users-tab"):
             with TabPane("Users", id="users-tab"):
                 yield Static(id="users-refused", classes="refusal")
-                yield DataTable(id="users-table", cursor_type="row", zebra_stripes=True)
+                yield CareTable(id="users-table", cursor_type="row", zebra_stripes=True)
             with TabPane("Roles", id="roles-tab"):
                 yield Static(id="roles-refused", classes="refusal")
-                yield DataTable(id="roles-table", cursor_type="row", zebra_stripes=True)
+                yield CareTable(id="roles-table", cursor_type="row", zebra_stripes=True)
                 with VerticalScroll(id="role-detail"):
                     yield Static(id="role-text")
         yield Static("Loading users and roles…", id="users-status", classes="status-line")
@@ -720,7 +720,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
                 yield Input(placeholder="User e-mail (empty: anyone)", id="audit-user", compact=True)
                 yield Input(placeholder="Entity id (UUID)", id="audit-entity-id", compact=True)
         yield Static(id="audit-refused")
-        yield DataTable(id="audit-table", cursor_type="row", zebra_stripes=True)
+        yield CareTable(id="audit-table", cursor_type="row", zebra_stripes=True)
         yield Static("Loading the audit log…", id="audit-status", classes="status-line")
         yield CareFooter()
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -106,7 +107,8 @@ class StartScreen(Screen[None]):
     def show_failure(self, problem: Problem) -> None:
         self.query_one(LoadingIndicator).display = False
         self.query_one("#start-text", Static).update(
-            f"[b]carecli cannot start[/b]\n\n{problem.message}\n\n{problem.hint or ''}\n\nPress ctrl+q to quit.")
+            f"[b]carecli cannot start[/b]\n\n{escape(problem.message)}\n\n{escape(problem.hint or '')}"
+            "\n\nPress ctrl+q to quit.")
 
 
 class TooSmallScreen(ModalScreen[None]):

@@ -38,7 +38,7 @@ from carecli.screens.formatting import in_zone, show_date, show_time, show_time_
 from carecli.screens.forms import FlagFormScreen, describe_duration
 from carecli.screens.live import DataChanged
 from carecli.screens.record import RecordScreen
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareFooter, CareTable
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -131,7 +131,7 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
         with VerticalScroll(id="call-notes-box"):
             yield Static("", id="call-notes", markup=False)
         yield Static("Risk flags raised from this call", classes="section", id="call-flags-label")
-        yield DataTable(id="call-flags", cursor_type="row", zebra_stripes=True)
+        yield CareTable(id="call-flags", cursor_type="row", zebra_stripes=True)
         yield CareFooter()
 
     def on_mount(self) -> None:

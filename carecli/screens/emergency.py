@@ -30,7 +30,7 @@ from carecli.screens.admin import AuditEntryScreen, summarize_values
 from carecli.screens.base import CareModal, CareScreen, Problem, describe
 from carecli.screens.formatting import in_zone, plural, show_time, show_time_zoned, words
 from carecli.screens.forms import FormModal
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareFooter, CareTable
 from carecli.services.desk import AccessEntry
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class GrantActionsScreen(CareModal):
     def compose(self) -> ComposeResult:
         with Vertical(id="grant"):
             yield Static("", id="grant-summary", markup=False)
-            yield DataTable(id="grant-actions", cursor_type="row", zebra_stripes=True)
+            yield CareTable(id="grant-actions", cursor_type="row", zebra_stripes=True)
         yield CareFooter()
 
     def on_mount(self) -> None:
@@ -299,7 +299,7 @@ every row done under it; **v** marks the grant reviewed with a note
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="emergency-refused", markup=False)
-        yield DataTable(id="emergency-table", cursor_type="row", zebra_stripes=True)
+        yield CareTable(id="emergency-table", cursor_type="row", zebra_stripes=True)
         yield Static("Loading the emergency accesses…", id="emergency-status", classes="status-line", markup=False)
         yield CareFooter()
 

@@ -45,7 +45,7 @@ from carecli.screens.forms import (
 )
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.member_forms import MemberEditScreen
-from carecli.screens.widgets import CareFooter, show_empty
+from carecli.screens.widgets import CareFooter, CareTable, show_empty
 from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile, MemberVisit
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ Keys your role cannot use are not shown.
                     continue
                 with TabPane(title, id=pane_id):
                     yield Static("", id=f"{pane_id}-empty", classes="empty-note", markup=False)
-                    yield DataTable(id=f"{pane_id}-table", cursor_type="row", zebra_stripes=True)
+                    yield CareTable(id=f"{pane_id}-table", cursor_type="row", zebra_stripes=True)
         yield CareFooter()
 
     def on_mount(self) -> None:

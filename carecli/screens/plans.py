@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Header, Input, Static
 from carecli.data.records import Plan
 from carecli.screens.base import CareScreen
 from carecli.screens.formatting import plural, show_date, words
-from carecli.screens.widgets import CareCheckbox, CareFooter, SearchBox
+from carecli.screens.widgets import CareCheckbox, CareFooter, CareTable, SearchBox
 
 #: words shown upper-case in coverage labels ("hsa_eligible" -> "HSA eligible")
 _ACRONYMS = frozenset({"hsa", "fsa", "hmo", "ppo", "epo", "pos", "hdhp", "er", "oop", "rx", "id", "pcp"})
@@ -190,7 +190,7 @@ plans. The coverage details of the highlighted plan are shown below the list.
             yield SearchBox(placeholder="Type to filter by plan code or name (↓ to the list)", id="plans-filter",
                             compact=True)
             yield CareCheckbox("Show inactive", False, id="plans-inactive", compact=True)
-        yield DataTable(id="plans-table", cursor_type="row", zebra_stripes=True)
+        yield CareTable(id="plans-table", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="plan-detail"):
             yield Static(id="plan-coverage")
         yield Static("Loading the plan catalog…", id="plans-status", classes="status-line")

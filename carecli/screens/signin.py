@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -169,7 +170,7 @@ class SignInScreen(Screen[None]):
         self.busy = False
         self.refresh_bindings()
         self.query_one("#signin-loading").display = False
-        who = f" (locked for {self.locked_user})" if self.locked_user else ""
+        who = f" (locked for {escape(self.locked_user)})" if self.locked_user else ""
         self.query_one("#signin-text", Static).update(
             f"[b]Demo sign-in{who}[/b] — this is the embedded demo database. Pick who you are and press Enter.")
         options = self.query_one("#signin-users", OptionList)
@@ -232,8 +233,8 @@ class SignInScreen(Screen[None]):
         authorization = message.authorization
         self.query_one("#signin-text", Static).update(
             "[b]Sign in with your organisation[/b]\n\n"
-            f"Open  [b]{authorization.verification_uri}[/b]\n"
-            f"and enter the code  [b reverse] {authorization.user_code} [/b reverse]\n\n"
+            f"Open  [b]{escape(authorization.verification_uri)}[/b]\n"
+            f"and enter the code  [b reverse] {escape(authorization.user_code)} [/b reverse]\n\n"
             f"Waiting for your approval (the code is valid for "
             f"{plural(max(1, authorization.expires_in // 60), 'minute')})…")
         link = authorization.verification_uri_complete or authorization.verification_uri

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual.binding import Binding
 from textual.content import Content
 from textual.message import Message
 from textual.scrollbar import ScrollBarRender
 from textual.widgets import Checkbox, DataTable, Footer, Input, Static
+from textual.widgets._data_table import CellType, ColumnKey, RowKey
 
 
 def prune_dead_watchers(obj: Any) -> None:
@@ -100,3 +102,28 @@ class SearchBox(Input):
 
     def action_leave(self) -> None:
         self.post_message(self.Leave(self))
+
+
+def _as_data(value: Any) -> Any:
+    """A str cell as plain text; anything else (a Text already, a number) as it is."""
+    return Text(value, no_wrap=True, end="") if isinstance(value, str) else value
+
+
+class CareTable(DataTable[Any]):
+    """The app's tables: a string cell is data, never markup.
+
+    Textual's DataTable parses ``str`` cells as console markup, and what fills carecli's tables was typed
+    by people (notes, outcomes, flag descriptions, names, plan names, reasons...): a note reading
+    ``call back [/b] monday`` raised a MarkupError that closed the screen for everyone opening that member,
+    and ``[@click=app.quit]`` made text into an action. Every table of the app is a CareTable, so every way
+    a cell gets in (add_row, add_rows, update_cell, update_cell_at) takes text as typed.
+    """
+
+    def add_row(self, *cells: CellType, height: int | None = 1, key: str | None = None,
+                label: Any = None) -> RowKey:
+        return super().add_row(*(_as_data(cell) for cell in cells), height=height, key=key,
+                               label=_as_data(label) if label is not None else None)
+
+    def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: CellType, *,
+                    update_width: bool = False) -> None:
+        super().update_cell(row_key, column_key, _as_data(value), update_width=update_width)

@@ -14,7 +14,7 @@ from carecli.data.repositories.worklist import WorkItem, Worklist
 from carecli.screens.base import CareScreen
 from carecli.screens.formatting import in_zone, show_when
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter, show_empty
+from carecli.screens.widgets import CareFooter, CareTable, show_empty
 
 #: tab id, title, the Worklist attribute it shows
 SECTIONS = (
@@ -98,7 +98,7 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
             for tab_id, title, _attribute in SECTIONS:
                 with TabPane(title, id=f"tab-{tab_id}"):
                     yield Static("", id=f"empty-{tab_id}", classes="empty-note", markup=False)
-                    table: DataTable[str] = DataTable(id=f"table-{tab_id}", cursor_type="row", zebra_stripes=True)
+                    table: DataTable[str] = CareTable(id=f"table-{tab_id}", cursor_type="row", zebra_stripes=True)
                     yield table
         yield CareFooter()
 

@@ -1,0 +1,83 @@
+"""Every table of the app takes text as typed: a str cell is data, never Rich markup (CareTable)."""
+
+from __future__ import annotations
+
+import ast
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from textual.app import App, ComposeResult
+
+from carecli.screens.widgets import CareTable
+from carecli.screens.worklist import WorklistScreen
+from tests.tui.conftest import SIZE
+from tests.tui.helpers import wait_for
+from tests.tui.test_member_screens import app_for, make_member
+
+NASTY = ["call back [/b] monday", "[@click=app.quit]here[/]", "[red]reached[/red]", "[", "]", "[/]", "[[b]]",
+         "\\[b]", "[link=https://example.com]x[/link]", ":warning:", "[b", "a[b]c[/b]d"]
+SCREENS = Path(__file__).resolve().parents[2] / "carecli" / "screens"
+
+
+class OneTable(App[None]):
+    def compose(self) -> ComposeResult:
+        yield CareTable(id="t")
+
+
+async def test_care_table_keeps_every_cell_as_typed_through_every_way_in() -> None:
+    app = OneTable()
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = app.query_one(CareTable)
+        table.add_columns("a", "b")
+        for index, text in enumerate(NASTY):
+            table.add_row(text, text, key=str(index))
+        table.add_rows([[NASTY[0], NASTY[1]]])
+        table.update_cell("0", table.ordered_columns[1].key, "[@click=app.quit]x")
+        table.update_cell_at((1, 0), "[/b]")
+        await pilot.pause()
+        table.move_cursor(row=len(NASTY))
+        await pilot.pause()
+        assert app.is_running
+        assert [str(cell) for cell in table.get_row("2")] == ["[red]reached[/red]"] * 2
+        assert str(table.get_cell("0", table.ordered_columns[1].key)) == "[@click=app.quit]x"
+        assert str(table.get_cell_at((1, 0))) == "[/b]"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("[]/@=:\\ab ")), max_size=30))
+def test_any_bracketed_text_is_a_plain_cell(text: str) -> None:
+    from carecli.screens.widgets import _as_data
+
+    cell = _as_data(text)
+    assert str(cell) == text and not cell.spans  # no style, no link: what was typed
+
+
+def test_no_screen_makes_a_bare_datatable() -> None:
+    """A new table that forgot CareTable would parse what people typed as markup again."""
+    offenders = []
+    for path in SCREENS.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DataTable":
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+
+
+async def test_the_worklist_shows_a_bracketed_outcome_as_typed(tui) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    overdue = date.today() - timedelta(days=2)
+    started = datetime.combine(overdue - timedelta(days=3), datetime.min.time()).replace(hour=15)
+    desk.log_call({"member_id": known.id, "call_type": "support", "call_status": "completed",
+                   "started_at": started, "ended_at": started + timedelta(minutes=5), "follow_up_required": True,
+                   "follow_up_date": overdue, "outcome": "[@click=app.quit]send forms[/]"})
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        await pilot.press("2")  # the Overdue tab
+        table = await wait_for(pilot, lambda: next((t for t in screen.query(CareTable)
+                                                    if t.id == "table-overdue" and t.row_count), None))
+        cells = [str(cell) for key in table.rows for cell in table.get_row(key)]
+        assert "[@click=app.quit]send forms[/]" in cells
+        assert app.is_running
