@@ -9,6 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from textual.app import App, ComposeResult
+from textual.coordinate import Coordinate
 
 from carecli.screens.widgets import CareTable
 from carecli.screens.worklist import WorklistScreen
@@ -35,14 +36,14 @@ async def test_care_table_keeps_every_cell_as_typed_through_every_way_in() -> No
             table.add_row(text, text, key=str(index))
         table.add_rows([[NASTY[0], NASTY[1]]])
         table.update_cell("0", table.ordered_columns[1].key, "[@click=app.quit]x")
-        table.update_cell_at((1, 0), "[/b]")
+        table.update_cell_at(Coordinate(1, 0), "[/b]")
         await pilot.pause()
         table.move_cursor(row=len(NASTY))
         await pilot.pause()
         assert app.is_running
         assert [str(cell) for cell in table.get_row("2")] == ["[red]reached[/red]"] * 2
         assert str(table.get_cell("0", table.ordered_columns[1].key)) == "[@click=app.quit]x"
-        assert str(table.get_cell_at((1, 0))) == "[/b]"
+        assert str(table.get_cell_at(Coordinate(1, 0))) == "[/b]"
 
 
 @settings(max_examples=200, deadline=None)
