@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from functools import total_ordering
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.binding import Binding
 from textual.content import Content
 from textual.message import Message
+from textual.render import measure
 from textual.scrollbar import ScrollBarRender
 from textual.widgets import Checkbox, DataTable, Footer, Input, Static
-from textual.widgets._data_table import CellType, ColumnKey, RowKey
+from textual.widgets._data_table import CellType, ColumnKey, RowKey, default_cell_formatter
 
 
 def prune_dead_watchers(obj: Any) -> None:
@@ -104,9 +106,46 @@ class SearchBox(Input):
         self.post_message(self.Leave(self))
 
 
+@total_ordering
+class PlainCell:
+    """A table cell holding text as typed (or a styled Text), drawn as a fresh :class:`Text` each time.
+
+    A str handed to DataTable would be parsed as markup; a Text object would be shared between the table's
+    measuring and drawing. This is neither: what people typed, shown as typed.
+    """
+
+    __slots__ = ("text", "styled")
+
+    def __init__(self, text: str | Text) -> None:
+        self.styled = text if isinstance(text, Text) else None
+        self.text = text.plain if isinstance(text, Text) else text
+
+    def __rich__(self) -> Text:
+        if self.styled is not None:
+            return self.styled.copy()
+        return Text(self.text, no_wrap=True, end="")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"PlainCell({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PlainCell) and other.text == self.text
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, PlainCell):
+            return NotImplemented
+        return self.text < other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
 def _as_data(value: Any) -> Any:
-    """A str cell as plain text; anything else (a Text already, a number) as it is."""
-    return Text(value, no_wrap=True, end="") if isinstance(value, str) else value
+    """A str cell as plain text, a Text as a copy of itself each time; anything else as it is."""
+    return PlainCell(value) if isinstance(value, (str, Text)) else value
 
 
 class CareTable(DataTable[Any]):
@@ -121,8 +160,28 @@ class CareTable(DataTable[Any]):
 
     def add_row(self, *cells: CellType, height: int | None = 1, key: str | None = None,
                 label: Any = None) -> RowKey:
-        return super().add_row(*(_as_data(cell) for cell in cells), height=height, key=key,
-                               label=_as_data(label) if label is not None else None)
+        data = [_as_data(cell) for cell in cells]
+        row_key = super().add_row(*data, height=height, key=key, label=_as_data(label) if label is not None else None)
+        self._widen_for(data)
+        return row_key
+
+    def _widen_for(self, cells: list[Any]) -> None:
+        """Columns as wide as the new row's cells now, not on the next idle.
+
+        DataTable measures new rows when its message queue is empty, and keeps the cells it drew before that at
+        the width they had then (its render cache is not keyed by width): a table filled while shown could stay
+        cut at its header's width ("O'Brie" for "O'Brien, Samantha") until something else redrew it."""
+        console = self.app.console
+        widened = False
+        for column, cell in zip(self.ordered_columns, cells, strict=False):
+            if not column.auto_width:
+                continue
+            width = measure(console, default_cell_formatter(cell, wrap=False, height=1), 1)
+            if width > column.content_width:
+                column.content_width = width
+                widened = True
+        if widened:
+            self._clear_caches()  # private (Textual < 9 is pinned): cells drawn at the old width are not kept
 
     def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: CellType, *,
                     update_width: bool = False) -> None:

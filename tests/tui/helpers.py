@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from textual.widgets import DataTable, Static
@@ -36,3 +37,15 @@ def screen_text(screen: Any) -> str:
             for row_key in widget.rows:
                 parts.extend(str(cell) for cell in widget.get_row(row_key))
     return "\n".join(parts)
+
+
+def schedule_today(tui, desk, member_id) -> None:  # noqa: ANN001
+    """A call scheduled for today (UTC, the tests' display zone) whatever the time of day the test runs.
+
+    The rules refuse scheduling a call in the past, so it is scheduled an hour ahead and then, as if the
+    morning had passed without it being made, moved to the first minute of today (a still-scheduled call
+    earlier today is on the Today tab as much as a later one)."""
+    call = desk.log_call({"member_id": member_id, "call_type": "outreach", "call_status": "scheduled",
+                          "scheduled_at": datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(hours=1)})
+    start_of_today = datetime.combine(datetime.now(timezone.utc).date(), datetime.min.time()) + timedelta(minutes=1)
+    tui.execute("platform", "UPDATE call_records SET scheduled_at = :at WHERE id = :c", at=start_of_today, c=call.id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 from textual.widgets import DataTable, Static
 
@@ -11,7 +11,7 @@ from carecli.screens.app import CareApp, TooSmallScreen
 from carecli.screens.signin import SignInScreen
 from carecli.screens.worklist import WorklistScreen
 from tests.tui.conftest import SIZE
-from tests.tui.helpers import screen_text, wait_for
+from tests.tui.helpers import schedule_today, screen_text, wait_for
 
 
 class FakeClock:
@@ -36,18 +36,6 @@ def _user_code(screen) -> str | None:
     if marker not in text:
         return None
     return text.split(marker, 1)[1].split()[0]
-
-
-def _schedule_today(tui, desk, member_id) -> None:  # noqa: ANN001
-    """A call scheduled for today (UTC, the tests' display zone) whatever the time of day the test runs.
-
-    The rules refuse scheduling a call in the past, so it is scheduled an hour ahead and then, as if the
-    morning had passed without it being made, moved to the first minute of today (a still-scheduled call
-    earlier today is on the Today tab as much as a later one)."""
-    call = desk.log_call({"member_id": member_id, "call_type": "outreach", "call_status": "scheduled",
-                          "scheduled_at": datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(hours=1)})
-    start_of_today = datetime.combine(datetime.now(timezone.utc).date(), datetime.min.time()) + timedelta(minutes=1)
-    tui.execute("platform", "UPDATE call_records SET scheduled_at = :at WHERE id = :c", at=start_of_today, c=call.id)
 
 
 async def test_oidc_sign_in_from_the_app_opens_the_worklist(tui, oidc_provider) -> None:
@@ -77,7 +65,7 @@ async def test_stored_session_goes_straight_to_the_worklist_with_todays_items(tu
     assert specialist is not None
     member_id = tui.scalar("platform", "SELECT id FROM members WHERE deleted_at IS NULL ORDER BY id LIMIT 1")
     name = tui.rows("platform", "SELECT first_name, last_name FROM members WHERE id = :m", m=member_id)[0]
-    _schedule_today(tui, desk, member_id)
+    schedule_today(tui, desk, member_id)
     overdue = date.today() - timedelta(days=3)
     started = datetime.combine(overdue - timedelta(days=2), datetime.min.time()).replace(hour=15)
     handled = desk.log_call({"member_id": member_id, "call_type": "support", "call_status": "completed",
@@ -116,7 +104,7 @@ async def test_idle_lock_clears_member_values_and_the_same_user_gets_the_screen_
     settings = _oidc_settings(tui, oidc_provider)
     user = tui.user("specialist")
     desk = tui.sign_in("specialist")
-    _schedule_today(tui, desk, tui.scalar("platform", "SELECT id FROM members ORDER BY id LIMIT 1"))
+    schedule_today(tui, desk, tui.scalar("platform", "SELECT id FROM members ORDER BY id LIMIT 1"))
     clock = FakeClock()
     app = CareApp(settings, databases=tui.databases, store=tui.store, clock=clock)
     async with app.run_test(size=SIZE) as pilot:

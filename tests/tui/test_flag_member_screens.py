@@ -15,6 +15,7 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from rich.protocol import rich_cast
 from rich.text import Text
 from textual.widgets import DataTable, Select, Static, TabbedContent, TextArea
 
@@ -163,8 +164,10 @@ async def test_the_flags_tab_lists_open_flags_first_and_resolved_ones_after_them
         assert str(tabs.get_tab("flags").label) == "Risk flags (2 open, 1 resolved)"
         table = screen.query_one("#flags-table", DataTable)
         last = table.get_row(str(resolved.id))
-        assert all(isinstance(cell, Text) and cell.style == "dim" for cell in last)
-        assert not any(isinstance(cell, Text) and cell.style == "dim" for cell in table.get_row(str(older.id)))
+        # as drawn (a table keeps its cells as PlainCell, drawn as a fresh Text each time)
+        assert all(isinstance(shown := rich_cast(cell), Text) and shown.style == "dim" for cell in last)
+        assert not any(isinstance(shown := rich_cast(cell), Text) and shown.style == "dim"
+                       for cell in table.get_row(str(older.id)))
 
 
 async def test_raising_a_flag_offers_the_held_calls_newest_first_and_saves_on_the_chosen_one(tui) -> None:

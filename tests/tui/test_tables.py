@@ -8,13 +8,14 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.coordinate import Coordinate
 
 from carecli.screens.widgets import CareTable
 from carecli.screens.worklist import WorklistScreen
 from tests.tui.conftest import SIZE
-from tests.tui.helpers import wait_for
+from tests.tui.helpers import schedule_today, wait_for
 from tests.tui.test_member_screens import app_for, make_member
 
 NASTY = ["call back [/b] monday", "[@click=app.quit]here[/]", "[red]reached[/red]", "[", "]", "[/]", "[[b]]",
@@ -46,13 +47,28 @@ async def test_care_table_keeps_every_cell_as_typed_through_every_way_in() -> No
         assert str(table.get_cell_at(Coordinate(1, 0))) == "[/b]"
 
 
+async def test_a_cell_drawn_before_its_column_grew_is_whole_once_it_has() -> None:
+    """DataTable truncates a Text cell in place when it draws it: drawn at the header's width first (before
+    the table measured the new rows), the cell stayed cut for good ("O'Brie" for "O'Brien, Samantha")."""
+    app = OneTable()
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = app.query_one(CareTable)
+        table.add_columns("Who", "What")
+        table.add_row("O'Brien, Samantha", Text("outreach · scheduled", style="dim"), key="r")
+        drawn_at_once = "".join(segment.text for segment in table.render_line(1))  # before the next idle
+        await pilot.pause()
+        drawn_later = "".join(segment.text for segment in table.render_line(1))
+        for line in (drawn_at_once, drawn_later):
+            assert "O'Brien, Samantha" in line and "outreach · scheduled" in line
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("[]/@=:\\ab ")), max_size=30))
 def test_any_bracketed_text_is_a_plain_cell(text: str) -> None:
     from carecli.screens.widgets import _as_data
 
-    cell = _as_data(text)
-    assert str(cell) == text and not cell.spans  # no style, no link: what was typed
+    cell = _as_data(text).__rich__()
+    assert cell.plain == text and not cell.spans  # no style, no link: what was typed
 
 
 def test_no_screen_makes_a_bare_datatable() -> None:
@@ -65,9 +81,13 @@ def test_no_screen_makes_a_bare_datatable() -> None:
     assert offenders == []
 
 
-async def test_the_worklist_shows_a_bracketed_outcome_as_typed(tui) -> None:
+async def test_the_worklist_shows_a_bracketed_outcome_as_typed_and_names_whole(tui) -> None:
     known = make_member(tui)
     desk = tui.sign_in("specialist")
+    # On the Today tab, the one drawn as its rows arrive (another member: a later call would settle the follow-up).
+    other = tui.scalar("platform", "SELECT id FROM members WHERE id <> :m AND deleted_at IS NULL ORDER BY id LIMIT 1",
+                       m=known.id)
+    schedule_today(tui, desk, other)
     overdue = date.today() - timedelta(days=2)
     started = datetime.combine(overdue - timedelta(days=3), datetime.min.time()).replace(hour=15)
     desk.log_call({"member_id": known.id, "call_type": "support", "call_status": "completed",
@@ -76,9 +96,16 @@ async def test_the_worklist_shows_a_bracketed_outcome_as_typed(tui) -> None:
     app = app_for(tui, desk)
     async with app.run_test(size=SIZE) as pilot:
         screen = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        today = await wait_for(pilot, lambda: next((t for t in screen.query(CareTable)
+                                                    if t.id == "table-today" and t.row_count), None))
+        await pilot.pause(0.3)
+        drawn = "\n".join("".join(segment.text for segment in today.render_line(y)) for y in range(today.row_count + 1))
+        name = tui.rows("platform", "SELECT first_name, last_name FROM members WHERE id = :m", m=other)[0]
+        assert f"{name.last_name}, {name.first_name}" in drawn  # whole, not cut at the header's width
         await pilot.press("2")  # the Overdue tab
         table = await wait_for(pilot, lambda: next((t for t in screen.query(CareTable)
                                                     if t.id == "table-overdue" and t.row_count), None))
         cells = [str(cell) for key in table.rows for cell in table.get_row(key)]
         assert "[@click=app.quit]send forms[/]" in cells
         assert app.is_running
+
