@@ -109,3 +109,28 @@ def test_db_psql_stops_the_embedded_server_it_started(data_dir):
                             text=True, timeout=120)
     assert failed.returncode == 3, failed.stderr
     assert _wait_stopped(pgdata, seconds=15)
+
+
+def test_a_start_that_pg_ctl_gave_up_on_joins_the_server_once_it_is_ready(data_dir, monkeypatch):
+    """pgserver gives `pg_ctl -w start` 10 s; on a loaded machine the server is ready a moment later. The
+    first attempt is made to give up as pg_ctl did (its server left starting), the second joins it."""
+    from carecli.data import embedded
+
+    pgserver = embedded._pgserver()
+    real_get_server = pgserver.get_server
+    calls = []
+
+    def slow_first(pgdata, **kwargs):
+        calls.append(pgdata)
+        server = real_get_server(pgdata, **kwargs)
+        if len(calls) == 1:  # the server runs, but this start "timed out"
+            raise subprocess.TimeoutExpired("pg_ctl", 10)
+        return server
+
+    monkeypatch.setattr(pgserver, "get_server", slow_first)
+    server = embedded.EmbeddedServer(data_dir).start()
+    try:
+        assert len(calls) == 2 and _server_running(data_dir / "postgres")
+    finally:
+        server._server.cleanup()  # what the process's exit does: the last holder stops it
+    assert _wait_stopped(data_dir / "postgres")

@@ -76,7 +76,7 @@ async def test_stored_session_goes_straight_to_the_worklist_with_todays_items(tu
         screen = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
         today = await wait_for(pilot, lambda: screen.query_one("#table-today", DataTable).row_count and
                                screen.query_one("#table-today", DataTable))
-        rows = [today.get_row(key) for key in today.rows]
+        rows = [[str(cell) for cell in today.get_row(key)] for key in today.rows]
         assert [row[1:] for row in rows] == [[f"{name.last_name}, {name.first_name}", "outreach · scheduled"]]
         assert str(screen.query_one("#worklist-tabs").get_tab("tab-today").label) == "Today (1)"
         # The completed call's follow-up is not overdue: today's scheduled call, later, takes care of it.
