@@ -49,3 +49,7 @@ def schedule_today(tui, desk, member_id) -> None:  # noqa: ANN001
                           "scheduled_at": datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(hours=1)})
     start_of_today = datetime.combine(datetime.now(timezone.utc).date(), datetime.min.time()) + timedelta(minutes=1)
     tui.execute("platform", "UPDATE call_records SET scheduled_at = :at WHERE id = :c", at=start_of_today, c=call.id)
+
+
+#: glyphs of Textual's tall borders and partial scrollbar ends, which read as stray half blocks
+HALF_BLOCKS = set("▀▄▌▐▊▎▁▂▃▅▆▇█▉▋▍")

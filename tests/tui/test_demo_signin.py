@@ -17,7 +17,7 @@ from carecli.screens.worklist import WorklistScreen
 from carecli.services.auth.credentials import CredentialStore
 from tests.support.seeded import MASTER_KEY
 from tests.tui.conftest import SIZE
-from tests.tui.helpers import wait_for
+from tests.tui.helpers import HALF_BLOCKS, wait_for
 
 
 @pytest.mark.slow
@@ -38,6 +38,7 @@ async def test_demo_picker_signs_in_on_the_embedded_database(tmp_path, monkeypat
                                      screen.query_one("#signin-users"))
             first = options.get_option_at_index(0)
             assert "Demo sign-in" in str(screen.query_one("#signin-text").render())
+            assert not HALF_BLOCKS & set(app.export_screenshot())  # the list's border is drawn in whole cells
             await pilot.press("enter")
             await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
             assert app.desk is not None and app.desk.signed_in.user.email == first.id

@@ -21,13 +21,12 @@ from carecli.screens.plans import PlansScreen
 from carecli.screens.widgets import CareCheckbox
 from carecli.screens.worklist import EMPTY, SECTIONS, WorklistScreen
 from tests.tui.conftest import SIZE
-from tests.tui.helpers import wait_for
+from tests.tui.helpers import HALF_BLOCKS, wait_for
 from tests.tui.test_member_screens import PHONE, PHONE_SHOWN, app_for, header, make_member, open_member, set_input
 
 #: 2025-03-01 14:00 UTC: 19:30 in Kolkata (IST), 09:00 in New York (EST)
 STARTED = datetime(2025, 3, 1, 14, 0)
 #: glyphs that borders, tall inputs, checkboxes and scrollbars leave on screen (the footer's ▏ is Textual's own)
-HALF_BLOCKS = set("▀▄▌▐▊▎▁▂▃▅▆▇█▉▋▍")
 
 
 def _column_labels(table: DataTable) -> list[str]:
