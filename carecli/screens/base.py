@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 
-from carecli.errors import AuthError, CarecliError, ValidationError
+from carecli.errors import AuthError, CarecliError, ConflictError, ValidationError
 
 if TYPE_CHECKING:
     from carecli.screens.app import CareApp
@@ -41,6 +41,8 @@ class Problem:
     rule: str | None = None
     #: every (field, rule, message) a ValidationError found, ``field``'s own first (a form shows them all)
     problems: tuple[tuple[str, str, str], ...] = ()
+    #: refused because someone else changed the record meanwhile (the message names who and when)
+    conflict: bool = False
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -55,6 +57,8 @@ def describe(exc: BaseException) -> Problem:
                        problems=tuple(getattr(exc, "problems", None) or [(exc.field, exc.rule, exc.detail)]))
     if isinstance(exc, AuthError):
         return Problem(exc.message, exc.hint or "sign in again", auth=True)
+    if isinstance(exc, ConflictError):
+        return Problem(exc.message, exc.hint, conflict=True)
     if isinstance(exc, CarecliError):
         return Problem(exc.message, exc.hint)
     if isinstance(exc, (OperationalError, InterfaceError)):

@@ -192,6 +192,7 @@ class FormModal(CareModal):
         self.saving = False
         self._pending_result: Any = None
         self._has_pending = False
+        self._conflict_said = False
         #: the fields' values as the form opened (to tell whether anything was typed)
         self._initial: dict[str, Any] | None = None
         #: Esc was pressed once over typed changes: the next Esc discards them
@@ -390,6 +391,8 @@ class FormModal(CareModal):
 
     def _set_saving(self, saving: bool) -> None:
         self.saving = saving
+        if saving:
+            self._conflict_said = False
         button = self.query_one("#form-save", Button)
         button.disabled = saving
         button.label = "Saving…" if saving else self.SAVE_LABEL
@@ -422,6 +425,9 @@ class FormModal(CareModal):
     def on_form_save_failed(self, message: FormSaveFailed) -> None:
         message.stop()
         self._set_saving(False)
+        # The refusal names who changed the record and when; the change notice of that same change, which may
+        # arrive a moment later, must not replace it with a vaguer warning (see on_data_changed).
+        self._conflict_said = message.problem.conflict
         if message.problem.auth:
             self.care.show_problem(self.ACTION, self.explain(message.problem))
             return
@@ -502,7 +508,7 @@ class FormModal(CareModal):
     def on_data_changed(self, message: DataChanged) -> None:
         """Say so when another session changes the record being edited (what was typed stays)."""
         record = self.edited_record()
-        if record is None or self.saving or self.care.locked:
+        if record is None or self.saving or self.care.locked or self._conflict_said:
             return
         if message.changes.record_changed(*record, ignore=self.desk.source):
             self.set_status(f"Another session has just changed this {self.RECORD_WORD}: saving now will be refused "
