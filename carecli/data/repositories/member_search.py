@@ -103,7 +103,7 @@ from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.models.platform import Member as MemberTable
-from carecli.data.models.platform import MemberInsurancePlan
+from carecli.data.models.platform import MemberInsurancePlan, MemberNamePrefix
 from carecli.data.permissions import Permission
 from carecli.data.repositories.base import Repository
 from carecli.errors import ValidationError
@@ -133,6 +133,8 @@ PHONE_DIGIT_SHARE = 0.75
 _members = MemberTable.__table__
 _enrollments = MemberInsurancePlan.__table__
 _c = _members.c
+_prefixes = MemberNamePrefix.__table__
+_p = _prefixes.c
 
 # These expressions are the indexes' (migrations platform_0004, platform_0009): keep them identical.
 LAST_KEY: ColumnElement[str] = func.carecli_fold(_c.last_name).collate("C")
@@ -283,9 +285,12 @@ def _email_prefix(word: str) -> ColumnElement[bool]:
     return EMAIL_KEY.like(func.lower(literal(_escaped(word), String)))
 
 
-def _inside_a_name(word: str, first: Any = _c.first_name, last: Any = _c.last_name) -> ColumnElement[bool]:
-    """A word inside the first or last name (after the first word of either) starts with ``word``."""
-    return func.carecli_name_words(last, first).op("@@")(func.carecli_word_prefix(literal(word, String)))
+def _inside_a_name(word: str) -> ColumnElement[bool]:
+    """A word inside the first or last name (after the first word of either) starts with ``word``.
+
+    Over ``member_name_prefixes`` (joined to the member): its rows are the prefixes of those words.
+    """
+    return _p.prefix == func.carecli_fold(literal(word, String)).collate("C")
 
 
 def _word_filter(word: str, first: Any = _c.first_name, last: Any = _c.last_name) -> ColumnElement[bool]:
@@ -545,14 +550,28 @@ class MemberSearchRepository(Repository[MemberSummary]):
         filters = self._filters(query)
         keyset = _after(order, query.sort, after)
         branches: list[Select[Any]] = []
-        if query.sort in ("name", "name_desc"):
+        by_name = query.sort in ("name", "name_desc")
+        if by_name:
             common = [*filters, *keyset, *(_word_filter(w) for w in extra)]
             for match in _assignments(words, assigned):
                 branches.append(_ordered(select(*columns).where(*common, *match), order).limit(fetch))
+            # A word inside a name: a range of member_name_prefixes' primary key, which is in name
+            # order, the other words tested on its folded names before the member is fetched.
+            side_keys = (_p.last_key, _p.first_key, _p.member_id)
+            side_order = _Order(side_keys, side_keys, order.descending)
+            for i, word in enumerate(assigned):
+                others = [_word_filter(w, _p.first_key, _p.last_key) for j, w in enumerate(words) if j != i]
+                after_key = ([] if after is None else
+                             [tuple_(*side_keys) < tuple_(*_key_values(query.sort, after.key)) if order.descending
+                              else tuple_(*side_keys) > tuple_(*_key_values(query.sort, after.key))])
+                branches.append(_ordered(
+                    select(*_SUMMARY_COLUMNS, *(key.label(f"k{n}") for n, key in enumerate(side_keys)))
+                    .select_from(_prefixes.join(_members, _c.id == _p.member_id))
+                    .where(_inside_a_name(word), *filters, *others, *after_key), side_order).limit(fetch))
         else:
             branches.append(_ordered(select(*columns).where(*filters, *keyset, _plain_match(words)), order)
                             .limit(fetch))
-        for hits, match in self._isolated(terms, query, columns):
+        for hits, match in self._isolated(terms, query, columns, inner=not by_name):
             branches.append(_ordered(select(hits).where(*_after_in(hits, order, query.sort, after), *match), order,
                                      _cte_keys(hits, order)).limit(fetch))
         merged = union(*branches).subquery("matches")
@@ -560,8 +579,8 @@ class MemberSearchRepository(Repository[MemberSummary]):
         return _ordered(select(*(merged.c[col.name] for col in _SUMMARY_COLUMNS), *keys), order,
                         _cte_keys(merged, order)).limit(fetch)
 
-    def _isolated(self, terms: SearchTerms, query: MemberQuery, columns: Any,
-                  limit: int | None = None) -> list[tuple[Any, list[ColumnElement[bool]]]]:
+    def _isolated(self, terms: SearchTerms, query: MemberQuery, columns: Any, limit: int | None = None,
+                  *, inner: bool = True) -> list[tuple[Any, list[ColumnElement[bool]]]]:
         """The MATERIALIZED CTEs of the name words' other ways to match, each with what must hold of its rows.
 
         A word inside a name: the CTE holds the members with such a word
@@ -575,8 +594,9 @@ class MemberSearchRepository(Repository[MemberSummary]):
         """
         words = terms.words
         isolated: list[tuple[Any, list[ColumnElement[bool]]]] = []
-        for i, word in enumerate(words[:MAX_ASSIGNED_WORDS]):
-            hits = (select(*columns).where(_c.deleted_at.is_(None), _inside_a_name(word)).limit(limit)
+        for i, word in enumerate(words[:MAX_ASSIGNED_WORDS] if inner else ()):
+            hits = (select(*columns).select_from(_prefixes.join(_members, _c.id == _p.member_id))
+                    .where(_c.deleted_at.is_(None), _inside_a_name(word)).limit(limit)
                     .cte(f"inside_{i}").prefix_with("MATERIALIZED"))
             isolated.append((hits, [*self._filters(query, hits.c, live=False),
                                     *(_word_filter(w, hits.c.first_name, hits.c.last_name)
