@@ -340,6 +340,8 @@ class MemberNamePrefix(PlatformBase):
     last_key: Mapped[str] = mapped_column(Text(collation="C"), primary_key=True)
     first_key: Mapped[str] = mapped_column(Text(collation="C"), primary_key=True)
     member_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    #: the member's, for the newest/oldest order (in the primary key's INCLUDE)
+    created_at: Mapped[datetime | None] = mapped_column()
 
 
 class DataKey(PlatformBase):

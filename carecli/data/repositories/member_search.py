@@ -451,7 +451,8 @@ class MemberSearchRepository(Repository[MemberSummary]):
             # planner knows the first-and-last-name part (its cost and estimate decide, as for any
             # count); the words inside names and the e-mail prefix have no statistics it could use, so
             # their CTEs are read up to the bound and, when one reaches it, the count is an estimate.
-            isolated = self._isolated(terms, query, (_c.id, _c.first_name, _c.last_name, _c.status), limit=bound)
+            isolated = [*self._inside(terms, query, limit=bound),
+                        *self._isolated(terms, query, (_c.id, _c.status), limit=bound)]
             union_ids = union(matching, *(select(hits.c.id).where(*match) for hits, match in isolated))
             bounded = select(func.count()).select_from(union_ids.limit(bound).subquery())
             statement = select(bounded.scalar_subquery(),
@@ -571,7 +572,18 @@ class MemberSearchRepository(Repository[MemberSummary]):
         else:
             branches.append(_ordered(select(*columns).where(*filters, *keyset, _plain_match(words)), order)
                             .limit(fetch))
-        for hits, match in self._isolated(terms, query, columns, inner=not by_name):
+            # A word inside a name, in creation order: the side table's rows sorted (it holds
+            # created_at), the members fetched for the page only.
+            for hits, match in self._inside(terms, query):
+                keys = (func.coalesce(hits.c.created_at, text("'-infinity'::timestamp")), hits.c.id)
+                after_key = ([] if after is None else
+                             [tuple_(*keys) < tuple_(*_key_values(query.sort, after.key)) if order.descending
+                              else tuple_(*keys) > tuple_(*_key_values(query.sort, after.key))])
+                page = _ordered(select(hits.c.id).where(*match, *after_key),
+                                _Order(keys, keys, order.descending)).limit(fetch).subquery()
+                branches.append(_ordered(select(*columns).select_from(page.join(_members, _c.id == page.c.id)),
+                                         order).limit(fetch))
+        for hits, match in self._isolated(terms, query, columns):
             branches.append(_ordered(select(hits).where(*_after_in(hits, order, query.sort, after), *match), order,
                                      _cte_keys(hits, order)).limit(fetch))
         merged = union(*branches).subquery("matches")
@@ -579,28 +591,42 @@ class MemberSearchRepository(Repository[MemberSummary]):
         return _ordered(select(*(merged.c[col.name] for col in _SUMMARY_COLUMNS), *keys), order,
                         _cte_keys(merged, order)).limit(fetch)
 
-    def _isolated(self, terms: SearchTerms, query: MemberQuery, columns: Any, limit: int | None = None,
-                  *, inner: bool = True) -> list[tuple[Any, list[ColumnElement[bool]]]]:
-        """The MATERIALIZED CTEs of the name words' other ways to match, each with what must hold of its rows.
+    def _inside(self, terms: SearchTerms, query: MemberQuery,
+                limit: int | None = None) -> list[tuple[Any, list[ColumnElement[bool]]]]:
+        """Per name word, the MATERIALIZED CTE of the members with a word inside a name starting with it.
 
-        A word inside a name: the CTE holds the members with such a word
-        (from ``ix_members_name_words`` alone: the planner would rather start
-        from another word's b-tree range and test every row of it), the other
-        words filter its rows. An e-mail prefix: ``ix_members_email_lower``.
-        The CTEs hold only that lookup (live members): the keyset condition,
-        the status and the plan filter the CTE's rows, as the other words do
-        (the keyset or a plan could otherwise lead the planner to walk the
-        name order or the plan's members and test every row).
+        Read from ``member_name_prefixes`` alone (live members only; it holds
+        the folded names and created_at): columns ``id``, ``first_name``,
+        ``last_name`` (folded), ``created_at``, and ``status`` when the query
+        filters on it (then the members are joined). The other words, the
+        status and the plan filter the CTE's rows.
         """
         words = terms.words
-        isolated: list[tuple[Any, list[ColumnElement[bool]]]] = []
-        for i, word in enumerate(words[:MAX_ASSIGNED_WORDS] if inner else ()):
-            hits = (select(*columns).select_from(_prefixes.join(_members, _c.id == _p.member_id))
-                    .where(_c.deleted_at.is_(None), _inside_a_name(word)).limit(limit)
+        inside: list[tuple[Any, list[ColumnElement[bool]]]] = []
+        for i, word in enumerate(words[:MAX_ASSIGNED_WORDS]):
+            columns = [_p.member_id.label("id"), _p.first_key.label("first_name"), _p.last_key.label("last_name"),
+                       _p.created_at]
+            source: Any = _prefixes
+            if query.status is not None:
+                columns.append(_c.status)
+                source = _prefixes.join(_members, _c.id == _p.member_id)
+            hits = (select(*columns).select_from(source).where(_inside_a_name(word)).limit(limit)
                     .cte(f"inside_{i}").prefix_with("MATERIALIZED"))
-            isolated.append((hits, [*self._filters(query, hits.c, live=False),
-                                    *(_word_filter(w, hits.c.first_name, hits.c.last_name)
-                                      for j, w in enumerate(words) if j != i)]))
+            inside.append((hits, [*self._filters(query, hits.c, live=False),
+                                  *(_word_filter(w, hits.c.first_name, hits.c.last_name)
+                                    for j, w in enumerate(words) if j != i)]))
+        return inside
+
+    def _isolated(self, terms: SearchTerms, query: MemberQuery, columns: Any,
+                  limit: int | None = None) -> list[tuple[Any, list[ColumnElement[bool]]]]:
+        """The MATERIALIZED CTE of the e-mail prefix a one-word name search may also be, with its filters.
+
+        ``ix_members_email_lower``. The CTE holds only that lookup (live
+        members): the keyset condition, the status and the plan filter its
+        rows (the keyset or a plan could otherwise lead the planner to walk
+        the name order or the plan's members and test every row).
+        """
+        isolated: list[tuple[Any, list[ColumnElement[bool]]]] = []
         if terms.email:
             hits = (select(*columns).where(_c.deleted_at.is_(None), _email_prefix(terms.email)).limit(limit)
                     .cte("email_hits").prefix_with("MATERIALIZED"))

@@ -45,7 +45,8 @@ def _statements(schema: str) -> tuple[str, ...]:
     # The rows of one member: its folded names, every prefix of every word inside them. Names
     # without a space or a hyphen have no such words (carecli_name_words splits at those only).
     rows = f"""
-        SELECT DISTINCT x.prefix, {s}.carecli_fold(r.last_name), {s}.carecli_fold(r.first_name), r.id
+        SELECT DISTINCT x.prefix, {s}.carecli_fold(r.last_name), {s}.carecli_fold(r.first_name), r.id,
+            r.created_at
         FROM {{source}} r
         CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.tsvector_to_array(
             {s}.carecli_name_words(r.last_name, r.first_name))) AS w(word)
@@ -55,15 +56,16 @@ def _statements(schema: str) -> tuple[str, ...]:
           AND (r.last_name OPERATOR(pg_catalog.~) '[ -]' OR r.first_name OPERATOR(pg_catalog.~) '[ -]')"""
     delete = f"""
         DELETE FROM {s}.member_name_prefixes p
-        USING ({rows.format(source="{source}")}) AS d(prefix, last_key, first_key, member_id)
+        USING ({rows.format(source="{source}")}) AS d(prefix, last_key, first_key, member_id, created_at)
         WHERE p.prefix OPERATOR(pg_catalog.=) d.prefix AND p.last_key OPERATOR(pg_catalog.=) d.last_key
           AND p.first_key OPERATOR(pg_catalog.=) d.first_key AND p.member_id OPERATOR(pg_catalog.=) d.member_id"""
     insert = f"""
-        INSERT INTO {s}.member_name_prefixes (prefix, last_key, first_key, member_id) {rows}"""
+        INSERT INTO {s}.member_name_prefixes (prefix, last_key, first_key, member_id, created_at) {rows}"""
     # An UPDATE touches the words only if a name or deleted_at changed.
     changed = ("(SELECT {side}.* FROM old_rows o JOIN new_rows n ON n.id OPERATOR(pg_catalog.=) o.id "
                "WHERE o.last_name IS DISTINCT FROM n.last_name OR o.first_name IS DISTINCT FROM n.first_name "
-               "OR (o.deleted_at IS NULL) IS DISTINCT FROM (n.deleted_at IS NULL))")
+               "OR (o.deleted_at IS NULL) IS DISTINCT FROM (n.deleted_at IS NULL) "
+               "OR o.created_at IS DISTINCT FROM n.created_at)")
     function = """
     CREATE FUNCTION {name}() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -80,7 +82,9 @@ def _statements(schema: str) -> tuple[str, ...]:
         last_key text COLLATE "C" NOT NULL,
         first_key text COLLATE "C" NOT NULL,
         member_id uuid NOT NULL,
+        created_at timestamp without time zone,
         CONSTRAINT member_name_prefixes_pkey PRIMARY KEY (prefix, last_key, first_key, member_id)
+            INCLUDE (created_at)
     )""",
         function.format(name="carecli_member_prefixes_insert", body=insert.format(source="new_rows")),
         function.format(name="carecli_member_prefixes_update", body=(
