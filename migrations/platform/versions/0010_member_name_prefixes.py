@@ -90,7 +90,10 @@ def _statements(schema: str) -> tuple[str, ...]:
         function.format(name="carecli_member_prefixes_update", body=(
             delete.format(source=changed.format(side="o")) + ";\n"
             + insert.format(source=changed.format(side="n")))),
-        function.format(name="carecli_member_prefixes_delete", body=delete.format(source="old_rows")),
+        # A deleted member's rows go whether or not it was live (deleted_at taken as NULL): words a
+        # soft delete left behind (triggers off, say) go with the purge.
+        function.format(name="carecli_member_prefixes_delete", body=delete.format(
+            source="(SELECT id, last_name, first_name, created_at, NULL::timestamp AS deleted_at FROM old_rows)")),
         function.format(name="carecli_member_prefixes_truncate",
                         body=f"TRUNCATE {s}.member_name_prefixes"),
         "CREATE TRIGGER member_name_prefixes_insert AFTER INSERT ON members REFERENCING NEW TABLE AS new_rows "
