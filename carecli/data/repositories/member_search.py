@@ -81,6 +81,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from itertools import product
 from typing import Any, ClassVar, Literal, get_args
 
@@ -301,9 +302,17 @@ def _word_filter(word: str, first: Any = _c.first_name, last: Any = _c.last_name
     than the prefixes and the inner words apart (it tests the rows a branch
     already found).
     """
-    words = literal(" ", String) + func.translate(
-        func.carecli_fold(first) + literal(" ", String) + func.carecli_fold(last), "-", " ")
-    return words.collate("C").like(literal("% ", String) + _like_prefix(word.replace("-", " ")))
+    return _words_of(first, last).like(literal("% ", String) + _like_prefix(word.replace("-", " ")))
+
+
+@lru_cache(maxsize=64)
+def _words_of(first: Any, last: Any) -> ColumnElement[str]:
+    """`` <first> <last>`` folded, hyphens as spaces (built once per pair of columns: building is not free)."""
+    if first is _p.first_key and last is _p.last_key:  # folded already
+        names = first + literal(" ", String) + last
+    else:
+        names = func.carecli_fold(first) + literal(" ", String) + func.carecli_fold(last)
+    return (literal(" ", String) + func.translate(names, "-", " ")).collate("C")
 
 
 def _plain_match(words: Sequence[str]) -> ColumnElement[bool]:
