@@ -98,10 +98,13 @@ Index(
     postgresql_ops={"last_folded": _BYTEWISE, "first_folded": _BYTEWISE},
 )
 Index(
-    "ix_members_first_name_folded",
+    "ix_members_first_name_keys",  # platform_0010: first-name prefixes sorted by an index-only scan
     func.carecli_fold(Member.first_name).label("first_folded"),
-    postgresql_ops={"first_folded": _BYTEWISE},
+    func.carecli_fold(Member.last_name).label("last_folded"),
+    Member.id,
+    postgresql_ops={"first_folded": _BYTEWISE, "last_folded": _BYTEWISE},
     postgresql_where=ACTIVE_DELETED_FILTER,
+    postgresql_include=["first_name", "last_name"],
 )
 # Phone numbers as digits only; not partial, for statistics.
 Index(

@@ -328,13 +328,13 @@ def _plain_match(words: Sequence[str]) -> ColumnElement[bool]:
     return each_word if phrase is None else or_(each_word, phrase)
 
 
-def _assignments(words: Sequence[str], assigned: Sequence[str]) -> list[list[ColumnElement[bool]]]:
+def _assignments(words: Sequence[str], assigned: Sequence[str]) -> list[tuple[list[ColumnElement[bool]], bool]]:
     """One match per way of giving each assigned word to the first or the last name, then the phrase.
 
     Assignments no row can satisfy (a last name starting with both "j" and
-    "s") are left out.
+    "s") are left out. Each match comes with whether it is on the first name only.
     """
-    alternatives: list[list[ColumnElement[bool]]] = []
+    alternatives: list[tuple[list[ColumnElement[bool]], bool]] = []
     for fields in product(("last", "first"), repeat=len(assigned)):
         match: list[ColumnElement[bool]] = []
         for field, key in (("last", LAST_KEY), ("first", FIRST_KEY)):
@@ -343,10 +343,10 @@ def _assignments(words: Sequence[str], assigned: Sequence[str]) -> list[list[Col
                 break
             match += [key.like(_like_prefix(word)) for word in needed]
         else:
-            alternatives.append(match)
+            alternatives.append((match, "last" not in fields))
     if len(words) > 1:
         phrase = " ".join(words)
-        alternatives += [[LAST_KEY.like(_like_prefix(phrase))], [FIRST_KEY.like(_like_prefix(phrase))]]
+        alternatives += [([LAST_KEY.like(_like_prefix(phrase))], False), ([FIRST_KEY.like(_like_prefix(phrase))], True)]
     return alternatives
 
 
@@ -563,8 +563,19 @@ class MemberSearchRepository(Repository[MemberSummary]):
         by_name = query.sort in ("name", "name_desc")
         if by_name:
             common = [*filters, *keyset, *(_word_filter(w) for w in extra)]
-            for match in _assignments(words, assigned):
-                branches.append(_ordered(select(*columns).where(*common, *match), order).limit(fetch))
+            for match, first_only in _assignments(words, assigned):
+                if not first_only:
+                    branches.append(_ordered(select(*columns).where(*common, *match), order).limit(fetch))
+                    continue
+                # First names only: the page's keys from ix_members_first_name_keys alone (an
+                # index-only scan of the matches, sorted), then those members' rows.
+                keys = (_ordered(select(_c.id.label("member_id"), *(key.label(f"k{n}")
+                                                                     for n, key in enumerate(order.selected)))
+                                 .where(*common, *match), order).limit(fetch).subquery())
+                branches.append(_ordered(
+                    select(*_SUMMARY_COLUMNS, keys.c.k0, keys.c.k1, keys.c.k2)
+                    .select_from(keys.join(_members, _c.id == keys.c.member_id)), order,
+                    _cte_keys(keys, order)).limit(fetch))
             # A word inside a name: a range of member_name_prefixes' primary key, which is in name
             # order, the other words tested on its folded names before the member is fetched.
             side_keys = (_p.last_key, _p.first_key, _p.member_id)

@@ -23,6 +23,10 @@ only reads the table.
 
 ``ix_members_name_words`` (the GIN index) is no longer read and is dropped;
 ``carecli_name_words`` stays (the prefixes are computed from it).
+``ix_members_first_name_folded`` becomes ``ix_members_first_name_keys``: the
+folded first name, then last name and id, the raw names included, so that a
+first-name prefix (``jam``: ~4,000 members) is sorted into name order from an
+index-only scan instead of 4,000 rows fetched and folded (20 ms to 2 ms).
 
 Revision ID: platform_0010
 Revises: platform_0009
@@ -118,10 +122,28 @@ def upgrade() -> None:
     for statement in _statements(schema):
         bind.exec_driver_sql(statement)
     op.drop_index("ix_members_name_words", table_name="members")
+    # First names in name order, with the raw names: "first name starts with jam" sorted by an
+    # index-only scan (the planner considers one on an expression index only when the columns
+    # under the expressions are in the index too).
+    op.drop_index("ix_members_first_name_folded", table_name="members")
+    op.create_index(
+        "ix_members_first_name_keys", "members",
+        [sa.literal_column('carecli_fold(first_name::text) COLLATE "C"'),
+         sa.literal_column('carecli_fold(last_name::text) COLLATE "C"'), "id"],
+        unique=False, postgresql_where=sa.text("deleted_at IS NULL"),
+        postgresql_include=["first_name", "last_name"],
+    )
+    op.execute("ANALYZE members")
 
 
 def downgrade() -> None:
     """Back to platform_0009: the GIN index over the inner words; no side table."""
+    op.drop_index("ix_members_first_name_keys", table_name="members")
+    op.create_index(
+        "ix_members_first_name_folded", "members",
+        [sa.literal_column('carecli_fold(first_name::text) COLLATE "C"')],
+        unique=False, postgresql_where=sa.text("deleted_at IS NULL"),
+    )
     op.create_index(
         "ix_members_name_words", "members",
         [sa.literal_column("carecli_name_words(last_name::text, first_name::text)")],
