@@ -74,7 +74,7 @@ def prepare(admin_url: str, database: str, members: int) -> dict[str, str]:
     with psycopg.connect(libpq_url(urls["platform"]), autocommit=True) as conn:
         # The steady state autovacuum keeps a live table in (visibility map, statistics).
         conn.execute("VACUUM (ANALYZE) members, member_insurance_plans")
-        if conn.execute("SELECT to_regclass('member_name_prefixes')").fetchone()[0] is not None:  # platform_0010
+        if conn.execute("SELECT to_regclass('member_name_prefixes')").fetchone() != (None,):  # platform_0010
             conn.execute("VACUUM (ANALYZE) member_name_prefixes")
     return urls
 

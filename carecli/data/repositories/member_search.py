@@ -569,13 +569,13 @@ class MemberSearchRepository(Repository[MemberSummary]):
                     continue
                 # First names only: the page's keys from ix_members_first_name_keys alone (an
                 # index-only scan of the matches, sorted), then those members' rows.
-                keys = (_ordered(select(_c.id.label("member_id"), *(key.label(f"k{n}")
+                first_keys = (_ordered(select(_c.id.label("member_id"), *(key.label(f"k{n}")
                                                                      for n, key in enumerate(order.selected)))
                                  .where(*common, *match), order).limit(fetch).subquery())
                 branches.append(_ordered(
-                    select(*_SUMMARY_COLUMNS, keys.c.k0, keys.c.k1, keys.c.k2)
-                    .select_from(keys.join(_members, _c.id == keys.c.member_id)), order,
-                    _cte_keys(keys, order)).limit(fetch))
+                    select(*_SUMMARY_COLUMNS, first_keys.c.k0, first_keys.c.k1, first_keys.c.k2)
+                    .select_from(first_keys.join(_members, _c.id == first_keys.c.member_id)), order,
+                    _cte_keys(first_keys, order)).limit(fetch))
             # A word inside a name: a range of member_name_prefixes' primary key, which is in name
             # order, the other words tested on its folded names before the member is fetched.
             side_keys = (_p.last_key, _p.first_key, _p.member_id)
@@ -595,12 +595,12 @@ class MemberSearchRepository(Repository[MemberSummary]):
             # A word inside a name, in creation order: the side table's rows sorted (it holds
             # created_at), the members fetched for the page only.
             for hits, match in self._inside(terms, query):
-                keys = (func.coalesce(hits.c.created_at, text("'-infinity'::timestamp")), hits.c.id)
+                created_keys = (func.coalesce(hits.c.created_at, text("'-infinity'::timestamp")), hits.c.id)
                 after_key = ([] if after is None else
-                             [tuple_(*keys) < tuple_(*_key_values(query.sort, after.key)) if order.descending
-                              else tuple_(*keys) > tuple_(*_key_values(query.sort, after.key))])
+                             [tuple_(*created_keys) < tuple_(*_key_values(query.sort, after.key)) if order.descending
+                              else tuple_(*created_keys) > tuple_(*_key_values(query.sort, after.key))])
                 page = _ordered(select(hits.c.id).where(*match, *after_key),
-                                _Order(keys, keys, order.descending)).limit(fetch).subquery()
+                                _Order(created_keys, created_keys, order.descending)).limit(fetch).subquery()
                 branches.append(_ordered(select(*columns).select_from(page.join(_members, _c.id == page.c.id)),
                                          order).limit(fetch))
         for hits, match in self._isolated(terms, query, columns):
