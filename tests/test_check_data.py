@@ -85,6 +85,7 @@ def break_every_rule(platform: Platform, rows: dict[str, Any]) -> None:
         run(enroll_sql, m=other.id, p=open_plan.id, start=date(2022, 1, 1), end=NOW.date() + timedelta(days=30),
             status="terminated")  # status_dates
         run("UPDATE members SET phone = '(503) 555-0100' WHERE id = :m", m=other.id)  # phone_format
+        run("INSERT INTO member_name_prefixes VALUES ('x', 'x', 'x', :m, NULL)", m=other.id)  # stale
 
 
 @pytest.fixture

@@ -47,7 +47,12 @@ def test_applied_grants_make_the_app_role_least_privileged(migrated_pair, prefix
         conn.execute("INSERT INTO audit_logs (entity_type, entity_id, action) VALUES ('t', gen_random_uuid(), 'x')")
         member = conn.execute("INSERT INTO members (first_name, last_name) VALUES ('A', 'B') RETURNING id").fetchone()
         conn.execute("UPDATE members SET status = 'inactive' WHERE id = %s", member)
+        # The search side table is written by the triggers (as its owner), never by the app itself.
+        conn.execute("UPDATE members SET last_name = 'Murphy-Lane' WHERE id = %s", member)
+        assert conn.execute("SELECT count(*) FROM member_name_prefixes WHERE member_id = %s", member).fetchone() == (4,)
         for statement in ("UPDATE audit_logs SET action = 'y'", "DELETE FROM members",
+                          "DELETE FROM member_name_prefixes", "INSERT INTO member_name_prefixes VALUES ('x', 'x', 'x', "
+                          "gen_random_uuid(), NULL)",
                           "DELETE FROM audit_logs", "DROP TABLE members"):
             conn.execute("SAVEPOINT s")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -159,6 +159,7 @@ def imp(shared_platform: Platform) -> Iterator[Importer]:
     with shared_platform.engine.begin() as connection:
         # audit_logs is append-only by trigger; the test server's superuser may switch triggers off.
         for statement in ("SET LOCAL session_replication_role = replica", "DELETE FROM members",
+                          "DELETE FROM member_name_prefixes",  # its triggers are off too
                           "DELETE FROM insurance_plans", "DELETE FROM metadata",
                           "DELETE FROM audit_logs WHERE entity_type <> 'data_key'"):
             connection.execute(text(statement))

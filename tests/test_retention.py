@@ -147,6 +147,20 @@ def test_old_deleted_member_and_children_are_purged_children_first_with_one_audi
         assert value not in everything
 
 
+def test_a_purged_member_leaves_no_words_in_the_search_side_table(world):
+    p = world.platform
+    gone, kept = p.member(first_name="Ann", last_name="Murphy-Lane"), p.member(first_name="Jo", last_name="De la Cruz")
+    assert world.platform.scalar("SELECT count(*) FROM member_name_prefixes WHERE member_id = :id", id=gone.id) == 4
+    world.age("members", gone.id, 7)
+    with p.engine.begin() as connection:  # as if the words had been left behind by a soft delete
+        connection.execute(text("INSERT INTO member_name_prefixes VALUES ('lane', 'murphy-lane', 'ann', :id, NULL)"),
+                           {"id": gone.id})
+    assert world.purge().purged >= 1
+    assert not world.exists("members", gone.id)
+    assert p.scalar("SELECT count(*) FROM member_name_prefixes WHERE member_id = :id", id=gone.id) == 0
+    assert p.scalar("SELECT count(*) FROM member_name_prefixes WHERE member_id = :id", id=kept.id) == 6
+
+
 def test_recent_deletions_and_live_rows_are_kept(world):
     recent, live = family(world), family(world, code="HMO-2")
     delete_family(world, recent, years=5)

@@ -24,6 +24,11 @@ from carecli.data.migrate import VERSION_TABLES
 
 APPEND_ONLY = {"platform": ("audit_logs",)}
 HIDDEN_FROM_AUDITOR = {"platform": ("data_keys",)}
+#: Written only by triggers (SECURITY DEFINER functions owned by the owner role): the app reads them.
+TRIGGER_WRITTEN = {"platform": ("member_name_prefixes",)}
+#: Those trigger functions (platform_0010).
+TRIGGER_FUNCTIONS = {"platform": tuple(f"carecli_member_prefixes_{event}()"
+                                       for event in ("insert", "update", "delete", "truncate"))}
 
 
 @dataclass(frozen=True)
@@ -73,10 +78,13 @@ def grants_sql(connection: Connection, database: str, prefix: str = "carecli") -
             continue
         if table in APPEND_ONLY.get(database, ()):
             statements.append(f"GRANT SELECT, INSERT ON {quoted} TO {app};")
+        elif table in TRIGGER_WRITTEN.get(database, ()):
+            statements.append(f"GRANT SELECT ON {quoted} TO {app};")
         else:
             statements.append(f"GRANT SELECT, INSERT, UPDATE ON {quoted} TO {app};")
         if table not in HIDDEN_FROM_AUDITOR.get(database, ()):
             statements.append(f"GRANT SELECT ON {quoted} TO {auditor};")
     if database == "platform":
         statements.append(f"ALTER FUNCTION carecli_audit_logs_append_only() OWNER TO {owner};")
+        statements += [f"ALTER FUNCTION {function} OWNER TO {owner};" for function in TRIGGER_FUNCTIONS[database]]
     return statements

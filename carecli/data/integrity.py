@@ -67,6 +67,12 @@ RULES: tuple[IntegrityRule, ...] = (
     IntegrityRule("members.phone_format", "member phone numbers not stored as E.164 (+1 and 10 digits)",
                   "SELECT count(*) FROM members m WHERE m.deleted_at IS NULL AND m.phone IS NOT NULL "
                   "AND m.phone !~ '^\\+1[0-9]{10}$'"),
+    # Kept by triggers (platform_0010); out of step only if they were switched off while members changed.
+    IntegrityRule("member_name_prefixes.stale", "members whose search words (member_name_prefixes) are of "
+                  "another name, or who are deleted or gone",
+                  "SELECT count(DISTINCT p.member_id) FROM member_name_prefixes p WHERE NOT EXISTS "
+                  "(SELECT 1 FROM members m WHERE m.id = p.member_id AND m.deleted_at IS NULL "
+                  "AND carecli_fold(m.last_name) = p.last_key AND carecli_fold(m.first_name) = p.first_key)"),
 )
 
 

@@ -98,16 +98,13 @@ Index(
     postgresql_ops={"last_folded": _BYTEWISE, "first_folded": _BYTEWISE},
 )
 Index(
-    "ix_members_first_name_folded",
+    "ix_members_first_name_keys",  # platform_0010: first-name prefixes sorted by an index-only scan
     func.carecli_fold(Member.first_name).label("first_folded"),
-    postgresql_ops={"first_folded": _BYTEWISE},
+    func.carecli_fold(Member.last_name).label("last_folded"),
+    Member.id,
+    postgresql_ops={"first_folded": _BYTEWISE, "last_folded": _BYTEWISE},
     postgresql_where=ACTIVE_DELETED_FILTER,
-)
-# The words inside the names ("lane" of Murphy-Lane), for word prefixes; not partial, for statistics.
-Index(
-    "ix_members_name_words",
-    func.carecli_name_words(Member.last_name, Member.first_name),
-    postgresql_using="gin",
+    postgresql_include=["first_name", "last_name"],
 )
 # Phone numbers as digits only; not partial, for statistics.
 Index(
@@ -331,6 +328,23 @@ class AuditLog(PlatformBase):
     ip_address: Mapped[str | None] = mapped_column(INET)
     user_agent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime | None] = now_column()
+
+
+class MemberNamePrefix(PlatformBase):
+    """Our table (platform_0010): every prefix of every word inside a live member's names, in name order.
+
+    ``lane`` of Murphy-Lane gives ``l``, ``la``, ``lan``, ``lane``. Written only by
+    statement-level triggers on ``members`` (see the migration); read by member search.
+    """
+
+    __tablename__ = "member_name_prefixes"
+
+    prefix: Mapped[str] = mapped_column(Text(collation="C"), primary_key=True)
+    last_key: Mapped[str] = mapped_column(Text(collation="C"), primary_key=True)
+    first_key: Mapped[str] = mapped_column(Text(collation="C"), primary_key=True)
+    member_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    #: the member's, for the newest/oldest order (in the primary key's INCLUDE)
+    created_at: Mapped[datetime | None] = mapped_column()
 
 
 class DataKey(PlatformBase):
