@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import total_ordering
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -106,7 +105,6 @@ class SearchBox(Input):
         self.post_message(self.Leave(self))
 
 
-@total_ordering
 class PlainCell:
     """A table cell holding text as typed (or a styled Text), drawn as a fresh :class:`Text` each time.
 
@@ -130,17 +128,6 @@ class PlainCell:
 
     def __repr__(self) -> str:
         return f"PlainCell({self.text!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PlainCell) and other.text == self.text
-
-    def __lt__(self, other: object) -> bool:
-        if not isinstance(other, PlainCell):
-            return NotImplemented
-        return self.text < other.text
-
-    def __hash__(self) -> int:
-        return hash(self.text)
 
 
 def _as_data(value: Any) -> Any:
