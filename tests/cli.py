@@ -45,16 +45,21 @@ def run_carecli(*args: str, env: Mapping[str, str | None] | None = None, timeout
     env = env or {}
     if process or not _names_a_server(env):
         return _in_a_process(args, env, timeout, input)
-    return _in_this_process(args, env or {}, input)
+    return _in_this_process(args, env, input)
+
+
+URL_VARIABLES = ("CARECLI_IDENTITY_URL", "CARECLI_PLATFORM_URL")
+
+
+def _variable(env: Mapping[str, str | None], name: str) -> str | None:
+    """``name`` as the command sees it: ``env``'s value (``None``: unset) over the test process's."""
+    return env[name] if name in env else os.environ.get(name)
 
 
 def _names_a_server(env: Mapping[str, str | None]) -> bool:
     """Whether the command is pointed at database URLs; without them it starts (or joins) the embedded
     server, whose lifetime is the process's: that needs a process of its own."""
-    def given(name: str) -> bool:
-        return bool(env[name]) if name in env else bool(os.environ.get(name))
-
-    return given("CARECLI_IDENTITY_URL") and given("CARECLI_PLATFORM_URL")
+    return all(_variable(env, name) for name in URL_VARIABLES)
 
 
 def _in_a_process(args: tuple[str, ...], env: Mapping[str, str | None], timeout: float,
@@ -106,21 +111,24 @@ def _in_this_process(args: tuple[str, ...], env: Mapping[str, str | None], input
     return result
 
 
+#: carecli's connections to the databases the command was pointed at (the one parameter), not this query's own
+_CARECLI_BACKENDS = ("FROM pg_stat_activity WHERE datname = ANY(%s) AND application_name = 'carecli'"
+                     " AND pid <> pg_backend_pid()")
+
+
 def _last_statements(env: Mapping[str, str | None]) -> list[str]:
-    return [row[0][:120] for row in _query(env, "SELECT query FROM pg_stat_activity WHERE datname = ANY(%s)"
-                                                " AND application_name = 'carecli' AND pid <> pg_backend_pid()")]
+    return [row[0][:120] for row in _query(env, f"SELECT query {_CARECLI_BACKENDS}")]
 
 
 def _carecli_connections(env: Mapping[str, str | None]) -> int:
     """Open connections that carecli's engines made to the databases ``env`` names (0 when it names none)."""
-    rows = _query(env, "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)"
-                       " AND application_name = 'carecli' AND pid <> pg_backend_pid()")
+    rows = _query(env, f"SELECT count(*) {_CARECLI_BACKENDS}")
     return int(rows[0][0]) if rows else 0
 
 
 def _query(env: Mapping[str, str | None], statement: str) -> list[tuple[Any, ...]]:
     """``statement`` (one parameter: the names of the databases ``env`` points carecli at) on that server."""
-    urls = [env.get(name) or os.environ.get(name) for name in ("CARECLI_IDENTITY_URL", "CARECLI_PLATFORM_URL")]
+    urls = [_variable(env, name) for name in URL_VARIABLES]
     try:
         parsed = [make_url(url) for url in urls if url]
     except ArgumentError:  # a test of what carecli says about a URL that is not one

@@ -98,19 +98,25 @@ def test_worklist(tui, fixed, snap_compare) -> None:
     assert _shot(snap_compare, app, run_before)
 
 
+async def _browse_zyxw(pilot, app):  # noqa: ANN001, ANN202
+    """F3 from the worklist, then the search "zyxw" until its three members and their count are shown."""
+    from carecli.screens.members import MemberBrowserScreen
+    from carecli.screens.worklist import WorklistScreen
+
+    await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+    await pilot.press("f3")
+    screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen)
+    await pilot.press(*"zyxw")
+    await wait_for(pilot, lambda: len(screen.rows) == 3 and screen.count is not None
+                   and screen.query_state.text == "zyxw")
+    return screen
+
+
 def test_member_browser(tui, fixed, snap_compare) -> None:
     app = tui.app(fixed["desk"])
 
     async def run_before(pilot) -> None:
-        from carecli.screens.members import MemberBrowserScreen
-        from carecli.screens.worklist import WorklistScreen
-
-        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
-        await pilot.press("f3")
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen)
-        await pilot.press(*"zyxw")
-        await wait_for(pilot, lambda: len(screen.rows) == 3 and screen.count is not None
-                       and screen.query_state.text == "zyxw")
+        await _browse_zyxw(pilot, app)
 
     assert _shot(snap_compare, app, run_before)
 
@@ -176,15 +182,7 @@ def test_member_browser_plan_list_open_at_80x24(tui, fixed, snap_compare) -> Non
     app = tui.app(fixed["desk"])
 
     async def run_before(pilot) -> None:
-        from carecli.screens.members import MemberBrowserScreen
-        from carecli.screens.worklist import WorklistScreen
-
-        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
-        await pilot.press("f3")
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen)
-        await pilot.press(*"zyxw")
-        await wait_for(pilot, lambda: len(screen.rows) == 3 and screen.count is not None
-                       and screen.query_state.text == "zyxw")
+        screen = await _browse_zyxw(pilot, app)
         plan = screen.query_one("#member-plan")
         await wait_for(pilot, lambda: len(plan._options) > 1, what="the plans in the list")
         plan.focus()

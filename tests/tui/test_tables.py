@@ -23,6 +23,11 @@ NASTY = ["call back [/b] monday", "[@click=app.quit]here[/]", "[red]reached[/red
 SCREENS = Path(__file__).resolve().parents[2] / "carecli" / "screens"
 
 
+def _drawn(table: CareTable, y: int) -> str:
+    """Line ``y`` of the table as it is drawn (0: the header)."""
+    return "".join(segment.text for segment in table.render_line(y))
+
+
 class OneTable(App[None]):
     def compose(self) -> ComposeResult:
         yield CareTable(id="t")
@@ -55,9 +60,9 @@ async def test_a_cell_drawn_before_its_column_grew_is_whole_once_it_has() -> Non
         table = app.query_one(CareTable)
         table.add_columns("Who", "What")
         table.add_row("O'Brien, Samantha", Text("outreach · scheduled", style="dim"), key="r")
-        drawn_at_once = "".join(segment.text for segment in table.render_line(1))  # before the next idle
+        drawn_at_once = _drawn(table, 1)  # before the next idle
         await pilot.pause()
-        drawn_later = "".join(segment.text for segment in table.render_line(1))
+        drawn_later = _drawn(table, 1)
         for line in (drawn_at_once, drawn_later):
             assert "O'Brien, Samantha" in line and "outreach · scheduled" in line
 
@@ -99,7 +104,7 @@ async def test_the_worklist_shows_a_bracketed_outcome_as_typed_and_names_whole(t
         today = await wait_for(pilot, lambda: next((t for t in screen.query(CareTable)
                                                     if t.id == "table-today" and t.row_count), None))
         await pilot.pause(0.3)
-        drawn = "\n".join("".join(segment.text for segment in today.render_line(y)) for y in range(today.row_count + 1))
+        drawn = "\n".join(_drawn(today, y) for y in range(today.row_count + 1))
         name = tui.rows("platform", "SELECT first_name, last_name FROM members WHERE id = :m", m=other)[0]
         assert f"{name.last_name}, {name.first_name}" in drawn  # whole, not cut at the header's width
         await pilot.press("2")  # the Overdue tab
