@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 
 from carecli.data import seeding
 from carecli.data.seeding import DEFAULT_ROLES, SeedTargetNotEmpty, seed_demo_data
@@ -230,11 +230,19 @@ def test_existing_roles_are_reused(migrated_engines):
 
 
 def test_the_app_statement_timeout_does_not_cut_the_load_short(migrated_engines):
-    # A 5 ms statement timeout, as a connection option like carecli's own;
-    # loading a few thousand members takes longer than that per COPY.
+    # A 5 ms statement timeout on every connection, like carecli's own; loading a few thousand members
+    # takes longer than that per COPY. Set once each connection is made: SQLAlchemy's own first look at
+    # the server's types (before any "connect" listener) is not what is tested, and may itself take
+    # longer than 5 ms on a busy machine.
     def engine(database):
-        return create_engine(migrated_engines.pair.url(database),
-                             connect_args={"options": "-c statement_timeout=5"})
+        made = create_engine(migrated_engines.pair.url(database))
+
+        @event.listens_for(made, "connect")
+        def _timeout(dbapi_connection, _record):
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET statement_timeout = 5")
+            dbapi_connection.commit()
+        return made
 
     identity, platform = engine("identity"), engine("platform")
     try:
