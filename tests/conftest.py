@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -152,7 +153,7 @@ class Server:
         if template is not None:
             copy = self.copies[name]
             with self.connect() as admin:
-                copy.lent_at = admin.execute("SELECT xid(pg_current_xact_id())::text").fetchone()[0]
+                copy.lent_at = _one(admin, "SELECT xid(pg_current_xact_id())::text")
             self.lent[name] = copy
         return name
 
@@ -199,16 +200,23 @@ _CATALOGS = """
 """
 
 
+def _one(connection: psycopg.Connection, statement: sql.Composable | str) -> Any:
+    row = connection.execute(statement).fetchone()  # type: ignore[arg-type]  # psycopg's LiteralString
+    assert row is not None
+    return row[0]
+
+
 def _table_rows(server: Server, name: str) -> tuple[dict[str, tuple[int, bytes]], int]:
     """Each user table of a fresh copy (its row count and, when it has rows, the rows themselves), and
     how many rows its catalogs hold."""
     rows: dict[str, tuple[int, bytes]] = {}
     with server.connect(name) as connection:
         for (table,) in connection.execute(_USER_TABLES).fetchall():
-            count = connection.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table))).fetchone()[0]
+            count = _one(connection, sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table)))
             data = bytearray()
             if count:
-                with connection.cursor().copy(sql.SQL("COPY {} TO STDOUT (FORMAT binary)").format(sql.SQL(table))) as copy:
+                statement = sql.SQL("COPY {} TO STDOUT (FORMAT binary)").format(sql.SQL(table))
+                with connection.cursor().copy(statement) as copy:
                     for block in copy:
                         data += block
             rows[table] = (count, bytes(data))
@@ -239,10 +247,11 @@ def _put_back(server: Server, name: str, copy: _Copy) -> bool:
         if (sum(count for count, _ in catalog.values()) != copy.catalog_rows
                 or any(written for _, written in catalog.values())):
             return False
-        database = connection.execute(
-            "SELECT age(d.xmin) < age(%s::xid) OR EXISTS (SELECT 1 FROM pg_db_role_setting s "
-            "WHERE s.setdatabase = d.oid) FROM pg_database d WHERE d.datname = current_database()",
-            (copy.lent_at,)).fetchone()[0]
+        database = _one(
+            connection,
+            sql.SQL("SELECT age(d.xmin) < age({}::xid) OR EXISTS (SELECT 1 FROM pg_db_role_setting s "
+                    "WHERE s.setdatabase = d.oid) FROM pg_database d WHERE d.datname = current_database()")
+            .format(sql.Literal(copy.lent_at)))
         if database:
             return False
         counts = _changed(connection, list(copy.rows), copy.lent_at)
