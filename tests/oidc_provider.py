@@ -7,6 +7,13 @@ behaviour (``force_slow_down``, ``fail_token_requests``, ``rotate_keys``);
 ``make_token`` crafts tokens for the validation checks (wrong audience,
 expired, ``alg: none``, unknown key id, foreign signature...).
 
+Two ways of choosing the access token's audience: Auth0's (the default), which
+reads the non-standard ``audience`` parameter, and RFC 8707's
+(``OidcProvider(resource_indicators=True)``, as certified OpenID providers do),
+which ignores ``audience``, reads ``resource``, answers ``invalid_target`` for a
+resource it does not know (``.resources``) and, without a resource, issues an
+opaque access token rather than a JWT.
+
 The ``oidc_provider`` fixture is registered for the whole suite (``pytest_plugins``
 in tests/conftest.py): a test takes a parameter named ``oidc_provider``. Endpoints:
 ``/.well-known/openid-configuration``, ``/jwks``, ``/oauth/device/code``,
@@ -81,9 +88,14 @@ class OidcProvider:
         audience: str | None = "https://api.carecli.test",
         interval: int = 1,
         expires_in: int = 600,
+        resource_indicators: bool = False,
     ) -> None:
         self.client_id = client_id
         self.audience = audience
+        #: RFC 8707 mode: ``resource`` names the access token's audience and ``audience`` is ignored
+        self.resource_indicators = resource_indicators
+        #: the resources (APIs) an RFC 8707 provider issues tokens for; another one is ``invalid_target``
+        self.resources: set[str] = {audience} if audience else set()
         #: polling interval and device code lifetime announced to clients (changeable between logins)
         self.interval = interval
         self.expires_in = expires_in
@@ -91,6 +103,8 @@ class OidcProvider:
         self.requests: list[str] = []
         #: the form of every device authorization request (to check scope/audience sent)
         self.device_requests: list[dict[str, str]] = []
+        #: the form of every token request, device code removed (to check audience/resource sent)
+        self.token_requests: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._grants: dict[str, DeviceGrant] = {}
         self._slow_downs = 0
@@ -278,6 +292,12 @@ class OidcProvider:
         self.device_requests.append(form)
         if form.get("client_id") != self.client_id:
             return 401, {"error": "invalid_client"}
+        if self.resource_indicators:
+            audience = form.get("resource")
+            if audience is not None and audience not in self.resources:
+                return 400, _invalid_target()
+        else:
+            audience = form.get("audience")
         user_code = "-".join(
             "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(4)) for _ in range(2)
         )
@@ -286,7 +306,7 @@ class OidcProvider:
             user_code=user_code,
             client_id=form["client_id"],
             scope=form.get("scope", ""),
-            audience=form.get("audience"),
+            audience=audience,
             expires_at=time.monotonic() + self.expires_in,
         )
         with self._lock:
@@ -302,6 +322,7 @@ class OidcProvider:
 
     def _token(self, form: dict[str, str]) -> tuple[int, dict[str, Any] | str]:
         with self._lock:
+            self.token_requests.append({name: value for name, value in form.items() if name != "device_code"})
             if self._failures > 0:
                 self._failures -= 1
                 return 503, "<html><body>Service Unavailable</body></html>"
@@ -319,6 +340,8 @@ class OidcProvider:
                 return 400, {"error": "slow_down"}
             if grant.state == "denied":
                 return 400, {"error": "access_denied", "error_description": "The user denied the request"}
+            if self.resource_indicators and not self._resource_fits(grant, form.get("resource")):
+                return 400, _invalid_target()
             if grant.state == "pending":
                 return 400, {"error": "authorization_pending"}
             grant.state = "used"
@@ -332,7 +355,11 @@ class OidcProvider:
             "email": None,
             "name": None,
         }
-        access_token = self.make_token(**{**access_claims, **grant.access_token_claims})
+        if self.resource_indicators and not grant.audience:
+            # RFC 8707 without a resource: a token for the userinfo endpoint only, opaque to the client.
+            access_token = secrets.token_urlsafe(32)
+        else:
+            access_token = self.make_token(**{**access_claims, **grant.access_token_claims})
         return 200, {
             "access_token": access_token,
             "id_token": id_token,
@@ -340,6 +367,17 @@ class OidcProvider:
             "expires_in": 3600,
             "scope": grant.scope,
         }
+
+
+    def _resource_fits(self, grant: DeviceGrant, resource: str | None) -> bool:
+        """RFC 8707 section 2.2: a token request's resource must be known and the one that was authorised."""
+        if resource is None:
+            return True
+        return resource in self.resources and resource == grant.audience
+
+
+def _invalid_target() -> dict[str, str]:
+    return {"error": "invalid_target", "error_description": "The requested resource is not known"}
 
 
 def _make_handler(provider: OidcProvider) -> type[BaseHTTPRequestHandler]:

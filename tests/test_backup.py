@@ -26,17 +26,17 @@ from carecli.data.actor import Actor
 from carecli.data.crypto.backup_key import BackupKey, generate_backup_key
 from carecli.data.crypto.keystore import open_cipher
 from carecli.data.crypto.master import decode_key, encode_key, generate_master_key
-from carecli.data.crypto.stream import BackupCorrupt
+from carecli.data.crypto.stream import MAGIC, BackupCorrupt
 from carecli.data.databases import Databases, create_database_engine
 from carecli.data.permissions import ALL_PERMISSIONS
 from carecli.data.seeding import seed_demo_data
-from carecli.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_USAGE, ConfigError
+from carecli.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_USAGE, CarecliError, ConfigError
 from carecli.services.auth.tokens import create_api_token
 from carecli.services.backup import restore
 from carecli.services.backup.pgtools import find_tool
-from carecli.services.backup.verify import open_backup
+from carecli.services.backup.verify import open_backup, verify_backup
 from tests.cli import Result, run_carecli
-from tests.test_backup_stream import chunk_offsets, flip, header_end
+from tests.test_backup_stream import check_header_flip, chunk_offsets, damaged_part, flip, header_end
 
 MEMBERS = 200
 MASTER_KEY = encode_key(generate_master_key())
@@ -138,6 +138,15 @@ def backup(source: Source, tmp_path_factory: pytest.TempPathFactory) -> Made:
     result = source.cli("backup", "create", "--out", str(path), CARECLI_BACKUP_KEY=BACKUP_KEY)
     assert result.code == 0, result.err
     return Made(path, {"identity": snapshot(source.identity), "platform": snapshot(source.platform)}, result)
+
+
+@pytest.fixture(scope="module")
+def derived(source: Source, tmp_path_factory: pytest.TempPathFactory) -> Made:
+    """One backup made with no backup key configured: its key is derived from the master key."""
+    path = tmp_path_factory.mktemp("derived") / "derived.ccbak"
+    result = source.cli("backup", "create", "--out", str(path))
+    assert result.code == 0, result.err
+    return Made(path, {}, result)
 
 
 @pytest.fixture
@@ -276,11 +285,9 @@ def test_verify_key_problems(backup: Made, tmp_path: Path) -> None:
     assert foreign.code == EXIT_FAILURE and "not a carecli backup" in foreign.err
 
 
-def test_a_backup_without_a_backup_key_uses_one_derived_from_the_master_key(source: Source, tmp_path: Path) -> None:
-    path = tmp_path / "derived.ccbak"
-    made = source.cli("backup", "create", "--out", str(path))
-    assert made.code == 0, made.err
-    assert "derived from the master key" in made.err
+def test_a_backup_without_a_backup_key_uses_one_derived_from_the_master_key(derived: Made, tmp_path: Path) -> None:
+    path = derived.path
+    assert "derived from the master key" in derived.result.err
     assert cli("backup", "verify", str(path)).code == 0
     other_master = cli("backup", "verify", str(path), CARECLI_MASTER_KEY=encode_key(generate_master_key()))
     assert other_master.code == EXIT_FAILURE and "derived from master key" in other_master.err
@@ -288,6 +295,87 @@ def test_a_backup_without_a_backup_key_uses_one_derived_from_the_master_key(sour
                             env={"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
                                  "XDG_DATA_HOME": str(tmp_path / "empty-data")})
     assert no_master.code == EXIT_USAGE and "no master key is configured" in no_master.err
+
+
+# -- a damaged header ------------------------------------------------------------------------------
+
+#: what each kind of backup needs to be opened, as settings (no backup key at all for the derived one)
+OPENED_WITH = {"backup-key": {"CARECLI_BACKUP_KEY": BACKUP_KEY}, "master-derived": {"CARECLI_MASTER_KEY": MASTER_KEY}}
+
+
+def _made(kind: str, backup: Made, derived: Made) -> Made:
+    return backup if kind == "backup-key" else derived
+
+
+@pytest.mark.parametrize("kind", list(OPENED_WITH))
+def test_every_flipped_header_byte_of_a_real_backup_is_a_clean_error(backup: Made, derived: Made, tmp_path: Path,
+                                                                     kind: str) -> None:
+    """Each byte of the header of a backup `carecli backup create` made, flipped in turn and verified as the CLI
+    does: always exit 1 with the damaged part named (or, a key id flipped into another well-formed one under a
+    backup key, the key named); never an internal error, never "no backup key is configured"."""
+    made = _made(kind, backup, derived)
+    settings = load_settings(OPENED_WITH[kind])
+    data = made.path.read_bytes()
+    copy = tmp_path / "flipped.ccbak"
+    copy.write_bytes(data)
+    with copy.open("r+b", buffering=0) as handle:
+        for at in range(header_end(data)):
+            handle.seek(at)
+            handle.write(bytes([data[at] ^ 0x01]))
+            with pytest.raises(CarecliError) as caught:
+                verify_backup(copy, settings)
+            handle.seek(at)
+            handle.write(data[at:at + 1])
+            assert caught.value.exit_code == EXIT_FAILURE, (at, str(caught.value))
+            check_header_flip(data, at, caught.value)
+            if kind == "master-derived":  # the master key here is the one it names: nothing is a key mismatch
+                assert isinstance(caught.value, BackupCorrupt), (at, str(caught.value))
+    assert verify_backup(copy, settings).file_bytes == len(data)  # every byte was put back
+
+
+@pytest.mark.parametrize("kind", list(OPENED_WITH))
+def test_a_real_backup_cut_inside_its_header_is_a_clean_error(backup: Made, derived: Made, tmp_path: Path,
+                                                              kind: str) -> None:
+    data = _made(kind, backup, derived).path.read_bytes()
+    settings = load_settings(OPENED_WITH[kind])
+    copy = tmp_path / "cut.ccbak"
+    for cut in range(header_end(data)):
+        copy.write_bytes(data[:cut])
+        with pytest.raises(BackupCorrupt) as caught:
+            verify_backup(copy, settings)
+        assert damaged_part(caught.value) in {"magic", "header length", "header", "header MAC"}
+        assert ("empty" if cut == 0 else f"ends after {cut:,} bytes") in str(caught.value)
+
+
+def test_verify_names_the_damaged_part_of_the_header(backup: Made, derived: Made, tmp_path: Path) -> None:
+    """The CLI's exit code and message for each part, including the three flips of the key's description in a
+    derived backup that used to say "no backup key is configured" and the salt's name that gave a KeyError."""
+    data, derived_data = backup.path.read_bytes(), derived.path.read_bytes()
+    end = header_end(data)
+    cases = [
+        (data, 0, "magic", OPENED_WITH["backup-key"]),
+        (data, len(MAGIC) - 1, "version", OPENED_WITH["backup-key"]),
+        (data, len(MAGIC), "header length", OPENED_WITH["backup-key"]),
+        (data, data.index(b'"salt":') + 2, "salt", OPENED_WITH["backup-key"]),
+        (data, data.index(b'"id":"backup:') + 2, "key id", OPENED_WITH["backup-key"]),
+        (data, end - 1, "header MAC", OPENED_WITH["backup-key"]),
+        (derived_data, derived_data.index(b'"key":') + 2, "key id", OPENED_WITH["master-derived"]),
+        (derived_data, derived_data.index(b'"kind":') + 2, "key kind", OPENED_WITH["master-derived"]),
+        (derived_data, derived_data.index(b'"kind":"master-derived"') + 10, "key kind",
+         OPENED_WITH["master-derived"]),
+        (derived_data, derived_data.index(b'"master_key_id":') + 2, "master key id", OPENED_WITH["master-derived"]),
+    ]
+    for source, at, part, env in cases:
+        path = tmp_path / f"flipped-{at}.ccbak"
+        path.write_bytes(flip(source, at))
+        result = cli("backup", "verify", str(path), **env)
+        assert result.code == EXIT_FAILURE, (part, result.err)
+        assert f"damaged or not a carecli backup ({part}:" in result.err, (part, result.err)
+        assert "internal error" not in result.err and "no backup key is configured" not in result.err
+    cut = tmp_path / "cut.ccbak"
+    cut.write_bytes(data[:end - 10])
+    result = cli("backup", "verify", str(cut), **OPENED_WITH["backup-key"])
+    assert result.code == EXIT_FAILURE and f"(header MAC: the file ends after {end - 10:,} bytes" in result.err
 
 
 # -- restore --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import tracemalloc
 
@@ -96,13 +97,89 @@ def test_a_wrong_key_is_refused_before_any_chunk() -> None:
         read_all(make_backup(), key=os.urandom(32))
 
 
-@pytest.mark.parametrize("where", ["magic", "length", "json", "mac"])
-def test_a_flipped_byte_in_the_header_is_refused(where: str) -> None:
-    data = make_backup()
+HEADER_PARTS = {"magic", "version", "header length", "header", "header MAC", "format version", "key id",
+                "key kind", "master key id", "chunk size", "salt", "nonce prefix", "streams"}
+DAMAGED = re.compile(r"^this backup file is damaged or not a carecli backup \((?P<part>[a-z ]+[A-Z]*): ")
+
+
+def damaged_part(error: BaseException) -> str:
+    """The header part a ``BackupCorrupt`` names (failing the test when the message is not the header's)."""
+    assert isinstance(error, BackupCorrupt), repr(error)
+    match = DAMAGED.match(str(error))
+    assert match and match["part"] in HEADER_PARTS, str(error)
+    return match["part"]
+
+
+def key_id_span(data: bytes) -> range:
+    """Where the key id's value sits in the file."""
+    key_id = read_header(io.BytesIO(data)).key_id.encode()
+    start = data.index(b'"id":"' + key_id + b'"') + len(b'"id":"')
+    return range(start, start + len(key_id))
+
+
+def expected_part(data: bytes, at: int) -> str | None:
+    """The part a flip at ``at`` must be reported as, where only one is right (None: one of several)."""
     end = header_end(data)
-    at = {"magic": 2, "length": len(MAGIC) + 3, "json": len(MAGIC) + 4 + 20, "mac": end - 5}[where]
-    with pytest.raises(BackupCorrupt):
-        read_all(flip(data, at))
+    if at < len(MAGIC) - 1:
+        return "magic"
+    if at == len(MAGIC) - 1:
+        return "version"
+    if at >= end - MAC_BYTES:
+        return "header MAC"
+    return None
+
+
+def check_header_flip(data: bytes, at: int, error: BaseException) -> None:
+    """A flip at ``at`` gave ``error``: the header part it belongs to, or for a key id that still looks like one,
+    the key this installation does not have, named."""
+    if isinstance(error, WrongBackupKey):
+        assert at in key_id_span(data), (at, str(error))
+        flipped = read_header(io.BytesIO(flip(data, at))).key_id
+        assert f"made with backup key {flipped}" in str(error)
+        return
+    part = damaged_part(error)
+    if expected_part(data, at) is not None:
+        assert part == expected_part(data, at), (at, str(error))
+    elif at in key_id_span(data):
+        assert part in {"key id", "header MAC"}, (at, str(error))
+
+
+def test_every_flipped_byte_of_the_header_is_refused_naming_the_part() -> None:
+    """Each of the header's bytes in turn: the magic, the version byte, the length, every byte of the JSON
+    and of the MAC. Each is a BackupCorrupt naming its part, or (a key id flipped into another well-formed
+    one) a WrongBackupKey naming that key id; never an internal error."""
+    data = make_backup()
+    parts = set()
+    for at in range(header_end(data)):
+        try:
+            read_all(flip(data, at))
+        except (BackupCorrupt, WrongBackupKey) as error:
+            check_header_flip(data, at, error)
+            if isinstance(error, BackupCorrupt):
+                parts.add(damaged_part(error))
+        else:
+            pytest.fail(f"a flip at byte {at} of the header was not noticed")
+    assert {"magic", "version", "header length", "header", "header MAC", "format version", "key id",
+            "chunk size", "salt", "nonce prefix", "streams"} <= parts
+
+
+def test_a_header_cut_at_every_length_is_refused_as_truncated() -> None:
+    data = make_backup()
+    for cut in range(header_end(data)):
+        with pytest.raises(BackupCorrupt) as caught:
+            read_all(data[:cut])
+        part = damaged_part(caught.value)
+        assert part == "magic" if cut < len(MAGIC) else part in {"header length", "header", "header MAC"}
+        assert ("empty" if cut == 0 else f"ends after {cut:,} bytes") in str(caught.value), cut
+
+
+def test_an_unknown_version_and_a_foreign_file_are_told_apart() -> None:
+    data = make_backup()
+    newer = data[:len(MAGIC) - 1] + b"\x02" + data[len(MAGIC):]
+    with pytest.raises(BackupCorrupt, match=r"\(version: the file format version is 2; this carecli reads version 1"):
+        read_all(newer)
+    with pytest.raises(BackupCorrupt, match=r"\(magic: the file does not start with a carecli backup's"):
+        read_all(b"PGDMP" + data[5:])
 
 
 def test_a_header_rewritten_with_a_valid_shape_is_refused_by_its_mac() -> None:
@@ -111,7 +188,7 @@ def test_a_header_rewritten_with_a_valid_shape_is_refused_by_its_mac() -> None:
     forged_raw = header.raw.replace(b'"backup_id":"test"', b'"backup_id":"tesT"')
     assert forged_raw != header.raw
     forged = data[:len(MAGIC) + 4] + forged_raw + data[len(MAGIC) + 4 + len(header.raw):]
-    with pytest.raises(BackupCorrupt, match="header was altered"):
+    with pytest.raises(BackupCorrupt, match=r"\(header MAC: the header was altered"):
         read_all(forged)
 
 

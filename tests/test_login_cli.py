@@ -149,6 +149,24 @@ def test_oidc_device_login_end_to_end(site: Site) -> None:
     assert raw is not None and raw not in site.all_text()
 
 
+def test_oidc_login_against_an_rfc8707_provider(site: Site) -> None:
+    """A provider that reads RFC 8707 ``resource`` and ignores Auth0's ``audience``: sign-in works, and an
+    audience it does not know exits 4 with a hint naming CARECLI_OIDC_AUDIENCE."""
+    site.provider.resource_indicators = True
+    user = site.user()
+    proc, code = _start_login(site)
+    site.provider.approve(code, user.external_user_id, email=user.email)
+    result = _finish(proc)
+    assert result.code == 0, result.err
+    assert f"signed in as {user.email}" in result.out
+    assert site.provider.device_requests[-1]["resource"] == site.provider.audience
+
+    unknown = site.cli("login", CARECLI_OIDC_AUDIENCE="https://other-api.example.test")
+    assert unknown.code == EXIT_AUTH, unknown.err
+    assert "invalid_target" in unknown.err and "hint:" in unknown.err and "CARECLI_OIDC_AUDIENCE" in unknown.err
+    assert "CARECLI_OIDC_CLIENT_ID" not in unknown.err and "Traceback" not in unknown.err
+
+
 def test_oidc_login_denied_or_unknown_exits_4(site: Site) -> None:
     user = site.user()
     proc, code = _start_login(site)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -89,7 +89,76 @@ def test_successful_login_returns_the_validated_identity(oidc_provider: OidcProv
     # carecli asked for an OIDC scope and for a JWT access token for its API.
     request = oidc_provider.device_requests[0]
     assert request["scope"] == "openid profile email"
-    assert request["audience"] == oidc_provider.audience
+    assert request["audience"] == request["resource"] == oidc_provider.audience
+    assert all(form["audience"] == form["resource"] == oidc_provider.audience
+               for form in oidc_provider.token_requests)
+
+
+# -- RFC 8707 resource indicators (a certified provider, not Auth0) ---------------------------------
+
+
+@pytest.fixture
+def rfc8707_provider() -> Iterator[OidcProvider]:
+    """The test provider choosing the access token's audience by RFC 8707 ``resource``, ignoring ``audience``."""
+    with OidcProvider(resource_indicators=True) as provider:
+        yield provider
+
+
+def test_the_rfc8707_provider_ignores_audience_and_gives_an_opaque_token_without_resource(
+        rfc8707_provider: OidcProvider) -> None:
+    """What carecli used to meet: asked by ``audience`` alone, such a provider issues no JWT access token."""
+    issuer = rfc8707_provider.issuer
+    started = requests.post(f"{issuer}/oauth/device/code", timeout=10, data={
+        "client_id": rfc8707_provider.client_id, "scope": "openid", "audience": rfc8707_provider.audience}).json()
+    rfc8707_provider.approve(started["user_code"], "sub-1")
+    tokens = requests.post(f"{issuer}/oauth/token", timeout=10, data={
+        "client_id": rfc8707_provider.client_id, "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+        "device_code": started["device_code"], "audience": rfc8707_provider.audience}).json()
+    assert tokens["access_token"].count(".") != 2  # opaque, not a JWT
+    # carecli's own ID token check is unaffected; the access token cannot be checked at all.
+    client = client_for(rfc8707_provider)
+    with pytest.raises(TokenInvalid, match="the access token is not a signed JWT"):
+        client.validate_token(tokens["access_token"], audience=rfc8707_provider.audience, what="access token")
+
+
+def test_sign_in_against_an_rfc8707_provider_gets_a_jwt_access_token_for_the_audience(
+        rfc8707_provider: OidcProvider) -> None:
+    fake = FakeTime()
+
+    def approve(outcome: str, authorization: DeviceAuthorization) -> None:
+        rfc8707_provider.approve(authorization.user_code, "sub-8707", email="ana@example.test")
+
+    identity, _outcomes, _shown = run_login(client_for(rfc8707_provider), fake, approve)
+
+    assert identity.subject == "sub-8707"
+    assert rfc8707_provider.device_requests[0]["resource"] == rfc8707_provider.audience
+    assert [form["resource"] for form in rfc8707_provider.token_requests] == [rfc8707_provider.audience] * 2
+
+
+def test_an_audience_the_provider_does_not_know_is_invalid_target_naming_the_setting(
+        rfc8707_provider: OidcProvider) -> None:
+    """Refused at the device authorization request: the hint is about CARECLI_OIDC_AUDIENCE, not the client id."""
+    settings = OidcSettings(rfc8707_provider.issuer, rfc8707_provider.client_id, "https://other-api.example.test")
+    with pytest.raises(LoginFailed) as caught:
+        OidcClient(settings).start_device_login()
+    assert caught.value.exit_code == EXIT_AUTH
+    assert "invalid_target" in caught.value.message
+    assert "https://other-api.example.test" in caught.value.message
+    assert caught.value.hint is not None and "CARECLI_OIDC_AUDIENCE" in caught.value.hint
+    assert "CLIENT_ID" not in str(caught.value)
+
+
+def test_invalid_target_at_the_token_endpoint_names_the_setting_too(rfc8707_provider: OidcProvider) -> None:
+    """The provider stops knowing the API between the start and the approval: the poll's error says so."""
+    client = client_for(rfc8707_provider)
+    authorization = client.start_device_login()
+    rfc8707_provider.resources.clear()
+    rfc8707_provider.approve(authorization.user_code, "sub-1")
+    with pytest.raises(LoginFailed) as caught:
+        client.wait_for_tokens(authorization, sleep=FakeTime().sleep)
+    assert "invalid_target" in caught.value.message
+    assert caught.value.hint is not None and "CARECLI_OIDC_AUDIENCE" in caught.value.hint
+    assert "CLIENT_ID" not in str(caught.value)
 
 
 def test_wait_for_tokens_returns_the_token_response(oidc_provider: OidcProvider) -> None:

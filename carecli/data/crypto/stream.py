@@ -2,7 +2,7 @@
 
 Layout of a file::
 
-    MAGIC (8) | header length (u32) | header (JSON) | header MAC (32)
+    MAGIC (8: "CCLIBAK" and the format version, 1) | header length (u32) | header (JSON) | header MAC (32)
     then, for each stream the header names, in order:
         chunk: ciphertext length (u32) | ciphertext + tag
         ...    (the last chunk of a stream carries the final flag)
@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,12 +125,14 @@ class BackupHeader:
 
 
 def _b64(value: Any, what: str, size: int) -> bytes:
+    if not isinstance(value, str):
+        raise damaged(what, "it is missing from the header")
     try:
-        raw = base64.b64decode(str(value), validate=True)
+        raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise BackupCorrupt(f"the backup header's {what} is not valid") from None
+        raise damaged(what, "it is not valid base64") from None
     if len(raw) != size:
-        raise BackupCorrupt(f"the backup header's {what} has the wrong size")
+        raise damaged(what, f"it is {len(raw)} bytes, not {size}")
     return raw
 
 
@@ -158,28 +161,80 @@ def _fill(source: ChunkSource, buffer: bytearray) -> int:
     return filled
 
 
+def damaged(part: str, detail: str) -> BackupCorrupt:
+    """The one error for a header that cannot be what carecli wrote: names the part, never guesses a key."""
+    return BackupCorrupt(f"this backup file is damaged or not a carecli backup ({part}: {detail})",
+                         hint="use another copy of the backup; `carecli backup verify FILE` checks one")
+
+
+def _read_part(source: BinaryIO, size: int, part: str, read_so_far: int) -> bytes:
+    """``size`` bytes of the header's ``part``; a file that ends first is reported as truncated there."""
+    data = _read_exactly(source, size)
+    if len(data) < size:
+        raise damaged(part, f"the file ends after {read_so_far + len(data):,} bytes, inside the header "
+                            "(the file is truncated or the header's length was altered)")
+    return data
+
+
 def read_header(source: BinaryIO) -> BackupHeader:
-    """Parse the header (not yet authenticated: that needs the key, see :class:`BackupReader`)."""
+    """Parse and check the shape of the header (its MAC needs the key, see :class:`BackupReader`).
+
+    Every way a header can be damaged (any byte flipped, the file cut inside
+    it) is a :class:`BackupCorrupt` naming the part: magic, version, header
+    length, header, format version, key id, chunk size, salt, nonce prefix,
+    streams (the key's kind is checked where the key is found) or, once the
+    key is known, the header MAC. So which key a backup needs is only ever
+    read from a header of the right shape: a damaged one never sends anyone
+    looking for a key that does not exist, nor fails inside carecli.
+    """
     magic = _read_exactly(source, len(MAGIC))
-    if magic != MAGIC:
-        raise BackupCorrupt("this is not a carecli backup file (or its first bytes were altered)")
-    length_bytes = _read_exactly(source, _LENGTH.size)
-    if len(length_bytes) < _LENGTH.size:
-        raise BackupCorrupt("the backup file is truncated inside its header")
-    (length,) = _LENGTH.unpack(length_bytes)
+    if not magic:
+        raise damaged("magic", "the file is empty")
+    if not MAGIC[:-1].startswith(magic[:len(MAGIC) - 1]):
+        raise damaged("magic", "the file does not start with a carecli backup's first bytes")
+    if len(magic) < len(MAGIC):
+        raise damaged("magic", f"the file ends after {len(magic)} bytes, inside the header (it is truncated)")
+    if magic[-1] != MAGIC[-1]:
+        raise damaged("version", f"the file format version is {magic[-1]}; this carecli reads version {MAGIC[-1]} "
+                                 "(altered, or made by another carecli)")
+    (length,) = _LENGTH.unpack(_read_part(source, _LENGTH.size, "header length", len(MAGIC)))
     if not 0 < length <= MAX_HEADER_BYTES:
-        raise BackupCorrupt("the backup header's length is not plausible (the file was altered)")
-    raw = _read_exactly(source, length)
-    mac = _read_exactly(source, MAC_BYTES)
-    if len(raw) < length or len(mac) < MAC_BYTES:
-        raise BackupCorrupt("the backup file is truncated inside its header")
+        raise damaged("header length", f"{length:,} bytes is not a length a header can have "
+                                       f"(1 to {MAX_HEADER_BYTES:,})")
+    raw = _read_part(source, length, "header", len(MAGIC) + _LENGTH.size)
+    mac = _read_part(source, MAC_BYTES, "header MAC", len(MAGIC) + _LENGTH.size + length)
     try:
         fields = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise BackupCorrupt("the backup header is not readable (the file was altered)") from None
-    if not isinstance(fields, dict) or fields.get("format") != FORMAT_VERSION:
-        raise BackupCorrupt(f"the backup header is not format {FORMAT_VERSION} (altered, or from another carecli)")
+        raise damaged("header", "it is not the JSON a backup header is (the header or its length was altered)"
+                      ) from None
+    if not isinstance(fields, dict):
+        raise damaged("header", "it is not a JSON object")
+    _check_fields(fields)
     return BackupHeader(fields, raw, mac)
+
+
+_KEY_ID = re.compile(r"backup:[0-9a-f]{16}")
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    """Refuse a header whose fields are not the shape the writer gives them (before any key is looked for)."""
+    if fields.get("format") != FORMAT_VERSION:
+        raise damaged("format version", f"the header is not format {FORMAT_VERSION} "
+                                        "(altered, or made by another carecli)")
+    key = fields.get("key")
+    if not isinstance(key, dict) or not isinstance(key.get("id"), str) or not _KEY_ID.fullmatch(key["id"]):
+        raise damaged("key id", "the header does not name its key the way carecli does")
+    size = fields.get("chunk_size")
+    if type(size) is not int or not 0 < size <= 64 * CHUNK_SIZE:
+        raise damaged("chunk size", "the header's chunk size is missing or not plausible")
+    _b64(fields.get("salt"), "salt", SALT_BYTES)
+    _b64(fields.get("nonce_prefix"), "nonce prefix", PREFIX_BYTES)
+    streams = fields.get("streams")
+    if (not isinstance(streams, list)
+            or not all(isinstance(stream, dict) and isinstance(stream.get("name"), str) for stream in streams)
+            or len({stream["name"] for stream in streams}) != len(streams)):
+        raise damaged("streams", "the header's list of databases is missing or malformed")
 
 
 @dataclass
@@ -293,15 +348,12 @@ class BackupReader:
     def __init__(self, source: BinaryIO, header: BackupHeader, key: bytes) -> None:
         if header.key_id != key_fingerprint(key):
             raise WrongBackupKey(
-                f"this backup was made with backup key {header.key_id or '(none named)'}, "
+                f"this backup was made with backup key {header.key_id}, "
                 f"not with the configured one ({key_fingerprint(key)})",
                 hint="give the backup key it was made with (CARECLI_BACKUP_KEY or CARECLI_BACKUP_KEY_FILE)",
             )
         if not hmac.compare_digest(header.mac, _header_mac(key, header.salt(), header.raw)):
-            raise BackupCorrupt("the backup header was altered (its MAC does not match)")
-        size = header.chunk_size
-        if not 0 < size <= 64 * CHUNK_SIZE:
-            raise BackupCorrupt("the backup header's chunk size is not plausible")
+            raise damaged("header MAC", "the header was altered (its MAC does not match under the right key)")
         self.source = source
         self.header = header
         self.key = key

@@ -213,14 +213,13 @@ class OidcClient:
     def start_device_login(self, scope: str = "openid profile email") -> DeviceAuthorization:
         """Ask the provider for a device code and the user code to show (RFC 8628 section 3.1)."""
         metadata = self._provider_metadata()
-        form = {"client_id": self.settings.client_id, "scope": scope}
-        if self.settings.audience:
-            # Auth0 (and others) only issue a JWT access token for an API when asked by audience.
-            form["audience"] = self.settings.audience
+        form = {"client_id": self.settings.client_id, "scope": scope, **self._target()}
         response = self._request("POST", metadata.device_authorization_endpoint, "device authorization", data=form)
         body = _json_object(response, "device authorization")
         if response.status_code != 200 or "error" in body:
             code = _error_code(body)
+            if code == "invalid_target":
+                raise self._invalid_target()
             raise LoginFailed(
                 f"the identity provider refused to start a device sign-in ({code})",
                 hint="check CARECLI_OIDC_CLIENT_ID and that the client allows the device code grant",
@@ -284,6 +283,7 @@ class OidcClient:
                     grant_type=DEVICE_CODE_GRANT,
                     device_code=authorization.device_code,
                     timeout=self.timeout,
+                    **self._target(),
                 )
             except OAuthError as exc:
                 failures = 0
@@ -299,6 +299,8 @@ class OidcClient:
                     ) from None
                 elif outcome == "expired_token":
                     raise _login_expired() from None
+                elif outcome == "invalid_target":
+                    raise self._invalid_target() from None
                 else:
                     # The code is the provider's registered error name; safe to show, no secret in it.
                     raise LoginFailed(
@@ -354,6 +356,28 @@ class OidcClient:
             if access.subject != identity.subject:
                 raise TokenInvalid("the access token and the ID token name different people")
         return identity
+
+    def _target(self) -> dict[str, str]:
+        """The API the access token is for, as both the providers that take it ask for it.
+
+        Auth0 issues a JWT access token for an API only when asked by its own
+        ``audience`` parameter; a standards-following provider ignores that and
+        reads RFC 8707's ``resource`` instead (and without it returns an opaque
+        token, which cannot be checked here). Each ignores the other's, so both
+        are sent, in the device authorization request and every token request.
+        """
+        if not self.settings.audience:
+            return {}
+        return {"audience": self.settings.audience, "resource": self.settings.audience}
+
+    def _invalid_target(self) -> LoginFailed:
+        """RFC 8707 ``invalid_target``: the provider knows no API by the configured audience."""
+        return LoginFailed(
+            f"the identity provider does not know the API CARECLI_OIDC_AUDIENCE names ({self.settings.audience}) "
+            "(invalid_target)",
+            hint="set CARECLI_OIDC_AUDIENCE to the API's identifier exactly as registered at the provider "
+                 "(its resource indicator, an absolute URI), or unset it",
+        )
 
     # -- token validation ----------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from carecli.config import Settings
 from carecli.data.crypto.backup_key import (
     BACKUP_KEY_FILE_ENV,
+    SOURCE_BACKUP_KEY,
     SOURCE_MASTER,
     BackupKey,
     configured_backup_key,
@@ -13,7 +14,7 @@ from carecli.data.crypto.backup_key import (
 )
 from carecli.data.crypto.master import MASTER_KEY_FILE_NAME, LocalMasterKey, resolve_master_key
 from carecli.data.crypto.runtime import master_key
-from carecli.data.crypto.stream import BackupHeader
+from carecli.data.crypto.stream import BackupHeader, damaged
 from carecli.data.databases import Databases
 from carecli.errors import ConfigError
 
@@ -46,14 +47,26 @@ def _master_without_databases(settings: Settings) -> LocalMasterKey:
 
 
 def key_for_backup(settings: Settings, header: BackupHeader) -> BackupKey:
-    """The key a backup file needs, by what its header says it was made with."""
-    described = header.fields.get("key", {})
-    if described.get("kind") == SOURCE_MASTER:
+    """The key a backup file needs, by what its header says it was made with.
+
+    A kind this carecli never writes, or a derived key without its master
+    key's id, is a damaged header (exit 1), not a missing key: a flipped
+    byte there must not send anyone looking for a key that does not exist.
+    """
+    described = header.fields["key"]  # read_header checked it is an object with an id
+    kind = described.get("kind")
+    if kind not in (SOURCE_BACKUP_KEY, SOURCE_MASTER):
+        raise damaged("key kind", f"the header says the key is neither a {SOURCE_BACKUP_KEY} "
+                                  f"nor {SOURCE_MASTER} one")
+    if kind == SOURCE_MASTER and not (isinstance(described.get("master_key_id"), str)
+                                      and described["master_key_id"]):
+        raise damaged("master key id", "the header does not name the master key its key is derived from")
+    if kind == SOURCE_MASTER:
         try:
             master = _master_without_databases(settings)
         except ConfigError as exc:
             raise ConfigError(
-                f"this backup's key is derived from master key {described.get('master_key_id', '?')}, "
+                f"this backup's key is derived from master key {described['master_key_id']}, "
                 f"and no master key is configured here ({exc.message})",
                 hint="set CARECLI_MASTER_KEY_FILE (or CARECLI_MASTER_KEY) to that master key",
             ) from None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from carecli.config import Settings
 from carecli.data.crypto.backup_key import SOURCE_MASTER, BackupKey
-from carecli.data.crypto.stream import BackupReader, StreamStats, WrongBackupKey, read_header
+from carecli.data.crypto.stream import BackupReader, StreamStats, WrongBackupKey, damaged, read_header
 from carecli.errors import ConfigError
 from carecli.services.backup.keys import key_for_backup
 
@@ -44,9 +44,15 @@ def open_backup(path: Path, settings: Settings,
             reader = BackupReader(handle, header, chosen.key)
         except WrongBackupKey as exc:
             if chosen.kind == SOURCE_MASTER:
+                named = header.fields["key"].get("master_key_id")
+                if named == chosen.master_key_id:
+                    # The master key the header names is the one here, yet the key derived from it is
+                    # not the one the header names: the header's key id was altered, not a missing key.
+                    raise damaged("key id", f"the header names key {header.key_id}, which is not the key "
+                                            f"derived from master key {named} it also names") from None
                 raise WrongBackupKey(
                     f"this backup was made with a key derived from master key "
-                    f"{header.fields.get('key', {}).get('master_key_id', '?')}; the master key here "
+                    f"{named}; the master key here "
                     f"({chosen.master_key_id}) does not open it",
                     hint="set CARECLI_MASTER_KEY_FILE to the master key the backup was made under",
                 ) from None
