@@ -184,8 +184,8 @@ class CallsKind(ExternalIdKind):
     required_on_create = ("call_type", "call_status")
     defaults = {"follow_up_required": False}
     special_parsers = {
-        "call_type": f.enum(CALL_TYPES), "call_status": f.enum(CALL_STATUSES), "external_id": f.text(100),
-        "external_member_number": f.text(64), "specialist_email": f.parse_email,
+        "call_type": f.enum(CALL_TYPES), "call_status": f.enum(CALL_STATUSES), "external_id": f.code(100),
+        "external_member_number": f.code(64), "specialist_email": f.parse_email,
     }
 
     def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
