@@ -75,10 +75,11 @@ def _vocabulary() -> str:
     """Every message the parsers give for harmless bad values: text a value may share with a message
     by coincidence (a 4-character input "must" or "1234" is in the wording, not taken from the value)."""
     messages: list[str] = []
+    probes: tuple[Any, ...] = ("?", "x", "", 1.5, True, None, [], "9" * 80, "x" * 70_000, "2026-02-30",
+                               "2026-02-30T10:00", "0001-01-01T00:00:00+05:00", "1890-01-01", "2999-01-01", "-1",
+                               "1.001", "99999999999", "000-12-3456", "123-00-4567", "123-45-0000", 10 ** 200, "NaN")
     for _, _, parser in PARSERS:
-        for probe in ("?", "x", "", 1.5, True, None, [], "9" * 80, "x" * 70_000, "2026-02-30", "2026-02-30T10:00",
-                      "0001-01-01T00:00:00+05:00", "1890-01-01", "2999-01-01", "-1", "1.001", "99999999999",
-                      "000-12-3456", "123-00-4567", "123-45-0000", 10 ** 200, "NaN"):
+        for probe in probes:
             try:
                 parser(probe)
             except f.FieldProblem as problem:
