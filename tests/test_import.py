@@ -662,6 +662,15 @@ def test_hostile_member_value_is_a_rule(name: str, value: str, rule: str) -> Non
     assert value.strip() not in problems[0].message
 
 
+def test_the_ssn_wrapper_holds_ascii_digits_only() -> None:
+    """Ssn is what the blind index hashes (as ASCII) and the cipher encrypts: other scripts' digits never get in,
+    whichever way a value is made (the import's parser, the app's forms)."""
+    for raw in ("123-45-6789".translate(FULLWIDTH), "123456789".translate(ARABIC_INDIC), "123456789\n"):
+        with pytest.raises(ValueError, match="nine digits"):
+            Ssn(raw)
+    assert Ssn("123-45-6789").reveal() == "123456789"
+
+
 def short_id(value: Any) -> str | None:
     """A readable test id for a value that may be thousands of digits long."""
     if isinstance(value, int) and abs(value) > 10 ** 20:
