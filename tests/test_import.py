@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -469,7 +470,7 @@ MEMBER_RULES = [
     ("dob", "1990/01/02", "date_format"),
     ("dob", "2 January 1990", "date_format"),
     ("state", "XX", "us_state"),
-    ("state", "Oregon", "us_state"),
+    ("state", "Cascadia", "us_state"),  # full names are read (Oregon is OR); unknown ones are not
     ("zip_code", "9720", "zip_format"),
     ("zip_code", "97201-12", "zip_format"),
     ("zip_code", "9720112345", "zip_format"),
@@ -624,6 +625,236 @@ def test_coverage_details_must_be_a_json_object() -> None:
     parsed, problems = parse("plans", '{"plan_code": "GOLD", "plan_name": "Gold", '
                              '"coverage_details": {"dental": true, "tiers": [1, 2]}}\n', fmt="jsonl")
     assert problems == [] and parsed[0].values["coverage_details"] == {"dental": True, "tiers": [1, 2]}
+
+
+# == hostile values: each a rejection of its row naming the field and rule, never an error or a stored value ====
+
+FULLWIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+
+# (field, value, rule) in an otherwise good member row (CSV). Formats are ASCII: \d and str.isdigit take
+# any script's digits, which the blind index cannot hash and the database would store as they are.
+HOSTILE_MEMBER_VALUES = [
+    ("ssn", "999-12-3456".translate(FULLWIDTH), "ssn_format"),
+    ("ssn", "９９９-12-3456", "ssn_format"),  # a never-issued area, in fullwidth digits
+    ("ssn", "123-45-6789".translate(ARABIC_INDIC), "ssn_format"),
+    ("zip_code", "97201".translate(FULLWIDTH), "zip_format"),
+    ("zip_code", "97201-1234".translate(ARABIC_INDIC), "zip_format"),
+    ("phone", "5551234567".translate(ARABIC_INDIC), "phone_format"),
+    ("phone", "(415) 555-0123".translate(FULLWIDTH), "phone_format"),
+    ("dob", "1990-01-02".translate(FULLWIDTH), "date_format"),
+    ("dob", "01/02/1990".translate(ARABIC_INDIC), "date_format"),
+    ("dob", "0000-01-01", "date"),
+    ("state", "ＭＡ", "us_state"),
+    ("state", "m\u017f", "us_state"),  # the long s: "mſ".upper() == "MS"
+    ("state", "Massachusets", "us_state"),
+    ("state", "New  Yorkshire", "us_state"),
+    ("email", "\t=cmd@example.org", "email_format"),
+    ("email", "ann\x00@example.org", "control_character"),
+]
+
+
+@pytest.mark.parametrize("name, value, rule", HOSTILE_MEMBER_VALUES,
+                         ids=[f"{n}-{r}-{i}" for i, (n, _, r) in enumerate(HOSTILE_MEMBER_VALUES)])
+def test_hostile_member_value_is_a_rule(name: str, value: str, rule: str) -> None:
+    _, problems = one_member_value(name, value)
+    assert [(p.row, p.field, p.rule) for p in problems] == [(1, name, rule)]
+    assert value.strip() not in problems[0].message
+
+
+def test_the_ssn_wrapper_holds_ascii_digits_only() -> None:
+    """Ssn is what the blind index hashes (as ASCII) and the cipher encrypts: other scripts' digits never get in,
+    whichever way a value is made (the import's parser, the app's forms)."""
+    for raw in ("123-45-6789".translate(FULLWIDTH), "123456789".translate(ARABIC_INDIC), "123456789\n"):
+        with pytest.raises(ValueError, match="nine digits"):
+            Ssn(raw)
+    assert Ssn("123-45-6789").reveal() == "123456789"
+
+
+def short_id(value: Any) -> str | None:
+    """A readable test id for a value that may be thousands of digits long."""
+    if isinstance(value, int) and abs(value) > 10 ** 20:
+        return f"{'-' if value < 0 else ''}10^{len(str(abs(value))) - 1}"
+    if isinstance(value, str) and len(value) > 24:
+        return f"{value[:12]}...({len(value)} chars)"
+    return None
+
+
+def field_rules(kind: str, name: str, raw: Any) -> list[tuple[str, str]]:
+    """(field, rule) of each problem of a record holding only ``raw`` in column ``name`` (as JSON Lines gives it)."""
+    result = kind_for(kind).parse(Record(1, {name: raw}))
+    assert isinstance(result, list), "the value was accepted"
+    problems = [(p.field, p.rule) for p in result if p.field == name]
+    for problem in result:
+        if isinstance(raw, str) and len(raw.strip()) >= 4:
+            assert raw.strip() not in problem.message
+    return problems
+
+
+@pytest.mark.parametrize("kind, name, raw, rule", [
+    ("members", "id", "3f2c9a5e-8b1d-4c7a-9e2f-0a1b2c3d4e5f".translate(ARABIC_INDIC), "uuid"),
+    ("members", "id", "3f2c9a5e_8b1d_4c7a_9e2f_0a1b2c3d4e5f", "uuid"),
+    ("calls", "member_id", "{3f2c9a5e-8b1d-4c7a-9e2f-0a1b2c3d4e5f", "uuid"),
+    ("plans", "premium_amount", "1e999999999", "range"),
+    ("plans", "premium_amount", "1" * 40, "range"),
+    ("plans", "premium_amount", "1e308", "range"),
+    ("plans", "premium_amount", "-1e308", "range"),
+    ("plans", "premium_amount", "9" * 5000, "range"),
+    ("plans", "premium_amount", 10 ** 4000, "range"),
+    ("plans", "premium_amount", "NaN", "number"),
+    ("plans", "premium_amount", "sNaN", "number"),
+    ("plans", "premium_amount", "Infinity", "number"),
+    ("plans", "premium_amount", "-Infinity", "number"),
+    ("plans", "premium_amount", float("nan"), "number"),
+    ("plans", "premium_amount", float("-inf"), "number"),
+    ("plans", "premium_amount", "1_000", "number"),
+    ("plans", "premium_amount", "١٢٣", "number"),
+    ("plans", "premium_amount", "1e-999999999", "scale"),
+    ("enrollments", "coverage_percentage", "１００", "number"),
+    ("enrollments", "coverage_percentage", "1e999999999", "range"),
+    ("calls", "duration_seconds", "9" * 5000, "integer"),
+    ("calls", "duration_seconds", 10 ** 4000, "range"),
+    ("calls", "duration_seconds", -(10 ** 4000), "range"),
+    ("calls", "duration_seconds", float("nan"), "integer"),
+    ("calls", "duration_seconds", "١٢", "integer"),
+], ids=short_id)
+def test_hostile_numbers_and_ids_are_rules(kind: str, name: str, raw: Any, rule: str) -> None:
+    assert field_rules(kind, name, raw) == [(name, rule)]
+
+
+def test_negative_zero_is_zero() -> None:
+    for raw in ("-0", "-0.00", "$-0", -0.0):
+        assert kind_for("plans").parsers["premium_amount"](raw) == Decimal("0.00")
+        assert str(kind_for("plans").parsers["premium_amount"](raw)) == "0.00"
+    assert kind_for("calls").parsers["duration_seconds"]("-0") == 0
+
+
+@pytest.mark.parametrize("kind, name, raw, rule", [
+    ("calls", "started_at", "0001-01-01T00:00:00+05:00", "datetime_range"),
+    ("calls", "ended_at", "9999-12-31T23:59:59-05:00", "datetime_range"),
+    ("flags", "resolved_at", "0001-01-01T04:59:59+05:00", "datetime_range"),
+    ("calls", "scheduled_at", "2026-01-01T10:00".translate(FULLWIDTH), "datetime_format"),
+    ("calls", "scheduled_at", "2026-01-01T10:00".translate(ARABIC_INDIC), "datetime_format"),
+    ("calls", "scheduled_at", "2026-W01-1", "datetime_format"),
+    ("calls", "scheduled_at", "1" * 40, "datetime_format"),
+    ("calls", "scheduled_at", 10 ** 4000, "max_length"),
+    ("calls", "scheduled_at", float("inf"), "number"),
+    ("calls", "scheduled_at", "2026-02-30T10:00", "datetime"),
+    ("calls", "scheduled_at", "2026-01-01T25:00", "datetime"),
+    ("calls", "scheduled_at", "2026-02-30", "date"),
+    ("calls", "follow_up_date", "0000-12-31", "date"),
+    ("calls", "follow_up_date", "10000-01-01", "date_format"),
+    ("plans", "effective_date", "2026-01-01".translate(ARABIC_INDIC), "date_format"),
+], ids=short_id)
+def test_hostile_times_are_rules(kind: str, name: str, raw: Any, rule: str) -> None:
+    assert field_rules(kind, name, raw) == [(name, rule)]
+
+
+def test_times_at_the_edges_of_what_python_holds_load() -> None:
+    parse = kind_for("calls").parsers["started_at"]
+    assert parse("0001-01-01T05:00:00+05:00") == datetime(1, 1, 1)
+    assert parse("9999-12-31T18:59:59-05:00") == datetime(9999, 12, 31, 23, 59, 59)
+    assert parse("2026-03-01T10:00:00Z") == parse("2026-03-01T05:00:00-05:00") == datetime(2026, 3, 1, 10)
+    assert parse("2026-03-01 10:00:00.123456+0100") == datetime(2026, 3, 1, 9, 0, 0, 123456)
+
+
+def test_json_nan_and_infinity_are_neither_names_nor_numbers() -> None:
+    lines = ['{"external_member_number": "X1", "first_name": NaN, "last_name": Infinity}',
+             '{"external_member_number": "X2", "first_name": 12, "last_name": -Infinity}',
+             '{"external_member_number": 4711, "first_name": "Nan", "last_name": "Infinity"}',
+             '{"external_member_number": NaN, "first_name": "Ann", "last_name": "Lee"}']
+    parsed, problems = parse("members", "\n".join(lines) + "\n", fmt="jsonl")
+    assert problems == [(1, "first_name", "type"), (1, "last_name", "type"), (2, "first_name", "type"),
+                        (2, "last_name", "type"), (4, "external_member_number", "type")]
+    # Text that spells them is text (people are called Nan), and a member number may be a JSON number.
+    assert [(p.values["external_member_number"], p.values["first_name"]) for p in parsed] == [("4711", "Nan")]
+    parsed, problems = parse("plans", '{"plan_code": "G", "plan_name": "Gold", "premium_amount": NaN, '
+                             '"copay_amount": Infinity, "coverage_details": {"x": [1, NaN]}}\n', fmt="jsonl")
+    assert sorted(problems) == [(1, "copay_amount", "number"), (1, "coverage_details", "json"),
+                                (1, "premium_amount", "number")]
+
+
+@pytest.mark.parametrize("raw, stored", [
+    ("Massachusetts", "MA"), ("massachusetts", "MA"), ("  MASSACHUSETTS  ", "MA"), ("New  Hampshire", "NH"),
+    ("new\thampshire", "NH"), ("District of Columbia", "DC"), ("Washington, D.C.", "DC"), ("D.C.", "DC"),
+    ("Washington", "WA"), ("Puerto Rico", "PR"), ("guam", "GU"), ("U.S. Virgin Islands", "VI"),
+    ("American Samoa", "AS"), ("Northern Mariana Islands", "MP"), ("ma", "MA"),
+])
+def test_state_names_become_their_codes(raw: str, stored: str) -> None:
+    parsed, problems = one_member_value("state", raw)
+    assert problems == [] and parsed[0].values["state"] == stored
+
+
+def test_every_state_code_has_a_name_and_every_name_a_code() -> None:
+    from carecli.data.validation import US_STATE_CODES, US_STATE_NAMES
+
+    assert set(US_STATE_NAMES.values()) == US_STATE_CODES
+
+
+@pytest.mark.parametrize("kind, name, raw, stored", [
+    ("members", "first_name", "\t=1+1", "\t=1+1"),
+    ("members", "last_name", "  +SUM(A1:A9)  ", "  +SUM(A1:A9)"),
+    ("members", "address_line1", "\n@cmd", "\n@cmd"),
+    ("members", "city", " -2+3", " -2+3"),
+    ("enrollments", "notes", "   - call back Monday\n", "   - call back Monday"),
+    ("members", "first_name", "=1+1", "=1+1"),  # no whitespace to strip: stored as given
+    ("members", "first_name", "\t Ann \t", "Ann"),  # other values are stripped as before
+    ("members", "phone", "\t+1 415 555 0123", "+14155550123"),  # normalised, so no formula
+    ("members", "phone", "+1 (415) 555-0123", "+14155550123"),
+    ("members", "external_member_number", "\t-17", "\t-17"),
+])
+def test_stripping_whitespace_never_makes_a_formula(kind: str, name: str, raw: str, stored: str) -> None:
+    assert kind_for(kind).parsers[name](raw) == stored
+
+
+@pytest.mark.parametrize("kind, name", [("members", "first_name"), ("members", "email"), ("members", "ssn"),
+                                        ("members", "state"), ("members", "external_member_number"),
+                                        ("calls", "call_notes"), ("calls", "call_type"), ("plans", "plan_code"),
+                                        ("plans", "coverage_details"), ("plans", "premium_amount"),
+                                        ("specialists", "plan_codes")])
+def test_lone_surrogates_are_an_encoding_problem(kind: str, name: str) -> None:
+    raw: Any = "ab\ud800cd"
+    if name == "coverage_details":
+        raw = {"tiers": ["gold", "\udc00"]}
+    elif name == "plan_codes":
+        raw = ["A", "B\ud800"]
+    assert field_rules(kind, name, raw) == [(name, "encoding")]
+
+
+def test_hostile_rows_are_rejected_and_the_rest_of_the_file_loads(imp: Importer) -> None:
+    """A JSON Lines file of every kind of hostile value, through the real loader, blind index and database:
+    each bad row is refused (the row, not the file), nothing of it is stored, the good rows load."""
+    good = person(1, state="Massachusetts", first_name="\t=1+1")
+    rows = [
+        person(2, ssn="９９９-12-3456"), person(3, ssn="123-45-6789".translate(FULLWIDTH)),
+        person(4, zip_code="97201".translate(FULLWIDTH)), person(5, phone="5551234567".translate(ARABIC_INDIC)),
+        person(6, first_name="ab\ud800"), person(7, state="Atlantis"), person(8, dob="0001-01-01"),
+    ]
+    lines = [json.dumps(row) for row in (good, *rows)]
+    lines.append(json.dumps(person(9)).replace('"Quenby9"', "NaN"))
+    lines.append(json.dumps(person(10)).replace('"Marrowfield10"', "Infinity"))
+    outcome = imp.run("members", "\n".join(lines) + "\n", fmt="jsonl")
+    assert outcome.rules() == [(2, "ssn", "ssn_format"), (3, "ssn", "ssn_format"), (4, "zip_code", "zip_format"),
+                               (5, "phone", "phone_format"), (6, "first_name", "encoding"), (7, "state", "us_state"),
+                               (8, "dob", "dob_too_old"), (9, "first_name", "type"), (10, "last_name", "type")]
+    assert_loaded(outcome, created=1, rejected=9)
+    (stored,) = imp.platform.sql("SELECT first_name, state, phone, zip_code FROM members")
+    assert tuple(stored) == ("\t=1+1", "MA", "+14155550001", "97001")
+    plans = ['{"plan_code": "OK", "plan_name": "Fine", "premium_amount": "-0", "coverage_details": {"a": 1.5}}',
+             '{"plan_code": "P1", "plan_name": "Huge", "premium_amount": "1e999999999"}',
+             '{"plan_code": "P2", "plan_name": "Long", "deductible_amount": "' + "1" * 40 + '"}',
+             '{"plan_code": "P3", "plan_name": "NaN", "copay_amount": NaN}',
+             '{"plan_code": "P4", "plan_name": "Inf", "coverage_details": {"cap": Infinity}}',
+             '{"plan_code": "P5", "plan_name": "Nul", "coverage_details": {"note": "a\\u0000b"}}',
+             '{"plan_code": "P6", "plan_name": "Deep", "coverage_details": ' + '{"a": ' * 200 + "1" + "}" * 200 + "}",
+             '{"plan_code": "P7", "plan_name": "Old", "effective_date": "0000-01-01"}']
+    outcome = imp.run("plans", "\n".join(plans) + "\n", fmt="jsonl")
+    assert outcome.rules() == [(2, "premium_amount", "range"), (3, "deductible_amount", "range"),
+                               (4, "copay_amount", "number"), (5, "coverage_details", "json"),
+                               (6, "coverage_details", "control_character"), (7, "coverage_details", "json"),
+                               (8, "effective_date", "date")]
+    assert_loaded(outcome, created=1, rejected=7)
+    assert imp.platform.sql("SELECT plan_code, premium_amount::text FROM insurance_plans") == [("OK", "0.00")]
 
 
 # == members: creating, matching, updating ==========================================================

@@ -366,3 +366,11 @@ def test_rule_messages_never_name_the_member_s_or_the_row_s_dates() -> None:
         {"enrollment_date": date(2026, 1, 1), "termination_date": date(2026, 9, 30), "status": "terminated"}, None,
         today=date(2026, 6, 1))
     assert rule == "status_dates" and "2026-09-30" not in message
+
+
+def test_a_call_too_long_for_its_duration_column_is_refused_not_an_error(world: World) -> None:
+    """ended_at - started_at in seconds must fit duration_seconds (an INTEGER): a call of more than 68 years
+    is a rejection naming ended_at, not an out-of-range error that aborts the batch."""
+    row = {**CALL, "external_id": "LONG-1", "call_status": "cancelled", "scheduled_at": at(days=5),
+           "started_at": "1900-01-01T00:00:00", "ended_at": "2000-01-01T00:00:00"}
+    assert_refused(world.check("calls", row, dry_run=False), ("ended_at", "range"), rows=[row])

@@ -391,6 +391,9 @@ def test_a_call_on_a_deleted_member_is_refused(platform):
     ({"plan_name": "N" * 256}, "plan_name", "max_length"),
     ({"plan_name": None}, "plan_name", "required"),
     ({"is_active": "yes"}, "is_active", "type"),
+    ({"premium_amount": Decimal("NaN")}, "premium_amount", "type"),
+    ({"deductible_amount": float("inf")}, "deductible_amount", "type"),
+    ({"copay_amount": "\u0661\u0662"}, "copay_amount", "type"),  # Arabic-Indic digits: Decimal() reads them
 ])
 def test_plan_validation(platform, values, field, rule):
     _refused(platform, lambda uow: uow.plans.create({"plan_code": "P", "plan_name": "Plan", **values}), field, rule)
@@ -479,6 +482,13 @@ def test_coverage_is_between_0_and_100(platform, enrolled, coverage, ok):
             assert attempt(uow).coverage_percentage == Decimal(str(coverage))
     else:
         _refused(platform, attempt, "coverage_percentage", "range")
+
+
+@pytest.mark.parametrize("coverage", [Decimal("NaN"), Decimal("-Infinity"), float("nan")])
+def test_coverage_that_is_not_a_number_is_refused_not_raised(platform, enrolled, coverage):
+    member, _, second, _ = enrolled
+    _refused(platform, lambda uow: uow.enrollments.enroll(member.id, second.id, date(2026, 2, 1),
+                                                          coverage_percentage=coverage), "coverage_percentage", "type")
 
 
 def test_termination_not_before_enrollment(platform, enrolled):

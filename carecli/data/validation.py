@@ -8,6 +8,7 @@ repositories call.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -33,6 +34,39 @@ US_STATE_CODES = frozenset(
     "AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
     "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY DC PR GU VI AS MP".split()
 )
+#: full names of the states, DC and the territories of US_STATE_CODES, by their code (lower case, single spaces)
+US_STATE_NAMES: dict[str, str] = {
+    "alabama": "AL", "alaska": "AK", "arizona": "AZ", "arkansas": "AR", "california": "CA", "colorado": "CO",
+    "connecticut": "CT", "delaware": "DE", "florida": "FL", "georgia": "GA", "hawaii": "HI", "idaho": "ID",
+    "illinois": "IL", "indiana": "IN", "iowa": "IA", "kansas": "KS", "kentucky": "KY", "louisiana": "LA",
+    "maine": "ME", "maryland": "MD", "massachusetts": "MA", "michigan": "MI", "minnesota": "MN",
+    "mississippi": "MS", "missouri": "MO", "montana": "MT", "nebraska": "NE", "nevada": "NV",
+    "new hampshire": "NH", "new jersey": "NJ", "new mexico": "NM", "new york": "NY", "north carolina": "NC",
+    "north dakota": "ND", "ohio": "OH", "oklahoma": "OK", "oregon": "OR", "pennsylvania": "PA",
+    "rhode island": "RI", "south carolina": "SC", "south dakota": "SD", "tennessee": "TN", "texas": "TX",
+    "utah": "UT", "vermont": "VT", "virginia": "VA", "washington": "WA", "west virginia": "WV",
+    "wisconsin": "WI", "wyoming": "WY",
+    "district of columbia": "DC", "d c": "DC", "washington dc": "DC", "washington d c": "DC",
+    "puerto rico": "PR", "guam": "GU", "american samoa": "AS",
+    "virgin islands": "VI", "us virgin islands": "VI", "u s virgin islands": "VI",
+    "united states virgin islands": "VI", "virgin islands of the united states": "VI",
+    "northern mariana islands": "MP", "commonwealth of the northern mariana islands": "MP",
+}
+_NAME_NOISE = re.compile(r"[\s.,]+")
+
+
+def state_code(value: str) -> str | None:
+    """The two-letter code for a state or territory written as its code (any case) or its full name
+    (any case, extra spaces, ``D.C.``-style dots), or None. ASCII only: ``str.upper`` would turn
+    non-ASCII letters (the long s, ``ſ``) into ASCII ones."""
+    if not value.isascii():
+        return None
+    code = value.strip().upper()
+    if code in US_STATE_CODES:
+        return code
+    return US_STATE_NAMES.get(_NAME_NOISE.sub(" ", value).strip().lower())
+
+
 # ASCII digits only ([0-9], not \d, which takes any script's digits) and \Z, not $ (which allows a final newline).
 ZIP_PATTERN = re.compile(r"^[0-9]{5}(-[0-9]{4})?\Z")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
@@ -53,17 +87,33 @@ def _type_ok(column_type: Any, value: Any) -> str | None:
     if isinstance(column_type, (String, Text)):
         return None if isinstance(value, str) else "text"
     if isinstance(column_type, Numeric):
-        if isinstance(value, bool):
-            return "a number"
-        try:
-            Decimal(str(value))
-        except InvalidOperation:
-            return "a number"
-        return None
+        return None if _finite_number(value) is not None else "a number"
     if isinstance(column_type, Uuid):
         import uuid
 
         return None if isinstance(value, uuid.UUID) else "an id"
+    return None
+
+
+#: a number as the app's forms may pass it as text: ASCII digits (Decimal() takes any script's, and NaN)
+_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+
+
+def _finite_number(value: Any) -> Decimal | None:
+    """``value`` as a finite Decimal (an int, a finite float or Decimal, or plain ASCII decimal text), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, Decimal):
+        return value if value.is_finite() else None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value)) if math.isfinite(value) else None
+    if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
+        try:
+            return Decimal(value.strip())
+        except InvalidOperation:
+            return None
     return None
 
 
@@ -108,7 +158,9 @@ def check_not_before(later_field: str, later: date | None, earlier_field: str, e
 def check_range(field: str, value: Any, low: Decimal | int | None, high: Decimal | int | None) -> None:
     if value is None:
         return
-    number = Decimal(str(value))
+    number = _finite_number(value)
+    if number is None:  # NaN, Infinity, or not a number: Decimal would raise on comparing it
+        raise ValidationError(field, "number", "must be a number")
     if low is not None and number < low:
         raise ValidationError(field, "range", f"must be at least {low}")
     if high is not None and number > high:

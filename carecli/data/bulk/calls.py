@@ -54,6 +54,8 @@ MEMBERS = Member.__table__
 REDACTED = "[redacted]"
 #: how far a given duration_seconds may be from ended_at - started_at (rounding in the source system)
 DURATION_SLACK_SECONDS = 1
+#: the most duration_seconds (an INTEGER) holds: ended_at - started_at past it is refused, not left to the COPY
+MAX_DURATION_SECONDS = 2_147_483_647
 
 
 def reference_problems(ref: Ref, current_id: uuid.UUID | None, *, field: str, what: str,
@@ -184,8 +186,8 @@ class CallsKind(ExternalIdKind):
     required_on_create = ("call_type", "call_status")
     defaults = {"follow_up_required": False}
     special_parsers = {
-        "call_type": f.enum(CALL_TYPES), "call_status": f.enum(CALL_STATUSES), "external_id": f.text(100),
-        "external_member_number": f.text(64), "specialist_email": f.parse_email,
+        "call_type": f.enum(CALL_TYPES), "call_status": f.enum(CALL_STATUSES), "external_id": f.code(100),
+        "external_member_number": f.code(64), "specialist_email": f.parse_email,
     }
 
     def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
@@ -254,6 +256,9 @@ class CallsKind(ExternalIdKind):
         given = values.get("duration_seconds")
         if started is not None and ended is not None and ended >= started:
             computed = int((ended - started).total_seconds())
+            if computed > MAX_DURATION_SECONDS:
+                return None, ("ended_at", "range", "must be within 68 years of started_at "
+                              "(the call's duration in seconds must fit its column)")
             if given is not None and abs(given - computed) > DURATION_SLACK_SECONDS:
                 return None, ("duration_seconds", "duration_mismatch", "must be the time from started_at to ended_at "
                               "(leave it empty to have it computed)")

@@ -54,8 +54,8 @@ class EnrollmentsKind(Kind):
     special_parsers = {
         "status": f.enum(ENROLLMENT_STATUSES),
         "coverage_percentage": f.decimal(5, 2, Decimal(0), Decimal(100)),
-        "external_member_number": f.text(64),
-        "plan_code": f.text(50),
+        "external_member_number": f.code(64),
+        "plan_code": f.code(50),
     }
 
     def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:

@@ -1,15 +1,21 @@
 """Parsing and normalising one value of an import file.
 
 Every parser takes what the file held (a string from CSV; a string, number,
-boolean or null from JSON Lines) and returns the typed, normalised value, or
-raises :class:`FieldProblem` naming the rule it broke. Messages never repeat
-the value: an import file is full of PHI, and error reports and logs must
-not be.
+boolean, null, list or object from JSON Lines) and returns the typed,
+normalised value, or raises :class:`FieldProblem` naming the rule it broke,
+and nothing else: whatever a file holds, a bad value is a rejection of its
+row, never an error of the import. Messages never repeat the value: an import
+file is full of PHI, and error reports and logs must not be.
+
+Formats are checked on ASCII only (``[0-9]``, never ``\\d`` or
+``str.isdigit``, which take any script's digits): a fullwidth or
+Arabic-Indic digit is not a digit of an SSN, ZIP, phone, amount or date.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -18,12 +24,17 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from carecli.data.crypto.phi import DateOfBirth, Ssn
-from carecli.data.validation import EMAIL_PATTERN, US_STATE_CODES
+from carecli.data.validation import EMAIL_PATTERN, state_code
 
 #: The oldest date of birth we accept, in years before today.
 OLDEST_PLAUSIBLE_AGE_YEARS = 130
 #: TEXT columns have no declared size; a cell bigger than this is a broken file, not a note.
 MAX_TEXT_CHARS = 65_536
+#: A JSON whole number given for a text value (a member number, a ZIP) has at most this many digits;
+#: past Python's int-to-text limit (4,300 digits) ``str()`` itself would fail.
+MAX_NUMBER_DIGITS = 100
+#: What a spreadsheet reads as the start of a formula.
+FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 class FieldProblem(ValueError):
@@ -42,28 +53,91 @@ def blank(raw: Any) -> bool:
     return raw is None or (isinstance(raw, str) and not raw.strip())
 
 
+def _check_string(value: str) -> str:
+    """``value`` when the database can hold it: UTF-8 encodable and without NUL."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (\ud800 in JSON): text no encoding can write
+            raise FieldProblem("encoding", "must be valid Unicode text (it holds an unpaired surrogate "
+                                           "code point)") from None
+    if "\x00" in value:
+        raise FieldProblem("control_character", "must not contain NUL characters")
+    return value
+
+
+def _number_text(raw: int | float) -> str:
+    """A JSON number given where text is read (a ZIP, a member number, a date as 20260115), as its digits."""
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise FieldProblem("number", "must not be NaN or Infinity")
+        return repr(raw)
+    if abs(raw) >= 10 ** MAX_NUMBER_DIGITS:
+        raise FieldProblem("max_length", f"must be at most {MAX_NUMBER_DIGITS} digits")
+    return str(raw)
+
+
 def _text_of(raw: Any) -> str:
+    """The value as stripped text, for values parsed into a normalised form (codes, numbers, dates)."""
     if isinstance(raw, str):
-        return raw.strip()
+        return _check_string(raw).strip()
     if isinstance(raw, bool):
         raise FieldProblem("type", "must be text, not true/false")
     if isinstance(raw, (int, float)):
-        return str(raw)
+        return _number_text(raw)
     raise FieldProblem("type", "must be text")
 
 
-def text(max_length: int | None) -> Parser:
+def _kept_text(raw: str) -> str:
+    """Text stored as the file gave it: surrounding whitespace stripped, unless stripping would make a formula.
+
+    A value such as ``"\\t=1+1"`` or ``" -5"`` keeps its leading whitespace (only the end is
+    stripped): stripping it would turn text that no spreadsheet runs into one that starts with
+    ``=``, ``+``, ``-`` or ``@`` and does run when the data is exported and opened. Keeping it,
+    rather than refusing the row, was chosen because such values are also how careful exporters
+    defuse a formula and how people indent a note ("  - call back Monday"): the stored text is
+    then exactly what the file held, so nothing is lost and nothing becomes live that was not.
+    A value that already starts with one of them is stored as given (export's concern).
+    """
+    stripped = raw.strip()
+    if stripped.startswith(FORMULA_STARTS) and not raw.startswith(FORMULA_STARTS):
+        return raw.rstrip()
+    return stripped
+
+
+def text(max_length: int | None, *, numbers: bool = False) -> Parser:
+    """Free text of at most ``max_length`` characters (a TEXT column's sanity limit when None).
+
+    With ``numbers`` (identifiers: member numbers, external ids, plan codes, licence numbers), a
+    JSON whole number is taken as its digits; otherwise a JSON number, true/false, NaN or
+    Infinity is a type problem: ``{"first_name": 12}`` or ``NaN`` is not a name.
+    """
     limit = max_length or MAX_TEXT_CHARS
 
     def parse(raw: Any) -> str:
-        value = _text_of(raw)
-        if "\x00" in value:
-            raise FieldProblem("control_character", "must not contain NUL characters")
+        if isinstance(raw, str):
+            value = _kept_text(_check_string(raw))
+        elif numbers and isinstance(raw, int) and not isinstance(raw, bool):
+            value = _number_text(raw)
+        elif isinstance(raw, bool):
+            raise FieldProblem("type", "must be text, not true/false")
+        elif isinstance(raw, float) and not math.isfinite(raw):
+            raise FieldProblem("type", "must be text, not NaN or Infinity")
+        elif isinstance(raw, (int, float)):
+            raise FieldProblem("type", "must be text or a whole number" if numbers else "must be text, not a number")
+        else:
+            raise FieldProblem("type", "must be text")
         if len(value) > limit:
             raise FieldProblem("max_length", f"must be at most {limit:,} characters (has {len(value):,})")
         return value
 
     return parse
+
+
+def code(max_length: int) -> Parser:
+    """An identifier from another system (a member number, an external id, a plan code): text, or a JSON
+    whole number taken as its digits."""
+    return text(max_length, numbers=True)
 
 
 def enum(choices: tuple[str, ...]) -> Parser:
@@ -78,13 +152,20 @@ def enum(choices: tuple[str, ...]) -> Parser:
 
 #: an SSN as written: dashes or spaces between the groups, or none
 _SSN_SHAPES = re.compile(r"[0-9]{3}-?[0-9]{2}-?[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}")
-_US_DATE = re.compile(r"^([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})$")
-_COMPACT_DATE = re.compile(r"^([0-9]{4})([0-9]{2})([0-9]{2})$")
-_ISO_DATE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
+_US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})\Z")
+_COMPACT_DATE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})\Z")
+_ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})\Z")
 DATE_FORMATS = "YYYY-MM-DD, MM/DD/YYYY or YYYYMMDD"
+#: an ISO 8601 date and time as datetime.fromisoformat reads it, in ASCII digits: the shapes
+#: fromisoformat also takes (week dates, a bare 40-digit number) are not times anyone writes in a file
+_ISO_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,6})?)?)?"
+    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2}(?:\.[0-9]{1,6})?)?)?)?\Z")
+TIMESTAMP_FORMAT = "YYYY-MM-DDTHH:MM[:SS][+HH:MM]"
 
 
 def parse_date(raw: Any) -> date:
+    """A calendar date in one of :data:`DATE_FORMATS`, years 1 to 9999 (Python's range; PostgreSQL's is wider)."""
     value = _text_of(raw)
     for pattern, order in ((_ISO_DATE, (0, 1, 2)), (_US_DATE, (2, 0, 1)), (_COMPACT_DATE, (0, 1, 2))):
         match = pattern.match(value)
@@ -92,23 +173,34 @@ def parse_date(raw: Any) -> date:
             parts = match.groups()
             try:
                 return date(int(parts[order[0]]), int(parts[order[1]]), int(parts[order[2]]))
-            except ValueError:
+            except ValueError:  # a month 13, a 30 February, the year 0
                 raise FieldProblem("date", "is not a real calendar date") from None
     raise FieldProblem("date_format", f"must be a date as {DATE_FORMATS}")
 
 
 def parse_timestamp(raw: Any) -> datetime:
-    """ISO 8601 date-time; with an offset it is converted to UTC, without one it is taken as UTC."""
+    """ISO 8601 date-time; with an offset it is converted to UTC, without one it is taken as UTC.
+
+    A time whose UTC equivalent falls outside the years 1 to 9999 (``0001-01-01T00:00:00+05:00``)
+    cannot be held by Python, so it is refused (``datetime_range``) instead of failing the import.
+    """
     value = _text_of(raw)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-    except ValueError:
+    if not _ISO_TIMESTAMP.match(value):
         try:
             return datetime.combine(parse_date(value), datetime.min.time())
-        except FieldProblem:
-            raise FieldProblem("datetime_format", "must be a date and time as YYYY-MM-DDTHH:MM[:SS][+HH:MM]") from None
+        except FieldProblem as problem:
+            if problem.rule == "date":
+                raise
+            raise FieldProblem("datetime_format", f"must be a date and time as {TIMESTAMP_FORMAT}") from None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:  # the right shape, impossible values: hour 25, 30 February, offset +25:00
+        raise FieldProblem("datetime", "is not a real date and time") from None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError:
+            raise FieldProblem("datetime_range", "must be between the years 1 and 9999 in UTC") from None
     return moment
 
 
@@ -127,43 +219,71 @@ def parse_bool(raw: Any) -> bool:
     raise FieldProblem("boolean", "must be true or false (also yes/no, 1/0)")
 
 
+#: the largest value an integer column can hold when the caller gives no bound (PostgreSQL's bigint)
+_BIGINT = 2**63 - 1
+
+
 def integer(low: int | None = None, high: int | None = None) -> Parser:
+    """A whole number: a JSON integer, or up to 12 ASCII digits with an optional sign."""
     def parse(raw: Any) -> int:
-        if isinstance(raw, bool):
+        if isinstance(raw, bool) or isinstance(raw, float):
             raise FieldProblem("integer", "must be a whole number")
         if isinstance(raw, int):
-            value = raw
+            value = raw  # any size: the range check below says what fits
         else:
             text_value = _text_of(raw)
             if not re.fullmatch(r"[+-]?[0-9]{1,12}", text_value):
                 raise FieldProblem("integer", "must be a whole number")
             value = int(text_value)
         _check_range(value, low, high)
+        if abs(value) > _BIGINT:
+            raise FieldProblem("range", f"must be at most {_BIGINT:,} in size")
         return value
 
     return parse
 
 
+#: a plain decimal in ASCII digits (what is left once '$' and thousands commas are taken off); Decimal()
+#: itself also takes NaN, Infinity, underscores and any script's digits
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+
+
 def decimal(precision: int, scale: int, low: Decimal | None = None, high: Decimal | None = None) -> Parser:
-    """A NUMERIC(precision, scale) value; a leading '$' and thousands commas are accepted."""
+    """A NUMERIC(precision, scale) value; a leading '$' and thousands commas are accepted.
+
+    The size is checked before the value is rounded to ``scale`` places: rounding a value such as
+    ``1e999999999`` would raise ``decimal.InvalidOperation`` instead of the ``range`` rule.
+    """
     limit = Decimal(10) ** (precision - scale)
+    quantum = Decimal(1).scaleb(-scale)
 
     def parse(raw: Any) -> Decimal:
         if isinstance(raw, bool):
             raise FieldProblem("number", "must be a number")
-        text_value = _text_of(raw).replace(",", "").removeprefix("$")
-        try:
-            value = Decimal(text_value)
-        except InvalidOperation:
-            raise FieldProblem("number", "must be a number") from None
-        if not value.is_finite():
-            raise FieldProblem("number", "must be a number")
-        if value != value.quantize(Decimal(1).scaleb(-scale)):
-            raise FieldProblem("scale", f"must have at most {scale} decimal places")
-        if abs(value) >= limit:
+        if isinstance(raw, int):
+            value = Decimal(raw)  # exact at any size, without int-to-text conversion
+        elif isinstance(raw, float):
+            if not math.isfinite(raw):
+                raise FieldProblem("number", "must be a number, not NaN or Infinity")
+            value = Decimal(repr(raw))  # 19.99 as written, not its binary expansion
+        else:
+            text_value = _text_of(raw).replace(",", "").removeprefix("$")
+            if not _DECIMAL.match(text_value):
+                raise FieldProblem("number", "must be a number")
+            try:
+                value = Decimal(text_value)
+            except InvalidOperation:  # an exponent past what Decimal holds
+                raise FieldProblem("range", f"must be less than {limit:,} in size") from None
+        if value.copy_abs() >= limit:  # copy_abs, not abs(): abs() rounds in the context and can overflow
             raise FieldProblem("range", f"must be less than {limit:,} in size")
-        _check_range(value, low, high)
-        return value.quantize(Decimal(1).scaleb(-scale))
+        try:
+            rounded = value.quantize(quantum)
+        except InvalidOperation:  # cannot happen below the limit; kept a rejection if it ever does
+            raise FieldProblem("range", f"must be less than {limit:,} in size") from None
+        if value != rounded:
+            raise FieldProblem("scale", f"must have at most {scale} decimal places")
+        _check_range(rounded, low, high)
+        return rounded.copy_abs() if rounded.is_zero() else rounded  # -0 is 0
 
     return parse
 
@@ -175,22 +295,67 @@ def _check_range(value: Any, low: Any, high: Any) -> None:
         raise FieldProblem("range", f"must be at most {high}")
 
 
+#: what uuid.UUID reads, in ASCII hex (it would also take int()'s other digits and underscores)
+_UUID = re.compile(r"(?:urn:uuid:)?(\{)?[0-9a-fA-F]{8}(-?)[0-9a-fA-F]{4}\2[0-9a-fA-F]{4}\2[0-9a-fA-F]{4}\2"
+                   r"[0-9a-fA-F]{12}(?(1)\})\Z")
+
+
 def parse_uuid(raw: Any) -> uuid.UUID:
-    try:
-        return uuid.UUID(_text_of(raw))
-    except ValueError:
-        raise FieldProblem("uuid", "must be an id like 3f2c9a5e-8b1d-4c7a-9e2f-0a1b2c3d4e5f") from None
+    value = _text_of(raw)
+    if not _UUID.match(value):
+        raise FieldProblem("uuid", "must be an id like 3f2c9a5e-8b1d-4c7a-9e2f-0a1b2c3d4e5f")
+    return uuid.UUID(value)
+
+
+#: how deep a JSON object may nest (PostgreSQL and Python both have a limit; a real document is shallow)
+MAX_JSON_DEPTH = 64
+
+
+def _refuse_constant(name: str) -> Any:
+    raise FieldProblem("json", "must be standard JSON (NaN and Infinity are not)")
+
+
+def _check_json(document: Any) -> None:
+    """Refuse what PostgreSQL's jsonb or the JSON writer cannot take: NaN and Infinity, lone surrogates,
+    NUL characters, numbers too long to write, nesting past :data:`MAX_JSON_DEPTH`."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise FieldProblem("json", f"must not nest deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, str):
+            _check_string(item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if not isinstance(key, str):
+                    raise FieldProblem("json", "must be a JSON object")
+                _check_string(key)
+                stack.append((value, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((value, depth + 1) for value in item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise FieldProblem("json", "must be standard JSON (NaN and Infinity are not)")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if abs(item) >= 10 ** MAX_NUMBER_DIGITS:
+                raise FieldProblem("json", f"must hold numbers of at most {MAX_NUMBER_DIGITS} digits")
+        elif item is not None and not isinstance(item, bool):
+            raise FieldProblem("json", "must be a JSON object")
 
 
 def parse_json_object(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
-        return raw
-    try:
-        value = json.loads(_text_of(raw))
-    except ValueError:
-        raise FieldProblem("json", "must be a JSON object") from None
+        value: Any = raw
+    else:
+        try:
+            value = json.loads(_text_of(raw), parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as error:  # a number past int's text limit is a ValueError too
+            if isinstance(error, FieldProblem):
+                raise
+            raise FieldProblem("json", "must be a JSON object") from None
     if not isinstance(value, dict):
         raise FieldProblem("json", "must be a JSON object")
+    _check_json(value)
     return value
 
 
@@ -238,16 +403,21 @@ def dob_parser(today: Callable[[], date] = date.today) -> Parser:
 
 
 def parse_state(raw: Any) -> str:
-    value = _text_of(raw).upper()
-    if value not in US_STATE_CODES:
-        raise FieldProblem("us_state", "must be a two-letter US state or territory code")
-    return value
+    """A state or territory as its two-letter code: the code in any case, or the full name as Synthea and
+    other exports write it (``Massachusetts``, ``district of columbia``), any case and spacing."""
+    code = state_code(_text_of(raw))
+    if code is None:
+        raise FieldProblem("us_state", "must be a US state or territory: its two-letter code or its name")
+    return code
 
 
 def parse_zip(raw: Any) -> str:
-    value = _text_of(raw)
-    if isinstance(raw, int) and not isinstance(raw, bool):
+    if isinstance(raw, int) and not isinstance(raw, bool):  # a JSON number lost its leading zeros
+        if not 0 <= raw < 1_000_000_000:
+            raise FieldProblem("zip_format", "must be a 5-digit ZIP or ZIP+4 (12345 or 12345-6789)")
         value = f"{raw:05d}" if raw < 100_000 else f"{raw:09d}"
+    else:
+        value = _text_of(raw)
     digits = value.replace("-", "").replace(" ", "")
     if not re.fullmatch(r"[0-9]{5}|[0-9]{9}", digits) or not re.fullmatch(r"[0-9]{5}(?:[- ]?[0-9]{4})?", value):
         raise FieldProblem("zip_format", "must be a 5-digit ZIP or ZIP+4 (12345 or 12345-6789)")
@@ -262,7 +432,7 @@ def parse_phone(raw: Any) -> str:
     value = _text_of(raw)
     if not re.fullmatch(r"[0-9 \t().+\-]+", value):
         raise FieldProblem("phone_format", "must be a 10-digit US phone number, e.g. (555) 123-4567")
-    digits = re.sub(r"\D", "", value)
+    digits = re.sub(r"[^0-9]", "", value)
     if len(digits) == 11 and digits[0] == "1":
         digits = digits[1:]
     if len(digits) != 10:
@@ -271,7 +441,9 @@ def parse_phone(raw: Any) -> str:
 
 
 def parse_email(raw: Any) -> str:
-    value = _text_of(raw)
+    """An e-mail address, stored as given; leading whitespace before a formula character is kept
+    (see :func:`_kept_text`), and so refused: an address holds no whitespace."""
+    value = _kept_text(_check_string(raw)) if isinstance(raw, str) else _text_of(raw)
     if len(value) > 255 or not EMAIL_PATTERN.match(value):
         raise FieldProblem("email_format", "must look like name@example.org")
     return value

@@ -52,8 +52,8 @@ class FlagsKind(ExternalIdKind):
     permission = Permission.FLAGS_WRITE
     required_on_create = ("risk_type", "severity", "description")
     special_parsers = {
-        "risk_type": f.enum(RISK_TYPES), "severity": f.enum(SEVERITIES), "external_id": f.text(100),
-        "call_external_id": f.text(100), "external_member_number": f.text(64), "specialist_email": f.parse_email,
+        "risk_type": f.enum(RISK_TYPES), "severity": f.enum(SEVERITIES), "external_id": f.code(100),
+        "call_external_id": f.code(100), "external_member_number": f.code(64), "specialist_email": f.parse_email,
         # Written by export, read and ignored here (READ_ONLY_COLUMNS): resolving is a step in the app.
         "resolved": f.parse_bool, "resolved_at": f.parse_timestamp, "resolution_note": f.text(None),
     }

@@ -236,7 +236,7 @@ class Kind:
             elif name in self.table.c:
                 self.parsers[name] = column_parser(self.table, name)
             else:  # a reference or key column held as text
-                self.parsers[name] = f.text(100)
+                self.parsers[name] = f.code(100)
         self.table_columns = tuple(name for name in self.columns if name in self.table.c and name != "id")
 
     # -- parsing ---------------------------------------------------------------------------

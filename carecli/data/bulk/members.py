@@ -92,7 +92,7 @@ class MembersKind(Kind):
     special_parsers = {
         "ssn": f.parse_ssn, "dob": f.dob_parser(), "email": f.parse_email, "phone": f.parse_phone,
         "state": f.parse_state, "zip_code": f.parse_zip, "status": f.enum(MEMBER_STATUSES),
-        "external_member_number": f.text(64),
+        "external_member_number": f.code(64),
     }
 
     def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from carecli.data.bulk import fields as f
 from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, fetch_by
 from carecli.data.models.platform import InsurancePlan
 from carecli.data.permissions import Permission
@@ -18,6 +19,7 @@ class PlansKind(Kind):
     required_columns = ("plan_code",)
     required_on_create = ("plan_code", "plan_name")
     defaults = {"is_active": True}
+    special_parsers = {"plan_code": f.code(50)}
 
     def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
         if "plan_code" in values and values["plan_code"] is None:

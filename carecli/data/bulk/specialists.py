@@ -56,7 +56,8 @@ class SpecialistsKind(Kind):
     table = SpecialistTable.__table__
     permission = Permission.SPECIALISTS_WRITE
     defaults = {"is_active": True}
-    special_parsers = {"user_email": f.parse_email, "phone": f.parse_phone, "plan_codes": f.parse_list}
+    special_parsers = {"user_email": f.parse_email, "phone": f.parse_phone, "plan_codes": f.parse_list,
+                       "license_number": f.code(50)}
 
     def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
         if values.get("id") is None and values.get("user_email") is None:

@@ -13,7 +13,8 @@ from datetime import date
 from typing import Final, Generic, NoReturn, TypeVar
 
 MASK: Final = "[PHI]"
-_SSN_DIGITS = re.compile(r"^\d{9}$")
+#: ASCII digits only (\d takes any script's digits; the blind index hashes the digits as ASCII) and \Z, not $
+_SSN_DIGITS = re.compile(r"[0-9]{9}\Z")
 _T = TypeVar("_T")
 
 
