@@ -247,7 +247,8 @@ def test_unknown_doubled_and_missing_columns_stop_the_file_before_anything_is_wr
     before = counts(imp.platform)
     with pytest.raises(ConfigError) as unknown:
         imp.run("members", "external_member_number,first_name,last_name,Shoe Size\nX1,Ann,Lee,9\n")
-    assert "unknown column(s) in the header: 'Shoe Size'" in str(unknown.value)
+    assert "unknown column(s) in the header: column 4" in str(unknown.value)
+    assert "Shoe" not in str(unknown.value)
     assert "--map 'Their name='" in str(unknown.value) and unknown.value.exit_code == 2
 
     with pytest.raises(ConfigError, match="given more than once in the header: first_name"):
@@ -331,11 +332,16 @@ def test_a_huge_field_is_refused_by_its_length_and_the_rest_load(imp: Importer) 
 def test_an_unterminated_quote_aborts_with_the_batches_before_it_committed(imp: Importer) -> None:
     good = members_csv(*(person(n) for n in range(1, 251)))
     data = good + 'EXT-999999,"' + "y" * (20 * 1024 * 1024) + "\n" + members_csv(person(300)).split("\n", 1)[1]
-    with pytest.raises(FileProblem) as caught:
+    with pytest.raises(ImportAborted) as caught:
         imp.run("members", data, batch_rows=100)
-    assert caught.value.exit_code == EXIT_ABORTED
-    assert "record 251" in str(caught.value) and "field larger than field limit" in str(caught.value)
-    # Two whole batches were written before the reader gave up; the half batch after them was not.
+    cause = caught.value.__cause__
+    assert isinstance(cause, FileProblem) and cause.exit_code == EXIT_ABORTED
+    assert "record 251" in str(cause) and "field larger than field limit" in str(cause)
+    # Two whole batches were written before the reader gave up; the half batch after them was not,
+    # and the summary says so.
+    summary = caught.value.summary
+    assert summary is not None
+    assert (summary.aborted, summary.batches, summary.committed_through_row, summary.created) == (True, 2, 200, 200)
     assert imp.platform.scalar("SELECT count(*) FROM members") == 200
     assert imp.platform.scalar("SELECT count(*) FROM audit_logs WHERE entity_type = 'member'") == 200
     # An unterminated quote at the very end of a small file.
@@ -398,7 +404,8 @@ def test_jsonl_typed_values_and_broken_lines() -> None:
         "external_member_number": "4711", "first_name": "Ann", "last_name": "Lee", "zip_code": "02134",
         "phone": "+14155550123", "ssn": Ssn("123456789"), "status": None, "address_line2": None}
     # JSON Lines rows are line numbers (blank lines count).
-    assert problems == [(3, "(row)", "json"), (4, "(row)", "json"), (5, "shoe_size", "unknown_field"),
+    # An unknown key is named by its position, never by the key (it could be anything, PHI too).
+    assert problems == [(3, "(row)", "json"), (4, "(row)", "json"), (5, "(row)", "unknown_field"),
                         (6, "first_name", "type"), (7, "first_name", "type"), (8, "first_name", "duplicate_field"),
                         (9, "(row)", "json")]
 
@@ -446,6 +453,117 @@ def test_format_from_the_extension_or_given() -> None:
     assert "--format" in str(caught.value)
     with pytest.raises(ConfigError, match="unknown format"):
         read_records(io.BytesIO(b""), "xml", Columns(COLUMNS["members"], {}))
+
+
+# -- hostile JSON: every way in (a JSON Lines line, a JSON cell of a CSV file) ----------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def plans_jsonl(*lines: str) -> str:
+    return "\n".join(lines) + "\n"
+
+
+def test_json_nested_too_deep_is_a_row_rejection_by_line_and_by_cell(imp: Importer) -> None:
+    lines = ['{"plan_code": "GOLD", "plan_name": "Gold"}',
+             '{"plan_code": "DEEP", "plan_name": "Deep", "coverage_details": {"x": ' + DEEP + "}}",
+             DEEP,
+             '{"plan_code": "OK", "plan_name": "Fine", "coverage_details": ' + '{"a": ' * 10 + "1" + "}" * 11]
+    outcome = imp.run("plans", plans_jsonl(*lines), fmt="jsonl")
+    assert outcome.rules() == [(2, "(row)", "nesting"), (3, "(row)", "nesting")]
+    assert "nested" in outcome.problems[0].message
+    assert_loaded(outcome, created=2, rejected=2)
+    # The same JSON in a coverage_details cell of a CSV file.
+    cells = to_csv([plan_row("CSV1"), plan_row("CSV2", coverage_details='{"x": ' + DEEP + "}"),
+                    plan_row("CSV3", coverage_details=DEEP)], header=(*PLAN_HEADER, "coverage_details"))
+    outcome = imp.run("plans", cells)
+    assert outcome.rules() == [(2, "coverage_details", "nesting"), (3, "coverage_details", "nesting")]
+    assert_loaded(outcome, created=1, rejected=2)
+    # The parser on its own survives it too.
+    for raw in (DEEP, '{"x": ' + DEEP + "}", "{" * 100_000):
+        with pytest.raises(f.FieldProblem):
+            f.parse_json_object(raw)
+
+
+def test_numbers_json_cannot_hold_are_row_rejections(imp: Importer) -> None:
+    huge = "9" * 5000
+    lines = ['{"plan_code": "GOLD", "plan_name": "Gold"}',
+             '{"plan_code": "H1", "plan_name": "Huge", "coverage_details": {"x": ' + huge + "}}",
+             '{"plan_code": "H2", "plan_name": "Inf", "coverage_details": {"x": 1e999}}',
+             '{"plan_code": "H3", "plan_name": "Big", "coverage_details": {"x": ' + "9" * 4000 + "}}"]
+    outcome = imp.run("plans", plans_jsonl(*lines), fmt="jsonl")
+    assert outcome.rules() == [(2, "(row)", "json"), (3, "(row)", "json")]
+    assert all(huge[:8] not in p.message for p in outcome.problems)
+    assert_loaded(outcome, created=2, rejected=2)
+    cells = to_csv([plan_row("C1", coverage_details='{"x": ' + huge + "}"),
+                    plan_row("C2", coverage_details='{"x": -1e999}'), plan_row("C3")],
+                   header=(*PLAN_HEADER, "coverage_details"))
+    outcome = imp.run("plans", cells)
+    assert outcome.rules() == [(1, "coverage_details", "json"), (2, "coverage_details", "json")]
+    assert_loaded(outcome, created=1, rejected=2)
+
+
+def test_a_lone_surrogate_escape_rejects_its_row_and_the_file_goes_on(imp: Importer) -> None:
+    lines = ['{"plan_code": "GOLD", "plan_name": "Gold"}',
+             '{"plan_code": "S1", "plan_name": "Bad \\ud800 name"}',
+             '{"plan_code": "S2", "plan_name": "Nested", "coverage_details": {"tiers": ["\\udfff"]}}',
+             '{"plan_code": "S3", "plan_name": "Key", "coverage_details": {"\\ud83d": 1}}',
+             '{"plan_code": "S4", "plan_name": "A pair is fine \\ud83d\\ude00"}']
+    outcome = imp.run("plans", plans_jsonl(*lines), fmt="jsonl")
+    assert outcome.rules() == [(2, "plan_name", "encoding"), (3, "coverage_details", "encoding"),
+                               (4, "coverage_details", "encoding")]
+    assert_loaded(outcome, created=2, rejected=3)
+    assert not outcome.summary.aborted
+    cells = to_csv([plan_row("C1", coverage_details='{"a": "\\ud800"}'), plan_row("C2")],
+                   header=(*PLAN_HEADER, "coverage_details"))
+    outcome = imp.run("plans", cells)
+    assert outcome.rules() == [(1, "coverage_details", "encoding")]
+    assert_loaded(outcome, created=1, rejected=1)
+    # A member's name too (it is encrypted and indexed before anything is written).
+    records = read("members", '{"external_member_number": "X1", "first_name": "\\udc80", "last_name": "L"}\n',
+                   fmt="jsonl")
+    assert [(p.row, p.field, p.rule) for p in records if isinstance(p, RecordProblem)] == [
+        (1, "first_name", "encoding")]
+
+
+def test_nan_and_infinity_tokens_and_duplicate_keys_are_refused(imp: Importer) -> None:
+    lines = ['{"plan_code": "GOLD", "plan_name": "Gold"}',
+             '{"plan_code": "N1", "plan_name": "NaN", "premium_amount": NaN}',
+             '{"plan_code": "N2", "plan_name": "Inf", "coverage_details": {"x": Infinity}}',
+             '{"plan_code": "N3", "plan_name": "-Inf", "coverage_details": {"x": [-Infinity]}}',
+             '{"plan_code": "D1", "plan_name": "Dup", "plan_name": "Dup again"}',
+             '{"plan_code": "D2", "plan_name": "Nested dup", "coverage_details": {"a": 1, "a": 2}}']
+    outcome = imp.run("plans", plans_jsonl(*lines), fmt="jsonl")
+    assert outcome.rules() == [(2, "(row)", "json"), (3, "(row)", "json"), (4, "(row)", "json"),
+                               (5, "(row)", "duplicate_key"), (6, "(row)", "duplicate_key")]
+    assert_loaded(outcome, created=1, rejected=5)
+    cells = to_csv([plan_row("C1", coverage_details='{"x": NaN}'), plan_row("C2", coverage_details='{"a":1,"a":1}'),
+                    plan_row("C3")], header=(*PLAN_HEADER, "coverage_details"))
+    outcome = imp.run("plans", cells)
+    assert outcome.rules() == [(1, "coverage_details", "json"), (2, "coverage_details", "duplicate_key")]
+    assert_loaded(outcome, created=1, rejected=2)
+
+
+def test_a_file_without_its_header_line_names_positions_not_the_first_record() -> None:
+    first = person(1)
+    data = members_csv(first, person(2)).split("\n", 1)[1]  # the header line left off
+    with pytest.raises(ConfigError) as caught:
+        read("members", data)
+    message = str(caught.value)
+    assert "unknown column(s) in the header: column 1, column 2" in message and caught.value.exit_code == 2
+    for value in first.values():
+        if value and len(str(value)) >= 4:
+            assert str(value) not in message, value
+
+
+def test_an_unknown_json_key_is_reported_by_its_position_not_its_name() -> None:
+    records = read("members", '{"external_member_number": "X1", "first_name": "A", "last_name": "B", '
+                   '"123-45-6789": "Quenby Marrowfield"}\n', fmt="jsonl")
+    [problem] = records
+    assert isinstance(problem, RecordProblem)
+    assert (problem.row, problem.field, problem.rule) == (1, "(row)", "unknown_field")
+    assert "key 4" in problem.message
+    assert "123-45-6789" not in problem.message + problem.field and "Quenby" not in problem.message
 
 
 # == field rules ====================================================================================
@@ -1225,6 +1343,65 @@ def test_planning_a_batch_does_not_slow_down_as_the_table_grows(imp: Importer, m
     assert_loaded(outcome, created=8000)
     assert len(times) == 16
     assert max(times[-4:]) < 4 * max(times[:5]) + 0.25, [round(t, 3) for t in times]
+
+
+def _a_parser_bug_on(monkeypatch: pytest.MonkeyPatch, phone: str) -> None:
+    """Make the real phone parser raise an unexpected exception (a bug) on one value, quoting it."""
+    real = f.parse_phone
+
+    def buggy(raw: Any) -> Any:
+        if raw == phone:
+            raise RuntimeError(f"a bug on {raw!r}")
+        return real(raw)
+
+    monkeypatch.setitem(MembersKind.special_parsers, "phone", buggy)
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_bug_in_a_parser_rejects_that_row_and_the_rest_load(imp: Importer, monkeypatch: pytest.MonkeyPatch,
+                                                              threaded: bool) -> None:
+    rows = [person(n) for n in range(1, 251)]
+    _a_parser_bug_on(monkeypatch, rows[229]["phone"])  # row 230: in the third batch of 100
+    outcome = imp.run("members", members_csv(*rows), batch_rows=100, threaded=threaded)
+    assert outcome.rules() == [(230, "(row)", "internal_error")]
+    assert "5550230" not in outcome.problems[0].message and "555-0230" not in outcome.problems[0].message
+    assert_loaded(outcome, created=249, rejected=1)
+    assert not outcome.summary.aborted and outcome.summary.batches == 3
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 249
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_an_unexpected_failure_after_committed_batches_aborts_with_a_summary(
+        imp: Importer, monkeypatch: pytest.MonkeyPatch, threaded: bool) -> None:
+    original = MembersKind.plan
+
+    def plan_or_fail(self: MembersKind, ctx: Any, rows: list[Any]) -> Any:
+        if any(parsed.row == 230 for parsed in rows):
+            raise RuntimeError("planning bug on Quenby230")
+        return original(self, ctx, rows)
+
+    monkeypatch.setattr(MembersKind, "plan", plan_or_fail)
+    rows = [person(n) for n in range(1, 251)]
+    with pytest.raises(ImportAborted) as caught:
+        imp.run("members", members_csv(*rows[:5], person(6, ssn="000-12-3456"), *rows[6:]), batch_rows=100,
+                threaded=threaded)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    summary = caught.value.summary
+    assert summary is not None
+    assert summary.aborted and not summary.dry_run
+    # Batches 1 and 2 (100 rows each: rows 1-201, row 6 refused) are committed, and the summary says so.
+    assert (summary.batches, summary.committed_through_row) == (2, 201)
+    assert (summary.created, summary.updated, summary.unchanged, summary.rejected) == (200, 0, 0, 1)
+    assert summary.as_json()["aborted"] is True and summary.as_json()["batches"] == 2
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 200
+    # All or nothing: the same failure commits nothing, and says so.
+    with pytest.raises(ImportAborted) as caught:
+        imp.run("members", members_csv(*(person(n) for n in range(300, 550))), batch_rows=100,
+                threaded=threaded, all_or_nothing=True)
+    summary = caught.value.summary
+    assert summary is not None
+    assert (summary.aborted, summary.batches, summary.committed_through_row, summary.created) == (True, 0, None, 0)
+    assert imp.platform.scalar("SELECT count(*) FROM members") == 200
 
 
 # == plans ==========================================================================================

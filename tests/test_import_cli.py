@@ -337,7 +337,7 @@ def test_map_mapping_file_and_encoding(inst: Install, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, content, message", [
     (("members", "{file}"), "external_member_number,first_name,Shoe Size\nX1,Ann,9\n",
-     "unknown column(s) in the header: 'Shoe Size'"),
+     "unknown column(s) in the header: column 3"),
     (("members", "{file}"), "", "the file is empty"),
     (("members", "{file}"), b"external_member_number,first_n\xe4me\n", "the header line is not valid utf-8"),
     (("plans", "{file}"), "plan_name\nGold\n", "the header lacks required column(s): plan_code"),
@@ -366,13 +366,28 @@ def test_a_broken_file_aborts_with_exit_3_and_keeps_whole_batches(inst: Install,
     broken = good + 'EXT-999999,"' + "y" * (20 * 1024 * 1024) + "\n"
     out = inst.cli("import", "members", write(tmp_path / "m.csv", broken), "--batch-rows", "100", "--json")
     assert out.code == EXIT_ABORTED, out.err
-    assert out.out == ""
     assert out.err.startswith("carecli: import aborted: record 251 (line 252) cannot be read as CSV: field larger "
                               "than field limit")
     assert "batches committed before it stay" in out.err and "yyyy" not in out.err
+    # The summary says which batches are committed: the first two, rows 1 to 200.
+    summary = json.loads(out.out)
+    assert (summary["aborted"], summary["batches"], summary["committed_through_row"], summary["created"]) == (
+        True, 2, 200, 200)
     assert inst.counts()["members"] == 200
     fixed = inst.cli("import", "members", write(tmp_path / "m.csv", good), "--batch-rows", "100")
     assert fixed.code == 0 and "250 rows, 50 created, 0 updated, 200 unchanged" in fixed.err
+
+
+def test_a_file_without_its_header_line_is_a_usage_error_that_quotes_none_of_its_first_record(
+        inst: Install, tmp_path: Path) -> None:
+    rows = [person(1), person(2)]
+    path = write(tmp_path / "m.csv", members_csv(*rows).split("\n", 1)[1])
+    out = inst.cli("import", "members", path)
+    assert out.code == EXIT_USAGE, out.err
+    assert "unknown column(s) in the header: column 1, column 2, column 3" in out.err
+    for needle in phi_needles(rows[:1]):
+        assert needle not in out.err, needle
+    assert inst.counts() == {"members": 0, "plans": 0, "metadata": 0, "audit": 0}
 
 
 def test_a_database_failure_aborts_with_exit_3_and_a_rerun_completes(inst: Install, tmp_path: Path) -> None:
@@ -387,6 +402,8 @@ def test_a_database_failure_aborts_with_exit_3_and_a_rerun_completes(inst: Insta
     assert out.code == EXIT_ABORTED, out.err
     assert "carecli: import aborted: CheckViolation" in out.err and "test_block" in out.err
     assert "running the same import again completes it" in out.err
+    assert SUMMARY_LINE.match(out.err.splitlines()[-1]), out.err
+    assert "aborted: 2 batches committed, through row 200" in out.err.splitlines()[-1]
     for needle in phi_needles(rows[200:]):
         assert needle not in out.err
     assert inst.counts()["members"] == 200

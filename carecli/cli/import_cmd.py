@@ -1,9 +1,10 @@
 """``carecli import KIND FILE``: load a CSV or JSON Lines file, in committed batches.
 
 Exit codes: 0 every row loaded, 1 some rows refused (see --errors), 2 usage
-or configuration error (nothing read), 3 aborted (a broken file or a
-database failure part-way: committed batches stay, a re-run completes the
-load), 4 not signed in.
+or configuration error (nothing read), 3 aborted (a broken file, a database
+failure or any other error part-way: committed batches stay, the summary says
+which, a re-run completes the load), 4 not signed in. The summary (a line on
+stderr, or the --json object) is printed in every case but 2 and 4.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from carecli.data.bulk.loader import BatchConflict, ImportAborted, ImportSummary
 from carecli.data.bulk.readers import (
     FORMATS,
     Columns,
-    FileProblem,
     RecordProblem,
     detect_format,
     load_mapping,
@@ -36,7 +36,7 @@ from carecli.data.bulk.readers import (
 from carecli.data.bulk.registry import kind_for
 from carecli.data.crypto.runtime import cipher_provider, master_key
 from carecli.data.databases import open_databases, require_head
-from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, ConfigError
+from carecli.errors import EXIT_ABORTED, EXIT_FAILURE, CarecliError, ConfigError
 from carecli.services.auth.current import resolve_actor
 
 NIL = uuid.UUID(int=0)
@@ -51,6 +51,7 @@ class _ErrorReport:
     def __init__(self, path: str | None) -> None:
         self.path = path
         self.count = 0
+        self._closed = False
         self._handle: IO[str] | None = None
         self._writer: Any = None
         if path:
@@ -69,6 +70,10 @@ class _ErrorReport:
             click.echo(f"row {problem.row}: {problem.field}: {problem.message} [{problem.rule}]", err=True)
 
     def close(self) -> None:
+        """Close the report (or say how many problems were not shown); once, however often called."""
+        if self._closed:
+            return
+        self._closed = True
         if self._handle is not None:
             self._handle.close()
         elif self.count > SHOWN_PROBLEMS:
@@ -116,7 +121,10 @@ def _describe(summary: ImportSummary, source: str) -> str:
     line = (f"{summary.kind} from {source}: {summary.rows:,} rows, {summary.created:,} created, "
             f"{summary.updated:,} updated, {summary.unchanged:,} unchanged, {summary.rejected:,} rejected "
             f"in {summary.seconds:.1f}s{rate}")
-    if summary.dry_run:
+    if summary.aborted:
+        line += (f" (aborted: {summary.batches:,} batch{'es' if summary.batches != 1 else ''} committed, through "
+                 f"row {summary.committed_through_row:,})" if summary.batches else " (aborted: nothing committed)")
+    elif summary.dry_run:
         line += " (dry run: nothing written)"
     elif summary.all_or_nothing and summary.rejected:
         line += " (all-or-nothing: nothing written)"
@@ -192,37 +200,58 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
                              actor=actor, cipher=cipher_provider(settings, databases), blind_index=blind_index,
                              on_problem=report, progress=progress, dry_run=dry_run,
                              all_or_nothing=all_or_nothing, batch_rows=batch_rows)
-    except FileProblem as exc:
-        progress.stop()
-        log.warning("import aborted", extra={"kind": importer.name, "reason": "file problem"})
-        click.echo(f"carecli: import aborted: {exc.message}; batches committed before it stay: fix the file and run "
-                   "the same import again (rows already loaded are matched, not added twice)", err=True)
-        return EXIT_ABORTED
     except ImportAborted as exc:
         progress.stop()
-        log.warning("import aborted", extra={"kind": importer.name, "reason": type(exc).__name__})
-        click.echo(f"carecli: import aborted: {_cause(exc)}; batches committed before it stay, and running the "
-                   "same import again completes it", err=True)
+        report.close()
+        cause = exc.__cause__ or exc
+        log.warning("import aborted", extra={"kind": importer.name, "reason": type(cause).__name__})
+        if exc.summary is not None and exc.summary.all_or_nothing:
+            kept = "nothing was committed (all-or-nothing), and running the same import again loads the file"
+        elif isinstance(cause, CarecliError):  # the file: a record the reader cannot get past
+            kept = ("batches committed before it stay: fix the file and run the same import again (rows already "
+                    "loaded are matched, not added twice)")
+        else:
+            kept = "batches committed before it stay, and running the same import again completes it"
+        click.echo(f"carecli: import aborted: {_cause(exc)}; {kept}", err=True)
+        if exc.summary is not None:
+            _report(exc.summary, file, errors_path, as_json, actor_id=str(actor.user_id), error=_cause(exc))
         return EXIT_ABORTED
     finally:
         progress.stop()
         report.close()
         if source is not sys.stdin.buffer:
             source.close()
-    shown = "standard input" if file == "-" else file
-    # Counts only: the file's rows (and its name, which may name a person) stay out of the log.
-    # Nested: "created" and friends would clash with LogRecord's own attributes.
-    log.info("import finished", extra={"user_id": str(actor.user_id), "kind": importer.name,
-                                       "summary": summary.as_json()})
-    if as_json:
-        click.echo(json.dumps({**summary.as_json(), "file": shown, "errors_file": errors_path}))
-    else:
-        click.echo(_describe(summary, shown), err=True)
+    _report(summary, file, errors_path, as_json, actor_id=str(actor.user_id))
     return EXIT_FAILURE if summary.rejected else 0
 
 
+def _report(summary: ImportSummary, file: str, errors_path: str | None, as_json: bool, *, actor_id: str,
+            error: str | None = None) -> None:
+    """The summary: logged (counts only), and printed as a line on stderr or JSON on stdout.
+
+    An aborted run prints it too: its counts are those of the committed batches, and
+    ``batches``/``committed_through_row`` say how far the file is loaded.
+    """
+    shown = "standard input" if file == "-" else file
+    # Counts only: the file's rows (and its name, which may name a person) stay out of the log.
+    # Nested: "created" and friends would clash with LogRecord's own attributes.
+    log.info("import aborted" if summary.aborted else "import finished",
+             extra={"user_id": actor_id, "kind": summary.kind, "summary": summary.as_json()})
+    if as_json:
+        extra = {"error": error} if error is not None else {}
+        click.echo(json.dumps({**summary.as_json(), "file": shown, "errors_file": errors_path, **extra}))
+    else:
+        click.echo(_describe(summary, shown), err=True)
+
+
 def _cause(exc: BaseException) -> str:
-    """What went wrong, without values (a database error's text can quote row contents)."""
+    """What went wrong, without values.
+
+    A database error's text can quote row contents: its detail always may, and so does the
+    primary message of a data exception (class 22: ``invalid input syntax for type uuid: "..."``),
+    so those are named by their condition only. Any other exception is named by its type: its
+    text is not ours to show (a bug's message could hold a value).
+    """
     from sqlalchemy.exc import DBAPIError
 
     from carecli.data.databases import describe_dbapi_error
@@ -230,12 +259,20 @@ def _cause(exc: BaseException) -> str:
     cause = exc.__cause__ or exc
     if isinstance(cause, BatchConflict):
         return str(cause)
+    if isinstance(cause, CarecliError):  # ours, written from names and rules, never from values
+        return cause.message
+    driver = cause.orig if isinstance(cause, DBAPIError) and cause.orig is not None else cause
+    diag = getattr(driver, "diag", None)
+    if diag is not None and diag.sqlstate:
+        if diag.sqlstate.startswith("22"):
+            primary = f"the database refused a value (SQLSTATE {diag.sqlstate})"
+        else:
+            primary = diag.message_primary or "database error"
+        return f"{type(driver).__name__}: {primary}" + (
+            f" (column {diag.column_name})" if diag.column_name else "") + (
+            f" (constraint {diag.constraint_name})" if diag.constraint_name else "")
     if isinstance(cause, DBAPIError):
         return describe_dbapi_error(cause)
-    diag = getattr(cause, "diag", None)
-    if diag is not None:
-        return f"{type(cause).__name__}: {diag.message_primary or 'database error'}" + (
-            f" (constraint {diag.constraint_name})" if diag.constraint_name else "")
     return type(cause).__name__
 
 

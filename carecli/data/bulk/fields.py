@@ -14,7 +14,6 @@ Arabic-Indic digit is not a digit of an SSN, ZIP, phone, amount or date.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import uuid
@@ -23,6 +22,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from carecli.data.bulk import jsontext
 from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.validation import EMAIL_PATTERN, state_code
 
@@ -311,10 +311,6 @@ def parse_uuid(raw: Any) -> uuid.UUID:
 MAX_JSON_DEPTH = 64
 
 
-def _refuse_constant(name: str) -> Any:
-    raise FieldProblem("json", "must be standard JSON (NaN and Infinity are not)")
-
-
 def _check_json(document: Any) -> None:
     """Refuse what PostgreSQL's jsonb or the JSON writer cannot take: NaN and Infinity, lone surrogates,
     NUL characters, numbers too long to write, nesting past :data:`MAX_JSON_DEPTH`."""
@@ -344,15 +340,18 @@ def _check_json(document: Any) -> None:
 
 
 def parse_json_object(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        value: Any = raw
-    else:
-        try:
-            value = json.loads(_text_of(raw), parse_constant=_refuse_constant)
-        except (ValueError, RecursionError) as error:  # a number past int's text limit is a ValueError too
-            if isinstance(error, FieldProblem):
-                raise
-            raise FieldProblem("json", "must be a JSON object") from None
+    """A JSON object, strictly (:mod:`~carecli.data.bulk.jsontext`): a cell nested 100,000 deep, with
+    NaN, a duplicate key or a lone surrogate is this row's problem, not a crash or a failed batch."""
+    try:
+        if isinstance(raw, dict):  # from a JSON Lines file: decoded already, checked again here
+            jsontext.check_value(raw)
+            value: Any = raw
+        else:
+            value = jsontext.loads(_text_of(raw))
+    except jsontext.JsonProblem as problem:
+        if problem.rule == "json":
+            raise FieldProblem("json", f"must be a JSON object: it {problem.message}") from None
+        raise FieldProblem(problem.rule, problem.message) from None
     if not isinstance(value, dict):
         raise FieldProblem("json", "must be a JSON object")
     _check_json(value)

@@ -22,6 +22,14 @@ the rows already loaded (unchanged) and loads the rest: natural keys make it
 idempotent. With ``all_or_nothing`` every batch goes into one transaction
 that commits only if no row was refused; with ``dry_run`` nothing is
 written at all. One import of a kind runs at a time (an advisory lock).
+
+A run ends in one of two ways, whatever is raised on the way: it finishes
+(bad rows refused and reported, the rest loaded), or it aborts with
+:class:`ImportAborted` carrying the summary of what is committed (which
+batches, through which row of the file). An exception while one row is
+parsed, a bug in a field parser included, is that row's problem (rule
+``internal_error``) and the run goes on. A usage error before anything is
+committed (a bad header) is raised as it is: nothing was written.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, SeenK
 from carecli.data.bulk.readers import Record, RecordProblem
 from carecli.data.crypto.fields import FieldCipher
 from carecli.data.permissions import Permission
-from carecli.errors import PermissionDenied
+from carecli.errors import EXIT_USAGE, CarecliError, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +81,12 @@ class ImportSummary:
     all_or_nothing: bool = False
     committed: bool = True
     seconds: float = 0.0
+    #: batches written (committed, unless all-or-nothing refused them); on an abort, the batches committed
     batches: int = 0
+    #: the run stopped part-way (ImportAborted); the counts are then those of the committed batches
+    aborted: bool = False
+    #: every row of the file up to this one is done (loaded or refused), committed; None when no batch is
+    committed_through_row: int | None = None
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -98,7 +111,14 @@ class BatchConflict(Exception):
 
 
 class ImportAborted(Exception):
-    """The writer failed; batches before the failing one are committed (unless all-or-nothing)."""
+    """The run stopped part-way; batches before the failing one are committed (unless all-or-nothing).
+
+    ``__cause__`` is what went wrong; ``summary`` (set by :func:`run_import`) says what is committed.
+    """
+
+    def __init__(self, reason: str, summary: ImportSummary | None = None) -> None:
+        super().__init__(reason)
+        self.summary = summary
 
 
 def check_permission(kind: Kind, actor: Actor, audit_denial: Callable[[str], None]) -> None:
@@ -118,6 +138,20 @@ def check_permission(kind: Kind, actor: Actor, audit_denial: Callable[[str], Non
                                f"'{kind.permission}' permission")
 
 
+def _parse(kind: Kind, record: Record) -> Parsed | list[RecordProblem]:
+    """The kind's parse of one record; an exception from it (a bug) refuses that row, not the run.
+
+    Neither the exception's text nor its traceback is shown or logged: either can quote the value.
+    """
+    try:
+        return kind.parse(record)
+    except Exception as exc:  # noqa: BLE001 - any bug in any parser; the row is refused, the rest load
+        log.error("parsing a row of a %s import raised %s; the row was refused", kind.name, type(exc).__name__)
+        return [RecordProblem(record.row, "(row)", "internal_error",
+                              f"could not be checked: carecli failed on it ({type(exc).__name__}), a bug to "
+                              "report; the row was not loaded")]
+
+
 def _batches(kind: Kind, records: Iterable[Record | RecordProblem], size: int,
              on_problem: Callable[[RecordProblem], None], counter: list[int]) -> Iterator[list[Parsed]]:
     batch: list[Parsed] = []
@@ -126,7 +160,7 @@ def _batches(kind: Kind, records: Iterable[Record | RecordProblem], size: int,
         if isinstance(item, RecordProblem):
             on_problem(item)
             continue
-        parsed = kind.parse(item)
+        parsed = _parse(kind, item)
         if isinstance(parsed, list):
             for problem in parsed:
                 on_problem(problem)
@@ -137,6 +171,24 @@ def _batches(kind: Kind, records: Iterable[Record | RecordProblem], size: int,
             batch = []
     if batch:
         yield batch
+
+
+@dataclass
+class Committed:
+    """What a run has committed so far (for the summary of a run that aborts)."""
+
+    batches: int = 0
+    through_row: int | None = None
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def add(self, last_row: int, plan: BatchPlan) -> None:
+        self.batches += 1
+        self.through_row = last_row
+        self.created += plan.created
+        self.updated += plan.updated
+        self.unchanged += plan.unchanged
 
 
 class _Writer:
@@ -157,30 +209,42 @@ class _Writer:
         self._unannounced = False
         self.error: BaseException | None = None
         self.batches = 0
+        #: what is committed: batches, the last row of the last one, and (created, updated, unchanged)
+        self.committed = Committed()
+        self._pending: list[tuple[int, BatchPlan]] = []  # written in the open transaction (all-or-nothing)
+        self._finished = False
         self._staged: set[str] = set()
         #: the tables written to, and records written since their statistics were last refreshed
         self._tables: set[str] = set()
         self._since_analyze = 0
-        self._queue: queue.Queue[BatchPlan | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[tuple[BatchPlan, int] | None] = queue.Queue(maxsize=1)
         self._thread = threading.Thread(target=self._run, name="carecli-import-writer", daemon=True) \
             if threaded else None
         if self._thread:
             self._thread.start()
 
-    def submit(self, plan: BatchPlan) -> None:
+    def submit(self, plan: BatchPlan, last_row: int) -> None:
+        """Write ``plan`` (a batch ending at file row ``last_row``), here or in the thread."""
         if self.error is not None:
             raise ImportAborted(type(self.error).__name__) from self.error
         if self._thread is None:
             try:
-                self._apply(plan)
+                self._apply(plan, last_row)
             except Exception as exc:  # as the thread would hand it over
                 self.error = exc
                 self.connection.rollback()
                 raise ImportAborted(type(exc).__name__) from exc
         else:
-            self._queue.put(plan)
+            self._queue.put((plan, last_row))
 
     def finish(self, *, commit: bool) -> None:
+        """Wait for the batches handed over, then commit (all-or-nothing) or roll back what is open.
+
+        Once only; a second call (the clean-up after a failure) does nothing.
+        """
+        if self._finished:
+            return
+        self._finished = True
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
@@ -191,21 +255,32 @@ class _Writer:
             if commit:
                 self._announce()
                 self.connection.commit()
+                for last_row, plan in self._pending:
+                    self.committed.add(last_row, plan)
+                self._pending.clear()
                 self._refresh_statistics()
             else:
                 self.connection.rollback()
         finally:
             self._pooled.close()
 
+    def abandon(self) -> None:
+        """:meth:`finish` without committing, after a failure: nothing it raises hides the failure."""
+        try:
+            self.finish(commit=False)
+        except Exception as exc:  # noqa: BLE001 - the run is aborting already; its first error is the one to tell
+            log.warning("while stopping an aborted import: %s", type(exc).__name__)
+
     def _run(self) -> None:
         while True:
-            plan = self._queue.get()
-            if plan is None:
+            item = self._queue.get()
+            if item is None:
                 return
             if self.error is not None:
                 continue
+            plan, last_row = item
             try:
-                self._apply(plan)
+                self._apply(plan, last_row)
             except BaseException as exc:  # handed to the planning thread
                 self.error = exc
                 try:
@@ -213,7 +288,7 @@ class _Writer:
                 except Exception:  # noqa: BLE001 - the connection may be gone; the error above is what counts
                     pass
 
-    def _apply(self, plan: BatchPlan) -> None:
+    def _apply(self, plan: BatchPlan, last_row: int) -> None:
         connection = self.connection
         self._updates(plan.updates)
         with connection.cursor() as cursor:
@@ -241,6 +316,9 @@ class _Writer:
         if not self.single:
             self._announce()
             connection.commit()
+            self.committed.add(last_row, plan)
+        else:
+            self._pending.append((last_row, plan))
         self.batches += 1
 
     def _note_tables(self, plan: BatchPlan) -> None:
@@ -406,7 +484,11 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                threaded: bool = True, identity: Engine | None = None) -> ImportSummary:
     """Import ``records`` as ``kind``; bad rows go to ``on_problem``; returns the counts.
 
-    The caller checks permissions first (:func:`check_permission`).
+    Raises :class:`ImportAborted`, with the summary of what is committed, when the run stops
+    part-way for any reason (a broken file, the database, a conflicting edit, a bug); a usage
+    error (a :class:`~carecli.errors.CarecliError` with exit code 2, such as a bad header) before
+    anything is committed is raised as it is. The caller checks permissions first
+    (:func:`check_permission`).
     """
     started = time.perf_counter()
     summary = ImportSummary(kind.name, dry_run=dry_run, all_or_nothing=all_or_nothing)
@@ -421,9 +503,10 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
 
     counter = [0]
     planner = engine.connect()
-    identity_connection = identity.connect() if identity is not None else None
+    identity_connection: Any = None
     writer: _Writer | None = None
     try:
+        identity_connection = identity.connect() if identity is not None else None
         planner.exec_driver_sql("SET statement_timeout = 0")
         # psycopg prepares a statement after five runs and PostgreSQL then may switch to a generic
         # plan, which cannot use the partial natural-key indexes for `= ANY($1)`: a scan per batch.
@@ -449,34 +532,58 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
             summary.updated += plan.updated
             summary.unchanged += plan.unchanged
             if writer is not None and not (all_or_nothing and rejected["rows"]):
-                writer.submit(plan)
+                writer.submit(plan, batch[-1].row)
             if progress is not None:
                 progress(counter[0])
         summary.rows = counter[0]
         if writer is not None:
             commit = not (all_or_nothing and rejected["rows"])
-            active, writer = writer, None
-            active.finish(commit=commit)
-            summary.batches = active.batches
+            writer.finish(commit=commit)
+            summary.batches = writer.batches
             summary.committed = commit
+            summary.committed_through_row = writer.committed.through_row
         else:
             summary.committed = False
         summary.rejected = rejected["rows"]
         if all_or_nothing and rejected["rows"]:
             summary.created = summary.updated = summary.unchanged = 0
+    except (Exception, KeyboardInterrupt) as exc:
+        # Whatever it was, the run ends in one of the two documented ways: nothing written (a usage
+        # error before any commit: exit 2), or aborted with the summary of what is committed (exit 3).
+        if writer is not None:
+            writer.abandon()  # waits for the batches handed over, so the summary counts what is committed
+        committed = writer.committed if writer is not None else Committed()
+        if isinstance(exc, CarecliError) and exc.exit_code == EXIT_USAGE and not committed.batches:
+            raise
+        cause = exc.__cause__ if isinstance(exc, ImportAborted) and exc.__cause__ is not None else exc
+        _aborted(summary, committed, rows=counter[0], rejected=rejected["rows"])
+        summary.seconds = time.perf_counter() - started
+        log.warning("import of %s aborted (%s) after %d committed batch(es)", kind.name, type(cause).__name__,
+                    committed.batches)
+        raise ImportAborted(type(cause).__name__, summary) from cause
     finally:
-        if writer is not None:  # an exception on the way: nothing more is committed
-            try:
-                writer.finish(commit=False)
-            except ImportAborted:
-                pass
+        if writer is not None:
+            writer.abandon()  # nothing more is committed (a no-op once finished)
         try:
             planner.rollback()
             planner.execute(text("SELECT pg_advisory_unlock_all()"))
             planner.commit()
+        except Exception as exc:  # noqa: BLE001 - closing the connection ends the lock too; the outcome stands
+            log.warning("could not release the import lock of %s cleanly: %s", kind.name, type(exc).__name__)
         finally:
             planner.close()
             if identity_connection is not None:
                 identity_connection.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _aborted(summary: ImportSummary, committed: Committed, *, rows: int, rejected: int) -> None:
+    """The summary of a run that stopped: the rows read and refused, and what is committed of the rest."""
+    summary.rows = rows
+    summary.rejected = rejected
+    summary.aborted = True
+    summary.committed = bool(committed.batches)
+    summary.batches = committed.batches
+    summary.committed_through_row = committed.through_row
+    summary.created, summary.updated, summary.unchanged = committed.created, committed.updated, committed.unchanged

@@ -6,6 +6,16 @@ holding them is rejected with the ``encoding`` rule, naming the field. A
 leading byte-order mark is dropped. Column names are matched ignoring case
 and surrounding spaces, after renaming with the mapping.
 
+JSON Lines are read strictly (:mod:`carecli.data.bulk.jsontext`): a line
+nested too deep (``nesting``), with ``NaN``/``Infinity``, a number Python
+will not convert (``json``), a key twice in one object (``duplicate_key``)
+or a ``\ud800`` escape (``encoding``) is one rejected record, never a crash.
+
+Nothing here quotes the file: a file without its header line would otherwise
+show its first record (SSN, date of birth, name) as "unknown columns", and a
+JSON key can be anything. Unknown header cells and keys are named by their
+position ("column 3", "key 5"), rejected records by row, field and rule.
+
 Problems with the header (none, unreadable, unknown or missing columns) raise
 :class:`ConfigError` before any row is read (exit code 2); a record the CSV
 parser cannot resync after raises :class:`FileProblem` (exit code 3: batches
@@ -19,7 +29,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import json
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,11 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from carecli.data.bulk import jsontext
 from carecli.errors import EXIT_ABORTED, CarecliError, ConfigError
 
 #: The largest cell the CSV parser accepts; anything near it is a broken file (an unclosed quote).
 MAX_CELL_BYTES = 16 * 1024 * 1024
-_SURROGATE = re.compile("[\udc80-\udcff]")
+#: Undecodable bytes (``surrogateescape`` makes them U+DC80..U+DCFF), or any other lone surrogate a codec let through.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 FORMATS = ("csv", "jsonl")
 
 
@@ -153,18 +164,20 @@ def read_csv(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
     if any(_SURROGATE.search(cell) for cell in header):
         raise ConfigError(f"the header line is not valid {encoding}", hint="give the file's --encoding")
     targets: list[str | None] = []
-    unknown: list[str] = []
-    for cell in header:
+    unknown: list[int] = []
+    for position, cell in enumerate(header, start=1):
         target = columns.resolve(cell)
         if target is False:
-            unknown.append(cell.strip())
+            unknown.append(position)
             targets.append(None)
         else:
             targets.append(target)
     if unknown:
-        raise ConfigError(f"unknown column(s) in the header: {', '.join(repr(u) for u in unknown)}",
-                          hint=f"rename with --map 'Their name=column', drop with --map 'Their name='; "
-                               f"columns of this kind: {', '.join(columns.known)}")
+        # By position only: a file whose header line was left off has its first record here.
+        raise ConfigError(f"unknown column(s) in the header: {', '.join(f'column {n}' for n in unknown[:20])}"
+                          + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""),
+                          hint=f"is the first line the header? Rename a column with --map 'Their name=column', "
+                               f"drop it with --map 'Their name='; columns of this kind: {', '.join(columns.known)}")
     seen = [t for t in targets if t is not None]
     doubled = sorted({t for t in seen if seen.count(t) > 1})
     if doubled:
@@ -180,9 +193,12 @@ def read_csv(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
             cells = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:
+        except csv.Error as exc:  # the csv module's reasons are fixed phrases, never the cell
             raise FileProblem(f"record {row + 1} (line {reader.line_num}) cannot be read as CSV: {exc}; "
                               "nothing after it was read") from None
+        except UnicodeError:  # undecodable bytes are carried through; only a codec with no way to do that
+            raise FileProblem(f"record {row + 1} (line {reader.line_num}) cannot be decoded as {encoding}; "
+                              "nothing after it was read", hint="give the file's --encoding") from None
         row += 1
         joined = "".join(cells)
         if not joined.strip():
@@ -213,31 +229,34 @@ def read_jsonl(source: IO[bytes], columns: Columns, *, encoding: str = "utf-8",
                                 f"holds bytes that are not valid {encoding} (give the file's --encoding)")
             continue
         try:
-            document = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield RecordProblem(row, "(row)", "json", f"is not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        except ValueError as exc:
-            # Well-formed JSON the decoder still refuses: an integer longer than
-            # Python converts (sys.get_int_max_str_digits()), a plain ValueError.
-            reason = str(exc).split(":", 1)[0]
-            yield RecordProblem(row, "(row)", "json", f"cannot be read as JSON ({reason})")
+            document = jsontext.decode(line)
+        except jsontext.JsonProblem as refused:
+            yield RecordProblem(row, "(row)", refused.rule, refused.message)
             continue
         if not isinstance(document, dict):
             yield RecordProblem(row, "(row)", "json", "must be a JSON object")
             continue
+        escapes = jsontext.may_hold_surrogates(line)
         values: dict[str, Any] = {}
         problem: RecordProblem | None = None
-        for key, value in document.items():
+        for position, (key, value) in enumerate(document.items(), start=1):
             target = columns.resolve(key)
             if target is False:
-                problem = RecordProblem(row, str(key)[:100], "unknown_field",
-                                        "is not a column of this kind (rename or drop it with --map)")
+                # By position: the key is the file's, and could be anything (an SSN, a name).
+                problem = RecordProblem(row, "(row)", "unknown_field",
+                                        f"has a key that is not a column of this kind (key {position} of the "
+                                        "object; rename or drop it with --map)")
                 break
             if target is not None:
                 if target in values:
                     problem = RecordProblem(row, target, "duplicate_field", "is given more than once")
                     break
+                if escapes:
+                    try:
+                        jsontext.check_value(value)
+                    except jsontext.JsonProblem as refused:
+                        problem = RecordProblem(row, target, refused.rule, refused.message)
+                        break
                 values[target] = None if isinstance(value, str) and value == "" else value
         if problem is None:
             missing = next((name for name in required if name not in values), None)
