@@ -25,7 +25,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import DataTable, Header, Input, Select, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Input, Select, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
 from carecli.data.records import Role
@@ -34,7 +34,7 @@ from carecli.screens.base import CareModal, CareScreen, Problem, describe
 from carecli.screens.confirm import ConfirmDialog
 from carecli.screens.formatting import display_zone, in_zone, plural, show_time, words, zone_name
 from carecli.screens.forms import FormModal
-from carecli.screens.widgets import CareFooter, CareTable
+from carecli.screens.widgets import CareFooter, CareHeader, CareTable
 from carecli.services.desk import AccessEntry, AuditFilter
 
 #: entity types that audit rows name (repositories' ``entity_type`` and the services' own rows)
@@ -237,7 +237,7 @@ Roles are changed with `carecli roles`.
         self.users: list[Any] = []
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         with TabbedContent(id="admin-tabs", initial="users-tab"):
             with TabPane("Users", id="users-tab"):
                 yield Static(id="users-refused", classes="refusal")
@@ -708,7 +708,7 @@ are PHI were never stored: the log shows only that they changed (`[redacted]`).
         self.refused = False
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         with Vertical(id="audit-filters"):
             with Horizontal(classes="filter-row"):
                 yield Select([(words(name), name) for name in ENTITY_TYPES], prompt="Entity type: any",

@@ -23,7 +23,7 @@ from textual.containers import Center, Middle
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.scrollbar import ScrollBar
-from textual.widgets import Header, LoadingIndicator, Static
+from textual.widgets import LoadingIndicator, Static
 
 from carecli import __version__
 from carecli.config import Settings
@@ -35,7 +35,7 @@ from carecli.screens.formatting import plural, set_display_zone
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
 from carecli.screens.side_doors import SCREENSHOT_REFUSED, close_side_doors
-from carecli.screens.widgets import CareFooter, WholeCellScrollBarRender, prune_dead_watchers
+from carecli.screens.widgets import CareFooter, CareHeader, WholeCellScrollBarRender, prune_dead_watchers
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.desk import Desk
 
@@ -98,7 +98,7 @@ class StartScreen(Screen[None]):
         self.text = text
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         with Middle(), Center():
             yield Static(self.text, id="start-text")
         yield LoadingIndicator()

@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.coordinate import Coordinate
-from textual.widgets import DataTable, Header, Static
+from textual.widgets import DataTable, Static
 
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES
@@ -38,7 +38,7 @@ from carecli.screens.formatting import in_zone, show_date, show_time, show_time_
 from carecli.screens.forms import FlagFormScreen, describe_duration
 from carecli.screens.live import DataChanged
 from carecli.screens.record import RecordScreen
-from carecli.screens.widgets import CareFooter, CareTable
+from carecli.screens.widgets import CareFooter, CareHeader, CareTable
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -123,7 +123,7 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
     # -- layout -------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         with Vertical(id="call-header"):
             yield Static("Reading the call…", id="call-title", markup=False)
             yield Static("", id="call-fields", markup=False)

@@ -21,7 +21,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import DataTable, Header, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from carecli.data.permissions import Permission
 from carecli.data.repositories.emergency import CONFIRMATION_WORD, MIN_NOTE_LENGTH, MIN_REASON_LENGTH, EmergencyGrant
@@ -30,7 +30,7 @@ from carecli.screens.admin import AuditEntryScreen, summarize_values
 from carecli.screens.base import CareModal, CareScreen, Problem, describe
 from carecli.screens.formatting import in_zone, plural, show_time, show_time_zoned, words
 from carecli.screens.forms import FormModal
-from carecli.screens.widgets import CareFooter, CareTable
+from carecli.screens.widgets import CareFooter, CareHeader, CareTable
 from carecli.services.desk import AccessEntry
 
 if TYPE_CHECKING:
@@ -297,7 +297,7 @@ every row done under it; **v** marks the grant reviewed with a note
         self.refused = False
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         yield Static(id="emergency-refused", markup=False)
         yield CareTable(id="emergency-table", cursor_type="row", zebra_stripes=True)
         yield Static("Loading the emergency accesses…", id="emergency-status", classes="status-line", markup=False)

@@ -16,7 +16,7 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Header, Static
+from textual.widgets import Static
 
 from carecli.data.permissions import Permission
 from carecli.screens.base import Problem
@@ -24,7 +24,7 @@ from carecli.screens.flag_forms import ReopenFlagDialog, ResolveFlagDialog
 from carecli.screens.formatting import show_time_zoned, words
 from carecli.screens.live import DataChanged
 from carecli.screens.record import RecordScreen
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareFooter, CareHeader
 from carecli.services.desk import FlagView
 
 
@@ -71,7 +71,7 @@ applies). **m** opens the member's file. Resolving and re-opening are audited.
         self.changed = False
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         with VerticalScroll(id="flag-body"):
             yield Static("Reading the flag…", id="flag-heading", markup=False)
             yield Static("", id="flag-member", classes="flag-line", markup=False)

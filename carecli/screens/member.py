@@ -24,7 +24,7 @@ from textual.containers import Vertical
 from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES, enrollment_state
@@ -45,7 +45,7 @@ from carecli.screens.forms import (
 )
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.member_forms import MemberEditScreen
-from carecli.screens.widgets import CareFooter, CareTable, show_empty
+from carecli.screens.widgets import CareFooter, CareHeader, CareTable, show_empty
 from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile, MemberVisit
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ Keys your role cannot use are not shown.
     # -- layout -------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         with Vertical(id="member-header"):
             yield Static("Opening the member's file…", id="member-name", markup=False)
             yield Static("", id="member-contact", markup=False)

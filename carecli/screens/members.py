@@ -18,7 +18,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import DataTable, Header, Input, Select, Static
+from textual.widgets import DataTable, Input, Select, Static
 
 from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.records import Plan
@@ -26,7 +26,7 @@ from carecli.data.repositories.member_search import CountEstimate, MemberPage, M
 from carecli.screens.base import CareScreen, member_name
 from carecli.screens.formatting import show_phone, words
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter, SearchBox
+from carecli.screens.widgets import CareFooter, CareHeader, SearchBox
 
 PAGE_SIZE = 50
 #: typing pauses this long before a search is sent (keeps a fast typist from queueing queries)
@@ -155,7 +155,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self._leave_armed = False
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         with Horizontal(id="member-filters"):
             yield SearchBox(self.initial_text, placeholder="Name, e-mail or phone… (↓ to the results)",
                             id="member-search", compact=True)

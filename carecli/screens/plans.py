@@ -19,12 +19,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import DataTable, Header, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from carecli.data.records import Plan
 from carecli.screens.base import CareScreen
 from carecli.screens.formatting import plural, show_date, words
-from carecli.screens.widgets import CareCheckbox, CareFooter, CareTable, SearchBox
+from carecli.screens.widgets import CareCheckbox, CareFooter, CareHeader, CareTable, SearchBox
 
 #: words shown upper-case in coverage labels ("hsa_eligible" -> "HSA eligible")
 _ACRONYMS = frozenset({"hsa", "fsa", "hmo", "ppo", "epo", "pos", "hdhp", "er", "oop", "rx", "id", "pcp"})
@@ -185,7 +185,7 @@ plans. The coverage details of the highlighted plan are shown below the list.
         self.shown: list[Plan] = []
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         with Horizontal(id="plans-bar"):
             yield SearchBox(placeholder="Type to filter by plan code or name (↓ to the list)", id="plans-filter",
                             compact=True)

@@ -16,14 +16,14 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Header, LoadingIndicator, OptionList, Static
+from textual.widgets import LoadingIndicator, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
 from carecli.data.records import User
 from carecli.screens.base import Problem, describe
 from carecli.screens.formatting import plural
-from carecli.screens.widgets import CareFooter
+from carecli.screens.widgets import CareFooter, CareHeader
 
 if TYPE_CHECKING:
     from carecli.screens.app import CareApp
@@ -117,7 +117,7 @@ class SignInScreen(Screen[None]):
         return cast("CareApp", self.app)
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         with Vertical(id="signin-box"):
             if self.note:
                 yield Static(self.note, id="signin-note")

@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.binding import Binding
 from textual.content import Content
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.render import measure
 from textual.scrollbar import ScrollBarRender
-from textual.widgets import Checkbox, DataTable, Footer, Input, Static
+from textual.widget import NoScreen, Widget
+from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Static
 from textual.widgets._data_table import CellType, ColumnKey, RowKey, default_cell_formatter
+from textual.widgets._header import HeaderTitle
 
 
 def prune_dead_watchers(obj: Any) -> None:
@@ -38,6 +42,33 @@ class CareFooter(Footer):
     async def recompose(self) -> None:
         await super().recompose()
         prune_dead_watchers(self)
+
+
+class CareHeader(Header):
+    """Textual's header, whose title watcher does not fail when the title is gone.
+
+    Textual's own updates its title when the app's or the screen's title
+    changes, and ignores a header that has lost its screen (``NoScreen``) but
+    not one whose title widget is already removed (``NoMatches``): a title set
+    while a screen is being replaced (a sign-in that opens the worklist) then
+    ends the app with that error, seen on a busy machine. Same watchers,
+    both cases ignored.
+    """
+
+    def _on_mount(self, event: events.Mount) -> None:
+        event.prevent_default()  # instead of Header._on_mount, not beside it
+        Widget._on_mount(self, event)
+
+        async def set_title() -> None:
+            try:
+                self.query_one(HeaderTitle).update(self.format_title())
+            except (NoScreen, NoMatches):
+                pass
+
+        self.watch(self.app, "title", set_title)
+        self.watch(self.app, "sub_title", set_title)
+        self.watch(self.screen, "title", set_title)
+        self.watch(self.screen, "sub_title", set_title)
 
 
 class WholeCellScrollBarRender(ScrollBarRender):

@@ -8,13 +8,13 @@ from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from carecli.data.repositories.worklist import WorkItem, Worklist
 from carecli.screens.base import CareScreen
 from carecli.screens.formatting import in_zone, show_when
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter, CareTable, show_empty
+from carecli.screens.widgets import CareFooter, CareHeader, CareTable, show_empty
 
 #: tab id, title, the Worklist attribute it shows
 SECTIONS = (
@@ -92,7 +92,7 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
         self._specialist_id: uuid.UUID | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield CareHeader()
         yield Static("Loading your worklist…", id="worklist-summary", classes="status-line")
         with TabbedContent(id="worklist-tabs"):
             for tab_id, title, _attribute in SECTIONS:

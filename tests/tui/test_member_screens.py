@@ -9,6 +9,7 @@ the widgets (and make sure they are not there when they must not be).
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from datetime import date, datetime, timezone
 from typing import Any
@@ -153,7 +154,9 @@ async def test_reveal_needs_a_reason_shows_the_values_audits_why_and_hides_them_
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.screen is screen and screen.revealed is not None, what="the reveal")
         text = header(screen)
-        assert f"SSN {SSN_SHOWN}" in text and f"DOB {DOB.isoformat()}" in text and "hidden again in 3 s" in text
+        # counting down from 3 s (a busy machine may already have ticked once)
+        assert f"SSN {SSN_SHOWN}" in text and f"DOB {DOB.isoformat()}" in text
+        assert re.search(r"hidden again in [123] s", text), text
         [audit] = reads(tui, known.id, "reveal")
         assert audit.user_id == desk.user_id
         assert audit.new_values["fields"] == ["dob", "ssn"]

@@ -156,7 +156,7 @@ def test_plans_catalog(tui, fixed, snap_compare) -> None:
     app = tui.app(fixed["desk"])
 
     async def run_before(pilot) -> None:
-        from textual.widgets import Input
+        from textual.widgets import DataTable, Input
 
         from carecli.screens.plans import PlansScreen
         from carecli.screens.worklist import WorklistScreen
@@ -164,9 +164,11 @@ def test_plans_catalog(tui, fixed, snap_compare) -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
         await pilot.press("f4")
         screen = await wait_for(pilot, lambda: isinstance(app.screen, PlansScreen) and app.screen)
-        await pilot.pause()
+        await wait_for(pilot, lambda: screen.plans, what="the catalog")
         screen.query_one(Input).value = "SNAP"
-        await pilot.pause()
+        table = screen.query_one("#plans-table", DataTable)
+        await wait_for(pilot, lambda: 0 < table.row_count == len(screen.visible_plans()) < len(screen.plans),
+                       what="the catalog filtered")
         await pilot.pause()
 
     assert _shot(snap_compare, app, run_before)
