@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
@@ -124,6 +124,9 @@ def duration_text(started: str, ended: str) -> str:
 def today_utc() -> date:
     return datetime.now(timezone.utc).date()
 
+
+#: A coverage percentage as typed: 0 to 100 with up to two decimals, ASCII digits.
+_PERCENT = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,2})?", re.ASCII)
 
 class FormSaved(Message):
     """The form's desk call succeeded (posted from the save worker)."""
@@ -768,11 +771,12 @@ class EnrollFormScreen(FormModal):
         coverage = self.input_value("coverage_percentage").strip()
         values["coverage_percentage"] = None
         if coverage:
-            try:
-                percent = Decimal(coverage.rstrip("%"))
-            except InvalidOperation:
+            # ASCII digits only, at most two decimals: Decimal() also reads NaN, Infinity, 1e2 and other
+            # scripts' digits (and NaN then fails the range check with an error instead of a message)
+            if not _PERCENT.fullmatch(coverage.rstrip("%").strip()):
                 errors["coverage_percentage"] = "a number from 0 to 100"
             else:
+                percent = Decimal(coverage.rstrip("%").strip())
                 if not 0 <= percent <= 100:
                     errors["coverage_percentage"] = "a number from 0 to 100"
                 values["coverage_percentage"] = percent

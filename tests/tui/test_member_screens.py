@@ -12,6 +12,7 @@ import dataclasses
 import re
 import uuid
 from datetime import date, datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -625,3 +626,31 @@ async def test_the_screen_and_its_forms_fit_80x24(tui) -> None:
             assert form.query_one("#form-title").region.y >= 0
             app.pop_screen()
             await wait_for(pilot, lambda: app.screen is screen)
+
+
+async def test_a_coverage_that_is_not_a_plain_percentage_is_a_message_not_an_error(tui) -> None:
+    """NaN, Infinity, 1e2 and other scripts' digits: Decimal reads them all (and NaN then fails the range
+    check with an exception). The form says what it wants and enrolls nobody."""
+    known = make_member(tui)
+    desk = tui.sign_in("supervisor")
+    (plan,) = [row.id for row in tui.rows(
+        "platform", "SELECT id FROM insurance_plans WHERE deleted_at IS NULL AND is_active "
+        "AND (expiration_date IS NULL OR expiration_date >= current_date) ORDER BY plan_code LIMIT 1")]
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("e")
+        form = await wait_for(pilot, lambda: isinstance(app.screen, EnrollFormScreen) and app.screen)
+        form.query_one("#field-plan", Select).value = plan
+        for typed in ("NaN", "Infinity", "-Infinity", "1e2", "\u0661\u0660\u0660", "\uff18\uff10", "100.001", "101"):
+            set_input(form, "coverage_percentage", typed)
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: form.field_errors(), what=f"the message for {typed!r}")
+            assert form.field_errors() == {"coverage_percentage": "A number from 0 to 100."}, typed
+            assert app.screen is form
+        set_input(form, "coverage_percentage", "99.5%")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen and len(screen._enrollments) == 1)
+    assert [row.coverage_percentage for row in tui.rows(
+        "platform", "SELECT coverage_percentage FROM member_insurance_plans WHERE member_id = :m", m=known.id)] \
+        == [Decimal("99.50")]
