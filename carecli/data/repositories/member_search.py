@@ -288,28 +288,6 @@ def _like_prefix(word: str) -> ColumnElement[str]:
     return func.carecli_fold(literal(_escaped(word), String))
 
 
-#: Past this code point the successor of a character may not exist in UTF-8 (the surrogates, U+10FFFF).
-_LAST_PLAIN_CODE_POINT = 0xD7FE
-
-
-def _starts(key: ColumnElement[str], word: str) -> ColumnElement[bool]:
-    """``key`` (a folded name, ``COLLATE "C"``) starts with ``word`` folded: a range of the index.
-
-    ``fold(word) <= key < fold(word)`` with its last character incremented: in
-    byte order (UTF-8 keeps code point order) exactly the strings that start
-    with it. The same range PostgreSQL derives from ``LIKE 'word%'``, but
-    without the LIKE kept as a filter, which folds the name of every row the
-    range finds once more (the ~3,800 "smi" members cost 10 ms of folding for a
-    count) and makes planning slower. A word with a character past U+D7FE
-    keeps the LIKE.
-    """
-    if any(ord(ch) > _LAST_PLAIN_CODE_POINT for ch in word):
-        return key.like(_like_prefix(word))
-    low = func.carecli_fold(literal(word, String), type_=String)
-    high = func.left(low, -1, type_=String) + func.chr(func.ascii(func.right(low, 1)) + 1, type_=String)
-    return and_(key >= low.collate("C"), key < high.collate("C"))
-
-
 def _email_prefix(word: str) -> ColumnElement[bool]:
     """The e-mail address starts with ``word`` (any case): ``ix_members_email_lower``."""
     return EMAIL_KEY.like(func.lower(literal(_escaped(word), String)))
@@ -350,7 +328,7 @@ def _plain_match(words: Sequence[str]) -> ColumnElement[bool]:
     Words past :data:`MAX_ASSIGNED_WORDS` may be words inside a name as well
     (they get no branch of their own).
     """
-    each_word = and_(*(or_(_starts(FIRST_KEY, w), _starts(LAST_KEY, w))
+    each_word = and_(*(or_(FIRST_KEY.like(_like_prefix(w)), LAST_KEY.like(_like_prefix(w)))
                        for w in words[:MAX_ASSIGNED_WORDS]),
                      *(_word_filter(w) for w in words[MAX_ASSIGNED_WORDS:]))
     phrase = _phrase_match(words)
@@ -370,12 +348,12 @@ def _assignments(words: Sequence[str], assigned: Sequence[str]) -> list[tuple[li
             needed = _narrowed([w for f, w in zip(fields, assigned, strict=True) if f == field])
             if needed is None:
                 break
-            match += [_starts(key, word) for word in needed]
+            match += [key.like(_like_prefix(word)) for word in needed]
         else:
             alternatives.append((match, "last" not in fields))
     if len(words) > 1:
         phrase = " ".join(words)
-        alternatives += [([_starts(LAST_KEY, phrase)], False), ([_starts(FIRST_KEY, phrase)], True)]
+        alternatives += [([LAST_KEY.like(_like_prefix(phrase))], False), ([FIRST_KEY.like(_like_prefix(phrase))], True)]
     return alternatives
 
 
@@ -737,8 +715,8 @@ def _phrase_match(words: Sequence[str]) -> ColumnElement[bool] | None:
     """All the words as one prefix of the first or the last name (``st. james``)."""
     if len(words) < 2:
         return None
-    phrase = " ".join(words)
-    return or_(_starts(LAST_KEY, phrase), _starts(FIRST_KEY, phrase))
+    phrase = _like_prefix(" ".join(words))
+    return or_(LAST_KEY.like(phrase), FIRST_KEY.like(phrase))
 
 
 def _cte_keys(hits: Any, order: _Order) -> list[ColumnElement[Any]]:
