@@ -773,10 +773,11 @@ class EnrollFormScreen(FormModal):
         if coverage:
             # ASCII digits only, at most two decimals: Decimal() also reads NaN, Infinity, 1e2 and other
             # scripts' digits (and NaN then fails the range check with an error instead of a message)
-            if not _PERCENT.fullmatch(coverage.rstrip("%").strip()):
+            typed = coverage.rstrip("%").strip()
+            if not _PERCENT.fullmatch(typed):
                 errors["coverage_percentage"] = "a number from 0 to 100"
             else:
-                percent = Decimal(coverage.rstrip("%").strip())
+                percent = Decimal(typed)
                 if not 0 <= percent <= 100:
                     errors["coverage_percentage"] = "a number from 0 to 100"
                 values["coverage_percentage"] = percent
