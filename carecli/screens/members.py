@@ -138,6 +138,8 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.query_state = MemberQuery(text=text)
         #: every page fetch gets a number; only the newest one's result is shown
         self.request = 0
+        #: the fetch whose page the table shows (equal to ``request`` once the newest page is in)
+        self.shown_request = 0
         #: every new search (typing, filters) gets a number; the count belongs to one search
         self.search_id = 0
         #: the cursor each visited page started from (page 1 starts from None)
@@ -220,6 +222,11 @@ for large ones. **Enter** opens the member (an audited read of their record).
     def filter_changed(self, event: Select.Changed) -> None:
         self.search(reset=True)
 
+    @property
+    def settled(self) -> bool:
+        """The table shows the newest page asked for and the count of the newest search is in."""
+        return self.shown_request == self.request and self.count is not None
+
     def current_query(self) -> MemberQuery:
         status = self.query_one("#member-status", Select)
         plan = self.query_one("#member-plan", Select).value  # a plan's id, or blank (NoSelection)
@@ -292,6 +299,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
         table = self.query_one(ResultsTable)
         table.clear()
         self.rows = []
+        self.shown_request = message.request
         for row in page.rows:
             self.rows.append(row.id)
             city = ", ".join(part for part in (row.city, row.state) if part)

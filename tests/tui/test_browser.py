@@ -16,7 +16,7 @@ async def _browser(app, pilot) -> MemberBrowserScreen:
     await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
     await pilot.press("f3")
     screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen)
-    await wait_for(pilot, lambda: screen.rows and screen.count is not None, what="the first page")
+    await wait_for(pilot, lambda: screen.settled and screen.rows, what="the first page")
     return screen
 
 

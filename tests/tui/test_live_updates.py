@@ -152,7 +152,7 @@ async def test_the_member_browser_reloads_its_page_and_keeps_the_cursor_and_the_
         await wait_for(pilot, lambda: isinstance(app_b.screen, WorklistScreen))
         await pilot.press("f3")
         browser = await wait_for(pilot, lambda: isinstance(app_b.screen, MemberBrowserScreen) and app_b.screen)
-        await wait_for(pilot, lambda: browser.rows and browser.count is not None, what="the first page")
+        await wait_for(pilot, lambda: browser.settled and browser.rows, what="the first page")
         await listening(pilot)
         table = browser.query_one(ResultsTable)
         table.move_cursor(row=3)

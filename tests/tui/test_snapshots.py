@@ -107,8 +107,8 @@ async def _browse_zyxw(pilot, app):  # noqa: ANN001, ANN202
     await pilot.press("f3")
     screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen)
     await pilot.press(*"zyxw")
-    await wait_for(pilot, lambda: len(screen.rows) == 3 and screen.count is not None
-                   and screen.query_state.text == "zyxw")
+    # Settled: a slow pilot may let "zyx" be searched first; its three rows must not pass for "zyxw"'s.
+    await wait_for(pilot, lambda: screen.query_state.text == "zyxw" and screen.settled and len(screen.rows) == 3)
     return screen
 
 
