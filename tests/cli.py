@@ -43,9 +43,20 @@ def run_carecli(*args: str, env: Mapping[str, str | None] | None = None, timeout
 
     ``input`` is the command's standard input (empty when not given, like ``/dev/null``)."""
     env = env or {}
+    if not process and tuple(args[:2]) in NO_DATABASE_COMMANDS and not _names_a_server(env):
+        # Pointed at a server that is not there: a command that tried to reach carecli's databases would fail
+        # the test here, where with no URL it would have started an embedded server inside this process.
+        env = {**env, **{name: NOWHERE.format(name.lower()) for name in URL_VARIABLES}}
     if process or not _names_a_server(env):
         return _in_a_process(args, env, timeout, input)
     return _in_this_process(args, env, input)
+
+
+#: commands that never open carecli's databases (they read a file, or write to the URLs their options name), so
+#: they run in this process even when no database URL is configured
+NO_DATABASE_COMMANDS = {("backup", "verify"), ("backup", "restore"), ("backup", "generate-key")}
+#: a database URL nothing answers on (port 9, discard: closed on these machines)
+NOWHERE = "postgresql+psycopg://carecli@127.0.0.1:9/{}"
 
 
 URL_VARIABLES = ("CARECLI_IDENTITY_URL", "CARECLI_PLATFORM_URL")

@@ -15,10 +15,12 @@ import re
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from carecli.data.embedded import EmbeddedServer
 from carecli.errors import EXIT_AUTH, EXIT_USAGE
 from tests.cli import Result, run_carecli
 from tests.support.sites import Site
@@ -44,8 +46,18 @@ def test_demo_sign_in_on_the_embedded_database(tmp_path: Path) -> None:
     def cli(*args: str) -> Result:
         return run_carecli(*args, env=env)
 
-    seeded = cli("seed", "--members", "20", "--seed", "7")
+    seeded = cli("seed", "--members", "20", "--seed", "7")  # the first command creates the server
     assert seeded.code == 0, seeded.err
+    # From here on this test holds the server too, as a second carecli process would: each command below
+    # joins it instead of starting and stopping it (its own lifetime is tests/test_embedded.py's subject).
+    held = EmbeddedServer(tmp_path / "data").start()
+    try:
+        _signs_in_and_out(cli, env, tmp_path)
+    finally:
+        held._server.cleanup()
+
+
+def _signs_in_and_out(cli: Callable[..., Result], env: dict[str, str], tmp_path: Path) -> None:
     users = _psql(env, "identity", "SELECT u.email, r.name FROM users u JOIN roles r ON r.id = u.role_id "
                   "WHERE u.is_active ORDER BY u.email")
     admin = next(email for email, role in users if role == "admin")
