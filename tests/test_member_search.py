@@ -354,6 +354,7 @@ def test_count_is_estimated_when_even_the_bounded_count_would_be_expensive(platf
     add_members(platform, *({"first_name": "Ann", "last_name": "Smith", "email": "ann@example.org"}
                             for _ in range(3)))
     monkeypatch.setattr(member_search, "COUNT_COST_BUDGET", 0.0)
+    monkeypatch.setattr(member_search, "EXACT_COUNT_ROWS", 0)
     with platform.uow() as uow:
         estimate = uow.member_search.count(MemberQuery("smi"))
         assert not estimate.exact and estimate.value >= 1
@@ -370,6 +371,17 @@ def test_count_is_estimated_when_even_the_bounded_count_would_be_expensive(platf
 ])
 def test_count_describe(value, exact, shown):
     assert CountEstimate(value, exact).describe() == shown
+
+
+def test_count_is_exact_when_few_members_are_expected_however_dear_the_planner_rates_them(platform, monkeypatch):
+    add_members(platform, *({"first_name": "Ann", "last_name": "Smith", "email": "ann@example.org"}
+                            for _ in range(3)))
+    monkeypatch.setattr(member_search, "COUNT_COST_BUDGET", 0.0)
+    with platform.uow() as uow:
+        assert uow.member_search.count(MemberQuery("smi")) == CountEstimate(3, exact=True)
+    monkeypatch.setattr(member_search, "EXACT_COUNT_ROWS", 0)
+    with platform.uow() as uow:
+        assert not uow.member_search.count(MemberQuery("smi")).exact
 
 
 # -- permissions, audit, PHI ---------------------------------------------------------------
@@ -487,9 +499,13 @@ def reference(platform, text_: str, sort: str, status: str | None = None) -> lis
                                               "sort": "newest" if sort == "newest" else "name"}).scalars())
 
 
-@pytest.mark.parametrize("sort", ["name", "newest"])
+@pytest.mark.parametrize(("sort", "few_matches"), [("name", member_search.FEW_MATCHES),
+                                                    ("newest", member_search.FEW_MATCHES), ("newest", -1)],
+                         ids=["name", "newest-read-and-sorted", "newest-walked"])
 @pytest.mark.parametrize("status", [None, "suspended"])
-def test_search_finds_exactly_what_the_sql_reference_finds(platform, sort, status):
+def test_search_finds_exactly_what_the_sql_reference_finds(platform, monkeypatch, sort, few_matches, status):
+    # In creation order the matches are read then sorted when few are expected, else the order is walked.
+    monkeypatch.setattr(member_search, "FEW_MATCHES", few_matches)
     add_members(platform, *PEOPLE, *({"first_name": f"Filler{i}", "last_name": "Smith"} for i in range(5)))
     for query in QUERIES:
         expected = reference(platform, query, sort, status)

@@ -60,6 +60,13 @@ Why the queries look the way they do (measured on 1M members, see
   those members: fetching and folding ~4,000 James took 20 ms.
 * Building the statements costs Python time (a few ms for three words):
   the expressions that do not depend on the text are built once.
+* Name words in creation order (``smi``, newest first): when the planner
+  expects few matches (:data:`FEW_MATCHES`), they are read through the name
+  indexes into a ``MATERIALIZED`` CTE and sorted; otherwise the creation
+  order is walked, each row's names tested. Left to itself the planner walks
+  for "smi" too, because it rates folding two names per row far too cheap:
+  15,000 rows read for one page, 30 ms against 7. Its estimates hold because
+  the folded names have detailed statistics (platform_0011).
 * E-mail matches are isolated in a ``MATERIALIZED`` CTE, then sorted: an
   e-mail prefix correlates with the name order just as badly and, once
   it holds an ``@`` (or a ``.``), matches a handful of rows.
@@ -72,8 +79,10 @@ Why the queries look the way they do (measured on 1M members, see
   1.3 ms into 285 ms.
 
 Counting (:meth:`MemberSearchRepository.count`) is exact up to 10,000 when
-the bounded count is cheap by the planner's estimate; otherwise it is the
-planner's row estimate (``about 46K``), never a count of the whole table.
+the bounded count is cheap by the planner's estimate or the planner expects
+at most 5,000 matches; otherwise it is the planner's row estimate (``about
+46K``), never a count of the whole table. Those estimates hold because the
+folded names' statistics are detailed (platform_0011).
 
 Searching is not audited (opening a member is, in MemberRepository.open), but
 it needs ``members:read``. Records, queries and cursors never show names,
@@ -129,6 +138,14 @@ EXACT_COUNT_LIMIT = 10_000
 #: ...if the planner expects the bounded count to cost at most this (its units;
 #: measured on 1M members: 5,000 is roughly 10-25 ms, 30,000 about 150 ms).
 COUNT_COST_BUDGET = 5_000.0
+#: ...or if it expects at most this many matches, whatever it thinks they cost to read: it rates reading a
+#: few thousand members through the name indexes (3,836 for "smi": cost 10,100, counted in 9-11 ms) dearer
+#: than stopping at the limit in a far larger set ("mar": cost 7,900, 86 ms to count to 10,001).
+EXACT_COUNT_ROWS = 5_000
+#: A name search in creation order expected to match at most this many members reads all its matches and
+#: sorts them; more, and it walks the creation order testing each row (measured on 1M members: the
+#: matches of "smi", 3,836, read and sorted in 7 ms; the walk for them 30 ms; 10,000 read and sorted ~18 ms).
+FEW_MATCHES = 10_000
 MAX_PAGE_SIZE = 500
 MAX_TEXT_LENGTH = 200
 #: Name words that get a branch per first/last assignment (2**n branches);
@@ -478,7 +495,7 @@ class MemberSearchRepository(Repository[MemberSummary]):
         # index, but that index is partial, so the planner has no statistics to know.
         if terms.kind != "email":
             estimate, cost = self._explain_count(select(func.count()).select_from(matching.limit(bound).subquery()))
-            if cost > COUNT_COST_BUDGET:
+            if cost > COUNT_COST_BUDGET and estimate > EXACT_COUNT_ROWS:
                 return CountEstimate(estimate, exact=False)
         found, *isolated_rows = self.connection.execute(statement).one()
         if found <= EXACT_COUNT_LIMIT and all(rows < bound for rows in isolated_rows):
@@ -597,8 +614,15 @@ class MemberSearchRepository(Repository[MemberSummary]):
                     .select_from(_prefixes.join(_members, _c.id == _p.member_id))
                     .where(_inside_a_name(word), *filters, *others, *after_key), side_order).limit(fetch))
         else:
-            branches.append(_ordered(select(*columns).where(*filters, *keyset, _plain_match(words)), order)
-                            .limit(fetch))
+            plain = [*filters, *keyset, _plain_match(words)]
+            if self._estimated_rows(select(_c.id).where(*plain)) <= FEW_MATCHES:
+                # Few matches: all of them (through the name indexes), then sorted. Left to itself the
+                # planner walks the creation order and tests each row's names, which it rates far too
+                # cheap (folding two names per row): 15,000 rows read for a page of "smi", 30 ms against 7.
+                hits = select(*columns).where(*plain).cte("plain_hits").prefix_with("MATERIALIZED")
+                branches.append(_ordered(select(hits), order, _cte_keys(hits, order)).limit(fetch))
+            else:
+                branches.append(_ordered(select(*columns).where(*plain), order).limit(fetch))
             # A word inside a name, in creation order: the side table's rows sorted (it holds
             # created_at), the members fetched for the page only.
             for hits, match in self._inside(terms, query):
@@ -659,6 +683,14 @@ class MemberSearchRepository(Repository[MemberSummary]):
                     .cte("email_hits").prefix_with("MATERIALIZED"))
             isolated.append((hits, self._filters(query, hits.c, live=False)))
         return isolated
+
+    def _estimated_rows(self, statement: Select[Any]) -> int:
+        """The planner's estimate of the rows ``statement`` returns (EXPLAIN only plans: nothing is read)."""
+        compiled = statement.compile(dialect=self.connection.dialect)
+        plan = self.connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params).scalar_one()
+        if isinstance(plan, str):
+            plan = json.loads(plan)
+        return int(plan[0]["Plan"]["Plan Rows"])
 
     def _explain_count(self, bounded: Select[Any]) -> tuple[int, float]:
         """The planner's estimate of the matching rows (under the LIMIT) and the bounded count's cost.
