@@ -16,7 +16,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Select, Static
 
@@ -29,8 +28,6 @@ from carecli.screens.live import DataChanged
 from carecli.screens.widgets import CareFooter, CareHeader, SearchBox
 
 PAGE_SIZE = 50
-#: typing pauses this long before a search is sent (keeps a fast typist from queueing queries)
-DEBOUNCE_SECONDS = 0.15
 #: newest / oldest: by when the member's record was added
 SORTS = (("Name A→Z", "name"), ("Name Z→A", "name_desc"), ("Newest added", "newest"), ("Oldest added", "oldest"))
 
@@ -148,7 +145,6 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.next_cursor: Any = None
         self.rows: list[uuid.UUID] = []
         self.count: CountEstimate | None = None
-        self._debounce: Timer | None = None
         #: a live reload puts the cursor back on this member (by id) when the page comes back
         self._keep_cursor: str | None = None
         #: changed while covered: reload when shown again
@@ -189,8 +185,6 @@ for large ones. **Enter** opens the member (an audited read of their record).
     @on(SearchBox.Leave, "#member-search")
     def _down_from_search(self, event: SearchBox.Leave) -> None:
         """Down or PgDn in the box: on to the first result (the search typed so far is sent first)."""
-        if self._debounce is not None:
-            self._debounce.stop()
         if self.current_query() != self.query_state:
             self.search(reset=True)
         table = self.query_one(ResultsTable)
@@ -205,15 +199,13 @@ for large ones. **Enter** opens the member (an audited read of their record).
 
     @on(Input.Changed, "#member-search")
     def text_changed(self, event: Input.Changed) -> None:
-        if self._debounce is not None:
-            self._debounce.stop()
-        self._debounce = self.set_timer(DEBOUNCE_SECONDS, lambda: self.search(reset=True))
+        """Every key searches at once (no debounce): a page of 50 by name costs the server a few ms, and
+        the results of a key overtaken by the next one are dropped (``request``)."""
+        self.search(reset=True)
 
     @on(Input.Submitted, "#member-search")
     def text_submitted(self) -> None:
         """Enter: search now (unless these results are already for this text), then go to the results."""
-        if self._debounce is not None:
-            self._debounce.stop()
         if self.current_query() != self.query_state:
             self.search(reset=True)
         self.query_one(ResultsTable).focus()
