@@ -99,7 +99,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from itertools import product
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, cast, get_args
 
 from sqlalchemy import (
     DateTime,
@@ -684,25 +684,26 @@ class MemberSearchRepository(Repository[MemberSummary]):
             isolated.append((hits, self._filters(query, hits.c, live=False)))
         return isolated
 
-    def _estimated_rows(self, statement: Select[Any]) -> int:
-        """The planner's estimate of the rows ``statement`` returns (EXPLAIN only plans: nothing is read)."""
+    def _plan(self, statement: Select[Any]) -> dict[str, Any]:
+        """The root node of ``statement``'s plan (EXPLAIN only plans: nothing is read)."""
         compiled = statement.compile(dialect=self.connection.dialect)
         plan = self.connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params).scalar_one()
         if isinstance(plan, str):
             plan = json.loads(plan)
-        return int(plan[0]["Plan"]["Plan Rows"])
+        return cast(dict[str, Any], plan[0]["Plan"])
+
+    def _estimated_rows(self, statement: Select[Any]) -> int:
+        """The planner's estimate of the rows ``statement`` returns."""
+        return int(self._plan(statement)["Plan Rows"])
 
     def _explain_count(self, bounded: Select[Any]) -> tuple[int, float]:
         """The planner's estimate of the matching rows (under the LIMIT) and the bounded count's cost.
 
         EXPLAIN only plans: nothing is counted.
         """
-        compiled = bounded.compile(dialect=self.connection.dialect)
-        plan = self.connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params).scalar_one()
-        if isinstance(plan, str):
-            plan = json.loads(plan)
-        root = plan[0]["Plan"]
-        node, rows = root, None
+        root = self._plan(bounded)
+        node: dict[str, Any] | None = root
+        rows = None
         while node is not None:
             if node.get("Node Type") == "Limit":
                 rows = node["Plans"][0]["Plan Rows"]
