@@ -25,7 +25,7 @@ from carecli.data.repositories.member_search import CountEstimate, MemberPage, M
 from carecli.screens.base import CareScreen, member_name
 from carecli.screens.formatting import show_phone, words
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter, CareHeader, SearchBox
+from carecli.screens.widgets import CareFooter, CareHeader, CareTable, SearchBox
 
 PAGE_SIZE = 50
 #: newest / oldest: by when the member's record was added
@@ -53,8 +53,11 @@ class PlansLoaded(Message):
         self.plans = plans
 
 
-class ResultsTable(DataTable[str]):
-    """A page of results; moving past its last or first row asks for the next or previous page."""
+class ResultsTable(CareTable):
+    """A page of results; moving past its last or first row asks for the next or previous page.
+
+    A CareTable: names, e-mails and cities are shown as typed, never read as markup (a member named
+    ``[/]`` ended the browser with a MarkupError for everyone whose search listed them)."""
 
     class EdgeReached(Message):
         def __init__(self, forward: bool) -> None:

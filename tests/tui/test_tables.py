@@ -15,7 +15,7 @@ from textual.coordinate import Coordinate
 from carecli.screens.widgets import CareTable
 from carecli.screens.worklist import WorklistScreen
 from tests.tui.conftest import SIZE
-from tests.tui.helpers import schedule_today, wait_for
+from tests.tui.helpers import schedule_today, screen_text, wait_for
 from tests.tui.test_member_screens import app_for, make_member
 
 NASTY = ["call back [/b] monday", "[@click=app.quit]here[/]", "[red]reached[/red]", "[", "]", "[/]", "[[b]]",
@@ -77,13 +77,57 @@ def test_any_bracketed_text_is_a_plain_cell(text: str) -> None:
 
 
 def test_no_screen_makes_a_bare_datatable() -> None:
-    """A new table that forgot CareTable would parse what people typed as markup again."""
+    """A new table that forgot CareTable would parse what people typed as markup again: neither a bare
+    DataTable nor a class of its own built on DataTable instead of CareTable (the member browser's
+    results table was one, and drew member names as markup)."""
     offenders = []
     for path in SCREENS.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DataTable":
                 offenders.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.ClassDef) and node.name != "CareTable":
+                bases = [ast.unparse(base) for base in node.bases]
+                if any(base == "DataTable" or base.startswith("DataTable[") for base in bases):
+                    offenders.append(f"{path.name}:{node.lineno} class {node.name}")
     assert offenders == []
+
+
+async def test_the_member_browser_lists_a_bracketed_name_as_typed(tui) -> None:
+    from carecli.data.crypto.runtime import cipher_provider
+    from carecli.data.unit_of_work import PlatformUnitOfWork
+    from carecli.screens.members import MemberBrowserScreen
+
+    admin = tui.sign_in("admin")
+    with PlatformUnitOfWork(tui.databases.platform, admin.actor,
+                            cipher=cipher_provider(tui.settings, tui.databases)) as uow:
+        names_by_id = {uow.members.create({"first_name": text, "last_name": f"Zzmarkup{index}", "city": text,
+                                           "status": "active"}).id: index for index, text in enumerate(NASTY)}
+        uow.commit()
+    app = app_for(tui, tui.sign_in("specialist"))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        await pilot.press("f3")
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen)
+        await pilot.press(*"zzmarkup")
+        await wait_for(pilot, lambda: screen.query_state.text == "zzmarkup" and screen.settled
+                       and len(screen.rows) == len(NASTY))
+        await pilot.pause()
+        table = screen.query_one("#member-results", CareTable)
+        names = sorted(str(table.get_row_at(row)[0]) for row in range(table.row_count))
+        assert names == sorted(f"Zzmarkup{index}, {text}" for index, text in enumerate(NASTY))
+        drawn = "\n".join(_drawn(table, y) for y in range(1, table.row_count + 1))
+        assert "Zzmarkup2, [red]reached[/red]" in drawn
+        # and each one's file opens, the name as typed in its title line
+        for index, text in enumerate(NASTY):
+            table.focus()
+            table.move_cursor(row=screen.rows.index(next(row for row in screen.rows if names_by_id[row] == index)))
+            await pilot.press("enter")
+            detail = await wait_for(pilot, lambda: getattr(app.screen, "file", None) is not None and app.screen,
+                                    what=f"the file of member {index}")
+            assert f"Zzmarkup{index}, {text}" in screen_text(detail)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is screen)
+        assert app.is_running
 
 
 async def test_the_worklist_shows_a_bracketed_outcome_as_typed_and_names_whole(tui) -> None:
