@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import events
+from textual._types import SegmentLines
 from textual.binding import Binding
 from textual.content import Content
 from textual.css.query import NoMatches
@@ -156,6 +160,10 @@ class SearchBox(Input):
         self.post_message(self.Leave(self))
 
 
+#: text every character of which is one cell wide and drawn as itself
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+
 class PlainCell:
     """A table cell holding text as typed (or a styled Text), drawn as a fresh :class:`Text` each time.
 
@@ -220,6 +228,54 @@ class CareTable(DataTable[Any]):
                 widened = True
         if widened:
             self._clear_caches()  # private (Textual < 9 is pinned): cells drawn at the old width are not kept
+
+    #: draw one-line cells of plain printable ASCII directly (see _render_cell); False: always Textual's way
+    fast_cells: bool = True
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False) -> SegmentLines:
+        """A body cell of plain printable ASCII text in a one-line row, drawn without Rich's layout.
+
+        Textual draws every cell through Rich (Styled, Padding, Text wrapping, line cropping): ~100 µs a cell,
+        and a new page of results redraws all of them (most of a PageDown's time). Such a cell is only its
+        text cropped or padded to the column, between the two padding spaces, in one style; the segments are
+        the ones Textual's way gives (tests/tui/test_tables.py compares both for any such text and width).
+        Anything else (headers, labels, styled Text, other scripts, wide or control characters, taller rows)
+        goes Textual's way.
+        """
+        padding = self.cell_padding
+        if not self.fast_cells or row_index < 0 or column_index < 0 or width <= 2 * padding:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        if row_key is None or column_key is None:  # not a cell of this table (Textual's way says so)
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        cache_key = (row_key, column_key, base_style, cursor, hover, self._show_hover_cursor, self._update_count,
+                     self._pseudo_class_state)
+        cached = self._cell_render_cache.get(cache_key)
+        if cached is not None:
+            return cached
+        cell = self._data[row_key][column_key]
+        row = self.rows[row_key]
+        if (row.height != 1 or row.auto_height or not isinstance(cell, PlainCell) or cell.styled is not None
+                or not _PRINTABLE_ASCII.fullmatch(cell.text)):
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        component_style, post_style = self._get_styles_to_render_cell(
+            False, False, row_index < self.fixed_rows or column_index < self.fixed_columns, hover, cursor,
+            self.show_cursor, self._show_hover_cursor, self.cursor_foreground_priority == "css",
+            self.cursor_background_priority == "css")
+        style = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component_style
+        style = style + post_style
+        inner = width - 2 * padding
+        text = cell.text[:inner]
+        edge = Segment(" " * padding, style)
+        line = [edge, Segment(text, style)]
+        if len(text) < inner:
+            line.append(Segment(" " * (inner - len(text)), style))
+        line.append(edge)
+        lines = [line]
+        self._cell_render_cache[cache_key] = lines
+        return lines
 
     def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: CellType, *,
                     update_width: bool = False) -> None:

@@ -158,3 +158,67 @@ async def test_the_worklist_shows_a_bracketed_outcome_as_typed_and_names_whole(t
         assert "[@click=app.quit]send forms[/]" in cells
         assert app.is_running
 
+
+
+class _Both(App[None]):
+    def compose(self) -> ComposeResult:
+        yield CareTable(id="t", cursor_type="row", zebra_stripes=True)
+
+
+_CELL_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=40)
+
+
+async def test_a_plain_ascii_cell_is_drawn_exactly_as_textual_draws_it() -> None:
+    """CareTable draws one-line cells of printable ASCII itself (fast_cells): for any such text, any column
+    width, the cursor and hover rows, zebra stripes and a fixed column, the segments (text and style, row and
+    column meta included) are the ones Textual's own drawing gives."""
+    from hypothesis import HealthCheck
+    from rich.style import Style
+
+    app = _Both()
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = app.query_one(CareTable)
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(rows=st.lists(st.tuples(_CELL_TEXT, _CELL_TEXT), min_size=1, max_size=4),
+               width=st.integers(min_value=3, max_value=30), fixed=st.booleans())
+        def same(rows: list[tuple[str, str]], width: int, fixed: bool) -> None:
+            table.clear(columns=True)
+            table.add_columns("a", "b")
+            table.fixed_columns = 1 if fixed else 0
+            for index, (first, second) in enumerate(rows):
+                table.add_row(first, second, key=str(index))
+            for row in range(len(rows)):
+                for column in range(2):
+                    for cursor, hover in ((False, False), (True, False), (False, True)):
+                        base = Style(bgcolor="#101010") if row % 2 else Style()
+                        drawn = {}
+                        for fast in (True, False):
+                            table.fast_cells = fast
+                            table._clear_caches()
+                            drawn[fast] = table._render_cell(row, column, base, width, cursor, hover)
+                        table.fast_cells = True
+                        assert drawn[True] == drawn[False], (rows[row][column], width, cursor, hover)
+
+        same()
+        await pilot.pause()
+        assert app.is_running
+
+
+async def test_text_that_is_not_plain_ascii_is_drawn_by_textual() -> None:
+    """Wide, combining, control and other scripts' characters keep Textual's drawing (which measures cells)."""
+    from rich.style import Style
+
+    app = _Both()
+    async with app.run_test(size=(100, 30)):
+        table = app.query_one(CareTable)
+        table.add_columns("a")
+        for index, text in enumerate(["José", "山田 太郎", "e\u0301", "tab\there", "naïve", "😀x"]):
+            table.add_row(text, key=str(index))
+        for row in range(table.row_count):
+            drawn = {}
+            for fast in (True, False):
+                table.fast_cells = fast
+                table._clear_caches()
+                drawn[fast] = table._render_cell(row, 0, Style(), 8)
+            assert drawn[True] == drawn[False]
