@@ -222,3 +222,16 @@ async def test_text_that_is_not_plain_ascii_is_drawn_by_textual() -> None:
                 table._clear_caches()
                 drawn[fast] = table._render_cell(row, 0, Style(), 8)
             assert drawn[True] == drawn[False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=_CELL_TEXT)
+def test_a_plain_ascii_cell_is_as_wide_as_measuring_it_says(text: str) -> None:
+    """CareTable widens its columns for plain ASCII cells by their length: what measuring them gives."""
+    from rich.console import Console
+    from textual.render import measure
+    from textual.widgets._data_table import default_cell_formatter
+
+    from carecli.screens.widgets import PlainCell
+
+    assert measure(Console(), default_cell_formatter(PlainCell(text), wrap=False, height=1), 1) == len(text)
