@@ -112,3 +112,29 @@ def test_concurrent_upgrades_serialise(empty_pair):
     assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
     created = sum(f"identity: empty -> {migrate.head_revision('identity')}" in out for out, _ in outputs)
     assert created == 1, outputs
+
+
+def test_the_heads_carecli_checks_against_are_the_migration_scripts_heads():
+    """migrate.HEADS spares every start an Alembic import and a read of the scripts; a new migration must move it."""
+    for database in migrate.DATABASES:
+        assert migrate.head_revision(database) == migrate.script_head_revision(database), database
+
+
+def test_starting_on_a_migrated_database_does_not_import_alembic(migrated_pair):
+    """What every command and the app do at start (open the databases, check they are at head) reads one row per
+    database: no Alembic import, no reading of the migration scripts."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import carecli.screens.app, carecli.cli.main\n"
+            "from carecli.config import load_settings\n"
+            "from carecli.data.databases import open_databases, require_head\n"
+            "databases = open_databases(load_settings())\n"
+            "require_head(databases)\n"
+            "databases.dispose()\n"
+            "assert not [m for m in sys.modules if m == 'alembic' or m.startswith('alembic.')], 'alembic imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **migrated_pair.env})
+    assert result.returncode == 0, result.stderr

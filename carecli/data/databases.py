@@ -239,7 +239,7 @@ def open_databases(
             check_connection(engine, name)
     if embedded is not None and migrate_embedded:
         for name, engine in databases.items():
-            migrate.upgrade(engine, name)
+            migrate.upgrade_if_behind(engine, name)
     return databases
 
 
