@@ -73,7 +73,7 @@ RESTART_WINDOW = 60.0
 #: the exit code reported for a session whose exit status was lost with its zygote (an "error" end)
 LOST_EXIT_STATUS = EXIT_FAILURE
 
-#: what a session needs, imported once in the zygote (every module of carecli.screens is added)
+#: what a session needs, imported once in the zygote (found by listing what a session imported after the fork)
 PRELOAD = (
     "carecli.cli.main",
     "carecli.cli.app_cmd",
@@ -90,7 +90,14 @@ PRELOAD = (
     "psycopg.pq",
     "textual.app",
     "textual.drivers.linux_driver",
+    "textual.drivers.headless_driver",
+    "textual.pilot",
+    "rich._emoji_codes",
+    "concurrent.futures.thread",
+    "pwd",
 )
+#: packages whose every module is imported too (screens, repositories, layouts are imported on first use)
+PRELOAD_PACKAGES = ("carecli.screens", "carecli.data.repositories", "textual.layouts")
 
 
 # -- the zygote process ---------------------------------------------------------------------------
@@ -100,10 +107,13 @@ def preload() -> None:
     """Import everything a session's app imports (the work every session would otherwise repeat)."""
     for name in PRELOAD:
         importlib.import_module(name)
-    import carecli.screens
+    for name in PRELOAD_PACKAGES:
+        package = importlib.import_module(name)
+        for module in pkgutil.iter_modules(package.__path__, f"{name}."):
+            importlib.import_module(module.name)
+    from rich._unicode_data import load
 
-    for module in pkgutil.iter_modules(carecli.screens.__path__, "carecli.screens."):
-        importlib.import_module(module.name)
+    load()  # the character-width table (cached; chosen by UNICODE_VERSION, which sessions share with us)
     with contextlib.suppress(ImportError):  # the C implementation when installed: psycopg picks it itself
         importlib.import_module("psycopg_binary.pq")
 
@@ -472,6 +482,8 @@ class Zygote:
         try:
             await asyncio.wait_for(asyncio.shield(self.ready), READY_TIMEOUT)
         except asyncio.TimeoutError:
+            log.warning("the app launcher (zygote) was not ready after %.0f s; stopping it", READY_TIMEOUT)
+            self.kill()
             raise LaunchError(f"the app launcher was not ready after {READY_TIMEOUT:.0f} s") from None
         if not self.alive:
             raise LaunchError("the app launcher is not running")
@@ -527,6 +539,8 @@ class AppLauncher:
     async def _start(self) -> Zygote | None:
         now = time.monotonic()
         if len(self._starts) == MAX_RESTARTS and now - self._starts[0] < RESTART_WINDOW:
+            log.warning("the app launcher (zygote) was started %d times within %.0f s; sessions start the app "
+                        "themselves for now", MAX_RESTARTS, RESTART_WINDOW)
             return None
         self._starts.append(now)
         try:
