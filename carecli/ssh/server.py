@@ -15,6 +15,13 @@ agent). What the host allows and refuses:
 * a key revoked or a user deactivated while connected ends the session
   within ``revocation_check_seconds``.
 
+Each session's app is a process of its own (its own session and process
+group on its pty): forked from the host's zygote (carecli/ssh/zygote.py), a
+process that imported the app once and holds no database connection,
+listener or thread, or, with ``app_command`` set, after ``--no-prefork`` or
+when the zygote fails, exec'd as a new Python. Either way it holds nothing of
+the host's but its terminal and the pipe its session token comes through.
+
 Every session start and end is audited (``ssh_session_start`` /
 ``ssh_session_end`` with the reason: quit, idle, disconnect, revoked,
 lifetime, shutdown, error), and the client's terminal is reset on every

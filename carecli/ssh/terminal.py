@@ -5,6 +5,8 @@ The host starts ``carecli app`` with the pty's slave side as its terminal
 pumps bytes between the pty's master side and the SSH channel. The session
 token reaches the app through a pipe (``--session-fd``), never through the
 command line or the environment, where other local users could read it.
+The process is forked from the host's zygote (carecli/ssh/zygote.py) when the
+host has one, else exec'd (``app_command``, ``--no-prefork``, a failed zygote).
 """
 
 from __future__ import annotations

@@ -305,7 +305,6 @@ def _run_app(token_fd: int, env: dict[str, str]) -> int:  # pragma: no cover - f
     for name, stream in streams.items():
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
-    gc.enable()
     from carecli.cli.main import main
 
     args = ["app", "--session-fd", str(token_fd)]
@@ -389,7 +388,7 @@ class Zygote:
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"
         self.alive = True
         self._next_id = 0
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], ForkedChild | None]]] = {}
         self.children: dict[int, ForkedChild] = {}
         self.on_lost: list[Any] = []
         self.loop.add_reader(sock.fileno(), self._readable)
@@ -443,13 +442,17 @@ class Zygote:
             if child is not None:
                 child.exited(int(message["exit"]))
         elif "id" in message:
+            child = None
+            if "pid" in message:
+                # Registered now: its exit may be the very next message, before the session's task resumes.
+                child = ForkedChild(int(message["pid"]))
+                self.children[child.pid] = child
             future = self._pending.pop(message["id"], None)
             if future is not None and not future.done():
-                future.set_result(message)
-            elif "pid" in message and "error" not in message:
-                # a session that gave up waiting: its app has no client; end it
+                future.set_result((message, child))
+            elif child is not None:  # a session that gave up waiting: its app has no client; end it
                 with contextlib.suppress(OSError):
-                    os.killpg(message["pid"], signal.SIGKILL)
+                    os.killpg(child.pid, signal.SIGKILL)
 
     def _lost(self) -> None:
         """The zygote died (or closed its end): fail what waits on it; its children live on as orphans."""
@@ -489,7 +492,7 @@ class Zygote:
             raise LaunchError("the app launcher is not running")
         self._next_id += 1
         request_id = self._next_id
-        future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        future: asyncio.Future[tuple[dict[str, Any], ForkedChild | None]] = self.loop.create_future()
         self._pending[request_id] = future
         try:
             socket.send_fds(self.sock, [json.dumps({"id": request_id, "env": dict(env)}).encode("utf-8")],
@@ -498,16 +501,14 @@ class Zygote:
             self._pending.pop(request_id, None)
             raise LaunchError(f"cannot reach the app launcher: {exc}") from None
         try:
-            answer = await asyncio.wait_for(asyncio.shield(future), SPAWN_TIMEOUT)
+            answer, child = await asyncio.wait_for(asyncio.shield(future), SPAWN_TIMEOUT)
         except asyncio.TimeoutError:
             self._pending.pop(request_id, None)
             log.warning("the app launcher (zygote) did not answer within %.0f s; stopping it", SPAWN_TIMEOUT)
             self.kill()
             raise LaunchError("the app launcher did not answer") from None
-        if "pid" not in answer:
+        if child is None:
             raise LaunchError(f"the app launcher could not start the app: {answer.get('error')}")
-        child = ForkedChild(int(answer["pid"]))
-        self.children[child.pid] = child
         if "error" in answer:  # it forked, but the child could not take its terminal: it is ending
             raise LaunchError(f"the app could not take its terminal: {answer['error']}")
         return child

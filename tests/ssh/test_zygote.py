@@ -212,3 +212,20 @@ async def test_sessions_are_forked_from_the_zygote_which_can_die_and_stops_with_
     assert _zygotes() == []  # stopping the host stopped (and reaped) its zygote
     ends = [row.new_values["reason"] for row in world.audit("ssh_session_end", user=first)]
     assert "quit" in ends and len(ends) == 2
+
+
+async def test_an_exit_reported_right_after_the_pid_is_not_lost() -> None:
+    # The zygote's answer (the pid) and the child's exit can arrive in one read, before the session's
+    # task resumes from its wait: the child must be known from the answer on.
+    zygote = await Zygote.start()
+    try:
+        future = asyncio.get_running_loop().create_future()
+        zygote._pending[99] = future
+        pid = 4_000_000  # above pid_max: no such process
+        zygote._dispatch({"id": 99, "pid": pid})
+        zygote._dispatch({"pid": pid, "exit": 3})
+        _answer, child = await future
+        assert child is not None and child.pid == pid
+        assert await asyncio.wait_for(child.wait(), 1) == 3
+    finally:
+        await zygote.close()
