@@ -126,6 +126,26 @@ def _threads() -> int:
         return threading.active_count()
 
 
+def unfit_to_fork(own_socket: int) -> str | None:
+    """Why this process must not fork sessions (what a child would share with the others), or None.
+
+    A thread (its locks would be copied held, by a thread that does not exist in the child), a
+    SQLAlchemy engine (its pool's connections would be shared by every session), a socket other than
+    the host's (a database connection, a listener).
+    """
+    if _threads() != 1:
+        return "importing the app started a thread"
+    from sqlalchemy.engine import Engine
+
+    if any(isinstance(thing, Engine) for thing in gc.get_objects()):
+        return "importing the app created a database engine"
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if int(name) != own_socket and os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                return "importing the app opened a socket"
+    return None
+
+
 def _send(sock: socket.socket, message: Mapping[str, Any]) -> None:
     sock.send(json.dumps(message).encode("utf-8"))
 
@@ -139,21 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     # The host's Ctrl-C is the host's: it ends its sessions, then us (by closing the socket).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     preload()
-    if _threads() != 1:  # forking a process with threads copies locks held by threads that do not exist
-        print("carecli zygote: importing the app started threads; cannot fork safely", file=sys.stderr)
+    problem = unfit_to_fork(sock.fileno())
+    if problem is not None:
+        print(f"carecli zygote: {problem}; sessions start the app themselves", file=sys.stderr)
         return EXIT_FAILURE
-    gc.collect()
-    gc.freeze()
-    _send(sock, {"ready": os.getpid()})
-    return _serve(sock)
-
-
-def _serve(sock: socket.socket) -> int:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # a handler, so the wakeup fd is written
+    gc.collect()
+    gc.freeze()
+    _send(sock, {"ready": os.getpid()})
+    return _serve(sock, wake_read, wake_write)
+
+
+def _serve(sock: socket.socket, wake_read: int, wake_write: int) -> int:
     children: set[int] = set()
     try:
         while True:

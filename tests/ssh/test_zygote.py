@@ -82,7 +82,13 @@ async def test_a_forked_app_has_its_own_session_terminal_environment_and_no_othe
     opened: list[int] = []
     try:
         await asyncio.wait_for(zygote.ready, START_TIMEOUT)
-        assert zygote.sock.fileno() not in (0, 1, 2)
+        # The zygote itself: one thread; its standard streams, its end of the socket pair, the pipe its
+        # SIGCHLD handler wakes it through; nothing else (no database connection, no listener).
+        assert os.listdir(f"/proc/{zygote.pid}/task") == [str(zygote.pid)]
+        held = _fds(zygote.pid)
+        assert [target for fd, target in held.items() if target.startswith("socket:")] != []
+        assert len([fd for fd, target in held.items() if target.startswith("socket:")]) == 1
+        assert len(held) == 6, held  # 0, 1, 2, the socket, the wake-up pipe's two ends
         children = []
         for _ in range(2):
             master, slave = pty.openpty()
