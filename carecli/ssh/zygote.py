@@ -171,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     _send(sock, {"ready": os.getpid()})
-    return _serve(sock, wake_read, wake_write)
+    return _serve(sock, wake_read)
 
 
-def _serve(sock: socket.socket, wake_read: int, wake_write: int) -> int:
+def _serve(sock: socket.socket, wake_read: int) -> int:
     children: set[int] = set()
     try:
         while True:
@@ -188,7 +188,7 @@ def _serve(sock: socket.socket, wake_read: int, wake_write: int) -> int:
                 message, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, 2)
                 if not message and not fds:
                     return 0  # the host closed its end (or died): nothing more to start
-                _handle(sock, message, fds, flags, children, (wake_read, wake_write))
+                _handle(sock, message, fds, flags, children)
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the host is gone
     finally:
@@ -209,8 +209,8 @@ def _reap(sock: socket.socket, children: set[int]) -> None:
         _send(sock, {"pid": pid, "exit": os.waitstatus_to_exitcode(status)})
 
 
-def _handle(sock: socket.socket, message: bytes, fds: list[int], flags: int, children: set[int],
-            private: tuple[int, int]) -> None:
+def _handle(sock: socket.socket, message: bytes, fds: list[int], flags: int, children: set[int]) -> None:
+    """Fork a session's app for one request; answer with its pid (or why not)."""
     request_id: Any = None
     try:
         try:
