@@ -235,3 +235,34 @@ async def test_an_exit_reported_right_after_the_pid_is_not_lost() -> None:
         assert await asyncio.wait_for(child.wait(), 1) == 3
     finally:
         await zygote.close()
+
+
+async def test_a_zygote_that_does_not_answer_is_replaced_and_the_session_starts_the_old_way(
+        session_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from carecli.ssh import zygote as zygote_module
+    from carecli.ssh.terminal import AppProcess
+    from carecli.ssh.zygote import AppLauncher
+
+    monkeypatch.setattr(zygote_module, "SPAWN_TIMEOUT", 1.0)
+    launcher = AppLauncher()
+    await launcher.start()
+    try:
+        stuck = launcher.zygote
+        assert stuck is not None
+        await asyncio.wait_for(stuck.ready, START_TIMEOUT)
+        os.kill(stuck.pid, signal.SIGSTOP)  # alive, but answers nothing
+        started = time.monotonic()
+        app = await AppProcess.start("cc_not_a_real_token", env=session_env, columns=80, rows=24, launcher=launcher)
+        try:
+            assert time.monotonic() - started < START_TIMEOUT
+            assert isinstance(app.process, asyncio.subprocess.Process)  # exec'd: `python -m carecli app`
+            assert b"app" in Path(f"/proc/{app.process.pid}/cmdline").read_bytes().split(b"\0")
+        finally:
+            await app.stop(grace=5)
+            app.close()
+        assert not stuck.alive  # the host gave up on it ...
+        replacement = await _until(lambda: launcher.zygote)
+        assert replacement.pid != stuck.pid  # ... and started another one
+        await asyncio.wait_for(replacement.ready, START_TIMEOUT)
+    finally:
+        await launcher.close()
