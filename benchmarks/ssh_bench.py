@@ -9,8 +9,8 @@
    ``--no-prefork``: each exec'd as a new Python, the way before the zygote);
 3. N asyncssh clients, each with a pyte terminal of 100x30, connect (``--connect-concurrency`` at a
    time) and wait until the worklist is on their screen; then every session opens the member browser;
-4. memory: resident (RSS) and proportional (PSS, shared pages split between processes) set of the
-   host and of each app process;
+4. memory: resident (RSS), proportional (PSS, shared pages split between processes) and unique (USS,
+   pages no other process shares) set of each app process, and of the host and its zygote;
 5. keystroke-to-screen: while every session types a letter into its search box every 2-6 s
    (``--think-seconds``; each keystroke also runs a search), ``--samples`` keystrokes, round robin over the
    sessions, timed from the send until the letter is on that client's screen;
