@@ -5,11 +5,12 @@
 
 1. a fresh database pair, migrated and seeded with ``carecli seed`` (``--members``), and one SSH key
    registered for a specialist with ``carecli ssh-keys add`` (run as an admin's API token);
-2. ``carecli serve-ssh`` on a free port (the real host, one app process per session);
+2. ``carecli serve-ssh`` on a free port (the real host, one app process per session, forked from its zygote;
+   ``--no-prefork``: each exec'd as a new Python, the way before the zygote);
 3. N asyncssh clients, each with a pyte terminal of 100x30, connect (``--connect-concurrency`` at a
    time) and wait until the worklist is on their screen; then every session opens the member browser;
-4. memory: resident (RSS) and proportional (PSS, shared pages split between processes) set of the
-   host and of each app process;
+4. memory: resident (RSS), proportional (PSS, shared pages split between processes) and unique (USS,
+   pages no other process shares) set of each app process, and of the host and its zygote;
 5. keystroke-to-screen: while every session types a letter into its search box every 2-6 s
    (``--think-seconds``; each keystroke also runs a search), ``--samples`` keystrokes, round robin over the
    sessions, timed from the send until the letter is on that client's screen;
@@ -125,10 +126,11 @@ def _admin_token(env: dict[str, str], admin_email: str) -> str:
         databases.dispose()
 
 
-def start_host(env: dict[str, str], port: int, workdir: Path, sessions: int) -> subprocess.Popen[bytes]:
+def start_host(env: dict[str, str], port: int, workdir: Path, sessions: int, prefork: bool) -> subprocess.Popen[bytes]:
     host = subprocess.Popen(
         [sys.executable, "-m", "carecli", "serve-ssh", "--port", str(port), "--host-key", str(workdir / "host_key"),
-         "--max-sessions", str(sessions + 5), "--max-per-user", str(sessions + 5)],
+         "--max-sessions", str(sessions + 5), "--max-per-user", str(sessions + 5),
+         "--prefork" if prefork else "--no-prefork"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -207,9 +209,15 @@ def input_row(client: Client, typed: str) -> int:
 # --------------------------------------------------------------------------
 
 
-def memory(host: subprocess.Popen[bytes]) -> tuple[psutil.Process, list[psutil.Process]]:
+def memory(host: subprocess.Popen[bytes]) -> tuple[psutil.Process, list[psutil.Process], list[psutil.Process]]:
+    """The host, its app processes (exec'd ``carecli app``, or forked by the zygote) and its zygote(s)."""
     server = psutil.Process(host.pid)
-    return server, [child for child in server.children(recursive=True) if "app" in child.cmdline()]
+    children = server.children(recursive=True)
+    # (its forks keep its command line: the zygote is the one whose parent is the host)
+    zygotes = [child for child in children if child.ppid() == server.pid and "carecli.ssh.zygote" in child.cmdline()]
+    apps = [child for child in children if "app" in child.cmdline()
+            or any(child.ppid() == zygote.pid for zygote in zygotes)]
+    return server, apps, zygotes
 
 
 def mib(value: float) -> str:
@@ -249,14 +257,19 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
         client.send("\x7f\x7f\x7f")
         await client.wait_for(lambda c, r=rows_of[index]: "zqx" not in c.screen.display[r])
 
-    server, apps = memory(host)
+    server, apps, zygotes = memory(host)
     rss = [p.memory_info().rss for p in apps]
-    pss = [p.memory_full_info().pss for p in apps]
+    full = [p.memory_full_info() for p in apps]
+    pss = [m.pss for m in full]
     rows.append(("app process per session: RSS p50 (max)", f"{mib(statistics.median(rss))} ({mib(max(rss))})"))
     rows.append(("app process per session: PSS p50 (shared pages split)", mib(statistics.median(pss))))
+    rows.append(("app process per session: USS p50 (its private pages)", mib(statistics.median(m.uss for m in full))))
     rows.append(("host process (serve-ssh): RSS", mib(server.memory_info().rss)))
-    rows.append(("all sessions together: PSS sum (host + apps)",
-                 mib(sum(pss) + server.memory_full_info().pss)))
+    zygote_pss = sum(z.memory_full_info().pss for z in zygotes)
+    if zygotes:
+        rows.append(("app launcher (zygote): PSS", mib(zygote_pss)))
+    rows.append(("all sessions together: PSS sum (host + zygote + apps)",
+                 mib(sum(pss) + zygote_pss + server.memory_full_info().pss)))
 
     # Background activity: every session types a letter every few seconds (and deletes it again); a
     # session's own lock keeps that from interleaving with a measured keystroke.
@@ -345,12 +358,14 @@ def main() -> None:
     parser.add_argument("--think-seconds", type=float, nargs=2, default=(2.0, 6.0), metavar=("MIN", "MAX"),
                         help="each session types a letter (a search) every MIN-MAX seconds meanwhile")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
+    parser.add_argument("--no-prefork", dest="prefork", action="store_false",
+                        help="exec a new Python per session (serve-ssh --no-prefork), not a fork of the zygote")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="carecli-ssh-bench-") as tmp:
         workdir = Path(tmp)
         urls, env, key_path = prepare(args.admin_url, args.members, workdir)
         port = free_port()
-        host = start_host(env, port, workdir, args.sessions)
+        host = start_host(env, port, workdir, args.sessions, args.prefork)
         try:
             rows = asyncio.run(run(args, urls, env, key_path, host, port))
         finally:
@@ -361,7 +376,8 @@ def main() -> None:
                 host.kill()
             if not args.keep:
                 drop_pair(args.admin_url, PREFIX)
-    print(f"\nSSH host, {args.sessions} sessions, {os.cpu_count()} cores, {args.members:,} members")
+    how = "forked from the zygote" if args.prefork else "exec'd (--no-prefork)"
+    print(f"\nSSH host, {args.sessions} sessions ({how}), {os.cpu_count()} cores, {args.members:,} members")
     print_table(rows, value_width=24)
 
 

@@ -160,9 +160,12 @@ def _this_carecli() -> str:
 @click.option("--app-pool-size", default=0, show_default=True, type=click.IntRange(0, 100),
               help="Connections each session's app keeps open per database (0: none kept idle, so "
                    "many sessions fit in max_connections; raise it behind PgBouncer).")
+@click.option("--prefork/--no-prefork", default=True, show_default=True,
+              help="Fork each session's app from one process that imported the app once (fast, shared "
+                   "memory); --no-prefork starts a new Python for every session.")
 def serve_ssh_command(host: str, port: int, host_key: Path | None, max_sessions: int, max_per_user: int,
                       idle_minutes: float | None, login_timeout: float, keepalive: float,
-                      app_pool_size: int) -> None:
+                      app_pool_size: int, prefork: bool) -> None:
     """Serve the app over SSH: public-key sign-in, one app process per session."""
     from carecli.ssh.server import HostOptions, serve
 
@@ -175,7 +178,8 @@ def serve_ssh_command(host: str, port: int, host_key: Path | None, max_sessions:
     options = HostOptions(host=host, port=port, host_key=host_key, max_sessions=max_sessions,
                           max_sessions_per_user=max_per_user,
                           idle_seconds=(idle_minutes or settings.session_idle_minutes) * 60,
-                          login_timeout=login_timeout, keepalive_seconds=keepalive, app_pool_size=app_pool_size)
+                          login_timeout=login_timeout, keepalive_seconds=keepalive, app_pool_size=app_pool_size,
+                          prefork=prefork)
 
     def ready(acceptor: object, key: asyncssh.SSHKey) -> None:
         sockets = getattr(acceptor, "sockets", None) or []

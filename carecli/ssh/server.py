@@ -15,6 +15,13 @@ agent). What the host allows and refuses:
 * a key revoked or a user deactivated while connected ends the session
   within ``revocation_check_seconds``.
 
+Each session's app is a process of its own (its own session and process
+group on its pty): forked from the host's zygote (carecli/ssh/zygote.py), a
+process that imported the app once and holds no database connection,
+listener or thread, or, with ``app_command`` set, after ``--no-prefork`` or
+when the zygote fails, exec'd as a new Python. Either way it holds nothing of
+the host's but its terminal and the pipe its session token comes through.
+
 Every session start and end is audited (``ssh_session_start`` /
 ``ssh_session_end`` with the reason: quit, idle, disconnect, revoked,
 lifetime, shutdown, error), and the client's terminal is reset on every
@@ -53,6 +60,7 @@ from carecli.services.ssh_sessions import (
     reason_for_exit,
 )
 from carecli.ssh.terminal import TERMINAL_RESET, AppProcess, app_environment, clean_term, goodbye
+from carecli.ssh.zygote import AppLauncher
 
 log = logging.getLogger("carecli.ssh")
 T = TypeVar("T")
@@ -75,6 +83,9 @@ class HostOptions:
     revocation_check_seconds: float = 15.0
     #: how the host starts an app process (tests may point it elsewhere); None = this carecli
     app_command: list[str] | None = None
+    #: with no ``app_command``: fork each session's app from one pre-imported launcher process (the
+    #: zygote, carecli/ssh/zygote.py) instead of starting a new Python for it
+    prefork: bool = True
     #: pooled connections per database in each app process (0: none kept idle; see app_environment)
     app_pool_size: int | None = 0
 
@@ -108,10 +119,12 @@ class _Registry:
 class CareHost:
     """The state one ``serve-ssh`` process shares between its connections."""
 
-    def __init__(self, settings: Settings, databases: Databases, options: HostOptions) -> None:
+    def __init__(self, settings: Settings, databases: Databases, options: HostOptions,
+                 launcher: AppLauncher | None = None) -> None:
         self.settings = settings
         self.databases = databases
         self.options = options
+        self.launcher = launcher
         self.registry = _Registry(options)
         # Database calls block: they run here, never on the event loop (which serves every session).
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="carecli-ssh-db")
@@ -353,7 +366,7 @@ class CareSession(asyncssh.SSHServerSession[bytes]):
                               ssh_connection=self.environ["SSH_CONNECTION"],
                               pool_size=self.host.options.app_pool_size)
         self.app = await AppProcess.start(self.ssh_session.token, env=env, columns=columns, rows=rows,
-                                          command=self.host.options.app_command)
+                                          command=self.host.options.app_command, launcher=self.host.launcher)
         self.app.attach(self._write, lambda: None)
         watchers = [asyncio.create_task(self._wait_app()), asyncio.create_task(self._watch_idle()),
                     asyncio.create_task(self._watch_access())]
@@ -424,7 +437,24 @@ async def serve(settings: Settings, databases: Databases, options: HostOptions, 
     from carecli.ssh.host_key import default_host_key_path, load_or_create_host_key
 
     host_key = load_or_create_host_key(options.host_key or default_host_key_path())
-    host = CareHost(settings, databases, options)
+    launcher: AppLauncher | None = None
+    if options.prefork and options.app_command is None:
+        # Started now, importing the app while the host starts listening; sessions that come before it is
+        # ready wait for it (or, after READY_TIMEOUT, start the app the old way).
+        launcher = AppLauncher()
+        await launcher.start()
+    host = CareHost(settings, databases, options, launcher)
+    try:
+        await _serve(host, host_key, ready=ready, stop=stop)
+    finally:
+        if launcher is not None:
+            await launcher.close()
+
+
+async def _serve(host: CareHost, host_key: asyncssh.SSHKey, *,
+                 ready: Callable[[asyncssh.SSHAcceptor, Any], None] | None,
+                 stop: asyncio.Event | None) -> None:
+    options = host.options
     acceptor = await asyncssh.create_server(
         lambda: CareServer(host), options.host, options.port,
         server_host_keys=[host_key], encoding=None, line_editor=False, allow_pty=True,

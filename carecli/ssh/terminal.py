@@ -5,6 +5,8 @@ The host starts ``carecli app`` with the pty's slave side as its terminal
 pumps bytes between the pty's master side and the SSH channel. The session
 token reaches the app through a pipe (``--session-fd``), never through the
 command line or the environment, where other local users could read it.
+The process is forked from the host's zygote (carecli/ssh/zygote.py) when the
+host has one, else exec'd (``app_command``, ``--no-prefork``, a failed zygote).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import logging
 import os
 import pty
 import re
@@ -20,6 +23,12 @@ import struct
 import sys
 import termios
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from carecli.ssh.zygote import AppLauncher
+
+log = logging.getLogger("carecli.ssh")
 
 #: restores the client's terminal whatever the app left behind (alternate screen, mouse reporting,
 #: bracketed paste, focus events, the kitty keyboard protocol, a hidden cursor, colours)
@@ -106,10 +115,22 @@ def app_command() -> list[str]:
     return [sys.executable, "-m", "carecli", "app"]
 
 
+class ChildProcess(Protocol):
+    """What the host needs of an app process: an exec'd ``asyncio.subprocess.Process`` or a zygote's fork."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
 class AppProcess:
     """A running app on its pty: write input, resize, read output through ``on_output``, stop it."""
 
-    def __init__(self, process: asyncio.subprocess.Process, master: int) -> None:
+    def __init__(self, process: ChildProcess, master: int) -> None:
         self.process = process
         self.master = master
         self._pending = bytearray()
@@ -120,8 +141,24 @@ class AppProcess:
 
     @classmethod
     async def start(cls, token: str, *, env: Mapping[str, str], columns: int, rows: int,
-                    command: list[str] | None = None) -> AppProcess:
-        """Start the app signed in with ``token`` on a new pty of ``columns`` x ``rows``."""
+                    command: list[str] | None = None, launcher: AppLauncher | None = None) -> AppProcess:
+        """Start the app signed in with ``token`` on a new pty of ``columns`` x ``rows``.
+
+        With a ``launcher`` (and no ``command``) the app is forked from the host's zygote; when that
+        fails, and with a ``command``, it is exec'd as a new process (``command`` or ``carecli app``).
+        """
+        if launcher is not None and command is None:
+            from carecli.ssh.zygote import LaunchError
+
+            try:
+                return await cls._start(token, env=env, columns=columns, rows=rows, launcher=launcher)
+            except LaunchError as exc:
+                log.warning("cannot fork the app from the launcher (%s); starting it as a new process", exc)
+        return await cls._start(token, env=env, columns=columns, rows=rows, command=command or app_command())
+
+    @classmethod
+    async def _start(cls, token: str, *, env: Mapping[str, str], columns: int, rows: int,
+                     command: list[str] | None = None, launcher: AppLauncher | None = None) -> AppProcess:
         master, slave = pty.openpty()
         read_end, write_end = os.pipe()
         try:
@@ -129,12 +166,17 @@ class AppProcess:
             os.write(write_end, token.encode("ascii"))  # 43 bytes: far below a pipe's buffer
             os.close(write_end)
             write_end = -1
-            process = await asyncio.create_subprocess_exec(
-                *(command or app_command()), "--session-fd", str(read_end),
-                stdin=slave, stdout=slave, stderr=slave, env=dict(env), pass_fds=(read_end,),
-                start_new_session=True, preexec_fn=_take_controlling_terminal)
+            process: ChildProcess
+            if launcher is not None:
+                process = await launcher.spawn(slave, read_end, env)
+            else:
+                assert command is not None
+                process = await asyncio.create_subprocess_exec(
+                    *command, "--session-fd", str(read_end),
+                    stdin=slave, stdout=slave, stderr=slave, env=dict(env), pass_fds=(read_end,),
+                    start_new_session=True, preexec_fn=_take_controlling_terminal)
         except BaseException:
-            os.close(master)
+            os.close(master)  # (a forked app that could not take this terminal ends on its hang-up)
             raise
         finally:
             os.close(slave)
