@@ -242,3 +242,44 @@ async def test_screens_and_footers_left_behind_are_not_kept_alive(tui) -> None:
         # At most the last member screen's footer keys (about a dozen, twice over) linger; five visits leaking
         # would leave five times as many.
         assert len(stray_headers) <= 1 and len(stray_keys) <= 26, (len(stray_headers), len(stray_keys))
+
+
+async def test_full_garbage_collections_wait_for_a_pause_in_the_typing(tui, monkeypatch) -> None:
+    """One full collection per pause of GC_IDLE_SECONDS without a key; none while keys come; the automatic
+    ones made rarer once signed in."""
+    import gc
+
+    from carecli.screens import app as app_module
+
+    collected: list[int] = []
+
+    def collect(*args: int) -> int:
+        collected.append(1)
+        return 0
+
+    monkeypatch.setattr(app_module.gc, "collect", collect)
+    monkeypatch.setattr(app_module, "GC_IDLE_SECONDS", 3600.0)  # only the test's calls below
+    threshold = gc.get_threshold()
+    clock = FakeClock()
+    app = CareApp(tui.settings, databases=tui.databases, desk=tui.sign_in("specialist"), store=tui.store,
+                  clock=clock)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+            assert gc.get_threshold()[2] == app_module.GC_FULL_THRESHOLD
+            await pilot.press("down")
+            clock.now += 1  # a key, then less than a pause: nothing
+            monkeypatch.setattr(app_module, "GC_IDLE_SECONDS", 2.0)
+            app.collect_when_idle()
+            assert collected == []
+            clock.now += 2  # a pause: one collection, and only one however long it lasts
+            app.collect_when_idle()
+            clock.now += 60
+            app.collect_when_idle()
+            assert collected == [1]
+            await pilot.press("down")  # typing again: the next pause collects again
+            clock.now += 3
+            app.collect_when_idle()
+            assert collected == [1, 1]
+    finally:
+        gc.set_threshold(*threshold)

@@ -235,3 +235,34 @@ def test_a_plain_ascii_cell_is_as_wide_as_measuring_it_says(text: str) -> None:
     from carecli.screens.widgets import PlainCell
 
     assert measure(Console(), default_cell_formatter(PlainCell(text), wrap=False, height=1), 1) == len(text)
+
+
+def test_a_cleared_table_cache_frees_what_it_held_without_the_garbage_collector() -> None:
+    """Textual's LRUCache.clear drops its ring of entries whole, a cycle only a full collection frees (with every
+    Strip it held); CareTable's caches unlink it, so a new page frees the last one's drawing at once."""
+    import gc
+    import weakref
+
+    from textual.cache import LRUCache
+
+    from carecli.screens.widgets import UnlinkingLRUCache
+
+    class Drawn:
+        pass
+
+    def held_after_clear(cache: LRUCache[int, Drawn]) -> bool:
+        for key in range(5):
+            cache.set(key, Drawn())
+        cache.get(2)  # reorders the ring
+        probe = weakref.ref(cache.get(3))
+        cache.clear()
+        return probe() is not None
+
+    gc.disable()
+    try:
+        assert held_after_clear(LRUCache(10))  # the cycle Textual leaves (why CareTable replaces its caches)
+        assert not held_after_clear(UnlinkingLRUCache(10))
+    finally:
+        gc.enable()
+    assert all(isinstance(getattr(CareTable(), name), UnlinkingLRUCache)
+               for name in ("_row_render_cache", "_cell_render_cache", "_row_renderable_cache", "_line_cache"))
