@@ -289,7 +289,7 @@ class CareTable(DataTable[Any]):
         cached = self._cell_render_cache.get(cache_key)
         if cached is not None:
             return cached
-        cell = self._data[row_key][column_key]
+        cell = self._data[row_key].get(column_key)
         row = self.rows[row_key]
         if (row.height != 1 or row.auto_height or not isinstance(cell, PlainCell) or cell.styled is not None
                 or not _PRINTABLE_ASCII.fullmatch(cell.text)):
