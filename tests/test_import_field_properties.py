@@ -14,6 +14,7 @@ seconds).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -219,3 +220,40 @@ def test_each_parser_refuses_the_known_hostile_values_cleanly(kind: str, column:
         problem = parse_or_problem(parser, raw)
         if problem is not None:
             assert_not_echoed(raw, problem.message)
+
+
+@pytest.mark.parametrize(("document", "rule"), [
+    ({"a": {"b": ["x\x00y"]}}, "control_character"),
+    ({"a": {"k\x00": 1}}, "control_character"),
+    ({"a": [1, {"n": 10 ** 100}]}, "json"),
+    ({"a": -(10 ** 100)}, "json"),
+    ({"a": [[["\ud800"]]]}, "encoding"),
+    ({"a": float("nan")}, "json"),
+])
+def test_a_json_object_is_checked_in_one_walk_for_json_and_the_database(document: dict[str, Any], rule: str) -> None:
+    """parse_json_object walks a document once (jsontext.check_value) for JSON's rules and the database's:
+    the same rule whether the object comes decoded (a JSON Lines cell) or as text (a CSV cell)."""
+    from carecli.data.bulk import fields
+    from carecli.data.bulk.fields import FieldProblem
+
+    with pytest.raises(FieldProblem) as decoded:
+        fields.parse_json_object(document)
+    assert decoded.value.rule == rule
+    if rule != "json" or "nan" not in repr(document):  # NaN has no JSON text to read it back from
+        text = json.dumps(document, ensure_ascii=True)
+        with pytest.raises(FieldProblem) as read:
+            fields.parse_json_object(text)
+        assert read.value.rule == rule
+    assert fields.parse_json_object({"a": {"b": [1, 2.5, None, True, "ok", 10 ** 99]}})
+
+
+def test_a_dict_not_decoded_from_json_is_refused_as_json() -> None:
+    from datetime import date
+
+    from carecli.data.bulk import fields
+    from carecli.data.bulk.fields import FieldProblem
+
+    for document in ({"a": date(2026, 1, 1)}, {"a": {1: "x"}}, {"a": (1, 2)}):
+        with pytest.raises(FieldProblem) as caught:
+            fields.parse_json_object(document)
+        assert caught.value.rule == "json"

@@ -307,54 +307,20 @@ def parse_uuid(raw: Any) -> uuid.UUID:
     return uuid.UUID(value)
 
 
-#: how deep a JSON object may nest (PostgreSQL and Python both have a limit; a real document is shallow)
-MAX_JSON_DEPTH = 64
-
-
-def _check_json(document: Any) -> None:
-    """Refuse what PostgreSQL's jsonb or the JSON writer cannot take: NaN and Infinity, lone surrogates,
-    NUL characters, numbers too long to write, nesting past :data:`MAX_JSON_DEPTH`."""
-    stack: list[tuple[Any, int]] = [(document, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise FieldProblem("json", f"must not nest deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(item, str):
-            _check_string(item)
-        elif isinstance(item, dict):
-            for key, value in item.items():
-                if not isinstance(key, str):
-                    raise FieldProblem("json", "must be a JSON object")
-                _check_string(key)
-                stack.append((value, depth + 1))
-        elif isinstance(item, list):
-            stack.extend((value, depth + 1) for value in item)
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise FieldProblem("json", "must be standard JSON (NaN and Infinity are not)")
-        elif isinstance(item, int) and not isinstance(item, bool):
-            if abs(item) >= 10 ** MAX_NUMBER_DIGITS:
-                raise FieldProblem("json", f"must hold numbers of at most {MAX_NUMBER_DIGITS} digits")
-        elif item is not None and not isinstance(item, bool):
-            raise FieldProblem("json", "must be a JSON object")
-
-
 def parse_json_object(raw: Any) -> dict[str, Any]:
     """A JSON object, strictly (:mod:`~carecli.data.bulk.jsontext`): a cell nested 100,000 deep, with
     NaN, a duplicate key or a lone surrogate is this row's problem, not a crash or a failed batch."""
     try:
-        if isinstance(raw, dict):  # from a JSON Lines file: decoded already, checked again here
-            jsontext.check_value(raw)
-            value: Any = raw
-        else:
-            value = jsontext.loads(_text_of(raw))
+        # From a JSON Lines file the value is decoded already; either way one walk checks it: JSON's own
+        # rules (nesting, lone surrogates, NaN) and what the database cannot hold (NUL, 100+ digit numbers).
+        value: Any = raw if isinstance(raw, dict) else jsontext.decode(_text_of(raw))
+        if not isinstance(value, dict):
+            raise FieldProblem("json", "must be a JSON object")
+        jsontext.check_value(value, check_string=_check_string, max_int_digits=MAX_NUMBER_DIGITS)
     except jsontext.JsonProblem as problem:
         if problem.rule == "json":
             raise FieldProblem("json", f"must be a JSON object: it {problem.message}") from None
         raise FieldProblem(problem.rule, problem.message) from None
-    if not isinstance(value, dict):
-        raise FieldProblem("json", "must be a JSON object")
-    _check_json(value)
     return value
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 #: The deepest nesting accepted (a JSON Lines record is 1, a JSON object in one of its cells 2).
@@ -122,21 +123,34 @@ def decode(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
-def check_value(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
-    """Refuse a decoded value nested too deep or holding a lone surrogate (keys included)."""
+def check_value(value: Any, *, max_depth: int = MAX_DEPTH, check_string: Callable[[str], Any] | None = None,
+                max_int_digits: int | None = None) -> None:
+    """Refuse a decoded value nested too deep or holding a lone surrogate (keys included); with
+    ``check_string``, also call it on every string and key (it raises what it refuses), and with
+    ``max_int_digits`` refuse longer integers. One walk, no recursion."""
+    int_limit = 10 ** max_int_digits if max_int_digits is not None else None
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         current, depth = pending.pop()
         if isinstance(current, str):
             if _SURROGATE.search(current):
                 raise JsonProblem("encoding", _SURROGATE_TEXT)
+            if check_string is not None:
+                check_string(current)
         elif isinstance(current, (dict, list)):
             if depth > max_depth:
                 raise JsonProblem(_TOO_DEEP.rule, _TOO_DEEP.message)
             if isinstance(current, dict):
+                if not all(isinstance(key, str) for key in current):
+                    raise JsonProblem("json", "has a key that is not text")
                 pending.extend((key, depth) for key in current)
                 pending.extend((item, depth + 1) for item in current.values())
             else:
                 pending.extend((item, depth + 1) for item in current)
         elif isinstance(current, float) and not math.isfinite(current):
             raise JsonProblem("json", "holds a number JSON cannot store (NaN or infinity)")
+        elif (int_limit is not None and isinstance(current, int) and not isinstance(current, bool)
+              and abs(current) >= int_limit):
+            raise JsonProblem("json", f"holds a number of more than {max_int_digits} digits")
+        elif current is not None and not isinstance(current, (bool, int, float)):
+            raise JsonProblem("json", "holds a value JSON does not have")  # a dict not decoded from JSON
