@@ -168,8 +168,6 @@ class CareScreen(PhiHolder, Screen[Any]):
         # Subclasses' on_mount ran first (Textual calls each class's handler along the MRO).
         self.call_after_refresh(self.ensure_focus)
 
-    #: restyle the whole screen when it is first shown, as Textual does (False: it was styled at its mount)
-    restyle_on_first_show: ClassVar[bool] = False
     #: shown at least once (its first showing comes right after its mount)
     _shown_before = False
 
@@ -177,11 +175,10 @@ class CareScreen(PhiHolder, Screen[Any]):
         # (Textual calls a class's _on_screen_resume instead of its on_screen_resume: both jobs are here.)
         if not self._shown_before:
             self._shown_before = True
-            if not self.restyle_on_first_show:
-                # Textual restyles every widget of a screen each time it is shown, in case the CSS changed
-                # while it was covered. A screen shown for the first time was styled when it was mounted, a
-                # moment ago: doing it again was a fifth of opening a member (benchmarks/tui_bench.py).
-                event.refresh_styles = False
+            # Textual restyles every widget of a screen each time it is shown, in case the CSS changed
+            # while it was covered. A screen shown for the first time was styled when it was mounted, a
+            # moment ago: doing it again was a fifth of opening a member (benchmarks/tui_bench.py).
+            event.refresh_styles = False
         self.call_after_refresh(self.ensure_focus)
 
     def reloads_own_writes(self) -> bool:

@@ -172,11 +172,13 @@ class PlainCell:
     measuring and drawing. This is neither: what people typed, shown as typed.
     """
 
-    __slots__ = ("text", "styled")
+    __slots__ = ("text", "styled", "plain_ascii")
 
     def __init__(self, text: str | Text) -> None:
         self.styled = text if isinstance(text, Text) else None
         self.text = text.plain if isinstance(text, Text) else text
+        #: unstyled printable ASCII: one cell per character, so CareTable measures and draws it itself
+        self.plain_ascii = self.styled is None and _PRINTABLE_ASCII.fullmatch(self.text) is not None
 
     def __rich__(self) -> Text:
         if self.styled is not None:
@@ -244,7 +246,7 @@ class CareTable(DataTable[Any]):
         for column, cell in zip(self.ordered_columns, cells, strict=False):
             if not column.auto_width:
                 continue
-            if isinstance(cell, PlainCell) and cell.styled is None and _PRINTABLE_ASCII.fullmatch(cell.text):
+            if isinstance(cell, PlainCell) and cell.plain_ascii:
                 width = len(cell.text)  # one cell per character: what measuring its Text gives, 20x cheaper
             else:
                 width = measure(console, default_cell_formatter(cell, wrap=False, height=1), 1)
@@ -291,8 +293,7 @@ class CareTable(DataTable[Any]):
             return cached
         cell = self._data[row_key].get(column_key)
         row = self.rows[row_key]
-        if (row.height != 1 or row.auto_height or not isinstance(cell, PlainCell) or cell.styled is not None
-                or not _PRINTABLE_ASCII.fullmatch(cell.text)):
+        if row.height != 1 or row.auto_height or not isinstance(cell, PlainCell) or not cell.plain_ascii:
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         component_style, post_style = self._get_styles_to_render_cell(
             False, False, row_index < self.fixed_rows or column_index < self.fixed_columns, hover, cursor,

@@ -105,8 +105,9 @@ def set_window_size(fd: int, columns: int, rows: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
 
-def _take_controlling_terminal() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # start_new_session made the child a session leader; now its stdin (the pty) becomes its terminal.
+def take_controlling_terminal() -> None:  # pragma: no cover - runs in a forked child
+    """In a new session leader (start_new_session, or the zygote's child after setsid), make its stdin (the
+    pty) its controlling terminal: between fork and exec, or before the zygote's child runs the app."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -174,7 +175,7 @@ class AppProcess:
                 process = await asyncio.create_subprocess_exec(
                     *command, "--session-fd", str(read_end),
                     stdin=slave, stdout=slave, stderr=slave, env=dict(env), pass_fds=(read_end,),
-                    start_new_session=True, preexec_fn=_take_controlling_terminal)
+                    start_new_session=True, preexec_fn=take_controlling_terminal)
         except BaseException:
             os.close(master)  # (a forked app that could not take this terminal ends on its hang-up)
             raise

@@ -51,13 +51,13 @@ import signal
 import socket
 import subprocess
 import sys
-import termios
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from carecli.errors import EXIT_FAILURE
+from carecli.ssh.terminal import take_controlling_terminal
 
 log = logging.getLogger("carecli.ssh")
 
@@ -295,7 +295,7 @@ def _take_terminal(slave: int, token_fd: int, started: int) -> int:  # pragma: n
         token_fd = fcntl.fcntl(token_fd, fcntl.F_DUPFD, 3)
     for target in (0, 1, 2):
         os.dup2(slave, target)
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    take_controlling_terminal()
     os.write(started, b"ok")
     keep = {0, 1, 2, token_fd}
     for name in os.listdir("/proc/self/fd"):  # the zygote's socket and pipes, the slave's original, ...

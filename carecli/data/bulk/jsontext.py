@@ -13,11 +13,11 @@ fails in ways callers do not expect:
 * it decodes ``"\\ud800"`` to a lone surrogate, text that cannot be encoded
   (the COPY to the server, encryption and the blind index all fail on it).
 
-:func:`loads` refuses all of these with a :class:`JsonProblem` naming the
-rule (``json``, ``nesting``, ``duplicate_key``, ``encoding``); its messages
-never quote the text. :func:`check_value` applies the same nesting and
-surrogate rules to a value already decoded (a JSON Lines cell handed to a
-field parser), without recursion.
+:func:`decode` and :func:`check_value` refuse all of these with a
+:class:`JsonProblem` naming the rule (``json``, ``nesting``, ``duplicate_key``,
+``encoding``); their messages never quote the text. :func:`check_value` walks
+a decoded value (lone surrogates, nesting, and whatever string and number rules
+its caller adds), without recursion.
 """
 
 from __future__ import annotations
@@ -86,22 +86,14 @@ def _too_deep(text: str, limit: int) -> bool:
     return False
 
 
-def loads(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
-    """``text`` as JSON, strictly; :class:`JsonProblem` for anything an import should not take."""
-    value = decode(text, max_depth=max_depth)
-    if may_hold_surrogates(text):
-        check_value(value, max_depth=max_depth)
-    return value
-
-
 def may_hold_surrogates(text: str) -> bool:
     """Whether decoding ``text`` can have made a lone surrogate (it has a \\u escape in their range)."""
     return _SURROGATE_ESCAPE.search(text) is not None
 
 
 def decode(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
-    """:func:`loads` but for lone surrogates from ``\\u`` escapes: the caller checks (and names) the values
-    (with :func:`check_value`, when :func:`may_hold_surrogates` says so)."""
+    """``text`` as JSON, strictly, but for lone surrogates from ``\\u`` escapes: the caller checks (and names)
+    the values (with :func:`check_value`, when :func:`may_hold_surrogates` says so)."""
     if _SURROGATE.search(text):
         raise JsonProblem("encoding", "holds bytes that are not valid in the file's encoding")
     if _too_deep(text, max_depth):
