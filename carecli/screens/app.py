@@ -9,7 +9,6 @@ screen has cleared its member values, so a draft under it survives.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from carecli.data.actor import Channel
 from carecli.data.databases import Databases
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
+from carecli.screens.collector import collector
 from carecli.screens.formatting import plural, set_display_zone
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
@@ -49,16 +49,10 @@ MIN_WIDTH, MIN_HEIGHT = 80, 24
 #: SSN included, written to a file no audit row records) and whatever a later Textual adds stay out
 TEXTUAL_COMMANDS_KEPT = frozenset({"Theme", "Quit", "Keys", "Maximize", "Minimize"})
 IDLE_CHECK_SECONDS = 5.0
-#: The garbage collector's full passes (20-60 ms over what a session holds) run once the keyboard has been
-#: still this long, instead of in the middle of a key press: automatic ones are made rarer (GC_FULL_THRESHOLD).
+#: A pass of the garbage collector (carecli/screens/collector.py) runs once the keyboard has been still this
+#: long: the deep passes that free a closed screen's widgets wait for such a pause instead of a key press.
 GC_IDLE_SECONDS = 0.5
-#: Young-generation collections between two automatic full ones (Python's default: 10). With full passes at
-#: idle moments, automatic ones come only when someone works without a half-second pause. Measured on a tour
-#: of 60 pages, 100 searches and 20 members opened without any pause (benchmarks/tui_bench.py): 10 gives 45
-#: full passes of 18 ms p50 / 58 ms p95 and 128 MiB at the end; 100 gives 4 passes of 65-70 ms and 159 MiB;
-#: 1,000 none and 206 MiB (the garbage of the member screens closed meanwhile waits for a pause).
-GC_FULL_THRESHOLD = 100
-#: true while an idle-time full collection runs (benchmarks tell those from the ones a key press waits on)
+#: true while a pause-time pass runs (benchmarks tell those from the ones a key press waits on)
 collecting_while_idle = False
 #: how often user activity is reported to the database (slides the session's idle deadline)
 SESSION_TOUCH_SECONDS = 60.0
@@ -262,11 +256,9 @@ class CareApp(App[None]):
 
     def signed_in(self, desk: Desk) -> None:
         """A sign-in (first, or after a lock) succeeded."""
-        # What exists by now (Textual, SQLAlchemy, the connection pools) lives as long as the app: keep it
-        # out of the garbage collector's full passes, which otherwise show up as ~100 ms pauses.
-        gc.freeze()
-        young, middle, _full = gc.get_threshold()
-        gc.set_threshold(young, middle, GC_FULL_THRESHOLD)
+        # What exists by now (Textual, SQLAlchemy, the connection pools) lives as long as the app: out of the
+        # garbage collector's full passes, and so is what survives each of them from now on (see collector).
+        collector.start()
         self.call_later(prune_dead_watchers, self)  # the sign-in screens' headers
         previous = self.desk
         self.desk = desk
@@ -342,6 +334,7 @@ class CareApp(App[None]):
 
     def on_unmount(self) -> None:
         self.stop_live_updates()
+        collector.stop()
 
     def action_lock(self, reason: str = "Locked.") -> None:
         self.lock(reason)
@@ -422,14 +415,15 @@ class CareApp(App[None]):
         self.push_screen(SignInScreen(note=reason, locked_user=self.desk.display_name))
 
     def collect_when_idle(self) -> None:
-        """A full garbage collection once per pause in the typing (see GC_IDLE_SECONDS)."""
+        """A pass of the garbage collector once per pause in the typing (see GC_IDLE_SECONDS)."""
         global collecting_while_idle
         now = self.clock()
-        if self._collected_at > self.last_input or now - self.last_input < GC_IDLE_SECONDS:
+        paused = self._collected_at <= self.last_input and now - self.last_input >= GC_IDLE_SECONDS
+        if not paused and not collector.overdue():
             return
-        collecting_while_idle = True
+        collecting_while_idle = paused  # a forced deep pass in the middle of the typing is a pause people wait on
         try:
-            gc.collect()
+            collector.pause_pass()
         finally:
             collecting_while_idle = False
         self._collected_at = self.clock()

@@ -244,42 +244,45 @@ async def test_screens_and_footers_left_behind_are_not_kept_alive(tui) -> None:
         assert len(stray_headers) <= 1 and len(stray_keys) <= 26, (len(stray_headers), len(stray_keys))
 
 
-async def test_full_garbage_collections_wait_for_a_pause_in_the_typing(tui, monkeypatch) -> None:
-    """One full collection per pause of GC_IDLE_SECONDS without a key; none while keys come; the automatic
-    ones made rarer once signed in."""
-    import gc
-
+async def test_garbage_collection_passes_wait_for_a_pause_in_the_typing(tui, monkeypatch) -> None:
+    """One collector pass per pause of GC_IDLE_SECONDS without a key; none while keys come, unless frozen
+    garbage is overdue; the collector runs while signed in and stops with the app."""
     from carecli.screens import app as app_module
+    from carecli.screens.collector import collector
 
-    collected: list[int] = []
+    passes: list[bool] = []  # the app's state "paused" at each pass
+    overdue = False
 
-    def collect(*args: int) -> int:
-        collected.append(1)
-        return 0
+    def pause_pass() -> bool:
+        passes.append(app_module.collecting_while_idle)
+        return False
 
-    monkeypatch.setattr(app_module.gc, "collect", collect)
+    monkeypatch.setattr(collector, "pause_pass", pause_pass)
+    monkeypatch.setattr(collector, "overdue", lambda: overdue)
     monkeypatch.setattr(app_module, "GC_IDLE_SECONDS", 3600.0)  # only the test's calls below
-    threshold = gc.get_threshold()
     clock = FakeClock()
     app = CareApp(tui.settings, databases=tui.databases, desk=tui.sign_in("specialist"), store=tui.store,
                   clock=clock)
-    try:
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
-            assert gc.get_threshold()[2] == app_module.GC_FULL_THRESHOLD
-            await pilot.press("down")
-            clock.now += 1  # a key, then less than a pause: nothing
-            monkeypatch.setattr(app_module, "GC_IDLE_SECONDS", 2.0)
-            app.collect_when_idle()
-            assert collected == []
-            clock.now += 2  # a pause: one collection, and only one however long it lasts
-            app.collect_when_idle()
-            clock.now += 60
-            app.collect_when_idle()
-            assert collected == [1]
-            await pilot.press("down")  # typing again: the next pause collects again
-            clock.now += 3
-            app.collect_when_idle()
-            assert collected == [1, 1]
-    finally:
-        gc.set_threshold(*threshold)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        assert collector.running
+        await pilot.press("down")
+        clock.now += 1  # a key, then less than a pause: nothing
+        monkeypatch.setattr(app_module, "GC_IDLE_SECONDS", 2.0)
+        app.collect_when_idle()
+        assert passes == []
+        clock.now += 2  # a pause: one pass, and only one however long it lasts
+        app.collect_when_idle()
+        clock.now += 60
+        app.collect_when_idle()
+        assert passes == [True]
+        await pilot.press("down")  # typing again: the next pause collects again
+        clock.now += 3
+        app.collect_when_idle()
+        assert passes == [True, True]
+        await pilot.press("down")
+        overdue = True  # frozen garbage past its bound: a pass while typing, not counted as a pause
+        app.collect_when_idle()
+        assert passes == [True, True, False]
+        assert app_module.collecting_while_idle is False
+    assert not collector.running

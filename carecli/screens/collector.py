@@ -1,0 +1,98 @@
+"""The garbage collector's full passes, kept short while someone works and long only while they pause.
+
+CPython 3.11's full (generation 2) pass walks every tracked object that is not frozen. Once signed in, an app
+holds some 190,000 of them besides what start-up made (Textual's Strips alone, with their seven caches each,
+are half of it; measured after a tour of 60 pages, 100 searches and 20 members opened): a pass took 60-70 ms,
+and one lands in a key press now and then. The policy here is a generational scheme on top of CPython's:
+
+- after sign-in, everything start-up made is frozen (``gc.freeze``): it lives as long as the app;
+- after every full pass, automatic or ours, what survived it is frozen too, so the next pass walks only what
+  was made since the last one (a few thousand objects: a few milliseconds);
+- frozen objects that later become cyclic garbage (a closed screen's widget tree, mostly) wait for a *deep*
+  pass, which unfreezes everything, collects and freezes again: it runs only once the keyboard has been still
+  (see ``CareApp.collect_when_idle``) and only when the frozen heap has grown by ``DEEP_GROWTH`` objects since
+  the last deep pass, so memory stays bounded and the long walk happens when nobody waits on it.
+
+The collector is the process's (like ``gc`` itself): one app per process in real use, one after the other in
+tests; ``start`` and ``stop`` bracket an app's signed-in life.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+#: objects frozen since the last deep pass (surviving full passes, a closed screen's widgets among them) before
+#: the next idle pause runs a deep one; a member screen leaves about 20,000 when closed
+DEEP_GROWTH = 100_000
+#: growth at which a deep pass runs even with no pause in the typing (a bound on memory for someone who never
+#: stops for half a second; a tour of 60 pages, 100 searches and 20 members opened without a pause grows ~300,000)
+FORCED_GROWTH = 5 * DEEP_GROWTH
+
+
+class Collector:
+    """Freezes what survives each full pass; frees frozen garbage at idle deep passes."""
+
+    def __init__(self) -> None:
+        self.running = False
+        #: true while one of our own passes runs (its survivors are frozen by the caller, not the callback)
+        self.collecting = False
+        #: the frozen count after the last deep pass (or the start)
+        self.deep_base = 0
+        #: counts, for tests and benchmarks: automatic full passes seen, idle passes, deep passes
+        self.automatic = 0
+        self.idle = 0
+        self.deep = 0
+
+    def start(self) -> None:
+        """Freeze what exists (start-up's objects) and freeze each full pass's survivors from now on."""
+        gc.freeze()
+        self.deep_base = gc.get_freeze_count()
+        if not self.running:
+            gc.callbacks.append(self._after_pass)
+            self.running = True
+
+    def stop(self) -> None:
+        """The app ends: no more freezing, and what was frozen is the collector's again (garbage of the app's
+        life, frozen while alive, is freed by the process's next full pass: a test process runs many apps)."""
+        if self.running:
+            gc.callbacks.remove(self._after_pass)
+            self.running = False
+            gc.unfreeze()
+
+    def _after_pass(self, phase: str, info: dict[str, Any]) -> None:
+        if phase != "stop" or info["generation"] != 2 or self.collecting:
+            return
+        self.automatic += 1
+        # The young generations are empty after a full pass: only its survivors are frozen.
+        gc.freeze()
+
+    def growth(self) -> int:
+        """Objects frozen since the last deep pass (and not freed since by their reference counts)."""
+        return gc.get_freeze_count() - self.deep_base
+
+    def overdue(self) -> bool:
+        """Frozen garbage may have piled up past what waits for a pause (see FORCED_GROWTH)."""
+        return self.running and self.growth() > FORCED_GROWTH
+
+    def pause_pass(self) -> bool:
+        """The pass for a pause in the typing: a deep one when the frozen heap has grown enough, else a full
+        pass over what is not frozen; its survivors are frozen. True when it was a deep pass."""
+        deep = self.growth() > DEEP_GROWTH
+        self.collecting = True
+        try:
+            if deep:
+                gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+        finally:
+            self.collecting = False
+        if deep:
+            self.deep += 1
+            self.deep_base = gc.get_freeze_count()
+        else:
+            self.idle += 1
+        return deep
+
+
+collector = Collector()

@@ -1,0 +1,105 @@
+"""The garbage collector's policy (carecli/screens/collector.py): survivors of a full pass are frozen, so the
+next pass walks only what is new; frozen cyclic garbage goes at a deep pass; deep passes come with growth."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from carecli.screens import collector as collector_module
+from carecli.screens.collector import Collector
+
+
+class Node:
+    """A tracked object that can be part of a cycle and be watched through a weak reference."""
+
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    fresh = Collector()
+    fresh.start()
+    try:
+        yield fresh
+    finally:
+        fresh.stop()
+
+
+def cycle() -> tuple[weakref.ref[Node], list[Node]]:
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    return weakref.ref(first), [first]
+
+
+def is_frozen(obj: object) -> bool:
+    return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())
+
+
+def test_a_full_pass_freezes_what_survived_it(collector: Collector) -> None:
+    kept = [Node() for _ in range(100)]
+    assert not any(is_frozen(node) for node in kept)
+    gc.collect()  # a full pass, as an automatic one would be
+    assert collector.automatic == 1
+    assert all(is_frozen(node) for node in kept)
+    newer = Node()
+    assert not is_frozen(newer)  # made after the pass: the next pass walks it
+    gc.collect(1)  # a young pass freezes nothing
+    assert not is_frozen(newer) and collector.automatic == 1
+
+
+def test_frozen_cyclic_garbage_goes_at_a_deep_pass_only(collector: Collector,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    watched, holder = cycle()
+    gc.collect()  # the cycle is alive: frozen
+    holder.clear()  # now garbage, but frozen: no ordinary pass frees it
+    assert watched() is not None
+    assert collector.pause_pass() is False and collector.idle == 1
+    gc.collect()
+    assert watched() is not None
+    monkeypatch.setattr(collector_module, "DEEP_GROWTH", -1)  # any growth calls for a deep pass
+    assert collector.pause_pass() is True and collector.deep == 1
+    assert watched() is None
+
+
+def test_garbage_made_since_the_last_pass_goes_at_the_next_one(collector: Collector) -> None:
+    watched, holder = cycle()
+    holder.clear()
+    assert watched() is not None
+    collector.pause_pass()
+    assert watched() is None
+
+
+def test_deep_passes_come_with_growth_and_reset_it(collector: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector_module, "DEEP_GROWTH", 5_000)
+    monkeypatch.setattr(collector_module, "FORCED_GROWTH", 20_000)
+    kept: list[Node] = []
+    assert collector.pause_pass() is False
+    kept.extend(Node() for _ in range(6_000))
+    assert not collector.overdue()
+    assert collector.pause_pass() is False  # the pass that freezes them: growth is counted after it
+    assert collector.growth() >= 6_000
+    assert collector.pause_pass() is True
+    assert collector.growth() < 100  # what the pass itself left (a few frames' objects)
+    kept.extend(Node() for _ in range(21_000))
+    gc.collect()
+    assert collector.overdue()
+    collector.pause_pass()
+    assert not collector.overdue()
+
+
+def test_stop_ends_the_freezing_and_thaws(collector: Collector) -> None:
+    watched, holder = cycle()
+    gc.collect()
+    holder.clear()
+    collector.stop()  # what was frozen is collectable again
+    assert gc.get_freeze_count() == 0
+    node = Node()
+    gc.collect()
+    assert watched() is None
+    assert not is_frozen(node) and collector.automatic == 1
+    collector.stop()  # twice is harmless
