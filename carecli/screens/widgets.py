@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from rich.segment import Segment
@@ -232,10 +233,23 @@ class CareTable(DataTable[Any]):
                 label: Any = None) -> RowKey:
         data = [_as_data(cell) for cell in cells]
         row_key = super().add_row(*data, height=height, key=key, label=_as_data(label) if label is not None else None)
-        self._widen_for(data)
+        if self._widen_for(data) and label is None and height == 1 and len(data) == len(self.columns):
+            self._measured_rows.add(row_key)
+        else:  # a key can come back (a row removed, then added again before the table was idle)
+            self._measured_rows.discard(row_key)
         return row_key
 
-    def _widen_for(self, cells: list[Any]) -> None:
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        """Textual's, for the new rows add_row has not measured already.
+
+        DataTable measures every cell of its new rows once its message queue is empty, through Rich (a Text per
+        cell), to widen its columns: a third of a new page's time in a profile of paging. A one-line row without
+        a label whose cells are all plain ASCII was measured exactly when it was added (``_widen_for``)."""
+        measured = self._measured_rows
+        super()._update_dimensions([key for key in new_rows if key not in measured])
+        measured.clear()
+
+    def _widen_for(self, cells: list[Any]) -> bool:
         """Columns as wide as the new row's cells now, not on the next idle.
 
         DataTable measures new rows when its message queue is empty, and keeps the cells it drew before that at
@@ -243,24 +257,29 @@ class CareTable(DataTable[Any]):
         cut at its header's width ("O'Brie" for "O'Brien, Samantha") until something else redrew it."""
         console = self.app.console
         widened = False
+        plain = True
         for column, cell in zip(self.ordered_columns, cells, strict=False):
-            if not column.auto_width:
-                continue
             if isinstance(cell, PlainCell) and cell.plain_ascii:
                 width = len(cell.text)  # one cell per character: what measuring its Text gives, 20x cheaper
             else:
+                plain = False
+                if not column.auto_width:
+                    continue
                 width = measure(console, default_cell_formatter(cell, wrap=False, height=1), 1)
             if width > column.content_width:
                 column.content_width = width
-                widened = True
+                widened = widened or column.auto_width
         if widened:
             self._clear_caches()  # private (Textual < 9 is pinned): cells drawn at the old width are not kept
+        return plain
 
     #: draw one-line cells of plain printable ASCII directly (see _render_cell); False: always Textual's way
     fast_cells: bool = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: new rows whose cells add_row measured exactly (see _update_dimensions)
+        self._measured_rows: set[RowKey] = set()
         for name in _TABLE_CACHES:
             setattr(self, name, UnlinkingLRUCache(getattr(self, name).maxsize))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.coordinate import Coordinate
+from textual.widgets._data_table import RowKey
 
 from carecli.screens.widgets import CareTable
 from carecli.screens.worklist import WorklistScreen
@@ -266,3 +268,62 @@ def test_a_cleared_table_cache_frees_what_it_held_without_the_garbage_collector(
         gc.enable()
     assert all(isinstance(getattr(CareTable(), name), UnlinkingLRUCache)
                for name in ("_row_render_cache", "_cell_render_cache", "_row_renderable_cache", "_line_cache"))
+
+
+class _MeasuresAll(CareTable):
+    """A CareTable that lets Textual measure every new row, as DataTable does."""
+
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        self._measured_rows.clear()
+        super()._update_dimensions(new_rows)
+
+
+class _Pair(App[None]):
+    def compose(self) -> ComposeResult:
+        yield CareTable(id="ours")
+        yield _MeasuresAll(id="textuals")
+
+
+_ANY_CELL = st.one_of(st.none(), _CELL_TEXT, st.text(max_size=12), st.integers(), st.builds(Text, _CELL_TEXT))
+
+
+async def test_rows_measured_when_added_give_the_widths_textual_measures() -> None:
+    """CareTable measures plain ASCII rows as they are added and spares Textual's measuring them again: for
+    any rows (plain or not, labelled or not, None cells, numbers, styled Text), the columns, the size and
+    the drawn lines are the ones Textual's own measuring gives."""
+    from hypothesis import HealthCheck
+
+    app = _Pair()
+    async with app.run_test(size=(160, 30)) as pilot:
+        ours = app.query_one("#ours", CareTable)
+        textuals = app.query_one("#textuals", CareTable)
+
+        @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(pages=st.lists(st.lists(st.tuples(_ANY_CELL, _ANY_CELL, _ANY_CELL), max_size=6), min_size=1,
+                              max_size=3),
+               labelled=st.booleans())
+        def same(pages: list[list[tuple[object, object, object]]], labelled: bool) -> None:
+            for table in (ours, textuals):
+                table.clear(columns=True)
+                table.add_column("a")
+                table.add_column("b")
+                table.add_column("fixed", width=5)
+                for rows in pages:  # a page, then the next one in its place before the table is idle
+                    table.clear()
+                    for index, row in enumerate(rows):
+                        label = f"r{index}" if labelled and index % 2 else None
+                        table.add_row(*row, key=str(index), label=label)
+                # what DataTable does when its message queue is empty
+                new_rows = table._new_rows.copy()
+                table._new_rows.clear()
+                table._update_dimensions(new_rows)
+            assert [(c.content_width, c.get_render_width(ours)) for c in ours.ordered_columns] == \
+                [(c.content_width, c.get_render_width(textuals)) for c in textuals.ordered_columns]
+            assert ours.virtual_size == textuals.virtual_size
+            assert ours._label_column.content_width == textuals._label_column.content_width
+            for y in range(len(pages[-1]) + 1):
+                assert _drawn(ours, y) == _drawn(textuals, y)
+
+        same()
+        await pilot.pause()
+        assert app.is_running
