@@ -327,3 +327,60 @@ async def test_rows_measured_when_added_give_the_widths_textual_measures() -> No
         same()
         await pilot.pause()
         assert app.is_running
+
+
+class _Styled(App[None]):
+    CSS = """
+    CareTable { height: 1fr; }
+    CareTable > .datatable--odd-row { background: #202040; }
+    CareTable > .datatable--fixed { background: #402020; color: #e0e0ff; }
+    CareTable > .datatable--header { background: #204020; text-style: bold; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield CareTable(id="t")
+
+
+async def test_a_frame_drawn_with_its_styles_read_once_is_textuals_frame() -> None:
+    """CareTable reads its own and its components' styles once per frame instead of once per line: for any
+    rows, zebra stripes, fixed rows and columns, labels, header, cursor and scroll position, the frame is
+    the one Textual draws reading them line by line."""
+    from hypothesis import HealthCheck
+    from textual.geometry import Region
+    from textual.widgets import DataTable
+
+    app = _Styled()
+    async with app.run_test(size=(120, 20)) as pilot:
+        table = app.query_one(CareTable)
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(rows=st.lists(st.tuples(_ANY_CELL, _ANY_CELL), min_size=0, max_size=30),
+               zebra=st.booleans(), header=st.booleans(), fixed_rows=st.integers(0, 2),
+               fixed_columns=st.integers(0, 1), labelled=st.booleans(), cursor=st.integers(0, 29),
+               cursor_type=st.sampled_from(["cell", "row", "column", "none"]), scroll=st.integers(0, 20))
+        def same(rows: list[tuple[object, object]], zebra: bool, header: bool, fixed_rows: int,
+                 fixed_columns: int, labelled: bool, cursor: int, cursor_type: str, scroll: int) -> None:
+            table.clear(columns=True)
+            table.add_columns("a", "b")
+            for index, row in enumerate(rows):
+                table.add_row(*row, key=str(index), label=f"r{index}" if labelled else None)
+            new_rows = table._new_rows.copy()
+            table._new_rows.clear()
+            table._update_dimensions(new_rows)
+            table.zebra_stripes, table.show_header = zebra, header
+            # (more fixed rows than rows: a KeyError in Textual's own drawing)
+            table.fixed_rows, table.fixed_columns = min(fixed_rows, len(rows)), fixed_columns
+            table.cursor_type = cursor_type  # type: ignore[assignment]  # one of Textual's CursorType
+            table.move_cursor(row=min(cursor, max(len(rows) - 1, 0)), animate=False)
+            table.scroll_to(y=scroll, animate=False, immediate=True)
+            crop = Region(0, 0, table.size.width, table.size.height)
+            assert crop.height == 20
+            table._clear_caches()
+            ours = [list(strip) for strip in table.render_lines(crop)]
+            table._clear_caches()
+            textuals = [list(strip) for strip in DataTable.render_lines(table, crop)]
+            assert ours == textuals
+
+        same()
+        await pilot.pause()
+        assert app.is_running
