@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from textual.widgets import Input
 
 from carecli.data.actor import Actor
 from carecli.data.crypto.phi import DateOfBirth, Ssn
@@ -106,6 +107,8 @@ async def _browse_zyxw(pilot, app):  # noqa: ANN001, ANN202
     await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
     await pilot.press("f3")
     screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen)
+    # The search box's cursor blinks on a timer: on a loaded machine the picture was taken in either phase.
+    screen.query_one("#member-search", Input).cursor_blink = False
     await pilot.press(*"zyxw")
     # Settled: a slow pilot may let "zyx" be searched first; its three rows must not pass for "zyxw"'s.
     await wait_for(pilot, lambda: screen.query_state.text == "zyxw" and screen.settled and len(screen.rows) == 3)
