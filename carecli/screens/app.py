@@ -62,6 +62,8 @@ GC_IDLE_SECONDS = 0.5
 GC_FULL_THRESHOLD = 100
 #: true while an idle-time full collection runs (benchmarks tell those from the ones a key press waits on)
 collecting_while_idle = False
+#: the start screen shows its spinner once the databases took this long to open
+SPINNER_AFTER_SECONDS = 0.5
 #: how often user activity is reported to the database (slides the session's idle deadline)
 SESSION_TOUCH_SECONDS = 60.0
 
@@ -109,15 +111,29 @@ class StartScreen(Screen[None]):
     def __init__(self, text: str = "Connecting to the databases…") -> None:
         super().__init__()
         self.text = text
+        self._failed = False
 
     def compose(self) -> ComposeResult:
         yield CareHeader()
         with Middle(), Center():
             yield Static(self.text, id="start-text")
-        yield LoadingIndicator()
+        # Shown only if the wait is long: its animation repaints many times a second, and during a usual
+        # start (under a second) that work would compete with the thread opening the databases.
+        indicator = LoadingIndicator()
+        indicator.display = False
+        yield indicator
         yield CareFooter()
 
+    def on_mount(self) -> None:
+        self.set_timer(SPINNER_AFTER_SECONDS, self._show_spinner)
+
+    def _show_spinner(self) -> None:
+        indicator = self.query_one(LoadingIndicator)
+        if not self._failed:
+            indicator.display = True
+
     def show_failure(self, problem: Problem) -> None:
+        self._failed = True
         self.query_one(LoadingIndicator).display = False
         self.query_one("#start-text", Static).update(
             f"[b]carecli cannot start[/b]\n\n{escape(problem.message)}\n\n{escape(problem.hint or '')}"
