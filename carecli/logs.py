@@ -186,9 +186,9 @@ def configure_from_settings(environ: Mapping[str, str] | None = None) -> Path | 
         return configure_logging(level, file)
     except ConfigError:
         level = env.get(LOG_LEVEL_ENV, "INFO").upper()
-        file = env.get(LOG_FILE_ENV) or None
+        named = env.get(LOG_FILE_ENV) or None
         return configure_logging(level if level in logging.getLevelNamesMapping() else "INFO",
-                                 Path(file) if file else None)
+                                 Path(named) if named else None)
 
 
 def shutdown_logging() -> None:

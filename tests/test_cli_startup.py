@@ -28,7 +28,8 @@ def _modules_after(code: str, env: dict[str, str]) -> tuple[list[str], str]:
         "out = io.StringIO()\n"
         "with contextlib.redirect_stdout(out):\n"
         f"    {code}\n"
-        f"print(json.dumps([sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r})), out.getvalue()]))\n"
+        f"heavy = set({list(HEAVY)!r})\n"
+        "print(json.dumps([sorted({m.split('.')[0] for m in sys.modules} & heavy), out.getvalue()]))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env,
                           timeout=60)

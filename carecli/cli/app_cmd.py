@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -53,6 +54,10 @@ def run_app(*, session_fd: int | None = None) -> int:
     # Started before Textual and the screens are imported: the embedded server's start, the connections, the
     # session check and the worklist's first read wait on the server while this thread loads the app.
     opening.start()
+    if opening.starting_server and sys.stdout.isatty():
+        # Said at once, before the app has loaded (a second or so on a busy machine); the app's start screen
+        # then says it again until the server is up.
+        click.echo(opening.text)
     # Imported here: the subcommands must not pay for loading Textual.
     from carecli.screens.app import CareApp
 
