@@ -92,3 +92,33 @@ def test_the_embedded_server_is_asked_to_start_before_sqlalchemy_is_loaded(tmp_p
     seen, failure = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == [[]]
     assert failure == "RuntimeError"
+
+
+def test_carecli_app_says_the_database_is_starting_before_it_loads_the_app(tmp_path, monkeypatch, capsys) -> None:
+    """`carecli app` starts the opening, prints what it waits for, and only then builds the app."""
+    import carecli.screens.app as app_module
+    from carecli.cli import app_cmd
+    from carecli.services import opening as opening_module
+
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    monkeypatch.setenv("CARECLI_CONFIG", str(config))
+    monkeypatch.setenv("CARECLI_DATA_DIR", str(tmp_path / "data"))
+    events: list[str] = []
+    monkeypatch.setattr(opening_module.Opening, "start", lambda self: events.append("opening started") or self)
+
+    class FakeApp:
+        databases = None
+        return_code = 0
+
+        def __init__(self, settings, *, opening, **kwargs) -> None:  # noqa: ANN001
+            events.append(f"app built, printed so far: {capsys.readouterr().out.strip()}")
+            assert opening.starting_server
+
+        def run(self) -> None:
+            events.append("app run")
+
+    monkeypatch.setattr(app_module, "CareApp", FakeApp)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert app_cmd.run_app() == 0
+    assert events == ["opening started", f"app built, printed so far: {STARTING_TEXT}", "app run"]
