@@ -105,7 +105,12 @@ def test_carecli_app_says_the_database_is_starting_before_it_loads_the_app(tmp_p
     monkeypatch.setenv("CARECLI_CONFIG", str(config))
     monkeypatch.setenv("CARECLI_DATA_DIR", str(tmp_path / "data"))
     events: list[str] = []
-    monkeypatch.setattr(opening_module.Opening, "start", lambda self: events.append("opening started") or self)
+
+    def start(self: Opening) -> Opening:
+        events.append("opening started")
+        return self
+
+    monkeypatch.setattr(opening_module.Opening, "start", start)
 
     class FakeApp:
         databases = None
