@@ -14,13 +14,16 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from carecli.errors import ConfigError
+
+if TYPE_CHECKING:
+    # SQLAlchemy is imported when a URL is parsed: `carecli --version`, `config path` and the logging set-up
+    # of every command do not pay ~0.2 s for it.
+    from sqlalchemy.engine import URL
 
 APP_NAME = "carecli"
 CONFIG_ENV = "CARECLI_CONFIG"
@@ -352,6 +355,9 @@ def parse_database_url(raw: str, *, origin: str) -> URL:
     always returns a psycopg 3 URL. Query parameters (``sslmode``,
     ``sslrootcert``, ``host`` for a socket dir, ...) pass through to libpq.
     """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     text = raw.strip()
     if not text:
         raise ConfigError(f"{origin} is empty", hint="give a URL like postgresql+psycopg://user@host:5432/dbname")
@@ -394,6 +400,35 @@ def _read_replica_url(raw: str | None, origin: str, platform: URL | None) -> URL
                  "or unset CARECLI_PLATFORM_READ_URL",
         )
     return url
+
+
+def load_logging_settings(environ: Mapping[str, str] | None = None) -> tuple[str, Path | None]:
+    """The log level and file alone (environment over ``[logging]`` in the file over defaults).
+
+    Every command configures its log before anything else; this reads only what that needs, so a
+    command that never touches a database does not parse (and import the parser of) database URLs.
+    Raises :class:`ConfigError` when the file or one of these two settings is unreadable.
+    """
+    env = os.environ if environ is None else environ
+    config_path = default_config_path(env)
+    section = _read_config_file(config_path, explicit=bool(env.get(CONFIG_ENV))).get("logging", {})
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        if spec.section != "logging":
+            continue
+        raw: Any = None
+        if env.get(spec.env, "") != "":
+            raw, origin = env[spec.env], spec.env
+        elif isinstance(section, dict) and spec.key in section:
+            raw, origin = section[spec.key], f"{config_path} [{spec.section}] {spec.key}"
+        if raw is None:
+            values[spec.name] = spec.default
+            continue
+        try:
+            values[spec.name] = spec.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin} {exc}") from None
+    return values["log_level"], values["log_file"]
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -177,18 +177,18 @@ def configure_from_settings(environ: Mapping[str, str] | None = None) -> Path | 
     A configuration error is the command's to report (with its exit code); the
     log should still record that the command ran and failed.
     """
-    from carecli.config import load_settings
+    from carecli.config import load_logging_settings
     from carecli.errors import ConfigError
 
     env = os.environ if environ is None else environ
     try:
-        settings = load_settings(env)
-        return configure_logging(settings.log_level, settings.log_file)
+        level, file = load_logging_settings(env)  # not load_settings: no database URL is parsed to start up
+        return configure_logging(level, file)
     except ConfigError:
         level = env.get(LOG_LEVEL_ENV, "INFO").upper()
-        file = env.get(LOG_FILE_ENV) or None
+        named = env.get(LOG_FILE_ENV) or None
         return configure_logging(level if level in logging.getLevelNamesMapping() else "INFO",
-                                 Path(file) if file else None)
+                                 Path(named) if named else None)
 
 
 def shutdown_logging() -> None:

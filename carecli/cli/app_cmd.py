@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -42,21 +43,35 @@ def run_app(*, session_fd: int | None = None) -> int:
     from that pipe, on the ``ssh`` channel, and never offers a sign-in. Returns the app's exit code.
     """
     settings = load_settings()
+    from carecli.services.opening import Opening
+
+    if session_fd is None:
+        opening = Opening(settings)
+    else:
+        from carecli.services.auth.credentials import HeldCredential
+
+        opening = Opening(settings, store=HeldCredential.holding(read_session_fd(session_fd)), channel="ssh")
+    # Started before Textual and the screens are imported: the embedded server's start, the connections, the
+    # session check and the worklist's first read wait on the server while this thread loads the app.
+    opening.start()
+    if opening.starting_server and sys.stdout.isatty():
+        # Said at once, before the app has loaded (a second or so on a busy machine); the app's start screen
+        # then says it again until the server is up.
+        click.echo(opening.text)
     # Imported here: the subcommands must not pay for loading Textual.
     from carecli.screens.app import CareApp
 
     if session_fd is None:
-        app = CareApp(settings)
+        app = CareApp(settings, opening=opening)
     else:
-        from carecli.services.auth.credentials import HeldCredential
-
-        store = HeldCredential.holding(read_session_fd(session_fd))
-        app = CareApp(settings, store=store, channel="ssh", single_session=True)
+        app = CareApp(settings, store=opening.store, channel="ssh", single_session=True, opening=opening)
     try:
         app.run()
     finally:
-        if app.databases is not None:
-            app.databases.dispose()
+        # The app's databases, or the ones opened for it if it ended before taking them.
+        databases = app.databases or (opening.databases if opening.done else None)
+        if databases is not None:
+            databases.dispose()
     return app.return_code or 0
 
 

@@ -204,20 +204,23 @@ def _dispose_with_the_command(databases: Databases) -> None:
 
 
 def open_databases(
-    settings: Settings | None = None, *, migrate_embedded: bool = True, check: bool = True
+    settings: Settings | None = None, *, migrate_embedded: bool = True, check: bool = True,
+    server: EmbeddedServer | None = None,
 ) -> Databases:
     """Engines for both databases.
 
     With no URL configured the embedded server is started (or joined), its
     two databases are created and, unless ``migrate_embedded`` is false,
     migrated to head: it is ours, nobody else will. Configured servers are
-    never migrated implicitly; ``carecli db upgrade`` does that.
+    never migrated implicitly; ``carecli db upgrade`` does that. ``server``:
+    the embedded server, already started by the caller (the app starts it
+    before it loads SQLAlchemy).
     """
     settings = settings or load_settings()
     rules.configure(clock_skew_seconds=settings.clock_skew_seconds)
     embedded: EmbeddedServer | None = None
     if settings.embedded:
-        embedded = EmbeddedServer(settings.data_dir).start()
+        embedded = server or EmbeddedServer(settings.data_dir).start()
         urls = embedded.ensure_databases()
     else:
         assert settings.identity_url is not None and settings.platform_url is not None

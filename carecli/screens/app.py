@@ -27,7 +27,6 @@ from textual.widgets import LoadingIndicator, Static
 from carecli import __version__
 from carecli.config import Settings
 from carecli.data.actor import Channel
-from carecli.data.databases import Databases
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.base import CareModal, PhiHolder, Problem, describe
 from carecli.screens.collector import collector
@@ -37,12 +36,15 @@ from carecli.screens.palette import MemberCommands
 from carecli.screens.side_doors import SCREENSHOT_REFUSED, close_side_doors
 from carecli.screens.widgets import CareFooter, CareHeader, WholeCellScrollBarRender, prune_dead_watchers
 from carecli.services.auth.credentials import CredentialStore
-from carecli.services.desk import Desk
+from carecli.services.opening import Opening
 
 if TYPE_CHECKING:
     from textual.timer import Timer
 
+    from carecli.data.databases import Databases
     from carecli.data.notify import Notice, Subscription
+    from carecli.data.repositories.worklist import Worklist
+    from carecli.services.desk import Desk
 
 MIN_WIDTH, MIN_HEIGHT = 80, 24
 #: Textual's own palette commands the app keeps, by title: an allow-list, so "Screenshot" (the screen, a revealed
@@ -54,6 +56,8 @@ IDLE_CHECK_SECONDS = 5.0
 GC_IDLE_SECONDS = 0.5
 #: true while a pause-time pass runs (benchmarks tell those from the ones a key press waits on)
 collecting_while_idle = False
+#: the start screen shows its spinner once the databases took this long to open
+SPINNER_AFTER_SECONDS = 0.5
 #: how often user activity is reported to the database (slides the session's idle deadline)
 SESSION_TOUCH_SECONDS = 60.0
 
@@ -101,15 +105,29 @@ class StartScreen(Screen[None]):
     def __init__(self, text: str = "Connecting to the databases…") -> None:
         super().__init__()
         self.text = text
+        self._failed = False
 
     def compose(self) -> ComposeResult:
         yield CareHeader()
         with Middle(), Center():
             yield Static(self.text, id="start-text")
-        yield LoadingIndicator()
+        # Shown only if the wait is long: its animation repaints many times a second, and during a usual
+        # start (under a second) that work would compete with the thread opening the databases.
+        indicator = LoadingIndicator()
+        indicator.display = False
+        yield indicator
         yield CareFooter()
 
+    def on_mount(self) -> None:
+        self.set_timer(SPINNER_AFTER_SECONDS, self._show_spinner)
+
+    def _show_spinner(self) -> None:
+        indicator = self.query_one(LoadingIndicator)
+        if not self._failed:
+            indicator.display = True
+
     def show_failure(self, problem: Problem) -> None:
+        self._failed = True
         self.query_one(LoadingIndicator).display = False
         self.query_one("#start-text", Static).update(
             f"[b]carecli cannot start[/b]\n\n{escape(problem.message)}\n\n{escape(problem.hint or '')}"
@@ -163,7 +181,7 @@ class CareApp(App[None]):
     def __init__(self, settings: Settings, *, databases: Databases | None = None, desk: Desk | None = None,
                  store: CredentialStore | None = None, environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic, channel: Channel = "tui",
-                 single_session: bool = False) -> None:
+                 single_session: bool = False, opening: Opening | None = None) -> None:
         super().__init__()
         close_side_doors(self)
         self.settings = settings
@@ -189,18 +207,25 @@ class CareApp(App[None]):
         self._live_timer: Timer | None = None
         #: notices received so far (diagnostics and tests)
         self.live_received = 0
+        #: the databases and the session being opened (``carecli app`` starts it before loading the app)
+        self._opening = opening
 
     # -- start --------------------------------------------------------------------
 
     def on_mount(self) -> None:
         self._apply_preferences()
-        self.push_screen(StartScreen())
+        if self.desk is None and self._opening is None:
+            self._opening = Opening(self.settings, databases=self.databases, store=self.store, channel=self.channel)
+        # "Starting the database…" when the embedded server has to start (seconds), else "Connecting…"
+        self.push_screen(StartScreen() if self._opening is None else StartScreen(self._opening.text))
         self.set_interval(IDLE_CHECK_SECONDS, self.check_inactivity)
         self.set_interval(GC_IDLE_SECONDS, self.collect_when_idle)
         if self.desk is not None:
             self.post_message(Connected(self.desk.databases, self.desk, None))
         else:
             self.connect()
+            # The first screen's code loads while the databases open (after the start screen is painted).
+            self.call_after_refresh(load_screen_class, "worklist")
 
     def _apply_preferences(self) -> None:
         set_display_zone(self.settings.timezone)  # every screen shows and reads times in the user's zone
@@ -214,23 +239,23 @@ class CareApp(App[None]):
 
     @work(thread=True, exclusive=True, group="connect")
     def connect(self) -> None:
-        """Open both databases and pick up a stored session (worker thread)."""
-        from carecli.data.databases import open_databases, require_head
-
-        try:
-            databases = self.databases or open_databases(self.settings)
-            require_head(databases)
-        except Exception as exc:  # shown on the start screen, never raised
-            self.post_message(ConnectFailed(describe(exc)))
+        """Open both databases and pick up a stored session (worker thread; the :class:`Opening` does it)."""
+        opening = self._opening
+        assert opening is not None
+        opening.start()
+        opening.wait()
+        if opening.failure is not None or opening.databases is None:  # shown on the start screen, never raised
+            self.post_message(ConnectFailed(describe(opening.failure or RuntimeError("no databases"))))
             return
-        try:
-            desk: Desk | None = Desk.resume(self.settings, databases, channel=self.channel, store=self.store)
-            problem = None
-        except AuthError as exc:
-            desk, problem = None, describe(exc)
-        except Exception as exc:
-            desk, problem = None, describe(exc)
-        self.post_message(Connected(databases, desk, problem))
+        problem = None if opening.desk is not None else describe(opening.refusal or AuthError("not signed in"))
+        self.post_message(Connected(opening.databases, opening.desk, problem))
+
+    def take_prefetched_worklist(self, desk: Desk | None) -> Worklist | None:
+        """The worklist read for ``desk`` while the app started, once (None: the screen reads it itself)."""
+        opening = self._opening
+        if opening is None or desk is None or opening.desk is not desk:
+            return None
+        return opening.take_worklist()
 
     def on_connect_failed(self, message: ConnectFailed) -> None:
         if isinstance(self.screen, StartScreen):

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from textual import events
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
@@ -50,6 +49,9 @@ class Problem:
 
 def describe(exc: BaseException) -> Problem:
     """The user-facing description of an exception from a desk call (no data values, no SQL)."""
+    # Imported here: the app's first screen paints before SQLAlchemy is loaded (a worker loads it meanwhile).
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
     from carecli.data.databases import describe_dbapi_error
 
     if isinstance(exc, ValidationError):

@@ -15,10 +15,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from carecli.data.notify import Change, Notice
+if TYPE_CHECKING:  # carecli.data.notify loads SQLAlchemy, which the first screen does not wait for
+    from carecli.data.notify import Change, Notice
 
 #: notices arriving within this long of each other make one refresh
 COALESCE_SECONDS = 0.25

@@ -112,8 +112,12 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
         self.load()
 
     def load(self) -> None:
-        """Read the worklist again (in a worker)."""
+        """Read the worklist again (in a worker); the first time, take the one read while the app started."""
         self._stale = False
+        prefetched = self.care.take_prefetched_worklist(self.care.desk)
+        if prefetched is not None:
+            self.post_message(WorklistLoaded(prefetched))
+            return
         self._load_in_background()
 
     @work(thread=True, exclusive=True, group="worklist")

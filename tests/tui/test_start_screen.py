@@ -1,0 +1,129 @@
+"""The app paints first and opens the databases meanwhile: "Starting the database…" while the embedded server
+starts, "Connecting to the databases…" when it only has to be joined (or the servers are configured)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from carecli.config import load_settings
+from carecli.data.embedded import server_running
+from carecli.errors import DatabaseUnavailable
+from carecli.screens.app import CareApp, StartScreen
+from carecli.services.opening import CONNECTING_TEXT, STARTING_TEXT, Opening
+from tests.tui.conftest import SIZE
+from tests.tui.helpers import screen_text, wait_for
+
+
+def _embedded_settings(tmp_path: Path):  # noqa: ANN202
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    return load_settings({"CARECLI_CONFIG": str(config), "CARECLI_DATA_DIR": str(tmp_path / "data")})
+
+
+class HeldOpening(Opening):
+    """An opening that takes as long as the test says, then fails (no server is started)."""
+
+    release = threading.Event()
+
+    def _open(self) -> None:
+        self.release.wait(30)
+        self.failure = DatabaseUnavailable("stopped by the test")
+
+
+async def test_the_app_says_the_database_is_starting_before_the_server_is_up(tmp_path) -> None:
+    settings = _embedded_settings(tmp_path)
+    HeldOpening.release = threading.Event()
+    opening = HeldOpening(settings)
+    assert opening.starting_server and opening.text == STARTING_TEXT
+    opening.start()  # as `carecli app` does, before the app is even built
+    app = CareApp(settings, opening=opening)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, StartScreen) and STARTING_TEXT in screen_text(app.screen),
+                       what="the start screen")
+        assert not opening.done  # painted while the server is still starting
+        HeldOpening.release.set()
+        await wait_for(pilot, lambda: "cannot start" in screen_text(app.screen), what="the failure")
+        assert "stopped by the test" in screen_text(app.screen)
+
+
+def test_a_running_embedded_server_is_joined_not_started(tmp_path) -> None:
+    settings = _embedded_settings(tmp_path)
+    assert not server_running(settings.data_dir)
+    pgdata = settings.data_dir / "postgres"
+    pgdata.mkdir(parents=True)
+    (pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n{pgdata}\n")
+    assert server_running(settings.data_dir)
+    assert Opening(settings).text == CONNECTING_TEXT
+    (pgdata / "postmaster.pid").write_text("not a pid\n")
+    assert not server_running(settings.data_dir)
+
+
+def test_configured_servers_are_connected_to(tui) -> None:
+    assert Opening(tui.settings).text == CONNECTING_TEXT
+
+
+def test_the_embedded_server_is_asked_to_start_before_sqlalchemy_is_loaded(tmp_path) -> None:
+    """The server's start mostly waits on pg_ctl: asked first, it overlaps the imports of everything else."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    probe = (
+        "import json, sys\n"
+        "from carecli.config import load_settings\n"
+        "from carecli.data import embedded\n"
+        "seen = []\n"
+        "def start(self):\n"
+        "    seen.append(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'psycopg', 'textual'}))\n"
+        "    raise RuntimeError('no server in this test')\n"
+        "embedded.EmbeddedServer.start = start\n"
+        "from carecli.services.opening import Opening\n"
+        "opening = Opening(load_settings()).start()\n"
+        "assert opening.wait(60)\n"
+        "print(json.dumps([seen, type(opening.failure).__name__]))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CARECLI_")}
+    env.update(CARECLI_CONFIG=str(config), CARECLI_DATA_DIR=str(tmp_path / "data"))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env,
+                          timeout=120)
+    seen, failure = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == [[]]
+    assert failure == "RuntimeError"
+
+
+def test_carecli_app_says_the_database_is_starting_before_it_loads_the_app(tmp_path, monkeypatch, capsys) -> None:
+    """`carecli app` starts the opening, prints what it waits for, and only then builds the app."""
+    import carecli.screens.app as app_module
+    from carecli.cli import app_cmd
+    from carecli.services import opening as opening_module
+
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    monkeypatch.setenv("CARECLI_CONFIG", str(config))
+    monkeypatch.setenv("CARECLI_DATA_DIR", str(tmp_path / "data"))
+    events: list[str] = []
+
+    def start(self: Opening) -> Opening:
+        events.append("opening started")
+        return self
+
+    monkeypatch.setattr(opening_module.Opening, "start", start)
+
+    class FakeApp:
+        databases = None
+        return_code = 0
+
+        def __init__(self, settings, *, opening, **kwargs) -> None:  # noqa: ANN001
+            events.append(f"app built, printed so far: {capsys.readouterr().out.strip()}")
+            assert opening.starting_server
+
+        def run(self) -> None:
+            events.append("app run")
+
+    monkeypatch.setattr(app_module, "CareApp", FakeApp)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert app_cmd.run_app() == 0
+    assert events == ["opening started", f"app built, printed so far: {STARTING_TEXT}", "app run"]
