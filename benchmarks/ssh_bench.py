@@ -351,7 +351,8 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
     for client in clients:
         client.send("\x1bOR")  # F3
     for client in clients:
-        await client.wait_for(lambda c: "Search" in c.text() or "members" in c.text().lower())
+        # (the search box's placeholder: "members" alone is also on the worklist's tab of plan members)
+        await client.wait_for(lambda c: "Name, e-mail or phone" in c.text())
     await asyncio.sleep(1.0)
     rows_of: dict[int, int] = {}
     for index, client in enumerate(clients):
