@@ -39,6 +39,7 @@ from pathlib import Path
 
 import asyncssh
 import psutil
+import psycopg
 import pyte
 from sqlalchemy import text
 
@@ -312,6 +313,25 @@ def cpu_snapshot(host: subprocess.Popen[bytes]) -> dict[str, float]:
     return groups
 
 
+async def count_connections(admin_url: str, into: list[tuple[int, int]]) -> None:
+    """The server's client connections (to the bench databases, to any), every half second (until cancelled)."""
+    def count() -> tuple[int, int]:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FILTER (WHERE datname LIKE %s), count(*) FROM pg_stat_activity "
+                               "WHERE backend_type = 'client backend'", (f"{PREFIX}%",)).fetchone()
+            return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    while True:
+        into.append(await asyncio.to_thread(count))
+        await asyncio.sleep(0.5)
+
+
+def max_connections(admin_url: str) -> int:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute("SHOW max_connections").fetchone()
+        return int(row[0]) if row else 0
+
+
 def cpu_rows(before: dict[str, float], after: dict[str, float], seconds: float, edits: int,
              label: str) -> list[tuple[str, str]]:
     """Per group: cores used on average over the phase and CPU ms per edit (a key that changes the box)."""
@@ -410,6 +430,8 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
     background = [asyncio.create_task(activity(i, c)) for i, c in enumerate(clients)]
     latencies: list[float] = []
     await asyncio.sleep(3.0)
+    connections: list[tuple[int, int]] = []
+    watcher = asyncio.create_task(count_connections(args.admin_url, connections))
     edits = 0
     received, chunks = sum(c.received for c in clients), sum(c.chunks for c in clients)
     before, started = cpu_snapshot(host), time.monotonic()
@@ -430,6 +452,7 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
             edits += 2
             await client.wait_for(lambda c, r=row: "Name, e-mail or phone" in c.screen.row(r))
     after, seconds = cpu_snapshot(host), time.monotonic() - started
+    watcher.cancel()
     stop.set()
     for task in background:
         task.cancel()
@@ -444,6 +467,13 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
     rows.append(("typing phase: output per edit (to the typing session and any other)",
                  f"{typed_chars / max(edits, 1):.0f} chars, {typed_chunks / max(edits, 1):.1f} messages"))
     rows.extend(cpu_rows(before, after, seconds, edits, "typing, CPU"))
+    if connections:
+        ours, every = [n for n, _ in connections], [n for _, n in connections]
+        rows.append(("typing phase: client connections to the bench databases, max (mean)",
+                     f"{max(ours)} ({statistics.fmean(ours):.0f})"))
+        limit = max_connections(args.admin_url)
+        rows.append(("typing phase: client connections to the server (anyone's), max (mean)",
+                     f"{max(every)} ({statistics.fmean(every):.0f}) of max_connections {limit}"))
 
     # Change propagation: everyone on the unfiltered first page; rename its first member.
     await asyncio.sleep(1.0)
