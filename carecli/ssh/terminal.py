@@ -54,9 +54,7 @@ _GOODBYE = {
 }
 
 
-#: how long the host gathers an app's output before sending it (one SSH message per frame, not one per read)
-OUTPUT_GATHER_SECONDS = 0.002
-#: sent at once when this much is gathered
+#: the most of an app's output the host reads before sending it on (one SSH message per frame, not one per read)
 OUTPUT_GATHER_BYTES = 256 * 1024
 
 
@@ -140,8 +138,6 @@ class AppProcess:
     def __init__(self, process: ChildProcess, master: int) -> None:
         self.process = process
         self.master = master
-        self._output = bytearray()  # read from the pty, not yet handed to on_output
-        self._output_timer: asyncio.TimerHandle | None = None
         self._pending = bytearray()
         self._reading = False
         self._on_output: Callable[[bytes], None] | None = None
@@ -213,42 +209,35 @@ class AppProcess:
             self._reading = True
 
     def _readable(self) -> None:
-        """Gather what the app wrote; hand it on OUTPUT_GATHER_SECONDS after the first of it.
+        """Read everything the app has written so far, then hand it on at once.
 
-        A pty gives at most 4 KiB per read, and a loaded host reads as soon as the app has written
-        anything: a 20 KiB frame was 8 reads, 8 SSH messages (each encrypted and framed by the host,
-        decrypted and parsed by the client) and as many partly drawn screens on the client. Gathered for
-        2 ms it is usually one.
+        A pty gives at most 4 KiB per read, and the host used to send each read as it came: a 17 KiB
+        frame went out as several SSH messages (each encrypted and framed by the host, decrypted and
+        parsed by the client). By the time the host runs, the app has usually written the whole frame:
+        reading on until the pty is empty sends it as one message, without waiting for anything.
         """
-        try:
-            data = os.read(self.master, 65536)
-        except BlockingIOError:
-            return
-        except OSError as exc:  # EIO: every slave side is closed, the app is gone
-            if exc.errno != errno.EIO:
-                raise
-            data = b""
-        if data:
-            self._output += data
-            if len(self._output) >= OUTPUT_GATHER_BYTES:
-                self._send_output()
-            elif self._output_timer is None:
-                self._output_timer = self._loop.call_later(OUTPUT_GATHER_SECONDS, self._send_output)
-            return
-        self._send_output()
-        self.pause_output()
-        if self._on_eof is not None:
-            self._on_eof()
-
-    def _send_output(self) -> None:
-        if self._output_timer is not None:
-            self._output_timer.cancel()
-            self._output_timer = None
-        if self._output:
-            data = bytes(self._output)
-            self._output.clear()
+        output = bytearray()
+        eof = False
+        while len(output) < OUTPUT_GATHER_BYTES:
+            try:
+                data = os.read(self.master, 65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # EIO: every slave side is closed, the app is gone
+                if exc.errno != errno.EIO:
+                    raise
+                data = b""
+            if not data:
+                eof = True
+                break
+            output += data
+        if output:
             assert self._on_output is not None
-            self._on_output(data)
+            self._on_output(bytes(output))
+        if eof:
+            self.pause_output()
+            if self._on_eof is not None:
+                self._on_eof()
 
     # -- input: client -> pty ----------------------------------------------------------
 
@@ -310,7 +299,6 @@ class AppProcess:
         if self.master < 0:
             return
         self.pause_output()
-        self._send_output()  # what the app said last comes before the host's own reset and goodbye
         if self._pending:
             self._loop.remove_writer(self.master)
             self._pending.clear()
