@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -38,11 +39,13 @@ from pathlib import Path
 
 import asyncssh
 import psutil
+import psycopg
 import pyte
 from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import vt  # noqa: E402
 from benchmarks.bench_pairs import bench_engine, drop_pair, fresh_pair  # noqa: E402
 from benchmarks.table import print_table  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
@@ -148,21 +151,72 @@ def start_host(env: dict[str, str], port: int, workdir: Path, sessions: int, pre
 # --------------------------------------------------------------------------
 
 
+class PyteScreen:
+    """pyte's screen and stream behind the interface of :class:`benchmarks.vt.Screen`."""
+
+    def __init__(self, columns: int, rows: int) -> None:
+        self.screen = pyte.Screen(columns, rows)
+        self.feed = pyte.Stream(self.screen).feed
+
+    @property
+    def display(self) -> list[str]:
+        return self.screen.display
+
+    def row(self, index: int) -> str:
+        return self.screen.display[index]
+
+
+class CheckedScreen:
+    """Both screens fed the same stream; fails as soon as their characters differ (``--check-emulator``)."""
+
+    def __init__(self, columns: int, rows: int) -> None:
+        self.ours, self.pyte = vt.Screen(columns, rows), PyteScreen(columns, rows)
+        self.chunks = 0
+
+    def feed(self, data: str) -> None:
+        self.ours.feed(data)
+        self.pyte.feed(data)
+        self.chunks += 1
+        if self.ours.display != self.pyte.display:
+            diff = [f"{i}: ours {a!r}\n{i}: pyte {b!r}" for i, (a, b) in enumerate(zip(self.ours.display,
+                    self.pyte.display)) if a != b]
+            raise AssertionError(f"chunk {self.chunks}: the screens differ\n" + "\n".join(diff[:6])
+                                 + f"\nlast chunk: {data[-400:]!r}")
+
+    @property
+    def display(self) -> list[str]:
+        return self.ours.display
+
+    def row(self, index: int) -> str:
+        return self.ours.row(index)
+
+
+SCREENS: dict[str, type[vt.Screen] | type[PyteScreen] | type[CheckedScreen]] = {
+    "vt": vt.Screen, "pyte": PyteScreen, "check": CheckedScreen}
+#: which screen clients draw on (``--emulator``)
+EMULATOR = "vt"
+
+
 class Client(asyncssh.SSHClientSession[str]):
-    """One SSH session whose output feeds a pyte screen; ``changed`` fires on every update."""
+    """One SSH session whose output feeds a screen (characters only; ``--emulator pyte``: pyte's);
+    ``changed`` fires on every update."""
 
     def __init__(self) -> None:
-        self.screen = pyte.Screen(COLUMNS, ROWS)
-        self.stream = pyte.Stream(self.screen)
+        self.screen = SCREENS[EMULATOR](COLUMNS, ROWS)
+        self.feed = self.screen.feed
         self.changed = asyncio.Event()
         self.chan: asyncssh.SSHClientChannel[str] | None = None
         self.typed = ""
+        self.received = 0  # characters of output
+        self.chunks = 0  # data messages (about one per read of the host's pty)
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[str]) -> None:
         self.chan = chan
 
     def data_received(self, data: str, datatype: object) -> None:
-        self.stream.feed(data)
+        self.received += len(data)
+        self.chunks += 1
+        self.feed(data)
         self.changed.set()
 
     def text(self) -> str:
@@ -224,6 +278,76 @@ def mib(value: float) -> str:
     return f"{value / 2**20:.1f} MiB"
 
 
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0
+    return times.user + times.system
+
+
+def cpu_snapshot(host: subprocess.Popen[bytes]) -> dict[str, float]:
+    """CPU seconds used so far by each group of processes on this machine (and the machine's busy total)."""
+    server, apps, zygotes = memory(host)
+    groups = {"host (serve-ssh)": _cpu(server), "zygote": sum(_cpu(z) for z in zygotes),
+              "app processes (all sessions)": sum(_cpu(a) for a in apps),
+              "bench clients (asyncssh + pyte, this process)": _cpu(psutil.Process())}
+    # PostgreSQL: its live processes, and what the ones that ended meanwhile used (their parent, the
+    # postmaster, collects it when it reaps them: the apps' connections are not pooled, so most of the
+    # backends they use end before the phase does). Every database's: others' work on this server too.
+    postgres = bench_backends = 0.0
+    for process in psutil.process_iter(["name", "cmdline", "ppid"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if process.info["name"] in ("postgres", "postmaster") or cmdline.startswith("postgres"):
+            postgres += _cpu(process)
+            if PREFIX in cmdline:
+                bench_backends += _cpu(process)
+            with contextlib.suppress(psutil.Error):
+                if process.parent() is None or process.parent().name() not in ("postgres", "postmaster"):
+                    times = process.cpu_times()
+                    postgres += times.children_user + times.children_system
+    groups["PostgreSQL, every database (its ended backends too)"] = postgres
+    groups["  of which live backends of the bench databases"] = bench_backends
+    machine = psutil.cpu_times()
+    groups["machine busy (all cores)"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+    return groups
+
+
+async def count_connections(admin_url: str, into: list[tuple[int, int]]) -> None:
+    """The server's client connections (to the bench databases, to any), every half second (until cancelled)."""
+    def count() -> tuple[int, int]:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FILTER (WHERE datname LIKE %s), count(*) FROM pg_stat_activity "
+                               "WHERE backend_type = 'client backend'", (f"{PREFIX}%",)).fetchone()
+            return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    while True:
+        into.append(await asyncio.to_thread(count))
+        await asyncio.sleep(0.5)
+
+
+def max_connections(admin_url: str) -> int:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute("SHOW max_connections").fetchone()
+        return int(row[0]) if row else 0
+
+
+def cpu_rows(before: dict[str, float], after: dict[str, float], seconds: float, edits: int,
+             label: str) -> list[tuple[str, str]]:
+    """Per group: cores used on average over the phase and CPU ms per edit (a key that changes the box)."""
+    rows = []
+    ours = 0.0
+    for name in before:
+        used = after[name] - before[name]
+        if name not in ("machine busy (all cores)", "  of which live backends of the bench databases"):
+            ours += used
+        per_edit = f", {used * 1000 / edits:.1f} ms per edit" if edits else ""
+        rows.append((f"{label}: {name}", f"{used / seconds:.2f} cores{per_edit}"))
+    busy = after["machine busy (all cores)"] - before["machine busy (all cores)"]
+    rows.append((f"{label}: everything else on the machine", f"{(busy - ours) / seconds:.2f} cores"))
+    return rows
+
+
 async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str], key_path: Path,
               host: subprocess.Popen[bytes], port: int) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
@@ -247,7 +371,8 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
     for client in clients:
         client.send("\x1bOR")  # F3
     for client in clients:
-        await client.wait_for(lambda c: "Search" in c.text() or "members" in c.text().lower())
+        # (the search box's placeholder: "members" alone is also on the worklist's tab of plan members)
+        await client.wait_for(lambda c: "Name, e-mail or phone" in c.text())
     await asyncio.sleep(1.0)
     rows_of: dict[int, int] = {}
     for index, client in enumerate(clients):
@@ -255,7 +380,7 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
         await client.wait_for(lambda c: "zqx" in c.text())
         rows_of[index] = input_row(client, "zqx")
         client.send("\x7f\x7f\x7f")
-        await client.wait_for(lambda c, r=rows_of[index]: "zqx" not in c.screen.display[r])
+        await client.wait_for(lambda c, r=rows_of[index]: "zqx" not in c.screen.row(r))
 
     server, apps, zygotes = memory(host)
     rss = [p.memory_info().rss for p in apps]
@@ -271,25 +396,45 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
     rows.append(("all sessions together: PSS sum (host + zygote + apps)",
                  mib(sum(pss) + zygote_pss + server.memory_full_info().pss)))
 
+    # Idle: every session on the member browser, nobody typing (what the sessions cost doing nothing).
+    if args.idle_seconds > 0:
+        await asyncio.sleep(1.0)
+        received, chunks = sum(c.received for c in clients), sum(c.chunks for c in clients)
+        before, started = cpu_snapshot(host), time.monotonic()
+        await asyncio.sleep(args.idle_seconds)
+        after, seconds = cpu_snapshot(host), time.monotonic() - started
+        rows.extend(cpu_rows(before, after, seconds, 0, "idle, CPU"))
+        rows.append(("idle: output per session per second",
+                     f"{(sum(c.received for c in clients) - received) / seconds / len(clients):.0f} chars, "
+                     f"{(sum(c.chunks for c in clients) - chunks) / seconds / len(clients):.1f} messages"))
+
     # Background activity: every session types a letter every few seconds (and deletes it again); a
     # session's own lock keeps that from interleaving with a measured keystroke.
+    edits = 0
     stop = asyncio.Event()
     rng = random.Random(7)
     locks = [asyncio.Lock() for _ in clients]
     low, high = args.think_seconds
 
     async def activity(index: int, client: Client) -> None:
+        nonlocal edits
         while not stop.is_set():
             await asyncio.sleep(rng.uniform(low, high))
             async with locks[index]:
                 client.send(rng.choice("abcdefghilmnoprst"))
                 await asyncio.sleep(0.3)
                 client.send("\x7f")
-                await client.wait_for(lambda c, r=rows_of[index]: "Name, e-mail or phone" in c.screen.display[r])
+                edits += 2
+                await client.wait_for(lambda c, r=rows_of[index]: "Name, e-mail or phone" in c.screen.row(r))
 
     background = [asyncio.create_task(activity(i, c)) for i, c in enumerate(clients)]
     latencies: list[float] = []
     await asyncio.sleep(3.0)
+    connections: list[tuple[int, int]] = []
+    watcher = asyncio.create_task(count_connections(args.admin_url, connections))
+    edits = 0
+    received, chunks = sum(c.received for c in clients), sum(c.chunks for c in clients)
+    before, started = cpu_snapshot(host), time.monotonic()
     for sample in range(args.samples):
         index = sample % len(clients)
         client = clients[index]
@@ -298,27 +443,44 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
             letter = "qwxj"[sample % 4]  # letters that are nowhere else on the search box's row
             sent = time.monotonic()
             client.send(letter)
-            shown = await client.wait_for(lambda c, r=row, ch=letter: ch in c.screen.display[r])
+            shown = await client.wait_for(lambda c, r=row, ch=letter: ch in c.screen.row(r))
             latencies.append((shown - sent) * 1000)
             if sample % 10 == 9:
                 print(f"{sample + 1} keystrokes, p50 so far {statistics.median(latencies):.0f} ms", file=sys.stderr,
                       flush=True)
             client.send("\x7f")
-            await client.wait_for(lambda c, r=row: "Name, e-mail or phone" in c.screen.display[r])
+            edits += 2
+            await client.wait_for(lambda c, r=row: "Name, e-mail or phone" in c.screen.row(r))
+    after, seconds = cpu_snapshot(host), time.monotonic() - started
+    watcher.cancel()
     stop.set()
     for task in background:
         task.cancel()
+    typed_chars = sum(c.received for c in clients) - received
+    typed_chunks = sum(c.chunks for c in clients) - chunks
     rows.append((f"keystroke -> on screen, every session typing every {low:g}-{high:g} s, p50 / p95 "
                  f"(n={len(latencies)})",
                  f"{statistics.median(latencies):.0f} ms / {percentile(latencies, 0.95):.0f} ms"))
     rows.append(("load average (1 min) during the keystrokes", f"{os.getloadavg()[0]:.1f}"))
+    rows.append((f"typing phase: {seconds:.0f} s, edits (letters and backspaces, each a search)",
+                 f"{edits} ({edits / seconds:.1f}/s)"))
+    rows.append(("typing phase: output per edit (to the typing session and any other)",
+                 f"{typed_chars / max(edits, 1):.0f} chars, {typed_chunks / max(edits, 1):.1f} messages"))
+    rows.extend(cpu_rows(before, after, seconds, edits, "typing, CPU"))
+    if connections:
+        ours, every = [n for n, _ in connections], [n for _, n in connections]
+        rows.append(("typing phase: client connections to the bench databases, max (mean)",
+                     f"{max(ours)} ({statistics.fmean(ours):.0f})"))
+        limit = max_connections(args.admin_url)
+        rows.append(("typing phase: client connections to the server (anyone's), max (mean)",
+                     f"{max(every)} ({statistics.fmean(every):.0f}) of max_connections {limit}"))
 
     # Change propagation: everyone on the unfiltered first page; rename its first member.
     await asyncio.sleep(1.0)
     for index, client in enumerate(clients):
         client.send("\x15")  # ctrl+u clears the search box
     for index, client in enumerate(clients):
-        await client.wait_for(lambda c, r=rows_of[index]: "Name, e-mail or phone" in c.screen.display[r])
+        await client.wait_for(lambda c, r=rows_of[index]: "Name, e-mail or phone" in c.screen.row(r))
     platform = bench_engine(urls["platform"])
     propagation: list[float] = []
     actor = Actor(user_id=uuid.uuid4(), permissions=frozenset(ALL_PERMISSIONS), user_agent="bench (tui)")
@@ -357,10 +519,18 @@ def main() -> None:
     parser.add_argument("--connect-concurrency", type=int, default=4)
     parser.add_argument("--think-seconds", type=float, nargs=2, default=(2.0, 6.0), metavar=("MIN", "MAX"),
                         help="each session types a letter (a search) every MIN-MAX seconds meanwhile")
+    parser.add_argument("--idle-seconds", type=float, default=10.0,
+                        help="measure CPU this long with every session on the member browser and nobody typing")
+    parser.add_argument("--emulator", choices=("vt", "pyte", "check"), default="vt",
+                        help="the clients' screens: vt (characters only, benchmarks/vt.py), pyte (every cell's "
+                             "attributes too: a core's worth of parsing at 50 sessions) or check (both, failing "
+                             "when they differ)")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
     parser.add_argument("--no-prefork", dest="prefork", action="store_false",
                         help="exec a new Python per session (serve-ssh --no-prefork), not a fork of the zygote")
     args = parser.parse_args()
+    global EMULATOR
+    EMULATOR = args.emulator
     with tempfile.TemporaryDirectory(prefix="carecli-ssh-bench-") as tmp:
         workdir = Path(tmp)
         urls, env, key_path = prepare(args.admin_url, args.members, workdir)
@@ -377,7 +547,8 @@ def main() -> None:
             if not args.keep:
                 drop_pair(args.admin_url, PREFIX)
     how = "forked from the zygote" if args.prefork else "exec'd (--no-prefork)"
-    print(f"\nSSH host, {args.sessions} sessions ({how}), {os.cpu_count()} cores, {args.members:,} members")
+    print(f"\nSSH host, {args.sessions} sessions ({how}), {os.cpu_count()} cores, {args.members:,} members, "
+          f"clients' screens: {args.emulator}")
     print_table(rows, value_width=24)
 
 

@@ -54,6 +54,10 @@ _GOODBYE = {
 }
 
 
+#: the most of an app's output the host reads before sending it on (one SSH message per frame, not one per read)
+OUTPUT_GATHER_BYTES = 256 * 1024
+
+
 def goodbye(reason: str, *, idle_minutes: float = 15, max_hours: int = 12) -> str:
     """What the client's terminal shows after the app ended, for each end reason."""
     idle = f"{round(idle_minutes)} minutes" if idle_minutes >= 1 else f"{round(idle_minutes * 60)} seconds"
@@ -205,21 +209,35 @@ class AppProcess:
             self._reading = True
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 65536)
-        except BlockingIOError:
-            return
-        except OSError as exc:  # EIO: every slave side is closed, the app is gone
-            if exc.errno != errno.EIO:
-                raise
-            data = b""
-        if data:
+        """Read everything the app has written so far, then hand it on at once.
+
+        A pty gives at most 4 KiB per read, and the host used to send each read as it came: a 17 KiB
+        frame went out as several SSH messages (each encrypted and framed by the host, decrypted and
+        parsed by the client). By the time the host runs, the app has usually written the whole frame:
+        reading on until the pty is empty sends it as one message, without waiting for anything.
+        """
+        output = bytearray()
+        eof = False
+        while len(output) < OUTPUT_GATHER_BYTES:
+            try:
+                data = os.read(self.master, 65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # EIO: every slave side is closed, the app is gone
+                if exc.errno != errno.EIO:
+                    raise
+                data = b""
+            if not data:
+                eof = True
+                break
+            output += data
+        if output:
             assert self._on_output is not None
-            self._on_output(data)
-            return
-        self.pause_output()
-        if self._on_eof is not None:
-            self._on_eof()
+            self._on_output(bytes(output))
+        if eof:
+            self.pause_output()
+            if self._on_eof is not None:
+                self._on_eof()
 
     # -- input: client -> pty ----------------------------------------------------------
 

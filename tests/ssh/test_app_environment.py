@@ -17,3 +17,16 @@ def test_the_clients_terminal_not_the_hosts_decides_size_and_developer_switches_
     dropped = {"COLUMNS", "LINES", "TEXTUAL", "TEXTUAL_LOG", "TEXTUAL_SCREENSHOT", "LC_ALL", "CARECLI_TOKEN"}
     assert not dropped & set(env)
     assert env["TERM"] == "xterm-256color" and env["LANG"] == "C.UTF-8"
+
+
+def test_an_ssh_sessions_text_cursors_do_not_blink() -> None:
+    """Each blink is a frame to render, encrypt, send and draw: over SSH the cursor stays lit instead."""
+    import subprocess
+    import sys
+
+    probe = ("from textual.widgets import Input, TextArea\n"
+             "assert Input().cursor_blink and TextArea().cursor_blink\n"
+             "from carecli.cli.app_cmd import steady_cursors\n"
+             "steady_cursors()\n"
+             "assert not Input().cursor_blink and not TextArea().cursor_blink\n")
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
