@@ -259,7 +259,7 @@ class CareTable(DataTable[Any]):
         """Textual's, for the new rows add_row has not measured already.
 
         DataTable measures every cell of its new rows once its message queue is empty, through Rich (a Text per
-        cell), to widen its columns: a third of a new page's time in a profile of paging. A one-line row without
+        cell), to widen its columns: a seventh of paging in a profile. A one-line row without
         a label whose cells are all plain ASCII was measured exactly when it was added (``_widen_for``)."""
         measured = self._measured_rows
         super()._update_dimensions([key for key in new_rows if key not in measured])
