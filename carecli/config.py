@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -402,6 +402,33 @@ def _read_replica_url(raw: str | None, origin: str, platform: URL | None) -> URL
     return url
 
 
+def _resolve(specs: Iterable[SettingSpec], env: Mapping[str, str], file_data: dict[str, Any],
+             config_path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """Each spec's value (environment over the file over its default), where it came from ("env", "file",
+    "default") and, for the first two, the variable or file key it was read from."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    for spec in specs:
+        raw: Any = None
+        origin = ""
+        section = file_data.get(spec.section, {})
+        if env.get(spec.env, "") != "":
+            raw, origin, source = env[spec.env], spec.env, "env"
+        elif isinstance(section, dict) and spec.key in section:
+            raw = section[spec.key]
+            origin, source = f"{config_path} [{spec.section}] {spec.key}", "file"
+        if raw is None:
+            values[spec.name], sources[spec.name] = spec.default, "default"
+            continue
+        try:
+            values[spec.name] = spec.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin} {exc}") from None
+        sources[spec.name], origins[spec.name] = source, origin
+    return values, sources, origins
+
+
 def load_logging_settings(environ: Mapping[str, str] | None = None) -> tuple[str, Path | None]:
     """The log level and file alone (environment over ``[logging]`` in the file over defaults).
 
@@ -411,23 +438,9 @@ def load_logging_settings(environ: Mapping[str, str] | None = None) -> tuple[str
     """
     env = os.environ if environ is None else environ
     config_path = default_config_path(env)
-    section = _read_config_file(config_path, explicit=bool(env.get(CONFIG_ENV))).get("logging", {})
-    values: dict[str, Any] = {}
-    for spec in SPECS:
-        if spec.section != "logging":
-            continue
-        raw: Any = None
-        if env.get(spec.env, "") != "":
-            raw, origin = env[spec.env], spec.env
-        elif isinstance(section, dict) and spec.key in section:
-            raw, origin = section[spec.key], f"{config_path} [{spec.section}] {spec.key}"
-        if raw is None:
-            values[spec.name] = spec.default
-            continue
-        try:
-            values[spec.name] = spec.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{origin} {exc}") from None
+    file_data = _read_config_file(config_path, explicit=bool(env.get(CONFIG_ENV)))
+    values, _sources, _origins = _resolve([spec for spec in SPECS if spec.section == "logging"], env, file_data,
+                                          config_path)
     return values["log_level"], values["log_file"]
 
 
@@ -441,25 +454,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     file_data = _read_config_file(config_path, explicit=bool(env.get(CONFIG_ENV)))
     _check_known_keys(file_data, config_path)
 
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    origins: dict[str, str] = {}
-    for spec in SPECS:
-        raw: Any = None
-        origin = ""
-        if env.get(spec.env, "") != "":
-            raw, origin, source = env[spec.env], spec.env, "env"
-        elif spec.key in file_data.get(spec.section, {}):
-            raw = file_data[spec.section][spec.key]
-            origin, source = f"{config_path} [{spec.section}] {spec.key}", "file"
-        if raw is None:
-            values[spec.name], sources[spec.name] = spec.default, "default"
-            continue
-        try:
-            values[spec.name] = spec.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{origin} {exc}") from None
-        sources[spec.name], origins[spec.name] = source, origin
+    values, sources, origins = _resolve(SPECS, env, file_data, config_path)
 
     urls: dict[str, URL | None] = {}
     for database in DATABASES:
