@@ -48,8 +48,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import os
+import pstats
 import shlex
 import shutil
 import statistics
@@ -201,17 +203,28 @@ async def until(condition: Callable[[], Any], timeout: float = 60.0, what: str =
         await asyncio.sleep(0.002)
 
 
+#: --profile: the phase whose timed actions run under this profiler (the app's thread only: workers' database
+#: time is not in it)
+PROFILER: tuple[str, cProfile.Profile] | None = None
+
+
 async def timed(app: BenchApp, act: Callable[[], Any], probe: Callable[[], Any], timeout: float = 60.0,
-                what: str = "") -> float:
+                what: str = "", phase: str = "") -> float:
     """Milliseconds from ``act()`` to the first painted frame in which ``probe()`` holds."""
     app.probe_hit = None
     app.probe = probe
+    profiler = PROFILER[1] if PROFILER is not None and PROFILER[0] == phase else None
+    if profiler is not None:
+        profiler.enable()
     started = time.perf_counter()
     act()
     try:
         await until(lambda: app.probe_hit is not None, timeout, what)
     except TimeoutError as exc:
         raise TimeoutError(f"{exc} (on {type(app.screen).__name__}, focus on {type(app.focused).__name__})") from None
+    finally:
+        if profiler is not None:
+            profiler.disable()
     assert app.probe_hit is not None
     return (app.probe_hit - started) * 1000
 
@@ -322,7 +335,7 @@ async def tour(app: BenchApp, results: Results, args: argparse.Namespace) -> Non
         results.pages.append(await timed(
             app, lambda: send(app, "pagedown"),
             lambda: screen.page_number == page and screen.rows is not before,
-            what=f"page {page + 1}"))
+            what=f"page {page + 1}", phase="pages"))
         if page in (10, args.pages // 2, args.pages):
             results.rss[f"after {page} pages"] = rss_mb()
 
@@ -334,7 +347,7 @@ async def tour(app: BenchApp, results: Results, args: argparse.Namespace) -> Non
                         lambda: screen.query_state.text == "" and screen.request > request and screen.rows is not rows,
                         what="the cleared search")
 
-    async def type_query(query: str, submit: bool) -> list[float]:
+    async def type_query(query: str, submit: bool, warm_up: bool = False) -> list[float]:
         await clear()
         samples = []
         for length in range(1, len(query) + 1):
@@ -358,14 +371,14 @@ async def tour(app: BenchApp, results: Results, args: argparse.Namespace) -> Non
                 app, lambda: send(app, *keys),
                 lambda: (
                     screen.query_state.text == typed.strip() and screen.request > request and screen.rows is not rows),
-                what=f"results of {len(typed)} typed keys"))
+                what=f"results of {len(typed)} typed keys", phase="" if warm_up else ("enter" if submit else "typed")))
             results.labelled.append((samples[-1], "enter" if submit else "typed", typed))
             if submit:  # Enter moves the focus to the results: let that happen before the next key
                 await until(lambda: table.has_focus, what="the focus on the results")
         return samples
 
     for query in QUERIES:  # warm-up: the server's cache and the app's code paths
-        await type_query(query, submit=True)
+        await type_query(query, submit=True, warm_up=True)
     results.labelled.clear()
     results.rss["after the warm-up searches"] = rss_mb()
     for query in QUERIES:
@@ -383,12 +396,13 @@ async def tour(app: BenchApp, results: Results, args: argparse.Namespace) -> Non
         table.focus()
         table.move_cursor(row=index)
         await until(lambda: table.has_focus and table.cursor_row == index)
+        await asyncio.sleep(0.05)  # the moved cursor painted: a person sees it before pressing Enter
         member_id = screen.rows[index]
         results.opens.append(await timed(
             app, lambda: send(app, "enter"),
             lambda: (isinstance(app.screen, MemberDetailScreen) and app.screen.file is not None
                                          and app.screen.file.member.id == member_id),
-            what="the member's file"))
+            what="the member's file", phase="opens"))
         send(app, "escape")
     await until(lambda: app.screen is screen)
     results.rss[f"after opening {len(results.opens)} members"] = rss_mb()
@@ -583,7 +597,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pages", type=int, default=100, help="pages to browse forward")
     parser.add_argument("--opens", type=int, default=30, help="members to open")
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the worklist's statements")
+    parser.add_argument("--profile", choices=("typed", "enter", "pages", "opens"),
+                        help="cProfile the app's thread during this phase's timed actions; print its top entries")
+    parser.add_argument("--profile-top", type=int, default=25, help="entries of the --profile listing")
     args = parser.parse_args(argv)
+    global PROFILER
+    if args.profile:
+        PROFILER = (args.profile, cProfile.Profile())
 
     urls = prepare(args.admin_url, args.identity_db, args.platform_db, args.members)
     state = tempfile.mkdtemp(prefix="carecli-tui-bench-")
@@ -629,6 +649,10 @@ def main(argv: list[str] | None = None) -> int:
               f"specialist's worklist rows: {sizes}; queries typed: {', '.join(repr(q) for q in QUERIES)} "
               f"(after a warm-up pass); {len(results.pages)} pages by name; {len(results.opens)} members opened")
     report(results, header, worklist)
+    if PROFILER is not None:
+        for order in ("tottime", "cumulative"):
+            print(f"\n--profile {PROFILER[0]}: top {args.profile_top} by {order}")
+            pstats.Stats(PROFILER[1], stream=sys.stdout).sort_stats(order).print_stats(args.profile_top)
     return 0
 
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from carecli.data.databases import Databases
     from carecli.data.notify import Notice, Subscription
     from carecli.data.repositories.worklist import Worklist
+    from carecli.screens.member import MemberDetailScreen
     from carecli.services.desk import Desk
 
 MIN_WIDTH, MIN_HEIGHT = 80, 24
@@ -58,6 +59,8 @@ GC_IDLE_SECONDS = 0.5
 collecting_while_idle = False
 #: the start screen shows its spinner once the databases took this long to open
 SPINNER_AFTER_SECONDS = 0.5
+#: how long Enter on a member waits for their file before showing their screen without it (see open_member)
+OPEN_PATIENCE_SECONDS = 0.2
 #: how often user activity is reported to the database (slides the session's idle deadline)
 SESSION_TOUCH_SECONDS = 60.0
 
@@ -91,6 +94,15 @@ class SignedOut(Message):
     def __init__(self, problem: Problem | None = None) -> None:
         super().__init__()
         self.problem = problem
+
+
+class MemberFileRead(Message):
+    """The file :meth:`CareApp.open_member` read ahead for ``screen`` (the messages its read produced)."""
+
+    def __init__(self, screen: MemberDetailScreen, messages: list[Message]) -> None:
+        super().__init__()
+        self.screen = screen
+        self.messages = messages
 
 
 class ConnectFailed(Message):
@@ -209,6 +221,9 @@ class CareApp(App[None]):
         self.live_received = 0
         #: the databases and the session being opened (``carecli app`` starts it before loading the app)
         self._opening = opening
+        #: a member's screen whose file is being read before it is shown (see open_member), and the
+        #: screen and desk it was asked from
+        self._member_ahead: tuple[MemberDetailScreen, Screen[Any], Desk] | None = None
 
     # -- start --------------------------------------------------------------------
 
@@ -404,6 +419,7 @@ class CareApp(App[None]):
                 screen.clear_phi()
         self.clear_notifications()
         self.stop_live_updates()
+        self._member_ahead = None
         self.desk = None
         self.locked = False
         self.sub_title = f"v{__version__}"
@@ -427,6 +443,7 @@ class CareApp(App[None]):
         if self.locked or self.desk is None:
             return
         self.locked = True
+        self._member_ahead = None
         self.refresh_bindings()
         for screen in self.screen_stack:
             if isinstance(screen, PhiHolder):
@@ -506,14 +523,48 @@ class CareApp(App[None]):
         self.push_screen(screen_class())
 
     def open_member(self, member_id: Any) -> None:
-        """Open a member's detail screen (from the worklist, the browser or the command palette)."""
+        """Open a member's detail screen (from the worklist, the browser or the command palette).
+
+        The file is read first, and the screen shown with it: painting an empty screen meanwhile made the
+        read itself take twice as long in this process (the two share the interpreter). Should the read
+        take longer than OPEN_PATIENCE_SECONDS, the screen is shown anyway, saying it is opening the
+        file, and fills in when the read is done. A read overtaken by another open, a lock, a sign-out or
+        the user going elsewhere is dropped unseen (it was audited: a read is recorded when it is made).
+        """
         if self.desk is None or self.locked:
             return
         from carecli.screens.member import MemberDetailScreen
 
         if isinstance(self.screen, CareModal):
             self.pop_screen()
-        self.push_screen(MemberDetailScreen(member_id))
+        screen, desk = MemberDetailScreen(member_id), self.desk
+        screen.read_by_app = True
+        self._member_ahead = (screen, self.screen, desk)
+        self.run_worker(lambda: self.post_message(MemberFileRead(screen, screen.read_file(desk))), thread=True,
+                        group="member-read-ahead", exit_on_error=False)
+        self.set_timer(OPEN_PATIENCE_SECONDS, lambda: self._show_member_ahead(screen))
+
+    def _take_member_ahead(self, screen: MemberDetailScreen) -> bool:
+        """Whether ``screen`` is still the one to show (and no longer waiting to be shown either way)."""
+        ahead, self._member_ahead = self._member_ahead, None
+        if ahead is None or ahead[0] is not screen:
+            self._member_ahead = ahead  # another member's open is pending: leave it
+            return False
+        return not self.locked and self.desk is ahead[2] and self.screen is ahead[1]
+
+    def _show_member_ahead(self, screen: MemberDetailScreen) -> None:
+        """The read is taking a while: show the screen now (it says it is opening the file)."""
+        if self._take_member_ahead(screen):
+            self.push_screen(screen)
+
+    def on_member_file_read(self, message: MemberFileRead) -> None:
+        screen = message.screen
+        if screen.is_attached:  # shown already (OPEN_PATIENCE_SECONDS passed): it takes the file as it would its own
+            for read in message.messages:
+                screen.post_message(read)
+        elif self._take_member_ahead(screen):
+            screen.read_ahead = message.messages
+            self.push_screen(screen)
 
     def action_help(self) -> None:
         from carecli.screens.help import HelpScreen

@@ -28,7 +28,7 @@ from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from carecli.data.permissions import Permission
 from carecli.data.rules import FLAGGABLE_STATUSES, enrollment_state
-from carecli.screens.base import CareScreen, Problem, describe, member_name
+from carecli.screens.base import ActionFailed, CareScreen, Problem, describe, member_name
 from carecli.screens.call import CallScreen
 from carecli.screens.call_forms import ScheduleCallForm
 from carecli.screens.confirm import ConfirmDialog
@@ -46,7 +46,7 @@ from carecli.screens.forms import (
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.member_forms import MemberEditScreen
 from carecli.screens.widgets import CareFooter, CareHeader, CareTable, show_empty
-from carecli.services.desk import NOTE_PREFIX, EnrollmentView, MemberFile, MemberVisit
+from carecli.services.desk import NOTE_PREFIX, Desk, EnrollmentView, MemberFile, MemberVisit
 
 if TYPE_CHECKING:
     from carecli.data.records import Call, Member, Plan
@@ -79,6 +79,11 @@ EMPTY = {"calls": "No calls with this member yet.", "flags": "No risk flags.", "
 def _short(text: str | None, width: int) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def may_break_glass(desk: Desk) -> bool:
+    """A user who cannot reveal, but may ask for emergency access."""
+    return desk.can(Permission.PHI_EMERGENCY) and not desk.can(Permission.PHI_REVEAL)
 
 
 def age_on(born: date, today: date) -> int:
@@ -210,6 +215,10 @@ Keys your role cannot use are not shown.
         self.emergency: EmergencyGrant | None = None
         #: this visit's audited open: a reload after this screen's own save is not a new read
         self._visit: MemberVisit | None = None
+        #: the app read the file before showing this screen (:meth:`CareApp.open_member`): what it read, shown
+        #: at mount, or None while the read is still on its way (it is posted here when done)
+        self.read_ahead: list[Message] | None = None
+        self.read_by_app = False
 
     # -- layout -------------------------------------------------------------------------
 
@@ -250,7 +259,14 @@ Keys your role cannot use are not shown.
                     table.add_column(name, width=width)
         # The calls first: Enter opens the call under the cursor (1-5 switch tabs).
         self.query_one("#calls-table", DataTable).focus()
-        self.load()
+        if self.read_ahead is not None:
+            # Read before the screen was pushed: its first frame shows the file (no "opening…" frames, which
+            # cost the read half of its speed in the same process).
+            messages, self.read_ahead = self.read_ahead, None
+            self.take_read(messages)
+        elif not self.read_by_app:
+            self.load()
+        # else: the app's read is still on its way; its messages are posted here when it is done
 
     # -- reading -------------------------------------------------------------------------
 
@@ -288,18 +304,37 @@ Keys your role cannot use are not shown.
 
     @work(thread=True, exclusive=True, group="member-open")
     def _open_in_background(self, generation: int, visit: MemberVisit | None) -> None:
+        for message in self.read_file(self.desk, generation, visit):
+            self.post_message(message)
+
+    def read_file(self, desk: Desk, generation: int = 0, visit: MemberVisit | None = None) -> list[Message]:
+        """From a worker thread: open the member's file (an audited read) and, for a user who may break the
+        glass, check for a live grant. Returns the messages to handle; touches no widget (the app calls it
+        before this screen is mounted)."""
         try:
-            file = self.desk.open_member(self.member_id, visit=visit)
-            specialist = self.desk.specialist()
+            file = desk.open_member(self.member_id, visit=visit)
+            specialist = desk.specialist()
         except Exception as exc:  # shown on the screen, never raised
-            self.post_message(MemberOpenFailed(describe(exc), generation))
-            return
-        self.post_message(MemberOpened(file, specialist.id if specialist is not None else None, generation))
-        if self._may_break_glass():
+            return [MemberOpenFailed(describe(exc), generation)]
+        messages: list[Message] = [MemberOpened(file, specialist.id if specialist is not None else None, generation)]
+        if may_break_glass(desk):
             try:
-                self.post_message(EmergencyChecked(self.desk.emergency_grant(self.member_id), generation))
+                messages.append(EmergencyChecked(desk.emergency_grant(self.member_id), generation))
             except Exception as exc:
-                self.fail("check for emergency access", exc)
+                messages.append(ActionFailed("check for emergency access", describe(exc)))
+        return messages
+
+    def take_read(self, messages: Iterable[Message]) -> None:
+        """Handle what :meth:`read_file` returned, now (in the order it was read)."""
+        for message in messages:
+            if isinstance(message, MemberOpened):
+                self.on_member_opened(message)
+            elif isinstance(message, MemberOpenFailed):
+                self.on_member_open_failed(message)
+            elif isinstance(message, EmergencyChecked):
+                self.on_emergency_checked(message)
+            elif isinstance(message, ActionFailed):
+                self.on_action_failed(message)
 
     def on_member_opened(self, message: MemberOpened) -> None:
         if message.generation != self._generation or self.care.locked:
@@ -499,7 +534,7 @@ Keys your role cannot use are not shown.
     def _may_break_glass(self) -> bool:
         """A user who cannot reveal, but may ask for emergency access."""
         desk = self.care.desk
-        return desk is not None and desk.can(Permission.PHI_EMERGENCY) and not desk.can(Permission.PHI_REVEAL)
+        return desk is not None and may_break_glass(desk)
 
     def _under_emergency(self) -> bool:
         """A live grant as last read (display only: the repository checks it on the database clock)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 import uuid
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -22,6 +23,7 @@ from textual.widgets import Button, Checkbox, DataTable, Input, Select, Static, 
 from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.crypto.runtime import cipher_provider
 from carecli.data.unit_of_work import PlatformUnitOfWork
+from carecli.screens import app as app_module
 from carecli.screens.app import CareApp
 from carecli.screens.confirm import ConfirmDialog
 from carecli.screens.forms import (
@@ -654,3 +656,122 @@ async def test_a_coverage_that_is_not_a_plain_percentage_is_a_message_not_an_err
     assert [row.coverage_percentage for row in tui.rows(
         "platform", "SELECT coverage_percentage FROM member_insurance_plans WHERE member_id = :m", m=known.id)] \
         == [Decimal("99.50")]
+
+
+# -- opening: the file is read before the screen is shown ------------------------------------------------------
+
+
+class HeldReads:
+    """Holds ``Desk.open_member`` (the real read, against the real databases) until released: a slow
+    database, without a fake one."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        self.release = threading.Event()
+        self.started: list[uuid.UUID] = []
+        real = Desk.open_member
+
+        def held(desk: Desk, member_id: uuid.UUID, **kwargs: Any) -> Any:
+            self.started.append(member_id)
+            assert self.release.wait(30), "the test never released the read"
+            return real(desk, member_id, **kwargs)
+
+        monkeypatch.setattr(Desk, "open_member", held)
+
+
+async def test_the_member_screen_is_first_shown_with_the_file_already_in_it(tui, monkeypatch) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    monkeypatch.setattr(app_module, "OPEN_PATIENCE_SECONDS", 30.0)  # however slow this machine: read, then show
+    held = HeldReads(monkeypatch)
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        worklist = app.screen
+        app.open_member(known.id)
+        await wait_for(pilot, lambda: held.started, what="the read")
+        await pilot.pause(0.2)
+        assert app.screen is worklist  # nothing shown while the file is being read
+        first_seen: list[Any] = []
+        real_display = app._display
+
+        def display(screen: Any, renderable: Any) -> None:
+            if isinstance(screen, MemberDetailScreen) and renderable is not None and not first_seen:
+                first_seen.append(header(screen))
+            real_display(screen, renderable)
+
+        monkeypatch.setattr(app, "_display", display)
+        held.release.set()
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberDetailScreen) and app.screen.file
+                                is not None and app.screen, what="the member's file")
+        await wait_for(pilot, lambda: first_seen, what="the first frame of the member's screen")
+        assert known.label in first_seen[0] and "Opening" not in first_seen[0]
+        assert table_rows(screen, "calls-table") == []
+        assert len(reads(tui, known.id, "open")) == 1  # one open, one audited read
+        assert screen.query_one("#calls-table", DataTable).has_focus
+
+
+async def test_a_slow_read_shows_the_screen_saying_it_is_opening_then_fills_it(tui, monkeypatch) -> None:
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    monkeypatch.setattr(app_module, "OPEN_PATIENCE_SECONDS", 0.05)
+    held = HeldReads(monkeypatch)
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        app.open_member(known.id)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberDetailScreen) and app.screen,
+                                what="the member's screen before its file")
+        await pilot.pause()
+        assert "Opening the member's file" in header(screen) and screen.file is None
+        held.release.set()
+        await wait_for(pilot, lambda: screen.file is not None, what="the member's file")
+        await pilot.pause()
+        assert known.label in header(screen) and EMAIL in header(screen)
+        assert len(reads(tui, known.id, "open")) == 1 and held.started == [known.id]
+
+
+async def test_an_open_overtaken_by_another_a_lock_or_leaving_shows_nothing(tui, monkeypatch) -> None:
+    known = make_member(tui)
+    other = make_member(tui)
+    desk = tui.sign_in("specialist")
+    monkeypatch.setattr(app_module, "OPEN_PATIENCE_SECONDS", 30.0)
+    held = HeldReads(monkeypatch)
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        worklist = app.screen
+
+        # Enter on one member, then on another before the first file is read: only the second is shown.
+        app.open_member(known.id)
+        app.open_member(other.id)
+        await wait_for(pilot, lambda: len(held.started) == 2, what="both reads")
+        held.release.set()
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberDetailScreen) and app.screen.file
+                                is not None and app.screen, what="the second member's file")
+        await pilot.pause(0.3)
+        assert screen.member_id == other.id and app.screen is screen
+        assert sum(isinstance(s, MemberDetailScreen) for s in app.screen_stack) == 1
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is worklist, what="the worklist again")
+
+        # Leaving for another screen (F3) before the read is done: the file is not shown over it.
+        held.release.clear()
+        app.open_member(known.id)
+        await wait_for(pilot, lambda: len(held.started) == 3, what="the third read")
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.screen is not worklist, what="the member browser")
+        browser = app.screen
+        held.release.set()
+        await pilot.pause(0.5)
+        assert app.screen is browser and not any(isinstance(s, MemberDetailScreen) for s in app.screen_stack)
+
+        # A lock while the read is on its way: the file is dropped, not shown under (or over) the lock.
+        held.release.clear()
+        app.open_member(other.id)
+        await wait_for(pilot, lambda: len(held.started) == 4, what="the fourth read")
+        app.lock("Locked.")
+        held.release.set()
+        await pilot.pause(0.5)
+        assert app.locked and not any(isinstance(s, MemberDetailScreen) for s in app.screen_stack)
+        for text in map(screen_text, app.screen_stack):
+            assert LAST_NAME not in text and EMAIL not in text
