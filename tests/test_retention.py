@@ -18,7 +18,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from carecli.config import load_settings
+from carecli.data import audit_seal
 from carecli.data import retention as sql
+from carecli.data.crypto.master import LocalMasterKey, encode_key, generate_master_key
 from carecli.data.databases import Databases, create_database_engine
 from carecli.data.permissions import ALL_PERMISSIONS, Permission
 from carecli.data.repositories.identity import IdentityUnitOfWork
@@ -423,7 +425,8 @@ def _audit_row(world: World, years_ago: float) -> uuid.UUID:
 
 def test_audit_purge_needs_the_admin_role_and_removes_only_rows_older_than_the_audit_period(world):
     old, middle, recent = _audit_row(world, 8), _audit_row(world, 6.5), _audit_row(world, 1)
-    settings = load_settings({})
+    master = generate_master_key()
+    settings = load_settings({"CARECLI_MASTER_KEY": encode_key(master)})
     operator = world.platform.actor(*ALL_PERMISSIONS, role="operator")
     with pytest.raises(PermissionDenied, match="role:admin"):
         retention.purge_audit(world.databases, operator, settings)
@@ -437,6 +440,9 @@ def test_audit_purge_needs_the_admin_role_and_removes_only_rows_older_than_the_a
     assert world.exists("audit_logs", middle) and world.exists("audit_logs", recent)
     summary = world.platform.audit(action="purge", entity_type="audit_log")
     assert len(summary) == 1 and summary[0].new_values["rows"] == 1
+    # The removed row is accounted for by a purge seal: the sealed history still verifies.
+    report = audit_seal.verify(world.databases.platform, LocalMasterKey(master, "test"))
+    assert report.intact and report.rows_purged == 1
     # the ordinary purge never touches audit rows
     world.purge()
     assert world.exists("audit_logs", middle)

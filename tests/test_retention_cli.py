@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 
 from carecli.config import load_settings
 from carecli.data.actor import Actor
+from carecli.data.crypto.master import encode_key, generate_master_key
 from carecli.data.databases import Databases, create_database_engine
 from carecli.data.permissions import ALL_PERMISSIONS, DEFAULT_ROLES
 from carecli.data.repositories.identity import IdentityUnitOfWork
@@ -167,9 +168,16 @@ def test_audit_purge_by_the_admin(inst: Install) -> None:
                 "('member', gen_random_uuid(), 'read', (now() AT TIME ZONE 'UTC') - interval '9 years') RETURNING 1")
     dry = json.loads(inst.cli("retention", "purge", "--audit", "--dry-run", "--json").out)
     assert dry["purged"] >= 1 and dry["years"] == 7
+    master = encode_key(generate_master_key())
     out = inst.cli("retention", "purge", "--audit")
+    assert out.code != 0 and "no master key" in out.err  # the purge seals what it removes: no key, no purge
+    out = inst.cli("retention", "purge", "--audit", CARECLI_MASTER_KEY=master)
     assert out.code == 0, out.err
     assert "audit_logs: purged" in out.out
+    verify = inst.cli("audit", "verify", "--json", CARECLI_MASTER_KEY=master)
+    assert verify.code == 0, verify.out + verify.err
+    report = json.loads(verify.out)
+    assert report["intact"] and report["rows_purged"] >= 1 and report["seals"] >= 2
     assert inst.scalar("SELECT count(*) FROM audit_logs WHERE created_at < (now() AT TIME ZONE 'UTC') "
                        "- interval '7 years'") == 0
 

@@ -20,6 +20,7 @@ import click
 from carecli.config import load_settings
 from carecli.data.databases import open_databases, require_head
 from carecli.data.repositories.emergency import EmergencyGrant
+from carecli.errors import EXIT_FAILURE
 from carecli.services.auth.current import resolve_actor
 from carecli.services.emergency import EmergencyAccess, QueueEntry
 
@@ -72,7 +73,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 @click.group("audit")
 def audit_group() -> None:
-    """Review break-the-glass emergency accesses."""
+    """Review break-the-glass emergency accesses; seal and verify the audit history."""
 
 
 @audit_group.command("emergencies")
@@ -126,3 +127,93 @@ def review_command(grant_id: str, note: str) -> None:
     grant = _service().review(target, note)
     ended = " (it was still live: it has ended now)" if grant.expires_at == grant.reviewed_at else ""
     click.echo(f"emergency access {grant.id} reviewed{ended}")
+
+
+# -- sealed history ---------------------------------------------------------------------------------------
+
+
+def _sealing() -> tuple[Any, Any]:
+    """The platform engine and the master key (sealing needs no signed-in user: the master key is the authority)."""
+    from carecli.data.crypto.runtime import master_key
+
+    settings = load_settings()
+    databases = open_databases(settings)
+    require_head(databases)
+    return databases, master_key(settings, databases)
+
+
+@audit_group.command("seal")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts (the seals made and the chain's head).")
+def seal_command(as_json: bool) -> None:
+    """Seal the audit rows that can no longer change (safe to run at any time, from cron, concurrently).
+
+    Each seal holds the rows' ids, times and digests, the previous seal's head and a MAC under a
+    seal key wrapped by the master key. Keep the printed head elsewhere to detect the newest seals
+    being removed.
+    """
+    from carecli.data import audit_seal
+
+    databases, master = _sealing()
+    try:
+        report = audit_seal.seal(databases.platform, master)
+    finally:
+        databases.dispose()
+    horizon = report.horizon
+    if as_json:
+        click.echo(json.dumps({
+            "sealed": [{"seal": s.seal_no, "rows": s.row_count, "from": s.range_start.isoformat() if s.range_start
+                        else None, "until": s.range_end.isoformat(), "head": s.head.hex()} for s in report.sealed],
+            "rows": report.rows, "horizon": horizon.at.isoformat() if horizon else None,
+            "hidden_transactions": horizon.hidden if horizon else 0}))
+        return
+    if not report.sealed:
+        click.echo("Nothing new to seal" + (f" before {horizon.at:%Y-%m-%d %H:%M:%S} UTC." if horizon else "."))
+    for made in report.sealed:
+        click.echo(f"seal {made.seal_no}: {made.row_count:,} audit rows created until "
+                   f"{made.range_end:%Y-%m-%d %H:%M:%S.%f} UTC; head {made.head.hex()}")
+    if horizon is not None and horizon.hidden:
+        click.echo(f"note: {horizon.hidden} transaction(s) of other roles are hidden from this role, so rows of the "
+                   f"last {audit_seal.HIDDEN_GRACE.seconds // 60} minutes wait for a later seal (grant this role "
+                   "pg_read_all_stats to seal up to the present)")
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM in UTC)",
+                                 param_hint="--since") from None
+
+
+@audit_group.command("verify")
+@click.option("--since", "since", metavar="DATE", help="Check rows sealed from DATE on (UTC); the chain always.")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+def verify_command(since: str | None, as_json: bool) -> None:
+    """Check the sealed audit history: exit 0 when intact, 1 listing each altered, deleted, moved or
+    inserted row and each broken seal, by id and time (never by value)."""
+    from carecli.data import audit_seal
+    start = _since(since)
+    databases, master = _sealing()
+    try:
+        report = audit_seal.verify(databases.platform, master, since=start)
+    finally:
+        databases.dispose()
+    if as_json:
+        click.echo(json.dumps({"intact": report.intact, "seals": report.seals, "rows_checked": report.rows_checked,
+                               "rows_purged": report.rows_purged, "rows_not_sealed_yet": report.unsealed,
+                               "sealed_until": report.sealed_until.isoformat() if report.sealed_until else None,
+                               "findings": [finding.as_json() for finding in report.findings]}))
+    else:
+        until = f"{report.sealed_until:%Y-%m-%d %H:%M:%S} UTC" if report.sealed_until else "nothing sealed yet"
+        click.echo(f"{report.seals:,} seals; {report.rows_checked:,} sealed rows checked, {report.rows_purged:,} "
+                   f"purged; sealed until {until}; {report.unsealed:,} rows not sealed yet")
+        if report.findings:
+            _print_table(("problem", "id", "created (UTC)", "seal", "detail"), [
+                (f.what, f.ref, f.at.isoformat(sep=" ") if f.at else "-", str(f.seal_no or "-"), f.detail)
+                for f in report.findings])
+        else:
+            click.echo("intact")
+    if not report.intact:
+        raise SystemExit(EXIT_FAILURE)

@@ -22,8 +22,8 @@ from sqlalchemy import Connection, text
 
 from carecli.data.migrate import VERSION_TABLES
 
-APPEND_ONLY = {"platform": ("audit_logs",)}
-HIDDEN_FROM_AUDITOR = {"platform": ("data_keys",)}
+APPEND_ONLY = {"platform": ("audit_logs", "audit_seals")}
+HIDDEN_FROM_AUDITOR = {"platform": ("data_keys", "audit_seal_keys")}
 #: Written only by triggers (SECURITY DEFINER functions owned by the owner role): the app reads them.
 TRIGGER_WRITTEN = {"platform": ("member_name_prefixes",)}
 #: Those trigger functions (platform_0010).
@@ -86,5 +86,6 @@ def grants_sql(connection: Connection, database: str, prefix: str = "carecli") -
             statements.append(f"GRANT SELECT ON {quoted} TO {auditor};")
     if database == "platform":
         statements.append(f"ALTER FUNCTION carecli_audit_logs_append_only() OWNER TO {owner};")
+        statements.append(f"ALTER FUNCTION carecli_audit_seals_append_only() OWNER TO {owner};")
         statements += [f"ALTER FUNCTION {function} OWNER TO {owner};" for function in TRIGGER_FUNCTIONS[database]]
     return statements

@@ -242,20 +242,27 @@ class AuditBatch:
     newest: datetime | None
 
 
-def purge_audit_batch(connection: Connection, cutoff: datetime, limit: int) -> AuditBatch:
-    """Delete up to ``limit`` audit rows created before ``cutoff``, oldest first.
+def purge_audit_batch(connection: Connection, cutoff: datetime, limit: int) -> tuple[AuditBatch, list[bytes]]:
+    """Delete up to ``limit`` audit rows created before ``cutoff``, oldest first (by created_at, then id).
 
     The append-only trigger lets these through only because the transaction
     names the cutoff (platform_0007 checks it is old enough, and the role).
+    Returns the batch and the removed rows' seal entries (carecli.data.audit_seal), in that order: the
+    caller records them in a purge seal in the same transaction.
     """
+    from carecli.data.audit_seal import purge_batch_sql
+
     connection.execute(text("SELECT set_config('carecli.audit_purge_before', :cutoff, true)"),
                        {"cutoff": cutoff.isoformat(sep=" ")})
-    rows, oldest, newest = connection.execute(text(
-        "WITH doomed AS (SELECT id FROM audit_logs WHERE created_at < :cutoff ORDER BY created_at LIMIT :limit), "
-        "gone AS (DELETE FROM audit_logs a USING doomed d WHERE a.id = d.id RETURNING a.created_at) "
-        "SELECT count(*), min(created_at), max(created_at) FROM gone"), {"cutoff": cutoff, "limit": limit}).one()
+    removed = connection.execute(text(
+        f"WITH doomed AS ({purge_batch_sql()}), "
+        "gone AS (DELETE FROM audit_logs a USING doomed d WHERE a.id = d.id RETURNING a.id) "
+        "SELECT d.entry, d.created_at FROM doomed d JOIN gone g ON g.id = d.id ORDER BY d.created_at, d.id"),
+        {"cutoff": cutoff, "limit": limit}).all()
     connection.execute(text("SELECT set_config('carecli.audit_purge_before', '', true)"))
-    return AuditBatch(int(rows), oldest, newest)
+    batch = AuditBatch(len(removed), removed[0].created_at if removed else None,
+                       removed[-1].created_at if removed else None)
+    return batch, [bytes(row.entry) for row in removed]
 
 
 def count_audit_before(connection: Connection, cutoff: datetime) -> int:

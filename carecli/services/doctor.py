@@ -18,11 +18,11 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
@@ -306,6 +306,52 @@ def check_audit_triggers(doctor: Doctor) -> Iterable[CheckResult]:
                               target=target.label)
 
 
+# -- audit seals -----------------------------------------------------------------------------------------
+
+#: unsealed audit rows older than this are a warning (`carecli audit seal` belongs in cron, hourly say)
+SEAL_WARN_AGE = timedelta(hours=24)
+
+
+def judge_seals(now: datetime, last_sealed_at: datetime | None, oldest_unsealed: datetime | None,
+                unsealed: int) -> tuple[Status, str, str]:
+    """How fresh the sealed audit history is: the age of the last seal and of the oldest unsealed row."""
+    hint = "run `carecli audit seal` (from cron, hourly), then `carecli audit verify`"
+    last = f"last seal {_age(now - last_sealed_at)} ago" if last_sealed_at else "no seal yet"
+    if oldest_unsealed is None:
+        return "pass", f"{last}; every audit row is sealed", ""
+    age = now - oldest_unsealed
+    if age > SEAL_WARN_AGE:
+        return "warn", f"{last}; {unsealed:,} audit rows not sealed, the oldest {_age(age)} old", hint
+    return "pass", f"{last}; {unsealed:,} audit rows of the last {_age(age)} not sealed yet", ""
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
+
+
+def check_audit_seals(doctor: Doctor) -> Iterable[CheckResult]:
+    for target in doctor.reachable:
+        if target.schema != "platform":
+            continue
+        with target.engine.connect() as connection:
+            row = connection.execute(text(
+                "WITH s AS (SELECT max(sealed_at) AS last_sealed_at, "
+                "max(range_end) FILTER (WHERE kind = 'seal') AS sealed_until FROM audit_seals) "
+                "SELECT s.last_sealed_at, clock_timestamp() AT TIME ZONE 'UTC' AS now, "
+                "(SELECT min(created_at) FROM audit_logs WHERE s.sealed_until IS NULL OR created_at >= s.sealed_until) "
+                "AS oldest, (SELECT count(*) FROM audit_logs WHERE s.sealed_until IS NULL "
+                "OR created_at >= s.sealed_until) AS unsealed FROM s")).one()
+        status, message, hint = judge_seals(row.now, row.last_sealed_at, row.oldest, int(row.unsealed))
+        yield CheckResult("audit seals", status, message, hint, target.label)
+
+
 # -- roles ---------------------------------------------------------------------------------------------
 
 
@@ -472,6 +518,7 @@ CHECKS: list[Check] = [
     check_migrations,
     check_master_key,
     check_audit_triggers,
+    check_audit_seals,
     check_roles,
     check_sessions,
     check_clock,

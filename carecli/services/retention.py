@@ -27,9 +27,10 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from carecli.config import RETENTION_TABLES, Settings
-from carecli.data import audit
+from carecli.data import audit, audit_seal
 from carecli.data import retention as sql
 from carecli.data.actor import Actor
+from carecli.data.crypto.runtime import master_key
 from carecli.data.databases import Databases
 from carecli.data.permissions import Permission
 from carecli.data.repositories.identity import IdentityUnitOfWork
@@ -304,9 +305,19 @@ def purge_audit(databases: Databases, actor: Actor, settings: Settings, *, befor
             report.purged = sql.count_audit_before(uow.connection, report.cutoff)
         report.seconds = time.perf_counter() - started
         return report
+    # Purged rows stay accounted for: everything that can be is sealed first, only sealed rows are
+    # purged, and each batch leaves a purge seal of what it removed (carecli.data.audit_seal).
+    master = master_key(settings, databases)
+    audit_seal.seal(databases.platform, master)
+    with databases.platform.connect() as connection:
+        sealed_until = audit_seal.sealed_until(connection)
+    cutoff = report.cutoff if sealed_until is None else min(report.cutoff, sealed_until)
+    if sealed_until is None:
+        cutoff = datetime.min
     while True:
         with PlatformUnitOfWork(databases.platform, actor) as uow:
-            batch = sql.purge_audit_batch(uow.connection, report.cutoff, batch_size)
+            batch, removed = sql.purge_audit_batch(uow.connection, cutoff, batch_size)
+            audit_seal.record_purge(uow.connection, master, removed)
             if batch.rows:
                 audit.write(uow.connection, actor, "audit_log", NIL, sql.PURGE_ACTION, None, {
                     "table": "audit_logs", "rows": batch.rows, "created_before": report.cutoff.isoformat(sep=" "),

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from carecli.data import audit
 from carecli.data.actor import Actor
+from carecli.data.audit_seal import rewrap_seal_keys
 from carecli.data.bulk.blind_index import rewrap_blind_index_key
 from carecli.data.crypto.fields import FieldCipher, WrappedDataKey
 from carecli.data.crypto.master import KEY_BYTES, MasterKey
@@ -248,10 +249,11 @@ def rewrap(engine: Engine, old_master: MasterKey, new_master: MasterKey, actor: 
             connection.execute(update(DATA_KEYS).where(DATA_KEYS.c.id == row.id).values(
                 wrapped_key=new_master.wrap(raw, data_key_id=row.id), master_key_id=new_master.key_id))
         blind_index_key = rewrap_blind_index_key(connection, old_master, new_master)
+        seal_keys = rewrap_seal_keys(connection, old_master, new_master)
         primary = next((row.id for row in rows if row.status == "primary"), None)
         if primary is not None:
             _audit_key(connection, actor, primary, "rewrap", {
                 "rewrapped_keys": len(rows), "data_key_ids": [str(row.id) for row in rows],
-                "blind_index_key": blind_index_key,
+                "blind_index_key": blind_index_key, "seal_keys": seal_keys,
                 "old_master_key_id": old_master.key_id, "new_master_key_id": new_master.key_id})
         return len(rows)

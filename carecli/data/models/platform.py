@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -363,6 +364,40 @@ class DataKey(PlatformBase):
     status: Mapped[str] = mapped_column(String(20), server_default=text("'active'"))
     created_at: Mapped[datetime] = mapped_column(server_default=NOW)
     retired_at: Mapped[datetime | None] = mapped_column()
+
+
+class AuditSealKey(PlatformBase):
+    """Our table (not in the seed): keys that MAC the audit seals, stored only wrapped by a master key."""
+
+    __tablename__ = "audit_seal_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+
+
+class AuditSeal(PlatformBase):
+    """Our table (not in the seed): the hash chain of seals over audit_logs (carecli.data.audit_seal)."""
+
+    __tablename__ = "audit_seals"
+    __table_args__ = (
+        CheckConstraint("kind IN ('seal', 'purge')", name="kind"),
+        Index("ix_audit_seals_key_id", "key_id"),
+    )
+
+    seal_no: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(10))
+    range_start: Mapped[datetime | None] = mapped_column()
+    range_end: Mapped[datetime] = mapped_column()
+    bound_id: Mapped[uuid.UUID | None] = mapped_column()
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    prev_head: Mapped[bytes] = mapped_column(LargeBinary)
+    head: Mapped[bytes] = mapped_column(LargeBinary)
+    mac: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_seal_keys.id"))
+    sealed_at: Mapped[datetime] = mapped_column(server_default=NOW)
 
 
 # Retention purge (migration platform_0007, carecli.data.retention): only the
