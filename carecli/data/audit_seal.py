@@ -79,7 +79,8 @@ ENTRY_SQL = (
     "quote_nullable(a.ip_address::text), quote_nullable(a.user_agent), "
     "quote_nullable(to_char(a.created_at, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'))), 'UTF8')) FROM 1 FOR 16)"
 )
-_RANGE = ("(CAST(:start AS timestamp) IS NULL OR a.created_at >= CAST(:start AS timestamp)) "
+# (coalesce, not "IS NULL OR": the range must stay an index range scan of ix_audit_logs_created_at)
+_RANGE = ("a.created_at >= coalesce(CAST(:start AS timestamp), '-infinity'::timestamp) "
           "AND a.created_at < CAST(:end AS timestamp)")
 
 
@@ -363,15 +364,14 @@ def verify(engine: Engine, master: MasterKey, *, since: datetime | None = None) 
             report.findings.append(Finding("purge of an unsealed row", str(entry_id(entry)), entry_time(entry), None,
                                            "a purge seal names a row no seal holds"))
         end = report.sealed_until
-        tail = connection.execute(text(
-            "SELECT count(*) FILTER (WHERE created_at IS NULL) AS undated, "
-            "count(*) FILTER (WHERE CAST(:end AS timestamp) IS NULL OR created_at >= CAST(:end AS timestamp)) "
-            "AS unsealed FROM audit_logs").bindparams(bindparam("end", type_=DateTime())), {"end": end}).one()
-        report.unsealed = int(tail.unsealed)
-        if tail.undated:
-            for undated in connection.execute(text("SELECT id FROM audit_logs WHERE created_at IS NULL "
+        report.unsealed = int(connection.execute(text(
+            "SELECT count(*) FROM audit_logs WHERE created_at >= coalesce(CAST(:end AS timestamp), "
+            "'-infinity'::timestamp)").bindparams(bindparam("end", type_=DateTime())), {"end": end}).scalar_one())
+        undated = connection.execute(text("SELECT count(*) FROM audit_logs WHERE created_at IS NULL")).scalar_one()
+        if undated:
+            for row in connection.execute(text("SELECT id FROM audit_logs WHERE created_at IS NULL "
                                                    "ORDER BY id LIMIT 1000")):
-                report.findings.append(Finding("undated", str(undated.id), None, None,
+                report.findings.append(Finding("undated", str(row.id), None, None,
                                                "no created_at: it cannot be sealed"))
     return report
 
