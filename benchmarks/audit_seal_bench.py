@@ -21,6 +21,8 @@ unless --keep.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import resource
 import sys
 import time
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the database pair")
+    parser.add_argument("--profile", action="store_true",
+                        help="print cProfile's top entries (cumulative) of the whole verify (this process only)")
     args = parser.parse_args(argv)
     prefix = "carecli_bench_seal"
     urls = fresh_pair(args.admin_url, prefix)
@@ -78,7 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         results.append(("peak RSS before sealing", f"{peak_mib():.0f} MiB"))
         fill(args.rows, 0)
         timed(f"seal {args.rows:,} rows", args.rows, lambda: audit_seal.seal(engine, master))
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            profiler.enable()
         report = timed(f"verify all {args.rows:,} rows", args.rows, lambda: audit_seal.verify(engine, master))
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
         assert report.intact and report.rows_checked == args.rows, report.findings[:3]
         with engine.connect() as connection:
             since = connection.execute(text("SELECT range_end FROM audit_seals ORDER BY seal_no DESC "

@@ -13,6 +13,8 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from carecli.data import audit, audit_seal
@@ -267,3 +269,63 @@ def test_the_seal_key_is_wrapped_by_the_master_key_and_follows_a_rewrap(platform
     with platform.engine.begin() as connection:
         assert audit_seal.rewrap_seal_keys(connection, master, other) == 1
     assert audit_seal.verify(platform.engine, other).intact
+
+
+def timed_rows(platform: Platform, count: int) -> list:
+    """``count`` rows, each with its own time (clock_timestamp), in one transaction."""
+    with platform.engine.begin() as connection:
+        return list(connection.execute(text(
+            "INSERT INTO audit_logs (entity_type, entity_id, action, new_values, created_at) "
+            "SELECT 'probe', gen_random_uuid(), 'read', jsonb_build_object('n', g), "
+            "clock_timestamp() AT TIME ZONE 'UTC' FROM generate_series(1, :n) g "
+            "RETURNING id, created_at"), {"n": count}).all())
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_mix_of_alterations_deletions_and_backdated_inserts_is_reported_exactly(platform: Platform, master,
+                                                                                     data: st.DataObject) -> None:
+    """Whatever is done to which rows, across seals of any size and with any number of verifying connections,
+    verify reports exactly those rows, each as what happened to it, and nothing else of theirs."""
+    rows = sorted(timed_rows(platform, data.draw(st.integers(1, 14), label="rows")), key=lambda r: (r.created_at, r.id))
+    audit_seal.seal(platform.engine, master, max_rows=data.draw(st.integers(1, 6), label="max_rows"))
+    ops = data.draw(st.lists(st.sampled_from(["keep", "alter", "delete", "insert after"]),
+                             min_size=len(rows), max_size=len(rows)), label="ops")
+    expected: set[tuple[str, str]] = set()
+    mine = {str(row.id) for row in rows}
+    for row, op in zip(rows, ops, strict=True):
+        if op == "alter":
+            tamper(platform, "UPDATE audit_logs SET new_values = '{\"n\": -1}' WHERE id = :id", id=row.id)
+            expected.add(("altered", str(row.id)))
+        elif op == "delete":
+            tamper(platform, "DELETE FROM audit_logs WHERE id = :id", id=row.id)
+            expected.add(("deleted", str(row.id)))
+        elif op == "insert after":
+            forged = uuid.uuid4()
+            with platform.engine.begin() as connection:  # the app's rights are enough for an INSERT
+                connection.execute(text("INSERT INTO audit_logs (id, entity_type, entity_id, action, created_at) "
+                                        "VALUES (:id, 'probe', gen_random_uuid(), 'read', :at)"),
+                                   {"id": forged, "at": row.created_at + timedelta(microseconds=1)})
+            mine.add(str(forged))
+            expected.add(("inserted", str(forged)))
+    report = audit_seal.verify(platform.engine, master, workers=data.draw(st.integers(1, 3), label="workers"))
+    assert {(f.what, f.ref) for f in report.findings if f.ref in mine} == expected
+
+
+def test_purges_across_many_seals_verify_clean_with_several_connections(platform: Platform, master) -> None:
+    old = write_rows(platform, 9, entity="old", created_at=datetime(2013, 5, 1))
+    write_rows(platform, 3)
+    audit_seal.seal(platform.engine, master, max_rows=2)
+    while True:  # purged in batches of three: purge seals that straddle the seals' ranges
+        with platform.engine.begin() as connection:
+            batch, removed = retention_sql.purge_audit_batch(connection, datetime(2013, 5, 1, 0, 0, 7), 3)
+            audit_seal.record_purge(connection, master, removed)
+        if batch.rows < 3:
+            break
+    for workers in (1, 2, 4):
+        report = audit_seal.verify(platform.engine, master, workers=workers)
+        assert report.intact, report.findings
+        assert report.rows_purged == 7
+    tamper(platform, "DELETE FROM audit_logs WHERE id = :id", id=old[8].id)
+    assert findings(audit_seal.verify(platform.engine, master, workers=3)) == {("deleted", str(old[8].id))}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -178,13 +178,17 @@ def seal_command(as_json: bool) -> None:
 
 
 def _since(value: str | None) -> datetime | None:
+    """--since as a naive UTC time (seals' times are UTC): a date, or a date and time with or without an offset."""
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM in UTC)",
-                                 param_hint="--since") from None
+        moment = datetime.fromisoformat(value.strip())
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise click.BadParameter("not a date: give YYYY-MM-DD, or YYYY-MM-DDTHH:MM (UTC unless an offset "
+                                 "such as +02:00 follows)", param_hint="--since") from None
+    return moment
 
 
 @audit_group.command("verify")

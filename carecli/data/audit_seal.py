@@ -37,11 +37,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import queue
+import re
 import secrets
 import struct
 import uuid
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -225,13 +229,19 @@ def _append(connection: Connection, key: SealKey, kind: str, range_start: dateti
     return SealInfo(seal_no, kind, range_start, range_end, count, head)
 
 
-_ENTRIES = text(f"SELECT {ENTRY_SQL} AS entry, a.created_at FROM audit_logs a WHERE {_RANGE} "
-                "ORDER BY a.created_at, a.id LIMIT :limit").bindparams(
+_ACTUAL = text(f"SELECT string_agg(entry, ''::bytea ORDER BY created_at, id) FROM "
+               f"(SELECT {ENTRY_SQL} AS entry, a.created_at, a.id FROM audit_logs a WHERE {_RANGE}) s").bindparams(
     bindparam("start", type_=DateTime()), bindparam("end", type_=DateTime()))
+#: where a seal of at most :limit rows ends: the time of the first row past them (none: the range fits)
+_CUT = text(f"SELECT a.created_at FROM audit_logs a WHERE {_RANGE} ORDER BY a.created_at OFFSET :limit LIMIT 1"
+            ).bindparams(bindparam("start", type_=DateTime()), bindparam("end", type_=DateTime()))
 
 
 def seal(engine: Engine, master: MasterKey, *, max_rows: int = SEAL_MAX_ROWS) -> SealReport:
-    """Seal every audit row that can no longer change and is not sealed yet (one seal per ``max_rows``)."""
+    """Seal every audit row that can no longer change and is not sealed yet (one seal per ``max_rows``).
+
+    The server computes and orders the entries (one bytea per seal): Python handles no row.
+    """
     report = SealReport([], None, None)
     while True:
         with engine.begin() as connection:
@@ -242,17 +252,16 @@ def seal(engine: Engine, master: MasterKey, *, max_rows: int = SEAL_MAX_ROWS) ->
             _, _, start = _last(connection)
             if start is not None and found.at <= start:
                 return report
-            rows = connection.execute(_ENTRIES, {"start": start, "end": found.at, "limit": max_rows + 1}).all()
-            if not rows:
-                return report
-            end = found.at
-            if len(rows) > max_rows:
-                end = rows[max_rows].created_at
-                rows = [row for row in rows[:max_rows] if row.created_at < end]
-                if not rows:  # more than max_rows rows share one timestamp: that seal takes them all
-                    end = end + timedelta(microseconds=1)
-                    rows = connection.execute(_ENTRIES, {"start": start, "end": end, "limit": None}).all()
-            info = _append(connection, key, "seal", start, end, None, b"".join(bytes(row.entry) for row in rows))
+            end = connection.execute(_CUT, {"start": start, "end": found.at, "limit": max_rows}).scalar()
+            end = found.at if end is None else end
+            manifest = bytes(connection.execute(_ACTUAL, {"start": start, "end": end}).scalar() or b"")
+            if not manifest:
+                if end == found.at:  # nothing new to seal
+                    return report
+                # more than max_rows rows share one timestamp: that seal takes them all
+                end = end + timedelta(microseconds=1)
+                manifest = bytes(connection.execute(_ACTUAL, {"start": start, "end": end}).scalar() or b"")
+            info = _append(connection, key, "seal", start, end, None, manifest)
             report.sealed.append(info)
             report.last = info
         if end == found.at:
@@ -320,28 +329,60 @@ _SEAL_ROWS = text(
     "SELECT seal_no, kind, range_start, range_end, bound_id, row_count, sha256(manifest) AS manifest_hash, "
     "prev_head, head, mac, key_id, sealed_at FROM audit_seals ORDER BY seal_no")
 _MANIFEST = text("SELECT manifest FROM audit_seals WHERE seal_no = :n")
-_ACTUAL = text(f"SELECT string_agg(entry, ''::bytea ORDER BY created_at, id) FROM "
-               f"(SELECT {ENTRY_SQL} AS entry, a.created_at, a.id FROM audit_logs a WHERE {_RANGE}) s").bindparams(
-    bindparam("start", type_=DateTime()), bindparam("end", type_=DateTime()))
+
+#: connections that compute seals' rows at once during ``verify`` (the server hashes; Python only compares)
+VERIFY_WORKERS = 2
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 
 
-def verify(engine: Engine, master: MasterKey, *, since: datetime | None = None) -> VerifyReport:
-    """Check the chain of seals and the rows each covers (rows sealed before ``since``: the chain only)."""
+def verify(engine: Engine, master: MasterKey, *, since: datetime | None = None,
+           workers: int = VERIFY_WORKERS) -> VerifyReport:
+    """Check the chain of seals and the rows each covers (rows sealed before ``since``: the chain only).
+
+    Everything is read in one snapshot (exported to the worker connections, as pg_dump does), so a
+    purge or a seal committed meanwhile cannot look like a deleted or inserted row. ``workers``
+    connections compute the seals' rows ahead, at most one seal each in flight: memory stays a few
+    manifests, whatever the table's size.
+    """
     report = VerifyReport()
-    with engine.connect() as connection:
+    with ExitStack() as stack:
+        connection = stack.enter_context(engine.connect().execution_options(isolation_level="REPEATABLE READ"))
+        stack.enter_context(connection.begin())
+        snapshot = str(connection.execute(text("SELECT pg_export_snapshot()")).scalar_one())
+        if not _SNAPSHOT_ID.fullmatch(snapshot):  # it is spliced into SET TRANSACTION SNAPSHOT below
+            raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
         keys = seal_keys(connection, master)
         seals = list(connection.execute(_SEAL_ROWS).all())
         _check_chain(seals, keys, report)
+        idle: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        for _ in range(max(1, workers)):
+            worker = stack.enter_context(engine.connect().execution_options(isolation_level="REPEATABLE READ"))
+            stack.enter_context(worker.begin())
+            worker.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+            idle.put(worker)
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers),
+                                                      thread_name_prefix="carecli-verify"))
+
+        def rows_of(seal_no: int, start: datetime | None, end: datetime) -> tuple[bytes, bytes]:
+            """(the seal's manifest, the rows now in its range): computed by a worker connection."""
+            worker = idle.get()
+            try:
+                manifest = bytes(worker.execute(_MANIFEST, {"n": seal_no}).scalar_one())
+                actual = worker.execute(_ACTUAL, {"start": start, "end": end}).scalar()
+                return manifest, bytes(actual or b"")
+            finally:
+                idle.put(worker)
+
         purges = (row for row in seals if row.kind == "purge")
         pending: deque[bytes] = deque()  # purged entries not yet matched to their seal, oldest first
 
-        def purged_before(end: datetime) -> dict[uuid.UUID, bytes]:
-            """The purged entries dated before ``end`` (the purge stream is in (created_at, id) order)."""
-            taken: dict[uuid.UUID, bytes] = {}
+        def purged_before(end: datetime) -> dict[bytes, bytes]:
+            """The purged entries dated before ``end``, by id (the purge stream is in (created_at, id) order)."""
+            taken: dict[bytes, bytes] = {}
             while True:
                 while pending and entry_time(pending[0]) < end:
                     entry = pending.popleft()
-                    taken[entry_id(entry)] = entry
+                    taken[entry[:16]] = entry
                 if pending:
                     return taken
                 purge = next(purges, None)
@@ -349,6 +390,7 @@ def verify(engine: Engine, master: MasterKey, *, since: datetime | None = None) 
                     return taken
                 pending.extend(entries_of(bytes(connection.execute(_MANIFEST, {"n": purge.seal_no}).scalar_one())))
 
+        ahead: deque[tuple[int, dict[bytes, bytes], Future[tuple[bytes, bytes]]]] = deque()
         for row in seals:
             if row.kind != "seal":
                 continue
@@ -356,9 +398,13 @@ def verify(engine: Engine, master: MasterKey, *, since: datetime | None = None) 
             report.rows_purged += len(purged)
             if since is not None and row.range_end <= since:
                 continue
-            manifest = bytes(connection.execute(_MANIFEST, {"n": row.seal_no}).scalar_one())
-            actual = connection.execute(_ACTUAL, {"start": row.range_start, "end": row.range_end}).scalar()
-            _compare(row.seal_no, manifest, bytes(actual or b""), purged, report)
+            ahead.append((row.seal_no, purged, pool.submit(rows_of, row.seal_no, row.range_start, row.range_end)))
+            while len(ahead) > max(1, workers):
+                seal_no, purged, fetched = ahead.popleft()
+                _compare(seal_no, *fetched.result(), purged, report)
+        while ahead:
+            seal_no, purged, fetched = ahead.popleft()
+            _compare(seal_no, *fetched.result(), purged, report)
         for entry in [*pending] + [e for purge in purges for e in entries_of(bytes(
                 connection.execute(_MANIFEST, {"n": purge.seal_no}).scalar_one()))]:
             report.findings.append(Finding("purge of an unsealed row", str(entry_id(entry)), entry_time(entry), None,
@@ -406,44 +452,49 @@ def _check_chain(seals: list[Any], keys: dict[uuid.UUID, bytes], report: VerifyR
         prev, expected_no = bytes(row.head), row.seal_no + 1
 
 
-def _compare(seal_no: int, manifest: bytes, actual: bytes, purged: dict[uuid.UUID, bytes],
+def _compare(seal_no: int, manifest: bytes, actual: bytes, purged: dict[bytes, bytes],
              report: VerifyReport) -> None:
-    """The rows of one seal's range against its manifest, less what purges removed."""
-    sealed = list(entries_of(manifest))
-    expected = [entry for entry in sealed if purged.get(entry_id(entry)) != entry]
-    sealed_ids = {entry_id(entry) for entry in sealed}
-    for ident, entry in purged.items():
-        if ident not in sealed_ids or entry not in sealed:
-            report.findings.append(Finding("purge of an unsealed row", str(ident), entry_time(entry), seal_no,
-                                           "a purge seal names a row this seal does not hold"))
+    """The rows of one seal's range against its manifest, less what purges removed (``purged``: by id bytes)."""
     report.rows_checked += len(actual) // ENTRY_BYTES
-    if actual == b"".join(expected):
-        return
-    by_id = {entry_id(entry): entry for entry in expected}
-    seen: set[uuid.UUID] = set()
+    if not purged:
+        if actual == manifest:  # the common case: bytes compared, no entry looked at
+            return
+        expected = list(entries_of(manifest))
+    else:
+        sealed = {entry[:16]: entry for entry in entries_of(manifest)}
+        for ident, entry in purged.items():
+            if sealed.get(ident) != entry:
+                report.findings.append(Finding("purge of an unsealed row", str(uuid.UUID(bytes=ident)),
+                                               entry_time(entry), seal_no,
+                                               "a purge seal names a row this seal does not hold"))
+        expected = [entry for entry in entries_of(manifest) if purged.get(entry[:16]) != entry]
+        if actual == b"".join(expected):
+            return
+    found = len(report.findings)
+    by_id = {entry[:16]: entry for entry in expected}
+    seen: set[bytes] = set()
     for entry in entries_of(actual):
-        ident = entry_id(entry)
+        ident = entry[:16]
         known = by_id.get(ident)
         if known is None:
             what = "purged row back" if ident in purged else "inserted"
-            report.findings.append(Finding(what, str(ident), entry_time(entry), seal_no,
+            report.findings.append(Finding(what, str(entry_id(entry)), entry_time(entry), seal_no,
                                            "a row in sealed time that the seal does not hold"))
             continue
         seen.add(ident)
         if known == entry:
             continue
         if known[16:24] != entry[16:24]:
-            report.findings.append(Finding("moved", str(ident), entry_time(known), seal_no,
+            report.findings.append(Finding("moved", str(entry_id(entry)), entry_time(known), seal_no,
                                            f"created_at changed to {entry_time(entry).isoformat()}: reordered"))
         else:
-            report.findings.append(Finding("altered", str(ident), entry_time(known), seal_no,
+            report.findings.append(Finding("altered", str(entry_id(entry)), entry_time(known), seal_no,
                                            "its values differ from when it was sealed"))
     for entry in expected:
-        ident = entry_id(entry)
-        if ident not in seen:
-            report.findings.append(Finding("deleted", str(ident), entry_time(entry), seal_no,
+        if entry[:16] not in seen:
+            report.findings.append(Finding("deleted", str(entry_id(entry)), entry_time(entry), seal_no,
                                            "sealed, and no longer there (nor purged)"))
-    if not report.findings or all(f.seal_no != seal_no for f in report.findings):
+    if len(report.findings) == found:
         # Same rows and values in another order: only the server's order of equal keys differs.
         report.findings.append(Finding("reordered", f"seal {seal_no}", None, seal_no,
                                        "the rows are those sealed, in another order"))
