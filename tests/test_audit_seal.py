@@ -329,3 +329,32 @@ def test_purges_across_many_seals_verify_clean_with_several_connections(platform
         assert report.rows_purged == 7
     tamper(platform, "DELETE FROM audit_logs WHERE id = :id", id=old[8].id)
     assert findings(audit_seal.verify(platform.engine, master, workers=3)) == {("deleted", str(old[8].id))}
+
+
+def test_a_sealer_seals_as_it_goes_and_once_more_when_stopped(platform: Platform, master) -> None:
+    sealer = audit_seal.Sealer(platform.engine, lambda: master, every=0.05, name="test").start()
+    try:
+        timed_rows(platform, 3)
+        deadline = time.monotonic() + 30
+        while sealer.seals == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sealer.seals >= 1
+        timed_rows(platform, 2)
+    finally:
+        sealer.stop()  # the final seal takes the last rows
+    report = audit_seal.verify(platform.engine, master)
+    assert report.intact and report.unsealed == 0 and report.rows_checked == platform.scalar(
+        "SELECT count(*) FROM audit_logs")
+
+
+def test_a_sealer_whose_key_cannot_be_had_logs_and_goes_on(platform: Platform, caplog) -> None:
+    def no_key() -> LocalMasterKey:
+        raise RuntimeError("no key here")
+
+    sealer = audit_seal.Sealer(platform.engine, no_key, every=3600, name="test")
+    with caplog.at_level("WARNING", logger="carecli.audit"):
+        assert sealer.seal_now() is None
+        sealer.stop()
+    assert sealer.failures == 2 and platform.scalar("SELECT count(*) FROM audit_seals") == 0
+    assert [r.getMessage() for r in caplog.records] == ["audit seal failed", "audit seal failed"]
+    assert all(getattr(r, "reason", None) == "RuntimeError" for r in caplog.records)

@@ -143,6 +143,7 @@ def inst(install: Install) -> Iterator[Install]:
             "DELETE FROM members", "DELETE FROM insurance_plans",
             "DELETE FROM metadata WHERE entity_type IN ('member', 'insurance_plan', 'blind_index_key')",
             "DELETE FROM audit_logs WHERE entity_type IN ('member', 'insurance_plan', 'metadata', 'import')",
+            "DELETE FROM audit_seals",  # the imports sealed the rows just deleted: a new chain for the next test
         ):
             connection.execute(text(statement))
 
@@ -185,6 +186,11 @@ def test_import_with_a_token_exits_0_with_a_json_summary_and_audits_as_the_token
         "kind": "members", "rows": 3, "created": 3, "updated": 0, "unchanged": 0, "rejected": 0, "dry_run": False,
         "all_or_nothing": False, "committed": True, "file": path, "errors_file": None}
     assert summary["batches"] == 1 and summary["seconds"] > 0
+    # The import sealed its audit rows at its end: the history verifies, nothing left unsealed.
+    verify = inst.cli("audit", "verify", "--json")
+    assert verify.code == 0, verify.out + verify.err
+    assert json.loads(verify.out)["rows_not_sealed_yet"] == 0
+    assert inst.scalar("SELECT count(*) FROM audit_seals WHERE kind = 'seal'") >= 1
 
     importer = inst.users["importer"].id
     members = [r.id for r in inst.sql("SELECT id FROM members")]

@@ -21,7 +21,7 @@ from typing import IO, Any
 import click
 
 from carecli.config import load_settings
-from carecli.data import audit
+from carecli.data import audit, audit_seal
 from carecli.data.bulk.blind_index import BlindIndex, load_blind_index
 from carecli.data.bulk.loader import BatchConflict, ImportAborted, ImportSummary, check_permission, run_import
 from carecli.data.bulk.readers import (
@@ -195,6 +195,11 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
     report = _ErrorReport(errors_path)
     progress = _Progress(source, total, enabled=sys.stderr.isatty() and not as_json)
     records = read_records(source, fmt, columns, encoding=encoding, required=importer.required_columns)
+    # The import's audit rows are sealed as it goes and once more at its end (committed batches of an
+    # aborted run too); a dry run writes nothing, seals included.
+    sealer = None if dry_run else audit_seal.Sealer(databases.platform, lambda: master_key(settings, databases),
+                                                    every=audit_seal.SEAL_EVERY_SECONDS["import"],
+                                                    name="import").start()
     try:
         summary = run_import(importer, records, engine=databases.platform, identity=databases.identity,
                              actor=actor, cipher=cipher_provider(settings, databases), blind_index=blind_index,
@@ -219,6 +224,8 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
     finally:
         progress.stop()
         report.close()
+        if sealer is not None:
+            sealer.stop()
         if source is not sys.stdin.buffer:
             source.close()
     _report(summary, file, errors_path, as_json, actor_id=str(actor.user_id))

@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import queue
 import re
 import secrets
 import struct
+import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -56,6 +58,8 @@ from sqlalchemy.types import DateTime
 from carecli.data.crypto.master import KEY_BYTES, MasterKey
 from carecli.data.models.platform import AuditSeal, AuditSealKey
 from carecli.errors import KeyUnavailable
+
+log = logging.getLogger("carecli.audit")
 
 SEALS = AuditSeal.__table__
 SEAL_KEYS = AuditSealKey.__table__
@@ -266,6 +270,55 @@ def seal(engine: Engine, master: MasterKey, *, max_rows: int = SEAL_MAX_ROWS) ->
             report.last = info
         if end == found.at:
             return report
+
+
+#: how often a long-running process (the SSH host, an import) seals while it runs, in seconds
+SEAL_EVERY_SECONDS = {"ssh": 300.0, "import": 60.0}
+
+
+class Sealer:
+    """Seals as a process goes: in a daemon thread every ``every`` seconds, and once more at :meth:`stop`.
+
+    For the SSH host and long imports, so their audit rows do not wait for cron. A failed seal is
+    logged (its kind only: nothing of a row) and tried again next time; it never stops the work.
+    ``master`` is called for each seal, so a key that cannot be loaded now may be later.
+    """
+
+    def __init__(self, engine: Engine, master: Callable[[], MasterKey], *, every: float, name: str) -> None:
+        self.engine, self.master, self.every, self.name = engine, master, every, name
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.seals = 0
+        self.failures = 0
+
+    def start(self) -> Sealer:
+        self._thread = threading.Thread(target=self._run, name=f"carecli-sealer-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.every):
+            self.seal_now()
+
+    def seal_now(self) -> SealReport | None:
+        try:
+            report = seal(self.engine, self.master())
+        except Exception as exc:  # noqa: BLE001 - sealing is retried; the work it follows goes on
+            self.failures += 1
+            log.warning("audit seal failed", extra={"sealer": self.name, "reason": type(exc).__name__})
+            return None
+        self.seals += len(report.sealed)
+        if report.sealed:
+            log.info("audit sealed", extra={"sealer": self.name, "seals": len(report.sealed), "rows": report.rows})
+        return report
+
+    def stop(self, *, final: bool = True) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if final:
+            self.seal_now()
 
 
 def record_purge(connection: Connection, master: MasterKey, removed: list[bytes]) -> SealInfo | None:

@@ -444,11 +444,18 @@ async def serve(settings: Settings, databases: Databases, options: HostOptions, 
         launcher = AppLauncher()
         await launcher.start()
     host = CareHost(settings, databases, options, launcher)
+    # The sessions' audit rows are sealed as the host runs (and once more when it stops), not only by cron.
+    from carecli.data import audit_seal
+    from carecli.data.crypto.runtime import master_key
+
+    sealer = audit_seal.Sealer(databases.platform, lambda: master_key(settings, databases),
+                               every=audit_seal.SEAL_EVERY_SECONDS["ssh"], name="ssh").start()
     try:
         await _serve(host, host_key, ready=ready, stop=stop)
     finally:
         if launcher is not None:
             await launcher.close()
+        await asyncio.get_running_loop().run_in_executor(None, sealer.stop)
 
 
 async def _serve(host: CareHost, host_key: asyncssh.SSHKey, *,
