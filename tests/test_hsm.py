@@ -36,7 +36,7 @@ from tests.cli import run_carecli
 from tests.conftest import DatabasePair
 from tests.support.seeded import MASTER_KEY_BYTES, SEED_MEMBERS
 
-SOFTHSM_MODULE = Path(os.environ.get("CARECLI_TEST_SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
+SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")  # Debian package softhsm2
 TOKEN = "carecli-test"
 PIN = "4711-user"
 SO_PIN = "0815-so"
@@ -339,6 +339,8 @@ def test_cli_hsm_init_and_rewrap_to_and_from_the_hsm(softhsm: SoftHsm, seeded: D
     assert _wrapping_ids(platform_engine) == {back.key_id}
     assert _decrypt_all(platform_engine, back) == expected
 
+    for result in (missing, created, again, no_hsm, both, to_hsm, status, twice, from_hsm):
+        assert PIN not in result.out + result.err and "Traceback" not in result.err
     # The audit trail names the keys, never the PIN or key material.
     with platform_engine.connect() as connection:
         rows = connection.execute(text("SELECT new_values::text FROM audit_logs WHERE entity_type = 'data_key' "
