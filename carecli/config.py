@@ -159,6 +159,14 @@ SPECS: tuple[SettingSpec, ...] = (
                 "a 0600 file holding the base64 master key (servers)"),
     SettingSpec("keyring_name", "keys", "keyring_name", "CARECLI_KEYRING_NAME", _text, None,
                 "the OS keyring entry's name (default: derived from the platform database)"),
+    SettingSpec("hsm_module", "hsm", "module", "CARECLI_HSM_MODULE", _path, None,
+                "the PKCS#11 module (.so) of the HSM holding the master key; when set, the HSM key is used"),
+    SettingSpec("hsm_token", "hsm", "token", "CARECLI_HSM_TOKEN", _text, None,
+                "the label of the HSM token holding the master key"),
+    SettingSpec("hsm_key_label", "hsm", "key_label", "CARECLI_HSM_KEY_LABEL", _text, "carecli-master",
+                "the label of the AES wrapping key in the token (`carecli keys hsm-init` makes it)"),
+    SettingSpec("hsm_pin_file", "hsm", "pin_file", "CARECLI_HSM_PIN_FILE", _path, None,
+                "a 0600 file holding the token's user PIN (or CARECLI_HSM_PIN, environment only)"),
     SettingSpec("oidc_issuer", "oidc", "issuer", "CARECLI_OIDC_ISSUER", _text, None,
                 "the OpenID Connect issuer URL (e.g. https://TENANT.auth0.com/)"),
     SettingSpec("oidc_client_id", "oidc", "client_id", "CARECLI_OIDC_CLIENT_ID", _text, None,
@@ -199,6 +207,7 @@ KEYMAP_SECTION = "keymap"
 # The master key itself is read from the environment only, never from the
 # config file, which tends to be copied around.
 MASTER_KEY_ENV = "CARECLI_MASTER_KEY"
+HSM_PIN_ENV = "CARECLI_HSM_PIN"
 BACKUP_KEY_ENV = "CARECLI_BACKUP_KEY"
 TOKEN_ENV = "CARECLI_TOKEN"
 
@@ -272,6 +281,13 @@ class Settings:
     clock_skew_seconds: int = 300
     #: the IANA zone the app shows and reads times in (``[tui] timezone``); None: the system's local zone
     timezone: str | None = None
+    #: ``[hsm]``: the PKCS#11 module, token and key label of a master key kept in an HSM (None: no HSM)
+    hsm_module: Path | None = None
+    hsm_token: str | None = None
+    hsm_key_label: str = "carecli-master"
+    hsm_pin_file: Path | None = None
+    #: the token's user PIN from CARECLI_HSM_PIN (environment only: it is a secret)
+    hsm_pin: str | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -511,5 +527,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         timezone=values["timezone"],
         log_level=values["log_level"],
         log_file=values["log_file"],
+        hsm_module=values["hsm_module"],
+        hsm_token=values["hsm_token"],
+        hsm_key_label=values["hsm_key_label"],
+        hsm_pin_file=values["hsm_pin_file"],
+        hsm_pin=env.get(HSM_PIN_ENV) or None,
     )
 

@@ -27,13 +27,14 @@ from carecli.data.crypto.master import (
     KEYRING_SERVICE,
     MASTER_KEY_FILE_NAME,
     LocalMasterKey,
+    MasterKey,
     decode_key,
     encode_key,
     generate_master_key,
     keyring_account,
     resolve_master_key,
 )
-from carecli.data.crypto.runtime import keyring_scope, master_key
+from carecli.data.crypto.runtime import keyring_scope, local_master_key, master_key
 from carecli.data.databases import Databases, open_databases, require_head
 from carecli.errors import EXIT_FAILURE, ConfigError, KeyUnavailable
 
@@ -41,7 +42,7 @@ NIL = uuid.UUID(int=0)
 log = logging.getLogger("carecli.keys")
 ENTITY_TYPE = "data_key"
 
-SourceKind = Literal["env", "file", "keyring", "embedded-file"]
+SourceKind = Literal["env", "file", "keyring", "embedded-file", "hsm"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,10 @@ class _MasterSource:
     location: str  # the env variable, file path or keyring "service/user"
 
 
-def _master_source(settings: Settings, databases: Databases, master: LocalMasterKey) -> _MasterSource:
-    # Mirrors resolve_master_key's order: env, file, keyring, embedded file.
+def _master_source(settings: Settings, databases: Databases, master: MasterKey) -> _MasterSource:
+    # Mirrors runtime.master_key's order: the HSM, then resolve_master_key's env, file, keyring, embedded file.
+    if not isinstance(master, LocalMasterKey):
+        return _MasterSource("hsm", master.key_id)
     if settings.master_key:
         return _MasterSource("env", MASTER_KEY_ENV)
     if settings.master_key_file is not None:
@@ -102,8 +105,9 @@ def keys_group() -> None:
     """Data keys for member SSN and date of birth: status, rotation, re-wrap.
 
     Values are encrypted with data keys kept in the platform database, each
-    wrapped (encrypted) by the master key from CARECLI_MASTER_KEY,
-    CARECLI_MASTER_KEY_FILE or the OS keyring.
+    wrapped (encrypted) by the master key: in an HSM when CARECLI_HSM_MODULE
+    is set, else from CARECLI_MASTER_KEY, CARECLI_MASTER_KEY_FILE or the OS
+    keyring.
     """
 
 
@@ -112,7 +116,7 @@ def keys_status() -> None:
     """List the data keys, which one is primary and how many values each protects."""
     settings, databases = _open()
     keys = keystore.key_status(databases.platform)
-    master: LocalMasterKey | None = None
+    master: MasterKey | None = None
     problem: ConfigError | None = None
     try:
         master = master_key(settings, databases)
@@ -132,7 +136,7 @@ def keys_status() -> None:
         raise problem
 
 
-def _print_key_table(keys: list[keystore.DataKeyStatus], master: LocalMasterKey | None) -> None:
+def _print_key_table(keys: list[keystore.DataKeyStatus], master: MasterKey | None) -> None:
     header = ("data key", "status", "master key", "created (UTC)", "SSN values", "DOB values")
     rows = []
     foreign = False
@@ -237,21 +241,61 @@ def _audit_interrupted(databases: Databases, before: list[keystore.DataKeyStatus
 @click.option("--store", is_flag=True,
               help="Also put the new master key where the current one is kept "
                    "(the OS keyring or carecli's own key file only).")
-def keys_rewrap(new_key_file: Path | None, new_key_env: str | None, store: bool) -> None:
+@click.option("--to-hsm", is_flag=True,
+              help="Move from the local master key (CARECLI_MASTER_KEY, its file or the keyring) to the key in "
+                   "the configured HSM (CARECLI_HSM_*; `carecli keys hsm-init` makes it).")
+@click.option("--from-hsm", is_flag=True,
+              help="Move from the configured HSM key back to a local master key: --new-key-file/--new-key-env, "
+                   "else CARECLI_MASTER_KEY or CARECLI_MASTER_KEY_FILE.")
+def keys_rewrap(new_key_file: Path | None, new_key_env: str | None, store: bool, to_hsm: bool,
+                from_hsm: bool) -> None:
     """Re-wrap every data key under a new master key (the values are not touched).
 
-    Afterwards carecli must be given the new master key: every process still
-    holding the old one fails to open the keys until it is restarted with it.
+    Data keys, the blind-index key and the audit seal keys are re-wrapped in
+    one transaction. Afterwards carecli must be given the new master key:
+    every process still holding the old one fails to open the keys until it
+    is restarted with it.
+
+    \b
+    carecli keys rewrap --new-key-file NEW.key     local key -> another local key
+    carecli keys rewrap --to-hsm                   local key -> the HSM key
+    carecli keys rewrap --from-hsm [--new-key-file F | --new-key-env V]
+                                                   the HSM key -> a local key
     """
-    if (new_key_file is None) == (new_key_env is None):
-        raise click.UsageError("give exactly one of --new-key-file PATH or --new-key-env VAR")
-    new_master = _read_new_master(new_key_file, new_key_env)
+    if to_hsm and from_hsm:
+        raise click.UsageError("give --to-hsm or --from-hsm, not both")
+    if (to_hsm or from_hsm) and store:
+        raise click.UsageError("--store does not go with --to-hsm or --from-hsm: the HSM key stays in the HSM, "
+                               "and a local key to move to is already where you keep it")
+    if to_hsm:
+        if new_key_file is not None or new_key_env is not None:
+            raise click.UsageError("--to-hsm moves to the HSM key: leave out --new-key-file and --new-key-env")
+    elif not from_hsm and (new_key_file is None) == (new_key_env is None):
+        raise click.UsageError("give exactly one of --new-key-file PATH or --new-key-env VAR "
+                               "(or --to-hsm / --from-hsm)")
+    elif new_key_file is not None and new_key_env is not None:
+        raise click.UsageError("give at most one of --new-key-file PATH or --new-key-env VAR")
     settings, databases = _open()
-    old_master = master_key(settings, databases)
+    if to_hsm:
+        _require_hsm(settings, "--to-hsm")
+        old_master: MasterKey = local_master_key(settings, databases)
+        new_master: MasterKey = master_key(settings, databases)
+    elif from_hsm:
+        _require_hsm(settings, "--from-hsm")
+        old_master = master_key(settings, databases)
+        new_master = (_read_new_master(new_key_file, new_key_env)
+                      if new_key_file is not None or new_key_env is not None
+                      else _configured_local_master(settings))
+    else:
+        new_master = _read_new_master(new_key_file, new_key_env)
+        old_master = master_key(settings, databases)
     source = _master_source(settings, databases, old_master)
     if new_master.key_id == old_master.key_id:
         raise ConfigError("the new master key is the one already in use",
                           hint="generate a new one with `carecli keys generate-master`")
+    if _already_under(databases, new_master):
+        raise ConfigError(f"every data key is already wrapped by master key {new_master.key_id}",
+                          hint="nothing to re-wrap: carecli just needs to be given that master key")
     if store and source.kind not in ("keyring", "embedded-file"):
         raise ConfigError(
             f"--store can only replace a master key kept in the OS keyring or carecli's own key file; "
@@ -265,13 +309,58 @@ def keys_rewrap(new_key_file: Path | None, new_key_env: str | None, store: bool)
                                                   "new_master_key_id": new_master.key_id})
     click.echo(f"re-wrapped {count} data key{'' if count == 1 else 's'} under master key {new_master.key_id} "
                f"(was {old_master.key_id})")
-    if store:
+    if to_hsm:
+        click.echo(f"carecli now opens the data keys through {new_master.source}: keep CARECLI_HSM_MODULE, "
+                   "CARECLI_HSM_TOKEN, the key label and the PIN set everywhere carecli runs, and restart "
+                   "running processes")
+        if settings.backup_key is None and settings.backup_key_file is None:
+            click.echo("backups need a backup key of their own now (none can be derived from a key in an HSM): "
+                       "set CARECLI_BACKUP_KEY_FILE (`carecli backup generate-key`)", err=True)
+    elif from_hsm or source.kind == "hsm":
+        click.echo("now unset CARECLI_HSM_MODULE (and the [hsm] settings) everywhere carecli runs, give it the "
+                   "new master key and restart running processes:")
+        click.echo(f"  {_local_instructions(settings, new_key_file, new_key_env)}")
+    elif isinstance(new_master, LocalMasterKey) and store:
+        assert isinstance(old_master, LocalMasterKey)
         _store(source, new_master, old_master)
     else:
         click.echo("now give carecli the new master key, everywhere it runs, and restart running processes:")
         click.echo(f"  {_switch_instructions(source, new_key_file, new_key_env)}")
     click.echo(f"keep the old master key ({old_master.key_id}) until database backups taken before now "
                "have expired: only it opens their data keys")
+
+
+def _require_hsm(settings: Settings, option: str) -> None:
+    if settings.hsm_module is None:
+        raise ConfigError(f"{option} needs an HSM, and none is configured",
+                          hint="set CARECLI_HSM_MODULE, CARECLI_HSM_TOKEN and CARECLI_HSM_PIN_FILE "
+                               "(or the [hsm] section of the config file)")
+
+
+def _configured_local_master(settings: Settings) -> LocalMasterKey:
+    """The local key to move back to when no --new-key-* option names one: CARECLI_MASTER_KEY or its file."""
+    if not settings.master_key and settings.master_key_file is None:
+        raise ConfigError("--from-hsm needs the local master key to move to",
+                          hint="give --new-key-file PATH or --new-key-env VAR, or set CARECLI_MASTER_KEY_FILE "
+                               "(`(umask 077; carecli keys generate-master > FILE)`)")
+    return resolve_master_key(env_key=settings.master_key, key_file=settings.master_key_file, keyring_scope="",
+                              embedded_dir=None)
+
+
+def _already_under(databases: Databases, master: MasterKey) -> bool:
+    keys = keystore.key_status(databases.platform)
+    return bool(keys) and all(key.master_key_id == master.key_id for key in keys)
+
+
+def _local_instructions(settings: Settings, new_key_file: Path | None, new_key_env: str | None) -> str:
+    if new_key_file is not None:
+        return f"set CARECLI_MASTER_KEY_FILE={new_key_file.resolve()}"
+    if new_key_env is not None:
+        return f"set {MASTER_KEY_ENV} to the new key (from ${new_key_env}), or CARECLI_MASTER_KEY_FILE to a " \
+               "0600 file holding it"
+    if settings.master_key:
+        return f"keep {MASTER_KEY_ENV} as it is"
+    return f"keep CARECLI_MASTER_KEY_FILE={settings.master_key_file} as it is"
 
 
 def _read_new_master(path: Path | None, env_name: str | None) -> LocalMasterKey:
@@ -287,7 +376,7 @@ def _read_new_master(path: Path | None, env_name: str | None) -> LocalMasterKey:
     return decode_key(value, source=env_name)
 
 
-def _verify(databases: Databases, new_master: LocalMasterKey) -> None:
+def _verify(databases: Databases, new_master: MasterKey) -> None:
     """Unwrap every data key with the new master: proof before we tell anyone to switch."""
     with databases.platform.connect() as connection:
         for key in keystore.load_keys(connection):
@@ -348,6 +437,29 @@ def _write_private(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+@keys_group.command("hsm-init")
+def keys_hsm_init() -> None:
+    """Generate the master key in the configured HSM token (once) and print its id.
+
+    The key is an AES-256 key made by the token itself: sensitive, never
+    extractable, for encryption and decryption only. An existing key under the
+    label is never replaced. Then move the data keys to it with
+    `carecli keys rewrap --to-hsm`.
+    """
+    from carecli.data.crypto.hsm import generate_master_key_in_token, hsm_config
+
+    settings = load_settings()
+    _require_hsm(settings, "hsm-init")
+    config = hsm_config(settings)
+    key = generate_master_key_in_token(config)
+    log.info("hsm master key generated", extra={"master_key_id": key.key_id, "token": config.token,
+                                                "key_label": config.key_label})
+    click.echo(key.key_id)
+    if sys.stdout.isatty():
+        click.echo(f"generated in {config.where}; move the data keys to it with `carecli keys rewrap --to-hsm`",
+                   err=True)
 
 
 @keys_group.command("generate-master")

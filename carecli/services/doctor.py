@@ -31,7 +31,7 @@ from carecli.config import Settings
 from carecli.data import health, migrate
 from carecli.data.crypto.fields import FieldCipher
 from carecli.data.crypto.keystore import load_keys
-from carecli.data.crypto.master import KEY_BYTES, MasterKey
+from carecli.data.crypto.master import KEY_BYTES, LocalMasterKey, MasterKey
 from carecli.data.databases import Databases, check_connection, describe_dbapi_error, display_url
 from carecli.errors import CarecliError, KeyUnavailable
 
@@ -243,11 +243,15 @@ def check_master_key(doctor: Doctor) -> Iterable[CheckResult]:
     live = [key for key in keys if key.status != "retired"]
     broken = _unopenable(master, live)
     if broken:
+        hint = ("give carecli the master key these data keys were wrapped with "
+                "(CARECLI_MASTER_KEY_FILE, CARECLI_MASTER_KEY or the keyring entry)")
+        if not isinstance(master, LocalMasterKey):
+            hint = ("check CARECLI_HSM_TOKEN and CARECLI_HSM_KEY_LABEL; if the data keys are still wrapped by a "
+                    "local key, unset CARECLI_HSM_MODULE or move them with `carecli keys rewrap --to-hsm`")
         yield CheckResult("master key", "fail",
                           f"the master key from {master.source} ({master.key_id}) cannot unwrap {len(broken)} of "
                           f"{len(live)} live data keys ({', '.join(str(key_id) for key_id in broken)})",
-                          "give carecli the master key these data keys were wrapped with "
-                          "(CARECLI_MASTER_KEY_FILE, CARECLI_MASTER_KEY or the keyring entry)", "platform")
+                          hint, "platform")
         return
     cipher = FieldCipher(master, keys)
     if cipher.primary_id is None:
@@ -271,6 +275,12 @@ def check_master_key(doctor: Doctor) -> Iterable[CheckResult]:
         yield CheckResult("master key", "warn", detail + f"; {len(retired_broken)} retired keys do not unwrap",
                           "retired keys only matter for restoring old backups: keep their master key with them",
                           "platform")
+        return
+    if not isinstance(master, LocalMasterKey) and doctor.settings.backup_key is None \
+            and doctor.settings.backup_key_file is None:
+        yield CheckResult("master key", "warn", detail + "; no backup key is configured, and none can be derived "
+                          "from a master key in an HSM, so `carecli backup create` will refuse",
+                          "set CARECLI_BACKUP_KEY_FILE (`carecli backup generate-key`)", "platform")
         return
     yield CheckResult("master key", "pass", detail, target="platform")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from carecli.data.crypto.master import LocalMasterKey
+from carecli.data.crypto.master import LocalMasterKey, MasterKey
 from carecli.data.crypto.stream import KEY_BYTES, key_fingerprint
 from carecli.errors import ConfigError
 
@@ -75,8 +75,19 @@ def generate_backup_key() -> str:
     return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii")
 
 
-def derive_from_master(master: LocalMasterKey) -> BackupKey:
-    """The backup key derived from ``master`` (used only when no backup key is configured)."""
+def derive_from_master(master: MasterKey) -> BackupKey:
+    """The backup key derived from ``master`` (used only when no backup key is configured).
+
+    A master key in an HSM never leaves it, so nothing can be derived from it: backups then need a backup
+    key of their own.
+    """
+    if not isinstance(master, LocalMasterKey):
+        raise ConfigError(
+            f"no backup key is configured, and the master key is in {master.source}, which never hands it out "
+            "to derive one from",
+            hint=f"set {BACKUP_KEY_FILE_ENV} to a 0600 file holding a backup key "
+                 "(`(umask 077; carecli backup generate-key > FILE)`)",
+        )
     key = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
                info=b"carecli backup key from master key v1").derive(master.key)
     return BackupKey(key, f"derived from the master key ({master.source})", SOURCE_MASTER, master.key_id)
@@ -115,6 +126,6 @@ def configured_backup_key(env_key: str | None, key_file: Path | None) -> BackupK
 
 
 def resolve_backup_key(env_key: str | None, key_file: Path | None,
-                       master: Callable[[], LocalMasterKey]) -> BackupKey:
+                       master: Callable[[], MasterKey]) -> BackupKey:
     """The configured backup key, else one derived from the master key (``master`` is called only then)."""
     return configured_backup_key(env_key, key_file) or derive_from_master(master())

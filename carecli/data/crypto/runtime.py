@@ -8,7 +8,7 @@ from collections.abc import Callable
 from carecli.config import Settings
 from carecli.data.crypto.fields import FieldCipher
 from carecli.data.crypto.keystore import open_cipher
-from carecli.data.crypto.master import LocalMasterKey, resolve_master_key
+from carecli.data.crypto.master import LocalMasterKey, MasterKey, resolve_master_key
 from carecli.data.databases import Databases
 
 
@@ -22,8 +22,18 @@ def keyring_scope(settings: Settings, databases: Databases) -> str:
     return f"{url.host or 'local'}:{url.port or 5432}/{url.database}"
 
 
-def master_key(settings: Settings, databases: Databases) -> LocalMasterKey:
-    """The master key from the configured secret source (created once on the embedded server)."""
+def master_key(settings: Settings, databases: Databases) -> MasterKey:
+    """The master key: in the HSM when one is configured (it takes precedence), else from the configured
+    secret source (created once on the embedded server)."""
+    if settings.hsm_module is not None:
+        from carecli.data.crypto.hsm import hsm_config, open_master_key
+
+        return open_master_key(hsm_config(settings))
+    return local_master_key(settings, databases)
+
+
+def local_master_key(settings: Settings, databases: Databases) -> LocalMasterKey:
+    """The master key from CARECLI_MASTER_KEY, its file, the keyring or the embedded file, HSM or not."""
     return resolve_master_key(
         env_key=settings.master_key,
         key_file=settings.master_key_file,
