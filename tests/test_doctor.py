@@ -379,3 +379,27 @@ def test_a_read_replica_is_checked_too_and_its_outage_only_warns(install: Instal
         assert "Traceback" not in outcome.err
     finally:
         pg_server.drop_database(replica)
+
+
+def test_judge_seals_without_a_server() -> None:
+    now = datetime(2026, 12, 4, 12, 0)
+    assert doc.judge_seals(now, now - timedelta(hours=1), None, 0) == (
+        "pass", "last seal 60 min ago; every audit row is sealed", "")
+    status, detail, action = doc.judge_seals(now, None, now - timedelta(days=3), 120)
+    assert status == "warn" and "no seal yet" in detail and "120 audit rows not sealed" in detail
+    assert "3 days old" in detail and "carecli audit seal" in action
+    status, detail, _ = doc.judge_seals(now, now - timedelta(minutes=5), now - timedelta(minutes=3), 7)
+    assert status == "pass" and "7 audit rows of the last 3 min not sealed yet" in detail
+    assert doc.judge_seals(now, now - timedelta(days=2), now - doc.SEAL_WARN_AGE - timedelta(seconds=1), 1)[0] == "warn"
+
+
+def test_the_seal_check_reports_the_last_seals_age_and_what_waits(install: Install) -> None:
+    from carecli.data import audit_seal
+
+    install.sql("platform", "INSERT INTO audit_logs (entity_type, entity_id, action, created_at) VALUES "
+                "('probe', gen_random_uuid(), 'read', (now() AT TIME ZONE 'UTC') - interval '2 days')")
+    stale = result(install.results(), "audit seals")
+    assert stale.status == "warn" and "no seal yet" in stale.detail
+    audit_seal.seal(install.admin["platform"], LocalMasterKey(generate_master_key(), "test"))
+    fresh = result(install.results(), "audit seals")
+    assert fresh.status == "pass" and "ago; every audit row is sealed" in fresh.detail

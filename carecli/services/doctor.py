@@ -355,9 +355,10 @@ def check_audit_seals(doctor: Doctor) -> Iterable[CheckResult]:
                 "WITH s AS (SELECT max(sealed_at) AS last_sealed_at, "
                 "max(range_end) FILTER (WHERE kind = 'seal') AS sealed_until FROM audit_seals) "
                 "SELECT s.last_sealed_at, clock_timestamp() AT TIME ZONE 'UTC' AS now, "
-                "(SELECT min(created_at) FROM audit_logs WHERE s.sealed_until IS NULL OR created_at >= s.sealed_until) "
-                "AS oldest, (SELECT count(*) FROM audit_logs WHERE s.sealed_until IS NULL "
-                "OR created_at >= s.sealed_until) AS unsealed FROM s")).one()
+                # (coalesce, not "IS NULL OR": both stay index range scans of ix_audit_logs_created_at)
+                "(SELECT min(created_at) FROM audit_logs WHERE created_at >= coalesce(s.sealed_until, "
+                "'-infinity'::timestamp)) AS oldest, (SELECT count(*) FROM audit_logs WHERE created_at >= "
+                "coalesce(s.sealed_until, '-infinity'::timestamp)) AS unsealed FROM s")).one()
         status, message, hint = judge_seals(row.now, row.last_sealed_at, row.oldest, int(row.unsealed))
         yield CheckResult("audit seals", status, message, hint, target.label)
 
