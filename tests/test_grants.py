@@ -73,3 +73,44 @@ def test_bad_prefix_is_a_usage_error(migrated_pair):
     result = run_carecli("db", "grants", "--prefix", "x; DROP ROLE postgres", env=migrated_pair.env)
     assert result.code == 2
     assert "--prefix may contain only letters, digits and underscores" in result.err
+
+
+def test_the_app_role_seals_and_verifies_but_cannot_change_a_seal(migrated_pair, prefix):
+    from datetime import datetime, timedelta
+
+    from sqlalchemy import create_engine
+
+    from carecli.data import audit_seal
+    from carecli.data.crypto.master import LocalMasterKey, generate_master_key
+
+    result = run_carecli("db", "grants", "--apply", "--prefix", prefix, env=migrated_pair.env)
+    assert result.code == 0, result.err
+    with _conn(migrated_pair, "platform") as conn:  # an hour old: sealable even with other roles' sessions hidden
+        conn.execute("INSERT INTO audit_logs (entity_type, entity_id, action, created_at) VALUES "
+                     "('t', gen_random_uuid(), 'x', %s)", (datetime.utcnow() - timedelta(hours=1),))
+    engine = create_engine(migrated_pair.url("platform"),
+                           connect_args={"options": f"-c role={prefix}_platform_app"})
+    try:
+        master = LocalMasterKey(generate_master_key(), "test")
+        with _conn(migrated_pair, "platform") as other:  # another role's open transaction, hidden from the app
+            other.execute("SELECT 1")
+            report = audit_seal.seal(engine, master)
+        assert report.rows == 1
+        assert report.horizon is not None and report.horizon.hidden == 1
+        assert report.horizon.at < datetime.utcnow() - audit_seal.HIDDEN_GRACE + timedelta(minutes=1)
+        assert audit_seal.verify(engine, master).intact
+    finally:
+        engine.dispose()
+    with _conn(migrated_pair, "platform") as conn:
+        conn.execute(f'SET ROLE "{prefix}_platform_app"')
+        for statement in ("UPDATE audit_seals SET row_count = 0", "DELETE FROM audit_seals",
+                          "DELETE FROM audit_seal_keys", "TRUNCATE audit_seals"):
+            conn.execute("SAVEPOINT s")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            conn.execute("ROLLBACK TO SAVEPOINT s")
+        conn.rollback()
+        conn.execute(f'SET ROLE "{prefix}_platform_auditor"')
+        conn.execute("SELECT count(*) FROM audit_seals")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM audit_seal_keys")
