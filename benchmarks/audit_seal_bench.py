@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 connection.execute(text("VACUUM ANALYZE audit_logs"))
             results.append((f"write {rows:,} audit rows (INSERT ... SELECT)", f"{time.perf_counter() - started:.1f} s"))
 
-        def timed(label: str, rows: int, call) -> None:  # noqa: ANN001
+        def timed(label: str, rows: int, call):  # noqa: ANN001, ANN202
             started = time.perf_counter()
             report = call()
             seconds = time.perf_counter() - started
