@@ -477,7 +477,9 @@ def test_judge_archiving_properties(mode: str, command: str | None, library: str
         assert status == "pass" and "carecli backup" in detail
     elif mode == "off":
         assert detail == doc.ARCHIVE_OFF
-    elif readable and failed is not None and (archived is None or failed > archived) and (command or library):
+    elif (command in ("", "(disabled)") and not library) or (command is None and library == ""):
+        assert status == "warn" and "neither archive_command nor archive_library is set" in detail
+    elif readable and failed is not None and (archived is None or failed > archived):
         assert status == "warn" and "failing" in detail
 
 
