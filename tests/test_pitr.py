@@ -43,7 +43,7 @@ from tests.cli import Result, run_carecli
 from tests.support.deployment import issue_token
 from tests.support.seeded import MASTER_KEY
 
-PG_BIN = Path(os.environ.get("CARECLI_PITR_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = Path(os.environ.get("CARECLI_TEST_PG15_BIN", "/usr/lib/postgresql/15/bin"))
 STANZA = "carecli"
 README = Path(__file__).resolve().parent.parent / "README.md"
 #: when recovery targets a moment: the README shows this example, the test substitutes the noted time
@@ -83,7 +83,7 @@ def _skip_reason() -> str | None:
         return "pgbackrest is not installed (Debian package `pgbackrest`; .ci/run installs it when it can)"
     missing = [name for name in ("initdb", "pg_ctl", "postgres") if not (PG_BIN / name).exists()]
     if missing:
-        return f"no PostgreSQL 15 server binaries ({', '.join(missing)}) in {PG_BIN} (set CARECLI_PITR_PG_BIN)"
+        return f"no PostgreSQL 15 server binaries ({', '.join(missing)}) in {PG_BIN} (set CARECLI_TEST_PG15_BIN)"
     if os.geteuid() == 0:
         if shutil.which("runuser") is None:
             return "running as root without runuser: initdb refuses root"
