@@ -298,5 +298,17 @@ def test_the_readme_pgbackrest_recipe_restores_to_a_named_moment(cluster: Cluste
     assert _emails(cluster, "after-%") == []
     assert _audited(cluster) == audited_then
     assert cluster.sql("SELECT count(*) FROM audit_seals", "carecli_platform") == seals_then
+
+    # Archiving that breaks: the doctor names the failure (the real pg_stat_archiver, not a made-up one).
+    cluster.sql("ALTER SYSTEM SET archive_command = 'false'")
+    cluster.sql("SELECT pg_reload_conf()")
+    cluster.sql("SELECT pg_switch_wal() FROM (SELECT txid_current()) AS written")
+    deadline = time.monotonic() + 30
+    while not cluster.sql("SELECT last_failed_time > coalesce(last_archived_time, '-infinity') FROM pg_stat_archiver"):
+        assert time.monotonic() < deadline, "archive_command = 'false' did not fail within 30 s"
+        time.sleep(0.1)
+    doctor = run_carecli("doctor", "--json", env=env)
+    [archiving] = [json.loads(line) for line in doctor.out.splitlines() if '"wal archiving"' in line]
+    assert archiving["status"] == "warn" and archiving["detail"].startswith("WAL archiving is failing"), archiving
     elapsed = time.monotonic() - started
     print(f"\nPITR recipe end to end in {elapsed:.1f} s:\n" + "\n".join(cluster.log))

@@ -397,7 +397,7 @@ def judge_archiving(facts: health.ArchiveFacts, *, embedded: bool = False) -> tu
                  else "; no segment was ever archived")
         return ("warn", f"WAL archiving is failing: the last attempt, at "
                 f"{facts.last_failed_time.isoformat(sep=' ', timespec='seconds')}, failed "
-                f"({facts.failed_count or 0:,} failures){since}",
+                f"({facts.failed_count or 0:,} failure{'' if facts.failed_count == 1 else 's'}){since}",
                 "read the server log for archive_command's error (`pgbackrest check --stanza=...` names it)")
     if facts.waiting:
         # Since the oldest waiting segment was completed, or (without the rights to see that) since the last
