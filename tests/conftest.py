@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL, make_url
 # Hermetic settings: no developer config, data dir or database URL leaks in.
 _HOME = Path(tempfile.mkdtemp(prefix="carecli-tests-"))
 for _name in list(os.environ):
-    if _name.startswith("CARECLI_") and _name not in ("CARECLI_TEST_PG", "CARECLI_DEBUG"):
+    if _name.startswith("CARECLI_") and _name not in ("CARECLI_TEST_PG", "CARECLI_TEST_PG15_BIN", "CARECLI_DEBUG"):
         del os.environ[_name]
 os.environ["XDG_CONFIG_HOME"] = str(_HOME / "config")
 os.environ["XDG_DATA_HOME"] = str(_HOME / "data")
@@ -75,6 +75,7 @@ pytest_plugins = [
 # suite on the first. The rest (the TUI, the SSH host, the CLI's own messages, configuration, crypto,
 # logging, the OIDC client) reach the database only through the data layer these modules prove, so one
 # server is enough for them. A new module that tests how carecli talks to the database belongs here.
+# Not test_pitr (marker `e2e`): it makes its own PostgreSQL 15 cluster, so it runs once, in the service pass.
 SERVER_DEPENDENT = frozenset({
     "test_audit", "test_backup", "test_backup_stream", "test_case_loop", "test_check_data", "test_doctor",
     "test_emergency", "test_engines", "test_export", "test_grants", "test_identity_repositories",

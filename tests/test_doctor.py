@@ -21,6 +21,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
@@ -31,7 +33,16 @@ from carecli.data.crypto.keystore import ensure_primary_key
 from carecli.data.crypto.master import LocalMasterKey, encode_key, generate_master_key
 from carecli.data.databases import Databases, create_database_engine
 from carecli.data.grants import grants_sql, role_names
-from carecli.data.health import ConnectionUsage, RoleFacts, TablePrivileges, TlsState
+from carecli.data.health import (
+    ArchiveFacts,
+    ConnectionUsage,
+    RoleFacts,
+    TablePrivileges,
+    TlsState,
+    archive_facts,
+    segment_number,
+    server_id,
+)
 from carecli.errors import EXIT_FAILURE
 from carecli.services import doctor as doc
 from carecli.services.doctor import CheckResult, Doctor, run_checks
@@ -403,3 +414,131 @@ def test_the_seal_check_reports_the_last_seals_age_and_what_waits(install: Insta
     audit_seal.seal(install.admin["platform"], LocalMasterKey(generate_master_key(), "test"))
     fresh = result(install.results(), "audit seals")
     assert fresh.status == "pass" and "ago; every audit row is sealed" in fresh.detail
+
+
+# -- WAL archiving (point-in-time recovery) ----------------------------------------------------------------
+
+NOW = datetime(2025, 1, 15, 14, 32, tzinfo=UTC)
+PGBACKREST = "pgbackrest --stanza=carecli --repo1-s3-key-secret=hunter2 archive-push %p"
+
+
+def facts(**changes: Any) -> ArchiveFacts:
+    """A server archiving well: on, pgBackRest, 1,000 segments archived, the last a minute ago."""
+    base: dict[str, Any] = dict(archive_mode="on", archive_command=PGBACKREST, archive_library="",
+                                wal_level="replica", now=NOW, archived_count=1000,
+                                last_archived_time=NOW - timedelta(minutes=1), failed_count=0,
+                                last_failed_time=None, waiting=0)
+    base.update(changes)
+    return ArchiveFacts(**base)
+
+
+@pytest.mark.parametrize(("changes", "status", "words"), [
+    ({}, "pass", "archive_mode on, archive_command runs pgbackrest, wal_level replica; 1,000 segments archived "
+                 "(last 60 s ago), 0 waiting"),
+    ({"archive_mode": "off", "archive_command": "(disabled)", "wal_level": "minimal"}, "warn",
+     "WAL archiving is off: no point-in-time recovery (see README)"),
+    ({"archive_mode": "always"}, "pass", "archive_mode always"),
+    ({"archive_command": ""}, "warn", "neither archive_command nor archive_library is set"),
+    ({"archive_command": "", "archive_library": "basic_archive"}, "pass", "archive_library basic_archive"),
+    ({"archive_command": None, "archive_library": None}, "pass", "archive_command not visible to this role"),
+    ({"stats_readable": False, "archived_count": None, "last_archived_time": None, "failed_count": None,
+      "waiting": None}, "warn", "this role may not read pg_stat_archiver"),
+    # The last attempt failed after the last success: failing now, whatever the counts.
+    ({"failed_count": 3, "last_failed_time": NOW - timedelta(seconds=20)}, "warn",
+     "WAL archiving is failing: the last attempt, at 2025-01-15 14:31:40+00:00, failed (3 failures); "
+     "the last success was 60 s ago"),
+    ({"archived_count": 0, "last_archived_time": None, "failed_count": 1, "last_failed_time": NOW}, "warn",
+     "no segment was ever archived"),
+    # A failure followed by a success: recovered, said in passing.
+    ({"failed_count": 2, "last_failed_time": NOW - timedelta(hours=2)}, "pass", ", 2 failed earlier"),
+    # Segments waiting: fine while young, a warning once the oldest waits for more than 15 minutes.
+    ({"waiting": 2, "oldest_waiting": NOW - timedelta(minutes=3)}, "pass", "2 waiting"),
+    ({"waiting": 40, "oldest_waiting": NOW - timedelta(hours=3), "last_archived_time": NOW - timedelta(hours=3)},
+     "warn", "40 WAL segments are waiting to be archived, the oldest for 3 h; 1,000 segments archived (last 3 h "
+             "ago): the recovery point lags that far behind"),
+    # Without the rights to list pg_wal/archive_status: segments behind the one being written, and the lag.
+    ({"waiting": 5, "last_archived_time": NOW - timedelta(minutes=40)}, "warn", "the oldest for 40 min"),
+    ({"waiting": 5, "last_archived_time": NOW - timedelta(minutes=4)}, "pass", "5 waiting"),
+    # An idle server archives nothing for days, and that is fine: nothing waits.
+    ({"waiting": 0, "last_archived_time": NOW - timedelta(days=3)}, "pass", "last 3 days ago"),
+    ({"waiting": None, "last_archived_time": NOW - timedelta(days=3)}, "pass", "last 3 days ago"),
+    ({"archived_count": 0, "last_archived_time": None}, "pass", "0 segments archived (none yet)"),
+])
+def test_judge_archiving(changes: dict[str, Any], status: str, words: str) -> None:
+    got_status, detail, action = doc.judge_archiving(facts(**changes))
+    assert got_status == status, detail
+    assert words in detail
+    assert bool(action) == (status != "pass")
+
+
+def test_the_embedded_server_is_not_warned_about_archiving() -> None:
+    status, detail, action = doc.judge_archiving(facts(archive_mode="off"), embedded=True)
+    assert (status, action) == ("pass", "")
+    assert detail.startswith("embedded server: backups are `carecli backup`")
+
+
+_moments = st.one_of(st.none(), st.integers(min_value=0, max_value=10 * 86400).map(
+    lambda seconds: NOW - timedelta(seconds=seconds)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(mode=st.sampled_from(["off", "on", "always"]),
+       command=st.sampled_from([None, "", "(disabled)", PGBACKREST, "/usr/bin/wal-g wal-push %p"]),
+       library=st.sampled_from([None, "", "basic_archive"]), readable=st.booleans(),
+       archived=_moments, failed=_moments, waiting=st.one_of(st.none(), st.integers(0, 10_000)),
+       oldest=_moments, embedded=st.booleans())
+def test_judge_archiving_properties(mode: str, command: str | None, library: str | None, readable: bool,
+                                    archived: datetime | None, failed: datetime | None, waiting: int | None,
+                                    oldest: datetime | None, embedded: bool) -> None:
+    state = facts(archive_mode=mode, archive_command=command, archive_library=library, stats_readable=readable,
+                  last_archived_time=archived, last_failed_time=failed, failed_count=0 if failed is None else 1,
+                  waiting=waiting, oldest_waiting=oldest if waiting else None)
+    status, detail, action = doc.judge_archiving(state, embedded=embedded)
+    assert status in ("pass", "warn")  # never fail: a server without PITR still runs carecli
+    assert bool(action) == (status == "warn")
+    assert "hunter2" not in detail and "%p" not in detail  # the command's arguments are never shown
+    if embedded:
+        assert status == "pass" and "carecli backup" in detail
+    elif mode == "off":
+        assert detail == doc.ARCHIVE_OFF
+    elif (command in ("", "(disabled)") and not library) or (command is None and library == ""):
+        assert status == "warn" and "neither archive_command nor archive_library is set" in detail
+    elif readable and failed is not None and (archived is None or failed > archived):
+        assert status == "warn" and "failing" in detail
+
+
+def test_wal_segment_numbers() -> None:
+    size = 16 * 1024 * 1024
+    assert segment_number("000000010000000000000001", size) == 1
+    assert segment_number("0000000200000001000000FF", size) == 256 + 255
+    assert segment_number("000000010000000100000000", size) - segment_number("0000000100000000000000FF", size) == 1
+    assert segment_number("000000010000000100000000", 1024 * 1024 * 1024) == 4
+
+
+def test_archiving_off_on_the_server_warns_once_per_server(install: Install) -> None:
+    """Identity and platform live on one test server: one result for both, a warning (archive_mode is off here)."""
+    with install.admin["platform"].connect() as connection:
+        mode = connection.execute(text("SHOW archive_mode")).scalar_one()
+    if mode != "off":
+        pytest.skip(f"the test server archives WAL (archive_mode={mode})")
+    found = [r for r in install.results() if r.name == "wal archiving"]
+    assert found == [CheckResult("wal archiving", "warn", doc.ARCHIVE_OFF, doc.ARCHIVE_HINT, "identity, platform")]
+    embedded = result(install.results(embedded=True), "wal archiving")
+    assert embedded.status == "pass" and "carecli backup" in embedded.detail
+
+    outcome = run_carecli("doctor", env=install.env)
+    line = next(line for line in outcome.out.splitlines() if "wal archiving" in line)
+    assert line.startswith("WARN") and "WAL archiving is off: no point-in-time recovery (see README)" in line
+
+
+def test_the_archiving_probe_needs_no_privileges(granted: Install) -> None:
+    """As the least-privilege app role: settings and pg_stat_archiver read, no error, nothing failed."""
+    doctor = granted.doctor()
+    try:
+        with doctor.databases.platform.connect() as connection:
+            state = archive_facts(connection)
+            assert server_id(connection) is not None
+    finally:
+        doctor.databases.dispose()
+    assert state.archive_mode in ("off", "on", "always") and state.wal_level in ("minimal", "replica", "logical")
+    assert doc.judge_archiving(state)[0] in ("pass", "warn")

@@ -32,8 +32,9 @@ def _print_table(results: list[CheckResult]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per check, on stdout.")
 @click.pass_context
 def doctor_command(ctx: click.Context, as_json: bool) -> None:
-    """Check both databases, TLS, migrations, the master key, audit triggers, roles,
-    session timeouts, clock skew and pools; exit 1 when any check fails (warnings exit 0)."""
+    """Check both databases, TLS, migrations, the master key, audit triggers and seals,
+    WAL archiving (point-in-time recovery), roles, session timeouts, clock skew and pools;
+    exit 1 when any check fails (warnings exit 0)."""
     settings = load_settings()
     # Configured servers: no connection yet, being unreachable is a finding, not an error. The embedded
     # server is started and migrated as for every other command (it is ours; nobody else will).

@@ -7,10 +7,12 @@ None of these reads touch member data, so none is audited.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Row, text
+from sqlalchemy.exc import DBAPIError
 
 APPEND_ONLY_FUNCTION = "carecli_audit_logs_append_only"
 # pg_trigger.tgtype bits (src/include/catalog/pg_trigger.h).
@@ -109,3 +111,111 @@ def connection_usage(connection: Connection) -> ConnectionUsage:
         "('max_connections', 'superuser_reserved_connections', 'reserved_connections')")).all())
     reserved = int(settings.get("superuser_reserved_connections", 0)) + int(settings.get("reserved_connections", 0))
     return ConnectionUsage(current, int(settings["max_connections"]), reserved)
+
+
+@dataclass(frozen=True)
+class ArchiveFacts:
+    """WAL archiving on one server: its settings and ``pg_stat_archiver`` (point-in-time recovery needs both)."""
+
+    #: ``off``, ``on`` or ``always``
+    archive_mode: str
+    #: the command as ``pg_settings`` shows it (``(disabled)`` while archive_mode is off); None: not visible
+    archive_command: str | None
+    #: PostgreSQL 15+; None before, or not visible
+    archive_library: str | None
+    wal_level: str
+    #: the server's clock when these were read
+    now: datetime
+    #: whether ``pg_stat_archiver`` could be read; the counters below are None when not
+    stats_readable: bool = True
+    archived_count: int | None = None
+    last_archived_time: datetime | None = None
+    failed_count: int | None = None
+    last_failed_time: datetime | None = None
+    #: completed WAL segments not archived yet: the ``.ready`` files in pg_wal/archive_status (pg_monitor or a
+    #: superuser may list them), else the segments between the last archived one and the one being written;
+    #: None when neither can be read
+    waiting: int | None = None
+    #: when the oldest of them was completed (only known from the ``.ready`` files)
+    oldest_waiting: datetime | None = None
+
+    @property
+    def lag(self) -> timedelta | None:
+        """How long since a segment was last archived (None: never, or not readable)."""
+        return None if self.last_archived_time is None else self.now - self.last_archived_time
+
+    @property
+    def failing(self) -> bool:
+        """The last attempt failed: a failure later than the last success (or no success at all)."""
+        if self.last_failed_time is None:
+            return False
+        return self.last_archived_time is None or self.last_failed_time > self.last_archived_time
+
+
+def server_id(connection: Connection) -> str | None:
+    """The cluster's ``system_identifier`` (two databases of one server share it); None when not readable."""
+    try:
+        with connection.begin_nested():
+            value = connection.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar_one()
+    except DBAPIError:
+        return None
+    return str(value)
+
+
+def archive_facts(connection: Connection) -> ArchiveFacts:
+    """Archiving settings and statistics; what the role may not read comes back as None, never as an error."""
+    settings: dict[str, str] = dict(connection.execute(text(
+        "SELECT name, setting FROM pg_settings WHERE name IN "
+        "('archive_mode', 'archive_command', 'archive_library', 'wal_level')")).all())
+    now = server_clock(connection)
+    stats = None
+    try:
+        with connection.begin_nested():
+            stats = connection.execute(text(
+                "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_time "
+                "FROM pg_stat_archiver")).one()
+    except DBAPIError:
+        pass  # revoked from PUBLIC on this server: pg_monitor reads it
+    waiting, oldest = _waiting_segments(connection, stats)
+    return ArchiveFacts(
+        archive_mode=settings.get("archive_mode", "off"),
+        archive_command=settings.get("archive_command"),
+        archive_library=settings.get("archive_library"),
+        wal_level=settings.get("wal_level", "?"),
+        now=now,
+        stats_readable=stats is not None,
+        archived_count=None if stats is None else int(stats.archived_count),
+        last_archived_time=None if stats is None else stats.last_archived_time,
+        failed_count=None if stats is None else int(stats.failed_count),
+        last_failed_time=None if stats is None else stats.last_failed_time,
+        waiting=None if waiting is None else int(waiting),
+        oldest_waiting=oldest,
+    )
+
+
+def _waiting_segments(connection: Connection, stats: Row | None) -> tuple[int | None, datetime | None]:
+    """How many completed WAL segments wait for archiving, and since when (see :attr:`ArchiveFacts.waiting`)."""
+    if connection.execute(text(
+            "SELECT has_function_privilege('pg_ls_archive_statusdir()', 'EXECUTE')")).scalar_one():
+        count, oldest = connection.execute(text(
+            "SELECT count(*), min(modification) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")).one()
+        return int(count), oldest
+    last = stats.last_archived_wal if stats is not None else None
+    if not last or not _SEGMENT.match(last):
+        return None, None  # nothing archived yet, or a timeline history file
+    try:
+        with connection.begin_nested():
+            current, size = connection.execute(text(
+                "SELECT pg_walfile_name(pg_current_wal_lsn()), "
+                "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')")).one()
+    except DBAPIError:
+        return None, None  # a standby in recovery: no current WAL position of its own
+    return max(segment_number(current, size) - segment_number(last, size) - 1, 0), None
+
+
+_SEGMENT = re.compile(r"^[0-9A-F]{24}")
+
+
+def segment_number(wal_file: str, segment_size: int) -> int:
+    """A WAL file name's segment number (the timeline left out): log * segments per log + segment."""
+    return int(wal_file[8:16], 16) * (0x1_0000_0000 // segment_size) + int(wal_file[16:24], 16)

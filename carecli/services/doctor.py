@@ -363,6 +363,86 @@ def check_audit_seals(doctor: Doctor) -> Iterable[CheckResult]:
         yield CheckResult("audit seals", status, message, hint, target.label)
 
 
+# -- WAL archiving (point-in-time recovery) -----------------------------------------------------------
+
+#: a completed WAL segment waiting this long for archive_command, or no segment archived for this long
+#: while segments wait, is a warning: the recovery point falls that far behind
+ARCHIVE_WARN_LAG = timedelta(minutes=15)
+ARCHIVE_OFF = "WAL archiving is off: no point-in-time recovery (see README)"
+ARCHIVE_HINT = ("set archive_mode = on and archive_command = 'pgbackrest --stanza=carecli archive-push %p' "
+                "(README, Point-in-time recovery), then restart the server")
+
+
+def _program(command: str | None) -> str:
+    """The program an archive_command runs, without its arguments (they can hold paths, buckets, keys)."""
+    words = (command or "").split()
+    return os.path.basename(words[0]) if words else ""
+
+
+def judge_archiving(facts: health.ArchiveFacts, *, embedded: bool = False) -> tuple[Status, str, str]:
+    """Is WAL being archived, so that a restore can replay to a named moment? pass or warn, never fail:
+    a server without it still runs carecli, it only cannot be recovered to 14:32 yesterday."""
+    if embedded:
+        return ("pass", "embedded server: backups are `carecli backup` (no WAL archiving; use your own server "
+                "with pgBackRest for point-in-time recovery)", "")
+    if facts.archive_mode == "off":
+        return "warn", ARCHIVE_OFF, ARCHIVE_HINT
+    command = "" if facts.archive_command in (None, "(disabled)") else facts.archive_command
+    if facts.archive_library:
+        how = f"archive_library {facts.archive_library}"
+    elif command:
+        how = f"archive_command runs {_program(command)}"
+    elif facts.archive_command is None and facts.archive_library is None:
+        how = "archive_command not visible to this role"
+    else:
+        return ("warn", f"archive_mode is {facts.archive_mode} but neither archive_command nor archive_library is "
+                "set: WAL segments pile up in pg_wal and nothing is archived", ARCHIVE_HINT)
+    how = f"archive_mode {facts.archive_mode}, {how}, wal_level {facts.wal_level}"
+    if not facts.stats_readable:
+        return ("warn", f"{how}; whether archiving works cannot be told: this role may not read pg_stat_archiver",
+                "GRANT pg_monitor TO the role carecli connects as, or run `carecli doctor` as a superuser")
+    last = (f"last {_age(facts.lag)} ago" if facts.lag is not None else "none yet")
+    done = f"{facts.archived_count or 0:,} segments archived ({last})"
+    if facts.failing and facts.last_failed_time is not None:
+        since = (f"; the last success was {_age(facts.lag)} ago" if facts.lag is not None
+                 else "; no segment was ever archived")
+        return ("warn", f"WAL archiving is failing: the last attempt, at "
+                f"{facts.last_failed_time.isoformat(sep=' ', timespec='seconds')}, failed "
+                f"({facts.failed_count or 0:,} failure{'' if facts.failed_count == 1 else 's'}){since}",
+                "read the server log for archive_command's error (`pgbackrest check --stanza=...` names it)")
+    if facts.waiting:
+        # Since the oldest waiting segment was completed, or (without the rights to see that) since the last
+        # segment was archived; never archived at all while segments wait counts as long.
+        start = facts.oldest_waiting or facts.last_archived_time
+        waited = facts.now - start if start is not None else None
+        if waited is None or waited > ARCHIVE_WARN_LAG:
+            oldest = f", the oldest for {_age(waited)}" if waited is not None else ""
+            return ("warn", f"{how}; {facts.waiting:,} WAL segments are waiting to be archived{oldest}; {done}: "
+                    "the recovery point lags that far behind",
+                    "check that archive_command keeps up (`pgbackrest check`), and the server log")
+    failures = f", {facts.failed_count:,} failed earlier" if facts.failed_count else ""
+    waiting = "" if facts.waiting is None else f", {facts.waiting:,} waiting"
+    return "pass", f"{how}; {done}{failures}{waiting}", ""
+
+
+def check_archiving(doctor: Doctor) -> Iterable[CheckResult]:
+    """Once per server: identity and platform on one cluster share its WAL."""
+    seen: dict[str, list[str]] = {}
+    judged: dict[str, tuple[Status, str, str]] = {}
+    for target in doctor.reachable:
+        if target.optional:  # a read replica: its primary archives
+            continue
+        with target.engine.connect() as connection:
+            url = target.engine.url
+            key = health.server_id(connection) or f"{connection_host(url, doctor.environ)}:{url.port or 5432}"
+            if key not in judged:
+                judged[key] = judge_archiving(health.archive_facts(connection), embedded=doctor.embedded)
+        seen.setdefault(key, []).append(target.label)
+    for key, labels in seen.items():
+        status, detail, action = judged[key]
+        yield CheckResult("wal archiving", status, detail, action, ", ".join(labels))
+
+
 # -- roles ---------------------------------------------------------------------------------------------
 
 
@@ -530,6 +610,7 @@ CHECKS: list[Check] = [
     check_master_key,
     check_audit_triggers,
     check_audit_seals,
+    check_archiving,
     check_roles,
     check_sessions,
     check_clock,
