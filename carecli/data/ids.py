@@ -34,9 +34,9 @@ _RANDOM_BITS = (1 << 80) - 1
 
 
 def _generator() -> Callable[[], uuid.UUID]:
-    stdlib = getattr(uuid, "uuid7", None)  # Python 3.14+
+    stdlib: Callable[[], uuid.UUID] | None = getattr(uuid, "uuid7", None)  # Python 3.14+
     if stdlib is not None:
-        return stdlib  # type: ignore[no-any-return]
+        return stdlib
     from uuid_utils.compat import uuid7
 
     return uuid7
