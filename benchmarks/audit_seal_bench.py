@@ -25,6 +25,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 connection.execute(text("VACUUM ANALYZE audit_logs"))
             results.append((f"write {rows:,} audit rows (INSERT ... SELECT)", f"{time.perf_counter() - started:.1f} s"))
 
-        def timed(label: str, rows: int, call) -> None:  # noqa: ANN001
+        def timed(label: str, rows: int, call) -> Any:  # noqa: ANN001
             started = time.perf_counter()
             report = call()
             seconds = time.perf_counter() - started

@@ -83,7 +83,7 @@ NEW_MEMBERS = Staged(
         + f" FROM {_STAGE} s CROSS JOIN LATERAL (VALUES "
         f"(s.number_audit_id, 'metadata', s.number_meta_id, "
         + _META_VALUES.format(key=f"'{EXTERNAL_MEMBER_NUMBER}'") + "), "
-        f"(s.blind_audit_id, 'metadata', s.blind_meta_id, " + _META_VALUES.format(key=f"'{SSN_BLIND_INDEX}'") + "), "
+        "(s.blind_audit_id, 'metadata', s.blind_meta_id, " + _META_VALUES.format(key=f"'{SSN_BLIND_INDEX}'") + "), "
         "(s.audit_id, 'member', s.id, "
         + _audit_values_sql((*_MEMBER_COLUMNS[1:], EXTERNAL_MEMBER_NUMBER),
                             audit.SENSITIVE_FIELDS["member"] | {EXTERNAL_MEMBER_NUMBER}, "s.")
