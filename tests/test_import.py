@@ -198,6 +198,23 @@ def assert_loaded(outcome: Outcome, created: int = 0, updated: int = 0, unchange
 # == reading files =================================================================================
 
 
+def test_imported_rows_carry_time_ordered_ids(imp: Importer) -> None:
+    """Members, their metadata and the audit rows an import writes get UUIDv7 ids (carecli.data.ids)."""
+    before = time.time_ns() // 1_000_000
+    assert_loaded(imp.run("members", members_csv(*(person(n) for n in range(1, 41))), batch_rows=16), created=40)
+    after = time.time_ns() // 1_000_000
+    for table, where in (("members", "TRUE"), ("metadata", "entity_type = 'member'"),
+                         ("audit_logs", "entity_type IN ('member', 'metadata')")):
+        ids = [row[0] for row in imp.platform.sql(f"SELECT id FROM {table} WHERE {where}")]
+        assert len(ids) >= 40, table
+        assert {value.version for value in ids} == {7}, table
+        assert all(before <= value.int >> 80 <= after for value in ids), table
+    members = [row[0] for row in imp.platform.sql(
+        "SELECT m.id FROM members m JOIN metadata k ON k.entity_id = m.id "
+        "AND k.metadata_key = 'external_member_number' ORDER BY k.metadata_value")]
+    assert members == sorted(members, key=lambda value: value.int)  # in file order
+
+
 def test_utf8_bom_before_the_header_is_dropped(imp: Importer) -> None:
     data = "\ufeff" + members_csv(person(1), person(2))
     records = read("members", data.encode("utf-8"))

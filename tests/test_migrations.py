@@ -138,3 +138,29 @@ def test_starting_on_a_migrated_database_does_not_import_alembic(migrated_pair):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, **migrated_pair.env})
     assert result.returncode == 0, result.stderr
+
+
+def _member_indexes(pair) -> dict[str, str]:
+    url = pair.url("platform").set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as conn:
+        return {name: definition for name, definition in conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'members'")}
+
+
+def test_the_index_diet_drops_unused_member_indexes_and_its_downgrade_recreates_them_exactly(empty_pair):
+    engine = create_database_engine(empty_pair.url("platform"), load_settings({}))
+    try:
+        migrate.upgrade(engine, "platform", "platform_0012")
+        before = _member_indexes(empty_pair)
+        migrate.upgrade(engine, "platform", "platform_0013")
+        after = _member_indexes(empty_pair)
+        migrate.downgrade(engine, "platform", "platform_0012")
+        again = _member_indexes(empty_pair)
+    finally:
+        engine.dispose()
+    dropped = {"ix_members_name", "ix_members_phone", "ix_members_status_name"}
+    assert set(before) - set(after) == dropped
+    assert set(after) - set(before) == {"ix_members_status"}
+    assert "(status) WHERE (deleted_at IS NULL)" in after["ix_members_status"]
+    assert "members_pkey" in after  # the seed's own index stays
+    assert again == before

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import psycopg
 import pytest
 from sqlalchemy import create_engine, event
@@ -78,15 +81,25 @@ def test_counts_match_the_databases_and_the_spec(migrated_engines):
     assert all(0 <= done <= total for _, done, total in calls)
 
 
+def _random_part(column: str) -> str:
+    """SQL for a UUIDv7's text after its timestamp and version (the part a seed reproduces)."""
+    return f"substr({column}::text, 16)"
+
+
 def test_same_seed_gives_the_same_data(migrated_engines):
+    # Ids are UUIDv7 stamped with the run's millisecond: the same seed gives the same random parts.
+    rid, member, specialist, user = (_random_part(c) for c in ("id", "member_id", "specialist_id", "user_id"))
+
     def snapshot() -> dict[str, list[tuple]]:
         return {
             "members": _query(migrated_engines, "platform",
-                              "SELECT id, first_name, last_name, email, city FROM members ORDER BY id"),
-            "specialists": _query(migrated_engines, "platform", "SELECT id, user_id FROM specialists ORDER BY id"),
+                              f"SELECT {rid}, first_name, last_name, email, city FROM members ORDER BY id"),
+            "specialists": _query(migrated_engines, "platform",
+                                  f"SELECT {rid}, {user} FROM specialists ORDER BY id"),
             "calls": _query(migrated_engines, "platform",
-                            "SELECT id, member_id, specialist_id, call_type FROM call_records ORDER BY id"),
-            "users": _query(migrated_engines, "identity", "SELECT id, email, external_user_id FROM users ORDER BY id"),
+                            f"SELECT {rid}, {member}, {specialist}, call_type FROM call_records ORDER BY id"),
+            "users": _query(migrated_engines, "identity",
+                            f"SELECT {rid}, email, external_user_id FROM users ORDER BY id"),
         }
 
     seed_demo_data(migrated_engines.identity, migrated_engines.platform, members=MEMBERS, seed=42)
@@ -97,6 +110,18 @@ def test_same_seed_gives_the_same_data(migrated_engines):
     _empty_all(migrated_engines)
     seed_demo_data(migrated_engines.identity, migrated_engines.platform, members=MEMBERS, seed=43)
     assert snapshot()["members"] != first["members"]
+
+
+def test_seeded_rows_carry_time_ordered_ids(migrated_engines):
+    before = time.time_ns() // 1_000_000
+    seed_demo_data(migrated_engines.identity, migrated_engines.platform, members=MEMBERS, seed=15)
+    after = time.time_ns() // 1_000_000
+    for database, table in [("identity", "users")] + [("platform", t) for t in PLATFORM_TABLES]:
+        ids = [row[0] for row in _query(migrated_engines, database, f"SELECT id FROM {table}")]
+        assert ids, table
+        assert {value.version for value in ids} == {7}, table
+        assert {value.variant for value in ids} == {uuid.RFC_4122}, table
+        assert all(before <= value.int >> 80 <= after for value in ids), table
 
 
 def test_specialists_point_at_specialist_users(migrated_engines):

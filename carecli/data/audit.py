@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert
 
 from carecli.data.actor import Actor
+from carecli.data.ids import new_id
 from carecli.data.models.platform import AuditLog
 
 AUDIT = AuditLog.__table__
@@ -94,7 +95,7 @@ def audit_row(actor: Actor, entity_type: str, entity_id: uuid.UUID, action: str,
     if actor.emergency_grant is not None:
         safe_new = {**(safe_new or {}), EMERGENCY_MARKER: str(actor.emergency_grant)}
     return {
-        "id": uuid.uuid4(),
+        "id": new_id(),
         "user_id": actor.user_id,
         "entity_type": entity_type,
         "entity_id": entity_id,

@@ -56,6 +56,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select, text, upda
 from sqlalchemy.types import DateTime
 
 from carecli.data.crypto.master import KEY_BYTES, MasterKey
+from carecli.data.ids import new_id
 from carecli.data.models.platform import AuditSeal, AuditSealKey
 from carecli.errors import KeyUnavailable
 
@@ -145,7 +146,7 @@ def seal_key(connection: Connection, master: MasterKey, *, create: bool) -> Seal
         return SealKey(row.id, master.unwrap(bytes(row.wrapped_key), data_key_id=row.id))
     if not create:
         return None
-    key_id, raw = uuid.uuid4(), secrets.token_bytes(KEY_BYTES)
+    key_id, raw = new_id(), secrets.token_bytes(KEY_BYTES)
     connection.execute(insert(SEAL_KEYS).values(id=key_id, wrapped_key=master.wrap(raw, data_key_id=key_id),
                                                 master_key_id=master.key_id))
     return SealKey(key_id, raw)

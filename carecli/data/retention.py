@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from carecli.data.actor import Actor
+from carecli.data.ids import new_id
 
 HOLD_KEY = "legal_hold"
 PURGE_ACTION = "purge"
@@ -315,7 +316,7 @@ def put_hold(connection: Connection, member_id: uuid.UUID, value: dict[str, Any]
         f"VALUES (:new_id, 'member', :id, '{HOLD_KEY}', CAST(:value AS jsonb), {_NOW}, {_NOW}) "
         "ON CONFLICT (entity_type, entity_id, metadata_key) DO UPDATE SET metadata_value = EXCLUDED.metadata_value, "
         f"deleted_at = NULL, updated_at = {_NOW} RETURNING id, (xmax = 0) AS created"),
-        {"new_id": uuid.uuid4(), "id": member_id, "value": json.dumps(value, sort_keys=True)}).one()
+        {"new_id": new_id(), "id": member_id, "value": json.dumps(value, sort_keys=True)}).one()
     return row.id, bool(row.created)
 
 

@@ -26,9 +26,11 @@ foreign key in place during the load ~70 s, with only the indexes deferred
 ~4.8 s for the million members where text COPY of preformatted lines took
 ~7.8 s.
 
-Everything is drawn from ``random.Random(seed)``, ids included (version-4
-UUIDs made from the generator's bits), so the same seed gives the same ids,
-names and relationships; ``seed=None`` gives fresh data each run. Dates are
+Everything is drawn from ``random.Random(seed)``, ids included: version-7
+UUIDs (see :mod:`carecli.data.ids`) whose leading 48 bits are the run's
+start in milliseconds and whose random part comes from the generator, so
+the same seed gives the same names, relationships and id random parts (the
+ids differ only in their timestamp); ``seed=None`` gives fresh data each run. Dates are
 relative to the current UTC day so that worklists (overdue, today, next two
 weeks) always have content; timestamps are naive UTC like every timestamp in
 the schema.
@@ -63,6 +65,7 @@ from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine
 
+from carecli.data.ids import v7_int
 from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES, RISK_TYPES, SEVERITIES
 from carecli.data.permissions import DEFAULT_ROLES as _ROLE_CATALOG
 from carecli.errors import CarecliError
@@ -358,9 +361,9 @@ _UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _UNIX_DAY_2000 = 10_957  # days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch
 _UNIX_SECONDS_2000 = _UNIX_DAY_2000 * _DAY
 _DAY_2019 = date(2019, 1, 1).toordinal() - date(1970, 1, 1).toordinal()
-# Version 4, variant 10xx: the bits a random UUID must carry.
-_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
-_UUID_SET = (0x4 << 76) | (0x2 << 62)
+# Version 7 (RFC 9562): 48-bit Unix milliseconds, then version, random, variant 10xx, random.
+_UUID_RANDOM = (1 << 80) - 1
+_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62)) & _UUID_RANDOM
 _pack_int8 = struct.Struct(">q").pack
 _pack_int4 = struct.Struct(">i").pack
 
@@ -395,22 +398,26 @@ class _EpochDateDumper(Dumper):
         return _pack_int4(obj - _UNIX_DAY_2000)
 
 
-def _new_id(rng: random.Random) -> int:
-    """A version-4 UUID (as an int) drawn from ``rng``, so ids are reproducible."""
-    return (rng.getrandbits(128) & _UUID_CLEAR) | _UUID_SET
+def _new_id(rng: random.Random, clock: _Clock) -> int:
+    """A version-7 UUID (as an int): the run's millisecond, then bits drawn from ``rng`` (reproducible)."""
+    return clock.id_prefix | (rng.getrandbits(128) & _UUID_CLEAR)
 
 
-def _sorted_ids(rng: random.Random, count: int) -> list[int]:
-    """``count`` random ids, in ascending order.
+def _sorted_ids(rng: random.Random, count: int, clock: _Clock) -> list[int]:
+    """``count`` new ids, in ascending order.
 
     Rows are written in this order, so every primary key (and the member_id
     columns of child tables, which follow the member order) is appended at
     the right edge of its b-tree instead of landing on a random page: the
-    server's index maintenance during COPY gets several times cheaper. The
-    ids are as random as ever; only their order on disk follows the load.
+    server's index maintenance during COPY gets several times cheaper. Ids
+    are version-7 UUIDs (see :mod:`carecli.data.ids`) stamped with the run's
+    millisecond, so ids the app makes later sort after them; the random part
+    is drawn from ``rng`` (128 bits, of which the low 74 are kept), so the
+    same seed gives the same random parts and the same names as ever.
     """
     getrandbits = rng.getrandbits
-    ids = [(getrandbits(128) & _UUID_CLEAR) | _UUID_SET for _ in range(count)]
+    prefix = clock.id_prefix
+    ids = [prefix | (getrandbits(128) & _UUID_CLEAR) for _ in range(count)]
     ids.sort()
     return ids
 
@@ -426,10 +433,22 @@ class _Clock:
     """The one "now" a seed run is relative to (UTC, whole seconds)."""
 
     now: int
+    #: The run's start in Unix milliseconds: the timestamp of every id the run makes.
+    unix_ms: int
+
+    @classmethod
+    def start(cls) -> _Clock:
+        unix_ns = time.time_ns()
+        return cls(now=unix_ns // 1_000_000_000, unix_ms=unix_ns // 1_000_000)
 
     @property
     def today(self) -> int:
         return self.now // _DAY
+
+    @property
+    def id_prefix(self) -> int:
+        """The bits every id of this run shares (see :func:`carecli.data.ids.v7_int`)."""
+        return v7_int(self.unix_ms, 0)
 
 
 def _slug(name: str) -> str:
@@ -485,7 +504,7 @@ def _build_identity(rng: random.Random, members: int, clock: _Clock) -> _Identit
     all_ids: list[int] = []
     random_ = rng.random
     for role in roles:
-        user_id = _new_id(rng)
+        user_id = _new_id(rng, clock)
         (first, first_slug), (last, last_slug) = rng.choice(_FIRSTS), rng.choice(_LASTS)
         email = f"{first_slug}.{last_slug}@example.org"
         suffix = 1
@@ -509,7 +528,7 @@ def _build_identity(rng: random.Random, members: int, clock: _Clock) -> _Identit
         updated = created + int(random_() * (now - created))
         users.append((user_id, external, email, first, last, role, active, last_login, created, updated))
         if role == "specialist":
-            specialist_id = _new_id(rng)
+            specialist_id = _new_id(rng, clock)
             state = rng.choice(PLACES)[1]
             specialists.append((
                 specialist_id, user_id, f"+1555{int(random_() * 10_000_000):07d}",
@@ -589,7 +608,7 @@ def _build_plans(rng: random.Random, clock: _Clock) -> tuple[list[tuple[Any, ...
         effective = date(plan_year, 1, 1).toordinal() - epoch
         expiration = date(plan_year, 12, 31).toordinal() - epoch
         created = (effective - 90) * _DAY + 9 * 3600
-        plan_id = _new_id(rng)
+        plan_id = _new_id(rng, clock)
         rows.append((
             plan_id, f"{plan_type}-{tier}-{plan_year}", f"Demo Health {plan_type} {tier.title()} {plan_year}",
             plan_type, Jsonb(details), _money(premium), _money(deductible), _money(copay), active,
@@ -616,7 +635,7 @@ def _build_specialist_plans(rng: random.Random, identity: _IdentityData, current
         for plan_id in rng.sample(current_plans, rng.randint(2, 4)):
             notes = "Certified for this plan's benefit questions." if rng.random() < 0.1 else None
             stamp = created + int(rng.random() * (clock.now - created))
-            rows.append((_new_id(rng), specialist_id, plan_id, notes, stamp, stamp))
+            rows.append((_new_id(rng, clock), specialist_id, plan_id, notes, stamp, stamp))
     return rows
 
 
@@ -661,7 +680,7 @@ def _member_chunks(rng: random.Random, count: int, clock: _Clock, index: _Member
     today = date.fromordinal(_UNIX_EPOCH_ORDINAL + clock.today)
     random_, getrandbits, choices = rng.random, rng.getrandbits, rng.choices
     statuses = ("active", "inactive", "suspended")
-    all_ids = _sorted_ids(rng, count)
+    all_ids = _sorted_ids(rng, count, clock)
     for start in range(0, count, CHUNK_ROWS):
         n = min(CHUNK_ROWS, count - start)
         ids = all_ids[start:start + n]
@@ -736,7 +755,7 @@ def _enrollment_chunks(rng: random.Random, members: _MemberIndex, counts: list[i
     year = date.fromordinal(epoch + today).year
     this_year_start = date(year, 1, 1).toordinal() - epoch
     last_year_start, last_year_end = date(year - 1, 1, 1).toordinal() - epoch, this_year_start - 1
-    next_id = iter(_sorted_ids(rng, sum(counts))).__next__
+    next_id = iter(_sorted_ids(rng, sum(counts), clock)).__next__
     rows: list[tuple] = []
     append = rows.append
     for m, count in enumerate(counts):
@@ -839,7 +858,7 @@ def _call_chunks(rng: random.Random, members: _MemberIndex, counts: list[int], i
     active_ids, all_ids = identity.active_specialist_ids, identity.all_specialist_ids
     active_set = set(active_ids)
     n_active, n_all = len(active_ids), len(all_ids)
-    next_id = iter(_sorted_ids(rng, sum(counts))).__next__
+    next_id = iter(_sorted_ids(rng, sum(counts), clock)).__next__
     rows: list[tuple] = []
     append = rows.append
     for m, count in enumerate(counts):
@@ -915,7 +934,7 @@ def _call_chunks(rng: random.Random, members: _MemberIndex, counts: list[int], i
                 texts = _RISK_DESCRIPTIONS[risk_type]
                 assert ended is not None  # set by every completed call above
                 raised = min(now, ended + int(random_() * 600))
-                flags.append((_new_id(rng), call_id, member_id, specialist_id, risk_type, severity,
+                flags.append((_new_id(rng, clock), call_id, member_id, specialist_id, risk_type, severity,
                               texts[int(random_() * len(texts))], raised, raised))
         if len(rows) >= CHUNK_ROWS:
             yield rows
@@ -1258,8 +1277,9 @@ def seed_demo_data(
     and ``max(8, members // 2000)`` specialists (identity
     users plus platform ``specialists`` rows), 24 insurance plans, ``members``
     members with their plan enrollments, about 1.2 calls each and risk flags
-    on some completed calls. The same ``seed`` gives the same ids, names and
-    relationships; dates follow the current UTC day.
+    on some completed calls. The same ``seed`` gives the same names and
+    relationships, and ids that differ only in their leading timestamp (UUIDv7,
+    the run's start); dates follow the current UTC day.
 
     ``progress(table, done, total)`` is called after every batch of rows
     (``CHUNK_ROWS``) and when a table is done; while the deferred indexes and
@@ -1278,7 +1298,7 @@ def seed_demo_data(
         raise ValueError("members must be a whole number >= 0")
     started = time.perf_counter()
     report: ProgressCallback = progress or (lambda table, done, total: None)
-    clock = _Clock(now=int(time.time()))
+    clock = _Clock.start()
     master = random.Random(seed)
     # One independent stream per concern, drawn in a fixed order: member ids
     # and names do not shift when, say, the call logic changes.

@@ -33,6 +33,7 @@ from carecli.data.crypto.fields import FieldCipher
 from carecli.data.crypto.keystore import load_keys
 from carecli.data.crypto.master import KEY_BYTES, LocalMasterKey, MasterKey
 from carecli.data.databases import Databases, check_connection, describe_dbapi_error, display_url
+from carecli.data.ids import new_id
 from carecli.errors import CarecliError, KeyUnavailable
 
 Status = Literal["pass", "warn", "fail"]
@@ -255,13 +256,13 @@ def check_master_key(doctor: Doctor) -> Iterable[CheckResult]:
         return
     cipher = FieldCipher(master, keys)
     if cipher.primary_id is None:
-        probe_id = uuid.uuid4()
+        probe_id = new_id()
         data_key = secrets.token_bytes(KEY_BYTES)
         ok = master.unwrap(master.wrap(data_key, data_key_id=probe_id), data_key_id=probe_id) == data_key
         detail = f"from {master.source}; no data keys yet (the first is made with the first SSN or DOB stored)"
     else:
         # A synthetic value under the primary key: proves decryption without touching anyone's PHI.
-        sample, row_id = secrets.token_bytes(16), uuid.uuid4()
+        sample, row_id = secrets.token_bytes(16), new_id()
         blob = cipher.encrypt(sample, table="doctor", column="probe", row_id=row_id)
         ok = cipher.decrypt(blob, table="doctor", column="probe", row_id=row_id) == sample
         detail = (f"from {master.source}; unwraps all {len(live)} live data keys, encrypt/decrypt round trip "

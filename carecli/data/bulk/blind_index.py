@@ -30,6 +30,7 @@ from carecli.data.bulk.catalog import SSN_BLIND_INDEX
 from carecli.data.crypto.fields import FieldCipher
 from carecli.data.crypto.master import KEY_BYTES, MasterKey
 from carecli.data.crypto.phi import Ssn
+from carecli.data.ids import new_id
 from carecli.data.models.platform import Metadata
 
 METADATA = Metadata.__table__
@@ -76,7 +77,7 @@ def load_blind_index(engine: Engine, master: MasterKey, *, create: bool = True,
     if stored is None:
         if not create:
             return BlindIndex(secrets.token_bytes(KEY_BYTES))
-        key_id = uuid.uuid4()
+        key_id = new_id()
         value = {"wrapped_key": base64.b64encode(master.wrap(secrets.token_bytes(KEY_BYTES), data_key_id=key_id))
                  .decode("ascii"), "master_key_id": master.key_id}
         try:
@@ -107,18 +108,21 @@ _MISSING = text(
 )
 _ADD = text(
     """
-    WITH added AS (
-        INSERT INTO metadata (entity_type, entity_id, metadata_key, metadata_value)
-        SELECT 'member', k.id, 'ssn_blind_index', to_jsonb(k.hash)
-        FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS k(id, hash)
+    WITH k AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[]), CAST(:meta_ids AS uuid[]),
+                             CAST(:audit_ids AS uuid[])) AS k(id, hash, meta_id, audit_id)),
+    added AS (
+        INSERT INTO metadata (id, entity_type, entity_id, metadata_key, metadata_value)
+        SELECT k.meta_id, 'member', k.id, 'ssn_blind_index', to_jsonb(k.hash) FROM k
         ON CONFLICT (metadata_value)
             WHERE entity_type = 'member' AND metadata_key = 'ssn_blind_index' AND deleted_at IS NULL
         DO NOTHING
         RETURNING id, entity_id)
-    INSERT INTO audit_logs (user_id, entity_type, entity_id, action, new_values, ip_address, user_agent)
-    SELECT :user_id, 'metadata', id, 'create', jsonb_build_object('entity_type', 'member', 'entity_id', entity_id,
-           'metadata_key', 'ssn_blind_index', 'metadata_value', '[redacted]'), CAST(:ip AS inet), :agent
-    FROM added
+    INSERT INTO audit_logs (id, user_id, entity_type, entity_id, action, new_values, ip_address, user_agent)
+    SELECT k.audit_id, :user_id, 'metadata', added.id, 'create', jsonb_build_object('entity_type', 'member',
+           'entity_id', added.entity_id, 'metadata_key', 'ssn_blind_index', 'metadata_value', '[redacted]'),
+           CAST(:ip AS inet), :agent
+    FROM added JOIN k ON k.meta_id = added.id ORDER BY k.audit_id
     """
 )
 
@@ -138,8 +142,9 @@ def backfill(connection: Connection, cipher: FieldCipher, index: BlindIndex, act
         if not rows:
             return done
         hashes = [index.ssn(cipher.decrypt_ssn(bytes(row.encrypted_ssn), row.id)) for row in rows]
-        connection.execute(_ADD, {"ids": [row.id for row in rows], "hashes": hashes, "user_id": actor.user_id,
-                                  "ip": actor.ip_address, "agent": actor.user_agent})
+        connection.execute(_ADD, {"ids": [row.id for row in rows], "hashes": hashes,
+                                  "meta_ids": [new_id() for _ in rows], "audit_ids": [new_id() for _ in rows],
+                                  "user_id": actor.user_id, "ip": actor.ip_address, "agent": actor.user_agent})
         connection.commit()
         done += len(rows)
         after = rows[-1].id

@@ -46,6 +46,7 @@ from carecli.data.bulk.kinds import (
     rows_by_id,
     specialist_refs,
 )
+from carecli.data.ids import new_id
 from carecli.data.models.enums import CALL_STATUSES, CALL_TYPES
 from carecli.data.models.platform import CallRecord, Member
 from carecli.data.permissions import Permission
@@ -131,7 +132,7 @@ class ExternalIdKind(Kind):
                 continue
             external = parsed.values.get("external_id")
             if current is None:
-                entity_id = parsed.values.get("id") or uuid.uuid4()
+                entity_id = parsed.values.get("id") or new_id()
                 self.create(plan, ctx, entity_id, values, {EXTERNAL_ID: REDACTED} if external is not None else {})
                 if external is not None:
                     self.metadata(plan, ctx, entity_id, EXTERNAL_ID, external, new=True)

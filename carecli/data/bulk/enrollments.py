@@ -37,6 +37,7 @@ from sqlalchemy import select
 from carecli.data import rules
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, fetch_by, member_refs, rows_by_id
+from carecli.data.ids import new_id
 from carecli.data.models.enums import ENROLLMENT_STATUSES
 from carecli.data.models.platform import InsurancePlan, MemberInsurancePlan
 from carecli.data.permissions import Permission
@@ -127,7 +128,7 @@ class EnrollmentsKind(Kind):
                                 "appear once per file")
                 continue
             if current is None:
-                self.create(plan, ctx, parsed.values.get("id") or uuid.uuid4(), values, {})
+                self.create(plan, ctx, parsed.values.get("id") or new_id(), values, {})
             elif not values:
                 plan.unchanged += 1
             else:

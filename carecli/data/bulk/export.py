@@ -68,6 +68,7 @@ from carecli.data.bulk.catalog import (
     PHI_COLUMNS,
     TABLES,
 )
+from carecli.data.ids import new_id
 from carecli.data.models.identity import User
 from carecli.data.models.platform import Metadata, PlatformBase, SpecialistInsurancePlan
 from carecli.data.permissions import Permission
@@ -510,7 +511,7 @@ def run_export(uow: PlatformUnitOfWork, kind: str, out: TextIO, fmt: str, *, con
     rows = 0
 
     def summary(completed: bool) -> None:
-        audit.write_committed(uow.audit_engine, uow.actor, EXPORT_ENTITY, uuid.uuid4(), "export", {
+        audit.write_committed(uow.audit_engine, uow.actor, EXPORT_ENTITY, new_id(), "export", {
             "kind": kind, "format": fmt, "rows": rows, "include_phi": include_phi,
             "where": [condition.column for condition in conditions], "completed": completed,
         })

@@ -10,9 +10,7 @@ parsed, validated and encrypted while the database writes the previous one.
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from carecli.data import audit
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.catalog import COLUMNS, ENTITY_TYPES, EXTERNAL_ID
 from carecli.data.bulk.readers import Record, RecordProblem
+from carecli.data.ids import new_id
 from carecli.data.models.platform import Metadata
 from carecli.data.permissions import Permission
 
@@ -164,19 +163,6 @@ class BatchContext:
     cipher: Callable[[], FieldCipher]
     blind_index: Callable[[], BlindIndex | None]
     identity: Connection | None = None
-
-
-def ordered_id() -> uuid.UUID:
-    """A new time-ordered id (the UUIDv7 layout: 48-bit milliseconds, then random bits).
-
-    Rows created by one import get increasing ids, so the primary key and the
-    indexes that lead with the id (audit entity, metadata keys) grow at their
-    right edge instead of dirtying random pages all over a large table.
-    """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return uuid.UUID(int=value)
 
 
 def column_parser(table: Table, name: str) -> f.Parser:
@@ -322,7 +308,7 @@ class Kind:
         """Set a metadata key of an entity (an insert when the entity is new, else an upsert); audited."""
         values = {"entity_type": self.entity_type, "entity_id": entity_id, "metadata_key": key,
                   "metadata_value": value}
-        row_id = uuid.uuid4()
+        row_id = new_id()
         if new:
             plan.insert("metadata", {"id": row_id, **values})
         else:

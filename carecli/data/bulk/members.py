@@ -33,9 +33,9 @@ from carecli.data.bulk.kinds import (
     fetch_by,
     metadata_of,
     metadata_owners,
-    ordered_id,
 )
 from carecli.data.crypto.phi import DateOfBirth, Ssn
+from carecli.data.ids import new_id
 from carecli.data.models.enums import MEMBER_STATUSES
 from carecli.data.models.platform import Member
 from carecli.data.permissions import Permission
@@ -45,40 +45,49 @@ _MEMBER_COLUMNS = ("id", "encrypted_ssn", "encrypted_dob", "first_name", "last_n
                    "address_line1", "address_line2", "city", "state", "zip_code", "status")
 
 
-def _audit_values_sql(columns: tuple[str, ...], sensitive: frozenset[str]) -> str:
+def _audit_values_sql(columns: tuple[str, ...], sensitive: frozenset[str], prefix: str = "") -> str:
     """``jsonb_build_object`` of the values a member's create audit row holds: PHI reduced to a marker,
     as :func:`carecli.data.audit.audit_values` does for rows written one at a time."""
     parts = []
     for name in columns:
-        value = f"CASE WHEN {name} IS NULL THEN NULL ELSE '{REDACTED}' END" if name in sensitive else name
+        column = prefix + name
+        value = f"CASE WHEN {column} IS NULL THEN NULL ELSE '{REDACTED}' END" if name in sensitive else column
         parts.append(f"'{name}', {value}")
     return f"jsonb_build_object({', '.join(parts)})"
 
 
-_STAGE = "carecli_stage_new_members"
+_STAGE = "carecli_stage_new_members_v7"
+#: The ids of a new member's other rows, made in Python (carecli.data.ids, time-ordered) in this
+#: order and staged with the member: its two metadata rows, then their audit rows and its own.
+_ROW_IDS = ("number_meta_id", "blind_meta_id", "number_audit_id", "blind_audit_id", "audit_id")
 _ACTOR = "%(user_id)s, {kind}, {id}, 'create', NULL, {values}, %(ip_address)s::inet, %(user_agent)s"
-#: New members go in as one COPY per batch; their metadata rows and every audit row are made by SQL.
+_META_VALUES = (f"jsonb_build_object('entity_type', 'member', 'entity_id', s.id, 'metadata_key', {{key}}, "
+                f"'metadata_value', '{REDACTED}')")
+#: New members go in as one COPY per batch; their metadata rows and every audit row are made by SQL,
+#: each table's rows in the order of their ids (right-edge appends to the primary keys).
 NEW_MEMBERS = Staged(
     table=_STAGE,
-    columns=(*_MEMBER_COLUMNS, EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX),
+    columns=(*_MEMBER_COLUMNS, EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX, *_ROW_IDS),
     create=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} AS SELECT {', '.join(_MEMBER_COLUMNS)}, "
-           f"NULL::text AS {EXTERNAL_MEMBER_NUMBER}, NULL::text AS {SSN_BLIND_INDEX} FROM members WITH NO DATA",
+           f"NULL::text AS {EXTERNAL_MEMBER_NUMBER}, NULL::text AS {SSN_BLIND_INDEX}, "
+           + ", ".join(f"NULL::uuid AS {name}" for name in _ROW_IDS) + " FROM members WITH NO DATA",
     statements=(
         f"INSERT INTO members ({', '.join(_MEMBER_COLUMNS)}) SELECT {', '.join(_MEMBER_COLUMNS)} FROM {_STAGE}",
-        f"WITH meta AS (INSERT INTO metadata (entity_type, entity_id, metadata_key, metadata_value) "
-        f"SELECT 'member', id, '{EXTERNAL_MEMBER_NUMBER}', to_jsonb({EXTERNAL_MEMBER_NUMBER}) FROM {_STAGE} "
-        f"WHERE {EXTERNAL_MEMBER_NUMBER} IS NOT NULL "
-        f"UNION ALL SELECT 'member', id, '{SSN_BLIND_INDEX}', to_jsonb({SSN_BLIND_INDEX}) FROM {_STAGE} "
-        f"WHERE {SSN_BLIND_INDEX} IS NOT NULL RETURNING id, entity_id, metadata_key) "
-        "INSERT INTO audit_logs (user_id, entity_type, entity_id, action, old_values, new_values, ip_address, "
-        "user_agent) SELECT " + _ACTOR.format(
-            kind="'metadata'", id="id", values=f"jsonb_build_object('entity_type', 'member', 'entity_id', entity_id, "
-            f"'metadata_key', metadata_key, 'metadata_value', '{REDACTED}')") + " FROM meta",
-        "INSERT INTO audit_logs (user_id, entity_type, entity_id, action, old_values, new_values, ip_address, "
-        "user_agent) SELECT " + _ACTOR.format(
-            kind="'member'", id="id",
-            values=_audit_values_sql((*_MEMBER_COLUMNS[1:], EXTERNAL_MEMBER_NUMBER),
-                                     audit.SENSITIVE_FIELDS["member"] | {EXTERNAL_MEMBER_NUMBER})) + f" FROM {_STAGE}",
+        "INSERT INTO metadata (id, entity_type, entity_id, metadata_key, metadata_value) "
+        f"SELECT m.id, 'member', s.id, m.key, m.value FROM {_STAGE} s CROSS JOIN LATERAL (VALUES "
+        f"(s.number_meta_id, '{EXTERNAL_MEMBER_NUMBER}', to_jsonb(s.{EXTERNAL_MEMBER_NUMBER})), "
+        f"(s.blind_meta_id, '{SSN_BLIND_INDEX}', to_jsonb(s.{SSN_BLIND_INDEX}))) m(id, key, value) "
+        "WHERE m.value IS NOT NULL",
+        "INSERT INTO audit_logs (id, user_id, entity_type, entity_id, action, old_values, new_values, ip_address, "
+        "user_agent) SELECT a.id, " + _ACTOR.format(kind="a.entity_type", id="a.entity_id", values="a.new_values")
+        + f" FROM {_STAGE} s CROSS JOIN LATERAL (VALUES "
+        f"(s.number_audit_id, 'metadata', s.number_meta_id, "
+        + _META_VALUES.format(key=f"'{EXTERNAL_MEMBER_NUMBER}'") + "), "
+        "(s.blind_audit_id, 'metadata', s.blind_meta_id, " + _META_VALUES.format(key=f"'{SSN_BLIND_INDEX}'") + "), "
+        "(s.audit_id, 'member', s.id, "
+        + _audit_values_sql((*_MEMBER_COLUMNS[1:], EXTERNAL_MEMBER_NUMBER),
+                            audit.SENSITIVE_FIELDS["member"] | {EXTERNAL_MEMBER_NUMBER}, "s.")
+        + ")) a(id, entity_type, entity_id, new_values) WHERE a.id IS NOT NULL",
     ),
 )
 
@@ -191,7 +200,7 @@ class MembersKind(Kind):
         if problems:
             plan.problems.extend(problems)
             return
-        member_id = parsed.values.get("id") or ordered_id()
+        member_id = parsed.values.get("id") or new_id()
         ssn: Ssn | None = parsed.values.get("ssn")
         dob: DateOfBirth | None = parsed.values.get("dob")
         if ssn is not None or dob is not None:
@@ -201,8 +210,12 @@ class MembersKind(Kind):
             if dob is not None:
                 values["encrypted_dob"] = cipher.encrypt_dob(dob, member_id)
         values["id"] = member_id
-        plan.stage(NEW_MEMBERS, (*(values.get(name) for name in _MEMBER_COLUMNS),
-                                 parsed.values.get("external_member_number"), blind_hash))
+        number = parsed.values.get("external_member_number")
+        number_meta = None if number is None else new_id()
+        blind_meta = None if blind_hash is None else new_id()
+        plan.stage(NEW_MEMBERS, (*(values.get(name) for name in _MEMBER_COLUMNS), number, blind_hash,
+                                 number_meta, blind_meta, None if number is None else new_id(),
+                                 None if blind_hash is None else new_id(), new_id()))
         plan.created += 1
 
     def _update(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, current: Mapping[str, Any],

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, fetch_by
+from carecli.data.ids import new_id
 from carecli.data.models.platform import InsurancePlan
 from carecli.data.permissions import Permission
 
@@ -68,7 +68,7 @@ class PlansKind(Kind):
                 if problems:
                     plan.problems.extend(problems)
                     continue
-                self.create(plan, ctx, parsed.values.get("id") or uuid.uuid4(), values)
+                self.create(plan, ctx, parsed.values.get("id") or new_id(), values)
                 continue
             merged = {**current, **{k: v for k, v in parsed.values.items() if k in self.table.c}}
             if merged.get("expiration_date") and merged.get("effective_date") and \

@@ -38,6 +38,7 @@ from carecli.data.bulk.kinds import (
     fetch_by,
     users_by_email,
 )
+from carecli.data.ids import new_id
 from carecli.data.models.platform import InsurancePlan, SpecialistInsurancePlan
 from carecli.data.models.platform import Specialist as SpecialistTable
 from carecli.data.permissions import Permission
@@ -118,7 +119,7 @@ class SpecialistsKind(Kind):
                             f"the same specialist as row {earlier}; a specialist may appear once per file")
                 continue
             if current is None:
-                specialist_id = parsed.values.get("id") or uuid.uuid4()
+                specialist_id = parsed.values.get("id") or new_id()
                 values = self.new_values(parsed, extra)
                 self.create(plan, ctx, specialist_id, values,
                             {"plan_codes": _codes(self._code_list(parsed))} if wanted is not None else {})
@@ -220,7 +221,7 @@ class SpecialistsKind(Kind):
         return current, extra, wanted
 
     def _link(self, plan: BatchPlan, ctx: BatchContext, specialist_id: uuid.UUID, plan_id: uuid.UUID) -> None:
-        link_id = uuid.uuid4()
+        link_id = new_id()
         values = {"specialist_id": specialist_id, "insurance_plan_id": plan_id}
         plan.insert(LINKS.name, {"id": link_id, **values})
         plan.audit.append(audit.audit_row(ctx.actor, LINK_ENTITY, link_id, "create", None, values))

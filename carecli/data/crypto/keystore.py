@@ -17,6 +17,7 @@ from carecli.data.audit_seal import rewrap_seal_keys
 from carecli.data.bulk.blind_index import rewrap_blind_index_key
 from carecli.data.crypto.fields import FieldCipher, WrappedDataKey
 from carecli.data.crypto.master import KEY_BYTES, MasterKey
+from carecli.data.ids import new_id
 from carecli.data.models.platform import DataKey
 from carecli.errors import KeyUnavailable
 
@@ -46,7 +47,7 @@ def load_keys(connection: Connection) -> list[WrappedDataKey]:
 
 def new_data_key(connection: Connection, master: MasterKey, *, status: str) -> uuid.UUID:
     """Generate a random 256-bit data key and store it wrapped by ``master``."""
-    key_id = uuid.uuid4()
+    key_id = new_id()
     wrapped = master.wrap(secrets.token_bytes(KEY_BYTES), data_key_id=key_id)
     connection.execute(insert(DATA_KEYS).values(id=key_id, wrapped_key=wrapped, master_key_id=master.key_id,
                                                 status=status))

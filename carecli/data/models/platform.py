@@ -49,11 +49,9 @@ class Member(PlatformBase):
     __tablename__ = "members"
     __table_args__ = (
         CheckConstraint(in_list("status", MEMBER_STATUSES), name="status"),
-        # The member browser sorts by name and pages by keyset (last, first, id).
-        Index("ix_members_name", "last_name", "first_name", "id", postgresql_where=ACTIVE_DELETED_FILTER),
-        Index("ix_members_status_name", "status", "last_name", "first_name", "id",
-              postgresql_where=ACTIVE_DELETED_FILTER),
-        Index("ix_members_phone", "phone", postgresql_where=ACTIVE_DELETED_FILTER),
+        # The status filter and the count of one status (platform_0013: it replaced
+        # ix_members_status_name; ix_members_name and ix_members_phone went, unused).
+        Index("ix_members_status", "status", postgresql_where=ACTIVE_DELETED_FILTER),
     )
 
     id: Mapped[uuid.UUID] = pk_column()

@@ -14,6 +14,7 @@ from sqlalchemy import Row, Select, Table, func, insert, select, update
 from sqlalchemy.sql import ClauseElement
 
 from carecli.data import audit
+from carecli.data.ids import new_id
 from carecli.data.permissions import Permission
 from carecli.data.validation import check_columns
 from carecli.errors import ConflictError, NotFound, PermissionDenied, ValidationError
@@ -129,7 +130,7 @@ class Repository(Generic[R]):
         row_values = {**values, **(generated or {})}
         check_columns(self.table, row_values, creating=True, generated=frozenset({"id"}))
         self.validate(row_values, None)
-        row_values["id"] = entity_id or uuid.uuid4()
+        row_values["id"] = entity_id or new_id()
         row = self.connection.execute(insert(self.table).values(row_values).returning(self.table)).one()
         audit.write(self.uow.audit_connection, self.uow.audit_actor(self.entity_type, row.id, row._mapping),
                     self.entity_type, row.id, "create", None, _without(dict(row._mapping), ("id",)))

@@ -27,6 +27,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from carecli.data import audit
+from carecli.data.ids import new_id
 from carecli.data.permissions import Permission
 from carecli.data.records import AuditEntry
 from carecli.errors import CarecliError, ConflictError, NotFound, PermissionDenied, ValidationError
@@ -164,7 +165,7 @@ class EmergencyAccessRepository:
         if current is not None:
             raise ConflictError(f"you already have emergency access to this member until "
                                 f"{current.expires_at:%Y-%m-%d %H:%M} UTC", hint="reveal SSN/DOB while it lasts")
-        grant_id = uuid.uuid4()
+        grant_id = new_id()
         now, expires = self.connection.execute(text(
             f"SELECT t, t + make_interval(mins => :m) FROM (SELECT {_DB_NOW} AS t) AS clock"), {"m": minutes}).one()
         value = {"grant_id": str(grant_id), "user_id": str(actor.user_id), "reason": reason, "minutes": minutes,

@@ -29,6 +29,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from carecli.data import audit
 from carecli.data.actor import Actor
+from carecli.data.ids import new_id
 from carecli.data.models.identity import PENDING_CHANGE_KINDS
 from carecli.data.models.identity import PendingPlatformChange as PendingTable
 from carecli.data.models.identity import Role as RoleTable
@@ -426,7 +427,7 @@ def record_pending(connection: Connection, kind: str, user_id: uuid.UUID | None,
     """Insert one pending change in the caller's identity transaction; returns its id."""
     if kind not in PENDING_CHANGE_KINDS:
         raise ValueError(f"unknown pending change kind {kind!r}")
-    change_id = uuid.uuid4()
+    change_id = new_id()
     # clock_timestamp(): rows of one transaction must replay in the order they were written.
     connection.execute(insert(PENDING).values(id=change_id, kind=kind, user_id=user_id, payload=dict(payload),
                                               created_at=CLOCK_NOW))

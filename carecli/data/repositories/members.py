@@ -12,6 +12,7 @@ from sqlalchemy import Row, select
 
 from carecli.data.bulk.fields import FieldProblem, parse_phone
 from carecli.data.crypto.phi import DateOfBirth, Ssn
+from carecli.data.ids import new_id
 from carecli.data.models.platform import Member as MemberTable
 from carecli.data.permissions import Permission
 from carecli.data.records import Member
@@ -152,7 +153,7 @@ class MemberRepository(Repository[Member]):
                member_id: uuid.UUID | None = None) -> Member:
         """Add a member; SSN and DOB are encrypted bound to the new id (made here, before insert)."""
         check_dob(dob)
-        member_id = member_id or uuid.uuid4()
+        member_id = member_id or new_id()
         generated: dict[str, Any] = {}
         if ssn is not None or dob is not None:
             self.require(self.write_permission, "create members")

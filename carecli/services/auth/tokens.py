@@ -30,6 +30,7 @@ from sqlalchemy import Connection, insert, select
 from carecli.data import audit
 from carecli.data.actor import Actor
 from carecli.data.databases import Databases
+from carecli.data.ids import new_id
 from carecli.data.models.platform import Metadata
 from carecli.data.permissions import ALL_PERMISSIONS
 from carecli.data.records import Token
@@ -229,7 +230,7 @@ def store_token_fact(uow: IdentityUnitOfWork, token_id: uuid.UUID, key: str, val
     """
     table = Metadata.__table__
     uow.audit_connection.execute(insert(table).values(
-        id=uuid.uuid4(), entity_type="token", entity_id=token_id, metadata_key=key, metadata_value=value))
+        id=new_id(), entity_type="token", entity_id=token_id, metadata_key=key, metadata_value=value))
     audit.write(uow.audit_connection, uow.actor, "token", token_id, key, None, {key: value})
 
 

@@ -20,6 +20,7 @@ from carecli.data.actor import Actor
 from carecli.data.crypto.backup_key import BackupKey
 from carecli.data.crypto.stream import CHUNK_SIZE, BackupWriter, StreamStats
 from carecli.data.databases import Databases
+from carecli.data.ids import new_id
 from carecli.data.permissions import Permission
 from carecli.errors import CarecliError, PermissionDenied
 from carecli.services.backup.files import private_output
@@ -89,7 +90,7 @@ def create_backup(databases: Databases, actor: Actor, key: BackupKey, out: Path,
     pg_dump = find_tool("pg_dump", max(server_major(d["server_version_num"]) for d in described), pg_bin)
     for stream in described:
         stream["pg_dump"] = pg_dump.version
-    backup_id = uuid.uuid4()
+    backup_id = new_id()
     created_at = datetime.now(UTC)
     fields = {
         "backup_id": str(backup_id),
