@@ -270,6 +270,8 @@ class Results:
     labelled: list[tuple[float, str, str]] = field(default_factory=list)
     pages: list[float] = field(default_factory=list)
     opens: list[float] = field(default_factory=list)
+    opens_without_spare: list[float] = field(default_factory=list)
+    spares_taken: int = 0
     rss: dict[str, float] = field(default_factory=dict)
     #: full (generation 2) garbage collections during the tour, ms each
     gc_pauses: list[float] = field(default_factory=list)
@@ -392,19 +394,31 @@ async def tour(app: BenchApp, results: Results, args: argparse.Namespace) -> Non
     await clear()
     table.focus()
     for index in range(min(args.opens, table.row_count)):
+        # --spare both: every other open without the spare member screen (composed while the user reads)
+        spare = args.spare == "on" or (args.spare == "both" and index % 2 == 1)
+        app.spare_member_screens = spare
+        if not spare:
+            app.drop_spare_member()
+        elif index == 0:
+            app.prepare_spare_member()
         await until(lambda: app.screen is screen)
         table.focus()
         table.move_cursor(row=index)
         await until(lambda: table.has_focus and table.cursor_row == index)
         await asyncio.sleep(0.05)  # the moved cursor painted: a person sees it before pressing Enter
         member_id = screen.rows[index]
-        results.opens.append(await timed(
+        took = await timed(
             app, lambda: send(app, "enter"),
             lambda: (isinstance(app.screen, MemberDetailScreen) and app.screen.file is not None
                                          and app.screen.file.member.id == member_id),
-            what="the member's file", phase="opens"))
+            what="the member's file", phase="opens")
+        (results.opens if spare or args.spare == "off" else results.opens_without_spare).append(took)
+        # the next open's variant decides whether a spare is made while this file is read
+        app.spare_member_screens = args.spare == "on" or (args.spare == "both" and index % 2 == 0)
+        await asyncio.sleep(args.read_seconds)  # a person reads the file before going back
         send(app, "escape")
     await until(lambda: app.screen is screen)
+    results.spares_taken = app.spare_members_taken
     results.rss[f"after opening {len(results.opens)} members"] = rss_mb()
 
 
@@ -541,10 +555,11 @@ def report(results: Results, header: str, worklist: list[tuple[str, float]]) -> 
         ("keystroke + Enter → results (round trip)", results.submitted),
         ("PageDown on last row → next page", results.pages),
         ("Enter → member detail shown", results.opens),
+        ("Enter → member detail shown, no spare screen", results.opens_without_spare),
         ("full garbage collection (gen 2), during the tour", results.gc_pauses),
     ]
     width = max(len(label) for label, _ in rows)
-    print(f"\n{header}")
+    print(f"\n{header}; {results.spares_taken} opens found the spare member screen ready")
     print(f"| {'metric':<{width}} | {'p50 ms':>8} | {'p95 ms':>8} | {'n':>4} |")
     print(f"|{'-' * (width + 2)}|{'-' * 10}|{'-' * 10}|{'-' * 6}|")
     for label, samples in rows:
@@ -596,6 +611,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="launches of a real `carecli app` in tmux (0: none; needs tmux)")
     parser.add_argument("--pages", type=int, default=100, help="pages to browse forward")
     parser.add_argument("--opens", type=int, default=30, help="members to open")
+    parser.add_argument("--read-seconds", type=float, default=1.0,
+                        help="how long the member's file is read before Esc (the spare screen is made meanwhile)")
+    parser.add_argument("--spare", choices=("on", "off", "both"), default="on",
+                        help="the spare member screen: always, never, or every other open (compared in one run)")
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the worklist's statements")
     parser.add_argument("--profile", choices=("typed", "enter", "pages", "opens"),
                         help="cProfile the app's thread during this phase's timed actions; print its top entries")

@@ -61,6 +61,12 @@ collecting_while_idle = False
 SPINNER_AFTER_SECONDS = 0.5
 #: how long Enter on a member waits for their file before showing their screen without it (see open_member)
 OPEN_PATIENCE_SECONDS = 0.2
+#: how long after a member's file is shown the next open's screen is composed (while the user reads)
+SPARE_AFTER_SECONDS = 0.5
+#: ... once no key was pressed for this long (not in the middle of typing)
+SPARE_IDLE_SECONDS = 0.3
+#: ... and after a sign-in (once the worklist is drawn)
+SPARE_AFTER_SIGN_IN_SECONDS = 1.5
 #: how often user activity is reported to the database (slides the session's idle deadline)
 SESSION_TOUCH_SECONDS = 60.0
 
@@ -224,6 +230,14 @@ class CareApp(App[None]):
         #: a member's screen whose file is being read before it is shown (see open_member), and the
         #: screen and desk it was asked from
         self._member_ahead: tuple[MemberDetailScreen, Screen[Any], Desk] | None = None
+        #: whether member screens are composed before they are needed (benchmarks/tui_bench.py turns it off
+        #: for every other open, to compare)
+        self.spare_member_screens = True
+        self._spare_timer: Timer | None = None
+        #: opens that found the spare screen ready (benchmarks/tui_bench.py reports it)
+        self.spare_members_taken = 0
+        #: a member screen composed before it is needed, and the desk it was made for
+        self._spare_member: tuple[MemberDetailScreen, Desk] | None = None
 
     # -- start --------------------------------------------------------------------
 
@@ -306,6 +320,7 @@ class CareApp(App[None]):
         self.refresh_bindings()
         self.sub_title = f"{desk.display_name} · {desk.role or 'no role'}"
         self.last_input = self._last_touch = self.clock()
+        self.schedule_spare_member(SPARE_AFTER_SIGN_IN_SECONDS)  # the first open's screen
         if self.locked and previous is not None and previous.user_id == desk.user_id:
             self.locked = False
             self.refresh_bindings()
@@ -420,6 +435,7 @@ class CareApp(App[None]):
         self.clear_notifications()
         self.stop_live_updates()
         self._member_ahead = None
+        self.drop_spare_member()
         self.desk = None
         self.locked = False
         self.sub_title = f"v{__version__}"
@@ -444,6 +460,7 @@ class CareApp(App[None]):
             return
         self.locked = True
         self._member_ahead = None
+        self.drop_spare_member()
         self.refresh_bindings()
         for screen in self.screen_stack:
             if isinstance(screen, PhiHolder):
@@ -537,12 +554,65 @@ class CareApp(App[None]):
 
         if isinstance(self.screen, CareModal):
             self.pop_screen()
-        screen, desk = MemberDetailScreen(member_id), self.desk
+        desk = self.desk
+        screen = self._take_spare_member(member_id) or MemberDetailScreen(member_id)
         screen.read_by_app = True
         self._member_ahead = (screen, self.screen, desk)
         self.run_worker(lambda: self.post_message(MemberFileRead(screen, screen.read_file(desk))), thread=True,
                         group="member-read-ahead", exit_on_error=False)
         self.set_timer(OPEN_PATIENCE_SECONDS, lambda: self._show_member_ahead(screen))
+
+    def prepare_spare_member(self) -> None:
+        """Compose and mount a member screen before it is needed, while the user reads (off the screen stack).
+
+        Composing, mounting and styling the member screen's widgets was about half of opening a member
+        (benchmarks/tui_bench.py --profile opens); the next open takes this screen and only fills it. A
+        spare is made for one desk (its tabs and keys depend on the user's permissions) and is never
+        reused: each holds no member until it is taken.
+        """
+        from carecli.screens.member import MemberDetailScreen
+
+        self._spare_timer = None
+        if (not self.spare_member_screens or self.desk is None or self.locked or self._spare_member is not None
+                or not self.is_running):
+            return
+        if self.clock() - self.last_input < SPARE_IDLE_SECONDS or self._member_ahead is not None:
+            # Not in the middle of typing or of an open: composing takes the app's thread for tens of ms.
+            self.schedule_spare_member(SPARE_IDLE_SECONDS)
+            return
+        screen = MemberDetailScreen(None)
+        screen.read_by_app = True
+        self._register(self, screen)  # what push_screen does for a screen that is not running yet
+        self._spare_member = (screen, self.desk)
+
+    def schedule_spare_member(self, delay: float) -> None:
+        """Make the spare member screen ``delay`` seconds from now, or at the next pause in the typing."""
+        if self._spare_timer is not None:
+            self._spare_timer.stop()
+        self._spare_timer = self.set_timer(delay, self.prepare_spare_member)
+
+    def _take_spare_member(self, member_id: Any) -> MemberDetailScreen | None:
+        """The spare member screen, given ``member_id``, if it was made for this desk and is mounted."""
+        import uuid as uuid_module
+
+        spare, self._spare_member = self._spare_member, None
+        if spare is None:
+            return None
+        screen, desk = spare
+        if desk is not self.desk or not screen.is_mounted or screen in self.screen_stack:
+            self.drop_spare_member(screen)
+            return None
+        screen.member_id = member_id if isinstance(member_id, uuid_module.UUID) else uuid_module.UUID(str(member_id))
+        self.spare_members_taken += 1
+        return screen
+
+    def drop_spare_member(self, screen: Screen[Any] | None = None) -> None:
+        """Remove the spare member screen (sign-out, lock, another desk)."""
+        if screen is None:
+            spare, self._spare_member = self._spare_member, None
+            screen = spare[0] if spare is not None else None
+        if screen is not None and screen not in self.screen_stack and screen.is_attached:
+            screen.remove()
 
     def _take_member_ahead(self, screen: MemberDetailScreen) -> bool:
         """Whether ``screen`` is still the one to show (and no longer waiting to be shown either way)."""
@@ -559,12 +629,19 @@ class CareApp(App[None]):
 
     def on_member_file_read(self, message: MemberFileRead) -> None:
         screen = message.screen
-        if screen.is_attached:  # shown already (OPEN_PATIENCE_SECONDS passed): it takes the file as it would its own
+        if screen in self.screen_stack:  # shown already (OPEN_PATIENCE_SECONDS passed): it takes the file as its own
             for read in message.messages:
                 screen.post_message(read)
         elif self._take_member_ahead(screen):
-            screen.read_ahead = message.messages
+            if screen.is_mounted:  # the spare screen: mounted already, it takes the file now and is shown with it
+                screen.take_read(message.messages)
+            else:
+                screen.read_ahead = message.messages
             self.push_screen(screen)
+        else:
+            self.drop_spare_member(screen)  # overtaken or left: a spare taken for it goes too
+        # The next open's screen is composed while the user reads this one.
+        self.schedule_spare_member(SPARE_AFTER_SECONDS)
 
     def action_help(self) -> None:
         from carecli.screens.help import HelpScreen

@@ -133,6 +133,10 @@ class MemberChanged(Message):
         self.note = note
 
 
+#: the member of a spare screen that has none yet (no member has the nil id)
+NO_MEMBER = uuid.UUID(int=0)
+
+
 class MemberDetailScreen(CareScreen):
     """One member's file; opened from the worklist, the member browser or the command palette."""
 
@@ -195,9 +199,12 @@ Keys your role cannot use are not shown.
                 tooltip="Show who accessed this record (audit:read)"),
     ]
 
-    def __init__(self, member_id: uuid.UUID | str) -> None:
+    def __init__(self, member_id: uuid.UUID | str | None) -> None:
         super().__init__()
-        self.member_id = member_id if isinstance(member_id, uuid.UUID) else uuid.UUID(str(member_id))
+        #: None only for the app's spare screen (:meth:`CareApp.prepare_spare_member`), composed before it is
+        #: needed and given its member when it is taken
+        self.member_id: uuid.UUID = NO_MEMBER if member_id is None else (
+            member_id if isinstance(member_id, uuid.UUID) else uuid.UUID(str(member_id)))
         self.file: MemberFile | None = None
         self.revealed: RevealedPhi | None = None
         self.reveal_left = 0
@@ -812,7 +819,9 @@ Keys your role cannot use are not shown.
     def action_show_tab(self, pane_id: str) -> None:
         if self.query(f"#{pane_id}"):
             self.query_one("#member-tabs", TabbedContent).active = pane_id
-            self.query_one(f"#{pane_id}-table", DataTable).focus()
+            # At once, not through Widget.focus (a callback queued after keys already waiting): Enter typed
+            # right after the tab's key must reach this tab's table.
+            self.set_focus(self.query_one(f"#{pane_id}-table", DataTable))
 
     def action_back(self) -> None:
         self.remask()

@@ -775,3 +775,81 @@ async def test_an_open_overtaken_by_another_a_lock_or_leaving_shows_nothing(tui,
         assert app.locked and not any(isinstance(s, MemberDetailScreen) for s in app.screen_stack)
         for text in map(screen_text, app.screen_stack):
             assert LAST_NAME not in text and EMAIL not in text
+
+
+async def test_the_next_open_takes_a_screen_composed_while_the_user_read_and_a_lock_drops_it(tui, monkeypatch) -> None:
+    from carecli.screens.member import NO_MEMBER
+
+    known = make_member(tui)
+    other = make_member(tui)
+    desk = tui.sign_in("specialist")
+    for name in ("SPARE_AFTER_SECONDS", "SPARE_IDLE_SECONDS", "SPARE_AFTER_SIGN_IN_SECONDS"):
+        monkeypatch.setattr(app_module, name, 0.05)
+    app = app_for(tui, desk)
+    def spare_screen() -> MemberDetailScreen:
+        assert app._spare_member is not None
+        return app._spare_member[0]
+
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        worklist = app.screen
+        await wait_for(pilot, lambda: app._spare_member is not None, what="the spare screen")
+        spare = spare_screen()
+        # Composed and mounted off the screen stack, for no member: nobody's values in it.
+        assert spare.is_mounted and spare not in app.screen_stack and spare.member_id == NO_MEMBER
+        assert "Opening the member's file" in header(spare) and spare.file is None
+
+        screen = await open_member(pilot, known.id)
+        assert screen is spare and app.spare_members_taken == 1
+        assert known.label in header(screen) and EMAIL in header(screen)
+        assert len(reads(tui, known.id, "open")) == 1
+        await wait_for(pilot, lambda: screen.query_one("#calls-table", DataTable).has_focus, what="the focus")
+
+        # While this file is read, the next spare is made: a new screen, never one that showed a member.
+        await wait_for(pilot, lambda: app._spare_member is not None, what="the next spare")
+        following = spare_screen()
+        assert following is not screen and LAST_NAME not in screen_text(following)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is worklist, what="the worklist again")
+        assert not screen.is_attached  # the shown one went as any screen does
+        second = await open_member(pilot, other.id)
+        assert second is following and second.member_id == other.id and app.spare_members_taken == 2
+        assert len(reads(tui, other.id, "open")) == 1 and len(reads(tui, known.id, "open")) == 1
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is worklist and app._spare_member is not None, what="a third spare")
+        third = spare_screen()
+
+        # A lock drops the spare (made for this desk); none is made while locked.
+        app.lock("Locked.")
+        await pilot.pause(0.3)
+        assert app._spare_member is None and not third.is_attached
+
+
+async def test_a_tab_key_and_enter_typed_at_once_open_the_row_of_that_tab(tui) -> None:
+    """Keys that arrive in one read of the terminal ("1" then Enter): Enter goes to the tab just shown."""
+    from textual import events
+    from textual.keys import _character_to_key
+
+    from carecli.screens.call import CallScreen
+
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    desk.log_call({"member_id": known.id, "call_type": "support", "call_status": "completed",
+                   "started_at": datetime(2025, 3, 1, 14, 0), "ended_at": datetime(2025, 3, 1, 14, 12),
+                   "outcome": "reached"})
+    app = app_for(tui, desk)
+
+    def typed_at_once(*characters: str) -> None:
+        for character in characters:
+            key = "enter" if character == "\r" else _character_to_key(character)
+            event = events.Key(key, None if character == "\r" else character)
+            event.set_sender(app)
+            app.post_message(event)
+
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: screen.query_one("#enrollments-table", DataTable).has_focus, what="tab 3")
+        typed_at_once("1", "\r")
+        await wait_for(pilot, lambda: isinstance(app.screen, CallScreen), what="the call opened by Enter")
+
