@@ -28,7 +28,7 @@ from carecli import __version__
 from carecli.config import Settings
 from carecli.data.actor import Channel
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
-from carecli.screens.base import CareModal, PhiHolder, Problem, describe
+from carecli.screens.base import CareModal, PhiHolder, Problem, TypeAhead, describe
 from carecli.screens.collector import collector
 from carecli.screens.formatting import plural, set_display_zone
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
@@ -499,6 +499,12 @@ class CareApp(App[None]):
             if self.desk is not None and not self.locked and self.last_input - self._last_touch > SESSION_TOUCH_SECONDS:
                 self._last_touch = self.last_input
                 self.touch_session()
+        if (isinstance(event, events.Key) and not event.is_forwarded
+                and isinstance(self.screen, TypeAhead) and self.screen.holds_keys()
+                and not await self._check_bindings(event.key, priority=True)):
+            # A screen just opened, its focus not settled yet: it keeps the key for the widget that gets the focus.
+            self.screen.hold_key(event)
+            return
         await super().on_event(event)
 
     @work(thread=True, exclusive=True, group="session")

@@ -10,10 +10,11 @@ a driver's ``str(exc)`` (which can carry SQL parameters).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events
+from textual.binding import Binding
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
@@ -81,6 +82,62 @@ class ActionFailed(Message):
         self.problem = problem
 
 
+#: refreshes a new screen waits for a focused widget before keys typed ahead go to the screen itself
+TYPEAHEAD_REFRESHES = 10
+
+
+class TypeAhead:
+    """Keys typed before a new screen has its focus are kept, then handed to the focused widget in order.
+
+    A key that opens a screen often arrives in one read of the terminal with what follows it ("/smith",
+    "n" and a note, a paste): until the screen is mounted and its work widget focused, Textual gives
+    those keys to the screen itself, which has no use for them, and they were lost. The screen keeps
+    them instead and, once its focus is settled (after its first refresh as the current screen), posts
+    them to the focused widget (or to itself) in the order they were typed. (The key that opened the
+    screen must have run its action before the next key was handed out: see
+    :attr:`CareScreen.COMMAND_KEYS_FIRST`.)
+    """
+
+    app: Any
+
+    def _typeahead_keys(self) -> list[events.Key] | None:
+        """The keys waiting for this screen's focus; None once it is settled."""
+        waiting: list[events.Key] | None = self.__dict__.setdefault("_typeahead", [])
+        return waiting
+
+    def holds_keys(self) -> bool:
+        """Whether keys typed now wait for this screen's focus (it is opening)."""
+        return self._typeahead_keys() is not None
+
+    def hold_key(self, event: events.Key) -> None:
+        """Keep a key the app would have given this screen before any widget of it has the focus."""
+        waiting = self._typeahead_keys()
+        if waiting is not None:
+            waiting.append(event)
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.settle_typeahead)  # type: ignore[attr-defined]  # the Screen's
+
+    def _on_screen_resume(self, event: events.ScreenResume) -> None:
+        self.call_after_refresh(self.settle_typeahead)  # type: ignore[attr-defined]  # the Screen's
+
+    def settle_typeahead(self, tries: int = 0) -> None:
+        """Hand the keys typed ahead to the focused widget, once this is the current screen and has one
+        (a widget may take the focus a refresh or two after the screen is shown: its data loading)."""
+        waiting = self._typeahead_keys()
+        if waiting is None or not self.is_current:  # type: ignore[attr-defined]  # the Screen's
+            return
+        if self.focused is None and tries < TYPEAHEAD_REFRESHES:  # type: ignore[attr-defined]
+            self.call_after_refresh(self.settle_typeahead, tries + 1)  # type: ignore[attr-defined]
+            return
+        self.__dict__["_typeahead"] = None
+        target: Any = self.focused or self  # type: ignore[attr-defined]  # the Screen's
+        for typed in waiting:
+            key = events.Key(typed.key, typed.character)
+            key.set_sender(self.app)
+            target.post_message(key)
+
+
 class PhiHolder:
     """Mixin for screens and dialogs: the desk, failure reporting, and the hooks the lock calls."""
 
@@ -117,6 +174,11 @@ class PhiHolder:
         """Load the screen's data again after the same user signed back in."""
 
 
+def _is_character_key(keys: str) -> bool:
+    """Whether a binding's keys are all one printable character each (``a``, ``5``, ``slash``)."""
+    return all(len(key) == 1 or key in {"slash", "question_mark", "plus", "minus"} for key in keys.split(","))
+
+
 def can_take_focus(widget: Widget) -> bool:
     """Whether keys sent to ``widget`` would reach something on screen: focusable, shown, not disabled or loading."""
     if not widget.is_attached or not widget.focusable:
@@ -129,7 +191,7 @@ def can_take_focus(widget: Widget) -> bool:
     return True
 
 
-class CareScreen(PhiHolder, Screen[Any]):
+class CareScreen(TypeAhead, PhiHolder, Screen[Any]):
     """A full screen of the app.
 
     Focus: every screen names, in :attr:`WORK_FOCUS`, the widget where work
@@ -144,6 +206,19 @@ class CareScreen(PhiHolder, Screen[Any]):
     AUTO_FOCUS = ""
     #: where work starts on this screen (override)
     WORK_FOCUS: ClassVar[str] = "*"
+    #: a screen where no widget takes typed text (tables, buttons): its character keys (letters, digits,
+    #: "/") are commands, run as the app takes each key, before it hands out the next. Otherwise a
+    #: command key's action ran only once the keys after it had already gone to this screen's widgets
+    #: ("/smith": "smith" went to the worklist's table, and its "o" opened a member).
+    COMMAND_KEYS_FIRST: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # (before Textual's own __init_subclass__, which merges the class's BINDINGS)
+        if cls.__dict__.get("COMMAND_KEYS_FIRST") and "BINDINGS" in cls.__dict__:
+            cls.BINDINGS = [replace(binding, priority=True)
+                            if isinstance(binding, Binding) and _is_character_key(binding.key) else binding
+                            for binding in cls.BINDINGS]
+        super().__init_subclass__(**kwargs)
 
     def work_widget(self) -> Widget | None:
         """The widget where work starts, if one can take the focus now."""
@@ -165,6 +240,7 @@ class CareScreen(PhiHolder, Screen[Any]):
         focused = self.focused
         if focused is None or not can_take_focus(focused):
             self.focus_work()
+        self.settle_typeahead()
 
     def on_mount(self) -> None:
         # Subclasses' on_mount ran first (Textual calls each class's handler along the MRO).
@@ -194,7 +270,7 @@ class CareScreen(PhiHolder, Screen[Any]):
         return not above or isinstance(above[0], CareModal)
 
 
-class CareModal(PhiHolder, ModalScreen[Any]):
+class CareModal(TypeAhead, PhiHolder, ModalScreen[Any]):
     """A dialog or form on top of a screen."""
 
 

@@ -853,3 +853,41 @@ async def test_a_tab_key_and_enter_typed_at_once_open_the_row_of_that_tab(tui) -
         typed_at_once("1", "\r")
         await wait_for(pilot, lambda: isinstance(app.screen, CallScreen), what="the call opened by Enter")
 
+
+
+async def test_keys_typed_with_the_key_that_opens_a_screen_are_not_lost(tui) -> None:
+    """"/smith" in one read opens the member search with "smith" in it; "n" and a note's text opens the note
+    with the text in it."""
+    from textual import events
+    from textual.keys import _character_to_key
+
+    from carecli.screens.members import MemberBrowserScreen
+
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk)
+
+    def typed_at_once(text: str) -> None:
+        for character in text:
+            key = character if character.isalnum() else _character_to_key(character)
+            event = events.Key(key, character)
+            event.set_sender(app)
+            app.post_message(event)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        typed_at_once("/zybrow")
+        browser = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen,
+                                 what="the member search")
+        box = browser.query_one("#member-search", Input)
+        await wait_for(pilot, lambda: box.value == "zybrow", what=f"the typed search (have {box.value!r})")
+        assert box.has_focus
+        await pilot.press("escape", "escape", "escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist again")
+
+        screen = await open_member(pilot, known.id)
+        typed_at_once("nCalled back")
+        note = await wait_for(pilot, lambda: isinstance(app.screen, NoteDialog) and app.screen, what="the note")
+        area = note.query_one("#field-text", TextArea)
+        await wait_for(pilot, lambda: area.text == "Called back", what=f"the typed note (have {area.text!r})")
+        assert screen is not app.screen
