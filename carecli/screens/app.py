@@ -9,8 +9,10 @@ screen has cleared its member values, so a draft under it survives.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Center, Middle
 from textual.message import Message
+from textual.message_pump import MessagePump
 from textual.screen import ModalScreen, Screen
 from textual.scrollbar import ScrollBar
 from textual.widgets import LoadingIndicator, Static
@@ -61,6 +64,8 @@ collecting_while_idle = False
 SPINNER_AFTER_SECONDS = 0.5
 #: how long Enter on a member waits for their file before showing their screen without it (see open_member)
 OPEN_PATIENCE_SECONDS = 0.2
+#: how long a key may be on its way before the keys typed after it are handed out anyway
+KEY_LINE_PATIENCE_SECONDS = 0.5
 #: how long after a member's file is shown the next open's screen is composed (while the user reads)
 SPARE_AFTER_SECONDS = 0.5
 #: ... once no key was pressed for this long (not in the middle of typing)
@@ -236,6 +241,12 @@ class CareApp(App[None]):
         self._spare_timer: Timer | None = None
         #: opens that found the spare screen ready (benchmarks/tui_bench.py reports it)
         self.spare_members_taken = 0
+        #: the key line (see _hand_out_key): the key on its way, the keys typed after it, and a timer that
+        #: lets the next go should a key never come back (a widget removed before it handled it)
+        self._key_in_flight: events.Key | None = None
+        self._keys_waiting: deque[events.Key] = deque()
+        self._key_timer: asyncio.TimerHandle | None = None
+        self._key_release_due = False
         #: a member screen composed before it is needed, and the desk it was made for
         self._spare_member: tuple[MemberDetailScreen, Desk] | None = None
 
@@ -499,13 +510,77 @@ class CareApp(App[None]):
             if self.desk is not None and not self.locked and self.last_input - self._last_touch > SESSION_TOUCH_SECONDS:
                 self._last_touch = self.last_input
                 self.touch_session()
-        if (isinstance(event, events.Key) and not event.is_forwarded
-                and isinstance(self.screen, TypeAhead) and self.screen.holds_keys()
-                and not await self._check_bindings(event.key, priority=True)):
-            # A screen just opened, its focus not settled yet: it keeps the key for the widget that gets the focus.
-            self.screen.hold_key(event)
+        if isinstance(event, events.Key) and not event.is_forwarded:
+            if self._key_in_flight is not None or self._keys_waiting or self._key_release_due:
+                self._keys_waiting.append(event)  # keys before it are still on their way: it comes after them
+                return
+            await self._hand_out_key(event)
             return
         await super().on_event(event)
+
+    # -- the key line ---------------------------------------------------------------------------
+    #
+    # Textual hands each key to the focused widget at once, but a key's binding runs only when the key has
+    # come back up to the app, and a focus move is applied a message later: keys typed in one read ("/smith",
+    # "↓ Enter", "n" and a note) went to the widget that had the focus before the first key's action, and
+    # were lost or did the wrong thing. Here the next key is handed out only once the one before it has been
+    # handled: taken by a widget, or back at the app with its binding run and what that queued done.
+
+    async def _hand_out_key(self, event: events.Key) -> None:
+        screen = self.screen
+        if isinstance(screen, TypeAhead) and screen.holds_keys():
+            # A screen just opened, its focus not settled yet: it keeps the key for the widget that gets it.
+            if not await self._check_bindings(event.key, priority=True):
+                screen.hold_key(event)
+            self._release_next_key()
+            return
+        target: MessagePump = self.focused or screen
+        self._key_in_flight = event
+        self._key_timer = asyncio.get_running_loop().call_later(KEY_LINE_PATIENCE_SECONDS, self._key_handled, event)
+        await super().on_event(event)
+        if not event.is_forwarded:  # a priority binding took it (or nothing did): done
+            self._key_handled(event)
+        elif not target.call_later(self._follow_key, event, target):
+            self._key_handled(event)
+
+    def _follow_key(self, event: events.Key, node: MessagePump) -> None:
+        """``node`` has handled ``event``: done if it stopped there, else follow it to the parent it bubbled to."""
+        if event is not self._key_in_flight:
+            return
+        parent = node._parent
+        if event._stop_propagation or parent is None:
+            self._key_handled(event)
+        elif parent is self:
+            # Back at the app: after its bindings ran, and after what they queued (a focus move) is done.
+            self.call_later(self.call_later, self._key_handled, event)
+        elif not parent.call_later(self._follow_key, event, parent):
+            self._key_handled(event)
+
+    def _key_handled(self, event: events.Key) -> None:
+        if event is not self._key_in_flight:
+            return
+        self._key_in_flight = None
+        if self._key_timer is not None:
+            self._key_timer.cancel()
+            self._key_timer = None
+        self._release_next_key()
+
+    def replay_keys(self, keys: list[events.Key]) -> None:
+        """Keys a screen kept while it opened (see TypeAhead): next in the key line, in their order."""
+        for key in keys:
+            key.set_sender(self)
+        self._keys_waiting.extendleft(reversed(keys))
+        self._release_next_key()
+
+    def _release_next_key(self) -> None:
+        if self._keys_waiting and self._key_in_flight is None and not self._key_release_due:
+            self._key_release_due = True
+            self.call_later(self._hand_out_next_key)
+
+    async def _hand_out_next_key(self) -> None:
+        self._key_release_due = False
+        if self._keys_waiting and self._key_in_flight is None:
+            await self._hand_out_key(self._keys_waiting.popleft())
 
     @work(thread=True, exclusive=True, group="session")
     def touch_session(self) -> None:

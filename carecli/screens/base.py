@@ -10,11 +10,10 @@ a driver's ``str(exc)`` (which can carry SQL parameters).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events
-from textual.binding import Binding
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
@@ -94,8 +93,7 @@ class TypeAhead:
     those keys to the screen itself, which has no use for them, and they were lost. The screen keeps
     them instead and, once its focus is settled (after its first refresh as the current screen), posts
     them to the focused widget (or to itself) in the order they were typed. (The key that opened the
-    screen must have run its action before the next key was handed out: see
-    :attr:`CareScreen.COMMAND_KEYS_FIRST`.)
+    screen ran its action before the next key was handed out: see ``CareApp``'s key line.)
     """
 
     app: Any
@@ -131,11 +129,9 @@ class TypeAhead:
             self.call_after_refresh(self.settle_typeahead, tries + 1)  # type: ignore[attr-defined]
             return
         self.__dict__["_typeahead"] = None
-        target: Any = self.focused or self  # type: ignore[attr-defined]  # the Screen's
-        for typed in waiting:
-            key = events.Key(typed.key, typed.character)
-            key.set_sender(self.app)
-            target.post_message(key)
+        # Back into the app's key line, first in it: each goes where the focus is when its turn comes (a Tab
+        # among them moves the focus for the keys after it).
+        self.app.replay_keys([events.Key(typed.key, typed.character) for typed in waiting])
 
 
 class PhiHolder:
@@ -174,11 +170,6 @@ class PhiHolder:
         """Load the screen's data again after the same user signed back in."""
 
 
-def _is_character_key(keys: str) -> bool:
-    """Whether a binding's keys are all one printable character each (``a``, ``5``, ``slash``)."""
-    return all(len(key) == 1 or key in {"slash", "question_mark", "plus", "minus"} for key in keys.split(","))
-
-
 def can_take_focus(widget: Widget) -> bool:
     """Whether keys sent to ``widget`` would reach something on screen: focusable, shown, not disabled or loading."""
     if not widget.is_attached or not widget.focusable:
@@ -206,19 +197,6 @@ class CareScreen(TypeAhead, PhiHolder, Screen[Any]):
     AUTO_FOCUS = ""
     #: where work starts on this screen (override)
     WORK_FOCUS: ClassVar[str] = "*"
-    #: a screen where no widget takes typed text (tables, buttons): its character keys (letters, digits,
-    #: "/") are commands, run as the app takes each key, before it hands out the next. Otherwise a
-    #: command key's action ran only once the keys after it had already gone to this screen's widgets
-    #: ("/smith": "smith" went to the worklist's table, and its "o" opened a member).
-    COMMAND_KEYS_FIRST: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # (before Textual's own __init_subclass__, which merges the class's BINDINGS)
-        if cls.__dict__.get("COMMAND_KEYS_FIRST") and "BINDINGS" in cls.__dict__:
-            cls.BINDINGS = [replace(binding, priority=True)
-                            if isinstance(binding, Binding) and _is_character_key(binding.key) else binding
-                            for binding in cls.BINDINGS]
-        super().__init_subclass__(**kwargs)
 
     def work_widget(self) -> Widget | None:
         """The widget where work starts, if one can take the focus now."""

@@ -99,9 +99,6 @@ opens it; **m** opens the member. Keys your role cannot use are not shown.
     """
 
     # The steps come first and the labels are short: at 80 columns the footer shows them all, with m and Esc.
-    #: no widget here takes typed text: its letter keys run as they come (see CareScreen)
-    COMMAND_KEYS_FIRST = True
-
     BINDINGS = [
         Binding("c", "complete", "Complete", id="call.complete",
                 tooltip="The call took place: when, how it went, follow-up, the next attempt"),

@@ -53,9 +53,6 @@ applies). **m** opens the member's file. Resolving and re-opening are audited.
     FlagScreen #flag-description { height: auto; }
     """
 
-    #: no widget here takes typed text: its letter keys run as they come (see CareScreen)
-    COMMAND_KEYS_FIRST = True
-
     BINDINGS = [
         Binding("v", "resolve", "Resolve", id="flag.resolve", tooltip="Resolve this flag with a note (flags:write)"),
         Binding("o", "reopen", "Re-open", id="flag.reopen", tooltip="Open this resolved flag again (flags:write)"),

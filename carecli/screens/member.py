@@ -171,9 +171,6 @@ Keys your role cannot use are not shown.
     MemberDetailScreen #member-tabs TabPane { height: 1fr; padding: 0; }
     """
 
-    #: no widget here takes typed text: its letter keys run as they come (see CareScreen)
-    COMMAND_KEYS_FIRST = True
-
     BINDINGS = [
         Binding("r", "reveal", "Reveal", id="member.reveal",
                 tooltip="Show SSN / date of birth for a short time (needs phi:reveal and a reason; audited)"),

@@ -87,6 +87,9 @@ class ResultsTable(CareTable):
 
     def action_cursor_up(self) -> None:
         if self.cursor_row <= 0:
+            if self.screen.focused is self:  # at once, as the key comes; LeftTop only tells the screen
+                for box in self.screen.query("#member-search").results(Input):
+                    self.screen.set_focus(box)
             self.post_message(self.LeftTop())
         else:
             super().action_cursor_up()
@@ -170,7 +173,9 @@ for large ones. **Enter** opens the member (an audited read of their record).
 
     def on_mount(self) -> None:
         self.query_one(ResultsTable).add_columns("Name", "Status", "Phone", "E-mail", "City")
-        self.query_one("#member-search", Input).focus()
+        box = self.query_one("#member-search", SearchBox)
+        box.leave_now = self._down_from_search
+        box.focus()
         self.load_plans()
         self.search(reset=True)
 
@@ -185,18 +190,18 @@ for large ones. **Enter** opens the member (an audited read of their record).
             chain.insert(chain.index(search) + 1, results)
         return chain
 
-    @on(SearchBox.Leave, "#member-search")
-    def _down_from_search(self, event: SearchBox.Leave) -> None:
-        """Down or PgDn in the box: on to the first result (the search typed so far is sent first)."""
+    def _down_from_search(self) -> None:
+        """Down or PgDn in the box: on to the first result (the search typed so far is sent first); the
+        box calls it as the key comes (``SearchBox.leave_now``), so Enter typed right after opens the member."""
         if self.current_query() != self.query_state:
             self.search(reset=True)
         table = self.query_one(ResultsTable)
-        table.focus()
+        self.set_focus(table)
         if table.row_count:
             table.move_cursor(row=0)
 
     def on_results_table_left_top(self, message: ResultsTable.LeftTop) -> None:
-        self.query_one("#member-search", Input).focus()
+        self.set_focus(self.query_one("#member-search", Input))
 
     # -- inputs ------------------------------------------------------------------------
 

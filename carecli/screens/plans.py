@@ -208,6 +208,7 @@ plans. The coverage details of the highlighted plan are shown below the list.
         table.add_column("Active", key="active")
         table.add_column("Effective..expires", key="period")
         self.query_one("#plan-detail").border_title = "Coverage"
+        self.query_one("#plans-filter", SearchBox).leave_now = self._filter_submitted  # ↓: at once
         self.load_plans()
 
     # -- loading --------------------------------------------------------------------
@@ -299,9 +300,8 @@ plans. The coverage details of the highlighted plan are shown below the list.
         self.refresh_rows()
 
     @on(Input.Submitted, "#plans-filter")
-    @on(SearchBox.Leave, "#plans-filter")
     def _filter_submitted(self) -> None:
-        self.query_one("#plans-table", DataTable).focus()
+        self.set_focus(self.query_one("#plans-table", DataTable))
 
     def on_key(self, event: events.Key) -> None:
         """A letter typed anywhere on this screen (the list, the checkbox) goes to the filter box."""

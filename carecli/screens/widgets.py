@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, cast
 
 from rich.segment import Segment
@@ -161,7 +161,13 @@ class SearchBox(Input):
         kwargs.setdefault("select_on_focus", False)
         super().__init__(value, **kwargs)
 
+    #: set by the screen: moves the focus down into the list at once (not through Widget.focus, which
+    #: moves it only after the keys already waiting)
+    leave_now: Callable[[], None] | None = None
+
     def action_leave(self) -> None:
+        if self.leave_now is not None:
+            self.leave_now()
         self.post_message(self.Leave(self))
 
 

@@ -71,9 +71,6 @@ member behind any row. A call done leaves Today at once. Switch tabs with the mo
 or **←/→** on the tab bar; **ctrl+r** reloads.
 """
 
-    #: no widget here takes typed text: its letter keys run as they come (see CareScreen)
-    COMMAND_KEYS_FIRST = True
-
     BINDINGS = [
         Binding("ctrl+r", "reload", "Refresh", id="worklist.refresh", tooltip="Load the worklist again"),
         Binding("o", "open_member", "Open member", id="worklist.open_member",

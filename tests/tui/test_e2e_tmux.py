@@ -487,3 +487,27 @@ def test_a_keyboard_only_walk_from_sign_in_to_a_member_and_back_without_a_tab(
     assert "Tab" not in sent and "BTab" not in sent
     assert tui.scalar("identity", "SELECT count(*) FROM sessions WHERE user_id = :u AND deleted_at IS NULL",
                       u=user.id) == 0
+
+
+def test_keys_typed_faster_than_the_screens_open_are_neither_lost_nor_reordered(
+        terminal, tui, oidc_provider, tmp_path) -> None:
+    """Keys sent in one write, as a fast typist or a paste gives them: "/" and a name open the search with the
+    name in it, "↓ Enter" opens the one result, "n" and a note's text open the note with the text."""
+    user = tui.user("specialist")
+    member, prefix = _member_to_find(tui)
+    listed = f"{member.last_name}, {member.first_name}"
+    rc_file = tmp_path / "carecli.rc"
+    terminal.start(_launcher(tmp_path, _child_env(tui, oidc_provider, tmp_path / "home"), rc_file))
+    code = terminal.wait_for_text(re.compile(r"enter the code\s+([B-Z]{4}-[B-Z]{4})"), START_TIMEOUT).group(1)
+    oidc_provider.approve(code, user.external_user_id, email=user.email)
+    terminal.wait_for_text(re.compile(r"Today \(\d+\+?\)"))
+    terminal.wait_for_text("plans:")
+
+    terminal.type("/" + prefix)  # one write: the search opens, and the name is in its box
+    terminal.wait_for_text(re.compile(r"1–1 of 1\b"))
+    assert prefix in terminal.last
+    terminal.keys("Down", "Enter")  # one write: into the results, then open
+    terminal.wait_for_text(re.compile(rf"{re.escape(listed)}\s+·"))
+    terminal.type("nLeft a voicemail")  # one write: the note opens with the text in it
+    terminal.wait_for_text("Left a voicemail")
+    assert "Add a note" in terminal.last

@@ -891,3 +891,65 @@ async def test_keys_typed_with_the_key_that_opens_a_screen_are_not_lost(tui) -> 
         area = note.query_one("#field-text", TextArea)
         await wait_for(pilot, lambda: area.text == "Called back", what=f"the typed note (have {area.text!r})")
         assert screen is not app.screen
+
+
+async def test_down_and_enter_typed_at_once_in_the_search_open_the_first_result(tui) -> None:
+    """↓ moves on to the results as the key comes: Enter typed right after it opens the first member."""
+    from textual import events
+
+    from carecli.screens.members import MemberBrowserScreen
+
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        await pilot.press("f3")
+        browser = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen,
+                                 what="the member search")
+        await pilot.press(*"zybrowski")
+        await wait_for(pilot, lambda: browser.settled and browser.rows == [known.id], what="the one result")
+        for key, character in (("down", None), ("enter", "\r")):
+            event = events.Key(key, character)
+            event.set_sender(app)
+            app.post_message(event)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberDetailScreen) and app.screen.file
+                                is not None and app.screen, what="the member opened by Enter")
+        assert screen.member_id == known.id
+
+
+async def test_keys_typed_at_once_keep_their_order(tui) -> None:
+    """"↓ ↓ Enter" in one read in the member search opens the second result (each key is handled before the
+    next is handed out: the first ↓ moves into the results, the second moves the cursor, Enter opens), and
+    "a x ⌫ ↓" edits the search, then goes down."""
+    from textual import events
+
+    from carecli.screens.members import MemberBrowserScreen
+
+    desk = tui.sign_in("specialist")
+    app = app_for(tui, desk)
+
+    def typed_at_once(*keys: tuple[str, str | None]) -> None:
+        for key, character in keys:
+            event = events.Key(key, character)
+            event.set_sender(app)
+            app.post_message(event)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+        await pilot.press("f3")
+        browser = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen,
+                                 what="the member search")
+        await wait_for(pilot, lambda: browser.settled and len(browser.rows) >= 2, what="a page of members")
+        second = browser.rows[1]
+        typed_at_once(("down", None), ("down", None), ("enter", "\r"))
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberDetailScreen) and app.screen.file
+                                is not None and app.screen, what="a member's file")
+        assert screen.member_id == second
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is browser, what="the search again")
+        await pilot.press("up", "up")
+        box = browser.query_one("#member-search", Input)
+        await wait_for(pilot, lambda: box.has_focus, what="the search box")
+        typed_at_once(("a", "a"), ("x", "x"), ("backspace", "\x7f"), ("down", None))
+        await wait_for(pilot, lambda: box.value == "a" and not box.has_focus, what=f"a, then down ({box.value!r})")
