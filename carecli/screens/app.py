@@ -236,8 +236,9 @@ class CareApp(App[None]):
         #: screen and desk it was asked from
         self._member_ahead: tuple[MemberDetailScreen, Screen[Any], Desk] | None = None
         #: whether member screens are composed before they are needed (benchmarks/tui_bench.py turns it off
-        #: for every other open, to compare)
-        self.spare_member_screens = True
+        #: for every other open, to compare). Not in the SSH host's sessions: there a spare screen per session
+        #: is memory and CPU fifty sessions share (issue 18's per-session targets)
+        self.spare_member_screens = not single_session
         self._spare_timer: Timer | None = None
         #: opens that found the spare screen ready (benchmarks/tui_bench.py reports it)
         self.spare_members_taken = 0
@@ -655,7 +656,7 @@ class CareApp(App[None]):
 
         self._spare_timer = None
         if (not self.spare_member_screens or self.desk is None or self.locked or self._spare_member is not None
-                or not self.is_running):
+                or not self.is_running or self._exit):
             return
         if self.clock() - self.last_input < SPARE_IDLE_SECONDS or self._member_ahead is not None:
             # Not in the middle of typing or of an open: composing takes the app's thread for tens of ms.
