@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import JSON, Date, DateTime, Numeric, String
 
 from carecli.data import audit
+from carecli.data.bulk import copytext
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.catalog import COLUMNS, ENTITY_TYPES, EXTERNAL_ID
 from carecli.data.bulk.readers import Record, RecordProblem
@@ -50,6 +51,9 @@ class Parsed:
 
     row: int
     values: dict[str, Any]
+    #: what the kind's :meth:`Kind.prepare_row` made of the row (in a worker process, or here): sealed PHI,
+    #: keyed hashes, a preformatted COPY line; never plaintext PHI (it crosses a process boundary)
+    prep: Any = None
 
 
 @dataclass
@@ -77,12 +81,17 @@ class Staged:
     create: str
     statements: tuple[str, ...]
 
+    @property
+    def formatters(self) -> list[copytext.Formatter]:
+        return copytext.formatters(self.columns)
+
 
 @dataclass
 class BatchPlan:
     """What one batch will write, and what it found."""
 
-    staged: dict[Staged, list[tuple[Any, ...]]] = field(default_factory=dict)
+    #: each staged path's rows, as COPY text lines
+    staged: dict[Staged, list[str]] = field(default_factory=dict)
     inserts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     updates: list[Update] = field(default_factory=list)
     metadata_upserts: list[dict[str, Any]] = field(default_factory=list)
@@ -96,7 +105,11 @@ class BatchPlan:
         self.inserts.setdefault(table, []).append(values)
 
     def stage(self, staged: Staged, values: tuple[Any, ...]) -> None:
-        self.staged.setdefault(staged, []).append(values)
+        self.stage_line(staged, copytext.line(staged.formatters, values))
+
+    def stage_line(self, staged: Staged, line: str) -> None:
+        """A row already formatted as a COPY text line of ``staged.columns`` (:func:`copytext.line`)."""
+        self.staged.setdefault(staged, []).append(line)
 
 
 def driver_connection(pooled: PoolProxiedConnection) -> psycopg.Connection[Any]:
@@ -153,6 +166,27 @@ class SeenKeys:
             "WHERE row <> ALL(%(rows)s::int[])", {"rows": list(duplicates)})
         self.connection.commit()
         return duplicates
+
+
+class PrepareTools:
+    """The keys :meth:`Kind.prepare_row` may use, each made on first use (``None``: the import has none)."""
+
+    def __init__(self, cipher: Callable[[], Any], blind_index: Callable[[], BlindIndex | None]) -> None:
+        self._cipher_of = cipher
+        self._blind_of = blind_index
+        self._cipher: Any = None
+        self._blind: list[BlindIndex | None] = []
+
+    def cipher(self) -> Any:
+        """A cipher with ``encrypt_ssn``/``encrypt_dob`` under the primary data key."""
+        if self._cipher is None:
+            self._cipher = self._cipher_of()
+        return self._cipher
+
+    def blind_index(self) -> BlindIndex | None:
+        if not self._blind:
+            self._blind.append(self._blind_of())
+        return self._blind[0]
 
 
 @dataclass
@@ -256,6 +290,19 @@ class Kind:
     def date_order(values: Mapping[str, Any], later: str, earlier: str) -> Iterable[tuple[str, str, str]]:
         if values.get(later) is not None and values.get(earlier) is not None and values[later] < values[earlier]:
             yield later, "date_order", f"must not be before {earlier}"
+
+    # -- preparing (a worker process may run this) ------------------------------------------------
+
+    #: whether :meth:`prepare_row` needs the keys (the data key and the blind-index key)
+    uses_keys: ClassVar[bool] = False
+
+    def prepare_row(self, parsed: Parsed, tools: PrepareTools) -> None:
+        """Per-row work that needs no database, after parsing: hashing, encryption, preformatting.
+
+        Runs in a worker process when the import has workers (or here, in order, when not);
+        sets ``parsed.prep`` and must leave no plaintext PHI object in ``parsed`` (it is
+        pickled back to the planning process). Nothing by default.
+        """
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -378,8 +425,8 @@ def metadata_of(connection: Connection, entity_type: str, key: str, ids: Iterabl
     return {entity_id: value for entity_id, value in rows}
 
 
-__all__ = ["EXTERNAL_ID", "BatchContext", "BatchPlan", "Kind", "Parsed", "SeenKeys", "Update", "fetch_by",
-           "metadata_of", "metadata_owners", "same"]
+__all__ = ["EXTERNAL_ID", "BatchContext", "BatchPlan", "Kind", "Parsed", "PrepareTools", "SeenKeys", "Update",
+           "fetch_by", "metadata_of", "metadata_owners", "same"]
 
 
 # -- References to other records (enrollments, specialists, calls, flags) ---------------------------

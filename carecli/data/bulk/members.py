@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from carecli.data import audit
+from carecli.data.bulk import copytext
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.blind_index import backfill
 from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
@@ -29,11 +31,13 @@ from carecli.data.bulk.kinds import (
     BatchPlan,
     Kind,
     Parsed,
+    PrepareTools,
     Staged,
     fetch_by,
     metadata_of,
     metadata_owners,
 )
+from carecli.data.bulk.readers import RecordProblem
 from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.ids import new_id
 from carecli.data.models.enums import MEMBER_STATUSES
@@ -92,6 +96,54 @@ NEW_MEMBERS = Staged(
 )
 
 
+class _Sealed:
+    """Stands in a prepared row's values for its SSN or date of birth: the value is given (not
+    blank), and only its ciphertext (``MemberPrep``) travels; the plaintext stays where it was parsed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "[sealed]"
+
+    def __reduce__(self) -> str:
+        return "SEALED"
+
+
+SEALED = _Sealed()
+
+
+@dataclass(slots=True)
+class MemberPrep:
+    """What :meth:`MembersKind.prepare_row` made of a row: everything per row that needs no database.
+
+    ``id`` is the member's id if the row creates one (the file's ``id``, else a new one); SSN and
+    date of birth are encrypted bound to it. A row that turns out to match an existing member
+    is decrypted again by the planner (``ssn``/``dob``) and re-encrypted for that member only
+    if it changed. ``line`` is the new member's staged COPY line (None when a required column
+    is missing: ``problems``).
+    """
+
+    id: uuid.UUID
+    blind_hash: str | None
+    encrypted_ssn: bytes | None
+    encrypted_dob: bytes | None
+    line: str | None
+    problems: list[RecordProblem]
+
+    def ssn(self, ctx: BatchContext) -> Ssn | None:
+        if self.encrypted_ssn is None:
+            return None
+        return ctx.cipher().decrypt_ssn(self.encrypted_ssn, self.id)
+
+    def dob(self, ctx: BatchContext) -> DateOfBirth | None:
+        if self.encrypted_dob is None:
+            return None
+        return ctx.cipher().decrypt_dob(self.encrypted_dob, self.id)
+
+
+_STAGE_FORMATS = NEW_MEMBERS.formatters
+
+
 class MembersKind(Kind):
     name = "members"
     table = Member.__table__
@@ -112,6 +164,40 @@ class MembersKind(Kind):
             if name in values and values[name] is None:
                 yield name, "required", "is required"
 
+    uses_keys = True
+
+    def prepare_row(self, parsed: Parsed, tools: PrepareTools) -> None:
+        """Blind index, encryption (bound to the new member's id) and the staged COPY line; SSN and
+        date of birth in ``values`` become :data:`SEALED` (or stay None when blank)."""
+        values = parsed.values
+        ssn: Ssn | None = values.get("ssn")
+        dob: DateOfBirth | None = values.get("dob")
+        member_id = values.get("id") or new_id()
+        blind = tools.blind_index() if ssn is not None else None
+        blind_hash = blind.ssn(ssn) if (ssn is not None and blind is not None) else None
+        encrypted_ssn = encrypted_dob = None
+        if ssn is not None or dob is not None:
+            cipher = tools.cipher()
+            if ssn is not None:
+                encrypted_ssn = cipher.encrypt_ssn(ssn, member_id)
+                values["ssn"] = SEALED
+            if dob is not None:
+                encrypted_dob = cipher.encrypt_dob(dob, member_id)
+                values["dob"] = SEALED
+        new = self.new_values(parsed)
+        problems = self.required_problems(parsed, new)
+        line = None
+        if not problems:
+            new["encrypted_ssn"] = encrypted_ssn
+            new["encrypted_dob"] = encrypted_dob
+            new["id"] = member_id
+            number = values.get("external_member_number")
+            line = copytext.line(_STAGE_FORMATS, (
+                *(new.get(name) for name in _MEMBER_COLUMNS), number, blind_hash,
+                None if number is None else new_id(), None if blind_hash is None else new_id(),
+                None if number is None else new_id(), None if blind_hash is None else new_id(), new_id()))
+        parsed.prep = MemberPrep(member_id, blind_hash, encrypted_ssn, encrypted_dob, line, problems)
+
     def before_first_batch(self, ctx: BatchContext) -> None:
         """Members made outside imports (the app, the seed) get their blind index first, so the
         file's rows find them by SSN instead of creating the person again."""
@@ -121,11 +207,7 @@ class MembersKind(Kind):
 
     def plan(self, ctx: BatchContext, rows: list[Parsed]) -> BatchPlan:
         plan = BatchPlan()
-        blind = ctx.blind_index()
-        hashes: dict[int, str | None] = {}
-        for parsed in rows:
-            ssn = parsed.values.get("ssn")
-            hashes[parsed.row] = blind.ssn(ssn) if (ssn is not None and blind is not None) else None
+        hashes: dict[int, str | None] = {parsed.row: parsed.prep.blind_hash for parsed in rows}
         connection = ctx.connection
         by_number = metadata_owners(connection, "member", EXTERNAL_MEMBER_NUMBER,
                                     (p.values.get("external_member_number") for p in rows))
@@ -195,27 +277,11 @@ class MembersKind(Kind):
         return plan
 
     def _create(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, blind_hash: str | None) -> None:
-        values = self.new_values(parsed)
-        problems = self.required_problems(parsed, values)
-        if problems:
-            plan.problems.extend(problems)
+        prep: MemberPrep = parsed.prep
+        if prep.line is None:
+            plan.problems.extend(prep.problems)
             return
-        member_id = parsed.values.get("id") or new_id()
-        ssn: Ssn | None = parsed.values.get("ssn")
-        dob: DateOfBirth | None = parsed.values.get("dob")
-        if ssn is not None or dob is not None:
-            cipher = ctx.cipher()
-            if ssn is not None:
-                values["encrypted_ssn"] = cipher.encrypt_ssn(ssn, member_id)
-            if dob is not None:
-                values["encrypted_dob"] = cipher.encrypt_dob(dob, member_id)
-        values["id"] = member_id
-        number = parsed.values.get("external_member_number")
-        number_meta = None if number is None else new_id()
-        blind_meta = None if blind_hash is None else new_id()
-        plan.stage(NEW_MEMBERS, (*(values.get(name) for name in _MEMBER_COLUMNS), number, blind_hash,
-                                 number_meta, blind_meta, None if number is None else new_id(),
-                                 None if blind_hash is None else new_id(), new_id()))
+        plan.stage_line(NEW_MEMBERS, prep.line)
         plan.created += 1
 
     def _update(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, current: Mapping[str, Any],
@@ -224,14 +290,15 @@ class MembersKind(Kind):
         changes = self.changes(parsed, current)
         extra_old: dict[str, Any] = {}
         extra_new: dict[str, Any] = {}
+        prep: MemberPrep = parsed.prep
         if "ssn" in parsed.values:
-            ssn: Ssn | None = parsed.values["ssn"]
-            if self._ssn_changed(ctx, current, ssn, blind_hash_now, blind_hash):
+            if self._ssn_changed(ctx, current, prep, blind_hash_now, blind_hash):
+                ssn = prep.ssn(ctx)
                 changes["encrypted_ssn"] = ctx.cipher().encrypt_ssn(ssn, member_id) if ssn is not None else None
             if blind_hash is not None and blind_hash != blind_hash_now:
                 self.metadata(plan, ctx, member_id, SSN_BLIND_INDEX, blind_hash, new=False)
         if "dob" in parsed.values:
-            dob: DateOfBirth | None = parsed.values["dob"]
+            dob = prep.dob(ctx)
             stored = current.get("encrypted_dob")
             old = ctx.cipher().decrypt_dob(bytes(stored), member_id) if stored is not None else None
             if old != dob:
@@ -251,11 +318,11 @@ class MembersKind(Kind):
         self.update(plan, ctx, parsed, current, changes, (extra_old, extra_new))
 
     @staticmethod
-    def _ssn_changed(ctx: BatchContext, current: Mapping[str, Any], ssn: Ssn | None, blind_hash_now: str | None,
+    def _ssn_changed(ctx: BatchContext, current: Mapping[str, Any], prep: MemberPrep, blind_hash_now: str | None,
                      blind_hash: str | None) -> bool:
         stored = current.get("encrypted_ssn")
-        if ssn is None or stored is None:
-            return (ssn is None) != (stored is None)
+        if prep.encrypted_ssn is None or stored is None:
+            return (prep.encrypted_ssn is None) != (stored is None)
         if blind_hash_now is not None and blind_hash is not None:
             return blind_hash_now != blind_hash
-        return ctx.cipher().decrypt_ssn(bytes(stored), current["id"]) != ssn
+        return ctx.cipher().decrypt_ssn(bytes(stored), current["id"]) != prep.ssn(ctx)
