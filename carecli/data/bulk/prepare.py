@@ -97,14 +97,36 @@ def prepare_records(kind: Kind, items: Sequence[Record | RecordProblem], tools: 
 _KINDS: dict[type[Kind], Kind] = {}
 
 
-def _watch_parent() -> None:
-    """End this worker when the process that started it is gone (killed: nobody will shut us down)."""
-    parent = os.getppid()
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: /proc), to tell it from a later process given the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    if started is not None:
+        return _started(pid) == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_parent(pid: int, started: str | None) -> None:
+    """End this worker once the importing process ``pid`` is gone: killed (``kill -9``), it shuts
+    nobody down, and a worker blocked handing back a chunk (its pipe full, nobody reading) would
+    stay forever. The forkserver is not that process: it outlives it while workers remain."""
 
     def watch() -> None:
         while True:
             time.sleep(0.5)
-            if os.getppid() != parent:
+            if not _alive(pid, started):
                 os._exit(0)
 
     threading.Thread(target=watch, name="carecli-import-worker-watch", daemon=True).start()
@@ -165,7 +187,8 @@ class Preparer:
             self._worker_keys = self._load_keys()
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["carecli.data.bulk.registry"])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_watch_parent)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_watch_parent,
+                                             initargs=(os.getpid(), _started(os.getpid())))
         return self._pool.submit(_worker_chunk, type(self.kind), items, self._worker_keys)
 
     def _load_keys(self) -> WorkerKeys:
