@@ -60,6 +60,7 @@ from carecli.data.bulk.kinds import (
     PrepareTools,
     SeenKeys,
     Update,
+    actor_fields,
     driver_connection,
 )
 from carecli.data.bulk.prepare import Preparer, worker_keys
@@ -325,6 +326,8 @@ class _Writer:
                 _copy_text(cursor, staged.table, staged.columns, "".join(rows))
                 for statement in staged.statements:
                     cursor.execute(statement, self.actor_params)
+            for (table, names), lines in plan.copies.items():
+                _copy_text(cursor, table, names, "".join(lines))
             for table, inserts in plan.inserts.items():
                 _copy(cursor, table, inserts)
             if plan.metadata_upserts:
@@ -335,7 +338,7 @@ class _Writer:
                     "metadata_value = EXCLUDED.metadata_value, deleted_at = NULL, updated_at = now()",
                     [{**row, "metadata_value": Jsonb(row["metadata_value"])} for row in plan.metadata_upserts])
             _copy(cursor, "audit_logs", plan.audit)
-        if plan.inserts or plan.updates or plan.staged or plan.metadata_upserts:
+        if plan.inserts or plan.updates or plan.staged or plan.metadata_upserts or plan.copies:
             self._unannounced = True
         self._note_tables(plan)
         if not self.single:
@@ -352,6 +355,7 @@ class _Writer:
             return
         self._since_analyze += written
         self._tables.update(plan.inserts)
+        self._tables.update(table for table, _ in plan.copies)
         if plan.metadata_upserts:
             self._tables.add("metadata")
         if plan.audit:
@@ -482,8 +486,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     planner = engine.connect()
     identity_connection: Any = None
     writer: _Writer | None = None
-    tools = PrepareTools(cipher, blind_index)
-    preparer = Preparer(kind, tools, workers=workers, keys=worker_keys(tools.cipher, tools.blind_index))
+    tools = PrepareTools(cipher, blind_index, actor_fields(actor))
+    preparer = Preparer(kind, tools, workers=workers, keys=worker_keys(tools))
     try:
         identity_connection = identity.connect() if identity is not None else None
         planner.exec_driver_sql("SET statement_timeout = 0")

@@ -16,6 +16,7 @@ date of birth is decrypted to compare.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ from carecli.data.bulk.kinds import (
     Kind,
     Parsed,
     PrepareTools,
-    Staged,
     fetch_by,
     metadata_of,
     metadata_owners,
@@ -49,51 +49,21 @@ _MEMBER_COLUMNS = ("id", "encrypted_ssn", "encrypted_dob", "first_name", "last_n
                    "address_line1", "address_line2", "city", "state", "zip_code", "status")
 
 
-def _audit_values_sql(columns: tuple[str, ...], sensitive: frozenset[str], prefix: str = "") -> str:
-    """``jsonb_build_object`` of the values a member's create audit row holds: PHI reduced to a marker,
-    as :func:`carecli.data.audit.audit_values` does for rows written one at a time."""
-    parts = []
-    for name in columns:
-        column = prefix + name
-        value = f"CASE WHEN {column} IS NULL THEN NULL ELSE '{REDACTED}' END" if name in sensitive else column
-        parts.append(f"'{name}', {value}")
-    return f"jsonb_build_object({', '.join(parts)})"
+_SENSITIVE = audit.SENSITIVE_FIELDS["member"] | {EXTERNAL_MEMBER_NUMBER}
+#: the member's values its create audit row holds (PHI and contact details reduced to a marker)
+_AUDITED = (*_MEMBER_COLUMNS[1:], EXTERNAL_MEMBER_NUMBER)
+_METADATA_COLUMNS = ("id", "entity_type", "entity_id", "metadata_key", "metadata_value")
+_AUDIT_COLUMNS = ("id", "user_id", "entity_type", "entity_id", "action", "old_values", "new_values", "ip_address",
+                  "user_agent")
+#: New members go in as a binary-safe text COPY per table and batch, of lines made per row by
+#: :meth:`MembersKind.prepare_row` (in a worker process): the member, its metadata rows (external
+#: member number, blind index) and the audit rows of all three, each table's rows in the order of
+#: their ids (time-ordered: right-edge appends to the primary keys).
+NEW_ROWS = (("members", _MEMBER_COLUMNS), ("metadata", _METADATA_COLUMNS), ("audit_logs", _AUDIT_COLUMNS))
 
 
-_STAGE = "carecli_stage_new_members_v7"
-#: The ids of a new member's other rows, made in Python (carecli.data.ids, time-ordered) in this
-#: order and staged with the member: its two metadata rows, then their audit rows and its own.
-_ROW_IDS = ("number_meta_id", "blind_meta_id", "number_audit_id", "blind_audit_id", "audit_id")
-_ACTOR = "%(user_id)s, {kind}, {id}, 'create', NULL, {values}, %(ip_address)s::inet, %(user_agent)s"
-_META_VALUES = (f"jsonb_build_object('entity_type', 'member', 'entity_id', s.id, 'metadata_key', {{key}}, "
-                f"'metadata_value', '{REDACTED}')")
-#: New members go in as one COPY per batch; their metadata rows and every audit row are made by SQL,
-#: each table's rows in the order of their ids (right-edge appends to the primary keys).
-NEW_MEMBERS = Staged(
-    table=_STAGE,
-    columns=(*_MEMBER_COLUMNS, EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX, *_ROW_IDS),
-    create=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} AS SELECT {', '.join(_MEMBER_COLUMNS)}, "
-           f"NULL::text AS {EXTERNAL_MEMBER_NUMBER}, NULL::text AS {SSN_BLIND_INDEX}, "
-           + ", ".join(f"NULL::uuid AS {name}" for name in _ROW_IDS) + " FROM members WITH NO DATA",
-    statements=(
-        f"INSERT INTO members ({', '.join(_MEMBER_COLUMNS)}) SELECT {', '.join(_MEMBER_COLUMNS)} FROM {_STAGE}",
-        "INSERT INTO metadata (id, entity_type, entity_id, metadata_key, metadata_value) "
-        f"SELECT m.id, 'member', s.id, m.key, m.value FROM {_STAGE} s CROSS JOIN LATERAL (VALUES "
-        f"(s.number_meta_id, '{EXTERNAL_MEMBER_NUMBER}', to_jsonb(s.{EXTERNAL_MEMBER_NUMBER})), "
-        f"(s.blind_meta_id, '{SSN_BLIND_INDEX}', to_jsonb(s.{SSN_BLIND_INDEX}))) m(id, key, value) "
-        "WHERE m.value IS NOT NULL",
-        "INSERT INTO audit_logs (id, user_id, entity_type, entity_id, action, old_values, new_values, ip_address, "
-        "user_agent) SELECT a.id, " + _ACTOR.format(kind="a.entity_type", id="a.entity_id", values="a.new_values")
-        + f" FROM {_STAGE} s CROSS JOIN LATERAL (VALUES "
-        f"(s.number_audit_id, 'metadata', s.number_meta_id, "
-        + _META_VALUES.format(key=f"'{EXTERNAL_MEMBER_NUMBER}'") + "), "
-        "(s.blind_audit_id, 'metadata', s.blind_meta_id, " + _META_VALUES.format(key=f"'{SSN_BLIND_INDEX}'") + "), "
-        "(s.audit_id, 'member', s.id, "
-        + _audit_values_sql((*_MEMBER_COLUMNS[1:], EXTERNAL_MEMBER_NUMBER),
-                            audit.SENSITIVE_FIELDS["member"] | {EXTERNAL_MEMBER_NUMBER}, "s.")
-        + ")) a(id, entity_type, entity_id, new_values) WHERE a.id IS NOT NULL",
-    ),
-)
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(copytext.ESCAPES)
 
 
 class _Sealed:
@@ -127,7 +97,8 @@ class MemberPrep:
     blind_hash: str | None
     encrypted_ssn: bytes | None
     encrypted_dob: bytes | None
-    line: str | None
+    #: COPY lines of the new rows of ``NEW_ROWS``' tables (members, metadata, audit_logs)
+    lines: tuple[str, str, str] | None
     problems: list[RecordProblem]
 
     def ssn(self, ctx: BatchContext) -> Ssn | None:
@@ -139,9 +110,6 @@ class MemberPrep:
         if self.encrypted_dob is None:
             return None
         return ctx.cipher().decrypt_dob(self.encrypted_dob, self.id)
-
-
-_STAGE_FORMATS = NEW_MEMBERS.formatters
 
 
 class MembersKind(Kind):
@@ -186,17 +154,39 @@ class MembersKind(Kind):
                 values["dob"] = SEALED
         new = self.new_values(parsed)
         problems = self.required_problems(parsed, new)
-        line = None
+        lines = None
         if not problems:
             new["encrypted_ssn"] = encrypted_ssn
             new["encrypted_dob"] = encrypted_dob
             new["id"] = member_id
             number = values.get("external_member_number")
-            line = copytext.line(_STAGE_FORMATS, (
-                *(new.get(name) for name in _MEMBER_COLUMNS), number, blind_hash,
-                None if number is None else new_id(), None if blind_hash is None else new_id(),
-                None if number is None else new_id(), None if blind_hash is None else new_id(), new_id()))
-        parsed.prep = MemberPrep(member_id, blind_hash, encrypted_ssn, encrypted_dob, line, problems)
+            new[EXTERNAL_MEMBER_NUMBER] = number
+            lines = self._new_rows(member_id, new, number, blind_hash, tools.actor_fields)
+        parsed.prep = MemberPrep(member_id, blind_hash, encrypted_ssn, encrypted_dob, lines, problems)
+
+    @staticmethod
+    def _new_rows(member_id: uuid.UUID, new: Mapping[str, Any], number: str | None, blind_hash: str | None,
+                  actor: tuple[str, str, str]) -> tuple[str, str, str]:
+        """The COPY lines of a new member, its metadata rows and the audit rows of all three."""
+        field = copytext.field
+        member = "\t".join([field(new.get(name)) for name in _MEMBER_COLUMNS]) + "\n"
+        user_id, ip_address, user_agent = actor
+        metadata = []
+        audits = []
+        member_text = str(member_id)
+        for key, value in ((EXTERNAL_MEMBER_NUMBER, number), (SSN_BLIND_INDEX, blind_hash)):
+            if value is None:
+                continue
+            meta_id = str(new_id())
+            metadata.append(f"{meta_id}\tmember\t{member_text}\t{key}\t{_json(value)}\n")
+            audits.append(f"{new_id()}\t{user_id}\tmetadata\t{meta_id}\tcreate\t\\N\t" + _json(
+                {"entity_type": "member", "entity_id": member_text, "metadata_key": key,
+                 "metadata_value": REDACTED}) + f"\t{ip_address}\t{user_agent}\n")
+        audited = {name: (None if new.get(name) is None else REDACTED) if name in _SENSITIVE else new.get(name)
+                   for name in _AUDITED}
+        audits.append(f"{new_id()}\t{user_id}\tmember\t{member_text}\tcreate\t\\N\t{_json(audited)}"
+                      f"\t{ip_address}\t{user_agent}\n")
+        return member, "".join(metadata), "".join(audits)
 
     def before_first_batch(self, ctx: BatchContext) -> None:
         """Members made outside imports (the app, the seed) get their blind index first, so the
@@ -278,10 +268,12 @@ class MembersKind(Kind):
 
     def _create(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, blind_hash: str | None) -> None:
         prep: MemberPrep = parsed.prep
-        if prep.line is None:
+        if prep.lines is None:
             plan.problems.extend(prep.problems)
             return
-        plan.stage_line(NEW_MEMBERS, prep.line)
+        for (table, columns), line in zip(NEW_ROWS, prep.lines):
+            if line:
+                plan.copy_line(table, columns, line)
         plan.created += 1
 
     def _update(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, current: Mapping[str, Any],

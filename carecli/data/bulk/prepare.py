@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from carecli.data.bulk.blind_index import BlindIndex
 from carecli.data.bulk.kinds import Kind, Parsed, PrepareTools
@@ -60,6 +59,8 @@ class WorkerKeys:
 
     sealing: SealingKey | None
     blind: BlindIndex | None
+    #: the import's actor as COPY fields (:func:`carecli.data.bulk.kinds.actor_fields`)
+    actor_fields: tuple[str, str, str] = ("\\N", "\\N", "\\N")
 
     def __repr__(self) -> str:
         return "WorkerKeys([keys])"
@@ -141,7 +142,8 @@ def _worker_chunk(kind_class: type[Kind], items: list[Record | RecordProblem], k
     if kind is None:
         kind = _KINDS[kind_class] = kind_class()
     sealing = keys.sealing
-    tools = PrepareTools((lambda: SealingCipher(sealing)) if sealing is not None else _no_key, lambda: keys.blind)
+    tools = PrepareTools((lambda: SealingCipher(sealing)) if sealing is not None else _no_key, lambda: keys.blind,
+                         keys.actor_fields)
     return prepare_records(kind, items, tools)
 
 
@@ -192,11 +194,9 @@ class Preparer:
         return self._pool.submit(_worker_chunk, type(self.kind), items, self._worker_keys)
 
     def _load_keys(self) -> WorkerKeys:
-        if not self.kind.uses_keys:
-            return WorkerKeys(None, None)
-        if self._keys is not None:
-            return self._keys()
-        return WorkerKeys(None, None)
+        if not self.kind.uses_keys or self._keys is None:
+            return WorkerKeys(None, None, self.tools.actor_fields)
+        return self._keys()
 
     @property
     def started(self) -> bool:
@@ -209,16 +209,16 @@ class Preparer:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def worker_keys(cipher: Callable[[], Any], blind_index: Callable[[], BlindIndex | None]) -> Callable[[], WorkerKeys]:
+def worker_keys(tools: PrepareTools) -> Callable[[], WorkerKeys]:
     """The keys for the workers, from the import's cipher and blind index (a cipher without a primary
     key gives none: a worker then refuses to encrypt, as the cipher would)."""
 
     def load() -> WorkerKeys:
-        blind = blind_index()
+        blind = tools.blind_index()
         try:
-            sealing = cipher().sealing_key()
+            sealing = tools.cipher().sealing_key()
         except KeyUnavailable:
             sealing = None
-        return WorkerKeys(sealing, blind)
+        return WorkerKeys(sealing, blind, tools.actor_fields)
 
     return load
