@@ -17,7 +17,8 @@ Run: .venv/bin/python benchmarks/import_bench.py --admin-url postgresql://postgr
    migrated database (10, 8 and 5 indexes, keys and checks): the least
    work any loader can make the database do on this schema;
 4. re-runs the same file (every row unchanged);
-5. peak resident memory of the import process at two file sizes (N/10 and
+5. peak resident memory of the import process (alone, and with its worker
+   processes, summed) at two file sizes (N/10 and
    N), each into fresh databases: it must not grow with the file.
 
 Prints a table; keeps nothing (the databases are dropped at the end unless --keep).
@@ -33,6 +34,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,20 +100,66 @@ def environment(urls: dict[str, str], master: str) -> dict[str, str]:
     return env
 
 
-def run_import(env: dict[str, str], path: Path) -> tuple[dict, float, int]:
-    """The real CLI: (its --json summary, wall seconds, peak RSS in KiB)."""
+def _tree_rss_kib(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants (the import's worker processes), in KiB."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+class TreeMemory:
+    """The peak of the summed RSS of a process tree, sampled every 50 ms in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.05):
+            self.peak = max(self.peak, _tree_rss_kib(self.pid))
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_import(env: dict[str, str], path: Path, *args: str) -> tuple[dict, float, int, int]:
+    """The real CLI: (its --json summary, wall seconds, peak RSS of the process in KiB, peak RSS of the
+    process and its worker processes together in KiB)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "carecli", "import", "members", str(path), "--json"],
+        proc = subprocess.Popen([sys.executable, "-m", "carecli", "import", "members", str(path), "--json", *args],
                                 env=env, stdout=out, stderr=err, text=True)
+        memory = TreeMemory(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
+        tree = memory.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
             raise SystemExit(f"import failed ({proc.returncode}): {err.read().strip()[-2000:]}")
-        return json.loads(out.read()), seconds, usage.ru_maxrss
+        return json.loads(out.read()), seconds, usage.ru_maxrss, max(tree, usage.ru_maxrss)
 
 
 def timed_copy_in(conn: psycopg.Connection, dumps: dict[str, Path], prefix: str = "") -> float:
@@ -170,6 +218,7 @@ def main() -> None:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the databases of the full-size run")
+    parser.add_argument("--workers", type=int, default=None, help="carecli import --workers (default: its own)")
     args = parser.parse_args()
     master = encode_key(generate_master_key())
     prefix = "carecli_bench_import"
@@ -185,17 +234,18 @@ def main() -> None:
 
         urls = fresh_pair(args.admin_url, prefix)
         env = environment(urls, master)
-        summary_small, seconds_small, rss_small = run_import(env, small)
+        extra = () if args.workers is None else ("--workers", str(args.workers))
+        summary_small, seconds_small, rss_small, tree_small = run_import(env, small, *extra)
         drop_pair(args.admin_url, prefix)
 
         urls = fresh_pair(args.admin_url, prefix)
         env = environment(urls, master)
-        summary, seconds, rss_full = run_import(env, full)
+        summary, seconds, rss_full, tree_full = run_import(env, full, *extra)
         assert summary["created"] == args.members, summary
         empty = fresh_pair(args.admin_url, prefix + "_floor")
         copy_seconds, indexed_seconds, counts = baseline(urls["platform"], empty["platform"])
         drop_pair(args.admin_url, prefix + "_floor")
-        rerun, rerun_seconds, _ = run_import(env, full)
+        rerun, rerun_seconds, _, _ = run_import(env, full, *extra)
         assert rerun["unchanged"] == args.members, rerun
         if not args.keep:
             drop_pair(args.admin_url, prefix)
@@ -211,15 +261,17 @@ def main() -> None:
         ("  of which the loader (its own clock)", f"{summary['seconds']:.1f} s"),
         ("plain binary COPY of the same final rows into bare tables",
          f"{copy_seconds:.1f} s = {copy_rate:,.0f} members/s"),
-        ("import rate / COPY rate (target >= 0.50)", f"{import_rate / copy_rate:.2f}"),
+        ("import rate / COPY rate", f"{import_rate / copy_rate:.2f}"),
         ("plain binary COPY of the same rows into the real, empty tables (their indexes)",
          f"{indexed_seconds:.1f} s = {n / indexed_seconds:,.0f} members/s"),
         ("  that COPY's rate / the bare COPY's rate (the ceiling of any loader)",
          f"{copy_seconds / indexed_seconds:.2f}"),
-        ("import rate / that COPY's rate", f"{import_rate * indexed_seconds / n:.2f}"),
+        ("import rate / that COPY's rate (target >= 0.80)", f"{import_rate * indexed_seconds / n:.2f}"),
         ("re-run of the same file (all unchanged)", f"{rerun_seconds:.1f} s = {n / rerun_seconds:,.0f} members/s"),
-        (f"peak RSS importing {small_n:,} members", f"{rss_small / 1024:.0f} MiB"),
-        (f"peak RSS importing {n:,} members", f"{rss_full / 1024:.0f} MiB"),
+        (f"peak RSS importing {small_n:,} members (the process; with its workers)",
+         f"{rss_small / 1024:.0f} MiB; {tree_small / 1024:.0f} MiB"),
+        (f"peak RSS importing {n:,} members (the process; with its workers)",
+         f"{rss_full / 1024:.0f} MiB; {tree_full / 1024:.0f} MiB"),
     ]
     print_table(rows)
 

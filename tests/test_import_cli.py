@@ -522,6 +522,37 @@ def _settled(inst: Install) -> int:
     raise AssertionError("the killed import's session did not go away")
 
 
+def _started(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every live descendant of ``root`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found: dict[int, str] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        started = _started(pid)
+        if started is not None:
+            found[pid] = started
+        todo.extend(children.get(pid, []))
+    return found
+
+
 def test_an_import_killed_mid_file_and_run_again_ends_with_exactly_the_file(inst: Install, tmp_path: Path) -> None:
     total = 30_000
     path = tmp_path / "big.csv"
@@ -540,12 +571,20 @@ def test_an_import_killed_mid_file_and_run_again_ends_with_exactly_the_file(inst
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             assert time.monotonic() < deadline, "no batch was committed"
             time.sleep(0.02)
+        helpers = _descendants(proc.pid)  # its worker processes (and their forkserver)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
         if proc.stderr:
             proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
+    assert helpers, "the import ran without worker processes"
+    # Nobody shuts the workers down after a kill -9: they notice on their own and end.
+    deadline = time.monotonic() + 20
+    while (left := [pid for pid, started in helpers.items() if _started(pid) == started]) and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, "worker processes outlived the killed import"
 
     partial = _settled(inst)
     assert 0 < partial < total

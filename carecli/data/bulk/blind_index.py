@@ -50,6 +50,10 @@ class BlindIndex:
     def __repr__(self) -> str:
         return "BlindIndex([key])"
 
+    def __reduce__(self) -> tuple:
+        # To an import's worker process, through its pipe (the key is as secret as the data keys).
+        return (BlindIndex, (self._key,))
+
     def ssn(self, ssn: Ssn) -> str:
         return hmac.digest(self._key, b"ssn:" + ssn.reveal().encode("ascii"), hashlib.sha256).hex()
 

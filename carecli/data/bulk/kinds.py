@@ -18,11 +18,12 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import ColumnElement, Connection, Table, Text, any_, bindparam, func, literal_column, select, tuple_
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy import ColumnElement, Connection, Table, any_, bindparam, select, text, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import JSON, Date, DateTime, Numeric, String
 
 from carecli.data import audit
+from carecli.data.bulk import copytext
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.catalog import COLUMNS, ENTITY_TYPES, EXTERNAL_ID
 from carecli.data.bulk.readers import Record, RecordProblem
@@ -50,6 +51,9 @@ class Parsed:
 
     row: int
     values: dict[str, Any]
+    #: what the kind's :meth:`Kind.prepare_row` made of the row (in a worker process, or here): sealed PHI,
+    #: keyed hashes, a preformatted COPY line; never plaintext PHI (it crosses a process boundary)
+    prep: Any = None
 
 
 @dataclass
@@ -77,12 +81,19 @@ class Staged:
     create: str
     statements: tuple[str, ...]
 
+    @property
+    def formatters(self) -> list[copytext.Formatter]:
+        return copytext.formatters(self.columns)
+
 
 @dataclass
 class BatchPlan:
     """What one batch will write, and what it found."""
 
-    staged: dict[Staged, list[tuple[Any, ...]]] = field(default_factory=dict)
+    #: each staged path's rows, as COPY text lines
+    staged: dict[Staged, list[str]] = field(default_factory=dict)
+    #: rows COPYed straight into (table, columns), as COPY text lines, before ``inserts``
+    copies: dict[tuple[str, tuple[str, ...]], list[str]] = field(default_factory=dict)
     inserts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     updates: list[Update] = field(default_factory=list)
     metadata_upserts: list[dict[str, Any]] = field(default_factory=list)
@@ -96,7 +107,15 @@ class BatchPlan:
         self.inserts.setdefault(table, []).append(values)
 
     def stage(self, staged: Staged, values: tuple[Any, ...]) -> None:
-        self.staged.setdefault(staged, []).append(values)
+        self.stage_line(staged, copytext.line(staged.formatters, values))
+
+    def copy_line(self, table: str, columns: tuple[str, ...], line: str) -> None:
+        """Rows (one or more COPY text lines of ``columns``) to COPY into ``table``."""
+        self.copies.setdefault((table, columns), []).append(line)
+
+    def stage_line(self, staged: Staged, line: str) -> None:
+        """A row already formatted as a COPY text line of ``staged.columns`` (:func:`copytext.line`)."""
+        self.staged.setdefault(staged, []).append(line)
 
 
 def driver_connection(pooled: PoolProxiedConnection) -> psycopg.Connection[Any]:
@@ -116,9 +135,12 @@ class SeenKeys:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        connection.exec_driver_sql(
-            "CREATE TEMP TABLE IF NOT EXISTS carecli_import_seen (key text PRIMARY KEY, row integer NOT NULL)")
-        connection.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS carecli_import_batch (key text, row integer)")
+        # Byte order ("C"): the keys are only ever compared for equality, and a collation's rules cost
+        # several times more per comparison in the primary key's b-tree.
+        connection.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS carecli_import_seen "
+                                   "(key text COLLATE \"C\" PRIMARY KEY, row integer NOT NULL)")
+        connection.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS carecli_import_batch "
+                                   "(key text COLLATE \"C\", row integer)")
         connection.exec_driver_sql("TRUNCATE carecli_import_seen")
         connection.commit()
 
@@ -153,6 +175,31 @@ class SeenKeys:
             "WHERE row <> ALL(%(rows)s::int[])", {"rows": list(duplicates)})
         self.connection.commit()
         return duplicates
+
+
+class PrepareTools:
+    """The keys :meth:`Kind.prepare_row` may use, each made on first use (``None``: the import has none),
+    and the actor of the import (for audit rows)."""
+
+    def __init__(self, cipher: Callable[[], Any], blind_index: Callable[[], BlindIndex | None],
+                 actor_fields: tuple[str, str, str] = ("\\N", "\\N", "\\N")) -> None:
+        #: the actor's user_id, ip_address and user_agent as COPY text fields (for audit rows made here)
+        self.actor_fields = actor_fields
+        self._cipher_of = cipher
+        self._blind_of = blind_index
+        self._cipher: Any = None
+        self._blind: list[BlindIndex | None] = []
+
+    def cipher(self) -> Any:
+        """A cipher with ``encrypt_ssn``/``encrypt_dob`` under the primary data key."""
+        if self._cipher is None:
+            self._cipher = self._cipher_of()
+        return self._cipher
+
+    def blind_index(self) -> BlindIndex | None:
+        if not self._blind:
+            self._blind.append(self._blind_of())
+        return self._blind[0]
 
 
 @dataclass
@@ -257,6 +304,19 @@ class Kind:
         if values.get(later) is not None and values.get(earlier) is not None and values[later] < values[earlier]:
             yield later, "date_order", f"must not be before {earlier}"
 
+    # -- preparing (a worker process may run this) ------------------------------------------------
+
+    #: whether :meth:`prepare_row` needs the keys (the data key and the blind-index key)
+    uses_keys: ClassVar[bool] = False
+
+    def prepare_row(self, parsed: Parsed, tools: PrepareTools) -> None:
+        """Per-row work that needs no database, after parsing: hashing, encryption, preformatting.
+
+        Runs in a worker process when the import has workers (or here, in order, when not);
+        sets ``parsed.prep`` and must leave no plaintext PHI object in ``parsed`` (it is
+        pickled back to the planning process). Nothing by default.
+        """
+
     # -- planning ----------------------------------------------------------------------------
 
     def before_first_batch(self, ctx: BatchContext) -> None:
@@ -357,13 +417,15 @@ def metadata_owners(connection: Connection, entity_type: str, key: str,
     # The values travel as one text parameter of JSON strings, one per line (binding a list of
     # JSONB values costs a Python-level dump per element: most of a batch's lookup time).
     values = "\n".join(f'"{value}"' if _PLAIN_JSON_STRING.match(value) else json.dumps(value) for value in wanted)
-    rows = connection.execute(select(METADATA.c.metadata_value.op("#>>")(literal_column("'{}'")),
-                                     METADATA.c.entity_id).where(
-        METADATA.c.entity_type == literal_column(f"'{entity_type}'"),
-        METADATA.c.metadata_key == literal_column(f"'{key}'"), METADATA.c.deleted_at.is_(None),
-        METADATA.c.metadata_value == any_(
-            func.string_to_array(bindparam("values", values, type_=Text), literal_column("E'\\n'"))
-            .cast(ARRAY(JSONB))))).all()
+    # The array comes from a sub-select, not a constant: with a constant array of 5,000 values the
+    # planner estimates each element against the column's statistics (milliseconds per batch) and
+    # then, on a table of a few hundred thousand rows, prefers a parallel scan of all of metadata to
+    # 5,000 probes of the natural-key index; an array it cannot see into is probed (tens of ms).
+    rows = connection.execute(text(
+        "SELECT metadata_value #>> '{}', entity_id FROM metadata "
+        f"WHERE entity_type = '{entity_type}' AND metadata_key = '{key}' AND deleted_at IS NULL "
+        "AND metadata_value = ANY(ARRAY(SELECT CAST(unnest(string_to_array(:values, E'\\n')) AS jsonb)))"),
+        {"values": values}).all()
     return {value: entity_id for value, entity_id in rows}
 
 
@@ -378,8 +440,8 @@ def metadata_of(connection: Connection, entity_type: str, key: str, ids: Iterabl
     return {entity_id: value for entity_id, value in rows}
 
 
-__all__ = ["EXTERNAL_ID", "BatchContext", "BatchPlan", "Kind", "Parsed", "SeenKeys", "Update", "fetch_by",
-           "metadata_of", "metadata_owners", "same"]
+__all__ = ["EXTERNAL_ID", "BatchContext", "BatchPlan", "Kind", "Parsed", "PrepareTools", "SeenKeys", "Update",
+           "fetch_by", "metadata_of", "metadata_owners", "same"]
 
 
 # -- References to other records (enrollments, specialists, calls, flags) ---------------------------
@@ -541,3 +603,8 @@ def specialist_refs(ctx: BatchContext, rows: Sequence[Parsed], id_field: str = "
 def database_now(connection: Connection) -> datetime:
     """The database's clock (naive UTC), for timestamps the import sets itself (``deleted_at``)."""
     return connection.exec_driver_sql("SELECT clock_timestamp() AT TIME ZONE 'UTC'").scalar_one()
+
+
+def actor_fields(actor: Actor) -> tuple[str, str, str]:
+    """An actor's user_id, ip_address and user_agent as COPY text fields."""
+    return (copytext.field(actor.user_id), copytext.field(actor.ip_address), copytext.field(actor.user_agent))

@@ -34,17 +34,14 @@ committed (a bad header) is raised as it is: nothing was written.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import re
 import threading
 import time
-import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -53,8 +50,20 @@ from sqlalchemy import Engine, text
 
 from carecli.data import notify
 from carecli.data.actor import Actor
+from carecli.data.bulk import copytext
 from carecli.data.bulk.blind_index import BlindIndex
-from carecli.data.bulk.kinds import BatchContext, BatchPlan, Kind, Parsed, SeenKeys, Update, driver_connection
+from carecli.data.bulk.kinds import (
+    BatchContext,
+    BatchPlan,
+    Kind,
+    Parsed,
+    PrepareTools,
+    SeenKeys,
+    Update,
+    actor_fields,
+    driver_connection,
+)
+from carecli.data.bulk.prepare import Preparer, worker_keys
 from carecli.data.bulk.readers import Record, RecordProblem
 from carecli.data.crypto.fields import FieldCipher
 from carecli.data.permissions import Permission
@@ -138,37 +147,54 @@ def check_permission(kind: Kind, actor: Actor, audit_denial: Callable[[str], Non
                                f"'{kind.permission}' permission")
 
 
-def _parse(kind: Kind, record: Record) -> Parsed | list[RecordProblem]:
-    """The kind's parse of one record; an exception from it (a bug) refuses that row, not the run.
+def _batches(records: Iterable[Record | RecordProblem], size: int, on_problem: Callable[[RecordProblem], None],
+             counter: list[int], preparer: Preparer) -> Iterator[list[Parsed]]:
+    """Batches of ``size`` prepared rows, in file order; refused rows go to ``on_problem`` in file order.
 
-    Neither the exception's text nor its traceback is shown or logged: either can quote the value.
+    Records are read in chunks of ``size`` and handed to ``preparer`` a few chunks ahead. When the
+    reader fails part-way (a broken file), the chunks before the failure are still planned and
+    written in whole batches, the rows of the unfinished batch are not, and the failure is raised.
     """
-    try:
-        return kind.parse(record)
-    except Exception as exc:  # noqa: BLE001 - any bug in any parser; the row is refused, the rest load
-        log.error("parsing a row of a %s import raised %s; the row was refused", kind.name, type(exc).__name__)
-        return [RecordProblem(record.row, "(row)", "internal_error",
-                              f"could not be checked: carecli failed on it ({type(exc).__name__}), a bug to "
-                              "report; the row was not loaded")]
+    source = iter(records)
+    pending: deque[Any] = deque()
+    state: dict[str, Any] = {"failure": None, "ended": False}
 
+    def fill() -> None:
+        while not state["ended"] and len(pending) < preparer.depth:
+            chunk: list[Record | RecordProblem] = []
+            try:
+                for item in source:
+                    counter[0] += 1
+                    chunk.append(item)
+                    if len(chunk) >= size:
+                        break
+            except Exception as exc:  # noqa: BLE001 - raised once the chunks before it are written
+                state["failure"] = exc
+            if chunk:
+                pending.append(preparer.submit(chunk))
+            if state["failure"] is not None or len(chunk) < size:
+                state["ended"] = True
 
-def _batches(kind: Kind, records: Iterable[Record | RecordProblem], size: int,
-             on_problem: Callable[[RecordProblem], None], counter: list[int]) -> Iterator[list[Parsed]]:
     batch: list[Parsed] = []
-    for item in records:
-        counter[0] += 1
-        if isinstance(item, RecordProblem):
-            on_problem(item)
-            continue
-        parsed = _parse(kind, item)
-        if isinstance(parsed, list):
-            for problem in parsed:
-                on_problem(problem)
-            continue
-        batch.append(parsed)
-        if len(batch) >= size:
-            yield batch
-            batch = []
+    fill()
+    while pending:
+        outcomes, failures = pending.popleft().result()
+        fill()
+        for name in failures:
+            log.error("parsing a row of a %s import raised %s; the row was refused", preparer.kind.name, name)
+        for outcome in outcomes:
+            if isinstance(outcome, RecordProblem):
+                on_problem(outcome)
+            elif isinstance(outcome, list):
+                for problem in outcome:
+                    on_problem(problem)
+            else:
+                batch.append(outcome)
+                if len(batch) >= size:
+                    yield batch
+                    batch = []
+    if state["failure"] is not None:
+        raise state["failure"]
     if batch:
         yield batch
 
@@ -297,9 +323,11 @@ class _Writer:
                     cursor.execute(staged.create)
                     self._staged.add(staged.table)
                 cursor.execute(f"TRUNCATE {staged.table}")
-                _copy_lines(cursor, staged.table, staged.columns, rows)
+                _copy_text(cursor, staged.table, staged.columns, "".join(rows))
                 for statement in staged.statements:
                     cursor.execute(statement, self.actor_params)
+            for (table, names), lines in plan.copies.items():
+                _copy_text(cursor, table, names, "".join(lines))
             for table, inserts in plan.inserts.items():
                 _copy(cursor, table, inserts)
             if plan.metadata_upserts:
@@ -310,7 +338,7 @@ class _Writer:
                     "metadata_value = EXCLUDED.metadata_value, deleted_at = NULL, updated_at = now()",
                     [{**row, "metadata_value": Jsonb(row["metadata_value"])} for row in plan.metadata_upserts])
             _copy(cursor, "audit_logs", plan.audit)
-        if plan.inserts or plan.updates or plan.staged or plan.metadata_upserts:
+        if plan.inserts or plan.updates or plan.staged or plan.metadata_upserts or plan.copies:
             self._unannounced = True
         self._note_tables(plan)
         if not self.single:
@@ -327,6 +355,7 @@ class _Writer:
             return
         self._since_analyze += written
         self._tables.update(plan.inserts)
+        self._tables.update(table for table, _ in plan.copies)
         if plan.metadata_upserts:
             self._tables.add("metadata")
         if plan.audit:
@@ -407,57 +436,6 @@ class _Writer:
                     raise BatchConflict(changed)
 
 
-_JSON_COLUMNS = frozenset({"old_values", "new_values", "metadata_value", "coverage_details"})
-_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
-_JSON_MEMO: dict[tuple, str] = {}
-_JSON_MEMO_LIMIT = 4096
-
-
-def _json_text(value: Any) -> str:
-    """JSON for a COPY field; audit values of one shape repeat, so their text is memoised."""
-    if type(value) is dict:
-        try:
-            key = tuple(value.items())
-            cached = _JSON_MEMO.get(key)
-        except TypeError:  # unhashable values: nothing to memoise
-            key, cached = None, None
-        if cached is not None:
-            return cached
-        text_value = json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_ESCAPES)
-        if key is not None:
-            if len(_JSON_MEMO) >= _JSON_MEMO_LIMIT:
-                _JSON_MEMO.clear()
-            _JSON_MEMO[key] = text_value
-        return text_value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_ESCAPES)
-
-
-def _field(value: Any) -> str:
-    """One value in COPY's text format (psycopg's per-row adaptation costs several times more)."""
-    kind = type(value)
-    if value is None:
-        return "\\N"
-    if kind is str:
-        return value.translate(_ESCAPES)
-    if kind is uuid.UUID or kind is int or kind is Decimal:
-        return str(value)
-    if kind is bool:
-        return "t" if value else "f"
-    if kind is datetime or kind is date:
-        return value.isoformat()
-    if kind is bytes:
-        return "\\\\x" + value.hex()
-    if kind is dict or kind is list:
-        return _json_text(value)
-    if isinstance(value, Jsonb):
-        return _json_text(value.obj)
-    return str(value).translate(_ESCAPES)
-
-
-def _json_field(value: Any) -> str:
-    return "\\N" if value is None else _json_text(value)
-
-
 def _copy(cursor: Any, table: str, rows: list[dict[str, Any]]) -> None:
     """COPY rows (dicts, possibly with different keys) into ``table``, as preformatted text."""
     if not rows:
@@ -470,9 +448,10 @@ def _copy(cursor: Any, table: str, rows: list[dict[str, Any]]) -> None:
 
 
 def _copy_lines(cursor: Any, table: str, names: tuple[str, ...], rows: Iterable[Iterable[Any]]) -> None:
-    # A JSON column's strings are JSON strings ("A1" -> "\"A1\""), not the column's text.
-    fields = [_json_field if name in _JSON_COLUMNS else _field for name in names]
-    data = "".join("\t".join([format_(value) for format_, value in zip(fields, row)]) + "\n" for row in rows)
+    _copy_text(cursor, table, names, copytext.lines(names, rows))
+
+
+def _copy_text(cursor: Any, table: str, names: tuple[str, ...], data: str) -> None:
     with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
         copy.write(data.encode("utf-8"))
 
@@ -481,14 +460,16 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                cipher: Callable[[], FieldCipher], blind_index: Callable[[], BlindIndex | None],
                on_problem: Callable[[RecordProblem], None], progress: Callable[[int], None] | None = None,
                dry_run: bool = False, all_or_nothing: bool = False, batch_rows: int = BATCH_ROWS,
-               threaded: bool = True, identity: Engine | None = None) -> ImportSummary:
+               threaded: bool = True, identity: Engine | None = None, workers: int = 0) -> ImportSummary:
     """Import ``records`` as ``kind``; bad rows go to ``on_problem``; returns the counts.
 
     Raises :class:`ImportAborted`, with the summary of what is committed, when the run stops
     part-way for any reason (a broken file, the database, a conflicting edit, a bug); a usage
     error (a :class:`~carecli.errors.CarecliError` with exit code 2, such as a bad header) before
     anything is committed is raised as it is. The caller checks permissions first
-    (:func:`check_permission`).
+    (:func:`check_permission`). With ``workers``, parsing, validation and the kind's per-row
+    preparation (encryption, hashing, COPY lines) run in that many worker processes
+    (:mod:`carecli.data.bulk.prepare`); 0 does it all in this process.
     """
     started = time.perf_counter()
     summary = ImportSummary(kind.name, dry_run=dry_run, all_or_nothing=all_or_nothing)
@@ -505,6 +486,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     planner = engine.connect()
     identity_connection: Any = None
     writer: _Writer | None = None
+    tools = PrepareTools(cipher, blind_index, actor_fields(actor))
+    preparer = Preparer(kind, tools, workers=workers, keys=worker_keys(tools))
     try:
         identity_connection = identity.connect() if identity is not None else None
         planner.exec_driver_sql("SET statement_timeout = 0")
@@ -519,7 +502,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
             writer = _Writer(engine, actor, single_transaction=all_or_nothing, threaded=threaded,
                              entity_type=kind.entity_type)
         prepared = dry_run
-        for batch in _batches(kind, records, batch_rows, problem, counter):
+        for batch in _batches(records, batch_rows, problem, counter, preparer):
             if not prepared:  # only once the file has proved readable: a bad header writes nothing
                 kind.before_first_batch(context)
                 planner.commit()
@@ -536,6 +519,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
             if progress is not None:
                 progress(counter[0])
         summary.rows = counter[0]
+        preparer.close()
         if writer is not None:
             commit = not (all_or_nothing and rejected["rows"])
             writer.finish(commit=commit)
@@ -548,6 +532,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         if all_or_nothing and rejected["rows"]:
             summary.created = summary.updated = summary.unchanged = 0
     except (Exception, KeyboardInterrupt) as exc:
+        preparer.close()
         # Whatever it was, the run ends in one of the two documented ways: nothing written (a usage
         # error before any commit: exit 2), or aborted with the summary of what is committed (exit 3).
         if writer is not None:
@@ -562,6 +547,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                     committed.batches)
         raise ImportAborted(type(cause).__name__, summary) from cause
     finally:
+        preparer.close()
         if writer is not None:
             writer.abandon()  # nothing more is committed (a no-op once finished)
         try:

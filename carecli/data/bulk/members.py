@@ -16,11 +16,14 @@ date of birth is decrypted to compare.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from carecli.data import audit
+from carecli.data.bulk import copytext
 from carecli.data.bulk import fields as f
 from carecli.data.bulk.blind_index import backfill
 from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
@@ -29,11 +32,12 @@ from carecli.data.bulk.kinds import (
     BatchPlan,
     Kind,
     Parsed,
-    Staged,
+    PrepareTools,
     fetch_by,
     metadata_of,
     metadata_owners,
 )
+from carecli.data.bulk.readers import RecordProblem
 from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.ids import new_id
 from carecli.data.models.enums import MEMBER_STATUSES
@@ -45,51 +49,67 @@ _MEMBER_COLUMNS = ("id", "encrypted_ssn", "encrypted_dob", "first_name", "last_n
                    "address_line1", "address_line2", "city", "state", "zip_code", "status")
 
 
-def _audit_values_sql(columns: tuple[str, ...], sensitive: frozenset[str], prefix: str = "") -> str:
-    """``jsonb_build_object`` of the values a member's create audit row holds: PHI reduced to a marker,
-    as :func:`carecli.data.audit.audit_values` does for rows written one at a time."""
-    parts = []
-    for name in columns:
-        column = prefix + name
-        value = f"CASE WHEN {column} IS NULL THEN NULL ELSE '{REDACTED}' END" if name in sensitive else column
-        parts.append(f"'{name}', {value}")
-    return f"jsonb_build_object({', '.join(parts)})"
+_SENSITIVE = audit.SENSITIVE_FIELDS["member"] | {EXTERNAL_MEMBER_NUMBER}
+#: the member's values its create audit row holds (PHI and contact details reduced to a marker)
+_AUDITED = (*_MEMBER_COLUMNS[1:], EXTERNAL_MEMBER_NUMBER)
+_METADATA_COLUMNS = ("id", "entity_type", "entity_id", "metadata_key", "metadata_value")
+_AUDIT_COLUMNS = ("id", "user_id", "entity_type", "entity_id", "action", "old_values", "new_values", "ip_address",
+                  "user_agent")
+#: New members go in as a binary-safe text COPY per table and batch, of lines made per row by
+#: :meth:`MembersKind.prepare_row` (in a worker process): the member, its metadata rows (external
+#: member number, blind index) and the audit rows of all three, each table's rows in the order of
+#: their ids (time-ordered: right-edge appends to the primary keys).
+NEW_ROWS = (("members", _MEMBER_COLUMNS), ("metadata", _METADATA_COLUMNS), ("audit_logs", _AUDIT_COLUMNS))
 
 
-_STAGE = "carecli_stage_new_members_v7"
-#: The ids of a new member's other rows, made in Python (carecli.data.ids, time-ordered) in this
-#: order and staged with the member: its two metadata rows, then their audit rows and its own.
-_ROW_IDS = ("number_meta_id", "blind_meta_id", "number_audit_id", "blind_audit_id", "audit_id")
-_ACTOR = "%(user_id)s, {kind}, {id}, 'create', NULL, {values}, %(ip_address)s::inet, %(user_agent)s"
-_META_VALUES = (f"jsonb_build_object('entity_type', 'member', 'entity_id', s.id, 'metadata_key', {{key}}, "
-                f"'metadata_value', '{REDACTED}')")
-#: New members go in as one COPY per batch; their metadata rows and every audit row are made by SQL,
-#: each table's rows in the order of their ids (right-edge appends to the primary keys).
-NEW_MEMBERS = Staged(
-    table=_STAGE,
-    columns=(*_MEMBER_COLUMNS, EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX, *_ROW_IDS),
-    create=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} AS SELECT {', '.join(_MEMBER_COLUMNS)}, "
-           f"NULL::text AS {EXTERNAL_MEMBER_NUMBER}, NULL::text AS {SSN_BLIND_INDEX}, "
-           + ", ".join(f"NULL::uuid AS {name}" for name in _ROW_IDS) + " FROM members WITH NO DATA",
-    statements=(
-        f"INSERT INTO members ({', '.join(_MEMBER_COLUMNS)}) SELECT {', '.join(_MEMBER_COLUMNS)} FROM {_STAGE}",
-        "INSERT INTO metadata (id, entity_type, entity_id, metadata_key, metadata_value) "
-        f"SELECT m.id, 'member', s.id, m.key, m.value FROM {_STAGE} s CROSS JOIN LATERAL (VALUES "
-        f"(s.number_meta_id, '{EXTERNAL_MEMBER_NUMBER}', to_jsonb(s.{EXTERNAL_MEMBER_NUMBER})), "
-        f"(s.blind_meta_id, '{SSN_BLIND_INDEX}', to_jsonb(s.{SSN_BLIND_INDEX}))) m(id, key, value) "
-        "WHERE m.value IS NOT NULL",
-        "INSERT INTO audit_logs (id, user_id, entity_type, entity_id, action, old_values, new_values, ip_address, "
-        "user_agent) SELECT a.id, " + _ACTOR.format(kind="a.entity_type", id="a.entity_id", values="a.new_values")
-        + f" FROM {_STAGE} s CROSS JOIN LATERAL (VALUES "
-        f"(s.number_audit_id, 'metadata', s.number_meta_id, "
-        + _META_VALUES.format(key=f"'{EXTERNAL_MEMBER_NUMBER}'") + "), "
-        "(s.blind_audit_id, 'metadata', s.blind_meta_id, " + _META_VALUES.format(key=f"'{SSN_BLIND_INDEX}'") + "), "
-        "(s.audit_id, 'member', s.id, "
-        + _audit_values_sql((*_MEMBER_COLUMNS[1:], EXTERNAL_MEMBER_NUMBER),
-                            audit.SENSITIVE_FIELDS["member"] | {EXTERNAL_MEMBER_NUMBER}, "s.")
-        + ")) a(id, entity_type, entity_id, new_values) WHERE a.id IS NOT NULL",
-    ),
-)
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(copytext.ESCAPES)
+
+
+class _Sealed:
+    """Stands in a prepared row's values for its SSN or date of birth: the value is given (not
+    blank), and only its ciphertext (``MemberPrep``) travels; the plaintext stays where it was parsed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "[sealed]"
+
+    def __reduce__(self) -> str:
+        return "SEALED"
+
+
+SEALED = _Sealed()
+
+
+@dataclass(slots=True)
+class MemberPrep:
+    """What :meth:`MembersKind.prepare_row` made of a row: everything per row that needs no database.
+
+    ``id`` is the member's id if the row creates one (the file's ``id``, else a new one); SSN and
+    date of birth are encrypted bound to it. A row that turns out to match an existing member
+    is decrypted again by the planner (``ssn``/``dob``) and re-encrypted for that member only
+    if it changed. ``line`` is the new member's staged COPY line (None when a required column
+    is missing: ``problems``).
+    """
+
+    id: uuid.UUID
+    blind_hash: str | None
+    encrypted_ssn: bytes | None
+    encrypted_dob: bytes | None
+    #: COPY lines of the new rows of ``NEW_ROWS``' tables (members, metadata, audit_logs)
+    lines: tuple[str, str, str] | None
+    problems: list[RecordProblem]
+
+    def ssn(self, ctx: BatchContext) -> Ssn | None:
+        if self.encrypted_ssn is None:
+            return None
+        return ctx.cipher().decrypt_ssn(self.encrypted_ssn, self.id)
+
+    def dob(self, ctx: BatchContext) -> DateOfBirth | None:
+        if self.encrypted_dob is None:
+            return None
+        return ctx.cipher().decrypt_dob(self.encrypted_dob, self.id)
 
 
 class MembersKind(Kind):
@@ -112,6 +132,62 @@ class MembersKind(Kind):
             if name in values and values[name] is None:
                 yield name, "required", "is required"
 
+    uses_keys = True
+
+    def prepare_row(self, parsed: Parsed, tools: PrepareTools) -> None:
+        """Blind index, encryption (bound to the new member's id) and the staged COPY line; SSN and
+        date of birth in ``values`` become :data:`SEALED` (or stay None when blank)."""
+        values = parsed.values
+        ssn: Ssn | None = values.get("ssn")
+        dob: DateOfBirth | None = values.get("dob")
+        member_id = values.get("id") or new_id()
+        blind = tools.blind_index() if ssn is not None else None
+        blind_hash = blind.ssn(ssn) if (ssn is not None and blind is not None) else None
+        encrypted_ssn = encrypted_dob = None
+        if ssn is not None or dob is not None:
+            cipher = tools.cipher()
+            if ssn is not None:
+                encrypted_ssn = cipher.encrypt_ssn(ssn, member_id)
+                values["ssn"] = SEALED
+            if dob is not None:
+                encrypted_dob = cipher.encrypt_dob(dob, member_id)
+                values["dob"] = SEALED
+        new = self.new_values(parsed)
+        problems = self.required_problems(parsed, new)
+        lines = None
+        if not problems:
+            new["encrypted_ssn"] = encrypted_ssn
+            new["encrypted_dob"] = encrypted_dob
+            new["id"] = member_id
+            number = values.get("external_member_number")
+            new[EXTERNAL_MEMBER_NUMBER] = number
+            lines = self._new_rows(member_id, new, number, blind_hash, tools.actor_fields)
+        parsed.prep = MemberPrep(member_id, blind_hash, encrypted_ssn, encrypted_dob, lines, problems)
+
+    @staticmethod
+    def _new_rows(member_id: uuid.UUID, new: Mapping[str, Any], number: str | None, blind_hash: str | None,
+                  actor: tuple[str, str, str]) -> tuple[str, str, str]:
+        """The COPY lines of a new member, its metadata rows and the audit rows of all three."""
+        field = copytext.field
+        member = "\t".join([field(new.get(name)) for name in _MEMBER_COLUMNS]) + "\n"
+        user_id, ip_address, user_agent = actor
+        metadata = []
+        audits = []
+        member_text = str(member_id)
+        for key, value in ((EXTERNAL_MEMBER_NUMBER, number), (SSN_BLIND_INDEX, blind_hash)):
+            if value is None:
+                continue
+            meta_id = str(new_id())
+            metadata.append(f"{meta_id}\tmember\t{member_text}\t{key}\t{_json(value)}\n")
+            audits.append(f"{new_id()}\t{user_id}\tmetadata\t{meta_id}\tcreate\t\\N\t" + _json(
+                {"entity_type": "member", "entity_id": member_text, "metadata_key": key,
+                 "metadata_value": REDACTED}) + f"\t{ip_address}\t{user_agent}\n")
+        audited = {name: (None if new.get(name) is None else REDACTED) if name in _SENSITIVE else new.get(name)
+                   for name in _AUDITED}
+        audits.append(f"{new_id()}\t{user_id}\tmember\t{member_text}\tcreate\t\\N\t{_json(audited)}"
+                      f"\t{ip_address}\t{user_agent}\n")
+        return member, "".join(metadata), "".join(audits)
+
     def before_first_batch(self, ctx: BatchContext) -> None:
         """Members made outside imports (the app, the seed) get their blind index first, so the
         file's rows find them by SSN instead of creating the person again."""
@@ -121,11 +197,7 @@ class MembersKind(Kind):
 
     def plan(self, ctx: BatchContext, rows: list[Parsed]) -> BatchPlan:
         plan = BatchPlan()
-        blind = ctx.blind_index()
-        hashes: dict[int, str | None] = {}
-        for parsed in rows:
-            ssn = parsed.values.get("ssn")
-            hashes[parsed.row] = blind.ssn(ssn) if (ssn is not None and blind is not None) else None
+        hashes: dict[int, str | None] = {parsed.row: parsed.prep.blind_hash for parsed in rows}
         connection = ctx.connection
         by_number = metadata_owners(connection, "member", EXTERNAL_MEMBER_NUMBER,
                                     (p.values.get("external_member_number") for p in rows))
@@ -195,27 +267,13 @@ class MembersKind(Kind):
         return plan
 
     def _create(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, blind_hash: str | None) -> None:
-        values = self.new_values(parsed)
-        problems = self.required_problems(parsed, values)
-        if problems:
-            plan.problems.extend(problems)
+        prep: MemberPrep = parsed.prep
+        if prep.lines is None:
+            plan.problems.extend(prep.problems)
             return
-        member_id = parsed.values.get("id") or new_id()
-        ssn: Ssn | None = parsed.values.get("ssn")
-        dob: DateOfBirth | None = parsed.values.get("dob")
-        if ssn is not None or dob is not None:
-            cipher = ctx.cipher()
-            if ssn is not None:
-                values["encrypted_ssn"] = cipher.encrypt_ssn(ssn, member_id)
-            if dob is not None:
-                values["encrypted_dob"] = cipher.encrypt_dob(dob, member_id)
-        values["id"] = member_id
-        number = parsed.values.get("external_member_number")
-        number_meta = None if number is None else new_id()
-        blind_meta = None if blind_hash is None else new_id()
-        plan.stage(NEW_MEMBERS, (*(values.get(name) for name in _MEMBER_COLUMNS), number, blind_hash,
-                                 number_meta, blind_meta, None if number is None else new_id(),
-                                 None if blind_hash is None else new_id(), new_id()))
+        for (table, columns), line in zip(NEW_ROWS, prep.lines):
+            if line:
+                plan.copy_line(table, columns, line)
         plan.created += 1
 
     def _update(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, current: Mapping[str, Any],
@@ -224,14 +282,15 @@ class MembersKind(Kind):
         changes = self.changes(parsed, current)
         extra_old: dict[str, Any] = {}
         extra_new: dict[str, Any] = {}
+        prep: MemberPrep = parsed.prep
         if "ssn" in parsed.values:
-            ssn: Ssn | None = parsed.values["ssn"]
-            if self._ssn_changed(ctx, current, ssn, blind_hash_now, blind_hash):
+            if self._ssn_changed(ctx, current, prep, blind_hash_now, blind_hash):
+                ssn = prep.ssn(ctx)
                 changes["encrypted_ssn"] = ctx.cipher().encrypt_ssn(ssn, member_id) if ssn is not None else None
             if blind_hash is not None and blind_hash != blind_hash_now:
                 self.metadata(plan, ctx, member_id, SSN_BLIND_INDEX, blind_hash, new=False)
         if "dob" in parsed.values:
-            dob: DateOfBirth | None = parsed.values["dob"]
+            dob = prep.dob(ctx)
             stored = current.get("encrypted_dob")
             old = ctx.cipher().decrypt_dob(bytes(stored), member_id) if stored is not None else None
             if old != dob:
@@ -251,11 +310,11 @@ class MembersKind(Kind):
         self.update(plan, ctx, parsed, current, changes, (extra_old, extra_new))
 
     @staticmethod
-    def _ssn_changed(ctx: BatchContext, current: Mapping[str, Any], ssn: Ssn | None, blind_hash_now: str | None,
+    def _ssn_changed(ctx: BatchContext, current: Mapping[str, Any], prep: MemberPrep, blind_hash_now: str | None,
                      blind_hash: str | None) -> bool:
         stored = current.get("encrypted_ssn")
-        if ssn is None or stored is None:
-            return (ssn is None) != (stored is None)
+        if prep.encrypted_ssn is None or stored is None:
+            return (prep.encrypted_ssn is None) != (stored is None)
         if blind_hash_now is not None and blind_hash is not None:
             return blind_hash_now != blind_hash
-        return ctx.cipher().decrypt_ssn(bytes(stored), current["id"]) != ssn
+        return ctx.cipher().decrypt_ssn(bytes(stored), current["id"]) != prep.ssn(ctx)

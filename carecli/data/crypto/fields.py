@@ -15,7 +15,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from cryptography.exceptions import InvalidTag
@@ -38,6 +38,42 @@ def key_id_of(blob: bytes) -> uuid.UUID:
 
 def _aad(table: str, column: str, row_id: uuid.UUID) -> bytes:
     return f"carecli/v{VERSION}/{table}/{column}/".encode() + row_id.bytes
+
+
+@dataclass(frozen=True)
+class SealingKey:
+    """The primary data key, unwrapped, for an import's worker processes (it goes to them through
+    a pipe, never to a log: its repr hides it)."""
+
+    key_id: uuid.UUID
+    key: bytes = field(repr=False)
+
+
+class SealingCipher:
+    """Encryption only, under one raw data key: :class:`FieldCipher`'s output, in a process that
+    has no master key (an import worker). The parent decrypts with its own :class:`FieldCipher`."""
+
+    def __init__(self, key: SealingKey) -> None:
+        self.key_id = key.key_id
+        self._aead = AESGCM(key.key)
+
+    def __repr__(self) -> str:
+        return f"SealingCipher({self.key_id})"
+
+    def encrypt(self, plaintext: bytes, *, table: str, column: str, row_id: uuid.UUID) -> bytes:
+        return _seal(self._aead, self.key_id, plaintext, table, column, row_id)
+
+    def encrypt_ssn(self, ssn: Ssn, member_id: uuid.UUID) -> bytes:
+        return self.encrypt(ssn.reveal().encode("ascii"), table="members", column="encrypted_ssn", row_id=member_id)
+
+    def encrypt_dob(self, dob: DateOfBirth, member_id: uuid.UUID) -> bytes:
+        return self.encrypt(dob.isoformat().encode("ascii"), table="members", column="encrypted_dob",
+                            row_id=member_id)
+
+
+def _seal(aead: AESGCM, key_id: uuid.UUID, plaintext: bytes, table: str, column: str, row_id: uuid.UUID) -> bytes:
+    nonce = os.urandom(12)
+    return bytes([VERSION]) + key_id.bytes + nonce + aead.encrypt(nonce, plaintext, _aad(table, column, row_id))
 
 
 @dataclass(frozen=True)
@@ -97,9 +133,15 @@ class FieldCipher:
 
     def encrypt_with(self, key_id: uuid.UUID, plaintext: bytes, *, table: str, column: str,
                      row_id: uuid.UUID) -> bytes:
-        nonce = os.urandom(12)
-        sealed = self._cipher(key_id).encrypt(nonce, plaintext, _aad(table, column, row_id))
-        return bytes([VERSION]) + key_id.bytes + nonce + sealed
+        return _seal(self._cipher(key_id), key_id, plaintext, table, column, row_id)
+
+    def sealing_key(self) -> SealingKey:
+        """The primary data key, unwrapped, for :class:`SealingCipher` in an import's worker processes."""
+        if self.primary_id is None:
+            raise KeyUnavailable("there is no primary data key", hint="run `carecli keys status` to set one up")
+        self._cipher(self.primary_id)  # unwraps it (and re-reads the key table if needed)
+        wrapped = self._wrapped[self.primary_id]
+        return SealingKey(self.primary_id, self.master.unwrap(wrapped.wrapped_key, data_key_id=self.primary_id))
 
     def decrypt(self, blob: bytes, *, table: str, column: str, row_id: uuid.UUID) -> bytes:
         key_id = key_id_of(blob)
