@@ -1368,7 +1368,9 @@ def test_planning_a_batch_does_not_slow_down_as_the_table_grows(imp: Importer, m
     outcome = imp.run("members", members_csv(*(person(n) for n in range(8000))), batch_rows=500)
     assert_loaded(outcome, created=8000)
     assert len(times) == 16
-    assert max(times[-4:]) < 4 * max(times[:5]) + 0.25, [round(t, 3) for t in times]
+    # The fastest of the last batches against the slowest of the first: a plan that grows with the table makes
+    # every late batch slow, while one batch slowed by a busy machine (seen under CI's two passes) does not count.
+    assert min(times[-4:]) < 4 * max(times[:5]) + 0.25, [round(t, 3) for t in times]
 
 
 def _a_parser_bug_on(monkeypatch: pytest.MonkeyPatch, phone: str) -> None:
