@@ -18,8 +18,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import ColumnElement, Connection, Table, any_, bindparam, select, text, tuple_
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ColumnElement, Connection, Table, Text, any_, bindparam, func, literal_column, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import JSON, Date, DateTime, Numeric, String
 
 from carecli.data import audit
@@ -417,15 +417,13 @@ def metadata_owners(connection: Connection, entity_type: str, key: str,
     # The values travel as one text parameter of JSON strings, one per line (binding a list of
     # JSONB values costs a Python-level dump per element: most of a batch's lookup time).
     values = "\n".join(f'"{value}"' if _PLAIN_JSON_STRING.match(value) else json.dumps(value) for value in wanted)
-    # The array comes from a sub-select, not a constant: with a constant array of 5,000 values the
-    # planner estimates each element against the column's statistics (milliseconds per batch) and
-    # then, on a table of a few hundred thousand rows, prefers a parallel scan of all of metadata to
-    # 5,000 probes of the natural-key index; an array it cannot see into is probed (tens of ms).
-    rows = connection.execute(text(
-        "SELECT metadata_value #>> '{}', entity_id FROM metadata "
-        f"WHERE entity_type = '{entity_type}' AND metadata_key = '{key}' AND deleted_at IS NULL "
-        "AND metadata_value = ANY(ARRAY(SELECT CAST(unnest(string_to_array(:values, E'\\n')) AS jsonb)))"),
-        {"values": values}).all()
+    rows = connection.execute(select(METADATA.c.metadata_value.op("#>>")(literal_column("'{}'")),
+                                     METADATA.c.entity_id).where(
+        METADATA.c.entity_type == literal_column(f"'{entity_type}'"),
+        METADATA.c.metadata_key == literal_column(f"'{key}'"), METADATA.c.deleted_at.is_(None),
+        METADATA.c.metadata_value == any_(
+            func.string_to_array(bindparam("values", values, type_=Text), literal_column("E'\\n'"))
+            .cast(ARRAY(JSONB))))).all()
     return {value: entity_id for value, entity_id in rows}
 
 
