@@ -563,7 +563,8 @@ def test_an_import_killed_mid_file_and_run_again_ends_with_exactly_the_file(inst
             row = person(n)
             writer.writerow(["" if row[name] is None else row[name] for name in MEMBER_HEADER])
     env = {**os.environ, **inst.env, "CARECLI_TOKEN": inst.tokens["import"]}
-    proc = subprocess.Popen([sys.executable, "-m", "carecli", "import", "members", str(path), "--batch-rows", "1000"],
+    proc = subprocess.Popen([sys.executable, "-m", "carecli", "import", "members", str(path), "--batch-rows", "1000",
+                             "--workers", "2"],
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180

@@ -151,7 +151,7 @@ def _describe(summary: ImportSummary, source: str) -> str:
               help="Rows per committed batch.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Processes that parse, validate and encrypt rows while the database loads the previous "
-                   "batch (default: 2, or 1 on a one-core machine; 0: all in this process).")
+                   "batch (default: cores - 2, at most 2, so none on a 2-core machine; 0: all in this process).")
 def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: tuple[str, ...],
                    mapping_file: str | None, errors_path: str | None, all_or_nothing: bool, dry_run: bool,
                    as_json: bool, batch_rows: int, workers: int | None) -> int:

@@ -49,8 +49,10 @@ ChunkResult = tuple[list[Outcome], list[str]]
 
 
 def default_workers() -> int:
-    """Two worker processes, or one per core when there are fewer than two."""
-    return min(2, os.cpu_count() or 1)
+    """Worker processes when ``--workers`` is not given: up to two, leaving two cores to this process and the
+    database. On two cores none: there the workers' CPU is the same CPU the database loads with (50,000
+    members: 5.9 s with no worker, 6.0 with one, 7.4 with two), and each worker is memory of its own."""
+    return max(0, min(2, (os.cpu_count() or 1) - 2))
 
 
 @dataclass(frozen=True)
