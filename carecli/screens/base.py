@@ -10,6 +10,7 @@ a driver's ``str(exc)`` (which can carry SQL parameters).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -83,6 +84,8 @@ class ActionFailed(Message):
 
 #: refreshes a new screen waits for a focused widget before keys typed ahead go to the screen itself
 TYPEAHEAD_REFRESHES = 10
+#: ... and at most this long, whatever happens
+TYPEAHEAD_MAX_SECONDS = 1.0
 
 
 class TypeAhead:
@@ -108,10 +111,18 @@ class TypeAhead:
         return self._typeahead_keys() is not None
 
     def hold_key(self, event: events.Key) -> None:
-        """Keep a key the app would have given this screen before any widget of it has the focus."""
+        """Keep a key the app would have given this screen before any widget of it has the focus.
+
+        Should the screen never settle (no refresh came), the keys go on after TYPEAHEAD_MAX_SECONDS
+        anyway: a keyboard that stops answering is worse than a key that lands on the screen itself.
+        """
         waiting = self._typeahead_keys()
-        if waiting is not None:
-            waiting.append(event)
+        if waiting is None:
+            return
+        waiting.append(event)
+        since = self.__dict__.setdefault("_typeahead_since", time.monotonic())
+        if time.monotonic() - since > TYPEAHEAD_MAX_SECONDS:
+            self.settle_typeahead(TYPEAHEAD_REFRESHES)
 
     def on_mount(self) -> None:
         self.call_after_refresh(self.settle_typeahead)  # type: ignore[attr-defined]  # the Screen's
