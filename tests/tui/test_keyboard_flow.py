@@ -145,7 +145,24 @@ async def test_every_navigation_key_lands_the_focus_where_work_starts(tui, keys:
 
 
 async def test_down_and_enter_act_at_once_after_f3_then_f2(tui) -> None:
-    app = tui.app(tui.sign_in("specialist"))
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import text
+
+    desk = tui.sign_in("specialist")
+    # Two calls today (UTC, the tests' zone) whatever the seed gave this specialist: room for the cursor to move.
+    specialist = tui.scalar("platform", "SELECT id FROM specialists WHERE user_id = :u AND deleted_at IS NULL",
+                            u=desk.user_id)
+    member = tui.scalar("platform", "SELECT id FROM members WHERE deleted_at IS NULL ORDER BY id LIMIT 1")
+    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    with tui.databases.platform.begin() as connection:
+        for minutes in (1, 2):
+            connection.execute(text(
+                "INSERT INTO call_records (id, member_id, specialist_id, call_type, call_status, scheduled_at) "
+                "VALUES (:id, :m, :s, 'outreach', 'scheduled', :at)"),
+                {"id": uuid.uuid4(), "m": member, "s": specialist, "at": start + timedelta(minutes=minutes)})
+    app = tui.app(desk)
     async with app.run_test(size=SIZE) as pilot:
         worklist = await _worklist(pilot)
         table = await wait_for(pilot, lambda: isinstance(app.focused, DataTable) and app.focused.row_count > 1
