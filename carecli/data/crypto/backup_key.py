@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from carecli.data.crypto.master import LocalMasterKey, MasterKey
+from carecli.data.crypto.master import LocalMasterKey, MasterKey, read_private_file
 from carecli.data.crypto.stream import KEY_BYTES, key_fingerprint
 from carecli.errors import ConfigError
 
@@ -104,16 +102,7 @@ def _decode(text: str, source: str) -> BackupKey:
 
 def _read_file(path: Path) -> BackupKey:
     source = f"backup key file {path}"
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{source} does not exist", hint=f"check {BACKUP_KEY_FILE_ENV}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
-    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{source} is readable by other users", hint=f"chmod 600 {path}")
-    return _decode(text, source)
+    return _decode(read_private_file(path, source=source, missing_hint=f"check {BACKUP_KEY_FILE_ENV}"), source)
 
 
 def configured_backup_key(env_key: str | None, key_file: Path | None) -> BackupKey | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 import threading
 import uuid
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from carecli.data.crypto.master import KEY_BYTES, NONCE_BYTES, _wrap_aad
+from carecli.data.crypto.master import KEY_BYTES, NONCE_BYTES, _wrap_aad, read_private_file
 from carecli.errors import ConfigError, KeyUnavailable
 
 if TYPE_CHECKING:
@@ -99,16 +98,7 @@ def hsm_config(settings: Settings) -> HsmConfig:
 
 def _read_pin_file(path: Path) -> str:
     source = f"HSM PIN file {path}"
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{source} does not exist", hint="check CARECLI_HSM_PIN_FILE") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
-    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{source} is readable by other users", hint=f"chmod 600 {path}")
-    pin = text.strip()
+    pin = read_private_file(path, source=source, missing_hint="check CARECLI_HSM_PIN_FILE").strip()
     if not pin:
         raise ConfigError(f"{source} is empty", hint="write the token's user PIN into it")
     return pin

@@ -110,12 +110,14 @@ def decode_key(text: str, *, source: str) -> LocalMasterKey:
     return LocalMasterKey(raw, source)
 
 
-def _read_key_file(path: Path, *, source: str) -> LocalMasterKey:
+def read_private_file(path: Path, *, source: str, missing_hint: str | None = None) -> str:
+    """The text of a secret file (a key, a PIN) that only its owner may read; ConfigError naming ``source`` if
+    it is missing, unreadable, or readable by the group or others."""
     try:
         mode = path.stat().st_mode
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{source} does not exist") from None
+        raise ConfigError(f"{source} does not exist", hint=missing_hint) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -123,7 +125,11 @@ def _read_key_file(path: Path, *, source: str) -> LocalMasterKey:
             f"{source} is readable by other users",
             hint=f"chmod 600 {path}",
         )
-    return decode_key(text, source=source)
+    return text
+
+
+def _read_key_file(path: Path, *, source: str) -> LocalMasterKey:
+    return decode_key(read_private_file(path, source=source), source=source)
 
 
 def _keyring_get(account: str) -> str | None:
