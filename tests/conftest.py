@@ -47,6 +47,7 @@ os.environ["CARECLI_LOG_LEVEL"] = "DEBUG"
 from carecli.config import load_settings  # noqa: E402
 from carecli.data import migrate  # noqa: E402
 from carecli.data.databases import create_database_engine  # noqa: E402
+from carecli.data.embedded import pid_alive  # noqa: E402
 from tests import log_scan  # noqa: E402
 
 # Records logged in this process, before carecli's redacting filter: a message carrying PHI is a finding
@@ -287,18 +288,10 @@ def _drop_stale_databases(server: Server) -> None:
         names = [row[0] for row in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'carecli_test_%'")]
     for name in names:
         match = re.match(r"carecli_test_(\d+)_", name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             server.drop_database(name)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _durability_off(admin_url: str) -> None:

@@ -50,7 +50,7 @@ def server_running(data_dir: Path) -> bool:
     """
     try:
         first_line = (data_dir / "postgres" / "postmaster.pid").read_text().split("\n", 1)[0]
-        return _pid_alive(int(first_line))
+        return pid_alive(int(first_line))
     except (OSError, ValueError):
         return False
 
@@ -140,12 +140,13 @@ def _prune_dead_handles(path: Path) -> None:
         pids = json.loads(path.read_text() or "[]")
     except (OSError, ValueError):
         return
-    alive = [pid for pid in pids if _pid_alive(pid)]
+    alive = [pid for pid in pids if pid_alive(pid)]
     if alive != pids:
         path.write_text(json.dumps(alive))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -675,7 +675,7 @@ class CareApp(App[None]):
 
     def _take_spare_member(self, member_id: Any) -> MemberDetailScreen | None:
         """The spare member screen, given ``member_id``, if it was made for this desk and is mounted."""
-        import uuid as uuid_module
+        from carecli.screens.member import as_member_id
 
         spare, self._spare_member = self._spare_member, None
         if spare is None:
@@ -684,7 +684,7 @@ class CareApp(App[None]):
         if desk is not self.desk or not screen.is_mounted or screen in self.screen_stack:
             self.drop_spare_member(screen)
             return None
-        screen.member_id = member_id if isinstance(member_id, uuid_module.UUID) else uuid_module.UUID(str(member_id))
+        screen.member_id = as_member_id(member_id)
         self.spare_members_taken += 1
         return screen
 

@@ -137,6 +137,10 @@ class MemberChanged(Message):
 NO_MEMBER = uuid.UUID(int=0)
 
 
+def as_member_id(value: uuid.UUID | str) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 class MemberDetailScreen(CareScreen):
     """One member's file; opened from the worklist, the member browser or the command palette."""
 
@@ -203,8 +207,7 @@ Keys your role cannot use are not shown.
         super().__init__()
         #: None only for the app's spare screen (:meth:`CareApp.prepare_spare_member`), composed before it is
         #: needed and given its member when it is taken
-        self.member_id: uuid.UUID = NO_MEMBER if member_id is None else (
-            member_id if isinstance(member_id, uuid.UUID) else uuid.UUID(str(member_id)))
+        self.member_id: uuid.UUID = NO_MEMBER if member_id is None else as_member_id(member_id)
         self.file: MemberFile | None = None
         self.revealed: RevealedPhi | None = None
         self.reveal_left = 0

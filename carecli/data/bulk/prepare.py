@@ -38,6 +38,7 @@ from carecli.data.bulk.blind_index import BlindIndex
 from carecli.data.bulk.kinds import Kind, Parsed, PrepareTools
 from carecli.data.bulk.readers import Record, RecordProblem
 from carecli.data.crypto.fields import SealingCipher, SealingKey
+from carecli.data.embedded import pid_alive
 from carecli.errors import KeyUnavailable
 
 log = logging.getLogger("carecli.data.bulk.loader")
@@ -112,13 +113,7 @@ def _started(pid: int) -> str | None:
 def _alive(pid: int, started: str | None) -> bool:
     if started is not None:
         return _started(pid) == started
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _watch_parent(pid: int, started: str | None) -> None:
