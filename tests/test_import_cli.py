@@ -354,8 +354,9 @@ def test_map_mapping_file_and_encoding(inst: Install, tmp_path: Path) -> None:
     (("members", "{file}", "--encoding", "klingon"), "x\n", "unknown encoding 'klingon'"),
     (("members", "{file}", "--format", "xml"), "x\n", "'xml' is not one of 'csv', 'jsonl'"),
     (("members", "{file}", "--batch-rows", "5"), "x\n", "5 is not in the range 100<=x<=100000"),
+    (("members", "{file}", "--workers", "-1"), "x\n", "-1 is not in the range 0<=x<=64"),
 ], ids=["unknown-column", "empty", "header-encoding", "missing-column", "kind", "missing-file", "format",
-        "map", "encoding", "format-option", "batch-rows"])
+        "map", "encoding", "format-option", "batch-rows", "workers"])
 def test_usage_errors_exit_2_and_write_nothing(inst: Install, tmp_path: Path, args: tuple[str, ...],
                                                content: str | bytes | None, message: str) -> None:
     path = tmp_path / "members.csv"
