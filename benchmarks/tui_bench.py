@@ -447,8 +447,12 @@ class Pane:
         return subprocess.run(["tmux", "-u", "-L", self.socket, "-f", "/dev/null", *argv], check=True,
                               capture_output=True, text=True, env={**os.environ, "LANG": "C.UTF-8"}).stdout
 
-    def start(self) -> None:
-        command = "exec env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + \
+    def start(self, py_spy: str | None = None) -> None:
+        spy = ""
+        if py_spy:  # py-spy runs the app itself (no attach race): every sample from the first import on
+            spy = (shlex.quote(str(Path(sys.executable).with_name("py-spy"))) + " record --format " + os.environ.get("TUI_BENCH_SPY_FORMAT", "raw") + " --duration 4 "
+                   f"--rate 1000 --threads --idle --nonblocking -o {shlex.quote(py_spy)} -- ")
+        command = "exec env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + spy + \
             shlex.quote(str(Path(sys.executable).with_name("carecli"))) + " app"
         self.tmux("new-session", "-d", "-x", str(SIZE[0]), "-y", str(SIZE[1]), command)
 
@@ -473,16 +477,22 @@ class Pane:
         Path(path).unlink(missing_ok=True)  # the server leaves its socket file behind
 
 
-def run_processes(env: dict[str, str], runs: int, pages: int, results: Results) -> None:
-    """Time ``runs`` process launches; in the first, also page ``pages`` times and read the RSS."""
+def run_processes(env: dict[str, str], runs: int, pages: int, results: Results, py_spy: str | None = None) -> None:
+    """Time ``runs`` process launches; in the first, also page ``pages`` times and read the RSS.
+
+    With ``py_spy`` the first launch runs under ``py-spy record`` (its figure is left out of the table)."""
     for run in range(runs):
         pane = Pane(env, run)
         started = time.perf_counter()
         try:
-            pane.start()
+            pane.start(py_spy if run == 0 else None)
             # The worklist's tab titles get their counts once it is loaded: "Today (12)".
-            results.process_launches.append((pane.wait_for("Today (") - started) * 1000)
-            if run:
+            shown = pane.wait_for("Today (")
+            if py_spy and run == 0:
+                time.sleep(max(0.0, started + 6.0 - time.perf_counter()))  # py-spy writes after its 4 s
+            else:
+                results.process_launches.append((shown - started) * 1000)
+            if run or not pages:
                 continue
             pid = pane.pid()
             time.sleep(0.5)
@@ -495,6 +505,8 @@ def run_processes(env: dict[str, str], runs: int, pages: int, results: Results) 
                 if page in (10, pages // 2, pages):
                     results.process_rss[f"after {page} pages"] = rss_mb(pid)
         finally:
+            if py_spy and run == 0 and not Path(py_spy).exists():
+                print("py-spy wrote nothing; its pane:\n" + pane.tmux("capture-pane", "-p").strip(), file=sys.stderr)
             pane.stop()
 
 
@@ -619,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=("typed", "enter", "pages", "opens"),
                         help="cProfile the app's thread during this phase's timed actions; print its top entries")
     parser.add_argument("--profile-top", type=int, default=25, help="entries of the --profile listing")
+    parser.add_argument("--launch-only", action="store_true",
+                        help="only the `carecli app` launches in tmux (no in-process tour, no paging)")
+    parser.add_argument("--py-spy", metavar="PATH",
+                        help="record the first tmux launch with py-spy (raw stacks, 1 kHz, every thread) into PATH")
     args = parser.parse_args(argv)
     global PROFILER
     if args.profile:
@@ -646,16 +662,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             databases.dispose()
 
-        print(f"launching the app {1 + args.repeat} times in process, touring it once...", file=sys.stderr,
-              flush=True)
-        results = asyncio.run(run_in_process(settings, store, args))
+        if not args.launch_only:
+            print(f"launching the app {1 + args.repeat} times in process, touring it once...", file=sys.stderr,
+                  flush=True)
+        results = Results() if args.launch_only else asyncio.run(run_in_process(settings, store, args))
         if args.process_runs and shutil.which("tmux"):
             print(f"launching `carecli app` {args.process_runs} times in tmux...", file=sys.stderr, flush=True)
             # The child finds the same session file; no OS keyring may shadow it.
             try:
                 run_processes({**env, "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"],
                                "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring", "LANG": "C.UTF-8"},
-                              args.process_runs, args.pages, results)
+                              args.process_runs, 0 if args.launch_only else args.pages, results,
+                              py_spy=args.py_spy)
             except (subprocess.CalledProcessError, TimeoutError) as exc:
                 detail = getattr(exc, "stderr", None) or ""
                 print(f"tmux runs stopped: {exc} {detail}".strip(), file=sys.stderr)
