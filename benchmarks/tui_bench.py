@@ -450,8 +450,10 @@ class Pane:
     def start(self, py_spy: str | None = None) -> None:
         spy = ""
         if py_spy:  # py-spy runs the app itself (no attach race): every sample from the first import on
-            spy = (shlex.quote(str(Path(sys.executable).with_name("py-spy"))) + " record --format " + os.environ.get("TUI_BENCH_SPY_FORMAT", "raw") + " --duration 4 "
-                   f"--rate 1000 --threads --idle --nonblocking -o {shlex.quote(py_spy)} -- ")
+            spy_format = os.environ.get("TUI_BENCH_SPY_FORMAT", "raw")
+            spy = (shlex.quote(str(Path(sys.executable).with_name("py-spy"))) +
+                   f" record --format {spy_format} --duration 4 --rate 1000 --threads --idle --nonblocking"
+                   f" -o {shlex.quote(py_spy)} -- ")
         command = "exec env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + spy + \
             shlex.quote(str(Path(sys.executable).with_name("carecli"))) + " app"
         self.tmux("new-session", "-d", "-x", str(SIZE[0]), "-y", str(SIZE[1]), command)
