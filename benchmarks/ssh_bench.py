@@ -129,11 +129,12 @@ def _admin_token(env: dict[str, str], admin_email: str) -> str:
         databases.dispose()
 
 
-def start_host(env: dict[str, str], port: int, workdir: Path, sessions: int, prefork: bool) -> subprocess.Popen[bytes]:
+def start_host(env: dict[str, str], port: int, workdir: Path, sessions: int, prefork: bool,
+               extra: list[str] | None = None) -> subprocess.Popen[bytes]:
     host = subprocess.Popen(
         [sys.executable, "-m", "carecli", "serve-ssh", "--port", str(port), "--host-key", str(workdir / "host_key"),
          "--max-sessions", str(sessions + 5), "--max-per-user", str(sessions + 5),
-         "--prefork" if prefork else "--no-prefork"],
+         "--prefork" if prefork else "--no-prefork", *(extra or [])],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -528,6 +529,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the databases")
     parser.add_argument("--no-prefork", dest="prefork", action="store_false",
                         help="exec a new Python per session (serve-ssh --no-prefork), not a fork of the zygote")
+    parser.add_argument("--host-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for serve-ssh (repeat it: --host-arg=--app-pool-size --host-arg=1)")
     args = parser.parse_args()
     global EMULATOR
     EMULATOR = args.emulator
@@ -535,7 +538,7 @@ def main() -> None:
         workdir = Path(tmp)
         urls, env, key_path = prepare(args.admin_url, args.members, workdir)
         port = free_port()
-        host = start_host(env, port, workdir, args.sessions, args.prefork)
+        host = start_host(env, port, workdir, args.sessions, args.prefork, args.host_arg)
         try:
             rows = asyncio.run(run(args, urls, env, key_path, host, port))
         finally:
@@ -548,7 +551,7 @@ def main() -> None:
                 drop_pair(args.admin_url, PREFIX)
     how = "forked from the zygote" if args.prefork else "exec'd (--no-prefork)"
     print(f"\nSSH host, {args.sessions} sessions ({how}), {os.cpu_count()} cores, {args.members:,} members, "
-          f"clients' screens: {args.emulator}")
+          f"clients' screens: {args.emulator}" + (f", serve-ssh {' '.join(args.host_arg)}" if args.host_arg else ""))
     print_table(rows, value_width=24)
 
 

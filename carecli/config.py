@@ -150,6 +150,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 _non_negative_int, 30_000, "server-side statement timeout in ms (0 = none)"),
     SettingSpec("read_pool_size", "database", "read_pool_size", "CARECLI_DB_READ_POOL_SIZE", _positive_int, None,
                 "connections kept open to the read replica (default: pool_size)"),
+    SettingSpec("identity_pool_size", "database", "identity_pool_size", "CARECLI_DB_IDENTITY_POOL_SIZE",
+                _non_negative_int, None, "connections kept open to the identity database (default: pool_size)"),
     SettingSpec("read_your_writes_seconds", "database", "read_your_writes_seconds",
                 "CARECLI_DB_READ_YOUR_WRITES_SECONDS", _non_negative_int, 5,
                 "after this process saves, reads go to the primary for this long (a replica not in recovery)"),
@@ -239,6 +241,8 @@ class Settings:
     statement_timeout_ms: int
     #: pooled connections to the read replica (None: the same as pool_size)
     read_pool_size: int | None
+    #: pooled connections to the identity database (None: the same as pool_size)
+    identity_pool_size: int | None
     read_your_writes_seconds: int
     data_dir: Path
     master_key_file: Path | None
@@ -498,6 +502,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         connect_timeout=values["connect_timeout"],
         statement_timeout_ms=values["statement_timeout_ms"],
         read_pool_size=values["read_pool_size"],
+        identity_pool_size=values["identity_pool_size"],
         read_your_writes_seconds=values["read_your_writes_seconds"],
         data_dir=values["data_dir"] or default_data_dir(),
         master_key_file=values["master_key_file"],

@@ -14,26 +14,44 @@ from carecli.errors import ConfigError
 _MAX_TOKEN_BYTES = 512
 
 
-def read_session_fd(fd: int) -> str:
-    """The session token the SSH host wrote into the pipe ``fd`` (then closed, so it is read exactly once)."""
-    chunks: list[bytes] = []
+def read_session_fd(fd: int) -> tuple[str, bytes | None]:
+    """The session token the SSH host wrote into the pipe ``fd``, and whether the pipe goes on.
+
+    A token ended by a newline: the host relays its live-update notices through the same pipe after
+    it (see carecli/ssh/relay.py); the fd is left open and the bytes already read past the newline
+    are returned with it (``b""`` when none). A token ended by the pipe's end: nothing follows, the fd
+    is closed and None is returned (the app then listens on the database itself).
+    """
+    data = bytearray()
+    relayed = False
     try:
-        while sum(map(len, chunks)) <= _MAX_TOKEN_BYTES:
+        while len(data) <= _MAX_TOKEN_BYTES:
             chunk = os.read(fd, 256)
             if not chunk:
                 break
-            chunks.append(chunk)
+            data += chunk
+            if b"\n" in data:
+                relayed = True
+                break
     except OSError as exc:
+        _close_quietly(fd)
         raise ConfigError(f"cannot read the session from file descriptor {fd}: {exc.strerror}") from None
-    finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    token = b"".join(chunks).decode("ascii", "replace").strip()
+    token_bytes, _, rest = bytes(data).partition(b"\n")
+    token = token_bytes.decode("ascii", "replace").strip()
     if not token or len(token) > _MAX_TOKEN_BYTES:
+        _close_quietly(fd)
         raise ConfigError(f"file descriptor {fd} did not carry a session token")
-    return token
+    if not relayed:
+        _close_quietly(fd)
+        return token, None
+    return token, rest
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def steady_cursors() -> None:
@@ -69,7 +87,12 @@ def run_app(*, session_fd: int | None = None) -> int:
     else:
         from carecli.services.auth.credentials import HeldCredential
 
-        opening = Opening(settings, store=HeldCredential.holding(read_session_fd(session_fd)), channel="ssh")
+        token, relayed = read_session_fd(session_fd)
+        if relayed is not None:  # the host's live updates come through the same pipe
+            from carecli.data import notify
+
+            notify.listen_through(session_fd, relayed)
+        opening = Opening(settings, store=HeldCredential.holding(token), channel="ssh")
     # Started before Textual and the screens are imported: the embedded server's start, the connections, the
     # session check and the worklist's first read wait on the server while this thread loads the app.
     opening.start()

@@ -157,15 +157,19 @@ def _this_carecli() -> str:
               help="Seconds a client has to authenticate.")
 @click.option("--keepalive", default=30.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds between keepalives; three unanswered ones drop a dead client.")
-@click.option("--app-pool-size", default=0, show_default=True, type=click.IntRange(0, 100),
-              help="Connections each session's app keeps open per database (0: none kept idle, so "
-                   "many sessions fit in max_connections; raise it behind PgBouncer).")
+@click.option("--app-pool-size", default=None, type=click.IntRange(0, 100),
+              help="Platform connections each session's app keeps open (default 1 with --relay, 0 without: "
+                   "either way one per session, so many sessions fit in max_connections; raise it behind "
+                   "PgBouncer).")
+@click.option("--relay/--no-relay", default=True, show_default=True,
+              help="Listen for live updates once for every session and relay them to the apps; --no-relay "
+                   "has each app listen on a connection of its own.")
 @click.option("--prefork/--no-prefork", default=True, show_default=True,
               help="Fork each session's app from one process that imported the app once (fast, shared "
                    "memory); --no-prefork starts a new Python for every session.")
 def serve_ssh_command(host: str, port: int, host_key: Path | None, max_sessions: int, max_per_user: int,
                       idle_minutes: float | None, login_timeout: float, keepalive: float,
-                      app_pool_size: int, prefork: bool) -> None:
+                      app_pool_size: int | None, relay: bool, prefork: bool) -> None:
     """Serve the app over SSH: public-key sign-in, one app process per session."""
     from carecli.ssh.server import HostOptions, serve
 
@@ -179,7 +183,7 @@ def serve_ssh_command(host: str, port: int, host_key: Path | None, max_sessions:
                           max_sessions_per_user=max_per_user,
                           idle_seconds=(idle_minutes or settings.session_idle_minutes) * 60,
                           login_timeout=login_timeout, keepalive_seconds=keepalive, app_pool_size=app_pool_size,
-                          prefork=prefork)
+                          relay_notices=relay, prefork=prefork)
 
     def ready(acceptor: object, key: asyncssh.SSHKey) -> None:
         sockets = getattr(acceptor, "sockets", None) or []

@@ -230,7 +230,7 @@ def open_databases(
     read = platform if settings.platform_read_url is None else create_database_engine(
         settings.platform_read_url, settings, read_only=True, pool_size=settings.read_pool_size)
     databases = Databases(
-        identity=create_database_engine(urls["identity"], settings),
+        identity=create_database_engine(urls["identity"], settings, pool_size=settings.identity_pool_size),
         platform=platform,
         embedded=embedded,
         platform_read=read,

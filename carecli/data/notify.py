@@ -12,7 +12,13 @@ Listening: :class:`ChangeListener` holds one autocommit connection that
 :class:`Notice` to its subscribers. After a lost connection it reconnects
 with backoff and then sends a ``full_refresh`` notice, since whatever was
 sent meanwhile is gone. :func:`subscribe` shares one listener per database
-among every subscriber of the process (the SSH host runs many apps in one).
+among every subscriber of the process.
+
+Relayed: the SSH host runs one listener for all its sessions and writes each
+notice, one line (:func:`notice_line`), into every session's pipe; a session's
+app reads them with a :class:`PipeListener` (:func:`listen_through`) instead
+of holding a LISTEN connection of its own. Fifty sessions then hold one
+listening connection between them, not fifty.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -131,6 +138,26 @@ def decode(payload: str) -> Notice | None:
         return None
 
 
+def notice_line(notice: Notice) -> bytes:
+    """``notice`` as one line of a relay pipe (the SSH host to a session's app): the NOTIFY payload, or a
+    full-refresh marker; ids only, like the payloads themselves."""
+    if notice.full_refresh:
+        return json.dumps({"v": PAYLOAD_VERSION, "full": True}, separators=(",", ":")).encode() + b"\n"
+    return encode(notice.changes, notice.source).encode() + b"\n"
+
+
+def notice_from_line(line: bytes) -> Notice | None:
+    """A relayed line as a :class:`Notice`; None for a malformed one."""
+    try:
+        text_line = line.decode("utf-8")
+        data = json.loads(text_line)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and data.get("v") == PAYLOAD_VERSION and data.get("full") is True:
+        return Notice(full_refresh=True)
+    return decode(text_line)
+
+
 def send(connection: Connection, changes: Iterable[Change], source: str | None) -> None:
     """Queue a notification in ``connection``'s transaction (delivered only if it commits)."""
     changes = list(changes)
@@ -168,27 +195,15 @@ class ListenerStats:
     last_error: str | None = None
 
 
-class ChangeListener:
-    """One LISTEN connection on the platform database, read in a daemon thread.
+class _Fanout:
+    """Subscribers of a listener, and the notices handed to them (on the listener's thread)."""
 
-    The connection comes from the engine (so it has the engine's URL,
-    credentials, embedded server and session settings) and is detached from
-    its pool: it is ours until :meth:`stop`.
-    """
-
-    def __init__(self, engine: Engine, *, channel: str = CHANNEL) -> None:
-        self.engine = engine
-        self.channel = channel
+    def __init__(self) -> None:
         self.stats = ListenerStats()
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listening = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pooled: PoolProxiedConnection | None = None
-        self._connection: psycopg.Connection[Any] | None = None
-
-    # -- subscribers ------------------------------------------------------------
 
     def add(self, subscriber: Subscriber) -> None:
         with self._lock:
@@ -210,6 +225,31 @@ class ChangeListener:
             except Exception:  # noqa: BLE001 - one broken subscriber must not silence the others
                 log.exception("a live-update subscriber failed")
 
+    def wait_listening(self, timeout: float = 10.0) -> bool:
+        """Block until the listener is listening (for callers that must not miss the first change)."""
+        return self._listening.wait(timeout)
+
+    @property
+    def listening(self) -> bool:
+        return self._listening.is_set()
+
+
+class ChangeListener(_Fanout):
+    """One LISTEN connection on the platform database, read in a daemon thread.
+
+    The connection comes from the engine (so it has the engine's URL,
+    credentials, embedded server and session settings) and is detached from
+    its pool: it is ours until :meth:`stop`.
+    """
+
+    def __init__(self, engine: Engine, *, channel: str = CHANNEL) -> None:
+        super().__init__()
+        self.engine = engine
+        self.channel = channel
+        self._thread: threading.Thread | None = None
+        self._pooled: PoolProxiedConnection | None = None
+        self._connection: psycopg.Connection[Any] | None = None
+
     # -- life cycle ---------------------------------------------------------------
 
     def start(self) -> ChangeListener:
@@ -218,14 +258,6 @@ class ChangeListener:
             self._thread = threading.Thread(target=self._run, name="carecli-listener", daemon=True)
             self._thread.start()
         return self
-
-    def wait_listening(self, timeout: float = 10.0) -> bool:
-        """Block until the connection is LISTENing (for callers that must not miss the first change)."""
-        return self._listening.wait(timeout)
-
-    @property
-    def listening(self) -> bool:
-        return self._listening.is_set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and close the connection."""
@@ -309,15 +341,112 @@ class ChangeListener:
                 pass
 
 
+class PipeListener(_Fanout):
+    """Notices relayed by the SSH host through a pipe (one :func:`notice_line` each), read in a daemon thread.
+
+    The same subscribers, dispatch and stats as :class:`ChangeListener`, without a database connection.
+    It listens until the pipe ends (the host closed it: the session is over) or :meth:`stop`. Lines
+    longer than :data:`MAX_LINE_BYTES` cannot be ours: they are dropped and a full refresh is sent in
+    their place, as after a lost connection.
+    """
+
+    def __init__(self, fd: int, buffered: bytes = b"") -> None:
+        super().__init__()
+        self.fd = fd
+        self._buffer = bytearray(buffered)
+        #: an overlong line is being skipped up to its newline
+        self._skipping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> PipeListener:
+        if self._thread is None and not self._stop.is_set():
+            self._listening.set()
+            self.stats.connects += 1
+            self._thread = threading.Thread(target=self._run, name="carecli-relay", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        try:
+            self._drain()
+            while not self._stop.is_set():
+                readable, _, _ = select.select([self.fd], [], [], POLL_SECONDS)
+                if not readable:
+                    continue
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break  # the host closed the pipe: no more notices for this session
+                self._buffer += chunk
+                self._drain()
+        except OSError as exc:
+            self.stats.last_error = type(exc).__name__
+        finally:
+            self._listening.clear()
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
+    def _drain(self) -> None:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_LINE_BYTES:  # not a line of ours: skip to the next newline
+                    self._buffer.clear()
+                    self._skipping = True
+                return
+            line = bytes(self._buffer[:end])
+            del self._buffer[:end + 1]
+            if self._skipping or len(line) > MAX_LINE_BYTES:
+                self._skipping = False
+                notice: Notice | None = Notice(full_refresh=True)
+            else:
+                notice = notice_from_line(line)
+            if notice is not None:
+                self.stats.notices += 1
+                self._dispatch(notice)
+
+
+#: the longest relayed line read (a payload is under MAX_PAYLOAD_BYTES; the marker is shorter)
+MAX_LINE_BYTES = 16384
+
 #: database URL -> the process's listener on it
 _SHARED: dict[str, ChangeListener] = {}
 _SHARED_LOCK = threading.Lock()
+#: set by listen_through: every subscription of this process reads the host's relay instead
+_RELAY: PipeListener | None = None
+
+
+def listen_through(fd: int, buffered: bytes = b"") -> PipeListener:
+    """From now on, :func:`subscribe` hands out the notices relayed through the pipe ``fd`` (an SSH session's
+    app, whose host listens for all its sessions); ``buffered`` is what was already read past the token."""
+    global _RELAY
+    with _SHARED_LOCK:
+        if _RELAY is not None:
+            raise RuntimeError("live updates already come through a relay")
+        _RELAY = PipeListener(fd, buffered)
+        return _RELAY
+
+
+def stop_relay() -> None:
+    """Stop reading the relay and go back to listening on the database (tests; the app's exit)."""
+    global _RELAY
+    with _SHARED_LOCK:
+        relay, _RELAY = _RELAY, None
+    if relay is not None:
+        relay.stop()
 
 
 class Subscription:
     """A subscriber's hold on the process's shared listener; :meth:`close` lets go of it."""
 
-    def __init__(self, key: str, listener: ChangeListener, subscriber: Subscriber) -> None:
+    def __init__(self, key: str, listener: ChangeListener | PipeListener, subscriber: Subscriber) -> None:
         self._key = key
         self.listener = listener
         self._subscriber = subscriber
@@ -328,6 +457,9 @@ class Subscription:
         if self._closed:
             return
         self._closed = True
+        if isinstance(self.listener, PipeListener):  # the relay lasts as long as the session: kept for the next
+            self.listener.remove(self._subscriber)
+            return
         with _SHARED_LOCK:
             left = self.listener.remove(self._subscriber)
             if left == 0 and _SHARED.get(self._key) is self.listener:
@@ -343,6 +475,12 @@ def subscribe(engine: Engine, subscriber: Subscriber) -> Subscription:
     ``subscriber`` is called on the listener's thread: it must hand work over
     to its own thread or event loop (a Textual app posts a message).
     """
+    with _SHARED_LOCK:
+        relay = _RELAY
+    if relay is not None:
+        relay.add(subscriber)
+        relay.start()
+        return Subscription("relay", relay, subscriber)
     key = engine.url.render_as_string(hide_password=False)
     with _SHARED_LOCK:
         listener = _SHARED.get(key)

@@ -20,7 +20,9 @@ group on its pty): forked from the host's zygote (carecli/ssh/zygote.py), a
 process that imported the app once and holds no database connection,
 listener or thread, or, with ``app_command`` set, after ``--no-prefork`` or
 when the zygote fails, exec'd as a new Python. Either way it holds nothing of
-the host's but its terminal and the pipe its session token comes through.
+the host's but its terminal and the pipe its session token comes through,
+which then carries the host's live-update notices (carecli/ssh/relay.py: one
+LISTEN connection for every session).
 
 Every session start and end is audited (``ssh_session_start`` /
 ``ssh_session_end`` with the reason: quit, idle, disconnect, revoked,
@@ -59,6 +61,7 @@ from carecli.services.ssh_sessions import (
     open_ssh_session,
     reason_for_exit,
 )
+from carecli.ssh.relay import NoticeRelay
 from carecli.ssh.terminal import TERMINAL_RESET, AppProcess, app_environment, clean_term, goodbye
 from carecli.ssh.zygote import AppLauncher
 
@@ -86,8 +89,18 @@ class HostOptions:
     #: with no ``app_command``: fork each session's app from one pre-imported launcher process (the
     #: zygote, carecli/ssh/zygote.py) instead of starting a new Python for it
     prefork: bool = True
-    #: pooled connections per database in each app process (0: none kept idle; see app_environment)
-    app_pool_size: int | None = 0
+    #: relay live updates to every session's app from one listener (carecli/ssh/relay.py) instead of
+    #: each app listening on a connection of its own
+    relay_notices: bool = True
+    #: pooled platform connections in each app process (0: none kept idle; None: 1 with the relay, else 0;
+    #: the identity database, used for session checks only, gets none; see app_environment)
+    app_pool_size: int | None = None
+
+    @property
+    def app_pool(self) -> int:
+        if self.app_pool_size is not None:
+            return self.app_pool_size
+        return 1 if self.relay_notices else 0
 
 
 @dataclass
@@ -120,11 +133,13 @@ class CareHost:
     """The state one ``serve-ssh`` process shares between its connections."""
 
     def __init__(self, settings: Settings, databases: Databases, options: HostOptions,
-                 launcher: AppLauncher | None = None) -> None:
+                 launcher: AppLauncher | None = None, relay: NoticeRelay | None = None) -> None:
         self.settings = settings
         self.databases = databases
         self.options = options
         self.launcher = launcher
+        #: the one listener whose notices go to every session's app (None: each app listens itself)
+        self.relay = relay
         self.registry = _Registry(options)
         # Database calls block: they run here, never on the event loop (which serves every session).
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="carecli-ssh-db")
@@ -364,9 +379,10 @@ class CareSession(asyncssh.SSHServerSession[bytes]):
         env = app_environment(os.environ, term=self.term or "xterm-256color",
                               client_colorterm=self.chan.get_environment().get("COLORTERM"),
                               ssh_connection=self.environ["SSH_CONNECTION"],
-                              pool_size=self.host.options.app_pool_size)
+                              pool_size=self.host.options.app_pool, identity_pool_size=0)
         self.app = await AppProcess.start(self.ssh_session.token, env=env, columns=columns, rows=rows,
-                                          command=self.host.options.app_command, launcher=self.host.launcher)
+                                          command=self.host.options.app_command, launcher=self.host.launcher,
+                                          relay=self.host.relay)
         self.app.attach(self._write, lambda: None)
         watchers = [asyncio.create_task(self._wait_app()), asyncio.create_task(self._watch_idle()),
                     asyncio.create_task(self._watch_access())]
@@ -443,7 +459,8 @@ async def serve(settings: Settings, databases: Databases, options: HostOptions, 
         # ready wait for it (or, after READY_TIMEOUT, start the app the old way).
         launcher = AppLauncher()
         await launcher.start()
-    host = CareHost(settings, databases, options, launcher)
+    relay = NoticeRelay(databases.platform, asyncio.get_running_loop()).start() if options.relay_notices else None
+    host = CareHost(settings, databases, options, launcher, relay)
     # The sessions' audit rows are sealed as the host runs (and once more when it stops), not only by cron.
     from carecli.data import audit_seal
     from carecli.data.crypto.runtime import master_key
@@ -455,6 +472,8 @@ async def serve(settings: Settings, databases: Databases, options: HostOptions, 
     finally:
         if launcher is not None:
             await launcher.close()
+        if relay is not None:
+            await asyncio.get_running_loop().run_in_executor(None, relay.stop)
         await asyncio.get_running_loop().run_in_executor(None, sealer.stop)
 
 

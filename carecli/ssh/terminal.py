@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from carecli.ssh.relay import NoticeRelay, Outlet
     from carecli.ssh.zygote import AppLauncher
 
 log = logging.getLogger("carecli.ssh")
@@ -83,17 +84,22 @@ def clean_term(term_type: str | None) -> str:
 
 
 def app_environment(base: Mapping[str, str], *, term: str, client_colorterm: str | None,
-                    ssh_connection: str, pool_size: int | None = 0) -> dict[str, str]:
+                    ssh_connection: str, pool_size: int | None = 0,
+                    identity_pool_size: int | None = None) -> dict[str, str]:
     """The app process's environment: the host's settings, the client's terminal, a UTF-8 locale.
 
     COLORTERM=truecolor is passed when the client said so or its TERM is one of the
     24-bit-colour families; LANG is always a UTF-8 locale (the app draws box characters).
     ``pool_size`` (default 0: no idle connections) keeps fifty sessions' pools from holding a
     server's ``max_connections`` between them; None leaves the host's own setting.
+    ``identity_pool_size`` likewise for the identity database alone (the host gives 0: an app uses
+    it for its session checks, a few a minute).
     """
     env = {key: value for key, value in base.items() if key not in _DROPPED and not key.startswith(_DROPPED_PREFIXES)}
     if pool_size is not None:
         env["CARECLI_DB_POOL_SIZE"] = str(pool_size)
+    if identity_pool_size is not None:
+        env["CARECLI_DB_IDENTITY_POOL_SIZE"] = str(identity_pool_size)
     env["TERM"] = term
     if client_colorterm in ("truecolor", "24bit") or any(part in term for part in _TRUECOLOR_TERMS):
         env["COLORTERM"] = "truecolor"
@@ -135,9 +141,11 @@ class ChildProcess(Protocol):
 class AppProcess:
     """A running app on its pty: write input, resize, read output through ``on_output``, stop it."""
 
-    def __init__(self, process: ChildProcess, master: int) -> None:
+    def __init__(self, process: ChildProcess, master: int, outlet: Outlet | None = None) -> None:
         self.process = process
         self.master = master
+        #: the session pipe's write end, relaying live updates to the app (None: the app listens itself)
+        self.outlet = outlet
         self._pending = bytearray()
         self._reading = False
         self._on_output: Callable[[bytes], None] | None = None
@@ -146,30 +154,41 @@ class AppProcess:
 
     @classmethod
     async def start(cls, token: str, *, env: Mapping[str, str], columns: int, rows: int,
-                    command: list[str] | None = None, launcher: AppLauncher | None = None) -> AppProcess:
+                    command: list[str] | None = None, launcher: AppLauncher | None = None,
+                    relay: NoticeRelay | None = None) -> AppProcess:
         """Start the app signed in with ``token`` on a new pty of ``columns`` x ``rows``.
 
         With a ``launcher`` (and no ``command``) the app is forked from the host's zygote; when that
         fails, and with a ``command``, it is exec'd as a new process (``command`` or ``carecli app``).
+        With a ``relay``, the token pipe stays open after the token (ended by a newline) and carries the
+        host's live-update notices to the app; without one it is closed after the token.
         """
         if launcher is not None and command is None:
             from carecli.ssh.zygote import LaunchError
 
             try:
-                return await cls._start(token, env=env, columns=columns, rows=rows, launcher=launcher)
+                return await cls._start(token, env=env, columns=columns, rows=rows, launcher=launcher, relay=relay)
             except LaunchError as exc:
                 log.warning("cannot fork the app from the launcher (%s); starting it as a new process", exc)
-        return await cls._start(token, env=env, columns=columns, rows=rows, command=command or app_command())
+        return await cls._start(token, env=env, columns=columns, rows=rows, command=command or app_command(),
+                                relay=relay)
 
     @classmethod
     async def _start(cls, token: str, *, env: Mapping[str, str], columns: int, rows: int,
-                     command: list[str] | None = None, launcher: AppLauncher | None = None) -> AppProcess:
+                     command: list[str] | None = None, launcher: AppLauncher | None = None,
+                     relay: NoticeRelay | None = None) -> AppProcess:
         master, slave = pty.openpty()
         read_end, write_end = os.pipe()
+        outlet: Outlet | None = None
         try:
             set_window_size(slave, columns, rows)
-            os.write(write_end, token.encode("ascii"))  # 43 bytes: far below a pipe's buffer
-            os.close(write_end)
+            # 43 bytes (and the newline): far below a pipe's buffer
+            os.write(write_end, token.encode("ascii") + (b"\n" if relay is not None else b""))
+            if relay is not None:
+                # Attached before the app starts: a change committed while it starts is waiting in the pipe.
+                outlet = relay.attach(write_end)
+            else:
+                os.close(write_end)
             write_end = -1
             process: ChildProcess
             if launcher is not None:
@@ -182,6 +201,8 @@ class AppProcess:
                     start_new_session=True, preexec_fn=take_controlling_terminal)
         except BaseException:
             os.close(master)  # (a forked app that could not take this terminal ends on its hang-up)
+            if outlet is not None:
+                outlet.close()
             raise
         finally:
             os.close(slave)
@@ -189,7 +210,7 @@ class AppProcess:
             if write_end >= 0:
                 os.close(write_end)
         os.set_blocking(master, False)
-        return cls(process, master)
+        return cls(process, master, outlet)
 
     # -- output: pty -> client ---------------------------------------------------------
 
@@ -295,7 +316,10 @@ class AppProcess:
         return self.process.returncode
 
     def close(self) -> None:
-        """Release the pty (after the app has ended)."""
+        """Release the pty and the session pipe (after the app has ended)."""
+        if self.outlet is not None:
+            self.outlet.close()
+            self.outlet = None
         if self.master < 0:
             return
         self.pause_output()

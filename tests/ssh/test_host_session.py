@@ -9,15 +9,20 @@ gets the goodbye text and exit status 0. The databases then hold the session
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from carecli import __version__
+from carecli.data.notify import LISTENER_APPLICATION_NAME
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.services.auth.credentials import HeldCredential
 from carecli.services.auth.sessions import start_session
 from carecli.services.desk import Desk, local_day_bounds
-from tests.ssh.conftest import GOODBYE_QUIT, START_TIMEOUT, WORKLIST, new_key, open_screen
+from tests.ssh.conftest import GOODBYE_QUIT, START_TIMEOUT, STEP_TIMEOUT, WORKLIST, new_key, open_screen
 
 CTRL_Q = b"\x11"
 
@@ -73,16 +78,29 @@ async def test_sign_in_by_key_see_the_worklist_resize_and_quit(world, ssh_host, 
     assert str(end.ip_address) == "127.0.0.1"
 
 
-async def test_a_second_session_sees_the_first_ones_new_call_without_a_key_press(world, ssh_host) -> None:
+def _listeners(world) -> int:
+    """LISTEN connections on the test's platform database (the host's relay's and the apps' own)."""
+    return world.scalar("platform", "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND application_name = :name", name=LISTENER_APPLICATION_NAME)
+
+
+@pytest.mark.parametrize("relay", [True, False], ids=["relayed by the host", "each app listening"])
+async def test_a_second_session_sees_the_first_ones_new_call_without_a_key_press(world, ssh_host, relay) -> None:
     specialist = world.user("specialist", 1)
     keys = [new_key(), new_key()]
     for key in keys:
         world.add_key(specialist, key)
-    host = ssh_host()
+    host = ssh_host(relay_notices=relay)
     first, second = await open_screen(host, keys[0]), await open_screen(host, keys[1])
     try:
         for client in (first, second):
             await client.wait_for(WORKLIST, START_TIMEOUT)
+        # Relayed: the host's one listening connection for both sessions; else one per app (started at sign-in).
+        expected = 1 if relay else 2
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while _listeners(world) != expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert _listeners(world) == expected
         shown = re.search(r"Today \((\d+)", second.text)
         assert shown is not None, second.text
         today = int(shown.group(1))
