@@ -150,6 +150,8 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.page_number = 0
         self.next_cursor: Any = None
         self.rows: list[uuid.UUID] = []
+        #: the text of each shown row's cells, as added (a page read again redraws only what changed)
+        self._cells: list[tuple[str, ...]] = []
         self.count: CountEstimate | None = None
         #: a live reload puts the cursor back on this member (by id) when the page comes back
         self._keep_cursor: str | None = None
@@ -297,17 +299,27 @@ for large ones. **Enter** opens the member (an audited read of their record).
         if self.care.locked:
             return  # asked for before the lock: the unlock asks again
         table = self.query_one(ResultsTable)
-        table.clear()
-        self.rows = []
         self.shown_request = message.request
-        for row in page.rows:
-            self.rows.append(row.id)
-            city = ", ".join(part for part in (row.city, row.state) if part)
-            table.add_row(member_name(row.first_name, row.last_name), words(row.status), show_phone(row.phone),
-                          row.email or "", city, key=str(row.id))
-        keep, self._keep_cursor = self._keep_cursor, None
-        if keep is not None and keep in table.rows:
-            table.move_cursor(row=table.get_row_index(keep))
+        cells = [(member_name(row.first_name, row.last_name), words(row.status), show_phone(row.phone),
+                  row.email or "", ", ".join(part for part in (row.city, row.state) if part)) for row in page.rows]
+        ids = [row.id for row in page.rows]
+        if ids and ids == self.rows and len(self._cells) == len(ids) == table.row_count:
+            # The same members in the same order (a live update read the page again, or typing that did
+            # not change the results): only the cells that changed are redrawn, and the cursor stays.
+            self._keep_cursor = None
+            columns = [column.key for column in table.ordered_columns]
+            for member_id, old, new in zip(ids, self._cells, cells, strict=True):
+                for column, before, after in zip(columns, old, new, strict=True):
+                    if before != after:
+                        table.update_cell(str(member_id), column, after, update_width=True)
+        else:
+            table.clear()
+            for member_id, row_cells in zip(ids, cells, strict=True):
+                table.add_row(*row_cells, key=str(member_id))
+            keep, self._keep_cursor = self._keep_cursor, None
+            if keep is not None and keep in table.rows:
+                table.move_cursor(row=table.get_row_index(keep))
+        self.rows, self._cells = ids, cells
         self.show_status()
 
     def on_count_loaded(self, message: CountLoaded) -> None:
@@ -405,7 +417,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
 
     def clear_phi(self) -> None:
         self.query_one(ResultsTable).clear()
-        self.rows = []
+        self.rows, self._cells = [], []
         self.query_one("#member-status-line", Static).update("")
 
     def restore_after_unlock(self) -> None:

@@ -163,10 +163,22 @@ async def test_the_member_browser_reloads_its_page_and_keeps_the_cursor_and_the_
             member = uow.members.get(target)
             uow.members.update(target, member.updated_at, {"phone": "+15550199999"})
             uow.commit()
+        data = table._data  # DataTable.clear() replaces it
         await wait_for(pilot, lambda: str(table.get_row(str(target))[2]) == "(555) 019-9999",
                        what="the new phone on B's page")
         assert browser.rows[table.cursor_row] == cursor_member
         assert browser.query_one("#member-search", Input).value == ""
+        # The same members in the same order: the changed cell was updated in place, the table not rebuilt.
+        assert table._data is data
+        # A longer name that moves the member to the top: the page is rebuilt, the cursor follows its member.
+        with PlatformUnitOfWork(tui.databases.platform, admin.actor,
+                                cipher=cipher_provider(tui.settings, tui.databases)) as uow:
+            member = uow.members.get(target)
+            uow.members.update(target, member.updated_at, {"last_name": "Aaaaron-Abercrombie-Longname"})
+            uow.commit()
+        await wait_for(pilot, lambda: browser.rows and browser.rows[0] == target, what="the renamed member first")
+        assert "Aaaaron-Abercrombie-Longname" in str(table.get_row(str(target))[0])
+        assert browser.rows[table.cursor_row] == cursor_member
 
 
 async def test_a_locked_app_reads_nothing_until_unlocked_then_catches_up(tui) -> None:
