@@ -16,6 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Select, Static
 
@@ -28,6 +29,8 @@ from carecli.screens.live import DataChanged
 from carecli.screens.widgets import CareFooter, CareHeader, CareTable, SearchBox
 
 PAGE_SIZE = 50
+#: a page not there this long after it was asked for: the status line says "Searching…"
+SEARCHING_AFTER_SECONDS = 0.15
 #: newest / oldest: by when the member's record was added
 SORTS = (("Name A→Z", "name"), ("Name Z→A", "name_desc"), ("Newest added", "newest"), ("Oldest added", "oldest"))
 
@@ -152,6 +155,8 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.rows: list[uuid.UUID] = []
         #: the text of each shown row's cells, as added (a page read again redraws only what changed)
         self._cells: list[tuple[str, ...]] = []
+        #: says "Searching…" if the page asked for has not come SEARCHING_AFTER_SECONDS later
+        self._searching_timer: Timer | None = None
         self.count: CountEstimate | None = None
         #: a live reload puts the cursor back on this member (by id) when the page comes back
         self._keep_cursor: str | None = None
@@ -254,8 +259,17 @@ for large ones. **Enter** opens the member (an audited read of their record).
             self.count = None
             self.fetch_count(self.search_id, self.query_state)
         self.request += 1
-        self.query_one("#member-status-line", Static).update("Searching…")
+        # Said only when the page is slow to come: most come within a few ms, and saying it anyway was one
+        # more frame per keystroke (and per live update, on every screen showing the browser).
+        if self._searching_timer is not None:
+            self._searching_timer.stop()
+        self._searching_timer = self.set_timer(SEARCHING_AFTER_SECONDS, self._say_searching)
         self.fetch_page(self.request, self.query_state, self.page_starts[page_number], page_number)
+
+    def _say_searching(self) -> None:
+        self._searching_timer = None
+        if self.shown_request != self.request:
+            self.query_one("#member-status-line", Static).update("Searching…")
 
     @work(thread=True, exclusive=True, group="member-page")
     def fetch_page(self, request: int, query: MemberQuery, after: Any, page_number: int) -> None:
@@ -300,8 +314,9 @@ for large ones. **Enter** opens the member (an audited read of their record).
             return  # asked for before the lock: the unlock asks again
         table = self.query_one(ResultsTable)
         self.shown_request = message.request
-        cells = [(member_name(row.first_name, row.last_name), words(row.status), show_phone(row.phone),
-                  row.email or "", ", ".join(part for part in (row.city, row.state) if part)) for row in page.rows]
+        cells: list[tuple[str, ...]] = [
+            (member_name(row.first_name, row.last_name), words(row.status), show_phone(row.phone), row.email or "",
+             ", ".join(part for part in (row.city, row.state) if part)) for row in page.rows]
         ids = [row.id for row in page.rows]
         if ids and ids == self.rows and len(self._cells) == len(ids) == table.row_count:
             # The same members in the same order (a live update read the page again, or typing that did
@@ -328,6 +343,9 @@ for large ones. **Enter** opens the member (an audited read of their record).
             self.show_status()
 
     def show_status(self) -> None:
+        if self._searching_timer is not None and self.shown_request == self.request:
+            self._searching_timer.stop()
+            self._searching_timer = None
         shown = len(self.rows)
         first = self.page_number * PAGE_SIZE + (1 if shown else 0)
         last = self.page_number * PAGE_SIZE + shown
