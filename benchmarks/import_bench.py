@@ -181,13 +181,14 @@ def deferred_copy_in(platform_url: str, dumps: dict[str, Path]) -> float:
     engine = bench_engine(platform_url)
     try:
         started = time.perf_counter()
+        run = deferred_indexes.run_id()
         with engine.connect() as connection:
             tables = {table: 0 for table in dumps}
-            deferred_indexes.defer(connection, tables, run_id=deferred_indexes.run_id(), actor=Actor.system(),
-                                   reason="import bench", incoming={})
+            deferred_indexes.defer(connection, tables, run_id=run, actor=Actor.system(), reason="import bench",
+                                   incoming={})
         with psycopg.connect(libpq_url(platform_url)) as conn:
             timed_copy_in(conn, dumps)
-        result = deferred_indexes.rebuild(engine, Actor.system())
+        result = deferred_indexes.rebuild(engine, Actor.system(), run_id=run)
         assert not result.failed and not result.skipped, result
         return time.perf_counter() - started
     finally:

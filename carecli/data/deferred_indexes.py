@@ -22,8 +22,8 @@ statistics targets of its columns (``platform_0011`` sets some) go into
 ``deferred_indexes`` (``platform_0014``) in the very transaction that drops
 it: whenever an index is missing, its record is committed, whatever is
 killed when. The record names the load's database session
-(``owner_pid``/``owner_started``): while it lives the index is the load's to
-build; once it is gone (``kill -9``, a lost connection) anyone builds it: the
+(``owner_pid``/``owner_started``, and the session holds the advisory lock
+``(OWNER_LOCK, pid)``): while it lives the index is the load's to build; once it is gone (``kill -9``, a lost connection) anyone builds it: the
 next import (which instead takes the records over when it defers that table
 itself), ``carecli db upgrade``, ``carecli db rebuild-indexes``;
 ``carecli doctor`` and ``carecli db check`` report it. Each index is built
@@ -87,8 +87,17 @@ BUILD_MEMORY = "256MB"
 ENTITY_TYPE = "database_index"
 _INDEX_PREFIX = "ix_"
 
-_LIVE = ("EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = d.owner_pid "
-         "AND a.backend_start = d.owner_started)")
+#: key1 of the session-level advisory lock (key1, pid) a load holds while it owns records ("care")
+OWNER_LOCK = 0x63617265
+# A record's load lives while its session holds the advisory lock (OWNER_LOCK, its pid): pg_locks shows every
+# session's locks to every role, where pg_stat_activity hides other roles' sessions' details. A session started
+# later under the same pid (so with another backend_start, where that is visible) is not the load.
+_LIVE = (f"(EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
+         f"AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+         f"AND l.classid = {OWNER_LOCK}::oid AND l.objid = d.owner_pid::oid AND l.objsubid = 2 "
+         f"AND l.pid = d.owner_pid) "
+         f"AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = d.owner_pid "
+         f"AND a.backend_start IS NOT NULL AND a.backend_start <> d.owner_started))")
 
 
 @dataclass(frozen=True)
@@ -325,6 +334,11 @@ def defer(connection: Connection, tables: Mapping[str, int], *, run_id: uuid.UUI
 def _defer_once(connection: Connection, names: list[str], probed: set[str], *, run_id: uuid.UUID, actor: Actor,
                 reason: str, tables: Mapping[str, int], incoming: Mapping[str, int]) -> list[IndexInfo]:
     connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+    # Held by this session until it ends (or unlocks it): says the load lives. Taken once per session.
+    connection.execute(text("SELECT pg_advisory_lock(:key, pg_backend_pid()) WHERE NOT EXISTS (SELECT 1 FROM "
+                            "pg_locks WHERE locktype = 'advisory' AND classid = CAST(:key AS oid) "
+                            "AND objid = pg_backend_pid()::oid AND objsubid = 2 AND pid = pg_backend_pid())"),
+                       {"key": OWNER_LOCK})
     connection.exec_driver_sql("LOCK TABLE " + ", ".join(f"public.{name}" for name in names)
                                + " IN ACCESS EXCLUSIVE MODE")
     owner = {"run": run_id, "reason": reason[:100]}
@@ -449,3 +463,30 @@ def run_id() -> uuid.UUID:
     """A load's id: the audit rows of its deferral and of the builds name it."""
     return new_id()
 
+
+
+def reindex_invalid(engine: Engine, actor: Actor) -> list[str]:
+    """``REINDEX`` every INVALID index of schema public that no record covers (a failed concurrent build)."""
+    done: list[str] = []
+    with engine.connect() as connection:
+        recorded_names = {record.name for record in recorded(connection)}
+        invalid = [(table, name) for table, name in invalid_indexes(connection) if name not in recorded_names]
+        connection.rollback()
+        for table, name in invalid:
+            started = time.perf_counter()
+            connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = {BUILD_LOCK_TIMEOUT_MS}")
+            connection.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{BUILD_MEMORY}'")
+            try:
+                connection.exec_driver_sql(f"REINDEX INDEX {_qualified_name(connection, 'public', name)}")
+                audit.write(connection, actor, ENTITY_TYPE, uuid.UUID(int=0), "rebuild_indexes", None, {
+                    "table": table, "index": name, "outcome": "reindexed (was invalid)",
+                    "seconds": round(time.perf_counter() - started, 2)})
+                connection.commit()
+            except DBAPIError as exc:
+                connection.rollback()
+                sqlstate = getattr(getattr(exc.orig, "diag", None), "sqlstate", None)
+                log.warning("could not reindex %s of %s (SQLSTATE %s)", name, table, sqlstate)
+                continue
+            done.append(name)
+    return done
