@@ -94,7 +94,8 @@ def test_deferring_drops_only_secondary_non_unique_indexes_and_building_gives_th
     assert _records(engine) == []
     with engine.connect() as connection:
         rows = connection.execute(text(
-            "SELECT action, new_values FROM audit_logs WHERE entity_type = :t AND entity_id = :run ORDER BY created_at"),
+            "SELECT action, new_values FROM audit_logs WHERE entity_type = :t AND entity_id = :run "
+            "ORDER BY created_at"),
             {"t": deferred_indexes.ENTITY_TYPE, "run": run}).all()
     assert [action for action, _ in rows].count("defer_indexes") == 3
     assert sorted(values["index"] for action, values in rows if action == "rebuild_indexes") == sorted(names)
@@ -129,7 +130,8 @@ def test_an_index_found_invalid_or_different_is_built_as_recorded(engine):
     assert _indexes(engine) == before
     with engine.connect() as connection:
         outcomes = dict(connection.execute(text(
-            "SELECT new_values->>'index', new_values->>'outcome' FROM audit_logs WHERE action = 'rebuild_indexes'")).all())
+            "SELECT new_values->>'index', new_values->>'outcome' FROM audit_logs "
+            "WHERE action = 'rebuild_indexes'")).all())
     assert outcomes["ix_members_status"] == "rebuilt (was invalid)"
     assert outcomes["ix_members_created"] == "rebuilt (was different)"
 

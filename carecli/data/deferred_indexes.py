@@ -23,8 +23,9 @@ statistics targets of its columns (``platform_0011`` sets some) go into
 it: whenever an index is missing, its record is committed, whatever is
 killed when. The record names the load's database session
 (``owner_pid``/``owner_started``, and the session holds the advisory lock
-``(OWNER_LOCK, pid)``): while it lives the index is the load's to build; once it is gone (``kill -9``, a lost connection) anyone builds it: the
-next import (which instead takes the records over when it defers that table
+``(OWNER_LOCK, pid)``): while it lives the index is the load's to build;
+once it is gone (``kill -9``, a lost connection) anyone builds it: the next
+import (which instead takes the records over when it defers that table
 itself), ``carecli db upgrade``, ``carecli db rebuild-indexes``;
 ``carecli doctor`` and ``carecli db check`` report it. Each index is built
 with ``CREATE INDEX`` (``maintenance_work_mem`` raised for the transaction)
