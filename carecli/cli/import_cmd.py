@@ -178,9 +178,9 @@ def _estimate_records(source: IO[bytes]) -> int | None:
                    "batch (default: cores - 2, at most 2, so none on a 2-core machine; 0: all in this process).")
 @click.option("--defer-indexes", "defer_indexes", type=click.Choice(deferred_indexes.MODES), default="auto",
               show_default=True,
-              help="Drop the secondary indexes of members and audit_logs before the load and build them after it, "
-                   "as pg_restore does: auto when the file holds at least as many rows as the table (and at least "
-                   f"{deferred_indexes.MIN_ROWS:,}); always; never.")
+              help="Drop the secondary indexes of members, metadata and audit_logs before the load and build them "
+                   "after it, as pg_restore does: auto for a table the file adds at least as many rows to as it "
+                   f"holds (and at least {deferred_indexes.MIN_ROWS:,}); always; never.")
 def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: tuple[str, ...],
                    mapping_file: str | None, errors_path: str | None, all_or_nothing: bool, dry_run: bool,
                    as_json: bool, batch_rows: int, workers: int | None, defer_indexes: str) -> int:
