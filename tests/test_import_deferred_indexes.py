@@ -199,6 +199,23 @@ def test_whatever_loads_defer_and_however_they_end_the_indexes_come_back_exactly
     assert _indexes(engine) == before and _records(engine) == []
 
 
+def test_the_app_keeps_searching_counting_and_saving_while_the_indexes_are_dropped(platform):
+    from carecli.data.repositories.member_search import MemberQuery
+
+    member = platform.member(first_name="Ottilie", last_name="Quernby", email="ottilie.q@example.org")
+    run = uuid.uuid4()
+    with platform.engine.connect() as load:
+        assert _defer(load, ("members", "audit_logs"), run=run)
+        with platform.uow() as uow:
+            for text_ in ("quer", "ottilie", "ottilie.q@", "Quernby Ott"):
+                assert [row.id for row in uow.member_search.search(MemberQuery(text=text_)).rows] == [member.id]
+            assert uow.member_search.count(MemberQuery(status="active")).value == 1
+            uow.members.update(member.id, member.updated_at, {"city": "Zephyrton"})
+            uow.commit()
+        deferred_indexes.rebuild(platform.engine, SYSTEM, run_id=run)
+    assert _records(platform.engine) == []
+
+
 def test_the_audit_rows_hold_no_values(platform):
     member = platform.member()
     with platform.engine.connect() as connection:
