@@ -23,6 +23,12 @@ idempotent. With ``all_or_nothing`` every batch goes into one transaction
 that commits only if no row was refused; with ``dry_run`` nothing is
 written at all. One import of a kind runs at a time (an advisory lock).
 
+Indexes: a load large relative to a table (members, metadata, audit_logs)
+drops that table's secondary indexes before its first batch, each recorded
+in the drop's transaction, and builds them after its last batch, before the
+tables are analyzed, however the run ends; after a ``kill -9`` the next run
+takes the records over or builds them (:mod:`carecli.data.deferred_indexes`).
+
 A run ends in one of two ways, whatever is raised on the way: it finishes
 (bad rows refused and reported, the rest loaded), or it aborts with
 :class:`ImportAborted` carrying the summary of what is committed (which
@@ -41,6 +47,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -624,6 +631,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         # error before any commit: exit 2), or aborted with the summary of what is committed (exit 3).
         if writer is not None:
             writer.abandon()  # waits for the batches handed over, so the summary counts what is committed
+        with suppress(Exception):
+            planner.rollback()  # whatever it holds must not keep the index builds waiting
         deferral.finish_quietly()
         deferral.report(summary)
         committed = writer.committed if writer is not None else Committed()
