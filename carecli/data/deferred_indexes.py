@@ -7,7 +7,9 @@ import's time in the database). So a load that is large relative to a table
 (the rows going in are at least as many as the rows already there, and at
 least :data:`MIN_ROWS`; ``--defer-indexes always|never`` overrides) drops
 that table's *deferrable* indexes, loads, and builds them again, the way
-pg_restore does.
+pg_restore does. An import estimates the rows going in as the file's records
+(from its size) times the share of its first batch that creates records, so
+a re-run of a file already loaded defers nothing.
 
 Deferrable: a valid, non-unique index that backs no constraint, named
 ``ix_...`` (carecli's migrations name their indexes so), on ``members``,

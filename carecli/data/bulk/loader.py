@@ -491,19 +491,30 @@ class _Deferral:
         self.pending: list[str] = []
         self._finished = False
 
-    def start(self, planner: Any) -> None:
-        """Decide, take over the records of a killed load on the chosen tables, build any other such, drop.
+    def start(self, planner: Any, *, new_share: float) -> None:
+        """Decide, take over the records of a killed load, build any other such, drop.
 
-        On the planner's connection: its session owns the records while the import runs. The
-        caller's transaction must be clear.
+        ``new_share`` is the share of the first batch's rows that create records: the file's
+        estimated size times it is what the load will add (a re-run of a file already loaded adds
+        nothing and defers nothing). Tables the kind writes on which a load that is gone left
+        indexes dropped are taken over whatever the sizes: their indexes are missing already, and
+        built once at the end costs less than built now and kept up during this load. On the
+        planner's connection: its session owns the records while the import runs. The caller's
+        transaction must be clear.
         """
         with planner.begin():
             if not deferred_indexes.available(planner):
                 return
             per_record = self.kind.rows_per_record
             known = self.expected if self.expected is not None else (1 if self.mode == "always" else 0)
-            incoming = {table: count * known for table, count in per_record.items()}
+            share = 1.0 if self.mode == "always" else max(0.0, min(1.0, new_share))
+            incoming = {table: int(count * known * share) for table, count in per_record.items()}
             chosen = deferred_indexes.choose_tables(planner, incoming, self.mode) if known else {}
+            if self.mode != "never":
+                for record in deferred_indexes.orphans(planner):
+                    if record.table in per_record and record.table not in chosen:
+                        chosen[record.table] = deferred_indexes.existing_rows(planner, record.table,
+                                                                              incoming[record.table] + 1)
         if chosen:
             self.deferred = deferred_indexes.defer(planner, chosen, run_id=self.run_id, actor=self.actor,
                                                    reason=f"import {self.kind.name}", incoming=incoming)
@@ -595,13 +606,15 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                              entity_type=kind.entity_type)
         prepared = dry_run
         for batch in _batches(records, batch_rows, problem, counter, preparer):
+            first = not prepared
             if not prepared:  # only once the file has proved readable: a bad header writes nothing
                 kind.before_first_batch(context)
                 planner.commit()
-                deferral.start(planner)
                 prepared = True
             plan = kind.plan(context, batch)
             planner.commit()
+            if first and not dry_run:  # before the first batch is written, knowing how much of it is new
+                deferral.start(planner, new_share=plan.created / len(batch) if batch else 0.0)
             for item in plan.problems:
                 problem(item)
             summary.created += plan.created
