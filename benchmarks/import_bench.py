@@ -42,9 +42,10 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_pairs import drop_pair, fresh_pair, libpq_url  # noqa: E402
+from benchmarks.bench_pairs import bench_engine, drop_pair, fresh_pair, libpq_url  # noqa: E402
 from benchmarks.table import print_table  # noqa: E402
 from carecli.config import load_settings  # noqa: E402
+from carecli.data import deferred_indexes  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402
 from carecli.data.databases import open_databases  # noqa: E402
@@ -174,9 +175,31 @@ def timed_copy_in(conn: psycopg.Connection, dumps: dict[str, Path], prefix: str 
     return time.perf_counter() - started
 
 
-def baseline(platform_url: str, empty_platform_url: str) -> tuple[float, float, dict[str, int]]:
-    """Seconds to COPY the import's final rows (binary) into bare copies of their tables, and
-    into the real tables (their indexes, keys and checks) of another, empty migrated database."""
+def deferred_copy_in(platform_url: str, dumps: dict[str, Path]) -> float:
+    """Seconds to drop the deferrable secondary indexes (carecli.data.deferred_indexes), COPY each dump
+    into the real tables and build the indexes again: the floor of an import that defers them."""
+    engine = bench_engine(platform_url)
+    try:
+        started = time.perf_counter()
+        run = deferred_indexes.run_id()
+        with engine.connect() as connection:
+            tables = {table: 0 for table in dumps}
+            deferred_indexes.defer(connection, tables, run_id=run, actor=Actor.system(), reason="import bench",
+                                   incoming={})
+        with psycopg.connect(libpq_url(platform_url)) as conn:
+            timed_copy_in(conn, dumps)
+        result = deferred_indexes.rebuild(engine, Actor.system(), run_id=run)
+        assert not result.failed and not result.skipped, result
+        return time.perf_counter() - started
+    finally:
+        engine.dispose()
+
+
+def baseline(platform_url: str, empty_platform_url: str,
+             deferred_platform_url: str | None = None) -> tuple[float, float, float | None, dict[str, int]]:
+    """Seconds to COPY the import's final rows (binary) into bare copies of their tables, into the
+    real tables (their indexes, keys and checks) of another, empty migrated database, and (given a
+    third) into the real tables with their deferrable indexes dropped before and built after."""
     selects = {
         "members": "SELECT * FROM members",
         "metadata": "SELECT * FROM metadata WHERE entity_type = 'member'",
@@ -207,10 +230,15 @@ def baseline(platform_url: str, empty_platform_url: str) -> tuple[float, float, 
         conn.execute("CHECKPOINT")
         conn.commit()
         indexed_seconds = timed_copy_in(conn, dumps)
+    deferred_seconds = None
+    if deferred_platform_url is not None:
+        with psycopg.connect(libpq_url(deferred_platform_url), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+        deferred_seconds = deferred_copy_in(deferred_platform_url, dumps)
     for path in dumps.values():
         path.unlink()
     workdir.rmdir()
-    return seconds, indexed_seconds, counts
+    return seconds, indexed_seconds, deferred_seconds, counts
 
 
 def main() -> None:
@@ -219,9 +247,13 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the databases of the full-size run")
     parser.add_argument("--workers", type=int, default=None, help="carecli import --workers (default: its own)")
+    parser.add_argument("--defer-indexes", choices=deferred_indexes.MODES, default=None,
+                        help="carecli import --defer-indexes (default: its own, auto)")
+    parser.add_argument("--prefix", default="carecli_bench_import",
+                        help="name prefix of the throwaway databases (another run on the same server: another prefix)")
     args = parser.parse_args()
     master = encode_key(generate_master_key())
-    prefix = "carecli_bench_import"
+    prefix = args.prefix
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="carecli-import-bench-") as tmp:
         small_n = max(args.members // 10, 1)
@@ -234,7 +266,9 @@ def main() -> None:
 
         urls = fresh_pair(args.admin_url, prefix)
         env = environment(urls, master)
-        extra = () if args.workers is None else ("--workers", str(args.workers))
+        extra: tuple[str, ...] = () if args.workers is None else ("--workers", str(args.workers))
+        if args.defer_indexes is not None:
+            extra += ("--defer-indexes", args.defer_indexes)
         summary_small, seconds_small, rss_small, tree_small = run_import(env, small, *extra)
         drop_pair(args.admin_url, prefix)
 
@@ -243,8 +277,11 @@ def main() -> None:
         summary, seconds, rss_full, tree_full = run_import(env, full, *extra)
         assert summary["created"] == args.members, summary
         empty = fresh_pair(args.admin_url, prefix + "_floor")
-        copy_seconds, indexed_seconds, counts = baseline(urls["platform"], empty["platform"])
+        empty_deferred = fresh_pair(args.admin_url, prefix + "_floor_deferred")
+        copy_seconds, indexed_seconds, deferred_seconds, counts = baseline(urls["platform"], empty["platform"],
+                                                                           empty_deferred["platform"])
         drop_pair(args.admin_url, prefix + "_floor")
+        drop_pair(args.admin_url, prefix + "_floor_deferred")
         rerun, rerun_seconds, _, _ = run_import(env, full, *extra)
         assert rerun["unchanged"] == args.members, rerun
         if not args.keep:
@@ -267,6 +304,12 @@ def main() -> None:
         ("  that COPY's rate / the bare COPY's rate (the ceiling of any loader)",
          f"{copy_seconds / indexed_seconds:.2f}"),
         ("import rate / that COPY's rate (target >= 0.80)", f"{import_rate * indexed_seconds / n:.2f}"),
+        ("the same COPY into the real tables, deferrable indexes dropped before and built after",
+         f"{deferred_seconds:.1f} s = {n / deferred_seconds:,.0f} members/s" if deferred_seconds else "-"),
+        ("  that COPY's rate / the bare COPY's rate",
+         f"{copy_seconds / deferred_seconds:.2f}" if deferred_seconds else "-"),
+        ("secondary indexes the import built after the data (of them not built)",
+         f"{summary.get('indexes_deferred', 0)} ({summary.get('indexes_pending', 0)})"),
         ("re-run of the same file (all unchanged)", f"{rerun_seconds:.1f} s = {n / rerun_seconds:,.0f} members/s"),
         (f"peak RSS importing {small_n:,} members (the process; with its workers)",
          f"{rss_small / 1024:.0f} MiB; {tree_small / 1024:.0f} MiB"),

@@ -80,8 +80,8 @@ pytest_plugins = [
 SERVER_DEPENDENT = frozenset({
     "test_audit", "test_backup", "test_backup_stream", "test_case_loop", "test_check_data", "test_doctor",
     "test_emergency", "test_engines", "test_export", "test_grants", "test_identity_repositories",
-    "test_import", "test_import_cli", "test_import_kinds", "test_import_rules", "test_live_updates",
-    "test_member_name_prefixes", "test_member_notes", "test_member_search", "test_migrations",
+    "test_import", "test_import_cli", "test_import_deferred_indexes", "test_import_kinds", "test_import_rules",
+    "test_live_updates", "test_member_name_prefixes", "test_member_notes", "test_member_search", "test_migrations",
     "test_permissions", "test_replicas", "test_repositories", "test_retention", "test_retention_cli",
     "test_schema", "test_seeding", "test_sessions", "test_sync",
 })

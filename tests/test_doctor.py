@@ -542,3 +542,42 @@ def test_the_archiving_probe_needs_no_privileges(granted: Install) -> None:
         doctor.databases.dispose()
     assert state.archive_mode in ("off", "on", "always") and state.wal_level in ("minimal", "replica", "logical")
     assert doc.judge_archiving(state)[0] in ("pass", "warn")
+
+
+# -- deferred indexes ----------------------------------------------------------------------------------------
+
+
+def test_indexes_a_stopped_load_left_dropped_fail_with_the_fix_and_a_running_load_only_warns(install: Install) -> None:
+    from carecli.data import deferred_indexes
+    from carecli.data.actor import Actor
+
+    engine = install.admin["platform"]
+    assert result(install.results(), "deferred indexes").status == "pass"
+    load = engine.connect()
+    deferred_indexes.defer(load, {"members": 0}, run_id=uuid.uuid4(), actor=Actor.system(), reason="import members",
+                           incoming={"members": 1})
+    running = result(install.results(), "deferred indexes")
+    assert running.status == "warn" and "import members" in running.detail and "ix_members_status" in running.detail
+    # The load's process is killed: its session ends, its indexes stay dropped.
+    load.invalidate()
+    load.close()
+    deadline = datetime.now(UTC) + timedelta(seconds=15)
+    while result(install.results(), "deferred indexes").status == "warn":
+        assert datetime.now(UTC) < deadline
+    stopped = result(install.results(), "deferred indexes")
+    assert stopped.status == "fail" and "members: " in stopped.detail and "ix_members_name_folded" in stopped.detail
+    assert "carecli db rebuild-indexes" in stopped.action
+    outcome = run_carecli("doctor", env=install.env)
+    assert outcome.code == EXIT_FAILURE and "carecli db rebuild-indexes" in outcome.out
+
+    assert run_carecli("db", "rebuild-indexes", env=install.env).code == 0
+    assert result(install.results(), "deferred indexes").status == "pass"
+    # An INVALID index (a concurrent build that failed) fails the check too, and the same command fixes it.
+    install.sql("platform", "CREATE INDEX ix_members_city_test ON members (city)")
+    install.sql("platform", "UPDATE pg_index SET indisvalid = false "
+                            "WHERE indexrelid = 'ix_members_city_test'::regclass")
+    invalid = result(install.results(), "deferred indexes")
+    assert invalid.status == "fail" and "ix_members_city_test (members)" in invalid.detail
+    fixed = run_carecli("db", "rebuild-indexes", env=install.env)
+    assert fixed.code == 0 and "reindexed ix_members_city_test" in fixed.out
+    assert result(install.results(), "deferred indexes").status == "pass"

@@ -142,7 +142,8 @@ def inst(install: Install) -> Iterator[Install]:
             "SET LOCAL session_replication_role = replica",  # audit_logs is append-only by trigger
             "DELETE FROM members", "DELETE FROM insurance_plans",
             "DELETE FROM metadata WHERE entity_type IN ('member', 'insurance_plan', 'blind_index_key')",
-            "DELETE FROM audit_logs WHERE entity_type IN ('member', 'insurance_plan', 'metadata', 'import')",
+            "DELETE FROM audit_logs WHERE entity_type IN ('member', 'insurance_plan', 'metadata', 'import', "
+            "'database_index')",
             "DELETE FROM audit_seals",  # the imports sealed the rows just deleted: a new chain for the next test
         ):
             connection.execute(text(statement))
@@ -554,15 +555,72 @@ def _descendants(root: int) -> dict[int, str]:
     return found
 
 
-def test_an_import_killed_mid_file_and_run_again_ends_with_exactly_the_file(inst: Install, tmp_path: Path) -> None:
-    total = 30_000
-    path = tmp_path / "big.csv"
+def _member_file(path: Path, numbers: range) -> Path:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(MEMBER_HEADER)
-        for n in range(total):
+        for n in numbers:
             row = person(n)
             writer.writerow(["" if row[name] is None else row[name] for name in MEMBER_HEADER])
+    return path
+
+
+def _index_state(inst: Install) -> dict[str, tuple[str, bool]]:
+    """Every index of members, metadata and audit_logs: its definition and whether it is valid."""
+    return {name: (definition, valid) for name, definition, valid in inst.sql(
+        "SELECT ic.relname, pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i "
+        "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class ic ON ic.oid = i.indexrelid "
+        "WHERE t.relname IN ('members', 'metadata', 'audit_logs')")}
+
+
+# -- indexes built after the data ---------------------------------------------------------------------------
+
+
+def test_a_large_first_import_builds_the_secondary_indexes_after_the_data(inst: Install, tmp_path: Path) -> None:
+    before = _index_state(inst)
+    assert all(valid for _, valid in before.values())
+    path = _member_file(tmp_path / "first.csv", range(12_000))
+    result = inst.cli("import", "members", str(path), "--json", timeout=300)
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert (summary["created"], summary["indexes_pending"]) == (12_000, 0)
+    assert summary["indexes_deferred"] >= 11  # members' and audit_logs' (and metadata's two partial ones)
+    # Every index back, valid, with the very definition it had; nothing left recorded.
+    assert _index_state(inst) == before
+    assert inst.scalar("SELECT count(*) FROM deferred_indexes") == 0
+    importer = inst.users["importer"].id
+    actions = inst.sql("SELECT action, new_values->>'table', user_id FROM audit_logs "
+                       "WHERE entity_type = 'database_index' ORDER BY created_at")
+    assert {table for action, table, _ in actions if action == "defer_indexes"} >= {"members", "audit_logs"}
+    assert sum(action == "rebuild_indexes" for action, _, _ in actions) == summary["indexes_deferred"]
+    assert {user for _, _, user in actions} == {importer}
+
+    # A small file into the table that is now large keeps the indexes in place; --defer-indexes overrides.
+    # (The summary line says how many were built after the data.)
+    count = summary["indexes_deferred"]
+    assert f"{count} of {count} secondary indexes built after the data" in inst.cli(
+        "import", "members", str(path), "--defer-indexes", "always").err
+    more = _member_file(tmp_path / "more.csv", range(12_000, 12_300))
+    kept = inst.cli("import", "members", str(more), "--json")
+    assert kept.code == 0, kept.err
+    assert json.loads(kept.out)["indexes_deferred"] == 0
+    forced = inst.cli("import", "members", str(more), "--json", "--defer-indexes", "always")
+    assert forced.code == 0, forced.err
+    assert json.loads(forced.out)["indexes_deferred"] == summary["indexes_deferred"]
+    assert json.loads(forced.out)["unchanged"] == 300
+    line = inst.cli("import", "members", str(more), "--defer-indexes", "never")
+    assert line.code == 0, line.err
+    assert "secondary indexes" not in line.err
+    # A re-run of the large file adds nothing (its first batch creates nothing): it keeps the indexes.
+    rerun = json.loads(inst.cli("import", "members", str(path), "--json", timeout=300).out)
+    assert (rerun["unchanged"], rerun["indexes_deferred"]) == (12_000, 0)
+    assert _index_state(inst) == before
+
+
+def test_an_import_killed_mid_file_and_run_again_ends_with_exactly_the_file(inst: Install, tmp_path: Path) -> None:
+    total = 30_000
+    indexes = _index_state(inst)
+    path = _member_file(tmp_path / "big.csv", range(total))
     env = {**os.environ, **inst.env, "CARECLI_TOKEN": inst.tokens["import"]}
     proc = subprocess.Popen([sys.executable, "-m", "carecli", "import", "members", str(path), "--batch-rows", "1000",
                              "--workers", "2"],
@@ -574,6 +632,8 @@ def test_an_import_killed_mid_file_and_run_again_ends_with_exactly_the_file(inst
             assert time.monotonic() < deadline, "no batch was committed"
             time.sleep(0.02)
         helpers = _descendants(proc.pid)  # its worker processes (and their forkserver)
+        # A first load this large builds its secondary indexes after the data: they are dropped now.
+        deferred = inst.scalar("SELECT count(*) FROM deferred_indexes")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
@@ -594,6 +654,19 @@ def test_an_import_killed_mid_file_and_run_again_ends_with_exactly_the_file(inst
     assert partial % 1000 == 0
     assert inst.scalar("SELECT count(*) FROM metadata WHERE entity_type = 'member'") == 2 * partial
     assert inst.scalar("SELECT count(*) FROM audit_logs WHERE entity_type = 'member'") == partial
+
+    # The dropped indexes are recorded, and what checks the installation says so and how to fix it.
+    assert deferred >= 11
+    assert inst.scalar("SELECT count(*) FROM deferred_indexes") == deferred
+    assert len(_index_state(inst)) == len(indexes) - deferred
+    doctor = inst.cli("doctor", "--json", token=None)
+    checks = [json.loads(line) for line in doctor.out.splitlines()]
+    found = [check for check in checks if check["name"] == "deferred indexes"]
+    assert [check["status"] for check in found] == ["fail"], doctor.out
+    assert "carecli db rebuild-indexes" in found[0]["action"] and "import members" in found[0]["detail"]
+    assert doctor.code == EXIT_FAILURE
+    check = inst.cli("db", "check", token=None)
+    assert check.code == EXIT_FAILURE and "carecli db rebuild-indexes" in check.out
 
     rerun = inst.cli("import", "members", str(path), "--batch-rows", "1000", "--json", timeout=300)
     assert rerun.code == 0, rerun.err
@@ -617,6 +690,11 @@ def test_an_import_killed_mid_file_and_run_again_ends_with_exactly_the_file(inst
                       "AND md.metadata_key = 'external_member_number' WHERE md.metadata_value IN "
                       "('\"EXT-000000\"', '\"EXT-029999\"') ORDER BY 2")
     assert sample == [("Quenby0", "EXT-000000"), ("Quenby29999", "EXT-029999")]
+    # The re-run took the killed load's records over and built every index: valid, exactly as before.
+    assert summary["indexes_deferred"] >= deferred and summary["indexes_pending"] == 0
+    assert _index_state(inst) == indexes
+    assert inst.scalar("SELECT count(*) FROM deferred_indexes") == 0
+    assert inst.cli("db", "check", token=None).code == 0
 
     before = inst.counts()
     again = inst.cli("import", "members", str(path), "--batch-rows", "1000", "--json", timeout=300)

@@ -52,11 +52,64 @@ def db_group() -> None:
 @click.argument("revision", default="head")
 @click.option("--db", "only", type=DB_CHOICE, help="Only this database (default: both).")
 def db_upgrade(revision: str, only: str | None) -> None:
-    """Migrate the databases up to REVISION (default: head)."""
+    """Migrate the databases up to REVISION (default: head); then build the secondary indexes a
+    stopped bulk load left dropped."""
     databases = open_databases(migrate_embedded=False, check=False)
     for name, engine in _selected(databases, only):
         before, after = _run_alembic("upgrade", engine, name, revision)
         click.echo(f"{name}: {before or 'empty'} -> {after or 'empty'}")
+        if name == "platform":
+            _build_leftover_indexes(engine)
+
+
+def _build_leftover_indexes(engine: Engine) -> None:
+    """Build the indexes of loads that are gone (none usually: one query)."""
+    from carecli.data import deferred_indexes
+    from carecli.data.actor import Actor
+
+    with engine.connect() as connection:
+        left = deferred_indexes.orphans(connection) if deferred_indexes.available(connection) else []
+    if not left:
+        return
+    result = deferred_indexes.rebuild(engine, Actor.system("cli"))
+    click.echo(f"platform: built {len(result.built)} secondary index(es) a stopped bulk load had dropped"
+               + (f"; {len(result.failed)} could not be built (see `carecli doctor`)" if result.failed else ""))
+
+
+@db_group.command("rebuild-indexes")
+@click.pass_context
+def db_rebuild_indexes(ctx: click.Context) -> None:
+    """Build the secondary indexes a bulk load dropped and did not build again (it was killed or lost
+    its connection), and REINDEX any INVALID index. Exit 1 when one could not be built."""
+    from carecli.data import deferred_indexes
+    from carecli.data.actor import Actor
+
+    databases = open_databases(check=False)
+    engine = databases.platform
+    check_connection(engine, "platform")
+    with engine.connect() as connection:
+        if not deferred_indexes.available(connection):
+            raise ConfigError("the platform database has no deferred_indexes table (revision platform_0014)",
+                              hint="run `carecli db upgrade`")
+        running = [record for record in deferred_indexes.recorded(connection) if record.alive]
+    actor = Actor.system("cli")
+    result = deferred_indexes.rebuild(engine, actor, progress=lambda name: click.echo(f"built {name}"))
+    reindexed = deferred_indexes.reindex_invalid(engine, actor)
+    for name in reindexed:
+        click.echo(f"reindexed {name} (it was INVALID)")
+    if running:
+        click.echo(f"{len(running)} index(es) belong to a load still running ({deferred_indexes.describe(running)}): "
+                   "it builds them when it ends")
+    with engine.connect() as connection:
+        left = deferred_indexes.orphans(connection)
+        invalid = deferred_indexes.invalid_indexes(connection)
+    if left or invalid:
+        names = [record.name for record in left] + [name for _, name in invalid]
+        click.echo(f"could not build {', '.join(names)}: see the log; the tables may be busy, or this role may not "
+                   "own them (run as the owner role)", err=True)
+        ctx.exit(EXIT_FAILURE)
+    if not (result.built or reindexed or running):
+        click.echo("platform: no deferred or invalid index")
 
 
 @db_group.command("downgrade")
@@ -92,7 +145,8 @@ def db_current(only: str | None) -> None:
 @click.option("--db", "only", type=DB_CHOICE, help="Only this database (default: both).")
 @click.pass_context
 def db_check(ctx: click.Context, only: str | None) -> None:
-    """Exit 1 when a database is not at head (for deploy scripts and health checks)."""
+    """Exit 1 when a database is not at head, or secondary indexes a stopped bulk load dropped are
+    missing or INVALID (for deploy scripts and health checks)."""
     databases = open_databases(migrate_embedded=False, check=False)
     behind = False
     for name, engine in _selected(databases, only):
@@ -102,8 +156,33 @@ def db_check(ctx: click.Context, only: str | None) -> None:
         else:
             behind = True
             click.echo(f"{name}: at {current or 'empty'}, head is {head}; run `carecli db upgrade`")
+        if name == "platform" and _indexes_missing(engine):
+            behind = True
     if behind:
         ctx.exit(EXIT_FAILURE)
+
+
+def _indexes_missing(engine: Engine) -> bool:
+    """Report secondary indexes a stopped bulk load left dropped, and INVALID ones; whether there are any."""
+    from carecli.data import deferred_indexes
+
+    with engine.connect() as connection:
+        if not deferred_indexes.available(connection):
+            return False
+        records = deferred_indexes.recorded(connection)
+        invalid = deferred_indexes.invalid_indexes(connection)
+    left = [record for record in records if not record.alive]
+    running = [record for record in records if record.alive]
+    if running:
+        click.echo(f"platform: {len(running)} index(es) dropped by a bulk load still running; it builds them when "
+                   "it ends")
+    if left:
+        click.echo(f"platform: {len(left)} secondary index(es) dropped by a bulk load that stopped are missing "
+                   f"({deferred_indexes.describe(left)}); run `carecli db rebuild-indexes`")
+    if invalid:
+        click.echo(f"platform: INVALID index(es) {', '.join(name for _, name in invalid)}; "
+                   "run `carecli db rebuild-indexes`")
+    return bool(left or invalid)
 
 
 @db_group.command("grants")

@@ -10,9 +10,11 @@ stderr, or the --json object) is printed in every case but 2 and 4.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 import uuid
@@ -21,7 +23,7 @@ from typing import IO, Any
 import click
 
 from carecli.config import load_settings
-from carecli.data import audit, audit_seal
+from carecli.data import audit, audit_seal, deferred_indexes
 from carecli.data.bulk.blind_index import BlindIndex, load_blind_index
 from carecli.data.bulk.loader import BatchConflict, ImportAborted, ImportSummary, check_permission, run_import
 from carecli.data.bulk.prepare import default_workers
@@ -129,7 +131,29 @@ def _describe(summary: ImportSummary, source: str) -> str:
         line += " (dry run: nothing written)"
     elif summary.all_or_nothing and summary.rejected:
         line += " (all-or-nothing: nothing written)"
+    if summary.indexes_deferred:
+        built = summary.indexes_deferred - summary.indexes_pending
+        line += f" ({built} of {summary.indexes_deferred} secondary indexes built after the data)"
     return line
+
+
+def _estimate_records(source: IO[bytes]) -> int | None:
+    """The records of a regular file, estimated from its size and the lines of its first MiB (None: not a
+    regular file, such as standard input or a pipe). Decides only whether indexes are built after the data."""
+    try:
+        descriptor = source.fileno()
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        sample = os.pread(descriptor, 1 << 20, 0)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    if not sample:
+        return 0
+    lines = sample.count(b"\n") + (0 if sample.endswith(b"\n") else 1)
+    if len(sample) >= status.st_size:
+        return lines
+    return int(lines * status.st_size / len(sample))
 
 
 @click.command("import")
@@ -152,9 +176,14 @@ def _describe(summary: ImportSummary, source: str) -> str:
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Processes that parse, validate and encrypt rows while the database loads the previous "
                    "batch (default: cores - 2, at most 2, so none on a 2-core machine; 0: all in this process).")
+@click.option("--defer-indexes", "defer_indexes", type=click.Choice(deferred_indexes.MODES), default="auto",
+              show_default=True,
+              help="Drop the secondary indexes of members, metadata and audit_logs before the load and build them "
+                   "after it, as pg_restore does: auto for a table the file adds at least as many rows to as it "
+                   f"holds (and at least {deferred_indexes.MIN_ROWS:,}); always; never.")
 def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: tuple[str, ...],
                    mapping_file: str | None, errors_path: str | None, all_or_nothing: bool, dry_run: bool,
-                   as_json: bool, batch_rows: int, workers: int | None) -> int:
+                   as_json: bool, batch_rows: int, workers: int | None, defer_indexes: str) -> int:
     """Import KIND (members, plans, enrollments, specialists, calls, flags)
     from FILE (CSV with a header, or JSON Lines; - reads standard input).
 
@@ -209,7 +238,8 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
                              actor=actor, cipher=cipher_provider(settings, databases), blind_index=blind_index,
                              on_problem=report, progress=progress, dry_run=dry_run,
                              all_or_nothing=all_or_nothing, batch_rows=batch_rows,
-                             workers=default_workers() if workers is None else workers)
+                             workers=default_workers() if workers is None else workers,
+                             defer_indexes=defer_indexes, expected_records=_estimate_records(source))
     except ImportAborted as exc:
         progress.stop()
         report.close()
@@ -237,6 +267,12 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
     return EXIT_FAILURE if summary.rejected else 0
 
 
+def _pending_indexes(summary: ImportSummary) -> None:
+    if summary.indexes_pending:
+        click.echo(f"carecli: {summary.indexes_pending} secondary index(es) dropped for the load are not built yet "
+                   "(searches are slower until they are): run `carecli db rebuild-indexes`", err=True)
+
+
 def _report(summary: ImportSummary, file: str, errors_path: str | None, as_json: bool, *, actor_id: str,
             error: str | None = None) -> None:
     """The summary: logged (counts only), and printed as a line on stderr or JSON on stdout.
@@ -254,6 +290,7 @@ def _report(summary: ImportSummary, file: str, errors_path: str | None, as_json:
         click.echo(json.dumps({**summary.as_json(), "file": shown, "errors_file": errors_path, **extra}))
     else:
         click.echo(_describe(summary, shown), err=True)
+    _pending_indexes(summary)
 
 
 def _cause(exc: BaseException) -> str:

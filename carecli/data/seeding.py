@@ -17,7 +17,12 @@ enough that a million members is practical:
 * for a large load the other secondary indexes and the foreign keys of the
   platform tables are dropped first and re-created at the end of the same
   transaction (a bulk build and one validating join are much cheaper than
-  maintaining them row by row); a failure rolls all of it back.
+  maintaining them row by row), with the statistics targets of their
+  columns; a failure rolls all of it back. Unlike an import
+  (:mod:`carecli.data.deferred_indexes`), which commits batch by batch and
+  so records each dropped index durably, the seed needs no record: its drops
+  commit with its rows or not at all, and a ``kill -9`` leaves the tables
+  empty with every index in place.
 
 Measured on a 2-core machine with PostgreSQL 15 (``benchmarks/seed_bench.py``),
 a million members (3.4 million rows in all): ~27 s. With every index and
@@ -1034,6 +1039,9 @@ class _Deferred:
     table: str
     name: str
     definition: str
+    #: an index's column number -> statistics target, for the columns that had one (platform_0011's folded
+    #: names): CREATE INDEX starts from the default, so they are set again after it
+    statistics: tuple[tuple[int, int], ...] = ()
 
 
 def _drop_secondary_structures(cur: psycopg.Cursor, tables: Sequence[str]) -> list[_Deferred]:
@@ -1051,10 +1059,12 @@ def _drop_secondary_structures(cur: psycopg.Cursor, tables: Sequence[str]) -> li
     deferred: list[_Deferred] = []
     # pg_indexes would give the same definitions; pg_index also tells which
     # indexes back a constraint (primary key, UNIQUE, EXCLUDE) and must stay.
-    for table, schema, name, quoted_name, definition, leading in cur.execute(
+    for table, schema, name, quoted_name, definition, leading, statistics in cur.execute(
         """
         SELECT t.relname, n.nspname, i.indexrelid::regclass::text, quote_ident(ic.relname),
-               pg_get_indexdef(i.indexrelid), pg_get_indexdef(i.indexrelid, 1, true)
+               pg_get_indexdef(i.indexrelid), pg_get_indexdef(i.indexrelid, 1, true),
+               ARRAY(SELECT ARRAY[a.attnum::int, a.attstattarget::int] FROM pg_attribute a
+                     WHERE a.attrelid = i.indexrelid AND a.attnum > 0 AND a.attstattarget >= 0 ORDER BY a.attnum)
         FROM pg_index i
         JOIN pg_class t ON t.oid = i.indrelid
         JOIN pg_class ic ON ic.oid = i.indexrelid
@@ -1070,7 +1080,8 @@ def _drop_secondary_structures(cur: psycopg.Cursor, tables: Sequence[str]) -> li
             continue
         if not _rebuilds_identically(cur, schema, quoted_name, definition):
             continue
-        deferred.append(_Deferred("index", table, name, definition))
+        deferred.append(_Deferred("index", table, name, definition,
+                                  tuple((int(column), int(target)) for column, target in statistics or ())))
     if DEFER_FOREIGN_KEYS:
         for table, name, definition in cur.execute(
             """
@@ -1125,6 +1136,9 @@ def _restore_secondary_structures(cur: psycopg.Cursor, deferred: Sequence[_Defer
     for done, item in enumerate(ordered, start=1):
         if item.kind == "index":
             cur.execute(sql.SQL(item.definition))
+            for column, target in item.statistics:
+                cur.execute(sql.SQL("ALTER INDEX {} ALTER COLUMN {} SET STATISTICS {}").format(
+                    sql.SQL(item.name), sql.Literal(column), sql.Literal(target)))
         else:
             # Validated here with one join per key, against this transaction's rows.
             cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(

@@ -603,6 +603,50 @@ def check_stored_data(doctor: Doctor) -> Iterable[CheckResult]:
                       "platform")
 
 
+# -- deferred indexes --------------------------------------------------------------------------------------
+
+
+def check_deferred_indexes(doctor: Doctor) -> Iterable[CheckResult]:
+    """Secondary indexes a bulk load dropped (carecli.data.deferred_indexes), and INVALID indexes.
+
+    Dropped by a load that is gone (killed, connection lost): a failure, searches scan the whole
+    table until they are built. Dropped by a load still running: a warning, it builds them when
+    it ends.
+    """
+    platform = doctor.target("platform")
+    if platform is None or platform.label not in doctor.migrated:
+        return
+    from carecli.data import deferred_indexes
+
+    with platform.engine.connect() as connection:
+        if not deferred_indexes.available(connection):
+            return
+        records = deferred_indexes.recorded(connection)
+        invalid = deferred_indexes.invalid_indexes(connection)
+    left = [record for record in records if not record.alive]
+    running = [record for record in records if record.alive]
+    fix = "run `carecli db rebuild-indexes` (as the owner role)"
+    if left:
+        since = min(record.deferred_at for record in left if record.deferred_at is not None)
+        yield CheckResult("deferred indexes", "fail",
+                          f"{len(left)} secondary index(es) dropped by a bulk load that stopped "
+                          f"({left[0].reason}, {since:%Y-%m-%d %H:%M} UTC) are missing: "
+                          f"{deferred_indexes.describe(left)}; searches scan whole tables until they are built",
+                          fix, "platform")
+    if invalid:
+        yield CheckResult("deferred indexes", "fail",
+                          f"INVALID index(es): {', '.join(f'{name} ({table})' for table, name in invalid)}",
+                          fix, "platform")
+    if running:
+        yield CheckResult("deferred indexes", "warn",
+                          f"a bulk load ({running[0].reason}) is running with {len(running)} secondary index(es) "
+                          f"dropped ({deferred_indexes.describe(running)}); it builds them when it ends",
+                          f"nothing while it runs; if it was stopped, {fix}", "platform")
+    if not (left or invalid or running):
+        yield CheckResult("deferred indexes", "pass", "no secondary index dropped by a bulk load is missing, "
+                          "and none is INVALID", target="platform")
+
+
 #: The checks, in the order they are shown. ``check_reachable`` must stay first.
 CHECKS: list[Check] = [
     check_reachable,
@@ -617,6 +661,7 @@ CHECKS: list[Check] = [
     check_clock,
     check_pools,
     check_stored_data,
+    check_deferred_indexes,
 ]
 
 

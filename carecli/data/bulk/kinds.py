@@ -304,6 +304,10 @@ class Kind:
         if values.get(later) is not None and values.get(earlier) is not None and values[later] < values[earlier]:
             yield later, "date_order", f"must not be before {earlier}"
 
+    #: rows a new record adds (about) to each table whose secondary indexes a large load may build after the
+    #: data instead of during it (:mod:`carecli.data.deferred_indexes`); a kind not listing a table never defers it
+    rows_per_record: ClassVar[Mapping[str, int]] = {"audit_logs": 1}
+
     # -- preparing (a worker process may run this) ------------------------------------------------
 
     #: whether :meth:`prepare_row` needs the keys (the data key and the blind-index key)

@@ -23,6 +23,12 @@ idempotent. With ``all_or_nothing`` every batch goes into one transaction
 that commits only if no row was refused; with ``dry_run`` nothing is
 written at all. One import of a kind runs at a time (an advisory lock).
 
+Indexes: a load large relative to a table (members, metadata, audit_logs)
+drops that table's secondary indexes before its first batch, each recorded
+in the drop's transaction, and builds them after its last batch, before the
+tables are analyzed, however the run ends; after a ``kill -9`` the next run
+takes the records over or builds them (:mod:`carecli.data.deferred_indexes`).
+
 A run ends in one of two ways, whatever is raised on the way: it finishes
 (bad rows refused and reported, the rest loaded), or it aborts with
 :class:`ImportAborted` carrying the summary of what is committed (which
@@ -41,6 +47,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,7 +55,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, text
 
-from carecli.data import notify
+from carecli.data import deferred_indexes, notify
 from carecli.data.actor import Actor
 from carecli.data.bulk import copytext
 from carecli.data.bulk.blind_index import BlindIndex
@@ -96,6 +103,10 @@ class ImportSummary:
     aborted: bool = False
     #: every row of the file up to this one is done (loaded or refused), committed; None when no batch is
     committed_through_row: int | None = None
+    #: secondary indexes dropped for the load and built after it (see carecli.data.deferred_indexes)
+    indexes_deferred: int = 0
+    #: of those, the ones not built again yet (``carecli db rebuild-indexes`` builds them)
+    indexes_pending: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -263,9 +274,11 @@ class _Writer:
         else:
             self._queue.put((plan, last_row))
 
-    def finish(self, *, commit: bool) -> None:
+    def finish(self, *, commit: bool, after_commit: Callable[[], None] | None = None) -> None:
         """Wait for the batches handed over, then commit (all-or-nothing) or roll back what is open.
 
+        ``after_commit`` runs once everything is committed, before the statistics are refreshed
+        (the deferred indexes are built there: ANALYZE gathers their expressions' statistics).
         Once only; a second call (the clean-up after a failure) does nothing.
         """
         if self._finished:
@@ -284,6 +297,8 @@ class _Writer:
                 for last_row, plan in self._pending:
                     self.committed.add(last_row, plan)
                 self._pending.clear()
+                if after_commit is not None:
+                    after_commit()
                 self._refresh_statistics()
             else:
                 self.connection.rollback()
@@ -456,11 +471,95 @@ def _copy_text(cursor: Any, table: str, names: tuple[str, ...], data: str) -> No
         copy.write(data.encode("utf-8"))
 
 
+class _Deferral:
+    """The secondary indexes one import drops before its first batch and builds after its last.
+
+    See :mod:`carecli.data.deferred_indexes`. ``expected`` is the number of records the file is
+    estimated to hold (None: unknown, e.g. standard input: ``auto`` then defers nothing).
+    """
+
+    def __init__(self, engine: Engine, actor: Actor, kind: Kind, *, mode: str, expected: int | None) -> None:
+        if mode not in deferred_indexes.MODES:
+            raise ValueError(f"unknown --defer-indexes mode {mode!r}")
+        self.engine = engine
+        self.actor = actor
+        self.kind = kind
+        self.mode = mode
+        self.expected = expected
+        self.run_id = deferred_indexes.run_id()
+        self.deferred: list[deferred_indexes.IndexInfo] = []
+        self.pending: list[str] = []
+        self._finished = False
+
+    def start(self, planner: Any, *, new_share: float) -> None:
+        """Decide, take over the records of a killed load, build any other such, drop.
+
+        ``new_share`` is the share of the first batch's rows that create records: the file's
+        estimated size times it is what the load will add (a re-run of a file already loaded adds
+        nothing and defers nothing). Tables the kind writes on which a load that is gone left
+        indexes dropped are taken over whatever the sizes: their indexes are missing already, and
+        built once at the end costs less than built now and kept up during this load. On the
+        planner's connection: its session owns the records while the import runs. The caller's
+        transaction must be clear.
+        """
+        with planner.begin():
+            if not deferred_indexes.available(planner):
+                return
+            per_record = self.kind.rows_per_record
+            known = self.expected if self.expected is not None else (1 if self.mode == "always" else 0)
+            share = 1.0 if self.mode == "always" else max(0.0, min(1.0, new_share))
+            incoming = {table: int(count * known * share) for table, count in per_record.items()}
+            chosen = deferred_indexes.choose_tables(planner, incoming, self.mode) if known else {}
+            if self.mode != "never":
+                for record in deferred_indexes.orphans(planner):
+                    if record.table in per_record and record.table not in chosen:
+                        chosen[record.table] = deferred_indexes.existing_rows(planner, record.table,
+                                                                              incoming[record.table] + 1)
+        if chosen:
+            self.deferred = deferred_indexes.defer(planner, chosen, run_id=self.run_id, actor=self.actor,
+                                                   reason=f"import {self.kind.name}", incoming=incoming)
+        # Indexes a killed load left unbuilt on the other tables (or these, if nothing was deferred): now,
+        # before this load, so whatever happens to it they are back.
+        leftovers = deferred_indexes.rebuild(self.engine, self.actor)
+        if leftovers.built:
+            log.info("built %d index(es) a stopped load had deferred", len(leftovers.built))
+
+    def finish(self) -> None:
+        """Build this import's deferred indexes (and those it took over); once."""
+        if self._finished or not self.deferred:
+            return
+        result = deferred_indexes.rebuild(self.engine, self.actor, run_id=self.run_id)
+        with self.engine.connect() as connection:
+            self.pending = [record.name for record in deferred_indexes.recorded(connection)
+                            if record.by_run == self.run_id]
+        self._finished = True
+        if result.built:
+            log.info("built %d deferred index(es) after the load", len(result.built))
+        if self.pending:
+            log.warning("%d deferred index(es) were not built; `carecli db rebuild-indexes` builds them",
+                        len(self.pending))
+
+    def finish_quietly(self) -> None:
+        """:meth:`finish` after a failure: a database that is gone leaves the records for the next run."""
+        try:
+            self.finish()
+        except Exception as exc:  # noqa: BLE001 - the records stay; the next import or `db upgrade` builds them
+            self._finished = True
+            self.pending = [index.name for index in self.deferred]
+            log.warning("could not build the deferred indexes (%s); `carecli db rebuild-indexes` builds them",
+                        type(exc).__name__)
+
+    def report(self, summary: ImportSummary) -> None:
+        summary.indexes_deferred = len(self.deferred)
+        summary.indexes_pending = len(self.pending)
+
+
 def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine: Engine, actor: Actor,
                cipher: Callable[[], FieldCipher], blind_index: Callable[[], BlindIndex | None],
                on_problem: Callable[[RecordProblem], None], progress: Callable[[int], None] | None = None,
                dry_run: bool = False, all_or_nothing: bool = False, batch_rows: int = BATCH_ROWS,
-               threaded: bool = True, identity: Engine | None = None, workers: int = 0) -> ImportSummary:
+               threaded: bool = True, identity: Engine | None = None, workers: int = 0,
+               defer_indexes: str = "auto", expected_records: int | None = None) -> ImportSummary:
     """Import ``records`` as ``kind``; bad rows go to ``on_problem``; returns the counts.
 
     Raises :class:`ImportAborted`, with the summary of what is committed, when the run stops
@@ -469,7 +568,10 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     anything is committed is raised as it is. The caller checks permissions first
     (:func:`check_permission`). With ``workers``, parsing, validation and the kind's per-row
     preparation (encryption, hashing, COPY lines) run in that many worker processes
-    (:mod:`carecli.data.bulk.prepare`); 0 does it all in this process.
+    (:mod:`carecli.data.bulk.prepare`); 0 does it all in this process. ``defer_indexes`` (auto, always,
+    never) with ``expected_records`` (the file's estimated record count) decides whether the secondary
+    indexes of the tables the kind fills are dropped before the first batch and built after the last
+    (:mod:`carecli.data.deferred_indexes`); they are built again however the run ends, short of a kill.
     """
     started = time.perf_counter()
     summary = ImportSummary(kind.name, dry_run=dry_run, all_or_nothing=all_or_nothing)
@@ -488,6 +590,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     writer: _Writer | None = None
     tools = PrepareTools(cipher, blind_index, actor_fields(actor))
     preparer = Preparer(kind, tools, workers=workers, keys=worker_keys(tools))
+    deferral = _Deferral(engine, actor, kind, mode="never" if dry_run else defer_indexes, expected=expected_records)
     try:
         identity_connection = identity.connect() if identity is not None else None
         planner.exec_driver_sql("SET statement_timeout = 0")
@@ -503,12 +606,15 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                              entity_type=kind.entity_type)
         prepared = dry_run
         for batch in _batches(records, batch_rows, problem, counter, preparer):
+            first = not prepared
             if not prepared:  # only once the file has proved readable: a bad header writes nothing
                 kind.before_first_batch(context)
                 planner.commit()
                 prepared = True
             plan = kind.plan(context, batch)
             planner.commit()
+            if first and not dry_run:  # before the first batch is written, knowing how much of it is new
+                deferral.start(planner, new_share=plan.created / len(batch) if batch else 0.0)
             for item in plan.problems:
                 problem(item)
             summary.created += plan.created
@@ -522,7 +628,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         preparer.close()
         if writer is not None:
             commit = not (all_or_nothing and rejected["rows"])
-            writer.finish(commit=commit)
+            writer.finish(commit=commit, after_commit=deferral.finish)
+            deferral.finish()  # when nothing was committed
             summary.batches = writer.batches
             summary.committed = commit
             summary.committed_through_row = writer.committed.through_row
@@ -537,6 +644,10 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         # error before any commit: exit 2), or aborted with the summary of what is committed (exit 3).
         if writer is not None:
             writer.abandon()  # waits for the batches handed over, so the summary counts what is committed
+        with suppress(Exception):
+            planner.rollback()  # whatever it holds must not keep the index builds waiting
+        deferral.finish_quietly()
+        deferral.report(summary)
         committed = writer.committed if writer is not None else Committed()
         if isinstance(exc, CarecliError) and exc.exit_code == EXIT_USAGE and not committed.batches:
             raise
@@ -550,6 +661,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         preparer.close()
         if writer is not None:
             writer.abandon()  # nothing more is committed (a no-op once finished)
+        deferral.finish_quietly()  # a no-op once finished
         try:
             planner.rollback()
             planner.execute(text("SELECT pg_advisory_unlock_all()"))
@@ -560,6 +672,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
             planner.close()
             if identity_connection is not None:
                 identity_connection.close()
+    deferral.report(summary)
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -133,6 +133,8 @@ class MembersKind(Kind):
                 yield name, "required", "is required"
 
     uses_keys = True
+    #: a member, its external member number and blind index (metadata), and their three audit rows
+    rows_per_record = {"members": 1, "metadata": 2, "audit_logs": 3}
 
     def prepare_row(self, parsed: Parsed, tools: PrepareTools) -> None:
         """Blind index, encryption (bound to the new member's id) and the staged COPY line; SSN and

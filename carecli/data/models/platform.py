@@ -10,8 +10,10 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    DateTime,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     Numeric,
     String,
@@ -397,6 +399,27 @@ class AuditSeal(PlatformBase):
     key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_seal_keys.id"))
     sealed_at: Mapped[datetime] = mapped_column(server_default=NOW)
 
+
+
+class DeferredIndex(PlatformBase):
+    """Our table (not in the seed): secondary indexes a bulk load dropped, to build again after it
+    (carecli.data.deferred_indexes); a row exists exactly while its index may be missing."""
+
+    __tablename__ = "deferred_indexes"
+
+    schema_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    table_name: Mapped[str] = mapped_column(String(63))
+    definition: Mapped[str] = mapped_column(Text)
+    #: column number (as text) -> statistics target, for the columns that had one set (ALTER INDEX)
+    column_statistics: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    deferred_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    by_run: Mapped[uuid.UUID] = mapped_column()
+    #: what dropped it (e.g. "import members"): no values
+    reason: Mapped[str] = mapped_column(String(100))
+    #: the database session of the load that dropped it (pg_backend_pid() and its backend_start)
+    owner_pid: Mapped[int] = mapped_column(Integer)
+    owner_started: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 # Retention purge (migration platform_0007, carecli.data.retention): only the
 # soft-deleted rows, so the purge finds old ones without reading live ones.
