@@ -53,7 +53,12 @@ def test_applied_grants_make_the_app_role_least_privileged(migrated_pair, prefix
         for statement in ("UPDATE audit_logs SET action = 'y'", "DELETE FROM members",
                           "DELETE FROM member_name_prefixes", "INSERT INTO member_name_prefixes VALUES ('x', 'x', 'x', "
                           "gen_random_uuid(), NULL)",
-                          "DELETE FROM audit_logs", "DROP TABLE members"):
+                          "DELETE FROM audit_logs", "DROP TABLE members",
+                          # run as SQL by the owner when built: only the owner writes these
+                          "INSERT INTO deferred_indexes (schema_name, name, table_name, definition, by_run, reason, "
+                          "owner_pid, owner_started) VALUES ('public', 'ix_x', 'members', 'DROP TABLE members', "
+                          "gen_random_uuid(), 'x', 1, now())",
+                          "UPDATE deferred_indexes SET definition = 'DROP TABLE members'"):
             conn.execute("SAVEPOINT s")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)

@@ -291,3 +291,44 @@ def test_the_downgrade_of_platform_0014_builds_what_is_recorded_before_dropping_
         assert _records(engine) == [] and _indexes(engine) == before
     finally:
         engine.dispose()
+
+
+def test_a_record_that_is_not_its_index_s_create_index_is_never_run(engine):
+    """The owner runs a record as SQL: a definition written by anyone else (a hand-edited row, a restored dump)
+    must not become a statement run with the owner's rights."""
+    connection = engine.connect()
+    [deferred] = [index for index in _defer(connection, ("members",)) if index.name == "ix_members_status"]
+    _kill(engine, connection)
+    tampered = deferred.definition + "; DROP TABLE call_records"
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE deferred_indexes SET definition = :d WHERE name = :n"),
+                     {"d": tampered, "n": deferred.name})
+    result = deferred_indexes.rebuild(engine, SYSTEM)
+    assert deferred.name in result.failed and deferred.name not in result.built
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT to_regclass('public.call_records') IS NOT NULL")).scalar_one()
+        assert conn.execute(text("SELECT count(*) FROM deferred_indexes WHERE name = :n"),
+                            {"n": deferred.name}).scalar_one() == 1  # left for a person to look at
+        # Given back as recorded by the load, it builds.
+        conn.execute(text("UPDATE deferred_indexes SET definition = :d WHERE name = :n"),
+                     {"d": deferred.definition, "n": deferred.name})
+        conn.commit()
+    assert deferred.name in deferred_indexes.rebuild(engine, SYSTEM).built
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=80), st.text(max_size=40), st.sampled_from(["members", "calls", "audit_logs", "users"]))
+def test_only_the_recorded_index_s_single_create_index_passes_the_check(engine, suffix, prefix, table):
+    with engine.connect() as conn:
+        good = 'CREATE INDEX ix_members_status ON public.members USING btree (status)'
+        assert deferred_indexes.checked_definition(conn, good, "public", "ix_members_status", "members") == good
+        candidate = prefix + good + suffix
+        passes = (not prefix and ";" not in suffix)
+        try:
+            deferred_indexes.checked_definition(conn, candidate, "public", "ix_members_status", table)
+        except deferred_indexes.UnsafeDefinition:
+            assert not passes or table != "members"
+        else:
+            assert passes and table == "members"
+            assert candidate.startswith("CREATE INDEX ix_members_status ON public.members USING ")
+            assert ";" not in candidate

@@ -201,6 +201,27 @@ def rebuilds_identically(connection: Connection, index: IndexInfo) -> bool:
     return built is not None and _after_table(built) == expected
 
 
+class UnsafeDefinition(ValueError):
+    """A recorded definition that is not the one statement building that very index: never run."""
+
+
+def checked_definition(connection: Connection, definition: str, schema: str, name: str, table: str) -> str:
+    """``definition`` if it is one ``CREATE INDEX`` of the recorded index on one of the deferrable tables.
+
+    A record is run as SQL by whoever builds it (the owner role, in ``db upgrade`` or ``rebuild-indexes``):
+    anything else written into ``deferred_indexes`` (the app role may only read it; a hand-edited row, a
+    restored dump) must not become a statement run with the owner's rights. ``pg_get_indexdef`` gives
+    exactly ``CREATE [UNIQUE] INDEX name ON schema.table USING ...`` with no semicolon; the deferrable
+    indexes are never unique.
+    """
+    prefix = f"CREATE INDEX {_quote(connection, name)} ON {_qualified_name(connection, schema, table)} USING "
+    if table not in DEFERRABLE_TABLES or not definition.startswith(prefix) or ";" in definition:
+        raise UnsafeDefinition(f"the recorded definition of index {schema}.{name} is not a CREATE INDEX of that "
+                               f"index on {schema}.{table}; it was not run (delete the record, then check the "
+                               "index by hand)")
+    return definition
+
+
 def _quote(connection: Connection, name: str) -> str:
     return str(connection.execute(text("SELECT quote_ident(:n)"), {"n": name}).scalar_one())
 
@@ -399,6 +420,11 @@ def rebuild(engine: Engine, actor: Actor, *, run_id: uuid.UUID | None = None, ta
         for record in pending:
             try:
                 built = _rebuild_one(connection, record, actor, run_id)
+            except UnsafeDefinition as exc:
+                connection.rollback()
+                log.error("%s", exc)
+                result.failed.append(record.name)
+                continue
             except DBAPIError as exc:
                 connection.rollback()
                 sqlstate = getattr(getattr(exc.orig, "diag", None), "sqlstate", None)
@@ -426,19 +452,21 @@ def _rebuild_one(connection: Connection, record: Recorded, actor: Actor, run_id:
     if row is None or (row.alive and row.by_run != run_id):
         connection.rollback()  # built meanwhile, being built, or taken over by a running load
         return False
+    # Checked before anything is dropped or run: that index's CREATE INDEX on its table, one statement.
+    definition = checked_definition(connection, row.definition, record.schema, record.name, record.table)
     qualified = _qualified_name(connection, record.schema, record.name)
     current = connection.execute(text(
         "SELECT pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
         "WHERE c.relname = :name AND c.relnamespace = to_regnamespace(:schema)"),
         {"schema": record.schema, "name": record.name}).first()
     action = "built"
-    if current is not None and current[1] and current[0] == row.definition:
+    if current is not None and current[1] and current[0] == definition:
         action = "already present"
     else:
         if current is not None:
             action = "rebuilt (was invalid)" if not current[1] else "rebuilt (was different)"
             connection.exec_driver_sql(f"DROP INDEX {qualified}")
-        connection.exec_driver_sql(row.definition)  # as recorded, never through a parameter parser
+        connection.exec_driver_sql(definition)  # as recorded (and checked), never through a parameter parser
     for column, target in sorted((row.column_statistics or {}).items(), key=lambda item: int(item[0])):
         connection.exec_driver_sql(f"ALTER INDEX {qualified} ALTER COLUMN {int(column)} SET STATISTICS {int(target)}")
     connection.execute(text("DELETE FROM deferred_indexes WHERE schema_name = :schema AND name = :name"),

@@ -26,6 +26,9 @@ APPEND_ONLY = {"platform": ("audit_logs", "audit_seals")}
 HIDDEN_FROM_AUDITOR = {"platform": ("data_keys", "audit_seal_keys")}
 #: Written only by triggers (SECURITY DEFINER functions owned by the owner role): the app reads them.
 TRIGGER_WRITTEN = {"platform": ("member_name_prefixes",)}
+#: Written only by the owner role (bulk loads' dropped indexes, run as SQL by the owner when built): the app
+#: reads them. An app role that could write a definition there could have the owner run any statement.
+OWNER_WRITTEN = {"platform": ("deferred_indexes",)}
 #: Those trigger functions (platform_0010).
 TRIGGER_FUNCTIONS = {"platform": tuple(f"carecli_member_prefixes_{event}()"
                                        for event in ("insert", "update", "delete", "truncate"))}
@@ -78,7 +81,7 @@ def grants_sql(connection: Connection, database: str, prefix: str = "carecli") -
             continue
         if table in APPEND_ONLY.get(database, ()):
             statements.append(f"GRANT SELECT, INSERT ON {quoted} TO {app};")
-        elif table in TRIGGER_WRITTEN.get(database, ()):
+        elif table in TRIGGER_WRITTEN.get(database, ()) or table in OWNER_WRITTEN.get(database, ()):
             statements.append(f"GRANT SELECT ON {quoted} TO {app};")
         else:
             statements.append(f"GRANT SELECT, INSERT, UPDATE ON {quoted} TO {app};")

@@ -25,6 +25,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from carecli.data.deferred_indexes import checked_definition
+
 revision: str = "platform_0014"
 down_revision: str | Sequence[str] | None = "platform_0013"
 branch_labels: str | Sequence[str] | None = None
@@ -53,14 +55,15 @@ def downgrade() -> None:
     """Build every index still recorded (a load killed while they were dropped), then drop the record."""
     bind = op.get_bind()
     rows = bind.execute(sa.text(
-        "SELECT d.definition, d.schema_name, d.name, d.column_statistics FROM deferred_indexes d "
+        "SELECT d.definition, d.schema_name, d.name, d.column_statistics, d.table_name FROM deferred_indexes d "
         "ORDER BY d.table_name, d.name")).all()
-    for definition, schema, name, statistics in rows:
+    for definition, schema, name, statistics, table in rows:
         qualified = bind.execute(sa.text("SELECT quote_ident(:s) || '.' || quote_ident(:n)"),
                                  {"s": schema, "n": name}).scalar_one()
         exists = bind.execute(sa.text("SELECT to_regclass(:q) IS NOT NULL"), {"q": qualified}).scalar_one()
         if not exists:
-            bind.exec_driver_sql(definition)  # as recorded, never through a parameter parser
+            # As recorded (never through a parameter parser), once known to be that index's CREATE INDEX.
+            bind.exec_driver_sql(checked_definition(bind, definition, schema, name, table))
             for column, target in sorted((statistics or {}).items(), key=lambda item: int(item[0])):
                 bind.exec_driver_sql(f"ALTER INDEX {qualified} ALTER COLUMN {int(column)} "
                                      f"SET STATISTICS {int(target)}")
