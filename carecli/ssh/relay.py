@@ -45,8 +45,10 @@ class Outlet:
             return
         if self.pending:
             if len(self.pending) + len(line) > MAX_PENDING_BYTES:
-                # Too far behind: everything queued is replaced by "read everything again".
-                self.pending = bytearray(notify.notice_line(notify.Notice(full_refresh=True)))
+                # Too far behind: everything queued is replaced by "read everything again". The head of the
+                # queue may be the rest of a line partly written already: it is kept, so the marker starts a line.
+                end = self.pending.find(b"\n")
+                self.pending = self.pending[:end + 1] + notify.notice_line(notify.Notice(full_refresh=True))
                 self.relay.overflows += 1
             else:
                 self.pending += line
