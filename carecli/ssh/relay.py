@@ -107,7 +107,7 @@ class NoticeRelay:
         return self
 
     def stop(self) -> None:
-        """Stop listening (blocks up to a few seconds: call it off the event loop) ; the pipes close with
+        """Stop listening (blocks up to a few seconds: call it off the event loop); the pipes close with
         their sessions."""
         self.listener.stop()
 
