@@ -73,12 +73,31 @@ def steady_cursors() -> None:
             descriptor._default = False
 
 
+def draw_on_the_terminal() -> None:
+    """Textual draws the screen on stderr. With stderr sent elsewhere and stdout the terminal
+    (``carecli app 2>err.log``, ``2>/dev/null``), the screen would go into the file and the terminal stay
+    blank while the app read the keys. The screen then goes to the terminal (file descriptor 2 becomes a
+    copy of stdout's), and Python's own stderr (warnings, a crash report after the app has ended) still
+    goes where it was sent. Nothing changes when stderr is the terminal, or when stdout is not one."""
+    try:
+        if os.isatty(2) or not os.isatty(1):
+            return
+    except OSError:
+        return
+    sent_to = os.dup(2)
+    os.dup2(1, 2)
+    sys.stderr.flush()
+    sys.stderr = open(sent_to, "w", encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace",  # noqa: SIM115
+                      buffering=1, closefd=True)
+
+
 def run_app(*, session_fd: int | None = None) -> int:
     """Start the app; the databases are opened by the app itself, with a progress screen.
 
     With ``session_fd`` (the SSH host's way in) the app runs signed in with the session token read
     from that pipe, on the ``ssh`` channel, and never offers a sign-in. Returns the app's exit code.
     """
+    draw_on_the_terminal()
     settings = load_settings()
     from carecli.services.opening import Opening
 
