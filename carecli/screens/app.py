@@ -693,7 +693,15 @@ class CareApp(App[None]):
         if screen is None:
             spare, self._spare_member = self._spare_member, None
             screen = spare[0] if spare is not None else None
-        if screen is not None and screen not in self.screen_stack and screen.is_attached:
+        if screen is None or screen in self.screen_stack or not screen.is_attached:
+            return
+        from carecli.screens.member import MemberDetailScreen
+
+        if isinstance(screen, MemberDetailScreen) and not screen.mount_handled:
+            # Still composing: removed mid-compose, its on_mount ran without its widgets and failed (the
+            # app's crash). It removes itself once mounted.
+            screen.drop_when_mounted = True
+        else:
             screen.remove()
 
     def _take_member_ahead(self, screen: MemberDetailScreen) -> bool:

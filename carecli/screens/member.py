@@ -229,6 +229,10 @@ Keys your role cannot use are not shown.
         #: at mount, or None while the read is still on its way (it is posted here when done)
         self.read_ahead: list[Message] | None = None
         self.read_by_app = False
+        #: on_mount has run (the widgets exist); until then a spare dropped by the app is only marked
+        #: (``drop_when_mounted``) and removes itself here once mounted
+        self.mount_handled = False
+        self.drop_when_mounted = False
 
     # -- layout -------------------------------------------------------------------------
 
@@ -249,6 +253,10 @@ Keys your role cannot use are not shown.
         yield CareFooter()
 
     def on_mount(self) -> None:
+        self.mount_handled = True
+        if self.drop_when_mounted:
+            self.remove()  # a spare the app dropped while it was composing (CareApp.drop_spare_member)
+            return
         self.title = "Member"
         # Fixed widths where the content has a fixed shape: a table refilled while covered by a form
         # otherwise keeps header-wide columns until its next idle (Textualize/textual#4470).

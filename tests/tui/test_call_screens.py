@@ -139,8 +139,12 @@ async def test_a_call_from_the_worklist_is_completed_with_a_follow_up_and_the_ne
     known = make_member(tui)
     desk = tui.sign_in("specialist")
     specialist = desk.specialist()
-    when = now_utc() + timedelta(minutes=3)
-    call = desk.schedule_call(known.id, when, call_type="follow_up", notes="Ask about the inhaler.")
+    call = desk.schedule_call(known.id, now_utc() + timedelta(minutes=3), call_type="follow_up",
+                              notes="Ask about the inhaler.")
+    # On today's list whatever the hour the test runs (3 minutes ahead was tomorrow's at 23:57 UTC): moved,
+    # as if the morning had passed without it, to the first minute of today.
+    start_of_today = datetime.combine(now_utc().date(), datetime.min.time()) + timedelta(minutes=1)
+    tui.execute("platform", "UPDATE call_records SET scheduled_at = :at WHERE id = :c", at=start_of_today, c=call.id)
     follow_up = (now_utc() + timedelta(days=7)).date()
     next_attempt = now_utc().replace(hour=10, minute=30) + timedelta(days=14)
     app = app_for(tui, desk)

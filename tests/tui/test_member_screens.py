@@ -825,6 +825,33 @@ async def test_the_next_open_takes_a_screen_composed_while_the_user_read_and_a_l
         assert app._spare_member is None and not third.is_attached
 
 
+async def test_an_open_while_the_spare_is_still_composing_drops_it_without_harm(tui, monkeypatch) -> None:
+    """An open that finds the spare screen not yet mounted drops it; removing it mid-compose crashed the app
+    (its on_mount found none of its widgets: CI, under load)."""
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    monkeypatch.setattr(app_module, "SPARE_IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(app_module, "SPARE_AFTER_SIGN_IN_SECONDS", 3600.0)
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        worklist = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        await pilot.pause(0.1)
+        app.last_input = app.clock() - 10
+        app.prepare_spare_member()
+        assert app._spare_member is not None
+        spare = app._spare_member[0]
+        assert not spare.is_mounted  # composing: its widgets are on their way
+        app.open_member(known.id)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, MemberDetailScreen) and app.screen,
+                                what="the member")
+        assert screen is not spare and app.spare_members_taken == 0
+        await wait_for(pilot, lambda: not spare.is_attached, what="the dropped spare removed once mounted")
+        assert known.label in header(screen)
+        await wait_for(pilot, lambda: screen.query_one("#calls-table", DataTable).has_focus, what="the focus")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is worklist, what="the worklist again")
+
+
 async def test_a_tab_key_and_enter_typed_at_once_open_the_row_of_that_tab(tui) -> None:
     """Keys that arrive in one read of the terminal ("1" then Enter): Enter goes to the tab just shown."""
     from textual import events
