@@ -158,6 +158,10 @@ for large ones. **Enter** opens the member (an audited read of their record).
         #: says "Searching…" if the page asked for has not come SEARCHING_AFTER_SECONDS later
         self._searching_timer: Timer | None = None
         self.count: CountEstimate | None = None
+        #: the search whose count is still to be asked for: it is asked once that search's page is on
+        #: screen, not alongside it (the two queries shared the interpreter and the database's two cores,
+        #: and the page, which the user waits for, came later; benchmarks/tui_bench.py)
+        self._count_due: int | None = None
         #: a live reload puts the cursor back on this member (by id) when the page comes back
         self._keep_cursor: str | None = None
         #: changed while covered: reload when shown again
@@ -257,7 +261,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
             page_number = 0
             self.search_id += 1
             self.count = None
-            self.fetch_count(self.search_id, self.query_state)
+            self._count_due = self.search_id
         self.request += 1
         # Said only when the page is slow to come: most come within a few ms, and saying it anyway was one
         # more frame per keystroke (and per live update, on every screen showing the browser).
@@ -336,6 +340,9 @@ for large ones. **Enter** opens the member (an audited read of their record).
                 table.move_cursor(row=table.get_row_index(keep))
         self.rows, self._cells = ids, cells
         self.show_status()
+        if self._count_due == self.search_id:
+            self._count_due = None
+            self.fetch_count(self.search_id, self.query_state)
 
     def on_count_loaded(self, message: CountLoaded) -> None:
         if message.request == self.search_id:
@@ -424,7 +431,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
         if table.row_count:
             row = min(max(table.cursor_row, 0), table.row_count - 1)
             self._keep_cursor = str(self.rows[row]) if row < len(self.rows) else None
-        self.fetch_count(self.search_id, self.query_state)
+        self._count_due = self.search_id  # counted again once the page is back
         self.search(reset=False, page_number=self.page_number)
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:

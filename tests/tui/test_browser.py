@@ -48,6 +48,48 @@ async def test_first_page_is_in_name_order_with_an_honest_count(tui) -> None:
         assert len(expected) <= SEED_MEMBERS
 
 
+async def test_the_count_is_asked_once_the_page_is_shown_and_a_stale_count_is_dropped(tui, monkeypatch) -> None:
+    """The page the user waits for goes first; the count follows it (the two competed when asked together)."""
+    import threading
+
+    from carecli.services.desk import Desk
+
+    asked: list[tuple[str, bool, str]] = []
+    hold = threading.Event()
+    hold.set()
+    real_count = Desk.count_members
+
+    def count_members(desk, query):  # noqa: ANN001, ANN202
+        screen = app.screen
+        assert isinstance(screen, MemberBrowserScreen)
+        asked.append((query.text, screen.shown_request == screen.request, _status(screen)))
+        hold.wait(10)
+        return real_count(desk, query)
+
+    monkeypatch.setattr(Desk, "count_members", count_members)
+    app = tui.app(tui.sign_in("specialist"))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _browser(app, pilot)
+        assert asked and asked[-1][0] == "" and asked[-1][1]  # the first page was on screen when it was counted
+        hold.clear()  # the next count is held: the page shows "…" meanwhile
+        await pilot.press("a")
+        await wait_for(pilot, lambda: len(asked) == 2, what="the count of 'a'")
+        assert asked[-1][:2] == ("a", True) and " of …" in asked[-1][2]
+        # Typing on while that count is held: its answer is for an old search and must not be shown.
+        await pilot.press("b")
+        await wait_for(pilot, lambda: screen.shown_request == screen.request and screen.query_state.text == "ab",
+                       what="the page for 'ab'")
+        hold.set()
+        await wait_for(pilot, lambda: screen.settled and screen.query_state.text == "ab", what="the count of 'ab'")
+        expected = len(_names(tui, f"({_STARTS_A_WORD})", p="ab%", w="ab"))
+        assert screen.count is not None and screen.count.describe() == f"{expected:,}"
+        assert all(shown for _text, shown, _status_then in asked)
+
+
+def _status(screen: MemberBrowserScreen) -> str:
+    return str(screen.query_one("#member-status-line").render())
+
+
 async def test_typing_searches_and_filters_narrow(tui) -> None:
     last = tui.scalar("platform", "SELECT last_name FROM members WHERE deleted_at IS NULL "
                       "GROUP BY last_name ORDER BY count(*) DESC, last_name LIMIT 1")
