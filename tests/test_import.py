@@ -22,11 +22,16 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from carecli.config import load_settings
+from carecli.data import audit
 from carecli.data.actor import Actor
+from carecli.data.bulk import copytext
 from carecli.data.bulk import fields as f
+from carecli.data.bulk import members as members_module
 from carecli.data.bulk.catalog import COLUMNS
 from carecli.data.bulk.loader import BatchConflict, ImportAborted, check_permission
 from carecli.data.bulk.members import MembersKind
@@ -1528,3 +1533,72 @@ def test_a_large_import_refreshes_the_statistics_of_the_tables_it_grew(imp: Impo
     assert analyzed == {"members": True, "metadata": True, "audit_logs": True}
     assert_loaded(imp.run("members", data, batch_rows=3), unchanged=7)  # nothing written: nothing to refresh
 
+
+
+# -- prepared where the row is read, or in a worker: the same rows either way ----------------------
+
+
+def _member_file(n_rows: int, *, dob_shift: int = 0) -> str:
+    rows = [person(n, first_name=f"Quen\\by{n}", last_name=f'Mar"row\tfield{n}', address_line1=f"{n} Lane\nUnit 2",
+                   dob=(dob_for(n) + timedelta(days=dob_shift if n % 3 == 0 else 0)).isoformat())
+            for n in range(1, n_rows + 1)]
+    return members_csv(*rows)
+
+
+def _member_state(imp: Importer) -> dict[str, tuple[Any, ...]]:
+    """Every member by number: its columns (PHI decrypted) and its create audit row's values."""
+    cipher = imp.platform.cipher()
+    audits = {row.entity_id: row.new_values for row in imp.platform.sql(
+        "SELECT entity_id, new_values FROM audit_logs WHERE entity_type = 'member' AND action = 'create'")}
+    state = {}
+    for number, member_id in member_ids_by_number(imp.platform).items():
+        row = member(imp.platform, member_id)
+        state[number] = (cipher.decrypt_ssn(bytes(row.encrypted_ssn), member_id),
+                         cipher.decrypt_dob(bytes(row.encrypted_dob), member_id), row.first_name, row.last_name,
+                         row.address_line1, row.status, audits[member_id])
+    return state
+
+
+def test_rows_prepared_in_workers_or_in_process_load_the_same_and_rerun_unchanged(imp: Importer) -> None:
+    """In-process rows are encrypted and formatted only once known to be new (a re-run's rows never are);
+    worker rows at once. Either way the same members, PHI, audit values, and unchanged re-runs."""
+    first = _member_file(14)
+    assert_loaded(imp.run("members", first, batch_rows=4, workers=1), created=14)  # chunks 2+ in the worker
+    state = _member_state(imp)
+    assert state["EXT-000003"][2:5] == ("Quen\\by3", 'Mar"row\tfield3', "3 Lane\nUnit 2")
+    assert state["EXT-000003"][:2] == (Ssn(ssn_for(3)), DateOfBirth(dob_for(3)))
+    assert state["EXT-000003"][6] == {
+        "encrypted_ssn": "[redacted]", "encrypted_dob": "[redacted]", "first_name": "[redacted]",
+        "last_name": "[redacted]", "email": "[redacted]", "phone": "[redacted]", "address_line1": "[redacted]",
+        "address_line2": None, "city": "[redacted]", "state": "[redacted]", "zip_code": "[redacted]",
+        "status": "active", "external_member_number": "[redacted]"}
+    for workers in (0, 1):
+        assert_loaded(imp.run("members", first, batch_rows=4, workers=workers), unchanged=14)
+    assert _member_state(imp) == state
+    # A changed date of birth is seen, and re-encrypted for the member, whichever way the row was prepared.
+    for workers, shift in ((0, 1), (1, 2)):
+        assert_loaded(imp.run("members", _member_file(14, dob_shift=shift), batch_rows=4, workers=workers),
+                      updated=4, unchanged=10)
+        after = _member_state(imp)
+        assert after["EXT-000003"][1] == DateOfBirth(dob_for(3) + timedelta(days=shift))
+        assert after["EXT-000004"] == state["EXT-000004"]
+    # New rows after matched ones, in process: each sealed bound to its own new id.
+    assert_loaded(imp.run("members", _member_file(18, dob_shift=2), batch_rows=5), created=4, unchanged=14)
+    assert _member_state(imp)["EXT-000017"][:2] == (Ssn(ssn_for(17)), DateOfBirth(dob_for(17)))
+
+
+_AUDIT_TEXT = st.one_of(st.none(), st.text(st.characters(codec="utf-8"), max_size=12),
+                        st.sampled_from(["\\", "\t", "\n", "\r", '"', "\x00", "\x1f", "é", "\u2028"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({name: _AUDIT_TEXT for name in members_module._AUDITED}), _AUDIT_TEXT)
+def test_the_member_audit_and_metadata_texts_are_what_the_json_encoder_writes(values, value) -> None:
+    """The hand-built COPY texts of a new member's rows equal the general path's (json.dumps, then COPY's
+    escapes), whatever the values hold."""
+    expected = {name: (None if values[name] is None else audit.REDACTED) if name in members_module._SENSITIVE
+                else values[name] for name in members_module._AUDITED}
+    assert members_module._audited_json(values) == members_module._json(expected)
+    if value is not None:
+        assert members_module._json_string(value) == members_module._json(value)
+        assert copytext.field(value) == value.translate(copytext.ESCAPES)

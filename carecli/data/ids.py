@@ -26,7 +26,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-__all__ = ["new_id", "v7_int"]
+__all__ = ["new_id", "new_id_text", "v7_int"]
 
 _UUID_RANDOM_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID_V7_SET = (0x7 << 76) | (0x2 << 62)
@@ -44,6 +44,19 @@ def _generator() -> Callable[[], uuid.UUID]:
 
 #: A new, time-ordered id (UUIDv7): strictly increasing within this process.
 new_id: Callable[[], uuid.UUID] = _generator()
+
+
+def _text_generator() -> Callable[[], str]:
+    stdlib: Callable[[], uuid.UUID] | None = getattr(uuid, "uuid7", None)
+    if stdlib is not None:
+        return lambda: str(stdlib())
+    from uuid_utils import uuid7  # the same generator as the compat one, without the stdlib object
+
+    return lambda: str(uuid7())
+
+
+#: :func:`new_id` as its canonical text (a bulk load writing COPY lines makes millions: an eighth of the cost)
+new_id_text: Callable[[], str] = _text_generator()
 
 
 def v7_int(unix_ms: int, random_bits: int) -> int:

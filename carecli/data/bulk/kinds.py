@@ -182,9 +182,12 @@ class PrepareTools:
     and the actor of the import (for audit rows)."""
 
     def __init__(self, cipher: Callable[[], Any], blind_index: Callable[[], BlindIndex | None],
-                 actor_fields: tuple[str, str, str] = ("\\N", "\\N", "\\N")) -> None:
+                 actor_fields: tuple[str, str, str] = ("\\N", "\\N", "\\N"), *, in_worker: bool = False) -> None:
         #: the actor's user_id, ip_address and user_agent as COPY text fields (for audit rows made here)
         self.actor_fields = actor_fields
+        #: in a worker process: what :meth:`Kind.prepare_row` sends back must hold no plaintext PHI; in the
+        #: planning process it may keep a row's PHI until the planner knows what the row is for
+        self.in_worker = in_worker
         self._cipher_of = cipher
         self._blind_of = blind_index
         self._cipher: Any = None
@@ -317,8 +320,8 @@ class Kind:
         """Per-row work that needs no database, after parsing: hashing, encryption, preformatting.
 
         Runs in a worker process when the import has workers (or here, in order, when not);
-        sets ``parsed.prep`` and must leave no plaintext PHI object in ``parsed`` (it is
-        pickled back to the planning process). Nothing by default.
+        sets ``parsed.prep``. In a worker (``tools.in_worker``) it must leave no plaintext PHI
+        object in ``parsed``: it is pickled back to the planning process. Nothing by default.
         """
 
     # -- planning ----------------------------------------------------------------------------

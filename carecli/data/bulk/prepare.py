@@ -140,7 +140,7 @@ def _worker_chunk(kind_class: type[Kind], items: list[Record | RecordProblem], k
         kind = _KINDS[kind_class] = kind_class()
     sealing = keys.sealing
     tools = PrepareTools((lambda: SealingCipher(sealing)) if sealing is not None else _no_key, lambda: keys.blind,
-                         keys.actor_fields)
+                         keys.actor_fields, in_worker=True)
     return prepare_records(kind, items, tools)
 
 
