@@ -26,11 +26,12 @@ from sqlalchemy import (
     any_,
     bindparam,
     func,
+    literal_column,
     select,
     text,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import JSON, Date, DateTime, Numeric, String
 
 from carecli.data import audit
@@ -435,14 +436,14 @@ def metadata_owners(connection: Connection, entity_type: str, key: str,
     # The values travel as one text parameter of JSON strings, one per line (binding a list of
     # JSONB values costs a Python-level dump per element: most of a batch's lookup time).
     values = "\n".join(f'"{value}"' if _PLAIN_JSON_STRING.match(value) else json.dumps(value) for value in wanted)
-    # A probe of the key's unique index per value (a subquery each): as ``metadata_value = ANY(...)`` the
-    # planner may scan all of metadata instead once the table is large (tests/test_import.py).
-    rows = connection.execute(text(
-        f"SELECT w.value #>> '{{}}', (SELECT k.entity_id FROM metadata k WHERE k.entity_type = '{entity_type}' "
-        f"AND k.metadata_key = '{key}' AND k.deleted_at IS NULL AND k.metadata_value = w.value LIMIT 1) "
-        "FROM unnest(string_to_array(:values, E'\\n')::jsonb[]) AS w(value)").bindparams(
-        bindparam("values", values, type_=Text)).columns(value=Text, entity_id=METADATA.c.entity_id.type)).all()
-    return {value: entity_id for value, entity_id in rows if entity_id is not None}
+    rows = connection.execute(select(METADATA.c.metadata_value.op("#>>")(literal_column("'{}'")),
+                                     METADATA.c.entity_id).where(
+        METADATA.c.entity_type == literal_column(f"'{entity_type}'"),
+        METADATA.c.metadata_key == literal_column(f"'{key}'"), METADATA.c.deleted_at.is_(None),
+        METADATA.c.metadata_value == any_(
+            func.string_to_array(bindparam("values", values, type_=Text), literal_column("E'\\n'"))
+            .cast(ARRAY(JSONB))))).all()
+    return {value: entity_id for value, entity_id in rows}
 
 
 def metadata_of(connection: Connection, entity_type: str, key: str, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Any]:
@@ -559,6 +560,7 @@ def users_by_email(identity: Connection, emails: Iterable[str]) -> dict[str, lis
 
     The identity transaction is ended at once: an import must not hold one open for its whole run.
     """
+    from sqlalchemy import func
 
     from carecli.data.models.identity import User
 
