@@ -347,6 +347,27 @@ def test_a_sealer_seals_as_it_goes_and_once_more_when_stopped(platform: Platform
         "SELECT count(*) FROM audit_logs")
 
 
+def test_seal_soon_seals_in_the_thread_at_once_not_at_the_next_tick(platform: Platform, master) -> None:
+    """An import asks for its seal once its rows are in, to run beside its index builds."""
+    sealer = audit_seal.Sealer(platform.engine, lambda: master, every=3600, name="test").start()
+    try:
+        timed_rows(platform, 3)
+        time.sleep(0.2)
+        assert sealer.seals == 0  # an hour to the next tick
+        sealer.seal_soon()
+        deadline = time.monotonic() + 30
+        while sealer.seals == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sealer.seals >= 1
+        timed_rows(platform, 2)
+    finally:
+        started = time.monotonic()
+        sealer.stop()  # wakes the thread (no hour's wait), and the final seal takes the last rows
+        assert time.monotonic() - started < 30
+    report = audit_seal.verify(platform.engine, master)
+    assert report.intact and report.unsealed == 0
+
+
 def test_a_sealer_whose_key_cannot_be_had_logs_and_goes_on(platform: Platform, caplog) -> None:
     def no_key() -> LocalMasterKey:
         raise RuntimeError("no key here")

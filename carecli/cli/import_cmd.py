@@ -239,7 +239,8 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
                              on_problem=report, progress=progress, dry_run=dry_run,
                              all_or_nothing=all_or_nothing, batch_rows=batch_rows,
                              workers=default_workers() if workers is None else workers,
-                             defer_indexes=defer_indexes, expected_records=_estimate_records(source))
+                             defer_indexes=defer_indexes, expected_records=_estimate_records(source),
+                             on_loaded=sealer.seal_soon if sealer is not None else None)
     except ImportAborted as exc:
         progress.stop()
         report.close()

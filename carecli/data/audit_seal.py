@@ -288,6 +288,8 @@ class Sealer:
     def __init__(self, engine: Engine, master: Callable[[], MasterKey], *, every: float, name: str) -> None:
         self.engine, self.master, self.every, self.name = engine, master, every, name
         self._stopping = threading.Event()
+        #: set to seal now rather than at the next tick (:meth:`seal_soon`), and by :meth:`stop`
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.seals = 0
         self.failures = 0
@@ -298,8 +300,18 @@ class Sealer:
         return self
 
     def _run(self) -> None:
-        while not self._stopping.wait(self.every):
+        while True:
+            self._wake.wait(self.every)
+            if self._stopping.is_set():
+                return
+            self._wake.clear()
             self.seal_now()
+
+    def seal_soon(self) -> None:
+        """Seal in the thread now, not at the next tick: an import's rows are all in, and the database has
+        its indexes to build and statistics to gather meanwhile (the seal, server work too, runs beside them
+        instead of after them). Nothing without a running thread; :meth:`stop` still seals once more."""
+        self._wake.set()
 
     def seal_now(self) -> SealReport | None:
         try:
@@ -315,6 +327,7 @@ class Sealer:
 
     def stop(self, *, final: bool = True) -> None:
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

@@ -559,7 +559,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                on_problem: Callable[[RecordProblem], None], progress: Callable[[int], None] | None = None,
                dry_run: bool = False, all_or_nothing: bool = False, batch_rows: int = BATCH_ROWS,
                threaded: bool = True, identity: Engine | None = None, workers: int = 0,
-               defer_indexes: str = "auto", expected_records: int | None = None) -> ImportSummary:
+               defer_indexes: str = "auto", expected_records: int | None = None,
+               on_loaded: Callable[[], None] | None = None) -> ImportSummary:
     """Import ``records`` as ``kind``; bad rows go to ``on_problem``; returns the counts.
 
     Raises :class:`ImportAborted`, with the summary of what is committed, when the run stops
@@ -572,6 +573,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     never) with ``expected_records`` (the file's estimated record count) decides whether the secondary
     indexes of the tables the kind fills are dropped before the first batch and built after the last
     (:mod:`carecli.data.deferred_indexes`); they are built again however the run ends, short of a kill.
+    ``on_loaded`` is called once every batch is committed, before those indexes are built and the
+    statistics refreshed (the CLI seals the audit rows meanwhile).
     """
     started = time.perf_counter()
     summary = ImportSummary(kind.name, dry_run=dry_run, all_or_nothing=all_or_nothing)
@@ -628,7 +631,12 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         preparer.close()
         if writer is not None:
             commit = not (all_or_nothing and rejected["rows"])
-            writer.finish(commit=commit, after_commit=deferral.finish)
+            def loaded() -> None:
+                if on_loaded is not None:
+                    on_loaded()
+                deferral.finish()
+
+            writer.finish(commit=commit, after_commit=loaded)
             deferral.finish()  # when nothing was committed
             summary.batches = writer.batches
             summary.committed = commit
