@@ -152,6 +152,11 @@ def enum(choices: tuple[str, ...]) -> Parser:
 
 #: an SSN as written: dashes or spaces between the groups, or none
 _SSN_SHAPES = re.compile(r"[0-9]{3}-?[0-9]{2}-?[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}")
+_NINE_DIGITS = re.compile(r"[0-9]{9}")
+_ZIP_DIGITS = re.compile(r"[0-9]{5}|[0-9]{9}")
+_ZIP_SHAPES = re.compile(r"[0-9]{5}(?:[- ]?[0-9]{4})?")
+_PHONE_CHARACTERS = re.compile(r"[0-9 \t().+\-]+")
+_NOT_DIGITS = re.compile(r"[^0-9]")
 _US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})\Z")
 _COMPACT_DATE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})\Z")
 _ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})\Z")
@@ -342,7 +347,7 @@ def parse_ssn(raw: Any) -> Ssn:
     ranges are refused: area 000, 666 or 900-999, group 00, serial 0000."""
     value = _text_of(raw)
     digits = value.replace("-", "").replace(" ", "")
-    if not re.fullmatch(r"[0-9]{9}", digits) or not re.fullmatch(_SSN_SHAPES, value):
+    if not _NINE_DIGITS.fullmatch(digits) or not _SSN_SHAPES.fullmatch(value):
         raise FieldProblem("ssn_format", "must be nine digits (123-45-6789 or 123456789)")
     area, group, serial = digits[:3], digits[3:5], digits[5:]
     if area == "000" or area == "666" or area[0] == "9":
@@ -384,7 +389,7 @@ def parse_zip(raw: Any) -> str:
     else:
         value = _text_of(raw)
     digits = value.replace("-", "").replace(" ", "")
-    if not re.fullmatch(r"[0-9]{5}|[0-9]{9}", digits) or not re.fullmatch(r"[0-9]{5}(?:[- ]?[0-9]{4})?", value):
+    if not _ZIP_DIGITS.fullmatch(digits) or not _ZIP_SHAPES.fullmatch(value):
         raise FieldProblem("zip_format", "must be a 5-digit ZIP or ZIP+4 (12345 or 12345-6789)")
     return digits if len(digits) == 5 else f"{digits[:5]}-{digits[5:]}"
 
@@ -395,9 +400,9 @@ def parse_phone(raw: Any) -> str:
     Area and exchange codes are not checked against the numbering plan: the fictional 555 numbers of
     test and demo data (+1555 0XX XXXX) must survive an export and re-import."""
     value = _text_of(raw)
-    if not re.fullmatch(r"[0-9 \t().+\-]+", value):
+    if not _PHONE_CHARACTERS.fullmatch(value):
         raise FieldProblem("phone_format", "must be a 10-digit US phone number, e.g. (555) 123-4567")
-    digits = re.sub(r"[^0-9]", "", value)
+    digits = _NOT_DIGITS.sub("", value)
     if len(digits) == 11 and digits[0] == "1":
         digits = digits[1:]
     if len(digits) != 10:

@@ -232,7 +232,7 @@ class MembersKind(Kind):
     }
 
     def check(self, values: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
-        if all(values.get(name) is None for name in ("id", "external_member_number", "ssn")):
+        if values.get("id") is None and values.get("external_member_number") is None and values.get("ssn") is None:
             yield ("external_member_number", "identity_required",
                    "a member needs an external_member_number, an ssn or an id, or a re-run could not find them")
         for name in ("first_name", "last_name"):
