@@ -117,6 +117,10 @@ for large ones. **Enter** opens the member (an audited read of their record).
 
     BINDINGS = [
         Binding("ctrl+f", "focus_search", "Search", id="members.search", tooltip="Put the cursor in the search box"),
+        # "/" found a member on the worklist; from the results it goes back to the search box (typed in the
+        # box, it is a character like any other: the box takes it first).
+        Binding("slash", "focus_search", "Search", id="members.search_slash", show=False,
+                tooltip="Put the cursor in the search box"),
         Binding("ctrl+n", "next_page", "Next page", id="members.next_page", tooltip="The next page of results"),
         Binding("ctrl+b", "previous_page", "Prev page", id="members.previous_page",
                 tooltip="The previous page of results"),

@@ -171,3 +171,18 @@ async def test_command_palette_jumps_to_a_member_by_name(tui) -> None:
     opened = tui.scalar("platform", "SELECT count(*) FROM audit_logs WHERE action = 'read' AND entity_id = :m",
                         m=row.id)
     assert opened == 1
+
+
+async def test_slash_from_the_results_goes_back_to_the_search_box_and_types_in_it(tui) -> None:
+    app = tui.app(tui.sign_in("specialist"))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _browser(app, pilot)
+        search = screen.query_one("#member-search", Input)
+        table = screen.query_one(ResultsTable)
+        table.focus()
+        await pilot.pause()
+        await pilot.press("slash")
+        await wait_for(pilot, lambda: search.has_focus, what="the search box")
+        await pilot.press("a", "slash", "b")
+        await wait_for(pilot, lambda: search.value == "a/b", what="a slash typed in the box")
+        assert search.has_focus
