@@ -479,13 +479,14 @@ class _Growth:
     batch by reading all of metadata's (entity_type, entity_id, metadata_key) index instead of probing
     the blind-index key: 450 ms a batch at 600,000 members, and growing. ANALYZE of a table samples a
     fixed number of rows (tens of ms); run at each doubling of the records created, from 10,000, it costs
-    a few runs per load. Written tables that the lookups read: the kind's own and metadata (audit rows
-    are never looked up). A role that does not own them gets a warning from the server, and nothing.
+    a few runs per load. The tables: the kind's own and metadata (audit rows are never looked up). A
+    role that does not own them gets a warning from the server, and nothing.
     """
 
     def __init__(self, planner: Any, kind: Kind) -> None:
         self.planner = planner
-        tables = set(kind.rows_per_record) | {kind.table.name}
+        # Every kind's lookups read natural keys in metadata (a calls import adds their external ids there).
+        tables = set(kind.rows_per_record) | {kind.table.name, "metadata"}
         self.tables = sorted(tables - {"audit_logs"})
         self.next_at = ANALYZE_MIN_RECORDS
 
@@ -635,8 +636,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         planner.exec_driver_sql("SET plan_cache_mode = force_custom_plan")
         # Every lookup of a batch has an index to probe by key. During a first load the tables grow without
         # statistics, and the planner priced a parallel scan of all of metadata below 5,000 probes of the
-        # blind-index key: 300 ms a batch at 1M members and growing (the load took 227 s instead of ~120).
-        # Off, PostgreSQL still scans where no index serves (the first batch's backfill).
+        # blind-index key (300 ms a batch at 1M members, and growing). Off, PostgreSQL still scans where no
+        # index serves (the first batch's backfill); the statistics themselves come from _Growth.
         planner.exec_driver_sql("SET enable_seqscan = off")
         # One import of a kind at a time: two would each miss the other's uncommitted rows.
         planner.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"carecli-import-{kind.name}"})

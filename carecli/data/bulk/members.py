@@ -116,7 +116,7 @@ class _Sealed:
 SEALED = _Sealed()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class _Held:
     """A row prepared in the planning process itself (no worker): its plaintext SSN and date of birth
     and the new member's values, kept until the planner knows whether the row creates a member. A
@@ -128,8 +128,11 @@ class _Held:
     new: dict[str, Any] | None
     tools: PrepareTools
 
+    def __repr__(self) -> str:  # the new member's contact details: never in a log or a traceback
+        return "_Held([held])"
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, repr=False)
 class MemberPrep:
     """What :meth:`MembersKind.prepare_row` made of a row: everything per row that needs no database.
 
@@ -150,6 +153,9 @@ class MemberPrep:
     lines: tuple[str, str, str] | None
     problems: list[RecordProblem]
     held: _Held | None = None
+
+    def __repr__(self) -> str:  # its lines and held values hold contact details
+        return f"MemberPrep(id={self.id}, [prepared])"
 
     @property
     def has_ssn(self) -> bool:
