@@ -331,14 +331,18 @@ def test_purges_across_many_seals_verify_clean_with_several_connections(platform
     assert findings(audit_seal.verify(platform.engine, master, workers=3)) == {("deleted", str(old[8].id))}
 
 
+def _wait_for_a_seal(sealer: audit_seal.Sealer) -> None:
+    deadline = time.monotonic() + 30
+    while sealer.seals == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sealer.seals >= 1
+
+
 def test_a_sealer_seals_as_it_goes_and_once_more_when_stopped(platform: Platform, master) -> None:
     sealer = audit_seal.Sealer(platform.engine, lambda: master, every=0.05, name="test").start()
     try:
         timed_rows(platform, 3)
-        deadline = time.monotonic() + 30
-        while sealer.seals == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert sealer.seals >= 1
+        _wait_for_a_seal(sealer)
         timed_rows(platform, 2)
     finally:
         sealer.stop()  # the final seal takes the last rows
@@ -355,10 +359,7 @@ def test_seal_soon_seals_in_the_thread_at_once_not_at_the_next_tick(platform: Pl
         time.sleep(0.2)
         assert sealer.seals == 0  # an hour to the next tick
         sealer.seal_soon()
-        deadline = time.monotonic() + 30
-        while sealer.seals == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert sealer.seals >= 1
+        _wait_for_a_seal(sealer)
         timed_rows(platform, 2)
     finally:
         started = time.monotonic()
