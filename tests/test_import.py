@@ -1432,6 +1432,10 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
             assert_loaded(imp.run("members", members_csv(*rows), batch_rows=500), created=6000)
             first = len(explained)
             assert first >= 12 * 2  # the number and blind-index owners per batch, and the seen keys
+            for _ in range(3):  # the planner's connection went back to the pool without its settings
+                with engine.connect() as connection:
+                    assert connection.exec_driver_sql("SHOW enable_seqscan").scalar() == "on"
+                    assert connection.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
             # Statistics as the tables grew (1,000, 2,000 and 4,000 members created): without them the planner
             # read all of a metadata index for the blind-index lookup of every batch at 1M members.
             assert analyzed == ["ANALYZE metadata"] * 3, analyzed

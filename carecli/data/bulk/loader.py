@@ -715,6 +715,9 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         try:
             planner.rollback()
             planner.execute(text("SELECT pg_advisory_unlock_all()"))
+            # The connection goes back to the pool: the planning settings must not follow it to its next use.
+            planner.exec_driver_sql("RESET enable_seqscan")
+            planner.exec_driver_sql("RESET plan_cache_mode")
             planner.commit()
         except Exception as exc:  # noqa: BLE001 - closing the connection ends the lock too; the outcome stands
             log.warning("could not release the import lock of %s cleanly: %s", kind.name, type(exc).__name__)
