@@ -166,6 +166,14 @@ for large ones. **Enter** opens the member (an audited read of their record).
         #: screen, not alongside it (the two queries shared the interpreter and the database's two cores,
         #: and the page, which the user waits for, came later; benchmarks/tui_bench.py)
         self._count_due: int | None = None
+        #: while a live reload's count is due: the members its notices named (each on the page shown then), and
+        #: whether anything else changed too (a coarse notice, a member not on the page). The count is asked
+        #: again only then, or when a named member has left the page: members no notice named did not change,
+        #: and a named one on the page before and after matched before and matches now, so the number of
+        #: matches is the same (on the SSH host, one rename of a member on everyone's page was a page and a
+        #: count per session; it is now a page)
+        self._reload_named: set[uuid.UUID] = set()
+        self._recount = True
         #: a live reload puts the cursor back on this member (by id) when the page comes back
         self._keep_cursor: str | None = None
         #: changed while covered: reload when shown again
@@ -266,6 +274,7 @@ for large ones. **Enter** opens the member (an audited read of their record).
             self.search_id += 1
             self.count = None
             self._count_due = self.search_id
+            self._recount = True
         self.request += 1
         # Said only when the page is slow to come: most come within a few ms, and saying it anyway was one
         # more frame per keystroke (and per live update, on every screen showing the browser).
@@ -345,6 +354,9 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.rows, self._cells = ids, cells
         self.show_status()
         if self._count_due == self.search_id:
+            if self.count is not None and not self._recount and self._reload_named <= set(ids):
+                self._count_due = None  # a live reload of members who stayed on the page: the count holds
+                return
             self._count_due = None
             self.fetch_count(self.search_id, self.query_state)
 
@@ -417,25 +429,50 @@ for large ones. **Enter** opens the member (an audited read of their record).
         if self.care.locked or not self._concerned(message):
             return
         if self.is_current:
-            self.refresh_page()
+            self.refresh_page(self._named_members(message))
         else:
             self._stale = True
 
     def _concerned(self, message: DataChanged) -> bool:
         if message.changes.full_refresh:
             return True
-        # Any member change may move a member into (or out of) this page: names sort, statuses filter.
-        entities = {"member"} | ({"member_insurance_plan"} if self.query_state.plan_id is not None else set())
+        entities = self._entities()
         return any(change.entity in entities for change in message.changes.all())
 
-    def refresh_page(self) -> None:
-        """Read the page on screen again, keeping the page, the cursor and whatever is typed."""
+    def _entities(self) -> set[str]:
+        # Any member change may move a member into (or out of) this page: names sort, statuses filter.
+        return {"member"} | ({"member_insurance_plan"} if self.query_state.plan_id is not None else set())
+
+    def _named_members(self, message: DataChanged) -> set[uuid.UUID] | None:
+        """The members whose changes concern this page, when every such change names one on the page shown."""
+        if message.changes.full_refresh:
+            return None
+        named: set[uuid.UUID] = set()
+        for change in message.changes.all():
+            if change.entity not in self._entities():
+                continue
+            if change.many or change.member_id is None:
+                return None
+            named.add(change.member_id)
+        return named if named <= set(self.rows) else None
+
+    def refresh_page(self, named: set[uuid.UUID] | None = None) -> None:
+        """Read the page on screen again, keeping the page, the cursor and whatever is typed.
+
+        ``named``: the changed members, all on the page shown (None: unknown); see ``_reload_named``.
+        """
         self._stale = False
         table = self.query_one(ResultsTable)
         if table.row_count:
             row = min(max(table.cursor_row, 0), table.row_count - 1)
             self._keep_cursor = str(self.rows[row]) if row < len(self.rows) else None
-        self._count_due = self.search_id  # counted again once the page is back
+        if self._count_due != self.search_id:  # no reload's count pending: a new reckoning
+            self._reload_named, self._recount = set(), False
+        if named is None:
+            self._recount = True
+        else:
+            self._reload_named |= named
+        self._count_due = self.search_id  # counted again once the page is back, unless it cannot have changed
         self.search(reset=False, page_number=self.page_number)
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:

@@ -215,3 +215,63 @@ async def test_after_the_listener_loses_its_connection_the_screen_reloads_in_ful
         await wait_for(pilot, lambda: len(reads(tui, known.id, "open")) > opened, what="a full reload")
         await wait_for(pilot, lambda: app_b.live_listening and app_b._live.listener.stats.backend_pid != pid)
         assert screen.file is not None
+
+
+async def test_a_live_reload_counts_again_only_when_the_number_of_matches_can_have_changed(tui) -> None:
+    """A change to members who stay on the page shown cannot change how many match: the page is read again,
+    the count is not (on the SSH host that was a second query per session per change). A new member can."""
+    admin = tui.sign_in("admin")
+    app_b = tui.app(tui.sign_in("specialist"))
+    async with app_b.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app_b.screen, WorklistScreen))
+        await pilot.press("f3")
+        browser = await wait_for(pilot, lambda: isinstance(app_b.screen, MemberBrowserScreen) and app_b.screen)
+        await wait_for(pilot, lambda: browser.settled and browser.rows, what="the first page")
+        await listening(pilot)
+        desk = browser.desk
+        counted: list[Any] = []
+        count_members = desk.count_members
+
+        def counting(query: Any) -> Any:
+            counted.append(query)
+            return count_members(query)
+
+        desk.count_members = counting
+        status = browser.query_one("#member-status-line", Static)
+        before = str(status.render())
+        assert browser.count is not None
+        total = browser.count.describe()
+        assert f" of {total}" in before
+        table = browser.query_one(ResultsTable)
+        target = browser.rows[5]
+        cipher = cipher_provider(tui.settings, tui.databases)
+        with PlatformUnitOfWork(tui.databases.platform, admin.actor, cipher=cipher) as uow:
+            member = uow.members.get(target)
+            uow.members.update(target, member.updated_at, {"phone": "+15550198888", "first_name": "Renamed"})
+            uow.commit()
+        await wait_for(pilot, lambda: str(table.get_row(str(target))[2]) == "(555) 019-8888",
+                       what="the new phone on B's page")
+        await app_b.workers.wait_for_complete()
+        await pilot.pause()
+        assert counted == []
+        assert str(status.render()) == before
+        # A member who was not on the page (here: a new one) may change the count: it is asked again.
+        with PlatformUnitOfWork(tui.databases.platform, admin.actor, cipher=cipher) as uow:
+            uow.members.create({"first_name": "Nova", "last_name": "Zzyzx-Newcomer", "status": "active"})
+            uow.commit()
+        await wait_for(pilot, lambda: counted, what="the count asked again")
+        await wait_for(pilot, lambda: browser.count is not None and browser.count.describe() != total,
+                       what="the new count")
+        assert f" of {browser.count.describe()}" in str(status.render())
+        # A member renamed into the results (on the page now, not before) is one more match: counted again.
+        browser.query_one("#member-search", Input).value = "Zzyzx"
+        await wait_for(pilot, lambda: browser.settled and browser.query_state.text == "Zzyzx" and len(browser.rows) == 1
+                       and browser.count is not None and browser.count.describe() == "1", what="the newcomer alone")
+        counted.clear()
+        with PlatformUnitOfWork(tui.databases.platform, admin.actor, cipher=cipher) as uow:
+            member = uow.members.get(target)
+            uow.members.update(target, member.updated_at, {"last_name": "Zzyzx-Second"})
+            uow.commit()
+        await wait_for(pilot, lambda: len(browser.rows) == 2 and browser.count is not None
+                       and browser.count.describe() == "2", what="the renamed member counted")
+        assert len(counted) == 1
