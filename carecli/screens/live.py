@@ -2,8 +2,9 @@
 
 The app subscribes (through its :class:`~carecli.services.desk.Desk`) to the
 process's one listener; notices arrive on the listener's thread and are
-posted to the app, which gathers them for :data:`COALESCE_SECONDS` and then
-posts one :class:`DataChanged` to every screen in the stack. Each screen
+posted to the app, which hands the first after a quiet spell on at once and
+gathers the rest of a burst for what is left of :data:`COALESCE_SECONDS`,
+posting one :class:`DataChanged` to every screen in the stack per hand-out. Each screen
 decides whether what it shows is concerned: a screen the user can see
 reloads at once, one that is covered notes that it is stale and reloads
 when it is shown again; a locked app reloads nothing (the unlock reloads
@@ -22,7 +23,7 @@ from textual.message import Message
 if TYPE_CHECKING:  # carecli.data.notify loads SQLAlchemy, which the first screen does not wait for
     from carecli.data.notify import Change, Notice
 
-#: notices arriving within this long of each other make one refresh
+#: at most one hand-out of notices to the screens this often (a burst within it makes one refresh)
 COALESCE_SECONDS = 0.25
 
 

@@ -275,3 +275,30 @@ async def test_a_live_reload_counts_again_only_when_the_number_of_matches_can_ha
         await wait_for(pilot, lambda: len(browser.rows) == 2 and browser.count is not None
                        and browser.count.describe() == "2", what="the renamed member counted")
         assert len(counted) == 1
+
+
+async def test_a_change_after_a_quiet_spell_is_handed_on_at_once_and_a_burst_waits_out_one_window(tui) -> None:
+    import uuid
+
+    from carecli.data.notify import Change, Notice
+    from carecli.screens.live import NoticeArrived
+
+    app = tui.app(tui.sign_in("specialist"))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+        app.live_coalesce_seconds = 600.0  # a window no test waits out: what is handed on before it is at once
+
+        def notice() -> Notice:
+            return Notice(changes=(Change("member", uuid.uuid4(), uuid.uuid4()),), source=None)
+
+        in_app(app, app.post_message, NoticeArrived(notice()))
+        await wait_for(pilot, lambda: app.live_handed == 1 and app.live_idle, what="the first notice, at once")
+        # A burst right after it: gathered, and handed on together when the window ends.
+        for _ in range(3):
+            in_app(app, app.post_message, NoticeArrived(notice()))
+        await wait_for(pilot, lambda: app.live_received == 4, what="the burst received")
+        await pilot.pause()
+        assert app.live_handed == 1
+        assert not app.live_idle
+        in_app(app, app.flush_live_updates)  # the window's end
+        await wait_for(pilot, lambda: app.live_handed == 2 and app.live_idle, what="the burst, in one hand-out")
