@@ -41,8 +41,8 @@ class Collector:
         self.running = False
         #: true while one of our own passes runs (its survivors are frozen by the caller, not the callback)
         self.collecting = False
-        #: the frozen count after the last deep pass (or the start)
-        self.deep_base = 0
+        #: the frozen count after the last deep pass (or the start; None: not counted yet, see growth)
+        self.deep_base: int | None = 0
         #: at least the growth since the last deep pass: exact at the last count, plus what was frozen since
         #: (some of which reference counts may have freed meanwhile)
         self.estimate = 0
@@ -54,7 +54,9 @@ class Collector:
     def start(self) -> None:
         """Freeze what exists (start-up's objects) and freeze each full pass's survivors from now on."""
         gc.freeze()
-        self.deep_base, self.estimate = gc.get_freeze_count(), 0
+        # Not counted now (that walks every frozen object: ~20 ms for the app's start-up's, on the way to the
+        # worklist); counted with the first exact growth, the bound standing in for what was frozen meanwhile.
+        self.deep_base, self.estimate = None, 0
         if not self.running:
             gc.callbacks.append(self._after_pass)
             self.running = True
@@ -80,9 +82,13 @@ class Collector:
         gc.freeze()
 
     def growth(self) -> int:
-        """Objects frozen since the last deep pass and not freed since by their reference counts (exact: walks
-        every frozen object)."""
-        self.estimate = gc.get_freeze_count() - self.deep_base
+        """Objects frozen since the last deep pass and not freed since by their reference counts (walks every
+        frozen object; exact, except that the first count after the start takes the bound for what was frozen
+        since the start, so the first deep pass may come a little early, never late)."""
+        frozen = gc.get_freeze_count()
+        if self.deep_base is None:  # the first count since the start: the bound stands for the growth so far
+            self.deep_base = frozen - self.estimate
+        self.estimate = frozen - self.deep_base
         return self.estimate
 
     def _grown_past(self, limit: int) -> bool:

@@ -126,3 +126,27 @@ def test_the_half_second_check_does_not_walk_the_frozen_heap(collector: Collecto
     gc.collect()
     assert collector.overdue() and counted == [1]
     del kept
+
+
+def test_starting_does_not_walk_the_frozen_heap_and_growth_is_never_undercounted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start is on the way to the worklist (~20 ms to count start-up's objects): the first count comes
+    with the first growth check, taking the bound for what was frozen since, so a deep pass is never late."""
+    counted: list[int] = []
+    real = gc.get_freeze_count
+
+    def get_freeze_count() -> int:
+        counted.append(1)
+        return real()
+
+    monkeypatch.setattr(gc, "get_freeze_count", get_freeze_count)
+    fresh = Collector()
+    fresh.start()
+    try:
+        assert counted == []
+        kept = [Node() for _ in range(3_000)]
+        gc.collect()  # freezes them
+        assert fresh.growth() >= 3_000 and counted == [1]
+        del kept
+    finally:
+        fresh.stop()
