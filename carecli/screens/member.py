@@ -257,6 +257,8 @@ Keys your role cannot use are not shown.
         if self.drop_when_mounted:
             self.remove()  # a spare the app dropped while it was composing (CareApp.drop_spare_member)
             return
+        if not self.query("#calls-table"):
+            return  # torn down while composing (a spare screen when the app ends): none of its widgets came
         self.title = "Member"
         # Fixed widths where the content has a fixed shape: a table refilled while covered by a form
         # otherwise keeps header-wide columns until its next idle (Textualize/textual#4470).

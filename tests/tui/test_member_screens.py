@@ -980,3 +980,19 @@ async def test_keys_typed_at_once_keep_their_order(tui) -> None:
         await wait_for(pilot, lambda: box.has_focus, what="the search box")
         typed_at_once(("a", "a"), ("x", "x"), ("backspace", "\x7f"), ("down", None))
         await wait_for(pilot, lambda: box.value == "a" and not box.has_focus, what=f"a, then down ({box.value!r})")
+
+
+async def test_an_app_that_ends_while_the_spare_is_still_composing_ends_cleanly(tui, monkeypatch) -> None:
+    """The spare screen, made just before the app ends (a test's end, ctrl+q), is torn down mid-compose: its
+    on_mount found none of its widgets and the app ended with NoMatches (CI, under load)."""
+    desk = tui.sign_in("specialist")
+    monkeypatch.setattr(app_module, "SPARE_IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(app_module, "SPARE_AFTER_SIGN_IN_SECONDS", 3600.0)
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        await pilot.pause(0.1)
+        app.last_input = app.clock() - 10
+        app.prepare_spare_member()
+        assert app._spare_member is not None and not app._spare_member[0].is_mounted
+    assert app.return_code in (0, None)
