@@ -43,7 +43,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_pairs import bench_engine, drop_pair, fresh_pair, libpq_url  # noqa: E402
-from benchmarks.table import print_table  # noqa: E402
+from benchmarks.table import machine_speed, print_table  # noqa: E402
 from carecli.config import load_settings  # noqa: E402
 from carecli.data import deferred_indexes  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument("--prefix", default="carecli_bench_import",
                         help="name prefix of the throwaway databases (another run on the same server: another prefix)")
     args = parser.parse_args()
+    machine = machine_speed()  # before the run loads the machine
     master = encode_key(generate_master_key())
     prefix = args.prefix
     rows: list[tuple[str, str]] = []
@@ -291,6 +292,7 @@ def main() -> None:
     import_rate = n / seconds
     copy_rate = n / copy_seconds
     rows = [
+        ("machine (before the run)", machine),
         ("members in the file", f"{n:,}"),
         ("rows written per member",
          f"{sum(counts.values()) / n:.1f} ({', '.join(f'{t} {c:,}' for t, c in counts.items())})"),

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import vt  # noqa: E402
 from benchmarks.bench_pairs import bench_engine, drop_pair, fresh_pair  # noqa: E402
-from benchmarks.table import print_table  # noqa: E402
+from benchmarks.table import machine_speed, print_table  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.crypto.master import encode_key, generate_master_key  # noqa: E402
 from carecli.data.permissions import ALL_PERMISSIONS  # noqa: E402
@@ -532,6 +532,7 @@ def main() -> None:
     parser.add_argument("--host-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for serve-ssh (repeat it: --host-arg=--app-pool-size --host-arg=1)")
     args = parser.parse_args()
+    machine = machine_speed()  # before the run loads the machine
     global EMULATOR
     EMULATOR = args.emulator
     with tempfile.TemporaryDirectory(prefix="carecli-ssh-bench-") as tmp:
@@ -552,6 +553,7 @@ def main() -> None:
     how = "forked from the zygote" if args.prefork else "exec'd (--no-prefork)"
     print(f"\nSSH host, {args.sessions} sessions ({how}), {os.cpu_count()} cores, {args.members:,} members, "
           f"clients' screens: {args.emulator}" + (f", serve-ssh {' '.join(args.host_arg)}" if args.host_arg else ""))
+    print(f"machine before the run: {machine}")
     print_table(rows, value_width=24)
 
 

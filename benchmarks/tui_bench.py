@@ -80,6 +80,7 @@ from textual.screen import Screen  # noqa: E402
 from textual.widgets import Input  # noqa: E402
 
 from benchmarks.bench_pairs import libpq_url, prepare_pair  # noqa: E402
+from benchmarks.table import machine_speed  # noqa: E402
 from carecli.config import Settings, load_settings  # noqa: E402
 from carecli.data.actor import Actor  # noqa: E402
 from carecli.data.databases import Databases, open_databases  # noqa: E402
@@ -638,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", metavar="PATH",
                         help="record the first tmux launch with py-spy (raw stacks, 1 kHz, every thread) into PATH")
     args = parser.parse_args(argv)
+    machine = machine_speed()  # before the run loads the machine
     global PROFILER
     if args.profile:
         PROFILER = (args.profile, cProfile.Profile())
@@ -683,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(state, ignore_errors=True)
 
     sizes = ", ".join(f"{tab} {count}" for tab, count in results.worklist_sizes.items())
-    header = (f"PostgreSQL {version}, {live:,} live members; Textual app headless at {SIZE[0]}x{SIZE[1]}, "
+    header = (f"machine before the run: {machine}\n"
+              f"PostgreSQL {version}, {live:,} live members; Textual app headless at {SIZE[0]}x{SIZE[1]}, "
               f"latency = key to first painted frame showing the result\n"
               f"specialist's worklist rows: {sizes}; queries typed: {', '.join(repr(q) for q in QUERIES)} "
               f"(after a warm-up pass); {len(results.pages)} pages by name; {len(results.opens)} members opened")
