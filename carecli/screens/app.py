@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from textual import events, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, ScreenStackError
+from textual.await_complete import AwaitComplete
 from textual.binding import Binding
 from textual.containers import Center, Middle
 from textual.message import Message
@@ -417,6 +418,25 @@ class CareApp(App[None]):
         for screen in self.screen_stack:
             if isinstance(screen, PhiHolder):
                 screen.post_message(DataChanged(changes))
+
+    def pop_screen(self) -> AwaitComplete:
+        """Pop the top screen; the screens it uncovers behind the new top (a dialog's background) catch up.
+
+        Textual resumes only the new top screen, while the one under it is shown too (and counts as current
+        for live updates from then on): a member's file under a call, marked stale while a form covered both,
+        stayed as it was until the call was closed."""
+        done = super().pop_screen()
+        self.call_later(self._catch_up_behind)
+        return done
+
+    def _catch_up_behind(self) -> None:
+        try:
+            shown = self._background_screens
+        except ScreenStackError:
+            return
+        for screen in shown:
+            if isinstance(screen, PhiHolder):
+                screen.catch_up()
 
     def on_unmount(self) -> None:
         self.stop_live_updates()

@@ -163,6 +163,9 @@ class PhiHolder:
     def on_action_failed(self, message: ActionFailed) -> None:
         self.care.show_problem(message.action, message.problem)
 
+    def catch_up(self) -> None:
+        """Shown again (on top, or behind a dialog): read again what changed while covered. Override."""
+
     def fail(self, action: str, exc: BaseException) -> None:
         """From a worker thread: report a failed desk call to this screen."""
         message = ActionFailed(action, describe(exc))

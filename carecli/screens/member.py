@@ -319,6 +319,9 @@ Keys your role cannot use are not shown.
             self._stale_by_others = self._stale_by_others or not own_save
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
+        self.catch_up()
+
+    def catch_up(self) -> None:
         if self._stale and not self.care.locked:
             self.load(own_save=not self._stale_by_others)
 

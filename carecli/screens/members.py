@@ -476,6 +476,9 @@ for large ones. **Enter** opens the member (an audited read of their record).
         self.search(reset=False, page_number=self.page_number)
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
+        self.catch_up()
+
+    def catch_up(self) -> None:
         if self._stale and not self.care.locked:
             self.refresh_page()
 

@@ -84,6 +84,9 @@ class RecordScreen(CareScreen):
         self.care.show_problem(f"read the {self.RECORD}", message.problem)
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
+        self.catch_up()
+
+    def catch_up(self) -> None:
         if self._stale and not self.care.locked:
             self.load()
 

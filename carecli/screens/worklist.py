@@ -231,6 +231,9 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
         return False
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
+        self.catch_up()
+
+    def catch_up(self) -> None:
         if self._stale and not self.care.locked:
             self.load()
 

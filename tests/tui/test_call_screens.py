@@ -578,3 +578,33 @@ async def test_enter_on_an_urgent_flag_in_the_worklist_opens_the_flag_and_a_flag
         await pilot.press("ctrl+s")
         await loaded(pilot, screen, lambda view: len(view.flags) == 2, "the new flag")
         assert sorted(row[1] for row in table_rows(screen, "call-flags")) == ["critical", "low"]
+
+
+async def test_a_member_file_changed_under_a_form_catches_up_when_the_form_closes_over_the_call(tui) -> None:
+    """Member file → call → a form over both: a change to the member made elsewhere meanwhile leaves the file
+    stale (covered). Closing the form shows the file again behind the call; Textual resumes only the call, and
+    the file used to stay as it was until the call was closed too."""
+    known = make_member(tui)
+    desk = tui.sign_in("specialist")
+    call = desk.schedule_call(known.id, now_utc() + timedelta(days=1))
+    elsewhere = tui.sign_in("specialist")  # another session of the same specialist
+    app = app_for(tui, desk)
+    async with app.run_test(size=SIZE) as pilot:
+        member_screen = await open_member(pilot, known.id)
+        await wait_for(pilot, lambda: app.live_listening, what="the live-update listener")
+        member_screen.query_one("#calls-table", DataTable).focus()
+        await pilot.press("enter")
+        call_screen = await wait_for(pilot, lambda: isinstance(app.screen, CallScreen) and app.screen.view is not None
+                                     and app.screen, what="the call screen")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NoAnswerForm), what="the form")
+        handed = app.live_handed
+        other = elsewhere.schedule_call(known.id, now_utc() + timedelta(days=3))
+        await wait_for(pilot, lambda: app.live_handed > handed and app.live_idle, what="the notice handed out")
+        assert member_screen._stale  # covered by the form: not read yet
+        await pilot.press("escape")  # nothing typed: the form closes at once
+        await wait_for(pilot, lambda: app.screen is call_screen, what="the call screen again")
+        await wait_for(pilot, lambda: member_screen.file is not None
+                       and {c.id for c in member_screen.file.calls} == {call.id, other.id},
+                       what="the member's file behind the call to read the new call")
+        assert app.screen is call_screen
