@@ -36,6 +36,19 @@ def cycle() -> tuple[weakref.ref[Node], list[Node]]:
     return weakref.ref(first), [first]
 
 
+def count_freeze_counts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gets an item each time gc.get_freeze_count walks the frozen heap."""
+    counted: list[int] = []
+    real = gc.get_freeze_count
+
+    def get_freeze_count() -> int:
+        counted.append(1)
+        return real()
+
+    monkeypatch.setattr(gc, "get_freeze_count", get_freeze_count)
+    return counted
+
+
 def is_frozen(obj: object) -> bool:
     return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())
 
@@ -109,14 +122,7 @@ def test_the_half_second_check_does_not_walk_the_frozen_heap(collector: Collecto
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Counting frozen objects walks them all (~20 ms for 450,000): the check made every half second uses the
     running bound and counts only once the bound passes the limit."""
-    counted: list[int] = []
-    real = gc.get_freeze_count
-
-    def get_freeze_count() -> int:
-        counted.append(1)
-        return real()
-
-    monkeypatch.setattr(gc, "get_freeze_count", get_freeze_count)
+    counted = count_freeze_counts(monkeypatch)
     for _ in range(20):
         assert not collector.overdue()
         collector.pause_pass()
@@ -132,14 +138,7 @@ def test_starting_does_not_walk_the_frozen_heap_and_growth_is_never_undercounted
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The start is on the way to the worklist (~20 ms to count start-up's objects): the first count comes
     with the first growth check, taking the bound for what was frozen since, so a deep pass is never late."""
-    counted: list[int] = []
-    real = gc.get_freeze_count
-
-    def get_freeze_count() -> int:
-        counted.append(1)
-        return real()
-
-    monkeypatch.setattr(gc, "get_freeze_count", get_freeze_count)
+    counted = count_freeze_counts(monkeypatch)
     fresh = Collector()
     fresh.start()
     try:

@@ -145,15 +145,22 @@ async def test_the_worklist_follows_a_call_scheduled_for_me_elsewhere_and_keeps_
         assert worklist.items["today"][table.cursor_row] == selected  # the cursor stayed on its row
 
 
+async def listening_browser(pilot: Any) -> MemberBrowserScreen:
+    """From the worklist, F3: the member browser with its first page, the app listening for changes."""
+    app = pilot.app
+    await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen))
+    await pilot.press("f3")
+    browser = await wait_for(pilot, lambda: isinstance(app.screen, MemberBrowserScreen) and app.screen)
+    await wait_for(pilot, lambda: browser.settled and browser.rows, what="the first page")
+    await listening(pilot)
+    return browser
+
+
 async def test_the_member_browser_reloads_its_page_and_keeps_the_cursor_and_the_search_text(tui) -> None:
     admin = tui.sign_in("admin")
     app_b = tui.app(tui.sign_in("specialist"))
     async with app_b.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app_b.screen, WorklistScreen))
-        await pilot.press("f3")
-        browser = await wait_for(pilot, lambda: isinstance(app_b.screen, MemberBrowserScreen) and app_b.screen)
-        await wait_for(pilot, lambda: browser.settled and browser.rows, what="the first page")
-        await listening(pilot)
+        browser = await listening_browser(pilot)
         table = browser.query_one(ResultsTable)
         table.move_cursor(row=3)
         cursor_member = browser.rows[3]
@@ -223,11 +230,7 @@ async def test_a_live_reload_counts_again_only_when_the_number_of_matches_can_ha
     admin = tui.sign_in("admin")
     app_b = tui.app(tui.sign_in("specialist"))
     async with app_b.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app_b.screen, WorklistScreen))
-        await pilot.press("f3")
-        browser = await wait_for(pilot, lambda: isinstance(app_b.screen, MemberBrowserScreen) and app_b.screen)
-        await wait_for(pilot, lambda: browser.settled and browser.rows, what="the first page")
-        await listening(pilot)
+        browser = await listening_browser(pilot)
         desk = browser.desk
         counted: list[Any] = []
         count_members = desk.count_members
@@ -236,7 +239,7 @@ async def test_a_live_reload_counts_again_only_when_the_number_of_matches_can_ha
             counted.append(query)
             return count_members(query)
 
-        desk.count_members = counting
+        desk.count_members = counting  # type: ignore[method-assign]
         status = browser.query_one("#member-status-line", Static)
         before = str(status.render())
         assert browser.count is not None
