@@ -42,7 +42,8 @@ class Importer:
 
     def run(self, kind: str, data: str | bytes, *, fmt: str = "csv", actor: Actor | None = None,
             mapping: Mapping[str, str | None] | None = None, encoding: str = "utf-8", dry_run: bool = False,
-            all_or_nothing: bool = False, batch_rows: int = 100, threaded: bool = True, workers: int = 0) -> Outcome:
+            all_or_nothing: bool = False, batch_rows: int = 100, threaded: bool = True, workers: int = 0,
+            digests: bool = True) -> Outcome:
         importer = kind_for(kind)
         raw = data.encode("utf-8") if isinstance(data, str) else data
         records = read_records(io.BytesIO(raw), fmt, Columns(importer.columns, mapping or {}), encoding=encoding,
@@ -51,7 +52,7 @@ class Importer:
         summary = run_import(importer, records, engine=self.platform.engine, actor=actor or self.platform.admin,
                              cipher=self.platform.cipher, blind_index=lambda: self.blind_index(not dry_run),
                              on_problem=problems.append, dry_run=dry_run, all_or_nothing=all_or_nothing,
-                             batch_rows=batch_rows, threaded=threaded, workers=workers)
+                             batch_rows=batch_rows, threaded=threaded, workers=workers, digests=digests)
         return Outcome(summary, problems)
 
 

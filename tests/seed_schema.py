@@ -22,7 +22,8 @@ PLATFORM_TABLES = (
 )
 # Tables of ours that the seed leaves room for (documented in the README).
 OWN_TABLES = {"identity": {"pending_platform_changes"},
-              "platform": {"data_keys", "member_name_prefixes", "audit_seal_keys", "audit_seals", "deferred_indexes"}}
+              "platform": {"data_keys", "member_name_prefixes", "audit_seal_keys", "audit_seals", "deferred_indexes",
+                           "import_digests"}}
 CROSS_DATABASE_FK = ("specialists", "f", "FOREIGN KEY (user_id) REFERENCES users(id)")
 
 

@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -162,11 +162,16 @@ def shared_platform(pg_server: Any, template_pair: Any) -> Iterator[Platform]:
 def imp(shared_platform: Platform) -> Iterator[Importer]:
     """An importer on the module's database, emptied again after the test."""
     yield Importer(shared_platform, BLIND_MASTER)
-    with shared_platform.engine.begin() as connection:
+    empty(shared_platform)
+
+
+def empty(platform: Platform) -> None:
+    """Every row the import tests write, gone (the data keys stay)."""
+    with platform.engine.begin() as connection:
         # audit_logs is append-only by trigger; the test server's superuser may switch triggers off.
         for statement in ("SET LOCAL session_replication_role = replica", "DELETE FROM members",
                           "DELETE FROM member_name_prefixes",  # its triggers are off too
-                          "DELETE FROM insurance_plans", "DELETE FROM metadata",
+                          "DELETE FROM insurance_plans", "DELETE FROM metadata", "DELETE FROM import_digests",
                           "DELETE FROM audit_logs WHERE entity_type <> 'data_key'"):
             connection.execute(text(statement))
 
@@ -1388,7 +1393,7 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
     rows = [person(n) for n in range(6000)]
     engine = imp.platform.engine
     scans = {(node, table) for node in ("Seq Scan", "Parallel Seq Scan")
-             for table in ("members", "metadata", "carecli_import_seen")}
+             for table in ("members", "metadata", "carecli_import_seen", "import_digests")}
 
     def large_tables(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         with dbapi_connection.cursor() as cursor:
@@ -1421,7 +1426,17 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
             cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
             explained.append((statement, set(_plan_nodes(cursor.fetchone()[0]))))
 
+    original_sift = loader_module._Sift.__call__
+
+    def sift(self: Any, chunk: list[Any]) -> Any:
+        planning[0] = True
+        try:
+            return original_sift(self, chunk)
+        finally:
+            planning[0] = False
+
     monkeypatch.setattr(MembersKind, "plan", plan)
+    monkeypatch.setattr(loader_module._Sift, "__call__", sift)
     monkeypatch.setattr(loader_module, "ANALYZE_MIN_RECORDS", 1000)  # statistics as the tables double
     engine.dispose()  # every connection from now on is checked out with the settings
     event.listen(engine, "checkout", large_tables)
@@ -1441,8 +1456,17 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
             assert analyzed == ["ANALYZE metadata"] * 3, analyzed
             with engine.begin() as connection:
                 connection.execute(text("ANALYZE members, metadata"))
-            assert_loaded(imp.run("members", members_csv(*rows), batch_rows=500), unchanged=6000)
+            # A re-run that matches every row (no digests recorded), then one that knows them by digest.
+            with engine.begin() as connection:
+                connection.execute(text("TRUNCATE import_digests"))
+            assert_loaded(imp.run("members", members_csv(*rows), batch_rows=500, digests=False), unchanged=6000)
             assert len(explained) - first >= 12 * 3
+            assert_loaded(imp.run("members", members_csv(*rows), batch_rows=500), unchanged=6000)
+            with engine.begin() as connection:
+                connection.execute(text("ANALYZE import_digests"))
+            known = imp.run("members", members_csv(*rows), batch_rows=500)
+            assert_loaded(known, unchanged=6000)
+            assert known.summary.known_unchanged == 6000
         finally:
             event.remove(engine, "before_cursor_execute", explain)
         for statement, found in explained:
@@ -1451,8 +1475,15 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
         ids = [row[0] for row in imp.platform.sql("SELECT id FROM members ORDER BY random() LIMIT 500")]
         with engine.connect() as connection:
             raw = connection.connection.driver_connection
+            assert raw is not None
             # Outside the import's session too (its planner turns sequential scans off).
             assert not nodes(raw, members_kind._EXISTING, [ids]) & scans
+            digests = [row[0] for row in imp.platform.sql("SELECT digest FROM import_digests LIMIT 500")]
+            # Recording a batch's digests, on the writer's connection (which leaves sequential scans on).
+            assert not nodes(raw, members_kind.RECORD_DIGESTS, [ids, digests]) & scans
+            raw.execute("SET enable_seqscan = off")  # as the import's planner, where it runs
+            assert not nodes(raw, members_kind._KNOWN_UNCHANGED, [digests]) & scans
+            raw.execute("RESET enable_seqscan")
             assert not nodes(raw, str(_METADATA_OF.compile(dialect=engine.dialect)).replace(
                 "%(entity_type)s", "'member'").replace("%(key)s", "'external_member_number'").replace(
                 "%(entity_ids)s", "%s"), [ids]) & scans
@@ -1685,3 +1716,182 @@ def test_the_member_audit_and_metadata_texts_are_what_the_json_encoder_writes(va
     if value is not None:
         assert members_module._json_string(value) == members_module._json(value)
         assert copytext.field(value) == value.translate(copytext.ESCAPES)
+
+
+# -- re-runs that know rows by the digest of their source record ----------------------------------
+
+
+def _digest_rows(platform: Platform) -> list[Any]:
+    return platform.sql("SELECT entity_id, digest, state, xmin::text FROM import_digests ORDER BY entity_id")
+
+
+def test_a_rerun_knows_its_unchanged_rows_by_digest_and_neither_parses_nor_writes_them(
+        imp: Importer, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = members_csv(*[person(n) for n in range(12)])
+    first = imp.run("members", data, batch_rows=5)
+    assert_loaded(first, created=12)
+    assert first.summary.known_unchanged == 0
+    digests = _digest_rows(imp.platform)
+    assert len(digests) == 12
+    before = (counts(imp.platform), imp.platform.sql("SELECT id, xmin::text FROM members ORDER BY id"),
+              imp.platform.sql("SELECT id, xmin::text FROM metadata ORDER BY id"))
+    parsed: list[int] = []
+    original = MembersKind.parse
+    def parse(self: MembersKind, record: Any) -> Any:
+        parsed.append(record.row)
+        return original(self, record)
+
+    monkeypatch.setattr(MembersKind, "parse", parse)
+    for threaded in (True, False):
+        again = imp.run("members", data, batch_rows=5, threaded=threaded)
+        assert_loaded(again, unchanged=12)
+        assert again.summary.known_unchanged == 12
+    assert parsed == []
+    # Not a row written: members, metadata, audit rows and the digests themselves are as they were.
+    assert (counts(imp.platform), imp.platform.sql("SELECT id, xmin::text FROM members ORDER BY id"),
+            imp.platform.sql("SELECT id, xmin::text FROM metadata ORDER BY id")) == before
+    assert _digest_rows(imp.platform) == digests
+    # A dry run knows them too; a file in another column order, or renamed by a mapping, is the same record.
+    assert imp.run("members", data, dry_run=True).summary.known_unchanged == 12
+    reordered = members_csv(*[person(n) for n in range(12)], header=tuple(reversed(MEMBER_HEADER)))
+    assert imp.run("members", reordered).summary.known_unchanged == 12
+    renamed = reordered.replace("first_name", "Given Name", 1)
+    assert imp.run("members", renamed, mapping={"Given Name": "first_name"}).summary.known_unchanged == 12
+    # Another spelling of the same values is another record: matched the full way, unchanged, recorded.
+    spelled = members_csv(*[person(n, ssn=ssn_for(n).replace("-", "")) for n in range(12)])
+    assert_loaded(outcome := imp.run("members", spelled), unchanged=12)
+    assert outcome.summary.known_unchanged == 0
+    assert parsed == list(range(1, 13))
+    assert imp.run("members", spelled).summary.known_unchanged == 12
+
+
+def test_a_member_changed_since_by_any_path_is_matched_the_full_way(imp: Importer) -> None:
+    """Any write of a member's row or of its number or blind-index row since the digest was recorded (by
+    carecli or by hand, even one that changes nothing) sends the row the full way, which then records it again."""
+    data = members_csv(*[person(n) for n in range(7)])
+    assert_loaded(imp.run("members", data), created=7)
+    ids = member_ids_by_number(imp.platform)
+    phone = member(imp.platform, ids["EXT-000001"]).phone
+    with imp.platform.engine.begin() as connection:
+        connection.execute(text("UPDATE members SET phone = '(503) 555-0000' WHERE id = :id"),
+                           {"id": ids["EXT-000001"]})
+        connection.execute(text("UPDATE members SET first_name = first_name WHERE id = :id"), {"id": ids["EXT-000002"]})
+        connection.execute(text("UPDATE metadata SET metadata_value = '\"EXT-X\"' WHERE entity_id = :id "
+                                "AND metadata_key = 'external_member_number'"), {"id": ids["EXT-000003"]})
+        connection.execute(text("UPDATE metadata SET updated_at = updated_at WHERE entity_id = :id "
+                                "AND metadata_key = 'ssn_blind_index'"), {"id": ids["EXT-000004"]})
+        connection.execute(text("UPDATE members SET deleted_at = now() WHERE id = :id"), {"id": ids["EXT-000005"]})
+    again = imp.run("members", data)
+    assert_loaded(again, updated=2, unchanged=4, rejected=1)
+    assert again.rules() == [(6, "external_member_number", "deleted")]
+    assert again.summary.known_unchanged == 2  # rows 1 and 7
+    assert member(imp.platform, ids["EXT-000001"]).phone == phone  # the file's again
+    third = imp.run("members", data)
+    assert_loaded(third, unchanged=6, rejected=1)
+    assert third.summary.known_unchanged == 6
+
+
+def test_an_in_file_duplicate_of_a_known_row_is_refused_as_the_full_way_refuses_it(imp: Importer) -> None:
+    rows = [person(n) for n in range(4)]
+    assert_loaded(imp.run("members", members_csv(*rows)), created=4)
+    # Row 2 changes member 2 before the known copy of member 2's row (4); row 6 repeats row 1 exactly.
+    data = members_csv(rows[0], person(2, phone="(415) 555-9999"), rows[1], rows[2], rows[3], rows[0])
+    expected = imp.run("members", data, dry_run=True, digests=False)
+    outcome = imp.run("members", data)
+    assert outcome.rules() == expected.rules() == [(4, "external_member_number", "duplicate_in_file"),
+                                                   (6, "external_member_number", "duplicate_in_file")]
+    assert [p.message for p in outcome.problems] == [p.message for p in expected.problems]
+    assert_loaded(outcome, updated=1, unchanged=3, rejected=2)
+    assert outcome.summary.known_unchanged == 5  # all but row 2; rows 4 and 6 are then refused as duplicates
+
+
+def test_the_retention_purge_takes_a_members_digest_with_them(imp: Importer) -> None:
+    from carecli.data import retention
+
+    assert_loaded(imp.run("members", members_csv(*[person(n) for n in range(3)])), created=3)
+    ids = member_ids_by_number(imp.platform)
+    with imp.platform.engine.begin() as connection:
+        connection.execute(text("UPDATE members SET deleted_at = now() - interval '10 years' WHERE id = :id"),
+                           {"id": ids["EXT-000001"]})
+    spec = next(table for table in retention.PLATFORM_TABLES if table.name == "members")
+    with imp.platform.engine.begin() as connection:
+        done = retention.purge_platform_batch(connection, spec, imp.platform.admin,
+                                              datetime.utcnow() - timedelta(days=365), 100)
+    assert done.rows == 1
+    assert {row.entity_id for row in _digest_rows(imp.platform)} == {ids["EXT-000000"], ids["EXT-000002"]}
+
+
+_EDITS = ("phone", "noop", "delete", "number")
+
+
+@st.composite
+def _steps(draw: Any) -> list[tuple[list[tuple[str, int]], list[tuple[int, int]], bool]]:
+    """Steps of (edits made outside the import, the file's rows as (person, variant), whether email is a column)."""
+    steps = []
+    for _ in range(draw(st.integers(1, 3))):
+        edits = draw(st.lists(st.tuples(st.sampled_from(_EDITS), st.integers(0, 5)), max_size=2))
+        rows = draw(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 3)), min_size=1, max_size=9))
+        steps.append((edits, rows, draw(st.booleans())))
+    return steps
+
+
+def _variant(n: int, variant: int) -> dict[str, Any]:
+    return [person(n), person(n, phone="(971) 555-0101"), person(n, first_name="Renamed"),
+            person(n, external_member_number=None)][variant]
+
+
+def _comparable(imp: Importer) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, int]]]:
+    """The members as values (PHI decrypted, ids left out) and the audit rows counted by kind and action."""
+    cipher = imp.platform.cipher()
+    numbers = {entity_id: value for value, entity_id in member_ids_by_number(imp.platform).items()}
+    members = sorted(
+        (repr(cipher.decrypt_ssn(bytes(row.encrypted_ssn), row.id)) if row.encrypted_ssn else None,
+         repr(cipher.decrypt_dob(bytes(row.encrypted_dob), row.id)) if row.encrypted_dob else None,
+         row.first_name, row.last_name, row.email, row.phone, row.status, row.deleted_at is None, numbers.get(row.id))
+        for row in imp.platform.sql("SELECT * FROM members"))
+    audits = [tuple(row) for row in imp.platform.sql(
+        "SELECT entity_type, action, count(*) FROM audit_logs WHERE entity_type <> 'data_key' "
+        "GROUP BY 1, 2 ORDER BY 1, 2")]
+    return members, audits
+
+
+def _edit(imp: Importer, what: str, n: int) -> None:
+    member_id = member_ids_by_number(imp.platform).get(f"EXT-{n:06d}")
+    if member_id is None:
+        return
+    statement = {
+        "phone": "UPDATE members SET phone = '(458) 555-0199' WHERE id = :id",
+        "noop": "UPDATE members SET first_name = first_name WHERE id = :id",
+        "delete": "UPDATE members SET deleted_at = now() WHERE id = :id",
+        "number": "UPDATE metadata SET metadata_value = to_jsonb(CAST('EXT-Z' || (metadata_value #>> '{}') AS text)) "
+                  "WHERE entity_id = :id AND metadata_key = 'external_member_number'",
+    }[what]
+    with imp.platform.engine.begin() as connection:
+        connection.execute(text(statement), {"id": member_id})
+
+
+@given(steps=_steps())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_knowing_rows_by_digest_loads_exactly_what_matching_every_row_loads(
+        imp: Importer, steps: list[tuple[list[tuple[str, int]], list[tuple[int, int]], bool]]) -> None:
+    """The same files and outside edits, once with digests and once matching every row: the same counts,
+    the same refusals, the same members and audit rows, step by step."""
+    seen = []
+    for digests in (True, False):
+        empty(imp.platform)
+        outcomes = []
+        for edits, rows, with_email in steps:
+            for what, n in edits:
+                _edit(imp, what, n)
+            header = MEMBER_HEADER if with_email else tuple(name for name in MEMBER_HEADER if name != "email")
+            for again in (False, True):  # the file, then the same file again
+                outcome = imp.run("members", members_csv(*[_variant(n, v) for n, v in rows], header=header),
+                                  batch_rows=4, digests=digests)
+                summary = outcome.summary
+                if again and digests:  # every row the first run loaded, the second knows
+                    assert (summary.created, summary.updated) == (0, 0)
+                    assert summary.known_unchanged >= summary.unchanged
+                outcomes.append((summary.created, summary.updated, summary.unchanged, summary.rejected,
+                                 [(p.row, p.field, p.rule, p.message) for p in outcome.problems]))
+        seen.append((outcomes, _comparable(imp)))
+    assert seen[0] == seen[1]

@@ -134,6 +134,8 @@ def _describe(summary: ImportSummary, source: str) -> str:
     if summary.indexes_deferred:
         built = summary.indexes_deferred - summary.indexes_pending
         line += f" ({built} of {summary.indexes_deferred} secondary indexes built after the data)"
+    if summary.known_unchanged:
+        line += f" ({summary.known_unchanged:,} known unchanged by the digest of their record)"
     return line
 
 
@@ -181,9 +183,12 @@ def _estimate_records(source: IO[bytes]) -> int | None:
               help="Drop the secondary indexes of members, metadata and audit_logs before the load and build them "
                    "after it, as pg_restore does: auto for a table the file adds at least as many rows to as it "
                    f"holds (and at least {deferred_indexes.MIN_ROWS:,}); always; never.")
+@click.option("--recheck", is_flag=True,
+              help="Match and compare every row, even rows a re-run knows unchanged by the digest of their source "
+                   "record (members); the digests are recorded again.")
 def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: tuple[str, ...],
                    mapping_file: str | None, errors_path: str | None, all_or_nothing: bool, dry_run: bool,
-                   as_json: bool, batch_rows: int, workers: int | None, defer_indexes: str) -> int:
+                   as_json: bool, batch_rows: int, workers: int | None, defer_indexes: str, recheck: bool) -> int:
     """Import KIND (members, plans, enrollments, specialists, calls, flags)
     from FILE (CSV with a header, or JSON Lines; - reads standard input).
 
@@ -240,7 +245,7 @@ def import_command(kind: str, file: str, fmt: str | None, encoding: str, pairs: 
                              all_or_nothing=all_or_nothing, batch_rows=batch_rows,
                              workers=default_workers() if workers is None else workers,
                              defer_indexes=defer_indexes, expected_records=_estimate_records(source),
-                             on_loaded=sealer.seal_soon if sealer is not None else None)
+                             on_loaded=sealer.seal_soon if sealer is not None else None, digests=not recheck)
     except ImportAborted as exc:
         progress.stop()
         report.close()

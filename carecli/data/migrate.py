@@ -27,7 +27,7 @@ TARGET_METADATA: dict[str, MetaData] = {"identity": IDENTITY_METADATA, "platform
 #: Each history's newest revision. Every start checks the databases against these; knowing them here costs
 #: no import of Alembic and no reading of the migration scripts (~100 ms a process). tests/test_migrations.py
 #: checks them against the scripts, so a new migration that forgets to move its head here fails there.
-HEADS = {"identity": "identity_0003", "platform": "platform_0014"}
+HEADS = {"identity": "identity_0003", "platform": "platform_0015"}
 # Arbitrary but fixed keys for pg_advisory_xact_lock, one per history.
 _LOCK_KEYS = {"identity": 7_263_110_001, "platform": 7_263_110_002}
 

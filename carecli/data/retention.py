@@ -96,6 +96,10 @@ IDENTITY_TABLES: tuple[PurgeTable, ...] = (
 )
 
 ALL_TABLES: tuple[PurgeTable, ...] = PLATFORM_TABLES + IDENTITY_TABLES
+#: entity types whose imports keep digests in ``import_digests``, purged with their rows
+DIGESTED = frozenset({"member"})
+#: platform tables the purge deletes from besides those of :data:`PLATFORM_TABLES`
+PLATFORM_EXTRA = ("import_digests",)
 
 
 def _actor_params(actor: Actor) -> dict[str, Any]:
@@ -137,8 +141,12 @@ def purge_platform_batch(connection: Connection, spec: PurgeTable, actor: Actor,
                        + _AUDIT_ACTOR.format(etype="'metadata'", id="id", values=_purge_values(
                            "'metadata'", "deleted_at", ", 'with', CAST(:etype AS text)"))
                        + f", {_NOW} FROM facts")
+    digests_cte = ""
+    if spec.entity_type in DIGESTED:  # the keyed digests of the rows' import records (carecli.data.bulk.digests)
+        digests_cte = (", digests AS (DELETE FROM import_digests x USING doomed d WHERE x.entity_type = :etype "
+                       "AND x.entity_id = d.id)")
     statement = text(
-        f"WITH doomed AS ({_candidates(spec, lock=True)}){facts_cte}, "
+        f"WITH doomed AS ({_candidates(spec, lock=True)}){facts_cte}{digests_cte}, "
         f"gone AS (DELETE FROM {spec.name} t USING doomed d WHERE t.id = d.id RETURNING t.id, t.deleted_at), "
         f"audited AS (INSERT INTO audit_logs ({_AUDIT_COLUMNS}) SELECT gen_random_uuid(), "
         + _AUDIT_ACTOR.format(etype="CAST(:etype AS varchar)", id="id",

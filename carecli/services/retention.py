@@ -202,7 +202,7 @@ def purge(databases: Databases, actor: Actor, settings: Settings, *, before: dat
         raise ConfigError("--batch-size must be a positive whole number")
     require_retention_admin(databases, actor, "purge deleted records")
     started = time.perf_counter()
-    platform_tables = [spec.name for spec in sql.PLATFORM_TABLES]
+    platform_tables = [spec.name for spec in sql.PLATFORM_TABLES] + list(sql.PLATFORM_EXTRA)
     identity_tables = [spec.name for spec in sql.IDENTITY_TABLES]
     with databases.platform.connect() as connection:
         _require_delete(connection, "platform", platform_tables)

@@ -57,6 +57,10 @@ class BlindIndex:
     def ssn(self, ssn: Ssn) -> str:
         return hmac.digest(self._key, b"ssn:" + ssn.reveal().encode("ascii"), hashlib.sha256).hex()
 
+    def derived_key(self, purpose: bytes) -> bytes:
+        """A key of its own for ``purpose`` (HMAC of it under this key): never the SSN hashes' key itself."""
+        return hmac.digest(self._key, b"derive:" + purpose, hashlib.sha256)
+
 
 def _stored_key(connection: Connection) -> tuple[uuid.UUID, dict] | None:
     row = connection.execute(select(METADATA.c.entity_id, METADATA.c.metadata_value).where(

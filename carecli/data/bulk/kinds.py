@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -98,6 +98,10 @@ class Staged:
         return copytext.formatters(self.columns)
 
 
+#: in a state of ``BatchPlan.new_digests``: the id of the transaction that writes the batch
+XID = "X"
+
+
 @dataclass
 class BatchPlan:
     """What one batch will write, and what it found."""
@@ -111,6 +115,13 @@ class BatchPlan:
     metadata_upserts: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     problems: list[RecordProblem] = field(default_factory=list)
+    #: (record id, source record digest) of the rows this batch loaded or found unchanged, recorded by
+    #: ``digest_sql`` once the batch is written (:mod:`carecli.data.bulk.digests`)
+    digests: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
+    digest_sql: str | None = None
+    #: the same for records this batch creates: (digest, state), the state with :data:`XID` for the
+    #: transaction id of the batch's transaction (the ``xmin`` of every row it inserts)
+    new_digests: dict[uuid.UUID, tuple[uuid.UUID, str]] = field(default_factory=dict)
     created: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -225,6 +236,8 @@ class BatchContext:
     cipher: Callable[[], FieldCipher]
     blind_index: Callable[[], BlindIndex | None]
     identity: Connection | None = None
+    #: file row -> the digest of its source record, for rows that take the full path (kinds with digests)
+    digests: dict[int, uuid.UUID] = field(default_factory=dict)
 
 
 def column_parser(table: Table, name: str) -> f.Parser:
@@ -343,6 +356,19 @@ class Kind:
 
     def plan(self, ctx: BatchContext, rows: list[Parsed]) -> BatchPlan:
         raise NotImplementedError
+
+    #: whether a re-run may know this kind's rows unchanged by their source record's digest
+    #: (:mod:`carecli.data.bulk.digests`): the kind then implements :meth:`known_unchanged`, plans the
+    #: rows it gets from it, and fills ``BatchPlan.digests``
+    keeps_digests: ClassVar[bool] = False
+
+    def known_unchanged(self, connection: Connection, digests: Collection[uuid.UUID]) -> dict[uuid.UUID, Any]:
+        """digest -> what :meth:`plan` needs of a row with that digest that is known unchanged (its ``prep``)."""
+        return {}
+
+    def unchanged_prep(self, found: Any, record: Record) -> Any:
+        """The ``prep`` of ``record``, known unchanged as ``found`` (from :meth:`known_unchanged`)."""
+        return found
 
     # Shared steps of planning.
 

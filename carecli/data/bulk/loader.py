@@ -59,7 +59,9 @@ from carecli.data import deferred_indexes, notify
 from carecli.data.actor import Actor
 from carecli.data.bulk import copytext
 from carecli.data.bulk.blind_index import BlindIndex
+from carecli.data.bulk.digests import RECORD_GIVEN, RowDigester
 from carecli.data.bulk.kinds import (
+    XID,
     BatchContext,
     BatchPlan,
     Kind,
@@ -92,6 +94,8 @@ class ImportSummary:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    #: of the unchanged rows, those known by the digest of their source record, never parsed
+    known_unchanged: int = 0
     rejected: int = 0
     dry_run: bool = False
     all_or_nothing: bool = False
@@ -158,11 +162,62 @@ def check_permission(kind: Kind, actor: Actor, audit_denial: Callable[[str], Non
                                f"'{kind.permission}' permission")
 
 
+class _Sift:
+    """Rows of a chunk known unchanged by the digests of their source records (:mod:`carecli.data.bulk.digests`).
+
+    Such a row becomes a :class:`Parsed` at once, with the kind's :meth:`~Kind.unchanged_prep`, and is never
+    parsed nor prepared; every other record's digest waits in ``digests`` (by file row) for the planner,
+    which records it with the row's outcome.
+    """
+
+    def __init__(self, kind: Kind, connection: Any, tools: PrepareTools, digests: dict[int, Any]) -> None:
+        self.kind = kind
+        self.connection = connection
+        self.tools = tools
+        self.digester: RowDigester | None = None
+        self.digests = digests
+        self.known = 0
+
+    def __call__(self, chunk: list[Record | RecordProblem]) -> list[Record | RecordProblem | Parsed]:
+        if self.digester is None:  # once the file proved readable: the key may be made now
+            blind = self.tools.blind_index()
+            if blind is None:
+                return list(chunk)
+            self.digester = RowDigester(blind, self.kind.name)
+        digest = self.digester.digest
+        mine: dict[int, Any] = {}
+        for item in chunk:
+            if isinstance(item, Record):
+                value = digest(item.values)
+                if value is not None:
+                    mine[item.row] = value
+        found = self.kind.known_unchanged(self.connection, set(mine.values()))
+        self.connection.commit()
+        if not found:
+            self.digests.update(mine)
+            return list(chunk)
+        sifted: list[Record | RecordProblem | Parsed] = []
+        for item in chunk:
+            value = mine.get(item.row) if isinstance(item, Record) else None
+            known = found.get(value) if value is not None else None
+            if known is None:
+                sifted.append(item)
+                if value is not None:
+                    self.digests[item.row] = value
+            else:
+                assert isinstance(item, Record)
+                sifted.append(Parsed(item.row, {}, self.kind.unchanged_prep(known, item)))
+                self.known += 1
+        return sifted
+
+
 def _batches(records: Iterable[Record | RecordProblem], size: int, on_problem: Callable[[RecordProblem], None],
-             counter: list[int], preparer: Preparer) -> Iterator[list[Parsed]]:
+             counter: list[int], preparer: Preparer,
+             sift: Callable[[list[Record | RecordProblem]], list[Any]] | None = None) -> Iterator[list[Parsed]]:
     """Batches of ``size`` prepared rows, in file order; refused rows go to ``on_problem`` in file order.
 
-    Records are read in chunks of ``size`` and handed to ``preparer`` a few chunks ahead. When the
+    Records are read in chunks of ``size`` and handed to ``preparer`` a few chunks ahead (after
+    ``sift``, which may turn records into rows that need no preparing). When the
     reader fails part-way (a broken file), the chunks before the failure are still planned and
     written in whole batches, the rows of the unfinished batch are not, and the failure is raised.
     """
@@ -182,15 +237,24 @@ def _batches(records: Iterable[Record | RecordProblem], size: int, on_problem: C
             except Exception as exc:  # noqa: BLE001 - raised once the chunks before it are written
                 state["failure"] = exc
             if chunk:
-                pending.append(preparer.submit(chunk))
+                if sift is None:
+                    pending.append((preparer.submit(chunk), None))
+                else:
+                    sifted = sift(chunk)
+                    rest = [item for item in sifted if not isinstance(item, Parsed)]
+                    pending.append((preparer.submit(rest), sifted if len(rest) < len(sifted) else None))
             if state["failure"] is not None or len(chunk) < size:
                 state["ended"] = True
 
     batch: list[Parsed] = []
     fill()
     while pending:
-        outcomes, failures = pending.popleft().result()
+        work, sifted = pending.popleft()
+        outcomes, failures = work.result()
         fill()
+        if sifted is not None:  # the rows known unchanged back among the prepared ones, in file order
+            prepared = iter(outcomes)
+            outcomes = [item if isinstance(item, Parsed) else next(prepared) for item in sifted]
         for name in failures:
             log.error("parsing a row of a %s import raised %s; the row was refused", preparer.kind.name, name)
         for outcome in outcomes:
@@ -239,6 +303,7 @@ class _Writer:
         self._pooled = engine.raw_connection()
         self.connection = driver_connection(self._pooled)
         self.connection.execute("SET statement_timeout = 0")
+        self.connection.execute("SET jit = off")  # (see run_import)
         self.connection.commit()
         self.single = single_transaction
         #: announced once per committed batch as "many rows of this kind" (never one notice per row)
@@ -303,6 +368,11 @@ class _Writer:
             else:
                 self.connection.rollback()
         finally:
+            with suppress(Exception):  # back to the pool without this import's settings
+                self.connection.rollback()
+                self.connection.execute("RESET statement_timeout")
+                self.connection.execute("RESET jit")
+                self.connection.commit()
             self._pooled.close()
 
     def abandon(self) -> None:
@@ -353,6 +423,17 @@ class _Writer:
                     "metadata_value = EXCLUDED.metadata_value, deleted_at = NULL, updated_at = now()",
                     [{**row, "metadata_value": Jsonb(row["metadata_value"])} for row in plan.metadata_upserts])
             _copy(cursor, "audit_logs", plan.audit)
+            # Digests, after the rows they describe are written: those of new records with the transaction's
+            # id, which is then every new row's xmin; the others as read back from the rows.
+            if plan.new_digests and self.entity_type is not None:
+                cursor.execute("SELECT pg_current_xact_id()::text")
+                (current,) = cursor.fetchone() or ("",)
+                xid = str(int(current) & 0xFFFFFFFF)  # xmin is the transaction id without its epoch
+                cursor.execute(RECORD_GIVEN, [self.entity_type, list(plan.new_digests),
+                                              [digest for digest, _ in plan.new_digests.values()],
+                                              [state.replace(XID, xid) for _, state in plan.new_digests.values()]])
+            if plan.digests and plan.digest_sql is not None:
+                cursor.execute(plan.digest_sql, [list(plan.digests), list(plan.digests.values())])
         if plan.inserts or plan.updates or plan.staged or plan.metadata_upserts or plan.copies:
             self._unannounced = True
         self._note_tables(plan)
@@ -595,7 +676,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                dry_run: bool = False, all_or_nothing: bool = False, batch_rows: int = BATCH_ROWS,
                threaded: bool = True, identity: Engine | None = None, workers: int = 0,
                defer_indexes: str = "auto", expected_records: int | None = None,
-               on_loaded: Callable[[], None] | None = None) -> ImportSummary:
+               on_loaded: Callable[[], None] | None = None, digests: bool = True) -> ImportSummary:
     """Import ``records`` as ``kind``; bad rows go to ``on_problem``; returns the counts.
 
     Raises :class:`ImportAborted`, with the summary of what is committed, when the run stops
@@ -609,7 +690,10 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     indexes of the tables the kind fills are dropped before the first batch and built after the last
     (:mod:`carecli.data.deferred_indexes`); they are built again however the run ends, short of a kill.
     ``on_loaded`` is called once every batch is committed, before those indexes are built and the
-    statistics refreshed (the CLI seals the audit rows meanwhile).
+    statistics refreshed (the CLI seals the audit rows meanwhile). With ``digests`` (kinds that keep them),
+    rows of a re-run whose source records were loaded before into rows nobody changed since are known
+    unchanged without being parsed (:mod:`carecli.data.bulk.digests`), and the rows loaded or found
+    unchanged record their digests.
     """
     started = time.perf_counter()
     summary = ImportSummary(kind.name, dry_run=dry_run, all_or_nothing=all_or_nothing)
@@ -640,16 +724,20 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         # blind-index key (300 ms a batch at 1M members, and growing). Off, PostgreSQL still scans where no
         # index serves (the first batch's backfill); the statistics themselves come from _Growth.
         planner.exec_driver_sql("SET enable_seqscan = off")
+        # Probes by key never gain from compiling: a lookup priced high on a table without statistics yet
+        # (a first re-run's digests) spent 180 ms a batch compiling for a 50 ms query.
+        planner.exec_driver_sql("SET jit = off")
         # One import of a kind at a time: two would each miss the other's uncommitted rows.
         planner.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"carecli-import-{kind.name}"})
         planner.commit()
         context = BatchContext(planner, actor, SeenKeys(planner), cipher, blind_index, identity_connection)
+        sift = _Sift(kind, planner, tools, context.digests) if digests and kind.keeps_digests else None
         growth = _Growth(planner)
         if not dry_run:
             writer = _Writer(engine, actor, single_transaction=all_or_nothing, threaded=threaded,
                              entity_type=kind.entity_type)
         prepared = dry_run
-        for batch in _batches(records, batch_rows, problem, counter, preparer):
+        for batch in _batches(records, batch_rows, problem, counter, preparer, sift):
             first = not prepared
             if not prepared:  # only once the file has proved readable: a bad header writes nothing
                 kind.before_first_batch(context)
@@ -657,6 +745,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                 prepared = True
             plan = kind.plan(context, batch)
             planner.commit()
+            for parsed in batch:
+                context.digests.pop(parsed.row, None)
             if first and not dry_run:  # before the first batch is written, knowing how much of it is new
                 deferral.start(planner, new_share=plan.created / len(batch) if batch else 0.0)
             for item in plan.problems:
@@ -670,6 +760,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
             if progress is not None:
                 progress(counter[0])
         summary.rows = counter[0]
+        summary.known_unchanged = sift.known if sift is not None else 0
         preparer.close()
         if writer is not None:
             commit = not (all_or_nothing and rejected["rows"])
@@ -717,6 +808,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
             planner.execute(text("SELECT pg_advisory_unlock_all()"))
             # The connection goes back to the pool: the planning settings must not follow it to its next use.
             planner.exec_driver_sql("RESET enable_seqscan")
+            planner.exec_driver_sql("RESET jit")
             planner.exec_driver_sql("RESET plan_cache_mode")
             planner.commit()
         except Exception as exc:  # noqa: BLE001 - closing the connection ends the lock too; the outcome stands

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from carecli.data.bulk import fields as f
 from carecli.data.bulk.blind_index import backfill
 from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
 from carecli.data.bulk.kinds import (
+    XID,
     BatchContext,
     BatchPlan,
     Kind,
@@ -39,7 +40,7 @@ from carecli.data.bulk.kinds import (
     driver_connection,
     metadata_owners,
 )
-from carecli.data.bulk.readers import RecordProblem
+from carecli.data.bulk.readers import Record, RecordProblem
 from carecli.data.crypto.phi import DateOfBirth, Ssn
 from carecli.data.ids import new_id, new_id_text
 from carecli.data.models.enums import MEMBER_STATUSES
@@ -225,6 +226,54 @@ def _existing_members(connection: Connection, ids: set[uuid.UUID]) -> tuple[
     return existing, numbers, blinds
 
 
+def _fact(alias: str, key: str, member: str) -> str:
+    """A member's live metadata row of ``key`` (its xmin), probed by the unique key."""
+    return (f"LEFT JOIN LATERAL (SELECT k.xmin FROM metadata k "
+            f"WHERE k.entity_type = 'member' AND k.entity_id = {member} AND k.metadata_key = '{key}' "
+            f"AND k.deleted_at IS NULL OFFSET 0) {alias} ON true")
+
+
+#: what a member's rows are now, as :mod:`carecli.data.bulk.digests` records it: the transaction ids of the
+#: member's row and of its number and blind-index metadata rows (any write gives a row a new one)
+_STATE = "m.xmin::text || '/' || coalesce(n.xmin::text, '-') || '/' || coalesce(b.xmin::text, '-')"
+#: (OFFSET 0 keeps each lateral subquery a probe per row: flattened into joins, the planner may hash tables)
+_DIGEST_ROWS = (f"{_fact('n', EXTERNAL_MEMBER_NUMBER, 'm.id')} {_fact('b', SSN_BLIND_INDEX, 'm.id')}")
+#: the live members whose recorded digest is one of these and whose rows are as they were then
+_KNOWN_UNCHANGED = (
+    "SELECT d.digest, m.id FROM unnest(%s::uuid[]) AS v(digest) "
+    # (by digest alone: a digest is of one kind's record, and the kind's rows are joined by id after)
+    "JOIN LATERAL (SELECT y.digest, y.entity_id, y.state FROM import_digests y WHERE y.digest = v.digest "
+    "OFFSET 0) d ON true "
+    "JOIN LATERAL (SELECT x.id, x.xmin FROM members x WHERE x.id = d.entity_id AND x.deleted_at IS NULL "
+    f"OFFSET 0) m ON true {_DIGEST_ROWS} WHERE d.state = {_STATE}")
+#: record the digests of a written batch (member ids, digests): inserted, or updated where they differ
+RECORD_DIGESTS = (
+    f"INSERT INTO import_digests (entity_type, entity_id, digest, state) SELECT 'member', m.id, v.digest, {_STATE} "
+    "FROM unnest(%s::uuid[], %s::uuid[]) AS v(entity_id, digest) "
+    "JOIN LATERAL (SELECT x.id, x.xmin FROM members x WHERE x.id = v.entity_id OFFSET 0) m ON true "
+    f"{_DIGEST_ROWS} "
+    "ON CONFLICT (entity_type, entity_id) DO UPDATE SET digest = EXCLUDED.digest, state = EXCLUDED.state "
+    "WHERE (import_digests.digest, import_digests.state) IS DISTINCT FROM (EXCLUDED.digest, EXCLUDED.state)")
+
+
+@dataclass(slots=True, repr=False)
+class KnownUnchanged:
+    """A row known unchanged by its source record's digest: the member it was loaded into.
+
+    It claims the member's key in the file (``member:<id>``), in file order, so an in-file duplicate of it,
+    before or after, is refused as the full way refuses it. Its number and SSN keys need no claim: any
+    other row with either is matched to this member (their unique indexes) and repeats the member key,
+    which is checked first, or is an identity conflict before it claims anything.
+    """
+
+    member_id: uuid.UUID
+    #: the file row's first identity column given (id, external_member_number, ssn), named in a refusal
+    named: str = "id"
+
+    def __repr__(self) -> str:
+        return f"KnownUnchanged(member_id={self.member_id})"
+
+
 class MembersKind(Kind):
     name = "members"
     table = Member.__table__
@@ -308,14 +357,32 @@ class MembersKind(Kind):
         if blind is not None:  # without a blind index (kinds' tests) there is nothing to backfill
             backfill(ctx.connection, ctx.cipher(), blind, ctx.actor)
 
+    keeps_digests = True
+
+    def known_unchanged(self, connection: Connection, digests: Collection[uuid.UUID]) -> dict[uuid.UUID, Any]:
+        if not digests:
+            return {}
+        with driver_connection(connection.connection).cursor() as cursor:
+            cursor.execute(_KNOWN_UNCHANGED, [list(digests)])
+            return dict(cursor.fetchall())
+
+    def unchanged_prep(self, found: Any, record: Record) -> Any:
+        values = record.values
+        # (a blank-looking value stands for nothing: the parsers strip, and the row then gave no value)
+        named = next((name for name in ("id", "external_member_number", "ssn")
+                      if (value := values.get(name)) is not None and (type(value) is not str or value.strip())),
+                     "id")
+        return KnownUnchanged(found, named)
+
     def plan(self, ctx: BatchContext, rows: list[Parsed]) -> BatchPlan:
-        plan = BatchPlan()
-        hashes: dict[int, str | None] = {parsed.row: parsed.prep.blind_hash for parsed in rows}
+        plan = BatchPlan(digest_sql=RECORD_DIGESTS)
+        full = [parsed for parsed in rows if not isinstance(parsed.prep, KnownUnchanged)]
+        hashes: dict[int, str | None] = {parsed.row: parsed.prep.blind_hash for parsed in full}
         connection = ctx.connection
         by_number = metadata_owners(connection, "member", EXTERNAL_MEMBER_NUMBER,
-                                    (p.values.get("external_member_number") for p in rows))
+                                    (p.values.get("external_member_number") for p in full))
         by_hash = metadata_owners(connection, "member", SSN_BLIND_INDEX, hashes.values())
-        given_ids = {p.values["id"] for p in rows if p.values.get("id") is not None}
+        given_ids = {p.values["id"] for p in full if p.values.get("id") is not None}
         existing, numbers, blinds = _existing_members(
             connection, given_ids | set(by_number.values()) | set(by_hash.values()))
 
@@ -324,6 +391,10 @@ class MembersKind(Kind):
         candidates: list[tuple[int, list[str]]] = []
         live: list[Parsed] = []
         for parsed in rows:
+            if isinstance(parsed.prep, KnownUnchanged):  # its key is claimed in file order like any row's
+                candidates.append((parsed.row, [f"member:{parsed.prep.member_id}"]))
+                live.append(parsed)
+                continue
             number = parsed.values.get("external_member_number")
             ssn_hash = hashes[parsed.row]
             matches = []
@@ -358,15 +429,19 @@ class MembersKind(Kind):
         duplicates = ctx.seen.claim(candidates)
 
         for parsed in live:
+            known = parsed.prep if isinstance(parsed.prep, KnownUnchanged) else None
             if parsed.row in duplicates:
                 key, earlier = duplicates[parsed.row]
                 what = {"member": "member", "number": "external_member_number", "ssn": "ssn"}[key.split(":", 1)[0]]
                 if what == "member":  # name a column the row has: the id, else the key it was matched on
-                    what = next(name for name in ("id", "external_member_number", "ssn")
-                                if parsed.values.get(name) is not None)
+                    what = known.named if known is not None else next(
+                        name for name in ("id", "external_member_number", "ssn") if parsed.values.get(name) is not None)
                 field = what
                 self.reject(plan, parsed, field, "duplicate_in_file",
                             f"the same {what} as row {earlier}; a member may appear once per file")
+                continue
+            if known is not None:
+                plan.unchanged += 1
                 continue
             target = targets[parsed.row]
             if target is None:
@@ -386,6 +461,18 @@ class MembersKind(Kind):
             if line:
                 plan.copy_line(table, columns, line)
         plan.created += 1
+        digest = ctx.digests.get(parsed.row)
+        if digest is not None:  # the member's row and its metadata rows, all written by the batch (_STATE)
+            has_number = parsed.values.get("external_member_number") is not None
+            plan.new_digests[prep.id] = (digest, f"{XID}/{XID if has_number else '-'}/"
+                                                 f"{XID if prep.blind_hash is not None else '-'}")
+
+    @staticmethod
+    def _keep_digest(plan: BatchPlan, ctx: BatchContext, parsed: Parsed, member_id: uuid.UUID) -> None:
+        """Record the row's digest with the member's rows as the batch leaves them (read back once written)."""
+        digest = ctx.digests.get(parsed.row)
+        if digest is not None:
+            plan.digests[member_id] = digest
 
     def _update(self, plan: BatchPlan, ctx: BatchContext, parsed: Parsed, current: Mapping[str, Any],
                 number: str | None, blind_hash_now: str | None, blind_hash: str | None) -> None:
@@ -411,11 +498,9 @@ class MembersKind(Kind):
             self.metadata(plan, ctx, member_id, EXTERNAL_MEMBER_NUMBER, wanted_number, new=False)
             extra_old[EXTERNAL_MEMBER_NUMBER] = REDACTED if number is not None else None
             extra_new[EXTERNAL_MEMBER_NUMBER] = REDACTED
-        if not changes and not extra_new and not (blind_hash is not None and blind_hash != blind_hash_now):
-            plan.unchanged += 1
-            return
+        self._keep_digest(plan, ctx, parsed, member_id)
         if not changes and not extra_new:
-            # Only the blind index was missing (a member made before it existed): no change to the member.
+            # (or only the blind index was missing, a member made before it existed: no change to the member)
             plan.unchanged += 1
             return
         self.update(plan, ctx, parsed, current, changes, (extra_old, extra_new))

@@ -421,6 +421,22 @@ class DeferredIndex(PlatformBase):
     owner_pid: Mapped[int] = mapped_column(Integer)
     owner_started: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+class ImportDigest(PlatformBase):
+    """Our table (not in the seed): per member an import loaded, the keyed digest of the source record it was
+    loaded from and the transaction ids its rows had then (platform_0015, carecli.data.bulk.digests), so a
+    re-run of the file knows that row unchanged without parsing it."""
+
+    __tablename__ = "import_digests"
+    __table_args__ = (Index("ix_import_digests_digest", "digest"),)
+
+    entity_type: Mapped[str] = mapped_column(String(50), primary_key=True)
+    entity_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    #: HMAC-SHA-256 of the source record under a key derived from the blind-index key, first 128 bits
+    digest: Mapped[uuid.UUID] = mapped_column()
+    #: the xmin of the member's row and of its number and blind-index metadata rows ("-" for none), "/"-joined
+    state: Mapped[str] = mapped_column(String(64))
+
+
 # Retention purge (migration platform_0007, carecli.data.retention): only the
 # soft-deleted rows, so the purge finds old ones without reading live ones.
 for _purged in (Member, Specialist, CallRecord, InsurancePlan, MemberInsurancePlan, SpecialistInsurancePlan,

@@ -1,0 +1,85 @@
+"""A re-run's unchanged rows, known before they are parsed: keyed digests of the source records.
+
+Re-running a file that is already loaded (after a crash, or the nightly file
+that changed in a few rows) used to parse, validate, match and compare every
+row again: about 40 µs of Python a row before the database did anything, and
+the stored dates of birth decrypted to compare. Now, for the kinds that keep
+them (members), each row an import loads or finds unchanged leaves a row in
+``import_digests`` (migration ``platform_0015``):
+
+* ``digest``: HMAC-SHA-256 of the source record (the columns the file gave,
+  after renaming with the mapping, with their values as read, sorted by name),
+  the kind and carecli's version and rules, under a key of its own derived
+  from the blind-index key (:meth:`BlindIndex.derived_key`), first 128 bits;
+* ``state``: the transaction ids (``xmin``) of the rows the record then left:
+  for a member, its own row and its external-member-number and blind-index
+  metadata rows.
+
+A record whose digest is found, for a record whose rows still have those
+transaction ids, would be found unchanged by the full path: the same values,
+matched to the same member, who nobody changed since (any write of a row, by
+carecli or by hand, gives it a new ``xmin``). Such a row skips parsing,
+matching and comparing; its natural keys are still claimed in file order, so
+an in-file duplicate is refused as before. Every other row takes the full
+path, which records its digest again. Rows are never *written* on the strength
+of a digest, only left alone.
+
+What can make a digest miss (and the row take the full path, which is always
+right): a new carecli version or rules (:data:`RULES`), a dump and restore
+(new transaction ids), a member edited since, a different column set or
+spelling in the file. What a stored digest reveals: nothing without the key
+(like the blind index); it is deleted with its member by the retention purge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from carecli import __version__
+from carecli.data.bulk.blind_index import BlindIndex
+
+__all__ = ["RECORD_GIVEN", "RULES", "RowDigester"]
+
+#: Part of every digest: change it with any change to parsing or validation that could load the same record
+#: differently (carecli's version is part of it too), and every stored digest stops matching.
+RULES = b"members-1"
+_PURPOSE = b"import-row-digest"
+_encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), check_circular=False,
+                           allow_nan=True).encode
+
+
+#: record digests with their states as given: (entity type, entity ids, digests, states)
+RECORD_GIVEN = (
+    "INSERT INTO import_digests (entity_type, entity_id, digest, state) "
+    "SELECT %s, v.* FROM unnest(%s::uuid[], %s::uuid[], %s::text[]) AS v "
+    "ON CONFLICT (entity_type, entity_id) DO UPDATE SET digest = EXCLUDED.digest, state = EXCLUDED.state")
+
+
+class RowDigester:
+    """The digest of a source record of one kind, as a uuid (its first 128 bits)."""
+
+    __slots__ = ("_key", "_prefix")
+
+    def __init__(self, blind: BlindIndex, kind: str) -> None:
+        self._key = blind.derived_key(_PURPOSE)
+        self._prefix = b"\0".join((kind.encode("ascii"), __version__.encode("ascii"), RULES)) + b"\0"
+
+    def __repr__(self) -> str:
+        return "RowDigester([key])"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a RowDigester holds a key: it is not pickled")
+
+    def digest(self, values: Mapping[str, Any]) -> uuid.UUID | None:
+        """The record's digest; None for values that have no stable text (never from a reader)."""
+        try:
+            text = _encode(values)
+        except (TypeError, ValueError):
+            return None
+        payload = self._prefix + text.encode("utf-8", "surrogatepass")
+        return uuid.UUID(bytes=hmac.digest(self._key, payload, hashlib.sha256)[:16])
