@@ -1895,3 +1895,29 @@ def test_knowing_rows_by_digest_loads_exactly_what_matching_every_row_loads(
                                  [(p.row, p.field, p.rule, p.message) for p in outcome.problems]))
         seen.append((outcomes, _comparable(imp)))
     assert seen[0] == seen[1]
+
+
+def test_a_records_digest_depends_on_its_values_kind_key_and_year_never_on_column_order() -> None:
+    """The year: ``dob_too_old`` counts calendar years, so a row known in December is matched the full way on
+    1 January. The digest's key is derived from the blind-index key, and neither key shows in a repr."""
+    from carecli.data.bulk.blind_index import BlindIndex
+    from carecli.data.bulk.digests import RowDigester
+
+    key = BlindIndex(b"k" * 32)
+    december, january = date(2026, 12, 31), date(2027, 1, 1)
+    digest = RowDigester(key, "members", today=december).digest
+    values = {"first_name": "Ann", "ssn": "123-45-6789", "email": None}
+    assert digest(values) == digest(dict(reversed(list(values.items()))))
+    assert digest(values) == RowDigester(key, "members", today=date(2026, 1, 1)).digest(values)
+    assert digest(values) != RowDigester(key, "members", today=january).digest(values)
+    assert digest(values) != RowDigester(key, "plans", today=december).digest(values)
+    assert digest(values) != RowDigester(BlindIndex(b"j" * 32), "members", today=december).digest(values)
+    assert digest(values) != digest({**values, "email": ""})  # as read: a blank JSON string is not a null
+    assert digest(values) != digest({"first_name": "Ann", "ssn": "123-45-6789"})  # another column set
+    assert digest({"n": 1}) != digest({"n": "1"})
+    assert digest({"n": object()}) is None  # no stable text: the full path
+    assert "k" * 8 not in repr(RowDigester(key, "members")) and "123" not in repr(digest(values))
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(RowDigester(key, "members"))

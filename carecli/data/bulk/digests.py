@@ -9,7 +9,8 @@ them (members), each row an import loads or finds unchanged leaves a row in
 
 * ``digest``: HMAC-SHA-256 of the source record (the columns the file gave,
   after renaming with the mapping, with their values as read, sorted by name),
-  the kind and carecli's version and rules, under a key of its own derived
+  the kind, carecli's version and rules and the current year (the one rule that
+  depends on the day is by calendar year), under a key of its own derived
   from the blind-index key (:meth:`BlindIndex.derived_key`), first 128 bits;
 * ``state``: the transaction ids (``xmin``) of the rows the record then left:
   for a member, its own row and its external-member-number and blind-index
@@ -25,7 +26,7 @@ path, which records its digest again. Rows are never *written* on the strength
 of a digest, only left alone.
 
 What can make a digest miss (and the row take the full path, which is always
-right): a new carecli version or rules (:data:`RULES`), a dump and restore
+right): a new carecli version or rules (:data:`RULES`), a new year, a dump and restore
 (new transaction ids), a member edited since, a different column set or
 spelling in the file. What a stored digest reveals: nothing without the key
 (like the blind index); it is deleted with its member by the retention purge.
@@ -38,6 +39,7 @@ import hmac
 import json
 import uuid
 from collections.abc import Mapping
+from datetime import date
 from typing import Any, NoReturn
 
 from carecli import __version__
@@ -65,9 +67,13 @@ class RowDigester:
 
     __slots__ = ("_key", "_prefix")
 
-    def __init__(self, blind: BlindIndex, kind: str) -> None:
+    def __init__(self, blind: BlindIndex, kind: str, *, today: date | None = None) -> None:
         self._key = blind.derived_key(_PURPOSE)
-        self._prefix = b"\0".join((kind.encode("ascii"), __version__.encode("ascii"), RULES)) + b"\0"
+        # The year too: the one rule that depends on the day, a date of birth no more than 130 years back
+        # (``dob_too_old``, by calendar year), may refuse on 1 January a row it took before. A row known
+        # in one year is matched the full way once in the next.
+        year = str((today or date.today()).year).encode("ascii")
+        self._prefix = b"\0".join((kind.encode("ascii"), __version__.encode("ascii"), RULES, year)) + b"\0"
 
     def __repr__(self) -> str:
         return "RowDigester([key])"
