@@ -256,6 +256,10 @@ RECORD_DIGESTS = (
     "WHERE (import_digests.digest, import_digests.state) IS DISTINCT FROM (EXCLUDED.digest, EXCLUDED.state)")
 
 
+#: the columns a member row is matched on, in the order a refusal names the one the row gave
+_IDENTITY = ("id", "external_member_number", "ssn")
+
+
 @dataclass(slots=True, repr=False)
 class KnownUnchanged:
     """A row known unchanged by its source record's digest: the member it was loaded into.
@@ -369,7 +373,7 @@ class MembersKind(Kind):
     def unchanged_prep(self, found: Any, record: Record) -> Any:
         values = record.values
         # (a blank-looking value stands for nothing: the parsers strip, and the row then gave no value)
-        named = next((name for name in ("id", "external_member_number", "ssn")
+        named = next((name for name in _IDENTITY
                       if (value := values.get(name)) is not None and (type(value) is not str or value.strip())),
                      "id")
         return KnownUnchanged(found, named)
@@ -435,7 +439,7 @@ class MembersKind(Kind):
                 what = {"member": "member", "number": "external_member_number", "ssn": "ssn"}[key.split(":", 1)[0]]
                 if what == "member":  # name a column the row has: the id, else the key it was matched on
                     what = known.named if known is not None else next(
-                        name for name in ("id", "external_member_number", "ssn") if parsed.values.get(name) is not None)
+                        name for name in _IDENTITY if parsed.values.get(name) is not None)
                 field = what
                 self.reject(plan, parsed, field, "duplicate_in_file",
                             f"the same {what} as row {earlier}; a member may appear once per file")
