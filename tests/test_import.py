@@ -1805,6 +1805,23 @@ def test_an_in_file_duplicate_of_a_known_row_is_refused_as_the_full_way_refuses_
     assert outcome.summary.known_unchanged == 5  # all but row 2; rows 4 and 6 are then refused as duplicates
 
 
+def test_a_first_load_looks_up_no_digests_and_refuses_its_repeated_rows_as_the_full_way_does(imp: Importer) -> None:
+    """With no digest recorded before the run, only the run's own earlier rows could be known: the lookup is
+    skipped, and a row repeating an earlier one across batches is refused as the duplicate it is."""
+    rows = [person(n) for n in range(6)]
+    data = members_csv(*rows, rows[1], rows[4])
+    expected = imp.run("members", data, dry_run=True, digests=False, batch_rows=2)
+    outcome = imp.run("members", data, batch_rows=2)
+    assert outcome.rules() == expected.rules() == [(7, "external_member_number", "duplicate_in_file"),
+                                                   (8, "external_member_number", "duplicate_in_file")]
+    assert_loaded(outcome, created=6, rejected=2)
+    assert outcome.summary.known_unchanged == 0
+    # The next run has digests to look up, and knows every row but the refused repeats.
+    again = imp.run("members", data, batch_rows=2)
+    assert again.rules() == expected.rules()
+    assert again.summary.known_unchanged == 8 and again.summary.unchanged == 6
+
+
 def test_the_retention_purge_takes_a_members_digest_with_them(imp: Importer) -> None:
     from carecli.data import retention
 

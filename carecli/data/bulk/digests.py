@@ -45,7 +45,7 @@ from typing import Any, NoReturn
 from carecli import __version__
 from carecli.data.bulk.blind_index import BlindIndex
 
-__all__ = ["RECORD_GIVEN", "RULES", "RowDigester"]
+__all__ = ["RECORD_GIVEN", "RULES", "RowDigester", "recorded_any"]
 
 #: Part of every digest: change it with any change to parsing or validation that could load the same record
 #: differently (carecli's version is part of it too), and every stored digest stops matching.
@@ -89,3 +89,10 @@ class RowDigester:
             return None
         payload = self._prefix + text.encode("utf-8", "surrogatepass")
         return uuid.UUID(bytes=hmac.digest(self._key, payload, hashlib.sha256)[:16])
+
+
+def recorded_any(connection: Any, entity_type: str | None) -> bool:
+    """Whether ``import_digests`` holds any digest of ``entity_type`` (a SQLAlchemy connection)."""
+    return bool(connection.exec_driver_sql(
+        "SELECT EXISTS (SELECT 1 FROM import_digests WHERE entity_type = %(entity_type)s)",
+        {"entity_type": entity_type}).scalar())

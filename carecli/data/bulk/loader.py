@@ -59,7 +59,7 @@ from carecli.data import deferred_indexes, notify
 from carecli.data.actor import Actor
 from carecli.data.bulk import copytext
 from carecli.data.bulk.blind_index import BlindIndex
-from carecli.data.bulk.digests import RECORD_GIVEN, RowDigester
+from carecli.data.bulk.digests import RECORD_GIVEN, RowDigester, recorded_any
 from carecli.data.bulk.kinds import (
     XID,
     BatchContext,
@@ -177,6 +177,8 @@ class _Sift:
         self.digester: RowDigester | None = None
         self.digests = digests
         self.known = 0
+        #: whether any digest of this kind was recorded before this run (asked once, under the import's lock)
+        self.recorded_before = True
 
     def __call__(self, chunk: list[Record | RecordProblem]) -> list[Record | RecordProblem | Parsed]:
         if self.digester is None:  # once the file proved readable: the key may be made now
@@ -184,6 +186,8 @@ class _Sift:
             if blind is None:
                 return list(chunk)
             self.digester = RowDigester(blind, self.kind.name)
+            self.recorded_before = recorded_any(self.connection, self.kind.entity_type)
+            self.connection.commit()
         digest = self.digester.digest
         mine: dict[int, Any] = {}
         for item in chunk:
@@ -191,7 +195,10 @@ class _Sift:
                 value = digest(item.values)
                 if value is not None:
                     mine[item.row] = value
-        found = self.kind.known_unchanged(self.connection, set(mine.values()))
+        # With no digest of this kind before the run (a first load), only this run's own rows could be known:
+        # a record repeating an earlier one of this file, which the full path refuses as the duplicate it is,
+        # exactly as a known row claiming the same member would be. The lookup is skipped (a probe a row).
+        found = self.kind.known_unchanged(self.connection, set(mine.values())) if self.recorded_before else {}
         self.connection.commit()
         if not found:
             self.digests.update(mine)
