@@ -42,6 +42,8 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any, NoReturn
 
+from sqlalchemy import Connection
+
 from carecli import __version__
 from carecli.data.bulk.blind_index import BlindIndex
 
@@ -91,8 +93,8 @@ class RowDigester:
         return uuid.UUID(bytes=hmac.digest(self._key, payload, hashlib.sha256)[:16])
 
 
-def recorded_any(connection: Any, entity_type: str | None) -> bool:
-    """Whether ``import_digests`` holds any digest of ``entity_type`` (a SQLAlchemy connection)."""
+def recorded_any(connection: Connection, entity_type: str | None) -> bool:
+    """Whether ``import_digests`` holds any digest of ``entity_type``."""
     return bool(connection.exec_driver_sql(
         "SELECT EXISTS (SELECT 1 FROM import_digests WHERE entity_type = %(entity_type)s)",
         {"entity_type": entity_type}).scalar())

@@ -186,8 +186,7 @@ class _Sift:
             if blind is None:
                 return list(chunk)
             self.digester = RowDigester(blind, self.kind.name)
-            self.recorded_before = recorded_any(self.connection, self.kind.entity_type)
-            self.connection.commit()
+            self.recorded_before = recorded_any(self.connection, self.kind.entity_type)  # committed below
         digest = self.digester.digest
         mine: dict[int, Any] = {}
         for item in chunk:
