@@ -334,15 +334,16 @@ def max_connections(admin_url: str) -> int:
 
 
 def cpu_rows(before: dict[str, float], after: dict[str, float], seconds: float, edits: int,
-             label: str) -> list[tuple[str, str]]:
-    """Per group: cores used on average over the phase and CPU ms per edit (a key that changes the box)."""
+             label: str, unit: str = "edit") -> list[tuple[str, str]]:
+    """Per group: cores used on average over the phase and CPU ms per ``unit`` (by default an edit: a key
+    that changes the box; ``edits`` of them in the phase)."""
     rows = []
     ours = 0.0
     for name in before:
         used = after[name] - before[name]
         if name not in ("machine busy (all cores)", "  of which live backends of the bench databases"):
             ours += used
-        per_edit = f", {used * 1000 / edits:.1f} ms per edit" if edits else ""
+        per_edit = f", {used * 1000 / edits:.1f} ms per {unit}" if edits else ""
         rows.append((f"{label}: {name}", f"{used / seconds:.2f} cores{per_edit}"))
     busy = after["machine busy (all cores)"] - before["machine busy (all cores)"]
     rows.append((f"{label}: everything else on the machine", f"{(busy - ours) / seconds:.2f} cores"))
@@ -358,15 +359,17 @@ async def run(args: argparse.Namespace, urls: dict[str, str], env: dict[str, str
         async with gate:
             return await connect(port, key_path)
 
-    started = time.monotonic()
+    before, started = cpu_snapshot(host), time.monotonic()
     sessions = await asyncio.gather(*(one() for _ in range(args.sessions)))
     ramp = time.monotonic() - started
+    connecting = cpu_rows(before, cpu_snapshot(host), ramp, args.sessions, "connecting, CPU", "session")
     connect_times = [seconds for _, _, seconds in sessions]
     clients = [client for _, client, _ in sessions]
     rows.append((f"{args.sessions} sessions connected and showing the worklist", f"{ramp:.1f} s"))
     print(f"{args.sessions} sessions up in {ramp:.0f} s", file=sys.stderr, flush=True)
     rows.append(("connect -> worklist on screen, p50 / p95",
                  f"{statistics.median(connect_times):.2f} s / {percentile(connect_times, 0.95):.2f} s"))
+    rows.extend(connecting)
 
     # Everyone opens the member browser; find each search box by typing a marker into it.
     for client in clients:

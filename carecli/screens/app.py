@@ -61,6 +61,9 @@ IDLE_CHECK_SECONDS = 5.0
 GC_IDLE_SECONDS = 0.5
 #: true while a pause-time pass runs (benchmarks tell those from the ones a key press waits on)
 collecting_while_idle = False
+#: the start screen is shown once the databases took this long to open (at once while the embedded server starts):
+#: either it or the first screen is on within this time
+START_SCREEN_AFTER_SECONDS = 0.3
 #: the start screen shows its spinner once the databases took this long to open
 SPINNER_AFTER_SECONDS = 0.5
 #: how long Enter on a member waits for their file before showing their screen without it (see open_member)
@@ -129,7 +132,7 @@ class StartScreen(Screen[None]):
     def __init__(self, text: str = "Connecting to the databases…") -> None:
         super().__init__()
         self.text = text
-        self._failed = False
+        self._failed: Problem | None = None
 
     def compose(self) -> ComposeResult:
         yield CareHeader()
@@ -143,15 +146,23 @@ class StartScreen(Screen[None]):
         yield CareFooter()
 
     def on_mount(self) -> None:
-        self.set_timer(SPINNER_AFTER_SECONDS, self._show_spinner)
+        if self._failed is not None:  # the failure came before the screen was on
+            self._tell(self._failed)
+        else:
+            self.set_timer(SPINNER_AFTER_SECONDS, self._show_spinner)
 
     def _show_spinner(self) -> None:
         indicator = self.query_one(LoadingIndicator)
-        if not self._failed:
+        if self._failed is None:
             indicator.display = True
 
     def show_failure(self, problem: Problem) -> None:
-        self._failed = True
+        """Say why carecli cannot start (now, or as soon as the screen is mounted)."""
+        self._failed = problem
+        if self.query(LoadingIndicator):  # composed (else on_mount tells it)
+            self._tell(problem)
+
+    def _tell(self, problem: Problem) -> None:
         self.query_one(LoadingIndicator).display = False
         self.query_one("#start-text", Static).update(
             f"[b]carecli cannot start[/b]\n\n{escape(problem.message)}\n\n{escape(problem.hint or '')}"
@@ -225,6 +236,8 @@ class CareApp(App[None]):
         self._collected_at = clock()
         self.locked = False
         self._too_small: TooSmallScreen | None = None
+        #: the start screen, the sign-in or the worklist has been shown (see on_mount)
+        self._first_screen_shown = False
         #: live updates: the subscription to the process's listener, and notices not yet handed out
         self._live: Subscription | None = None
         self._live_pending: list[Notice] = []
@@ -264,8 +277,13 @@ class CareApp(App[None]):
         self._apply_preferences()
         if self.desk is None and self._opening is None:
             self._opening = Opening(self.settings, databases=self.databases, store=self.store, channel=self.channel)
-        # "Starting the database…" when the embedded server has to start (seconds), else "Connecting…"
-        self.push_screen(StartScreen() if self._opening is None else StartScreen(self._opening.text))
+        # "Starting the database…" at once when the embedded server has to start (seconds). Otherwise
+        # "Connecting…" only if the databases are slow to answer: a usual start goes straight to the worklist
+        # (or the sign-in), without composing, styling and painting a screen that is gone a moment later.
+        if self._opening is not None and self._opening.starting_server:
+            self._show_start_screen()
+        else:
+            self.set_timer(START_SCREEN_AFTER_SECONDS, self._show_start_screen)
         self.set_interval(IDLE_CHECK_SECONDS, self.check_inactivity)
         self.set_interval(GC_IDLE_SECONDS, self.collect_when_idle)
         if self.desk is not None:
@@ -305,9 +323,26 @@ class CareApp(App[None]):
             return None
         return opening.take_worklist()
 
+    def _show_start_screen(self) -> None:
+        """The start screen, unless the first screen (or the start screen) is already shown."""
+        if self._first_screen_shown:
+            return
+        self._first_screen_shown = True
+        self.push_screen(StartScreen() if self._opening is None else StartScreen(self._opening.text))
+
+    def _show_first_screen(self, screen: Screen[Any]) -> None:
+        """``screen`` in place of the start screen, or above Textual's default one if it was never shown."""
+        self._first_screen_shown = True
+        if len(self.screen_stack) > 1:
+            self.switch_screen(screen)
+        else:
+            self.push_screen(screen)
+
     def on_connect_failed(self, message: ConnectFailed) -> None:
-        if isinstance(self.screen, StartScreen):
-            self.screen.show_failure(message.problem)
+        self._show_start_screen()
+        start = next((screen for screen in self.screen_stack if isinstance(screen, StartScreen)), None)
+        if start is not None:
+            start.show_failure(message.problem)
 
     def on_connected(self, message: Connected) -> None:
         self.databases = message.databases
@@ -323,7 +358,7 @@ class CareApp(App[None]):
         note = None
         if message.problem is not None and message.problem.message != "not signed in":
             note = message.problem.message
-        self.switch_screen(SignInScreen(note=note))
+        self._show_first_screen(SignInScreen(note=note))
 
     # -- signing in and out ---------------------------------------------------------
 
@@ -355,10 +390,11 @@ class CareApp(App[None]):
         from carecli.screens.worklist import WorklistScreen
 
         # Keep Textual's default screen and the one above it (start/sign-in), which switch_screen replaces:
-        # switching the default screen itself fails (it has no result callback to pop).
+        # switching the default screen itself fails (it has no result callback to pop). After a quick start
+        # there is none above it: the worklist is pushed.
         while len(self.screen_stack) > 2:
             self.pop_screen()
-        self.switch_screen(WorklistScreen())
+        self._show_first_screen(WorklistScreen())
         if self._too_small is not None:  # popped above, but the terminal is still too small
             self._too_small = TooSmallScreen()
             self.push_screen(self._too_small)

@@ -13,7 +13,7 @@ from pathlib import Path
 from carecli.config import load_settings
 from carecli.data.embedded import server_running
 from carecli.errors import DatabaseUnavailable
-from carecli.screens.app import CareApp, StartScreen
+from carecli.screens.app import START_SCREEN_AFTER_SECONDS, CareApp, StartScreen
 from carecli.services.opening import CONNECTING_TEXT, STARTING_TEXT, Opening
 from tests.tui.conftest import SIZE
 from tests.tui.helpers import screen_text, wait_for
@@ -127,3 +127,78 @@ def test_carecli_app_says_the_database_is_starting_before_it_loads_the_app(tmp_p
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     assert app_cmd.run_app() == 0
     assert events == ["opening started", f"app built, printed so far: {STARTING_TEXT}", "app run"]
+
+
+class SlowOpening(Opening):
+    """Joins servers that are up (no embedded start) but answers only when the test releases it."""
+
+    release = threading.Event()
+
+    def _open(self) -> None:
+        self.release.wait(30)
+        super()._open()
+
+
+def screen_log(app: CareApp) -> list[str]:
+    """The names of the screens ``app`` is asked to show (pushed or switched to), in order."""
+    shown: list[str] = []
+    push, switch = app.push_screen, app.switch_screen
+
+    def pushed(screen, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        shown.append(type(screen).__name__)
+        return push(screen, *args, **kwargs)
+
+    def switched(screen):  # noqa: ANN001, ANN202
+        shown.append(type(screen).__name__)
+        return switch(screen)
+
+    app.push_screen = pushed  # type: ignore[method-assign]
+    app.switch_screen = switched  # type: ignore[method-assign]
+    return shown
+
+
+async def test_a_quick_start_goes_straight_to_the_worklist_without_a_start_screen(tui) -> None:
+    tui.sign_in("specialist")
+    opening = Opening(tui.settings, store=tui.store).start()
+    assert not opening.starting_server
+    app = CareApp(tui.settings, store=tui.store, opening=opening)
+    shown = screen_log(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "WorklistScreen", what="the worklist")
+        await pilot.pause(START_SCREEN_AFTER_SECONDS + 0.1)  # the start screen's timer has run out, and did nothing
+        assert shown == ["WorklistScreen"]
+        assert len(app.screen_stack) == 2  # Textual's default screen and the worklist
+        await pilot.press("f2")  # the app's keys work as after any start
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "WorklistScreen" and app.screen.focused,
+                       what="focus on the worklist")
+
+
+async def test_a_slow_connection_shows_the_start_screen_then_the_worklist(tui) -> None:
+    tui.sign_in("specialist")
+    SlowOpening.release = threading.Event()
+    opening = SlowOpening(tui.settings, store=tui.store).start()
+    app = CareApp(tui.settings, store=tui.store, opening=opening)
+    shown = screen_log(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, StartScreen)
+                       and CONNECTING_TEXT in screen_text(app.screen), what="the start screen")
+        SlowOpening.release.set()
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "WorklistScreen", what="the worklist")
+        assert shown == ["StartScreen", "WorklistScreen"]
+        assert len(app.screen_stack) == 2  # the worklist took the start screen's place
+
+
+async def test_a_failure_before_the_start_screen_is_shown_is_still_told(tmp_path) -> None:
+    settings = _embedded_settings(tmp_path)
+    HeldOpening.release = threading.Event()
+    HeldOpening.release.set()  # fails at once
+    opening = HeldOpening(settings)
+    opening.starting_server = False  # as if joining a running server: no start screen at first
+    opening.start()
+    assert opening.wait(30)
+    app = CareApp(settings, opening=opening)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "cannot start" in screen_text(app.screen), what="the failure")
+        assert isinstance(app.screen, StartScreen)
+        assert "stopped by the test" in screen_text(app.screen)
+        assert "Connecting" not in screen_text(app.screen)
