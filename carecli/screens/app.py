@@ -331,12 +331,18 @@ class CareApp(App[None]):
         self.push_screen(StartScreen() if self._opening is None else StartScreen(self._opening.text))
 
     def _show_first_screen(self, screen: Screen[Any]) -> None:
-        """``screen`` in place of the start screen, or above Textual's default one if it was never shown."""
+        """``screen`` in place of the start (or sign-in) screen, or above Textual's default one if none was
+        shown; under the "too small" cover if the terminal is too small."""
         self._first_screen_shown = True
+        if self._too_small is not None and self.screen is self._too_small:
+            self.pop_screen()
         if len(self.screen_stack) > 1:
             self.switch_screen(screen)
         else:
             self.push_screen(screen)
+        if self._too_small is not None:  # the terminal is still too small: covered again
+            self._too_small = TooSmallScreen()
+            self.push_screen(self._too_small)
 
     def on_connect_failed(self, message: ConnectFailed) -> None:
         self._show_start_screen()
@@ -395,9 +401,6 @@ class CareApp(App[None]):
         while len(self.screen_stack) > 2:
             self.pop_screen()
         self._show_first_screen(WorklistScreen())
-        if self._too_small is not None:  # popped above, but the terminal is still too small
-            self._too_small = TooSmallScreen()
-            self.push_screen(self._too_small)
 
     # -- live updates --------------------------------------------------------------------
 

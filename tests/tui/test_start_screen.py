@@ -202,3 +202,22 @@ async def test_a_failure_before_the_start_screen_is_shown_is_still_told(tmp_path
         assert isinstance(app.screen, StartScreen)
         assert "stopped by the test" in screen_text(app.screen)
         assert "Connecting" not in screen_text(app.screen)
+
+
+async def test_a_quick_start_on_a_small_terminal_keeps_the_cover_over_the_first_screen(tui) -> None:
+    """Signed in or not, the first screen goes under the "too small" cover, which goes once the terminal grows."""
+    for signed_in in (True, False):
+        if signed_in:
+            tui.sign_in("specialist")
+        else:
+            tui.store.forget()
+        opening = Opening(tui.settings, store=tui.store).start()
+        app = CareApp(tui.settings, store=tui.store, opening=opening)
+        first = "WorklistScreen" if signed_in else "SignInScreen"
+        async with app.run_test(size=(70, 20)) as pilot:
+            await wait_for(pilot, lambda: [type(s).__name__ for s in app.screen_stack][1:] == [first, "TooSmallScreen"],
+                           what=f"{first} under the cover")
+            assert "at least 80×24" in screen_text(app.screen)
+            await pilot.resize_terminal(100, 30)
+            await wait_for(pilot, lambda: type(app.screen).__name__ == first, what=first)
+            assert len(app.screen_stack) == 2
