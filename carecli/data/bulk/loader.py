@@ -170,12 +170,13 @@ class _Sift:
     which records it with the row's outcome.
     """
 
-    def __init__(self, kind: Kind, connection: Any, tools: PrepareTools, digests: dict[int, Any]) -> None:
+    def __init__(self, kind: Kind, connection: Any, tools: PrepareTools, context: BatchContext) -> None:
         self.kind = kind
         self.connection = connection
         self.tools = tools
         self.digester: RowDigester | None = None
-        self.digests = digests
+        self.context = context
+        self.digests = context.digests
         self.known = 0
         #: whether any digest of this kind was recorded before this run (asked once, under the import's lock)
         self.recorded_before = True
@@ -187,6 +188,7 @@ class _Sift:
                 return list(chunk)
             self.digester = RowDigester(blind, self.kind.name)
             self.recorded_before = recorded_any(self.connection, self.kind.entity_type)  # committed below
+            self.context.known_lookups = self.recorded_before
         digest = self.digester.digest
         mine: dict[int, Any] = {}
         for item in chunk:
@@ -737,7 +739,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         planner.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"carecli-import-{kind.name}"})
         planner.commit()
         context = BatchContext(planner, actor, SeenKeys(planner), cipher, blind_index, identity_connection)
-        sift = _Sift(kind, planner, tools, context.digests) if digests and kind.keeps_digests else None
+        sift = _Sift(kind, planner, tools, context) if digests and kind.keeps_digests else None
         growth = _Growth(planner)
         if not dry_run:
             writer = _Writer(engine, actor, single_transaction=all_or_nothing, threaded=threaded,

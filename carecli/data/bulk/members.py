@@ -422,8 +422,11 @@ class MembersKind(Kind):
                             "matches a deleted member; restore the member before importing them again")
                 continue
             targets[parsed.row] = target
-            # A new member's own new id cannot repeat; a given or matched one can.
-            keys = [f"member:{target or parsed.values['id']}"] if (target or parsed.values.get("id")) else []
+            # A given or matched id can repeat in the file. A new member's own new id can only be claimed again
+            # by a later row known unchanged as that member (its digest recorded by this run's earlier batch,
+            # when that batch was written before the later row's lookup): it is claimed when such lookups run.
+            member = target or parsed.values.get("id") or (parsed.prep.id if ctx.known_lookups else None)
+            keys = [f"member:{member}"] if member else []
             if number is not None:
                 keys.append(f"number:{number}")
             if ssn_hash is not None:
