@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -1426,7 +1427,7 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
             cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
             explained.append((statement, set(_plan_nodes(cursor.fetchone()[0]))))
 
-    original_sift = loader_module._Sift.__call__
+    original_sift = loader_module._Sift.send
 
     def sift(self: Any, chunk: list[Any]) -> Any:
         planning[0] = True
@@ -1436,7 +1437,7 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
             planning[0] = False
 
     monkeypatch.setattr(MembersKind, "plan", plan)
-    monkeypatch.setattr(loader_module._Sift, "__call__", sift)
+    monkeypatch.setattr(loader_module._Sift, "send", sift)
     monkeypatch.setattr(loader_module, "ANALYZE_MIN_RECORDS", 1000)  # statistics as the tables double
     engine.dispose()  # every connection from now on is checked out with the settings
     event.listen(engine, "checkout", large_tables)
@@ -1482,7 +1483,7 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
             # Recording a batch's digests, on the writer's connection (which leaves sequential scans on).
             assert not nodes(raw, members_kind.RECORD_DIGESTS, [ids, digests]) & scans
             raw.execute("SET enable_seqscan = off")  # as the import's planner, where it runs
-            assert not nodes(raw, members_kind._KNOWN_UNCHANGED, [digests]) & scans
+            assert not nodes(raw, members_kind._KNOWN_UNCHANGED, [",".join(map(str, digests))]) & scans
             raw.execute("RESET enable_seqscan")
             assert not nodes(raw, str(_METADATA_OF.compile(dialect=engine.dialect)).replace(
                 "%(entity_type)s", "'member'").replace("%(key)s", "'external_member_number'").replace(
@@ -1837,6 +1838,39 @@ def test_a_repeat_of_a_row_created_earlier_in_the_run_is_refused_even_when_known
     assert outcome.rules() == expected.rules() == [(7, "external_member_number", "duplicate_in_file"),
                                                    (8, "external_member_number", "duplicate_in_file")]
     assert_loaded(outcome, created=6, rejected=2)
+
+
+def test_a_lookup_failing_in_its_thread_aborts_with_the_batches_before_it_and_leaves_no_connection(
+        imp: Importer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run's digests are looked up in a thread of their own, a chunk or two ahead of the planning: a failure
+    there (the database, a bug) ends the run like any other, with what is committed, and nothing left open."""
+    rows = [person(n) for n in range(1, 251)]
+    assert_loaded(imp.run("members", members_csv(*rows), batch_rows=50), created=250)
+    edited = members_csv(*rows[:240], *(person(n, phone="(971) 555-0199") for n in range(241, 251)))
+    original = MembersKind.known_unchanged
+    threads: list[str] = []
+
+    def known_or_fail(self: MembersKind, connection: Any, digests: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 4:
+            raise RuntimeError("lookup bug")
+        return original(self, connection, digests)
+
+    monkeypatch.setattr(MembersKind, "known_unchanged", known_or_fail)
+    engine = imp.platform.engine
+    with pytest.raises(ImportAborted) as caught:
+        imp.run("members", edited, batch_rows=50)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    summary = caught.value.summary
+    assert summary is not None and summary.aborted
+    assert summary.batches < 4 and summary.unchanged == 50 * summary.batches
+    assert all(name.startswith("carecli-import-lookups") for name in threads)
+    assert engine.pool.checkedout() == 0  # the planner's, the writer's and the lookups' connections are back
+    # The same run without the failure: every batch, the edited rows updated.
+    monkeypatch.setattr(MembersKind, "known_unchanged", original)
+    outcome = imp.run("members", edited, batch_rows=50)
+    assert_loaded(outcome, updated=10, unchanged=240)
+    assert outcome.summary.known_unchanged == 240
 
 
 def test_the_retention_purge_takes_a_members_digest_with_them(imp: Importer) -> None:

@@ -239,8 +239,10 @@ _STATE = "m.xmin::text || '/' || coalesce(n.xmin::text, '-') || '/' || coalesce(
 #: (OFFSET 0 keeps each lateral subquery a probe per row: flattened into joins, the planner may hash tables)
 _DIGEST_ROWS = (f"{_fact('n', EXTERNAL_MEMBER_NUMBER, 'm.id')} {_fact('b', SSN_BLIND_INDEX, 'm.id')}")
 #: the live members whose recorded digest is one of these and whose rows are as they were then
+#: (the digests travel as one text parameter, and each comes back as its place in it with the member's id as
+#: text: binding and reading 5,000 uuid values a batch took psycopg's Python-level array dumper and uuid objects)
 _KNOWN_UNCHANGED = (
-    "SELECT d.digest, m.id FROM unnest(%s::uuid[]) AS v(digest) "
+    "SELECT v.place, m.id::text FROM unnest(string_to_array(%s, ',')::uuid[]) WITH ORDINALITY AS v(digest, place) "
     # (by digest alone: a digest is of one kind's record, and the kind's rows are joined by id after)
     "JOIN LATERAL (SELECT y.digest, y.entity_id, y.state FROM import_digests y WHERE y.digest = v.digest "
     "OFFSET 0) d ON true "
@@ -270,7 +272,8 @@ class KnownUnchanged:
     which is checked first, or is an identity conflict before it claims anything.
     """
 
-    member_id: uuid.UUID
+    #: the member's id as text (all a known row needs of it: its key in the file)
+    member_id: str
     #: the file row's first identity column given (id, external_member_number, ssn), named in a refusal
     named: str = "id"
 
@@ -366,9 +369,10 @@ class MembersKind(Kind):
     def known_unchanged(self, connection: Connection, digests: Collection[uuid.UUID]) -> dict[uuid.UUID, Any]:
         if not digests:
             return {}
+        wanted = list(digests)
         with driver_connection(connection.connection).cursor() as cursor:
-            cursor.execute(_KNOWN_UNCHANGED, [list(digests)])
-            return dict(cursor.fetchall())
+            cursor.execute(_KNOWN_UNCHANGED, [",".join(map(str, wanted))])
+            return {wanted[place - 1]: member_id for place, member_id in cursor.fetchall()}
 
     def unchanged_prep(self, found: Any, record: Record) -> Any:
         values = record.values
