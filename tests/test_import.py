@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
+from sqlalchemy.pool import QueuePool
 
 from carecli.config import load_settings
 from carecli.data import audit
@@ -1865,7 +1866,9 @@ def test_a_lookup_failing_in_its_thread_aborts_with_the_batches_before_it_and_le
     assert summary is not None and summary.aborted
     assert summary.batches < 4 and summary.unchanged == 50 * summary.batches
     assert all(name.startswith("carecli-import-lookups") for name in threads)
-    assert engine.pool.checkedout() == 0  # the planner's, the writer's and the lookups' connections are back
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedout() == 0  # the planner's, the writer's and the lookups' connections are back
     # The same run without the failure: every batch, the edited rows updated.
     monkeypatch.setattr(MembersKind, "known_unchanged", original)
     outcome = imp.run("members", edited, batch_rows=50)
