@@ -1876,6 +1876,36 @@ def test_a_lookup_failing_in_its_thread_aborts_with_the_batches_before_it_and_le
     assert outcome.summary.known_unchanged == 240
 
 
+def test_a_pool_too_small_for_a_lookup_connection_runs_the_lookups_on_the_planners(
+        imp: Importer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest lookups take a connection of their own only where the pool can lend it beside the planner's,
+    the writer's and a moment's key load: in a smaller one they run on the planner's, as before."""
+    from sqlalchemy import create_engine
+
+    from carecli.data.bulk import loader as loader_module
+
+    rows = [person(n) for n in range(1, 121)]
+    assert_loaded(imp.run("members", members_csv(*rows), batch_rows=50), created=120)
+    small = create_engine(imp.platform.engine.url, pool_size=3, max_overflow=0, pool_timeout=5)
+    assert loader_module._pool_allows(imp.platform.engine, 4) and not loader_module._pool_allows(small, 4)
+    threads: list[str] = []
+    original = MembersKind.known_unchanged
+
+    def noting(self: MembersKind, connection: Any, digests: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(self, connection, digests)
+
+    monkeypatch.setattr(MembersKind, "known_unchanged", noting)
+    monkeypatch.setattr(imp.platform, "engine", small)
+    try:
+        outcome = imp.run("members", members_csv(*rows), batch_rows=50)
+    finally:
+        small.dispose()
+    assert_loaded(outcome, unchanged=120)
+    assert outcome.summary.known_unchanged == 120
+    assert threads and set(threads) == {threading.current_thread().name}
+
+
 def test_the_retention_purge_takes_a_members_digest_with_them(imp: Importer) -> None:
     from carecli.data import retention
 

@@ -55,6 +55,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, text
+from sqlalchemy.pool import QueuePool
 
 from carecli.data import deferred_indexes, notify
 from carecli.data.actor import Actor
@@ -821,8 +822,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         planner.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"carecli-import-{kind.name}"})
         planner.commit()
         context = BatchContext(planner, actor, SeenKeys(planner), cipher, blind_index, identity_connection)
-        sift = _Sift(kind, planner, tools, context, lookups=engine.connect if threaded else None) \
-            if digests and kind.keeps_digests else None
+        sift = _Sift(kind, planner, tools, context, lookups=engine.connect if threaded and _pool_allows(engine, 4)
+                     else None) if digests and kind.keeps_digests else None
         growth = _Growth(planner)
         if not dry_run:
             writer = _Writer(engine, actor, single_transaction=all_or_nothing, threaded=threaded,
@@ -852,6 +853,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                 progress(counter[0])
         summary.rows = counter[0]
         summary.known_unchanged = sift.known if sift is not None else 0
+        if sift is not None:
+            sift.close()  # its connection goes back before the index builds want one
         preparer.close()
         if writer is not None:
             commit = not (all_or_nothing and rejected["rows"])
@@ -913,6 +916,18 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     deferral.report(summary)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _pool_allows(engine: Engine, connections: int) -> bool:
+    """Whether ``engine``'s pool can lend ``connections`` at once: the planner's, the writer's and the digest
+    lookups', with one more for a moment (the keys, loaded on first use). In a pool configured smaller
+    (``[database] pool_size`` and ``max_overflow``) the last would wait for a connection that does not come
+    back while the import runs; the lookups then run on the planner's connection instead."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):  # NullPool: a connection per checkout
+        return True
+    overflow = pool._max_overflow  # (no public accessor) -1: no limit
+    return overflow < 0 or pool.size() + overflow >= connections
 
 
 def _aborted(summary: ImportSummary, committed: Committed, *, rows: int, rejected: int) -> None:
