@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 from sqlalchemy import Engine, event, insert, text
 
@@ -712,3 +714,61 @@ def test_cli_rewrap_store_replaces_a_keyring_master_key(migrated_engines, tmp_pa
     status = CliRunner().invoke(cli, ["keys", "status"], env=env)
     assert status.exit_code == 0, status.output
     assert f"the OS keyring (carecli/{account}) ({LocalMasterKey(new_key, 'x').key_id})" in status.output
+
+
+# -- the per-value primitives an import calls millions of times ----------------------------------------------
+
+
+@given(key=st.binary(min_size=1, max_size=100), message=st.binary(max_size=3000))
+@settings(max_examples=200, deadline=None)
+def test_a_keyed_mac_is_the_hmac_of_the_standard_library(key: bytes, message: bytes) -> None:
+    import hashlib
+    import hmac
+
+    from carecli.data.bulk.blind_index import KeyedMac
+
+    mac = KeyedMac(key)
+    assert mac(message) == hmac.digest(key, message, hashlib.sha256)
+    assert mac(message) == mac(message)  # the keyed state is copied, never fed the message itself
+    assert repr(mac) == "KeyedMac([key])"
+    with pytest.raises(TypeError):
+        pickle.dumps(mac)
+
+
+def test_nonces_are_read_in_batches_never_repeat_and_a_forked_child_reads_its_own(monkeypatch) -> None:
+    from carecli.data.crypto import fields
+
+    reads: list[int] = []
+    real = os.urandom
+
+    def counting(size: int) -> bytes:
+        reads.append(size)
+        return real(size)
+
+    monkeypatch.setattr(fields.os, "urandom", counting)
+    nonces = fields._Nonces()
+    taken = [nonces.take() for _ in range(3 * nonces.BATCH)]
+    assert all(len(nonce) == fields.NONCE_BYTES for nonce in taken)
+    assert len(set(taken)) == len(taken)
+    assert reads == [fields.NONCE_BYTES * nonces.BATCH] * 3
+    # Half a batch left in this process: a forked child must not take those, nor share what it reads after.
+    for _ in range(nonces.BATCH // 2):
+        taken.append(nonces.take())
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_end)
+            with os.fdopen(write_end, "wb") as out:
+                out.write(b"".join(nonces.take() for _ in range(nonces.BATCH)))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    theirs = [child[at:at + fields.NONCE_BYTES] for at in range(0, len(child), fields.NONCE_BYTES)]
+    ours = taken + [nonces.take() for _ in range(nonces.BATCH)]
+    assert len(theirs) == nonces.BATCH
+    assert not set(theirs) & set(ours)
+    assert len(set(ours)) == len(ours)

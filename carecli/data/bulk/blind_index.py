@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from typing import NoReturn
 
 from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -39,13 +40,39 @@ KEY_NAME = "ssn_hmac_sha256"
 __all__ = ["SSN_BLIND_INDEX", "BlindIndex", "backfill", "load_blind_index", "rewrap_blind_index_key"]
 
 
+class KeyedMac:
+    """HMAC-SHA-256 under one key: the keyed state is made once and copied for each message.
+
+    ``hmac.digest`` lets go of the GIL for every call: beside an import's busy threads (its writer, the audit
+    sealer) that cost up to a switch interval a value (1.6 µs alone, 1.2 ms beside one busy thread; a copy:
+    1.1 and 3.2 µs). Same result (tests compare them).
+    """
+
+    __slots__ = ("_mac",)
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+
+    def __repr__(self) -> str:
+        return "KeyedMac([key])"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a KeyedMac holds a key: it is not pickled")
+
+    def __call__(self, message: bytes) -> bytes:
+        mac = self._mac.copy()
+        mac.update(message)
+        return mac.digest()
+
+
 class BlindIndex:
     """HMAC-SHA-256 of SSNs under the installation's blind-index key."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_mac")
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        self._mac = KeyedMac(key)
 
     def __repr__(self) -> str:
         return "BlindIndex([key])"
@@ -55,11 +82,11 @@ class BlindIndex:
         return (BlindIndex, (self._key,))
 
     def ssn(self, ssn: Ssn) -> str:
-        return hmac.digest(self._key, b"ssn:" + ssn.reveal().encode("ascii"), hashlib.sha256).hex()
+        return self._mac(b"ssn:" + ssn.reveal().encode("ascii")).hex()
 
     def derived_key(self, purpose: bytes) -> bytes:
         """A key of its own for ``purpose`` (HMAC of it under this key): never the SSN hashes' key itself."""
-        return hmac.digest(self._key, b"derive:" + purpose, hashlib.sha256)
+        return self._mac(b"derive:" + purpose)
 
 
 def _stored_key(connection: Connection) -> tuple[uuid.UUID, dict] | None:

@@ -34,8 +34,6 @@ spelling in the file. What a stored digest reveals: nothing without the key
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import uuid
 from collections.abc import Mapping
@@ -45,7 +43,7 @@ from typing import Any, NoReturn
 from sqlalchemy import Connection
 
 from carecli import __version__
-from carecli.data.bulk.blind_index import BlindIndex
+from carecli.data.bulk.blind_index import BlindIndex, KeyedMac
 
 __all__ = ["RECORD_GIVEN", "RULES", "RowDigester", "recorded_any"]
 
@@ -70,7 +68,7 @@ class RowDigester:
     __slots__ = ("_key", "_prefix")
 
     def __init__(self, blind: BlindIndex, kind: str, *, today: date | None = None) -> None:
-        self._key = blind.derived_key(_PURPOSE)
+        self._key = KeyedMac(blind.derived_key(_PURPOSE))
         # The year too: the one rule that depends on the day, a date of birth no more than 130 years back
         # (``dob_too_old``, by calendar year), may refuse on 1 January a row it took before. A row known
         # in one year is matched the full way once in the next.
@@ -90,7 +88,7 @@ class RowDigester:
         except (TypeError, ValueError):
             return None
         payload = self._prefix + text.encode("utf-8", "surrogatepass")
-        return uuid.UUID(bytes=hmac.digest(self._key, payload, hashlib.sha256)[:16])
+        return uuid.UUID(bytes=self._key(payload)[:16])
 
 
 def recorded_any(connection: Connection, entity_type: str | None) -> bool:

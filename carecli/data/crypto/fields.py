@@ -71,8 +71,42 @@ class SealingCipher:
                             row_id=member_id)
 
 
+class _Nonces:
+    """96-bit GCM nonces from the operating system's CSPRNG (``os.urandom``), read 1,024 at a time.
+
+    ``os.urandom`` lets go of the GIL for each call: with another thread ready to run (an import's writer
+    and audit sealer), each of a member's two seals handed it the interpreter for up to a switch interval
+    (a call took 0.46 µs alone, 221 µs beside one busy thread). The nonces are the same CSPRNG's bytes, each
+    taken once. A forked child drops what its parent had read (``os.register_at_fork``): two processes never
+    take the same nonces.
+    """
+
+    BATCH = 1024
+
+    def __init__(self) -> None:
+        self._drop()
+        os.register_at_fork(after_in_child=self._drop)
+
+    def _drop(self) -> None:
+        self._lock = threading.Lock()  # (a new one: a fork may have copied it held by another thread)
+        self._buffer = b""
+        self._at = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            at = self._at
+            if at + NONCE_BYTES > len(self._buffer):
+                self._buffer, at = os.urandom(NONCE_BYTES * self.BATCH), 0
+            self._at = at + NONCE_BYTES
+            return self._buffer[at:at + NONCE_BYTES]
+
+
+NONCE_BYTES = 12
+_NONCES = _Nonces()
+
+
 def _seal(aead: AESGCM, key_id: uuid.UUID, plaintext: bytes, table: str, column: str, row_id: uuid.UUID) -> bytes:
-    nonce = os.urandom(12)
+    nonce = _NONCES.take()
     return bytes([VERSION]) + key_id.bytes + nonce + aead.encrypt(nonce, plaintext, _aad(table, column, row_id))
 
 
