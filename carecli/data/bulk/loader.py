@@ -195,9 +195,6 @@ class _Sift:
         self._lookups: Any = None
         self._thread: ThreadPoolExecutor | None = None
 
-    def __call__(self, chunk: list[Record | RecordProblem]) -> list[Record | RecordProblem | Parsed]:
-        return self.receive(self.send(chunk))
-
     def send(self, chunk: list[Record | RecordProblem]) -> _Sifting:
         if self.digester is None:  # once the file proved readable: the key may be made now
             blind = self.tools.blind_index()

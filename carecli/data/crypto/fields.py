@@ -71,6 +71,9 @@ class SealingCipher:
                             row_id=member_id)
 
 
+NONCE_BYTES = 12
+
+
 class _Nonces:
     """96-bit GCM nonces from the operating system's CSPRNG (``os.urandom``), read 1,024 at a time.
 
@@ -101,7 +104,6 @@ class _Nonces:
             return self._buffer[at:at + NONCE_BYTES]
 
 
-NONCE_BYTES = 12
 _NONCES = _Nonces()
 
 
