@@ -1824,23 +1824,6 @@ def test_a_first_load_looks_up_no_digests_and_refuses_its_repeated_rows_as_the_f
     assert again.summary.known_unchanged == 8 and again.summary.unchanged == 6
 
 
-@pytest.mark.parametrize("threaded", [True, False])
-def test_a_repeat_of_a_row_created_earlier_in_the_run_is_refused_even_when_known_by_its_digest(
-        imp: Importer, threaded: bool) -> None:
-    """Not a first load: digests are looked up, and an earlier batch of the run records those of the members it
-    creates. A later repeat of such a row is known unchanged as that member once the batch is written before the
-    repeat is looked up (always, without the writer thread): it must still be refused as the in-file duplicate
-    it is, as matching every row refuses it, not counted unchanged."""
-    assert_loaded(imp.run("members", members_csv(person(100))), created=1)
-    rows = [person(n) for n in range(6)]
-    data = members_csv(*rows, rows[1], rows[4])
-    expected = imp.run("members", data, dry_run=True, digests=False, batch_rows=2)
-    outcome = imp.run("members", data, batch_rows=2, threaded=threaded)
-    assert outcome.rules() == expected.rules() == [(7, "external_member_number", "duplicate_in_file"),
-                                                   (8, "external_member_number", "duplicate_in_file")]
-    assert_loaded(outcome, created=6, rejected=2)
-
-
 def test_a_lookup_failing_in_its_thread_aborts_with_the_batches_before_it_and_leaves_no_connection(
         imp: Importer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A re-run's digests are looked up in a thread of their own, a chunk or two ahead of the planning: a failure
@@ -1972,8 +1955,7 @@ def _edit(imp: Importer, what: str, n: int) -> None:
 
 
 @given(steps=_steps(), threaded=st.booleans())
-@example(  # a run in which a row matched the member an earlier row of the same run had created once that batch
-    # was written: the refusal named the row's first identity column, not the one it was matched on
+@example(  # rows matching members created earlier in the same run, written before the next batch is planned
     steps=[([("phone", 5), ("number", 3)], [(2, 0), (2, 3), (7, 0)], False),
            ([("number", 0)], [(1, 1), (4, 3), (6, 0), (7, 0), (4, 1), (0, 3), (6, 2), (6, 0), (0, 2)], False)],
     threaded=False)

@@ -238,10 +238,6 @@ class BatchContext:
     identity: Connection | None = None
     #: file row -> the digest of its source record, for rows that take the full path (kinds with digests)
     digests: dict[int, uuid.UUID] = field(default_factory=dict)
-    #: rows may be known unchanged by a digest this run looks up, which an earlier batch of this very run may
-    #: have recorded: a later row of the file can then stand for a record an earlier row created, and the
-    #: created record claims its own new id as a key (see ``MembersKind.plan``)
-    known_lookups: bool = False
 
 
 def column_parser(table: Table, name: str) -> f.Parser:

@@ -186,7 +186,6 @@ class _Sift:
         self.connection = connection
         self.tools = tools
         self.digester: RowDigester | None = None
-        self.context = context
         self.digests = context.digests
         self.known = 0
         #: whether any digest of this kind was recorded before this run (asked once, under the import's lock)
@@ -203,7 +202,6 @@ class _Sift:
             self.digester = RowDigester(blind, self.kind.name)
             self.recorded_before = recorded_any(self.connection, self.kind.entity_type)
             self.connection.commit()
-            self.context.known_lookups = self.recorded_before
         digest = self.digester.digest
         mine: dict[int, Any] = {}
         for item in chunk:

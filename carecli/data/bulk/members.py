@@ -396,8 +396,6 @@ class MembersKind(Kind):
 
         # Which member each row is about, and the keys that make it unique in the file.
         targets: dict[int, uuid.UUID | None] = {}
-        #: the column a row was matched on to its member (the first of id, number, SSN that matched)
-        matched_on: dict[int, str] = {}
         candidates: list[tuple[int, list[str]]] = []
         live: list[Parsed] = []
         for parsed in rows:
@@ -428,13 +426,8 @@ class MembersKind(Kind):
                             "matches a deleted member; restore the member before importing them again")
                 continue
             targets[parsed.row] = target
-            if matches:
-                matched_on[parsed.row] = matches[0][0]
-            # A given or matched id can repeat in the file. A new member's own new id can only be claimed again
-            # by a later row known unchanged as that member (its digest recorded by this run's earlier batch,
-            # when that batch was written before the later row's lookup): it is claimed when such lookups run.
-            member = target or parsed.values.get("id") or (parsed.prep.id if ctx.known_lookups else None)
-            keys = [f"member:{member}"] if member else []
+            # A new member's own new id cannot repeat; a given or matched one can.
+            keys = [f"member:{target or parsed.values['id']}"] if (target or parsed.values.get("id")) else []
             if number is not None:
                 keys.append(f"number:{number}")
             if ssn_hash is not None:
@@ -448,8 +441,8 @@ class MembersKind(Kind):
             if parsed.row in duplicates:
                 key, earlier = duplicates[parsed.row]
                 what = {"member": "member", "number": "external_member_number", "ssn": "ssn"}[key.split(":", 1)[0]]
-                if what == "member":  # name the column the row was matched on (a known row: its first given)
-                    what = known.named if known is not None else matched_on.get(parsed.row) or next(
+                if what == "member":  # name a column the row has: the id, else the key it was matched on
+                    what = known.named if known is not None else next(
                         name for name in _IDENTITY if parsed.values.get(name) is not None)
                 field = what
                 self.reject(plan, parsed, field, "duplicate_in_file",
