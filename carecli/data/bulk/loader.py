@@ -180,13 +180,13 @@ class _Sift:
     third of a re-run's time, waited for in turn). Without, it runs at once on the planning connection.
     """
 
-    def __init__(self, kind: Kind, connection: Any, tools: PrepareTools, context: BatchContext,
+    def __init__(self, kind: Kind, connection: Any, tools: PrepareTools, digests: dict[int, Any],
                  lookups: Callable[[], Any] | None = None) -> None:
         self.kind = kind
         self.connection = connection
         self.tools = tools
         self.digester: RowDigester | None = None
-        self.digests = context.digests
+        self.digests = digests
         self.known = 0
         #: whether any digest of this kind was recorded before this run (asked once, under the import's lock)
         self.recorded_before = True
@@ -817,8 +817,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         planner.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"carecli-import-{kind.name}"})
         planner.commit()
         context = BatchContext(planner, actor, SeenKeys(planner), cipher, blind_index, identity_connection)
-        sift = _Sift(kind, planner, tools, context, lookups=engine.connect if threaded and _pool_allows(engine, 4)
-                     else None) if digests and kind.keeps_digests else None
+        lookups = engine.connect if threaded and _pool_allows(engine, 4) else None
+        sift = _Sift(kind, planner, tools, context.digests, lookups) if digests and kind.keeps_digests else None
         growth = _Growth(planner)
         if not dry_run:
             writer = _Writer(engine, actor, single_transaction=all_or_nothing, threaded=threaded,
