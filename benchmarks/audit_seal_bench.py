@@ -7,7 +7,9 @@ On a fresh migrated platform database: writes ``--rows`` audit rows (as
 carecli writes them: values with a field list, times a millisecond apart,
 in one INSERT ... SELECT), then times
 
-* ``seal``: every row sealed (seals of SEAL_MAX_ROWS rows);
+* ``seal``: every row sealed (seals of SEAL_MAX_ROWS rows); with ``--no-time-index``, without the
+  index on ``created_at`` (a first load builds it after the data, and its audit rows are sealed
+  meanwhile);
 * ``verify``: the whole chain and every sealed row checked (the server
   computes each row's entry; Python compares each seal's manifest);
 * ``verify --since`` the last tenth;
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the database pair")
+    parser.add_argument("--no-time-index", action="store_true",
+                        help="seal without ix_audit_logs_created_at, as during a first load that builds it after "
+                             "the data (built again before verifying)")
     parser.add_argument("--profile", action="store_true",
                         help="print cProfile's top entries (cumulative) of the whole verify (this process only)")
     args = parser.parse_args(argv)
@@ -82,7 +87,16 @@ def main(argv: list[str] | None = None) -> int:
 
         results.append(("peak RSS before sealing", f"{peak_mib():.0f} MiB"))
         fill(args.rows, 0)
-        timed(f"seal {args.rows:,} rows", args.rows, lambda: audit_seal.seal(engine, master))
+        if args.no_time_index:
+            with engine.begin() as connection:
+                definition = connection.execute(text("SELECT pg_get_indexdef('ix_audit_logs_created_at'::regclass)")
+                                                ).scalar_one()
+                connection.execute(text("DROP INDEX ix_audit_logs_created_at"))
+        label = " (no time index)" if args.no_time_index else ""
+        timed(f"seal {args.rows:,} rows{label}", args.rows, lambda: audit_seal.seal(engine, master))
+        if args.no_time_index:
+            with engine.begin() as connection:
+                connection.execute(text(definition))
         profiler = cProfile.Profile() if args.profile else None
         if profiler is not None:
             profiler.enable()

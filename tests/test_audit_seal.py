@@ -7,15 +7,17 @@ for the session (``session_replication_role = replica``), then plain SQL.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from carecli.data import audit, audit_seal
 from carecli.data import retention as retention_sql
@@ -90,6 +92,86 @@ def test_one_timestamp_holding_more_than_max_rows_goes_into_one_seal(platform: P
     report = audit_seal.seal(platform.engine, master, max_rows=5)
     assert report.rows == platform.scalar("SELECT count(*) FROM audit_logs")
     assert audit_seal.verify(platform.engine, master).intact
+
+
+def old_cuts(times: list[datetime], start: datetime | None, horizon: datetime,
+             max_rows: int) -> list[tuple[datetime | None, datetime, int]]:
+    """The seals' ranges as sealing cut them before it read the rows once per call: per seal, the time of
+    the row past ``max_rows`` (an ``OFFSET``), then that range's rows; one time over ``max_rows`` rows
+    whole, ending a microsecond after it. (range_start, range_end, rows) each."""
+    seals: list[tuple[datetime | None, datetime, int]] = []
+    while start is None or start < horizon:
+        rows = sorted(t for t in times if (start is None or t >= start) and t < horizon)
+        end = rows[max_rows] if len(rows) > max_rows else horizon
+        taken = [t for t in rows if t < end]
+        if not taken:
+            if end == horizon:
+                break
+            end += timedelta(microseconds=1)
+            taken = [t for t in rows if t < end]
+        seals.append((start, end, len(taken)))
+        start = end
+        if end == horizon:
+            break
+    return seals
+
+
+def _counts(times: list[datetime]) -> list[tuple[datetime, int]]:
+    return sorted(Counter(times).items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(offsets=st.lists(st.integers(0, 30), max_size=60), max_rows=st.integers(1, 8),
+       start=st.one_of(st.none(), st.integers(-1, 5)), horizon=st.integers(25, 40))
+def test_seals_are_cut_where_one_range_query_per_seal_cut_them(offsets: list[int], max_rows: int, start: int | None,
+                                                               horizon: int) -> None:
+    """The ranges worked out from the counts per time are those the per-seal OFFSET query gave: at most
+    max_rows rows each, a time never split, one crowded time a seal of its own."""
+    base = datetime(2026, 1, 1)
+    begin = None if start is None else base + timedelta(seconds=start)
+    end = base + timedelta(seconds=horizon)
+    times = [base + timedelta(seconds=o) for o in offsets
+             if (begin is None or base + timedelta(seconds=o) >= begin) and o < horizon]
+    expected = old_cuts(times, begin, end, max_rows)
+    assert audit_seal.cut(_counts(times), begin, end, max_rows) == [(s, e) for s, e, _ in expected]
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(groups=st.lists(st.integers(1, 7), min_size=1, max_size=8), max_rows=st.integers(1, 6))
+def test_sealing_reads_the_rows_twice_however_many_seals_it_makes(platform: Platform, master, groups: list[int],
+                                                                  max_rows: int) -> None:
+    """Rows in groups sharing a time (as an import's batches write them), sealed in seals of max_rows:
+    the seals are cut as before, each holds its range's rows, the history verifies, and audit_logs is
+    read by two statements in all (a first load builds its time index only at the end: each read
+    without it is a scan of the whole table)."""
+    tamper(platform, "DELETE FROM audit_seals; DELETE FROM audit_logs")  # each example starts a chain of its own
+    moment = datetime(2026, 1, 1)
+    with platform.engine.begin() as connection:
+        for group, size in enumerate(groups):
+            connection.execute(text(
+                "INSERT INTO audit_logs (entity_type, entity_id, action, created_at) "
+                "SELECT 'probe', gen_random_uuid(), 'read', :at FROM generate_series(1, :n)"),
+                {"at": moment + timedelta(seconds=group), "n": size})
+    times = [row.created_at for row in platform.sql("SELECT created_at FROM audit_logs")]
+    reads: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+        if re.search(r"\bFROM audit_logs\b", statement):
+            reads.append(statement)
+
+    event.listen(platform.engine, "before_cursor_execute", count)
+    try:
+        report = audit_seal.seal(platform.engine, master, max_rows=max_rows)
+    finally:
+        event.remove(platform.engine, "before_cursor_execute", count)
+    assert report.horizon is not None
+    expected = old_cuts(times, None, report.horizon.at, max_rows)
+    assert [(s.range_start, s.range_end, s.row_count) for s in report.sealed] == expected
+    assert len(reads) == 2
+    verified = audit_seal.verify(platform.engine, master)
+    assert verified.intact, verified.findings
+    assert verified.rows_checked == len(times)
 
 
 def test_a_forged_backdated_insert_an_update_a_delete_and_a_swap_are_each_reported(platform: Platform,
