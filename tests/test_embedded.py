@@ -134,3 +134,54 @@ def test_a_start_that_pg_ctl_gave_up_on_joins_the_server_once_it_is_ready(data_d
     finally:
         server._server.cleanup()  # what the process's exit does: the last holder stops it
     assert _wait_stopped(data_dir / "postgres")
+
+
+_HOLDER = ("import sys\n"
+           "from pathlib import Path\n"
+           "from carecli.data.embedded import EmbeddedServer\n"
+           "EmbeddedServer(Path(sys.argv[1])).start()\n"
+           "print('up', flush=True)\n"
+           "sys.stdin.read()\n")
+_WHOAMI = ("import io, json, sys, contextlib\n"
+           "import carecli.cli.main as m\n"
+           "out = io.StringIO()\n"
+           "with contextlib.redirect_stdout(out):\n"
+           "    try:\n"
+           "        m.main(['whoami'])\n"
+           "    except SystemExit as exc:\n"
+           "        code = exc.code\n"
+           "print(json.dumps([code, 'sqlalchemy' in sys.modules, out.getvalue()]))\n")
+
+
+def test_whoami_on_a_running_embedded_server_answers_without_loading_sqlalchemy(data_dir, tmp_path):
+    """The quick path: a server someone else keeps running, a live session: psycopg alone answers, as the full
+    check would; with the server stopped, the full check starts it and answers the same."""
+    env = {"CARECLI_DATA_DIR": str(data_dir), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    assert run_carecli("seed", "--members", "5", "--seed", "42", env=env).code == 0
+    signed = run_carecli("login", "--user", "jeremy.rossi@example.org", env=env)
+    assert signed.code == 0, signed.err
+    full_env = {key: value for key, value in os.environ.items()
+                if key not in ("CARECLI_IDENTITY_URL", "CARECLI_PLATFORM_URL")} | env
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(data_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=full_env)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+        done = subprocess.run([sys.executable, "-c", _WHOAMI], capture_output=True, text=True, env=full_env,
+                              timeout=60, check=True)
+        code, loaded, quick = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert code == 0, done.stderr
+    assert not loaded
+    assert "user:         jeremy.rossi@example.org (Jeremy Rossi)\n" in quick and "role:         admin\n" in quick
+    assert _wait_stopped(data_dir / "postgres")  # the quick path held nothing
+    full = run_carecli("whoami", env=env)  # no server running: the full check starts it
+    assert full.code == 0, full.err
+
+    def shown(text: str) -> list[str]:  # the idle deadline moved on between the two
+        return [line.split(", idle deadline")[0] for line in text.splitlines()]
+
+    assert shown(full.out) == shown(quick)

@@ -381,3 +381,92 @@ def test_not_signed_in(site: Site) -> None:
     assert out.code == EXIT_AUTH
     assert out.err.strip() == "carecli: error: not signed in\n  hint: run `carecli login`"
     assert site.cli("sessions", "revoke", "not-a-uuid").code == EXIT_USAGE
+
+
+# -- the quick whoami ------------------------------------------------------------------------------------------
+
+
+def _connect_to(site: Site) -> Any:
+    """What carecli.services.auth.quick.check opens: psycopg connections to the site's databases, by name."""
+    import psycopg
+
+    def connect(database: str) -> Any:
+        engine = site.engines.identity if database == "identity" else site.engines.platform
+        return psycopg.connect(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+    return connect
+
+
+def _quick(site: Site) -> Any:
+    from carecli.services.auth import quick
+
+    store = site.store()
+    raw = store.load()
+    assert raw is not None
+    return quick.check(site.settings, store, raw, _connect_to(site))
+
+
+@pytest.mark.parametrize("role_state", ["live", "deleted", "none"])
+def test_the_quick_whoami_answers_as_the_full_check_and_slides_the_session_as_it_does(site: Site,
+                                                                                      role_state: str) -> None:
+    user = site.user()
+    if role_state == "none":
+        site.sql("identity", "UPDATE users SET role_id = NULL WHERE id = :id", id=user.id)
+    result = site.login(user)
+    if role_state == "deleted":
+        site.sql("identity", "UPDATE roles SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = :id",
+                 id=site.roles["specialist"])
+    site.sql("identity", "UPDATE sessions SET expires_at = (now() AT TIME ZONE 'UTC') + interval '1 minute' "
+             "WHERE id = :id", id=result.session.id)
+    quick = _quick(site)
+    assert quick is not None
+    assert session_row(site, result.session.id).expires_at == quick.idle_deadline  # slid, as every check does
+    full = site.resolve()
+    assert full.session is not None
+    assert (quick.user, quick.role, quick.permissions) == (full.user, full.role, full.actor.permissions)
+    assert (quick.session_id, quick.ends_at, quick.store) == (full.session.id, full.session.ends_at, full.store)
+    assert abs(full.session.idle_deadline - quick.idle_deadline) < timedelta(seconds=30)
+    assert quick.idle_deadline > result.session.idle_deadline - timedelta(minutes=1)
+    assert (quick.role is None) == (role_state != "live") and bool(quick.permissions) == (role_state == "live")
+
+
+REFUSALS = {
+    "idle": "UPDATE sessions SET expires_at = (now() AT TIME ZONE 'UTC') - interval '1 second' WHERE id = :session",
+    "lifetime": "UPDATE sessions SET created_at = (now() AT TIME ZONE 'UTC') - interval '12 hours 1 minute' "
+                "WHERE id = :session",
+    "ended": "UPDATE sessions SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = :session",
+    "unknown": "UPDATE sessions SET session_token = 'another' WHERE id = :session",
+    "user inactive": "UPDATE users SET is_active = false WHERE id = :user",
+    "user removed": "UPDATE users SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = :user",
+    "user missing": "UPDATE sessions SET user_id = NULL WHERE id = :session",
+    "identity not at head": "UPDATE alembic_version_identity SET version_num = 'identity_0001'",
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_the_quick_whoami_gives_way_to_the_full_check_on_anything_else_and_writes_nothing(site: Site,
+                                                                                          case: str) -> None:
+    """Refusals are the full check's to decide, audit and explain: the quick one only says "not me"."""
+    user = site.user()
+    result = site.login(user)
+    site.sql("identity", REFUSALS[case], session=result.session.id, user=user.id)
+    before = site.sql("identity", "SELECT id, expires_at FROM sessions ORDER BY id")
+    audited = site.sql("platform", "SELECT count(*) FROM audit_logs")
+    assert _quick(site) is None
+    assert site.sql("identity", "SELECT id, expires_at FROM sessions ORDER BY id") == before
+    assert site.sql("platform", "SELECT count(*) FROM audit_logs") == audited
+
+
+def test_the_quick_whoami_gives_way_when_the_platform_database_is_not_at_head(site: Site) -> None:
+    site.login(site.user())
+    site.sql("platform", "UPDATE alembic_version_platform SET version_num = 'platform_0001'")
+    assert _quick(site) is None
+
+
+def test_configured_servers_and_api_tokens_always_take_the_full_check(site: Site) -> None:
+    from carecli.services.auth.quick import quick_whoami
+
+    site.login(site.user())
+    assert not site.settings.embedded
+    assert quick_whoami(site.settings) is None  # TLS, pools and roles of configured servers: the full path's
+    assert quick_whoami(load_settings({**site.env, "CARECLI_TOKEN": "x"})) is None

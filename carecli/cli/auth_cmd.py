@@ -11,10 +11,12 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 
 import click
 
+from carecli.cli.whoami_cmd import echo_identity, echo_session
+from carecli.cli.whoami_cmd import name_of as _name
+from carecli.cli.whoami_cmd import when as _when
 from carecli.config import TOKEN_ENV, Settings, load_settings
 from carecli.data.actor import Channel
 from carecli.data.databases import Databases, open_databases, require_head
@@ -46,15 +48,6 @@ def _open() -> tuple[Settings, Databases]:
 def _signed_in() -> tuple[Settings, Databases, SignedIn]:
     settings, databases = _open()
     return settings, databases, resolve_actor(settings, databases, channel=CHANNEL)
-
-
-def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _name(user: User) -> str:
-    full = " ".join(part for part in (user.first_name, user.last_name) if part)
-    return f"{user.email} ({full})" if full else user.email
 
 
 def _uuid(value: str, what: str) -> uuid.UUID:
@@ -123,23 +116,17 @@ def logout_command() -> None:
                    "(`carecli tokens revoke ID`)", err=True)
 
 
-@click.command("whoami")
-def whoami_command() -> None:
-    """Who you are signed in as, what you may do, and where the session is kept."""
+def whoami_full() -> None:
+    """``carecli whoami`` through the full sign-in check (see :mod:`carecli.cli.whoami_cmd`)."""
     _, _, me = _signed_in()
-    click.echo(f"user:         {_name(me.user)}")
-    click.echo(f"user id:      {me.user.id}")
-    click.echo(f"role:         {me.role or '(none)'}")
-    effective = sorted(me.actor.permissions if me.actor.scopes is None else me.actor.permissions & me.actor.scopes)
-    click.echo(f"permissions:  {', '.join(effective) or '(none)'}")
+    effective = me.actor.permissions if me.actor.scopes is None else me.actor.permissions & me.actor.scopes
+    echo_identity(me.user, me.role, effective)
     if me.via == "token" and me.token is not None:
         name = f" '{me.token.name}'" if me.token.name else ""
         click.echo(f"signed in via {TOKEN_ENV}: token {me.token.id}{name}, scopes {', '.join(me.token.scopes)}, "
                    f"expires {_when(me.token.expires_at)}")
     elif me.session is not None:
-        click.echo(f"session:      {me.session.id}, idle deadline {_when(me.session.idle_deadline)}, "
-                   f"ends at the latest {_when(me.session.ends_at)}")
-        click.echo(f"session kept in {me.store}")
+        echo_session(me.session.id, me.session.idle_deadline, me.session.ends_at, str(me.store))
 
 
 # -- sessions --------------------------------------------------------------------

@@ -37,7 +37,7 @@ SUBCOMMANDS: dict[str, str] = {
     "sync": "users_cmd:sync_command",
     "login": "auth_cmd:login_command",
     "logout": "auth_cmd:logout_command",
-    "whoami": "auth_cmd:whoami_command",
+    "whoami": "whoami_cmd:whoami_command",
     "sessions": "auth_cmd:sessions_group",
     "tokens": "auth_cmd:tokens_group",
     "export": "export_cmd:export_command",

@@ -17,17 +17,14 @@ from sqlalchemy import Connection, Engine, MetaData, text
 
 import carecli
 from carecli.data.models import IDENTITY_METADATA, PLATFORM_METADATA
+from carecli.data.revisions import DATABASES as DATABASES
+from carecli.data.revisions import HEADS as HEADS
+from carecli.data.revisions import VERSION_TABLES as VERSION_TABLES
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-DATABASES = ("identity", "platform")
-VERSION_TABLES = {"identity": "alembic_version_identity", "platform": "alembic_version_platform"}
 TARGET_METADATA: dict[str, MetaData] = {"identity": IDENTITY_METADATA, "platform": PLATFORM_METADATA}
-#: Each history's newest revision. Every start checks the databases against these; knowing them here costs
-#: no import of Alembic and no reading of the migration scripts (~100 ms a process). tests/test_migrations.py
-#: checks them against the scripts, so a new migration that forgets to move its head here fails there.
-HEADS = {"identity": "identity_0003", "platform": "platform_0015"}
 # Arbitrary but fixed keys for pg_advisory_xact_lock, one per history.
 _LOCK_KEYS = {"identity": 7_263_110_001, "platform": 7_263_110_002}
 

@@ -30,6 +30,7 @@ from carecli.data.records import User
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.errors import AuthError, NotFound
 from carecli.services.auth.credentials import CredentialStore
+from carecli.services.auth.session_rules import user_problem
 from carecli.services.auth.sessions import (
     SessionInfo,
     find_session,
@@ -102,17 +103,6 @@ def role_of(uow: IdentityUnitOfWork, user: User) -> tuple[str | None, frozenset[
     name = uow.connection.execute(select(table.c.name).where(
         table.c.id == user.role_id, table.c.deleted_at.is_(None))).scalar_one_or_none()
     return name, permissions
-
-
-def user_problem(user: User | None) -> str | None:
-    """Why this user may not act (None when they may): missing, removed or deactivated."""
-    if user is None:
-        return "user_missing"
-    if user.deleted_at is not None:
-        return "user_deleted"
-    if user.is_active is False:
-        return "user_inactive"
-    return None
 
 
 _USER_MESSAGES = {

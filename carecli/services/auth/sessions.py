@@ -20,7 +20,7 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import select, update
@@ -31,7 +31,17 @@ from carecli.data.databases import Databases
 from carecli.data.models.identity import Session as SessionTable
 from carecli.data.records import Session, User
 from carecli.data.repositories.identity import IdentityUnitOfWork
+from carecli.services.auth.session_rules import (
+    SessionProblem,
+    absolute_end,
+    idle_limit,
+    lifetime_limit,
+    next_deadline,
+    session_problem,
+)
 from carecli.services.auth.tokens import database_now, hash_secret
+
+__all__ = ["SessionProblem", "absolute_end", "idle_limit", "lifetime_limit", "next_deadline", "session_problem"]
 
 log = logging.getLogger("carecli.auth")
 
@@ -39,43 +49,11 @@ SESSION_TOKEN_BYTES = 32
 SESSIONS = SessionTable.__table__
 
 SessionStatus = Literal["active", "expired", "ended"]
-#: why a presented session is not accepted
-SessionProblem = Literal["ended", "idle", "lifetime"]
 
 
 def new_session_token() -> str:
     """A fresh 256-bit session token (URL-safe text)."""
     return secrets.token_urlsafe(SESSION_TOKEN_BYTES)
-
-
-def idle_limit(settings: Settings) -> timedelta:
-    return timedelta(minutes=settings.session_idle_minutes)
-
-
-def lifetime_limit(settings: Settings) -> timedelta:
-    return timedelta(hours=settings.session_max_hours)
-
-
-def absolute_end(session: Session, settings: Settings) -> datetime:
-    """When the session ends however active it is."""
-    assert session.created_at is not None
-    return session.created_at + lifetime_limit(settings)
-
-
-def next_deadline(session: Session, now: datetime, settings: Settings) -> datetime:
-    """The idle deadline after activity at ``now``: ``min(now + idle, created_at + max)``."""
-    return min(now + idle_limit(settings), absolute_end(session, settings))
-
-
-def session_problem(session: Session, now: datetime, settings: Settings) -> SessionProblem | None:
-    """Why the session cannot be used at ``now`` (None when it can)."""
-    if session.deleted_at is not None:
-        return "ended"
-    if now > absolute_end(session, settings):
-        return "lifetime"
-    if now > session.expires_at:
-        return "idle"
-    return None
 
 
 def session_status(session: Session, now: datetime, settings: Settings) -> SessionStatus:

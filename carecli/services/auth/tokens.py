@@ -14,7 +14,6 @@ transaction as the token's audit rows.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import string
@@ -37,6 +36,7 @@ from carecli.data.records import Token
 from carecli.data.repositories.base import CLOCK_NOW
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.errors import AuthError, ConfigError, ValidationError
+from carecli.services.auth.session_rules import hash_secret as hash_secret
 
 TOKEN_PREFIX = "ccli_"
 API_TOKEN_TYPE = "api"
@@ -57,15 +57,6 @@ TokenStatus = Literal["active", "expired", "revoked"]
 
 
 # -- secrets and the clock ---------------------------------------------------------
-
-
-def hash_secret(secret: str) -> str:
-    """The SHA-256 hex digest stored in place of a session or API token.
-
-    A plain hash is enough (no salt, no slow KDF): the tokens are 256-bit
-    random strings, not guessable passwords, and lookups must be by hash.
-    """
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def database_now(connection: Connection) -> datetime:
