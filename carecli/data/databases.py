@@ -22,6 +22,7 @@ from carecli.config import DATABASES, Settings, load_settings
 from carecli.data import migrate, rules
 from carecli.data.embedded import EmbeddedServer
 from carecli.data.replica import ReadRouting, ReplicaHealth
+from carecli.data.revisions import MINIMUM_SERVER_VERSION
 from carecli.errors import DatabaseUnavailable, SchemaOutOfDate
 
 APPLICATION_NAME = "carecli"
@@ -164,7 +165,6 @@ def describe_dbapi_error(exc: DBAPIError) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-MINIMUM_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
 
 
 def check_connection(engine: Engine, database: str) -> None:

@@ -1,4 +1,4 @@
-"""``carecli whoami`` on the embedded database without SQLAlchemy: the happy path only, in a fifth of the time.
+"""``carecli whoami`` on the embedded database without SQLAlchemy: the happy path only, in a third of the time.
 
 A session check through the engines, the models and the units of work costs 0.3-0.4 s of imports before
 the first query. Where the answer is plainly yes (the embedded server is running and ready, both
@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from carecli.config import Settings
+from carecli.data.embedded import EMBEDDED_DATABASE_NAMES, pid_alive
 from carecli.data.records import User
-from carecli.data.revisions import HEADS, VERSION_TABLES
+from carecli.data.revisions import HEADS, MINIMUM_SERVER_VERSION, VERSION_TABLES
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.auth.session_rules import (
     absolute_end,
@@ -34,8 +35,6 @@ from carecli.services.auth.session_rules import (
 
 log = logging.getLogger("carecli.auth")
 
-MINIMUM_SERVER_VERSION = 130000
-_DATABASE_NAMES = {"identity": "carecli_identity", "platform": "carecli_platform"}  # (embedded.py's)
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,6 @@ def running_server(data_dir: Path) -> tuple[str, int] | None:
     From its ``postmaster.pid`` (pid, data dir, start time, port, socket directory, listen address,
     shared memory key, status): a stale file or a server starting or stopping is None.
     """
-    from carecli.data.embedded import pid_alive
-
     try:
         lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
         if len(lines) < 8 or lines[7].strip() != "ready" or not pid_alive(int(lines[0])):
@@ -97,7 +94,7 @@ def _embedded(server: tuple[str, int], database: str) -> Any:
     import psycopg
 
     host, port = server
-    return psycopg.connect(host=host, port=port, user="postgres", dbname=_DATABASE_NAMES[database],
+    return psycopg.connect(host=host, port=port, user="postgres", dbname=EMBEDDED_DATABASE_NAMES[database],
                            connect_timeout=5)
 
 
