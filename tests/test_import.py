@@ -35,6 +35,7 @@ from carecli.data.bulk import copytext
 from carecli.data.bulk import fields as f
 from carecli.data.bulk import members as members_module
 from carecli.data.bulk.catalog import COLUMNS
+from carecli.data.bulk.digests import text_list
 from carecli.data.bulk.loader import BatchConflict, ImportAborted, check_permission
 from carecli.data.bulk.members import MembersKind
 from carecli.data.bulk.readers import (
@@ -1482,7 +1483,7 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
             assert not nodes(raw, members_kind._EXISTING, [ids]) & scans
             digests = [row[0] for row in imp.platform.sql("SELECT digest FROM import_digests LIMIT 500")]
             # Recording a batch's digests, on the writer's connection (which leaves sequential scans on).
-            assert not nodes(raw, members_kind.RECORD_DIGESTS, [ids, digests]) & scans
+            assert not nodes(raw, members_kind.RECORD_DIGESTS, [text_list(ids), text_list(digests)]) & scans
             raw.execute("SET enable_seqscan = off")  # as the import's planner, where it runs
             assert not nodes(raw, members_kind._KNOWN_UNCHANGED, [",".join(map(str, digests))]) & scans
             raw.execute("RESET enable_seqscan")

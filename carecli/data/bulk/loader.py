@@ -61,7 +61,7 @@ from carecli.data import deferred_indexes, notify
 from carecli.data.actor import Actor
 from carecli.data.bulk import copytext
 from carecli.data.bulk.blind_index import BlindIndex
-from carecli.data.bulk.digests import RECORD_GIVEN, RowDigester, recorded_any
+from carecli.data.bulk.digests import RECORD_GIVEN, RowDigester, recorded_any, text_list
 from carecli.data.bulk.kinds import (
     XID,
     BatchContext,
@@ -514,11 +514,12 @@ class _Writer:
                 cursor.execute("SELECT pg_current_xact_id()::text")
                 (current,) = cursor.fetchone() or ("",)
                 xid = str(int(current) & 0xFFFFFFFF)  # xmin is the transaction id without its epoch
-                cursor.execute(RECORD_GIVEN, [self.entity_type, list(plan.new_digests),
-                                              [digest for digest, _ in plan.new_digests.values()],
-                                              [state.replace(XID, xid) for _, state in plan.new_digests.values()]])
+                cursor.execute(RECORD_GIVEN, [self.entity_type, text_list(plan.new_digests),
+                                              text_list(digest for digest, _ in plan.new_digests.values()),
+                                              text_list(state for _, state in plan.new_digests.values())
+                                              .replace(XID, xid)])
             if plan.digests and plan.digest_sql is not None:
-                cursor.execute(plan.digest_sql, [list(plan.digests), list(plan.digests.values())])
+                cursor.execute(plan.digest_sql, [text_list(plan.digests), text_list(plan.digests.values())])
         if plan.inserts or plan.updates or plan.staged or plan.metadata_upserts or plan.copies:
             self._unannounced = True
         self._note_tables(plan)

@@ -251,7 +251,7 @@ _KNOWN_UNCHANGED = (
 #: record the digests of a written batch (member ids, digests): inserted, or updated where they differ
 RECORD_DIGESTS = (
     f"INSERT INTO import_digests (entity_type, entity_id, digest, state) SELECT 'member', m.id, v.digest, {_STATE} "
-    "FROM unnest(%s::uuid[], %s::uuid[]) AS v(entity_id, digest) "
+    "FROM unnest(string_to_array(%s, ',')::uuid[], string_to_array(%s, ',')::uuid[]) AS v(entity_id, digest) "
     "JOIN LATERAL (SELECT x.id, x.xmin FROM members x WHERE x.id = v.entity_id OFFSET 0) m ON true "
     f"{_DIGEST_ROWS} "
     "ON CONFLICT (entity_type, entity_id) DO UPDATE SET digest = EXCLUDED.digest, state = EXCLUDED.state "
