@@ -582,6 +582,8 @@ def report(results: Results, header: str, worklist: list[tuple[str, float]]) -> 
             continue
         p50, p95 = _percentiles(samples)
         print(f"| {label:<{width}} | {p50:8.1f} | {p95:8.1f} | {len(samples):>4} |")
+    if results.gc_pauses:  # the target is on every pause, not the p95
+        print(f"longest full garbage collection during the tour: {max(results.gc_pauses):.1f} ms")
 
     print("\nresident memory")
     print(f"| {'process, moment':<66} | {'RSS MiB':>8} |")
