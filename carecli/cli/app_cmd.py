@@ -97,6 +97,9 @@ def run_app(*, session_fd: int | None = None) -> int:
     With ``session_fd`` (the SSH host's way in) the app runs signed in with the session token read
     from that pipe, on the ``ssh`` channel, and never offers a sign-in. Returns the app's exit code.
     """
+    from carecli.screens.collector import hold_start_up, release_start_up
+
+    hold_start_up()  # until the first screen is shown (see there)
     draw_on_the_terminal()
     settings = load_settings()
     from carecli.services.opening import Opening
@@ -130,6 +133,7 @@ def run_app(*, session_fd: int | None = None) -> int:
     try:
         app.run()
     finally:
+        release_start_up()  # an app that ended before its first screen
         # The app's databases, or the ones opened for it if it ended before taking them.
         databases = app.databases or (opening.databases if opening.done else None)
         if databases is not None:

@@ -33,7 +33,7 @@ from carecli.config import Settings
 from carecli.data.actor import Channel
 from carecli.errors import EXIT_AUTH, EXIT_IDLE, EXIT_OK, AuthError
 from carecli.screens.base import CareModal, PhiHolder, Problem, TypeAhead, describe
-from carecli.screens.collector import collector
+from carecli.screens.collector import collector, release_start_up
 from carecli.screens.formatting import plural, set_display_zone
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
@@ -329,6 +329,7 @@ class CareApp(App[None]):
             return
         self._first_screen_shown = True
         self.push_screen(StartScreen() if self._opening is None else StartScreen(self._opening.text))
+        self.call_after_refresh(release_start_up)
 
     def _show_first_screen(self, screen: Screen[Any]) -> None:
         """``screen`` in place of the start (or sign-in) screen, or above Textual's default one if none was
@@ -343,6 +344,7 @@ class CareApp(App[None]):
         if self._too_small is not None:  # the terminal is still too small: covered again
             self._too_small = TooSmallScreen()
             self.push_screen(self._too_small)
+        self.call_after_refresh(release_start_up)  # start-up is over once this screen is painted
 
     def on_connect_failed(self, message: ConnectFailed) -> None:
         self._show_start_screen()

@@ -30,6 +30,29 @@ DEEP_GROWTH = 100_000
 FORCED_GROWTH = 5 * DEEP_GROWTH
 
 
+#: whether start-up turned the collector off (:func:`hold_start_up`) and has not turned it on again
+_start_up_held = False
+
+
+def hold_start_up() -> None:
+    """No collections while the app starts: the ~140,000 objects start-up makes (Textual, SQLAlchemy, the
+    screens) live as long as the app, and the passes that walk them as they are made find nothing to free
+    (a full one among them). :func:`release_start_up` turns the collector on again once the first screen is
+    shown; :meth:`Collector.start` then freezes what start-up made. Nothing when it is off already."""
+    global _start_up_held
+    if gc.isenabled():
+        gc.disable()
+        _start_up_held = True
+
+
+def release_start_up() -> None:
+    """The collector on again after :func:`hold_start_up` (idempotent; nothing if start-up did not hold it)."""
+    global _start_up_held
+    if _start_up_held:
+        _start_up_held = False
+        gc.enable()
+
+
 class Collector:
     """Freezes what survives each full pass; frees frozen garbage at idle deep passes.
 

@@ -149,3 +149,25 @@ def test_starting_does_not_walk_the_frozen_heap_and_growth_is_never_undercounted
         del kept
     finally:
         fresh.stop()
+
+
+def test_start_up_holds_the_collector_until_the_first_screen_and_never_turns_on_one_it_found_off() -> None:
+    """`carecli app` starts with the collector off (what start-up makes lives as long as the app) and turns it
+    on once its first screen is painted; a collector someone else turned off stays off."""
+    from carecli.screens.collector import hold_start_up, release_start_up
+
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        hold_start_up()
+        assert not gc.isenabled()
+        release_start_up()
+        assert gc.isenabled()
+        release_start_up()  # idempotent
+        assert gc.isenabled()
+        gc.disable()
+        hold_start_up()
+        release_start_up()
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
