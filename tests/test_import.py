@@ -1444,6 +1444,10 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
     engine.dispose()  # every connection from now on is checked out with the settings
     event.listen(engine, "checkout", large_tables)
     try:
+        with engine.connect() as connection:  # as a connection of the pool is before the import
+            jit = connection.exec_driver_sql("SHOW jit").scalar()
+            timeout = connection.exec_driver_sql("SHOW statement_timeout").scalar()
+        assert timeout != "0"
         event.listen(engine, "before_cursor_execute", explain)
         try:
             # The first load, into tables growing from empty without statistics.
@@ -1454,6 +1458,8 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
                 with engine.connect() as connection:
                     assert connection.exec_driver_sql("SHOW enable_seqscan").scalar() == "on"
                     assert connection.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
+                    assert connection.exec_driver_sql("SHOW jit").scalar() == jit
+                    assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == timeout
             # Statistics as the tables grew (1,000, 2,000 and 4,000 members created): without them the planner
             # read all of a metadata index for the blind-index lookup of every batch at 1M members.
             assert analyzed == ["ANALYZE metadata"] * 3, analyzed

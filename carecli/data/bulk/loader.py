@@ -87,6 +87,18 @@ BATCH_ROWS = 5_000
 #: chunks whose digests are being looked up at a time (see _batches): the lookups of the next two chunks run
 #: while this one is planned and the one after it is read and digested
 SIFTED_AHEAD = 2
+#: The planner's settings (the planning connection's for the run, the lookup thread's per transaction):
+#: - no statement timeout: a batch's lookups are the import's own, however long the file;
+#: - custom plans: psycopg prepares a statement after five runs and PostgreSQL then may switch to a generic
+#:   plan, which cannot use the partial natural-key indexes for `= ANY($1)`: a scan per batch;
+#: - no sequential scans: every lookup of a batch has an index to probe by key. During a first load the tables
+#:   grow without statistics, and the planner priced a parallel scan of all of metadata below 5,000 probes of
+#:   the blind-index key (300 ms a batch at 1M members, and growing). Off, PostgreSQL still scans where no
+#:   index serves (the first batch's backfill); the statistics themselves come from _Growth;
+#: - no JIT: probes by key never gain from compiling; a lookup priced high on a table without statistics yet
+#:   (a first re-run's digests) spent 180 ms a batch compiling for a 50 ms query.
+_PLANNING = (("statement_timeout", "0"), ("plan_cache_mode", "force_custom_plan"), ("enable_seqscan", "off"),
+             ("jit", "off"))
 #: an import that wrote at least this many records, and a tenth of its tables, refreshes their statistics
 ANALYZE_MIN_RECORDS = 10_000
 _INSERT_TARGET = re.compile(r"\bINSERT\s+INTO\s+([a-z_]+)", re.IGNORECASE)
@@ -257,12 +269,11 @@ class _Sift:
 
     def _look_up_aside(self, digests: set[Any]) -> dict[Any, Any]:
         """The lookup on the connection of the lookup thread (opened there on first use), planned as the
-        planner's own lookups are (see run_import), for its transaction only."""
+        planner's own lookups are (_PLANNING), for its transaction only."""
         if self._lookups is None:
             assert self._open_lookups is not None
             self._lookups = self._open_lookups()
-        self._lookups.exec_driver_sql("SET LOCAL statement_timeout = 0; SET LOCAL plan_cache_mode = force_custom_plan; "
-                                      "SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
+        self._lookups.exec_driver_sql("; ".join(f"SET LOCAL {name} = {value}" for name, value in _PLANNING))
         return self._look_up(self._lookups, digests)
 
     def close(self) -> None:
@@ -802,18 +813,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     deferral = _Deferral(engine, actor, kind, mode="never" if dry_run else defer_indexes, expected=expected_records)
     try:
         identity_connection = identity.connect() if identity is not None else None
-        planner.exec_driver_sql("SET statement_timeout = 0")
-        # psycopg prepares a statement after five runs and PostgreSQL then may switch to a generic
-        # plan, which cannot use the partial natural-key indexes for `= ANY($1)`: a scan per batch.
-        planner.exec_driver_sql("SET plan_cache_mode = force_custom_plan")
-        # Every lookup of a batch has an index to probe by key. During a first load the tables grow without
-        # statistics, and the planner priced a parallel scan of all of metadata below 5,000 probes of the
-        # blind-index key (300 ms a batch at 1M members, and growing). Off, PostgreSQL still scans where no
-        # index serves (the first batch's backfill); the statistics themselves come from _Growth.
-        planner.exec_driver_sql("SET enable_seqscan = off")
-        # Probes by key never gain from compiling: a lookup priced high on a table without statistics yet
-        # (a first re-run's digests) spent 180 ms a batch compiling for a 50 ms query.
-        planner.exec_driver_sql("SET jit = off")
+        planner.exec_driver_sql("; ".join(f"SET {name} = {value}" for name, value in _PLANNING))
         # One import of a kind at a time: two would each miss the other's uncommitted rows.
         planner.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"carecli-import-{kind.name}"})
         planner.commit()
@@ -899,9 +899,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
             planner.rollback()
             planner.execute(text("SELECT pg_advisory_unlock_all()"))
             # The connection goes back to the pool: the planning settings must not follow it to its next use.
-            planner.exec_driver_sql("RESET enable_seqscan")
-            planner.exec_driver_sql("RESET jit")
-            planner.exec_driver_sql("RESET plan_cache_mode")
+            planner.exec_driver_sql("; ".join(f"RESET {name}" for name, _ in _PLANNING))
             planner.commit()
         except Exception as exc:  # noqa: BLE001 - closing the connection ends the lock too; the outcome stands
             log.warning("could not release the import lock of %s cleanly: %s", kind.name, type(exc).__name__)
