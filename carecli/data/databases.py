@@ -165,8 +165,6 @@ def describe_dbapi_error(exc: DBAPIError) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-
-
 def check_connection(engine: Engine, database: str) -> None:
     """Connect once; raise :class:`DatabaseUnavailable` saying why not.
 

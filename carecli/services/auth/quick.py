@@ -17,11 +17,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from carecli.config import Settings
-from carecli.data.embedded import EMBEDDED_DATABASE_NAMES, pid_alive
+from carecli.data.embedded import EMBEDDED_DATABASE_NAMES, ready_server
 from carecli.data.records import User
 from carecli.data.revisions import HEADS, MINIMUM_SERVER_VERSION, VERSION_TABLES
 from carecli.services.auth.credentials import CredentialStore
@@ -59,21 +58,6 @@ class QuickWho:
     store: str
 
 
-def running_server(data_dir: Path) -> tuple[str, int] | None:
-    """The socket directory and port of the embedded server in ``data_dir``, when it runs and is ready.
-
-    From its ``postmaster.pid`` (pid, data dir, start time, port, socket directory, listen address,
-    shared memory key, status): a stale file or a server starting or stopping is None.
-    """
-    try:
-        lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
-        if len(lines) < 8 or lines[7].strip() != "ready" or not pid_alive(int(lines[0])):
-            return None
-        return lines[4].strip(), int(lines[3])
-    except (OSError, ValueError):
-        return None
-
-
 def quick_whoami(settings: Settings) -> QuickWho | None:
     """The signed-in user and session, checked and slid, or None: take the full path."""
     if settings.api_token or not settings.embedded:
@@ -81,7 +65,7 @@ def quick_whoami(settings: Settings) -> QuickWho | None:
     try:
         store = CredentialStore.for_settings(settings)
         raw = store.load()
-        server = running_server(settings.data_dir) if raw else None
+        server = ready_server(settings.data_dir) if raw else None
         if raw is None or server is None:
             return None
         return check(settings, store, raw, lambda database: _embedded(server, database))

@@ -31,17 +31,13 @@ from carecli.data.databases import Databases
 from carecli.data.models.identity import Session as SessionTable
 from carecli.data.records import Session, User
 from carecli.data.repositories.identity import IdentityUnitOfWork
-from carecli.services.auth.session_rules import (
-    SessionProblem,
-    absolute_end,
-    idle_limit,
-    lifetime_limit,
-    next_deadline,
-    session_problem,
-)
+from carecli.services.auth.session_rules import SessionProblem as SessionProblem
+from carecli.services.auth.session_rules import absolute_end as absolute_end
+from carecli.services.auth.session_rules import idle_limit as idle_limit
+from carecli.services.auth.session_rules import lifetime_limit as lifetime_limit
+from carecli.services.auth.session_rules import next_deadline as next_deadline
+from carecli.services.auth.session_rules import session_problem as session_problem
 from carecli.services.auth.tokens import database_now, hash_secret
-
-__all__ = ["SessionProblem", "absolute_end", "idle_limit", "lifetime_limit", "next_deadline", "session_problem"]
 
 log = logging.getLogger("carecli.auth")
 
