@@ -50,6 +50,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import importlib
 import os
 import pstats
 import shlex
@@ -73,7 +74,9 @@ from sqlalchemy import event, select, text
 # Runnable as a plain script from a checkout: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import carecli.screens  # noqa: E402,F401  (before Textual, as in the app: it sets Textual's frame rate)
+# Before Textual, as in the app: carecli.screens sets the frame rate Textual reads when imported.
+importlib.import_module("carecli.screens")
+
 from textual import events  # noqa: E402
 from textual.dom import DOMNode  # noqa: E402
 from textual.keys import _character_to_key  # noqa: E402
