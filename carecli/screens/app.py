@@ -38,6 +38,7 @@ from carecli.screens.formatting import plural, set_display_zone
 from carecli.screens.live import COALESCE_SECONDS, DataChanged, LiveChanges, NoticeArrived
 from carecli.screens.palette import MemberCommands
 from carecli.screens.side_doors import SCREENSHOT_REFUSED, close_side_doors
+from carecli.screens.strips import install as install_strip_divide
 from carecli.screens.widgets import CareFooter, CareHeader, WholeCellScrollBarRender, prune_dead_watchers
 from carecli.services.auth.credentials import CredentialStore
 from carecli.services.opening import Opening
@@ -221,6 +222,7 @@ class CareApp(App[None]):
         close_side_doors(self)
         self.settings = settings
         ScrollBar.renderer = WholeCellScrollBarRender
+        install_strip_divide()  # painted strips freed by their reference counts (carecli/screens/strips.py)
         self.databases = databases
         self.desk: Desk | None = desk
         self.store = store

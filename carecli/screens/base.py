@@ -20,6 +20,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 
 from carecli.errors import AuthError, CarecliError, ConflictError, ValidationError
+from carecli.screens.collector import collector
 
 if TYPE_CHECKING:
     from carecli.screens.app import CareApp
@@ -249,6 +250,9 @@ class CareScreen(TypeAhead, PhiHolder, Screen[Any]):
             # while it was covered. A screen shown for the first time was styled when it was mounted, a
             # moment ago: doing it again was a fifth of opening a member (benchmarks/tui_bench.py).
             event.refresh_styles = False
+            # What the screen made for its first showing lives as long as the screen: frozen once it is
+            # painted, not walked by the next full pass of the garbage collector (see collector.settle).
+            self.call_after_refresh(collector.settle)
         self.call_after_refresh(self.ensure_focus)
 
     def reloads_own_writes(self) -> bool:

@@ -8,6 +8,9 @@ and one lands in a key press now and then. The policy here is a generational sch
 - after sign-in, everything start-up made is frozen (``gc.freeze``): it lives as long as the app;
 - after every full pass, automatic or ours, what survived it is frozen too, so the next pass walks only what
   was made since the last one (a few thousand objects: a few milliseconds);
+- a screen, once painted for the first time, is frozen without a pass (``settle``): what it made lives as long
+  as it does, and the first full pass after it would walk all of it (the worklist and the member browser after
+  a sign-in: 48,000 objects, 35-40 ms);
 - frozen objects that later become cyclic garbage (a closed screen's widget tree, mostly) wait for a *deep*
   pass, which unfreezes everything, collects and freezes again: it runs only once the keyboard has been still
   (see ``CareApp.collect_when_idle``) and only when the frozen heap has grown by ``DEEP_GROWTH`` objects since
@@ -83,6 +86,19 @@ class Collector:
         if not self.running:
             gc.callbacks.append(self._after_pass)
             self.running = True
+
+    def settle(self) -> None:
+        """Freeze, without a pass, what was made since the last freeze: called once a screen is painted for
+        the first time (CareScreen), and once the worklist is painted with its first rows. A screen's widgets
+        live as long as it does (the worklist and the member browser as long as the session), and the first
+        full pass after them would otherwise walk all of them: in `benchmarks/tui_bench.py`'s tour, the first
+        pass walked 48,000 objects, 35-40 ms on a slow machine, in the middle of the paging. What little
+        garbage is among them waits for a deep pass, counted in the growth like every pass's survivors
+        (listing the generations costs about a millisecond; the freeze itself moves lists, not objects)."""
+        if not self.running:
+            return
+        self.estimate += sum(len(gc.get_objects(generation=generation)) for generation in range(3))
+        gc.freeze()
 
     def stop(self) -> None:
         """The app ends: no more freezing, and what was frozen is the collector's again (garbage of the app's

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from carecli.data.repositories.worklist import WorkItem, Worklist
 from carecli.screens.base import CareScreen
+from carecli.screens.collector import collector
 from carecli.screens.formatting import in_zone, show_when
 from carecli.screens.live import DataChanged
 from carecli.screens.widgets import CareFooter, CareHeader, CareTable, show_empty
@@ -160,8 +161,11 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
             summary.update(f"Your plans: {plans}")
         # Open on the first section with something in it (today's calls when there are any).
         first = next((tab_id for tab_id, _title, _attribute in SECTIONS if self.items.get(tab_id)), SECTIONS[0][0])
-        if tabs.active != f"tab-{first}" and not self._shown_once:
-            tabs.active = f"tab-{first}"
+        if not self._shown_once:
+            if tabs.active != f"tab-{first}":
+                tabs.active = f"tab-{first}"
+            # The session's first screen, painted: what it made lives as long as the session (see collector).
+            self.call_after_refresh(collector.settle)
         self._shown_once = True
         active = (tabs.active or f"tab-{first}").removeprefix("tab-")
         self.query_one(f"#table-{active}", DataTable).focus()

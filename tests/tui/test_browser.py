@@ -186,3 +186,20 @@ async def test_slash_from_the_results_goes_back_to_the_search_box_and_types_in_i
         await pilot.press("a", "slash", "b")
         await wait_for(pilot, lambda: search.value == "a/b", what="a slash typed in the box")
         assert search.has_focus
+
+
+async def test_a_screen_once_painted_is_out_of_the_collectors_full_passes(tui) -> None:
+    """What a screen made for its first showing lives as long as it does: frozen once painted (collector.settle),
+    so the next full pass of the garbage collector does not walk it; the worklist with its rows too."""
+    import gc
+
+    desk = tui.sign_in("specialist")
+    app = tui.app(desk)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _browser(app, pilot)
+        worklist = app.screen_stack[-2]
+        assert isinstance(worklist, WorklistScreen)
+        await pilot.pause()
+        walked = {id(obj) for obj in gc.get_objects()}  # every generation a full pass walks; not the frozen
+        assert id(screen) not in walked and id(screen.query_one("#member-search", Input)) not in walked
+        assert id(worklist) not in walked and id(worklist.query_one("#table-plans")) not in walked

@@ -65,6 +65,30 @@ def test_a_full_pass_freezes_what_survived_it(collector: Collector) -> None:
     assert not is_frozen(newer) and collector.automatic == 1
 
 
+def test_settling_freezes_what_was_made_without_a_pass_and_counts_it_as_growth(
+        collector: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = [Node() for _ in range(100)]
+    watched, holder = cycle()
+    holder.clear()  # garbage made since the last freeze: frozen too, till a deep pass
+    before = collector.estimate
+    collector.settle()
+    assert all(is_frozen(node) for node in kept)
+    assert collector.automatic == 0 and collector.idle == 0  # no pass ran
+    assert collector.estimate >= before + len(kept)  # never under the growth: the deep pass still comes
+    gc.collect()
+    assert watched() is not None  # frozen garbage: no ordinary pass frees it
+    monkeypatch.setattr(collector_module, "DEEP_GROWTH", -1)
+    assert collector.pause_pass() is True
+    assert watched() is None  # the deep pass does
+
+
+def test_settling_does_nothing_before_the_start() -> None:
+    idle = Collector()
+    node = Node()
+    idle.settle()
+    assert not is_frozen(node) and idle.estimate == 0
+
+
 def test_frozen_cyclic_garbage_goes_at_a_deep_pass_only(collector: Collector,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     watched, holder = cycle()
