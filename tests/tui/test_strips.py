@@ -47,8 +47,11 @@ def holds_itself(strip: Strip) -> bool:
 
 
 def test_the_app_installs_it() -> None:
-    from carecli.screens.app import CareApp  # noqa: F401  (the app puts it in place when made)
+    from carecli.config import load_settings
+    from carecli.screens.app import CareApp
 
+    Strip.divide = strips._textual_divide  # type: ignore[method-assign]
+    CareApp(load_settings({}))  # made, not run: no database is opened
     assert Strip.divide is strips.divide
 
 
