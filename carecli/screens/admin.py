@@ -34,7 +34,7 @@ from carecli.screens.base import CareModal, CareScreen, Problem, describe
 from carecli.screens.confirm import ConfirmDialog
 from carecli.screens.formatting import display_zone, in_zone, plural, show_time, words, zone_name
 from carecli.screens.forms import FormModal
-from carecli.screens.widgets import CareFooter, CareHeader, CareTable
+from carecli.screens.widgets import CareFooter, CareHeader, CareTabbedContent, CareTable
 from carecli.services.desk import AccessEntry, AuditFilter
 
 #: entity types that audit rows name (repositories' ``entity_type`` and the services' own rows)
@@ -238,7 +238,7 @@ Roles are changed with `carecli roles`.
 
     def compose(self) -> ComposeResult:
         yield CareHeader()
-        with TabbedContent(id="admin-tabs", initial="users-tab"):
+        with CareTabbedContent(id="admin-tabs", initial="users-tab"):
             with TabPane("Users", id="users-tab"):
                 yield Static(id="users-refused", classes="refusal")
                 yield CareTable(id="users-table", cursor_type="row", zebra_stripes=True)

@@ -45,7 +45,7 @@ from carecli.screens.forms import (
 )
 from carecli.screens.live import MEMBER_FILE_ENTITIES, DataChanged
 from carecli.screens.member_forms import MemberEditScreen
-from carecli.screens.widgets import CareFooter, CareHeader, CareTable, show_empty
+from carecli.screens.widgets import CareFooter, CareHeader, CareTabbedContent, CareTable, show_empty
 from carecli.services.desk import NOTE_PREFIX, Desk, EnrollmentView, MemberFile, MemberVisit
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ Keys your role cannot use are not shown.
             yield Static("", id="member-contact", markup=False)
             yield Static("", id="member-address", markup=False)
             yield Static("", id="member-phi", markup=False)
-        with TabbedContent(id="member-tabs"):
+        with CareTabbedContent(id="member-tabs"):
             for pane_id, title in TABS.items():
                 if pane_id == "access" and not self.desk.can(Permission.AUDIT_READ):
                     continue

@@ -22,9 +22,10 @@ from textual.render import measure
 from textual.scrollbar import ScrollBarRender
 from textual.strip import Strip
 from textual.widget import NoScreen, Widget
-from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Static
+from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.widgets._data_table import CellType, ColumnKey, RowKey, default_cell_formatter
 from textual.widgets._header import HeaderTitle
+from textual.widgets._tabbed_content import ContentTab, ContentTabs
 
 
 def prune_dead_watchers(obj: Any) -> None:
@@ -127,6 +128,24 @@ class CareCheckbox(Checkbox):
     def _button(self) -> Content:
         style = self.get_visual_style("toggle--button")
         return Content.assemble("[", ("x" if self.value else " ", style), "]")
+
+
+class CareTabbedContent(TabbedContent):
+    """Textual's TabbedContent, which ignores a focus in one of its panes once its tabs are gone.
+
+    A widget focused in a pane tells the TabbedContent, which makes that pane's tab the active
+    one. While a screen is torn down (removed, or the app ending) its deepest widgets go first:
+    the tabs are gone before the panes, and a focus on its way then (a member screen focuses its
+    calls as it is mounted) made Textual raise "No Tab with id ..." and end the app (CI, the spare
+    member screen torn down at the app's end). There is no tab to show then, so nothing to do.
+    """
+
+    def _on_tab_pane_focused(self, event: TabPane.Focused) -> None:
+        pane_id = event.tab_pane.id
+        tabs = self.query_children(ContentTabs)
+        if pane_id is None or not tabs or not tabs.first().query(f"#tabs-list > #{ContentTab.add_prefix(pane_id)}"):
+            event.stop()
+            event.prevent_default()  # Textual's own handler (the next in the MRO) would raise
 
 
 def show_empty(table: DataTable[Any], note: Static, text: str) -> None:

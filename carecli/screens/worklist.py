@@ -15,7 +15,7 @@ from carecli.screens.base import CareScreen
 from carecli.screens.collector import collector
 from carecli.screens.formatting import in_zone, show_when
 from carecli.screens.live import DataChanged
-from carecli.screens.widgets import CareFooter, CareHeader, CareTable, show_empty
+from carecli.screens.widgets import CareFooter, CareHeader, CareTabbedContent, CareTable, show_empty
 
 #: tab id, title, the Worklist attribute it shows
 SECTIONS = (
@@ -95,7 +95,7 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
     def compose(self) -> ComposeResult:
         yield CareHeader()
         yield Static("Loading your worklist…", id="worklist-summary", classes="status-line")
-        with TabbedContent(id="worklist-tabs"):
+        with CareTabbedContent(id="worklist-tabs"):
             for tab_id, title, _attribute in SECTIONS:
                 with TabPane(title, id=f"tab-{tab_id}"):
                     yield Static("", id=f"empty-{tab_id}", classes="empty-note", markup=False)

@@ -996,3 +996,28 @@ async def test_an_app_that_ends_while_the_spare_is_still_composing_ends_cleanly(
         app.prepare_spare_member()
         assert app._spare_member is not None and not app._spare_member[0].is_mounted
     assert app.return_code in (0, None)
+
+
+async def test_a_focus_in_a_pane_whose_tab_is_already_torn_down_does_not_end_the_app(tui) -> None:
+    """A screen is torn down deepest widgets first, so its tabs go before its panes: a focus then on its way
+    into a pane (the member screen focuses its calls as it is mounted) made Textual's TabbedContent raise
+    "No Tab with id '--content-tab-calls'" and end the app (CI: the spare member screen at the app's end)."""
+    from textual.widgets import TabPane
+    from textual.widgets._tabbed_content import ContentTab
+
+    known = make_member(tui)
+    app = app_for(tui, tui.sign_in("specialist"))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_member(pilot, known.id)
+        tabbed = screen.query_one("#member-tabs", TabbedContent)
+        # While the tabs are there, a focus in a pane still shows that pane's tab.
+        screen.set_focus(screen.query_one("#flags-table", DataTable))
+        await wait_for(pilot, lambda: tabbed.active == "flags", what="the flags tab shown by the focus")
+        await screen.query(ContentTab).remove()
+        pane = screen.query_one("#calls", TabPane)
+        pane.post_message(TabPane.Focused(pane))
+        await pilot.pause(0.2)
+        assert app.is_running and app._exception is None
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen), what="the worklist")
+    assert app.return_code in (0, None)
