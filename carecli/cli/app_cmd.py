@@ -12,6 +12,9 @@ from carecli.errors import ConfigError
 
 #: the most a session token read from the SSH host's pipe may be (it is 43 characters)
 _MAX_TOKEN_BYTES = 512
+#: how long the app waits for the opening thread to load what it needs before loading the app itself
+#: (Opening.wait_loaded: it then waits on the server while the app loads); a bound, not a delay
+LOAD_HEAD_START_SECONDS = 1.0
 
 
 def read_session_fd(fd: int) -> tuple[str, bytes | None]:
@@ -118,6 +121,7 @@ def run_app(*, session_fd: int | None = None) -> int:
     # Started before Textual and the screens are imported: the embedded server's start, the connections, the
     # session check and the worklist's first read wait on the server while this thread loads the app.
     opening.start()
+    opening.wait_loaded(LOAD_HEAD_START_SECONDS)
     if opening.starting_server and sys.stdout.isatty():
         # Said at once, before the app has loaded (a second or so on a busy machine); the app's start screen
         # then says it again until the server is up.

@@ -56,6 +56,7 @@ class Opening:
         self.failure: BaseException | None = None
         self.refusal: BaseException | None = None
         self._done = threading.Event()
+        self._loaded = threading.Event()
         self._lock = threading.Lock()
         self._started = False
         self._thread = threading.Thread(target=self._run, name="carecli-opening", daemon=True)
@@ -72,6 +73,20 @@ class Opening:
                 self._started = True
                 self._thread.start()
         return self
+
+    def wait_loaded(self, timeout: float) -> bool:
+        """Give the thread a head start: wait until it has imported what it needs and is about to wait on
+        the server (or the embedded server's start), at most ``timeout`` seconds.
+
+        The two threads share one interpreter lock, so loading the app meanwhile only slowed the
+        thread's own imports, and the connections, the session check and the worklist's read then
+        waited on the server with the app already loaded and nothing left to overlap them with
+        (``benchmarks/tui_bench.py``: the main thread stood idle ~120 ms before the worklist). Loaded
+        first, the thread waits on the server while the main thread loads the app.
+        """
+        if self.starting_server or not self._started:
+            return self._loaded.is_set()  # a server to start first: nothing to wait for
+        return self._loaded.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the outcome; False when ``timeout`` passed first."""
@@ -90,7 +105,25 @@ class Opening:
         try:
             self._open()
         finally:
+            self._loaded.set()
             self._done.set()
+
+    def _load(self) -> None:
+        """Import what the opening runs (SQLAlchemy, the models, psycopg, the desk and keyring), then let
+        the main thread go on (:meth:`wait_loaded`). An import that fails is left to fail where it is used."""
+        try:
+            import psycopg  # noqa: F401  (imported by SQLAlchemy at the first engine otherwise)
+
+            import carecli.data.databases  # noqa: F401
+            import carecli.services.desk  # noqa: F401
+            from carecli.services.auth.credentials import _working_keyring
+
+            if self.store is None:
+                _working_keyring()  # keyring picks its backend once (entry points), here rather than later
+        except Exception:  # noqa: S110
+            pass
+        finally:
+            self._loaded.set()
 
     def _open(self) -> None:
         try:
@@ -99,7 +132,10 @@ class Opening:
                 # First, before SQLAlchemy is even imported: the server takes longest, and mostly waits.
                 from carecli.data.embedded import EmbeddedServer
 
+                if self.starting_server:
+                    self._loaded.set()  # seconds of waiting on the server: the app loads meanwhile
                 server = EmbeddedServer(self.settings.data_dir).start()
+            self._load()
             from carecli.data.databases import open_databases, require_head
 
             databases = self._given or open_databases(self.settings, server=server)

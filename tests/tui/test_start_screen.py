@@ -221,3 +221,40 @@ async def test_a_quick_start_on_a_small_terminal_keeps_the_cover_over_the_first_
             await pilot.resize_terminal(100, 30)
             await wait_for(pilot, lambda: type(app.screen).__name__ == first, what=first)
             assert len(app.screen_stack) == 2
+
+
+def test_the_opening_loads_what_it_needs_first_and_then_lets_the_app_load(tui) -> None:
+    """`carecli app` waits for the opening thread's imports (Opening.wait_loaded), then loads Textual while
+    the thread waits on the server: the thread never loads Textual, and what it runs is loaded by then."""
+    probe = (
+        "import json, sys\n"
+        "from carecli.config import load_settings\n"
+        "from carecli.services.opening import Opening\n"
+        "opening = Opening(load_settings()).start()\n"
+        "loaded = opening.wait_loaded(60)\n"
+        "seen = sorted(m for m in ('sqlalchemy', 'psycopg', 'keyring', 'carecli.data.databases',\n"
+        "                          'carecli.services.desk', 'textual') if m in sys.modules)\n"
+        "assert opening.wait(60)\n"
+        "print(json.dumps([loaded, seen, 'textual' in sys.modules, type(opening.failure).__name__]))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CARECLI_")}
+    env.update(tui.env, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")  # not signed in: a refusal
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded, seen, textual_after, failure = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded is True
+    assert seen == ["carecli.data.databases", "carecli.services.desk", "keyring", "psycopg", "sqlalchemy"]
+    assert textual_after is False and failure == "NoneType"
+
+
+def test_with_a_server_to_start_the_app_loads_at_once(tmp_path) -> None:
+    """The embedded server's start is seconds of waiting: the app does not wait for the thread to load first."""
+    settings = _embedded_settings(tmp_path)
+    HeldOpening.release = threading.Event()
+    opening = HeldOpening(settings)
+    assert opening.starting_server
+    assert opening.wait_loaded(30) is False  # not started: returns at once
+    opening.start()
+    assert opening.wait_loaded(30) is False  # started, held: still at once
+    HeldOpening.release.set()
+    assert opening.wait(30) and opening.wait_loaded(0)
