@@ -283,6 +283,8 @@ class Results:
     #: widgets removed from their screen but still alive at the end of the tour, by class
     detached: dict[str, int] = field(default_factory=dict)
     process_launches: list[float] = field(default_factory=list)
+    #: --compare-trees: launches of each source tree, alternated one by one
+    tree_launches: dict[str, list[float]] = field(default_factory=dict)
     process_rss: dict[str, float] = field(default_factory=dict)
 
 
@@ -517,6 +519,23 @@ def run_processes(env: dict[str, str], runs: int, pages: int, results: Results, 
             pane.stop()
 
 
+def compare_trees(env: dict[str, str], trees: list[str], runs: int, results: Results) -> None:
+    """``runs`` launches of ``carecli app`` from each source tree (its PYTHONPATH), alternated one by one
+    (ABBA: the order flips every round), so a machine that slows down or speeds up mid-run weighs on
+    both alike."""
+    for tree in trees:
+        results.tree_launches[tree] = []
+    for run in range(runs):
+        for tree in (trees if run % 2 == 0 else trees[::-1]):
+            pane = Pane({**env, "PYTHONPATH": tree}, run)
+            started = time.perf_counter()
+            try:
+                pane.start()
+                results.tree_launches[tree].append((pane.wait_for("Today (") - started) * 1000)
+            finally:
+                pane.stop()
+
+
 # --------------------------------------------------------------------------
 # The worklist's statements
 # --------------------------------------------------------------------------
@@ -569,6 +588,7 @@ def report(results: Results, header: str, worklist: list[tuple[str, float]]) -> 
         ("launch → worklist shown, first in process", [results.launch_first]),
         ("launch → worklist shown, in process", results.launches),
         ("launch → worklist shown, `carecli app` in tmux", results.process_launches),
+        *((f"launch in tmux, tree {tree}", samples) for tree, samples in results.tree_launches.items()),
         ("F3 → member browser, first page", [results.browser_first_page]),
         ("keystroke → results", results.typed),
         ("keystroke + Enter → results (round trip)", results.submitted),
@@ -642,9 +662,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-top", type=int, default=25, help="entries of the --profile listing")
     parser.add_argument("--launch-only", action="store_true",
                         help="only the `carecli app` launches in tmux (no in-process tour, no paging)")
+    parser.add_argument("--compare-trees", nargs=2, metavar="DIR",
+                        help="with --launch-only: alternate --process-runs launches from each of two source trees "
+                             "(a checkout or a copy of carecli/ before and after a change; its PYTHONPATH)")
     parser.add_argument("--py-spy", metavar="PATH",
                         help="record the first tmux launch with py-spy (raw stacks, 1 kHz, every thread) into PATH")
     args = parser.parse_args(argv)
+    if args.compare_trees and not args.launch_only:
+        parser.error("--compare-trees times launches only: add --launch-only")
     machine = machine_speed()  # before the run loads the machine
     global PROFILER
     if args.profile:
@@ -680,10 +705,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"launching `carecli app` {args.process_runs} times in tmux...", file=sys.stderr, flush=True)
             # The child finds the same session file; no OS keyring may shadow it.
             try:
-                run_processes({**env, "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"],
-                               "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring", "LANG": "C.UTF-8"},
-                              args.process_runs, 0 if args.launch_only else args.pages, results,
-                              py_spy=args.py_spy)
+                child_env = {**env, "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"],
+                             "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring", "LANG": "C.UTF-8"}
+                if args.compare_trees:
+                    compare_trees(child_env, [str(Path(tree).resolve()) for tree in args.compare_trees],
+                                  args.process_runs, results)
+                else:
+                    run_processes(child_env, args.process_runs, 0 if args.launch_only else args.pages, results,
+                                  py_spy=args.py_spy)
             except (subprocess.CalledProcessError, TimeoutError) as exc:
                 detail = getattr(exc, "stderr", None) or ""
                 print(f"tmux runs stopped: {exc} {detail}".strip(), file=sys.stderr)

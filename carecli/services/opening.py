@@ -110,16 +110,15 @@ class Opening:
 
     def _load(self) -> None:
         """Import what the opening runs (SQLAlchemy, the models, psycopg, the desk and keyring), then let
-        the main thread go on (:meth:`wait_loaded`). An import that fails is left to fail where it is used."""
+        the main thread go on (:meth:`wait_loaded`). An import that fails is left to fail where it is used.
+        Only imports: keyring picks its backend later, when the session is resumed (a backend's check may
+        wait on D-Bus, and the app would wait with it)."""
         try:
+            import keyring  # noqa: F401
             import psycopg  # noqa: F401  (imported by SQLAlchemy at the first engine otherwise)
 
             import carecli.data.databases  # noqa: F401
             import carecli.services.desk  # noqa: F401
-            from carecli.services.auth.credentials import _working_keyring
-
-            if self.store is None:
-                _working_keyring()  # keyring picks its backend once (entry points), here rather than later
         except Exception:  # noqa: S110
             pass
         finally:
