@@ -25,7 +25,6 @@ from textual.widget import NoScreen, Widget
 from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.widgets._data_table import CellType, ColumnKey, RowKey, default_cell_formatter
 from textual.widgets._header import HeaderTitle
-from textual.widgets._tabbed_content import ContentTab, ContentTabs
 
 
 def prune_dead_watchers(obj: Any) -> None:
@@ -141,9 +140,9 @@ class CareTabbedContent(TabbedContent):
     """
 
     def _on_tab_pane_focused(self, event: TabPane.Focused) -> None:
-        pane_id = event.tab_pane.id
-        tabs = self.query_children(ContentTabs)
-        if pane_id is None or not tabs or not tabs.first().query(f"#tabs-list > #{ContentTab.add_prefix(pane_id)}"):
+        try:
+            self.get_tab(event.tab_pane)
+        except (NoMatches, ValueError):  # no tabs left, or none for this pane (or a pane with no id)
             event.stop()
             event.prevent_default()  # Textual's own handler (the next in the MRO) would raise
 

@@ -76,7 +76,8 @@ class Opening:
 
     def wait_loaded(self, timeout: float) -> bool:
         """Give the thread a head start: wait until it has imported what it needs and is about to wait on
-        the server (or the embedded server's start), at most ``timeout`` seconds.
+        the server, at most ``timeout`` seconds (not at all when the embedded server has to start first:
+        seconds of waiting, which the app's loading overlaps anyway).
 
         The two threads share one interpreter lock, so loading the app meanwhile only slowed the
         thread's own imports, and the connections, the session check and the worklist's read then
@@ -131,8 +132,6 @@ class Opening:
                 # First, before SQLAlchemy is even imported: the server takes longest, and mostly waits.
                 from carecli.data.embedded import EmbeddedServer
 
-                if self.starting_server:
-                    self._loaded.set()  # seconds of waiting on the server: the app loads meanwhile
                 server = EmbeddedServer(self.settings.data_dir).start()
             self._load()
             from carecli.data.databases import open_databases, require_head
