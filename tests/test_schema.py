@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from carecli.data.migrate import TARGET_METADATA, VERSION_TABLES
+from carecli.data.models import IDENTITY_METADATA, PLATFORM_METADATA
+from carecli.data.models.base import TableModel
 from tests.seed_schema import (
     CROSS_DATABASE_FK,
     FIXTURE,
@@ -139,7 +145,7 @@ def test_specialist_user_id_is_indexed_without_a_constraint(template_pair):
 
 @pytest.mark.parametrize("database", ["identity", "platform"])
 def test_models_match_the_migrated_schema(migrated_engines, database):
-    """The typed mappings and the migrations describe the same schema (autogenerate sees no diff)."""
+    """The model tables and the migrations describe the same schema (autogenerate sees no diff)."""
     engine = getattr(migrated_engines, database)
     with engine.connect() as connection:
         context = MigrationContext.configure(
@@ -166,3 +172,39 @@ def test_server_defaults_fill_in(migrated_engines):
     assert plan.is_active is True
     assert (enrollment.status, enrollment.is_primary, str(enrollment.coverage_percentage)) == (
         "active", False, "100.00")
+
+
+def _table_models() -> list[type[TableModel]]:
+    found, stack = [], list(TableModel.__subclasses__())
+    while stack:
+        model = stack.pop()
+        stack.extend(model.__subclasses__())
+        if "__tablename__" in model.__dict__:
+            found.append(model)
+    return found
+
+
+def test_every_table_has_one_model_class_whose_attributes_are_its_columns():
+    models = _table_models()
+    tables = {model.__table__ for model in models}
+    assert len(tables) == len(models)
+    assert tables == set(IDENTITY_METADATA.tables.values()) | set(PLATFORM_METADATA.tables.values())
+    for model in models:
+        table = model.__table__
+        assert table.name == model.__tablename__
+        assert table.metadata is model.metadata
+        for column in table.columns:
+            assert getattr(model, column.key) is column, (model, column.key)
+        # The class stands for its table in statements (SQLAlchemy's __clause_element__ protocol).
+        assert select(model).get_final_froms() == [table]
+        assert update(model).table is table and delete(model).table is table
+
+
+def test_the_models_load_without_the_orm(tmp_path):
+    """The models are Core tables: a process that loads them, the desk and its repositories (the app's
+    launch) does not pay for ``sqlalchemy.orm``."""
+    probe = ("import sys, carecli.data.models, carecli.services.desk, carecli.data.repositories.worklist\n"
+             "print(sorted(m for m in sys.modules if m.startswith('sqlalchemy.orm')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.stdout.strip() == "[]"

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-from typing import Any
-
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, text
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    text,
+)
 from sqlalchemy.dialects.postgresql import INET, JSONB
-from sqlalchemy.orm import Mapped, mapped_column
 
 from carecli.data.models.base import (
     ACTIVE_DELETED_FILTER,
@@ -24,13 +31,13 @@ from carecli.data.models.enums import TOKEN_TYPES
 class Role(IdentityBase):
     __tablename__ = "roles"
 
-    id: Mapped[uuid.UUID] = pk_column()
-    name: Mapped[str] = mapped_column(String(50), unique=True)
-    description: Mapped[str | None] = mapped_column(Text)
-    permissions: Mapped[Any | None] = mapped_column(JSONB)
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    name = Column(String(50), unique=True, nullable=False)
+    description = Column(Text)
+    permissions = Column(JSONB)
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 class User(IdentityBase):
@@ -40,18 +47,18 @@ class User(IdentityBase):
         Index("ix_users_name", "last_name", "first_name", "id", postgresql_where=ACTIVE_DELETED_FILTER),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
+    id = pk_column()
     # The identity provider's subject (Auth0 user id).
-    external_user_id: Mapped[str] = mapped_column(String(255), unique=True)
-    email: Mapped[str] = mapped_column(String(255), unique=True)
-    first_name: Mapped[str | None] = mapped_column(String(100))
-    last_name: Mapped[str | None] = mapped_column(String(100))
-    role_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("roles.id"))
-    is_active: Mapped[bool | None] = mapped_column(server_default=text("true"))
-    last_login_at: Mapped[datetime | None] = mapped_column()
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    external_user_id = Column(String(255), unique=True, nullable=False)
+    email = Column(String(255), unique=True, nullable=False)
+    first_name = Column(String(100))
+    last_name = Column(String(100))
+    role_id = Column(Uuid, ForeignKey("roles.id"))
+    is_active = Column(Boolean, server_default=text("true"))
+    last_login_at = Column(DateTime)
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 class Token(IdentityBase):
@@ -67,15 +74,15 @@ class Token(IdentityBase):
             "token_type = 'ssh_key' AND deleted_at IS NULL AND is_revoked IS NOT TRUE")),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    token_type: Mapped[str] = mapped_column(String(20))
-    token_hash: Mapped[str] = mapped_column(String(255))
-    expires_at: Mapped[datetime] = mapped_column()
-    scopes: Mapped[Any | None] = mapped_column(JSONB)
-    is_revoked: Mapped[bool | None] = mapped_column(server_default=text("false"))
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    user_id = Column(Uuid, ForeignKey("users.id"))
+    token_type = Column(String(20), nullable=False)
+    token_hash = Column(String(255), nullable=False)
+    expires_at = Column(DateTime, nullable=False)
+    scopes = Column(JSONB)
+    is_revoked = Column(Boolean, server_default=text("false"))
+    deleted_at = deleted_column()
+    created_at = now_column()
 
 
 class Session(IdentityBase):
@@ -85,14 +92,14 @@ class Session(IdentityBase):
         Index("ix_sessions_expires_at", "expires_at", postgresql_where=ACTIVE_DELETED_FILTER),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    session_token: Mapped[str] = mapped_column(String(255), unique=True)
-    ip_address: Mapped[str | None] = mapped_column(INET)
-    user_agent: Mapped[str | None] = mapped_column(Text)
-    expires_at: Mapped[datetime] = mapped_column()
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    user_id = Column(Uuid, ForeignKey("users.id"))
+    session_token = Column(String(255), unique=True, nullable=False)
+    ip_address = Column(INET)
+    user_agent = Column(Text)
+    expires_at = Column(DateTime, nullable=False)
+    deleted_at = deleted_column()
+    created_at = now_column()
 
 
 #: What ``pending_platform_changes.kind`` may say.
@@ -114,11 +121,11 @@ class PendingPlatformChange(IdentityBase):
         Index("ix_pending_platform_changes_open", "created_at", "id", postgresql_where=text("done_at IS NULL")),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    kind: Mapped[str] = mapped_column(String(50))
-    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    payload: Mapped[Any] = mapped_column(JSONB)
-    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
-    attempts: Mapped[int] = mapped_column(server_default=text("0"))
-    last_error: Mapped[str | None] = mapped_column(Text)
-    done_at: Mapped[datetime | None] = mapped_column()
+    id = pk_column()
+    kind = Column(String(50), nullable=False)
+    user_id = Column(Uuid, ForeignKey("users.id"))
+    payload = Column(JSONB, nullable=False)
+    created_at = Column(DateTime, server_default=text("now()"), nullable=False)
+    attempts = Column(Integer, server_default=text("0"), nullable=False)
+    last_error = Column(Text)
+    done_at = Column(DateTime)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import date, datetime
-from decimal import Decimal
-from typing import Any
-
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -19,11 +17,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import INET, JSONB
-from sqlalchemy.orm import Mapped, mapped_column
 
 from carecli.data.models.base import (
     ACTIVE_DELETED_FILTER,
@@ -56,23 +54,23 @@ class Member(PlatformBase):
         Index("ix_members_status", "status", postgresql_where=ACTIVE_DELETED_FILTER),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
+    id = pk_column()
     # AES-256-GCM ciphertexts written by the application; never plaintext.
-    encrypted_ssn: Mapped[bytes | None] = mapped_column(LargeBinary)
-    encrypted_dob: Mapped[bytes | None] = mapped_column(LargeBinary)
-    first_name: Mapped[str] = mapped_column(String(100))
-    last_name: Mapped[str] = mapped_column(String(100))
-    email: Mapped[str | None] = mapped_column(String(255))
-    phone: Mapped[str | None] = mapped_column(String(20))
-    address_line1: Mapped[str | None] = mapped_column(String(255))
-    address_line2: Mapped[str | None] = mapped_column(String(255))
-    city: Mapped[str | None] = mapped_column(String(100))
-    state: Mapped[str | None] = mapped_column(String(2))
-    zip_code: Mapped[str | None] = mapped_column(String(10))
-    status: Mapped[str | None] = mapped_column(String(20), server_default=text("'active'"))
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    encrypted_ssn = Column(LargeBinary)
+    encrypted_dob = Column(LargeBinary)
+    first_name = Column(String(100), nullable=False)
+    last_name = Column(String(100), nullable=False)
+    email = Column(String(255))
+    phone = Column(String(20))
+    address_line1 = Column(String(255))
+    address_line2 = Column(String(255))
+    city = Column(String(100))
+    state = Column(String(2))
+    zip_code = Column(String(10))
+    status = Column(String(20), server_default=text("'active'"))
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 # Case-insensitive prefix search by email ("ann.sm%") without contrib extensions.
@@ -131,14 +129,14 @@ class Specialist(PlatformBase):
         Index("ix_specialists_license_number", "license_number"),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    user_id: Mapped[uuid.UUID | None] = mapped_column()
-    phone: Mapped[str | None] = mapped_column(String(20))
-    license_number: Mapped[str | None] = mapped_column(String(50))
-    is_active: Mapped[bool | None] = mapped_column(server_default=text("true"))
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    user_id = Column(Uuid)
+    phone = Column(String(20))
+    license_number = Column(String(50))
+    is_active = Column(Boolean, server_default=text("true"))
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 class CallRecord(PlatformBase):
@@ -156,22 +154,22 @@ class CallRecord(PlatformBase):
               postgresql_where=text("follow_up_required AND deleted_at IS NULL")),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    member_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("members.id"))
-    specialist_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("specialists.id"))
-    call_type: Mapped[str] = mapped_column(String(20))
-    call_status: Mapped[str] = mapped_column(String(20))
-    scheduled_at: Mapped[datetime | None] = mapped_column()
-    started_at: Mapped[datetime | None] = mapped_column()
-    ended_at: Mapped[datetime | None] = mapped_column()
-    duration_seconds: Mapped[int | None] = mapped_column()
-    call_notes: Mapped[str | None] = mapped_column(Text)
-    outcome: Mapped[str | None] = mapped_column(String(50))
-    follow_up_required: Mapped[bool | None] = mapped_column(server_default=text("false"))
-    follow_up_date: Mapped[date | None] = mapped_column()
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    member_id = Column(Uuid, ForeignKey("members.id"))
+    specialist_id = Column(Uuid, ForeignKey("specialists.id"))
+    call_type = Column(String(20), nullable=False)
+    call_status = Column(String(20), nullable=False)
+    scheduled_at = Column(DateTime)
+    started_at = Column(DateTime)
+    ended_at = Column(DateTime)
+    duration_seconds = Column(Integer)
+    call_notes = Column(Text)
+    outcome = Column(String(50))
+    follow_up_required = Column(Boolean, server_default=text("false"))
+    follow_up_date = Column(Date)
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 class InsurancePlan(PlatformBase):
@@ -183,20 +181,20 @@ class InsurancePlan(PlatformBase):
         CheckConstraint("expiration_date >= effective_date", name="expires_after_effective"),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    plan_code: Mapped[str] = mapped_column(String(50), unique=True)
-    plan_name: Mapped[str] = mapped_column(String(255))
-    plan_type: Mapped[str | None] = mapped_column(String(50))
-    coverage_details: Mapped[Any | None] = mapped_column(JSONB)
-    premium_amount: Mapped[Decimal | None] = mapped_column(MONEY)
-    deductible_amount: Mapped[Decimal | None] = mapped_column(MONEY)
-    copay_amount: Mapped[Decimal | None] = mapped_column(MONEY)
-    is_active: Mapped[bool | None] = mapped_column(server_default=text("true"))
-    effective_date: Mapped[date | None] = mapped_column()
-    expiration_date: Mapped[date | None] = mapped_column()
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    plan_code = Column(String(50), unique=True, nullable=False)
+    plan_name = Column(String(255), nullable=False)
+    plan_type = Column(String(50))
+    coverage_details = Column(JSONB)
+    premium_amount = Column(MONEY)
+    deductible_amount = Column(MONEY)
+    copay_amount = Column(MONEY)
+    is_active = Column(Boolean, server_default=text("true"))
+    effective_date = Column(Date)
+    expiration_date = Column(Date)
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 class MemberInsurancePlan(PlatformBase):
@@ -217,18 +215,18 @@ class MemberInsurancePlan(PlatformBase):
               postgresql_where=text("is_primary AND status = 'active' AND deleted_at IS NULL")),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
-    insurance_plan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("insurance_plans.id"))
-    enrollment_date: Mapped[date] = mapped_column()
-    termination_date: Mapped[date | None] = mapped_column()
-    status: Mapped[str | None] = mapped_column(String(20), server_default=text("'active'"))
-    is_primary: Mapped[bool | None] = mapped_column(server_default=text("false"))
-    coverage_percentage: Mapped[Decimal | None] = mapped_column(Numeric(5, 2), server_default=text("100.00"))
-    notes: Mapped[str | None] = mapped_column(Text)
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    member_id = Column(Uuid, ForeignKey("members.id"), nullable=False)
+    insurance_plan_id = Column(Uuid, ForeignKey("insurance_plans.id"), nullable=False)
+    enrollment_date = Column(Date, nullable=False)
+    termination_date = Column(Date)
+    status = Column(String(20), server_default=text("'active'"))
+    is_primary = Column(Boolean, server_default=text("false"))
+    coverage_percentage = Column(Numeric(5, 2), server_default=text("100.00"))
+    notes = Column(Text)
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 class SpecialistInsurancePlan(PlatformBase):
@@ -238,13 +236,13 @@ class SpecialistInsurancePlan(PlatformBase):
         Index("ix_specialist_insurance_plans_insurance_plan_id", "insurance_plan_id", "specialist_id"),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    specialist_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("specialists.id"))
-    insurance_plan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("insurance_plans.id"))
-    notes: Mapped[str | None] = mapped_column(Text)
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    specialist_id = Column(Uuid, ForeignKey("specialists.id"), nullable=False)
+    insurance_plan_id = Column(Uuid, ForeignKey("insurance_plans.id"), nullable=False)
+    notes = Column(Text)
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 class Metadata(PlatformBase):
@@ -270,14 +268,14 @@ class Metadata(PlatformBase):
                                     "AND deleted_at IS NULL")),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    entity_type: Mapped[str] = mapped_column(String(50))
-    entity_id: Mapped[uuid.UUID] = mapped_column()
-    metadata_key: Mapped[str] = mapped_column(String(100))
-    metadata_value: Mapped[Any | None] = mapped_column(JSONB)
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    entity_type = Column(String(50), nullable=False)
+    entity_id = Column(Uuid, nullable=False)
+    metadata_key = Column(String(100), nullable=False)
+    metadata_value = Column(JSONB)
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 class RiskFlag(PlatformBase):
@@ -293,16 +291,16 @@ class RiskFlag(PlatformBase):
               postgresql_where=text("severity IN ('high', 'critical') AND deleted_at IS NULL")),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
-    call_record_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("call_records.id"))
-    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
-    specialist_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("specialists.id"))
-    risk_type: Mapped[str] = mapped_column(String(50))
-    severity: Mapped[str] = mapped_column(String(20))
-    description: Mapped[str] = mapped_column(Text)
-    deleted_at: Mapped[datetime | None] = deleted_column()
-    created_at: Mapped[datetime | None] = now_column()
-    updated_at: Mapped[datetime | None] = now_column()
+    id = pk_column()
+    call_record_id = Column(Uuid, ForeignKey("call_records.id"), nullable=False)
+    member_id = Column(Uuid, ForeignKey("members.id"), nullable=False)
+    specialist_id = Column(Uuid, ForeignKey("specialists.id"), nullable=False)
+    risk_type = Column(String(50), nullable=False)
+    severity = Column(String(20), nullable=False)
+    description = Column(Text, nullable=False)
+    deleted_at = deleted_column()
+    created_at = now_column()
+    updated_at = now_column()
 
 
 class AuditLog(PlatformBase):
@@ -318,17 +316,17 @@ class AuditLog(PlatformBase):
               postgresql_where=text("(new_values ->> 'emergency_access') IS NOT NULL")),
     )
 
-    id: Mapped[uuid.UUID] = pk_column()
+    id = pk_column()
     # identity.users(id) by value: the seed has no FK here either.
-    user_id: Mapped[uuid.UUID | None] = mapped_column()
-    entity_type: Mapped[str] = mapped_column(String(50))
-    entity_id: Mapped[uuid.UUID] = mapped_column()
-    action: Mapped[str] = mapped_column(String(50))
-    old_values: Mapped[Any | None] = mapped_column(JSONB)
-    new_values: Mapped[Any | None] = mapped_column(JSONB)
-    ip_address: Mapped[str | None] = mapped_column(INET)
-    user_agent: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime | None] = now_column()
+    user_id = Column(Uuid)
+    entity_type = Column(String(50), nullable=False)
+    entity_id = Column(Uuid, nullable=False)
+    action = Column(String(50), nullable=False)
+    old_values = Column(JSONB)
+    new_values = Column(JSONB)
+    ip_address = Column(INET)
+    user_agent = Column(Text)
+    created_at = now_column()
 
 
 class MemberNamePrefix(PlatformBase):
@@ -340,12 +338,12 @@ class MemberNamePrefix(PlatformBase):
 
     __tablename__ = "member_name_prefixes"
 
-    prefix: Mapped[str] = mapped_column(Text(collation="C"), primary_key=True)
-    last_key: Mapped[str] = mapped_column(Text(collation="C"), primary_key=True)
-    first_key: Mapped[str] = mapped_column(Text(collation="C"), primary_key=True)
-    member_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    prefix = Column(Text(collation="C"), primary_key=True)
+    last_key = Column(Text(collation="C"), primary_key=True)
+    first_key = Column(Text(collation="C"), primary_key=True)
+    member_id = Column(Uuid, primary_key=True)
     #: the member's, for the newest/oldest order (in the primary key's INCLUDE)
-    created_at: Mapped[datetime | None] = mapped_column()
+    created_at = Column(DateTime)
 
 
 class DataKey(PlatformBase):
@@ -358,12 +356,12 @@ class DataKey(PlatformBase):
         Index("uq_data_keys_one_primary", "status", unique=True, postgresql_where=text("status = 'primary'")),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
-    master_key_id: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(20), server_default=text("'active'"))
-    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
-    retired_at: Mapped[datetime | None] = mapped_column()
+    id = Column(Uuid, primary_key=True)
+    wrapped_key = Column(LargeBinary, nullable=False)
+    master_key_id = Column(String(64), nullable=False)
+    status = Column(String(20), server_default=text("'active'"), nullable=False)
+    created_at = Column(DateTime, server_default=NOW, nullable=False)
+    retired_at = Column(DateTime)
 
 
 class AuditSealKey(PlatformBase):
@@ -371,10 +369,10 @@ class AuditSealKey(PlatformBase):
 
     __tablename__ = "audit_seal_keys"
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
-    master_key_id: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    id = Column(Uuid, primary_key=True)
+    wrapped_key = Column(LargeBinary, nullable=False)
+    master_key_id = Column(String(64), nullable=False)
+    created_at = Column(DateTime, server_default=NOW, nullable=False)
 
 
 class AuditSeal(PlatformBase):
@@ -386,18 +384,18 @@ class AuditSeal(PlatformBase):
         Index("ix_audit_seals_key_id", "key_id"),
     )
 
-    seal_no: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    kind: Mapped[str] = mapped_column(String(10))
-    range_start: Mapped[datetime | None] = mapped_column()
-    range_end: Mapped[datetime] = mapped_column()
-    bound_id: Mapped[uuid.UUID | None] = mapped_column()
-    row_count: Mapped[int] = mapped_column(BigInteger)
-    manifest: Mapped[bytes] = mapped_column(LargeBinary)
-    prev_head: Mapped[bytes] = mapped_column(LargeBinary)
-    head: Mapped[bytes] = mapped_column(LargeBinary)
-    mac: Mapped[bytes] = mapped_column(LargeBinary)
-    key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_seal_keys.id"))
-    sealed_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    seal_no = Column(BigInteger, primary_key=True, autoincrement=False)
+    kind = Column(String(10), nullable=False)
+    range_start = Column(DateTime)
+    range_end = Column(DateTime, nullable=False)
+    bound_id = Column(Uuid)
+    row_count = Column(BigInteger, nullable=False)
+    manifest = Column(LargeBinary, nullable=False)
+    prev_head = Column(LargeBinary, nullable=False)
+    head = Column(LargeBinary, nullable=False)
+    mac = Column(LargeBinary, nullable=False)
+    key_id = Column(Uuid, ForeignKey("audit_seal_keys.id"), nullable=False)
+    sealed_at = Column(DateTime, server_default=NOW, nullable=False)
 
 
 
@@ -407,19 +405,19 @@ class DeferredIndex(PlatformBase):
 
     __tablename__ = "deferred_indexes"
 
-    schema_name: Mapped[str] = mapped_column(String(63), primary_key=True)
-    name: Mapped[str] = mapped_column(String(63), primary_key=True)
-    table_name: Mapped[str] = mapped_column(String(63))
-    definition: Mapped[str] = mapped_column(Text)
+    schema_name = Column(String(63), primary_key=True)
+    name = Column(String(63), primary_key=True)
+    table_name = Column(String(63), nullable=False)
+    definition = Column(Text, nullable=False)
     #: column number (as text) -> statistics target, for the columns that had one set (ALTER INDEX)
-    column_statistics: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
-    deferred_at: Mapped[datetime] = mapped_column(server_default=NOW)
-    by_run: Mapped[uuid.UUID] = mapped_column()
+    column_statistics = Column(JSONB, server_default=text("'{}'::jsonb"), nullable=False)
+    deferred_at = Column(DateTime, server_default=NOW, nullable=False)
+    by_run = Column(Uuid, nullable=False)
     #: what dropped it (e.g. "import members"): no values
-    reason: Mapped[str] = mapped_column(String(100))
+    reason = Column(String(100), nullable=False)
     #: the database session of the load that dropped it (pg_backend_pid() and its backend_start)
-    owner_pid: Mapped[int] = mapped_column(Integer)
-    owner_started: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    owner_pid = Column(Integer, nullable=False)
+    owner_started = Column(DateTime(timezone=True), nullable=False)
 
 class ImportDigest(PlatformBase):
     """Our table (not in the seed): per member an import loaded, the keyed digest of the source record it was
@@ -429,12 +427,12 @@ class ImportDigest(PlatformBase):
     __tablename__ = "import_digests"
     __table_args__ = (Index("ix_import_digests_digest", "digest"),)
 
-    entity_type: Mapped[str] = mapped_column(String(50), primary_key=True)
-    entity_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    entity_type = Column(String(50), primary_key=True)
+    entity_id = Column(Uuid, primary_key=True)
     #: HMAC-SHA-256 of the source record under a key derived from the blind-index key, first 128 bits
-    digest: Mapped[uuid.UUID] = mapped_column()
+    digest = Column(Uuid, nullable=False)
     #: the xmin of the member's row and of its number and blind-index metadata rows ("-" for none), "/"-joined
-    state: Mapped[str] = mapped_column(String(64))
+    state = Column(String(64), nullable=False)
 
 
 # Retention purge (migration platform_0007, carecli.data.retention): only the

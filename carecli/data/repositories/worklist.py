@@ -14,7 +14,6 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import and_, exists, func, select, true
-from sqlalchemy.orm import aliased
 
 from carecli.data.models.platform import (
     CallRecord,
@@ -126,7 +125,7 @@ class WorklistRepository(Repository[WorkItem]):
         """Follow-ups due in [first, last] that no later call has taken care of yet."""
         calls = CallRecord.__table__
         c, m = calls.c, Member.__table__.c
-        later = aliased(calls)
+        later = calls.alias()
         when = func.coalesce(c.started_at, c.scheduled_at)
         handled = exists().where(
             later.c.member_id == c.member_id, later.c.id != c.id, later.c.deleted_at.is_(None),
