@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -18,12 +20,14 @@ from typing import Any
 import keyring
 import pytest
 from keyring.backend import KeyringBackend
+from keyring.backends.fail import Keyring as FailKeyring
 
 from carecli.config import load_settings
 from carecli.data.permissions import DEFAULT_ROLES
 from carecli.data.repositories.identity import IdentityUnitOfWork
 from carecli.errors import EXIT_AUTH, EXIT_USAGE, AuthError, ConfigError
 from carecli.services.auth.credentials import CredentialStore
+from carecli.services.auth.current import resolve_actor
 from carecli.services.auth.login import login
 from carecli.services.auth.tokens import hash_secret
 from tests.cli import run_carecli
@@ -320,12 +324,56 @@ def test_keyring_is_used_when_one_works(site: Site) -> None:
     keyring.set_keyring(memory)
     site.login(site.user())
     store = site.store()
-    assert store.use_keyring and not store.path.exists()
+    assert store.keyring_works and not store.path.exists()
     assert list(memory.entries) == [("carecli", store.account)]
     me = site.resolve()
     assert me.store == f"the OS keyring (service 'carecli', account '{store.account}')"
     store.forget()
     assert memory.entries == {}
+
+
+def test_a_session_kept_in_the_file_is_read_without_asking_the_keyring(site: Site) -> None:
+    """The file exists only while the last save went to it: it is read first, and the keyring (its import and
+    its backend's choice, ~0.1 s of a launch) is not asked at all."""
+    site.login(site.user())
+    store = site.store()
+    assert store.path.exists() and store.load() is not None
+    assert "keyring_works" not in vars(store)  # the cached property was never computed
+    me = resolve_actor(site.settings, site.databases, channel="cli", store=store)
+    assert me.store == f"the file {store.path} (mode 0600)"
+    assert "keyring_works" not in vars(store)  # nor for saying where the session is kept
+    # In a fresh process, as at a launch: keyring is not even imported.
+    probe = ("import sys\n"
+             "from carecli.config import load_settings\n"
+             "from carecli.services.auth.credentials import CredentialStore\n"
+             "store = CredentialStore.for_settings(load_settings())\n"
+             "assert store.load() and 'mode 0600' in store.describe()\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'keyring'))")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CARECLI_")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env={**env, **site.env})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_file_wins_over_an_older_token_left_in_a_keyring_that_came_back(site: Site) -> None:
+    """A keyring that failed at a sign-in (so the token went to the file) and works again still holds the
+    token before it: the file's, the newer one, is the session."""
+    memory = MemoryKeyring()
+    keyring.set_keyring(memory)
+    site.login(site.user())
+    older = site.store().load()
+    keyring.set_keyring(FailKeyring())
+    site.login(site.user())  # no keyring this time: the file
+    newer = site.store().load()
+    assert newer is not None and newer != older and site.store().path.exists()
+    keyring.set_keyring(memory)  # back, still holding the older token
+    store = site.store()
+    assert store.keyring_works and memory.entries[("carecli", store.account)] == older
+    assert store.load() == newer
+    assert site.resolve().store == f"the file {store.path} (mode 0600)"
+    site.login(site.user())  # a sign-in with the keyring back: the keyring, and the file is gone
+    assert not site.store().path.exists() and site.store().load() == memory.entries[("carecli", store.account)]
 
 
 def test_sessions_of_two_installations_do_not_collide(site: Site, tmp_path: Path) -> None:

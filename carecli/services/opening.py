@@ -110,12 +110,11 @@ class Opening:
             self._done.set()
 
     def _load(self) -> None:
-        """Import what the opening runs (SQLAlchemy, the models, psycopg, the desk and keyring), then let
-        the main thread go on (:meth:`wait_loaded`). An import that fails is left to fail where it is used.
-        Only imports: keyring picks its backend later, when the session is resumed (a backend's check may
-        wait on D-Bus, and the app would wait with it)."""
+        """Import what the opening runs (SQLAlchemy, the models, psycopg, the desk), then let the main
+        thread go on (:meth:`wait_loaded`). An import that fails is left to fail where it is used. Not
+        keyring: the session is read from its file when there is one, and only otherwise from the keyring,
+        imported then (a backend's check may wait on D-Bus, and the app must not wait with it)."""
         try:
-            import keyring  # noqa: F401
             import psycopg  # noqa: F401  (imported by SQLAlchemy at the first engine otherwise)
 
             import carecli.data.databases  # noqa: F401

@@ -232,7 +232,7 @@ def test_the_opening_loads_what_it_needs_first_and_then_lets_the_app_load(tui) -
         "from carecli.services.opening import Opening\n"
         "opening = Opening(load_settings()).start()\n"
         "loaded = opening.wait_loaded(60)\n"
-        "seen = sorted(m for m in ('sqlalchemy', 'psycopg', 'keyring', 'carecli.data.databases',\n"
+        "seen = sorted(m for m in ('sqlalchemy', 'psycopg', 'carecli.data.databases',\n"
         "                          'carecli.services.desk', 'textual') if m in sys.modules)\n"
         "assert opening.wait(60)\n"
         "print(json.dumps([loaded, seen, 'textual' in sys.modules, type(opening.failure).__name__]))\n"
@@ -243,7 +243,7 @@ def test_the_opening_loads_what_it_needs_first_and_then_lets_the_app_load(tui) -
     assert done.returncode == 0, done.stderr[-2000:]
     loaded, seen, textual_after, failure = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded is True
-    assert seen == ["carecli.data.databases", "carecli.services.desk", "keyring", "psycopg", "sqlalchemy"]
+    assert seen == ["carecli.data.databases", "carecli.services.desk", "psycopg", "sqlalchemy"]
     assert textual_after is False and failure == "NoneType"
 
 

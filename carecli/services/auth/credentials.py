@@ -12,6 +12,7 @@ Only the raw session token is kept here; the database holds its SHA-256.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -69,11 +70,21 @@ class CredentialStore:
     """The local home of one installation's session token: keyring entry or private file."""
 
     scope: str
-    use_keyring: bool
+    #: whether the OS keyring is used; None (``for_settings``): ask keyring the first time it matters
+    use_keyring: bool | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings) -> CredentialStore:
-        return cls(scope=session_scope(settings), use_keyring=_working_keyring() is not None)
+        return cls(scope=session_scope(settings))
+
+    @functools.cached_property
+    def keyring_works(self) -> bool:
+        """Whether tokens go to the OS keyring (a real backend works), found out once, when first needed:
+        importing keyring and picking its backend is ~0.1 s of a launch, and a session kept in the file
+        is read without either."""
+        if self.use_keyring is not None:
+            return self.use_keyring
+        return _working_keyring() is not None
 
     @property
     def account(self) -> str:
@@ -85,7 +96,7 @@ class CredentialStore:
 
     def describe(self) -> str:
         """Where the session token is kept, for ``carecli whoami``."""
-        if self.use_keyring:
+        if not self.path.exists() and self.keyring_works:
             return f"the OS keyring (service '{KEYRING_SERVICE}', account '{self.account}')"
         return f"the file {self.path} (mode 0600)"
 
@@ -94,14 +105,15 @@ class CredentialStore:
     def load(self, *, strict: bool = True) -> str | None:
         """The stored session token, or None.
 
-        With ``strict`` a session file that other users can read is refused:
-        the session may have leaked, so it should be ended, not used.
+        The file first: it exists only while the last save went to it (a save to the keyring removes
+        it, or fails), so it is never older than what the keyring holds; a keyring that stopped working
+        and came back may still hold the token before it. With ``strict`` a session file that other
+        users can read is refused: the session may have leaked, so it should be ended, not used.
         """
-        if self.use_keyring:
-            secret = self._keyring_get()
-            if secret:
-                return secret
-        return self._file_get(strict=strict)
+        secret = self._file_get(strict=strict)
+        if secret is None and self.keyring_works:
+            secret = self._keyring_get() or None
+        return secret
 
     def _keyring_get(self) -> str | None:
         try:
@@ -129,7 +141,7 @@ class CredentialStore:
 
     def save(self, token: str) -> None:
         """Keep ``token`` for the next commands (replacing any earlier one)."""
-        if self.use_keyring and self._keyring_set(token):
+        if self.keyring_works and self._keyring_set(token):
             self._file_remove()  # a file left from a keyring-less time would shadow nothing but leaks
             return
         self._file_set(token)
@@ -164,7 +176,7 @@ class CredentialStore:
 
     def forget(self) -> None:
         """Remove the stored token from the keyring and the file (whichever hold it)."""
-        if self.use_keyring:
+        if self.keyring_works:
             try:
                 import keyring
 
