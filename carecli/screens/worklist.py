@@ -137,20 +137,20 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
         self._specialist_id = worklist.specialist.id if worklist.specialist is not None else None
         summary = self.query_one("#worklist-summary", Static)
         tabs = self.query_one(TabbedContent)
+        # Open on the first section with something in it (today's calls when there are any).
+        first = next((tab_id for tab_id, _title, attribute in SECTIONS if getattr(worklist, attribute)),
+                     SECTIONS[0][0])
+        later: list[tuple[str, list[WorkItem], WorkItem | None]] = []
         for tab_id, title, attribute in SECTIONS:
             items: list[WorkItem] = getattr(worklist, attribute)
             previous = self.items.get(tab_id, [])
             table = self.query_one(f"#table-{tab_id}", DataTable)
             selected = previous[table.cursor_row] if 0 <= table.cursor_row < len(previous) else None
             self.items[tab_id] = items
-            table.clear()
-            for index, item in enumerate(items):
-                table.add_row(show_when(item.when), item.member_name, item.detail, key=str(index))
-            show_empty(table, self.query_one(f"#empty-{tab_id}", Static), EMPTY[tab_id])
-            if selected is not None:  # a reload keeps the cursor on the same row where it still is
-                keys = [_item_key(item) for item in items]
-                if _item_key(selected) in keys:
-                    table.move_cursor(row=keys.index(_item_key(selected)))
+            if self._shown_once or tab_id == first:
+                self._fill(tab_id, items, selected)
+            else:  # the first time, the tabs not shown are filled once the shown one is on screen
+                later.append((tab_id, items, selected))
             count = f"{len(items)}+" if len(items) >= 100 else str(len(items))
             tabs.get_tab(f"tab-{tab_id}").label = f"{title} ({count})"
         if worklist.specialist is None:
@@ -159,16 +159,36 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
         else:
             plans = ", ".join(worklist.plan_names) or "none yet"
             summary.update(f"Your plans: {plans}")
-        # Open on the first section with something in it (today's calls when there are any).
-        first = next((tab_id for tab_id, _title, _attribute in SECTIONS if self.items.get(tab_id)), SECTIONS[0][0])
         if not self._shown_once:
             if tabs.active != f"tab-{first}":
                 tabs.active = f"tab-{first}"
+            if later:
+                self.call_after_refresh(self._fill_later, later)
             # The session's first screen, painted: what it made lives as long as the session (see collector).
             self.call_after_refresh(collector.settle)
         self._shown_once = True
         active = (tabs.active or f"tab-{first}").removeprefix("tab-")
         self.query_one(f"#table-{active}", DataTable).focus()
+
+    def _fill(self, tab_id: str, items: list[WorkItem], selected: WorkItem | None) -> None:
+        """Show ``items`` in the tab's table; a reload keeps the cursor on the same row where it still is."""
+        table = self.query_one(f"#table-{tab_id}", DataTable)
+        table.clear()
+        for index, item in enumerate(items):
+            table.add_row(show_when(item.when), item.member_name, item.detail, key=str(index))
+        show_empty(table, self.query_one(f"#empty-{tab_id}", Static), EMPTY[tab_id])
+        if selected is not None:
+            keys = [_item_key(item) for item in items]
+            if _item_key(selected) in keys:
+                table.move_cursor(row=keys.index(_item_key(selected)))
+
+    def _fill_later(self, pending: list[tuple[str, list[WorkItem], WorkItem | None]]) -> None:
+        """The first load's tabs not shown, filled after its first paint: the rows a busy specialist's
+        worklist adds to them (about 250 of 350), which the first paint does not draw, no longer wait in
+        front of it. A tab a later load filled already keeps that load's rows."""
+        for tab_id, items, selected in pending:
+            if self.items.get(tab_id) is items:
+                self._fill(tab_id, items, selected)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter: a call row opens the call, an urgent flag the flag, a plan member the member."""

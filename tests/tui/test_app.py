@@ -84,6 +84,32 @@ async def test_stored_session_goes_straight_to_the_worklist_with_todays_items(tu
         assert screen.query_one("#table-overdue", DataTable).row_count == len(screen.items["overdue"])
 
 
+async def test_the_tabs_the_first_paint_does_not_show_are_filled_just_after_it(tui) -> None:
+    """The first load fills the tab it opens on before the first paint, the others right after it: each ends
+    with its rows (or its empty note), and a tab taken at once shows its rows with the cursor on the first."""
+    desk = tui.sign_in("specialist")
+    member_id = tui.scalar("platform", "SELECT id FROM members WHERE deleted_at IS NULL ORDER BY id LIMIT 1")
+    schedule_today(tui, desk, member_id)
+    overdue = date.today() - timedelta(days=4)
+    started = datetime.combine(overdue - timedelta(days=1), datetime.min.time()).replace(hour=10)
+    desk.log_call({"member_id": member_id, "call_type": "support", "call_status": "completed",
+                   "started_at": started, "ended_at": started + timedelta(minutes=5),
+                   "follow_up_required": True, "follow_up_date": overdue, "outcome": "call back"})
+    app = CareApp(tui.settings, databases=tui.databases, store=tui.store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, WorklistScreen) and app.screen)
+        await wait_for(pilot, lambda: screen.query_one("#table-today", DataTable).row_count)
+        tabs = screen.query_one("#worklist-tabs")
+        tabs.active = "tab-overdue"
+        await pilot.pause()
+        table = screen.query_one("#table-overdue", DataTable)
+        assert screen.items["overdue"] and table.row_count == len(screen.items["overdue"])
+        assert table.cursor_row == 0 and not screen.query_one("#empty-overdue", Static).display
+        for tab_id, items in screen.items.items():
+            assert screen.query_one(f"#table-{tab_id}", DataTable).row_count == len(items), tab_id
+            assert screen.query_one(f"#empty-{tab_id}", Static).display == (not items), tab_id
+
+
 async def test_the_follow_up_without_a_later_call_is_overdue(tui) -> None:
     desk = tui.sign_in("specialist")
     member_id = tui.scalar("platform", "SELECT id FROM members WHERE deleted_at IS NULL ORDER BY id DESC LIMIT 1")
