@@ -21,7 +21,10 @@ key asked for, so worker, message handler and compositor are all inside it.
   resumes the stored session) to the first frame with the worklist filled;
   ``--repeat`` launches in this process (the first one, which still imports
   the screens, is also shown alone) and ``--process-runs`` real
-  ``carecli app`` processes in a private tmux server (polled every 20 ms);
+  ``carecli app`` processes in a private tmux server (polled every 20 ms), each
+  with the CPU time its process had used when the worklist showed (read from
+  /proc right after: a launch is CPU, so this figure moves less than the wall
+  time when other load on a shared machine comes and goes);
 * search: F3, then realistic queries typed one key at a time, waiting for
   each key's results: once as typed (each key searches at once), once with
   Enter after every key (``Input.Submitted`` searches at once: the round trip);
@@ -283,8 +286,11 @@ class Results:
     #: widgets removed from their screen but still alive at the end of the tour, by class
     detached: dict[str, int] = field(default_factory=dict)
     process_launches: list[float] = field(default_factory=list)
-    #: --compare-trees: launches of each source tree, alternated one by one
+    #: CPU time (user + system) the launched process had used when its worklist showed, ms each
+    process_cpu: list[float] = field(default_factory=list)
+    #: --compare-trees: launches of each source tree, alternated one by one (wall, and CPU as above)
     tree_launches: dict[str, list[float]] = field(default_factory=dict)
+    tree_cpu: dict[str, list[float]] = field(default_factory=dict)
     process_rss: dict[str, float] = field(default_factory=dict)
 
 
@@ -468,6 +474,13 @@ class Pane:
     def pid(self) -> int:
         return int(self.tmux("display-message", "-p", "#{pane_pid}").strip())
 
+    def cpu_ms(self) -> float:
+        """The CPU time (user + system) the pane's process has used so far: what a launch costs whatever the
+        machine's other load does to its wall time (a launch is CPU under one interpreter lock, not waiting)."""
+        with open(f"/proc/{self.pid()}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
     def wait_for(self, needle: str, timeout: float = 120.0) -> float:
         deadline = time.perf_counter() + timeout
         while True:
@@ -501,6 +514,7 @@ def run_processes(env: dict[str, str], runs: int, pages: int, results: Results, 
                 time.sleep(max(0.0, started + 6.0 - time.perf_counter()))  # py-spy writes after its 4 s
             else:
                 results.process_launches.append((shown - started) * 1000)
+                results.process_cpu.append(pane.cpu_ms())
             if run or not pages:
                 continue
             pid = pane.pid()
@@ -525,6 +539,7 @@ def compare_trees(env: dict[str, str], trees: list[str], runs: int, results: Res
     both alike."""
     for tree in trees:
         results.tree_launches[tree] = []
+        results.tree_cpu[tree] = []
     for run in range(runs):
         for tree in (trees if run % 2 == 0 else trees[::-1]):
             pane = Pane({**env, "PYTHONPATH": tree}, run)
@@ -532,6 +547,7 @@ def compare_trees(env: dict[str, str], trees: list[str], runs: int, results: Res
             try:
                 pane.start()
                 results.tree_launches[tree].append((pane.wait_for("Today (") - started) * 1000)
+                results.tree_cpu[tree].append(pane.cpu_ms())
             finally:
                 pane.stop()
 
@@ -588,7 +604,10 @@ def report(results: Results, header: str, worklist: list[tuple[str, float]]) -> 
         ("launch → worklist shown, first in process", [results.launch_first]),
         ("launch → worklist shown, in process", results.launches),
         ("launch → worklist shown, `carecli app` in tmux", results.process_launches),
-        *((f"launch in tmux, tree {tree}", samples) for tree, samples in results.tree_launches.items()),
+        ("  its CPU time when the worklist showed", results.process_cpu),
+        *(row for tree, samples in results.tree_launches.items()
+          for row in ((f"launch in tmux, tree {tree}", samples),
+                      ("  its CPU time when the worklist showed", results.tree_cpu[tree]))),
         ("F3 → member browser, first page", [results.browser_first_page]),
         ("keystroke → results", results.typed),
         ("keystroke + Enter → results (round trip)", results.submitted),
