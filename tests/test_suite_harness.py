@@ -29,9 +29,12 @@ def test_quiet():
 
 def _run(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # No test here asks for a database: no server is started or needed.
+    # Its own --basetemp: a pytest that starts with the default one takes group and other permissions off
+    # /tmp/pytest-of-<user>, and an embedded server another worker starts meanwhile as root (initdb runs as
+    # pgserver's own user, which needs to traverse that directory) then fails with "Permission denied".
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-c", os.devnull, "--rootdir", str(directory),
-         "-p", "no:cacheprovider", "-q", *args, str(directory)],
+         "--basetemp", str(directory / "basetemp"), "-p", "no:cacheprovider", "-q", *args, str(directory)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
