@@ -20,11 +20,13 @@ from sqlalchemy import Connection, Engine, select
 
 from carecli.data import audit, notify
 from carecli.data.actor import Actor
-from carecli.data.crypto.fields import FieldCipher
-from carecli.data.crypto.keystore import DATA_KEYS
+from carecli.data.models.platform import DataKey
 from carecli.errors import CarecliError, KeyUnavailable
 
 if TYPE_CHECKING:
+    # Only for types: the cipher (and cryptography with it) loads when a unit of work first needs one,
+    # not with every process that opens the databases (the app's launch shows the worklist without it).
+    from carecli.data.crypto.fields import FieldCipher
     from carecli.data.repositories.audit_log import AuditLogRepository
     from carecli.data.repositories.calls import CallRepository
     from carecli.data.repositories.emergency import EmergencyAccessRepository
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from carecli.data.repositories.specialists import SpecialistPlanRepository, SpecialistRepository
     from carecli.data.repositories.worklist import WorklistRepository
 
-CipherProvider = Callable[[], FieldCipher]
+CipherProvider = Callable[[], "FieldCipher"]
 UserLookup = Callable[[uuid.UUID], bool]
 NIL = uuid.UUID(int=0)
 _PRIMARY_RELOADS = 3
@@ -139,7 +141,7 @@ class PlatformUnitOfWork:
         # locked as well, or a second rotation could demote it before we commit.
         for _ in range(_PRIMARY_RELOADS):
             status = self.connection.execute(
-                select(DATA_KEYS.c.status).where(DATA_KEYS.c.id == self._cipher.primary_id)
+                select(DataKey.status).where(DataKey.id == self._cipher.primary_id)
                 .with_for_update(read=True)
             ).scalar_one_or_none()
             if status == "primary":

@@ -84,6 +84,7 @@ PRELOAD = (
     "carecli.services.desk",
     "carecli.data.databases",
     "carecli.data.notify",
+    "carecli.data.crypto.keystore",  # the cipher and cryptography: loaded at a session's first reveal or edit
     "sqlalchemy",
     "sqlalchemy.dialects.postgresql.psycopg",
     "psycopg",

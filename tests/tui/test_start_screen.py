@@ -247,6 +247,31 @@ def test_the_opening_loads_what_it_needs_first_and_then_lets_the_app_load(tui) -
     assert textual_after is False and failure == "NoneType"
 
 
+def test_a_signed_in_opening_reads_the_worklist_without_loading_the_cipher(tui) -> None:
+    """The launch's work up to the worklist (connections, session, worklist) encrypts and decrypts nothing, so it
+    loads neither the key store nor cryptography: they load at the first reveal or edit."""
+    tui.sign_in("specialist")
+    probe = (
+        "import json, sys\n"
+        "from carecli.config import load_settings\n"
+        "from carecli.services.auth.credentials import CredentialStore\n"
+        "from carecli.services.opening import Opening\n"
+        f"store = CredentialStore(scope={tui.store.scope!r}, use_keyring=False)\n"
+        "opening = Opening(load_settings(), store=store).start()\n"
+        "assert opening.wait(60)\n"
+        "loaded = sorted(m for m in ('cryptography', 'carecli.data.crypto.keystore', 'carecli.data.crypto.fields')\n"
+        "                if m in sys.modules)\n"
+        "print(json.dumps([opening.desk is not None, opening.worklist is not None, loaded]))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CARECLI_")}
+    env.update(tui.env)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    signed_in, worklist, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert signed_in and worklist
+    assert loaded == []
+
+
 def test_with_a_server_to_start_the_app_loads_at_once(tmp_path) -> None:
     """The embedded server's start is seconds of waiting: the app does not wait for the thread to load first."""
     settings = _embedded_settings(tmp_path)

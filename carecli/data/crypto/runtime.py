@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from carecli.config import Settings
-from carecli.data.crypto.fields import FieldCipher
-from carecli.data.crypto.keystore import open_cipher
-from carecli.data.crypto.master import LocalMasterKey, MasterKey, resolve_master_key
 from carecli.data.databases import Databases
+
+if TYPE_CHECKING:  # loaded when a key is first needed: they bring cryptography (see cipher_provider)
+    from carecli.data.crypto.fields import FieldCipher
+    from carecli.data.crypto.master import LocalMasterKey, MasterKey
 
 
 def keyring_scope(settings: Settings, databases: Databases) -> str:
@@ -34,6 +36,8 @@ def master_key(settings: Settings, databases: Databases) -> MasterKey:
 
 def local_master_key(settings: Settings, databases: Databases) -> LocalMasterKey:
     """The master key from CARECLI_MASTER_KEY, its file, the keyring or the embedded file, HSM or not."""
+    from carecli.data.crypto.master import resolve_master_key
+
     return resolve_master_key(
         env_key=settings.master_key,
         key_file=settings.master_key_file,
@@ -54,6 +58,10 @@ def cipher_provider(settings: Settings, databases: Databases) -> Callable[[], Fi
     lock = threading.Lock()
 
     def load() -> FieldCipher:
+        # Imported here: the key store, the master key and the cipher bring cryptography, which a process
+        # that has not encrypted or decrypted anything yet (the app until a reveal or an edit) does without.
+        from carecli.data.crypto.keystore import open_cipher
+
         with lock:
             if not cache:
                 cache.append(open_cipher(databases.platform, master_key(settings, databases)))
