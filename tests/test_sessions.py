@@ -334,7 +334,7 @@ def test_keyring_is_used_when_one_works(site: Site) -> None:
 
 def test_a_session_kept_in_the_file_is_read_without_asking_the_keyring(site: Site) -> None:
     """The file exists only while the last save went to it: it is read first, and the keyring (its import and
-    its backend's choice, ~0.1 s of a launch) is not asked at all."""
+    its backend's choice, tens of milliseconds of a launch) is not asked at all."""
     site.login(site.user())
     store = site.store()
     assert store.path.exists() and store.load() is not None

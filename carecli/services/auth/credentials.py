@@ -80,8 +80,8 @@ class CredentialStore:
     @functools.cached_property
     def keyring_works(self) -> bool:
         """Whether tokens go to the OS keyring (a real backend works), found out once, when first needed:
-        importing keyring and picking its backend is ~0.1 s of a launch, and a session kept in the file
-        is read without either."""
+        importing keyring (it brings urllib.request, http.client, email and ssl) and picking its backend
+        cost a launch tens of milliseconds, and a session kept in the file is read without either."""
         if self.use_keyring is not None:
             return self.use_keyring
         return _working_keyring() is not None
