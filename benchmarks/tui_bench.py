@@ -22,8 +22,8 @@ key asked for, so worker, message handler and compositor are all inside it.
   ``--repeat`` launches in this process (the first one, which still imports
   the screens, is also shown alone) and ``--process-runs`` real
   ``carecli app`` processes in a private tmux server (polled every 20 ms), each
-  with the CPU time its process had used when the worklist showed (read from
-  /proc right after: a launch is CPU, so this figure moves less than the wall
+  with the CPU time its process had used when the worklist showed (read with
+  psutil right after: a launch is CPU, so this figure moves less than the wall
   time when other load on a shared machine comes and goes);
 * search: F3, then realistic queries typed one key at a time, waiting for
   each key's results: once as typed (each key searches at once), once with
@@ -477,9 +477,8 @@ class Pane:
     def cpu_ms(self) -> float:
         """The CPU time (user + system) the pane's process has used so far: what a launch costs whatever the
         machine's other load does to its wall time (a launch is CPU under one interpreter lock, not waiting)."""
-        with open(f"/proc/{self.pid()}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+        times = psutil.Process(self.pid()).cpu_times()
+        return (times.user + times.system) * 1000
 
     def wait_for(self, needle: str, timeout: float = 120.0) -> float:
         deadline = time.perf_counter() + timeout

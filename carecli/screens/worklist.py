@@ -140,7 +140,7 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
         # Open on the first section with something in it (today's calls when there are any).
         first = next((tab_id for tab_id, _title, attribute in SECTIONS if getattr(worklist, attribute)),
                      SECTIONS[0][0])
-        later: list[tuple[str, list[WorkItem], WorkItem | None]] = []
+        later: list[tuple[str, list[WorkItem]]] = []
         for tab_id, title, attribute in SECTIONS:
             items: list[WorkItem] = getattr(worklist, attribute)
             previous = self.items.get(tab_id, [])
@@ -150,7 +150,7 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
             if self._shown_once or tab_id == first:
                 self._fill(tab_id, items, selected)
             else:  # the first time, the tabs not shown are filled once the shown one is on screen
-                later.append((tab_id, items, selected))
+                later.append((tab_id, items))
             count = f"{len(items)}+" if len(items) >= 100 else str(len(items))
             tabs.get_tab(f"tab-{tab_id}").label = f"{title} ({count})"
         if worklist.specialist is None:
@@ -182,13 +182,14 @@ or **←/→** on the tab bar; **ctrl+r** reloads.
             if _item_key(selected) in keys:
                 table.move_cursor(row=keys.index(_item_key(selected)))
 
-    def _fill_later(self, pending: list[tuple[str, list[WorkItem], WorkItem | None]]) -> None:
+    def _fill_later(self, pending: list[tuple[str, list[WorkItem]]]) -> None:
         """The first load's tabs not shown, filled after its first paint: the rows a busy specialist's
         worklist adds to them (about 250 of 350), which the first paint does not draw, no longer wait in
-        front of it. A tab a later load filled already keeps that load's rows."""
-        for tab_id, items, selected in pending:
+        front of it. A tab a later load filled already keeps that load's rows. (A first load has no cursor
+        to keep.)"""
+        for tab_id, items in pending:
             if self.items.get(tab_id) is items:
-                self._fill(tab_id, items, selected)
+                self._fill(tab_id, items, None)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter: a call row opens the call, an urgent flag the flag, a plan member the member."""
