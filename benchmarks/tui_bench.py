@@ -475,10 +475,22 @@ class Pane:
         return int(self.tmux("display-message", "-p", "#{pane_pid}").strip())
 
     def cpu_ms(self) -> float:
-        """The CPU time (user + system) the pane's process has used so far: what a launch costs whatever the
-        machine's other load does to its wall time (a launch is CPU under one interpreter lock, not waiting)."""
-        times = psutil.Process(self.pid()).cpu_times()
-        return (times.user + times.system) * 1000
+        """The CPU time (user + system) the pane's processes have used so far: what a launch costs whatever the
+        machine's other load does to its wall time (a launch is CPU under one interpreter lock, not waiting).
+
+        The pane's processes are those whose standard input is its terminal: the launch itself and, through
+        the resident launcher, the app it forked (whose CPU counts from the fork)."""
+        tty = self.tmux("display-message", "-p", "#{pane_tty}").strip()
+        total = 0.0
+        for process in psutil.process_iter():
+            try:
+                if os.readlink(f"/proc/{process.pid}/fd/0") != tty:
+                    continue
+                times = process.cpu_times()
+            except (OSError, psutil.Error):
+                continue
+            total += times.user + times.system
+        return total * 1000
 
     def wait_for(self, needle: str, timeout: float = 120.0) -> float:
         deadline = time.perf_counter() + timeout
@@ -536,19 +548,37 @@ def compare_trees(env: dict[str, str], trees: list[str], runs: int, results: Res
     """``runs`` launches of ``carecli app`` from each source tree (its PYTHONPATH), alternated one by one
     (ABBA: the order flips every round), so a machine that slows down or speeds up mid-run weighs on
     both alike."""
-    for tree in trees:
-        results.tree_launches[tree] = []
-        results.tree_cpu[tree] = []
+    compare_launches({f"tree {tree}": {**env, "PYTHONPATH": tree} for tree in trees}, runs, results)
+
+
+def compare_launches(envs: dict[str, dict[str, str]], runs: int, results: Results) -> None:
+    """``runs`` launches in each environment (label -> env), alternated one by one (ABBA)."""
+    labels = list(envs)
+    for label in labels:
+        results.tree_launches[label] = []
+        results.tree_cpu[label] = []
     for run in range(runs):
-        for tree in (trees if run % 2 == 0 else trees[::-1]):
-            pane = Pane({**env, "PYTHONPATH": tree}, run)
+        for label in (labels if run % 2 == 0 else labels[::-1]):
+            pane = Pane(envs[label], run)
             started = time.perf_counter()
             try:
                 pane.start()
-                results.tree_launches[tree].append((pane.wait_for("Today (") - started) * 1000)
-                results.tree_cpu[tree].append(pane.cpu_ms())
+                results.tree_launches[label].append((pane.wait_for("Today (") - started) * 1000)
+                results.tree_cpu[label].append(pane.cpu_ms())
             finally:
                 pane.stop()
+
+
+@contextmanager
+def resident_launcher(env: dict[str, str]) -> Iterator[None]:
+    """A resident launcher for ``env``, ready (``carecli launcher start``) and stopped afterwards."""
+    carecli = str(Path(sys.executable).with_name("carecli"))
+    launcher_env = {**os.environ, **env, "CARECLI_LAUNCHER": "on"}
+    subprocess.run([carecli, "launcher", "start"], env=launcher_env, check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([carecli, "launcher", "stop"], env=launcher_env, capture_output=True)
 
 
 # --------------------------------------------------------------------------
@@ -604,9 +634,9 @@ def report(results: Results, header: str, worklist: list[tuple[str, float]]) -> 
         ("launch → worklist shown, in process", results.launches),
         ("launch → worklist shown, `carecli app` in tmux", results.process_launches),
         ("  its CPU time when the worklist showed", results.process_cpu),
-        *(row for tree, samples in results.tree_launches.items()
-          for row in ((f"launch in tmux, tree {tree}", samples),
-                      ("  its CPU time when the worklist showed", results.tree_cpu[tree]))),
+        *(row for label, samples in results.tree_launches.items()
+          for row in ((f"launch in tmux, {label}", samples),
+                      ("  its CPU time when the worklist showed", results.tree_cpu[label]))),
         ("F3 → member browser, first page", [results.browser_first_page]),
         ("keystroke → results", results.typed),
         ("keystroke + Enter → results (round trip)", results.submitted),
@@ -683,11 +713,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-trees", nargs=2, metavar="DIR",
                         help="with --launch-only: alternate --process-runs launches from each of two source trees "
                              "(a checkout or a copy of carecli/ before and after a change; its PYTHONPATH)")
+    parser.add_argument("--launcher", choices=("off", "on", "both"), default="off",
+                        help="the tmux launches without the resident launcher (an ordinary start, the first launch "
+                             "of the day), through a ready one, or both alternated one by one")
     parser.add_argument("--py-spy", metavar="PATH",
                         help="record the first tmux launch with py-spy (raw stacks, 1 kHz, every thread) into PATH")
     args = parser.parse_args(argv)
     if args.compare_trees and not args.launch_only:
         parser.error("--compare-trees times launches only: add --launch-only")
+    if args.compare_trees and args.launcher != "off":
+        parser.error("--compare-trees compares ordinary launches: leave --launcher off")
     machine = machine_speed()  # before the run loads the machine
     global PROFILER
     if args.profile:
@@ -725,11 +760,20 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 child_env = {**env, "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"],
                              "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring", "LANG": "C.UTF-8"}
+                off = {**child_env, "CARECLI_LAUNCHER": "off"}
                 if args.compare_trees:
-                    compare_trees(child_env, [str(Path(tree).resolve()) for tree in args.compare_trees],
+                    compare_trees(off, [str(Path(tree).resolve()) for tree in args.compare_trees],
                                   args.process_runs, results)
+                elif args.launcher == "both":
+                    with resident_launcher(child_env):
+                        compare_launches({"without the launcher": off, "through the resident launcher": child_env},
+                                         args.process_runs, results)
+                elif args.launcher == "on":
+                    with resident_launcher(child_env):
+                        run_processes(child_env, args.process_runs, 0 if args.launch_only else args.pages, results,
+                                      py_spy=args.py_spy)
                 else:
-                    run_processes(child_env, args.process_runs, 0 if args.launch_only else args.pages, results,
+                    run_processes(off, args.process_runs, 0 if args.launch_only else args.pages, results,
                                   py_spy=args.py_spy)
             except (subprocess.CalledProcessError, TimeoutError) as exc:
                 detail = getattr(exc, "stderr", None) or ""

@@ -1,3 +1,3 @@
-from carecli.cli.main import main
+from carecli.launcher import main
 
 main()

@@ -44,6 +44,8 @@ os.environ["XDG_STATE_HOME"] = str(_HOME / "state")
 _SUITE_LOG = _HOME / "logs" / "suite.log"
 os.environ["CARECLI_LOG_FILE"] = str(_SUITE_LOG)
 os.environ["CARECLI_LOG_LEVEL"] = "DEBUG"
+# No resident launcher outlives a test that ran `carecli app` on a terminal (tests/test_launcher.py turns it on).
+os.environ["CARECLI_LAUNCHER"] = "off"
 
 from carecli.config import load_settings  # noqa: E402
 from carecli.data import migrate  # noqa: E402

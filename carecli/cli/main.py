@@ -50,6 +50,7 @@ SUBCOMMANDS: dict[str, str] = {
     "audit": "audit_cmd:audit_group",
     "doctor": "doctor_cmd:doctor_command",
     "check": "check_cmd:check_group",
+    "launcher": "launcher_cmd:launcher_group",
 }
 
 

@@ -281,7 +281,7 @@ def _child(slave: int, token_fd: int, env: dict[str, str], started: int) -> NoRe
             traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):
-            _interpreter_exit()
+            interpreter_exit()
         os._exit(code)
 
 
@@ -309,6 +309,15 @@ def _take_terminal(slave: int, token_fd: int, started: int) -> int:  # pragma: n
 
 def _run_app(token_fd: int, env: dict[str, str]) -> int:  # pragma: no cover - forked
     """``carecli app --session-fd N`` in this process, with the session's environment; its exit code."""
+    return run_main_here(["app", "--session-fd", str(token_fd)], env)
+
+
+def run_main_here(args: list[str], env: dict[str, str]) -> int:  # pragma: no cover - forked
+    """``carecli ARGS`` in this forked process, with ``env`` as its environment, on descriptors 0-2.
+
+    What a Python started afresh would have: the environment, the locale's character type, fresh random
+    state, standard streams on 0-2. Returns only when ``main`` does not exit (it always does).
+    """
     import locale
     import random
 
@@ -329,13 +338,12 @@ def _run_app(token_fd: int, env: dict[str, str]) -> int:  # pragma: no cover - f
         setattr(sys, f"__{name}__", stream)
     from carecli.cli.main import main
 
-    args = ["app", "--session-fd", str(token_fd)]
     sys.argv = [os.path.join(os.path.dirname(os.path.dirname(__file__)), "__main__.py"), *args]
     main(args)  # exits (SystemExit) with the command's code
     return 0
 
 
-def _interpreter_exit() -> None:  # pragma: no cover - forked
+def interpreter_exit() -> None:  # pragma: no cover - forked
     """What the interpreter does when a program ends: join its threads, run atexit, flush the streams."""
     shutdown = getattr(threading, "_shutdown", None)  # private, but what Py_Finalize calls first
     if shutdown is not None:
