@@ -338,6 +338,12 @@ def serve(path: str, delay: float, idle_seconds: float = IDLE_SECONDS) -> int:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     zygote.preload()
+    from carecli.data import embedded
+
+    try:  # the embedded server's package (and psutil): a local launch with no URLs configured starts or joins it
+        embedded._pgserver()
+    except ImportError:
+        pass
     problem = zygote.unfit_to_fork(-1)
     if problem is not None:
         return 1

@@ -112,6 +112,7 @@ def test_a_launcher_that_does_not_answer_is_passed_by(runtime, monkeypatch) -> N
     monkeypatch.setattr(launcher, "ANSWER_TIMEOUT", 0.3)
     monkeypatch.setattr(launcher, "start_in_background", lambda path, delay: pytest.fail("it is running"))
     path = launcher.socket_path()
+    assert path is not None
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as stuck:
         stuck.bind(path)
         stuck.listen(1)
@@ -120,7 +121,7 @@ def test_a_launcher_that_does_not_answer_is_passed_by(runtime, monkeypatch) -> N
 
 # What a POSIX environment, argument or path can hold: any bytes but NUL, as Python decodes them
 # (UTF-8, and surrogate escapes for what is not UTF-8).
-_VALUE = st.one_of(st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40),
+_VALUE = st.one_of(st.text(st.characters(blacklist_characters="\0", blacklist_categories=["Cs"]), max_size=40),
                    st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"").decode("utf-8", "surrogateescape")))
 _NAME = _VALUE.map(lambda v: v.replace("=", "")).filter(bool)
 
