@@ -46,7 +46,7 @@ IDLE_SECONDS = 30 * 60
 #: a launcher started by an ordinary launch waits this long before importing the app beside it
 START_DELAY_SECONDS = 3.0
 #: how long a launch waits for the launcher to answer with its app's pid before going the ordinary way
-ANSWER_TIMEOUT = 5.0
+ANSWER_TIMEOUT = 10.0
 #: a hung-up app still running after this long is killed
 HANGUP_GRACE_SECONDS = 5.0
 #: the most one request may be (an environment is a few KiB)

@@ -134,7 +134,12 @@ def test_a_run_request_reads_back_as_sent(argv, cwd, umask, env) -> None:
     fields = launcher._unfields(launcher.run_message(argv, cwd, umask, env))
     request = launcher.run_request(fields, [3, 4, 5], 0)
     assert request is not None
-    assert (request.argv, request.cwd, request.umask, request.env) == (argv, cwd, umask, env)
+    def as_bytes(text: str) -> bytes:  # what the process's environment holds (str keys may alias: b"\xc2\x80")
+        return text.encode("utf-8", "surrogateescape")
+
+    assert (request.argv, request.cwd, request.umask) == (argv, cwd, umask)
+    assert {as_bytes(k): as_bytes(v) for k, v in request.env.items()} == {as_bytes(k): as_bytes(v)
+                                                                           for k, v in env.items()}
     assert str(env) not in repr(request) or not env
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from carecli import launcher
 from carecli.services.auth.credentials import CredentialStore, session_scope
-from tests.support.tmux import TmuxTerminal
+from tests.support.tmux import WIDTH, Screen, TmuxTerminal
 
 CARECLI = Path(sys.executable).with_name("carecli")
 START_TIMEOUT = 90.0
@@ -127,6 +127,11 @@ def _wait(condition: Any, timeout: float, what: str) -> Any:
         time.sleep(0.1)
 
 
+def _width(screen: Screen) -> int:
+    """How wide the app drew: its widest row (the rule under the worklist's tabs spans the screen)."""
+    return max((len(row.rstrip()) for row in screen.rows), default=0)
+
+
 def _apps_of(launcher_pid: int) -> list[psutil.Process]:
     return [child for child in psutil.Process(launcher_pid).children() if child.status() != psutil.STATUS_ZOMBIE]
 
@@ -152,11 +157,11 @@ def test_carecli_app_is_forked_by_the_launcher_and_behaves_as_the_app(launches, 
         assert Path(f"/proc/{app.pid}/fd/0").resolve() == Path(f"/proc/{launch.pid}/fd/0").resolve()
         assert app.cwd() == os.getcwd()
         if run == 2:
-            # A resize reaches the app through the launch (the terminal signals its foreground process).
-            before = max(len(row.rstrip()) for row in terminal.capture().rows)
+            # A resize reaches the app through the launch (the terminal signals its foreground process): the
+            # footer's last key, drawn against the right edge, moves from column 100 to column 80.
+            terminal.wait_until(lambda screen: _width(screen) == WIDTH, f"the app at {WIDTH} columns")
             terminal.tmux("resize-window", "-t", terminal.session, "-x", "80", "-y", "24")
-            terminal.wait_until(lambda screen: max(len(row.rstrip()) for row in screen.rows) <= 80 < before,
-                                "the app redrawn at 80 columns")
+            terminal.wait_until(lambda screen: _width(screen) == 80, "the app redrawn at 80 columns")
             terminal.wait_for_text(WORKLIST)
         terminal.keys("C-q")
         _wait(rc_file.exists, 30, "the launch's exit status")
