@@ -174,19 +174,23 @@ def launch(argv: list[str]) -> int | None:
         sock.close()
         start_in_background(path, START_DELAY_SECONDS)
         return None
+    stand_in = _StandIn()  # from before the app exists: a resize meanwhile is not lost
+    answer: dict[str, str] = {}
+    pid = None
     try:
         sock.settimeout(ANSWER_TIMEOUT)
         socket.send_fds(sock, [run_message(argv, os.getcwd(), _umask(), os.environ)], [0, 1, 2])
         answer = _receive(sock)
         pid = int(answer["pid"]) if "pid" in answer else None
     except (OSError, ValueError):
-        sock.close()
-        return None
+        pass
     if pid is None:
         sock.close()
+        stand_in.give_up()
         if "stale" in answer:
             start_in_background(path, START_DELAY_SECONDS)  # the old one has gone (its code changed)
         return None
+    stand_in.app_is(pid)
     return _follow(sock, pid)
 
 
@@ -226,19 +230,53 @@ def _receive(sock: socket.socket) -> dict[str, str]:
 _FORWARDED = (signal.SIGWINCH, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGCONT)
 
 
-def _follow(sock: socket.socket, pid: int) -> int:
-    """Be the app's stand-in on the terminal until the launcher reports its end; its exit code."""
+#: what stops a process: ignored by the stand-in, whose stop would strand the app
+_STOPPING = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
-    def forward(signum: int, frame: object) -> None:
+
+class _StandIn:
+    """This process's signals while it stands in for the app: passed on to the app once it has a pid (those that
+    came before then too: a hang-up while the launcher forks is not lost), or, when the launch goes the
+    ordinary way, handled as if never caught. (A resize before the app's Textual watches for one needs
+    nothing: Textual reads the size when it starts watching.)"""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.pending: list[int] = []
+        self.previous = {signum: signal.getsignal(signum) for signum in (*_FORWARDED, *_STOPPING)}
+        for signum in _FORWARDED:
+            signal.signal(signum, self._caught)
+        for signum in _STOPPING:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _caught(self, signum: int, frame: object) -> None:
+        if self.pid is None:
+            self.pending.append(signum)
+        else:
+            self._send(signum)
+
+    def _send(self, signum: int) -> None:
         try:
-            os.kill(pid, signum)
+            os.kill(self.pid, signum)  # type: ignore[arg-type]
         except OSError:
             pass
 
-    for signum in _FORWARDED:
-        signal.signal(signum, forward)
-    for signum in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):  # stopping the stand-in would strand the app
-        signal.signal(signum, signal.SIG_IGN)
+    def app_is(self, pid: int) -> None:
+        self.pid = pid
+        for pending in dict.fromkeys(self.pending):
+            self._send(pending)
+        self.pending.clear()
+
+    def give_up(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for pending in dict.fromkeys(self.pending):
+            if pending not in (signal.SIGWINCH, signal.SIGCONT):
+                signal.raise_signal(pending)  # as it would have been had it come a moment later
+
+
+def _follow(sock: socket.socket, pid: int) -> int:
+    """Be the app's stand-in on the terminal until the launcher reports its end; its exit code."""
     sock.settimeout(None)
     try:
         code = int(_receive(sock)["exit"])

@@ -160,3 +160,51 @@ def test_a_request_for_anything_but_the_app_is_refused() -> None:
     fields = launcher._unfields(launcher.run_message(["app"], "/", 0o22, {"HOME": "/"}))
     assert launcher.run_request(fields, [3, 4], 0) is None  # its three streams, or nothing
     assert launcher.run_request(fields, [3, 4, 5], socket.MSG_CTRUNC) is None
+
+
+def test_signals_before_the_app_has_a_pid_reach_it(tmp_path) -> None:
+    """The terminal may signal the launch while the launcher forks: nothing is lost."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time, pathlib\n"
+        "seen = []\n"
+        "for s in (signal.SIGWINCH, signal.SIGINT, signal.SIGHUP):\n"
+        "    signal.signal(s, lambda n, f: seen.append(n))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "deadline = time.monotonic() + 20\n"
+        "while len(seen) < 2 and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "print(sorted(seen))\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        before = signal.getsignal(signal.SIGINT)
+        stand_in = launcher._StandIn()
+        try:
+            signal.raise_signal(signal.SIGINT)  # before the app's pid is known: held
+            signal.raise_signal(signal.SIGWINCH)
+            assert stand_in.pending == [signal.SIGINT, signal.SIGWINCH]
+            stand_in.app_is(child.pid)
+        finally:
+            stand_in.give_up()  # (nothing pending: only puts the handlers back)
+        assert signal.getsignal(signal.SIGINT) is before
+        out, _ = child.communicate(timeout=30)
+        assert out.strip() == str(sorted([int(signal.SIGINT), int(signal.SIGWINCH)]))
+    finally:
+        child.kill()
+
+
+def test_a_launch_that_goes_the_ordinary_way_puts_the_handlers_back() -> None:
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGWINCH, signal.SIGTSTP)}
+    stand_in = launcher._StandIn()
+    assert signal.getsignal(signal.SIGTSTP) == signal.SIG_IGN
+    signal.raise_signal(signal.SIGWINCH)  # a resize meanwhile: the ordinary app reads the size itself
+    stand_in.give_up()
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -73,7 +73,8 @@ class Launches:
 
     def script(self, rc_file: Path, extra: dict[str, str] | None = None) -> str:
         """A 0600 script that runs ``carecli app`` as a person would and records its exit status."""
-        lines = ["#!/bin/sh"] + [f"export {k}={shlex.quote(v)}" for k, v in {**self.env, **(extra or {})}.items()]
+        lines = ["#!/bin/sh", "unset COLUMNS LINES"]  # (pytest-xdist's workers set 80x24; the terminal's size wins)
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in {**self.env, **(extra or {})}.items()]
         lines += [f"{shlex.quote(str(CARECLI))} app", f"echo $? > {shlex.quote(str(rc_file))}"]
         script = self.tmp_path / f"run-{rc_file.stem}.sh"
         script.write_text("\n".join(lines) + "\n")
