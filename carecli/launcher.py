@@ -19,10 +19,11 @@ all its sessions (carecli/ssh/zygote.py); this does the same for a person at a t
 - A client that dies takes its app with it (the launcher sees its socket close and hangs the app up).
 
 The launcher holds no database connection, no session token, no key and no data: only imported code.
-It is keyed by what decides the code it would run (the Python, its module path, the installed
-distributions, the environment variables read when modules are imported, the user and groups), so a
-launch in another environment does not use it; it re-checks its code's files before every launch and
-ends, sending the launch the ordinary way, when one changed (an upgrade, an edit). It ends by itself
+It is keyed by what decides the code it would run and how (the Python, its module path, the environment
+variables read when modules are imported, where the user's files are, the user and groups), so a launch
+in another environment does not use it; it re-checks carecli's files and the installed distributions
+before every launch and ends, sending the launch the ordinary way, when they changed (an upgrade, an
+edit). It ends by itself
 after IDLE_SECONDS without a launch and with no app running. ``CARECLI_LAUNCHER=off`` turns it off
 (neither used nor started); ``carecli launcher status|start|stop`` shows, starts or stops it.
 """
@@ -399,12 +400,14 @@ def serve(path: str, delay: float, idle_seconds: float = IDLE_SECONDS) -> int:
     inode = os.stat(path).st_ino
     gc.collect()
     gc.freeze()
-    return _Launcher(listener, path, inode, stamp, idle_seconds).run()
+    return _Launcher(listener, lock, path, inode, stamp, idle_seconds).run()
 
 
 class _Launcher:
-    def __init__(self, listener: socket.socket, path: str, inode: int, stamp: str, idle_seconds: float) -> None:
+    def __init__(self, listener: socket.socket, lock: int, path: str, inode: int, stamp: str,
+                 idle_seconds: float) -> None:
         self.listener = listener
+        self.lock = lock
         self.path = path
         self.inode = inode
         self.stamp = stamp
@@ -476,6 +479,7 @@ class _Launcher:
             except OSError:
                 pass
         self.listener.close()
+        os.close(self.lock)  # a new launcher may start while the apps this one forked run on (after an upgrade)
 
     def _accept(self) -> None:
         try:

@@ -207,7 +207,8 @@ def test_the_launcher_runs_nothing_but_the_app_and_only_for_its_user(launches) -
 
 
 def test_a_launcher_whose_code_changed_sends_the_launch_the_ordinary_way(launches, terminal: TmuxTerminal) -> None:
-    """An upgrade or an edit of the code it imported: the launch runs by itself, and that launcher ends."""
+    """An upgrade or an edit of the code it imported: the launch runs by itself, that launcher takes no more
+    launches and ends once the app it forked earlier has, and a new launcher can start meanwhile."""
     source = launches.tmp_path / "src"
     shutil.copytree(Path(launcher.__file__).parent, source / "carecli",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -215,17 +216,29 @@ def test_a_launcher_whose_code_changed_sends_the_launch_the_ordinary_way(launche
     launches.full_env["PYTHONPATH"] = str(source)
     launches._path = None  # another module path: another launcher
     pid = _start_launcher(launches)
-    assert launcher.ask(launches.socket_path(), "status") is not None
+    terminal.start(launches.script(launches.tmp_path / "rc-old"))  # an app of the old code, running on
+    terminal.wait_for_text(WORKLIST, START_TIMEOUT)
+    [old_app] = _apps_of(pid)
+
     edited = source / "carecli" / "cli" / "launcher_cmd.py"
     os.utime(edited, ns=(time.time_ns(), time.time_ns() + 10**9))
     rc_file = launches.tmp_path / "rc"
-    terminal.start(launches.script(rc_file))
+    terminal.tmux("new-window", "-t", terminal.session, launches.script(rc_file))
     terminal.wait_for_text(WORKLIST, START_TIMEOUT)
-    _wait(lambda: not psutil.pid_exists(pid) or _zombie(pid), 15, "the stale launcher's end")
     pane_pid = int(terminal.tmux("display-message", "-p", "-t", terminal.session, "#{pane_pid}").stdout)
     [launch] = psutil.Process(pane_pid).children()
     assert launch.children() == []
     assert launch.cpu_times().user > 0.2  # it imported and ran the app itself
+    assert _apps_of(pid) == [old_app]  # the old launcher forked nothing more, and waits for its app
+    assert not os.path.exists(launches.socket_path())
+
+    started = launches.carecli("launcher", "start")  # (the launch also started one, after a delay)
+    assert started.returncode == 0, started.stderr
+    assert int(launches.status()["pid"]) != pid
+
     terminal.keys("C-q")
     _wait(rc_file.exists, 30, "the launch's exit status")
     assert rc_file.read_text().strip() == "0"
+    terminal.keys("C-q")  # the old app, in the first window
+    _wait(lambda: not psutil.pid_exists(pid) or _zombie(pid), 30, "the old launcher's end after its app's")
+    assert (launches.tmp_path / "rc-old").read_text().strip() == "0"
