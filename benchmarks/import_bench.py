@@ -31,6 +31,7 @@ import csv
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,10 +40,11 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_pairs import bench_engine, drop_pair, fresh_pair, libpq_url  # noqa: E402
+from benchmarks.bench_pairs import bench_engine, database_url, drop_pair, fresh_pair, libpq_url  # noqa: E402
 from benchmarks.table import machine_speed, print_table  # noqa: E402
 from carecli.config import load_settings  # noqa: E402
 from carecli.data import deferred_indexes  # noqa: E402
@@ -149,8 +151,9 @@ def run_import(env: dict[str, str], path: Path, *args: str) -> tuple[dict, float
     process and its worker processes together in KiB)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
+        # (cwd: `-m` puts the working directory first on the module path, ahead of a tree's PYTHONPATH)
         proc = subprocess.Popen([sys.executable, "-m", "carecli", "import", "members", str(path), "--json", *args],
-                                env=env, stdout=out, stderr=err, text=True)
+                                env=env, stdout=out, stderr=err, text=True, cwd=path.parent)
         memory = TreeMemory(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
@@ -241,6 +244,51 @@ def baseline(platform_url: str, empty_platform_url: str,
     return seconds, indexed_seconds, deferred_seconds, counts
 
 
+def compare_reruns(args: argparse.Namespace, machine: str) -> None:
+    """Re-runs of one loaded file by two source trees, alternated (ABBA), each tree on its own copy."""
+    master = encode_key(generate_master_key())
+    prefix = args.prefix
+    trees = [str(Path(tree).resolve()) for tree in args.compare_trees]
+    times: dict[str, list[float]] = {tree: [] for tree in trees}
+    with tempfile.TemporaryDirectory(prefix="carecli-import-bench-") as tmp:
+        full = Path(tmp) / "full.csv"
+        write_csv(full, args.members)
+        urls = fresh_pair(args.admin_url, prefix)
+        env = environment(urls, master)
+        summary, seconds, _, _ = run_import(env, full)
+        assert summary["created"] == args.members, summary
+        print(f"loaded {args.members:,} members in {seconds:.1f} s", file=sys.stderr)
+        envs: dict[str, dict[str, str]] = {}
+        with psycopg.connect(args.admin_url, autocommit=True) as admin:
+            for index, tree in enumerate(trees):
+                name = f"{prefix}_platform_{index}"
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(f"{prefix}_platform")))
+                envs[tree] = {**env, "CARECLI_PLATFORM_URL": database_url(args.admin_url, name), "PYTHONPATH": tree}
+        try:
+            for tree in trees:  # each tree records its own digests once (the full path)
+                run_import(envs[tree], full)
+            for run in range(args.reruns):
+                for tree in (trees if run % 2 == 0 else trees[::-1]):
+                    rerun, seconds, _, _ = run_import(envs[tree], full)
+                    assert rerun["unchanged"] == args.members, rerun
+                    times[tree].append(seconds)
+                    print(f"re-run {run + 1}, {tree}: {seconds:.1f} s (known by digest: "
+                          f"{rerun.get('known_unchanged')})", file=sys.stderr)
+        finally:
+            with psycopg.connect(args.admin_url, autocommit=True) as admin:
+                for index in range(len(trees)):
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(f"{prefix}_platform_{index}")))
+            drop_pair(args.admin_url, prefix)
+    rows = [("machine (before the run)", machine), ("members in the file", f"{args.members:,}")]
+    for tree in trees:
+        rows.append((f"re-run by {tree}, p50 (min-max) of {args.reruns}",
+                     f"{statistics.median(times[tree]):.1f} s ({min(times[tree]):.1f}-{max(times[tree]):.1f})"))
+    print_table(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -249,10 +297,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="carecli import --workers (default: its own)")
     parser.add_argument("--defer-indexes", choices=deferred_indexes.MODES, default=None,
                         help="carecli import --defer-indexes (default: its own, auto)")
+    parser.add_argument("--compare-trees", nargs=2, metavar="DIR",
+                        help="only re-runs: load the file once, then time --reruns re-runs of it by each of two source "
+                             "trees (their PYTHONPATH), alternated one by one, each on its own copy of the loaded "
+                             "database (a tree's first re-run records its own digests, untimed)")
+    parser.add_argument("--reruns", type=int, default=4, help="timed re-runs per tree with --compare-trees")
     parser.add_argument("--prefix", default="carecli_bench_import",
                         help="name prefix of the throwaway databases (another run on the same server: another prefix)")
     args = parser.parse_args()
     machine = machine_speed()  # before the run loads the machine
+    if args.compare_trees:
+        compare_reruns(args, machine)
+        return
     master = encode_key(generate_master_key())
     prefix = args.prefix
     rows: list[tuple[str, str]] = []

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -2003,6 +2004,7 @@ def test_a_records_digest_depends_on_its_values_kind_key_and_year_never_on_colum
     december, january = date(2026, 12, 31), date(2027, 1, 1)
     digest = RowDigester(key, "members", today=december).digest
     values = {"first_name": "Ann", "ssn": "123-45-6789", "email": None}
+    assert re.fullmatch("[0-9a-f]{32}", digest(values) or "")  # 128 bits as text, which PostgreSQL reads as a uuid
     assert digest(values) == digest(dict(reversed(list(values.items()))))
     assert digest(values) == RowDigester(key, "members", today=date(2026, 1, 1)).digest(values)
     assert digest(values) != RowDigester(key, "members", today=january).digest(values)

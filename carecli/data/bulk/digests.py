@@ -7,11 +7,12 @@ the stored dates of birth decrypted to compare. Now, for the kinds that keep
 them (members), each row an import loads or finds unchanged leaves a row in
 ``import_digests`` (migration ``platform_0015``):
 
-* ``digest``: HMAC-SHA-256 of the source record (the columns the file gave,
-  after renaming with the mapping, with their values as read, sorted by name),
-  the kind, carecli's version and rules and the current year (the one rule that
-  depends on the day is by calendar year), under a key of its own derived
-  from the blind-index key (:meth:`BlindIndex.derived_key`), first 128 bits;
+* ``digest``: keyed BLAKE2b-128 of the source record (the columns the file
+  gave, after renaming with the mapping, with their values as read, sorted by
+  name), the kind, carecli's version and rules and the current
+  year (the one rule that depends on the day is by calendar year), under a key
+  of its own derived from the blind-index key (:meth:`BlindIndex.derived_key`);
+  held as the 32 hex digits PostgreSQL reads as a ``uuid``;
 * ``state``: the transaction ids (``xmin``) of the rows the record then left:
   for a member, its own row and its external-member-number and blind-index
   metadata rows.
@@ -34,8 +35,8 @@ spelling in the file. What a stored digest reveals: nothing without the key
 
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
 from collections.abc import Iterable, Mapping
 from datetime import date
 from typing import Any, NoReturn
@@ -43,13 +44,13 @@ from typing import Any, NoReturn
 from sqlalchemy import Connection
 
 from carecli import __version__
-from carecli.data.bulk.blind_index import BlindIndex, KeyedMac
+from carecli.data.bulk.blind_index import BlindIndex
 
 __all__ = ["RECORD_GIVEN", "RULES", "RowDigester", "recorded_any", "text_list"]
 
 #: Part of every digest: change it with any change to parsing or validation that could load the same record
 #: differently (carecli's version is part of it too), and every stored digest stops matching.
-RULES = b"members-1"
+RULES = b"members-2"
 _PURPOSE = b"import-row-digest"
 _encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), check_circular=False,
                            allow_nan=True).encode
@@ -72,17 +73,23 @@ def text_list(values: Iterable[object]) -> str:
 
 
 class RowDigester:
-    """The digest of a source record of one kind, as a uuid (its first 128 bits)."""
+    """The digest of a source record of one kind: 32 hex digits (128 bits), which PostgreSQL reads as a uuid.
 
-    __slots__ = ("_key", "_prefix")
+    Keyed BLAKE2b with a 16-byte digest: a MAC as HMAC-SHA-256 is, in one pass instead of two (a re-run
+    digests every row before anything else: 1.3 against 3.2 µs a row here, and no ``uuid.UUID`` to build,
+    another 2.6 µs). The keyed state, with the kind, version, rules and year already fed to it, is copied
+    for each record (a copy keeps the GIL, as ``KeyedMac`` explains for the blind index).
+    """
+
+    __slots__ = ("_mac",)
 
     def __init__(self, blind: BlindIndex, kind: str, *, today: date | None = None) -> None:
-        self._key = KeyedMac(blind.derived_key(_PURPOSE))
         # The year too: the one rule that depends on the day, a date of birth no more than 130 years back
         # (``dob_too_old``, by calendar year), may refuse on 1 January a row it took before. A row known
         # in one year is matched the full way once in the next.
         year = str((today or date.today()).year).encode("ascii")
-        self._prefix = b"\0".join((kind.encode("ascii"), __version__.encode("ascii"), RULES, year)) + b"\0"
+        self._mac = hashlib.blake2b(key=blind.derived_key(_PURPOSE), digest_size=16, person=b"carecli-digest")
+        self._mac.update(b"\0".join((kind.encode("ascii"), __version__.encode("ascii"), RULES, year)) + b"\0")
 
     def __repr__(self) -> str:
         return "RowDigester([key])"
@@ -90,14 +97,15 @@ class RowDigester:
     def __reduce__(self) -> NoReturn:
         raise TypeError("a RowDigester holds a key: it is not pickled")
 
-    def digest(self, values: Mapping[str, Any]) -> uuid.UUID | None:
+    def digest(self, values: Mapping[str, Any]) -> str | None:
         """The record's digest; None for values that have no stable text (never from a reader)."""
         try:
             text = _encode(values)
         except (TypeError, ValueError):
             return None
-        payload = self._prefix + text.encode("utf-8", "surrogatepass")
-        return uuid.UUID(bytes=self._key(payload)[:16])
+        mac = self._mac.copy()
+        mac.update(text.encode("utf-8", "surrogatepass"))
+        return mac.hexdigest()
 
 
 def recorded_any(connection: Connection, entity_type: str | None) -> bool:

@@ -362,7 +362,7 @@ class Kind:
     #: rows it gets from it, and fills ``BatchPlan.digests``
     keeps_digests: ClassVar[bool] = False
 
-    def known_unchanged(self, connection: Connection, digests: Collection[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    def known_unchanged(self, connection: Connection, digests: Collection[str]) -> dict[str, Any]:
         """digest -> what :meth:`plan` needs of a row with that digest that is known unchanged (its ``prep``)."""
         return {}
 

@@ -366,7 +366,7 @@ class MembersKind(Kind):
 
     keeps_digests = True
 
-    def known_unchanged(self, connection: Connection, digests: Collection[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    def known_unchanged(self, connection: Connection, digests: Collection[str]) -> dict[str, Any]:
         if not digests:
             return {}
         wanted = list(digests)
