@@ -112,6 +112,8 @@ def code_stamp() -> str:
 
     An upgrade renames a distribution's ``.dist-info``; an edit of a checkout changes a file's mtime.
     """
+    from contextlib import suppress
+
     import carecli
 
     digest = hashlib.sha256()
@@ -120,22 +122,14 @@ def code_stamp() -> str:
         directories[:] = sorted(d for d in directories if d != "__pycache__")
         for name in sorted(files):
             if name.endswith(".py"):
-                with _suppress_oserror():
+                with suppress(OSError):
                     info = os.stat(os.path.join(root, name))
                     digest.update(f"{root}/{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
     for entry in sys.path:
         if os.path.basename(entry) in ("site-packages", "dist-packages") and os.path.isdir(entry):
-            with _suppress_oserror():
+            with suppress(OSError):
                 digest.update("\n".join(sorted(n for n in os.listdir(entry) if n.endswith(".dist-info"))).encode())
     return digest.hexdigest()
-
-
-class _suppress_oserror:  # contextlib costs an import here, on every launch
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, trace: object) -> bool:
-        return isinstance(value, OSError)
 
 
 # -- the launch (the client) -------------------------------------------------------------------------

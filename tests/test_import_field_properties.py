@@ -257,3 +257,30 @@ def test_a_dict_not_decoded_from_json_is_refused_as_json() -> None:
         with pytest.raises(FieldProblem) as caught:
             fields.parse_json_object(document)
         assert caught.value.rule == "json"
+
+
+_JSONABLE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.dictionaries(st.text(max_size=12), _JSONABLE, max_size=15))
+def test_the_digest_text_is_the_json_encoders(values) -> None:
+    """The record digest's encoder (its C encoder made once) writes exactly what json.dumps writes with its
+    settings, NaN and non-ASCII included, and refuses what json.dumps refuses."""
+    from carecli.data.bulk.digests import _encode
+
+    expected = json.dumps(values, ensure_ascii=False, sort_keys=True, separators=(",", ":"), check_circular=False,
+                          allow_nan=True)
+    assert _encode(values) == expected
+
+
+def test_the_digest_text_refuses_what_json_refuses() -> None:
+    from carecli.data.bulk.digests import _encode
+
+    with pytest.raises(TypeError):
+        _encode({"n": object()})
+    with pytest.raises(TypeError):
+        _encode({"n": 1, 2: "mixed keys cannot be sorted"})

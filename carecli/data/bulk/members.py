@@ -376,11 +376,12 @@ class MembersKind(Kind):
 
     def unchanged_prep(self, found: Any, record: Record) -> Any:
         values = record.values
-        # (a blank-looking value stands for nothing: the parsers strip, and the row then gave no value)
-        named = next((name for name in _IDENTITY
-                      if (value := values.get(name)) is not None and (type(value) is not str or value.strip())),
-                     "id")
-        return KnownUnchanged(found, named)
+        for name in _IDENTITY:  # (a loop, not next() over a generator: this runs for every row of a re-run)
+            value = values.get(name)
+            # (a blank-looking value stands for nothing: the parsers strip, and the row then gave no value)
+            if value is not None and (type(value) is not str or value.strip()):
+                return KnownUnchanged(found, name)
+        return KnownUnchanged(found, "id")
 
     def plan(self, ctx: BatchContext, rows: list[Parsed]) -> BatchPlan:
         plan = BatchPlan(digest_sql=RECORD_DIGESTS)
