@@ -240,6 +240,35 @@ def test_the_listener_delivers_changes_and_after_a_lost_connection_relistens_and
         name=notify.LISTENER_APPLICATION_NAME) == 0)
 
 
+def test_stop_ends_the_listeners_wait_at_once_not_at_the_end_of_its_poll(platform: Platform, monkeypatch) -> None:
+    """An app's quit waited for the listener's poll to end (up to POLL_SECONDS). Its socket is shut down
+    instead: with a poll of a minute, the thread has still ended, its connection closed, and no error kept."""
+    monkeypatch.setattr(notify, "POLL_SECONDS", 60.0)
+    listener = ChangeListener(platform.engine).start()
+    assert listener.wait_listening()
+    thread = listener._thread
+    assert thread is not None
+    wait_until(lambda: any(getattr(frame, "f_code", None) and frame.f_code.co_name == "notifies"
+                           for frame in _frames_of(thread)))  # it is waiting in notifies(timeout=60)
+    listener.stop(timeout=20)
+    assert not thread.is_alive() and not listener.listening
+    assert listener.stats.last_error is None
+    assert wait_until(lambda: platform.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name AND datname = current_database()",
+        name=notify.LISTENER_APPLICATION_NAME) == 0)
+
+
+def _frames_of(thread: threading.Thread) -> list[Any]:
+    import sys
+
+    frame = sys._current_frames().get(thread.ident or 0)
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
 def test_a_listener_keeps_trying_while_the_database_is_unreachable(platform: Platform) -> None:
     from carecli.config import load_settings
     from carecli.data.databases import create_database_engine

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import select
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -249,6 +250,8 @@ class ChangeListener(_Fanout):
         self._thread: threading.Thread | None = None
         self._pooled: PoolProxiedConnection | None = None
         self._connection: psycopg.Connection[Any] | None = None
+        #: held while the connection is closed, and while :meth:`_wake` shuts its socket down
+        self._closing = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -262,9 +265,31 @@ class ChangeListener(_Fanout):
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and close the connection."""
         self._stop.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def _wake(self) -> None:
+        """End the thread's wait for notifications now rather than at the end of its poll (up to POLL_SECONDS,
+        which an app's quit waited for): the connection's socket is shut down, so the wait reads its end, and
+        the thread, seeing the stop, closes the connection. Under the lock :meth:`_close` closes it with: the
+        descriptor shut down is the connection's, never one the process reused after it was closed."""
+        with self._closing:
+            connection = self._connection
+            if connection is None:
+                return
+            try:
+                fd = connection.pgconn.socket
+                wakeful = socket.socket(fileno=os.dup(fd))
+            except Exception:  # noqa: BLE001 - already closed or broken: its wait ends by itself
+                return
+            try:
+                wakeful.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                wakeful.close()
 
     def _run(self) -> None:
         delay = BACKOFF_FIRST
@@ -286,7 +311,8 @@ class ChangeListener(_Fanout):
             try:
                 self._read()
             except Exception as exc:  # noqa: BLE001 - a lost connection: reconnect
-                self.stats.last_error = type(exc).__name__
+                if not self._stop.is_set():  # (not the end :meth:`stop` made)
+                    self.stats.last_error = type(exc).__name__
             finally:
                 self._listening.clear()
                 self._close()
@@ -333,12 +359,13 @@ class ChangeListener(_Fanout):
                 quiet = 0.0
 
     def _close(self) -> None:
-        pooled, self._pooled, self._connection = self._pooled, None, None
-        if pooled is not None:
-            try:
-                pooled.close()  # detached: this closes the connection itself
-            except Exception:  # noqa: BLE001 - closing a dead connection
-                pass
+        with self._closing:
+            pooled, self._pooled, self._connection = self._pooled, None, None
+            if pooled is not None:
+                try:
+                    pooled.close()  # detached: this closes the connection itself
+                except Exception:  # noqa: BLE001 - closing a dead connection
+                    pass
 
 
 class PipeListener(_Fanout):
