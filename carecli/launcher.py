@@ -38,6 +38,10 @@ import stat
 import sys
 import time
 
+TYPE_CHECKING = False  # (not typing's: the launch would import it, for annotations only)
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 PROTOCOL = 1
 #: every message is NUL-separated fields (nothing in an argument, a path or the environment can hold a NUL),
 #: UTF-8 with surrogate escapes; a request starts with this, an answer is name, value, name, value...
@@ -604,43 +608,21 @@ def run_request(fields: list[str], fds: list[int], flags: int) -> RunRequest | N
     return RunRequest(argv, cwd, int(umask), env)
 
 
-def _app(fds: list[int], request: RunRequest) -> None:  # pragma: no cover - forked
+def _app(fds: list[int], request: RunRequest) -> NoReturn:  # pragma: no cover - forked
     """The forked app: the launch's streams, environment, directory and umask; ``carecli ARGV``; never returns."""
-    from carecli.ssh.zygote import interpreter_exit, run_main_here
+    from carecli.ssh.zygote import close_descriptors_except, exit_forked, reset_signals, run_main_here
 
-    code = 1
-    try:
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    def run() -> int:
+        reset_signals()
         os.setsid()  # its own process group: hung up as one, apart from the launcher
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-        keep = {0, 1, 2}
-        for name in os.listdir("/proc/self/fd"):  # the launcher's socket, lock and pipes; other launches'
-            if int(name) not in keep:
-                try:
-                    os.close(int(name))
-                except OSError:
-                    pass
+        close_descriptors_except({0, 1, 2})  # the launcher's socket, lock and pipes; other launches'
         os.chdir(request.cwd)
         os.umask(request.umask)
-        code = run_main_here(list(request.argv), request.env)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 - the child must end here, whatever happened
-        import traceback
+        return run_main_here(list(request.argv), request.env)
 
-        try:
-            traceback.print_exc()
-        except Exception:  # noqa: BLE001, S110
-            pass
-    finally:
-        try:
-            interpreter_exit()
-        finally:
-            os._exit(code)
+    exit_forked(run)
 
 
 def _serve_main(argv: list[str]) -> int:

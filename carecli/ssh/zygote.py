@@ -53,7 +53,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from carecli.errors import EXIT_FAILURE
@@ -263,15 +263,25 @@ _REPLACED_STREAMS: list[Any] = []
 
 
 def _child(slave: int, token_fd: int, env: dict[str, str], started: int) -> NoReturn:  # pragma: no cover - forked
-    code = EXIT_FAILURE
-    try:
+    def run() -> int:
         try:
-            token_fd = _take_terminal(slave, token_fd, started)
+            session_fd = _take_terminal(slave, token_fd, started)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.write(started, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
             raise
-        code = _run_app(token_fd, env)
+        return _run_app(session_fd, env)
+
+    exit_forked(run)
+
+
+def exit_forked(run: Callable[[], int]) -> NoReturn:  # pragma: no cover - forked
+    """End a forked child with what ``run`` returns, or the code its SystemExit carries (1 for anything else,
+    whose traceback goes to the child's stderr), after what the interpreter does when a program ends; the
+    child never returns into its parent's code (the zygote's or the local launcher's loop)."""
+    code = EXIT_FAILURE
+    try:
+        code = run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILURE)
     except BaseException:  # noqa: BLE001 - the child must end here, whatever happened
@@ -285,12 +295,26 @@ def _child(slave: int, token_fd: int, env: dict[str, str], started: int) -> NoRe
         os._exit(code)
 
 
-def _take_terminal(slave: int, token_fd: int, started: int) -> int:  # pragma: no cover - forked
-    """The session's process: own session, the pty as terminal and standard streams, no other descriptor."""
+def reset_signals() -> None:  # pragma: no cover - forked
+    """A forked child's signals as in any Python process: the parent's handlers and wakeup descriptor gone."""
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in any Python process
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def close_descriptors_except(keep: set[int]) -> None:  # pragma: no cover - forked
+    """Close every descriptor of this process but ``keep`` (what a forked child inherited of its parent)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _take_terminal(slave: int, token_fd: int, started: int) -> int:  # pragma: no cover - forked
+    """The session's process: own session, the pty as terminal and standard streams, no other descriptor."""
+    reset_signals()
     os.setsid()
     if token_fd <= 2:
         token_fd = fcntl.fcntl(token_fd, fcntl.F_DUPFD, 3)
@@ -298,12 +322,7 @@ def _take_terminal(slave: int, token_fd: int, started: int) -> int:  # pragma: n
         os.dup2(slave, target)
     take_controlling_terminal()
     os.write(started, b"ok")
-    keep = {0, 1, 2, token_fd}
-    for name in os.listdir("/proc/self/fd"):  # the zygote's socket and pipes, the slave's original, ...
-        fd = int(name)
-        if fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    close_descriptors_except({0, 1, 2, token_fd})  # the zygote's socket and pipes, the slave's original, ...
     return token_fd
 
 
