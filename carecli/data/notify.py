@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.pool import PoolProxiedConnection
 
 if TYPE_CHECKING:
     import psycopg
@@ -248,7 +247,6 @@ class ChangeListener(_Fanout):
         self.engine = engine
         self.channel = channel
         self._thread: threading.Thread | None = None
-        self._pooled: PoolProxiedConnection | None = None
         self._connection: psycopg.Connection[Any] | None = None
         #: held while the connection is closed, and while :meth:`_wake` shuts its socket down
         self._closing = threading.Lock()
@@ -334,7 +332,7 @@ class ChangeListener(_Fanout):
         except BaseException:
             pooled.close()
             raise
-        self._pooled, self._connection = pooled, connection
+        self._connection = connection
         self.stats.connects += 1
         self._listening.set()
 
@@ -360,10 +358,13 @@ class ChangeListener(_Fanout):
 
     def _close(self) -> None:
         with self._closing:
-            pooled, self._pooled, self._connection = self._pooled, None, None
-            if pooled is not None:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                # Detached from its pool, it is closed as the driver's connection. Closing the pool's proxy
+                # would first roll back on it, and on a socket :meth:`_wake` shut down the pool logs that
+                # failed rollback as an error with its traceback.
                 try:
-                    pooled.close()  # detached: this closes the connection itself
+                    connection.close()
                 except Exception:  # noqa: BLE001 - closing a dead connection
                     pass
 
