@@ -146,14 +146,17 @@ class TreeMemory:
         return self.peak
 
 
-def run_import(env: dict[str, str], path: Path, *args: str) -> tuple[dict, float, int, int]:
+def run_import(env: dict[str, str], path: Path, *args: str, py_spy: str | None = None) -> tuple[dict, float, int, int]:
     """The real CLI: (its --json summary, wall seconds, peak RSS of the process in KiB, peak RSS of the
-    process and its worker processes together in KiB)."""
+    process and its worker processes together in KiB). With ``py_spy`` it runs under ``py-spy record``
+    (raw stacks of every thread, 250 a second, into that file), which slows it."""
+    spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "--subprocesses", "-r", "250",
+           "-f", "raw", "-o", py_spy, "--"] if py_spy else []
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         # (cwd: `-m` puts the working directory first on the module path, ahead of a tree's PYTHONPATH)
-        proc = subprocess.Popen([sys.executable, "-m", "carecli", "import", "members", str(path), "--json", *args],
-                                env=env, stdout=out, stderr=err, text=True, cwd=path.parent)
+        proc = subprocess.Popen([*spy, sys.executable, "-m", "carecli", "import", "members", str(path), "--json",
+                                 *args], env=env, stdout=out, stderr=err, text=True, cwd=path.parent)
         memory = TreeMemory(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
@@ -163,7 +166,38 @@ def run_import(env: dict[str, str], path: Path, *args: str) -> tuple[dict, float
         err.seek(0)
         if proc.returncode != 0:
             raise SystemExit(f"import failed ({proc.returncode}): {err.read().strip()[-2000:]}")
-        return json.loads(out.read()), seconds, usage.ru_maxrss, max(tree, usage.ru_maxrss)
+        text = out.read()
+        # (py-spy prints its own lines around the import's one JSON summary)
+        summary = next(line for line in text.splitlines() if line.startswith("{"))
+        return json.loads(summary), seconds, usage.ru_maxrss, max(tree, usage.ru_maxrss)
+
+
+def spy_top(path: str, top: int = 25) -> list[tuple[str, str]]:
+    """The functions the samples of a raw py-spy file were in, by their own samples (with their callees in
+    brackets), per thread: where the import's CPU went."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        if frames and frames[0].startswith("process "):  # (--subprocesses) "process PID:\"command\""
+            frames = frames[1:]
+        thread = ""
+        if frames and frames[0].startswith("thread "):  # (--threads) "thread (ID): NAME"
+            thread, frames = frames[0].rpartition(": ")[2], frames[1:]
+        names = [f"{thread}: {frame.split(' (')[0]} ({frame.rsplit('/', 1)[-1].split(':')[0]})" for frame in frames]
+        if names:
+            own[names[-1]] = own.get(names[-1], 0) + n
+        for name in set(names):
+            total[name] = total.get(name, 0) + n
+    ranked = sorted(own.items(), key=lambda item: -item[1])[:top]
+    return [(name[:120], f"{count / samples:6.1%} own ({total[name] / samples:6.1%} with callees)")
+            for name, count in ranked]
 
 
 def timed_copy_in(conn: psycopg.Connection, dumps: dict[str, Path], prefix: str = "") -> float:
@@ -302,6 +336,9 @@ def main() -> None:
                              "trees (their PYTHONPATH), alternated one by one, each on its own copy of the loaded "
                              "database (a tree's first re-run records its own digests, untimed)")
     parser.add_argument("--reruns", type=int, default=4, help="timed re-runs per tree with --compare-trees")
+    parser.add_argument("--py-spy", metavar="PATH",
+                        help="run the full-size first import under py-spy (raw stacks into PATH; its times are then "
+                             "py-spy's too) and print where its samples were")
     parser.add_argument("--prefix", default="carecli_bench_import",
                         help="name prefix of the throwaway databases (another run on the same server: another prefix)")
     args = parser.parse_args()
@@ -331,7 +368,7 @@ def main() -> None:
 
         urls = fresh_pair(args.admin_url, prefix)
         env = environment(urls, master)
-        summary, seconds, rss_full, tree_full = run_import(env, full, *extra)
+        summary, seconds, rss_full, tree_full = run_import(env, full, *extra, py_spy=args.py_spy)
         assert summary["created"] == args.members, summary
         empty = fresh_pair(args.admin_url, prefix + "_floor")
         empty_deferred = fresh_pair(args.admin_url, prefix + "_floor_deferred")
@@ -375,6 +412,9 @@ def main() -> None:
          f"{rss_full / 1024:.0f} MiB; {tree_full / 1024:.0f} MiB"),
     ]
     print_table(rows)
+    if args.py_spy:
+        print(f"\nthe first import under py-spy ({args.py_spy}): where its samples were, by thread and function")
+        print_table(spy_top(args.py_spy))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ _MAX_TOKEN_BYTES = 512
 #: how long the app waits for the opening thread to load what it needs before loading the app itself
 #: (Opening.wait_loaded: it then waits on the server while the app loads); a bound, not a delay
 LOAD_HEAD_START_SECONDS = 1.0
+#: cursor to the start of the line above (CPL), then erase that whole line (EL 2)
+ERASE_LINE_ABOVE = "\x1b[1F\x1b[2K"
 
 
 def read_session_fd(fd: int) -> tuple[str, bytes | None]:
@@ -122,7 +124,8 @@ def run_app(*, session_fd: int | None = None) -> int:
     # session check and the worklist's first read wait on the server while this thread loads the app.
     opening.start()
     opening.wait_loaded(LOAD_HEAD_START_SECONDS)
-    if opening.starting_server and sys.stdout.isatty():
+    said = opening.starting_server and sys.stdout.isatty()
+    if said:
         # Said at once, before the app has loaded (a second or so on a busy machine); the app's start screen
         # then says it again until the server is up.
         click.echo(opening.text)
@@ -137,6 +140,11 @@ def run_app(*, session_fd: int | None = None) -> int:
     try:
         app.run()
     finally:
+        if said:
+            # The app drew on the alternate screen; back on the terminal's own, that line would still say the
+            # database is starting above the prompt: it is wiped (to the start of the line above, erase it).
+            sys.stdout.write(ERASE_LINE_ABOVE)
+            sys.stdout.flush()
         release_start_up()  # an app that ended before its first screen
         # The app's databases, or the ones opened for it if it ended before taking them.
         databases = app.databases or (opening.databases if opening.done else None)

@@ -127,6 +127,8 @@ def test_carecli_app_says_the_database_is_starting_before_it_loads_the_app(tmp_p
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     assert app_cmd.run_app() == 0
     assert events == ["opening started", f"app built, printed so far: {STARTING_TEXT}", "app run"]
+    # Once the app has ended, the line is wiped: above the prompt it would still say the database is starting.
+    assert capsys.readouterr().out == app_cmd.ERASE_LINE_ABOVE
 
 
 class SlowOpening(Opening):
