@@ -702,3 +702,22 @@ def test_an_import_killed_mid_file_and_run_again_ends_with_exactly_the_file(inst
     assert again.code == 0, again.err
     assert (json.loads(again.out)["unchanged"], json.loads(again.out)["created"]) == (total, 0)
     assert inst.counts() == before
+
+
+def test_a_load_collects_less_often_and_puts_the_collector_back() -> None:
+    """`carecli import` freezes what start-up made and runs young passes every LOAD_GC_THRESHOLD allocations
+    (the default's full passes walked the whole process 28 times in a 200,000-member import); the thresholds
+    and what was frozen are as before once it ends, for a caller in the same process (these tests)."""
+    import gc
+
+    from carecli.cli.import_cmd import LOAD_GC_THRESHOLD, _collect_for_a_load
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    restore = _collect_for_a_load()
+    try:
+        assert gc.get_threshold() == (LOAD_GC_THRESHOLD, *before[1:])
+        assert gc.isenabled()  # a load leaves cyclic garbage: collecting stays on
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        restore()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
