@@ -1392,7 +1392,7 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
 
     from carecli.data.bulk import loader as loader_module
     from carecli.data.bulk import members as members_kind
-    from carecli.data.bulk.kinds import _METADATA_OF
+    from carecli.data.bulk.kinds import _METADATA_OF, metadata_owners
 
     rows = [person(n) for n in range(6000)]
     engine = imp.platform.engine
@@ -1453,8 +1453,23 @@ def test_a_load_and_its_rerun_plan_each_batch_with_probes_never_a_scan_of_the_ta
         try:
             # The first load, into tables growing from empty without statistics.
             assert_loaded(imp.run("members", members_csv(*rows), batch_rows=500), created=6000)
+            assert len(explained) >= 12  # the seen keys of every batch
+            # No number or blind-index owners were looked up: the table held none (kinds.absent_keys). One
+            # looked up now, on the tables as the load left them and with the planner's settings, probes too.
+            assert not [statement for statement, _ in explained if "#>>" in statement]
+            with engine.connect() as connection:
+                connection.exec_driver_sql("; ".join(f"SET {name} = {value}"
+                                                     for name, value in loader_module._PLANNING))
+                hashes = [row[0] for row in connection.exec_driver_sql(
+                    "SELECT metadata_value #>> '{}' FROM metadata WHERE metadata_key = 'ssn_blind_index' LIMIT 500")]
+                planning[0] = True
+                try:
+                    assert len(metadata_owners(connection, "member", "ssn_blind_index", hashes)) == 500
+                finally:
+                    planning[0] = False
+                connection.rollback()
+            assert [statement for statement, _ in explained if "#>>" in statement]
             first = len(explained)
-            assert first >= 12 * 2  # the number and blind-index owners per batch, and the seen keys
             for _ in range(3):  # the planner's connection went back to the pool without its settings
                 with engine.connect() as connection:
                     assert connection.exec_driver_sql("SHOW enable_seqscan").scalar() == "on"
@@ -1992,6 +2007,54 @@ def test_knowing_rows_by_digest_loads_exactly_what_matching_every_row_loads(
                                  [(p.row, p.field, p.rule, p.message) for p in outcome.problems]))
         seen.append((outcomes, _comparable(imp)))
     assert seen[0] == seen[1]
+
+
+@given(steps=_steps(), threaded=st.booleans())
+@example(  # a number and an SSN repeated across batches of a first load, each batch written before the next
+    steps=[([], [(1, 0), (2, 0), (3, 0), (4, 0), (1, 2), (5, 0), (2, 3), (1, 1)], True)], threaded=False)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_skipping_the_lookups_of_keys_nobody_held_loads_exactly_what_looking_them_up_loads(
+        imp: Importer, monkeypatch: pytest.MonkeyPatch,
+        steps: list[tuple[list[tuple[str, int]], list[tuple[int, int]], bool]], threaded: bool) -> None:
+    """A run whose natural keys no live row held when it began (a first load) does not look them up
+    (``kinds.absent_keys``): the same files and outside edits, once so and once looking every key up, give the
+    same counts, refusals (row, field, rule, message), members and audit rows, step by step; with the writer
+    thread, and without it (each batch committed before the next is planned, so a lookup would find it)."""
+    from carecli.data.bulk import members as members_module
+
+    computed = members_module.absent_keys
+    seen = []
+    for skipping in (True, False):
+        monkeypatch.setattr(members_module, "absent_keys",
+                            computed if skipping else (lambda *args: frozenset()))
+        empty(imp.platform)
+        outcomes = []
+        for edits, rows, with_email in steps:
+            for what, n in edits:
+                _edit(imp, what, n)
+            header = MEMBER_HEADER if with_email else tuple(name for name in MEMBER_HEADER if name != "email")
+            outcome = imp.run("members", members_csv(*[_variant(n, v) for n, v in rows], header=header),
+                              batch_rows=2, digests=False, threaded=threaded)
+            summary = outcome.summary
+            outcomes.append((summary.created, summary.updated, summary.unchanged, summary.rejected,
+                             [(p.row, p.field, p.rule, p.message) for p in outcome.problems]))
+        seen.append((outcomes, _comparable(imp)))
+    assert seen[0] == seen[1]
+
+
+def test_a_first_load_finds_no_natural_key_it_need_look_up_and_a_later_one_finds_them(imp: Importer) -> None:
+    from carecli.data.bulk.catalog import EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX
+    from carecli.data.bulk.kinds import absent_keys
+
+    keys = (EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX)
+    with imp.platform.engine.connect() as connection:
+        assert absent_keys(connection, "member", keys) == frozenset(keys)
+    assert_loaded(imp.run("members", members_csv(person(1, ssn=""), person(2, external_member_number=None))),
+                  created=2)
+    with imp.platform.engine.connect() as connection:
+        assert absent_keys(connection, "member", keys) == frozenset()
+        with pytest.raises(ValueError):
+            absent_keys(connection, "member", ["x' OR '1"])
 
 
 def test_a_records_digest_depends_on_its_values_kind_key_and_year_never_on_column_order() -> None:

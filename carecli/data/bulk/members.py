@@ -37,6 +37,7 @@ from carecli.data.bulk.kinds import (
     Kind,
     Parsed,
     PrepareTools,
+    absent_keys,
     driver_connection,
     metadata_owners,
 )
@@ -363,6 +364,8 @@ class MembersKind(Kind):
         blind = ctx.blind_index()
         if blind is not None:  # without a blind index (kinds' tests) there is nothing to backfill
             backfill(ctx.connection, ctx.cipher(), blind, ctx.actor)
+        # After the backfill: the blind indexes it wrote are to be found.
+        ctx.absent_keys = absent_keys(ctx.connection, "member", (EXTERNAL_MEMBER_NUMBER, SSN_BLIND_INDEX))
 
     keeps_digests = True
 
@@ -388,9 +391,11 @@ class MembersKind(Kind):
         full = [parsed for parsed in rows if not isinstance(parsed.prep, KnownUnchanged)]
         hashes: dict[int, str | None] = {parsed.row: parsed.prep.blind_hash for parsed in full}
         connection = ctx.connection
-        by_number = metadata_owners(connection, "member", EXTERNAL_MEMBER_NUMBER,
-                                    (p.values.get("external_member_number") for p in full))
-        by_hash = metadata_owners(connection, "member", SSN_BLIND_INDEX, hashes.values())
+        absent = ctx.absent_keys  # (nothing to find: see kinds.absent_keys)
+        by_number = {} if EXTERNAL_MEMBER_NUMBER in absent else metadata_owners(
+            connection, "member", EXTERNAL_MEMBER_NUMBER, (p.values.get("external_member_number") for p in full))
+        by_hash = {} if SSN_BLIND_INDEX in absent else metadata_owners(connection, "member", SSN_BLIND_INDEX,
+                                                                       hashes.values())
         given_ids = {p.values["id"] for p in full if p.values.get("id") is not None}
         existing, numbers, blinds = _existing_members(
             connection, given_ids | set(by_number.values()) | set(by_hash.values()))
