@@ -2057,6 +2057,54 @@ def test_a_first_load_finds_no_natural_key_it_need_look_up_and_a_later_one_finds
             absent_keys(connection, "member", ["x' OR '1"])
 
 
+def _claimed_by_the_rule(batches: list[list[tuple[int, list[str]]]]) -> list[dict[int, tuple[str, int]]]:
+    """What SeenKeys.claim answers, by its rule: a row repeating a key claimed earlier (by an earlier batch or
+    row) is a duplicate of that row, on its first such key, and claims none of its keys."""
+    earlier: dict[str, int] = {}
+    answers = []
+    for candidates in batches:
+        duplicates = {}
+        for row, keys in candidates:
+            hit = next((key for key in keys if key in earlier), None)
+            if hit is not None:
+                duplicates[row] = (hit, earlier[hit])
+                continue
+            for key in keys:
+                earlier[key] = row
+        answers.append(duplicates)
+    return answers
+
+
+@given(st.lists(st.lists(st.lists(st.sampled_from(["number:1", "ssn:ab", "a\tb", "a\\tb", "x\ny", "x\r",
+                                                   "member:\\N", "k\u00e9y"]) | st.text(min_size=1, max_size=6),
+                                  max_size=3), max_size=6), min_size=1, max_size=4),
+       st.booleans())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_claiming_keys_answers_by_its_rule_for_any_key_text(imp: Importer, shape: list[list[list[str]]],
+                                                           aside: bool) -> None:
+    """Keys of any text (tabs, newlines, backslashes: COPY's escapes), in or out of the claims thread."""
+    from carecli.data.bulk.kinds import SeenKeys
+
+    # (a row's keys are distinct: each kind makes at most one of each prefix)
+    keys_of = [list(dict.fromkeys(key.replace("\x00", "") or "k" for key in keys))
+               for keys in (k for batch in shape for k in batch)]
+    batches, row, place = [], 0, 0
+    for batch in shape:
+        candidates = []
+        for _ in batch:
+            row += 1
+            candidates.append((row, keys_of[place]))
+            place += 1
+        batches.append(candidates)
+    with imp.platform.engine.connect() as connection:
+        seen = SeenKeys(connection, aside=aside)
+        try:
+            answers = [seen.claim_soon(candidates).result() for candidates in batches]
+        finally:
+            seen.close()
+    assert answers == _claimed_by_the_rule(batches)
+
+
 def test_a_records_digest_depends_on_its_values_kind_key_and_year_never_on_column_order() -> None:
     """The year: ``dob_too_old`` counts calendar years, so a row known in December is matched the full way on
     1 January. The digest's key is derived from the blind-index key, and neither key shows in a repr."""

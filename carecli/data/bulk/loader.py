@@ -808,6 +808,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     identity_connection: Any = None
     writer: _Writer | None = None
     sift: _Sift | None = None
+    seen: SeenKeys | None = None
     tools = PrepareTools(cipher, blind_index, actor_fields(actor))
     preparer = Preparer(kind, tools, workers=workers, keys=worker_keys(tools))
     deferral = _Deferral(engine, actor, kind, mode="never" if dry_run else defer_indexes, expected=expected_records)
@@ -817,7 +818,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         # One import of a kind at a time: two would each miss the other's uncommitted rows.
         planner.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"carecli-import-{kind.name}"})
         planner.commit()
-        context = BatchContext(planner, actor, SeenKeys(planner), cipher, blind_index, identity_connection)
+        seen = SeenKeys(planner, aside=threaded)
+        context = BatchContext(planner, actor, seen, cipher, blind_index, identity_connection)
         lookups = engine.connect if threaded and _pool_allows(engine, 4) else None
         sift = _Sift(kind, planner, tools, context.digests, lookups) if digests and kind.keeps_digests else None
         growth = _Growth(planner)
@@ -889,6 +891,8 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                     committed.batches)
         raise ImportAborted(type(cause).__name__, summary) from cause
     finally:
+        if seen is not None:
+            seen.close()
         preparer.close()
         if sift is not None:
             sift.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection, Iterable, Mapping
+from concurrent.futures import wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -440,7 +441,17 @@ class MembersKind(Kind):
                 keys.append(f"ssn:{ssn_hash[:32]}")
             candidates.append((parsed.row, keys))
             live.append(parsed)
-        duplicates = ctx.seen.claim(candidates)
+        claimed = ctx.seen.claim_soon(candidates)
+        try:
+            # While the keys are claimed: the new members' encryption and COPY lines, which _create makes
+            # anyway (a row the claim refuses made them for nothing: its lines are dropped, nothing else).
+            for parsed in live:
+                if targets.get(parsed.row, False) is None:
+                    parsed.prep.seal()
+        except BaseException:
+            wait([claimed])  # the planner's connection is the claim's until it ends
+            raise
+        duplicates = claimed.result()
 
         for parsed in live:
             known = parsed.prep if isinstance(parsed.prep, KnownUnchanged) else None
