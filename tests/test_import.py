@@ -1223,6 +1223,19 @@ def test_duplicates_across_batches(imp: Importer, threaded: bool) -> None:
     assert_loaded(again, unchanged=6, rejected=2)
 
 
+def test_a_duplicate_is_reported_on_the_same_column_when_the_file_is_run_again(imp: Importer) -> None:
+    """Row 3 repeats row 1's SSN under another number. The first run refuses it on the SSN it repeats; a re-run
+    (row 1 now an existing member, matched by digest, row 3 matched to it by SSN) said "external_member_number",
+    the first identity column the row had, though its number is its own."""
+    rows = [person(1), person(2), person(3, ssn=ssn_for(1))]
+    first = imp.run("members", members_csv(*rows))
+    assert [(row, field, rule) for row, field, rule in first.rules()] == [(3, "ssn", "duplicate_in_file")]
+    for digests in (True, False):
+        again = imp.run("members", members_csv(*rows), digests=digests)
+        assert again.rules() == first.rules()
+        assert [p.message for p in again.problems] == [p.message for p in first.problems]
+
+
 def test_a_repeated_existing_member_is_reported_on_the_column_the_file_gave(imp: Importer) -> None:
     assert_loaded(imp.run("members", members_csv(person(1))), created=1)
     outcome = imp.run("members", members_csv(person(1), person(1, city="Again")))
