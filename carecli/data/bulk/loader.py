@@ -809,6 +809,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     writer: _Writer | None = None
     sift: _Sift | None = None
     seen: SeenKeys | None = None
+    held: list[RecordProblem] = []
     tools = PrepareTools(cipher, blind_index, actor_fields(actor))
     preparer = Preparer(kind, tools, workers=workers, keys=worker_keys(tools))
     deferral = _Deferral(engine, actor, kind, mode="never" if dry_run else defer_indexes, expected=expected_records)
@@ -827,7 +828,18 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
             writer = _Writer(engine, actor, single_transaction=all_or_nothing, threaded=threaded,
                              entity_type=kind.entity_type)
         prepared = dry_run
-        for batch in _batches(records, batch_rows, problem, counter, preparer, sift):
+        def refused(item: RecordProblem) -> None:
+            """Refusals of reading and parsing wait for those of planning the batch their rows fall in, to be
+            reported together in file order (the error file listed a batch's parse refusals before its
+            duplicates). Memory stays flat: past a batch's worth of them (rows refused one after another,
+            no batch to plan yet), those held go out at once."""
+            held.append(item)
+            if len(held) > batch_rows:
+                for waiting in held:
+                    problem(waiting)
+                held.clear()
+
+        for batch in _batches(records, batch_rows, refused, counter, preparer, sift):
             first = not prepared
             if not prepared:  # only once the file has proved readable: a bad header writes nothing
                 kind.before_first_batch(context)
@@ -839,7 +851,10 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                 context.digests.pop(parsed.row, None)
             if first and not dry_run:  # before the first batch is written, knowing how much of it is new
                 deferral.start(planner, new_share=plan.created / len(batch) if batch else 0.0)
-            for item in plan.problems:
+            last = batch[-1].row if batch else None
+            due = [item for item in held if last is None or item.row <= last]
+            held[:] = [item for item in held if last is not None and item.row > last]
+            for item in sorted([*due, *plan.problems], key=_by_row):  # (stable: a row's problems stay in order)
                 problem(item)
             summary.created += plan.created
             summary.updated += plan.updated
@@ -849,6 +864,9 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                 growth.after_batch(summary.created)
             if progress is not None:
                 progress(counter[0])
+        for item in held:  # rows refused after the last row planned
+            problem(item)
+        held.clear()
         summary.rows = counter[0]
         summary.known_unchanged = sift.known if sift is not None else 0
         if sift is not None:
@@ -872,6 +890,9 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         if all_or_nothing and rejected["rows"]:
             summary.created = summary.updated = summary.unchanged = 0
     except (Exception, KeyboardInterrupt) as exc:
+        for item in held:  # refused rows read before the run stopped are reported and counted
+            problem(item)
+        held.clear()
         preparer.close()
         # Whatever it was, the run ends in one of the two documented ways: nothing written (a usage
         # error before any commit: exit 2), or aborted with the summary of what is committed (exit 3).
@@ -914,6 +935,10 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
     deferral.report(summary)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _by_row(item: RecordProblem) -> int:
+    return item.row
 
 
 def _pool_allows(engine: Engine, connections: int) -> bool:

@@ -403,8 +403,6 @@ class MembersKind(Kind):
 
         # Which member each row is about, and the keys that make it unique in the file.
         targets: dict[int, uuid.UUID | None] = {}
-        #: the column a row was matched to its member on (the first of id, number and SSN that matched)
-        matched_on: dict[int, str] = {}
         candidates: list[tuple[int, list[str]]] = []
         live: list[Parsed] = []
         for parsed in rows:
@@ -435,8 +433,6 @@ class MembersKind(Kind):
                             "matches a deleted member; restore the member before importing them again")
                 continue
             targets[parsed.row] = target
-            if matches:
-                matched_on[parsed.row] = matches[0][0]
             # A new member's own new id cannot repeat; a given or matched one can.
             keys = [f"member:{target or parsed.values['id']}"] if (target or parsed.values.get("id")) else []
             if number is not None:
@@ -462,8 +458,8 @@ class MembersKind(Kind):
             if parsed.row in duplicates:
                 key, earlier = duplicates[parsed.row]
                 what = {"member": "member", "number": "external_member_number", "ssn": "ssn"}[key.split(":", 1)[0]]
-                if what == "member":  # name the column it was matched on (as the first run named the key it repeated)
-                    what = known.named if known is not None else matched_on.get(parsed.row) or next(
+                if what == "member":  # name a column the row has: the id, else the key it was matched on
+                    what = known.named if known is not None else next(
                         name for name in _IDENTITY if parsed.values.get(name) is not None)
                 field = what
                 self.reject(plan, parsed, field, "duplicate_in_file",
