@@ -890,9 +890,10 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
         if all_or_nothing and rejected["rows"]:
             summary.created = summary.updated = summary.unchanged = 0
     except (Exception, KeyboardInterrupt) as exc:
-        for item in held:  # refused rows read before the run stopped are reported and counted
-            problem(item)
-        held.clear()
+        waiting, held[:] = list(held), []
+        with suppress(Exception):  # (what stopped the run may be the report itself: it is what is raised)
+            for item in waiting:  # refused rows read before the run stopped are reported and counted
+                problem(item)
         preparer.close()
         # Whatever it was, the run ends in one of the two documented ways: nothing written (a usage
         # error before any commit: exit 2), or aborted with the summary of what is committed (exit 3).
