@@ -1997,6 +1997,21 @@ def _edit(imp: Importer, what: str, n: int) -> None:
         connection.execute(text(statement), {"id": member_id})
 
 
+def _step_file(imp: Importer, edits: list[tuple[str, int]], rows: list[tuple[int, int]], with_email: bool) -> str:
+    """A step of _steps: its outside edits made, its file's text."""
+    for what, n in edits:
+        _edit(imp, what, n)
+    header = MEMBER_HEADER if with_email else tuple(name for name in MEMBER_HEADER if name != "email")
+    return members_csv(*[_variant(n, v) for n, v in rows], header=header)
+
+
+def _outcome_of(outcome: Outcome) -> tuple[Any, ...]:
+    """A run's counts and refusals (row, field, rule, message), to compare runs by."""
+    summary = outcome.summary
+    return (summary.created, summary.updated, summary.unchanged, summary.rejected,
+            [(p.row, p.field, p.rule, p.message) for p in outcome.problems])
+
+
 @given(steps=_steps(), threaded=st.booleans())
 @example(  # rows matching members created earlier in the same run, written before the next batch is planned
     steps=[([("phone", 5), ("number", 3)], [(2, 0), (2, 3), (7, 0)], False),
@@ -2013,18 +2028,14 @@ def test_knowing_rows_by_digest_loads_exactly_what_matching_every_row_loads(
         empty(imp.platform)
         outcomes = []
         for edits, rows, with_email in steps:
-            for what, n in edits:
-                _edit(imp, what, n)
-            header = MEMBER_HEADER if with_email else tuple(name for name in MEMBER_HEADER if name != "email")
+            data = _step_file(imp, edits, rows, with_email)
             for again in (False, True):  # the file, then the same file again
-                outcome = imp.run("members", members_csv(*[_variant(n, v) for n, v in rows], header=header),
-                                  batch_rows=4, digests=digests, threaded=threaded)
+                outcome = imp.run("members", data, batch_rows=4, digests=digests, threaded=threaded)
                 summary = outcome.summary
                 if again and digests:  # every row the first run loaded, the second knows
                     assert (summary.created, summary.updated) == (0, 0)
                     assert summary.known_unchanged >= summary.unchanged
-                outcomes.append((summary.created, summary.updated, summary.unchanged, summary.rejected,
-                                 [(p.row, p.field, p.rule, p.message) for p in outcome.problems]))
+                outcomes.append(_outcome_of(outcome))
         seen.append((outcomes, _comparable(imp)))
     assert seen[0] == seen[1]
 
@@ -2053,14 +2064,9 @@ def test_skipping_the_lookups_of_keys_nobody_held_loads_exactly_what_looking_the
         empty(imp.platform)
         outcomes = []
         for edits, rows, with_email in steps:
-            for what, n in edits:
-                _edit(imp, what, n)
-            header = MEMBER_HEADER if with_email else tuple(name for name in MEMBER_HEADER if name != "email")
-            outcome = imp.run("members", members_csv(*[_variant(n, v) for n, v in rows], header=header),
-                              batch_rows=2, digests=False, threaded=threaded)
-            summary = outcome.summary
-            outcomes.append((summary.created, summary.updated, summary.unchanged, summary.rejected,
-                             [(p.row, p.field, p.rule, p.message) for p in outcome.problems]))
+            outcome = imp.run("members", _step_file(imp, edits, rows, with_email), batch_rows=2, digests=False,
+                              threaded=threaded)
+            outcomes.append(_outcome_of(outcome))
         seen.append((outcomes, _comparable(imp)))
     assert seen[0] == seen[1]
 
@@ -2084,17 +2090,15 @@ def _claimed_by_the_rule(batches: list[list[tuple[int, list[str]]]]) -> list[dic
     """What SeenKeys.claim answers, by its rule: a row repeating a key claimed earlier (by an earlier batch or
     row) is a duplicate of that row, on its first such key, and claims none of its keys."""
     earlier: dict[str, int] = {}
-    answers = []
+    answers: list[dict[int, tuple[str, int]]] = []
     for candidates in batches:
-        duplicates = {}
+        answers.append({})
         for row, keys in candidates:
-            hit = next((key for key in keys if key in earlier), None)
-            if hit is not None:
-                duplicates[row] = (hit, earlier[hit])
-                continue
-            for key in keys:
-                earlier[key] = row
-        answers.append(duplicates)
+            repeated = [key for key in keys if key in earlier]
+            if repeated:
+                answers[-1][row] = (repeated[0], earlier[repeated[0]])
+            else:
+                earlier.update(dict.fromkeys(keys, row))
     return answers
 
 
