@@ -149,9 +149,13 @@ class TreeMemory:
 def run_import(env: dict[str, str], path: Path, *args: str, py_spy: str | None = None) -> tuple[dict, float, int, int]:
     """The real CLI: (its --json summary, wall seconds, peak RSS of the process in KiB, peak RSS of the
     process and its worker processes together in KiB). With ``py_spy`` it runs under ``py-spy record``
-    (raw stacks of every thread, 250 a second, into that file), which slows it."""
-    spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "--subprocesses", "-r", "250",
-           "-f", "raw", "-o", py_spy, "--"] if py_spy else []
+    (raw stacks of every thread, 250 a second, into that file), which slows it; the memory figures are then
+    py-spy's process tree's."""
+    spy_binary = Path(sys.executable).with_name("py-spy")
+    if py_spy and not spy_binary.exists():
+        raise SystemExit(f"--py-spy needs py-spy beside this Python: {spy_binary.parent}/pip install py-spy")
+    spy = [str(spy_binary), "record", "--threads", "--subprocesses", "-r", "250", "-f", "raw", "-o", py_spy,
+           "--"] if py_spy else []
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         # (cwd: `-m` puts the working directory first on the module path, ahead of a tree's PYTHONPATH)
@@ -173,8 +177,8 @@ def run_import(env: dict[str, str], path: Path, *args: str, py_spy: str | None =
 
 
 def spy_top(path: str, top: int = 25) -> list[tuple[str, str]]:
-    """The functions the samples of a raw py-spy file were in, by their own samples (with their callees in
-    brackets), per thread: where the import's CPU went."""
+    """The functions the samples of a raw py-spy file were in, by their own samples (and with their callees),
+    per thread: where the import's CPU went (py-spy records busy threads only)."""
     own: dict[str, int] = {}
     total: dict[str, int] = {}
     samples = 0
@@ -337,8 +341,9 @@ def main() -> None:
                              "database (a tree's first re-run records its own digests, untimed)")
     parser.add_argument("--reruns", type=int, default=4, help="timed re-runs per tree with --compare-trees")
     parser.add_argument("--py-spy", metavar="PATH",
-                        help="run the full-size first import under py-spy (raw stacks into PATH; its times are then "
-                             "py-spy's too) and print where its samples were")
+                        help="run the full-size first import under py-spy (`.venv/bin/pip install py-spy`; raw stacks "
+                             "into PATH; that import's time and memory are then py-spy's too) and print where its "
+                             "samples were")
     parser.add_argument("--prefix", default="carecli_bench_import",
                         help="name prefix of the throwaway databases (another run on the same server: another prefix)")
     args = parser.parse_args()
