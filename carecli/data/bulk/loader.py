@@ -851,9 +851,9 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                 context.digests.pop(parsed.row, None)
             if first and not dry_run:  # before the first batch is written, knowing how much of it is new
                 deferral.start(planner, new_share=plan.created / len(batch) if batch else 0.0)
-            last = batch[-1].row if batch else None
-            due = [item for item in held if last is None or item.row <= last]
-            held[:] = [item for item in held if last is not None and item.row > last]
+            last = batch[-1].row  # (_batches yields no empty batch)
+            due = [item for item in held if item.row <= last]
+            held[:] = [item for item in held if item.row > last]
             for item in sorted([*due, *plan.problems], key=_by_row):  # (stable: a row's problems stay in order)
                 problem(item)
             summary.created += plan.created
