@@ -164,3 +164,56 @@ def test_the_index_diet_drops_unused_member_indexes_and_its_downgrade_recreates_
     assert "(status) WHERE (deleted_at IS NULL)" in after["ix_members_status"]
     assert "members_pkey" in after  # the seed's own index stays
     assert again == before
+
+
+def _metadata_indexes(pair) -> dict[str, str]:
+    url = pair.url("platform").set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as conn:
+        return {name: definition for name, definition in conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'metadata'")}
+
+
+_NUMBERS = ['"A-1"', '"é\\"\\\\\\n"', '"  spaced "', '"123"']
+
+
+def test_platform_0016_indexes_the_natural_keys_as_text_and_its_downgrade_puts_back_the_jsonb_ones(empty_pair):
+    """Values stored before the upgrade are still unique and found by their text after it; the downgrade
+    re-creates platform_0006's indexes exactly."""
+    from sqlalchemy import text
+
+    from carecli.data.bulk.kinds import metadata_owners, owners_statement
+
+    engine = create_database_engine(empty_pair.url("platform"), load_settings({}))
+    natural = {"uq_metadata_member_number", "uq_metadata_ssn_blind_index", "uq_metadata_external_id"}
+    try:
+        migrate.upgrade(engine, "platform", "platform_0015")
+        before = _metadata_indexes(empty_pair)
+        with engine.begin() as connection:
+            for number in _NUMBERS:
+                connection.execute(text(
+                    "INSERT INTO metadata (entity_type, entity_id, metadata_key, metadata_value) "
+                    "VALUES ('member', gen_random_uuid(), 'external_member_number', CAST(:v AS jsonb))"), {"v": number})
+        migrate.upgrade(engine, "platform", "platform_0016")
+        after = _metadata_indexes(empty_pair)
+        with engine.begin() as connection:
+            found = metadata_owners(connection, "member", "external_member_number",
+                                    ["A-1", 'é"\\\n', "  spaced ", "123", "a-1", "missing"])
+            assert sorted(found) == sorted(["A-1", 'é"\\\n', "  spaced ", "123"])
+            connection.execute(text("SET LOCAL enable_seqscan = off"))
+            plan = "\n".join(connection.execute(text("EXPLAIN " + str(owners_statement(
+                "member", "external_member_number")).replace(":values", "ARRAY['A-1']"))).scalars())
+            assert "uq_metadata_member_number" in plan
+        with pytest.raises(Exception, match="uq_metadata_member_number"), engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO metadata (entity_type, entity_id, metadata_key, metadata_value) "
+                "VALUES ('member', gen_random_uuid(), 'external_member_number', to_jsonb(CAST('A-1' AS text)))"))
+        migrate.downgrade(engine, "platform", "platform_0015")
+        again = _metadata_indexes(empty_pair)
+    finally:
+        engine.dispose()
+    assert set(after) == set(before)
+    for name in natural:
+        assert "(metadata_value #>> '{}'::text[])) COLLATE \"C\"" in after[name], after[name]
+        assert "metadata_value)" in before[name]
+    assert {name: after[name] for name in set(after) - natural} == {name: before[name] for name in set(before) - natural}
+    assert again == before

@@ -32,7 +32,7 @@ from carecli.data.crypto.fields import FieldCipher
 from carecli.data.crypto.master import KEY_BYTES, MasterKey
 from carecli.data.crypto.phi import Ssn
 from carecli.data.ids import new_id
-from carecli.data.models.platform import Metadata
+from carecli.data.models.platform import NATURAL_KEY_SQL, Metadata
 
 METADATA = Metadata.__table__
 KEY_ENTITY_TYPE = "blind_index_key"
@@ -142,14 +142,14 @@ _MISSING = text(
     """
 )
 _ADD = text(
-    """
+    f"""
     WITH k AS (
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[]), CAST(:meta_ids AS uuid[]),
                              CAST(:audit_ids AS uuid[])) AS k(id, hash, meta_id, audit_id)),
     added AS (
         INSERT INTO metadata (id, entity_type, entity_id, metadata_key, metadata_value)
         SELECT k.meta_id, 'member', k.id, 'ssn_blind_index', to_jsonb(k.hash) FROM k
-        ON CONFLICT (metadata_value)
+        ON CONFLICT ({NATURAL_KEY_SQL})
             WHERE entity_type = 'member' AND metadata_key = 'ssn_blind_index' AND deleted_at IS NULL
         DO NOTHING
         RETURNING id, entity_id)

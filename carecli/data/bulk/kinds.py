@@ -9,7 +9,6 @@ parsed, validated and encrypted while the database writes the previous one.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -24,15 +23,14 @@ from sqlalchemy import (
     Connection,
     Table,
     Text,
+    TextClause,
     any_,
     bindparam,
-    func,
-    literal_column,
     select,
     text,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import JSON, Date, DateTime, Numeric, String
 
 from carecli.data import audit
@@ -41,7 +39,7 @@ from carecli.data.bulk import fields as f
 from carecli.data.bulk.catalog import COLUMNS, ENTITY_TYPES, EXTERNAL_ID
 from carecli.data.bulk.readers import Record, RecordProblem
 from carecli.data.ids import new_id
-from carecli.data.models.platform import Metadata
+from carecli.data.models.platform import NATURAL_KEY_SQL, Metadata
 from carecli.data.permissions import Permission
 
 if TYPE_CHECKING:
@@ -54,7 +52,6 @@ if TYPE_CHECKING:
 
 METADATA = Metadata.__table__
 _IDENTIFIER = re.compile(r"^[a-z_]{1,50}$")
-_PLAIN_JSON_STRING = re.compile(r"^[A-Za-z0-9 _.:/+=@#-]*$")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
@@ -509,22 +506,24 @@ def metadata_owners(connection: Connection, entity_type: str, key: str,
     wanted = list({value for value in values if value is not None})
     if not wanted:
         return {}
-    # entity_type and key are written into the SQL, not bound: the natural-key indexes are partial on
-    # them, and a generic plan (which PostgreSQL switches to after a few executions) cannot prove a
-    # partial index's predicate from parameters; it would scan all of metadata for every batch.
+    rows = connection.execute(owners_statement(entity_type, key), {"values": wanted}).all()
+    return {value: entity_id for value, entity_id in rows}
+
+
+def owners_statement(entity_type: str, key: str) -> TextClause:
+    """:func:`metadata_owners`' query (``:values``, a list of text): by the text the natural key's unique
+    index holds (NATURAL_KEY_SQL, platform_0016), so that it reads that index.
+
+    ``entity_type`` and ``key`` are written into the SQL, not bound: the natural-key indexes are partial on
+    them, and a generic plan (which PostgreSQL switches to after a few executions) cannot prove a partial
+    index's predicate from parameters; it would scan all of metadata for every batch.
+    """
     if not (_IDENTIFIER.match(entity_type) and _IDENTIFIER.match(key)):
         raise ValueError("entity type and metadata key must be plain identifiers")
-    # The values travel as one text parameter of JSON strings, one per line (binding a list of
-    # JSONB values costs a Python-level dump per element: most of a batch's lookup time).
-    values = "\n".join(f'"{value}"' if _PLAIN_JSON_STRING.match(value) else json.dumps(value) for value in wanted)
-    rows = connection.execute(select(METADATA.c.metadata_value.op("#>>")(literal_column("'{}'")),
-                                     METADATA.c.entity_id).where(
-        METADATA.c.entity_type == literal_column(f"'{entity_type}'"),
-        METADATA.c.metadata_key == literal_column(f"'{key}'"), METADATA.c.deleted_at.is_(None),
-        METADATA.c.metadata_value == any_(
-            func.string_to_array(bindparam("values", values, type_=Text), literal_column("E'\\n'"))
-            .cast(ARRAY(JSONB))))).all()
-    return {value: entity_id for value, entity_id in rows}
+    return text(
+        f"SELECT {NATURAL_KEY_SQL}, entity_id FROM metadata WHERE entity_type = '{entity_type}' "
+        f"AND metadata_key = '{key}' AND deleted_at IS NULL AND {NATURAL_KEY_SQL} = ANY(:values)").bindparams(
+        bindparam("values", type_=ARRAY(Text)))
 
 
 def metadata_of(connection: Connection, entity_type: str, key: str, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Any]:

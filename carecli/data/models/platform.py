@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -22,6 +24,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import INET, JSONB
+from sqlalchemy.sql.elements import Label
 
 from carecli.data.models.base import (
     ACTIVE_DELETED_FILTER,
@@ -245,21 +248,17 @@ class SpecialistInsurancePlan(PlatformBase):
     updated_at = now_column()
 
 
+#: a natural key (the import's member number, SSN blind index, external id) as its unique indexes hold it:
+#: the JSON string's text, compared byte by byte (platform_0016); lookups by natural key name this expression
+NATURAL_KEY_SQL = "(metadata_value #>> '{}') COLLATE \"C\""
+
+
 class Metadata(PlatformBase):
     """Per-entity facts (the seed's extension point), keyed by (type, id, key)."""
 
     __tablename__ = "metadata"
     __table_args__ = (
         UniqueConstraint("entity_type", "entity_id", "metadata_key"),
-        # Natural keys of batch imports (migration platform_0006, carecli.data.bulk).
-        Index("uq_metadata_member_number", "metadata_value", unique=True,
-              postgresql_where=text("entity_type = 'member' AND metadata_key = 'external_member_number' "
-                                    "AND deleted_at IS NULL")),
-        Index("uq_metadata_ssn_blind_index", "metadata_value", unique=True,
-              postgresql_where=text("entity_type = 'member' AND metadata_key = 'ssn_blind_index' "
-                                    "AND deleted_at IS NULL")),
-        Index("uq_metadata_external_id", "entity_type", "metadata_value", unique=True,
-              postgresql_where=text("metadata_key = 'external_id' AND deleted_at IS NULL")),
         Index("uq_metadata_blind_index_key", "metadata_key", unique=True,
               postgresql_where=text("entity_type = 'blind_index_key' AND deleted_at IS NULL")),
         # Break-the-glass grants, for the review queue (platform_0008, carecli.data.repositories.emergency).
@@ -276,6 +275,25 @@ class Metadata(PlatformBase):
     deleted_at = deleted_column()
     created_at = now_column()
     updated_at = now_column()
+
+
+# Natural keys of batch imports (migration platform_0006, carecli.data.bulk), over the value's text in
+# byte order (platform_0016: JSONB comparisons made them the dearest part of a load); the collation goes
+# where an operator class would (see ix_members_name_folded).
+def _natural_key(label: str) -> Label[Any]:
+    return Metadata.metadata_value.op("#>>")(text("'{}'")).label(label)
+
+
+Index("uq_metadata_member_number", _natural_key("number_text"), unique=True,
+      postgresql_ops={"number_text": _BYTEWISE},
+      postgresql_where=text("entity_type = 'member' AND metadata_key = 'external_member_number' "
+                            "AND deleted_at IS NULL"))
+Index("uq_metadata_ssn_blind_index", _natural_key("blind_text"), unique=True,
+      postgresql_ops={"blind_text": _BYTEWISE},
+      postgresql_where=text("entity_type = 'member' AND metadata_key = 'ssn_blind_index' AND deleted_at IS NULL"))
+Index("uq_metadata_external_id", Metadata.entity_type, _natural_key("external_text"), unique=True,
+      postgresql_ops={"external_text": _BYTEWISE},
+      postgresql_where=text("metadata_key = 'external_id' AND deleted_at IS NULL"))
 
 
 class RiskFlag(PlatformBase):
