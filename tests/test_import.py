@@ -1248,6 +1248,17 @@ def test_a_repeated_existing_member_is_reported_on_the_column_the_file_gave(imp:
     assert outcome.rules() == [(2, "external_member_number", "duplicate_in_file")]
 
 
+@pytest.mark.parametrize("digests", [True, False])
+def test_two_rows_found_to_be_one_member_by_different_keys_are_the_same_member_not_the_same_number(
+        imp: Importer, digests: bool) -> None:
+    """Row 2 gives a number nobody has and row 1's SSN: both resolve to the member loaded before. The refusal
+    says so; "the same external_member_number as row 1" was false (the numbers differ)."""
+    assert_loaded(imp.run("members", members_csv(person(1))), created=1)
+    outcome = imp.run("members", members_csv(person(1), person(2, ssn=ssn_for(1))), digests=digests)
+    assert outcome.rules() == [(2, "external_member_number", "duplicate_in_file")]
+    assert outcome.problems[0].message == "the same member as row 1; a member may appear once per file"
+
+
 def test_a_deleted_member_is_not_imported_again(imp: Importer) -> None:
     assert_loaded(imp.run("members", members_csv(person(1), person(2))), created=2)
     member_id = member_ids_by_number(imp.platform)["EXT-000001"]
