@@ -215,5 +215,6 @@ def test_platform_0016_indexes_the_natural_keys_as_text_and_its_downgrade_puts_b
     for name in natural:
         assert "(metadata_value #>> '{}'::text[])) COLLATE \"C\"" in after[name], after[name]
         assert "metadata_value)" in before[name]
-    assert {name: after[name] for name in set(after) - natural} == {name: before[name] for name in set(before) - natural}
+    assert {name: after[name] for name in set(after) - natural} == {
+        name: before[name] for name in set(before) - natural}
     assert again == before
