@@ -218,3 +218,29 @@ def test_platform_0016_indexes_the_natural_keys_as_text_and_its_downgrade_puts_b
     assert {name: after[name] for name in set(after) - natural} == {
         name: before[name] for name in set(before) - natural}
     assert again == before
+
+
+def test_platform_0017_turns_jit_off_in_the_name_word_triggers_and_its_downgrade_turns_it_back(empty_pair):
+    """A bulk COPY into members spent more compiling the trigger's query than running it."""
+    url = empty_pair.url("platform").set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def settings() -> dict[str, list[str]]:
+        with psycopg.connect(url) as conn:
+            return {name: sorted(config or []) for name, config in conn.execute(
+                "SELECT proname, proconfig FROM pg_proc WHERE proname LIKE 'carecli_member_prefixes_%'")}
+
+    engine = create_database_engine(empty_pair.url("platform"), load_settings({}))
+    try:
+        migrate.upgrade(engine, "platform", "platform_0016")
+        before = settings()
+        migrate.upgrade(engine, "platform", "platform_0017")
+        after = settings()
+        migrate.downgrade(engine, "platform", "platform_0016")
+        again = settings()
+    finally:
+        engine.dispose()
+    assert all("jit=off" not in config for config in before.values())
+    assert {name for name, config in after.items() if "jit=off" in config} == {
+        "carecli_member_prefixes_insert", "carecli_member_prefixes_update", "carecli_member_prefixes_delete"}
+    assert all("search_path=pg_catalog, pg_temp" in config for config in after.values())
+    assert again == before
