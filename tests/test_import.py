@@ -2143,6 +2143,34 @@ def test_claiming_keys_answers_by_its_rule_for_any_key_text(imp: Importer, shape
     assert answers == _claimed_by_the_rule(batches)
 
 
+def test_claims_take_larger_temporary_buffers_when_the_session_can_and_work_the_same_when_it_cannot(
+        imp: Importer) -> None:
+    """PostgreSQL refuses a change of temp_buffers once a session has used a temporary table: claims then keep
+    the session's buffers, and still answer by the rule (a hash index over the keys, probed per batch)."""
+    from sqlalchemy import text
+
+    from carecli.data.bulk.kinds import CLAIM_TEMP_BUFFERS, SeenKeys
+
+    batches = [[(1, ["number:1", "ssn:a"]), (2, ["number:2"])], [(3, ["ssn:a"]), (4, ["number:4", "number:2"])]]
+    for used_temp_before in (False, True):
+        with imp.platform.engine.connect() as connection:
+            connection.invalidate()  # a session of its own, not one that claimed before
+        with imp.platform.engine.connect() as connection:
+            if used_temp_before:
+                connection.exec_driver_sql("CREATE TEMP TABLE other_work (x int); INSERT INTO other_work VALUES (1)")
+            buffers = connection.exec_driver_sql("SHOW temp_buffers").scalar_one()
+            seen = SeenKeys(connection)
+            answers = [seen.claim(candidates) for candidates in batches]
+            after = connection.exec_driver_sql("SHOW temp_buffers").scalar_one()
+            plan = "\n".join(connection.execute(text(
+                "EXPLAIN SELECT key, row FROM carecli_import_seen WHERE key = ANY(ARRAY['number:1'])")).scalars())
+            connection.exec_driver_sql("DISCARD TEMP")
+            connection.commit()
+        assert answers == [{}, {3: ("ssn:a", 1), 4: ("number:2", 2)}] == _claimed_by_the_rule(batches)
+        assert after == (buffers if used_temp_before else CLAIM_TEMP_BUFFERS)
+        assert "carecli_import_seen_key" in plan
+
+
 def test_a_records_digest_depends_on_its_values_kind_key_and_year_never_on_column_order() -> None:
     """The year: ``dob_too_old`` counts calendar years, so a row known in December is matched the full way on
     1 January. The digest's key is derived from the blind-index key, and neither key shows in a repr."""
