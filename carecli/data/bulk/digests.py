@@ -46,7 +46,7 @@ from sqlalchemy import Connection
 from carecli import __version__
 from carecli.data.bulk.blind_index import BlindIndex
 
-__all__ = ["RECORD_GIVEN", "RULES", "RowDigester", "recorded_any", "text_list"]
+__all__ = ["RECORD_GIVEN", "RECORD_GIVEN_FIRST", "RULES", "RowDigester", "recorded_any", "text_list"]
 
 #: Part of every digest: change it with any change to parsing or validation that could load the same record
 #: differently (carecli's version is part of it too), and every stored digest stops matching.
@@ -84,11 +84,15 @@ _encode = _one_encoder()
 #: The lists travel as one text parameter each, comma-separated (uuids, and states of digits, '/', '-' and
 #: :data:`~carecli.data.bulk.kinds.XID`): a Python list is dumped element by element, in the writer thread,
 #: under the GIL the planning thread needs (5 s of a 1M-member import, by py-spy).
-RECORD_GIVEN = (
+RECORD_GIVEN_FIRST = (
     "INSERT INTO import_digests (entity_type, entity_id, digest, state) "
     "SELECT %s, v.* FROM unnest(string_to_array(%s, ',')::uuid[], string_to_array(%s, ',')::uuid[], "
-    "string_to_array(%s, ',')) AS v "
-    "ON CONFLICT (entity_type, entity_id) DO UPDATE SET digest = EXCLUDED.digest, state = EXCLUDED.state")
+    "string_to_array(%s, ',')) AS v")
+#: the same, replacing a digest recorded before. RECORD_GIVEN_FIRST serves a run that found no digest of its
+#: kind recorded (asked under the import's lock): its new records' ids are its own and each is recorded once,
+#: so nothing can conflict, and a plain insert costs the server a third less than ON CONFLICT's speculative one
+RECORD_GIVEN = (RECORD_GIVEN_FIRST + " ON CONFLICT (entity_type, entity_id) DO UPDATE SET digest = EXCLUDED.digest, "
+                "state = EXCLUDED.state")
 
 
 def text_list(values: Iterable[object]) -> str:

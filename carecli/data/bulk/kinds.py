@@ -121,6 +121,8 @@ class BatchPlan:
     #: the same for records this batch creates: (digest, state), the state with :data:`XID` for the
     #: transaction id of the batch's transaction (the ``xmin`` of every row it inserts)
     new_digests: dict[uuid.UUID, tuple[uuid.UUID, str]] = field(default_factory=dict)
+    #: no digest of this kind was recorded before the run: ``new_digests`` go in as plain inserts
+    digests_first: bool = False
     created: int = 0
     updated: int = 0
     unchanged: int = 0

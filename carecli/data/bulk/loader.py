@@ -61,7 +61,7 @@ from carecli.data import deferred_indexes, notify
 from carecli.data.actor import Actor
 from carecli.data.bulk import copytext
 from carecli.data.bulk.blind_index import BlindIndex
-from carecli.data.bulk.digests import RECORD_GIVEN, RowDigester, recorded_any, text_list
+from carecli.data.bulk.digests import RECORD_GIVEN, RECORD_GIVEN_FIRST, RowDigester, recorded_any, text_list
 from carecli.data.bulk.kinds import (
     XID,
     BatchContext,
@@ -525,10 +525,10 @@ class _Writer:
                 cursor.execute("SELECT pg_current_xact_id()::text")
                 (current,) = cursor.fetchone() or ("",)
                 xid = str(int(current) & 0xFFFFFFFF)  # xmin is the transaction id without its epoch
-                cursor.execute(RECORD_GIVEN, [self.entity_type, text_list(plan.new_digests),
-                                              text_list(digest for digest, _ in plan.new_digests.values()),
-                                              text_list(state for _, state in plan.new_digests.values())
-                                              .replace(XID, xid)])
+                cursor.execute(RECORD_GIVEN_FIRST if plan.digests_first else RECORD_GIVEN, [
+                    self.entity_type, text_list(plan.new_digests),
+                    text_list(digest for digest, _ in plan.new_digests.values()),
+                    text_list(state for _, state in plan.new_digests.values()).replace(XID, xid)])
             if plan.digests and plan.digest_sql is not None:
                 cursor.execute(plan.digest_sql, [text_list(plan.digests), text_list(plan.digests.values())])
         if plan.inserts or plan.updates or plan.staged or plan.metadata_upserts or plan.copies:
@@ -846,6 +846,7 @@ def run_import(kind: Kind, records: Iterable[Record | RecordProblem], *, engine:
                 planner.commit()
                 prepared = True
             plan = kind.plan(context, batch)
+            plan.digests_first = sift is not None and not sift.recorded_before
             planner.commit()
             for parsed in batch:
                 context.digests.pop(parsed.row, None)
