@@ -2143,6 +2143,29 @@ def test_claiming_keys_answers_by_its_rule_for_any_key_text(imp: Importer, shape
     assert answers == _claimed_by_the_rule(batches)
 
 
+@given(st.lists(st.text(st.characters(blacklist_characters="\x00"), max_size=12), min_size=1, max_size=6,
+                unique=True), st.lists(st.text(st.characters(blacklist_characters="\x00"), max_size=12), max_size=4))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_natural_keys_of_any_text_are_found_by_their_text_and_nothing_else(imp: Importer, stored: list[str],
+                                                                          others: list[str]) -> None:
+    """The lookup by the text the unique index holds (platform_0016), for keys as the import stores them (a JSON
+    string of the text): quotes, backslashes, newlines, accents, case and spaces all count."""
+    from sqlalchemy import text
+
+    from carecli.data.bulk.kinds import metadata_owners
+
+    with imp.platform.engine.connect() as connection:
+        owners = {}
+        for value in stored:
+            owners[value] = connection.execute(text(
+                "INSERT INTO metadata (entity_type, entity_id, metadata_key, metadata_value) VALUES ('member', "
+                "gen_random_uuid(), 'external_member_number', to_jsonb(CAST(:v AS text))) RETURNING entity_id"),
+                {"v": value}).scalar_one()
+        found = metadata_owners(connection, "member", "external_member_number", [*stored, *others, None])
+        connection.rollback()
+    assert found == owners
+
+
 def test_claims_take_larger_temporary_buffers_when_the_session_can_and_work_the_same_when_it_cannot(
         imp: Importer) -> None:
     """PostgreSQL refuses a change of temp_buffers once a session has used a temporary table: claims then keep

@@ -224,7 +224,7 @@ class SeenKeys:
         with driver_connection(self.connection.connection).cursor() as cursor:
             with cursor.copy("COPY carecli_import_batch (key, row) FROM STDIN") as copy:
                 copy.write(lines.encode("utf-8"))
-        # Probes of the primary key, one per key of the batch. A join lets the planner, which has no
+        # Probes of the key index, one per key of the batch. A join lets the planner, which has no
         # statistics for these temporary tables, hash the whole table of keys seen so far: a scan
         # per batch, so a file's cost would grow with the square of its length.
         earlier: dict[str, int] = dict(self.connection.exec_driver_sql(
