@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import date
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, event
 
 from carecli.data import seeding
@@ -351,3 +354,21 @@ def test_the_demo_names_show_what_search_folds_and_splits():
     assert seeding._slug("José") == "jose" and seeding._slug("Peña") == "pena"
     assert seeding._slug("De la Cruz") == "delacruz" and seeding._slug("O'Brien") == "obrien"
     assert all(seeding._slug(name).isascii() for name in names)
+
+
+@given(st.integers(min_value=0, max_value=2**32), st.dates(min_value=date(1900, 1, 1), max_value=date(2200, 1, 1)))
+@settings(max_examples=60, deadline=None)
+def test_the_seeds_synthetic_ssns_and_birth_dates_pass_the_imports_own_rules(seed: int, today: date) -> None:
+    """What the seed encrypts is what `carecli import` would accept: never an SSN of a never-issued range, never a
+    birth date in the future or more than 95 years back."""
+    import random
+
+    from carecli.data.bulk import fields
+
+    rng = random.Random(seed)
+    parse_dob = fields.dob_parser(lambda: today)
+    for _ in range(200):
+        ssn, dob = seeding.synthetic_phi(rng, today)
+        fields.parse_ssn(ssn)
+        born = parse_dob(dob)
+        assert 0 <= (today - date.fromisoformat(dob)).days <= 95 * 365, born
