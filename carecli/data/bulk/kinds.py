@@ -192,7 +192,7 @@ class SeenKeys:
 
     def claim_soon(self, candidates: Sequence[tuple[int, Sequence[str]]]) -> Future[dict[int, tuple[str, int]]]:
         """:meth:`claim`, answered by the future: in the claims thread when there is one (a threaded import), so
-        the planner does the batch's Python meanwhile (the claim is mostly the server's B-tree work: a first
+        the planner does the batch's Python meanwhile (the claim is mostly the server's index work: a first
         load of 1M members waited 8.7 s for it, batch after batch); else here, before returning. The
         connection is the claim's until the answer is taken: the caller must not use it before."""
         if self._aside is not None:

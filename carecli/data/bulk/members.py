@@ -458,11 +458,13 @@ class MembersKind(Kind):
             if parsed.row in duplicates:
                 key, earlier = duplicates[parsed.row]
                 what = {"member": "member", "number": "external_member_number", "ssn": "ssn"}[key.split(":", 1)[0]]
-                # Two rows that resolve to one member (an id given, or found by a key) may give different
-                # keys: say "the same member", and name a column the row has (the id, else the key it was
-                # known by, else its first identity column).
-                field = what if what != "member" else known.named if known is not None else next(
-                    name for name in _IDENTITY if parsed.values.get(name) is not None)
+                field = what
+                if what == "member":
+                    # Two rows that resolve to one member (an id given, or found by a key) may give different
+                    # keys: say "the same member", and name a column the row has (the id, else the key it
+                    # was known by, else its first identity column).
+                    field = known.named if known is not None else next(
+                        name for name in _IDENTITY if parsed.values.get(name) is not None)
                 self.reject(plan, parsed, field, "duplicate_in_file",
                             f"the same {what} as row {earlier}; a member may appear once per file")
                 continue
