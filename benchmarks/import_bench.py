@@ -37,7 +37,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
@@ -56,6 +58,7 @@ from carecli.data.seeding import FIRST_NAMES, LAST_NAMES  # noqa: E402
 from carecli.services.auth.tokens import create_api_token  # noqa: E402
 from carecli.services.users import bootstrap_admin  # noqa: E402
 
+T = TypeVar("T")
 HEADER = ("external_member_number", "first_name", "last_name", "ssn", "dob", "email", "phone", "address_line1",
           "city", "state", "zip_code", "status")
 STATES = ("OR", "WA", "CA", "NY", "TX", "FL", "IL", "OH", "GA", "NC")
@@ -126,6 +129,57 @@ def _tree_rss_kib(root: int) -> int:
     return total
 
 
+def _cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime + stime, cutime + cstime) of a process, in clock ticks: its own CPU and that of its children
+    it has waited for (a PostgreSQL backend's, once it exited)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+class ServerCpu:
+    """CPU seconds the local PostgreSQL server spent, read from /proc: the postmaster's own, that of its
+    live children (backends, background processes) and that of its children that exited (added to its
+    cutime/cstime when it reaps them). A server on another host, or one this user may not read, gives None."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.postmaster: int | None = None
+        try:
+            with psycopg.connect(admin_url) as conn:
+                row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            with open(f"/proc/{row[0]}/stat") as handle:
+                self.postmaster = int(handle.read().rsplit(")", 1)[1].split()[1])
+            self.seconds()
+        except (OSError, psycopg.Error):
+            self.postmaster = None
+
+    def seconds(self) -> float | None:
+        if self.postmaster is None:
+            return None
+        own, reaped = _cpu_ticks(self.postmaster)
+        ticks = own + reaped
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile: its time is in the postmaster's reaped share
+                continue
+            if int(fields[1]) == self.postmaster:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def around(self, work: Callable[[], T]) -> tuple[T, float | None]:
+        """``work()``'s result and the server CPU seconds spent meanwhile (its backends given time to exit)."""
+        before = self.seconds()
+        result = work()
+        time.sleep(0.5)  # a backend whose client disconnected exits and is reaped
+        after = self.seconds()
+        return result, (after - before) if before is not None and after is not None else None
+
+
 class TreeMemory:
     """The peak of the summed RSS of a process tree, sampled every 50 ms in a thread."""
 
@@ -146,11 +200,12 @@ class TreeMemory:
         return self.peak
 
 
-def run_import(env: dict[str, str], path: Path, *args: str, py_spy: str | None = None) -> tuple[dict, float, int, int]:
+def run_import(env: dict[str, str], path: Path, *args: str,
+               py_spy: str | None = None) -> tuple[dict, float, int, int, float]:
     """The real CLI: (its --json summary, wall seconds, peak RSS of the process in KiB, peak RSS of the
-    process and its worker processes together in KiB). With ``py_spy`` it runs under ``py-spy record``
-    (raw stacks of every thread, 250 a second, into that file), which slows it; the memory figures are then
-    py-spy's process tree's."""
+    process and its worker processes together in KiB, CPU seconds of the process and its workers). With
+    ``py_spy`` it runs under ``py-spy record`` (raw stacks of every thread, 250 a second, into that file),
+    which slows it; the memory and CPU figures are then py-spy's process tree's."""
     spy_binary = Path(sys.executable).with_name("py-spy")
     if py_spy and not spy_binary.exists():
         raise SystemExit(f"--py-spy needs py-spy beside this Python: {spy_binary.parent}/pip install py-spy")
@@ -173,7 +228,8 @@ def run_import(env: dict[str, str], path: Path, *args: str, py_spy: str | None =
         text = out.read()
         # (py-spy prints its own lines around the import's one JSON summary)
         summary = next(line for line in text.splitlines() if line.startswith("{"))
-        return json.loads(summary), seconds, usage.ru_maxrss, max(tree, usage.ru_maxrss)
+        return (json.loads(summary), seconds, usage.ru_maxrss, max(tree, usage.ru_maxrss),
+                usage.ru_utime + usage.ru_stime)
 
 
 def spy_top(path: str, top: int = 25) -> list[tuple[str, str]]:
@@ -237,10 +293,12 @@ def deferred_copy_in(platform_url: str, dumps: dict[str, Path]) -> float:
 
 
 def baseline(platform_url: str, empty_platform_url: str,
-             deferred_platform_url: str | None = None) -> tuple[float, float, float | None, dict[str, int]]:
+             deferred_platform_url: str | None = None) -> tuple[float, float, float | None, dict[str, int],
+                                                                float | None]:
     """Seconds to COPY the import's final rows (binary) into bare copies of their tables, into the
     real tables (their indexes, keys and checks) of another, empty migrated database, and (given a
-    third) into the real tables with their deferrable indexes dropped before and built after."""
+    third) into the real tables with their deferrable indexes dropped before and built after; the
+    row counts; the server's CPU seconds during the COPY into the real tables."""
     selects = {
         "members": "SELECT * FROM members",
         "metadata": "SELECT * FROM metadata WHERE entity_type = 'member'",
@@ -270,7 +328,8 @@ def baseline(platform_url: str, empty_platform_url: str,
     with psycopg.connect(libpq_url(empty_platform_url)) as conn:
         conn.execute("CHECKPOINT")
         conn.commit()
-        indexed_seconds = timed_copy_in(conn, dumps)
+        indexed_seconds, indexed_cpu = ServerCpu(libpq_url(empty_platform_url)).around(
+            lambda: timed_copy_in(conn, dumps))
     deferred_seconds = None
     if deferred_platform_url is not None:
         with psycopg.connect(libpq_url(deferred_platform_url), autocommit=True) as conn:
@@ -279,7 +338,7 @@ def baseline(platform_url: str, empty_platform_url: str,
     for path in dumps.values():
         path.unlink()
     workdir.rmdir()
-    return seconds, indexed_seconds, deferred_seconds, counts
+    return seconds, indexed_seconds, deferred_seconds, counts, indexed_cpu
 
 
 def compare_reruns(args: argparse.Namespace, machine: str) -> None:
@@ -293,7 +352,7 @@ def compare_reruns(args: argparse.Namespace, machine: str) -> None:
         write_csv(full, args.members)
         urls = fresh_pair(args.admin_url, prefix)
         env = environment(urls, master)
-        summary, seconds, _, _ = run_import(env, full)
+        summary, seconds, *_ = run_import(env, full)
         assert summary["created"] == args.members, summary
         print(f"loaded {args.members:,} members in {seconds:.1f} s", file=sys.stderr)
         envs: dict[str, dict[str, str]] = {}
@@ -309,7 +368,7 @@ def compare_reruns(args: argparse.Namespace, machine: str) -> None:
                 run_import(envs[tree], full)
             for run in range(args.reruns):
                 for tree in (trees if run % 2 == 0 else trees[::-1]):
-                    rerun, seconds, _, _ = run_import(envs[tree], full)
+                    rerun, seconds, *_ = run_import(envs[tree], full)
                     assert rerun["unchanged"] == args.members, rerun
                     times[tree].append(seconds)
                     print(f"re-run {run + 1}, {tree}: {seconds:.1f} s (known by digest: "
@@ -368,20 +427,22 @@ def main() -> None:
         extra: tuple[str, ...] = () if args.workers is None else ("--workers", str(args.workers))
         if args.defer_indexes is not None:
             extra += ("--defer-indexes", args.defer_indexes)
-        summary_small, seconds_small, rss_small, tree_small = run_import(env, small, *extra)
+        summary_small, seconds_small, rss_small, tree_small, _ = run_import(env, small, *extra)
         drop_pair(args.admin_url, prefix)
 
         urls = fresh_pair(args.admin_url, prefix)
         env = environment(urls, master)
-        summary, seconds, rss_full, tree_full = run_import(env, full, *extra, py_spy=args.py_spy)
+        server = ServerCpu(args.admin_url)
+        (summary, seconds, rss_full, tree_full, client_cpu), server_cpu = server.around(
+            lambda: run_import(env, full, *extra, py_spy=args.py_spy))
         assert summary["created"] == args.members, summary
         empty = fresh_pair(args.admin_url, prefix + "_floor")
         empty_deferred = fresh_pair(args.admin_url, prefix + "_floor_deferred")
-        copy_seconds, indexed_seconds, deferred_seconds, counts = baseline(urls["platform"], empty["platform"],
-                                                                           empty_deferred["platform"])
+        copy_seconds, indexed_seconds, deferred_seconds, counts, indexed_cpu = baseline(
+            urls["platform"], empty["platform"], empty_deferred["platform"])
         drop_pair(args.admin_url, prefix + "_floor")
         drop_pair(args.admin_url, prefix + "_floor_deferred")
-        rerun, rerun_seconds, _, _ = run_import(env, full, *extra)
+        rerun, rerun_seconds, *_ = run_import(env, full, *extra)
         assert rerun["unchanged"] == args.members, rerun
         if not args.keep:
             drop_pair(args.admin_url, prefix)
@@ -404,6 +465,14 @@ def main() -> None:
         ("  that COPY's rate / the bare COPY's rate (the ceiling of any loader)",
          f"{copy_seconds / indexed_seconds:.2f}"),
         ("import rate / that COPY's rate (target >= 0.80)", f"{import_rate * indexed_seconds / n:.2f}"),
+        ("CPU of the import: its process (with workers); the server meanwhile",
+         f"{client_cpu:.1f} s; {server_cpu:.1f} s" if server_cpu is not None else f"{client_cpu:.1f} s; -"),
+        ("CPU of the server during that COPY into the real tables",
+         f"{indexed_cpu:.1f} s" if indexed_cpu is not None else "-"),
+        (f"  the import's CPU over this machine's {os.cpu_count()} cores (a floor on its time); that COPY / it",
+         f"{(client_cpu + server_cpu) / (os.cpu_count() or 1):.1f} s; "
+         f"{indexed_seconds * (os.cpu_count() or 1) / (client_cpu + server_cpu):.2f}"
+         if server_cpu is not None else "-"),
         ("the same COPY into the real tables, deferrable indexes dropped before and built after",
          f"{deferred_seconds:.1f} s = {n / deferred_seconds:,.0f} members/s" if deferred_seconds else "-"),
         ("  that COPY's rate / the bare COPY's rate",
