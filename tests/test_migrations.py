@@ -244,3 +244,50 @@ def test_platform_0017_turns_jit_off_in_the_name_word_triggers_and_its_downgrade
         "carecli_member_prefixes_insert", "carecli_member_prefixes_update", "carecli_member_prefixes_delete"}
     assert all("search_path=pg_catalog, pg_temp" in config for config in after.values())
     assert again == before
+
+
+def test_platform_0018_stops_analyzing_members_ciphertext_and_contact_details(empty_pair):
+    """ANALYZE of members sorted 300,000 sampled values of nine columns no query filters on, and kept samples of
+    contact details in pg_statistic; the upgrade clears those it kept, the downgrade brings them back."""
+    url = empty_pair.url("platform").set(drivername="postgresql").render_as_string(hide_password=False)
+    skipped = {"encrypted_ssn", "encrypted_dob", "email", "phone", "address_line1", "address_line2", "city", "state",
+               "zip_code"}
+
+    def analysed() -> set[str]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return {name for (name,) in conn.execute("SELECT attname FROM pg_stats WHERE tablename = 'members'")}
+
+    def targets() -> dict[str, int | None]:
+        with psycopg.connect(url) as conn:
+            return {name: target for name, target in conn.execute(
+                "SELECT attname, attstattarget FROM pg_attribute WHERE attrelid = 'members'::regclass AND attnum > 0 "
+                "AND NOT attisdropped")}
+
+    engine = create_database_engine(empty_pair.url("platform"), load_settings({}))
+    try:
+        migrate.upgrade(engine, "platform", "platform_0017")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO members (first_name, last_name, email, phone, address_line1, address_line2, "
+                         "city, state, zip_code, encrypted_ssn, encrypted_dob) SELECT 'Ann', 'Lee', 'a' || g || "
+                         "'@example.org', '+1555010' || lpad(g::text, 4, '0'), g || ' Main St', 'Apt 1', 'Salem', "
+                         "'OR', '97301', '\\x01'::bytea, '\\x02'::bytea FROM generate_series(1, 50) g")
+            conn.execute("ANALYZE members")
+        before = analysed()
+        migrate.upgrade(engine, "platform", "platform_0018")
+        after = analysed()
+        upgraded = targets()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE members")
+        analysed_after = analysed()
+        migrate.downgrade(engine, "platform", "platform_0017")
+        again = analysed()
+        downgraded = targets()
+    finally:
+        engine.dispose()
+    assert skipped <= before
+    # (the test server's role is a superuser: the upgrade removes what ANALYZE had kept of them)
+    assert not after & skipped and {"id", "first_name", "status"} <= after
+    assert {name for name, target in upgraded.items() if target == 0} == skipped
+    assert not analysed_after & skipped and {"id", "first_name", "last_name", "status"} <= analysed_after
+    assert again == before
+    assert all(target in (-1, None) for target in downgraded.values())
