@@ -5,9 +5,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
 
 from carecli.config import load_settings
-from carecli.data import migrate
+from carecli.data import audit_seal, migrate
+from carecli.data.crypto.master import LocalMasterKey, generate_master_key
 from carecli.data.databases import create_database_engine
 from tests.cli import run_carecli
 from tests.seed_schema import snapshot
@@ -291,3 +293,51 @@ def test_platform_0018_stops_analyzing_members_ciphertext_and_contact_details(em
     assert not analysed_after & skipped and {"id", "first_name", "last_name", "status"} <= analysed_after
     assert again == before
     assert all(target in (-1, None) for target in downgraded.values())
+
+
+def test_platform_0019_stores_seal_manifests_uncompressed_and_seals_verify_across_it(empty_pair):
+    """Compressing a 4 MB manifest was most of a seal's insert; a manifest compressed before the upgrade still
+    verifies after it, and one stored after it still verifies after the downgrade."""
+    url = empty_pair.url("platform").set(drivername="postgresql").render_as_string(hide_password=False)
+    master = LocalMasterKey(generate_master_key(), "test-0019")
+
+    def storage() -> str:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT attstorage FROM pg_attribute WHERE attrelid = 'audit_seals'::regclass "
+                               "AND attname = 'manifest'").fetchone()
+            assert row is not None
+            return row[0]
+
+    def add_rows_and_seal(engine: Engine, count: int) -> None:
+        # (dated after the last seal's end, within a millisecond, and before the clock: sealable now)
+        with psycopg.connect(url, autocommit=True) as conn:
+            # (ids that share their leading bytes, as time-ordered ones do: a manifest pglz can compress)
+            conn.execute("INSERT INTO audit_logs (id, entity_type, entity_id, action, new_values, created_at) "
+                         "SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(g + (SELECT count(*) FROM audit_logs)), "
+                         "12, '0'))::uuid, 'member', gen_random_uuid(), 'create', jsonb_build_object('n', g), "
+                         "coalesce((SELECT max(range_end) FROM audit_seals), now() - interval '1 hour') "
+                         "+ (g %% 1000) * interval '1 microsecond' FROM generate_series(1, %s) g", [count])
+        assert audit_seal.seal(engine, master).rows == count
+
+    def compressed() -> list[bool]:
+        with psycopg.connect(url) as conn:
+            return [row[0] < row[1] for row in conn.execute(
+                "SELECT pg_column_size(manifest), octet_length(manifest) FROM audit_seals ORDER BY seal_no")]
+
+    engine = create_database_engine(empty_pair.url("platform"), load_settings({}))
+    try:
+        migrate.upgrade(engine, "platform", "platform_0018")
+        before = storage()
+        add_rows_and_seal(engine, 20_000)
+        migrate.upgrade(engine, "platform", "platform_0019")
+        after = storage()
+        add_rows_and_seal(engine, 20_000)
+        kinds = compressed()
+        assert audit_seal.verify(engine, master).intact
+        migrate.downgrade(engine, "platform", "platform_0018")
+        again = storage()
+        assert audit_seal.verify(engine, master).intact
+    finally:
+        engine.dispose()
+    assert (before, after, again) == ("x", "e", "x")
+    assert kinds == [True, False]  # the manifest from before was compressed, the one after is not

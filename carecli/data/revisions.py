@@ -12,6 +12,6 @@ VERSION_TABLES = {"identity": "alembic_version_identity", "platform": "alembic_v
 #: Each history's newest revision. Every start checks the databases against these; knowing them here costs
 #: no import of Alembic and no reading of the migration scripts (~100 ms a process). tests/test_migrations.py
 #: checks them against the scripts, so a new migration that forgets to move its head here fails there.
-HEADS = {"identity": "identity_0003", "platform": "platform_0018"}
+HEADS = {"identity": "identity_0003", "platform": "platform_0019"}
 #: the oldest PostgreSQL the schema runs on (``gen_random_uuid()`` is built in from 13), as server_version_num
 MINIMUM_SERVER_VERSION = 130000
