@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -106,19 +106,25 @@ def environment(urls: dict[str, str], master: str) -> dict[str, str]:
     return env
 
 
-def _tree_rss_kib(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants (the import's worker processes), in KiB."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """Each process's pid and the fields of its /proc/PID/stat after the command name (field 3 on: the
+    state first). A process that exits while this runs is left out."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
+                yield int(entry), handle.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        pid, ppid = int(entry), int(fields[1])
+
+
+def _tree_rss_kib(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants (the import's worker processes), in KiB."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for pid, fields in _processes():
+        ppid = int(fields[1])
         children.setdefault(ppid, []).append(pid)
         rss[pid] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
     total, todo = 0, [root]
@@ -159,14 +165,8 @@ class ServerCpu:
             return None
         own, reaped = _cpu_ticks(self.postmaster)
         ticks = own + reaped
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:  # exited meanwhile: its time is in the postmaster's reaped share
-                continue
+        # (a child that exits between the two reads is missed by this one: its time moves to the reaped share)
+        for _, fields in _processes():
             if int(fields[1]) == self.postmaster:
                 ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
