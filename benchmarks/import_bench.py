@@ -155,7 +155,11 @@ class ServerCpu:
                 row = conn.execute("SELECT pg_backend_pid()").fetchone()
             assert row is not None
             with open(f"/proc/{row[0]}/stat") as handle:
-                self.postmaster = int(handle.read().rsplit(")", 1)[1].split()[1])
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{parent}/comm") as handle:  # (a server elsewhere: that pid is nobody's here)
+                if not handle.read().strip().startswith(("postgres", "postmaster")):
+                    return
+            self.postmaster = parent
             self.seconds()
         except (OSError, psycopg.Error):
             self.postmaster = None
